@@ -1,0 +1,290 @@
+"""The node contract: typed ports on the class, a pydantic `Params` model,
+and the `open(ctx)` / `process(...)` / `close()` lifecycle.
+
+    class Invert(Node):
+        node_type = "image.invert"
+        category = "image"
+        description = "Inverts the colours of a frame."
+
+        frame: In[Frame]
+        out: Out[Frame]
+
+        class Params(NodeParams):
+            amount: float = Field(1.0, ge=0, le=1, description="0 = off, 1 = full")
+
+        def process(self, frame: Frame) -> dict[str, Frame]:
+            ...
+
+The registry and the editor read ports and params from the class alone;
+constructors do no work (models load in `open`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, TypeVar, get_type_hints
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from muse.graph.payloads import Payload
+
+if TYPE_CHECKING:  # pragma: no cover
+    from muse.graph.stats import NodeStats
+
+P = TypeVar("P", bound=Payload)
+
+
+class NodeParams(BaseModel):
+    """Base for every node's `Params`: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One input or output of a node class."""
+
+    name: str
+    direction: str  # "in" | "out"
+    type: type[Payload]
+    optional: bool = False  # inputs only: may be left unconnected
+    multiple: bool = False  # inputs only: takes a list of sources, all of one type
+    same_as: str | None = None  # outputs only: the type bound at that input
+    description: str = ""
+
+    @property
+    def generic(self) -> bool:
+        return self.type is Payload
+
+    @property
+    def type_name(self) -> str:
+        return self.type.type_name
+
+
+class _PortDecl:
+    """Shared base of the `In`/`Out` declarations."""
+
+    direction: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        type: type[Payload] | None = None,
+        *,
+        optional: bool = False,
+        multiple: bool = False,
+        same_as: str | None = None,
+        description: str = "",
+    ) -> None:
+        self.type = type
+        self.optional = optional
+        self.multiple = multiple
+        self.same_as = same_as
+        self.description = description
+
+    def __class_getitem__(cls, item: type[Payload]) -> "_PortHint":
+        return _PortHint(cls, item)
+
+    def spec(self, name: str, hinted: type[Payload] | None) -> PortSpec:
+        typ = self.type or hinted
+        if typ is None or not (isinstance(typ, type) and issubclass(typ, Payload)):
+            raise TypeError(f"port {name!r} needs a payload type, e.g. In[Frame]")
+        return PortSpec(
+            name=name,
+            direction=self.direction,
+            type=typ,
+            optional=self.optional,
+            multiple=self.multiple,
+            same_as=self.same_as,
+            description=self.description,
+        )
+
+
+class _PortHint:
+    """What `In[Frame]` evaluates to in a class annotation."""
+
+    def __init__(self, decl_cls: type[_PortDecl], type_: type[Payload]) -> None:
+        self.decl_cls = decl_cls
+        self.type = type_
+
+    def __repr__(self) -> str:
+        return f"{self.decl_cls.__name__}[{getattr(self.type, '__name__', self.type)}]"
+
+
+class In(_PortDecl, Generic[P]):
+    """An input port: `frame: In[Frame]`, or `mask: In[Mask] = In(optional=True)`."""
+
+    direction = "in"
+
+
+class Out(_PortDecl, Generic[P]):
+    """An output port: `mask: Out[Mask]`, or `out: Out[Payload] = Out(same_as="candidates")`."""
+
+    direction = "out"
+
+
+class NodeError(RuntimeError):
+    """A node failed in a way the user can act on; the message says how."""
+
+
+@dataclass
+class NodeContext:
+    """What the runtime gives a node at `open`: where to run and how to report.
+
+    `stream` is the CUDA stream the runtime owns for this node (None on CPU);
+    `process` is already called inside it, so plain torch work lands there.
+    """
+
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    fps: float
+    resolution: tuple[int, int]
+    stream: Any = None  # torch.cuda.Stream | None
+    graph_file: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("muse"))
+    stats: "NodeStats | None" = None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def report(self, key: str, value: Any) -> None:
+        """Publish a live value (a switch's mode, an outage count) to stats and the editor."""
+        if self.stats is not None:
+            self.stats.info[key] = value
+
+    def cupy_stream(self) -> Any:
+        """This node's stream as a CuPy stream, for kernels on the same memory (DLPack)."""
+        import cupy  # optional: only GPU nodes call this
+
+        if self.stream is None:
+            raise NodeError(f"node {self.name!r}: no CUDA stream on device {self.device}")
+        return cupy.cuda.ExternalStream(self.stream.cuda_stream)
+
+
+class Node:
+    """Base class of every node. Subclasses declare:
+
+    - `node_type`: namespaced id (`segment.modnet`, `acme.invert`)
+    - `display_name`, `category`, `description`
+    - ports as annotations `name: In[Type]` / `name: Out[Type]`
+    - `Params`: a `NodeParams` subclass
+    - flags: `cuda_graph_safe` (static shapes, no host sync in `process`),
+      `lazy_inputs` (inputs come as thunks; only those called are computed)
+    """
+
+    node_type: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""
+    category: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    cuda_graph_safe: ClassVar[bool] = False
+    lazy_inputs: ClassVar[bool] = False
+
+    Params: ClassVar[type[NodeParams]] = NodeParams
+
+    inputs_spec: ClassVar[dict[str, PortSpec]] = {}
+    outputs_spec: ClassVar[dict[str, PortSpec]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.inputs_spec, cls.outputs_spec = _collect_ports(cls)
+        if not cls.display_name and cls.node_type:
+            cls.display_name = cls.node_type.split(".")[-1].replace("_", " ").title()
+        if not cls.category and "." in cls.node_type:
+            cls.category = cls.node_type.split(".")[0]
+
+    def __init__(self, name: str, params: NodeParams | None = None) -> None:
+        # Constructors do no work: the registry and the editor build nodes freely.
+        self.name = name
+        self.params = params if params is not None else self.Params()
+        self.ctx: NodeContext | None = None
+
+    # -- lifecycle -------------------------------------------------------
+    def open(self, ctx: NodeContext) -> None:
+        """Load models, allocate buffers. Called once before the first frame."""
+        self.ctx = ctx
+
+    def process(self, **inputs: Any) -> dict[str, Payload] | None:
+        """Compute outputs from inputs. Sources return None at end of stream."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release devices and files; sinks flush here so files stay playable."""
+
+    def update_params(self, params: NodeParams) -> bool:
+        """Apply new params live. Return False if the node must be rebuilt instead."""
+        self.params = params
+        return True
+
+    def needed_inputs(self) -> Iterable[str] | None:
+        """Inputs to compute this frame (None = all connected). Nodes with
+        `lazy_inputs` decide inside `process` instead."""
+        return None
+
+    # -- class facts -----------------------------------------------------
+    @classmethod
+    def is_source(cls) -> bool:
+        return not cls.inputs_spec
+
+    @classmethod
+    def is_sink(cls) -> bool:
+        return not cls.outputs_spec
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """Everything the CLI and the editor show about this node type."""
+        return {
+            "id": cls.node_type,
+            "display_name": cls.display_name,
+            "category": cls.category,
+            "description": cls.description,
+            "inputs": {n: _port_json(p) for n, p in cls.inputs_spec.items()},
+            "outputs": {n: _port_json(p) for n, p in cls.outputs_spec.items()},
+            "params": cls.Params.model_json_schema(),
+            "flags": {"cuda_graph_safe": cls.cuda_graph_safe, "lazy_inputs": cls.lazy_inputs},
+        }
+
+
+LazyInput = Callable[[], Any]
+
+
+def _port_json(p: PortSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": p.type_name}
+    if p.direction == "in":
+        out["optional"] = p.optional
+        out["multiple"] = p.multiple
+    if p.same_as:
+        out["same_as"] = p.same_as
+    if p.description:
+        out["description"] = p.description
+    return out
+
+
+def _collect_ports(cls: type) -> tuple[dict[str, PortSpec], dict[str, PortSpec]]:
+    module = sys.modules.get(cls.__module__)
+    namespace = dict(vars(module)) if module else {}
+    namespace.update({"In": In, "Out": Out})
+    try:
+        hints = get_type_hints(cls, globalns=namespace, localns=dict(vars(cls)))
+    except Exception as exc:  # a typo in an annotation should name the class
+        raise TypeError(f"node class {cls.__qualname__}: cannot read port annotations: {exc}") from exc
+    inputs: dict[str, PortSpec] = {}
+    outputs: dict[str, PortSpec] = {}
+    for name, hint in hints.items():
+        default = getattr(cls, name, None)
+        if isinstance(hint, _PortHint):
+            decl = default if isinstance(default, hint.decl_cls) else hint.decl_cls()
+            spec = decl.spec(name, hint.type)
+        elif isinstance(default, _PortDecl):
+            spec = default.spec(name, None)
+        else:
+            continue
+        (inputs if spec.direction == "in" else outputs)[name] = spec
+    for name, spec in outputs.items():
+        if spec.same_as and spec.same_as not in inputs:
+            raise TypeError(f"node class {cls.__qualname__}: output {name!r} is same_as unknown input {spec.same_as!r}")
+    return inputs, outputs

@@ -1,0 +1,150 @@
+"""Per-node and per-graph observability: timings (p50/p95/p99), frames, drops,
+errors, end-to-end latency, live info (a switch's mode), and a Chrome trace."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_WINDOW = 2048  # recent samples kept per series: enough for stable p99, bounded for hours-long runs
+
+
+def percentiles(samples: "deque[float] | list[float]") -> dict[str, float]:
+    if not samples:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "mean": 0.0}
+    data = sorted(samples)
+
+    def pick(q: float) -> float:
+        return data[min(len(data) - 1, int(round(q * (len(data) - 1))))]
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99), "mean": sum(data) / len(data)}
+
+
+@dataclass
+class NodeStats:
+    name: str
+    node_type: str
+    frames: int = 0
+    errors: int = 0
+    drops: int = 0  # inputs dropped by a `latest` policy in front of this node
+    host_ms: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    gpu_ms: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    info: dict[str, Any] = field(default_factory=dict)
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.node_type,
+            "frames": self.frames,
+            "errors": self.errors,
+            "drops": self.drops,
+            "host_ms": percentiles(self.host_ms),
+        }
+        if self.gpu_ms:
+            out["gpu_ms"] = percentiles(self.gpu_ms)
+        if self.info:
+            out["info"] = dict(self.info)
+        if self.last_error:
+            out["last_error"] = self.last_error
+        return out
+
+
+class GraphStats:
+    """Collects what `--stats` writes; thread-safe for source and sink threads."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeStats] = {}
+        self.frames_in = 0
+        self.frames_out = 0
+        self.latency_ms: deque = deque(maxlen=_WINDOW)
+        self.started = time.perf_counter()
+        self.info: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def node(self, name: str, node_type: str = "") -> NodeStats:
+        with self._lock:
+            if name not in self.nodes:
+                self.nodes[name] = NodeStats(name, node_type)
+            return self.nodes[name]
+
+    def add_latency(self, ms: float) -> None:
+        with self._lock:
+            self.latency_ms.append(ms)
+
+    @property
+    def drops(self) -> int:
+        return sum(n.drops for n in self.nodes.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = max(1e-9, time.perf_counter() - self.started)
+        return {
+            "elapsed_s": round(elapsed, 3),
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "fps": round(self.frames_out / elapsed, 2),
+            "drops": self.drops,
+            "latency_ms": percentiles(self.latency_ms),
+            "info": dict(self.info),
+            "nodes": {name: s.as_dict() for name, s in self.nodes.items()},
+        }
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        _atomic_write_text(Path(path), json.dumps(self.as_dict(), indent=2))
+
+    def summary_lines(self) -> list[str]:
+        d = self.as_dict()
+        lines = [
+            f"frames in {d['frames_in']}, out {d['frames_out']}, {d['fps']} fps, drops {d['drops']}, "
+            f"latency p50 {d['latency_ms']['p50']:.1f} ms p99 {d['latency_ms']['p99']:.1f} ms"
+        ]
+        for name, s in d["nodes"].items():
+            t = s.get("gpu_ms") or s["host_ms"]
+            extra = f" {s['info']}" if s.get("info") else ""
+            lines.append(
+                f"  {name:<16} {s['type']:<22} p50 {t['p50']:7.2f} ms  p95 {t['p95']:7.2f}  p99 {t['p99']:7.2f}"
+                f"  frames {s['frames']:<6} drops {s['drops']:<4} errors {s['errors']}{extra}"
+            )
+        return lines
+
+
+class Trace:
+    """Chrome trace-event recorder (open the JSON in Perfetto or chrome://tracing)."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.limit = limit  # bounded: a trace of a 6-hour stream must not eat the RAM
+        self._t0 = time.perf_counter()
+        self._lock = threading.Lock()
+
+    def span(self, name: str, start: float, end: float, category: str = "node", args: dict | None = None) -> None:
+        with self._lock:
+            if len(self.events) >= self.limit:
+                return
+            self.events.append(
+                {
+                    "name": name,
+                    "cat": category,
+                    "ph": "X",
+                    "ts": (start - self._t0) * 1e6,
+                    "dur": max(0.0, (end - start) * 1e6),
+                    "pid": os.getpid(),
+                    "tid": threading.current_thread().name,
+                    **({"args": args} if args else {}),
+                }
+            )
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        _atomic_write_text(Path(path), json.dumps({"traceEvents": self.events, "displayTimeUnit": "ms"}))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,52 @@
+"""Shared fixtures: markers for GPU tests, real test media, CPU thread limits."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # `import media`
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run on the GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    import media
+
+    return media.astronaut()
+
+
+@pytest.fixture(scope="session")
+def messi():
+    import media
+
+    return media.opencv_sample("messi5.jpg")
+
+
+@pytest.fixture(scope="session")
+def basketball():
+    import media
+
+    return media.opencv_sample("basketball1.png")
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    """Where tests leave files for a person to look at (screenshots, previews)."""
+    d = Path(__file__).parent.parent / "test-artifacts"
+    d.mkdir(exist_ok=True)
+    return d
