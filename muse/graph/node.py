@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -265,17 +265,25 @@ def _port_json(p: PortSpec) -> dict[str, Any]:
 
 
 def _collect_ports(cls: type) -> tuple[dict[str, PortSpec], dict[str, PortSpec]]:
+    """Ports from the class's own annotations, on top of those inherited from its bases."""
+    inputs: dict[str, PortSpec] = {}
+    outputs: dict[str, PortSpec] = {}
+    for base in reversed(cls.__mro__[1:]):
+        inputs.update(getattr(base, "inputs_spec", {}) if isinstance(getattr(base, "inputs_spec", None), dict) else {})
+        outputs.update(getattr(base, "outputs_spec", {}) if isinstance(getattr(base, "outputs_spec", None), dict) else {})
     module = sys.modules.get(cls.__module__)
     namespace = dict(vars(module)) if module else {}
     namespace.update({"In": In, "Out": Out})
-    try:
-        hints = get_type_hints(cls, globalns=namespace, localns=dict(vars(cls)))
-    except Exception as exc:  # a typo in an annotation should name the class
-        raise TypeError(f"node class {cls.__qualname__}: cannot read port annotations: {exc}") from exc
-    inputs: dict[str, PortSpec] = {}
-    outputs: dict[str, PortSpec] = {}
-    for name, hint in hints.items():
-        default = getattr(cls, name, None)
+    for name, raw in dict(cls.__dict__.get("__annotations__", {})).items():
+        hint = raw
+        if isinstance(raw, str):
+            if "In[" not in raw and "Out[" not in raw and raw not in ("In", "Out"):
+                continue  # not a port (ClassVar and friends)
+            try:
+                hint = eval(raw, namespace, dict(vars(cls)))  # noqa: S307 - the class's own annotation text
+            except Exception as exc:  # a typo in a port annotation should name the class
+                raise TypeError(f"node class {cls.__qualname__}: cannot read port {name!r} ({raw}): {exc}") from exc
+        default = cls.__dict__.get(name)
         if isinstance(hint, _PortHint):
             decl = default if isinstance(default, hint.decl_cls) else hint.decl_cls()
             spec = decl.spec(name, hint.type)
@@ -284,6 +292,10 @@ def _collect_ports(cls: type) -> tuple[dict[str, PortSpec], dict[str, PortSpec]]
         else:
             continue
         (inputs if spec.direction == "in" else outputs)[name] = spec
+    for name, value in cls.__dict__.items():  # `x = In(Frame)` without an annotation
+        if isinstance(value, _PortDecl) and name not in inputs and name not in outputs:
+            spec = value.spec(name, None)
+            (inputs if spec.direction == "in" else outputs)[name] = spec
     for name, spec in outputs.items():
         if spec.same_as and spec.same_as not in inputs:
             raise TypeError(f"node class {cls.__qualname__}: output {name!r} is same_as unknown input {spec.same_as!r}")

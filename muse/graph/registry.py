@@ -160,7 +160,7 @@ class Registry:
 
     def suggest(self, node_type: str) -> list[str]:
         ids = list(self._nodes)
-        close = difflib.get_close_matches(node_type, ids, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(node_type, ids, n=3, cutoff=0.8)
         # Also match the name without its family: "segmnet" -> "segment.modnet".
         tail = node_type.split(".")[-1]
         by_tail: dict[str, list[str]] = {}

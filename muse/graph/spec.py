@@ -1,0 +1,244 @@
+"""The graph file format: a pydantic model of the YAML, and a loader that keeps
+line numbers so every error can point at the line a streamer has to fix.
+
+    version: 1
+    settings: {device: auto, resolution: [1920, 1080], fps: 30, precision: auto}
+    nodes:
+      camera: {type: capture.camera, params: {fallback: demo}}
+      seg:
+        type: segment.selfie
+        inputs: {frame: camera.frame}            # or {from: camera.frame, queue: 4}
+    editor: {positions: {camera: [40, 80]}}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GRAPH_VERSION = 1
+_REF = re.compile(r"^(?P<node>[A-Za-z_][\w-]*)\.(?P<port>[A-Za-z_]\w*)$")
+_NODE_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputLink(_Strict):
+    """One input connection: `from: node.port`, with the real-time policy."""
+
+    from_: Union[str, list[str]] = Field(alias="from", description="Source 'node.port' (a list for multi-inputs)")
+    policy: Literal["latest", "queue"] = Field(
+        "latest", description="latest: drop stale items (live video); queue: keep every item in order"
+    )
+    queue: int | None = Field(None, ge=1, le=1024, description="Queue length; implies policy: queue")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _queue_implies_policy(self) -> "InputLink":
+        if self.queue is not None:
+            self.policy = "queue"
+        elif self.policy == "queue":
+            self.queue = 4
+        return self
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.from_) if isinstance(self.from_, list) else [self.from_]
+
+
+InputValue = Union[str, list[str], InputLink]
+
+
+class NodeSpec(_Strict):
+    type: str = Field(description="Node type id, e.g. segment.modnet (see `muse nodes`)")
+    params: dict[str, Any] = Field(default_factory=dict, description="Node parameters (see the node's schema)")
+    inputs: dict[str, InputValue] = Field(default_factory=dict, description="port: node.port, or {from: node.port, queue: N}")
+    description: str = Field("", description="Free text shown in the editor")
+
+    def links(self) -> dict[str, InputLink]:
+        out: dict[str, InputLink] = {}
+        for port, value in self.inputs.items():
+            out[port] = value if isinstance(value, InputLink) else InputLink.model_validate({"from": value})
+        return out
+
+
+class Settings(_Strict):
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when present, else CPU")
+    resolution: tuple[int, int] = Field((1920, 1080), description="Output width, height in pixels")
+    fps: float = Field(30.0, gt=0, le=240, description="Target frames per second")
+    precision: Literal["auto", "fp16", "fp32"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
+    cuda_graphs: bool = Field(False, description="Capture chains of cuda_graph_safe nodes into CUDA graphs")
+    max_consecutive_errors: int = Field(
+        120, ge=1, description="Stop the graph after this many failed frames in a row (a frame that fails is skipped)"
+    )
+
+    @field_validator("resolution")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 16 or v[1] < 16 or v[0] > 16384 or v[1] > 16384:
+            raise ValueError("resolution must be two sizes between 16 and 16384, e.g. [3840, 2160]")
+        return v
+
+
+class Include(_Strict):
+    """A sub-graph file whose nodes join this graph under `prefix/`."""
+
+    file: str = Field(description="Path of the sub-graph YAML, relative to this file")
+    prefix: str = Field(description="Names of the included nodes become prefix/name")
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="Wire the sub-graph's open inputs: 'subnode.port': 'node.port' of this graph"
+    )
+
+
+class EditorSection(BaseModel):
+    """Kept for the node editor (positions); the runtime ignores it."""
+
+    model_config = ConfigDict(extra="allow")
+    positions: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
+class GraphSpec(_Strict):
+    version: Literal[1] = Field(description="Graph file format version (1)")
+    settings: Settings = Field(default_factory=Settings)
+    include: list[Include] = Field(default_factory=list)
+    nodes: dict[str, NodeSpec] = Field(description="Node name -> node")
+    editor: EditorSection | None = None
+
+    @field_validator("nodes")
+    @classmethod
+    def _names(cls, v: dict[str, NodeSpec]) -> dict[str, NodeSpec]:
+        for name in v:
+            if not _NODE_NAME.match(name) and "/" not in name:
+                raise ValueError(f"node name {name!r} must start with a letter and use letters, digits, _ or -")
+        return v
+
+
+def parse_ref(ref: str) -> tuple[str, str] | None:
+    """'seg.mask' -> ('seg', 'mask'); None if it is not of that form."""
+    m = _REF.match(ref.strip()) if isinstance(ref, str) else None
+    if m:
+        return m["node"], m["port"]
+    if isinstance(ref, str) and "/" in ref:  # included nodes: prefix/name.port
+        node, _, port = ref.rpartition(".")
+        if node and port.isidentifier():
+            return node, port
+    return None
+
+
+def json_schema() -> dict[str, Any]:
+    schema = GraphSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "MUSE graph"
+    return schema
+
+
+def write_json_schema(path: str | Path) -> None:
+    Path(path).write_text(json.dumps(json_schema(), indent=2) + "\n")
+
+
+# -- YAML with line numbers -------------------------------------------------
+
+
+@dataclass
+class SourceMap:
+    """Line numbers (1-based) of the places errors point at."""
+
+    file: str
+    lines: dict[tuple, int] = field(default_factory=dict)
+
+    def line(self, *path: Any) -> int | None:
+        """The deepest known line along `path` (node -> 'params' -> field)."""
+        for n in range(len(path), -1, -1):
+            hit = self.lines.get(tuple(path[:n]))
+            if hit is not None:
+                return hit
+        return None
+
+
+class DuplicateKeyError(ValueError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"key {key!r} appears twice (lines {first} and {line}); the second would silently replace the first")
+        self.key, self.line, self.first = key, line, first
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise DuplicateKeyError(str(key), line, seen[key])
+        seen[key] = line
+    mapping = loader.construct_mapping(node, deep=True)
+    out = _LinedDict(mapping)
+    out.key_lines = {k: seen[k] for k in mapping}
+    return out
+
+
+class _LinedDict(dict):
+    key_lines: dict[Any, int]
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _collect_lines(obj: Any, path: tuple, out: dict[tuple, int]) -> None:
+    if isinstance(obj, _LinedDict):
+        for k, v in obj.items():
+            out[path + (k,)] = obj.key_lines.get(k, 0)
+            _collect_lines(v, path + (k,), out)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def load_yaml(text: str, file: str = "<string>") -> tuple[Any, SourceMap]:
+    """Parse YAML text; returns plain data and the source map. Raises yaml.YAMLError / DuplicateKeyError."""
+    data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    smap = SourceMap(file)
+    _collect_lines(data, (), smap.lines)
+    return _plain(data), smap
+
+
+def dump_yaml(spec: GraphSpec) -> str:
+    """A graph as YAML text, in the order people write it (settings, nodes, editor)."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+    out: dict[str, Any] = {"version": data["version"], "settings": data["settings"]}
+    if spec.include:
+        out["include"] = data["include"]
+    nodes: dict[str, Any] = {}
+    for name, node in spec.nodes.items():
+        entry: dict[str, Any] = {"type": node.type}
+        if node.description:
+            entry["description"] = node.description
+        if node.params:
+            entry["params"] = dict(node.params)
+        if node.inputs:
+            entry["inputs"] = {
+                port: (v.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) | {"from": v.from_})
+                if isinstance(v, InputLink) else v
+                for port, v in node.inputs.items()
+            }
+        nodes[name] = entry
+    out["nodes"] = nodes
+    if spec.editor is not None:
+        out["editor"] = spec.editor.model_dump(mode="json")
+    return yaml.safe_dump(out, sort_keys=False, default_flow_style=None, width=100)
