@@ -1,0 +1,154 @@
+"""Safe file writing and video reading for MUSE Studio.
+
+Every user file (plate, recording, dataset, model) is written to a temp file
+beside its target and moved in with os.replace, so a crash never leaves half a
+file; `refuse_overwrite` guards recordings the user may care about.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+class StudioError(RuntimeError):
+    """A studio step failed in a way the user can act on; the message says how."""
+
+
+def refuse_overwrite(path: Path, what: str, hint: str = "pass --force to replace it") -> None:
+    if path.exists():
+        raise StudioError(f"{what} {path} already exists; refusing to overwrite it ({hint})")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it replaces `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        return default
+    return json.loads(p.read_text())
+
+
+def write_image(path: str | os.PathLike, rgb_or_gray: np.ndarray) -> None:
+    """PNG/JPEG from an RGB (H,W,3) or gray (H,W) uint8 array, atomically."""
+    import cv2
+
+    img = rgb_or_gray
+    if img.ndim == 3:
+        img = np.ascontiguousarray(img[:, :, ::-1])
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), img):
+            raise StudioError(f"could not write image {path} (disk full or unsupported extension?)")
+
+
+def read_image(path: str | os.PathLike, gray: bool = False) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    if img is None:
+        raise StudioError(f"cannot read image {path}; is it a PNG/JPEG that exists?")
+    return img if gray else np.ascontiguousarray(img[:, :, ::-1])
+
+
+def read_video(path: str | os.PathLike, every: int = 1, limit: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame index, RGB uint8 frame) from a video file through PyAV."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise StudioError(f"recording {path} not found; record one with `muse studio record PROFILE`")
+    n = 0
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % every:
+                continue
+            yield i, frame.to_ndarray(format="rgb24")
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+
+def video_info(path: str | os.PathLike) -> dict[str, Any]:
+    import av
+
+    with av.open(str(path)) as container:
+        s = container.streams.video[0]
+        return {
+            "width": s.codec_context.width,
+            "height": s.codec_context.height,
+            "fps": float(s.average_rate or 30),
+            "frames": int(s.frames or 0),
+        }
+
+
+class VideoWriter:
+    """H.264 (near-lossless, crf 12) writer that lands at `path` only when closed cleanly."""
+
+    def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float, crf: int = 12) -> None:
+        import av
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._container = av.open(str(self._tmp), mode="w")
+        from fractions import Fraction
+
+        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv444p" if width % 2 or height % 2 else "yuv420p"
+        self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> Path:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)

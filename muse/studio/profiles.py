@@ -1,0 +1,189 @@
+"""Studio profiles: one folder per camera angle holding its clean plate,
+recordings, dataset, trained and exported models, and a `profile.yaml`
+(camera, teachers, filter and training settings, which model is live).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from muse.studio.files import StudioError, write_text
+
+HOME_ENV = "MUSE_STUDIO_HOME"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraSettings(_Strict):
+    type: str = Field("capture.camera", description="capture node id used for plate and record")
+    params: dict[str, Any] = Field(default_factory=lambda: {"width": 1280, "height": 720, "fps": 30})
+
+
+class Sam2Settings(_Strict):
+    config: str = Field("configs/sam2.1/sam2.1_hiera_l.yaml", description="sam2 config name (inside the sam2 package)")
+    checkpoint: str | None = Field(None, description="path of the SAM 2.1 .pt on your disk; never downloaded")
+    video: bool = Field(True, description="propagate through the video (else image predictor per frame)")
+
+
+class VitPoseSettings(_Strict):
+    checkpoint: str | None = Field(None, description="folder of a transformers VitPose model (e.g. vitpose-plus-huge) on your disk")
+
+
+class TeacherSettings(_Strict):
+    segment: list[str] = Field(default_factory=lambda: ["sam2", "selfie", "clean_plate"], description="mask teachers, best first; absent ones are skipped")
+    pose: list[str] = Field(default_factory=lambda: ["vitpose", "bundled_pose"], description="keypoint teachers, best first")
+    sam2: Sam2Settings = Field(default_factory=Sam2Settings)
+    vitpose: VitPoseSettings = Field(default_factory=VitPoseSettings)
+    every: int = Field(1, ge=1, description="label every Nth frame of the recordings")
+    batch: int = Field(8, ge=1, le=256, description="frames per teacher batch on GPU")
+
+
+class FilterSettings(_Strict):
+    min_iou: float = Field(0.85, ge=0, le=1, description="drop frames whose teachers agree less than this (mask IoU)")
+    max_keypoints_outside: float = Field(0.34, ge=0, le=1, description="drop if more than this share of confident keypoints lie outside the mask")
+    min_sharpness: float = Field(20.0, ge=0, description="variance of the Laplacian below this = blurred")
+    exposure: tuple[float, float] = Field((0.12, 0.92), description="mean brightness allowed (0..1); also clipped-pixel share < 0.25")
+    max_area_jump: float = Field(0.35, ge=0, description="relative change of mask area between neighbours")
+    max_centroid_jump: float = Field(0.12, ge=0, description="centroid move between neighbours, in image widths")
+    min_area: float = Field(0.01, ge=0, le=1, description="masks smaller than this share of the picture are empty")
+    duplicate_threshold: float = Field(0.5, ge=0, description="mean abs pixel difference (0..255) below this = duplicate of the last kept frame")
+
+
+class TrainingSettings(_Strict):
+    input_size: tuple[int, int] = Field((320, 192), description="student input [width, height]")
+    width: float = Field(1.0, gt=0, le=4, description="student channel width multiplier")
+    steps: int = Field(3000, ge=1)
+    batch: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of frames held out (contiguous blocks, not random frames)")
+    ohem_ratio: float = Field(0.25, gt=0, le=1, description="share of hardest pixels kept by the OHEM loss")
+    boundary_weight: float = Field(4.0, ge=0, description="extra weight of pixels near the mask edge")
+    checkpoint_every: int = Field(100, ge=1)
+    amp: bool = Field(True, description="mixed precision on GPU")
+    seed: int = 0
+
+
+class ProfileConfig(_Strict):
+    name: str
+    camera: CameraSettings = Field(default_factory=CameraSettings)
+    teachers: TeacherSettings = Field(default_factory=TeacherSettings)
+    filter: FilterSettings = Field(default_factory=FilterSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    live_model: str | None = Field(None, description="live model file, relative to the profile folder")
+    notes: str = ""
+
+
+def studio_home(root: str | os.PathLike | None = None) -> Path:
+    if root:
+        return Path(root)
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".muse" / "profiles")
+
+
+class Profile:
+    """A profile folder and its settings. Paths are properties so every stage agrees on the layout."""
+
+    def __init__(self, root: Path, config: ProfileConfig) -> None:
+        self.root = root
+        self.config = config
+
+    name = property(lambda self: self.config.name)
+    yaml_path = property(lambda self: self.root / "profile.yaml")
+    plate_path = property(lambda self: self.root / "plate" / "clean_plate.png")
+    recordings_dir = property(lambda self: self.root / "recordings")
+    dataset_dir = property(lambda self: self.root / "dataset")
+    analysis_dir = property(lambda self: self.root / "analysis")
+    models_dir = property(lambda self: self.root / "models")
+    checkpoints_dir = property(lambda self: self.root / "models" / "checkpoints")
+    live_dir = property(lambda self: self.root / "models" / "live")
+    previous_dir = property(lambda self: self.root / "models" / "previous")
+    state_path = property(lambda self: self.root / "state.json")
+    progress_path = property(lambda self: self.root / "logs" / "train_progress.jsonl")
+
+    def recordings(self) -> list[Path]:
+        return sorted(p for p in self.recordings_dir.glob("*.mp4") if not p.name.startswith("."))
+
+    def save(self) -> None:
+        data = self.config.model_dump(mode="json")
+        write_text(self.yaml_path, yaml.safe_dump(data, sort_keys=False))
+
+    def live_model_path(self) -> Path | None:
+        return self.root / self.config.live_model if self.config.live_model else None
+
+    def summary(self) -> dict[str, Any]:
+        from muse.studio.files import read_json
+
+        return {
+            "name": self.name,
+            "path": str(self.root),
+            "clean_plate": self.plate_path.is_file(),
+            "recordings": [p.name for p in self.recordings()],
+            "labelled_frames": len(read_json(self.dataset_dir / "labels.json", {}).get("frames", [])),
+            "live_model": self.config.live_model,
+            "rollback_available": (self.previous_dir / "student.onnx").is_file(),
+            "stages": read_json(self.state_path, {}).get("stages", {}),
+        }
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name or ""):
+        raise StudioError(f"profile name {name!r} is not valid: use letters, digits, '-', '_' or '.' (e.g. 'front', 'side-desk')")
+
+
+def create_profile(name: str, root: str | os.PathLike | None = None, **overrides: Any) -> Profile:
+    _check_name(name)
+    folder = studio_home(root) / name
+    if (folder / "profile.yaml").exists():
+        raise StudioError(f"profile {name!r} already exists at {folder}; pick another name or `muse studio delete {name}`")
+    try:
+        config = ProfileConfig(name=name, **overrides)
+    except ValidationError as exc:
+        raise StudioError(f"profile {name!r}: bad settings:\n{exc}") from None
+    profile = Profile(folder, config)
+    for d in (profile.recordings_dir, profile.dataset_dir, profile.models_dir, profile.plate_path.parent):
+        d.mkdir(parents=True, exist_ok=True)
+    profile.save()
+    return profile
+
+
+def load_profile(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> Profile:
+    p = Path(name_or_path)
+    folder = p if (p / "profile.yaml").is_file() else studio_home(root) / str(name_or_path)
+    cfg_path = folder / "profile.yaml"
+    if not cfg_path.is_file():
+        known = ", ".join(list_profiles(root)) or "none yet"
+        raise StudioError(f"no profile {str(name_or_path)!r} (looked for {cfg_path}); known profiles: {known}. Create one with `muse studio new NAME`")
+    try:
+        raw = yaml.safe_load(cfg_path.read_text()) or {}
+        config = ProfileConfig(**raw)
+    except (yaml.YAMLError, ValidationError, TypeError) as exc:
+        raise StudioError(f"{cfg_path}: invalid profile settings; fix the file:\n{exc}") from None
+    return Profile(folder, config)
+
+
+def list_profiles(root: str | os.PathLike | None = None) -> list[str]:
+    home = studio_home(root)
+    if not home.is_dir():
+        return []
+    return sorted(p.name for p in home.iterdir() if (p / "profile.yaml").is_file())
+
+
+def delete_profile(name: str, root: str | os.PathLike | None = None, *, yes: bool = False) -> Path:
+    """Delete a profile folder; refuses unless `yes` (the CLI asks first)."""
+    profile = load_profile(name, root)
+    if not yes:
+        raise StudioError(f"deleting profile {name!r} removes {profile.root} with its recordings and models; confirm with --yes")
+    # Move aside first so a crash mid-delete never leaves a half profile that looks valid.
+    trash = profile.root.with_name(f".deleting-{profile.root.name}")
+    os.replace(profile.root, trash)
+    shutil.rmtree(trash)
+    return profile.root
