@@ -1,0 +1,2 @@
+"""Landmark helpers shared by pose and face (ROI crops, SSD decoding, tracking)
+and the `landmarks.smooth` One-Euro filter node."""
