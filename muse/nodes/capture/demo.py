@@ -1,0 +1,169 @@
+"""`capture.demo`: a source that needs no camera and no files.
+
+A real person photo (scikit-image's astronaut, cut out with a fixed soft
+silhouette) moves smoothly over a real background picture. Frame i is always
+the same picture, so graphs can be tried and tested anywhere; the clean plate
+(the background alone) and the person's alpha are outputs too, as ground truth.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from muse.graph.node import Node, NodeContext, NodeParams, Out
+from muse.graph.payloads import Frame, Mask
+from muse.nodes.capture.pacing import Pacer
+
+# Silhouette of the astronaut in her 512x512 photo: head, collar ring and
+# torso (the helmet in the lower right and the flag on the left are left out).
+_HEAD = ((226, 95), (66, 82))  # centre (x, y), axes (rx, ry)
+_COLLAR = ((210, 226), (95, 68))
+_TORSO = [(120, 240), (305, 240), (345, 290), (362, 350), (292, 385), (282, 512),
+          (22, 512), (18, 345), (40, 285), (85, 255)]
+
+
+def person_cutout() -> tuple[np.ndarray, np.ndarray]:
+    """The astronaut as (512, 512, 3) uint8 RGB and her soft alpha (512, 512) float32 in [0, 1]."""
+    import cv2
+    from skimage import data
+
+    rgb = data.astronaut()
+    hard = np.zeros(rgb.shape[:2], np.uint8)
+    for (cx, cy), (rx, ry) in (_HEAD, _COLLAR):
+        cv2.ellipse(hard, (cx, cy), (rx, ry), 0, 0, 360, 255, -1)
+    cv2.fillPoly(hard, [np.array(_TORSO, np.int32)], 255)
+    # A few pixels of feather, like the edge a real matte has.
+    alpha = cv2.GaussianBlur(hard.astype(np.float32) / 255.0, (0, 0), 2.0)
+    alpha[-4:] = hard[-4:] / 255.0  # the body leaves the frame at the bottom: keep that edge hard
+    return rgb, alpha
+
+
+def background_picture(name: str) -> np.ndarray:
+    """A real photo from scikit-image as (H, W, 3) uint8 RGB."""
+    from skimage import data
+
+    img = getattr(data, name)()
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(img[:, :, :3])
+
+
+def _cover(img: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Resize (3, h, w) float to fill width x height, cropping the overflow (like a camera's field of view)."""
+    _, h, w = img.shape
+    scale = max(width / w, height / h)
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    big = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)[0]
+    y0, x0 = (nh - height) // 2, (nw - width) // 2
+    return big[:, y0 : y0 + height, x0 : x0 + width]
+
+
+class Demo(Node):
+    node_type = "capture.demo"
+    display_name = "Demo source"
+    description = (
+        "A real person photo moving over a room picture, at any size and fps; deterministic. "
+        "Outputs the frame, the person's alpha (ground truth) and the clean plate (background alone)."
+    )
+
+    frame: Out[Frame]
+    mask: Out[Mask]
+    clean_plate: Out[Frame]
+
+    class Params(NodeParams):
+        width: int = Field(1280, ge=16, le=7680, description="Width in pixels")
+        height: int = Field(720, ge=16, le=4320, description="Height in pixels")
+        fps: float = Field(30.0, ge=0, le=240, description="Frames per second; 0 = as fast as possible")
+        frames: int = Field(0, ge=0, description="Stop after this many frames; 0 = endless")
+        person: bool = Field(True, description="Draw the person; off renders the clean plate alone")
+        background: Literal["coffee", "chelsea", "rocket"] = Field(
+            "coffee", description="Background photo (scikit-image sample)"
+        )
+        motion: float = Field(1.0, ge=0.0, le=2.0, description="How far the person moves (0 = still)")
+        start: int = Field(0, ge=0, description="First frame number (frame i is always the same picture)")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        p = self.params
+        dev = ctx.device
+        work = torch.float16 if dev.type == "cuda" else torch.float32
+        bg = torch.from_numpy(background_picture(p.background)).to(dev).permute(2, 0, 1).to(work) / 255.0
+        self._plate = (_cover(bg, p.width, p.height).clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+        rgb, alpha = person_cutout()
+        side = max(8, round(0.85 * p.height))  # she fills most of the frame's height, like a webcam shot
+        person = torch.from_numpy(rgb).to(dev).permute(2, 0, 1).to(work) / 255.0
+        a = torch.from_numpy(alpha).to(dev)[None].to(work)
+        both = F.interpolate(torch.cat((person, a))[None], size=(side, side), mode="bilinear",
+                             align_corners=False, antialias=True)[0].clamp(0, 1)
+        self._person = both[:3].permute(1, 2, 0).contiguous() * 255.0  # (s, s, 3), pre-scaled to 0..255
+        self._alpha = both[3].contiguous()  # (s, s)
+        self._side = side
+        self._work = work
+        self._mask_dtype = ctx.dtype
+        self._index = p.start
+        self._emitted = 0
+        self._pacer = Pacer(p.fps)
+
+    def placement(self, index: int) -> tuple[int, int]:
+        """Top-left pixel of the person at frame `index`: a slow sway plus a small bob."""
+        p = self.params
+        t = index / (p.fps or 30.0)
+        cx = p.width / 2 + p.motion * 0.22 * p.width * math.sin(2 * math.pi * t / 6.0)
+        bob = p.motion * 0.015 * p.height * math.sin(2 * math.pi * t / 1.7)
+        x0 = round(cx - self._side / 2)
+        y0 = round(p.height - self._side + 0.03 * p.height + bob)  # body runs off the bottom edge
+        return x0, y0
+
+    def render(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame `index` as (H, W, 3) uint8 and the person's alpha (H, W)."""
+        p = self.params
+        alpha_full = torch.zeros((p.height, p.width), dtype=self._mask_dtype, device=self._plate.device)
+        if not p.person:
+            return self._plate, alpha_full
+        x0, y0 = self.placement(index)
+        # Clip the person's square to the frame.
+        fx0, fy0 = max(0, x0), max(0, y0)
+        fx1, fy1 = min(p.width, x0 + self._side), min(p.height, y0 + self._side)
+        if fx1 <= fx0 or fy1 <= fy0:
+            return self._plate, alpha_full
+        sx0, sy0 = fx0 - x0, fy0 - y0
+        sx1, sy1 = sx0 + (fx1 - fx0), sy0 + (fy1 - fy0)
+        a = self._alpha[sy0:sy1, sx0:sx1]
+        fg = self._person[sy0:sy1, sx0:sx1]
+        bg = self._plate[fy0:fy1, fx0:fx1].to(self._work)
+        out = self._plate.clone()
+        out[fy0:fy1, fx0:fx1] = torch.lerp(bg, fg, a[..., None]).round_().to(torch.uint8)
+        alpha_full[fy0:fy1, fx0:fx1] = a.to(self._mask_dtype)
+        return out, alpha_full
+
+    def process(self) -> dict[str, Frame | Mask] | None:
+        p = self.params
+        if p.frames and self._emitted >= p.frames:
+            return None
+        self._pacer.wait(self._emitted)
+        i = self._index
+        image, alpha = self.render(i)
+        ts = i / (p.fps or 30.0)
+        self._index += 1
+        self._emitted += 1
+        return {
+            "frame": Frame(image, timestamp=ts, index=i),
+            "mask": Mask(alpha, timestamp=ts, index=i),
+            "clean_plate": Frame(self._plate, timestamp=ts, index=i),
+        }
+
+    def update_params(self, params: NodeParams) -> bool:
+        # Size and pictures are baked into buffers at open; motion/person/frames can change live.
+        old = self.params
+        if (params.width, params.height, params.background) != (old.width, old.height, old.background):  # type: ignore[attr-defined]
+            return False
+        self.params = params
+        self._pacer.fps = params.fps  # type: ignore[attr-defined]
+        self._pacer.reset()
+        return True

@@ -1,0 +1,199 @@
+"""`output.file`: records frames or masks with PyAV: H.264/HEVC for small
+files, FFV1 or a PNG sequence for lossless. Never overwrites an existing file
+unless told; the container is written so a recording cut short (Ctrl-C, a
+crash, even kill -9) still plays: MKV clusters and fragmented MP4 are flushed
+about every second, and `close` flushes the encoder."""
+
+from __future__ import annotations
+
+import os
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
+from muse.graph.payloads import Frame, Mask
+from muse.graph.transfer import Downloader
+from muse.nodes.output.picture import one_picture
+
+Codec = Literal["h264", "hevc", "ffv1", "png"]
+
+ENCODERS = {"h264": "libx264", "hevc": "libx265", "ffv1": "ffv1"}
+CONTAINERS = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov", ".ts": "mpegts", ".avi": "avi", ".nut": "nut"}
+# Lossless codecs need a container that can hold them.
+ALLOWED = {"h264": set(CONTAINERS), "hevc": {".mkv", ".mp4", ".mov", ".ts", ".nut"}, "ffv1": {".mkv", ".avi", ".nut"}}
+# Options that make the file decodable when the process dies mid-recording.
+CRASH_SAFE = {
+    "matroska": {"cluster_time_limit": "1000", "flush_packets": "1"},
+    "mp4": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"},
+    "mov": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"},
+    "mpegts": {"flush_packets": "1"},
+    "nut": {"flush_packets": "1"},
+    "avi": {"flush_packets": "1"},
+}
+
+
+def expand_path(template: str) -> Path:
+    """`~` and strftime fields (`%Y%m%d_%H%M%S`) in a recording path."""
+    return Path(time.strftime(template)).expanduser()
+
+
+class FileOutput(Node):
+    node_type = "output.file"
+    display_name = "Record to file"
+    description = (
+        "Records a frame or a mask (as grey) with FFmpeg: h264/hevc, lossless ffv1 (.mkv) or a PNG sequence; "
+        "refuses to overwrite; stays playable when cut short."
+    )
+
+    frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
+    mask: In[Mask] = In(optional=True, description="Connect this or `frame`; written as grey")
+
+    class Params(NodeParams):
+        path: str = Field("recordings/muse_%Y%m%d_%H%M%S.mkv", description="File (or folder, for png) to write; strftime fields allowed")
+        codec: Codec = Field("h264", description="h264/hevc: small files; ffv1: lossless (.mkv/.avi); png: lossless picture folder")
+        overwrite: bool = Field(False, description="Replace an existing file (off: an existing file is an error)")
+        fps: float = Field(0.0, ge=0, le=240, description="Frame rate stored in the file; 0 = the graph's fps")
+        crf: int = Field(20, ge=0, le=51, description="h264/hevc quality: lower is better and bigger (18-23 is typical)")
+        preset: str = Field("veryfast", description="x264/x265 speed preset (ultrafast ... veryslow)")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        p = self.params
+        self.path = expand_path(p.path)
+        self.count = 0
+        self._container: Any = None
+        self._fileobj: Any = None
+        self._stream: Any = None
+        self._download = Downloader()
+        self._fps = p.fps or ctx.fps or 30.0
+        if p.codec == "png":
+            self._check_png_folder()
+        else:
+            suffix = self.path.suffix.lower()
+            if suffix not in CONTAINERS:
+                raise NodeError(
+                    f"node {self.name!r}: cannot tell the container from {str(self.path)!r} (field `path`); "
+                    f"end it with one of {', '.join(CONTAINERS)} (.mkv is the safest)"
+                )
+            if suffix not in ALLOWED[p.codec]:
+                raise NodeError(
+                    f"node {self.name!r}: codec {p.codec} cannot go in a {suffix} file (fields `codec`, `path`); "
+                    f"use one of {', '.join(sorted(ALLOWED[p.codec]))}"
+                )
+            if self.path.exists() and not p.overwrite:
+                raise NodeError(
+                    f"node {self.name!r}: {str(self.path)!r} already exists and would be overwritten; "
+                    "choose another `path` (strftime fields like %Y%m%d_%H%M%S make unique names) or set `overwrite: true`"
+                )
+        ctx.report("path", str(self.path))
+
+    def _check_png_folder(self) -> None:
+        folder = self.path
+        if folder.suffix.lower() == ".png":
+            raise NodeError(f"node {self.name!r}: for codec png, `path` is a folder, got {str(folder)!r}")
+        if folder.exists() and not folder.is_dir():
+            raise NodeError(f"node {self.name!r}: {str(folder)!r} exists and is not a folder (field `path`)")
+        if folder.is_dir() and any(folder.glob("frame_*.png")) and not self.params.overwrite:
+            raise NodeError(
+                f"node {self.name!r}: folder {str(folder)!r} already holds frame_*.png pictures that would be overwritten; "
+                "choose another `path` or set `overwrite: true`"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+
+    # -- video -----------------------------------------------------------
+    def _start_video(self, width: int, height: int, grey: bool) -> None:
+        import av
+
+        p = self.params
+        fmt = CONTAINERS[self.path.suffix.lower()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # "x" creates the file only if it is new, so a race with another writer cannot clobber it.
+            self._fileobj = open(self.path, "wb" if p.overwrite else "xb")
+        except FileExistsError:
+            raise NodeError(f"node {self.name!r}: {str(self.path)!r} appeared meanwhile; not overwriting it") from None
+        self._container = av.open(self._fileobj, mode="w", format=fmt, options=CRASH_SAFE.get(fmt, {}))
+        rate = Fraction(self._fps).limit_denominator(1001)
+        stream = self._container.add_stream(ENCODERS[p.codec], rate=rate)
+        stream.width, stream.height = width, height
+        stream.time_base = 1 / rate
+        if p.codec == "ffv1":
+            stream.pix_fmt = "gray" if grey else "bgr0"  # both lossless from 8-bit input
+            stream.options = {"g": "1"}  # every frame a keyframe: any cut is clean
+        else:
+            stream.pix_fmt = "yuv420p"
+            gop = str(max(1, round(self._fps)))  # a keyframe a second: a cut recording loses at most that
+            stream.options = {"crf": str(p.crf), "preset": p.preset, "g": gop}
+            if p.codec == "hevc":
+                stream.options["x265-params"] = "log-level=error"
+        self._stream = stream
+        self._grey = grey
+        self._size = (width, height)
+
+    def _encode(self, pixels: np.ndarray) -> None:
+        import av
+
+        fmt = "gray" if pixels.ndim == 2 else "rgb24"
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format=fmt)
+        vf.pts = self.count
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+
+    def process(self, frame: Frame | None = None, mask: Mask | None = None) -> None:
+        img, is_mask = one_picture(self.name, frame, mask)
+        h, w = int(img.shape[0]), int(img.shape[1])
+        if self.params.codec == "png":
+            self._write_png(self._download(img))
+            self.count += 1
+            self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+            return None
+        if self.params.codec in ("h264", "hevc"):
+            w, h = w - w % 2, h - h % 2  # 4:2:0 needs even sizes; drop the odd edge pixel
+            img = img[:h, :w]
+        if self._container is None:
+            self._start_video(w, h, is_mask)
+        if (w, h) != self._size or is_mask != self._grey:
+            raise NodeError(
+                f"node {self.name!r}: the input changed from {self._size[0]}x{self._size[1]} to {w}x{h} mid-recording; "
+                "a file holds one size (put a resize node before it)"
+            )
+        try:
+            self._encode(self._download(img))
+        except Exception as exc:
+            raise NodeError(f"node {self.name!r}: writing {str(self.path)!r} failed: {exc}") from exc
+        self.count += 1
+        self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+        return None
+
+    def _write_png(self, pixels: np.ndarray) -> None:
+        import cv2
+
+        target = self.path / f"frame_{self.count:06d}.png"
+        tmp = target.with_name(f".{target.name}.tmp.png")
+        bgr = pixels if pixels.ndim == 2 else pixels[:, :, ::-1]
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(bgr)):
+            raise NodeError(f"node {self.name!r}: cannot write {str(tmp)!r}; is the disk full or the folder read-only?")
+        os.replace(tmp, target)  # a picture is either whole or absent
+
+    def close(self) -> None:
+        if self._container is not None:
+            try:
+                for packet in self._stream.encode(None):  # frames still inside the encoder
+                    self._container.mux(packet)
+            except Exception as exc:
+                if self.ctx:
+                    self.ctx.logger.error("%s: flushing %s failed: %s", self.name, self.path, exc)
+            finally:
+                self._container.close()
+                self._container = None
+        if self._fileobj is not None:
+            self._fileobj.close()
+            self._fileobj = None
+        if self.ctx and self.count:
+            self.ctx.logger.info("%s: wrote %d frames to %s", self.name, self.count, self.path)
