@@ -1,0 +1,138 @@
+"""Label a profile's recordings with its teachers and write the dataset.
+
+Frames go to `dataset/frames/*.jpg`, labels to `dataset/masks/*.png`, one JSON
+record per frame to `dataset/records/<recording>.rank<R>.jsonl` (appended clip
+by clip, so an interrupted run resumes where it stopped). Under torchrun each
+rank labels every WORLD_SIZE-th clip; rank 0 merges `dataset/labels.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from muse.studio.files import StudioError, read_image, read_video, write_image, write_json
+
+
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _done_ids(records_dir: Path) -> set[str]:
+    done = set()
+    for p in records_dir.glob("*.jsonl"):
+        for line in p.read_text().splitlines():
+            try:
+                done.add(json.loads(line)["id"])
+            except (ValueError, KeyError):
+                continue  # a torn last line from a kill: that clip is relabelled
+    return done
+
+
+def label_profile(
+    profile: Any,
+    *,
+    device: str = "cpu",
+    clip: int = 32,
+    limit: int | None = None,
+    teachers: Any = None,
+    offline_only: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Label every recording of `profile` (resumable, shardable); return a summary."""
+    from muse.studio.filter import measure
+    from muse.studio.teachers.combine import build_teachers, label_frames
+
+    recordings = profile.recordings()
+    if not recordings:
+        raise StudioError(f"profile {profile.name!r} has no recordings; record one with `muse studio record {profile.name} --seconds 60`")
+    plate = read_image(profile.plate_path) if profile.plate_path.is_file() else None
+    ts = teachers or build_teachers(profile, device, plate, offline_only=offline_only)
+    for name, why in ts.skipped.items():
+        log(f"teacher {name} skipped: {why}")
+    rank, world = _rank_world()
+    ds = profile.dataset_dir
+    records_dir = ds / "records"
+    records_dir.mkdir(parents=True, exist_ok=True)
+    done = _done_ids(records_dir)
+    every = profile.config.teachers.every
+    new = 0
+    for rec_path in recordings:
+        rec = rec_path.stem
+        out_path = records_dir / f"{rec}.rank{rank}.jsonl"
+        buf: list[tuple[int, np.ndarray]] = []
+        clip_no = 0
+
+        def flush() -> int:
+            nonlocal clip_no
+            mine = clip_no % world == rank
+            clip_no += 1
+            batch = [(i, f) for i, f in buf if f"{rec}_{i:06d}" not in done]
+            if not mine or not batch:
+                return 0
+            labels = label_frames(ts, [f for _, f in batch])
+            lines = []
+            for (i, frame), lab in zip(batch, labels):
+                fid = f"{rec}_{i:06d}"
+                write_image(ds / "frames" / f"{fid}.jpg", frame)
+                write_image(ds / "masks" / f"{fid}.png", np.clip(lab.mask * 255 + 0.5, 0, 255).astype(np.uint8))
+                stats = measure(frame, lab.mask, lab.keypoints, lab.agreement)
+                lines.append(json.dumps({
+                    "id": fid, "recording": rec, "index": i,
+                    "frame": f"frames/{fid}.jpg", "mask": f"masks/{fid}.png",
+                    "teacher": lab.teacher, "ious": lab.ious,
+                    "keypoints": None if lab.keypoints is None else np.round(lab.keypoints, 2).tolist(),
+                    "skeleton": lab.skeleton, "stats": stats,
+                }))
+            with open(out_path, "a") as fh:  # a whole clip per write; a torn line is skipped on resume
+                fh.write("\n".join(lines) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            return len(lines)
+
+        for i, frame in read_video(rec_path, every=every, limit=limit):
+            buf.append((i, frame))
+            if len(buf) >= clip:
+                new += flush()
+                buf = []
+        if buf:
+            new += flush()
+    for t in ts.masks:
+        getattr(t, "close", lambda: None)()
+    if world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+    summary = {"new_frames": new, "teachers": [t.name for t in ts.masks], "pose_teachers": [t.name for t in ts.poses], "skipped": ts.skipped}
+    if rank == 0:
+        records = merge_records(ds)
+        summary["frames"] = len(records)
+        log(f"labelled {new} new frames; dataset holds {len(records)} frames")
+    return summary
+
+
+def merge_records(dataset_dir: Path) -> list[dict[str, Any]]:
+    """Merge every rank's records into `labels.json`, in time order, one record per frame id."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for p in sorted((dataset_dir / "records").glob("*.jsonl")):
+        for line in p.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            by_id[r["id"]] = r
+    records = sorted(by_id.values(), key=lambda r: (r["recording"], r["index"]))
+    write_json(dataset_dir / "labels.json", {"frames": records})
+    return records
+
+
+def load_records(dataset_dir: Path) -> list[dict[str, Any]]:
+    p = dataset_dir / "labels.json"
+    if not p.is_file():
+        raise StudioError(f"{p} not found; label the recordings first (`muse studio label PROFILE`)")
+    return json.loads(p.read_text())["frames"]
