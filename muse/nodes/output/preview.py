@@ -1,0 +1,276 @@
+"""`output.preview`: watch the graph's output. An MJPEG stream over HTTP on
+127.0.0.1 (open the URL in a browser or OBS's browser source; works on headless
+machines) and, where there is a desktop, a DearPyGui window."""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
+from muse.graph.payloads import Frame, Mask
+from muse.graph.transfer import Downloader
+from muse.nodes.output.picture import as_rgb, fit, one_picture
+
+BOUNDARY = "museframe"
+
+PAGE = """<!doctype html><html><head><title>MUSE preview - {name}</title>
+<style>body{{margin:0;background:#111;display:flex;align-items:center;justify-content:center;height:100vh}}
+img{{max-width:100vw;max-height:100vh}}</style></head>
+<body><img src="/stream.mjpg" alt="MUSE preview"></body></html>"""
+
+
+def has_display() -> bool:
+    """Whether a desktop window can open (DearPyGui aborts the process without one)."""
+    if platform.system() in ("Windows", "Darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+class _Latest:
+    """The newest JPEG, handed from the node to every HTTP client."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.jpeg: bytes | None = None
+        self.pixels: np.ndarray | None = None  # kept un-encoded while nobody watches
+        self.serial = 0
+        self.clients = 0
+        self.closed = False
+        self.quality = 80
+
+    def publish(self, pixels: np.ndarray) -> None:
+        with self.cond:
+            watched = self.clients > 0
+        jpeg = encode_jpeg(pixels, self.quality) if watched else None
+        with self.cond:
+            self.pixels = None if watched else pixels.copy()
+            self.jpeg = jpeg
+            self.serial += 1
+            self.cond.notify_all()
+
+    def still(self) -> bytes | None:
+        with self.cond:
+            if self.jpeg is None and self.pixels is not None:
+                self.jpeg = encode_jpeg(self.pixels, self.quality)
+            return self.jpeg
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    import cv2
+
+    bgr = pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[:, :, ::-1])
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _handler(latest: _Latest, title: str) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # keep the console for the graph's own log
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            path = self.path.split("?")[0]
+            if path in ("/", "/index.html"):
+                body = PAGE.format(name=title).encode()
+                self._send(200, "text/html; charset=utf-8", body)
+            elif path == "/frame.jpg":
+                jpeg = latest.still()
+                if jpeg is None:
+                    self._send(503, "text/plain", b"no frame yet")
+                else:
+                    self._send(200, "image/jpeg", jpeg)
+            elif path == "/stream.mjpg":
+                self._stream()
+            else:
+                self._send(404, "text/plain", b"not found; try / or /stream.mjpg or /frame.jpg")
+
+        def _send(self, code: int, ctype: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _stream(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            with latest.cond:
+                latest.clients += 1
+                seen = -1
+            try:
+                # Send the newest still at once, so a client sees something before the next frame.
+                first = latest.still()
+                if first is not None:
+                    self._part(first)
+                    seen = latest.serial
+                while True:
+                    with latest.cond:
+                        latest.cond.wait_for(lambda: latest.closed or (latest.serial != seen and latest.jpeg is not None), timeout=1.0)
+                        if latest.closed:
+                            return
+                        if latest.serial == seen or latest.jpeg is None:
+                            continue
+                        jpeg, seen = latest.jpeg, latest.serial
+                    self._part(jpeg)
+            except (BrokenPipeError, ConnectionResetError, OSError):
+                return  # the viewer went away
+            finally:
+                with latest.cond:
+                    latest.clients -= 1
+
+        def _part(self, jpeg: bytes) -> None:
+            head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+            self.wfile.write(head + jpeg + b"\r\n")
+            self.wfile.flush()
+
+    return Handler
+
+
+class Preview(Node):
+    node_type = "output.preview"
+    display_name = "Preview"
+    description = "Shows a frame or a mask: MJPEG over HTTP on 127.0.0.1 (browser, OBS browser source) and a desktop window where there is a display."
+
+    frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
+    mask: In[Mask] = In(optional=True, description="Connect this or `frame`")
+
+    class Params(NodeParams):
+        port: int = Field(8090, ge=0, le=65535, description="HTTP port; 0 = any free port (the URL is reported)")
+        host: str = Field("127.0.0.1", description="Address to listen on; 127.0.0.1 keeps it on this machine")
+        http: bool = Field(True, description="Serve the MJPEG preview over HTTP")
+        window: Literal["auto", "on", "off"] = Field("auto", description="Desktop window: auto = when a display exists")
+        max_width: int = Field(1280, ge=0, le=7680, description="Shrink wider frames to this width before encoding; 0 = full size")
+        quality: int = Field(80, ge=10, le=100, description="JPEG quality")
+        title: str = Field("MUSE preview", description="Window and page title")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        p = self.params
+        self._latest = _Latest()
+        self._latest.quality = p.quality
+        self._download = Downloader()
+        self._server: ThreadingHTTPServer | None = None
+        self._window: _Window | None = None
+        self.url: str | None = None
+        self.count = 0
+        if p.http:
+            self._start_http(ctx)
+        if p.window == "on" or (p.window == "auto" and has_display()):
+            if has_display():
+                self._window = _Window(p.title, ctx)
+            else:
+                ctx.logger.warning("%s: no display (DISPLAY is unset), so no preview window; %s", self.name,
+                                   f"open {self.url} in a browser" if self.url else "enable http to watch in a browser")
+                ctx.report("window", "none (no display)")
+
+    def _start_http(self, ctx: NodeContext) -> None:
+        p = self.params
+        try:
+            server = ThreadingHTTPServer((p.host, p.port), _handler(self._latest, p.title))
+        except OSError as exc:
+            raise NodeError(
+                f"node {self.name!r}: cannot listen on {p.host}:{p.port} (fields `host`, `port`): {exc}; "
+                "pick another port or `port: 0` for any free one"
+            ) from exc
+        server.daemon_threads = True
+        self._server = server
+        host, port = server.server_address[:2]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        self.url = f"http://{shown}:{port}/"
+        if p.host not in ("127.0.0.1", "localhost", "::1"):
+            ctx.logger.warning("%s: the preview listens on %s, reachable from other machines", self.name, p.host)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"muse-preview-{self.name}", daemon=True).start()
+        ctx.logger.warning("%s: preview at %s (MJPEG stream at %sstream.mjpg)", self.name, self.url, self.url)
+        ctx.report("url", self.url)
+
+    def process(self, frame: Frame | None = None, mask: Mask | None = None) -> None:
+        img, _ = one_picture(self.name, frame, mask)
+        p = self.params
+        h, w = int(img.shape[0]), int(img.shape[1])
+        if p.max_width and w > p.max_width:
+            nh = max(2, round(h * p.max_width / w))
+            img = fit(img, p.max_width, nh, "stretch")
+        pixels = self._download(img)
+        self._latest.publish(pixels)
+        if self._window is not None:
+            self._window.show(as_rgb(torch.from_numpy(pixels)).numpy())
+        self.count += 1
+        self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+        return None
+
+    def close(self) -> None:
+        with self._latest.cond:
+            self._latest.closed = True
+            self._latest.cond.notify_all()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+
+
+class _Window:
+    """A DearPyGui viewport on its own thread (DearPyGui wants one thread for its context and loop)."""
+
+    def __init__(self, title: str, ctx: NodeContext) -> None:
+        self.title = title
+        self.ctx = ctx
+        self._lock = threading.Lock()
+        self._pending: np.ndarray | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def show(self, rgb: np.ndarray) -> None:
+        with self._lock:
+            self._pending = rgb.copy()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, args=(rgb.shape[1], rgb.shape[0]), name="muse-preview-window", daemon=True)
+            self._thread.start()
+
+    def _loop(self, width: int, height: int) -> None:
+        try:
+            import dearpygui.dearpygui as dpg
+        except ImportError as exc:
+            self.ctx.logger.warning("preview window unavailable (%s); use the HTTP preview", exc)
+            return
+        dpg.create_context()
+        try:
+            blank = np.zeros(width * height * 3, np.float32)
+            with dpg.texture_registry():
+                tex = dpg.add_raw_texture(width, height, default_value=blank, format=dpg.mvFormat_Float_rgb)
+            with dpg.window(tag="muse_preview"):
+                dpg.add_image(tex)
+            dpg.create_viewport(title=self.title, width=width, height=height)
+            dpg.setup_dearpygui()
+            dpg.show_viewport()
+            dpg.set_primary_window("muse_preview", True)
+            while dpg.is_dearpygui_running() and not self._stop.is_set():
+                with self._lock:
+                    rgb, self._pending = self._pending, None
+                if rgb is not None and rgb.shape[:2] == (height, width):
+                    dpg.set_value(tex, (rgb.astype(np.float32) / 255.0).reshape(-1))
+                dpg.render_dearpygui_frame()
+        except Exception as exc:  # a broken GL driver must not stop the stream
+            self.ctx.logger.warning("preview window failed: %s; use the HTTP preview", exc)
+        finally:
+            dpg.destroy_context()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
