@@ -1,0 +1,112 @@
+"""`warp.apply`: one full-resolution pass that applies the face and body fields.
+
+Sums the low-resolution Displacements, zeroes them outside the person's
+dilated mask (rooms stay straight), then samples the frame once: the fused
+CuPy kernel on CUDA, torch `grid_sample` on CPU. Uncovered pixels come from the
+clean plate; the warped person mask is an output for the compositor.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.payloads import Displacement, Frame, Mask
+from muse.nodes.warp import kernels
+from muse.nodes.warp.fields import mask_gate
+
+
+def combine_fields(fields: list[Displacement], size: tuple[int, int]) -> torch.Tensor | None:
+    """Sum fields on the finest grid among them, offsets rescaled to pictures of `size` (w, h)."""
+    if not fields:
+        return None
+    grid = max((f.field.shape[-2:] for f in fields), key=lambda hw: hw[0] * hw[1])
+    total = None
+    for f in fields:
+        v = f.field.float()
+        if tuple(v.shape[-2:]) != tuple(grid):
+            v = F.interpolate(v[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
+        iw, ih = f.image_size
+        if (iw, ih) != size:  # offsets are in pixels of the picture the field was made for
+            v = v * torch.tensor([size[0] / iw, size[1] / ih], device=v.device, dtype=v.dtype)[:, None, None]
+        total = v if total is None else total + v
+    return total
+
+
+class WarpApply(Node):
+    node_type = "warp.apply"
+    display_name = "Apply warp"
+    description = "Applies face and body Displacements to a frame in one pass; fills uncovered pixels from the clean plate."
+    cuda_graph_safe = False  # the optional inputs may come and go
+
+    frame: In[Frame]
+    face: In[Displacement] = In(optional=True, description="From warp.face")
+    body: In[Displacement] = In(optional=True, description="From warp.body")
+    mask: In[Mask] = In(optional=True, description="Person mask: limits the field and marks what moves")
+    plate: In[Frame] = In(optional=True, description="Clean plate (background.adaptive) for uncovered pixels")
+    out: Out[Frame]
+    warped_mask: Out[Mask] = Out(description="The person mask after the warp (for composite); only with a mask input")
+
+    class Params(NodeParams):
+        margin: float = Field(0.04, ge=0.0, le=0.2, description="How far past the mask outline the field may reach, as a fraction of the frame height")
+        backend: Literal["auto", "cupy", "torch"] = Field("auto", description="auto = CuPy kernel on CUDA when installed, torch elsewhere")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        if self.params.backend == "cupy":
+            if not ctx.cuda:
+                raise NodeError(f"node {self.name!r}: backend 'cupy' needs a CUDA device (settings.device is {ctx.device}); use backend: auto")
+            if not kernels.cupy_available():
+                raise NodeError(f"node {self.name!r}: backend 'cupy' but CuPy is not installed; pip install 'muse-engine[cuda]' or use backend: auto")
+        self._backend = "cupy" if ctx.cuda and self.params.backend != "torch" and kernels.cupy_available() else "torch"
+        if ctx.cuda and self._backend == "torch" and self.params.backend == "auto":
+            ctx.logger.warning("node %r: CuPy not installed; the warp runs on torch grid_sample (slower)", self.name)
+        ctx.report("backend", self._backend)
+
+    def update_params(self, params: NodeParams) -> bool:
+        if params.backend != self.params.backend:  # type: ignore[attr-defined]
+            return False  # rebuild: open() decides the backend
+        self.params = params
+        return True
+
+    def process(
+        self,
+        frame: Frame,
+        face: Displacement | None = None,
+        body: Displacement | None = None,
+        mask: Mask | None = None,
+        plate: Frame | None = None,
+    ) -> dict[str, object]:
+        ctx = self.ctx
+        assert ctx is not None
+        field = combine_fields([f for f in (face, body) if f is not None], frame.size)
+        outputs: dict[str, object] = {}
+        if field is None:  # nothing to warp: pass the frame through untouched
+            outputs["out"] = frame
+            if mask is not None:
+                outputs["warped_mask"] = mask
+            return outputs
+        src = frame.hwc_uint8()
+        alpha = mask.alpha if mask is not None else None
+        if alpha is not None:
+            field = field * mask_gate(alpha, tuple(field.shape[-2:]), self.params.margin * field.shape[-2])
+        plate_img = None
+        if plate is not None and alpha is not None:
+            plate_img = plate.hwc_uint8()
+            if plate_img.shape != src.shape:
+                plate_img = (
+                    F.interpolate(plate_img.permute(2, 0, 1)[None].float(), size=src.shape[:2], mode="bilinear", align_corners=False)[0]
+                    .round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+                )
+        if self._backend == "cupy":
+            img, warped = kernels.warp_apply_cupy(src, field, alpha, plate_img, stream=ctx.cupy_stream())
+        else:
+            img, warped = kernels.warp_apply_torch(src, field, alpha, plate_img)
+        outputs["out"] = frame.with_image(img, layout="hwc")
+        if warped is not None and mask is not None:
+            outputs["warped_mask"] = Mask(warped, mask.timestamp, mask.index)
+        return outputs

@@ -1,0 +1,106 @@
+"""`warp.body`: shoulders, waist and hips reshaped from body keypoints.
+
+A symmetric lateral scaling about the torso axis (shoulder midpoint to hip
+midpoint), weighted by smooth bands at shoulder, waist and hip height and kept
+inside the person's dilated outline, as a low-resolution Displacement.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeError, NodeParams, Out
+from muse.graph.payloads import Displacement, Keypoints, Mask
+from muse.nodes.warp.fields import bump, field_grid, mask_gate, zero_field
+
+# (left shoulder, right shoulder, left hip, right hip) per skeleton
+TORSO = {"coco17": (5, 6, 11, 12), "blazepose33": (11, 12, 23, 24)}
+
+# Strength 1 maps to these lateral scale factors k: a width w becomes w / (1 + k).
+WAIST_MAX = 0.15  # waist=1 narrows the waist by 0.15/1.15 = 13.0 %
+HIPS_MAX = 0.12
+SHOULDERS_MAX = 0.10
+WAIST_AT = 0.62  # natural waist, as a fraction of the way from shoulders to hips
+
+
+def body_field(
+    xs: torch.Tensor,
+    ys: torch.Tensor,
+    torso: torch.Tensor,
+    *,
+    waist: float,
+    hips: float,
+    shoulders: float,
+) -> torch.Tensor:
+    """Backward lateral field from torso points (4, 2) = (l_shoulder, r_shoulder, l_hip, r_hip)."""
+    top = (torso[0] + torso[1]) / 2
+    bottom = (torso[2] + torso[3]) / 2
+    axis = bottom - top
+    length = axis.norm().clamp_min(1.0)
+    down = axis / length
+    across = torch.stack((-down[1], down[0]))
+    shoulder_width = (torso[0] - torso[1]).norm().clamp_min(1.0)
+    rx, ry = xs - top[0], ys - top[1]
+    t = (rx * down[0] + ry * down[1]) / length  # 0 at shoulders, 1 at hips
+    s = rx * across[0] + ry * across[1]  # signed pixels from the axis
+    # k > 0 narrows (samples farther out); positive hips/shoulders widen
+    k = (
+        WAIST_MAX * waist * bump(t, WAIST_AT, 0.32)
+        - HIPS_MAX * hips * bump(t, 1.0, 0.3)
+        - SHOULDERS_MAX * shoulders * bump(t, 0.0, 0.3)
+    )
+    # uniform scaling across the whole body, fading out well beyond the arms
+    reach = (s.abs() / shoulder_width - 0.9) / 0.6
+    taper = 1 - bump(reach.clamp(0, 1), 1.0, 1.0)
+    amount = s * k * taper
+    return torch.stack((amount * across[0], amount * across[1]))
+
+
+class BodyWarp(Node):
+    node_type = "warp.body"
+    display_name = "Body warp"
+    description = "Shoulder, waist and hip reshaping from body keypoints, kept inside the person mask; a Displacement."
+
+    keypoints: In[Keypoints] = In(optional=True, description="No person this frame -> identity field")
+    mask: In[Mask] = In(optional=True, description="Person mask: keeps the field on the body")
+    field: Out[Displacement]
+
+    class Params(NodeParams):
+        waist: float = Field(0.0, ge=0.0, le=1.0, description="Waist slimming; 1 narrows the waist by 13 %")
+        hips: float = Field(0.0, ge=-1.0, le=1.0, description="Hips: + wider (up to 12 %), - narrower")
+        shoulders: float = Field(0.0, ge=-1.0, le=1.0, description="Shoulders: + broader (up to 10 %), - narrower")
+        margin: float = Field(0.04, ge=0.005, le=0.2, description="How far past the mask outline the field may reach, as a fraction of the frame height")
+        cell: int = Field(8, ge=1, le=32, description="Field resolution: one value per cell x cell pixels")
+        min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Shoulder and hip keypoints below this -> identity")
+
+    def process(self, keypoints: Keypoints | None = None, mask: Mask | None = None) -> dict[str, Displacement]:
+        ctx = self.ctx
+        assert ctx is not None
+        p = self.params
+        if keypoints is not None:
+            size = (int(keypoints.image_size[0]), int(keypoints.image_size[1]))
+            device = keypoints.points.device
+        elif mask is not None:
+            size, device = mask.size, mask.alpha.device
+        else:
+            size, device = (int(ctx.resolution[0]), int(ctx.resolution[1])), ctx.device
+        stamp = keypoints or mask
+        ts, idx = (stamp.timestamp, stamp.index) if stamp is not None else (0.0, 0)
+        if keypoints is None or (p.waist == 0 and p.hips == 0 and p.shoulders == 0):
+            return {"field": Displacement(zero_field(size, p.cell, device), size, ts, idx)}
+        ids = TORSO.get(keypoints.skeleton)
+        if ids is None:
+            raise NodeError(
+                f"node {self.name!r}: keypoints skeleton {keypoints.skeleton!r} is not supported; "
+                f"connect a pose node giving one of {sorted(TORSO)}"
+            )
+        xs, ys = field_grid(size, p.cell, device)
+        torso = keypoints.points[list(ids), :2].float()
+        field = body_field(xs, ys, torso, waist=p.waist, hips=p.hips, shoulders=p.shoulders)
+        # a low-confidence torso gives identity, decided on the device (no host sync)
+        seen = (keypoints.confidence[list(ids)].float().min() >= p.min_confidence).float()
+        field = field * seen
+        if mask is not None:
+            field = field * mask_gate(mask.alpha, tuple(xs.shape), p.margin * xs.shape[0])
+        return {"field": Displacement(field, size, ts, idx)}

@@ -1,0 +1,141 @@
+"""`warp.face`: bigger eyes, V-line jaw and a slimmer face as one smooth Displacement.
+
+Built at low resolution from FaceLandmarks regions (never raw mesh indices):
+local radial scaling around each eye, and landmark-guided inward shifts of the
+face outline (jaw for `v_line`, cheeks for `slim`), spread by a compact kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeParams, Out
+from muse.graph.payloads import Displacement, FaceLandmarks, Frame
+from muse.nodes.warp.fields import bump, compact_gaussian, field_grid, smoothstep, zero_field
+
+# Strength 1 maps to these; chosen so the map stays one-to-one (no fold-over).
+EYE_MAX_SCALE = 0.35  # centre magnification 1 / (1 - 0.35) = 1.54x
+V_LINE_MAX = 0.16  # jaw points move inward by 16 % of their distance to the face axis
+SLIM_MAX = 0.10  # cheek points move inward by 10 %
+
+
+def eye_field(
+    xs: torch.Tensor, ys: torch.Tensor, centre: torch.Tensor, radius: torch.Tensor, scale: float | torch.Tensor
+) -> torch.Tensor:
+    """Backward field of a local magnifier: d = -(p - c) * s * (1 - r^2/R^2)^2 inside R, 0 outside."""
+    px, py = xs - centre[0], ys - centre[1]
+    rho2 = (px * px + py * py) / (radius * radius)
+    k = scale * (1 - rho2).clamp_min(0) ** 2
+    return torch.stack((-px * k, -py * k))
+
+
+def outline_field(
+    xs: torch.Tensor, ys: torch.Tensor, points: torch.Tensor, shifts: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """Backward field that moves each outline point by its shift, spread smoothly around it.
+
+    d(p) = -sum_j shift_j k_j(p) / max(1, sum_j k_j(p)): near the outline the
+    points move by about their shift; it decays to exactly 0 at 3 sigma.
+    """
+    dx = xs[None] - points[:, 0, None, None]
+    dy = ys[None] - points[:, 1, None, None]
+    k = compact_gaussian(dx * dx + dy * dy, sigma)  # (N, h, w)
+    norm = k.sum(0).clamp_min(1.0)
+    fx = -(shifts[:, 0, None, None] * k).sum(0) / norm
+    fy = -(shifts[:, 1, None, None] * k).sum(0) / norm
+    return torch.stack((fx, fy))
+
+
+class FaceWarp(Node):
+    node_type = "warp.face"
+    display_name = "Face warp"
+    description = "Bigger eyes, V-line jaw and face slimming from face landmarks, as a low-resolution Displacement."
+    cuda_graph_safe = False  # landmark region lists may change shape between frames
+
+    landmarks: In[FaceLandmarks] = In(optional=True, description="No face this frame -> identity field")
+    frame: In[Frame] = In(optional=True, description="Only for the picture size when no face is found")
+    field: Out[Displacement]
+
+    class Params(NodeParams):
+        eyes: float = Field(0.0, ge=0.0, le=1.0, description="Eye enlargement; 0 = off, 1 = 1.5x at the pupil")
+        v_line: float = Field(0.0, ge=0.0, le=1.0, description="V-line: pull the lower jaw in; 0 = off")
+        slim: float = Field(0.0, ge=0.0, le=1.0, description="Face slimming: pull the cheeks in; 0 = off")
+        eye_radius: float = Field(2.0, ge=1.2, le=3.0, description="Eye warp radius, in eye half-widths")
+        cell: int = Field(8, ge=1, le=32, description="Field resolution: one value per cell x cell pixels")
+        min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Below this face confidence the field is identity")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        self._warned: set[str] = set()
+
+    def process(self, landmarks: FaceLandmarks | None = None, frame: Frame | None = None) -> dict[str, Displacement]:
+        ctx = self.ctx
+        assert ctx is not None
+        if landmarks is not None:
+            size = tuple(landmarks.image_size)
+        elif frame is not None:
+            size = frame.size
+        else:
+            size = tuple(ctx.resolution)
+        size = (int(size[0]), int(size[1]))
+        device = landmarks.points.device if landmarks is not None else (frame.image.device if frame is not None else ctx.device)
+        stamp = landmarks or frame
+        ts, idx = (stamp.timestamp, stamp.index) if stamp is not None else (0.0, 0)
+        p = self.params
+        if landmarks is None or landmarks.confidence < p.min_confidence or (p.eyes == 0 and p.v_line == 0 and p.slim == 0):
+            return {"field": Displacement(zero_field(size, p.cell, device), size, ts, idx)}
+        xs, ys = field_grid(size, p.cell, device)
+        field = torch.zeros((2, *xs.shape), device=device, dtype=torch.float32)
+        pts = landmarks.points[:, :2].float()
+        regions = landmarks.regions
+
+        eyes = [self._eye(pts, regions, side) for side in ("left", "right")]
+        if p.eyes > 0 and all(e is not None for e in eyes):
+            (c0, r0), (c1, r1) = eyes  # type: ignore[misc]
+            gap = (c1 - c0).norm()
+            for c, r in ((c0, r0), (c1, r1)):
+                radius = torch.minimum(r * p.eye_radius, 0.45 * gap)  # the two eyes never overlap
+                field += eye_field(xs, ys, c, radius, EYE_MAX_SCALE * p.eyes)
+
+        outline_name = "face_oval" if "face_oval" in regions else ("jaw" if "jaw" in regions else None)
+        if (p.v_line > 0 or p.slim > 0) and outline_name and all(e is not None for e in eyes):
+            field += self._outline(xs, ys, pts[regions[outline_name]], eyes[0][0], eyes[1][0])  # type: ignore[index]
+        elif (p.v_line > 0 or p.slim > 0) and "outline" not in self._warned:
+            self._warned.add("outline")
+            ctx.logger.warning("node %r: landmarks have no 'face_oval'/'jaw' or eye regions; v_line/slim are off", self.name)
+        return {"field": Displacement(field, size, ts, idx)}
+
+    def _eye(self, pts: torch.Tensor, regions: dict[str, list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        contour = regions.get(f"{side}_eye")
+        if not contour:
+            if f"{side}_eye" not in self._warned:
+                self._warned.add(f"{side}_eye")
+                self.ctx.logger.warning("node %r: landmarks have no %r region; eyes are off", self.name, f"{side}_eye")  # type: ignore[union-attr]
+            return None
+        eye = pts[contour]
+        iris = regions.get(f"{side}_iris")
+        centre = pts[iris].mean(0) if iris else eye.mean(0)
+        half_width = (eye[:, None, :] - eye[None, :, :]).norm(dim=-1).max() / 2
+        return centre, half_width.clamp_min(1.0)
+
+    def _outline(self, xs: torch.Tensor, ys: torch.Tensor, outline: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """Inward shifts of the outline below the eyes, in a face frame that follows head roll."""
+        p = self.params
+        eye_mid = (left + right) / 2
+        across = right - left
+        across = across / across.norm().clamp_min(1e-6)
+        down = torch.stack((-across[1], across[0]))
+        # the face outline's mass lies below the eyes: orient `down` towards it
+        sign = torch.sign((outline.mean(0) - eye_mid) @ down)
+        down = down * torch.where(sign == 0, torch.ones_like(sign), sign)
+        rel = outline - eye_mid
+        t = rel @ down
+        t = t / t.max().clamp_min(1.0)  # 0 at the eyes, 1 at the chin
+        s = rel @ across  # signed distance from the face axis
+        jaw_w = smoothstep(0.35, 0.75, t) * (1 - smoothstep(0.92, 1.05, t))
+        cheek_w = bump(t, 0.45, 0.45) * (t > 0)
+        inward = -(s * (V_LINE_MAX * p.v_line * jaw_w + SLIM_MAX * p.slim * cheek_w))
+        shifts = inward[:, None] * across[None, :]
+        face_width = (s.max() - s.min()).clamp_min(4.0)
+        return outline_field(xs, ys, outline, shifts, 0.15 * face_width)

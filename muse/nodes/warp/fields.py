@@ -1,0 +1,63 @@
+"""Displacement fields built at low resolution from landmarks and keypoints.
+
+Pure torch on the graph's device, no host syncs: strengths that depend on
+detections (confidence) enter as tensors, never as Python branches. A field
+(2, h, w) holds offsets in pixels of the full picture; the output pixel p
+samples the source at p + field(p) (backward mapping).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def field_grid(image_size: tuple[int, int], cell: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-resolution pixel coordinates (x, y) of the centres of a grid `cell` times coarser."""
+    width, height = image_size
+    w, h = max(2, math.ceil(width / cell)), max(2, math.ceil(height / cell))
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (width / w) - 0.5
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (height / h) - 0.5
+    return xs[None, :].expand(h, w), ys[:, None].expand(h, w)
+
+
+def smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
+    t = ((x - e0) / (e1 - e0)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def bump(x: torch.Tensor, centre: float, half_width: float) -> torch.Tensor:
+    """cos^2 window: 1 at `centre`, exactly 0 beyond `half_width` (compact, so rooms stay put)."""
+    u = ((x - centre) / half_width).clamp(-1, 1)
+    return torch.cos(u * (math.pi / 2)) ** 2
+
+
+def compact_gaussian(dist2: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """A Gaussian cut to exactly 0 at 3 sigma, continuous there."""
+    floor = math.exp(-4.5)
+    g = torch.exp(-dist2 / (2 * sigma * sigma))
+    return ((g - floor) / (1 - floor)).clamp_min(0)
+
+
+def mask_gate(alpha: torch.Tensor, size_hw: tuple[int, int], margin_cells: float) -> torch.Tensor:
+    """1 on the person, falling to exactly 0 at `margin_cells` beyond the outline, at grid size.
+
+    Dilate by half the margin, then box-blur by half the margin: the support
+    ends at the margin and the person itself keeps a gate of 1.
+    """
+    h, w = size_hw
+    m = alpha.float()[None, None]
+    # max-pool keeps thin limbs that an average would lose at low resolution
+    m = F.adaptive_max_pool2d(m, (h, w)) if (m.shape[-2] >= h and m.shape[-1] >= w) else F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    m = (m > 0.05).float()
+    r = max(1, int(round(margin_cells / 2)))
+    m = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+    m = F.avg_pool2d(m, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    return m[0, 0]
+
+
+def zero_field(image_size: tuple[int, int], cell: int, device: torch.device) -> torch.Tensor:
+    xs, _ = field_grid(image_size, cell, device)
+    return torch.zeros((2, *xs.shape), device=device, dtype=torch.float32)

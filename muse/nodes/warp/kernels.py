@@ -1,0 +1,276 @@
+"""The full-resolution warp pass (and the colour maths the visual nodes share).
+
+One fused pass per frame: upsample the low-resolution Displacement, sample the
+source bilinearly, warp the person mask and fill uncovered pixels from the clean
+plate. Two twins with one contract: a CuPy RawKernel (CUDA, zero-copy through
+DLPack on the node's stream) and a torch `grid_sample` fallback (CPU, or CUDA
+without CuPy). This module imports only torch (CuPy lazily), so `bench/` can
+load it on a machine without the project's other dependencies.
+
+Contract of `warp_apply(src, field, mask, plate)`:
+- `src` (H, W, 3) uint8; `field` (2, h, w) float32 offsets in pixels of `src`,
+  on a grid of cell centres (bilinear, align_corners=False, edges clamped);
+  the output pixel p samples `src` at p + field(p) (bilinear, border clamp).
+- `mask` (mh, mw) float32/float16 person alpha at any resolution, or None.
+- `plate` (H, W, 3) uint8 clean plate, or None.
+- out(p) = src(p) exactly where field(p) == (0, 0); elsewhere
+  wa = mask(p + d), a = mask(p), bg = lerp(src(p), plate(p), a) (or src(p + d)
+  without a plate), out = wa * src(p + d) + (1 - wa) * bg.
+  Without a mask, out = src(p + d). The warped mask is wa (a where d == 0).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------
+# colour: sRGB <-> linear light (IEC 61966-2-1), shared by composite and relight
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """sRGB-encoded values in [0, 1] to linear light."""
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055).clamp_min(0).pow(2.4))
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """Linear light in [0, 1] to sRGB-encoded values."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.pow(1.0 / 2.4) - 0.055)
+
+
+_LUTS: dict[tuple[str, int | None], torch.Tensor] = {}
+
+
+def decode_uint8(img: torch.Tensor) -> torch.Tensor:
+    """uint8 sRGB (any shape) to float32 linear light through a 256-entry table."""
+    key = (img.device.type, img.device.index)
+    lut = _LUTS.get(key)
+    if lut is None:
+        lut = _LUTS[key] = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0).float().to(img.device)
+    return lut[img.long()]
+
+
+def encode_uint8(lin: torch.Tensor) -> torch.Tensor:
+    """float linear light to uint8 sRGB (rounded to nearest)."""
+    return linear_to_srgb(lin.float()).mul(255.0).round_().to(torch.uint8)
+
+
+# ---------------------------------------------------------------------------
+# torch fallback
+
+
+def _sample_mask(mask: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """mask (mh, mw) sampled at full-resolution pixel positions (sx, sy), align_corners=False mapping."""
+    gx = (sx + 0.5) * (2.0 / width) - 1.0
+    gy = (sy + 0.5) * (2.0 / height) - 1.0
+    grid = torch.stack((gx, gy), dim=-1).unsqueeze(0)
+    m = mask.float()[None, None]
+    return F.grid_sample(m, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+
+
+def upsample_field(field: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(2, h, w) -> (2, H, W), bilinear on cell centres (what the CUDA kernel does inline)."""
+    if field.shape[-2:] == (height, width):
+        return field.float()
+    return F.interpolate(field.float()[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+def warp_apply_torch(
+    src: torch.Tensor,
+    field: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    plate: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference implementation (see the module docstring); returns (out uint8 HWC, warped mask or None)."""
+    height, width = int(src.shape[0]), int(src.shape[1])
+    d = upsample_field(field, height, width)
+    xs = torch.arange(width, device=src.device, dtype=torch.float32).expand(height, width)
+    ys = torch.arange(height, device=src.device, dtype=torch.float32)[:, None].expand(height, width)
+    sx, sy = xs + d[0], ys + d[1]
+    grid = torch.stack((sx * (2.0 / max(width - 1, 1)) - 1.0, sy * (2.0 / max(height - 1, 1)) - 1.0), dim=-1)
+    img = src.permute(2, 0, 1).float()
+    warped = F.grid_sample(img[None], grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+    still = (d[0] == 0) & (d[1] == 0)
+    warped_mask = None
+    if mask is None:
+        out = warped
+    else:
+        wa = _sample_mask(mask, sx, sy, width, height)
+        same = tuple(mask.shape) == (height, width)
+        a = mask.float() if same else _sample_mask(mask, xs, ys, width, height)
+        bg = warped if plate is None else img + a * (plate.permute(2, 0, 1).float() - img)
+        out = wa * warped + (1.0 - wa) * bg
+        warped_mask = torch.where(still, a, wa).to(mask.dtype)
+    out = out.round_().clamp_(0, 255).to(torch.uint8)
+    out = torch.where(still[None], src.permute(2, 0, 1), out)
+    return out.permute(1, 2, 0).contiguous(), warped_mask
+
+
+# ---------------------------------------------------------------------------
+# CUDA kernel (CuPy RawKernel)
+
+_KERNEL_SOURCE = r"""
+#ifdef MASK_HALF
+typedef unsigned short mask_t;
+__device__ __forceinline__ float m2f(mask_t v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
+__device__ __forceinline__ mask_t f2m(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+#else
+typedef float mask_t;
+__device__ __forceinline__ float m2f(mask_t v) { return v; }
+__device__ __forceinline__ mask_t f2m(float f) { return f; }
+#endif
+
+// Bilinear tap of a single-channel plane at (x, y) in its own pixels, edges clamped.
+template <typename T, typename Load>
+__device__ __forceinline__ float tap(const T* p, int w, int h, float x, float y, Load load) {
+    x = fminf(fmaxf(x, 0.f), (float)(w - 1));
+    y = fminf(fmaxf(y, 0.f), (float)(h - 1));
+    int x0 = (int)floorf(x), y0 = (int)floorf(y);
+    int x1 = min(x0 + 1, w - 1), y1 = min(y0 + 1, h - 1);
+    float fx = x - x0, fy = y - y0;
+    float a = load(p[y0 * w + x0]), b = load(p[y0 * w + x1]);
+    float c = load(p[y1 * w + x0]), d = load(p[y1 * w + x1]);
+    return (a * (1.f - fx) + b * fx) * (1.f - fy) + (c * (1.f - fx) + d * fx) * fy;
+}
+
+struct LoadF { __device__ float operator()(float v) const { return v; } };
+struct LoadM { __device__ float operator()(mask_t v) const { return m2f(v); } };
+
+extern "C" __global__ void warp_apply(
+    const unsigned char* __restrict__ src, unsigned char* __restrict__ dst, int W, int H,
+    const float* __restrict__ field, int fw, int fh,
+    const mask_t* __restrict__ mask, int mw, int mh, mask_t* __restrict__ mask_out,
+    const unsigned char* __restrict__ plate, int has_mask, int has_plate)
+{
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= W || y >= H) return;
+    int o = (y * W + x) * 3;
+
+    // fused field upsampling: cell centres, align_corners=False
+    float fxp = fmaxf(((float)fw / (float)W) * (x + 0.5f) - 0.5f, 0.f);
+    float fyp = fmaxf(((float)fh / (float)H) * (y + 0.5f) - 0.5f, 0.f);
+    float dx = tap(field, fw, fh, fxp, fyp, LoadF());
+    float dy = tap(field + fw * fh, fw, fh, fxp, fyp, LoadF());
+
+    float mscx = (float)mw / (float)W, mscy = (float)mh / (float)H;
+    if (dx == 0.f && dy == 0.f) {  // outside the person's field: the exact source bytes
+        dst[o] = src[o]; dst[o + 1] = src[o + 1]; dst[o + 2] = src[o + 2];
+        if (has_mask) mask_out[y * W + x] = f2m(tap(mask, mw, mh, (x + 0.5f) * mscx - 0.5f, (y + 0.5f) * mscy - 0.5f, LoadM()));
+        return;
+    }
+    float sx = fminf(fmaxf(x + dx, 0.f), (float)(W - 1));
+    float sy = fminf(fmaxf(y + dy, 0.f), (float)(H - 1));
+    int x0 = (int)floorf(sx), y0 = (int)floorf(sy);
+    int x1 = min(x0 + 1, W - 1), y1 = min(y0 + 1, H - 1);
+    float ax = sx - x0, ay = sy - y0;
+    float w00 = (1.f - ax) * (1.f - ay), w01 = ax * (1.f - ay), w10 = (1.f - ax) * ay, w11 = ax * ay;
+    int i00 = (y0 * W + x0) * 3, i01 = (y0 * W + x1) * 3, i10 = (y1 * W + x0) * 3, i11 = (y1 * W + x1) * 3;
+    float wa = 1.f, a = 0.f;
+    if (has_mask) {
+        wa = tap(mask, mw, mh, (x + dx + 0.5f) * mscx - 0.5f, (y + dy + 0.5f) * mscy - 0.5f, LoadM());
+        a = tap(mask, mw, mh, (x + 0.5f) * mscx - 0.5f, (y + 0.5f) * mscy - 0.5f, LoadM());
+        mask_out[y * W + x] = f2m(wa);
+    }
+    #pragma unroll
+    for (int c = 0; c < 3; ++c) {
+        float warped = w00 * src[i00 + c] + w01 * src[i01 + c] + w10 * src[i10 + c] + w11 * src[i11 + c];
+        float v = warped;
+        if (has_mask) {
+            float s = (float)src[o + c];
+            float bg = has_plate ? s + a * ((float)plate[o + c] - s) : warped;
+            v = wa * warped + (1.f - wa) * bg;
+        }
+        dst[o + c] = (unsigned char)fminf(fmaxf(rintf(v), 0.f), 255.f);
+    }
+}
+"""
+
+_MODULES: dict[bool, Any] = {}
+
+
+def _kernel(half_mask: bool) -> Any:
+    import cupy  # only the CUDA path needs it
+
+    mod = _MODULES.get(half_mask)
+    if mod is None:
+        options = ("--std=c++14",) + (("-DMASK_HALF",) if half_mask else ())
+        mod = _MODULES[half_mask] = cupy.RawModule(code=_KERNEL_SOURCE, options=options)
+    return mod.get_function("warp_apply")
+
+
+def cupy_available() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def warp_apply_cupy(
+    src: torch.Tensor,
+    field: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    plate: torch.Tensor | None = None,
+    stream: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CUDA twin of :func:`warp_apply_torch`, zero-copy on torch tensors.
+
+    `stream` is a CuPy stream wrapping the caller's torch stream (the node's
+    `ctx.cupy_stream()`); None means the current torch stream.
+    """
+    import cupy
+    import numpy as np
+
+    if stream is None:
+        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(src.device).cuda_stream)
+    height, width = int(src.shape[0]), int(src.shape[1])
+    src = src.contiguous()
+    field = field.float().contiguous()
+    out = torch.empty_like(src)
+    if mask is not None and mask.dtype not in (torch.float16, torch.float32):
+        mask = mask.float()
+    mask_c = mask.contiguous() if mask is not None else None
+    mask_out = torch.empty((height, width), dtype=mask.dtype, device=src.device) if mask is not None else None
+    plate_c = plate.contiguous() if plate is not None else None
+    with stream:
+        c_src = cupy.from_dlpack(src)
+        c_out = cupy.from_dlpack(out)
+        c_field = cupy.from_dlpack(field)
+        c_mask = cupy.from_dlpack(mask_c) if mask_c is not None else c_field  # unused pointer when absent
+        c_mask_out = cupy.from_dlpack(mask_out) if mask_out is not None else c_field
+        c_plate = cupy.from_dlpack(plate_c) if plate_c is not None else c_src
+        mh, mw = (int(mask.shape[0]), int(mask.shape[1])) if mask is not None else (1, 1)
+        block = (32, 8, 1)
+        grid = ((width + block[0] - 1) // block[0], (height + block[1] - 1) // block[1], 1)
+        i32 = np.int32
+        _kernel(mask is not None and mask.dtype == torch.float16)(
+            grid,
+            block,
+            (
+                c_src, c_out, i32(width), i32(height),
+                c_field, i32(field.shape[2]), i32(field.shape[1]),
+                c_mask, i32(mw), i32(mh), c_mask_out,
+                c_plate, i32(mask is not None), i32(plate is not None),
+            ),
+        )
+    return out, mask_out
+
+
+def warp_apply(
+    src: torch.Tensor,
+    field: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    plate: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+    stream: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dispatch: CuPy kernel on CUDA when available (or asked), torch otherwise."""
+    use_cupy = src.is_cuda and (backend == "cupy" or (backend == "auto" and cupy_available()))
+    if use_cupy:
+        return warp_apply_cupy(src, field, mask, plate, stream=stream)
+    return warp_apply_torch(src, field, mask, plate)
