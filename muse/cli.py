@@ -178,8 +178,9 @@ def _fallbacks(stats: Any) -> list[str]:
         out.append(str(stats.info["device_note"]))
     for name, ns in stats.nodes.items():
         for key, value in ns.info.items():
-            if "fallback" in key or key == "fell_back_to":
-                out.append(f"{name}: {value}")
+            if key == "fallback":
+                reason = ns.info.get("fallback_reason")
+                out.append(f"{name} -> {value}" + (f" ({reason})" if reason else ""))
     return out
 
 
