@@ -1,0 +1,481 @@
+"""Inference backends behind one call: `backend(x) -> y` for NCHW image models.
+
+`backend: auto|torch|onnxruntime|tensorrt`. torch runs fp32 on CPU and fp16 +
+channels_last + CUDA-graph replay on GPU; onnxruntime runs an exported ONNX file
+(CPU or CUDA provider); tensorrt builds an fp16 engine from ONNX and caches it.
+Only torch and numpy are imported at module level (onnx/onnxruntime/tensorrt lazily).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+log = logging.getLogger("muse.backends")
+
+BackendName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+ONNX_OPSET = 17
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be built or run; the message names the model file and what to do."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MUSE_CACHE", Path.home() / ".cache" / "muse")) / "engines"
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # the registry's stub wheels raise at import when their libraries are missing
+        return False
+    return True
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_hash(model: nn.Module) -> str:
+    """Hash of the architecture's parameter names/shapes and every weight byte (names cached exports)."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for k, v in model.state_dict().items():
+        t = v.detach().to("cpu").contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class InferenceBackend:
+    """One model, one call: `y = backend(x)` with x (B,3,H,W) on the graph's device.
+
+    The output is a fresh tensor on the graph's device in the graph's dtype,
+    safe to hand to other nodes (static buffers are never exposed)."""
+
+    name: str = "base"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self, example: torch.Tensor) -> None:
+        """Warm up for this input shape (capture graphs, build engines) before the first frame."""
+        self(example)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    def close(self) -> None:
+        pass
+
+
+# -- torch ------------------------------------------------------------------
+
+class _CapturedGraph:
+    def __init__(self, graph: "torch.cuda.CUDAGraph", static_in: torch.Tensor, static_out: torch.Tensor) -> None:
+        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+
+
+class TorchBackend(InferenceBackend):
+    """Eager torch; on CUDA in fp16, channels_last, replayed from a CUDA graph per input shape."""
+
+    name = "torch"
+    MAX_GRAPHS = 4  # each captured shape pins its activations; a few is plenty for a live stream
+
+    def __init__(
+        self, model: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None, *,
+        cuda_graph: bool = True, channels_last: bool = True,
+    ) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.dtype = dtype or (torch.float16 if self.cuda else torch.float32)
+        self.channels_last = channels_last and self.cuda
+        model = model.to(device=self.device, dtype=self.dtype).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # tensor cores want NHWC for convs
+        self.model = model
+        self.cuda_graph = cuda_graph and self.cuda
+        self._graphs: dict[tuple[int, ...], _CapturedGraph] = {}
+        self._graph_failed = False
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device=self.device, dtype=self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _capture(self, x: torch.Tensor) -> _CapturedGraph | None:
+        static_in = x.clone()
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up lets cuDNN pick kernels outside the capture
+                    self.model(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # Capture happens once per shape (at open); torch.cuda.graph syncs the device there, not per frame.
+            # thread_local: other nodes' threads keep launching work on their own streams meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                static_out = self.model(static_in)
+        except Exception as exc:  # an op that cannot be captured: stay correct, run eagerly
+            log.warning("CUDA graph capture failed for %s (%s); running eagerly", type(self.model).__name__, exc)
+            self._graph_failed = True
+            return None
+        entry = _CapturedGraph(graph, static_in, static_out)
+        self._graphs[tuple(x.shape)] = entry
+        return entry
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._input(x)
+        if not self.cuda_graph or self._graph_failed:
+            return self.model(x)
+        entry = self._graphs.get(tuple(x.shape))
+        if entry is None:
+            if len(self._graphs) >= self.MAX_GRAPHS:
+                return self.model(x)
+            entry = self._capture(x)
+            if entry is None:
+                return self.model(x)
+        entry.static_in.copy_(x)
+        entry.graph.replay()
+        return entry.static_out.clone()  # the next replay overwrites static_out while consumers may still read it
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+            "cuda_graph": self.cuda_graph and not self._graph_failed, "graphs": len(self._graphs),
+        }
+
+    def close(self) -> None:
+        self._graphs.clear()
+
+
+# -- ONNX export ------------------------------------------------------------
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike, *, opset: int = ONNX_OPSET) -> Path:
+    """Export `model` at the example's fixed shape in fp32 on CPU; written atomically."""
+    import warnings
+
+    path = Path(path)
+    cpu_model = _cpu_fp32_copy(model)
+    x = example.detach().to("cpu", torch.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter warns it is legacy; it needs no onnxscript
+            with torch.no_grad():
+                torch.onnx.export(
+                    cpu_model, (x,), tmp, dynamo=False, opset_version=opset,
+                    input_names=["input"], output_names=["output"], do_constant_folding=True,
+                )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _cpu_fp32_copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    m = copy.deepcopy(model)
+    return m.to("cpu", torch.float32).to(memory_format=torch.contiguous_format).eval()
+
+
+def cached_onnx(model: nn.Module, example: torch.Tensor, cache_dir: Path, stem: str) -> Path:
+    """The ONNX export of `model` at this input shape, reused while weights and shape are unchanged."""
+    shape = "x".join(str(int(s)) for s in example.shape)
+    path = Path(cache_dir) / f"{stem}-{model_hash(model)[:16]}-{shape}.onnx"
+    if not path.is_file():
+        export_onnx(model, example, path)
+    return path
+
+
+# -- ONNX Runtime -----------------------------------------------------------
+
+def _ort_providers(device: torch.device) -> list[Any]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device.type == "cuda" and "CUDAExecutionProvider" in available:
+        opts = {"device_id": device.index or 0}
+        if torch.cuda.is_available():
+            # Run on the caller's stream, so the graph's stream ordering holds without a sync.
+            opts["user_compute_stream"] = str(torch.cuda.current_stream(device).cuda_stream)
+        return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
+    if device.type == "cuda":
+        log.warning("onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu); running on CPU")
+    return ["CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(InferenceBackend):
+    """An ONNX file run by ONNX Runtime; CUDA tensors are bound in place (no host round trip)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: str | os.PathLike, device: torch.device | str, dtype: torch.dtype | None = None,
+                 *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(onnx_path)
+        self.device = torch.device(device)
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or max(1, torch.get_num_threads())
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=_ort_providers(self.device))
+        except Exception as exc:
+            raise BackendError(f"onnxruntime cannot load {self.path}: {exc}. Re-export the model.") from exc
+        self.on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_type = _ORT_TYPES.get(inp.type, torch.float32)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._run_options = ort.RunOptions()
+        if self.on_cuda:
+            # The consumer waits on our stream like on any node's; no device-wide sync per frame.
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.input_type)
+        if self.on_cuda:
+            return self._run_cuda(x)
+        out = self.session.run(self.output_names[:1], {self.input_name: x.detach().cpu().contiguous().numpy()}, self._run_options)[0]
+        return torch.from_numpy(out).to(self.device, self.dtype)
+
+    def _run_cuda(self, x: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        x = x.to(self.device).contiguous()
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, "cuda", self.device.index or 0, _NP_TYPES[x.dtype], tuple(x.shape), x.data_ptr())
+        binding.bind_output(self.output_names[0], "cuda", self.device.index or 0)
+        self.session.run_with_iobinding(binding, self._run_options)
+        out = binding.get_outputs()[0]
+        # ORT owns that buffer; DLPack hands it to torch without a copy, then we own a copy in our dtype.
+        y = torch.from_dlpack(out.to_dlpack()) if hasattr(out, "to_dlpack") else torch.from_numpy(np.asarray(out.numpy())).to(self.device)
+        return y.to(self.dtype).clone()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "providers": self.session.get_providers(), "model": str(self.path)}
+
+
+_ORT_TYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16}
+
+
+def _np_types() -> dict[torch.dtype, Any]:
+    import numpy as np
+
+    return {torch.float32: np.float32, torch.float16: np.float16}
+
+
+_NP_TYPES = _np_types()
+
+
+# -- TensorRT ---------------------------------------------------------------
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+class TensorRTBackend(InferenceBackend):
+    """An fp16 TensorRT engine built from an ONNX file, cached by (ONNX hash, GPU name, TensorRT version).
+
+    Written against the TensorRT 10 Python API (named I/O tensors, execute_async_v3).
+    NOT RUN on our machines: tensorrt cannot be installed there (see docs/segmentation.md)."""
+
+    name = "tensorrt"
+
+    def __init__(self, onnx_path: str | os.PathLike, device: torch.device | str, dtype: torch.dtype | None = None,
+                 *, cache_dir: str | os.PathLike | None = None, workspace_mb: int = 1024) -> None:
+        import tensorrt as trt
+
+        self.trt = trt
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise BackendError(f"TensorRT needs a CUDA device, got {self.device}; use backend: torch or onnxruntime")
+        self.dtype = dtype or torch.float16
+        self.onnx_path = Path(onnx_path)
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.workspace_mb = workspace_mb
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.key = {
+            "onnx_sha256": file_sha256(self.onnx_path),
+            "gpu": torch.cuda.get_device_name(self.device),
+            "tensorrt": trt.__version__,
+        }
+        self.engine_path = self.cache_dir / (
+            f"{_safe(self.onnx_path.stem)}-{self.key['onnx_sha256'][:16]}-{_safe(self.key['gpu'])}-trt{_safe(self.key['tensorrt'])}.engine"
+        )
+        self.engine = self._load_or_build()
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._torch_types = {
+            trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+            trt.int8: torch.int8, trt.bool: torch.bool,
+        }
+        self._out_buffers: dict[tuple[int, ...], torch.Tensor] = {}
+        self._extra_buffers: dict[str, torch.Tensor] = {}
+
+    def _meta_path(self) -> Path:
+        return self.engine_path.with_suffix(".json")
+
+    def _load_or_build(self) -> Any:
+        trt = self.trt
+        runtime = trt.Runtime(self.logger)
+        meta = self._meta_path()
+        if self.engine_path.is_file() and meta.is_file():
+            try:
+                stored = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                stored = {}
+            if stored == self.key:
+                engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+                if engine is not None:
+                    return engine
+                log.warning("cached TensorRT engine %s does not deserialize; rebuilding", self.engine_path)
+            else:
+                log.warning("cached TensorRT engine %s was built for %s, not %s; rebuilding", self.engine_path, stored, self.key)
+        log.info("building TensorRT fp16 engine from %s (takes a minute, once)", self.onnx_path)
+        serialized = self._build()
+        _atomic_write_bytes(self.engine_path, bytes(serialized))
+        _atomic_write_bytes(meta, json.dumps(self.key, indent=1).encode())
+        engine = runtime.deserialize_cuda_engine(bytes(serialized))
+        if engine is None:
+            raise BackendError(f"TensorRT built an engine for {self.onnx_path} but cannot load it; use backend: torch")
+        return engine
+
+    def _build(self) -> Any:
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        # Explicit batch is the only mode in TensorRT 10 (flag 0); TensorRT 8 needs it asked for.
+        flags = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse(self.onnx_path.read_bytes()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise BackendError(f"TensorRT cannot parse {self.onnx_path}: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
+        if builder.platform_has_fast_fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise BackendError(f"TensorRT failed to build an engine for {self.onnx_path} (see the TensorRT log above)")
+        return serialized
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        name = self.inputs[0]
+        want = self._torch_types[self.engine.get_tensor_dtype(name)]
+        x = x.to(device=self.device, dtype=want).contiguous()
+        self.context.set_input_shape(name, tuple(x.shape))
+        self.context.set_tensor_address(name, x.data_ptr())
+        out_name = self.outputs[0]
+        shape = tuple(self.context.get_tensor_shape(out_name))
+        out = self._out_buffers.get(shape)
+        if out is None:
+            out = torch.empty(shape, device=self.device, dtype=self._torch_types[self.engine.get_tensor_dtype(out_name)])
+            self._out_buffers[shape] = out
+        self.context.set_tensor_address(out_name, out.data_ptr())
+        for extra in self.outputs[1:]:  # unused outputs still need memory
+            s = tuple(self.context.get_tensor_shape(extra))
+            buf = self._extra_buffers.get(extra)
+            if buf is None or tuple(buf.shape) != s:
+                kind = self._torch_types[self.engine.get_tensor_dtype(extra)]
+                buf = self._extra_buffers[extra] = torch.empty(s, device=self.device, dtype=kind)
+            self.context.set_tensor_address(extra, buf.data_ptr())
+        if not self.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise BackendError(f"TensorRT execution failed for {self.onnx_path}")
+        return out.to(self.dtype).clone()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "engine": str(self.engine_path), **self.key}
+
+
+# -- choosing ----------------------------------------------------------------
+
+def resolve_backend(backend: str, device: torch.device, *, has_torch_model: bool) -> str:
+    """What `auto` means here: TensorRT on a GPU when it imports, else torch (or onnxruntime for ONNX-only models)."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if device.type == "cuda" and tensorrt_available():
+            return "tensorrt"
+        return "torch" if has_torch_model else "onnxruntime"
+    if backend == "torch" and not has_torch_model:
+        raise BackendError("backend: torch needs a torch model; this model is an ONNX file, use onnxruntime or tensorrt")
+    if backend == "tensorrt" and not tensorrt_available():
+        raise BackendError("backend: tensorrt but `import tensorrt` fails here; install the tensorrt extra "
+                           "(pip install 'muse-engine[tensorrt]') or use backend: auto")
+    return backend
+
+
+def create_backend(
+    *,
+    backend: str = "auto",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    model: nn.Module | None = None,
+    onnx_path: str | os.PathLike | None = None,
+    example: torch.Tensor | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    stem: str = "model",
+    cuda_graph: bool = True,
+) -> InferenceBackend:
+    """Build the chosen backend for a torch `model` (exported to ONNX on demand) or an `onnx_path`.
+
+    `example` fixes the input shape for export and warm-up; pass it when you know it."""
+    device = torch.device(device)
+    if model is None and onnx_path is None:
+        raise BackendError("create_backend needs a model or an onnx_path")
+    chosen = resolve_backend(backend, device, has_torch_model=model is not None)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if chosen == "torch":
+        assert model is not None
+        result: InferenceBackend = TorchBackend(model, device, dtype, cuda_graph=cuda_graph)
+    else:
+        if onnx_path is None:
+            if example is None:
+                raise BackendError(f"backend {chosen} exports the model to ONNX and needs an example input shape")
+            onnx_path = cached_onnx(model, example, cache, stem)  # type: ignore[arg-type]
+        if chosen == "onnxruntime":
+            result = OnnxRuntimeBackend(onnx_path, device, dtype)
+        else:
+            result = TensorRTBackend(onnx_path, device, dtype, cache_dir=cache)
+    if example is not None:
+        result.prepare(example.to(device))
+    return result
+

@@ -1,0 +1,125 @@
+"""Mask refinement maths without weights: fast guided upsampling and motion-adaptive temporal smoothing.
+
+Pure torch (no graph imports) so `segment.refine`, the hybrid node and `bench/`
+share one implementation. Shapes are NCHW; the low-resolution work runs in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window; borders average only the pixels inside the image."""
+    if r <= 0:
+        return x
+    return F.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+
+
+def to_gray(rgb: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(LUMA, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
+    return (rgb * w).sum(1, keepdim=True)
+
+
+def downsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-style downsampling to (h, w); antialiased so the small guide matches what the big one averages to."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def guided_coefficients(mask: torch.Tensor, guide: torch.Tensor, radius: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Linear model `mask ~ A . guide + b` per window (He et al.), at the mask's resolution.
+
+    mask (B,1,h,w), guide (B,C,h,w) with C = 1 or 3; returns A (B,C,h,w) and b (B,1,h,w), box-averaged."""
+    p = mask.float()
+    g = guide.float()
+    mean_p = box_filter(p, radius)
+    mean_g = box_filter(g, radius)
+    if g.shape[1] == 1:
+        var = box_filter(g * g, radius) - mean_g * mean_g
+        cov = box_filter(g * p, radius) - mean_g * mean_p
+        a = cov / (var + eps)
+    else:
+        cov = box_filter(g * p, radius) - mean_g * mean_p  # (B,3,h,w)
+        # Covariance of the colour guide per window, regularised; solved with a 3x3 adjugate (no batched solver).
+        gg = [box_filter(g[:, i : i + 1] * g[:, j : j + 1], radius) - mean_g[:, i : i + 1] * mean_g[:, j : j + 1]
+              for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))]
+        s_rr, s_rg, s_rb, s_gg, s_gb, s_bb = gg
+        s_rr, s_gg, s_bb = s_rr + eps, s_gg + eps, s_bb + eps
+        i_rr = s_gg * s_bb - s_gb * s_gb
+        i_rg = s_gb * s_rb - s_rg * s_bb
+        i_rb = s_rg * s_gb - s_gg * s_rb
+        i_gg = s_rr * s_bb - s_rb * s_rb
+        i_gb = s_rb * s_rg - s_rr * s_gb
+        i_bb = s_rr * s_gg - s_rg * s_rg
+        det = s_rr * i_rr + s_rg * i_rg + s_rb * i_rb
+        c_r, c_g, c_b = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
+        a = torch.cat((
+            i_rr * c_r + i_rg * c_g + i_rb * c_b,
+            i_rg * c_r + i_gg * c_g + i_gb * c_b,
+            i_rb * c_r + i_gb * c_g + i_bb * c_b,
+        ), 1) / det
+    b = mean_p - (a * mean_g).sum(1, keepdim=True)
+    return box_filter(a, radius), box_filter(b, radius)
+
+
+def fast_guided_upsample(
+    mask: torch.Tensor, guide_full: torch.Tensor, *, radius: int = 2, eps: float = 1e-3,
+    colour: bool = True, guide_small: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Upsample a low-res mask (B,1,h,w) to the guide's full size (B,3,H,W in [0,1]) following its edges.
+
+    Fast guided filter (He & Sun 2015): coefficients at low resolution, applied at full resolution.
+    Returns (B,1,H,W) in [0,1] in the guide's dtype."""
+    h, w = mask.shape[-2:]
+    small = guide_small if guide_small is not None else downsample(guide_full.float(), (h, w))
+    if not colour:
+        small = to_gray(small)
+    a, b = guided_coefficients(mask, small, radius, eps)
+    big = guide_full if colour else to_gray(guide_full)
+    size = tuple(guide_full.shape[-2:])
+    dt = guide_full.dtype
+    a_up = F.interpolate(a.to(dt), size=size, mode="bilinear", align_corners=False)
+    b_up = F.interpolate(b.to(dt), size=size, mode="bilinear", align_corners=False)
+    return ((a_up * big).sum(1, keepdim=True) + b_up).clamp_(0.0, 1.0)
+
+
+class TemporalStabilizer:
+    """Motion-adaptive EMA of a mask: heavy smoothing where nothing moves, none where something does.
+
+    Motion is the frame-to-frame change of the guide picture (dilated a little, so an
+    edge's neighbourhood counts) or a large jump of the mask itself. Static camera
+    noise flickers the mask's edge; real motion changes the picture, so it passes through at once.
+    """
+
+    def __init__(self, stability: float = 0.7, motion_threshold: float = 0.04, mask_jump: float = 0.5) -> None:
+        self.stability = stability  # weight of the past on still pixels
+        self.motion_threshold = motion_threshold  # mean RGB change (0..1) counted as full motion
+        self.mask_jump = mask_jump  # a mask change this big is trusted at once (someone walks in)
+        self.reset()
+
+    def reset(self) -> None:
+        self._state: torch.Tensor | None = None
+        self._prev_guide: torch.Tensor | None = None
+
+    def __call__(self, mask: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """mask (B,1,h,w), guide (B,C,h,w) at the same size, both on one device; returns the smoothed mask (fp32)."""
+        m = mask.float()
+        g = guide.float()
+        if self._state is None or self._state.shape != m.shape or self._prev_guide is None or self._prev_guide.shape != g.shape:
+            self._state, self._prev_guide = m, g
+            return m
+        frame_motion = (g - self._prev_guide).abs().mean(1, keepdim=True)
+        frame_motion = F.max_pool2d(frame_motion, 3, stride=1, padding=1) / self.motion_threshold
+        # Small mask changes are noise; from a third of mask_jump on they count, fully at mask_jump.
+        lo = self.mask_jump / 3.0
+        mask_motion = ((m - self._state).abs() - lo) / max(1e-6, self.mask_jump - lo)
+        motion = torch.maximum(frame_motion, mask_motion).clamp_(0.0, 1.0)
+        k = (1.0 - self.stability) + self.stability * motion
+        out = self._state + k * (m - self._state)
+        self._state, self._prev_guide = out, g
+        return out

@@ -1,0 +1,28 @@
+"""Small helpers shared by the segmentation nodes: frames to model batches, user paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from muse.graph.node import NodeContext
+from muse.graph.payloads import Frame
+
+
+def frame_batch(frame: Frame, size: tuple[int, int] | None, dtype: torch.dtype) -> torch.Tensor:
+    """The frame as (1, 3, h, w) floats in [0, 1], resized (antialiased) to size=(w, h) when given."""
+    x = frame.chw(dtype).unsqueeze(0)
+    if size is not None and (frame.width, frame.height) != tuple(size):
+        x = F.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def user_path(raw: str, ctx: NodeContext | None) -> Path:
+    """A path from a param: `~` expanded; relative paths are tried from the working directory, then next to the graph file."""
+    p = Path(raw).expanduser()
+    if p.is_absolute() or p.exists() or ctx is None or not ctx.graph_file:
+        return p
+    beside = Path(ctx.graph_file).parent / p
+    return beside if beside.exists() else p

@@ -1,0 +1,436 @@
+"""`segment.hybrid`: MUSE's priority switch for person masks, personalized > base > bundled.
+
+It owns its segmenters: the profile's student (personalized), MODNet when a checkpoint
+is set (base), and the bundled selfie model (bundled). A branch that fails to load,
+raises, gives NaN, or stays empty while a lower branch sees a person is dropped (safe
+mode) and retried later; a newly exported student is loaded in the background and swapped in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.payloads import Frame, Mask
+from muse.graph.stats import NodeStats
+from muse.models.backends import file_sha256
+from muse.nodes.segment._prep import user_path
+from muse.nodes.segment.student import LoadedStudent, load_student_runner, profile_live_model
+from muse.nodes.switch import SwitchPolicy
+
+__all__ = ["HybridSegment"]
+
+log = logging.getLogger("muse.segment.hybrid")
+
+MODES = {"student": "personalized", "modnet": "base", "selfie": "bundled"}
+
+
+@dataclass
+class _Branch:
+    """One candidate segmenter; `run` is None while it has no model loaded."""
+
+    label: str
+    run: Callable[[Frame], Mask] | None = None
+    closer: Callable[[], None] | None = None
+    error: str = ""
+    empty_run: int = 0
+
+    @property
+    def mode(self) -> str:
+        return MODES[self.label]
+
+
+@dataclass
+class _Check:
+    """Health numbers of one mask, read on the host once the device has computed them."""
+
+    kind: str  # "live": NaN + coverage of the live output; "probe": coverage of a lower branch
+    branch: int
+    stats: torch.Tensor  # [non-finite flag, coverage]
+    event: Any = None  # torch.cuda.Event on GPU, None when already on the host
+    about: int = -1  # probe: the branch whose emptiness is being judged
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+
+def _mask_stats(alpha: torch.Tensor) -> torch.Tensor:
+    bad = (~torch.isfinite(alpha)).any().float()
+    return torch.stack((bad, torch.nan_to_num(alpha.float(), nan=0.0).mean()))
+
+
+def _selfie_class() -> type[Node] | None:
+    """The bundled `segment.selfie` node (issue 4 part A), if it is installed in this tree."""
+    try:
+        mod = importlib.import_module("muse.nodes.segment.selfie")
+    except ImportError:
+        return None
+    for obj in vars(mod).values():
+        if isinstance(obj, type) and issubclass(obj, Node) and getattr(obj, "node_type", "") == "segment.selfie":
+            return obj
+    return None
+
+
+class HybridSegment(Node):
+    node_type = "segment.hybrid"
+    display_name = "Hybrid segmenter"
+    description = (
+        "Personalized student when the profile has one, else MODNet (if a checkpoint is set), else the bundled "
+        "selfie model; falls back automatically on failures and picks up newly exported students live."
+    )
+
+    frame: In[Frame]
+    mask: Out[Mask]
+
+    class Params(NodeParams):
+        profile: str = Field("", description="Profile folder whose live student model is Priority 1")
+        modnet_checkpoint: str = Field("", description="MODNet checkpoint for the base model (Priority 2); empty = bundled selfie")
+        modnet_height: int = Field(544, ge=64, le=2176, description="MODNet working height")
+        bundled: bool = Field(True, description="Keep the bundled selfie model as the last resort")
+        prefer: Literal["auto", "personalized", "base", "bundled"] = Field(
+            "auto", description="auto = best available; otherwise try this one first (still falls back on failure)"
+        )
+        backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field("auto", description="Inference backend for student and MODNet")
+        cuda_graph: bool = Field(True, description="torch on a GPU: replay models as CUDA graphs")
+        cache_dir: str = Field("", description="ONNX/TensorRT cache; empty = ~/.cache/muse/engines")
+        retry_s: float = Field(10.0, ge=0.0, le=3600.0, description="Retry a failed better model after this long")
+        watch_s: float = Field(1.0, ge=0.1, le=60.0, description="How often the profile's live model file is checked")
+        empty_frames: int = Field(30, ge=1, le=10_000, description="Frames of empty mask before asking the next model whether someone is there")
+        min_coverage: float = Field(0.002, ge=0.0, le=0.5, description="Mask mean below which a mask counts as empty")
+
+    # -- lifecycle -------------------------------------------------------
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        p = self.params
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._pending: tuple[LoadedStudent, str, tuple] | None = None
+        self._retired: list[tuple[int, Callable[[], None]]] = []
+        self._checks: list[_Check] = []
+        self._last_good: torch.Tensor | None = None
+        self._frames = 0
+        self._switches = 0
+        self._swaps = 0
+        self._live: int | None = None
+        self._profile = user_path(p.profile, ctx) if p.profile else None
+        self._seen_sig: tuple | None = None
+        self._loaded_digest = ""
+
+        self.branches: list[_Branch] = []
+        if self._profile is not None:
+            self.branches.append(self._open_student())
+        if p.modnet_checkpoint:
+            self.branches.append(self._open_child("modnet", "muse.nodes.segment.modnet", "ModnetSegment", {
+                "checkpoint": str(user_path(p.modnet_checkpoint, ctx)), "height": p.modnet_height,
+                "backend": p.backend, "cuda_graph": p.cuda_graph, "cache_dir": p.cache_dir,
+            }))
+        if p.bundled:
+            self.branches.append(self._open_selfie())
+        if not any(b.run for b in self.branches):
+            detail = "; ".join(f"{b.label}: {b.error}" for b in self.branches) or "no segmenter configured"
+            raise NodeError(
+                f"node '{self.name}' (segment.hybrid): no segmenter could be loaded ({detail}). Set field 'profile', "
+                "field 'modnet_checkpoint', or run `muse models import` for the bundled selfie model."
+            )
+        self._policy = SwitchPolicy(len(self.branches), p.retry_s)
+        for i, b in enumerate(self.branches):
+            if b.run is None and b.error:
+                self._policy.failed(i)
+        self._report()
+        if self._profile is not None:
+            self._watcher = threading.Thread(target=self._watch_loop, name=f"{self.name}-student-watch", daemon=True)
+            self._watcher.start()
+
+    def close(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+            w = getattr(self, "_watcher", None)
+            if w is not None:
+                w.join(timeout=10.0)
+        for b in getattr(self, "branches", []):
+            if b.closer:
+                b.closer()
+        for _, closer in getattr(self, "_retired", []):
+            closer()
+        with getattr(self, "_lock", threading.Lock()):
+            if getattr(self, "_pending", None):
+                self._pending[0].close()
+                self._pending = None
+
+    def update_params(self, params: NodeParams) -> bool:
+        live_ok = ("prefer", "retry_s", "watch_s", "empty_frames", "min_coverage")
+        if any(getattr(params, k) != getattr(self.params, k) for k in type(params).model_fields if k not in live_ok):
+            return False
+        self.params = params
+        self._policy.retry_s = params.retry_s  # type: ignore[attr-defined]
+        return True
+
+    # -- building branches ----------------------------------------------
+    def _child_ctx(self, label: str) -> NodeContext:
+        assert self.ctx is not None
+        return dataclasses.replace(self.ctx, name=f"{self.name}/{label}", stats=NodeStats(f"{self.name}/{label}", ""))
+
+    def _load_student_file(self, path: Path) -> LoadedStudent:
+        p, ctx = self.params, self.ctx
+        assert ctx is not None
+        return load_student_runner(path, ctx.device, ctx.dtype, backend=p.backend, cuda_graph=p.cuda_graph,
+                                   cache_dir=p.cache_dir or None)
+
+    def _open_student(self) -> _Branch:
+        branch = _Branch("student")
+        assert self._profile is not None
+        try:
+            path = profile_live_model(self._profile)
+        except FileNotFoundError as exc:  # a profile without a trained student yet is normal
+            branch.error = ""
+            log.info("%s: no personalized model yet (%s)", self.name, exc)
+            return branch
+        except Exception as exc:
+            branch.error = f"profile {self._profile}: {exc}"
+            log.warning("%s: cannot read profile: %s", self.name, exc)
+            return branch
+        self._seen_sig = self._signature(path)
+        try:
+            student = self._load_student_file(path)
+        except Exception as exc:
+            branch.error = f"{path}: {type(exc).__name__}: {exc}"
+            log.warning("%s: personalized model failed to load, safe mode: %s", self.name, branch.error)
+            return branch
+        self._loaded_digest = file_sha256(path)
+        self._install_student(branch, student)
+        return branch
+
+    @staticmethod
+    def _install_student(branch: _Branch, student: LoadedStudent) -> None:
+        branch.run, branch.closer, branch.error, branch.empty_run = student, student.close, "", 0
+
+    def _open_child(self, label: str, module: str, cls_name: str, params: dict[str, Any]) -> _Branch:
+        branch = _Branch(label)
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+            node = cls(f"{self.name}/{label}", cls.Params(**params))
+            node.open(self._child_ctx(label))
+        except Exception as exc:
+            branch.error = f"{type(exc).__name__}: {exc}"
+            log.warning("%s: %s failed to load: %s", self.name, label, branch.error)
+            return branch
+        port = next(iter(cls.outputs_spec))
+        branch.run = lambda frame, node=node, port=port: node.process(frame=frame)[port]
+        branch.closer = node.close
+        return branch
+
+    def _open_selfie(self) -> _Branch:
+        cls = _selfie_class()
+        if cls is None:
+            return _Branch("selfie", error="segment.selfie is not available in this install")
+        return self._open_child("selfie", cls.__module__, cls.__name__, {})
+
+    # -- the frame path --------------------------------------------------
+    def _order(self) -> list[int]:
+        order = self._policy.order()
+        prefer = self.params.prefer
+        if prefer != "auto":
+            first = [i for i in order if self.branches[i].mode == prefer]
+            order = first + [i for i in order if i not in first]
+        return [i for i in order if self.branches[i].run is not None]
+
+    def process(self, frame: Frame) -> dict[str, Mask]:
+        self._frames += 1
+        self._adopt_pending()
+        self._drain()
+        errors: list[str] = []
+        order = self._order()
+        for pos, i in enumerate(order):
+            b = self.branches[i]
+            try:
+                mask = b.run(frame)  # type: ignore[misc]
+            except Exception as exc:  # a failing model is exactly what this node guards against
+                self._fail(i, f"raised {type(exc).__name__}: {exc}")
+                errors.append(f"{b.label}: {exc}")
+                continue
+            verdict = self._submit(_Check("live", i, _mask_stats(mask.alpha)))
+            if verdict == "bad":
+                errors.append(f"{b.label}: NaN/Inf mask")
+                continue
+            if b.empty_run >= self.params.empty_frames:
+                probe = self._probe(order[pos + 1 :], i, frame)
+                if probe is not None:  # the lower model sees a person: use its mask this frame
+                    return self._emit(probe[0], probe[1], frame)
+            return self._emit(i, mask, frame)
+        raise NodeError(
+            f"node '{self.name}' (segment.hybrid): every segmenter failed this frame ({'; '.join(errors) or 'none loaded'})"
+        )
+
+    def _emit(self, i: int, mask: Mask, frame: Frame) -> dict[str, Mask]:
+        if self._policy.succeeded(i) or self._live != i:
+            if self._live is not None:
+                self._switches += 1
+                log.warning("%s: switched from %s to %s", self.name, self.branches[self._live].mode, self.branches[i].mode)
+                if self.ctx is not None:
+                    self.ctx.logger.warning("segment.hybrid '%s': live model is now %s (%s)", self.name,
+                                            self.branches[i].mode, self.branches[i].label)
+            self._live = i
+            self._report()
+        alpha = mask.alpha
+        if alpha.is_cuda:
+            # The NaN check is read a frame later; meanwhile never pass NaN downstream.
+            prev = self._last_good if self._last_good is not None and self._last_good.shape == alpha.shape else torch.zeros_like(alpha)
+            alpha = torch.where(torch.isfinite(alpha), alpha, prev)
+        self._last_good = alpha
+        self._retire_tick()
+        return {"mask": Mask(alpha, frame.timestamp, frame.index)}
+
+    def _probe(self, lower: list[int], about: int, frame: Frame) -> tuple[int, Mask] | None:
+        """Run the next model to learn whether the live one's empty mask is real."""
+        self.branches[about].empty_run = 0
+        for j in lower:
+            try:
+                mask = self.branches[j].run(frame)  # type: ignore[misc]
+            except Exception as exc:
+                self._fail(j, f"raised {type(exc).__name__}: {exc}")
+                continue
+            verdict = self._submit(_Check("probe", j, _mask_stats(mask.alpha), about=about))
+            return (j, mask) if verdict == "person" else None
+        return None
+
+    # -- health checks (never stall the GPU) ----------------------------
+    def _submit(self, check: _Check) -> str:
+        """Queue a check; on CPU it is judged now: 'bad', 'empty', 'person' or 'ok'; on GPU 'pending'."""
+        if check.stats.is_cuda:
+            host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+            host.copy_(check.stats, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+            check.stats, check.event = host, ev
+            self._checks.append(check)
+            self._checks = self._checks[-16:]
+            return "pending"
+        return self._judge(check)
+
+    def _drain(self) -> None:
+        keep = []
+        for c in self._checks:
+            if c.ready():
+                self._judge(c)
+            else:
+                keep.append(c)
+        self._checks = keep
+
+    def _judge(self, c: _Check) -> str:
+        bad, coverage = float(c.stats[0]), float(c.stats[1])  # host values: no device sync here
+        b = self.branches[c.branch]
+        if c.kind == "probe":
+            if bad == 0 and coverage >= max(self.params.min_coverage * 10, 0.01):
+                self._fail(c.about, f"empty mask for {self.params.empty_frames} frames while {b.label} sees a person")
+                return "person"
+            return "ok"
+        if bad:
+            self._fail(c.branch, "NaN/Inf in the mask")
+            return "bad"
+        if coverage < self.params.min_coverage:
+            b.empty_run += 1  # reaching empty_frames makes `process` probe the next model
+            return "empty"
+        b.empty_run = 0
+        return "ok"
+
+    def _fail(self, i: int, reason: str) -> None:
+        b = self.branches[i]
+        b.error = reason
+        b.empty_run = 0
+        self._policy.failed(i)
+        log.warning("%s: %s model (%s) failed: %s; safe mode", self.name, b.mode, b.label, reason)
+        if self.ctx is not None:
+            self.ctx.report("last_fault", f"{b.label}: {reason}")
+        self._report()
+
+    def _report(self) -> None:
+        if self.ctx is None:
+            return
+        live = self.branches[self._live] if self._live is not None else None
+        self.ctx.report("mode", live.mode if live else "none")
+        self.ctx.report("live", live.label if live else "none")
+        self.ctx.report("switches", self._switches)
+        self.ctx.report("student_swaps", self._swaps)
+        self.ctx.report("branches", {
+            b.label: ("failed: " + b.error) if b.error else ("loaded" if b.run else "not loaded") for b in self.branches
+        })
+
+    # -- picking up a new student ---------------------------------------
+    def _signature(self, path: Path) -> tuple | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (str(path), st.st_mtime_ns, st.st_size)
+
+    def _watch_loop(self) -> None:
+        """Background: stat the live model every watch_s; load a changed one next to the running one."""
+        assert self._profile is not None and self.ctx is not None
+        ctx = self.ctx
+        side = torch.cuda.Stream(ctx.device) if ctx.cuda else None
+        while not self._stop.wait(self.params.watch_s):
+            try:
+                path = profile_live_model(self._profile)
+            except Exception:
+                continue  # no live model (yet): nothing to pick up
+            sig = self._signature(path)
+            if sig is None or sig == self._seen_sig:
+                continue
+            self._seen_sig = sig
+            try:
+                digest = file_sha256(path)
+                if digest == self._loaded_digest:
+                    continue
+                if side is not None:
+                    with torch.cuda.device(ctx.device), torch.cuda.stream(side):
+                        student = self._load_student_file(path)
+                        side.synchronize()  # loader thread only: the frame path never waits on this
+                else:
+                    student = self._load_student_file(path)
+            except Exception as exc:  # keep the running model; the next change is tried again
+                log.warning("%s: new student model %s failed to load, keeping the current one: %s", self.name, path, exc)
+                ctx.report("last_swap_error", f"{path}: {type(exc).__name__}: {exc}")
+                continue
+            with self._lock:
+                if self._pending is not None:
+                    self._pending[0].close()
+                self._pending = (student, digest, sig)
+
+    def _adopt_pending(self) -> None:
+        if self._pending is None:
+            return
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        student, digest, _ = pending
+        i = next(k for k, b in enumerate(self.branches) if b.label == "student")
+        b = self.branches[i]
+        if b.closer is not None:  # frames queued on the stream may still use the old model: close it a bit later
+            self._retired.append((self._frames + 3, b.closer))
+        self._install_student(b, student)
+        self._loaded_digest = digest
+        self._policy.failed_at.pop(i, None)
+        self._swaps += 1
+        log.warning("%s: picked up new personalized model %s", self.name, student.path)
+        if self.ctx is not None:
+            self.ctx.report("student_model", str(student.path))
+        self._report()
+
+    def _retire_tick(self) -> None:
+        if not self._retired:
+            return
+        due = [c for f, c in self._retired if f <= self._frames]
+        self._retired = [(f, c) for f, c in self._retired if f > self._frames]
+        for closer in due:
+            closer()
+
