@@ -155,6 +155,7 @@ def save_artifact(graph: Graph, path: str | Path, meta: dict[str, Any] | None = 
             torch.save(graph_to_artifact(graph, meta), f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
