@@ -1,0 +1,116 @@
+"""warp.face + warp.apply on the astronaut photo with hand-placed eye and face-outline landmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import visual_scenes as vs
+from muse.graph.payloads import FaceLandmarks, Frame, Mask
+from muse.graph.testing import run_node
+from muse.nodes.warp import FaceWarp, WarpApply
+
+
+def _face(astronaut, params: dict, mask: np.ndarray | None = None):
+    lm = vs.astronaut_landmarks()
+    field = run_node(FaceWarp, params, landmarks=lm)["field"]
+    inputs = dict(frame=Frame(torch.from_numpy(astronaut)), face=field)
+    if mask is not None:
+        inputs["mask"] = Mask(torch.from_numpy(mask))
+    out = run_node(WarpApply, {}, **inputs)["out"].image.numpy()
+    return field, out
+
+
+def _dark_area(img: np.ndarray, cx: float, cy: float) -> int:
+    """Pixels of iris and pupil: dark pixels in a box around the eye."""
+    x0, x1, y0, y1 = int(cx - 14), int(cx + 14), int(cy - 9), int(cy + 9)
+    luma = img[y0:y1, x0:x1].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return int((luma < 90).sum())
+
+
+def _face_mask() -> np.ndarray:
+    fx, fy, rx, ry = vs.ASTRONAUT_FACE
+    ys, xs = np.mgrid[0:512, 0:512]
+    return (((xs - fx) / (rx * 1.3)) ** 2 + ((ys - fy) / (ry * 1.4)) ** 2 <= 1).astype(np.float32)
+
+
+def test_strength_zero_is_bit_identical(astronaut):
+    field, out = _face(astronaut, {"eyes": 0.0, "v_line": 0.0, "slim": 0.0}, _face_mask())
+    assert torch.count_nonzero(field.field) == 0
+    assert np.array_equal(out, astronaut)
+
+
+def test_eye_enlargement_grows_the_measured_eye(astronaut):
+    field, out = _face(astronaut, {"eyes": 1.0}, _face_mask())
+    for side, (cx, cy, _, _) in vs.ASTRONAUT_EYES.items():
+        before, after = _dark_area(astronaut, cx, cy), _dark_area(out, cx, cy)
+        assert before >= 20, (side, before)  # the landmarks really sit on the eye
+        assert after >= 1.3 * before, (side, before, after)
+    # half strength grows less than full strength
+    _, half = _face(astronaut, {"eyes": 0.5}, _face_mask())
+    cx, cy = vs.ASTRONAUT_EYES["left"][:2]
+    assert _dark_area(astronaut, cx, cy) < _dark_area(half, cx, cy) < _dark_area(out, cx, cy)
+
+
+def test_eye_field_is_local(astronaut):
+    field, out = _face(astronaut, {"eyes": 1.0})
+    # nothing moves at the mouth or outside the face
+    assert np.array_equal(out[150:200], astronaut[150:200])
+    assert np.array_equal(out[:, :150], astronaut[:, :150])
+
+
+def test_v_line_and_slim_pull_the_jaw_in(astronaut):
+    fx, fy, rx, ry = vs.ASTRONAUT_FACE
+    lm = vs.astronaut_landmarks()
+    for params in ({"v_line": 1.0}, {"slim": 1.0}):
+        field = run_node(FaceWarp, params, landmarks=lm)["field"].field
+        h, w = field.shape[1:]
+        # at jaw height (v_line) / cheek height (slim), a little inside the outline on each side
+        row_y = fy + (0.75 if "v_line" in params else 0.3) * ry
+        r = int(row_y / 512 * h)
+        left = field[0, r, int((fx - 0.8 * rx) / 512 * w)]
+        right = field[0, r, int((fx + 0.8 * rx) / 512 * w)]
+        # backward field: the left side samples farther left (moves in), the right side farther right
+        assert left < -0.5 and right > 0.5, (params, float(left), float(right))
+        assert abs(float(left) + float(right)) < 0.35 * abs(float(left))  # near-symmetric for a frontal face
+        # above the eyes nothing moves
+        assert field[:, : int((fy - ry) / 512 * h)].abs().max() == 0
+
+
+def test_v_line_narrows_the_warped_jaw(astronaut):
+    """Warp the face mask itself: the jaw outline row gets narrower, the forehead does not."""
+    fx, fy, rx, ry = vs.ASTRONAUT_FACE
+    ys, xs = np.mgrid[0:512, 0:512]
+    oval = (((xs - fx) / rx) ** 2 + ((ys - fy) / ry) ** 2 <= 1).astype(np.float32)
+    lm = vs.astronaut_landmarks()
+    field = run_node(FaceWarp, {"v_line": 1.0}, landmarks=lm)["field"]
+    out = run_node(WarpApply, {"margin": 0.2}, frame=Frame(torch.from_numpy(astronaut)), face=field, mask=Mask(torch.from_numpy(oval)))
+    warped = out["warped_mask"].alpha.numpy()
+    jaw_row = int(fy + 0.75 * ry)
+    assert warped[jaw_row].sum() < oval[jaw_row].sum() - 4
+    brow_row = int(fy - 0.5 * ry)
+    assert abs(warped[brow_row].sum() - oval[brow_row].sum()) < 0.5
+
+
+def test_no_face_or_low_confidence_is_identity(astronaut):
+    frame = Frame(torch.from_numpy(astronaut))
+    field = run_node(FaceWarp, {"eyes": 1.0, "v_line": 1.0}, frame=frame)["field"]
+    assert torch.count_nonzero(field.field) == 0 and field.image_size == (512, 512)
+    lm = vs.astronaut_landmarks()
+    weak = FaceLandmarks(lm.points, 0.1, lm.regions, lm.image_size)
+    field = run_node(FaceWarp, {"eyes": 1.0}, landmarks=weak)["field"]
+    assert torch.count_nonzero(field.field) == 0
+
+
+def test_head_roll_is_followed(astronaut):
+    """Rotate the landmarks by 90 degrees: the V-line shifts rotate with them."""
+    lm = vs.astronaut_landmarks()
+    c = torch.tensor([256.0, 256.0])
+    rot = lm.points.clone()
+    rot[:, 0] = c[0] - (lm.points[:, 1] - c[1])
+    rot[:, 1] = c[1] + (lm.points[:, 0] - c[0])
+    a = run_node(FaceWarp, {"v_line": 1.0, "cell": 4}, landmarks=lm)["field"].field
+    b = run_node(FaceWarp, {"v_line": 1.0, "cell": 4}, landmarks=FaceLandmarks(rot, 0.95, lm.regions, lm.image_size))["field"].field
+    # rotating the picture maps (dx, dy) at p to (-dy, dx) at R p
+    a_rot = torch.stack((-a[1], a[0])).transpose(1, 2).flip(2)
+    assert torch.allclose(a_rot, b, atol=0.15 * float(a.abs().max()))
