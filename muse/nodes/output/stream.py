@@ -178,8 +178,12 @@ class StreamOutput(Node):
         self._pts += 1
         try:
             for packet in self._stream.encode(vf):
-                self._container.mux(packet)
+                self._container.mux(packet)  # PyAV connects here, at the first packet
         except Exception as exc:
+            if self.sent == 0 and self.dropped == 0:
+                self._disconnect()
+                raise NodeError(f"node {self.name!r}: cannot open stream {p.url!r} (field `url`): {exc}; "
+                                "is the receiver or server running?") from exc
             self._schedule_retry(exc)
             self._disconnect()
             self._drop()
