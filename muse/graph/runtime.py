@@ -278,16 +278,8 @@ class GraphRunner:
             torch.cuda.synchronize(self.device)  # shutdown only: every stream's last work is done
 
     # -- threads ---------------------------------------------------------
-    def _input_policy(self, consumers: list[tuple[str, str]], graph: ValidatedGraph) -> tuple[str, int]:
-        policy, size = "latest", 1
-        for cname, port in consumers:
-            ri = graph.nodes[cname].inputs[port]
-            if ri.policy == "queue":
-                policy, size = "queue", max(size, ri.queue)
-        return policy, size
-
     def _start_source(self, slot: _Slot) -> None:
-        policy, size = self._input_policy(self.graph.consumers(slot.name), self.graph)
+        policy, size = _wiring(self.graph, slot.name)
 
         def on_drop(n: int) -> None:
             slot.stats.drops += n
@@ -324,10 +316,7 @@ class GraphRunner:
         slot.thread.start()
 
     def _start_sink(self, slot: _Slot) -> None:
-        policy, size = "latest", 1
-        for ri in slot.rn.inputs.values():
-            if ri.policy == "queue":
-                policy, size = "queue", max(size, ri.queue)
+        policy, size = _wiring(self.graph, slot.name)
 
         def on_drop(n: int) -> None:
             slot.stats.drops += n
@@ -706,12 +695,12 @@ class GraphRunner:
         log.info("graph replaced: %d nodes kept running, %d restarted/removed", len(keep), len(dropped))
 
 
-def _wiring(graph: ValidatedGraph, name: str) -> Any:
-    rn = graph.nodes.get(name)
-    inputs = tuple((p, tuple(str(s) for s in ri.sources), ri.policy, ri.queue) for p, ri in sorted(rn.inputs.items())) if rn else ()
-    consumers = tuple(sorted(graph.consumers(name)))
-    pol = tuple((c, p, graph.nodes[c].inputs[p].policy, graph.nodes[c].inputs[p].queue) for c, p in consumers)
-    return inputs, pol
+def _wiring(graph: ValidatedGraph, name: str) -> tuple[str, int]:
+    """The channel policy of a source (set by its consumers) or a sink (set by its inputs)."""
+    rn = graph.nodes[name]
+    links = [graph.nodes[c].inputs[p] for c, p in graph.consumers(name)] if rn.cls.is_source() else list(rn.inputs.values())
+    queued = [ri.queue for ri in links if ri.policy == "queue"]
+    return ("queue", max(queued)) if queued else ("latest", 1)
 
 
 class _nullcontext:
