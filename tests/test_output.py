@@ -252,7 +252,8 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
 def _listen(url: str, got: list, ready: threading.Event) -> None:
     ready.set()
     try:
-        with av.open(url, format="mpegts", timeout=(10, 3)) as c:
+        # Small probe: the stream is 0.4 s long, FFmpeg's default probe would wait out 5 s of it.
+        with av.open(url, format="mpegts", timeout=(10, 1.5), options={"probesize": "32768", "analyzeduration": "200000"}) as c:
             for f in c.decode(video=0):
                 got.append(f.to_ndarray(format="rgb24"))
     except av.error.ExitError:
