@@ -41,16 +41,9 @@ def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.pow(1.0 / 2.4) - 0.055)
 
 
-_LUTS: dict[tuple[str, int | None], torch.Tensor] = {}
-
-
 def decode_uint8(img: torch.Tensor) -> torch.Tensor:
-    """uint8 sRGB (any shape) to float32 linear light through a 256-entry table."""
-    key = (img.device.type, img.device.index)
-    lut = _LUTS.get(key)
-    if lut is None:
-        lut = _LUTS[key] = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0).float().to(img.device)
-    return lut[img.long()]
+    """uint8 sRGB (any shape) to float32 linear light (arithmetic, not a table: no int64 index copy at 4K)."""
+    return srgb_to_linear(img.float().div_(255.0))
 
 
 def encode_uint8(lin: torch.Tensor) -> torch.Tensor:

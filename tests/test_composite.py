@@ -1,0 +1,126 @@
+"""composite.over: person over a key colour, image, video, blurred room or clean plate, in linear light."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import visual_scenes as vs
+from muse.graph.node import NodeError
+from muse.graph.payloads import Frame, Mask
+from muse.graph.testing import build_node, make_context, run_node
+from muse.nodes.composite import Composite
+
+PLAIN = {"feather": 0.0, "light_wrap": 0.0}
+
+
+@pytest.fixture(scope="module")
+def scene():
+    frame, plate, mask, _ = vs.body_scene()
+    return frame, plate, mask
+
+
+def _run(params, frame, mask, plate=None):
+    inputs = dict(frame=Frame(torch.from_numpy(frame)), mask=Mask(torch.from_numpy(mask)))
+    if plate is not None:
+        inputs["plate"] = Frame(torch.from_numpy(plate))
+    return run_node(Composite, params, **inputs)["out"].image.numpy()
+
+
+def test_green_screen_exact_person_and_colour(scene):
+    frame, _, mask = scene
+    out = _run({"background": "colour", "colour": (0, 255, 0), **PLAIN}, frame, mask)
+    assert np.array_equal(out[mask == 1], frame[mask == 1])  # sRGB -> linear -> sRGB round trip is exact
+    assert (out[mask == 0] == np.array([0, 255, 0], np.uint8)).all()
+
+
+def test_half_alpha_blends_in_linear_light():
+    black = np.zeros((8, 8, 3), np.uint8)
+    half = np.full((8, 8), 0.5, np.float32)
+    out = _run({"background": "colour", "colour": (255, 255, 255), **PLAIN}, black, half)
+    # 50 % black over white is linear 0.5 = sRGB 188, not the gamma-space 128
+    assert (out == 188).all()
+
+
+def test_replacement_image_fills_the_background(scene, tmp_path, messi):
+    frame, _, mask = scene
+    path = tmp_path / "beach.jpg"
+    img = cv2.resize(messi, (vs.BODY_W, vs.BODY_H), interpolation=cv2.INTER_AREA)
+    assert cv2.imwrite(str(path), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    expected = cv2.imread(str(path))[:, :, ::-1]
+    out = _run({"background": "image", "path": str(path), **PLAIN}, frame, mask)
+    assert np.abs(out[mask == 0].astype(int) - expected[mask == 0].astype(int)).max() <= 1
+    assert np.array_equal(out[mask == 1], frame[mask == 1])
+
+
+def test_replacement_video_plays_and_loops(scene, tmp_path):
+    frame, _, mask = scene
+    path = tmp_path / "bg.avi"
+    colours = [(255, 0, 0), (0, 0, 255), (255, 255, 0)]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for c in colours:
+        writer.write(np.full((48, 64, 3), c[::-1], np.uint8))
+    writer.release()
+    node = build_node(Composite, {"background": "video", "path": str(path), **PLAIN})
+    node.open(make_context())
+    try:
+        seen = []
+        for _ in range(4):
+            out = node.process(frame=Frame(torch.from_numpy(frame)), mask=Mask(torch.from_numpy(mask)))["out"].image.numpy()
+            seen.append(out[mask == 0].reshape(-1, 3).mean(0))
+    finally:
+        node.close()
+    for got, want in zip(seen, colours + colours[:1]):
+        assert np.abs(got - np.array(want)).max() < 12, (got, want)
+
+
+def test_blur_softens_the_room_without_a_person_halo(scene):
+    frame, plate, mask = scene
+    out = _run({"background": "blur", "blur": 0.03, **PLAIN}, frame, mask)
+    room = mask == 0
+    lap = lambda im: np.abs(cv2.Laplacian(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY), cv2.CV_32F))
+    assert lap(out)[room].mean() < 0.5 * lap(frame)[room].mean()
+    assert np.array_equal(out[mask == 1], frame[mask == 1])
+    # no halo: next to the red shirt the blurred room is no redder than the blurred true room
+    ring = (cv2.dilate(mask, np.ones((9, 9))) > 0) & room
+    truth = _run({"background": "blur", "blur": 0.03, **PLAIN}, frame, mask, plate=plate)
+    redness = lambda im: (im[..., 0].astype(float) - im[..., 1:].mean(-1))[ring].mean()
+    assert redness(out) < redness(truth) + 8
+
+
+def test_plate_background_and_missing_plate_falls_back(scene):
+    frame, plate, mask = scene
+    out = _run({"background": "plate", **PLAIN}, frame, mask, plate=plate)
+    assert np.abs(out.astype(int) - plate.astype(int))[mask == 0].max() <= 1
+    out = _run({"background": "plate", **PLAIN}, frame, mask)  # no plate yet: a blurred room, no crash
+    assert out.shape == frame.shape
+
+
+def test_background_changes_live_and_bad_paths_are_refused(scene, tmp_path):
+    frame, _, mask = scene
+    node = build_node(Composite, {"background": "colour", **PLAIN}, name="comp")
+    node.open(make_context("comp"))
+    step = lambda: node.process(frame=Frame(torch.from_numpy(frame)), mask=Mask(torch.from_numpy(mask)))["out"].image.numpy()
+    green = step()
+    assert node.update_params(Composite.Params(background="blur", **PLAIN))
+    blurred = step()
+    assert not np.array_equal(green[mask == 0], blurred[mask == 0])
+    with pytest.raises(NodeError, match="node 'comp': path .*missing.png.* does not exist"):
+        node.update_params(Composite.Params(background="image", path=str(tmp_path / "missing.png"), **PLAIN))
+    assert node.params.background == "blur"  # the old background keeps running
+    assert np.array_equal(step(), blurred)
+    node.close()
+
+
+def test_feather_and_light_wrap_touch_only_the_edge(scene):
+    frame, _, mask = scene
+    hard = _run({"background": "colour", "colour": (255, 255, 255), **PLAIN}, frame, mask)
+    soft = _run({"background": "colour", "colour": (255, 255, 255), "feather": 0.01, "light_wrap": 0.8}, frame, mask)
+    deep = cv2.erode(mask, np.ones((31, 31))) > 0.5
+    edge = (cv2.dilate(mask, np.ones((3, 3))) > 0.5) & (cv2.erode(mask, np.ones((3, 3))) < 0.5)
+    assert np.abs(soft[deep].astype(int) - hard[deep].astype(int)).max() <= 1
+    # white light wraps onto the dark shirt edge: brighter there
+    inner_edge = edge & (mask == 1)
+    assert soft[inner_edge].mean() > hard[inner_edge].mean() + 10
