@@ -1,0 +1,188 @@
+"""`face.landmarks`: bundled MediaPipe face detector + 468-point face mesh +
+iris refinement (478 points), tracked between frames like the pose: the next
+frame's crop comes from this frame's mesh; the detector (or the body pose, if
+connected) only seeds the track when it is lost.
+
+Output `FaceLandmarks` carries named regions (see `regions.py`). Its
+`confidence` (0-d) and `box` (4,) are device tensors so no frame waits on the
+GPU; the only host read is the one-frame-late "still tracking" flag.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.payloads import FaceLandmarks, Frame, Keypoints
+from muse.nodes.face import regions as REG
+from muse.nodes.landmarks import roi as R
+from muse.nodes.landmarks import ssd
+from muse.nodes.landmarks.tracking import HostFlag, load_bundled
+
+DETECTOR_SIZE = 128
+MESH_SIZE = 192
+IRIS_SIZE = 64
+FACE_SCALE = 1.5  # MediaPipe's margin around the face box for the mesh model
+IRIS_SCALE = 2.3  # and around the eye corners for the iris model
+
+
+class FaceTracker:
+    """The model work of `face.landmarks`, usable without a graph (bench)."""
+
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, iris: bool = True) -> None:
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self.min_tracking = min_tracking
+        self.iris = iris
+        self.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": min_detection})
+        self.detector = load_bundled(name, "face_detection_short_range", device, dtype)
+        self.mesh = load_bundled(name, "face_landmark", device, dtype)
+        self.iris_model = load_bundled(name, "iris_landmark", device, dtype) if iris else None
+        self.anchors = ssd.anchors(self.spec).to(device)
+        self.tracking = HostFlag(device)
+        self.roi: torch.Tensor | None = None
+        self.last_points: torch.Tensor | None = None
+        self.flip = torch.tensor([False, True], device=device)  # the iris model knows one eye; mirror the other
+        self.detector_runs = 0
+
+    def reset(self) -> None:
+        self.tracking.reset()
+        self.roi = None
+        self.last_points = None
+
+    def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Face detector on the letterboxed frame -> (ROI (1, 5), score 0-d, box (4,) in frame pixels)."""
+        h, w = image.shape[-2:]
+        full = R.whole_frame_roi(w, h, image.device)
+        x = R.crop(image, full, DETECTOR_SIZE) * 2 - 1  # the detector wants [-1, 1]
+        raw_boxes, raw_scores = self.detector(x.to(self.dtype))[:2]
+        boxes, kps, scores = ssd.decode(raw_boxes[0], raw_scores[0], self.anchors, self.spec)
+        box, kp, score = ssd.best_detection(boxes, kps, scores, self.spec)
+        kp = R.to_frame(kp[None] * DETECTOR_SIZE, full, DETECTOR_SIZE)[0]
+        corners = R.to_frame(box.reshape(1, 2, 2) * DETECTOR_SIZE, full, DETECTOR_SIZE)[0]
+        centre, size = corners.mean(0), corners[1] - corners[0]
+        # keypoints 0 and 1 are the person's right and left eye: they level the crop
+        angle = R.rotation_towards(kp[0], kp[1], 0.0)
+        roi = R.square_roi(centre[0:1], centre[1:2], size[0:1], size[1:2], angle[None], FACE_SCALE)
+        self.detector_runs += 1
+        return roi, score, corners.reshape(4)
+
+    def seed_from_pose(self, pose: Keypoints) -> tuple[torch.Tensor, torch.Tensor]:
+        """A face ROI from body keypoints (eyes, nose, ears), for faces too small
+        or too turned for the short-range detector. Returns (ROI, confidence)."""
+        from muse.nodes.pose.formats import index_of
+
+        p = pose.points.float().to(self.device)
+        c = pose.confidence.float().to(self.device)
+        at = lambda n: index_of(pose.skeleton, n)  # noqa: E731
+        eye_l, eye_r, nose = p[at("left_eye")], p[at("right_eye")], p[at("nose")]
+        ears = torch.linalg.vector_norm(p[at("left_ear")] - p[at("right_ear")])
+        side = torch.maximum(3.3 * torch.linalg.vector_norm(eye_l - eye_r), 1.7 * ears)
+        angle = R.rotation_towards(eye_r, eye_l, 0.0)
+        roi = torch.stack([nose[0], nose[1], side, side, angle])[None]
+        conf = torch.stack([c[at("left_eye")], c[at("right_eye")], c[at("nose")]]).amin()
+        return roi, conf
+
+    def _mesh(self, image: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        crop = R.crop(image, roi, MESH_SIZE, border="border")  # [0, 1], replicated border
+        raw, flag = self.mesh(crop.to(self.dtype))[:2]
+        points = R.to_frame(raw.reshape(1, -1, 3), roi, float(MESH_SIZE))[0]
+        return points, torch.sigmoid(flag.reshape(()).float())
+
+    def _irises(self, image: torch.Tensor, mesh: torch.Tensor) -> torch.Tensor:
+        """(10, 3): right iris (centre + 4) then left iris, in frame pixels."""
+        assert self.iris_model is not None
+        eyes = torch.stack([mesh[list(REG.RIGHT_EYE_CORNERS), :2], mesh[list(REG.LEFT_EYE_CORNERS), :2]])
+        rois = R.box_roi(eyes, 0, 1, 0.0, IRIS_SCALE)
+        crops = R.crop(image, rois, IRIS_SIZE, border="border", flip=self.flip)
+        out = self.iris_model(crops.to(self.dtype))
+        iris = R.to_frame(out[1].reshape(2, 5, 3), rois, float(IRIS_SIZE), flip=self.flip)
+        depth = torch.stack([mesh[list(REG.RIGHT_EYE_CORNERS), 2].mean(), mesh[list(REG.LEFT_EYE_CORNERS), 2].mean()])
+        iris = torch.cat([iris[..., :2], iris[..., 2:] + depth[:, None, None]], dim=-1)  # iris depth is relative to its eye
+        return iris.reshape(10, 3)
+
+    @torch.inference_mode()
+    def __call__(self, image: torch.Tensor, pose: Keypoints | None = None, *, force_detect: bool = False) -> dict[str, torch.Tensor | bool]:
+        """One frame, (3, H, W) float32 in [0, 1]. Returns points (478 or 468, 3)
+        in frame pixels, confidence (0-d), box (4,), present (0-d bool)."""
+        tracking = self.roi is not None and self.tracking.read() and not force_detect
+        if tracking:
+            roi, gate = self.roi, torch.ones((), device=image.device)
+        else:
+            if pose is not None:
+                roi, seed = self.seed_from_pose(pose)
+                gate = (seed >= 0.5).float()
+            else:
+                roi, score, _ = self.detect(image)
+                gate = (score >= self.spec.min_score).float()
+            # A seed crop is rough: one mesh pass to recentre it, as tracking would next frame.
+            points, _ = self._mesh(image, roi)
+            roi = R.box_roi(points[None], REG.RIGHT_EYE_CORNERS[0], REG.LEFT_EYE_CORNERS[1], 0.0, FACE_SCALE)
+        points, presence = self._mesh(image, roi)
+        presence = presence * gate
+        present = presence >= self.min_tracking
+        if self.iris_model is not None:
+            points = torch.cat([points, self._irises(image, points)])
+        if self.last_points is not None and self.last_points.shape == points.shape:
+            points = torch.where(present, points, self.last_points)  # lost: hold the last good face
+        self.roi = R.box_roi(points[None, : REG.MESH_POINTS], REG.RIGHT_EYE_CORNERS[0], REG.LEFT_EYE_CORNERS[1], 0.0, FACE_SCALE)
+        self.last_points = points
+        self.tracking.publish(present)
+        box = torch.cat([points[: REG.MESH_POINTS, :2].amin(0), points[: REG.MESH_POINTS, :2].amax(0)])
+        return {"points": points, "confidence": presence, "box": box, "present": present, "roi": roi, "tracked": tracking}
+
+
+class FaceLandmarksNode(Node):
+    node_type = "face.landmarks"
+    display_name = "Face landmarks"
+    description = "468-point face mesh + iris (478 points) with named regions, tracked between frames; seeded by the face detector or by body keypoints."
+
+    frame: In[Frame]
+    pose: In[Keypoints] = In(optional=True, description="Body keypoints: seed the face from the head (small or turned faces)")
+    face: Out[FaceLandmarks]
+
+    class Params(NodeParams):
+        iris: bool = Field(True, description="Refine with the iris model: adds left_iris/right_iris (10 points)")
+        seed: Literal["auto", "detector", "pose"] = Field("auto", description="What finds the face when tracking is lost: auto = pose if connected, else the face detector")
+        min_detection: float = Field(0.5, ge=0.0, le=1.0, description="Face detector score needed to start tracking")
+        min_tracking: float = Field(0.5, ge=0.0, le=1.0, description="Face presence below which the face counts as lost")
+        redetect_every: int = Field(0, ge=0, le=10_000, description="Re-seed every N frames even while tracking; 0 = only when lost")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        p = self.params
+        self.tracker = FaceTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, iris=p.iris)
+        self.regions = REG.face_regions(p.iris)
+        self._frames = 0
+
+    def update_params(self, params: NodeParams) -> bool:
+        if params.iris != self.params.iris:  # type: ignore[attr-defined]
+            return False  # the iris model must be loaded: rebuild
+        self.params = params
+        if getattr(self, "tracker", None) is not None:
+            self.tracker.min_tracking = params.min_tracking  # type: ignore[attr-defined]
+            self.tracker.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
+        return True
+
+    def process(self, frame: Frame, pose: Keypoints | None = None) -> dict[str, FaceLandmarks]:
+        p = self.params
+        if p.seed == "pose" and pose is None:
+            raise NodeError(f"node {self.name!r}: seed is 'pose' but the `pose` input is not connected; connect a pose node's keypoints or set seed: auto")
+        use_pose = pose if p.seed in ("auto", "pose") else None
+        force = bool(p.redetect_every) and self._frames % p.redetect_every == 0
+        self._frames += 1
+        r = self.tracker(frame.chw(torch.float32), use_pose, force_detect=force)
+        face = FaceLandmarks(
+            points=r["points"],
+            confidence=r["confidence"],  # type: ignore[arg-type]  # 0-d device tensor: no sync here
+            regions=self.regions,
+            image_size=frame.size,
+            box=r["box"],  # type: ignore[arg-type]  # (4,) device tensor x0, y0, x1, y1
+            timestamp=frame.timestamp,
+            index=frame.index,
+        )
+        return {"face": face}

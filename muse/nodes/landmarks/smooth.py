@@ -1,0 +1,130 @@
+"""`landmarks.smooth`: One-Euro filtering of body keypoints and face landmarks,
+so warps stay still when the person is still and keep up when they move.
+
+The cutoff rises with speed (`beta`); speed is measured in body (or face)
+sizes per second, so one setting suits a close-up and a full-body shot alike.
+All state stays on the device; points whose confidence drops below
+`min_confidence` pass through and restart their filter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeParams, Out
+from muse.graph.payloads import FaceLandmarks, Keypoints
+
+
+def _alpha(cutoff: torch.Tensor | float, dt: float) -> torch.Tensor | float:
+    tau = 1.0 / (2 * math.pi * cutoff)
+    return 1.0 / (1.0 + tau / dt)
+
+
+class OneEuro:
+    """One-Euro filter over (N, D) points; `valid` (N,) bool marks points to filter."""
+
+    def __init__(self, min_cutoff: float, beta: float, d_cutoff: float) -> None:
+        self.min_cutoff = min_cutoff
+        self.beta = beta
+        self.d_cutoff = d_cutoff
+        self.x: torch.Tensor | None = None
+        self.dx: torch.Tensor | None = None
+        self.t: float | None = None
+
+    def reset(self) -> None:
+        self.x = self.dx = self.t = None
+
+    def __call__(self, x: torch.Tensor, t: float, scale: torch.Tensor, valid: torch.Tensor | None = None, default_dt: float = 1 / 30) -> torch.Tensor:
+        """Filter one sample taken at time `t` (seconds); a time that does not
+        advance (unstamped frames) counts as `default_dt` later."""
+        x = x.float()
+        if self.x is None or self.t is None or self.x.shape != x.shape:
+            self.x, self.dx, self.t = x.clone(), torch.zeros_like(x), t
+            return x
+        dt = t - self.t if t > self.t else default_dt
+        self.t = self.t + dt
+        speed = (x - self.x) / dt / scale  # sizes per second
+        dx = self.dx + _alpha(self.d_cutoff, dt) * (speed - self.dx)
+        magnitude = torch.linalg.vector_norm(dx[..., :2], dim=-1, keepdim=True)  # one cutoff per point, isotropic
+        a = _alpha(self.min_cutoff + self.beta * magnitude, dt)
+        out = self.x + a * (x - self.x)
+        if valid is not None:  # lost points restart from the raw value
+            keep = valid.reshape(-1, *([1] * (x.dim() - 1)))
+            out = torch.where(keep, out, x)
+            dx = torch.where(keep, dx, torch.zeros_like(dx))
+        self.x, self.dx = out, dx
+        return out
+
+
+def _extent(points: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Size of the body or face in pixels (larger side of the box of valid points), never below 1."""
+    xy = points[:, :2].float()
+    if valid is not None:
+        big = torch.finfo(xy.dtype).max
+        lo = torch.where(valid[:, None], xy, torch.full_like(xy, big)).amin(0)
+        hi = torch.where(valid[:, None], xy, torch.full_like(xy, -big)).amax(0)
+        size = torch.where(valid.any(), (hi - lo).amax(), torch.ones((), device=xy.device))
+    else:
+        size = (xy.amax(0) - xy.amin(0)).amax()
+    return size.clamp(min=1.0)
+
+
+class Smooth(Node):
+    node_type = "landmarks.smooth"
+    display_name = "Smooth landmarks"
+    description = "One-Euro filter for body keypoints and/or face landmarks: steady when still, no lag when moving."
+    cuda_graph_safe = False
+
+    keypoints: In[Keypoints] = In(optional=True, description="Body keypoints to smooth")
+    face: In[FaceLandmarks] = In(optional=True, description="Face landmarks to smooth")
+    smoothed_keypoints: Out[Keypoints]
+    smoothed_face: Out[FaceLandmarks]
+
+    class Params(NodeParams):
+        min_cutoff: float = Field(1.0, gt=0.0, le=30.0, description="Hz; lower = steadier when still (more lag at rest)")
+        beta: float = Field(20.0, ge=0.0, le=1000.0, description="How fast the cutoff rises with speed; higher = less lag when moving")
+        d_cutoff: float = Field(1.0, gt=0.0, le=30.0, description="Hz; smoothing of the speed estimate itself")
+        min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Keypoints below this confidence are passed through and restart")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        self._filters: dict[str, OneEuro] = {}
+        self._count = 0
+
+    def update_params(self, params: NodeParams) -> bool:
+        self.params = params
+        for f in getattr(self, "_filters", {}).values():
+            f.min_cutoff, f.beta, f.d_cutoff = params.min_cutoff, params.beta, params.d_cutoff  # type: ignore[attr-defined]
+        return True
+
+    def _filter(self, key: str) -> OneEuro:
+        f = self._filters.get(key)
+        if f is None:
+            p = self.params
+            f = self._filters[key] = OneEuro(p.min_cutoff, p.beta, p.d_cutoff)
+        return f
+
+    def _fps(self) -> float:
+        return self.ctx.fps if self.ctx is not None and self.ctx.fps > 0 else 30.0
+
+    def process(self, keypoints: Keypoints | None = None, face: FaceLandmarks | None = None) -> dict[str, Keypoints | FaceLandmarks]:
+        out: dict[str, Keypoints | FaceLandmarks] = {}
+        self._count += 1
+        if keypoints is not None:
+            valid = keypoints.confidence >= self.params.min_confidence
+            f = self._filter("keypoints")
+            pts = f(keypoints.points, keypoints.timestamp, _extent(keypoints.points, valid), valid, 1 / self._fps())
+            out["smoothed_keypoints"] = replace(keypoints, points=pts.to(keypoints.points.dtype))
+        if face is not None:
+            f = self._filter("face")
+            if face.confidence < self.params.min_confidence:
+                f.reset()
+                out["smoothed_face"] = face
+            else:
+                pts = f(face.points, face.timestamp, _extent(face.points, None), None, 1 / self._fps())
+                out["smoothed_face"] = replace(face, points=pts.to(face.points.dtype))
+        return out

@@ -1,0 +1,151 @@
+"""`pose.hybrid`: MUSE's priority switch for body pose, one node owning its
+candidates: the profile's student (personalized) > ViTPose if a checkpoint is
+configured (base) > bundled BlazePose (bundled), with safe mode: a candidate
+that fails to load, raises, or returns NaN keypoints hands over to the next.
+
+The live mode is published with `ctx.report("mode", ...)`. A NaN check would
+need a host read, so it rides on the one-frame-late `HostFlag`: the bad frame's
+confidences are zeroed on the device, and the switch happens on the next frame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.payloads import Frame, Keypoints, Mask
+from muse.nodes.landmarks.tracking import HostFlag
+from muse.nodes.pose.blazepose import BlazePose
+from muse.nodes.pose.formats import convert
+from muse.nodes.pose.student import StudentPoseNode, resolve_student_pose
+from muse.nodes.pose.vitpose import ViTPose
+
+MODES = ("personalized", "base", "bundled")
+
+
+@dataclass
+class Candidate:
+    mode: str
+    cls: type[Node]
+    params: dict[str, Any]
+    node: Node | None = None
+    failed_at: float | None = None
+    error: str = ""
+    bad: HostFlag | None = field(default=None, repr=False)
+
+
+def select(candidates: list[Candidate], now: float, retry_after: float) -> Candidate | None:
+    """First candidate in priority order that has not failed recently."""
+    for c in candidates:
+        if c.failed_at is None or (retry_after > 0 and now - c.failed_at >= retry_after):
+            return c
+    return None
+
+
+class PoseHybrid(Node):
+    node_type = "pose.hybrid"
+    display_name = "Pose (hybrid)"
+    description = "Student > ViTPose > bundled BlazePose, falling back automatically (safe mode); reports the live mode."
+
+    frame: In[Frame]
+    mask: In[Mask] = In(optional=True, description="Person mask, handed to ViTPose for its person box")
+    keypoints: Out[Keypoints]
+
+    class Params(NodeParams):
+        profile: str = Field("", description="Profile folder: its student pose head is priority 1")
+        student_model: str = Field("", description="A student pose checkpoint (overrides profile)")
+        vitpose_checkpoint: str = Field("", description="ViTPose checkpoint folder: priority 2 when set")
+        output: Literal["native", "blazepose33", "coco17"] = Field("native", description="Skeleton of the output; native = whatever the live model gives")
+        retry_after_s: float = Field(30.0, ge=0.0, le=3600.0, description="Retry a failed higher-priority model after this many seconds; 0 = never")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        p = self.params
+        self.candidates: list[Candidate] = []
+        if resolve_student_pose(p.student_model, p.profile) is not None:
+            self.candidates.append(Candidate("personalized", StudentPoseNode, {"profile": p.profile, "model": p.student_model}))
+        if p.vitpose_checkpoint:
+            self.candidates.append(Candidate("base", ViTPose, {"checkpoint": p.vitpose_checkpoint}))
+        self.candidates.append(Candidate("bundled", BlazePose, {}))
+        self.live: Candidate | None = None
+        self.switches = 0
+        self._activate(time.monotonic())
+
+    def _fail(self, c: Candidate, exc: BaseException | str) -> None:
+        assert self.ctx is not None
+        c.failed_at = time.monotonic()
+        c.error = str(exc)
+        if c.node is not None:
+            try:
+                c.node.close()
+            except Exception:  # closing a broken model must not hide the real error
+                pass
+        c.node = None
+        self.ctx.logger.warning("node %r: %s pose model failed (%s); falling back", self.name, c.mode, c.error)
+
+    def _activate(self, now: float) -> Candidate:
+        assert self.ctx is not None
+        while True:
+            c = select(self.candidates, now, self.params.retry_after_s)
+            if c is None:
+                errors = "; ".join(f"{x.mode}: {x.error}" for x in self.candidates)
+                raise NodeError(f"node {self.name!r}: every pose model failed ({errors})")
+            if c.node is None:
+                try:
+                    node = c.cls(f"{self.name}.{c.mode}", c.cls.Params(**c.params))
+                    node.open(self.ctx)
+                except Exception as exc:
+                    self._fail(c, exc)
+                    continue
+                c.node, c.failed_at, c.bad = node, None, HostFlag(self.ctx.device)
+            if c is not self.live:
+                if self.live is not None:
+                    self.switches += 1
+                    self.ctx.logger.info("node %r: pose mode %s -> %s", self.name, self.live.mode, c.mode)
+                self.live = c
+                self.ctx.report("mode", c.mode)
+                self.ctx.report("switches", self.switches)
+                self.ctx.report("failed", {x.mode: x.error for x in self.candidates if x.error})
+            return c
+
+    def close(self) -> None:
+        for c in getattr(self, "candidates", []):
+            if c.node is not None:
+                c.node.close()
+                c.node = None
+
+    def process(self, frame: Frame, mask: Mask | None = None) -> dict[str, Keypoints]:
+        now = time.monotonic()
+        live = self._activate(now)
+        if live.bad is not None and live.bad.read():  # last frame's keypoints were NaN
+            self._fail(live, "NaN keypoints")
+            live = self._activate(now)
+        elif self.live is not self.candidates[0]:
+            live = self._activate(now)  # a higher-priority model may be due for a retry
+        while True:
+            try:
+                inputs: dict[str, Any] = {"frame": frame}
+                if mask is not None and "mask" in live.cls.inputs_spec:
+                    inputs["mask"] = mask
+                out = live.node.process(**inputs)  # type: ignore[union-attr]
+                kp: Keypoints = out["keypoints"]  # type: ignore[index,assignment]
+                break
+            except Exception as exc:  # safe mode: any failure of the live model hands over
+                self._fail(live, exc)
+                live = self._activate(now)
+        nan = torch.isnan(kp.points).any() | torch.isnan(kp.confidence).any()
+        assert live.bad is not None
+        live.bad.publish(nan)
+        kp = Keypoints(
+            torch.nan_to_num(kp.points),
+            torch.where(nan, torch.zeros_like(kp.confidence), torch.nan_to_num(kp.confidence)),
+            kp.skeleton, kp.image_size, kp.timestamp, kp.index,
+        )
+        if self.params.output != "native":
+            kp = convert(kp, self.params.output)
+        return {"keypoints": kp}
