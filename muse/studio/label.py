@@ -136,3 +136,34 @@ def load_records(dataset_dir: Path) -> list[dict[str, Any]]:
     if not p.is_file():
         raise StudioError(f"{p} not found; label the recordings first (`muse studio label PROFILE`)")
     return json.loads(p.read_text())["frames"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Under torchrun: `torchrun --nproc_per_node N -m muse.studio.label PROFILE` (each rank labels its share of clips)."""
+    import argparse
+    import sys
+
+    from muse.studio.profiles import load_profile
+    from muse.studio.train import setup_distributed
+
+    ap = argparse.ArgumentParser(prog="muse.studio.label")
+    ap.add_argument("profile")
+    ap.add_argument("--root")
+    ap.add_argument("--offline", action="store_true", help="only the offline teachers (clean plate, bundled models)")
+    a = ap.parse_args(argv)
+    _, _, dev = setup_distributed()
+    try:
+        label_profile(load_profile(a.profile, a.root), device=str(dev), offline_only=a.offline)
+    except StudioError as exc:
+        print(f"muse studio label: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""Train a profile's student segmenter on its filtered dataset.
+
+OHEM + boundary-weighted loss, AMP on GPU, streaming-like augmentation, a
+held-out split, atomic resumable checkpoints (kill -9, re-run, it continues),
+a tqdm bar with ETA, loss and held-out IoU, and a JSON-lines progress stream
+(`logs/train_progress.jsonl`) a GUI can tail. Under torchrun it trains with
+DDP: NCCL on GPUs, gloo on CPU.
+
+    torchrun --nproc_per_node 2 -m muse.studio.train PROFILE [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from muse.models.student import StudentSegmenter, _atomic_torch_save, save_student
+from muse.studio.files import StudioError, write_json
+
+# NVLink multicast (NVLS) is off on our machines' drivers; keep NCCL and symmetric memory off it.
+DDP_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+class ProgressStream:
+    """Appends one JSON object per line, flushed, so a GUI can tail the file while training runs."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if self.path is None:
+            return
+        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world, device); initialises the process group under torchrun (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        import torch.distributed as dist
+
+        for k, v in DDP_ENV.items():
+            os.environ.setdefault(k, v)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _lr_at(step: int, steps: int, base: float) -> float:
+    warm = max(1, min(200, steps // 20))
+    if step < warm:
+        return base * (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Any, device: torch.device, batch: int = 16) -> float:
+    """Mean IoU of the student against the teacher labels of `data` (held-out frames)."""
+    from muse.studio.dataset import to_float
+    from muse.studio.losses import batch_iou
+
+    if data is None or len(data) == 0:
+        return float("nan")
+    was = model.training
+    model.eval()
+    ious = []
+    for s in range(0, len(data), batch):
+        x, m = to_float(data.images[s : s + batch].to(device), data.masks[s : s + batch].to(device))
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            logits = model(x)
+        ious.append(batch_iou(logits.float(), m))
+    model.train(was)
+    return float(torch.cat(ious).mean())  # one host sync per evaluation, not per step
+
+
+def train_student(
+    profile: Any,
+    *,
+    steps: int | None = None,
+    batch: int | None = None,
+    device: str | None = None,
+    max_seconds: float | None = None,
+    log: Callable[[str], None] = print,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume training) the profile's student; returns the result summary (also written to models/train.json)."""
+    from muse.studio.dataset import augment, kept_ids, load_data, split_ids
+    from muse.studio.label import load_records
+    from muse.studio.losses import student_loss
+
+    cfg = profile.config.training
+    steps = steps or cfg.steps
+    batch = batch or cfg.batch
+    rank, world, dev = setup_distributed()
+    if device:
+        dev = torch.device(device)
+    is_main = rank == 0
+    torch.manual_seed(cfg.seed)
+
+    records = {r["id"]: r for r in load_records(profile.dataset_dir)}
+    ids = [i for i in kept_ids(profile.dataset_dir) if i in records]
+    train_ids, val_ids = split_ids([records[i] for i in ids], cfg.val_fraction)
+    input_size = (int(cfg.input_size[0]), int(cfg.input_size[1]))
+    train_data = load_data(profile.dataset_dir, train_ids, input_size, profile.plate_path).to(dev)
+    val_data = load_data(profile.dataset_dir, val_ids, input_size).to(dev) if val_ids else None
+
+    model = StudentSegmenter(width=cfg.width).to(dev)
+    if world > 1 and dev.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    use_amp = cfg.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    ckpt_dir = profile.checkpoints_dir
+    last = ckpt_dir / "last.pt"
+    best_path = ckpt_dir / "student.pt"
+    start, best_iou = 0, -1.0
+    if last.is_file():
+        blob = torch.load(last, map_location="cpu", weights_only=False)
+        if blob.get("input_size") != list(input_size) or blob.get("width") != cfg.width:
+            raise StudioError(f"{last} was trained with other settings (input_size/width); delete it to start over")
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optimizer"])
+        scaler.load_state_dict(blob["scaler"])
+        start, best_iou = int(blob["step"]), float(blob["best_iou"])
+        if is_main:
+            log(f"resuming from {last} at step {start}/{steps}")
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    stream = ProgressStream(profile.progress_path if is_main else None)
+    stream.emit("resume" if start else "start", step=start, steps=steps, train_frames=len(train_data), val_frames=len(val_ids), world=world, device=str(dev))
+    bar = None
+    if is_main and progress_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc=f"train {profile.name}", unit="step", dynamic_ncols=True, file=sys.stderr)
+    t0, s0 = time.time(), start
+    per_rank = max(1, batch // world)
+    loss_val = float("nan")
+    val_iou = float("nan")
+    done = start
+
+    def checkpoint(step: int) -> None:
+        nonlocal best_iou, val_iou
+        val_iou = evaluate(model, val_data, dev)
+        score = val_iou if not math.isnan(val_iou) else float(step)
+        if is_main:
+            if score >= best_iou:
+                best_iou = score
+                save_student(model, best_path, _meta(profile, input_size, step, val_iou, len(train_data), len(val_ids)))
+            _atomic_torch_save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                 "best_iou": best_iou, "input_size": list(input_size), "width": cfg.width},
+                last,
+            )
+            elapsed = time.time() - t0
+            rate = (step - s0) / elapsed if elapsed > 0 else 0.0
+            stream.emit("checkpoint", step=step, steps=steps, loss=loss_val, val_iou=val_iou, best_iou=best_iou,
+                        eta_s=round((steps - step) / rate, 1) if rate > 0 else None)
+
+    model.train()
+    for step in range(start, steps):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)  # replayable after resume
+        idx = torch.randint(0, len(train_data), (per_rank,), generator=g).to(dev)
+        x, m = augment(train_data.images[idx], train_data.masks[idx], train_data.plate, g)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, cfg.lr)
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+            logits = ddp_model(x)
+        loss = student_loss(logits, m, cfg.ohem_ratio, cfg.boundary_weight)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        done = step + 1
+        if done % 10 == 0 or done == steps:
+            loss_val = float(loss.detach())  # host sync only every 10 steps
+            if is_main:
+                elapsed = time.time() - t0
+                rate = (done - s0) / elapsed if elapsed > 0 else 0.0
+                stream.emit("step", step=done, steps=steps, loss=round(loss_val, 5), lr=_lr_at(step, steps, cfg.lr),
+                            eta_s=round((steps - done) / rate, 1) if rate > 0 else None)
+        if bar is not None:
+            bar.update(1)
+            if done % 10 == 0:
+                bar.set_postfix(loss=f"{loss_val:.4f}", val_iou=f"{val_iou:.4f}")
+        if done % cfg.checkpoint_every == 0 or done == steps:
+            checkpoint(done)
+        if max_seconds is not None and time.time() - t0 > max_seconds and done < steps:
+            if done % cfg.checkpoint_every:
+                checkpoint(done)
+            if is_main:
+                log(f"stopped after {max_seconds:.0f} s at step {done}; run again to resume")
+            break
+    if bar is not None:
+        bar.close()
+    finished = done >= steps
+    result = {"finished": finished, "step": done, "steps": steps, "val_iou": val_iou, "best_iou": best_iou,
+              "train_frames": len(train_data), "val_frames": len(val_ids), "seconds": round(time.time() - t0, 2), "world": world, "device": str(dev)}
+    if is_main:
+        write_json(profile.models_dir / "train.json", result)
+        stream.emit("done" if finished else "paused", **result)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return result
+
+
+def _meta(profile: Any, input_size: tuple[int, int], step: int, val_iou: float, n_train: int, n_val: int) -> dict[str, Any]:
+    return {
+        "input_size": list(input_size),
+        "profile": profile.name,
+        "step": step,
+        "val_iou": None if math.isnan(val_iou) else round(val_iou, 5),
+        "train_frames": n_train,
+        "val_frames": n_val,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for torchrun: `torchrun --nproc_per_node N -m muse.studio.train PROFILE`."""
+    from muse.studio.profiles import load_profile
+
+    ap = argparse.ArgumentParser(prog="muse.studio.train", description="Train a profile's student (DDP under torchrun)")
+    ap.add_argument("profile")
+    ap.add_argument("--root", default=None, help="studio folder holding the profiles")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch", type=int)
+    ap.add_argument("--max-seconds", type=float)
+    ap.add_argument("--no-bar", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        res = train_student(load_profile(a.profile, a.root), steps=a.steps, batch=a.batch, max_seconds=a.max_seconds, progress_bar=not a.no_bar)
+    except StudioError as exc:
+        print(f"muse studio train: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
