@@ -24,6 +24,7 @@ PREVIEW_W, PREVIEW_H = 480, 270
 _ERROR_RED = (255, 105, 97)
 _MUTED = (150, 156, 168)
 _OK_GREEN = (120, 220, 140)
+_WARN_AMBER = (240, 200, 90)
 _CATEGORY_COLOURS = [(62, 98, 160), (120, 80, 160), (46, 130, 110), (160, 96, 52), (150, 60, 96),
                      (70, 120, 60), (40, 110, 150), (140, 120, 40), (96, 96, 140)]
 _PAYLOAD = "muse_node_type"
@@ -153,6 +154,12 @@ class EditorView:
                 dpg.add_theme_color(dpg.mvNodeCol_NodeBackgroundHovered, (46, 50, 60), category=dpg.mvThemeCat_Nodes)
                 dpg.add_theme_color(dpg.mvNodeCol_NodeOutline, (80, 86, 100), category=dpg.mvThemeCat_Nodes)
         dpg.bind_theme(self.global_theme)
+        self._text_themes: dict[str, int] = {}
+        for key, colour in (("error", _ERROR_RED), ("warning", _WARN_AMBER)):
+            with dpg.theme() as th:
+                with dpg.theme_component(dpg.mvAll):
+                    dpg.add_theme_color(dpg.mvThemeCol_Text, colour)
+            self._text_themes[key] = th
         type_names = ["Frame", "Mask", "Keypoints", "FaceLandmarks", "Displacement", "Control", GENERIC, UNKNOWN]
         for t in type_names:
             c = type_colour(t)
@@ -192,7 +199,7 @@ class EditorView:
         shown: list[str] = []
         groups = self.model.catalog.search(query)
         for category, types in groups.items():
-            with dpg.collapsing_header(label=f"{category} ({len(types)})", default_open=bool(query) or len(groups) <= 6,
+            with dpg.collapsing_header(label=f"{category} ({len(types)})", default_open=True,
                                        parent=self.palette_group):
                 for t in types:
                     item = dpg.add_selectable(label=t.display_name, user_data=t.id, callback=self._on_palette_click)
@@ -515,8 +522,9 @@ class EditorView:
             errs = check.for_node(name)
             if errs:
                 dpg.set_value(tid, "\n".join(f"{'!' if e in check.errors else '~'} {e.message}" for e in errs))
-                dpg.configure_item(tid, show=True)
-                if any(e in check.errors for e in errs):
+                has_error = any(e in check.errors for e in errs)
+                dpg.configure_item(tid, show=True, color=_ERROR_RED if has_error else _WARN_AMBER)
+                if has_error:
                     dpg.bind_item_theme(self.node_ids[name], self._node_theme("_error", (170, 50, 50)))
             else:
                 dpg.configure_item(tid, show=False)
@@ -531,10 +539,7 @@ class EditorView:
             text = f"{'error' if is_error else 'warning'} {e.code}: {where + ': ' if where else ''}{e.message}" + (f"  (hint: {e.hint})" if e.hint else "")
             item = dpg.add_selectable(label=text, parent=self.errors_group, user_data=e.node,
                                       callback=lambda s, a, u: (dpg.set_value(s, False), self.select(u) if u else None))
-            with dpg.theme() as th:
-                with dpg.theme_component(dpg.mvAll):
-                    dpg.add_theme_color(dpg.mvThemeCol_Text, _ERROR_RED if is_error else (240, 200, 90))
-            dpg.bind_item_theme(item, th)
+            dpg.bind_item_theme(item, self._text_themes["error" if is_error else "warning"])
         self._update_apply()
 
     def _update_apply(self) -> None:
