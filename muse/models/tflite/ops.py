@@ -153,7 +153,7 @@ class Unary(nn.Module):
         if k == "TANH":
             return torch.tanh(x)
         if k == "HARD_SWISH":
-            return x * (x + 3.0).clamp(0.0, 6.0) / 6.0
+            return F.hardswish(x)  # x * relu6(x + 3) / 6, one fused kernel
         raise TFLiteError(f"unary op {k} is not supported")
 
 

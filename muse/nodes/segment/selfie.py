@@ -1,0 +1,136 @@
+"""`segment.selfie`: MediaPipe's bundled selfie segmenter (general 256x256 or
+landscape 256x144), converted to torch. Frame -> person Mask at the model's
+resolution; the frame is resized (or letterboxed) on the graph's device.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.payloads import Frame, Mask
+
+__all__ = ["SelfieSegment", "SELFIE_MODELS"]
+
+# param value -> bundled model name (muse.models.bundled)
+SELFIE_MODELS = {"general": "selfie_segmentation", "landscape": "selfie_segmentation_landscape"}
+
+
+class _SelfieMask(nn.Module):
+    """The converted model with its (1, H, W, 1) NHWC output reduced to a (1, H, W) person mask."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0][..., 0]
+
+
+class SelfieSegment(Node):
+    node_type = "segment.selfie"
+    display_name = "Selfie segmentation"
+    description = (
+        "Person mask from MediaPipe's bundled selfie model (no weights to download by hand). "
+        "Fast; soft edges at 256 px: follow it with segment.refine for full-resolution edges."
+    )
+    cuda_graph_safe = True  # static shapes per frame size, no host sync in process
+
+    frame: In[Frame]
+    mask: Out[Mask]
+
+    class Params(NodeParams):
+        model: Literal["general", "landscape"] = Field(
+            "general", description="general: 256x256, any framing; landscape: 256x144, faster, for 16:9 webcams"
+        )
+        fit: Literal["letterbox", "stretch"] = Field(
+            "letterbox",
+            description="letterbox: keep proportions with black borders (the mask is cropped back to the frame's "
+            "aspect; more reliable on wide frames with the general model); stretch: squeeze the whole frame in",
+        )
+        backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
+            "auto", description="Inference backend; auto = torch (CUDA graph on a GPU) unless TensorRT is installed"
+        )
+        cuda_graph: bool = Field(True, description="torch on a GPU: replay the model as a CUDA graph")
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        self._backend = None
+        self._load()
+
+    def _load(self) -> None:
+        from muse.models import bundled  # the model layer; imported here so listing nodes stays light
+        from muse.models.backends import BackendError, create_backend
+
+        ctx, p = self.ctx, self.params
+        assert ctx is not None
+        name = SELFIE_MODELS[p.model]
+        try:
+            model = bundled.load_model(name, device="cpu")
+        except bundled.ModelImportError as exc:
+            raise NodeError(
+                f"node '{self.name}' (segment.selfie), field 'model' = {p.model!r}: bundled model {name!r} "
+                f"is not available: {exc}"
+            ) from exc
+        w, h = bundled.CATALOGUE[name].input_size
+        self._model_size = (w, h)
+        example = torch.zeros(1, 3, h, w, device=ctx.device, dtype=ctx.dtype)
+        try:
+            self._backend = create_backend(
+                backend=p.backend, device=ctx.device, dtype=ctx.dtype, model=_SelfieMask(model),
+                example=example, stem=name, cuda_graph=p.cuda_graph,
+            )
+        except BackendError as exc:
+            raise NodeError(f"node '{self.name}' (segment.selfie), field 'backend': {exc}") from exc
+        ctx.report("model", name)
+        ctx.report("backend", self._backend.describe())
+        ctx.report("working_size", [w, h])
+
+    def update_params(self, params: NodeParams) -> bool:
+        old = self.params
+        self.params = params
+        if self.ctx is None:
+            return True
+        if (params.model, params.backend, params.cuda_graph) != (old.model, old.backend, old.cuda_graph):
+            if self._backend is not None:
+                self._backend.close()
+            self._load()  # a model switch loads from the cache in milliseconds
+        return True
+
+    def _layout(self, frame_w: int, frame_h: int) -> tuple[int, int, int, int]:
+        """(x0, y0, w, h): where the frame lands inside the model input."""
+        mw, mh = self._model_size
+        if self.params.fit == "stretch":
+            return 0, 0, mw, mh
+        scale = min(mw / frame_w, mh / frame_h)
+        w = max(1, min(mw, round(frame_w * scale)))
+        h = max(1, min(mh, round(frame_h * scale)))
+        return (mw - w) // 2, (mh - h) // 2, w, h
+
+    def process(self, frame: Frame) -> dict[str, Mask]:
+        ctx = self.ctx
+        assert ctx is not None and self._backend is not None
+        mw, mh = self._model_size
+        x0, y0, w, h = self._layout(frame.width, frame.height)
+        img = frame.chw(ctx.dtype).unsqueeze(0)
+        if img.device != ctx.device:
+            img = img.to(ctx.device, non_blocking=True)
+        if (frame.width, frame.height) != (w, h):
+            # antialias: a 4K frame squeezed to 256 px would alias badly with plain bilinear taps
+            img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        if (w, h) != (mw, mh):
+            img = F.pad(img, (x0, mw - w - x0, y0, mh - h - y0))  # black borders, as MediaPipe's BORDER_ZERO
+        alpha = self._backend(img)[0]
+        if (w, h) != (mw, mh):
+            alpha = alpha[y0 : y0 + h, x0 : x0 + w]
+        return {"mask": Mask(alpha.contiguous(), frame.timestamp, frame.index)}
+
+    def close(self) -> None:
+        if getattr(self, "_backend", None) is not None:
+            self._backend.close()
+            self._backend = None
