@@ -68,7 +68,7 @@ def guided_coefficients(mask: torch.Tensor, guide: torch.Tensor, radius: int, ep
 
 
 def fast_guided_upsample(
-    mask: torch.Tensor, guide_full: torch.Tensor, *, radius: int = 2, eps: float = 1e-3,
+    mask: torch.Tensor, guide_full: torch.Tensor, *, radius: int = 1, eps: float = 1e-4,
     colour: bool = True, guide_small: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Upsample a low-res mask (B,1,h,w) to the guide's full size (B,3,H,W in [0,1]) following its edges.

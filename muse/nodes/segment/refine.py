@@ -29,8 +29,8 @@ class RefineMask(Node):
     refined: Out[Mask]
 
     class Params(NodeParams):
-        radius: int = Field(2, ge=0, le=16, description="Guided-filter window radius, in pixels of the input mask")
-        eps: float = Field(1e-3, ge=1e-6, le=1.0, description="Edge sensitivity: smaller follows weaker picture edges")
+        radius: int = Field(1, ge=0, le=16, description="Guided-filter window radius, in pixels of the input mask")
+        eps: float = Field(1e-4, ge=1e-6, le=1.0, description="Edge sensitivity: smaller follows weaker picture edges")
         guide: Literal["colour", "gray"] = Field("colour", description="Follow colour edges (best) or brightness edges (cheaper)")
         temporal: bool = Field(True, description="Steady the mask over time")
         stability: float = Field(0.7, ge=0.0, le=0.98, description="How much still pixels keep of the past (0 = off)")

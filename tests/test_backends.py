@@ -1,0 +1,146 @@
+"""Inference backends: ONNX export + onnxruntime parity with torch on MODNet, export caching,
+backend choice and its errors; CUDA-graph replay and TensorRT on the GPU machine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from muse.models.backends import (
+    BackendError, OnnxRuntimeBackend, TorchBackend, cached_onnx, create_backend, model_hash, resolve_backend,
+    tensorrt_available,
+)
+from muse.models.modnet import MODNet, MODNetMatte
+
+
+@pytest.fixture(scope="module")
+def matte():
+    torch.manual_seed(1)
+    return MODNetMatte(MODNet()).eval()
+
+
+@pytest.fixture(scope="module")
+def photo_batch(astronaut):
+    x = torch.from_numpy(astronaut).permute(2, 0, 1)[None].float().div(255)
+    return torch.nn.functional.interpolate(x, size=(96, 128), mode="bilinear", antialias=True)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("engines")
+
+
+@pytest.fixture(scope="module")
+def exported(matte, photo_batch, export_dir):
+    return cached_onnx(matte, photo_batch, export_dir, "modnet")
+
+
+def test_onnxruntime_matches_torch(matte, photo_batch, exported, export_dir):
+    stamp = exported.stat().st_mtime_ns
+    t = create_backend(backend="torch", model=matte, example=photo_batch)
+    # Same weights and shape: the cached export is reused, not written again.
+    o = create_backend(backend="onnxruntime", model=matte, example=photo_batch, cache_dir=export_dir, stem="modnet")
+    assert exported.stat().st_mtime_ns == stamp
+    assert isinstance(t, TorchBackend) and isinstance(o, OnnxRuntimeBackend) and o.path == exported
+    want, got = t(photo_batch), o(photo_batch)
+    assert got.shape == want.shape == (1, 1, 96, 128)
+    assert float((got - want).abs().max()) < 1e-4  # fp32 both sides; stated tolerance 1e-4
+    assert o.describe()["providers"] == ["CPUExecutionProvider"]
+
+
+def test_onnx_export_is_keyed_by_weights_and_shape(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1)).eval()
+    x = torch.rand(1, 3, 32, 48)
+    a = cached_onnx(net, x, tmp_path, "tiny")
+    b = cached_onnx(net, x[..., :32], tmp_path, "tiny")
+    assert a != b and "1x3x32x48" in a.name and "1x3x32x32" in b.name
+    with torch.no_grad():
+        net[0].bias.add_(1.0)
+    assert cached_onnx(net, x, tmp_path, "tiny") != a  # new weights, new file
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp") or p.startswith(".")]  # no temp files left
+    with torch.no_grad():
+        assert float((OnnxRuntimeBackend(a, "cpu")(x) - (net(x) - 0)).abs().max()) > 0.1  # old file = old weights
+
+
+def test_model_hash_follows_weights(matte):
+    twin = MODNetMatte(MODNet())
+    twin.load_state_dict(matte.state_dict())
+    assert model_hash(twin) == model_hash(matte)
+    with torch.no_grad():
+        twin.modnet.f_branch.conv_f[1].layers[0].bias.add_(0.1)
+    assert model_hash(twin) != model_hash(matte)
+
+
+def test_onnx_file_backend_runs_without_torch_model(matte, photo_batch, exported):
+    b = create_backend(backend="auto", onnx_path=exported, example=photo_batch)
+    assert b.name == "onnxruntime"
+    with torch.no_grad():
+        assert float((b(photo_batch) - matte(photo_batch)).abs().max()) < 1e-4
+
+
+def test_choice_and_errors():
+    cpu = torch.device("cpu")
+    assert resolve_backend("auto", cpu, has_torch_model=True) == "torch"
+    assert resolve_backend("auto", cpu, has_torch_model=False) == "onnxruntime"
+    with pytest.raises(BackendError, match="unknown backend 'trt'"):
+        resolve_backend("trt", cpu, has_torch_model=True)
+    with pytest.raises(BackendError, match="needs a torch model"):
+        resolve_backend("torch", cpu, has_torch_model=False)
+    if not tensorrt_available():
+        with pytest.raises(BackendError, match="import tensorrt"):
+            resolve_backend("tensorrt", cpu, has_torch_model=True)
+
+
+def test_corrupt_onnx_names_the_file(tmp_path):
+    bad = tmp_path / "student.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(BackendError, match="student.onnx"):
+        OnnxRuntimeBackend(bad, "cpu")
+
+
+@pytest.mark.cuda
+def test_cuda_graph_replay_matches_eager(matte, photo_batch):
+    x = photo_batch.cuda().half()
+    eager = TorchBackend(matte, "cuda", torch.float16, cuda_graph=False)
+    graphed = TorchBackend(matte, "cuda", torch.float16, cuda_graph=True)
+    graphed.prepare(x)
+    assert graphed.describe()["cuda_graph"] and graphed.describe()["graphs"] == 1
+    a = graphed(x)
+    first = a.clone()
+    b = graphed(torch.flip(x, dims=[3]))  # a second replay must not overwrite the first result
+    assert torch.equal(a, first) and not torch.equal(a, b)
+    ref = eager(x)
+    torch.cuda.synchronize()
+    assert float((a.float() - ref.float()).abs().max()) < 2e-2
+
+
+@pytest.mark.cuda
+def test_onnxruntime_on_cuda_tensors(matte, photo_batch, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    b = create_backend(backend="onnxruntime", model=matte, example=photo_batch.cuda(), cache_dir=tmp_path, device="cuda",
+                       dtype=torch.float16)
+    y = b(photo_batch.cuda())
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        assert float((y.float().cpu() - matte(photo_batch)).abs().max()) < 1e-2
+
+
+@pytest.mark.cuda
+def test_tensorrt_engine_cache(matte, photo_batch, tmp_path):
+    pytest.importorskip("tensorrt")
+    b = create_backend(backend="tensorrt", model=matte, example=photo_batch.cuda(), cache_dir=tmp_path, device="cuda")
+    engine = b.engine_path  # type: ignore[attr-defined]
+    assert engine.is_file() and engine.with_suffix(".json").is_file()
+    stamp = engine.stat().st_mtime_ns
+    again = create_backend(backend="tensorrt", model=matte, example=photo_batch.cuda(), cache_dir=tmp_path, device="cuda")
+    assert again.engine_path.stat().st_mtime_ns == stamp  # type: ignore[attr-defined]  # reused, not rebuilt
+    y = again(photo_batch.cuda())
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        assert float((y.float().cpu() - matte(photo_batch)).abs().mean()) < 1e-2
