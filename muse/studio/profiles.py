@@ -40,7 +40,7 @@ class VitPoseSettings(_Strict):
 
 
 class TeacherSettings(_Strict):
-    segment: list[str] = Field(default_factory=lambda: ["sam2", "selfie", "clean_plate"], description="mask teachers, best first; absent ones are skipped")
+    segment: list[str] = Field(default_factory=lambda: ["sam2", "clean_plate", "selfie"], description="mask teachers, best first (the first available gives the label, the others vote); absent ones are skipped")
     pose: list[str] = Field(default_factory=lambda: ["vitpose", "bundled_pose"], description="keypoint teachers, best first")
     sam2: Sam2Settings = Field(default_factory=Sam2Settings)
     vitpose: VitPoseSettings = Field(default_factory=VitPoseSettings)
@@ -80,6 +80,7 @@ class ProfileConfig(_Strict):
     filter: FilterSettings = Field(default_factory=FilterSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     live_model: str | None = Field(None, description="live model file, relative to the profile folder")
+    live_pose_model: str | None = Field(None, description="live student pose head, relative to the profile folder")
     notes: str = ""
 
 

@@ -41,7 +41,7 @@ class ProgressStream:
     def emit(self, event: str, **fields: Any) -> None:
         if self.path is None:
             return
-        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        rec = {"stage": "train", "event": event, "time": round(time.time(), 3), **fields}
         with open(self.path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
             fh.flush()

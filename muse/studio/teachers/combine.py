@@ -60,7 +60,7 @@ def build_teachers(profile: Any, device: str = "cpu", plate: np.ndarray | None =
 
                 ts.poses.append(VitPoseTeacher.from_checkpoint(cfg.vitpose.checkpoint, device, cfg.batch))
             elif name == "bundled_pose":
-                ts.poses.append(NodePoseTeacher("pose.mediapipe", "bundled_pose", device))
+                ts.poses.append(NodePoseTeacher("pose.blazepose", "bundled_pose", device))
             else:
                 ts.poses.append(NodePoseTeacher(name, name.split(".")[-1], device))
         except TeacherUnavailable as exc:

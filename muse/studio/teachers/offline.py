@@ -98,7 +98,12 @@ class NodeMaskTeacher:
             mask = next((v for v in res.values() if isinstance(v, Mask)), None)
             if mask is None:
                 raise TeacherUnavailable(f"node {self.node_type!r} returned no Mask (outputs {list(res)})")
-            out.append(mask.alpha.float().cpu().numpy())
+            alpha = mask.alpha.float().cpu().numpy()
+            if alpha.shape != f.shape[:2]:  # some nodes answer at their own working size
+                import cv2
+
+                alpha = cv2.resize(alpha, (f.shape[1], f.shape[0]), interpolation=cv2.INTER_LINEAR)
+            out.append(np.clip(alpha, 0, 1))
         return out
 
     def close(self) -> None:
@@ -110,7 +115,7 @@ class NodeMaskTeacher:
 class NodePoseTeacher:
     """A pose node used as a keypoint teacher (the bundled MediaPipe pose model when installed)."""
 
-    def __init__(self, node_type: str = "pose.mediapipe", name: str = "bundled_pose", device: str = "cpu") -> None:
+    def __init__(self, node_type: str = "pose.blazepose", name: str = "bundled_pose", device: str = "cpu") -> None:
         self.name = name
         self.node_type = node_type
         self.skeleton = "blazepose33"
@@ -135,5 +140,8 @@ class NodePoseTeacher:
                 out.append(None)
                 continue
             self.skeleton = kp.skeleton
-            out.append(np.concatenate([kp.points.float().cpu().numpy(), kp.confidence.float().cpu().numpy()[:, None]], 1))
+            pts = kp.points.float().cpu().numpy()
+            if tuple(kp.image_size) != (f.shape[1], f.shape[0]):  # keypoints are in pixels of kp.image_size
+                pts = pts * np.array([f.shape[1] / kp.image_size[0], f.shape[0] / kp.image_size[1]], np.float32)
+            out.append(np.concatenate([pts, kp.confidence.float().cpu().numpy()[:, None]], 1))
         return out
