@@ -342,3 +342,14 @@ def test_camera_raw_jpeg_path_decodes(astronaut):
         assert min(np.abs(f.image.numpy().astype(int) - s).mean() for s in shifted) < 4
     finally:
         node.close()
+
+
+@pytest.mark.cuda
+def test_demo_on_gpu_matches_cpu():
+    params = {"width": 640, "height": 360, "fps": 0, "start": 20}
+    cpu = pull(Demo, params, 1)[0]
+    gpu = run_node_frames(Demo, params, [{}], device="cuda")[0]
+    assert gpu["frame"].image.is_cuda
+    diff = (gpu["frame"].image.cpu().int() - cpu["frame"].image.int()).abs()
+    assert diff.float().mean() < 1.0 and int(diff.max()) <= 3  # fp16 blend vs OpenCV's
+    assert torch.allclose(gpu["mask"].alpha.float().cpu(), cpu["mask"].alpha.float(), atol=2e-3)

@@ -364,3 +364,15 @@ def test_preview_renders_in_chromium(tmp_path, artifacts_dir, astronaut):
         stop.set()
         t.join()
         node.close()
+
+
+@pytest.mark.cuda
+def test_virtualcam_and_preview_on_gpu_frames(astronaut):
+    """Fit and NV12 run on the GPU where the frame lives; results match the CPU path."""
+    frame = Frame(torch.from_numpy(astronaut).cuda())
+    params = {"backend": "muse_test", "width": 320, "height": 180, "format": "nv12", "fps": 100}
+    run_node_frames(VirtualCamera, params, [{"frame": frame}], device="cuda")
+    gpu = RecordingCamera.sent[0].astype(int)
+    run_node_frames(VirtualCamera, params, [{"frame": Frame(torch.from_numpy(astronaut))}])
+    cpu = RecordingCamera.sent[0].astype(int)
+    assert np.abs(gpu - cpu).mean() < 2  # torch antialias vs OpenCV area resize

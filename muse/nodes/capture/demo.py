@@ -101,8 +101,14 @@ class Demo(Node):
         a = torch.from_numpy(alpha).to(dev)[None].to(work)
         both = F.interpolate(torch.cat((person, a))[None], size=(side, side), mode="bilinear",
                              align_corners=False, antialias=True)[0].clamp(0, 1)
+        alpha_s = both[3]
+        # Snap near-0/1 alpha to exact values, so the inside is exactly the photo and the outside exactly the plate.
+        alpha_s = torch.where(alpha_s >= 0.999, torch.ones_like(alpha_s), torch.where(alpha_s <= 0.001, torch.zeros_like(alpha_s), alpha_s))
         self._person = both[:3].permute(1, 2, 0).contiguous() * 255.0  # (s, s, 3), pre-scaled to 0..255
-        self._alpha = both[3].contiguous()  # (s, s)
+        self._alpha = alpha_s.contiguous()  # (s, s)
+        if dev.type == "cpu":
+            # On the CPU, OpenCV's SIMD blend is several times faster than torch's lerp at 4K.
+            self._cv = (self._person.round().to(torch.uint8).numpy(), self._alpha.float().numpy(), (1.0 - self._alpha).float().numpy())
         self._side = side
         self._work = work
         self._mask_dtype = ctx.dtype
@@ -135,11 +141,19 @@ class Demo(Node):
         sx0, sy0 = fx0 - x0, fy0 - y0
         sx1, sy1 = sx0 + (fx1 - fx0), sy0 + (fy1 - fy0)
         a = self._alpha[sy0:sy1, sx0:sx1]
-        fg = self._person[sy0:sy1, sx0:sx1]
-        bg = self._plate[fy0:fy1, fx0:fx1].to(self._work)
         out = self._plate.clone()
-        out[fy0:fy1, fx0:fx1] = torch.lerp(bg, fg, a[..., None]).round_().to(torch.uint8)
-        alpha_full[fy0:fy1, fx0:fx1] = a.to(self._mask_dtype)
+        if self._plate.device.type == "cpu":
+            import cv2
+
+            fg, wa, wb = (np.ascontiguousarray(t[sy0:sy1, sx0:sx1]) for t in self._cv)
+            region = out.numpy()[fy0:fy1, fx0:fx1]
+            region[...] = cv2.blendLinear(fg, np.ascontiguousarray(region), wa, wb)
+        else:
+            # One fused blend over the person's square: cheap on a GPU and free of host syncs.
+            fg = self._person[sy0:sy1, sx0:sx1]
+            bg = self._plate[fy0:fy1, fx0:fx1].to(self._work)
+            out[fy0:fy1, fx0:fx1] = torch.lerp(bg, fg, a[..., None]).round_().to(torch.uint8)
+        alpha_full[fy0:fy1, fx0:fx1] = a
         return out, alpha_full
 
     def process(self) -> dict[str, Frame | Mask] | None:

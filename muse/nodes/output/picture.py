@@ -44,15 +44,22 @@ def fit(img: torch.Tensor, width: int, height: int, how: Fit = "letterbox") -> t
     if (w, h) == (width, height):
         return img
     grey = img.dim() == 2
-    chw = (img[None] if grey else img.permute(2, 0, 1)).float()[None]
     if how == "stretch":
         tw, th = width, height
     else:
         scale = (min if how == "letterbox" else max)(width / w, height / h)
         tw, th = max(1, round(w * scale)), max(1, round(h * scale))
     down = tw < w or th < h
-    out = F.interpolate(chw, size=(th, tw), mode="bilinear", align_corners=False, antialias=down)[0]
-    out = out.round_().clamp_(0, 255).to(torch.uint8)
+    if img.device.type == "cpu":
+        import cv2  # OpenCV's area resize is far faster than torch's antialiased one on the CPU
+
+        small = cv2.resize(img.contiguous().numpy(), (tw, th), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+        out = torch.from_numpy(small)
+        out = out[None] if grey else out.permute(2, 0, 1)
+    else:
+        chw = (img[None] if grey else img.permute(2, 0, 1)).float()[None]
+        out = F.interpolate(chw, size=(th, tw), mode="bilinear", align_corners=False, antialias=down)[0]
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
     if how != "stretch":
         canvas = torch.zeros((out.shape[0], height, width), dtype=torch.uint8, device=img.device)
         y, x = (height - th) // 2, (width - tw) // 2
