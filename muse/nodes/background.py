@@ -51,6 +51,21 @@ def resize_mask(alpha: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return F.interpolate(alpha.float()[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
 
 
+def dilate(alpha: torch.Tensor, radius: int) -> torch.Tensor:
+    """Max filter of `radius` pixels, done at 1/4 resolution for wide radii (a safety margin needs no pixel precision)."""
+    if radius <= 0:
+        return alpha
+    m = alpha[None, None]
+    step = 4 if radius >= 8 else 1
+    if step > 1:
+        m = F.max_pool2d(m, step, stride=step, ceil_mode=True)
+        radius = -(-radius // step)  # round up: never a smaller margin than asked
+    m = F.max_pool2d(m, 2 * radius + 1, stride=1, padding=radius)
+    if step > 1:
+        m = F.interpolate(m, size=alpha.shape, mode="nearest")
+    return m[0, 0]
+
+
 def fill_unknown(plate: torch.Tensor, known: torch.Tensor, levels: int = 7) -> torch.Tensor:
     """Pull-push fill at quarter resolution: unknown pixels take the colour of the nearest known ones."""
     num = F.avg_pool2d((plate * known)[None], 4, ceil_mode=True)[0]
@@ -141,8 +156,7 @@ class AdaptiveBackground(Node):
 
         img = frame.chw(torch.float32)
         alpha = resize_mask(mask.alpha, height, width)
-        r = max(0, round(p.margin * height))
-        near = F.max_pool2d(alpha[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] if r else alpha
+        near = dilate(alpha, max(0, round(p.margin * height)))
         # hysteresis: become person above `person_on`, clear only below `person_off`
         occupied = torch.where(near > p.person_on, True, torch.where(near < p.person_off, False, self._occupied))
         self._occupied = occupied

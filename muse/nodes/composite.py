@@ -42,13 +42,13 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[0]
 
 
-def soft_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A wide blur done at low resolution: area-downscale so sigma is ~3 px, blur, upscale."""
-    h, w = img.shape[-2:]
-    factor = max(1, int(sigma // 3))
+def soft_blur(img: torch.Tensor, sigma: float, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """A wide blur done at low resolution: area-downscale so sigma is ~2 px, blur, upscale (to `out_size`)."""
+    h, w = out_size or tuple(img.shape[-2:])
+    factor = max(1, int(sigma // 2))
     small = F.avg_pool2d(img[None], factor, ceil_mode=True)[0] if factor > 1 else img
     small = gaussian_blur(small, sigma / factor)
-    if factor == 1:
+    if tuple(small.shape[-2:]) == (h, w):
         return small
     return F.interpolate(small[None], size=(h, w), mode="bilinear", align_corners=False)[0]
 
