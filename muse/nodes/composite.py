@@ -20,7 +20,8 @@ from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Uploader
 from muse.nodes.background import fit_image, load_image, resize_mask
-from muse.nodes.warp.kernels import decode_uint8, encode_uint8, srgb_to_linear
+from muse.nodes.warp import kernels
+from muse.nodes.warp.kernels import decode_uint8, srgb_to_linear
 
 Channel = Annotated[int, Field(ge=0, le=255)]
 
@@ -42,23 +43,30 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     return out[0]
 
 
-def soft_blur(img: torch.Tensor, sigma: float, out_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """A wide blur done at low resolution: area-downscale so sigma is ~2 px, blur, upscale (to `out_size`)."""
-    h, w = out_size or tuple(img.shape[-2:])
-    factor = max(1, int(sigma // 2))
-    small = F.avg_pool2d(img[None], factor, ceil_mode=True)[0] if factor > 1 else img
-    small = gaussian_blur(small, sigma / factor)
-    if tuple(small.shape[-2:]) == (h, w):
-        return small
-    return F.interpolate(small[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-
-
-def masked_blur(img: torch.Tensor, weight: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur of `img` counting only where `weight` > 0 (the room without the person: no halo)."""
-    both = soft_blur(torch.cat((img * weight, weight[None], img)), sigma)
+def masked_blur_small(img: torch.Tensor, weight: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur of `img` (C, h, w) counting only where `weight` > 0 (the room without the person: no halo)."""
+    both = gaussian_blur(torch.cat((img * weight, weight[None], img)), sigma)
     num, den, plain = both[:3], both[3:4], both[4:]
     eps = 1e-3  # where the person covers a whole blur footprint, fall back to the plain blur
     return (num + eps * plain) / (den + eps)
+
+
+def resample(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(h, w) or (C, h, w) to `size`: area average when shrinking, bilinear when growing."""
+    squeeze = plane.dim() == 2
+    p = plane.float()[None, None] if squeeze else plane.float()[None]
+    if tuple(p.shape[-2:]) != tuple(size):
+        shrink = p.shape[-2] >= size[0] and p.shape[-1] >= size[1]
+        p = F.adaptive_avg_pool2d(p, size) if shrink else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+    return p[0, 0] if squeeze else p[0]
+
+
+def fit_uint8(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(H, W, 3) uint8 resized to cover (height, width), cropped, still uint8 (what the final pass reads)."""
+    if tuple(img.shape[:2]) == (height, width):
+        return img.contiguous()
+    out = fit_image(img.permute(2, 0, 1).float(), height, width)
+    return out.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
 
 
 class VideoBackground:
@@ -108,6 +116,7 @@ class Composite(Node):
         feather: float = Field(0.0015, ge=0.0, le=0.05, description="Edge softening (sigma) as a fraction of the frame height")
         light_wrap: float = Field(0.3, ge=0.0, le=1.0, description="How much background light wraps onto the person's edge")
         wrap_size: float = Field(0.015, ge=0.001, le=0.1, description="Width of the light wrap as a fraction of the frame height")
+        backend: Literal["auto", "cupy", "torch"] = Field("auto", description="auto = one fused CuPy pass on CUDA when installed, torch elsewhere")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
@@ -115,6 +124,10 @@ class Composite(Node):
         self._image_cache: tuple[tuple[int, int], torch.Tensor] | None = None
         self._video: VideoBackground | None = None
         self._warned: set[str] = set()
+        if self.params.backend == "cupy" and not (ctx.cuda and kernels.cupy_available()):
+            raise NodeError(f"node {self.name!r}: backend 'cupy' needs a CUDA device and CuPy; use backend: auto")
+        self._backend = "cupy" if ctx.cuda and self.params.backend != "torch" and kernels.cupy_available() else "torch"
+        ctx.report("backend", self._backend)
         self._load(self.params)
         ctx.report("background", self.params.background)
 
@@ -142,6 +155,8 @@ class Composite(Node):
 
     def update_params(self, params: NodeParams) -> bool:
         old = self.params
+        if params.backend != old.backend:  # type: ignore[attr-defined]
+            return False  # rebuild: open() decides the backend
         if (params.background, params.path) != (old.background, old.path):  # type: ignore[attr-defined]
             self._load(params)
         self.params = params
@@ -160,49 +175,67 @@ class Composite(Node):
             self.ctx.logger.warning("node %r: %s", self.name, message)
             self.ctx.report("warning", message)
 
-    def _background(self, fg_lin: torch.Tensor, alpha: torch.Tensor, plate: Frame | None) -> torch.Tensor:
+    def _background(self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None) -> tuple[torch.Tensor | None, tuple[float, float, float]]:
+        """The background as full-size uint8 sRGB, or low-resolution linear floats (blur), or None + a flat linear colour."""
         p = self.params
-        _, height, width = fg_lin.shape
-        device = fg_lin.device
+        height, width = int(fg.shape[0]), int(fg.shape[1])
+        device = fg.device
         mode = p.background
+        colour = tuple(float(v) for v in srgb_to_linear(torch.tensor(p.colour, dtype=torch.float64) / 255.0))
         if mode == "plate" and plate is None:
             self._warn_once("plate", "background 'plate' but no clean plate arrived; showing a blurred room")
             mode = "blur"
         if mode == "colour":
-            c = srgb_to_linear(torch.tensor(p.colour, dtype=torch.float32, device=device) / 255.0)
-            return c[:, None, None].expand(3, height, width)
+            return None, colour  # type: ignore[return-value]
         if mode == "plate":
             assert plate is not None
-            return fit_image(decode_uint8(plate.hwc_uint8()).permute(2, 0, 1), height, width)
+            return fit_uint8(plate.hwc_uint8(), height, width), colour  # type: ignore[return-value]
         if mode == "image":
             if self._image_cache is None or self._image_cache[0] != (height, width):
-                img = self._image.to(device).permute(2, 0, 1).float() / 255.0  # type: ignore[union-attr]
-                self._image_cache = ((height, width), srgb_to_linear(fit_image(img, height, width)))
-            return self._image_cache[1]
+                self._image_cache = ((height, width), fit_uint8(self._image.to(device), height, width))  # type: ignore[union-attr]
+            return self._image_cache[1], colour  # type: ignore[return-value]
         if mode == "video":
             assert self._video is not None
-            img = self._video.next().permute(2, 0, 1).float() / 255.0
-            return srgb_to_linear(fit_image(img, height, width))
+            return fit_uint8(self._video.next(), height, width), colour  # type: ignore[return-value]
+        # blur: a low-resolution linear picture of the room, sampled smoothly by the final pass
         sigma = max(0.5, p.blur * height)
+        factor = max(1, int(sigma // 2))
+        size = (-(-height // factor), -(-width // factor))
         if plate is not None:  # the true room: no trace of the person in the blur
-            room = fit_image(decode_uint8(plate.hwc_uint8()).permute(2, 0, 1), height, width)
-            return soft_blur(room, sigma)
-        return masked_blur(fg_lin, (1.0 - alpha).clamp(0, 1) ** 2, sigma)
+            room = decode_uint8(fit_uint8(plate.hwc_uint8(), height, width)).permute(2, 0, 1)
+            return gaussian_blur(F.adaptive_avg_pool2d(room[None], size)[0], sigma / factor), colour  # type: ignore[return-value]
+        room = F.adaptive_avg_pool2d(decode_uint8(fg).permute(2, 0, 1)[None], size)[0]
+        weight = (1.0 - resample(alpha, size)).clamp(0, 1) ** 2
+        return masked_blur_small(room, weight, sigma / factor), colour  # type: ignore[return-value]
 
     def process(self, frame: Frame, mask: Mask, plate: Frame | None = None) -> dict[str, Frame]:
         p = self.params
-        height, width = frame.height, frame.width
-        fg = decode_uint8(frame.hwc_uint8()).permute(2, 0, 1)
-        alpha = resize_mask(mask.alpha, height, width).clamp(0, 1)
-        if p.feather > 0:
-            alpha = gaussian_blur(alpha[None], p.feather * height)[0]
-        bg = self._background(fg, alpha, plate)
+        ctx = self.ctx
+        assert ctx is not None
+        height = frame.height
+        fg = frame.hwc_uint8()
+        alpha = mask.alpha if mask.alpha.dtype in (torch.float16, torch.float32) else mask.alpha.float()
+        if p.feather > 0:  # at the mask's own resolution: cheaper, and the same on both paths
+            alpha = gaussian_blur(alpha.float()[None], p.feather * alpha.shape[0])[0]
+        bg, colour = self._background(fg, alpha, plate)
+        wrap, inside, soft = 0.0, None, None
         if p.light_wrap > 0:
             # background light spills over the person's edge: strongest at the outline, fading inwards
             sigma = max(0.5, p.wrap_size * height)
-            inside = soft_blur(alpha[None], sigma)[0]
-            wrap = (p.light_wrap * alpha * (1.0 - inside)).clamp(0, 1)
-            fg = fg + wrap * (soft_blur(bg, sigma) - fg)
-        out = alpha * fg + (1.0 - alpha) * bg
-        img = encode_uint8(out).permute(1, 2, 0).contiguous()
+            factor = max(1, int(sigma // 2))
+            size = (-(-frame.height // factor), -(-frame.width // factor))
+            inside = gaussian_blur(resample(alpha, size)[None], sigma / factor)[0]
+            if bg is None:
+                soft = torch.tensor(colour, dtype=torch.float32, device=fg.device)[:, None, None]
+            elif bg.dtype == torch.uint8:
+                # pooled before decoding: a small gamma error, invisible in a soft glow, saves a 4K float pass
+                pooled = F.adaptive_avg_pool2d(bg.permute(2, 0, 1)[None].float(), size)[0]
+                soft = gaussian_blur(srgb_to_linear(pooled / 255.0), sigma / factor)
+            else:
+                soft = gaussian_blur(resample(bg, size), sigma / factor)
+            wrap = p.light_wrap
+        if self._backend == "cupy":
+            img = kernels.composite_over_cupy(fg, alpha, bg, colour, wrap, inside, soft, stream=ctx.cupy_stream())
+        else:
+            img = kernels.composite_over_torch(fg, alpha, bg, colour, wrap, inside, soft)
         return {"out": frame.with_image(img, layout="hwc")}

@@ -267,3 +267,176 @@ def warp_apply(
     if use_cupy:
         return warp_apply_cupy(src, field, mask, plate, stream=stream)
     return warp_apply_torch(src, field, mask, plate)
+
+
+# ---------------------------------------------------------------------------
+# composite: the per-pixel "over" in linear light (composite.over's last step)
+#
+# Contract of `composite_over(fg, alpha, bg, colour, wrap, inside, soft)`:
+# - `fg` (H, W, 3) uint8 sRGB; `alpha` (ah, aw) float plane at any resolution
+#   (bilinear, align_corners=False, edges clamped; already feathered);
+# - background: `bg` (H, W, 3) uint8 sRGB, or (3, bh, bw) float32 linear at any
+#   resolution, or None for the flat linear `colour` (3 floats);
+# - light wrap: fg += wrap * a * (1 - inside) * (soft - fg), with `inside`
+#   (ih, iw) and `soft` (3, ih, iw) float32 low-resolution planes;
+# - out = encode_sRGB(a * fg + (1 - a) * bg), uint8 (H, W, 3).
+
+
+def _up(plane: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(C, h, w) or (h, w) float -> full size, bilinear on cell centres (the kernel's `tap`)."""
+    squeeze = plane.dim() == 2
+    p = plane.float()[None, None] if squeeze else plane.float()[None]
+    if tuple(p.shape[-2:]) != (height, width):
+        p = F.interpolate(p, size=(height, width), mode="bilinear", align_corners=False)
+    return p[0, 0] if squeeze else p[0]
+
+
+def composite_over_torch(
+    fg: torch.Tensor,
+    alpha: torch.Tensor,
+    bg: torch.Tensor | None,
+    colour: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    wrap: float = 0.0,
+    inside: torch.Tensor | None = None,
+    soft: torch.Tensor | None = None,
+) -> torch.Tensor:
+    height, width = int(fg.shape[0]), int(fg.shape[1])
+    fgl = decode_uint8(fg).permute(2, 0, 1)
+    a = _up(alpha, height, width).clamp(0, 1)
+    if bg is None:
+        bgl = torch.tensor(colour, dtype=torch.float32, device=fg.device)[:, None, None]
+    elif bg.dtype == torch.uint8:
+        bgl = decode_uint8(bg).permute(2, 0, 1)
+    else:
+        bgl = _up(bg, height, width)
+    if wrap > 0 and inside is not None and soft is not None:
+        w = wrap * a * (1.0 - _up(inside, height, width))
+        fgl = fgl + w * (_up(soft, height, width) - fgl)
+    out = a * fgl + (1.0 - a) * bgl
+    return encode_uint8(out).permute(1, 2, 0).contiguous()
+
+
+_COMPOSITE_SOURCE = r"""
+#ifdef MASK_HALF
+typedef unsigned short mask_t;
+__device__ __forceinline__ float m2f(mask_t v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
+#else
+typedef float mask_t;
+__device__ __forceinline__ float m2f(mask_t v) { return v; }
+#endif
+
+template <typename T, typename Load>
+__device__ __forceinline__ float tap(const T* p, int w, int h, float x, float y, Load load) {
+    x = fminf(fmaxf(x, 0.f), (float)(w - 1));
+    y = fminf(fmaxf(y, 0.f), (float)(h - 1));
+    int x0 = (int)floorf(x), y0 = (int)floorf(y);
+    int x1 = min(x0 + 1, w - 1), y1 = min(y0 + 1, h - 1);
+    float fx = x - x0, fy = y - y0;
+    float a = load(p[y0 * w + x0]), b = load(p[y0 * w + x1]);
+    float c = load(p[y1 * w + x0]), d = load(p[y1 * w + x1]);
+    return (a * (1.f - fx) + b * fx) * (1.f - fy) + (c * (1.f - fx) + d * fx) * fy;
+}
+struct LoadF { __device__ float operator()(float v) const { return v; } };
+struct LoadM { __device__ float operator()(mask_t v) const { return m2f(v); } };
+
+__device__ __forceinline__ float srgb_decode(float v) {
+    v = v / 255.f;
+    return v <= 0.04045f ? v / 12.92f : powf((v + 0.055f) / 1.055f, 2.4f);
+}
+__device__ __forceinline__ unsigned char srgb_encode(float x) {
+    x = fminf(fmaxf(x, 0.f), 1.f);
+    float v = x <= 0.0031308f ? x * 12.92f : 1.055f * powf(x, 1.f / 2.4f) - 0.055f;
+    return (unsigned char)fminf(fmaxf(rintf(v * 255.f), 0.f), 255.f);
+}
+
+extern "C" __global__ void composite_over(
+    const unsigned char* __restrict__ fg, unsigned char* __restrict__ out, int W, int H,
+    const mask_t* __restrict__ alpha, int aw, int ah,
+    int bg_kind, const unsigned char* __restrict__ bg_u8, const float* __restrict__ bg_low, int bw, int bh,
+    float c0, float c1, float c2,
+    float wrap, const float* __restrict__ inside, const float* __restrict__ soft, int iw, int ih)
+{
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= W || y >= H) return;
+    int o = (y * W + x) * 3;
+    float a = tap(alpha, aw, ah, (x + 0.5f) * ((float)aw / W) - 0.5f, (y + 0.5f) * ((float)ah / H) - 0.5f, LoadM());
+    a = fminf(fmaxf(a, 0.f), 1.f);
+    float w = 0.f, ix = 0.f, iy = 0.f;
+    if (wrap > 0.f) {
+        ix = (x + 0.5f) * ((float)iw / W) - 0.5f;
+        iy = (y + 0.5f) * ((float)ih / H) - 0.5f;
+        w = wrap * a * (1.f - tap(inside, iw, ih, ix, iy, LoadF()));
+    }
+    float bx = (x + 0.5f) * ((float)bw / W) - 0.5f, by = (y + 0.5f) * ((float)bh / H) - 0.5f;
+    float col[3] = {c0, c1, c2};
+    #pragma unroll
+    for (int c = 0; c < 3; ++c) {
+        float f = srgb_decode((float)fg[o + c]);
+        if (wrap > 0.f) f = f + w * (tap(soft + c * iw * ih, iw, ih, ix, iy, LoadF()) - f);
+        float b = bg_kind == 1 ? srgb_decode((float)bg_u8[o + c])
+                : bg_kind == 2 ? tap(bg_low + c * bw * bh, bw, bh, bx, by, LoadF())
+                : col[c];
+        out[o + c] = srgb_encode(a * f + (1.f - a) * b);
+    }
+}
+"""
+
+_COMPOSITE_MODULES: dict[bool, Any] = {}
+
+
+def composite_over_cupy(
+    fg: torch.Tensor,
+    alpha: torch.Tensor,
+    bg: torch.Tensor | None,
+    colour: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    wrap: float = 0.0,
+    inside: torch.Tensor | None = None,
+    soft: torch.Tensor | None = None,
+    stream: Any = None,
+) -> torch.Tensor:
+    """The CUDA twin of :func:`composite_over_torch` (one pass, zero-copy through DLPack)."""
+    import cupy
+    import numpy as np
+
+    if stream is None:
+        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(fg.device).cuda_stream)
+    height, width = int(fg.shape[0]), int(fg.shape[1])
+    half = alpha.dtype == torch.float16
+    alpha = alpha.contiguous() if alpha.dtype in (torch.float16, torch.float32) else alpha.float().contiguous()
+    fg = fg.contiguous()
+    out = torch.empty_like(fg)
+    kind = 0 if bg is None else (1 if bg.dtype == torch.uint8 else 2)
+    bg_c = bg.contiguous() if kind == 1 else None
+    bg_low = bg.float().contiguous() if kind == 2 else None
+    use_wrap = wrap > 0 and inside is not None and soft is not None
+    inside_c = inside.float().contiguous() if use_wrap else None  # type: ignore[union-attr]
+    soft_c = soft.float().contiguous() if use_wrap else None  # type: ignore[union-attr]
+    mod = _COMPOSITE_MODULES.get(half)
+    if mod is None:
+        options = ("--std=c++14",) + (("-DMASK_HALF",) if half else ())
+        mod = _COMPOSITE_MODULES[half] = cupy.RawModule(code=_COMPOSITE_SOURCE, options=options)
+    i32, f32 = np.int32, np.float32
+    with stream:
+        c_fg, c_out, c_alpha = cupy.from_dlpack(fg), cupy.from_dlpack(out), cupy.from_dlpack(alpha)
+        dummy = cupy.from_dlpack(alpha if alpha.dtype == torch.float32 else torch.zeros(1, device=fg.device))
+        c_bg = cupy.from_dlpack(bg_c) if bg_c is not None else c_fg  # unused pointer when absent
+        c_low = cupy.from_dlpack(bg_low) if bg_low is not None else dummy
+        c_in = cupy.from_dlpack(inside_c) if inside_c is not None else dummy
+        c_soft = cupy.from_dlpack(soft_c) if soft_c is not None else dummy
+        bh, bw = (int(bg_low.shape[1]), int(bg_low.shape[2])) if bg_low is not None else (1, 1)
+        ih, iw = (int(inside_c.shape[0]), int(inside_c.shape[1])) if inside_c is not None else (1, 1)
+        block = (32, 8, 1)
+        grid = ((width + block[0] - 1) // block[0], (height + block[1] - 1) // block[1], 1)
+        mod.get_function("composite_over")(
+            grid,
+            block,
+            (
+                c_fg, c_out, i32(width), i32(height),
+                c_alpha, i32(alpha.shape[1]), i32(alpha.shape[0]),
+                i32(kind), c_bg, c_low, i32(bw), i32(bh),
+                f32(colour[0]), f32(colour[1]), f32(colour[2]),
+                f32(wrap if use_wrap else 0.0), c_in, c_soft, i32(iw), i32(ih),
+            ),
+        )
+    return out
