@@ -165,6 +165,7 @@ def train_student(
     loss_val = float("nan")
     val_iou = float("nan")
     done = start
+    log_every = max(1, min(10, steps // 10))
 
     def checkpoint(step: int) -> None:
         nonlocal best_iou, val_iou
@@ -199,8 +200,8 @@ def train_student(
         scaler.step(opt)
         scaler.update()
         done = step + 1
-        if done % 10 == 0 or done == steps:
-            loss_val = float(loss.detach())  # host sync only every 10 steps
+        if done % log_every == 0 or done == steps:
+            loss_val = float(loss.detach())  # host sync only every log_every steps
             if is_main:
                 elapsed = time.time() - t0
                 rate = (done - s0) / elapsed if elapsed > 0 else 0.0

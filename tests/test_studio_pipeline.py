@@ -1,0 +1,252 @@
+"""Studio end to end on CPU: a synthetic recording (real person photo over a real
+room) -> label (offline teachers) -> filter -> train -> export ONNX -> the hybrid
+switch serves the student; plus resume after kill -9, atomic swap and rollback,
+safe mode, and a 2-process gloo DDP training step through torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from muse.studio.files import StudioError, write_image
+from muse.studio.profiles import create_profile, load_profile
+from muse.studio.synthetic import SyntheticScene, write_recording
+
+SIZE = (192, 108)
+QUIET = lambda s: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """A profile with plate, a 48-frame recording, labels (clean-plate teacher) and the filter run."""
+    from muse.studio.filter import filter_profile
+    from muse.studio.label import label_profile
+
+    root = tmp_path_factory.mktemp("studio")
+    p = create_profile(
+        "front", root,
+        camera={"type": "capture.demo", "params": {"width": SIZE[0], "height": SIZE[1]}},
+        teachers={"segment": ["clean_plate"], "pose": []},
+        training={"input_size": [96, 64], "steps": 12, "batch": 4, "checkpoint_every": 6, "val_fraction": 0.2, "lr": 5e-3},
+    )
+    scene = SyntheticScene(*SIZE)
+    write_image(p.plate_path, scene.clean_plate())
+    truth = write_recording(p.recordings_dir / "take1.mp4", scene, 48)
+    label_profile(p, clip=16, log=QUIET)
+    filter_profile(p, log=QUIET)
+    return p, truth
+
+
+def _copy(labelled, tmp_path, name="front"):
+    src, _ = labelled
+    dst = tmp_path / "studio"
+    shutil.copytree(src.root.parent, dst, symlinks=True)
+    return load_profile(name, dst)
+
+
+def test_labels_match_ground_truth(labelled):
+    from muse.studio.label import load_records
+    from muse.studio.files import read_image
+    from muse.studio.teachers.base import iou
+
+    p, truth = labelled
+    records = load_records(p.dataset_dir)
+    assert len(records) == 48 and [r["index"] for r in records] == list(range(48))
+    ious = [iou(read_image(p.dataset_dir / r["mask"], gray=True) / 255.0, truth[r["index"]]) for r in records[::6]]
+    assert min(ious) > 0.85
+    kept = json.loads((p.dataset_dir / "kept.json").read_text())
+    assert len(kept["kept"]) >= 40
+
+
+@pytest.mark.slow
+def test_end_to_end_label_filter_train_export_hybrid(labelled, tmp_path):
+    import onnxruntime as ort
+
+    from muse.models.student import live_model_path, read_onnx_meta
+    from muse.studio.export import export_student
+    from muse.studio.train import train_student
+
+    p = _copy(labelled, tmp_path)
+    res = train_student(p, log=QUIET, progress_bar=False)
+    assert res["finished"] and res["step"] == 12 and res["val_frames"] > 0
+    losses = [json.loads(line)["loss"] for line in p.progress_path.read_text().splitlines() if '"step"' in line and '"event": "step"' in line]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns (quality is measured on the GPU bench)
+    info = export_student(p, log=QUIET)
+    assert info["verify"]["ok"] and info["verify"]["mask_iou"] > 0.99
+    assert "not built" in info["tensorrt"]  # no TensorRT on this machine; said plainly
+    onnx_path = live_model_path(p.root)
+    assert onnx_path == p.root / "models/live/student.onnx" and onnx_path.is_file()
+    meta = read_onnx_meta(onnx_path)
+    assert meta["input_size"] == [96, 64] and meta["version"] == 1
+
+    # The exported student runs in ONNX Runtime on a real frame exactly like the torch checkpoint.
+    import cv2
+
+    from muse.models.student import load_student
+
+    scene = SyntheticScene(*SIZE)
+    rgb, truth = scene.frame(40)
+    x = cv2.resize(rgb, (96, 64), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+    logits = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(["logits"], {"image": x})[0]
+    model, _ = load_student(p.root / "models/live/student.pt")
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(torch.from_numpy(x)).numpy(), atol=1e-3)
+
+    progress = [json.loads(line) for line in p.progress_path.read_text().splitlines()]
+    assert progress[0]["event"] == "start" and progress[-1]["event"] == "done"
+    assert any(r["event"] == "checkpoint" and "val_iou" in r and "eta_s" in r for r in progress)
+
+    # The hybrid switch (segment.hybrid) picks the profile's student in a running node.
+    from muse.graph.registry import load_registry
+
+    reg = load_registry()
+    try:
+        hybrid_cls = reg.get("segment.hybrid")
+    except Exception:
+        pytest.skip("segment.hybrid is not registered yet (the end-to-end graph test lands with it)")
+    from muse.graph.payloads import Frame
+    from muse.graph.testing import build_node, make_context
+
+    node = build_node(hybrid_cls, {"profile": str(p.root), "bundled": False})
+    ctx = make_context(node.name, "cpu", resolution=SIZE)
+    node.open(ctx)
+    try:
+        out = node.process(frame=Frame(torch.from_numpy(rgb)))
+    finally:
+        node.close()
+    assert ctx.stats.info.get("live") == "student", ctx.stats.info
+    mask = out["mask"].alpha
+    assert mask.shape[-2:] == (SIZE[1], SIZE[0]) or mask.shape == (64, 96)
+
+
+def test_export_swap_and_rollback(labelled, tmp_path, monkeypatch):
+    from muse.models.student import StudentSegmenter, save_student
+    from muse.studio import export as ex
+
+    p = _copy(labelled, tmp_path)
+    torch.manual_seed(0)
+    save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
+    v1 = ex.export_student(p, log=QUIET)
+    torch.manual_seed(1)
+    save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
+    v2 = ex.export_student(p, log=QUIET)
+    live, prev = p.models_dir / "live", p.models_dir / "previous"
+    assert (v1["version"], v2["version"]) == (1, 2)
+    assert live.resolve().name == "v0002" and prev.resolve().name == "v0001"
+    assert load_profile(p.root).config.live_model == "models/live/student.onnx"
+    onnx_v2 = (live / "student.onnx").read_bytes()
+
+    # A failed verification changes nothing and leaves no staging folder.
+    monkeypatch.setattr(ex, "verify_onnx", lambda *a, **k: {"ok": False, "max_prob_diff": 0.5, "mask_iou": 0.2, "frames": 1})
+    with pytest.raises(StudioError, match="NOT changed"):
+        ex.export_student(p, log=QUIET)
+    assert live.resolve().name == "v0002" and (live / "student.onnx").read_bytes() == onnx_v2
+    assert not [d for d in (p.models_dir / "versions").iterdir() if d.name.startswith(".staging")]
+
+    ex.rollback(p, log=QUIET)
+    assert live.resolve().name == "v0001" and prev.resolve().name == "v0002"
+    assert json.loads((live / "student.json").read_text())["version"] == 1
+    ex.rollback(p, log=QUIET)  # and forward again
+    assert live.resolve().name == "v0002"
+
+    # The CLI says the same.
+    from muse.studio.cli import main
+
+    assert main(["studio", "rollback", "front", "--root", str(p.root.parent)]) == 0
+    assert live.resolve().name == "v0001"
+
+
+def test_rollback_without_previous_is_explained(labelled, tmp_path):
+    from muse.studio.export import rollback
+
+    p = _copy(labelled, tmp_path)
+    with pytest.raises(StudioError, match="no previous model"):
+        rollback(p, log=QUIET)
+
+
+def _train_cmd(p, steps):
+    return [sys.executable, "-m", "muse.studio.train", p.name, "--root", str(p.root.parent), "--steps", str(steps), "--no-bar"]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.mark.slow
+def test_training_resumes_after_kill_9(labelled, tmp_path):
+    p = _copy(labelled, tmp_path)
+    cfg = p.config
+    cfg.training.checkpoint_every = 2
+    p.save()
+    last = p.checkpoints_dir / "last.pt"
+    proc = subprocess.Popen(_train_cmd(p, 1000), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if last.is_file() and p.progress_path.is_file() and '"checkpoint"' in p.progress_path.read_text():
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint within 240 s")
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    step = int(torch.load(last, weights_only=False)["step"])
+    assert step >= 2
+    out = subprocess.run(_train_cmd(p, step + 2), env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["finished"] and res["step"] == step + 2
+    events = [json.loads(line) for line in p.progress_path.read_text().splitlines() if line.strip()]
+    resumed = [e for e in events if e["event"] == "resume"]
+    assert resumed and resumed[-1]["step"] == step
+    assert int(torch.load(last, weights_only=False)["step"]) == step + 2
+
+
+@pytest.mark.slow
+def test_ddp_two_process_gloo_training_step(labelled, tmp_path):
+    p = _copy(labelled, tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "muse.studio.train", p.name, "--root", str(p.root.parent), "--steps", "2", "--batch", "4", "--no-bar"]
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    assert res["world"] == 2 and res["finished"] and res["device"] == "cpu"
+    blob = torch.load(p.checkpoints_dir / "last.pt", weights_only=False)
+    assert blob["step"] == 2
+
+
+def test_pipeline_safe_mode_and_resume(labelled, tmp_path):
+    from muse.studio.pipeline import run_pipeline
+
+    p = _copy(labelled, tmp_path)
+    kept_before = (p.dataset_dir / "kept.json").read_bytes()
+    p.config.filter.min_area = 0.99  # a bad setting: every frame looks empty
+    p.save()
+    with pytest.raises(StudioError) as err:
+        run_pipeline(p, skip=["analyze", "train", "export"], log=QUIET)
+    msg = str(err.value)
+    assert "stage 'filter' failed" in msg and "dropped every frame" in msg
+    assert f"muse studio run {p.name}" in msg and "--skip filter" in msg and "through 'label'" in msg
+    state = json.loads(p.state_path.read_text())["stages"]
+    assert state["label"]["status"] == "done" and state["filter"]["status"] == "failed"
+    assert (p.dataset_dir / "kept.json").read_bytes() == kept_before  # last good filter result kept
+    p.config.filter.min_area = 0.01  # the fix
+    p.save()
+    res = run_pipeline(p, skip=["analyze", "train", "export"], log=QUIET)
+    assert res["plate"] == "done earlier" and res["record"] == "done earlier" and res["label"] == "done earlier"
+    assert json.loads(p.state_path.read_text())["stages"]["filter"]["status"] == "done"
