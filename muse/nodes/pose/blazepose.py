@@ -20,6 +20,9 @@ from muse.nodes.landmarks.tracking import HostFlag, load_bundled
 DETECTOR_SIZE = 224
 LANDMARK_SIZE = 256
 NUM_POINTS = 33  # BlazePose-33; the model's 34th/35th points are the tracking ROI's centre and scale
+# ROI margin: the 0.10.14 full model's alignment points settle at a radius of ~100/256 of its crop, so its
+# training crops were 2 * radius * 1.25 wide; with the 1.5 of older graphs the tracked ROI grows ~15 %/frame.
+ROI_SCALE = 1.25
 
 
 class BlazePoseTracker:
@@ -55,7 +58,7 @@ class BlazePoseTracker:
         _, kp, score = ssd.best_detection(boxes, kps, scores, self.spec)
         kp = R.to_frame(kp[None] * DETECTOR_SIZE, full, DETECTOR_SIZE)[0]
         # keypoint 0 = mid hip, 1 = full-body size and rotation point
-        roi = R.aligned_roi(kp[0][None], kp[1][None], 90.0, 1.5)
+        roi = R.aligned_roi(kp[0][None], kp[1][None], 90.0, ROI_SCALE)
         self.detector_runs += 1
         return roi, score
 
@@ -73,7 +76,7 @@ class BlazePoseTracker:
         else:
             roi, score = self.detect(image)
             gate = (score >= self.spec.min_score).float()
-        crop = R.crop(image, roi, LANDMARK_SIZE)
+        crop = R.crop(image, roi, LANDMARK_SIZE, border="border")  # MediaPipe replicates the edge here (unspecified = replicate)
         out = self.landmarks(crop.to(self.dtype))
         raw = out[0].reshape(1, -1, 5).float()
         presence = out[1].reshape(()).float() * gate  # the flag is already a probability
@@ -83,7 +86,7 @@ class BlazePoseTracker:
             points = torch.where(present, points, self.last_points)  # lost: hold the last good pose
         visibility = torch.sigmoid(raw[0, :NUM_POINTS, 3]) * present
         # The next frame's ROI comes from the model's own alignment points (33 = hip centre, 34 = scale).
-        next_roi = R.aligned_roi(points[33, :2][None], points[34, :2][None], 90.0, 1.5)
+        next_roi = R.aligned_roi(points[33, :2][None], points[34, :2][None], 90.0, ROI_SCALE)
         self.roi = next_roi
         self.last_points = points
         self.tracking.publish(present)

@@ -147,7 +147,7 @@ class ViTPose(Node):
             assert self.ctx is not None
             self._detector = BlazePoseTracker(self.name, self.ctx.device, self.ctx.dtype)
         roi, _ = self._detector.detect(image)
-        r = roi[0, 2] / 3.0  # the detector ROI is 1.5 x the body circle's diameter
+        r = roi[0, 2] / 2.5  # the detector ROI is 1.25 x the body circle's diameter
         cx, cy = roi[0, 0], roi[0, 1]
         return torch.stack([cx - 0.75 * r, cy - r, cx + 0.75 * r, cy + r])
 

@@ -1,0 +1,112 @@
+"""pose.blazepose on real photos: anatomically plausible keypoints, tracking
+under synthetic motion, the person mask, and losing the track without a person."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from muse.graph.payloads import Frame
+from muse.graph.testing import build_node, make_context, run_node_frames
+from muse.nodes.pose.blazepose import BlazePose
+from muse.nodes.pose.formats import index_of
+
+J = {n: index_of("blazepose33", n) for n in (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_hip", "right_hip", "mouth_left", "mouth_right",
+)}  # fmt: skip
+
+
+def _frame(img: np.ndarray, index: int = 0) -> Frame:
+    return Frame(torch.from_numpy(np.ascontiguousarray(img)), timestamp=index / 30, index=index)
+
+
+def assert_plausible(points: torch.Tensor, conf: torch.Tensor) -> None:
+    """Facing the camera: person's left appears on the image's right."""
+    p = {n: points[i] for n, i in J.items()}
+    for n in ("nose", "left_eye", "right_eye", "left_shoulder", "right_shoulder"):
+        assert conf[J[n]] > 0.5, f"{n} not visible (confidence {float(conf[J[n]]):.2f})"
+    eye_gap = float(p["left_eye"][0] - p["right_eye"][0])
+    assert eye_gap > 0, "left/right eyes swapped"
+    # between the eyes, with slack for a head turned three-quarters (the nose tip then projects past an eye)
+    slack = 0.35 * eye_gap
+    assert p["right_eye"][0] - slack < p["nose"][0] < p["left_eye"][0] + slack, "nose not between the eyes"
+    assert abs(float(p["nose"][1] - (p["left_eye"][1] + p["right_eye"][1]) / 2)) < 2 * eye_gap, "nose far from eye level"
+    face_bottom = max(float(p["mouth_left"][1]), float(p["mouth_right"][1]), float(p["nose"][1]))
+    assert p["left_shoulder"][1] > face_bottom and p["right_shoulder"][1] > face_bottom, "shoulders not below the face"
+    assert p["left_shoulder"][0] > p["right_shoulder"][0], "left/right shoulders swapped"
+    shoulder_width = float(p["left_shoulder"][0] - p["right_shoulder"][0])
+    assert 1.5 * eye_gap < shoulder_width < 15 * eye_gap, "shoulders implausibly wide or narrow for the face"
+    assert p["left_hip"][1] > p["left_shoulder"][1] and p["right_hip"][1] > p["right_shoulder"][1], "hips above shoulders"
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "messi", "basketball"])
+def test_keypoints_are_anatomically_plausible(photo, request):
+    img = request.getfixturevalue(photo)
+    outs = run_node_frames(BlazePose, {}, [{"frame": _frame(img, i)} for i in range(2)])
+    for out in outs:  # detector frame and tracked frame
+        kp = out["keypoints"]
+        assert kp.skeleton == "blazepose33" and kp.points.shape == (33, 2)
+        assert kp.image_size == (img.shape[1], img.shape[0])
+        assert_plausible(kp.points, kp.confidence)
+
+
+def test_person_mask_covers_the_person(astronaut):
+    out = run_node_frames(BlazePose, {"mask_size": 256}, [{"frame": _frame(astronaut)}])[0]
+    alpha = out["mask"].alpha
+    assert alpha.shape == (256, 256)
+    kp = out["keypoints"].points / 2  # frame 512 -> mask 256
+    nose = kp[J["nose"]].long()
+    chest = ((kp[J["left_shoulder"]] + kp[J["right_shoulder"]]) / 2 + torch.tensor([0.0, 20.0])).long()
+    assert alpha[nose[1], nose[0]] > 0.5 and alpha[chest[1], chest[0]] > 0.5
+    # The astronaut's top-right corner is the American flag / background, not the person.
+    assert alpha[:40, 216:].mean() < 0.2
+    assert 0.2 < float(alpha.mean()) < 0.8
+
+
+def _moved(img: np.ndarray, canvas: tuple[int, int], scale: float, tx: float, ty: float) -> tuple[np.ndarray, np.ndarray]:
+    m = np.array([[scale, 0, tx], [0, scale, ty]], dtype=np.float64)
+    return cv2.warpAffine(img, m, canvas, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE), m
+
+
+def test_tracking_follows_translation_and_scale(astronaut):
+    """The photo slides 150 px right and grows 15 % over 6 frames; the tracked
+    upper-body keypoints follow the motion within 3 % of the frame height
+    (15 px at 512; seen: 4-10 px) and the detector runs once."""
+    canvas = (768, 512)
+    moves = [(1.0 + 0.03 * i, 40.0 + 30.0 * i, -10.0 * i) for i in range(6)]
+    frames = [_moved(astronaut, canvas, *mv) for mv in moves]
+    node = build_node(BlazePose)
+    node.open(make_context("pose"))
+    reference = node.process(frame=_frame(frames[0][0]))["keypoints"]
+    upper = [J[n] for n in ("nose", "left_eye", "right_eye", "left_shoulder", "right_shoulder", "mouth_left", "mouth_right")]
+    m0 = frames[0][1]
+    base = (reference.points[upper].numpy() - m0[:, 2]) / m0[0, 0]  # back into photo pixels
+    errors = []
+    for i, (img, m) in enumerate(frames[1:], start=1):
+        kp = node.process(frame=_frame(img, i))["keypoints"]
+        expected = base * m[0, 0] + m[:, 2]
+        err = np.linalg.norm(kp.points[upper].numpy() - expected, axis=1)
+        errors.append(float(np.median(err)))
+        assert (kp.confidence[upper] > 0.5).all()
+    node.close()
+    assert node.tracker.detector_runs == 1, "tracking should not need the detector again"
+    assert max(errors) < 0.03 * 512, f"median keypoint errors per frame {errors}"
+
+
+def test_no_person_loses_track_and_redetects(astronaut):
+    from skimage import data
+
+    empty = data.rocket()  # a rocket on its launch pad: no person
+    node = build_node(BlazePose)
+    node.open(make_context("pose"))
+    node.process(frame=_frame(astronaut, 0))
+    out = node.process(frame=_frame(empty, 1))  # tracked ROI, nobody there
+    assert float(out["keypoints"].confidence.max()) < 0.5
+    assert float(out["mask"].alpha.max()) == 0.0
+    runs = node.tracker.detector_runs
+    node.process(frame=_frame(astronaut, 2))
+    assert node.tracker.detector_runs == runs + 1, "a lost track must re-run the detector"
+    node.close()
