@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import visual_scenes as vs
@@ -100,6 +101,11 @@ def test_no_face_or_low_confidence_is_identity(astronaut):
     weak = FaceLandmarks(lm.points, 0.1, lm.regions, lm.image_size)
     field = run_node(FaceWarp, {"eyes": 1.0}, landmarks=weak)["field"]
     assert torch.count_nonzero(field.field) == 0
+    # face.landmarks sends the confidence as a 0-d tensor (no host sync): gated on the device
+    for conf, moves in ((torch.tensor(0.1), False), (torch.tensor(0.9), True)):
+        lmt = FaceLandmarks(lm.points, conf, lm.regions, lm.image_size)  # type: ignore[arg-type]
+        field = run_node(FaceWarp, {"eyes": 1.0}, landmarks=lmt)["field"]
+        assert bool(torch.count_nonzero(field.field)) == moves
 
 
 def test_head_roll_is_followed(astronaut):
@@ -114,3 +120,17 @@ def test_head_roll_is_followed(astronaut):
     # rotating the picture maps (dx, dy) at p to (-dy, dx) at R p
     a_rot = torch.stack((-a[1], a[0])).transpose(1, 2).flip(2)
     assert torch.allclose(a_rot, b, atol=0.15 * float(a.abs().max()))
+
+
+@pytest.mark.slow
+def test_with_real_face_landmarks(astronaut):
+    """End to end with the real face.landmarks node (MediaPipe mesh + iris) on the astronaut."""
+    node_mod = pytest.importorskip("muse.nodes.face.landmarks")
+    frame = Frame(torch.from_numpy(astronaut))
+    lm = run_node(node_mod.FaceLandmarksNode, {}, frame=frame)["face"]
+    field = run_node(FaceWarp, {"eyes": 1.0, "v_line": 1.0}, landmarks=lm)["field"]
+    out = run_node(WarpApply, {}, frame=frame, face=field)["out"].image.numpy()
+    for side in ("left", "right"):
+        cx, cy = (float(v) for v in lm.points[lm.regions[f"{side}_iris"], :2].mean(0))
+        assert _dark_area(out, cx, cy) >= 1.25 * _dark_area(astronaut, cx, cy), side
+    assert np.array_equal(out[:, :140], astronaut[:, :140])  # far from the face nothing moves

@@ -83,7 +83,10 @@ class FaceWarp(Node):
         stamp = landmarks or frame
         ts, idx = (stamp.timestamp, stamp.index) if stamp is not None else (0.0, 0)
         p = self.params
-        if landmarks is None or landmarks.confidence < p.min_confidence or (p.eyes == 0 and p.v_line == 0 and p.slim == 0):
+        conf = landmarks.confidence if landmarks is not None else 0.0
+        # face.landmarks gives a 0-d device tensor: gate on the device instead of syncing to test it
+        weak = not isinstance(conf, torch.Tensor) and float(conf) < p.min_confidence
+        if landmarks is None or weak or (p.eyes == 0 and p.v_line == 0 and p.slim == 0):
             return {"field": Displacement(zero_field(size, p.cell, device), size, ts, idx)}
         xs, ys = field_grid(size, p.cell, device)
         field = torch.zeros((2, *xs.shape), device=device, dtype=torch.float32)
@@ -104,6 +107,8 @@ class FaceWarp(Node):
         elif (p.v_line > 0 or p.slim > 0) and "outline" not in self._warned:
             self._warned.add("outline")
             ctx.logger.warning("node %r: landmarks have no 'face_oval'/'jaw' or eye regions; v_line/slim are off", self.name)
+        if isinstance(conf, torch.Tensor):
+            field = field * (conf.to(device).float() >= p.min_confidence).float()
         return {"field": Displacement(field, size, ts, idx)}
 
     def _eye(self, pts: torch.Tensor, regions: dict[str, list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor] | None:
