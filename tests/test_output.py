@@ -376,3 +376,22 @@ def test_virtualcam_and_preview_on_gpu_frames(astronaut):
     run_node_frames(VirtualCamera, params, [{"frame": Frame(torch.from_numpy(astronaut))}])
     cpu = RecordingCamera.sent[0].astype(int)
     assert np.abs(gpu - cpu).mean() < 2  # torch antialias vs OpenCV area resize
+
+
+def test_preview_moves_off_a_busy_port(clip_frames):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        node = build_node(Preview, {"port": busy, "window": "off"})
+        ctx = make_context()
+        node.open(ctx)
+        try:
+            assert ctx.stats.info["url"] != f"http://127.0.0.1:{busy}/"
+            node.process(frame=Frame(torch.from_numpy(clip_frames[0])))
+            assert urllib.request.urlopen(ctx.stats.info["url"] + "frame.jpg", timeout=5).status == 200
+        finally:
+            node.close()
+        strict = build_node(Preview, {"port": busy, "window": "off", "busy_port": "error"})
+        with pytest.raises(NodeError, match=f"cannot listen on 127.0.0.1:{busy}.*port: 0"):
+            strict.open(make_context())

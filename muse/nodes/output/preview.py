@@ -4,6 +4,7 @@ machines) and, where there is a desktop, a DearPyGui window."""
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import threading
@@ -149,6 +150,7 @@ class Preview(Node):
 
     class Params(NodeParams):
         port: int = Field(8090, ge=0, le=65535, description="HTTP port; 0 = any free port (the URL is reported)")
+        busy_port: Literal["any", "error"] = Field("any", description="When `port` is taken (another MUSE?): use any free port and report it, or fail")
         host: str = Field("127.0.0.1", description="Address to listen on; 127.0.0.1 keeps it on this machine")
         http: bool = Field(True, description="Serve the MJPEG preview over HTTP")
         window: Literal["auto", "on", "off"] = Field("auto", description="Desktop window: auto = when a display exists")
@@ -178,8 +180,16 @@ class Preview(Node):
 
     def _start_http(self, ctx: NodeContext) -> None:
         p = self.params
+        handler = _handler(self._latest, p.title)
         try:
-            server = ThreadingHTTPServer((p.host, p.port), _handler(self._latest, p.title))
+            try:
+                server = ThreadingHTTPServer((p.host, p.port), handler)
+            except OSError as exc:
+                if p.port == 0 or p.busy_port != "any" or exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise
+                server = ThreadingHTTPServer((p.host, 0), handler)
+                ctx.logger.warning("%s: port %d is taken (another preview running?); using port %d instead",
+                                   self.name, p.port, server.server_address[1])
         except OSError as exc:
             raise NodeError(
                 f"node {self.name!r}: cannot listen on {p.host}:{p.port} (fields `host`, `port`): {exc}; "
