@@ -262,6 +262,11 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.input_name = inp.name
         self.input_type = _ORT_TYPES.get(inp.type, torch.float32)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        out = self.session.get_outputs()[0]
+        self._out_shape = tuple(out.shape) if all(isinstance(d, int) for d in out.shape) else None
+        self._out_type = _ORT_TYPES.get(out.type, torch.float32)
+        # The stream ORT was told to use (user_compute_stream), to order its work against the caller's.
+        self._ort_stream = torch.cuda.current_stream(self.device) if self.on_cuda else None
         self._run_options = ort.RunOptions()
         if self.on_cuda:
             # The consumer waits on our stream like on any node's; no device-wide sync per frame.
@@ -275,17 +280,23 @@ class OnnxRuntimeBackend(InferenceBackend):
         return torch.from_numpy(out).to(self.device, self.dtype)
 
     def _run_cuda(self, x: torch.Tensor) -> torch.Tensor:
-        import numpy as np
-
+        caller = torch.cuda.current_stream(self.device)
+        ort_stream = self._ort_stream or caller
         x = x.to(self.device).contiguous()
+        ort_stream.wait_stream(caller)  # ORT runs on the stream it was created with: order it after our input
         binding = self.session.io_binding()
         binding.bind_input(self.input_name, "cuda", self.device.index or 0, _NP_TYPES[x.dtype], tuple(x.shape), x.data_ptr())
-        binding.bind_output(self.output_names[0], "cuda", self.device.index or 0)
+        if self._out_shape is not None:
+            out = torch.empty(self._out_shape, device=self.device, dtype=self._out_type)
+            binding.bind_output(self.output_names[0], "cuda", self.device.index or 0, _NP_TYPES[out.dtype],
+                                self._out_shape, out.data_ptr())
+            self.session.run_with_iobinding(binding, self._run_options)
+            caller.wait_stream(ort_stream)
+            return out.to(self.dtype)
+        # Dynamic output shape: let ORT allocate it and copy through the host (slow path, said in the docs).
+        binding.bind_output(self.output_names[0], "cpu")
         self.session.run_with_iobinding(binding, self._run_options)
-        out = binding.get_outputs()[0]
-        # ORT owns that buffer; DLPack hands it to torch without a copy, then we own a copy in our dtype.
-        y = torch.from_dlpack(out.to_dlpack()) if hasattr(out, "to_dlpack") else torch.from_numpy(np.asarray(out.numpy())).to(self.device)
-        return y.to(self.dtype).clone()
+        return torch.from_numpy(binding.copy_outputs_to_cpu()[0]).to(self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "providers": self.session.get_providers(), "model": str(self.path)}

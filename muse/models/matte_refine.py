@@ -34,22 +34,24 @@ def downsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def guided_coefficients(mask: torch.Tensor, guide: torch.Tensor, radius: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear model `mask ~ A . guide + b` per window (He et al.), at the mask's resolution.
 
-    mask (B,1,h,w), guide (B,C,h,w) with C = 1 or 3; returns A (B,C,h,w) and b (B,1,h,w), box-averaged."""
+    mask (B,1,h,w), guide (B,C,h,w) with C = 1 or 3; returns A (B,C,h,w) and b (B,1,h,w), box-averaged.
+    All window means come from one pooling call (13 channels for a colour guide): fewer, larger kernels."""
     p = mask.float()
     g = guide.float()
-    mean_p = box_filter(p, radius)
-    mean_g = box_filter(g, radius)
-    if g.shape[1] == 1:
-        var = box_filter(g * g, radius) - mean_g * mean_g
-        cov = box_filter(g * p, radius) - mean_g * mean_p
-        a = cov / (var + eps)
+    c = g.shape[1]
+    pairs = [(i, j) for i in range(c) for j in range(i, c)]
+    stack = torch.cat([p, g, g * p] + [g[:, i : i + 1] * g[:, j : j + 1] for i, j in pairs], 1)
+    means = box_filter(stack, radius)
+    mean_p, mean_g = means[:, :1], means[:, 1 : 1 + c]
+    cov = means[:, 1 + c : 1 + 2 * c] - mean_g * mean_p
+    sig = {pair: means[:, 1 + 2 * c + k : 2 + 2 * c + k] - mean_g[:, pair[0] : pair[0] + 1] * mean_g[:, pair[1] : pair[1] + 1]
+           for k, pair in enumerate(pairs)}
+    if c == 1:
+        a = cov / (sig[(0, 0)] + eps)
     else:
-        cov = box_filter(g * p, radius) - mean_g * mean_p  # (B,3,h,w)
         # Covariance of the colour guide per window, regularised; solved with a 3x3 adjugate (no batched solver).
-        gg = [box_filter(g[:, i : i + 1] * g[:, j : j + 1], radius) - mean_g[:, i : i + 1] * mean_g[:, j : j + 1]
-              for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))]
-        s_rr, s_rg, s_rb, s_gg, s_gb, s_bb = gg
-        s_rr, s_gg, s_bb = s_rr + eps, s_gg + eps, s_bb + eps
+        s_rr, s_rg, s_rb = sig[(0, 0)] + eps, sig[(0, 1)], sig[(0, 2)]
+        s_gg, s_gb, s_bb = sig[(1, 1)] + eps, sig[(1, 2)], sig[(2, 2)] + eps
         i_rr = s_gg * s_bb - s_gb * s_gb
         i_rg = s_gb * s_rb - s_rg * s_bb
         i_rb = s_rg * s_gb - s_gg * s_rb
@@ -64,7 +66,8 @@ def guided_coefficients(mask: torch.Tensor, guide: torch.Tensor, radius: int, ep
             i_rb * c_r + i_gb * c_g + i_bb * c_b,
         ), 1) / det
     b = mean_p - (a * mean_g).sum(1, keepdim=True)
-    return box_filter(a, radius), box_filter(b, radius)
+    ab = box_filter(torch.cat((a, b), 1), radius)
+    return ab[:, :c], ab[:, c:]
 
 
 def fast_guided_upsample(
@@ -82,10 +85,10 @@ def fast_guided_upsample(
     a, b = guided_coefficients(mask, small, radius, eps)
     big = guide_full if colour else to_gray(guide_full)
     size = tuple(guide_full.shape[-2:])
-    dt = guide_full.dtype
-    a_up = F.interpolate(a.to(dt), size=size, mode="bilinear", align_corners=False)
-    b_up = F.interpolate(b.to(dt), size=size, mode="bilinear", align_corners=False)
-    return ((a_up * big).sum(1, keepdim=True) + b_up).clamp_(0.0, 1.0)
+    # One upsampling call for A and b together; then A . I + b at full resolution.
+    up = F.interpolate(torch.cat((a, b), 1).to(guide_full.dtype), size=size, mode="bilinear", align_corners=False)
+    c = a.shape[1]
+    return (up[:, :c] * big).sum(1, keepdim=True).add_(up[:, c:]).clamp_(0.0, 1.0)
 
 
 class TemporalStabilizer:

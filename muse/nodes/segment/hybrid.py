@@ -188,6 +188,10 @@ class HybridSegment(Node):
     def _open_student(self) -> _Branch:
         branch = _Branch("student")
         assert self._profile is not None
+        if not self._profile.is_dir():  # most likely a typo; the watcher still picks it up if it appears
+            branch.error = f"profile folder {self._profile} does not exist (field 'profile')"
+            log.warning("%s: %s", self.name, branch.error)
+            return branch
         try:
             path = profile_live_model(self._profile)
         except FileNotFoundError as exc:  # a profile without a trained student yet is normal

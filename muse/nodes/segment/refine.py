@@ -57,7 +57,7 @@ class RefineMask(Node):
             image = downsample(image, (out_h, out_w))
         low = mask.alpha.to(ctx.device).float()[None, None]
         # One small copy of the picture at the mask's size serves both motion detection and the filter.
-        small = downsample(image.float(), tuple(low.shape[-2:]))
+        small = downsample(image, tuple(low.shape[-2:])).float()
         if p.temporal and p.stability > 0:
             low = self._temporal(low, small)
         else:
