@@ -19,7 +19,7 @@ from torch import nn
 from muse.models.tflite.ops import build_op
 from muse.models.tflite.reader import Graph, Operator, Tensor, TFLiteError, read_tflite
 
-ARTIFACT_FORMAT = "muse-tflite-torch/1"
+ARTIFACT_FORMAT = "muse-tflite-torch/1"  # constants: float32, or float16 where that is lossless
 
 
 class TFLiteModule(nn.Module):
@@ -107,10 +107,14 @@ def convert_tflite(source: str | Path | bytes) -> TFLiteModule:
 def graph_to_artifact(graph: Graph, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     tensors = []
     constants: dict[str, torch.Tensor] = {}
+    used = {i for op in graph.operators for i in op.inputs} | set(graph.outputs)
     for t in graph.tensors:
         tensors.append({"name": t.name, "shape": list(t.shape), "dtype": t.dtype})
-        if t.data is not None:
-            constants[str(t.index)] = torch.from_numpy(np.ascontiguousarray(t.data))
+        if t.data is not None and t.index in used:  # folded sources (fp16/sparse originals) are not needed
+            data = np.ascontiguousarray(t.data)
+            if data.dtype == np.float32 and data.size and np.array_equal(data.astype(np.float16).astype(np.float32), data):
+                data = data.astype(np.float16)  # fp16 weights dequantized by the reader: store them losslessly at half size
+            constants[str(t.index)] = torch.from_numpy(data)
     ops = [
         {"kind": op.kind, "inputs": list(op.inputs), "outputs": list(op.outputs), "options": _plain(op.options)}
         for op in graph.operators
@@ -138,7 +142,8 @@ def artifact_to_graph(artifact: dict[str, Any], source: str = "artifact") -> Gra
     tensors = []
     for i, t in enumerate(g["tensors"]):
         c = consts.get(str(i))
-        tensors.append(Tensor(i, t["name"], tuple(t["shape"]), t["dtype"], c.numpy() if c is not None else None))
+        value = c.numpy().astype(np.dtype(t["dtype"]), copy=False) if c is not None else None
+        tensors.append(Tensor(i, t["name"], tuple(t["shape"]), t["dtype"], value))
     ops = [Operator(o["kind"], list(o["inputs"]), list(o["outputs"]), dict(o["options"])) for o in g["operators"]]
     return Graph(tensors, ops, list(g["inputs"]), list(g["outputs"]), g.get("description", ""))
 
