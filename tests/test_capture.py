@@ -162,6 +162,11 @@ def clip(tmp_path_factory, astronaut):
     return path, frames
 
 
+@pytest.fixture(scope="module")
+def clip_frames_small(clip):
+    return clip[1][:10]
+
+
 def test_file_reads_every_frame_exactly(clip):
     path, frames = clip
     outs = pull(VideoFile, {"path": str(path), "realtime": False}, 25)
@@ -233,7 +238,7 @@ class ScriptedCapture:
         return self.opened
 
     def set(self, prop: int, value: float) -> bool:
-        if prop == cv2.CAP_PROP_CONVERT_RGB and self.rig.jpeg:
+        if prop == cv2.CAP_PROP_CONVERT_RGB and (self.rig.jpeg or self.rig.yuyv):
             self.props[prop] = value
             return True
         self.props[prop] = value
@@ -251,6 +256,8 @@ class ScriptedCapture:
         bgr = np.ascontiguousarray(np.roll(self.rig.picture, self.rig.reads, axis=1)[:, :, ::-1])
         if self.rig.jpeg and self.props.get(cv2.CAP_PROP_CONVERT_RGB) == 0:
             return True, cv2.imencode(".jpg", bgr)[1].reshape(1, -1)
+        if self.rig.yuyv and self.props.get(cv2.CAP_PROP_CONVERT_RGB) == 0:
+            return True, _yuyv_from_rgb(np.ascontiguousarray(bgr[:, :, ::-1]))  # V4L2 hands YUYV as (H, W, 2)
         return True, bgr
 
     def release(self) -> None:
@@ -258,7 +265,7 @@ class ScriptedCapture:
 
 
 class CameraRig:
-    def __init__(self, picture: np.ndarray, jpeg: bool = False) -> None:
+    def __init__(self, picture: np.ndarray, jpeg: bool = False, yuyv: bool = False) -> None:
         self.picture = picture
         self.h, self.w = picture.shape[:2]
         self.plugged = threading.Event()
@@ -266,6 +273,7 @@ class CameraRig:
         self.opens = 0
         self.reads = 0
         self.jpeg = jpeg
+        self.yuyv = yuyv
 
     def factory(self, device, api):
         self.opens += 1
@@ -353,3 +361,60 @@ def test_demo_on_gpu_matches_cpu():
     diff = (gpu["frame"].image.cpu().int() - cpu["frame"].image.int()).abs()
     assert diff.float().mean() < 1.0 and int(diff.max()) <= 3  # fp16 blend vs OpenCV's
     assert torch.allclose(gpu["mask"].alpha.float().cpu(), cpu["mask"].alpha.float(), atol=2e-3)
+
+
+def test_camera_raw_yuyv_path_converts(astronaut):
+    rig = CameraRig(cv2.resize(astronaut, (128, 96)), yuyv=True)
+    node = _camera(rig, fourcc="YUY2", decode="gpu")  # the YUYV kernel, here on the CPU
+    ctx = make_context("cam")
+    node.open(ctx)
+    try:
+        assert "yuyv" in ctx.stats.info["camera"]
+        f = node.process()["frame"]
+        shifted = [np.roll(rig.picture, k, axis=1) for k in range(1, rig.reads + 2)]
+        assert min(np.abs(f.image.numpy().astype(int) - s).mean() for s in shifted) < 4
+    finally:
+        node.close()
+
+
+def test_live_param_changes_take_safe_fields_only(astronaut):
+    rig = CameraRig(cv2.resize(astronaut, (64, 48)))
+    node = _camera(rig)
+    node.open(make_context("cam"))
+    try:
+        assert node.update_params(node.Params(**{**node.params.model_dump(), "stall_s": 0.5}))
+        assert node.params.stall_s == 0.5
+        assert not node.update_params(node.Params(**{**node.params.model_dump(), "width": 1280}))
+        assert node.params.width == 64  # unchanged: the runtime rebuilds the node instead
+    finally:
+        node.close()
+
+
+def test_file_reads_a_network_stream(clip_frames_small):
+    """capture.file takes URLs: here an MPEG-TS stream over TCP sent by output.stream."""
+    import socket
+
+    from muse.graph.payloads import Frame
+    from muse.nodes.output import StreamOutput
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    got: list = []
+
+    def receive():
+        try:
+            got.extend(pull(VideoFile, {"path": f"tcp://127.0.0.1:{port}?listen=1", "timeout_s": 10}, 20))
+        except Exception as exc:  # surfaced below
+            got.append(exc)
+
+    t = threading.Thread(target=receive, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    frames = [{"frame": Frame(torch.from_numpy(f))} for f in clip_frames_small]
+    run_node_frames(StreamOutput, {"url": f"tcp://127.0.0.1:{port}", "fps": 25}, frames)
+    t.join(timeout=20)
+    assert not [g for g in got if isinstance(g, Exception)], got
+    received = [g["frame"] for g in got if g is not None]
+    assert len(received) == len(clip_frames_small)
+    assert np.abs(received[-1].image.numpy().astype(int) - clip_frames_small[-1]).mean() < 10

@@ -23,6 +23,7 @@ from muse.graph.node import Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame
 from muse.graph.transfer import Uploader
 from muse.nodes.capture.jpeg import decode_jpeg, is_jpeg
+from muse.nodes.capture.live import apply_live
 from muse.nodes.capture.yuv import nv12_to_rgb, yuyv_to_rgb
 
 Backend = Literal["auto", "dshow", "msmf", "v4l2", "avfoundation", "gstreamer", "ffmpeg"]
@@ -351,3 +352,7 @@ class Camera(Node):
                 self._lock.notify_all()
             self._thread.join(timeout=5)
             self._thread = None
+
+    def update_params(self, params: NodeParams) -> bool:
+        # Device, size, fps and format need a reopen: the runtime rebuilds the node.
+        return apply_live(self, params, {"stall_s", "retry_max_s", "open_timeout_s"})

@@ -16,6 +16,7 @@ from pydantic import Field
 from muse.graph.node import Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame
 from muse.graph.transfer import Uploader
+from muse.nodes.capture.live import apply_live
 
 
 def is_url(path: str) -> bool:
@@ -125,3 +126,8 @@ class VideoFile(Node):
             self._container.close()
             self._container = None
 
+    def update_params(self, params: NodeParams) -> bool:
+        if apply_live(self, params, {"realtime", "loop", "frames"}):
+            self._clock = None  # re-anchor pacing at the current frame
+            return True
+        return False

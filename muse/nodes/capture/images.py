@@ -17,6 +17,7 @@ from pydantic import Field
 from muse.graph.node import Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame
 from muse.graph.transfer import Uploader
+from muse.nodes.capture.live import apply_live
 from muse.nodes.capture.pacing import Pacer
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -91,3 +92,6 @@ class Images(Node):
         frame = Frame(self._upload(rgb), timestamp=self._emitted / (p.fps or 30.0), index=self._emitted)
         self._emitted += 1
         return {"frame": frame}
+
+    def update_params(self, params: NodeParams) -> bool:
+        return apply_live(self, params, {"loop", "frames"})

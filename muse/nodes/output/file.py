@@ -19,6 +19,7 @@ from pydantic import Field
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Downloader
+from muse.nodes.capture.live import apply_live
 from muse.nodes.output.picture import one_picture
 
 Codec = Literal["h264", "hevc", "ffv1", "png"]
@@ -197,3 +198,6 @@ class FileOutput(Node):
             self._fileobj = None
         if self.ctx and self.count:
             self.ctx.logger.info("%s: wrote %d frames to %s", self.name, self.count, self.path)
+
+    def update_params(self, params: NodeParams) -> bool:
+        return apply_live(self, params, set())  # a recording keeps its settings; any change starts a new node

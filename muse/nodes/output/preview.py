@@ -18,6 +18,7 @@ from pydantic import Field
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Downloader
+from muse.nodes.capture.live import apply_live
 from muse.nodes.output.picture import as_rgb, fit, one_picture
 
 BOUNDARY = "museframe"
@@ -232,6 +233,12 @@ class Preview(Node):
         if self._window is not None:
             self._window.close()
             self._window = None
+
+    def update_params(self, params: NodeParams) -> bool:
+        if apply_live(self, params, {"quality", "max_width"}):
+            self._latest.quality = params.quality  # type: ignore[attr-defined]
+            return True
+        return False
 
 
 class _Window:

@@ -16,6 +16,7 @@ from pydantic import Field
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Downloader
+from muse.nodes.capture.live import apply_live
 from muse.nodes.output.picture import as_rgb, fit, one_picture
 
 SCHEMES = {"udp": "mpegts", "tcp": "mpegts", "srt": "mpegts", "rtp": "rtp_mpegts", "rtmp": "flv", "rtmps": "flv"}
@@ -210,3 +211,6 @@ class StreamOutput(Node):
             except Exception:
                 pass  # the receiver may be gone already
             self._disconnect()
+
+    def update_params(self, params: NodeParams) -> bool:
+        return apply_live(self, params, {"retry_max_s"})

@@ -14,6 +14,7 @@ from pydantic import Field
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Downloader
+from muse.nodes.capture.live import apply_live
 from muse.nodes.capture.yuv import rgb_to_nv12
 from muse.nodes.output.picture import Fit, as_rgb, fit, one_picture
 
@@ -142,3 +143,8 @@ class VirtualCamera(Node):
         if self._cam is not None:
             self._cam.close()
             self._cam = None
+
+    def update_params(self, params: NodeParams) -> bool:
+        if self._fallback is not None:
+            return False
+        return apply_live(self, params, {"fit", "pace"})
