@@ -68,7 +68,7 @@ class Demo(Node):
     node_type = "capture.demo"
     display_name = "Demo source"
     description = (
-        "A real person photo moving over a room picture, at any size and fps; deterministic. "
+        "A real person photo moving over a background photo, at any size and fps; deterministic. "
         "Outputs the frame, the person's alpha (ground truth) and the clean plate (background alone)."
     )
 
