@@ -82,10 +82,13 @@ def kept_ids(dataset_dir: Path) -> list[str]:
     raise StudioError(f"{kept} not found; run `muse studio filter PROFILE` before training")
 
 
-def augment(images: torch.Tensor, masks: torch.Tensor, plate: torch.Tensor | None, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(
+    images: torch.Tensor, masks: torch.Tensor, plate: torch.Tensor | None, g: torch.Generator, g_noise: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 batch -> float images in [0,1] and float masks, augmented like a live stream would vary.
 
-    Random numbers come from `g` (on the CPU) so a resumed run replays the same batches."""
+    Small random numbers come from `g` (CPU), per-pixel noise from `g_noise` (on the batch's device,
+    so no big host tensor each step); both seeded per step so a resumed run replays the same batches."""
     dev = images.device
     b = images.shape[0]
     x = images.float() / 255.0
@@ -101,7 +104,7 @@ def augment(images: torch.Tensor, masks: torch.Tensor, plate: torch.Tensor | Non
         bg = bg * (0.75 + 0.5 * rand(b, 3, 1, 1))
         flip = rand(b) < 0.3
         bg = torch.where(flip[:, None, None, None], bg.flip(-1), bg)
-        shift = (rand(2) * 0.1 - 0.05) * torch.tensor(bg.shape[-2:], dtype=torch.float32, device=dev)
+        shift = (torch.rand(2, generator=g) * 0.1 - 0.05) * torch.tensor(bg.shape[-2:], dtype=torch.float32)  # host: no sync
         bg = torch.roll(bg, shifts=(int(shift[0]), int(shift[1])), dims=(-2, -1))
         x = x * (1 - use) + use * (x * m + bg.clamp(0, 1) * (1 - m))
     # Small shifts, zoom and tilt: the person moves in the frame, the camera is nudged.
@@ -126,7 +129,11 @@ def augment(images: torch.Tensor, masks: torch.Tensor, plate: torch.Tensor | Non
     x = ((x - mean) * contrast + mean) * gain * wb
     gamma = 0.8 + 0.4 * rand(b, 1, 1, 1)
     x = x.clamp(1e-4, 1) ** gamma
-    noise = torch.randn(x.shape, generator=g).to(dev) * (0.03 * rand(b, 1, 1, 1))
+    if g_noise is not None and g_noise.device.type == dev.type:
+        noise = torch.randn(x.shape, generator=g_noise, device=dev)
+    else:
+        noise = torch.randn(x.shape, generator=g).to(dev)
+    noise = noise * (0.03 * rand(b, 1, 1, 1))
     return (x + noise).clamp(0, 1), m
 
 

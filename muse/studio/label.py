@@ -44,7 +44,6 @@ def label_profile(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Label every recording of `profile` (resumable, shardable); return a summary."""
-    from muse.studio.filter import measure
     from muse.studio.teachers.combine import build_teachers, label_frames
 
     recordings = profile.recordings()
@@ -75,24 +74,7 @@ def label_profile(
             if not mine or not batch:
                 return 0
             labels = label_frames(ts, [f for _, f in batch])
-            lines = []
-            for (i, frame), lab in zip(batch, labels):
-                fid = f"{rec}_{i:06d}"
-                write_image(ds / "frames" / f"{fid}.jpg", frame)
-                write_image(ds / "masks" / f"{fid}.png", np.clip(lab.mask * 255 + 0.5, 0, 255).astype(np.uint8))
-                stats = measure(frame, lab.mask, lab.keypoints, lab.agreement)
-                lines.append(json.dumps({
-                    "id": fid, "recording": rec, "index": i,
-                    "frame": f"frames/{fid}.jpg", "mask": f"masks/{fid}.png",
-                    "teacher": lab.teacher, "ious": lab.ious,
-                    "keypoints": None if lab.keypoints is None else np.round(lab.keypoints, 2).tolist(),
-                    "skeleton": lab.skeleton, "stats": stats,
-                }))
-            with open(out_path, "a") as fh:  # a whole clip per write; a torn line is skipped on resume
-                fh.write("\n".join(lines) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            return len(lines)
+            return write_labelled_clip(ds, rec, batch, labels, out_path)
 
         for i, frame in read_video(rec_path, every=every, limit=limit):
             buf.append((i, frame))
@@ -114,6 +96,31 @@ def label_profile(
         summary["frames"] = len(records)
         log(f"labelled {new} new frames; dataset holds {len(records)} frames")
     return summary
+
+
+def write_labelled_clip(ds: Path, rec: str, batch: list[tuple[int, np.ndarray]], labels: list[Any], out_path: Path) -> int:
+    """Write a clip's frames, masks and records (one append per clip; a torn line is skipped on resume)."""
+    from muse.studio.filter import measure
+
+    lines = []
+    for (i, frame), lab in zip(batch, labels):
+        fid = f"{rec}_{i:06d}"
+        write_image(ds / "frames" / f"{fid}.jpg", frame)
+        write_image(ds / "masks" / f"{fid}.png", np.clip(lab.mask * 255 + 0.5, 0, 255).astype(np.uint8))
+        stats = measure(frame, lab.mask, lab.keypoints, lab.agreement)
+        lines.append(json.dumps({
+            "id": fid, "recording": rec, "index": i,
+            "frame": f"frames/{fid}.jpg", "mask": f"masks/{fid}.png",
+            "teacher": lab.teacher, "ious": lab.ious,
+            "keypoints": None if lab.keypoints is None else np.round(lab.keypoints, 2).tolist(),
+            "skeleton": lab.skeleton, "stats": stats,
+        }))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(lines)
 
 
 def merge_records(dataset_dir: Path) -> list[dict[str, Any]]:

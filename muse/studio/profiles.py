@@ -56,7 +56,7 @@ class FilterSettings(_Strict):
     max_area_jump: float = Field(0.35, ge=0, description="relative change of mask area between neighbours")
     max_centroid_jump: float = Field(0.12, ge=0, description="centroid move between neighbours, in image widths")
     min_area: float = Field(0.01, ge=0, le=1, description="masks smaller than this share of the picture are empty")
-    duplicate_threshold: float = Field(0.25, ge=0, description="mean abs pixel difference (0..255) below this = duplicate of the last kept frame")
+    duplicate_threshold: float = Field(0.1, ge=0, description="mean abs pixel difference (0..255) below this = duplicate of the last kept frame")
 
 
 class TrainingSettings(_Strict):

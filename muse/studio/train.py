@@ -187,9 +187,11 @@ def train_student(
 
     model.train()
     for step in range(start, steps):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rank * 7919 + step)  # replayable after resume
+        seed = cfg.seed * 1_000_003 + rank * 7919 + step  # replayable after resume
+        g = torch.Generator().manual_seed(seed)
+        g_noise = torch.Generator(device=dev).manual_seed(seed) if dev.type == "cuda" else None
         idx = torch.randint(0, len(train_data), (per_rank,), generator=g).to(dev)
-        x, m = augment(train_data.images[idx], train_data.masks[idx], train_data.plate, g)
+        x, m = augment(train_data.images[idx], train_data.masks[idx], train_data.plate, g, g_noise)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, cfg.lr)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
