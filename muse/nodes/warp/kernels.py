@@ -41,9 +41,21 @@ def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.pow(1.0 / 2.4) - 0.055)
 
 
+_DECODE_LUT: torch.Tensor | None = None
+
+
 def decode_uint8(img: torch.Tensor) -> torch.Tensor:
-    """uint8 sRGB (any shape) to float32 linear light (arithmetic, not a table: no int64 index copy at 4K)."""
-    return srgb_to_linear(img.float().div_(255.0))
+    """uint8 sRGB (any shape) to float32 linear light.
+
+    On the CPU a 256-entry table (pow is the slowest step there); on the GPU
+    arithmetic, which is bandwidth-bound anyway and needs no int64 index copy.
+    """
+    global _DECODE_LUT
+    if img.is_cuda:
+        return srgb_to_linear(img.float().div_(255.0))
+    if _DECODE_LUT is None:
+        _DECODE_LUT = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0).float()
+    return torch.take(_DECODE_LUT, img.long())
 
 
 def encode_uint8(lin: torch.Tensor) -> torch.Tensor:
