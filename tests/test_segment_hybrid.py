@@ -227,3 +227,43 @@ def test_cuda_nan_student_never_reaches_the_output(tmp_path, modnet_ckpt, astron
         assert ctx.stats.info["mode"] == "base"  # the NaN check is read a frame late, without a sync
     finally:
         node.close()
+
+
+def _onnx_version(folder: Path, bias: float) -> Path:
+    """A studio-style version folder: student.onnx (dynamic batch) + student.json."""
+    import json
+
+    from muse.studio.export import export_onnx
+
+    torch.manual_seed(0)
+    model = StudentSegmenter(width=0.5, decoder=16)
+    with torch.no_grad():
+        model.head.bias.fill_(bias)
+    folder.mkdir(parents=True)
+    export_onnx(model, folder / "student.onnx", (64, 64))
+    (folder / "student.json").write_text(json.dumps({"input_size": [64, 64], "format": "onnx"}))
+    return folder
+
+
+def test_studio_symlink_swap_is_picked_up(tmp_path, modnet_ckpt, frame, harness):
+    import os
+
+    profile = _profile(tmp_path / "profile", live="models/live/student.onnx")
+    v1 = _onnx_version(profile / "models/versions/v0001", 0.0)
+    v2 = _onnx_version(profile / "models/versions/v0002", 3.0)
+    live = profile / "models/live"
+    os.symlink(os.path.relpath(v1, live.parent), live)
+    h = harness(profile=str(profile), modnet_checkpoint=str(modnet_ckpt), watch_s=0.2, bundled=False)
+    before = float(h.run(frame).alpha.mean())
+    assert h.info["mode"] == "personalized"
+
+    tmp = live.with_name(".live.tmp")  # what `muse studio export` does: one atomic symlink replace
+    os.symlink(os.path.relpath(v2, live.parent), tmp)
+    os.replace(tmp, live)
+    deadline = time.monotonic() + 20
+    while h.info["student_swaps"] == 0 and time.monotonic() < deadline:
+        h.run(frame)
+        time.sleep(0.05)
+    after = float(h.run(frame).alpha.mean())
+    assert h.info["student_swaps"] == 1 and h.info["mode"] == "personalized"
+    assert after > before + 0.2  # the new version (head bias +3) is the one running

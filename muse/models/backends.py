@@ -265,6 +265,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         out = self.session.get_outputs()[0]
         self._out_shape = tuple(out.shape) if all(isinstance(d, int) for d in out.shape) else None
         self._out_type = _ORT_TYPES.get(out.type, torch.float32)
+        self._out_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
         # The stream ORT was told to use (user_compute_stream), to order its work against the caller's.
         self._ort_stream = torch.cuda.current_stream(self.device) if self.on_cuda else None
         self._run_options = ort.RunOptions()
@@ -286,16 +287,17 @@ class OnnxRuntimeBackend(InferenceBackend):
         ort_stream.wait_stream(caller)  # ORT runs on the stream it was created with: order it after our input
         binding = self.session.io_binding()
         binding.bind_input(self.input_name, "cuda", self.device.index or 0, _NP_TYPES[x.dtype], tuple(x.shape), x.data_ptr())
-        if self._out_shape is not None:
-            out = torch.empty(self._out_shape, device=self.device, dtype=self._out_type)
-            binding.bind_output(self.output_names[0], "cuda", self.device.index or 0, _NP_TYPES[out.dtype],
-                                self._out_shape, out.data_ptr())
+        shape = self._out_shape or self._out_shapes.get(tuple(x.shape))
+        if shape is not None:
+            out = torch.empty(shape, device=self.device, dtype=self._out_type)
+            binding.bind_output(self.output_names[0], "cuda", self.device.index or 0, _NP_TYPES[out.dtype], shape, out.data_ptr())
             self.session.run_with_iobinding(binding, self._run_options)
             caller.wait_stream(ort_stream)
             return out.to(self.dtype)
-        # Dynamic output shape: let ORT allocate it and copy through the host (slow path, said in the docs).
-        binding.bind_output(self.output_names[0], "cpu")
+        # A dynamic output shape (e.g. the studio's batch axis): learn it on the first call, through the host once.
+        binding.bind_output(self.output_names[0], "cuda", self.device.index or 0)
         self.session.run_with_iobinding(binding, self._run_options)
+        self._out_shapes[tuple(x.shape)] = tuple(binding.get_outputs()[0].shape())
         return torch.from_numpy(binding.copy_outputs_to_cpu()[0]).to(self.device, self.dtype)
 
     def describe(self) -> dict[str, Any]:
@@ -329,7 +331,8 @@ class TensorRTBackend(InferenceBackend):
     name = "tensorrt"
 
     def __init__(self, onnx_path: str | os.PathLike, device: torch.device | str, dtype: torch.dtype | None = None,
-                 *, cache_dir: str | os.PathLike | None = None, workspace_mb: int = 1024) -> None:
+                 *, cache_dir: str | os.PathLike | None = None, workspace_mb: int = 1024,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         import tensorrt as trt
 
         self.trt = trt
@@ -340,14 +343,18 @@ class TensorRTBackend(InferenceBackend):
         self.onnx_path = Path(onnx_path)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.workspace_mb = workspace_mb
+        self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.key = {
             "onnx_sha256": file_sha256(self.onnx_path),
             "gpu": torch.cuda.get_device_name(self.device),
             "tensorrt": trt.__version__,
+            "input_shape": list(self.input_shape) if self.input_shape else None,
         }
+        shape = "-" + "x".join(map(str, self.input_shape)) if self.input_shape else ""
         self.engine_path = self.cache_dir / (
-            f"{_safe(self.onnx_path.stem)}-{self.key['onnx_sha256'][:16]}-{_safe(self.key['gpu'])}-trt{_safe(self.key['tensorrt'])}.engine"
+            f"{_safe(self.onnx_path.stem)}-{self.key['onnx_sha256'][:16]}{shape}-{_safe(self.key['gpu'])}"
+            f"-trt{_safe(self.key['tensorrt'])}.engine"
         )
         self.engine = self._load_or_build()
         self.context = self.engine.create_execution_context()
@@ -401,6 +408,14 @@ class TensorRTBackend(InferenceBackend):
             raise BackendError(f"TensorRT cannot parse {self.onnx_path}: {errors}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_mb << 20)
+        dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
+        if dynamic:  # e.g. the studio's batch axis: build for the one shape a live stream uses
+            profile = builder.create_optimization_profile()
+            for inp in dynamic:
+                dims = tuple(inp.shape)
+                fixed = self.input_shape if self.input_shape and len(self.input_shape) == len(dims) else tuple(1 if d == -1 else d for d in dims)
+                profile.set_shape(inp.name, fixed, fixed, fixed)
+            config.add_optimization_profile(profile)
         if builder.platform_has_fast_fp16:
             config.set_flag(trt.BuilderFlag.FP16)
         serialized = builder.build_serialized_network(network, config)
@@ -485,7 +500,8 @@ def create_backend(
         if chosen == "onnxruntime":
             result = OnnxRuntimeBackend(onnx_path, device, dtype)
         else:
-            result = TensorRTBackend(onnx_path, device, dtype, cache_dir=cache)
+            result = TensorRTBackend(onnx_path, device, dtype, cache_dir=cache,
+                                     input_shape=tuple(example.shape) if example is not None else None)
     if example is not None:
         result.prepare(example.to(device))
     return result

@@ -374,7 +374,7 @@ class HybridSegment(Node):
             st = path.stat()
         except OSError:
             return None
-        return (str(path), st.st_mtime_ns, st.st_size)
+        return (str(path), st.st_ino, st.st_mtime_ns, st.st_size)  # inode: the studio swaps a symlinked folder
 
     def _watch_loop(self) -> None:
         """Background: stat the live model every watch_s; load a changed one next to the running one."""
