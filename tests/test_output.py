@@ -395,3 +395,50 @@ def test_preview_moves_off_a_busy_port(clip_frames):
         strict = build_node(Preview, {"port": busy, "window": "off", "busy_port": "error"})
         with pytest.raises(NodeError, match=f"cannot listen on 127.0.0.1:{busy}.*port: 0"):
             strict.open(make_context())
+
+
+WINDOW_SCRIPT = """
+import sys, time, numpy as np, torch, cv2
+from skimage import data
+from muse.graph.payloads import Frame
+from muse.graph.testing import build_node, make_context
+from muse.nodes.output import Preview
+node = build_node(Preview, {"port": 0, "window": "on"})
+node.open(make_context())
+pic = np.ascontiguousarray(cv2.resize(data.astronaut(), (320, 240)))
+for _ in range(10):
+    node.process(frame=Frame(torch.from_numpy(pic)))
+    time.sleep(0.03)
+snap = node._window.snapshot()
+node.close()
+assert snap is not None, "no frame buffer from DearPyGui"
+# The picture sits inside the window's 8-pixel padding.
+diff = np.abs(snap[8:248, 8:328, :3].astype(int) - pic).mean()
+print("window diff", diff)
+sys.exit(0 if diff < 6 else 1)
+"""
+
+
+@pytest.mark.gui
+def test_preview_window_shows_the_frame(tmp_path):
+    """The DearPyGui window under a private Xvfb, in a child process (DearPyGui allows one context per process)."""
+    import select
+
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb)")
+    r, w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 15)
+        number = os.read(r, 64).decode().strip() if ready else ""
+        if not number:
+            pytest.skip("Xvfb did not start within 15 s")
+        env = {**os.environ, "DISPLAY": f":{number}"}
+        proc = subprocess.run([sys.executable, "-c", WINDOW_SCRIPT], env=env, capture_output=True, timeout=90)
+        assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()[-3000:]
+    finally:
+        os.close(r)
+        xvfb.terminate()
+        xvfb.wait(10)

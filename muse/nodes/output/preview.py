@@ -8,6 +8,7 @@ import errno
 import os
 import platform
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
@@ -173,7 +174,9 @@ class Preview(Node):
             self._start_http(ctx)
         if p.window == "on" or (p.window == "auto" and has_display()):
             if has_display():
-                self._window = _Window(p.title, ctx)
+                if _Window.available(ctx, self.name):
+                    self._window = _Window(p.title, ctx)
+                    ctx.report("window", "open")
             else:
                 ctx.logger.warning("%s: no display (DISPLAY is unset), so no preview window; %s", self.name,
                                    f"open {self.url} in a browser" if self.url else "enable http to watch in a browser")
@@ -241,6 +244,11 @@ class Preview(Node):
         return False
 
 
+# DearPyGui allows one context per process (a second one crashes it), and the
+# editor owns it when a graph runs inside the editor.
+_window_taken = threading.Lock()
+
+
 class _Window:
     """A DearPyGui viewport on its own thread (DearPyGui wants one thread for its context and loop)."""
 
@@ -251,6 +259,24 @@ class _Window:
         self._pending: np.ndarray | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._snap_wanted = threading.Event()
+        self._snap_done = threading.Event()
+        self._snap: np.ndarray | None = None
+        self.rendered = 0
+        self.failed: str | None = None
+
+    @staticmethod
+    def available(ctx: NodeContext, name: str) -> bool:
+        import sys
+
+        if "muse.editor.app" in sys.modules:
+            ctx.logger.warning("%s: running inside the editor, so no separate preview window; use the HTTP preview", name)
+            return False
+        if not _window_taken.acquire(blocking=False):
+            ctx.logger.warning("%s: a preview window was already opened in this process (DearPyGui allows one); "
+                               "use the HTTP preview", name)
+            return False
+        return True
 
     def show(self, rgb: np.ndarray) -> None:
         with self._lock:
@@ -259,30 +285,56 @@ class _Window:
             self._thread = threading.Thread(target=self._loop, args=(rgb.shape[1], rgb.shape[0]), name="muse-preview-window", daemon=True)
             self._thread.start()
 
+    def snapshot(self, timeout: float = 10.0) -> np.ndarray | None:
+        """What the window shows, as (H, W, 4) uint8 RGBA (tests and bug reports)."""
+        self._snap_done.clear()
+        self._snap_wanted.set()
+        return self._snap if self._snap_done.wait(timeout) else None
+
     def _loop(self, width: int, height: int) -> None:
         try:
             import dearpygui.dearpygui as dpg
         except ImportError as exc:
+            self.failed = str(exc)
             self.ctx.logger.warning("preview window unavailable (%s); use the HTTP preview", exc)
             return
         dpg.create_context()
         try:
+            # Callbacks run on this thread (DearPyGui's own callback thread is unsafe for buffer work).
+            dpg.configure_app(manual_callback_management=True)
             blank = np.zeros(width * height * 3, np.float32)
             with dpg.texture_registry():
                 tex = dpg.add_raw_texture(width, height, default_value=blank, format=dpg.mvFormat_Float_rgb)
-            with dpg.window(tag="muse_preview"):
+            with dpg.window(tag="muse_preview", no_scrollbar=True):
                 dpg.add_image(tex)
-            dpg.create_viewport(title=self.title, width=width, height=height)
+            dpg.create_viewport(title=self.title, width=width + 16, height=height + 16)
             dpg.setup_dearpygui()
             dpg.show_viewport()
             dpg.set_primary_window("muse_preview", True)
+            box: dict[str, Any] = {}
             while dpg.is_dearpygui_running() and not self._stop.is_set():
                 with self._lock:
                     rgb, self._pending = self._pending, None
                 if rgb is not None and rgb.shape[:2] == (height, width):
                     dpg.set_value(tex, (rgb.astype(np.float32) / 255.0).reshape(-1))
+                elif not self._snap_wanted.is_set():
+                    time.sleep(0.004)  # nothing new to show: do not spin a core redrawing the same picture
+                if self._snap_wanted.is_set() and self.rendered > 2 and "asked" not in box:
+                    box["asked"] = True
+                    dpg.output_frame_buffer(callback=lambda s, a: box.setdefault("buffer", a))
                 dpg.render_dearpygui_frame()
+                dpg.run_callbacks(dpg.get_callback_queue())
+                self.rendered += 1
+                if "buffer" in box:
+                    buf = box.pop("buffer")
+                    box.pop("asked", None)
+                    w, h = buf.get_width(), buf.get_height()
+                    img = np.frombuffer(memoryview(buf), dtype=np.float32, count=w * h * 4).reshape(h, w, 4)
+                    self._snap = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+                    self._snap_wanted.clear()
+                    self._snap_done.set()
         except Exception as exc:  # a broken GL driver must not stop the stream
+            self.failed = str(exc)
             self.ctx.logger.warning("preview window failed: %s; use the HTTP preview", exc)
         finally:
             dpg.destroy_context()
