@@ -250,3 +250,32 @@ def test_pipeline_safe_mode_and_resume(labelled, tmp_path):
     res = run_pipeline(p, skip=["analyze", "train", "export"], log=QUIET)
     assert res["plate"] == "done earlier" and res["record"] == "done earlier" and res["label"] == "done earlier"
     assert json.loads(p.state_path.read_text())["stages"]["filter"]["status"] == "done"
+
+
+@pytest.mark.slow
+def test_labeling_graph_writes_the_dataset(tmp_path):
+    """docs/studio_label.yaml (the graph the lead ships as graphs/studio_label.yaml) run by the real runtime."""
+    from muse.graph.runtime import GraphRunner
+    from muse.graph.validate import validate_text
+    from muse.studio.filter import filter_bad_data
+    from muse.studio.label import load_records
+
+    root = tmp_path / "studio"
+    p = create_profile("front", root, teachers={"segment": ["clean_plate"], "pose": []})
+    scene = SyntheticScene(*SIZE)
+    write_image(p.plate_path, scene.clean_plate())
+    truth = write_recording(p.recordings_dir / "take1.mp4", scene, 5)
+    text = (Path(__file__).parents[1] / "docs" / "studio_label.yaml").read_text().replace("~/.muse/profiles", str(root))
+    text = text.replace("device: auto", "device: cpu")
+    GraphRunner(validate_text(text, "studio_label.yaml")).run()
+    records = load_records(p.dataset_dir)
+    assert [r["index"] for r in records] == list(range(5))
+    from muse.studio.files import read_image
+    from muse.studio.teachers.base import iou
+
+    for r in records:
+        label = read_image(p.dataset_dir / r["mask"], gray=True) / 255.0
+        assert iou(label, truth[r["index"]]) > 0.8  # the clean-plate node's label matches the truth
+        assert "vote0" in r["ious"] and r["teacher"] == "clean_plate"
+    report = filter_bad_data(records, p.config.filter)
+    assert len(report.kept) + len(report.dropped) == 5
