@@ -116,3 +116,27 @@ def test_missing_plate_file_names_node_and_field(tmp_path):
     node = build_node(AdaptiveBackground, {"plate_path": str(tmp_path / "nope.png")}, name="bg")
     with pytest.raises(NodeError, match="node 'bg': plate_path .*nope.png.* does not exist"):
         node.open(make_context("bg"))
+
+
+def test_with_the_demo_source_ground_truth():
+    """capture.demo gives a moving person, its true alpha and the true clean plate: the learned plate matches it."""
+    from muse.graph.registry import Registry
+
+    reg = Registry()
+    reg.load_builtins_direct()
+    if "capture.demo" not in reg:
+        pytest.skip("capture.demo not available")
+    demo = build_node(reg.get("capture.demo"), {"width": 160, "height": 96, "fps": 0, "frames": 40, "motion": 2.0})
+    demo.open(make_context("demo", resolution=(160, 96)))
+    frames = []
+    while (out := demo.process()) is not None:
+        frames.append(out)
+    demo.close()
+    assert len(frames) == 40
+    outs = run_node_frames(AdaptiveBackground, {}, [{"frame": o["frame"], "mask": o["mask"]} for o in frames])
+    plate = outs[-1]["plate"].image.numpy().astype(np.float32)
+    truth = frames[-1]["clean_plate"].hwc_uint8().numpy().astype(np.float32)
+    known = outs[-1]["coverage"].alpha.numpy() > 0
+    assert known.mean() > 0.8
+    err = np.abs(plate - truth).max(-1)
+    assert err[known].mean() < 2.0 and np.percentile(err[known], 99.5) < 20, (err[known].mean(), np.percentile(err[known], 99.5))
