@@ -103,9 +103,10 @@ def test_file_bad_inputs_are_clear_errors(tmp_path, clip_frames):
         run_node_frames(FileOutput, {"path": str(tmp_path / "a.xyz")}, [])
 
 
-def test_file_killed_mid_recording_still_plays(tmp_path):
-    """kill -9 during a recording: what was written decodes (MKV clusters are flushed each second)."""
-    path = tmp_path / "killed.mkv"
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_file_killed_mid_recording_still_plays(tmp_path, suffix):
+    """kill -9 during a recording: what was written decodes (MKV clusters / MP4 fragments flushed each second)."""
+    path = tmp_path / f"killed{suffix}"
     script = textwrap.dedent(f"""
         import os, signal, numpy as np, torch
         from muse.graph.payloads import Frame
