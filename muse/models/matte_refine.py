@@ -85,10 +85,12 @@ def fast_guided_upsample(
     a, b = guided_coefficients(mask, small, radius, eps)
     big = guide_full if colour else to_gray(guide_full)
     size = tuple(guide_full.shape[-2:])
-    # One upsampling call for A and b together; then A . I + b at full resolution.
-    up = F.interpolate(torch.cat((a, b), 1).to(guide_full.dtype), size=size, mode="bilinear", align_corners=False)
+    # One upsampling call for A and b together; then A . I + b at full resolution. Kept in fp32:
+    # at sharp edges |A| reaches tens and b nearly cancels A . I, which fp16 would quantise visibly.
+    up = F.interpolate(torch.cat((a, b), 1), size=size, mode="bilinear", align_corners=False)
     c = a.shape[1]
-    return (up[:, :c] * big).sum(1, keepdim=True).add_(up[:, c:]).clamp_(0.0, 1.0)
+    out = (up[:, :c] * big).sum(1, keepdim=True).add_(up[:, c:]).clamp_(0.0, 1.0)
+    return out.to(guide_full.dtype)
 
 
 class TemporalStabilizer:

@@ -242,8 +242,10 @@ class HybridSegment(Node):
     def _order(self) -> list[int]:
         order = self._policy.order()
         prefer = self.params.prefer
-        if prefer != "auto":
-            first = [i for i in order if self.branches[i].mode == prefer]
+        if prefer != "auto":  # the preferred model goes first unless it is waiting out a failure
+            pol, now = self._policy, self._policy.clock()
+            first = [i for i in order if self.branches[i].mode == prefer
+                     and (i not in pol.failed_at or now - pol.failed_at[i] >= pol.retry_s)]
             order = first + [i for i in order if i not in first]
         return [i for i in order if self.branches[i].run is not None]
 
