@@ -182,3 +182,24 @@ def test_fp16_on_the_gpu_matches_the_reference(tflite_dir: Path, astronaut) -> N
         model = bundled.load_model(name, device="cuda", dtype=torch.float16)
         report = bundled.parity_report(name, model, None)
         assert report["status"] == "ok", f"{name}: {report['detail']}"
+
+
+@pytest.mark.cuda
+def test_every_model_replays_as_a_cuda_graph(tflite_dir: Path) -> None:
+    for name in bundled.list_models():
+        model = bundled.load_model(name, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
+        x = bundled.reference_input(name).to("cuda", torch.float16).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            eager = model(x)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                model(x)  # warm-up outside the capture
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static = model(x)
+            graph.replay()
+            torch.cuda.synchronize()
+        for e, s in zip(eager, static):
+            assert torch.allclose(e.float(), s.float(), atol=1e-2, rtol=1e-2), name
