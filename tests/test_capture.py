@@ -418,3 +418,17 @@ def test_file_reads_a_network_stream(clip_frames_small):
     received = [g["frame"] for g in got if g is not None]
     assert len(received) == len(clip_frames_small)
     assert np.abs(received[-1].image.numpy().astype(int) - clip_frames_small[-1]).mean() < 10
+
+
+def test_camera_found_by_name_in_sysfs(tmp_path):
+    from muse.nodes.capture.camera import find_camera_by_name, list_camera_names
+
+    for n, label in ((0, "Integrated Webcam"), (2, "Cam Link 4K: Cam Link 4K")):
+        (tmp_path / f"video{n}").mkdir()
+        (tmp_path / f"video{n}" / "name").write_text(label + "\n")
+    assert find_camera_by_name("cam link", tmp_path) == "/dev/video2"
+    assert find_camera_by_name("nope", tmp_path) is None
+    assert list_camera_names(tmp_path) == ["/dev/video0: Integrated Webcam", "/dev/video2: Cam Link 4K: Cam Link 4K"]
+    node = Camera("cam", Camera.Params(device="Elgato Facecam"), capture_factory=lambda d, a: None)
+    with pytest.raises(NodeError, match="no camera named 'Elgato Facecam'"):
+        node.open(make_context("cam"))

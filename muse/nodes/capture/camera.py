@@ -13,6 +13,7 @@ import platform
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -51,6 +52,32 @@ def default_backend() -> str:
     return "dshow" if platform.system() == "Windows" else "auto"
 
 
+V4L_ROOT = Path("/sys/class/video4linux")
+
+
+def list_camera_names(root: Path = V4L_ROOT) -> list[str]:
+    """'/dev/videoN: name' for each V4L2 device (Linux); empty elsewhere."""
+    if not root.is_dir():
+        return []
+    out = []
+    for dev in sorted(root.iterdir(), key=lambda p: p.name):
+        try:
+            out.append(f"/dev/{dev.name}: {(dev / 'name').read_text().strip()}")
+        except OSError:
+            continue
+    return out
+
+
+def find_camera_by_name(name: str, root: Path = V4L_ROOT) -> str | None:
+    """The first /dev/videoN whose V4L2 name contains `name` (case-insensitive), or None."""
+    want = name.lower()
+    for entry in list_camera_names(root):
+        path, _, label = entry.partition(": ")
+        if want in label.lower():
+            return path
+    return None
+
+
 def opencv_capture(device: int | str, api: int) -> Any:
     import cv2
 
@@ -76,7 +103,7 @@ class Camera(Node):
     frame: Out[Frame]
 
     class Params(NodeParams):
-        device: str = Field("0", description="Camera index (0, 1, ...), a device path (/dev/video2) or a name (DirectShow: 'video=Cam Link 4K')")
+        device: str = Field("0", description="Camera index (0, 1, ...), a device path (/dev/video2), or on Linux part of its name ('Cam Link 4K')")
         backend: Backend = Field("auto", description="OpenCV backend; auto = dshow on Windows, OpenCV's choice elsewhere")
         width: int = Field(1920, ge=16, le=7680, description="Requested width; the camera may pick the nearest it supports")
         height: int = Field(1080, ge=16, le=4320, description="Requested height")
@@ -100,7 +127,16 @@ class Camera(Node):
     # -- helpers ---------------------------------------------------------
     def _device_arg(self) -> int | str:
         d = self.params.device.strip()
-        return int(d) if d.lstrip("-").isdigit() else d
+        if d.lstrip("-").isdigit():
+            return int(d)
+        if "/" in d or "\\" in d or "://" in d or "!" in d:  # a device path, a URL or a GStreamer pipeline
+            return d
+        found = find_camera_by_name(d)
+        if found is None:
+            where = "" if platform.system() == "Linux" else f" (names work on Linux only; on {platform.system()} use the index)"
+            raise NodeError(f"node {self.name!r}: no camera named {d!r} (field `device`){where}; "
+                            f"cameras here: {', '.join(list_camera_names()) or 'none found'}")
+        return found
 
     def _backend_name(self) -> str:
         return default_backend() if self.params.backend == "auto" else self.params.backend
@@ -170,7 +206,12 @@ class Camera(Node):
         self._held = 0
         self._t0 = time.perf_counter()
 
-        cap = self._open_capture()
+        try:
+            cap = self._open_capture()
+        except NodeError:
+            if p.fallback != "demo":
+                raise
+            cap = None  # an unknown camera name: the fallback below says so
         first = None
         if cap is not None:
             deadline = time.perf_counter() + p.open_timeout_s
