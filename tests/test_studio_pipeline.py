@@ -279,3 +279,56 @@ def test_labeling_graph_writes_the_dataset(tmp_path):
         assert "vote0" in r["ious"] and r["teacher"] == "clean_plate"
     report = filter_bad_data(records, p.config.filter)
     assert len(report.kept) + len(report.dropped) == 5
+
+
+def _inject_keypoints(p, k=17):
+    """A stand-in pose teacher: 17 points spread over the person (from the label), confident."""
+    from muse.studio.files import read_image, write_json
+    from muse.studio.label import load_records
+
+    records = load_records(p.dataset_dir)
+    for r in records:
+        m = read_image(p.dataset_dir / r["mask"], gray=True) > 127
+        ys, xs = np.nonzero(m)
+        order = np.argsort(ys * 10_000 + xs)
+        pick = order[np.linspace(0, len(order) - 1, k).astype(int)]
+        r["keypoints"] = np.stack([xs[pick], ys[pick], np.full(k, 0.9)], 1).astype(float).tolist()
+        r["skeleton"] = "coco17"
+    write_json(p.dataset_dir / "labels.json", {"frames": records})
+
+
+@pytest.mark.slow
+def test_pose_head_trains_exports_and_serves_pose_student(labelled, tmp_path):
+    from muse.models.student import StudentSegmenter, load_student_pose, save_student
+    from muse.studio.export import export_student, rollback
+    from muse.studio.train_pose import train_pose
+
+    p = _copy(labelled, tmp_path)
+    assert train_pose(p, steps=2, log=QUIET) is None  # no pose teacher ran: no pose head
+    _inject_keypoints(p)
+    res = train_pose(p, steps=4, batch=4, log=QUIET)
+    assert res["keypoints"] == 17 and res["skeleton"] == "coco17" and np.isfinite(res["val_error"])
+    model, meta = load_student_pose(p.checkpoints_dir / "student_pose.pt")
+    assert meta["input_size"] == [96, 64] and meta["skeleton"] == "coco17"
+    save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
+    export_student(p, log=QUIET)
+    assert load_profile(p.root).config.live_pose_model == "models/live/student_pose.pt"
+
+    from muse.graph.registry import load_registry
+    from muse.graph.testing import run_node
+    from muse.graph.payloads import Frame
+
+    try:
+        cls = load_registry().get("pose.student")
+    except Exception:
+        pytest.skip("pose.student is not registered")
+    rgb, _ = SyntheticScene(*SIZE).frame(3)
+    out = run_node(cls, {"profile": str(p.root)}, frame=Frame(torch.from_numpy(rgb)))
+    kp = out["keypoints"]
+    assert kp.points.shape == (17, 2) and kp.skeleton == "coco17"
+
+    (p.checkpoints_dir / "student_pose.pt").unlink()
+    export_student(p, log=QUIET)  # a version without a pose head
+    assert load_profile(p.root).config.live_pose_model is None
+    rollback(p, log=QUIET)
+    assert load_profile(p.root).config.live_pose_model == "models/live/student_pose.pt"

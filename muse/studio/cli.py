@@ -122,8 +122,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         return _torchrun("muse.studio.train", a, extra)
     from muse.studio.train import train_student
 
-    res = train_student(_profile(a), steps=a.steps, batch=a.batch, max_seconds=a.max_seconds)
-    print(json.dumps(res))
+    profile = _profile(a)
+    res = train_student(profile, steps=a.steps, batch=a.batch, max_seconds=a.max_seconds)
+    if res["finished"] and not a.no_pose:
+        from muse.studio.train_pose import train_pose
+
+        res["pose"] = train_pose(profile, batch=a.batch)
+    print(json.dumps(res, default=str))
     return 0
 
 
@@ -195,6 +200,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int)
     p.add_argument("--max-seconds", type=float, help="pause after this long (resume later)")
     p.add_argument("--nproc", type=int, default=1, help="processes/GPUs through torchrun (DDP)")
+    p.add_argument("--no-pose", action="store_true", help="skip the student pose head")
     p = add("export", cmd_export, "export to ONNX (+TensorRT), verify and make it live")
     p.add_argument("--no-tensorrt", action="store_true")
     add("rollback", cmd_rollback, "make the previous model live again")

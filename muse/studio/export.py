@@ -22,6 +22,7 @@ import numpy as np
 from muse.studio.files import StudioError, read_json, write_json
 
 LIVE_MODEL = "models/live/student.onnx"
+LIVE_POSE_MODEL = "models/live/student_pose.pt"
 
 
 def _set_link(link: Path, target: Path) -> None:
@@ -138,6 +139,9 @@ def export_student(profile: Any, *, verify_count: int = 16, tensorrt: bool = Tru
     try:
         onnx_path = export_onnx(model, staging / "student.onnx", input_size)
         shutil.copy2(src, staging / "student.pt")
+        pose_src = profile.checkpoints_dir / "student_pose.pt"
+        if pose_src.is_file():  # the pose head travels with the segmenter it was trained beside
+            shutil.copy2(pose_src, staging / "student_pose.pt")
         check = verify_onnx(model, onnx_path, _heldout_frames(profile, input_size, verify_count))
         if not check["ok"]:
             raise StudioError(
@@ -174,8 +178,16 @@ def swap_live(profile: Any, version_dir: Path) -> None:
     if live.is_symlink() and live.resolve() != version_dir.resolve():
         _set_link(previous, live.resolve())
     _set_link(live, version_dir)
-    if profile.config.live_model != LIVE_MODEL:
+    _point_profile_at(profile, version_dir)
+
+
+def _point_profile_at(profile: Any, version_dir: Path) -> None:
+    """profile.yaml names the live files; the pose head only when this version has one."""
+    pose = LIVE_POSE_MODEL if (version_dir / "student_pose.pt").is_file() else None
+    if profile.config.live_model != LIVE_MODEL or getattr(profile.config, "live_pose_model", None) != pose:
         profile.config.live_model = LIVE_MODEL
+        if hasattr(profile.config, "live_pose_model"):
+            profile.config.live_pose_model = pose
         profile.save()
 
 
@@ -190,6 +202,7 @@ def rollback(profile: Any, log: Callable[[str], None] = print) -> Path:
     _set_link(live, target)
     if old_live is not None:
         _set_link(previous, old_live)
+    _point_profile_at(profile, target)
     info = read_json(target / "student.json", {})
     log(f"rolled back profile {profile.name!r} to {target.name} (version {info.get('version')})")
     return target

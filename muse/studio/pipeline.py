@@ -61,6 +61,11 @@ def run_stage(profile: Any, stage: str, opts: dict[str, Any], log: Callable[[str
         res = train_student(profile, steps=opts.get("steps"), batch=opts.get("batch"), max_seconds=opts.get("max_seconds"), log=log, progress_bar=opts.get("progress_bar", True))
         if not res["finished"]:
             raise StudioError(f"training paused at step {res['step']}/{res['steps']} (time limit)")
+        from muse.studio.train_pose import train_pose
+
+        pose = train_pose(profile, log=log)
+        if pose is not None:
+            res["pose"] = pose
         return res
     if stage == "export":
         from muse.studio.export import export_student

@@ -69,6 +69,7 @@ class TrainingSettings(_Strict):
     ohem_ratio: float = Field(0.25, gt=0, le=1, description="share of hardest pixels kept by the OHEM loss")
     boundary_weight: float = Field(4.0, ge=0, description="extra weight of pixels near the mask edge")
     checkpoint_every: int = Field(100, ge=1)
+    pose_steps: int = Field(1500, ge=0, description="steps for the student pose head (0 = no pose head; needs a pose teacher)")
     amp: bool = Field(True, description="mixed precision on GPU")
     seed: int = 0
 
