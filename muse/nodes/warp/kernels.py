@@ -1,11 +1,12 @@
-"""The full-resolution warp pass (and the colour maths the visual nodes share).
+"""The full-resolution passes of the visual engine, each as a CUDA kernel and a torch twin.
 
-One fused pass per frame: upsample the low-resolution Displacement, sample the
-source bilinearly, warp the person mask and fill uncovered pixels from the clean
-plate. Two twins with one contract: a CuPy RawKernel (CUDA, zero-copy through
-DLPack on the node's stream) and a torch `grid_sample` fallback (CPU, or CUDA
-without CuPy). This module imports only torch (CuPy lazily), so `bench/` can
-load it on a machine without the project's other dependencies.
+`warp_apply`: upsample the low-resolution Displacement, sample the source
+bilinearly, warp the person mask and fill uncovered pixels from the clean
+plate, in one pass. `composite_over`: the final person-over-background blend in
+linear light. Each has a CuPy RawKernel (CUDA, zero-copy through DLPack on the
+node's stream) and a torch twin (CPU, or CUDA without CuPy) with one contract.
+This module imports only torch (CuPy lazily), so `bench/` can load it on a
+machine without the project's other dependencies.
 
 Contract of `warp_apply(src, field, mask, plate)`:
 - `src` (H, W, 3) uint8; `field` (2, h, w) float32 offsets in pixels of `src`,
