@@ -165,7 +165,7 @@ class FaceLandmarks(Payload):
     hard-code mesh indices; `box` is (x0, y0, x1, y1) in pixels."""
 
     points: torch.Tensor
-    confidence: float
+    confidence: "float | torch.Tensor"  # a 0-d device tensor keeps trackers free of host syncs
     regions: dict[str, list[int]]
     image_size: tuple[int, int]
     box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
@@ -181,9 +181,10 @@ class FaceLandmarks(Payload):
 
 @dataclass(eq=False)
 class Displacement(Payload):
-    """A warp field: `field` (2, H, W) of pixel offsets (dx, dy) at the field's
-    resolution; `image_size` (width, height) is the picture it applies to.
-    A pixel at p samples the source at p + field(p)."""
+    """A warp field on a coarse grid: `field` (2, h, w) holds offsets (dx, dy)
+    measured in pixels of the full picture of `image_size` (width, height), not
+    in grid cells; the grid is upsampled to the picture when applied. A pixel at
+    p samples the source at p + field(p)."""
 
     field: torch.Tensor
     image_size: tuple[int, int]
