@@ -332,3 +332,25 @@ def test_pose_head_trains_exports_and_serves_pose_student(labelled, tmp_path):
     assert load_profile(p.root).config.live_pose_model is None
     rollback(p, log=QUIET)
     assert load_profile(p.root).config.live_pose_model == "models/live/student_pose.pt"
+
+
+def test_analyze_writes_previews_and_warns(labelled, tmp_path):
+    from muse.studio.analyze import analyze_profile
+    from muse.studio.files import read_image
+
+    p = _copy(labelled, tmp_path)
+    warnings = []
+    report = analyze_profile(p, frames=3, log=warnings.append)
+    previews = sorted(p.analysis_dir.glob("preview_*.jpg"))
+    assert len(previews) == 3 and len(report["frames"]) == 3
+    img = read_image(previews[0])
+    assert img.shape == (SIZE[1], SIZE[0] * 2, 3)  # the frame beside the label overlay
+    assert report["teachers"] == ["clean_plate"] and not report["warnings"]
+    assert json.loads((p.analysis_dir / "report.json").read_text())["frames"][0]["area"] > 0.05
+    # a plate from another camera size is called out
+    write_image(p.plate_path, np.zeros((50, 80, 3), np.uint8) + 90)
+    from muse.studio.teachers.base import TeacherUnavailable
+
+    with pytest.raises(TeacherUnavailable, match="no mask teacher"):  # the plate was this profile's only teacher
+        analyze_profile(p, frames=2, log=warnings.append)
+    assert any("clean plate is 80x50" in w for w in warnings)

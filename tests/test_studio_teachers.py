@@ -28,7 +28,9 @@ def test_clean_plate_teacher_finds_the_person(scene):
 
 def test_clean_plate_teacher_rejects_a_plate_of_another_size(scene):
     teacher = CleanPlateTeacher(scene.clean_plate())
-    with pytest.raises(ValueError, match="re-record the plate"):
+    from muse.studio.files import StudioError
+
+    with pytest.raises(StudioError, match="re-record the plate"):
         teacher.mask(np.zeros((100, 100, 3), np.uint8))
 
 

@@ -31,7 +31,12 @@ def analyze_profile(profile: Any, *, frames: int = 6, device: str = "cpu", teach
     infos = {p.name: video_info(p) for p in recs}
     for name, info in infos.items():
         if plate is not None and (info["width"], info["height"]) != (plate.shape[1], plate.shape[0]):
-            warnings.append(f"{name} is {info['width']}x{info['height']} but the clean plate is {plate.shape[1]}x{plate.shape[0]}; re-record one of them")
+            warnings.append(f"{name} is {info['width']}x{info['height']} but the clean plate is {plate.shape[1]}x{plate.shape[0]}; "
+                            "re-record one of them (the clean-plate teacher is off until then)")
+            plate = None
+    for w in warnings:  # said before the teachers run, so a failure below still tells why
+        log(f"warning: {w}")
+    n_early = len(warnings)
     ts = teachers or build_teachers(profile, device, plate, offline_only=offline_only)
     info0 = infos[recs[0].name]
     every = max(1, (info0["frames"] or frames * 10) // frames)
@@ -65,7 +70,7 @@ def analyze_profile(profile: Any, *, frames: int = 6, device: str = "cpu", teach
         warnings.append("nobody found in some frames: stay in the picture while recording")
     report = {"recordings": infos, "teachers": [t.name for t in ts.masks], "pose_teachers": [t.name for t in ts.poses], "skipped_teachers": ts.skipped, "frames": rows, "warnings": warnings}
     write_json(out / "report.json", report)
-    for w in warnings:
+    for w in warnings[n_early:]:
         log(f"warning: {w}")
     log(f"analysis: {len(rows)} preview images in {out}")
     return report

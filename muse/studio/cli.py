@@ -156,6 +156,26 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _guard(fn: Any) -> Any:
+    """Studio errors (and teachers that cannot run) become one clear line and exit code 2, not a traceback."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from muse.studio.files import StudioError
+        from muse.studio.teachers.base import TeacherUnavailable
+
+        try:
+            return int(fn(args) or 0)
+        except (StudioError, TeacherUnavailable, FileNotFoundError) as exc:
+            print(f"muse studio {getattr(args, 'studio_command', '')}: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("muse studio: stopped; run the same command again to resume", file=sys.stderr)
+            return 130
+
+    handler.__name__ = getattr(fn, "__name__", "handler")
+    return handler
+
+
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add `studio` and its commands to the main CLI's subparsers."""
     studio = subparsers.add_parser("studio", help="personal student models: profiles, capture, labeling, training, export")
@@ -168,7 +188,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, parents=[common])
         if profile:
             p.add_argument("profile", help="profile name (or its folder)")
-        p.set_defaults(func=fn)
+        p.set_defaults(func=_guard(fn))
         return p
 
     p = add("new", cmd_new, "create a profile (one per camera angle)")
@@ -215,17 +235,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     return studio
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """Call a parsed command's handler, turning studio errors into one clear line."""
-    from muse.studio.files import StudioError
-
-    try:
-        return int(args.func(args) or 0)
-    except StudioError as exc:
-        print(f"muse studio: {exc}", file=sys.stderr)
-        return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="muse")
     register(parser.add_subparsers(dest="command"))
@@ -233,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 1
-    return run_command(args)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ class CleanPlateTeacher:
         import cv2
 
         if frame.shape != self.plate.shape:
-            raise ValueError(f"clean plate is {self.plate.shape[1]}x{self.plate.shape[0]} but the frame is {frame.shape[1]}x{frame.shape[0]}; re-record the plate at the camera's resolution")
+            from muse.studio.files import StudioError
+
+            raise StudioError(f"clean plate is {self.plate.shape[1]}x{self.plate.shape[0]} but the frame is {frame.shape[1]}x{frame.shape[0]}; re-record the plate at the camera's resolution")
         lab = cv2.cvtColor(cv2.GaussianBlur(frame, (3, 3), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
         # Match lightness with the median ratio so auto-exposure is not read as a person.
         ratio = np.median((lab[..., 0] + 1) / (self._plate_lab[..., 0] + 1))
