@@ -32,7 +32,7 @@ IRIS_SCALE = 2.3  # and around the eye corners for the iris model
 class FaceTracker:
     """The model work of `face.landmarks`, usable without a graph (bench)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, iris: bool = True) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, iris: bool = True, predict_motion: bool = True) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -45,13 +45,15 @@ class FaceTracker:
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None
+        self.last_roi_seen: torch.Tensor | None = None  # where the face was (before motion prediction)
+        self.predict_motion = predict_motion
         self.last_points: torch.Tensor | None = None
         self.flip = torch.tensor([False, True], device=device)  # the iris model knows one eye; mirror the other
         self.detector_runs = 0
 
     def reset(self) -> None:
         self.tracking.reset()
-        self.roi = None
+        self.roi = self.last_roi_seen = None
         self.last_points = None
 
     def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,7 +131,12 @@ class FaceTracker:
             points = torch.cat([points, self._irises(image, points)])
         if self.last_points is not None and self.last_points.shape == points.shape:
             points = torch.where(present, points, self.last_points)  # lost: hold the last good face
-        self.roi = R.box_roi(points[None, : REG.MESH_POINTS], REG.RIGHT_EYE_CORNERS[0], REG.LEFT_EYE_CORNERS[1], 0.0, FACE_SCALE)
+        seen = R.box_roi(points[None, : REG.MESH_POINTS], REG.RIGHT_EYE_CORNERS[0], REG.LEFT_EYE_CORNERS[1], 0.0, FACE_SCALE)
+        next_roi = seen
+        if tracking and self.predict_motion and self.last_roi_seen is not None:
+            next_roi = R.predict(seen, self.last_roi_seen, present)
+        self.last_roi_seen = seen
+        self.roi = next_roi
         self.last_points = points
         self.tracking.publish(present)
         box = torch.cat([points[: REG.MESH_POINTS, :2].amin(0), points[: REG.MESH_POINTS, :2].amax(0)])
@@ -151,11 +158,12 @@ class FaceLandmarksNode(Node):
         min_detection: float = Field(0.5, ge=0.0, le=1.0, description="Face detector score needed to start tracking")
         min_tracking: float = Field(0.5, ge=0.0, le=1.0, description="Face presence below which the face counts as lost")
         redetect_every: int = Field(0, ge=0, le=10_000, description="Re-seed every N frames even while tracking; 0 = only when lost")
+        predict_motion: bool = Field(True, description="Move the tracking crop by the last frame's motion (keeps up with fast head moves)")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self.tracker = FaceTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, iris=p.iris)
+        self.tracker = FaceTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, iris=p.iris, predict_motion=p.predict_motion)
         self.regions = REG.face_regions(p.iris)
         self._frames = 0
 
@@ -165,6 +173,7 @@ class FaceLandmarksNode(Node):
         self.params = params
         if getattr(self, "tracker", None) is not None:
             self.tracker.min_tracking = params.min_tracking  # type: ignore[attr-defined]
+            self.tracker.predict_motion = params.predict_motion  # type: ignore[attr-defined]
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
         return True
 

@@ -133,3 +133,12 @@ def uncrop(maps: torch.Tensor, roi: torch.Tensor, frame_size: tuple[int, int], o
     )
     grid = F.affine_grid(theta, [maps.shape[0], maps.shape[1], oh, ow], align_corners=False).to(maps.dtype)
     return F.grid_sample(maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def predict(current: torch.Tensor, previous: torch.Tensor, valid: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """Constant-velocity guess of the next frame's ROI centre: a tracker's crop
+    otherwise trails a moving face by one frame's motion. `valid` (0-d bool)
+    turns it off when this frame's result is not trusted."""
+    step = (current[:, :2] - previous[:, :2]) * gain
+    step = torch.where(valid, step, torch.zeros_like(step))
+    return torch.cat([current[:, :2] + step, current[:, 2:]], dim=1)

@@ -28,7 +28,7 @@ ROI_SCALE = 1.25
 class BlazePoseTracker:
     """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -39,12 +39,14 @@ class BlazePoseTracker:
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None
+        self.last_roi_seen: torch.Tensor | None = None  # where the person was (before motion prediction)
+        self.predict_motion = predict_motion
         self.last_points: torch.Tensor | None = None
         self.detector_runs = 0
 
     def reset(self) -> None:
         self.tracking.reset()
-        self.roi = None
+        self.roi = self.last_roi_seen = None
         self.last_points = None
 
     @torch.inference_mode()
@@ -71,6 +73,7 @@ class BlazePoseTracker:
         present (0-d bool), mask_crop (1, 1, 256, 256) and the ROI it lives in.
         """
         tracking = self.roi is not None and self.tracking.read() and not force_detect
+        previous_seen = self.last_roi_seen
         if tracking:
             roi, gate = self.roi, torch.ones((), device=image.device)
         else:
@@ -87,6 +90,9 @@ class BlazePoseTracker:
         visibility = torch.sigmoid(raw[0, :NUM_POINTS, 3]) * present
         # The next frame's ROI comes from the model's own alignment points (33 = hip centre, 34 = scale).
         next_roi = R.aligned_roi(points[33, :2][None], points[34, :2][None], 90.0, ROI_SCALE)
+        self.last_roi_seen = next_roi
+        if tracking and self.predict_motion and previous_seen is not None:
+            next_roi = R.predict(next_roi, previous_seen, present)
         self.roi = next_roi
         self.last_points = points
         self.tracking.publish(present)
@@ -116,17 +122,19 @@ class BlazePose(Node):
         min_tracking: float = Field(0.5, ge=0.0, le=1.0, description="Landmark presence below which the person counts as lost (detector runs next frame)")
         redetect_every: int = Field(0, ge=0, le=10_000, description="Run the detector every N frames even while tracking; 0 = only when lost")
         mask_size: int = Field(512, ge=64, le=4096, description="Long side in pixels of the person mask output (0-1 alpha over the whole frame)")
+        predict_motion: bool = Field(True, description="Move the tracking crop by the last frame's motion (keeps up with fast moves)")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking)
+        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion)
         self._frames = 0
 
     def update_params(self, params: NodeParams) -> bool:
         self.params = params
         if getattr(self, "tracker", None) is not None:
             self.tracker.min_tracking = params.min_tracking  # type: ignore[attr-defined]
+            self.tracker.predict_motion = params.predict_motion  # type: ignore[attr-defined]
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
         return True
 
