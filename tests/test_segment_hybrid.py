@@ -214,7 +214,8 @@ def test_nothing_loadable_is_a_clear_error(tmp_path):
 def test_cuda_nan_student_never_reaches_the_output(tmp_path, modnet_ckpt, astronaut):
     profile = _profile(tmp_path / "profile")
     _student(profile / "models/live/student.pt", nan=True)
-    node = build_node(HybridSegment, {"profile": str(profile), "modnet_checkpoint": str(modnet_ckpt), "modnet_height": 64}, name="seg")
+    node = build_node(HybridSegment, {"profile": str(profile), "modnet_checkpoint": str(modnet_ckpt), "modnet_height": 64,
+                                      "bundled": False}, name="seg")
     ctx = make_context("seg", "cuda", resolution=(SIZE, SIZE))
     node.open(ctx)
     frame = Frame(torch.from_numpy(cv2.resize(astronaut, (SIZE, SIZE))).cuda())
