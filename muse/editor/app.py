@@ -121,6 +121,8 @@ class EditorApp:
         import dearpygui.dearpygui as dpg
 
         box: dict[str, Any] = {}
+        for _ in range(2):  # let the latest edits and texture updates reach the screen first
+            self.step()
         dpg.output_frame_buffer(callback=lambda s, a: box.setdefault("buffer", a))
         for _ in range(max_frames):
             self.step()

@@ -41,7 +41,7 @@ def layered_positions(
     edges: list[tuple[str, str]],
     sizes: dict[str, tuple[float, float]] | None = None,
     *,
-    gap_x: float = 70.0,
+    gap_x: float = 50.0,
     gap_y: float = 28.0,
     origin: tuple[float, float] = (30.0, 30.0),
 ) -> dict[str, tuple[float, float]]:

@@ -62,6 +62,7 @@ class EditorView:
         self._file_target: Callable[[str], None] | None = None
         self.status_message = ""
         self.preview_frames = 0
+        self.last_preview: np.ndarray | None = None  # (h, w, 3) uint8, the picture in the preview
         self.studio: Any = None
         model.listeners.append(self._on_model_change)
 
@@ -70,15 +71,15 @@ class EditorView:
         """Create every window; call once after dpg.create_context()."""
         self._build_themes()
         with dpg.texture_registry():
-            self.preview_texture = dpg.add_raw_texture(PREVIEW_W, PREVIEW_H, to_texture(np.zeros((1, 1, 3), np.uint8), PREVIEW_W, PREVIEW_H),
-                                                       format=dpg.mvFormat_Float_rgba)
+            self._texture_data = to_texture(np.zeros((1, 1, 3), np.uint8), PREVIEW_W, PREVIEW_H)
+            self.preview_texture = dpg.add_raw_texture(PREVIEW_W, PREVIEW_H, self._texture_data, format=dpg.mvFormat_Float_rgba)
         with dpg.file_dialog(show=False, callback=self._on_file_chosen, width=700, height=420, modal=True) as self.file_dialog:
             dpg.add_file_extension(".*")
             dpg.add_file_extension(".yaml", color=(120, 220, 140, 255))
         with dpg.file_dialog(show=False, callback=self._on_file_chosen, width=700, height=420, modal=True,
                              directory_selector=True) as self.folder_dialog:
             pass
-        with dpg.window(tag="muse_main", no_title_bar=True, no_move=True, no_collapse=True, menubar=True) as self.main:
+        with dpg.window(no_title_bar=True, no_move=True, no_collapse=True, menubar=True) as self.main:
             self._build_menu()
             with dpg.group(horizontal=True):
                 self.run_button = dpg.add_button(label="Run (F5)", callback=lambda: self.run_or_stop())
@@ -90,15 +91,15 @@ class EditorView:
                 self.run_state = dpg.add_text("stopped", color=_MUTED)
                 self.title_text = dpg.add_text("", color=_MUTED)
             with dpg.group(horizontal=True):
-                with dpg.child_window(width=230, height=-26):
+                with dpg.child_window(width=210, height=-26):
                     self._build_palette()
                 with dpg.group():
-                    with dpg.child_window(width=-380, height=-150, drop_callback=self._on_drop, payload_type=_PAYLOAD,
+                    with dpg.child_window(width=-360, height=-150, drop_callback=self._on_drop, payload_type=_PAYLOAD,
                                           no_scrollbar=True) as self.editor_area:
                         self.editor = dpg.add_node_editor(callback=self._on_link, delink_callback=self._on_delink,
                                                           minimap=True, minimap_location=dpg.mvNodeMiniMap_Location_BottomRight,
                                                           width=-1, height=-1)
-                    with dpg.child_window(width=-380, height=-26) as self.errors_panel:
+                    with dpg.child_window(width=-360, height=-26) as self.errors_panel:
                         dpg.add_text("Problems", color=_MUTED)
                         self.errors_group = dpg.add_group()
                 with dpg.child_window(width=-1, height=-26) as self.right_panel:
@@ -292,6 +293,7 @@ class EditorView:
         if self.check is not None:
             self.show_check(self.check)
         self._inspected = None
+        self._stats_due = 0.0  # timings back on the redrawn nodes at once
 
     def sync_positions(self) -> None:
         """Copy node positions from the screen into the model (before save, layout, rebuild)."""
@@ -426,15 +428,24 @@ class EditorView:
     def open_graph(self, path: str | Path) -> bool:
         if self.live.running:
             self.live.stop()
+        self.clear_preview()
         ok = self._guard(lambda: (self.model.load(path), True)[1])
         if ok:
             self.set_status(f"opened {path}")
             self._build_settings()
         return bool(ok)
 
+    def clear_preview(self) -> None:
+        self.live.preview_target = None
+        self.last_preview = None
+        self._texture_data[:] = to_texture(np.zeros((1, 1, 3), np.uint8), PREVIEW_W, PREVIEW_H)
+        dpg.set_value(self.preview_texture, self._texture_data)
+        dpg.set_value(self.preview_label, "preview: press Run, then 'view' on an output")
+
     def new_graph(self) -> None:
         if self.live.running:
             self.live.stop()
+        self.clear_preview()
         self.model.new()
         self._build_settings()
         self.set_status("new graph: add nodes from the palette")
@@ -613,7 +624,7 @@ class EditorView:
                                       min_value=int(w.minimum), max_value=int(w.maximum), clamped=True, **kw)
         elif w.kind == "slider_float":
             item = dpg.add_slider_float(default_value=float(shown if shown is not None else w.minimum or 0.0),
-                                        min_value=float(w.minimum), max_value=float(w.maximum), clamped=True, format="%.3f", **kw)
+                                        min_value=float(w.minimum), max_value=float(w.maximum), clamped=True, format="%.4g", **kw)
         elif w.kind == "int":
             item = dpg.add_input_int(default_value=int(shown or 0), on_enter=True, **kw)
         elif w.kind == "float":
@@ -653,7 +664,7 @@ class EditorView:
     # -- preview -----------------------------------------------------------
     def _build_preview(self) -> None:
         self.preview_label = dpg.add_text("preview: press Run, then 'view' on an output", color=_MUTED, wrap=340)
-        dpg.add_image(self.preview_texture, width=336, height=189)
+        self.preview_image = dpg.add_image(self.preview_texture, width=336, height=189)
 
     # -- studio ------------------------------------------------------------
     def _build_studio(self) -> None:
@@ -697,7 +708,9 @@ class EditorView:
         if self.live.preview is not None:
             img = self.live.preview.poll()
             if img is not None:
-                dpg.set_value(self.preview_texture, to_texture(img, PREVIEW_W, PREVIEW_H))
+                self._texture_data[:] = to_texture(img, PREVIEW_W, PREVIEW_H)  # raw textures are updated in place
+                dpg.set_value(self.preview_texture, self._texture_data)
+                self.last_preview = img
                 self.preview_frames += 1
         if now >= self._stats_due:
             self._stats_due = now + 0.5
