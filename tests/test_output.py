@@ -376,7 +376,7 @@ def test_virtualcam_and_preview_on_gpu_frames(astronaut):
     gpu = RecordingCamera.sent[0].astype(int)
     run_node_frames(VirtualCamera, params, [{"frame": Frame(torch.from_numpy(astronaut))}])
     cpu = RecordingCamera.sent[0].astype(int)
-    assert np.abs(gpu - cpu).mean() < 2  # torch antialias vs OpenCV area resize
+    assert np.abs(gpu - cpu).mean() < 3  # torch antialiased bilinear vs OpenCV area resize
 
 
 def test_preview_moves_off_a_busy_port(clip_frames):
