@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
