@@ -250,11 +250,11 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def _listen(url: str, got: list, ready: threading.Event) -> None:
+def _listen(url: str, got: list, ready: threading.Event, fmt: str = "mpegts") -> None:
     ready.set()
     try:
         # Small probe: the stream is 0.4 s long, FFmpeg's default probe would wait out 5 s of it.
-        with av.open(url, format="mpegts", timeout=(10, 1.5), options={"probesize": "32768", "analyzeduration": "200000"}) as c:
+        with av.open(url, format=fmt, timeout=(10, 1.5), options={"probesize": "32768", "analyzeduration": "200000"}) as c:
             for f in c.decode(video=0):
                 got.append(f.to_ndarray(format="rgb24"))
     except av.error.ExitError:
@@ -263,17 +263,18 @@ def _listen(url: str, got: list, ready: threading.Event) -> None:
         got.append(exc)
 
 
-@pytest.mark.parametrize("scheme", ["tcp", "udp"])
-def test_stream_reaches_a_listener_with_all_frames(scheme, clip_frames):
+@pytest.mark.parametrize("scheme,fmt", [("tcp", "mpegts"), ("udp", "mpegts"), ("tcp", "flv")])
+def test_stream_reaches_a_listener_with_all_frames(scheme, fmt, clip_frames):
+    """MPEG-TS over TCP and UDP, and FLV (what RTMP carries) over TCP."""
     port = free_port(socket.SOCK_STREAM if scheme == "tcp" else socket.SOCK_DGRAM)
     listen_url = f"tcp://127.0.0.1:{port}?listen=1" if scheme == "tcp" else f"udp://127.0.0.1:{port}"
     got: list = []
     ready = threading.Event()
-    t = threading.Thread(target=_listen, args=(listen_url, got, ready), daemon=True)
+    t = threading.Thread(target=_listen, args=(listen_url, got, ready, fmt), daemon=True)
     t.start()
     ready.wait()
     time.sleep(0.5)  # the listener binds its socket
-    run_node_frames(StreamOutput, {"url": f"{scheme}://127.0.0.1:{port}", "fps": 30}, frames_in(clip_frames))
+    run_node_frames(StreamOutput, {"url": f"{scheme}://127.0.0.1:{port}", "format": fmt, "fps": 30}, frames_in(clip_frames))
     t.join(timeout=15)
     frames = [g for g in got if isinstance(g, np.ndarray)]
     assert not [g for g in got if isinstance(g, Exception)], got
