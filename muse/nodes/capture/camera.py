@@ -167,10 +167,10 @@ class Camera(Node):
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, p.height)
         cap.set(cv2.CAP_PROP_FPS, p.fps)
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a queue of old ones
-        self._raw = False
         if self._want_raw():
-            # Ask for undecoded bytes; backends that cannot simply keep converting to BGR.
-            self._raw = bool(cap.set(cv2.CAP_PROP_CONVERT_RGB, 0)) or bool(cap.set(cv2.CAP_PROP_FORMAT, -1))
+            # Ask for undecoded bytes; a backend that cannot keeps converting to BGR (the reported kind says which).
+            if not cap.set(cv2.CAP_PROP_CONVERT_RGB, 0):
+                cap.set(cv2.CAP_PROP_FORMAT, -1)
         return cap
 
     def _classify(self, data: np.ndarray) -> str:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
