@@ -188,7 +188,9 @@ def main() -> int:
     for k, v in results.items():
         print(f"| {k} | {v:.2f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        target = Path(args.json)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 
