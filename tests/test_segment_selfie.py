@@ -96,7 +96,11 @@ def test_float_chw_and_larger_frames_give_the_same_mask(pictures) -> None:
     )
     a, b, c = (o["mask"] for o in outs)
     assert (a.timestamp, a.index, c.timestamp, c.index) == (1.0, 7, 3.0, 9)
-    assert float((a.alpha - b.alpha).abs().max()) < 1e-3
+    # uint8 frames on the CPU are shrunk before the float conversion (as MediaPipe does): inputs differ
+    # by rounding only (<= 1/255), which moves a few edge pixels of the mask.
+    diff = (a.alpha - b.alpha).abs()
+    assert float(diff.mean()) < 2e-3 and float((diff > 0.1).float().mean()) < 2e-3
+    _check("basketball1", picture, b.alpha, COVERAGE["basketball1"])
     assert a.size == c.size
     assert float((a.alpha - c.alpha).abs().mean()) < 0.02
 

@@ -117,10 +117,19 @@ class SelfieSegment(Node):
         assert ctx is not None and self._backend is not None
         mw, mh = self._model_size
         x0, y0, w, h = self._layout(frame.width, frame.height)
-        img = frame.chw(ctx.dtype).unsqueeze(0)
+        resize = (frame.width, frame.height) != (w, h)
+        if resize and frame.layout == "hwc" and frame.image.dtype == torch.uint8 and frame.image.device.type == "cpu":
+            # CPU: shrink the uint8 picture first (torch's channels-last uint8 path is ~30x cheaper than
+            # converting the whole frame to float), then convert the 256 px result.
+            small = F.interpolate(frame.image.permute(2, 0, 1).unsqueeze(0), size=(h, w), mode="bilinear",
+                                  align_corners=False, antialias=True)
+            img = small.to(ctx.dtype).div_(255.0).contiguous()
+            resize = False
+        else:
+            img = frame.chw(ctx.dtype).unsqueeze(0)
         if img.device != ctx.device:
             img = img.to(ctx.device, non_blocking=True)
-        if (frame.width, frame.height) != (w, h):
+        if resize:
             # antialias: a 4K frame squeezed to 256 px would alias badly with plain bilinear taps
             img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
         if (w, h) != (mw, mh):
