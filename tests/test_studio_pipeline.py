@@ -354,3 +354,39 @@ def test_analyze_writes_previews_and_warns(labelled, tmp_path):
     with pytest.raises(TeacherUnavailable, match="no mask teacher"):  # the plate was this profile's only teacher
         analyze_profile(p, frames=2, log=warnings.append)
     assert any("clean plate is 80x50" in w for w in warnings)
+
+
+def test_labeling_shards_across_ranks_and_resumes(labelled, tmp_path, monkeypatch):
+    from muse.studio.label import label_profile, load_records
+
+    p = _copy(labelled, tmp_path)
+    shutil.rmtree(p.dataset_dir)
+    seen = {}
+    for rank in (0, 1):  # what two torchrun ranks do, one after the other
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        seen[rank] = label_profile(p, clip=16, log=QUIET)["new_frames"]
+    assert seen == {0: 32, 1: 16}  # clips 0 and 2 on rank 0, clip 1 on rank 1
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert label_profile(p, clip=16, log=QUIET)["new_frames"] == 0  # everything is done: nothing relabelled
+    assert [r["index"] for r in load_records(p.dataset_dir)] == list(range(48))
+    # a run killed mid-write leaves a torn last line: that clip is labelled again, nothing else
+    rec = p.dataset_dir / "records" / "take1.rank1.jsonl"
+    text = rec.read_text()
+    rec.write_text(text[: len(text) // 2])
+    again = label_profile(p, clip=16, log=QUIET)["new_frames"]
+    assert 0 < again <= 16
+    assert [r["index"] for r in load_records(p.dataset_dir)] == list(range(48))
+
+
+@pytest.mark.cuda
+def test_training_with_amp_on_cuda_and_export(labelled, tmp_path):
+    from muse.studio.export import export_student
+    from muse.studio.train import train_student
+
+    p = _copy(labelled, tmp_path)
+    res = train_student(p, steps=40, batch=8, log=QUIET, progress_bar=False)
+    assert res["finished"] and res["device"].startswith("cuda") and np.isfinite(res["best_iou"])
+    info = export_student(p, log=QUIET)
+    assert info["verify"]["ok"]

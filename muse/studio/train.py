@@ -215,7 +215,7 @@ def train_student(
                 bar.set_postfix(loss=f"{loss_val:.4f}", val_iou=f"{val_iou:.4f}")
         if done % cfg.checkpoint_every == 0 or done == steps:
             checkpoint(done)
-        if max_seconds is not None and time.time() - t0 > max_seconds and done < steps:
+        if max_seconds is not None and done < steps and done % log_every == 0 and _all_agree(time.time() - t0 > max_seconds, world, dev):
             if done % cfg.checkpoint_every:
                 checkpoint(done)
             if is_main:
@@ -234,6 +234,17 @@ def train_student(
 
         dist.barrier()
     return result
+
+
+def _all_agree(flag: bool, world: int, dev: torch.device) -> bool:
+    """True on every rank if it is true on any (ranks must stop at the same step or DDP hangs)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())  # one sync every log_every steps, only with a time limit
 
 
 def _meta(profile: Any, input_size: tuple[int, int], step: int, val_iou: float, n_train: int, n_val: int) -> dict[str, Any]:
