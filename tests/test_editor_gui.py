@@ -307,3 +307,38 @@ def test_studio_tab_shows_profiles_and_training_progress(app) -> None:
     assert dpg.get_value(bar) == pytest.approx(0.25)
     assert "step 30/120" in dpg.get_value(text)
     assert "clean plate: no" in dpg.get_value(studio.summary)
+
+
+@pytest.mark.slow  # a fresh process imports torch and every node family: about 12 s on 2 shared cores
+def test_muse_edit_command_opens_a_graph(display: str, tmp_path: Path, artifacts_dir: Path) -> None:
+    """`muse edit GRAPH --screenshot` end to end, in its own process (as a streamer would start it)."""
+    import sys
+
+    graph = GRAPHS / "stream_4k.yaml"
+    if not graph.exists():
+        pytest.skip("graphs/stream_4k.yaml is not in the repo yet")
+    shot = tmp_path / "muse_edit.png"
+    env = {**os.environ, "DISPLAY": display}
+    run = subprocess.run([sys.executable, "-m", "muse.cli", "edit", str(graph), "--screenshot", str(shot)],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    import cv2
+
+    img = cv2.imread(str(shot))
+    assert img is not None and img.shape[0] > 400 and img.std() > 10
+    shutil.copy(shot, artifacts_dir / "muse_edit_stream_4k.png")
+    from muse.editor.app import run_editor
+
+    assert run_editor(str(graph), screenshot=str(shot)) == 2  # an existing picture is never replaced
+
+
+def test_close_asks_when_there_are_unsaved_edits(app, tmp_path: Path) -> None:
+    import dearpygui.dearpygui as dpg
+
+    view = app.view
+    view.add_node("capture.demo")
+    assert not view.request_exit()  # unsaved: asks instead of quitting
+    assert dpg.is_item_shown(view.exit_dialog)
+    dpg.configure_item(view.exit_dialog, show=False)
+    view.save(tmp_path / "exit.yaml")
+    assert not app.model.dirty

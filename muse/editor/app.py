@@ -50,7 +50,9 @@ class EditorApp:
         self.view = EditorView(self.model, self.live, width=self.width, height=self.height, studio_root=self.studio_root)
         self.view.build()
         self._keys()
-        dpg.create_viewport(title=title, width=self.width, height=self.height)
+        # The close button asks first when there are unsaved edits (see EditorView.request_exit).
+        dpg.create_viewport(title=title, width=self.width, height=self.height, disable_close=True)
+        dpg.set_exit_callback(lambda: self.view.request_exit())
         dpg.setup_dearpygui()
         dpg.show_viewport()
         self.view.validate_now()
@@ -153,11 +155,14 @@ class EditorApp:
             self._open = False
 
 
-def run_editor(graph: str | None = None, plugins: list[str] | None = None) -> int:
+def run_editor(graph: str | None = None, plugins: list[str] | None = None, screenshot: str | None = None) -> int:
     """Entry of `muse edit [GRAPH]`; returns the exit code."""
     problem = display_problem()
     if problem:
         print(f"muse edit: {problem}", file=sys.stderr)
+        return 2
+    if screenshot and Path(screenshot).exists():
+        print(f"muse edit: {screenshot} already exists; refusing to overwrite it (pick another name)", file=sys.stderr)
         return 2
     from muse.editor.model import EditError
     from muse.graph.registry import load_registry
@@ -174,7 +179,17 @@ def run_editor(graph: str | None = None, plugins: list[str] | None = None) -> in
         app.model.path = Path(graph)
     try:
         app.open(title=f"MUSE editor - {graph or 'untitled'}")
-        app.run()
+        if not screenshot:
+            import dearpygui.dearpygui as dpg
+
+            dpg.maximize_viewport()
+        if screenshot:
+            for _ in range(5):  # nodes get their real sizes on the first frames
+                app.step()
+            app.screenshot(screenshot)
+            print(f"muse edit: saved {screenshot}")
+        else:
+            app.run()
     finally:
         app.close()
     return 0

@@ -11,10 +11,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Open the visual node editor. GRAPH is opened if it exists, else created on save.")
     p.add_argument("graph", nargs="?", help="graph YAML file, e.g. graphs/stream_4k.yaml")
     p.add_argument("--plugins", action="append", metavar="DIR", help="extra plugin folder (also MUSE_PLUGIN_PATH)")
+    p.add_argument("--screenshot", metavar="FILE.png",
+                   help="open, draw the graph, save a picture of the window and exit (docs, CI; refuses to overwrite)")
     p.set_defaults(func=cmd_edit)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from muse.editor.app import run_editor
 
-    return run_editor(args.graph, args.plugins)
+    return run_editor(args.graph, args.plugins, screenshot=args.screenshot)

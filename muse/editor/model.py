@@ -123,6 +123,7 @@ class EditorModel:
         self._last_edit_at = 0.0
         self._loaded_mtime: float | None = None
         self._original_text: str | None = None
+        self.auto_placed: set[str] = set()  # nodes the file gave no position (the view re-lays them with real sizes)
         self.dirty = False
         self.revision = 0
 
@@ -502,18 +503,19 @@ class EditorModel:
     def move_node(self, name: str, pos: tuple[float, float], record: bool = False) -> None:
         node = self._node(name)
         pos = (float(pos[0]), float(pos[1]))
-        if node.pos == pos:
-            return
+        if node.pos is not None and abs(node.pos[0] - pos[0]) < 1 and abs(node.pos[1] - pos[1]) < 1:
+            return  # the screen rounds to pixels: that is not an edit
         if record:
             self._record(f"move {name}", coalesce=("move", name))
         node.pos = pos
         self.dirty = True  # positions are part of the file, but moving needs no redraw
 
-    def auto_layout(self, sizes: dict[str, tuple[float, float]] | None = None, only_missing: bool = False) -> None:
+    def auto_layout(self, sizes: dict[str, tuple[float, float]] | None = None, only_missing: bool = False,
+                    record: bool = True) -> None:
         """Place nodes in layered columns (all of them, or only those without a position)."""
         if only_missing and all(n.pos for n in self.nodes.values()):
             return
-        if not only_missing:
+        if not only_missing and record:
             self._record("auto layout")
         sizes = {**{n: self.estimated_size(n) for n in self.nodes}, **(sizes or {})}
         edges = [(l.src, l.dst) for l in self.links()]
@@ -530,9 +532,13 @@ class EditorModel:
         self._changed("load")
 
     def estimated_size(self, name: str) -> tuple[float, float]:
+        """About what the view draws: one text row per port plus the type line, 7 px per character."""
         info = self.node_info(name)
-        rows = len(info.inputs) + len(info.outputs) + 2  # + type line + stats line
-        return (NODE_WIDTH, 34.0 + 23.0 * rows)
+        lines = [self.nodes[name].type, name] + [f"{p}: {t.type}  (required)" for p, t in info.inputs.items()]
+        lines += [f"view {p}: {t.type}" for p, t in info.outputs.items()]
+        width = min(NODE_WIDTH, 24.0 + 7.0 * max(len(line) for line in lines))
+        rows = len(info.inputs) + len(info.outputs) + 1
+        return (width, 40.0 + 18.0 * rows)
 
     # -- files -----------------------------------------------------------
     def new(self) -> None:
@@ -574,7 +580,8 @@ class EditorModel:
         self.include = [inc.model_dump(mode="json") for inc in spec.include]
         if spec.editor:
             self.editor_extra = {k: v for k, v in spec.editor.model_dump(mode="json").items() if k != "positions"}
-        if any(n.pos is None for n in self.nodes.values()):
+        self.auto_placed = {n.name for n in self.nodes.values() if n.pos is None}
+        if self.auto_placed:
             self.auto_layout(only_missing=True)
             self._undo.clear()
         self._changed("load")

@@ -62,6 +62,7 @@ class EditorView:
         self._file_target: Callable[[str], None] | None = None
         self.status_message = ""
         self.preview_frames = 0
+        self._relayout_due = bool(model.auto_placed)  # a file without positions: lay out again once drawn
         self.last_preview: np.ndarray | None = None  # (h, w, 3) uint8, the picture in the preview
         self.studio: Any = None
         model.listeners.append(self._on_model_change)
@@ -112,6 +113,12 @@ class EditorView:
                         with dpg.tab(label="Studio") as self.studio_tab:
                             pass
             self.status = dpg.add_text("", color=_MUTED)
+        with dpg.window(label="Unsaved changes", modal=True, show=False, no_resize=True, width=420, height=120) as self.exit_dialog:
+            dpg.add_text("The graph has unsaved changes.")
+            with dpg.group(horizontal=True):
+                dpg.add_button(label="Save and quit", callback=lambda: self._exit(save=True))
+                dpg.add_button(label="Quit without saving", callback=lambda: self._exit(save=False))
+                dpg.add_button(label="Cancel", callback=lambda: dpg.configure_item(self.exit_dialog, show=False))
         self._build_studio()
         dpg.set_primary_window(self.main, True)
         self._built = True
@@ -405,14 +412,26 @@ class EditorView:
         label = self.model.redo()
         self.set_status(f"redid: {label}" if label else "nothing to redo")
 
-    def auto_layout(self) -> None:
+    def drawn_sizes(self) -> dict[str, tuple[float, float]]:
         sizes = {}
         for name, nid in self.node_ids.items():
             w, h = dpg.get_item_rect_size(nid)
             if w > 0 and h > 0:
                 sizes[name] = (float(w), float(h))
-        self.model.auto_layout(sizes)
+        return sizes
+
+    def auto_layout(self) -> None:
+        self.model.auto_layout(self.drawn_sizes())
         self.set_status("laid out in columns from sources to outputs")
+
+    def relayout_opened(self) -> None:
+        """A file without positions was laid out on estimated sizes; redo it with the drawn ones (not an edit)."""
+        if self.model.auto_placed and self.model.auto_placed == set(self.model.nodes):
+            dirty = self.model.dirty
+            self.model.auto_layout(self.drawn_sizes(), record=False)
+            self.model.dirty = dirty
+            self._update_title()
+        self.model.auto_placed = set()
 
     def save(self, path: str | Path | None = None, overwrite: bool = False) -> Path | None:
         self.sync_positions()
@@ -433,6 +452,7 @@ class EditorView:
         if ok:
             self.set_status(f"opened {path}")
             self._build_settings()
+            self._relayout_due = True
         return bool(ok)
 
     def clear_preview(self) -> None:
@@ -684,6 +704,22 @@ class EditorView:
         if target and path:
             target(path)
 
+    def request_exit(self) -> bool:
+        """The window's close button: quit at once when everything is saved, else ask. True if quitting."""
+        self.sync_positions()
+        if not self.model.dirty or not self.model.nodes:
+            self._exit(save=False)
+            return True
+        dpg.configure_item(self.exit_dialog, show=True)
+        return False
+
+    def _exit(self, save: bool) -> None:
+        if save and self.save() is None:
+            dpg.configure_item(self.exit_dialog, show=False)
+            return  # not saved (no file yet, or refused): stay open, the status bar says why
+        self.live.stop()
+        dpg.stop_dearpygui()
+
     # -- per frame ---------------------------------------------------------
     def _on_model_change(self, kind: str) -> None:
         if not self._built:
@@ -699,6 +735,9 @@ class EditorView:
     def tick(self) -> None:
         """Work done once per rendered frame: selection -> inspector, validation, preview, timings."""
         now = time.monotonic()
+        if self._relayout_due and self.drawn_sizes():
+            self._relayout_due = False
+            self.relayout_opened()
         sel = self.selected_nodes()
         if sel and sel[-1] != self.selected:
             self.selected = sel[-1]
