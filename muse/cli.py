@@ -176,6 +176,7 @@ def _fallbacks(stats: Any) -> list[str]:
     out = []
     if "falling back" in str(stats.info.get("device_note", "")):
         out.append(str(stats.info["device_note"]))
+    out.extend(stats.info.get("cpu_downscale", []))
     for name, ns in stats.nodes.items():
         for key, value in ns.info.items():
             if key == "fallback":

@@ -174,7 +174,9 @@ class Node:
     - ports as annotations `name: In[Type]` / `name: Out[Type]`
     - `Params`: a `NodeParams` subclass
     - flags: `cuda_graph_safe` (static shapes, no host sync in `process`),
-      `lazy_inputs` (inputs come as thunks; only those called are computed)
+      `lazy_inputs` (inputs come as thunks; only those called are computed),
+      `on_demand` (a source whose frames cost CPU to make and that loses
+      nothing by waiting: it is called only when its last frame was taken)
     """
 
     node_type: ClassVar[str] = ""
@@ -183,6 +185,7 @@ class Node:
     description: ClassVar[str] = ""
     cuda_graph_safe: ClassVar[bool] = False
     lazy_inputs: ClassVar[bool] = False
+    on_demand: ClassVar[bool] = False  # sources: make a frame only when the last one was taken (synthetic sources)
 
     Params: ClassVar[type[NodeParams]] = NodeParams
 
@@ -245,7 +248,7 @@ class Node:
             "inputs": {n: _port_json(p) for n, p in cls.inputs_spec.items()},
             "outputs": {n: _port_json(p) for n, p in cls.outputs_spec.items()},
             "params": cls.Params.model_json_schema(),
-            "flags": {"cuda_graph_safe": cls.cuda_graph_safe, "lazy_inputs": cls.lazy_inputs},
+            "flags": {"cuda_graph_safe": cls.cuda_graph_safe, "lazy_inputs": cls.lazy_inputs, "on_demand": cls.on_demand},
         }
 
 

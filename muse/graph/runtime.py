@@ -106,6 +106,9 @@ class GraphRunner:
         self.stats = stats or GraphStats()
         self.stats.info["device"] = str(self.device)
         self.stats.info["device_note"] = self.device_note
+        self.resolution = tuple(graph.settings.resolution)
+        if self.device.type == "cpu":
+            self._fit_sources_to_cpu()
         self.slots: dict[str, _Slot] = {}
         self._taps: dict[tuple[str, str], list[Callable[[Any], None]]] = {}
         self._pending: list[Callable[[], None]] = []
@@ -117,6 +120,29 @@ class GraphRunner:
         self._frame_index = 0
         self._cuda_graphs: dict[tuple[str, ...], "_CapturedChain"] = {}
         self._chains: list[tuple[str, ...]] = []
+
+    def _fit_sources_to_cpu(self) -> None:
+        """4K on two CPU cores is a slide show: capture smaller, and say so."""
+        limit = self.graph.settings.cpu_resolution
+        if limit is None:
+            return
+        lw, lh = limit
+        for rn in self.graph.nodes.values():
+            if not rn.cls.is_source() or rn.params is None:
+                continue
+            w, h = getattr(rn.params, "width", None), getattr(rn.params, "height", None)
+            if not isinstance(w, int) or not isinstance(h, int) or (w <= lw and h <= lh):
+                continue
+            scale = min(lw / w, lh / h)
+            new_w, new_h = max(16, int(w * scale) // 2 * 2), max(16, int(h * scale) // 2 * 2)
+            rn.params = rn.params.model_copy(update={"width": new_w, "height": new_h})
+            note = f"{rn.name}: {w}x{h} is too much for the CPU path; capturing at {new_w}x{new_h} (settings.cpu_resolution)"
+            log.warning(note)
+            self.stats.info.setdefault("cpu_downscale", []).append(note)
+        rw, rh = self.resolution
+        if rw > lw or rh > lh:
+            scale = min(lw / rw, lh / rh)
+            self.resolution = (int(rw * scale) // 2 * 2, int(rh * scale) // 2 * 2)
 
     # -- public API ------------------------------------------------------
     @property
@@ -198,7 +224,7 @@ class GraphRunner:
             device=self.device,
             dtype=self.dtype,
             fps=s.fps,
-            resolution=tuple(s.resolution),
+            resolution=self.resolution,
             stream=stream,
             graph_file=self.graph.file,
             settings=s.model_dump(),
@@ -287,8 +313,13 @@ class GraphRunner:
         slot.channel = Channel(policy, size, on_drop)
         slot.stop.clear()
 
+        demand = slot.node.on_demand and policy == "latest"
+
         def loop() -> None:
             while not slot.stop.is_set() and not self._stop.is_set():
+                if demand and len(slot.channel):
+                    time.sleep(0.001)  # a synthetic source renders only what will be shown
+                    continue
                 t0 = time.perf_counter()
                 try:
                     with self._in_stream(slot.stream):

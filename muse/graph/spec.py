@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -77,6 +77,10 @@ class Settings(_Strict):
     fps: float = Field(30.0, gt=0, le=240, description="Target frames per second")
     precision: Literal["auto", "fp16", "fp32"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
     cuda_graphs: bool = Field(False, description="Capture chains of cuda_graph_safe nodes into CUDA graphs")
+    cpu_resolution: Optional[tuple[int, int]] = Field(
+        (1280, 720),
+        description="On the CPU path, sources larger than this capture at this size so the stream stays live; null = never",
+    )
     max_consecutive_errors: int = Field(
         120, ge=1, description="Stop the graph after this many failed frames in a row (a frame that fails is skipped)"
     )

@@ -16,6 +16,7 @@ class TestPattern(Node):
     node_type = "basic.test_pattern"
     display_name = "Test pattern"
     description = "Colour bars with a moving square; paced to `fps` (0 = as fast as possible)."
+    on_demand = True
 
     frame: Out[Frame]
 
