@@ -112,3 +112,17 @@ def test_cuda_4k_refine_matches_cpu_shape_and_edges():
     out = run_node(RefineMask, {"temporal": True}, device="cuda", frame=Frame(big.cuda().contiguous()), mask=Mask(low.cuda()))
     a = out["refined"].alpha
     assert a.is_cuda and a.shape == (2160, 3840) and torch.isfinite(a).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("guide", ["colour", "gray"])
+def test_cuda_uint8_path_matches_cpu(guide):
+    rgb, gt = scenes.composite(256)
+    big = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    big = F.interpolate(big, size=(720, 1280), mode="bilinear").round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0)
+    low = F.interpolate(_low(gt, 64)[None, None], size=(144, 256), mode="bilinear")[0, 0]
+    params = {"temporal": False, "guide": guide}
+    cpu = run_node(RefineMask, params, frame=Frame(big.contiguous()), mask=Mask(low))["refined"].alpha
+    gpu = run_node(RefineMask, params, device="cuda", frame=Frame(big.cuda().contiguous()), mask=Mask(low.cuda()))["refined"].alpha
+    diff = (gpu.float().cpu() - cpu).abs()
+    assert float(diff.mean()) < 2e-3 and float(diff.max()) < 0.1  # fp16 small guide on the GPU

@@ -20,7 +20,8 @@ def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def to_gray(rgb: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(LUMA, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
+    dtype = rgb.dtype if rgb.is_floating_point() else torch.float32  # uint8 pictures: weights stay fractional
+    w = torch.tensor(LUMA, device=rgb.device, dtype=dtype).view(1, 3, 1, 1)
     return (rgb * w).sum(1, keepdim=True)
 
 
@@ -72,25 +73,31 @@ def guided_coefficients(mask: torch.Tensor, guide: torch.Tensor, radius: int, ep
 
 def fast_guided_upsample(
     mask: torch.Tensor, guide_full: torch.Tensor, *, radius: int = 1, eps: float = 1e-4,
-    colour: bool = True, guide_small: torch.Tensor | None = None,
+    colour: bool = True, guide_small: torch.Tensor | None = None, full_scale: float = 1.0,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Upsample a low-res mask (B,1,h,w) to the guide's full size (B,3,H,W in [0,1]) following its edges.
+    """Upsample a low-res mask (B,1,h,w) to the guide's full size (B,3,H,W) following its edges.
 
     Fast guided filter (He & Sun 2015): coefficients at low resolution, applied at full resolution.
-    Returns (B,1,H,W) in [0,1] in the guide's dtype."""
+    `guide_full * full_scale` must be in [0,1]: pass a uint8 picture with full_scale=1/255 to skip
+    converting the full frame to float. Returns (B,1,H,W) in [0,1] in `out_dtype` (default: the guide's
+    float dtype, float32 for uint8)."""
     h, w = mask.shape[-2:]
-    small = guide_small if guide_small is not None else downsample(guide_full.float(), (h, w))
-    if not colour:
-        small = to_gray(small)
+    if guide_small is None:
+        guide_small = downsample(guide_full.float() * full_scale, (h, w))
+    small = guide_small if colour else to_gray(guide_small)
     a, b = guided_coefficients(mask, small, radius, eps)
     big = guide_full if colour else to_gray(guide_full)
     size = tuple(guide_full.shape[-2:])
-    # One upsampling call for A and b together; then A . I + b at full resolution. Kept in fp32:
-    # at sharp edges |A| reaches tens and b nearly cancels A . I, which fp16 would quantise visibly.
-    up = F.interpolate(torch.cat((a, b), 1), size=size, mode="bilinear", align_corners=False)
+    # One upsampling call for A and b together (A pre-scaled for the guide's range); then A . I + b at
+    # full resolution, in fp32: at sharp edges |A| reaches tens and b nearly cancels A . I, which fp16
+    # would quantise visibly.
+    up = F.interpolate(torch.cat((a * full_scale, b), 1), size=size, mode="bilinear", align_corners=False)
     c = a.shape[1]
     out = (up[:, :c] * big).sum(1, keepdim=True).add_(up[:, c:]).clamp_(0.0, 1.0)
-    return out.to(guide_full.dtype)
+    if out_dtype is None:
+        out_dtype = guide_full.dtype if guide_full.is_floating_point() else torch.float32
+    return out.to(out_dtype)
 
 
 class TemporalStabilizer:

@@ -13,10 +13,20 @@ from muse.graph.payloads import Frame
 
 def frame_batch(frame: Frame, size: tuple[int, int] | None, dtype: torch.dtype) -> torch.Tensor:
     """The frame as (1, 3, h, w) floats in [0, 1], resized (antialiased) to size=(w, h) when given."""
+    if size is not None and tuple(size) != (frame.width, frame.height) and uint8_on_cpu(frame):
+        # CPU: shrink the uint8 picture first (torch's channels-last uint8 resize is far cheaper than
+        # converting the whole frame to float), then convert the small result.
+        small = F.interpolate(frame.image.permute(2, 0, 1).unsqueeze(0), size=(size[1], size[0]), mode="bilinear",
+                              align_corners=False, antialias=True)
+        return small.to(dtype).div_(255.0)
     x = frame.chw(dtype).unsqueeze(0)
     if size is not None and (frame.width, frame.height) != tuple(size):
         x = F.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=True)
     return x
+
+
+def uint8_on_cpu(frame: Frame) -> bool:
+    return frame.layout == "hwc" and frame.image.dtype == torch.uint8 and frame.image.device.type == "cpu"
 
 
 def user_path(raw: str, ctx: NodeContext | None) -> Path:

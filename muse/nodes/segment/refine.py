@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
@@ -50,16 +51,29 @@ class RefineMask(Node):
     def process(self, frame: Frame, mask: Mask) -> dict[str, Mask]:
         ctx, p = self.ctx, self.params
         assert ctx is not None
-        image = frame.chw(ctx.dtype).unsqueeze(0)
-        if p.scale < 1.0:
-            out_h, out_w = max(1, round(frame.height * p.scale)), max(1, round(frame.width * p.scale))
-            image = downsample(image, (out_h, out_w))
         low = mask.alpha.to(ctx.device).float()[None, None]
-        # One small copy of the picture at the mask's size serves both motion detection and the filter.
-        small = downsample(image, tuple(low.shape[-2:])).float()
+        size = tuple(low.shape[-2:])
+        on_gpu_raw = (frame.layout == "hwc" and frame.image.dtype == torch.uint8 and p.scale >= 1.0
+                      and frame.image.device.type == "cuda")
+        if on_gpu_raw:
+            # GPU: the uint8 picture is read as is (a channels-last view): half the bytes of fp16, no full-size
+            # copy. (Not on CPU: mixed-type strided maths is slow there, and a uint8-resized small guide is
+            # quantised, which the guided filter's small eps notices.)
+            image = frame.image.permute(2, 0, 1).unsqueeze(0)
+            small = downsample(image.to(ctx.dtype), size).float().div_(255.0)
+            full_scale = 1.0 / 255.0
+        else:
+            image = frame.chw(ctx.dtype).unsqueeze(0)
+            if p.scale < 1.0:
+                out_h, out_w = max(1, round(frame.height * p.scale)), max(1, round(frame.width * p.scale))
+                image = downsample(image, (out_h, out_w))
+            full_scale = 1.0
+            # One small copy of the picture at the mask's size serves both motion detection and the filter.
+            small = downsample(image, size).float()
         if p.temporal and p.stability > 0:
             low = self._temporal(low, small)
         else:
             self._temporal.reset()
-        out = fast_guided_upsample(low, image, radius=p.radius, eps=p.eps, colour=p.guide == "colour", guide_small=small)
+        out = fast_guided_upsample(low, image, radius=p.radius, eps=p.eps, colour=p.guide == "colour",
+                                   guide_small=small, full_scale=full_scale, out_dtype=ctx.dtype)
         return {"refined": Mask(out[0, 0], frame.timestamp, frame.index)}
