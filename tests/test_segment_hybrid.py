@@ -268,3 +268,27 @@ def test_studio_symlink_swap_is_picked_up(tmp_path, modnet_ckpt, frame, harness)
     after = float(h.run(frame).alpha.mean())
     assert h.info["student_swaps"] == 1 and h.info["mode"] == "personalized"
     assert after > before + 0.2  # the new version (head bias +3) is the one running
+
+
+def test_better_model_comes_back_after_retry(tmp_path, modnet_ckpt, frame, harness):
+    profile = _profile(tmp_path / "profile")
+    _student(profile / "models/live/student.pt")
+    h = harness(profile=str(profile), modnet_checkpoint=str(modnet_ckpt), bundled=False, retry_s=0.3)
+    h.run(frame)
+    student = h.node.branches[0].run
+    calls = {"n": 0}
+
+    def flaky(f):  # injected fault: one failure, then healthy again
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("transient")
+        return student(f)
+
+    h.node.branches[0].run = flaky
+    h.run(frame)
+    assert h.info["mode"] == "base"
+    h.run(frame)  # within retry_s: the student is not asked again
+    assert calls["n"] == 1 and h.info["mode"] == "base"
+    time.sleep(0.35)
+    h.run(frame)
+    assert h.info["mode"] == "personalized" and h.info["switches"] == 2
