@@ -174,7 +174,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--max-train-seconds", type=float, default=300)
+    ap.add_argument("--max-train-seconds", type=float, default=240)
     ap.add_argument("--nproc", type=int, default=1, help="GPUs for DDP training through torchrun")
     ap.add_argument("--workdir", help="keep the profile here (default: a temp folder, removed)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/studio.jsonl"))

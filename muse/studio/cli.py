@@ -119,7 +119,12 @@ def cmd_filter(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     if a.nproc > 1:
         extra = [f"--{k.replace('_', '-')}={v}" for k, v in (("steps", a.steps), ("batch", a.batch), ("max_seconds", a.max_seconds)) if v]
-        return _torchrun("muse.studio.train", a, extra)
+        rc = _torchrun("muse.studio.train", a, extra)
+        if rc == 0 and not a.no_pose:  # the pose head is small: one process trains it
+            from muse.studio.train_pose import train_pose
+
+            train_pose(_profile(a), batch=a.batch)
+        return rc
     from muse.studio.train import train_student
 
     profile = _profile(a)

@@ -87,14 +87,19 @@ def augment(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 batch -> float images in [0,1] and float masks, augmented like a live stream would vary.
 
-    Small random numbers come from `g` (CPU), per-pixel noise from `g_noise` (on the batch's device,
-    so no big host tensor each step); both seeded per step so a resumed run replays the same batches."""
+    Random numbers come from `g_noise` when it lives on the batch's GPU (no host copies in the
+    training loop), else from `g` on the CPU; both are seeded per step so a resumed run replays
+    the same batches."""
     dev = images.device
     b = images.shape[0]
     x = images.float() / 255.0
     m = masks.float() / 255.0
 
+    on_device = g_noise is not None and g_noise.device.type == dev.type and dev.type != "cpu"
+
     def rand(*shape: int) -> torch.Tensor:
+        if on_device:  # no host->device copy per draw: those would stall the GPU queue each time
+            return torch.rand(*shape, generator=g_noise, device=dev)
         return torch.rand(*shape, generator=g).to(dev)
 
     if plate is not None:
@@ -129,7 +134,7 @@ def augment(
     x = ((x - mean) * contrast + mean) * gain * wb
     gamma = 0.8 + 0.4 * rand(b, 1, 1, 1)
     x = x.clamp(1e-4, 1) ** gamma
-    if g_noise is not None and g_noise.device.type == dev.type:
+    if on_device:
         noise = torch.randn(x.shape, generator=g_noise, device=dev)
     else:
         noise = torch.randn(x.shape, generator=g).to(dev)

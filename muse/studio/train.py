@@ -131,7 +131,9 @@ def train_student(
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     use_amp = cfg.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # bf16 needs no loss scaling, so no per-step host sync inside GradScaler; fp16 (+scaler) on older GPUs.
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     ckpt_dir = profile.checkpoints_dir
     last = ckpt_dir / "last.pt"
@@ -190,11 +192,14 @@ def train_student(
         seed = cfg.seed * 1_000_003 + rank * 7919 + step  # replayable after resume
         g = torch.Generator().manual_seed(seed)
         g_noise = torch.Generator(device=dev).manual_seed(seed) if dev.type == "cuda" else None
-        idx = torch.randint(0, len(train_data), (per_rank,), generator=g).to(dev)
+        if g_noise is not None:
+            idx = torch.randint(0, len(train_data), (per_rank,), generator=g_noise, device=dev)
+        else:
+            idx = torch.randint(0, len(train_data), (per_rank,), generator=g)
         x, m = augment(train_data.images[idx], train_data.masks[idx], train_data.plate, g, g_noise)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, steps, cfg.lr)
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
             logits = ddp_model(x)
         loss = student_loss(logits, m, cfg.ohem_ratio, cfg.boundary_weight)
         opt.zero_grad(set_to_none=True)
