@@ -342,3 +342,23 @@ def test_close_asks_when_there_are_unsaved_edits(app, tmp_path: Path) -> None:
     dpg.configure_item(view.exit_dialog, show=False)
     view.save(tmp_path / "exit.yaml")
     assert not app.model.dirty
+
+
+def test_studio_record_button_records_through_the_studio(app) -> None:
+    profiles = pytest.importorskip("muse.studio.profiles")
+    from muse.editor.studio import capture_function
+
+    if capture_function("record") is None:
+        pytest.skip("muse.studio.capture is not in this build")
+    import dearpygui.dearpygui as dpg
+
+    prof = profiles.create_profile("desk", root=app.studio_root,
+                                   camera={"type": "capture.demo", "params": {"width": 160, "height": 96, "fps": 10}})
+    studio = app.view.studio
+    studio.refresh()
+    studio.select("desk")
+    dpg.set_value(studio.seconds, 1)
+    studio.capture("record")
+    assert _step_until(app, lambda: studio._job is not None and not studio._job.is_alive() and studio._job_result is None, 60)
+    assert "record done for desk" in app.view.status_message, app.view.status_message
+    assert len(prof.recordings()) == 1 and prof.recordings()[0].stat().st_size > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +317,27 @@ def test_muse_edit_without_display_explains(monkeypatch: pytest.MonkeyPatch, cap
     assert args.func(args) == 2  # returns instead of letting DearPyGui abort the process
     err = capsys.readouterr().err
     assert "DISPLAY" in err and "xvfb-run" in err
+
+
+@pytest.mark.cuda
+def test_preview_tap_on_cuda_matches_the_cpu_picture(astronaut: np.ndarray) -> None:
+    frame = Frame(torch.from_numpy(astronaut).cuda())
+    tap = PreviewTap(128, 72)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):  # as the runtime: the payload was made on a node's stream
+        tap(frame)
+    deadline = time.monotonic() + 5
+    img = None
+    while img is None and time.monotonic() < deadline:
+        img = tap.poll()
+    assert img is not None and img.shape == (72, 72, 3)
+    cpu = preview_image(Frame(torch.from_numpy(astronaut)), 128, 72).numpy()
+    assert np.abs(img.astype(np.int16) - cpu.astype(np.int16)).max() <= 1
+    alpha = torch.zeros(90, 160, device="cuda")
+    alpha[20:70, 60:100] = 1
+    tap(Mask(alpha))
+    deadline = time.monotonic() + 5
+    m = None
+    while m is None and time.monotonic() < deadline:
+        m = tap.poll()
+    assert m is not None and m.shape == (72, 128, 3) and m[36, 64].tolist() == [255, 255, 255]

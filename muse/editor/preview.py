@@ -54,29 +54,43 @@ class PreviewTap:
         self._pending: tuple[torch.Tensor, Any] | None = None
         self.received = 0
         self.error = ""
+        self._stream: Any = None  # CUDA side stream and pinned buffer, made on the first GPU payload
+        self._host: torch.Tensor | None = None
 
     def __call__(self, payload: Any) -> None:
         with self._lock:
             if self._pending is not None:
                 return  # the editor hasn't shown the last one yet: skip, never queue up
         try:
-            img = preview_image(payload, self.max_w, self.max_h)
             event = None
-            if img.is_cuda:
-                # Pinned buffer + non-blocking copy + event: the runtime thread never waits for the GPU.
-                host = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
-                host.copy_(img, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-                img = host
+            if payload.device.type == "cuda":
+                img, event = self._on_cuda(payload)
             else:
-                img = img.clone()  # the producer may reuse its buffer next frame
+                img = preview_image(payload, self.max_w, self.max_h).clone()  # the producer may reuse its buffer
         except Exception as exc:  # a bad payload must not break the graph; show why in the editor
             self.error = f"{type(exc).__name__}: {exc}"
             return
         with self._lock:
             self._pending = (img, event)
             self.received += 1
+
+    def _on_cuda(self, payload: Any) -> tuple[torch.Tensor, Any]:
+        """Shrink and copy on a side stream ordered after the caller's stream; returns the pinned
+        host picture and the event that says when it is there. Nothing here waits for the GPU."""
+        dev = payload.device
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(dev)
+            self._host = torch.empty(self.max_h * self.max_w * 3, dtype=torch.uint8, pin_memory=True)
+        self._stream.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(self._stream):
+            for t in payload.tensors():
+                t.record_stream(self._stream)  # the allocator must not recycle it before our read
+            img = preview_image(payload, self.max_w, self.max_h)
+            host = self._host[: img.numel()].view(img.shape)  # contiguous, so the copy stays asynchronous
+            host.copy_(img, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        return host, event
 
     def poll(self) -> np.ndarray | None:
         """The newest picture as (h, w, 3) uint8, once its copy finished; else None."""
@@ -85,4 +99,5 @@ class PreviewTap:
             if pending is None or (pending[1] is not None and not pending[1].query()):
                 return None
             self._pending = None
-        return pending[0].numpy()
+        # A copy: the pinned buffer is reused for the next picture.
+        return pending[0].numpy().copy()

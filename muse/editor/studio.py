@@ -5,6 +5,7 @@ and the live model per profile. Works without `muse.studio` (says so instead).""
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import threading
 import time
@@ -12,10 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-STAGES = ("plate", "record", "analyze", "label", "filter", "train", "convert")
+_DEFAULT_STAGES = ("plate", "record", "analyze", "label", "filter", "train", "export")
+
+
+def pipeline_stages() -> tuple[str, ...]:
+    """The Studio's own stage list when it is installed (so new stages show up), else the known one."""
+    try:
+        return tuple(importlib.import_module("muse.studio.pipeline").STAGES)
+    except (ImportError, AttributeError):
+        return _DEFAULT_STAGES
 _CAPTURE_FUNCS = {  # button -> function names tried in muse.studio.capture, first found wins
-    "plate": ("capture_plate", "record_plate", "plate"),
-    "record": ("record_person", "record", "capture_recording"),
+    "plate": ("capture_plate",),
+    "record": ("record", "record_person"),
 }
 
 
@@ -45,7 +54,8 @@ def parse_record(rec: dict[str, Any], default_stage: str = "train") -> StageProg
     stage = str(rec.get("stage") or rec.get("phase") or default_stage)
     event = str(rec.get("event") or rec.get("status") or rec.get("state") or "")
     frac = _fraction(rec)
-    state = {"done": "done", "finished": "done", "failed": "failed", "error": "failed", "paused": "paused"}.get(event, "running")
+    state = {"done": "done", "finished": "done", "failed": "failed", "error": "failed", "paused": "paused",
+             "skipped": "skipped"}.get(event, "running")
     if state == "done":
         frac = 1.0
     parts = []
@@ -141,6 +151,7 @@ class StudioPage:
         self._due = 0.0
         self._job: threading.Thread | None = None
         self._job_result: str | None = None
+        self._last_log = ""
 
     def build(self) -> None:
         import dearpygui.dearpygui as dpg
@@ -164,7 +175,7 @@ class StudioPage:
                     with dpg.tooltip(button):
                         dpg.add_text("muse.studio.capture is not in this build yet; use `muse studio plate|record`", wrap=300)
             dpg.add_text("Pipeline", color=(150, 156, 168))
-            for stage in STAGES:
+            for stage in pipeline_stages():
                 with dpg.group(horizontal=True):
                     dpg.add_text(f"{stage:<8}")
                     bar = dpg.add_progress_bar(default_value=0.0, width=150, overlay="")
@@ -210,7 +221,9 @@ class StudioPage:
         if self._job is not None and self._job.is_alive():
             self.status("a capture is already running", error=True)
             return
-        kwargs = {"seconds": dpg.get_value(self.seconds)} if kind == "record" else {}
+        kwargs: dict[str, Any] = {"seconds": dpg.get_value(self.seconds)} if kind == "record" else {}
+        if "log" in inspect.signature(fn).parameters:
+            kwargs["log"] = self._log  # the Studio's messages go to the status bar, not the terminal
         profile = self.profile
 
         def job() -> None:
@@ -225,6 +238,9 @@ class StudioPage:
         self._job.start()
         self.status(f"{kind}: capturing for {profile.name}...")
 
+    def _log(self, message: str) -> None:
+        self._last_log = message  # called on the capture thread: shown by tick() on the UI thread
+
     def progress(self) -> dict[str, StageProgress]:
         if self.profile is None:
             return {}
@@ -236,6 +252,9 @@ class StudioPage:
     def tick(self) -> None:
         import dearpygui.dearpygui as dpg
 
+        if self._last_log:
+            self.status(self._last_log)
+            self._last_log = ""
         if self._job_result is not None and self._job is not None and not self._job.is_alive():
             self.status(self._job_result, error="failed" in self._job_result)
             self._job_result = None
