@@ -16,6 +16,9 @@ from typing import Any
 
 import muse
 
+# Idle OpenMP workers spin by default and steal the cores the CPU path needs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 EXIT_INVALID_GRAPH = 2
 # Packages that add their own subcommands through `register(subparsers)`.
 _SUBCOMMAND_MODULES = ("muse.models.cli", "muse.studio.cli", "muse.editor.cli")
