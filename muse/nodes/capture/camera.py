@@ -256,6 +256,7 @@ class Camera(Node):
             ctx.report("status", "demo (no camera)")
             self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=p.fps))
             self._demo.open(ctx)
+            self.on_demand = True  # the runtime reads this per node: render only frames that will be taken
             return
         hint = {
             "Windows": "check Settings > Privacy > Camera, close apps using it (Zoom, Teams, OBS), or try backend: msmf",

@@ -72,6 +72,8 @@ class Demo(Node):
         "Outputs the frame, the person's alpha (ground truth) and the clean plate (background alone)."
     )
 
+    on_demand = True  # rendering costs CPU on the CPU path; a frame nobody takes is not worth making
+
     frame: Out[Frame]
     mask: Out[Mask]
     clean_plate: Out[Frame]
