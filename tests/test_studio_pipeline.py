@@ -390,3 +390,50 @@ def test_training_with_amp_on_cuda_and_export(labelled, tmp_path):
     assert res["finished"] and res["device"].startswith("cuda") and np.isfinite(res["best_iou"])
     info = export_student(p, log=QUIET)
     assert info["verify"]["ok"]
+
+
+def test_running_hybrid_picks_up_a_new_export_and_a_rollback(labelled, tmp_path):
+    """The live swap contract: segment.hybrid keeps streaming and adopts each new live model."""
+    from muse.models.student import StudentSegmenter, save_student
+    from muse.studio.export import export_student, rollback
+
+    try:
+        from muse.graph.registry import load_registry
+
+        hybrid_cls = load_registry().get("segment.hybrid")
+    except Exception:
+        pytest.skip("segment.hybrid is not registered")
+    from muse.graph.payloads import Frame
+    from muse.graph.testing import build_node, make_context
+
+    p = _copy(labelled, tmp_path)
+    torch.manual_seed(0)
+    save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
+    export_student(p, log=QUIET)
+    node = build_node(hybrid_cls, {"profile": str(p.root), "bundled": False, "watch_s": 0.1})
+    ctx = make_context(node.name, "cpu", resolution=SIZE)
+    node.open(ctx)
+    frame = Frame(torch.from_numpy(SyntheticScene(*SIZE).frame(0)[0]))
+
+    def stream_until(swaps: int) -> None:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            out = node.process(frame=frame)  # the stream never stops while the model changes
+            assert out["mask"].alpha.isfinite().all()
+            if ctx.stats.info.get("student_swaps", 0) >= swaps:
+                return
+            time.sleep(0.05)
+        pytest.fail(f"hybrid did not adopt the new model: {ctx.stats.info}")
+
+    try:
+        stream_until(0)
+        assert ctx.stats.info["live"] == "student"
+        torch.manual_seed(1)
+        save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
+        export_student(p, log=QUIET)
+        stream_until(1)
+        rollback(p, log=QUIET)
+        stream_until(2)
+        assert ctx.stats.info["live"] == "student"
+    finally:
+        node.close()
