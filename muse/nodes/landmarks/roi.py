@@ -109,10 +109,18 @@ def box_roi(points: torch.Tensor, start: int, end: int, target_degrees: float, s
     return square_roi(centre[:, 0], centre[:, 1], size[:, 0], size[:, 1], angle, scale)
 
 
+_WHOLE_FRAME: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
 def whole_frame_roi(width: int, height: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The letterboxed whole frame as one ROI (detectors see the full picture)."""
-    side = float(max(width, height))
-    return torch.tensor([[width / 2, height / 2, side, side, 0.0]], device=device)
+    """The letterboxed whole frame as one ROI (detectors see the full picture).
+    Cached per size and device: building it is a host->device copy, which may sync."""
+    key = (width, height, str(device))
+    roi = _WHOLE_FRAME.get(key)
+    if roi is None:
+        side = float(max(width, height))
+        roi = _WHOLE_FRAME[key] = torch.tensor([[width / 2, height / 2, side, side, 0.0]], device=device)
+    return roi
 
 
 def uncrop(maps: torch.Tensor, roi: torch.Tensor, frame_size: tuple[int, int], out_size: tuple[int, int]) -> torch.Tensor:

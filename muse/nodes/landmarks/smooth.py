@@ -120,11 +120,10 @@ class Smooth(Node):
             pts = f(keypoints.points, keypoints.timestamp, _extent(keypoints.points, valid), valid, 1 / self._fps())
             out["smoothed_keypoints"] = replace(keypoints, points=pts.to(keypoints.points.dtype))
         if face is not None:
+            # confidence may be a 0-d device tensor: compare on the device, never branch on it here
+            conf = torch.as_tensor(face.confidence, device=face.points.device, dtype=torch.float32)
+            valid = (conf >= self.params.min_confidence).expand(face.points.shape[0])
             f = self._filter("face")
-            if face.confidence < self.params.min_confidence:
-                f.reset()
-                out["smoothed_face"] = face
-            else:
-                pts = f(face.points, face.timestamp, _extent(face.points, None), None, 1 / self._fps())
-                out["smoothed_face"] = replace(face, points=pts.to(face.points.dtype))
+            pts = f(face.points, face.timestamp, _extent(face.points, None), valid, 1 / self._fps())
+            out["smoothed_face"] = replace(face, points=pts.to(face.points.dtype))
         return out

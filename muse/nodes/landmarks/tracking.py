@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from muse.graph.node import NodeError
-
 
 def load_bundled(node: str, name: str, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """A bundled MediaPipe model converted to torch (muse.models.bundled), in eval mode."""
+    from muse.graph.node import NodeError  # here, not at the top: benchmarks use this module without pydantic
     try:
         from muse.models.bundled import load_model
     except ImportError as exc:

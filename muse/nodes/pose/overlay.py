@@ -71,6 +71,13 @@ class Overlay(Node):
         thickness: int = Field(0, ge=0, le=32, description="Line half-width in pixels; 0 = scale with the frame (1 px per 540 rows)")
         face_mesh: bool = Field(True, description="Draw every face mesh point (else only jaw and irises)")
 
+    def _const(self, key: tuple, make) -> torch.Tensor:
+        """Device constants (bones, colours, indices) built once: a host->device copy per frame may sync."""
+        cache = self.__dict__.setdefault("_consts", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
     def process(self, frame: Frame, keypoints: Keypoints | None = None, face: FaceLandmarks | None = None) -> dict[str, Frame]:
         image = frame.hwc_uint8().clone()
         dev = image.device
@@ -79,28 +86,32 @@ class Overlay(Node):
             names = skeleton_names(keypoints.skeleton)
             sx = frame.width / keypoints.image_size[0]
             sy = frame.height / keypoints.image_size[1]
-            pts = keypoints.points.to(dev).float() * torch.tensor([sx, sy], device=dev)
+            pts = keypoints.points.to(dev).float()
+            pts = torch.stack([pts[:, 0] * sx, pts[:, 1] * sy], dim=-1)
             ok = keypoints.confidence.to(dev) >= self.params.min_confidence
-            bones = bone_indices(keypoints.skeleton).to(dev)
-            colours = torch.tensor([_side_colour(a, b) for a, b in BONES[keypoints.skeleton]], dtype=torch.uint8, device=dev)
+            sk = keypoints.skeleton
+            bones = self._const(("bones", sk, dev), lambda: bone_indices(sk).to(dev))
+            colours = self._const(("bone_colours", sk, dev), lambda: torch.tensor([_side_colour(a, b) for a, b in BONES[sk]], dtype=torch.uint8, device=dev))
             draw_lines(image, pts[bones[:, 0]], pts[bones[:, 1]], colours, ok[bones[:, 0]] & ok[bones[:, 1]], radius)
-            joint_colours = torch.tensor([_side_colour(n, n) for n in names], dtype=torch.uint8, device=dev)
+            joint_colours = self._const(("joint_colours", sk, dev), lambda: torch.tensor([_side_colour(n, n) for n in names], dtype=torch.uint8, device=dev))
             draw_dots(image, pts, joint_colours, ok, radius + 1)
         if face is not None:
             sx = frame.width / face.image_size[0]
             sy = frame.height / face.image_size[1]
-            pts = face.points[:, :2].to(dev).float() * torch.tensor([sx, sy], device=dev)
-            conf = torch.as_tensor(face.confidence, device=dev, dtype=torch.float32)
+            pts = face.points[:, :2].to(dev).float()
+            pts = torch.stack([pts[:, 0] * sx, pts[:, 1] * sy], dim=-1)
+            conf = torch.as_tensor(face.confidence, dtype=torch.float32).to(dev)
             ok = (conf >= self.params.min_confidence).expand(pts.shape[0])
+            colour = lambda c: self._const(("colour", c, dev), lambda: torch.tensor(c, dtype=torch.uint8, device=dev))  # noqa: E731
             if self.params.face_mesh:
-                draw_dots(image, pts, torch.tensor(MESH, dtype=torch.uint8, device=dev).expand(pts.shape[0], 3), ok, max(0, radius - 1))
-            jaw = face.regions.get("jaw", [])
+                draw_dots(image, pts, colour(MESH).expand(pts.shape[0], 3), ok, max(0, radius - 1))
+            jaw = tuple(face.regions.get("jaw", ()))
             if jaw:
-                j = torch.tensor(jaw, device=dev)
-                draw_lines(image, pts[j[:-1]], pts[j[1:]], torch.tensor(JAW, dtype=torch.uint8, device=dev).expand(len(jaw) - 1, 3), ok[: len(jaw) - 1], radius)
+                j = self._const(("idx", jaw, dev), lambda: torch.tensor(jaw, device=dev))
+                draw_lines(image, pts[j[:-1]], pts[j[1:]], colour(JAW).expand(len(jaw) - 1, 3), ok[: len(jaw) - 1], radius)
             for name in ("left_iris", "right_iris"):
-                idx = face.regions.get(name)
+                idx = tuple(face.regions.get(name, ()))
                 if idx:
-                    i = torch.tensor(idx, device=dev)
-                    draw_dots(image, pts[i], torch.tensor(IRIS, dtype=torch.uint8, device=dev).expand(len(idx), 3), ok[: len(idx)], radius)
+                    i = self._const(("idx", idx, dev), lambda: torch.tensor(idx, device=dev))
+                    draw_dots(image, pts[i], colour(IRIS).expand(len(idx), 3), ok[: len(idx)], radius)
         return {"out": frame.with_image(image, layout="hwc")}

@@ -151,12 +151,18 @@ class ViTPose(Node):
         cx, cy = roi[0, 0], roi[0, 1]
         return torch.stack([cx - 0.75 * r, cy - r, cx + 0.75 * r, cy + r])
 
+    def _full_box(self, frame: Frame, device: torch.device) -> torch.Tensor:
+        key = (frame.width, frame.height)
+        if getattr(self, "_full", (None, None))[0] != key:  # built once per size: a host->device copy may sync
+            self._full = (key, torch.tensor([0.0, 0.0, float(frame.width), float(frame.height)], device=device))
+        return self._full[1]
+
     def _box(self, image: torch.Tensor, frame: Frame, mask: Mask | None) -> torch.Tensor:
         p = self.params
         source = p.box_source
         if source == "mask" and mask is None:
             raise NodeError(f"node {self.name!r}: box_source is 'mask' but the `mask` input is not connected")
-        full = torch.tensor([0.0, 0.0, float(frame.width), float(frame.height)], device=image.device)
+        full = self._full_box(frame, image.device)
         if source == "frame":
             return full
         if mask is not None and source in ("auto", "mask"):

@@ -1,0 +1,106 @@
+"""BlazePose detect-then-track on the device, without the node framework (used
+by `pose.blazepose`, `pose.vitpose`'s person box and the benchmark): detector
+on the letterboxed frame when lost, landmark model on a rotated ROI crop that
+follows the person from the previous frame's alignment points.
+
+Everything stays on the device; the only host read is a one-frame-late copy of
+the "still tracking" flag (see `HostFlag`), which picks detector or tracker.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from muse.nodes.landmarks import roi as R
+from muse.nodes.landmarks import ssd
+from muse.nodes.landmarks.tracking import HostFlag, load_bundled
+
+DETECTOR_SIZE = 224
+LANDMARK_SIZE = 256
+NUM_POINTS = 33  # BlazePose-33; the model's 34th/35th points are the tracking ROI's centre and scale
+# ROI margin: the 0.10.14 full model's alignment points settle at a radius of ~100/256 of its crop, so its
+# training crops were 2 * radius * 1.25 wide; with the 1.5 of older graphs the tracked ROI grows ~15 %/frame.
+ROI_SCALE = 1.25
+
+
+class BlazePoseTracker:
+    """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
+
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True) -> None:
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self.min_tracking = min_tracking
+        self.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": min_detection})
+        self.detector = load_bundled(name, "pose_detection", device, dtype)
+        self.landmarks = load_bundled(name, "pose_landmark_full", device, dtype)
+        self.anchors = ssd.anchors(self.spec).to(device)
+        self.tracking = HostFlag(device)
+        self.roi: torch.Tensor | None = None
+        self.last_roi_seen: torch.Tensor | None = None  # where the person was (before motion prediction)
+        self.predict_motion = predict_motion
+        self.last_points: torch.Tensor | None = None
+        self.detector_runs = 0
+
+    def reset(self) -> None:
+        self.tracking.reset()
+        self.roi = self.last_roi_seen = None
+        self.last_points = None
+
+    @torch.inference_mode()
+    def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detector on the letterboxed frame -> (ROI (1, 5), score 0-d)."""
+        h, w = image.shape[-2:]
+        full = R.whole_frame_roi(w, h, image.device)
+        x = R.crop(image, full, DETECTOR_SIZE) * 2 - 1  # the detector wants [-1, 1]
+        raw_boxes, raw_scores = self.detector(x.to(self.dtype))[:2]
+        boxes, kps, scores = ssd.decode(raw_boxes[0], raw_scores[0], self.anchors, self.spec)
+        _, kp, score = ssd.best_detection(boxes, kps, scores, self.spec)
+        kp = R.to_frame(kp[None] * DETECTOR_SIZE, full, DETECTOR_SIZE)[0]
+        # keypoint 0 = mid hip, 1 = full-body size and rotation point
+        roi = R.aligned_roi(kp[0][None], kp[1][None], 90.0, ROI_SCALE)
+        self.detector_runs += 1
+        return roi, score
+
+    @torch.inference_mode()
+    def __call__(self, image: torch.Tensor, *, force_detect: bool = False) -> dict[str, torch.Tensor]:
+        """One frame, (3, H, W) float32 in [0, 1] on the device (float32 so ROI
+        coordinates keep sub-pixel precision at 4K; the crops go to the model's dtype).
+
+        Returns points (33, 3) in frame pixels (z relative), visibility (33,),
+        present (0-d bool), mask_crop (1, 1, 256, 256) and the ROI it lives in.
+        """
+        tracking = self.roi is not None and self.tracking.read() and not force_detect
+        previous_seen = self.last_roi_seen
+        if tracking:
+            roi, gate = self.roi, torch.ones((), device=image.device)
+        else:
+            roi, score = self.detect(image)
+            gate = (score >= self.spec.min_score).float()
+        crop = R.crop(image, roi, LANDMARK_SIZE, border="border")  # MediaPipe replicates the edge here (unspecified = replicate)
+        out = self.landmarks(crop.to(self.dtype))
+        raw = out[0].reshape(1, -1, 5).float()
+        presence = out[1].reshape(()).float() * gate  # the flag is already a probability
+        points = R.to_frame(raw[..., :3], roi.float(), float(LANDMARK_SIZE))[0]
+        present = presence >= self.min_tracking
+        if self.last_points is not None:
+            points = torch.where(present, points, self.last_points)  # lost: hold the last good pose
+        visibility = torch.sigmoid(raw[0, :NUM_POINTS, 3]) * present
+        # The next frame's ROI comes from the model's own alignment points (33 = hip centre, 34 = scale).
+        next_roi = R.aligned_roi(points[33, :2][None], points[34, :2][None], 90.0, ROI_SCALE)
+        self.last_roi_seen = next_roi
+        if tracking and self.predict_motion and previous_seen is not None:
+            next_roi = R.predict(next_roi, previous_seen, present)
+        self.roi = next_roi
+        self.last_points = points
+        self.tracking.publish(present)
+        mask_crop = torch.sigmoid(out[2].float()).permute(0, 3, 1, 2) if len(out) > 2 else None
+        return {
+            "points": points[:NUM_POINTS],
+            "visibility": visibility,
+            "present": present,
+            "presence": presence,
+            "mask_crop": mask_crop,
+            "roi": roi.float(),
+            "tracked": tracking,
+        }
