@@ -19,15 +19,16 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="session")
-def acme_installed() -> None:
+def acme_installed(tmp_path_factory: pytest.TempPathFactory) -> None:
     """pip-install the fixture plugin package (as a plugin author's users would)."""
     try:
         distribution("muse-acme")
     except PackageNotFoundError:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(FIXTURES / "muse_acme")],
-            check=True,
-        )
+        import shutil
+
+        src = tmp_path_factory.mktemp("acme") / "muse_acme"  # build outside the repo: no build/ left in tests/
+        shutil.copytree(FIXTURES / "muse_acme", src)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)], check=True)
     import importlib
 
     importlib.invalidate_caches()
