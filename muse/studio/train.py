@@ -42,6 +42,7 @@ class ProgressStream:
         if self.path is None:
             return
         rec = {"stage": "train", "event": event, "time": round(time.time(), 3), **fields}
+        rec = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}  # strict JSON for any GUI
         with open(self.path, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
