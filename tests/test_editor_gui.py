@@ -109,11 +109,17 @@ def _demo_chain(view) -> tuple[str, str, str]:
 
 
 def test_build_save_reload_through_the_editor(app, tmp_path: Path) -> None:
+    import dearpygui.dearpygui as dpg
+
     view = app.view
     src, inv, out = _demo_chain(view)
     assert view.connect(src, "mask", out, "mask")
+    view.select(inv)
+    app.step()
+    widgets = dpg.get_item_children(view.inspector, 1)
     assert view.set_param(inv, "amount", 0.4)
     app.step()
+    assert dpg.get_item_children(view.inspector, 1) == widgets  # a slider drag is not interrupted by a redraw
     # The editor draws what the model holds: three nodes, three links.
     assert set(view.node_ids) == {src, inv, out} and len(view.link_ids) == 3
     path = view.save(tmp_path / "built.yaml")

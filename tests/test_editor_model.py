@@ -341,3 +341,14 @@ def test_preview_tap_on_cuda_matches_the_cpu_picture(astronaut: np.ndarray) -> N
     while m is None and time.monotonic() < deadline:
         m = tap.poll()
     assert m is not None and m.shape == (72, 128, 3) and m[36, 64].tolist() == [255, 255, 255]
+
+
+def test_node_timings_text_shows_the_hybrid_mode() -> None:
+    from muse.editor.live import stats_details, stats_line
+
+    s = {"frames": 90, "drops": 2, "errors": 0, "host_ms": {"p50": 1.25, "p95": 2.0, "p99": 3.5, "mean": 1.4},
+         "gpu_ms": {"p50": 0.8, "p95": 0.9, "p99": 1.1, "mean": 0.85}, "info": {"mode": "personalized", "switches": 1}}
+    assert stats_line(s) == "0.8 / 1.1 ms\nmode: personalized"  # GPU time when measured
+    details = stats_details(s)
+    assert "gpu time: p50 0.80" in details and "host time: p50 1.25" in details and "switches: 1" in details
+    assert stats_line({"host_ms": {"p50": 2.0, "p99": 4.0}, "errors": 3}) == "2.0 / 4.0 ms  errors 3"

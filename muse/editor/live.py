@@ -99,15 +99,26 @@ class LiveSession:
 
 
 def stats_line(s: dict[str, Any]) -> str:
-    """'1.2 / 3.4 ms  mode: personalized' for a node's stats dict."""
+    """Short enough for a node: '1.2 / 3.4 ms' (p50 / p99), then 'mode: personalized' on a line of its own."""
     t = s.get("gpu_ms") or s.get("host_ms") or {}
     text = f"{t.get('p50', 0.0):.1f} / {t.get('p99', 0.0):.1f} ms"
-    info = s.get("info") or {}
-    if "mode" in info:
-        text += f"  mode: {info['mode']}"
-    extra = [f"{k}: {v}" for k, v in info.items() if k != "mode" and isinstance(v, (str, int, float, bool))][:2]
-    if extra:
-        text += "  " + "  ".join(extra)
+    mode = (s.get("info") or {}).get("mode")
+    if mode is not None:
+        text += f"\nmode: {mode}"  # own line: nodes must not grow wider than the layout left room for
     if s.get("errors"):
-        text += f"  errors: {s['errors']}"
+        text += f"  errors {s['errors']}"
     return text
+
+
+def stats_details(s: dict[str, Any]) -> str:
+    """Everything the runtime says about a node, one item a line (the tooltip of its timings)."""
+    lines = []
+    for key in ("gpu_ms", "host_ms"):
+        if s.get(key):
+            t = s[key]
+            lines.append(f"{key.replace('_ms', '')} time: p50 {t['p50']:.2f}  p95 {t['p95']:.2f}  p99 {t['p99']:.2f} ms")
+    lines.append(f"frames {s.get('frames', 0)}  drops {s.get('drops', 0)}  errors {s.get('errors', 0)}")
+    lines += [f"{k}: {v}" for k, v in (s.get("info") or {}).items()]
+    if s.get("last_error"):
+        lines.append(f"last error: {s['last_error']}")
+    return "\n".join(lines)

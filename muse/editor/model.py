@@ -537,7 +537,7 @@ class EditorModel:
         lines = [self.nodes[name].type, name] + [f"{p}: {t.type}  (required)" for p, t in info.inputs.items()]
         lines += [f"view {p}: {t.type}" for p, t in info.outputs.items()]
         width = min(NODE_WIDTH, 24.0 + 7.0 * max(len(line) for line in lines))
-        rows = len(info.inputs) + len(info.outputs) + 1
+        rows = len(info.inputs) + len(info.outputs) + 3  # + type line + timings and mode while running
         return (width, 40.0 + 18.0 * rows)
 
     # -- files -----------------------------------------------------------

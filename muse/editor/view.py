@@ -14,13 +14,14 @@ import dearpygui.dearpygui as dpg
 import numpy as np
 
 from muse.editor.catalog import GENERIC, UNKNOWN, type_colour
-from muse.editor.live import LiveSession, stats_line
+from muse.editor.live import LiveSession, stats_details, stats_line
 from muse.editor.model import NODE_WIDTH, Check, EditError, EditorModel, Link
 from muse.editor.params import ParamWidget, widget_for, widgets_for
 from muse.editor.preview import PREVIEWABLE, to_texture
 from muse.graph.spec import Settings
 
 PREVIEW_W, PREVIEW_H = 480, 270
+STATS_HEIGHT = 36.0
 _ERROR_RED = (255, 105, 97)
 _MUTED = (150, 156, 168)
 _OK_GREEN = (120, 220, 140)
@@ -50,6 +51,7 @@ class EditorView:
         self.attrs: dict[int, tuple[str, str, str]] = {}  # attribute id -> (node, port, "in"|"out")
         self.link_ids: dict[int, Link] = {}
         self.stats_text: dict[str, int] = {}
+        self.stats_details: dict[str, int] = {}
         self.error_text: dict[str, int] = {}
         self.check: Check | None = None
         self.selected: str | None = None
@@ -62,6 +64,7 @@ class EditorView:
         self._file_target: Callable[[str], None] | None = None
         self.status_message = ""
         self.preview_frames = 0
+        self._structure_rev = 0
         self._relayout_due = bool(model.auto_placed)  # a file without positions: lay out again once drawn
         self.last_preview: np.ndarray | None = None  # (h, w, 3) uint8, the picture in the preview
         self.studio: Any = None
@@ -242,6 +245,7 @@ class EditorView:
         self.attrs.clear()
         self.link_ids.clear()
         self.stats_text.clear()
+        self.stats_details.clear()
         self.error_text.clear()
         port_attr: dict[tuple[str, str, str], int] = {}
         for name, node in self.model.nodes.items():
@@ -282,6 +286,8 @@ class EditorView:
                     port_attr[(name, port, "out")] = aid
                 with dpg.node_attribute(attribute_type=dpg.mvNode_Attr_Static):
                     self.stats_text[name] = dpg.add_text("", color=_OK_GREEN, show=False)
+                    with dpg.tooltip(self.stats_text[name]):
+                        self.stats_details[name] = dpg.add_text("")
                     self.error_text[name] = dpg.add_text("", color=_ERROR_RED, wrap=int(NODE_WIDTH), show=False)
                     ext = self.model.external_inputs(name)
                     if ext:
@@ -417,7 +423,8 @@ class EditorView:
         for name, nid in self.node_ids.items():
             w, h = dpg.get_item_rect_size(nid)
             if w > 0 and h > 0:
-                sizes[name] = (float(w), float(h))
+                # + two text lines: timings and mode appear under the ports while the graph runs
+                sizes[name] = (float(w), float(h) + (0.0 if dpg.is_item_shown(self.stats_text[name]) else STATS_HEIGHT))
         return sizes
 
     def auto_layout(self) -> None:
@@ -580,7 +587,7 @@ class EditorView:
     # -- inspector ---------------------------------------------------------
     def _show_inspector(self) -> None:
         name = self.selected if self.selected in self.model.nodes else None
-        key = (name, self.model.revision)
+        key = (name, self._structure_rev)  # not redrawn on param edits: that would end a slider drag
         if self._inspected == key:
             return
         self._inspected = key
@@ -729,7 +736,8 @@ class EditorView:
         if kind == "load":
             self._build_settings()
         self._validate_due = time.monotonic() + 0.25  # validate once the edits settle
-        self._inspected = None if kind != "params" else self._inspected
+        if kind != "params":
+            self._structure_rev += 1
         self._update_title()
 
     def tick(self) -> None:
@@ -774,6 +782,7 @@ class EditorView:
             tid = self.stats_text.get(name)
             if tid is not None:
                 dpg.set_value(tid, stats_line(s))
+                dpg.set_value(self.stats_details[name], stats_details(s))
                 dpg.configure_item(tid, show=True)
         self._update_apply()
 
