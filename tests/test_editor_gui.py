@@ -368,3 +368,16 @@ def test_studio_record_button_records_through_the_studio(app) -> None:
     assert _step_until(app, lambda: studio._job is not None and not studio._job.is_alive() and studio._job_result is None, 60)
     assert "record done for desk" in app.view.status_message, app.view.status_message
     assert len(prof.recordings()) == 1 and prof.recordings()[0].stat().st_size > 0
+
+
+def test_palette_search_and_click_adds_a_node(app) -> None:
+    import dearpygui.dearpygui as dpg
+
+    view = app.view
+    assert view.fill_palette("luma") == ["basic.luma_mask"]
+    headers = dpg.get_item_children(view.palette_group, 1)
+    item = dpg.get_item_children(headers[0], 1)[0]
+    assert dpg.get_item_label(item) == "Luma mask"
+    view._on_palette_click(item, True, dpg.get_item_user_data(item))  # what a click on that entry calls
+    assert [n.type for n in app.model.nodes.values()] == ["basic.luma_mask"]
+    assert view.fill_palette("") and len(view.fill_palette("")) == len(app.model.catalog.types)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -116,7 +117,10 @@ class EditorApp:
         import dearpygui.dearpygui as dpg
 
         while dpg.is_dearpygui_running():
+            t0 = time.perf_counter()
             self.step()
+            # Without vsync (remote desktops, Xvfb) the loop would spin a core; 120 fps is plenty for an editor.
+            time.sleep(max(0.0, 1 / 120 - (time.perf_counter() - t0)))
 
     def screenshot(self, path: str | Path | None = None, max_frames: int = 120) -> np.ndarray:
         """The window as (H, W, 4) uint8 RGBA, via DearPyGui's frame buffer (converted here, never on its callback thread)."""
