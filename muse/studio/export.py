@@ -57,8 +57,10 @@ def export_onnx(model: Any, path: Path, input_size: tuple[int, int], opset: int 
             model.cpu().eval(), (dummy,), str(path), input_names=["image"], output_names=["logits"],
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset, dynamo=False,
         )
-    import onnx
-
+    try:
+        import onnx
+    except ImportError:  # ONNX Runtime loading it in verify_onnx is the real check
+        return path
     onnx.checker.check_model(str(path))
     return path
 

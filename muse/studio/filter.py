@@ -94,9 +94,11 @@ def filter_bad_data(records: Sequence[dict[str, Any]], settings: Any = None) -> 
     """Decide per frame. `records` are in time order (per recording), each with an `id`,
     a `recording` and the numbers from `measure` under `stats`; `settings` is a
     profile's FilterSettings (defaults if None)."""
-    from muse.studio.profiles import FilterSettings
+    if settings is None:
+        from muse.studio.profiles import FilterSettings
 
-    s = settings or FilterSettings()
+        settings = FilterSettings()
+    s = settings
     report = FilterReport()
     by_rec: dict[str, list[dict[str, Any]]] = {}
     for r in records:
