@@ -381,3 +381,19 @@ def test_palette_search_and_click_adds_a_node(app) -> None:
     view._on_palette_click(item, True, dpg.get_item_user_data(item))  # what a click on that entry calls
     assert [n.type for n in app.model.nodes.values()] == ["basic.luma_mask"]
     assert view.fill_palette("") and len(view.fill_palette("")) == len(app.model.catalog.types)
+
+
+def test_save_as_over_another_file_asks_first(app, tmp_path: Path) -> None:
+    import dearpygui.dearpygui as dpg
+
+    view = app.view
+    view.add_node("capture.demo")
+    theirs = tmp_path / "theirs.yaml"
+    theirs.write_text("# someone's graph\n")
+    assert view.save(theirs) is None
+    assert theirs.read_text() == "# someone's graph\n" and dpg.is_item_shown(view.confirm_dialog)
+    view._answer(False)
+    assert theirs.read_text() == "# someone's graph\n"
+    view.save(theirs)
+    view._answer(True)  # "Replace"
+    assert "capture.demo" in theirs.read_text()

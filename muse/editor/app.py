@@ -71,7 +71,7 @@ class EditorApp:
         import dearpygui.dearpygui as dpg
 
         if ctrl is None:
-            ctrl = dpg.is_key_down(dpg.mvKey_LControl) or dpg.is_key_down(dpg.mvKey_RControl)
+            ctrl = any(dpg.is_key_down(k) for k in (dpg.mvKey_LControl, dpg.mvKey_RControl, dpg.mvKey_ModCtrl))
         v = self.view
         typing = self._typing()
         if key == dpg.mvKey_F5:

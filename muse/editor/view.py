@@ -122,6 +122,12 @@ class EditorView:
                 dpg.add_button(label="Save and quit", callback=lambda: self._exit(save=True))
                 dpg.add_button(label="Quit without saving", callback=lambda: self._exit(save=False))
                 dpg.add_button(label="Cancel", callback=lambda: dpg.configure_item(self.exit_dialog, show=False))
+        with dpg.window(label="Confirm", modal=True, show=False, no_resize=True, width=460, height=110) as self.confirm_dialog:
+            self.confirm_text = dpg.add_text("", wrap=440)
+            with dpg.group(horizontal=True):
+                dpg.add_button(label="Replace", callback=lambda: self._answer(True))
+                dpg.add_button(label="Cancel", callback=lambda: self._answer(False))
+        self._on_confirm: Callable[[], Any] | None = None
         self._build_studio()
         dpg.set_primary_window(self.main, True)
         self._built = True
@@ -445,6 +451,12 @@ class EditorView:
         if path is None and self.model.path is None:
             self._ask_file(lambda p: self.save(p))
             return None
+        target = Path(path) if path is not None else self.model.path
+        other = target is not None and target.exists() and (self.model.path is None or target.resolve() != self.model.path.resolve())
+        if other and not overwrite:
+            self._confirm(f"{target} already exists. Replace it with this graph?", lambda: self.save(target, overwrite=True))
+            self.set_status(f"{target} exists: confirm to replace it", error=True)
+            return None
         saved = self._guard(lambda: self.model.save(path, overwrite=overwrite))
         if saved is not None:
             self.set_status(f"saved {saved}")
@@ -710,6 +722,18 @@ class EditorView:
         path = app_data.get("file_path_name") or app_data.get("current_path")
         if target and path:
             target(path)
+
+    def _confirm(self, text: str, on_yes: Callable[[], Any]) -> None:
+        """A yes/no question before anything is replaced."""
+        dpg.set_value(self.confirm_text, text)
+        self._on_confirm = on_yes
+        dpg.configure_item(self.confirm_dialog, show=True)
+
+    def _answer(self, yes: bool) -> None:
+        dpg.configure_item(self.confirm_dialog, show=False)
+        action, self._on_confirm = self._on_confirm, None
+        if yes and action is not None:
+            action()
 
     def request_exit(self) -> bool:
         """The window's close button: quit at once when everything is saved, else ask. True if quitting."""
