@@ -20,19 +20,21 @@ class CaptureSource:
     """The profile's capture node (`capture.camera`, `capture.demo`, `capture.file`...) driven by hand, frame by frame."""
 
     def __init__(self, node_type: str, params: dict[str, Any]) -> None:
+        from pydantic import ValidationError
+
         from muse.graph.registry import load_registry
-        from muse.graph.testing import build_node, make_context
+        from muse.studio.teachers.offline import open_node
 
         try:
             cls = load_registry().get(node_type)
         except Exception as exc:
             raise StudioError(f"capture node {node_type!r} is not available ({exc}); set camera.type in profile.yaml") from None
-        try:
-            self.node = build_node(cls, params, name="studio.capture")
-        except Exception as exc:
-            raise StudioError(f"camera.params in profile.yaml do not fit {node_type!r}: {exc}") from None
         fps = float(params.get("fps", 30) or 30)
-        self.node.open(make_context("studio.capture", "cpu", fps=fps))
+        size = (int(params.get("width", 1280)), int(params.get("height", 720)))
+        try:
+            self.node = open_node(cls, params, "studio.capture", "cpu", fps, size)
+        except ValidationError as exc:
+            raise StudioError(f"camera.params in profile.yaml do not fit {node_type!r}: {exc}") from None
         self.fps = fps
 
     def read(self) -> np.ndarray | None:

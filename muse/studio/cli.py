@@ -27,6 +27,28 @@ def _kv(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _camera_params(node_type: str, items: list[str] | None) -> dict[str, Any]:
+    """key=value strings checked and typed by the capture node's own Params (so `device=0` stays a string)."""
+    raw = {k: v for k, v in (i.split("=", 1) for i in items or [] if "=" in i)}
+    if len(raw) != len(items or []):
+        raise SystemExit("muse studio: --param needs key=value")
+    try:
+        from muse.graph.registry import load_registry
+
+        cls = load_registry().get(node_type)
+    except Exception:
+        return _kv(items)
+    from pydantic import ValidationError
+
+    from muse.studio.files import StudioError
+
+    try:
+        checked = cls.Params(**raw)
+    except ValidationError as exc:
+        raise StudioError(f"--param does not fit {node_type!r}: {exc}") from None
+    return {k: v for k, v in checked.model_dump(mode="json").items() if k in raw}
+
+
 def _profile(args: argparse.Namespace) -> Any:
     from muse.studio.profiles import load_profile
 
@@ -36,7 +58,7 @@ def _profile(args: argparse.Namespace) -> Any:
 def cmd_new(a: argparse.Namespace) -> int:
     from muse.studio.profiles import create_profile
 
-    camera = {"type": a.camera, "params": _kv(a.param)} if a.camera or a.param else None
+    camera = {"type": a.camera or "capture.camera", "params": _camera_params(a.camera or "capture.camera", a.param)} if a.camera or a.param else None
     p = create_profile(a.profile, a.root, **({"camera": camera} if camera else {}))
     print(f"created profile {p.name!r} at {p.root}; next: `muse studio plate {p.name}` with nobody in the picture")
     return 0
@@ -170,7 +192,11 @@ def _guard(fn: Any) -> Any:
 
         try:
             return int(fn(args) or 0)
-        except (StudioError, TeacherUnavailable, FileNotFoundError) as exc:
+        except Exception as exc:
+            from muse.graph.node import NodeError  # a capture or teacher node refused (no camera, bad params)
+
+            if not isinstance(exc, (StudioError, TeacherUnavailable, FileNotFoundError, NodeError)):
+                raise
             print(f"muse studio {getattr(args, 'studio_command', '')}: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

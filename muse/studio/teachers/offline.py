@@ -60,6 +60,19 @@ class CleanPlateTeacher:
         return [self.mask(f) for f in frames]
 
 
+def open_node(cls: Any, params: dict, name: str, device: str = "cpu", fps: float = 30.0, resolution: tuple[int, int] = (1280, 720)) -> Any:
+    """Build and open a node outside a graph (the studio drives capture and teacher nodes by hand)."""
+    import torch
+
+    from muse.graph.node import NodeContext
+
+    node = cls(name, cls.Params(**params))
+    dev = torch.device(device)
+    node.open(NodeContext(name=name, device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32,
+                          fps=fps, resolution=resolution))
+    return node
+
+
 def _registry_node(node_type: str) -> Any:
     try:
         from muse.graph.registry import load_registry
@@ -82,10 +95,7 @@ class NodeMaskTeacher:
 
     def _open(self) -> Any:
         if self._node is None:
-            from muse.graph.testing import build_node, make_context
-
-            self._node = build_node(self._cls, self._params, name=f"teacher.{self.name}")
-            self._node.open(make_context(self._node.name, self._device))
+            self._node = open_node(self._cls, self._params, f"teacher.{self.name}", self._device)
         return self._node
 
     def masks(self, frames: Sequence[np.ndarray], hints: Sequence[dict] | None = None) -> list[np.ndarray]:
@@ -129,11 +139,9 @@ class NodePoseTeacher:
         import torch
 
         from muse.graph.payloads import Frame, Keypoints
-        from muse.graph.testing import build_node, make_context
 
         if self._node is None:
-            self._node = build_node(self._cls, {}, name=f"teacher.{self.name}")
-            self._node.open(make_context(self._node.name, self._device))
+            self._node = open_node(self._cls, {}, f"teacher.{self.name}", self._device)
         out: list[np.ndarray | None] = []
         for i, f in enumerate(frames):
             res = self._node.process(frame=Frame(torch.from_numpy(np.ascontiguousarray(f)).to(self._device), index=i)) or {}
