@@ -397,3 +397,14 @@ def test_save_as_over_another_file_asks_first(app, tmp_path: Path) -> None:
     view.save(theirs)
     view._answer(True)  # "Replace"
     assert "capture.demo" in theirs.read_text()
+
+
+def test_a_node_that_cannot_open_is_named_and_the_editor_stays_up(app, tmp_path: Path) -> None:
+    view = app.view
+    src = view.add_node("capture.file", params={"path": str(tmp_path / "missing.mp4")})
+    out = view.add_node("output.null")
+    assert view.connect(src, "frame", out, "frame")
+    assert view.run()  # valid graph: starts opening nodes in the background
+    assert _step_until(app, lambda: "could not start" in view.status_message, 30), view.status_message
+    assert "file" in view.status_message and "missing.mp4" in view.status_message
+    assert not view.live.running and not view.live.starting

@@ -4,6 +4,7 @@ params, topology apply, one previewed output and per-node timings."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 from muse.editor.preview import PreviewTap
@@ -26,6 +27,8 @@ class LiveSession:
         self.preview_target: tuple[str, str] | None = None
         self.preview: PreviewTap | None = None
         self._untap: Callable[[], None] | None = None
+        self._starter: tuple[threading.Thread, Any, ValidatedGraph] | None = None
+        self._start_error: BaseException | None = None
 
     @property
     def running(self) -> bool:
@@ -36,15 +39,55 @@ class LiveSession:
         """Started, then stopped by itself (end of stream or an error)."""
         return self.runner is not None and self.runner.wait(0)
 
-    def start(self, graph: ValidatedGraph) -> None:
+    @property
+    def starting(self) -> bool:
+        return self._starter is not None
+
+    def start(self, graph: ValidatedGraph, background: bool = False) -> None:
+        """Open every node and start. In the background, the window stays responsive while
+        models load; `poll_start()` then says when it is running or why it could not start."""
         self.stop()
         runner = self.runner_factory(graph)
-        runner.start()  # opens every node: raises GraphRunError with the node's name when one cannot start
+        if not background:
+            runner.start()  # raises GraphRunError naming the node that cannot start
+            self._adopt(runner, graph)
+            return
+        self._start_error = None
+
+        def go() -> None:
+            try:
+                runner.start()
+            except BaseException as exc:  # reported on the UI thread by poll_start
+                self._start_error = exc
+
+        self._starter = (threading.Thread(target=go, name="muse-editor-start", daemon=True), runner, graph)
+        self._starter[0].start()
+
+    def poll_start(self) -> tuple[str, str] | None:
+        """('started', '') once a background start finished, ('failed', message) if it raised, else None."""
+        if self._starter is None or self._starter[0].is_alive():
+            return None
+        _, runner, graph = self._starter
+        self._starter = None
+        if self._start_error is not None:
+            exc, self._start_error = self._start_error, None
+            return ("failed", str(exc) or type(exc).__name__)
+        self._adopt(runner, graph)
+        return ("started", "")
+
+    def _adopt(self, runner: Any, graph: ValidatedGraph) -> None:
         self.runner, self.graph = runner, graph
         if self.preview_target:
             self._tap(*self.preview_target)
 
     def stop(self) -> None:
+        if self._starter is not None:  # Stop while models load: let the start finish, then stop it
+            thread, runner, _ = self._starter
+            thread.join()
+            self._starter = None
+            if self._start_error is None:
+                runner.stop()
+            self._start_error = None
         runner, self.runner = self.runner, None
         if self._untap:
             self._untap()

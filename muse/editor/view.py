@@ -490,7 +490,7 @@ class EditorView:
         self.set_status("new graph: add nodes from the palette")
 
     def run_or_stop(self) -> None:
-        if self.live.running:
+        if self.live.running or self.live.starting:
             self.stop()
         else:
             self.run()
@@ -501,19 +501,18 @@ class EditorView:
         if not check.ok:
             self.set_status(f"cannot run: {len(check.errors)} problem(s), see the list below", error=True)
             return False
-        try:
-            self.live.start(check.graph)  # type: ignore[arg-type]
-        except ImportError as exc:
-            self.set_status(f"the runtime is not available in this build: {exc}", error=True)
-            return False
-        except Exception as exc:  # a node that cannot open names itself in the message
-            self.set_status(f"could not start: {exc}", error=True)
-            return False
-        if self.live.preview_target is None:
+        if self.live.preview_target is None or self.live.preview_target[0] not in self.model.nodes:
             first = self._first_previewable()
             if first:
                 self.set_preview(*first)
-        self.set_status("running")
+        try:
+            # Nodes open (models load) on a worker thread; tick() reports when it runs or why it could not start.
+            self.live.start(check.graph, background=True)  # type: ignore[arg-type]
+        except ImportError as exc:
+            self.set_status(f"the runtime is not available in this build: {exc}", error=True)
+            return False
+        self.set_status("starting: opening nodes and loading models...")
+        dpg.set_value(self.run_state, "starting")
         return True
 
     def stop(self) -> None:
@@ -767,6 +766,14 @@ class EditorView:
     def tick(self) -> None:
         """Work done once per rendered frame: selection -> inspector, validation, preview, timings."""
         now = time.monotonic()
+        started = self.live.poll_start()
+        if started is not None:
+            kind, message = started
+            if kind == "started":
+                self.set_status("running")
+            else:  # a node that cannot open names itself in the message
+                self.set_status(f"could not start: {message}", error=True)
+            self._stats_due = 0.0
         if self._relayout_due and self.drawn_sizes():
             self._relayout_due = False
             self.relayout_opened()
@@ -796,9 +803,9 @@ class EditorView:
             errs = [f"{n}: {s['last_error']}" for n, s in stats.items() if s.get("last_error")]
             self.live.stop()
             self.set_status("the graph stopped" + (f": {errs[0]}" if errs else " (end of stream)"), error=bool(errs))
-        dpg.configure_item(self.run_button, label="Stop (F5)" if running else "Run (F5)")
+        dpg.configure_item(self.run_button, label="Stop (F5)" if running or self.live.starting else "Run (F5)")
         if not running:
-            dpg.set_value(self.run_state, "stopped")
+            dpg.set_value(self.run_state, "starting" if self.live.starting else "stopped")
             return
         g = self.live.graph_stats()
         dpg.set_value(self.run_state, f"running  {g.get('fps', 0)} fps  drops {g.get('drops', 0)}")
