@@ -243,12 +243,12 @@ def dpg_value(item: int):
 def test_screenshot_of_a_real_graph(app, artifacts_dir: Path) -> None:
     view = app.view
     m = app.model
-    demo = view.add_node("capture.demo", name="camera")
-    seg = view.add_node("segment.clean_plate", name="segment")
-    refine = view.add_node("segment.refine", name="refine")
-    bg = view.add_node("background.adaptive", name="background")
-    comp = view.add_node("composite.over", name="composite")
-    preview = view.add_node("output.preview", name="preview")
+    kinds = {"camera": "capture.demo", "segment": "segment.clean_plate", "refine": "segment.refine",
+             "background": "background.adaptive", "composite": "composite.over", "preview": "output.preview"}
+    for name, type_id in kinds.items():
+        if type_id not in m.catalog:
+            pytest.skip(f"{type_id} is not registered in this build")
+        assert view.add_node(type_id, name=name) == name
     for a, ap, b, bp in [("camera", "frame", "segment", "frame"), ("camera", "clean_plate", "segment", "plate"),
                          ("camera", "frame", "refine", "frame"), ("segment", "mask", "refine", "mask"),
                          ("camera", "frame", "background", "frame"), ("refine", "refined", "background", "mask"),
