@@ -137,3 +137,33 @@ def test_regions_are_valid_mesh_indices():
     assert all(i < REG.MESH_POINTS for n, i_s in regions.items() if "iris" not in n for i in i_s)
     assert len(regions["left_cheek"]) == len(regions["right_cheek"])
     assert set(REG.JAW) <= set(REG.FACE_OVAL)
+
+
+def test_torch_and_onnxruntime_backends_agree(astronaut):
+    frame = _frame(astronaut)
+    a = run_node(FaceLandmarksNode, {"backend": "torch"}, frame=frame)["face"]
+    b = run_node(FaceLandmarksNode, {"backend": "onnxruntime"}, frame=frame)["face"]
+    assert (a.points[:, :2] - b.points[:, :2]).abs().max() < 1.0
+
+
+@pytest.mark.cuda
+def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut):
+    cpu = run_node(FaceLandmarksNode, {}, frame=_frame(astronaut))["face"]
+    ctx = make_context("face", "cuda")
+    node = build_node(FaceLandmarksNode)
+    node.open(ctx)
+    frame = _frame(astronaut).to("cuda")
+    with torch.cuda.stream(ctx.stream):
+        node.process(frame=frame)
+        node.process(frame=frame)
+        ctx.stream.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            face = node.process(frame=frame)["face"]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        ctx.stream.synchronize()
+    node.close()
+    assert face.points.is_cuda and face.confidence.is_cuda
+    assert float(face.confidence) > 0.5
+    assert (face.points[:, :2].cpu() - cpu.points[:, :2]).abs().max() < 2.0

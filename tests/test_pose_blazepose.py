@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from muse.graph.payloads import Frame
-from muse.graph.testing import build_node, make_context, run_node_frames
+from muse.graph.testing import build_node, make_context, run_node, run_node_frames
 from muse.nodes.pose.blazepose import BlazePose
 from muse.nodes.pose.formats import index_of
 
@@ -110,3 +110,39 @@ def test_no_person_loses_track_and_redetects(astronaut):
     node.process(frame=_frame(astronaut, 2))
     assert node.tracker.detector_runs == runs + 1, "a lost track must re-run the detector"
     node.close()
+
+
+def test_torch_and_onnxruntime_backends_agree(astronaut):
+    """The converted torch models (the GPU path) and their ONNX export under ONNX
+    Runtime (the CPU default) give the same keypoints within 1 px."""
+    frame = _frame(astronaut)
+    outs = {b: run_node(BlazePose, {"backend": b}, frame=frame) for b in ("torch", "onnxruntime")}
+    a, b = outs["torch"]["keypoints"], outs["onnxruntime"]["keypoints"]
+    assert (a.points - b.points).abs().max() < 1.0
+    assert (a.confidence - b.confidence).abs().max() < 0.01
+    assert (outs["torch"]["mask"].alpha - outs["onnxruntime"]["mask"].alpha).abs().mean() < 0.01
+
+
+@pytest.mark.cuda
+def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut):
+    """On the GPU (fp16 models, own stream) the keypoints match the CPU's within
+    2 px, and steady-state frames make no synchronizing CUDA call."""
+    cpu = run_node(BlazePose, {}, frame=_frame(astronaut))["keypoints"]
+    ctx = make_context("pose", "cuda")
+    node = build_node(BlazePose)
+    node.open(ctx)
+    frame = _frame(astronaut).to("cuda")
+    with torch.cuda.stream(ctx.stream):
+        node.process(frame=frame)
+        node.process(frame=frame)  # tracking from here on
+        ctx.stream.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = node.process(frame=frame)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        ctx.stream.synchronize()
+    node.close()
+    kp = out["keypoints"]
+    assert kp.points.is_cuda and out["mask"].alpha.is_cuda
+    assert (kp.points.cpu() - cpu.points).abs().max() < 2.0

@@ -26,16 +26,16 @@ IRIS_SCALE = 2.3  # and around the eye corners for the iris model
 class FaceTracker:
     """The model work of `face.landmarks`, usable without a graph (bench)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, iris: bool = True, predict_motion: bool = True) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, iris: bool = True, predict_motion: bool = True, backend: str = "auto") -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
         self.min_tracking = min_tracking
         self.iris = iris
         self.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": min_detection})
-        self.detector = load_bundled(name, "face_detection_short_range", device, dtype)
-        self.mesh = load_bundled(name, "face_landmark", device, dtype)
-        self.iris_model = load_bundled(name, "iris_landmark", device, dtype) if iris else None
+        self.detector = load_bundled(name, "face_detection_short_range", device, dtype, backend)
+        self.mesh = load_bundled(name, "face_landmark", device, dtype, backend)
+        self.iris_model = load_bundled(name, "iris_landmark", device, dtype, backend) if iris else None
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None

@@ -26,14 +26,14 @@ ROI_SCALE = 1.25
 class BlazePoseTracker:
     """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto") -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
         self.min_tracking = min_tracking
         self.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": min_detection})
-        self.detector = load_bundled(name, "pose_detection", device, dtype)
-        self.landmarks = load_bundled(name, "pose_landmark_full", device, dtype)
+        self.detector = load_bundled(name, "pose_detection", device, dtype, backend)
+        self.landmarks = load_bundled(name, "pose_landmark_full", device, dtype, backend)
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None
