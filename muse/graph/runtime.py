@@ -450,7 +450,8 @@ class GraphRunner:
         t_capture = min((it.t_capture for it in source_items.values()), default=time.perf_counter())
         for name, item in source_items.items():
             memo[name] = (item.values, item.events)
-            self._fire_taps(name, item.values)
+            with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
+                self._fire_taps(name, item.values)
         sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink()]
         for sink in sinks:
             values, events = self._gather_inputs(sink, memo)
@@ -534,6 +535,8 @@ class GraphRunner:
                     if nvtx:
                         torch.cuda.nvtx.range_pop()
                 out_events = self._record(slot, start_ev)
+                # Taps run on the producer's stream, so a GPU preview copy is ordered after the work.
+                self._fire_taps(slot.name, outs)
         except NodeError as exc:
             self._node_failed(slot, exc, expected=True)
             raise _FrameFailed(slot.name, exc) from exc
@@ -543,7 +546,6 @@ class GraphRunner:
         t1 = time.perf_counter()
         slot.consecutive_errors = 0
         self._note_time(slot, t0, t1)
-        self._fire_taps(slot.name, outs)
         return outs, out_events
 
     # -- CUDA plumbing -----------------------------------------------------
@@ -844,12 +846,13 @@ class _CapturedChain:
             outs_all = {name: {p: _clone_payload(v, like=ref) for p, v in outs.items()} for name, outs in self.static_out.items()}
             ev = torch.cuda.Event()
             ev.record(self.stream)
+            for name in self.chain:
+                self.runner._fire_taps(name, outs_all[name])
         t1 = time.perf_counter()
         for name in self.chain:
             slot = self.runner.slots[name]
             memo[name] = (outs_all[name], [ev])
             self.runner._note_time(slot, t0, t1)
-            self.runner._fire_taps(name, outs_all[name])
 
 
 def _clone_payload(p: Any, like: Any = None) -> Any:
