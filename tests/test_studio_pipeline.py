@@ -254,7 +254,7 @@ def test_pipeline_safe_mode_and_resume(labelled, tmp_path):
 
 @pytest.mark.slow
 def test_labeling_graph_writes_the_dataset(tmp_path):
-    """docs/studio_label.yaml (the graph the lead ships as graphs/studio_label.yaml) run by the real runtime."""
+    """graphs/studio_label.yaml run by the real runtime."""
     from muse.graph.runtime import GraphRunner
     from muse.graph.validate import validate_text
     from muse.studio.filter import filter_bad_data
@@ -265,7 +265,7 @@ def test_labeling_graph_writes_the_dataset(tmp_path):
     scene = SyntheticScene(*SIZE)
     write_image(p.plate_path, scene.clean_plate())
     truth = write_recording(p.recordings_dir / "take1.mp4", scene, 5)
-    text = (Path(__file__).parents[1] / "docs" / "studio_label.yaml").read_text().replace("~/.muse/profiles", str(root))
+    text = (Path(__file__).parents[1] / "graphs" / "studio_label.yaml").read_text().replace("~/.muse/profiles", str(root))
     text = text.replace("device: auto", "device: cpu")
     GraphRunner(validate_text(text, "studio_label.yaml")).run()
     records = load_records(p.dataset_dir)
