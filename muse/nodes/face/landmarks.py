@@ -38,7 +38,7 @@ class FaceLandmarksNode(Node):
         min_tracking: float = Field(0.5, ge=0.0, le=1.0, description="Face presence below which the face counts as lost")
         redetect_every: int = Field(0, ge=0, le=10_000, description="Re-seed every N frames even while tracking; 0 = only when lost")
         predict_motion: bool = Field(True, description="Move the tracking crop by the last frame's motion (keeps up with fast head moves)")
-        backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (much faster there)")
+        backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)

@@ -35,7 +35,7 @@ class BlazePose(Node):
         redetect_every: int = Field(0, ge=0, le=10_000, description="Run the detector every N frames even while tracking; 0 = only when lost")
         mask_size: int = Field(512, ge=64, le=4096, description="Long side in pixels of the person mask output (0-1 alpha over the whole frame)")
         predict_motion: bool = Field(True, description="Move the tracking crop by the last frame's motion (keeps up with fast moves)")
-        backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (much faster there)")
+        backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
