@@ -238,6 +238,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except GraphValidationError as exc:
         _print_invalid(exc)
         return EXIT_INVALID_GRAPH
+    if args.cuda_graphs:
+        graph.settings = graph.settings.model_copy(update={"cuda_graphs": True})
     runner = GraphRunner(graph, device=args.device, frames=args.frames)
     stats = runner.run().as_dict()
     import platform
@@ -299,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--set", action="append", metavar="NODE.PARAM=VALUE")
     p.add_argument("--json", metavar="FILE", help="also write the stats JSON")
+    p.add_argument("--cuda-graphs", action="store_true", help="capture cuda_graph_safe chains (settings.cuda_graphs)")
     plugins(p)
     p.set_defaults(func=cmd_bench)
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|all]
+# Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
+set -uo pipefail
+out=${1:-bench/results/gpu}; what=${2:-all}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" >> "$out/gpu.txt"
+if [[ $what == all || $what == tests ]]; then
+  timeout 420 python3 -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+fi
+if [[ $what == all || $what == bench ]]; then
+  run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 240 "$@" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+  run bundled python3 bench/bench_bundled.py --frames 200 --cpu-frames 30
+  run segment python3 bench/bench_segment.py --frames 200 --onnxruntime
+  run visual python3 bench/bench_visual.py --size 3840x2160 --iters 200
+  run capture python3 bench/bench_capture.py --json "$out/capture_4k.json"
+  [[ -f bench/bench_pose_face.py ]] && run pose_face python3 bench/bench_pose_face.py
+  run editor_preview python3 bench/editor_preview.py
+  run graph_eager python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --json "$out/stream_4k_eager.json"
+  run graph_cudagraphs python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --cuda-graphs --json "$out/stream_4k_cudagraphs.json"
+fi
+if [[ $what == studio ]]; then
+  timeout 560 python3 bench/bench_studio.py > "$out/studio.log" 2>&1; echo "exit $?" >> "$out/studio.log"
+fi
+exit 0
