@@ -32,15 +32,17 @@ class BlazePose(Node):
     class Params(NodeParams):
         min_detection: float = Field(0.5, ge=0.0, le=1.0, description="Detector score needed to start tracking a person")
         min_tracking: float = Field(0.5, ge=0.0, le=1.0, description="Landmark presence below which the person counts as lost (detector runs next frame)")
-        redetect_every: int = Field(0, ge=0, le=10_000, description="Run the detector every N frames even while tracking; 0 = only when lost")
+        redetect_every: int = Field(0, ge=0, le=10_000, description="Restart from the detector every N frames even while tracking; 0 = only when lost")
+        confirm_every: int = Field(30, ge=0, le=10_000, description="While tracking, check with the detector every N frames that a person is still there (the crop is kept); 0 = never")
         mask_size: int = Field(512, ge=64, le=4096, description="Long side in pixels of the person mask output (0-1 alpha over the whole frame)")
         predict_motion: bool = Field(True, description="Move the tracking crop by the last frame's motion (keeps up with fast moves)")
+        refine: bool = Field(True, description="Refine keypoints with the model's heatmaps (MediaPipe does; slightly more precise)")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend)
+        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine)
         self._frames = 0
 
     def update_params(self, params: NodeParams) -> bool:
@@ -50,6 +52,7 @@ class BlazePose(Node):
         if getattr(self, "tracker", None) is not None:
             self.tracker.min_tracking = params.min_tracking  # type: ignore[attr-defined]
             self.tracker.predict_motion = params.predict_motion  # type: ignore[attr-defined]
+            self.tracker.refine = params.refine  # type: ignore[attr-defined]
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
         return True
 
@@ -57,8 +60,9 @@ class BlazePose(Node):
         assert self.ctx is not None
         p = self.params
         force = bool(p.redetect_every) and self._frames % p.redetect_every == 0
+        confirm = bool(p.confirm_every) and self._frames % p.confirm_every == 0
         self._frames += 1
-        r = self.tracker(frame.chw(torch.float32), force_detect=force)
+        r = self.tracker(frame.chw(torch.float32), force_detect=force, confirm=confirm)
         keypoints = Keypoints(
             points=r["points"][:, :2].contiguous(),
             confidence=r["visibility"],

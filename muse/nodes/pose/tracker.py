@@ -23,10 +23,45 @@ NUM_POINTS = 33  # BlazePose-33; the model's 34th/35th points are the tracking R
 ROI_SCALE = 1.25
 
 
+HEATMAP_KERNEL = 7
+HEATMAP_MIN_CONFIDENCE = 0.5
+
+
+def refine_from_heatmaps(points: torch.Tensor, heatmaps: torch.Tensor, model_size: int) -> torch.Tensor:
+    """MediaPipe's RefineLandmarksFromHeatmap on the device: each point moves to
+    the confidence-weighted centre of a 7x7 window of its heatmap (sigmoid of the
+    logits) around it, when the window's peak is >= 0.5.
+
+    points (K, 2) in model pixels; heatmaps (1, h, w, K) logits as the model gives
+    them. Cells count from 0 with no half-cell shift, as MediaPipe does (checked:
+    that convention leaves refined minus regressed near zero on real photos).
+    """
+    k = points.shape[0]
+    hm = torch.sigmoid(heatmaps[0].float().permute(2, 0, 1)[:k])  # (K, h, w)
+    h, w = hm.shape[-2:]
+    r = HEATMAP_KERNEL // 2
+    padded = torch.nn.functional.pad(hm, (r, r, r, r))  # zero weight outside the map
+    cx = torch.floor(points[:, 0] / model_size * w).long()
+    cy = torch.floor(points[:, 1] / model_size * h).long()
+    inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+    offsets = torch.arange(-r, r + 1, device=points.device)
+    cols = (cx.clamp(0, w - 1)[:, None] + offsets)  # (K, 7)
+    rows = (cy.clamp(0, h - 1)[:, None] + offsets)
+    idx = torch.arange(k, device=points.device)[:, None, None]
+    window = padded[idx, rows[:, :, None] + r, cols[:, None, :] + r]  # (K, 7, 7)
+    total = window.sum((1, 2))
+    peak = window.amax((1, 2))
+    col = (window * cols[:, None, :].float()).sum((1, 2)) / total.clamp(min=1e-9)
+    row = (window * rows[:, :, None].float()).sum((1, 2)) / total.clamp(min=1e-9)
+    refined = torch.stack([col / w * model_size, row / h * model_size], dim=-1)
+    use = (inside & (peak >= HEATMAP_MIN_CONFIDENCE) & (total > 0))[:, None]
+    return torch.where(use, refined, points)
+
+
 class BlazePoseTracker:
     """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto") -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -39,6 +74,7 @@ class BlazePoseTracker:
         self.roi: torch.Tensor | None = None
         self.last_roi_seen: torch.Tensor | None = None  # where the person was (before motion prediction)
         self.predict_motion = predict_motion
+        self.refine = refine
         self.last_points: torch.Tensor | None = None
         self.detector_runs = 0
 
@@ -63,10 +99,11 @@ class BlazePoseTracker:
         return roi, score
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor, *, force_detect: bool = False) -> dict[str, torch.Tensor]:
+    def __call__(self, image: torch.Tensor, *, force_detect: bool = False, confirm: bool = False) -> dict[str, torch.Tensor]:
         """One frame, (3, H, W) float32 in [0, 1] on the device (float32 so ROI
         coordinates keep sub-pixel precision at 4K; the crops go to the model's dtype).
 
+        `confirm` runs the detector as a check while tracking (the crop is kept).
         Returns points (33, 3) in frame pixels (z relative), visibility (33,),
         present (0-d bool), mask_crop (1, 1, 256, 256) and the ROI it lives in.
         """
@@ -74,12 +111,19 @@ class BlazePoseTracker:
         previous_seen = self.last_roi_seen
         if tracking:
             roi, gate = self.roi, torch.ones((), device=image.device)
+            if confirm:
+                # The landmark model's presence flag also fires on walls and furniture, so a person
+                # who left can stay "tracked": the detector confirms now and then (the crop stays).
+                _, score = self.detect(image)
+                gate = (score >= self.spec.min_score).float()
         else:
             roi, score = self.detect(image)
             gate = (score >= self.spec.min_score).float()
         crop = R.crop(image, roi, LANDMARK_SIZE, border="border")  # MediaPipe replicates the edge here (unspecified = replicate)
         out = self.landmarks(crop.to(self.dtype))
         raw = out[0].reshape(1, -1, 5).float()
+        if self.refine and len(out) > 3:
+            raw = torch.cat([refine_from_heatmaps(raw[0, :, :2], out[3], LANDMARK_SIZE)[None], raw[..., 2:]], dim=-1)
         presence = out[1].reshape(()).float() * gate  # the flag is already a probability
         points = R.to_frame(raw[..., :3], roi.float(), float(LANDMARK_SIZE))[0]
         present = presence >= self.min_tracking
