@@ -167,3 +167,21 @@ def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut):
     assert face.points.is_cuda and face.confidence.is_cuda
     assert float(face.confidence) > 0.5
     assert (face.points[:, :2].cpu() - cpu.points[:, :2]).abs().max() < 2.0
+
+
+def test_face_leaving_drops_the_track_and_redetects(astronaut):
+    """Unlike the pose model's, the face mesh's presence flag rejects textures at a
+    stale crop (brick wall: ~0.0), so the track drops at once and the next frame
+    re-seeds from the detector."""
+    from skimage import data
+
+    wall = np.ascontiguousarray(np.stack([data.brick()] * 3, -1))
+    node = build_node(FaceLandmarksNode, {"iris": False})
+    node.open(make_context("face"))
+    node.process(frame=_frame(astronaut, 0))
+    gone = node.process(frame=_frame(wall, 1))["face"]
+    assert float(gone.confidence) < 0.5
+    runs = node.tracker.detector_runs
+    back = node.process(frame=_frame(astronaut, 2))["face"]
+    assert node.tracker.detector_runs == runs + 1 and float(back.confidence) > 0.5
+    node.close()
