@@ -168,3 +168,19 @@ def test_heatmap_refinement_moves_points_to_the_peak():
     assert torch.allclose(out[2], pts[2]), "a peak under 0.5 leaves the point alone"
     far = refine_from_heatmaps(torch.tensor([[300.0, 10.0]]), hm[..., :1], 256)
     assert torch.equal(far, torch.tensor([[300.0, 10.0]])), "points off the map stay"
+
+
+def test_full_hd_frame_matches_the_photo(astronaut):
+    """The astronaut upscaled into a 1920x1080 frame (crops shrink ~4x, so the
+    antialiased multi-tap crops are used): keypoints land where the 512 px photo's
+    keypoints land, scaled, within 2 % of the frame height."""
+    small = run_node(BlazePose, {}, frame=_frame(astronaut))["keypoints"]
+    big = cv2.resize(astronaut, (1080, 1080), interpolation=cv2.INTER_CUBIC)
+    canvas = np.full((1080, 1920, 3), 90, np.uint8)
+    canvas[:, 420:1500] = big
+    kp = run_node(BlazePose, {}, frame=_frame(canvas))["keypoints"]
+    assert_plausible(kp.points, kp.confidence)
+    upper = [J[n] for n in ("nose", "left_eye", "right_eye", "left_shoulder", "right_shoulder", "mouth_left", "mouth_right")]
+    expected = small.points[upper] * (1080 / 512) + torch.tensor([420.0, 0.0])
+    err = torch.linalg.vector_norm(kp.points[upper] - expected, dim=-1)
+    assert float(err.median()) < 0.02 * 1080, f"median {float(err.median()):.1f} px"

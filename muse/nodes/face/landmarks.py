@@ -38,12 +38,13 @@ class FaceLandmarksNode(Node):
         min_tracking: float = Field(0.5, ge=0.0, le=1.0, description="Face presence below which the face counts as lost")
         redetect_every: int = Field(0, ge=0, le=10_000, description="Re-seed every N frames even while tracking; 0 = only when lost")
         predict_motion: bool = Field(True, description="Move the tracking crop by the last frame's motion (keeps up with fast head moves)")
+        antialias: bool = Field(True, description="Box-filter big crops (a 4K body to 256 px) instead of plain bilinear sampling")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self.tracker = FaceTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, iris=p.iris, predict_motion=p.predict_motion, backend=p.backend)
+        self.tracker = FaceTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, iris=p.iris, predict_motion=p.predict_motion, backend=p.backend, antialias=p.antialias)
         self.regions = REG.face_regions(p.iris)
         self._frames = 0
 
@@ -54,6 +55,7 @@ class FaceLandmarksNode(Node):
         if getattr(self, "tracker", None) is not None:
             self.tracker.min_tracking = params.min_tracking  # type: ignore[attr-defined]
             self.tracker.predict_motion = params.predict_motion  # type: ignore[attr-defined]
+            self.tracker.antialias = params.antialias  # type: ignore[attr-defined]
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
         return True
 

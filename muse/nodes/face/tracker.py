@@ -26,7 +26,7 @@ IRIS_SCALE = 2.3  # and around the eye corners for the iris model
 class FaceTracker:
     """The model work of `face.landmarks`, usable without a graph (bench)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, iris: bool = True, predict_motion: bool = True, backend: str = "auto") -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, iris: bool = True, predict_motion: bool = True, backend: str = "auto", antialias: bool = True) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -41,6 +41,7 @@ class FaceTracker:
         self.roi: torch.Tensor | None = None
         self.last_roi_seen: torch.Tensor | None = None  # where the face was (before motion prediction)
         self.predict_motion = predict_motion
+        self.antialias = antialias
         self.last_points: torch.Tensor | None = None
         self.flip = torch.tensor([False, True], device=device)  # the iris model knows one eye; mirror the other
         # index tensors live on the device: indexing with a Python list would copy it over every frame
@@ -56,7 +57,8 @@ class FaceTracker:
         """Face detector on the letterboxed frame -> (ROI (1, 5), score 0-d, box (4,) in frame pixels)."""
         h, w = image.shape[-2:]
         full = R.whole_frame_roi(w, h, image.device)
-        x = R.crop(image, full, DETECTOR_SIZE) * 2 - 1  # the detector wants [-1, 1]
+        taps = R.antialias_taps(max(w, h), DETECTOR_SIZE) if self.antialias else 1
+        x = R.crop(image, full, DETECTOR_SIZE, taps=taps) * 2 - 1  # the detector wants [-1, 1]
         raw_boxes, raw_scores = self.detector(x.to(self.dtype))[:2]
         boxes, kps, scores = ssd.decode(raw_boxes[0], raw_scores[0], self.anchors, self.spec)
         box, kp, score = ssd.best_detection(boxes, kps, scores, self.spec)
@@ -86,7 +88,8 @@ class FaceTracker:
         return roi, conf
 
     def _mesh(self, image: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        crop = R.crop(image, roi, MESH_SIZE, border="border")  # [0, 1], replicated border
+        taps = R.antialias_taps(min(image.shape[-2:]) / 3, MESH_SIZE)  # a streamer's face crop ~ 1/3 of the height if self.antialias else 1
+        crop = R.crop(image, roi, MESH_SIZE, border="border", taps=taps)  # [0, 1], replicated border
         raw, flag = self.mesh(crop.to(self.dtype))[:2]
         points = R.to_frame(raw.reshape(1, -1, 3), roi, float(MESH_SIZE))[0]
         return points, torch.sigmoid(flag.reshape(()).float())
@@ -96,7 +99,8 @@ class FaceTracker:
         assert self.iris_model is not None
         eyes = mesh[self.eye_corners, :2]  # (2 eyes, 2 corners, 2)
         rois = R.box_roi(eyes, 0, 1, 0.0, IRIS_SCALE)
-        crops = R.crop(image, rois, IRIS_SIZE, border="border", flip=self.flip)
+        taps = R.antialias_taps(min(image.shape[-2:]) / 10, IRIS_SIZE) if self.antialias else 1  # an eye crop ~ 1/10
+        crops = R.crop(image, rois, IRIS_SIZE, border="border", flip=self.flip, taps=taps)
         out = self.iris_model(crops.to(self.dtype))
         iris = R.to_frame(out[1].reshape(2, 5, 3), rois, float(IRIS_SIZE), flip=self.flip)
         depth = mesh[self.eye_corners, 2].mean(-1)

@@ -46,12 +46,15 @@ def crop(
     *,
     border: str = "zeros",
     flip: torch.Tensor | None = None,
+    taps: int = 1,
 ) -> torch.Tensor:
     """Crop rotated ROIs out of `image` (3, H, W) float into (N, 3, h, w).
 
     `border` is "zeros" (letterbox, like MediaPipe's BORDER_ZERO) or "border"
     (replicate). `flip` (N,) bool mirrors crops horizontally (iris model,
-    trained on left eyes only).
+    trained on left eyes only). `taps` > 1 averages taps x taps bilinear samples
+    spread over each output pixel's footprint: a box filter against aliasing when
+    a big ROI (a 4K body) shrinks to a small model input.
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
     h, w = image.shape[-2:]
@@ -67,9 +70,27 @@ def crop(
         dim=1,
     )
     n = roi.shape[0]
-    grid = _affine_grid(theta, out_h, out_w).to(image.dtype)
+    grid = _affine_grid(theta, out_h, out_w)
     src = image.unsqueeze(0).expand(n, -1, -1, -1)
-    return F.grid_sample(src, grid, mode="bilinear", padding_mode=border, align_corners=False)
+    if taps <= 1:
+        return F.grid_sample(src, grid.to(image.dtype), mode="bilinear", padding_mode=border, align_corners=False)
+    out = None
+    for i in range(taps):
+        for j in range(taps):
+            ox = ((i + 0.5) / taps - 0.5) * 2 / out_w  # sub-pixel offset in output-normalised units
+            oy = ((j + 0.5) / taps - 0.5) * 2 / out_h
+            shift = theta[:, :, 0] * ox + theta[:, :, 1] * oy  # (N, 2) in input-normalised units
+            g = (grid + shift[:, None, None, :]).to(image.dtype)
+            sample = F.grid_sample(src, g, mode="bilinear", padding_mode=border, align_corners=False)
+            out = sample if out is None else out + sample
+    return out / (taps * taps)
+
+
+def antialias_taps(roi_side: float, model_size: int, max_taps: int = 4) -> int:
+    """Taps per axis for `crop` from an expected ROI side in pixels (estimated from
+    the frame size by the caller: no host read of the real ROI). Bilinear is fine
+    up to a 2x shrink; beyond, one tap per 2x, capped."""
+    return max(1, min(max_taps, math.ceil(roi_side / model_size / 2)))
 
 
 def to_frame(points: torch.Tensor, roi: torch.Tensor, model_size: float | tuple[float, float], flip: torch.Tensor | None = None) -> torch.Tensor:

@@ -37,12 +37,13 @@ class BlazePose(Node):
         mask_size: int = Field(512, ge=64, le=4096, description="Long side in pixels of the person mask output (0-1 alpha over the whole frame)")
         predict_motion: bool = Field(True, description="Move the tracking crop by the last frame's motion (keeps up with fast moves)")
         refine: bool = Field(True, description="Refine keypoints with the model's heatmaps (MediaPipe does; slightly more precise)")
+        antialias: bool = Field(True, description="Box-filter big crops (a 4K body to 256 px) instead of plain bilinear sampling")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine)
+        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias)
         self._frames = 0
 
     def update_params(self, params: NodeParams) -> bool:
@@ -52,6 +53,7 @@ class BlazePose(Node):
         if getattr(self, "tracker", None) is not None:
             self.tracker.min_tracking = params.min_tracking  # type: ignore[attr-defined]
             self.tracker.predict_motion = params.predict_motion  # type: ignore[attr-defined]
+            self.tracker.antialias = params.antialias  # type: ignore[attr-defined]
             self.tracker.refine = params.refine  # type: ignore[attr-defined]
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
         return True

@@ -61,7 +61,7 @@ def refine_from_heatmaps(points: torch.Tensor, heatmaps: torch.Tensor, model_siz
 class BlazePoseTracker:
     """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -75,6 +75,7 @@ class BlazePoseTracker:
         self.last_roi_seen: torch.Tensor | None = None  # where the person was (before motion prediction)
         self.predict_motion = predict_motion
         self.refine = refine
+        self.antialias = antialias
         self.last_points: torch.Tensor | None = None
         self.detector_runs = 0
 
@@ -88,7 +89,8 @@ class BlazePoseTracker:
         """Detector on the letterboxed frame -> (ROI (1, 5), score 0-d)."""
         h, w = image.shape[-2:]
         full = R.whole_frame_roi(w, h, image.device)
-        x = R.crop(image, full, DETECTOR_SIZE) * 2 - 1  # the detector wants [-1, 1]
+        taps = R.antialias_taps(max(w, h), DETECTOR_SIZE) if self.antialias else 1
+        x = R.crop(image, full, DETECTOR_SIZE, taps=taps) * 2 - 1  # the detector wants [-1, 1]
         raw_boxes, raw_scores = self.detector(x.to(self.dtype))[:2]
         boxes, kps, scores = ssd.decode(raw_boxes[0], raw_scores[0], self.anchors, self.spec)
         _, kp, score = ssd.best_detection(boxes, kps, scores, self.spec)
@@ -119,7 +121,8 @@ class BlazePoseTracker:
         else:
             roi, score = self.detect(image)
             gate = (score >= self.spec.min_score).float()
-        crop = R.crop(image, roi, LANDMARK_SIZE, border="border")  # MediaPipe replicates the edge here (unspecified = replicate)
+        taps = R.antialias_taps(min(image.shape[-2:]), LANDMARK_SIZE)  # a body crop ~ the frame height if self.antialias else 1
+        crop = R.crop(image, roi, LANDMARK_SIZE, border="border", taps=taps)  # MediaPipe replicates the edge here (unspecified = replicate)
         out = self.landmarks(crop.to(self.dtype))
         raw = out[0].reshape(1, -1, 5).float()
         if self.refine and len(out) > 3:
