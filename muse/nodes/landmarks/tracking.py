@@ -34,6 +34,8 @@ class OrtModel:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or max(1, torch.get_num_threads())
         so.log_severity_level = 3
+        # ORT's idle workers spin by default and starve the torch ops between model calls (crops, decoding)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
