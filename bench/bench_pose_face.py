@@ -4,8 +4,8 @@ their own resolution: 224/256 pose, 128/192/64 face), and 720p on the CPU
 
 Run (bundled models imported beforehand into the same MUSE_CACHE):
     MUSE_CACHE=.carry/muse-cache python bench/bench_pose_face.py [--frames 200] [--cpu-frames 20]
-Needs torch (+ CUDA for the GPU part) and numpy; scikit-image for the photo when
-present. The node packages' __init__ (pydantic) are skipped: only the
+Needs torch (+ CUDA for the GPU part), numpy, and a photo of a person: scikit-image's
+astronaut, else messi5.jpg from the carried .carry/test-media. The node packages' __init__ (pydantic) are skipped: only the
 framework-free tracker modules are loaded. Prints one JSON line and markdown rows.
 """
 
@@ -36,21 +36,38 @@ from muse.nodes.face.tracker import FaceTracker  # noqa: E402
 from muse.nodes.pose.tracker import BlazePoseTracker  # noqa: E402
 
 
-def photo_frame(width: int, height: int, device: torch.device) -> torch.Tensor:
-    """The astronaut (a real person) scaled to the frame height, centred on a grey
-    canvas, as uint8 HWC on `device` - the layout cameras deliver."""
+def _person_photo() -> torch.Tensor:
+    """(1, 3, H, W) float 0-255 of a real person: scikit-image's astronaut, else
+    messi5.jpg from the carried opencv-doc media (the GPU image has OpenCV)."""
     try:
         from skimage import data
 
-        img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float()
-    except Exception:  # timing is content-blind, but tracking needs a person: say so
-        print("bench_pose_face: scikit-image missing; using a gradient (detector will not find anyone)", file=sys.stderr)
-        yy, xx = torch.meshgrid(torch.linspace(0, 255, 512), torch.linspace(0, 255, 512), indexing="ij")
-        img = torch.stack((xx, yy, 255 - xx))[None]
-    person = F.interpolate(img, size=(height, height), mode="bilinear", align_corners=False)[0]
+        return torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float()
+    except Exception:
+        pass
+    try:
+        import cv2
+
+        for root in (ROOT / ".carry" / "test-media", Path.home() / ".cache" / "muse" / "test-media"):
+            for path in sorted(root.rglob("messi5.jpg")):
+                bgr = cv2.imread(str(path))
+                if bgr is not None:
+                    return torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1)[None].float()
+    except Exception:
+        pass
+    raise SystemExit("bench_pose_face: needs a photo of a person: install scikit-image or carry .carry/test-media (opencv-doc)")
+
+
+def photo_frame(width: int, height: int, device: torch.device) -> torch.Tensor:
+    """A real person scaled to the frame height, centred on a grey canvas, as
+    uint8 HWC on `device` - the layout cameras deliver."""
+    img = _person_photo()
+    ph, pw = img.shape[-2:]
+    new_w = min(width, round(pw * height / ph))
+    person = F.interpolate(img, size=(height, new_w), mode="bilinear", align_corners=False)[0]
     canvas = torch.full((3, height, width), 90.0)
-    x0 = (width - height) // 2
-    canvas[:, :, x0 : x0 + height] = person
+    x0 = (width - new_w) // 2
+    canvas[:, :, x0 : x0 + new_w] = person
     return canvas.permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).contiguous().to(device)
 
 
