@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass, field, replace as dc_replace
 from typing import Any, Callable
 
@@ -120,6 +121,7 @@ class GraphRunner:
         self._frame_index = 0
         self._cuda_graphs: dict[tuple[str, ...], "_CapturedChain"] = {}
         self._chains: list[tuple[str, ...]] = []
+        self._in_flight: deque[list[Any]] = deque()
 
     def _fit_sources_to_cpu(self) -> None:
         """4K on two CPU cores is a slide show: capture smaller, and say so."""
@@ -299,9 +301,10 @@ class GraphRunner:
         for slot in reversed(slots):
             if not slot.rn.cls.is_source() and not slot.rn.cls.is_sink():
                 self._close_slot(slot)
-        self.slots.clear()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # shutdown only: every stream's last work is done
+            self._poll_gpu_times()  # the last frames' GPU timings are readable now
+        self.slots.clear()
 
     # -- threads ---------------------------------------------------------
     def _start_source(self, slot: _Slot) -> None:
@@ -453,11 +456,27 @@ class GraphRunner:
             with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
                 self._fire_taps(name, item.values)
         sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink()]
+        frame_events: list[Any] = []
         for sink in sinks:
             values, events = self._gather_inputs(sink, memo)
+            frame_events.extend(events)
             if values is None:
                 continue  # an upstream branch had nothing this frame (e.g. no face)
             sink.channel.put(_Item(values, events, t_capture), self._stop)
+        self._limit_in_flight(frame_events)
+
+    def _limit_in_flight(self, frame_events: list[Any]) -> None:
+        """Keep at most `max_frames_in_flight` frames queued on the GPU.
+
+        Launching never blocks, so without this a GPU slower than the camera
+        would queue frames without end and latency would grow for the whole
+        stream. Waiting on one old frame's events blocks only this thread."""
+        if self.device.type != "cuda" or not frame_events:
+            return
+        self._in_flight.append(frame_events)
+        while len(self._in_flight) > self.graph.settings.max_frames_in_flight:
+            for ev in self._in_flight.popleft():
+                ev.synchronize()
 
     def _gather_inputs(self, slot: _Slot, memo: dict) -> tuple[dict[str, Any] | None, list[Any]]:
         """Values for a node's inputs (computing upstream nodes on demand) and the events to wait on."""

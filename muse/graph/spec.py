@@ -81,6 +81,9 @@ class Settings(_Strict):
         (1280, 720),
         description="On the CPU path, sources larger than this capture at this size so the stream stays live; null = never",
     )
+    max_frames_in_flight: int = Field(
+        2, ge=1, le=8, description="CUDA: frames queued on the GPU before the executor waits (bounds latency)"
+    )
     max_consecutive_errors: int = Field(
         120, ge=1, description="Stop the graph after this many failed frames in a row (a frame that fails is skipped)"
     )
