@@ -133,7 +133,7 @@ def test_torch_and_onnxruntime_backends_agree(astronaut):
 def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut):
     """On the GPU (fp16 models, own stream) the keypoints match the CPU's within
     2 px, and steady-state frames make no synchronizing CUDA call."""
-    cpu = run_node(BlazePose, {}, frame=_frame(astronaut))["keypoints"]
+    cpu = run_node(BlazePose, {"backend": "torch"}, frame=_frame(astronaut))  # torch: no ONNX export needed there["keypoints"]
     ctx = make_context("pose", "cuda")
     node = build_node(BlazePose)
     node.open(ctx)
