@@ -152,7 +152,7 @@ class TorchBackend(InferenceBackend):
         self._graphs[tuple(x.shape)] = entry
         return entry
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors can't be updated in place by nodes outside it
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = self._input(x)
         if not self.cuda_graph or self._graph_failed:
@@ -166,7 +166,9 @@ class TorchBackend(InferenceBackend):
                 return self.model(x)
         entry.static_in.copy_(x)
         entry.graph.replay()
-        return entry.static_out.clone()  # the next replay overwrites static_out while consumers may still read it
+        # The next replay overwrites static_out while consumers may still read it.
+        out = entry.static_out
+        return tuple(t.clone() for t in out) if isinstance(out, (tuple, list)) else out.clone()
 
     def describe(self) -> dict[str, Any]:
         return {
