@@ -96,3 +96,25 @@ def test_nan_and_exceptions_hand_over(profile, vitpose_dir, astronaut):
     assert ctx.stats.info["mode"] == "bundled" and kp.skeleton == "blazepose33"
     assert set(ctx.stats.info["failed"]) == {"personalized", "base"}
     node.close()
+
+
+def test_new_student_export_is_swapped_in_and_a_broken_one_ignored(profile, astronaut, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("muse.nodes.pose.hybrid.time.monotonic", lambda: clock[0])
+    node, ctx = _open({"profile": str(profile)})
+    node.process(frame=_frame(astronaut, 0))
+    first = node.live.node
+    path = profile / "models" / "live" / "pose.pt"
+    torch.manual_seed(1)
+    save_student(StudentPose(num_keypoints=17, width=0.5, decoder=16).eval(), path, {"input_size": [96, 96]})
+    clock[0] += 2.0  # the watcher looks at most once a second
+    node.process(frame=_frame(astronaut, 1))
+    assert node.live.node is not first and node.live.node.input_size == (96, 96)
+    assert ctx.stats.info["mode"] == "personalized" and ctx.stats.info["student_swaps"] == 1
+    second = node.live.node
+    path.write_bytes(b"half-written export")
+    clock[0] += 2.0
+    kp = node.process(frame=_frame(astronaut, 2))["keypoints"]
+    assert node.live.node is second, "a broken export must leave the old student live"
+    assert kp.points.shape == (17, 2) and "personalized (new file)" in ctx.stats.info["failed"]
+    node.close()

@@ -3,7 +3,9 @@ candidates: the profile's student (personalized) > ViTPose if a checkpoint is
 configured (base) > bundled BlazePose (bundled), with safe mode: a candidate
 that fails to load, raises, or returns NaN keypoints hands over to the next.
 
-The live mode is published with `ctx.report("mode", ...)`. A NaN check would
+The live mode is published with `ctx.report("mode", ...)`. A newly exported
+student pose head (the file changes) is loaded next to the live one and swapped
+in; if it does not load, the old one stays. A NaN check would
 need a host read, so it rides on the one-frame-late `HostFlag`: the bad frame's
 confidences are zeroed on the device, and the switch happens on the next frame.
 """
@@ -74,6 +76,10 @@ class PoseHybrid(Node):
         self.candidates.append(Candidate("bundled", BlazePose, {}))
         self.live: Candidate | None = None
         self.switches = 0
+        self.swaps = 0
+        self._student_path = resolve_student_pose(p.student_model, p.profile)
+        self._student_key = self._file_key(self._student_path)
+        self._last_check = time.monotonic()
         self._activate(time.monotonic())
 
     def _fail(self, c: Candidate, exc: BaseException | str) -> None:
@@ -113,6 +119,41 @@ class PoseHybrid(Node):
                 self.ctx.report("failed", {x.mode: x.error for x in self.candidates if x.error})
             return c
 
+    @staticmethod
+    def _file_key(path: Any) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except (OSError, AttributeError):
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _watch_student(self, now: float) -> None:
+        """Pick up a newly exported student pose head: load it next to the live one
+        and swap the reference; a file that does not load leaves the old one live.
+        One stat() per second at most, so the frame never waits on the disk."""
+        if self._student_path is None or now - self._last_check < 1.0:
+            return
+        self._last_check = now
+        key = self._file_key(self._student_path)
+        if key is None or key == self._student_key:
+            return
+        self._student_key = key
+        assert self.ctx is not None
+        c = next(x for x in self.candidates if x.mode == "personalized")
+        try:
+            node = c.cls(f"{self.name}.{c.mode}", c.cls.Params(**c.params))
+            node.open(self.ctx)
+        except Exception as exc:  # keep the old model: a half-written or broken export must not stop the stream
+            self.ctx.logger.warning("node %r: new student pose model %s did not load (%s); keeping the old one", self.name, self._student_path, exc)
+            self.ctx.report("failed", {**{x.mode: x.error for x in self.candidates if x.error}, "personalized (new file)": str(exc)})
+            return
+        old, c.node, c.failed_at, c.error, c.bad = c.node, node, None, "", HostFlag(self.ctx.device)
+        self.swaps += 1
+        self.ctx.report("student_swaps", self.swaps)
+        self.ctx.logger.info("node %r: new student pose model %s is live", self.name, self._student_path)
+        if old is not None:
+            old.close()
+
     def close(self) -> None:
         for c in getattr(self, "candidates", []):
             if c.node is not None:
@@ -121,6 +162,7 @@ class PoseHybrid(Node):
 
     def process(self, frame: Frame, mask: Mask | None = None) -> dict[str, Keypoints]:
         now = time.monotonic()
+        self._watch_student(now)
         live = self._activate(now)
         if live.bad is not None and live.bad.read():  # last frame's keypoints were NaN
             self._fail(live, "NaN keypoints")
