@@ -61,14 +61,15 @@ def refine_from_heatmaps(points: torch.Tensor, heatmaps: torch.Tensor, model_siz
 class BlazePoseTracker:
     """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True, landmarks: bool = True) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
         self.min_tracking = min_tracking
         self.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": min_detection})
         self.detector = load_bundled(name, "pose_detection", device, dtype, backend)
-        self.landmarks = load_bundled(name, "pose_landmark_full", device, dtype, backend)
+        # landmarks=False: only the person detector (ViTPose's person box)
+        self.landmarks = load_bundled(name, "pose_landmark_full", device, dtype, backend) if landmarks else None
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None

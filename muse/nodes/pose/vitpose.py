@@ -145,7 +145,7 @@ class ViTPose(Node):
             from muse.nodes.pose.blazepose import BlazePoseTracker
 
             assert self.ctx is not None
-            self._detector = BlazePoseTracker(self.name, self.ctx.device, self.ctx.dtype)
+            self._detector = BlazePoseTracker(self.name, self.ctx.device, self.ctx.dtype, landmarks=False)
         roi, _ = self._detector.detect(image)
         r = roi[0, 2] / 2.5  # the detector ROI is 1.25 x the body circle's diameter
         cx, cy = roi[0, 0], roi[0, 1]
