@@ -10,7 +10,7 @@ import torch
 
 from muse.graph.node import NodeError
 from muse.graph.payloads import Frame
-from muse.graph.testing import build_node, make_context, run_node, run_node_frames
+from muse.graph.testing import build_node, make_context, run_node
 from muse.nodes.face import regions as REG
 from muse.nodes.face.landmarks import FaceLandmarksNode, FaceTracker
 from muse.nodes.pose.blazepose import BlazePose

@@ -66,7 +66,6 @@ def test_overlay_of_real_pose_and_face_written_for_review(messi, artifacts_dir):
     as test-artifacts/pose_face_overlay_messi.png for a person to look at."""
     import cv2
 
-    from muse.graph.testing import build_node, make_context
     from muse.nodes.face.landmarks import FaceLandmarksNode
     from muse.nodes.pose.blazepose import BlazePose
 
