@@ -168,7 +168,7 @@ class FaceLandmarks(Payload):
     confidence: "float | torch.Tensor"  # a 0-d device tensor keeps trackers free of host syncs
     regions: dict[str, list[int]]
     image_size: tuple[int, int]
-    box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    box: "tuple[float, float, float, float] | torch.Tensor" = (0.0, 0.0, 0.0, 0.0)  # (4,) on the device from trackers
     timestamp: float = 0.0
     index: int = 0
 

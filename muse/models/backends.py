@@ -253,6 +253,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         self.device = torch.device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         so = ort.SessionOptions()
+        # Idle ORT workers spin by default and starve the torch work between model calls on the CPU path.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.intra_op_num_threads = threads or max(1, torch.get_num_threads())
         so.log_severity_level = 3
         try:
