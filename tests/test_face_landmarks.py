@@ -10,7 +10,7 @@ import torch
 
 from muse.graph.node import NodeError
 from muse.graph.payloads import Frame
-from muse.graph.testing import build_node, make_context, run_node
+from muse.graph.testing import build_node, make_context, run_node, run_node_frames
 from muse.nodes.face import regions as REG
 from muse.nodes.face.landmarks import FaceLandmarksNode, FaceTracker
 from muse.nodes.pose.blazepose import BlazePose
@@ -148,7 +148,8 @@ def test_torch_and_onnxruntime_backends_agree(astronaut):
 
 @pytest.mark.cuda
 def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut):
-    cpu = run_node(FaceLandmarksNode, {"backend": "torch"}, frame=_frame(astronaut))  # torch: no ONNX export needed there["face"]
+    # The same three frames as the GPU run below (seed, then track); torch backend: no ONNX export needed.
+    cpu = run_node_frames(FaceLandmarksNode, {"backend": "torch"}, [{"frame": _frame(astronaut)}] * 3)[-1]["face"]
     ctx = make_context("face", "cuda")
     node = build_node(FaceLandmarksNode)
     node.open(ctx)

@@ -157,8 +157,13 @@ def test_cuda_node_graph_matches_cpu(official_ckpt, astronaut):
     params = {"checkpoint": str(official_ckpt), "height": 256, "backend": "torch"}
     frame = Frame(torch.from_numpy(astronaut))
     cpu = run_node(ModnetSegment, params, frame=frame)["mask"]
-    gpu32 = run_node_frames(ModnetSegment, params, [{"frame": Frame(frame.image.cuda())}] * 2,
-                            ctx=make_context("modnet", "cuda", dtype=torch.float32))[-1]["mask"]
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions round like fp16; this check is about the code path
+    try:
+        gpu32 = run_node_frames(ModnetSegment, params, [{"frame": Frame(frame.image.cuda())}] * 2,
+                                ctx=make_context("modnet", "cuda", dtype=torch.float32))[-1]["mask"]
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     assert gpu32.alpha.is_cuda and gpu32.size == cpu.size
     diff32 = (gpu32.alpha.float().cpu() - cpu.alpha).abs()
     assert float(diff32.mean()) < 0.01 and float(np.percentile(diff32.numpy(), 99)) < 0.05
