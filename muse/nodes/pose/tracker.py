@@ -69,7 +69,10 @@ class BlazePoseTracker:
         self.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": min_detection})
         self.detector = load_bundled(name, "pose_detection", device, dtype, backend)
         # landmarks=False: only the person detector (ViTPose's person box)
-        self.landmarks = load_bundled(name, "pose_landmark_full", device, dtype, backend) if landmarks else None
+        # The body landmark model drifts in fp16 (H100, bench/check_pose_precision.py on the astronaut:
+        # arms and legs up to 69 px off, face points 1 px; fp32 matches the CPU within 0.2 px), so it runs in fp32.
+        self.landmark_dtype = torch.float32
+        self.landmarks = load_bundled(name, "pose_landmark_full", device, self.landmark_dtype, backend) if landmarks else None
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None
@@ -124,7 +127,7 @@ class BlazePoseTracker:
             gate = (score >= self.spec.min_score).float()
         taps = R.antialias_taps(min(image.shape[-2:]), LANDMARK_SIZE)  # a body crop ~ the frame height if self.antialias else 1
         crop = R.crop(image, roi, LANDMARK_SIZE, border="border", taps=taps)  # MediaPipe replicates the edge here (unspecified = replicate)
-        out = self.landmarks(crop.to(self.dtype))
+        out = self.landmarks(crop.to(self.landmark_dtype))
         raw = out[0].reshape(1, -1, 5).float()
         if self.refine and len(out) > 3:
             raw = torch.cat([refine_from_heatmaps(raw[0, :, :2], out[3], LANDMARK_SIZE)[None], raw[..., 2:]], dim=-1)
