@@ -162,13 +162,13 @@ def test_cuda_node_graph_matches_cpu(official_ckpt, astronaut):
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions round like fp16; this check is about the code path
     try:
-        gpu32 = run_node_frames(ModnetSegment, params, [{"frame": Frame(frame.image.cuda())}] * 2,
+        gpu32 = run_node_frames(ModnetSegment, params, [{"frame": frame.to("cuda")}] * 2,
                                 ctx=make_context("modnet", "cuda", dtype=torch.float32))[-1]["mask"]
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
     assert gpu32.alpha.is_cuda and gpu32.size == cpu.size
     diff32 = (gpu32.alpha.float().cpu() - cpu.alpha).abs()
     assert float(diff32.mean()) < 0.01 and float(np.percentile(diff32.numpy(), 99)) < 0.05
-    gpu16 = run_node(ModnetSegment, params, device="cuda", frame=Frame(frame.image.cuda()))["mask"]
+    gpu16 = run_node(ModnetSegment, params, device="cuda", frame=frame.to("cuda"))["mask"]
     same_call = ((gpu16.alpha.float().cpu() > 0.5) == (cpu.alpha > 0.5)).float().mean()
     assert float(same_call) > 0.9

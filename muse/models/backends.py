@@ -112,8 +112,9 @@ class TorchBackend(InferenceBackend):
 
     def __init__(
         self, model: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None, *,
-        cuda_graph: bool = True, channels_last: bool = True,
+        cuda_graph: bool = True, channels_last: bool = True, tf32: bool = True,
     ) -> None:
+        self.tf32 = tf32  # False: exact fp32 convolutions for models that TF32 rounding throws off
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.dtype = dtype or (torch.float16 if self.cuda else torch.float32)
@@ -152,8 +153,19 @@ class TorchBackend(InferenceBackend):
         self._graphs[tuple(x.shape)] = entry
         return entry
 
-    @torch.no_grad()  # not inference_mode: its tensors can't be updated in place by nodes outside it
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tf32 or not self.cuda:
+            return self._run(x)
+        # Kernels are chosen at capture time, so the flags only need to hold while this model launches.
+        keep = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return self._run(x)
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = keep
+
+    @torch.no_grad()  # not inference_mode: its tensors can't be updated in place by nodes outside it
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = self._input(x)
         if not self.cuda_graph or self._graph_failed:
             return self.model(x)

@@ -52,7 +52,9 @@ class OrtModel:
         return tuple(torch.from_numpy(o) for o in self.session.run(None, {self.input_name: arr}))
 
 
-def load_bundled(node: str, name: str, device: torch.device, dtype: torch.dtype, backend: str = "auto") -> torch.nn.Module | OrtModel:
+def load_bundled(
+    node: str, name: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", *, exact_fp32: bool = False
+) -> "torch.nn.Module | OrtModel | _Replayed":
     """A bundled MediaPipe model (muse.models.bundled) ready to call: the converted
     torch module in eval mode, or its ONNX export under ONNX Runtime (CPU only)."""
     from muse.graph.node import NodeError  # here, not at the top: benchmarks use this module without pydantic
@@ -82,7 +84,7 @@ def load_bundled(node: str, name: str, device: torch.device, dtype: torch.dtype,
         # 4-12x faster (H100: pose landmarks 4.6 -> 0.9 ms, iris 11.1 -> 0.9 ms, bench_bundled.py).
         from muse.models.backends import TorchBackend
 
-        return _Replayed(TorchBackend(model.eval(), device, dtype, cuda_graph=True, channels_last=False))
+        return _Replayed(TorchBackend(model.eval(), device, dtype, cuda_graph=True, channels_last=False, tf32=not exact_fp32))
     return model.eval()
 
 
