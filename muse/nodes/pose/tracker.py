@@ -67,7 +67,9 @@ class BlazePoseTracker:
         self.dtype = dtype
         self.min_tracking = min_tracking
         self.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": min_detection})
-        self.detector = load_bundled(name, "pose_detection", device, dtype, backend)
+        # Exact fp32 too: its box seeds every tracked crop, and a TF32/fp16 box moved the arm guesses by
+        # 50-80 px three frames later (H100). It runs only when tracking is lost or to confirm (every 30 frames).
+        self.detector = load_bundled(name, "pose_detection", device, torch.float32, backend, exact_fp32=True)
         # landmarks=False: only the person detector (ViTPose's person box)
         # The body landmark model drifts with reduced precision (H100, bench/check_pose_precision.py on the
         # astronaut: arms and legs up to 69 px off in fp16 and 82 px in fp32 with TF32 convolutions; exact
@@ -98,7 +100,7 @@ class BlazePoseTracker:
         full = R.whole_frame_roi(w, h, image.device)
         taps = R.antialias_taps(max(w, h), DETECTOR_SIZE) if self.antialias else 1
         x = R.crop(image, full, DETECTOR_SIZE, taps=taps) * 2 - 1  # the detector wants [-1, 1]
-        raw_boxes, raw_scores = self.detector(x.to(self.dtype))[:2]
+        raw_boxes, raw_scores = self.detector(x.float())[:2]
         boxes, kps, scores = ssd.decode(raw_boxes[0], raw_scores[0], self.anchors, self.spec)
         _, kp, score = ssd.best_detection(boxes, kps, scores, self.spec)
         kp = R.to_frame(kp[None] * DETECTOR_SIZE, full, DETECTOR_SIZE)[0]
