@@ -13,6 +13,12 @@ if [[ $what == all || $what == tests ]]; then
   timeout 420 python3 -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
+run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 240 "$@" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+if [[ $what == graph ]]; then
+  run pose_face python3 bench/bench_pose_face.py
+  run graph_eager python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --json "$out/stream_4k_eager.json"
+  run graph_cudagraphs python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --cuda-graphs --json "$out/stream_4k_cudagraphs.json"
+fi
 if [[ $what == all || $what == bench ]]; then
   run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 240 "$@" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
   run bundled python3 bench/bench_bundled.py --frames 200 --cpu-frames 30

@@ -118,7 +118,8 @@ def warp_apply_torch(
 # ---------------------------------------------------------------------------
 # CUDA kernel (CuPy RawKernel)
 
-_KERNEL_SOURCE = r"""
+# Shared by both kernels: the mask element type (fp16 or fp32), a clamped bilinear tap and its loaders.
+_CUDA_PRELUDE = r"""
 #ifdef MASK_HALF
 typedef unsigned short mask_t;
 __device__ __forceinline__ float m2f(mask_t v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
@@ -145,6 +146,9 @@ __device__ __forceinline__ float tap(const T* p, int w, int h, float x, float y,
 struct LoadF { __device__ float operator()(float v) const { return v; } };
 struct LoadM { __device__ float operator()(mask_t v) const { return m2f(v); } };
 
+"""
+
+_KERNEL_SOURCE = _CUDA_PRELUDE + r"""
 extern "C" __global__ void warp_apply(
     const unsigned char* __restrict__ src, unsigned char* __restrict__ dst, int W, int H,
     const float* __restrict__ field, int fw, int fh,
@@ -329,29 +333,7 @@ def composite_over_torch(
     return encode_uint8(out).permute(1, 2, 0).contiguous()
 
 
-_COMPOSITE_SOURCE = r"""
-#ifdef MASK_HALF
-typedef unsigned short mask_t;
-__device__ __forceinline__ float m2f(mask_t v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
-#else
-typedef float mask_t;
-__device__ __forceinline__ float m2f(mask_t v) { return v; }
-#endif
-
-template <typename T, typename Load>
-__device__ __forceinline__ float tap(const T* p, int w, int h, float x, float y, Load load) {
-    x = fminf(fmaxf(x, 0.f), (float)(w - 1));
-    y = fminf(fmaxf(y, 0.f), (float)(h - 1));
-    int x0 = (int)floorf(x), y0 = (int)floorf(y);
-    int x1 = min(x0 + 1, w - 1), y1 = min(y0 + 1, h - 1);
-    float fx = x - x0, fy = y - y0;
-    float a = load(p[y0 * w + x0]), b = load(p[y0 * w + x1]);
-    float c = load(p[y1 * w + x0]), d = load(p[y1 * w + x1]);
-    return (a * (1.f - fx) + b * fx) * (1.f - fy) + (c * (1.f - fx) + d * fx) * fy;
-}
-struct LoadF { __device__ float operator()(float v) const { return v; } };
-struct LoadM { __device__ float operator()(mask_t v) const { return m2f(v); } };
-
+_COMPOSITE_SOURCE = _CUDA_PRELUDE + r"""
 __device__ __forceinline__ float srgb_decode(float v) {
     v = v / 255.f;
     return v <= 0.04045f ? v / 12.92f : powf((v + 0.055f) / 1.055f, 2.4f);
