@@ -124,3 +124,20 @@ def test_feather_and_light_wrap_touch_only_the_edge(scene):
     # white light wraps onto the dark shirt edge: brighter there
     inner_edge = edge & (mask == 1)
     assert soft[inner_edge].mean() > hard[inner_edge].mean() + 10
+
+
+def test_unseen_plate_shows_the_live_frame(scene):
+    """Where background.adaptive never saw the room, the live frame shows, not the guessed plate."""
+    frame, plate, mask = scene
+    guessed = np.full_like(plate, 128)  # a plate that is pure guesswork on the left half
+    guessed[:, guessed.shape[1] // 2 :] = plate[:, plate.shape[1] // 2 :]
+    coverage = np.ones(mask.shape, np.float32)
+    coverage[:, : mask.shape[1] // 2] = 0.0
+    out = run_node(Composite, {"background": "plate", **PLAIN}, frame=Frame(torch.from_numpy(frame)),
+                   mask=Mask(torch.from_numpy(mask)), plate=Frame(torch.from_numpy(guessed)),
+                   coverage=Mask(torch.from_numpy(coverage)))["out"].image.numpy()
+    room = mask == 0
+    left = np.zeros_like(room)
+    left[:, : mask.shape[1] // 2] = True
+    assert np.abs(out.astype(int) - frame.astype(int))[room & left].max() <= 1  # unseen: the live frame
+    assert np.abs(out.astype(int) - plate.astype(int))[room & ~left].max() <= 1  # seen: the plate

@@ -106,6 +106,10 @@ class Composite(Node):
     frame: In[Frame]
     mask: In[Mask] = In(description="Person alpha (use warp.apply's warped_mask after a warp)")
     plate: In[Frame] = In(optional=True, description="Clean plate from background.adaptive (background: plate)")
+    coverage: In[Mask] = In(
+        optional=True,
+        description="background.adaptive's coverage: where the room was never seen, show the live frame, not a guessed plate",
+    )
     out: Out[Frame]
 
     class Params(NodeParams):
@@ -175,7 +179,9 @@ class Composite(Node):
             self.ctx.logger.warning("node %r: %s", self.name, message)
             self.ctx.report("warning", message)
 
-    def _background(self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None) -> tuple[torch.Tensor | None, tuple[float, float, float]]:
+    def _background(
+        self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None, coverage: Mask | None = None
+    ) -> tuple[torch.Tensor | None, tuple[float, float, float]]:
         """The background as full-size uint8 sRGB, or low-resolution linear floats (blur), or None + a flat linear colour."""
         p = self.params
         height, width = int(fg.shape[0]), int(fg.shape[1])
@@ -189,7 +195,13 @@ class Composite(Node):
             return None, colour  # type: ignore[return-value]
         if mode == "plate":
             assert plate is not None
-            return fit_uint8(plate.hwc_uint8(), height, width), colour  # type: ignore[return-value]
+            room = fit_uint8(plate.hwc_uint8(), height, width)
+            if coverage is not None:
+                # A plate pixel never seen is a guess (filled in); the live frame there is the truth
+                # (the room, or the person, who is drawn over it anyway).
+                known = resize_mask(coverage.alpha, height, width).clamp(0, 1)[..., None]
+                room = torch.lerp(fg.float(), room.float(), known).round_().to(torch.uint8)
+            return room, colour  # type: ignore[return-value]
         if mode == "image":
             if self._image_cache is None or self._image_cache[0] != (height, width):
                 self._image_cache = ((height, width), fit_uint8(self._image.to(device), height, width))  # type: ignore[union-attr]
@@ -208,7 +220,7 @@ class Composite(Node):
         weight = (1.0 - resample(alpha, size)).clamp(0, 1) ** 2
         return masked_blur_small(room, weight, sigma / factor), colour  # type: ignore[return-value]
 
-    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None) -> dict[str, Frame]:
+    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None) -> dict[str, Frame]:
         p = self.params
         ctx = self.ctx
         assert ctx is not None
@@ -217,7 +229,7 @@ class Composite(Node):
         alpha = mask.alpha if mask.alpha.dtype in (torch.float16, torch.float32) else mask.alpha.float()
         if p.feather > 0:  # at the mask's own resolution: cheaper, and the same on both paths
             alpha = gaussian_blur(alpha.float()[None], p.feather * alpha.shape[0])[0]
-        bg, colour = self._background(fg, alpha, plate)
+        bg, colour = self._background(fg, alpha, plate, coverage)
         wrap, inside, soft = 0.0, None, None
         if p.light_wrap > 0:
             # background light spills over the person's edge: strongest at the outline, fading inwards
