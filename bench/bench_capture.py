@@ -162,7 +162,9 @@ def main() -> int:
     results["nv12_cpu_convert_upload_ms"] = timed(lambda: upload(cv2.cvtColor(nv12, cv2.COLOR_YUV2RGB_NV12), pinned), args.iters)
     results["nv12_gpu_upload_convert_ms"] = timed(nv12_gpu, args.iters)
     ref = cv2.cvtColor(yuyv, cv2.COLOR_YUV2RGB_YUY2)
-    yuyv_err = (yuyv_gpu().cpu().int() - torch.from_numpy(ref).int()).abs().max().item()
+    got = yuyv_gpu()
+    stream.synchronize()  # the kernel ran on `stream`; .cpu() alone would read it early
+    yuyv_err = (got.cpu().int() - torch.from_numpy(ref).int()).abs().max().item()
 
     # -- RGB -> NV12 for the virtual camera (1080p) ------------------------------------------
     rgb1080 = torch.from_numpy(cv2.resize(rgb, (1920, 1080), interpolation=cv2.INTER_AREA)).to(dev)
