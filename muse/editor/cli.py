@@ -1,4 +1,4 @@
-"""`muse edit [GRAPH]`: registered into the lead's CLI through `register(subparsers)`.
+"""`muse edit [GRAPH]`: registered into muse's CLI through `register(subparsers)`.
 Imports nothing heavy until the command runs (DearPyGui loads only then)."""
 
 from __future__ import annotations
