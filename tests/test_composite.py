@@ -141,3 +141,16 @@ def test_unseen_plate_shows_the_live_frame(scene):
     left[:, : mask.shape[1] // 2] = True
     assert np.abs(out.astype(int) - frame.astype(int))[room & left].max() <= 1  # unseen: the live frame
     assert np.abs(out.astype(int) - plate.astype(int))[room & ~left].max() <= 1  # seen: the plate
+
+
+@pytest.mark.parametrize("sigma", [0.7, 4.0, 12.0])
+def test_cpu_blur_through_opencv_matches_the_convolution(astronaut, sigma):
+    """The CPU fast path (OpenCV) and the convolution (float64 here, so not rerouted) blur alike."""
+    from muse.nodes.composite import gaussian_blur
+
+    img = torch.from_numpy(astronaut[:120, :160]).permute(2, 0, 1).float() / 255.0
+    fast = gaussian_blur(img, sigma)
+    ref = gaussian_blur(img.double(), sigma).float()
+    assert fast.shape == img.shape
+    assert float((fast - ref).abs().max()) < 1e-5
+    assert float(fast.std()) < float(img.std())  # it did blur

@@ -35,12 +35,25 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     x = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
     k = torch.exp(-(x * x) / (2 * sigma * sigma))
     k = k / k.sum()
+    if img.device.type == "cpu" and img.dtype == torch.float32:
+        return _gaussian_blur_cpu(img, k)
     c = img.shape[0]
     out = F.pad(img[None], (radius, radius, 0, 0), mode="reflect")
     out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     out = F.pad(out, (0, 0, radius, radius), mode="reflect")
     out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return out[0]
+
+
+def _gaussian_blur_cpu(img: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The same separable blur through OpenCV: torch's CPU depthwise convolution took
+    115 ms for one 720p plane with 9 taps, OpenCV about 1 ms (reflect-101 = torch's 'reflect')."""
+    import cv2
+    import numpy as np
+
+    kern = k.numpy().astype(np.float32)
+    planes = [cv2.sepFilter2D(p, -1, kern, kern, borderType=cv2.BORDER_REFLECT_101) for p in img.contiguous().numpy()]
+    return torch.from_numpy(np.stack(planes))
 
 
 def masked_blur_small(img: torch.Tensor, weight: torch.Tensor, sigma: float) -> torch.Tensor:
