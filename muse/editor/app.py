@@ -143,11 +143,10 @@ class EditorApp:
         if path is not None:
             import cv2
 
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp.png")
-            cv2.imwrite(str(tmp), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-            os.replace(tmp, path)
+            from muse.files import atomic_path
+
+            with atomic_path(path, suffix=".png") as tmp:  # cv2 picks the format from the suffix
+                cv2.imwrite(str(tmp), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
         return rgba
 
     def close(self) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from muse.editor.catalog import GENERIC, UNKNOWN, Catalog, NodeTypeInfo
 from muse.editor.layout import layered_positions
+from muse.files import write_text
 from muse.graph.spec import EditorSection, GraphSpec, InputLink, NodeSpec, Settings, dump_yaml, load_yaml, parse_ref
 from muse.graph.validate import GraphError, GraphValidationError, ValidatedGraph, validate_text
 
@@ -621,7 +621,7 @@ class EditorModel:
         if target.exists() and same and self._original_text and _has_comments(self._original_text):
             _backup(target)  # our YAML writer drops comments: keep the hand-written original once
             self._original_text = None
-        _atomic_write(target, text)
+        write_text(target, text)
         self.path = target
         self._loaded_mtime = target.stat().st_mtime
         self.dirty = False
@@ -655,19 +655,5 @@ def _backup(path: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = path.with_name(f"{path.name}.{stamp}.bak")
     if not backup.exists():
-        _atomic_write(backup, path.read_text())
+        write_text(backup, path.read_text())
     return backup
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -9,8 +9,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from muse.files import write_text
 
 _WINDOW = 2048  # recent samples kept per series: enough for stable p99, bounded for hours-long runs
 
@@ -95,7 +96,7 @@ class GraphStats:
         }
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        _atomic_write_text(Path(path), json.dumps(self.as_dict(), indent=2))
+        write_text(path, json.dumps(self.as_dict(), indent=2))
 
     def summary_lines(self) -> list[str]:
         d = self.as_dict()
@@ -140,11 +141,4 @@ class Trace:
             )
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        _atomic_write_text(Path(path), json.dumps({"traceEvents": self.events, "displayTimeUnit": "ms"}))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        write_text(path, json.dumps({"traceEvents": self.events, "displayTimeUnit": "ms"}))

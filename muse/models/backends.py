@@ -13,12 +13,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from muse.files import atomic_path, write_bytes
 
 log = logging.getLogger("muse.backends")
 
@@ -41,20 +42,6 @@ def tensorrt_available() -> bool:
     except Exception:  # the registry's stub wheels raise at import when their libraries are missing
         return False
     return True
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -201,21 +188,12 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     path = Path(path)
     cpu_model = _cpu_fp32_copy(model)
     x = example.detach().to("cpu", torch.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter warns it is legacy; it needs no onnxscript
-            with torch.no_grad():
-                torch.onnx.export(
-                    cpu_model, (x,), tmp, dynamo=False, opset_version=opset,
-                    input_names=["input"], output_names=["output"], do_constant_folding=True,
-                )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns it is legacy; it needs no onnxscript
+        torch.onnx.export(
+            cpu_model, (x,), str(tmp), dynamo=False, opset_version=opset,
+            input_names=["input"], output_names=["output"], do_constant_folding=True,
+        )
     return path
 
 
@@ -405,8 +383,8 @@ class TensorRTBackend(InferenceBackend):
                 log.warning("cached TensorRT engine %s was built for %s, not %s; rebuilding", self.engine_path, stored, self.key)
         log.info("building TensorRT fp16 engine from %s (takes a minute, once)", self.onnx_path)
         serialized = self._build()
-        _atomic_write_bytes(self.engine_path, bytes(serialized))
-        _atomic_write_bytes(meta, json.dumps(self.key, indent=1).encode())
+        write_bytes(self.engine_path, bytes(serialized))
+        write_bytes(meta, json.dumps(self.key, indent=1).encode())
         engine = runtime.deserialize_cuda_engine(bytes(serialized))
         if engine is None:
             raise BackendError(f"TensorRT built an engine for {self.onnx_path} but cannot load it; use backend: torch")

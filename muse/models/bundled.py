@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from muse.files import atomic_path, write_bytes
+
 if TYPE_CHECKING:  # torch stays out of module import so `muse models list` is instant
     import torch
 
@@ -362,7 +364,7 @@ def _import_one(name: str, data: bytes, *, onnx: bool, parity: bool, say: Progre
         raise ModelImportError(f"{name}: converted model does not match the reference ({report['detail']}); nothing was written")
     folder = model_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(folder / m.file_name, data)
+    write_bytes(folder / m.file_name, data)
     save_artifact(graph, torch_path(name), meta={"name": name, "sha256": m.sha256, "source": m.source})
     manifest: dict[str, Any] = {
         "name": name,
@@ -380,7 +382,7 @@ def _import_one(name: str, data: bytes, *, onnx: bool, parity: bool, say: Progre
         _export_onnx(module, onnx_path_of(name))
         manifest["onnx"] = onnx_path_of(name).name
         manifest["onnx_sha256"] = _sha256(onnx_path_of(name).read_bytes())
-    _atomic_write_bytes(manifest_path(name), json.dumps(manifest, indent=2).encode())
+    write_bytes(manifest_path(name), json.dumps(manifest, indent=2).encode())
     say(f"imported {name} in {time.perf_counter() - t0:.1f} s -> {folder} (parity: {report['status']}, max error {report.get('max_error', 'n/a')})")
     return manifest
 
@@ -398,49 +400,25 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "python": sys.version.split()[0]}
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cached models are ordinary readable files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _export_onnx(module: Any, path: Path) -> None:
     import warnings
 
     import torch
 
     h, w = module.input_shape[1], module.input_shape[2]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            # The TorchScript exporter: the dynamo one needs onnxscript, which is not a dependency.
-            torch.onnx.export(
-                module,
-                (torch.zeros(1, 3, h, w),),
-                tmp,
-                dynamo=False,
-                input_names=["input"],
-                output_names=list(module.output_names),
-                opset_version=17,
-                dynamic_axes={"input": {0: "batch"}},
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter: the dynamo one needs onnxscript, which is not a dependency.
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, 3, h, w),),
+            str(tmp),
+            dynamo=False,
+            input_names=["input"],
+            output_names=list(module.output_names),
+            opset_version=17,
+            dynamic_axes={"input": {0: "batch"}},
+        )
 
 
 # -- reference checks ----------------------------------------------------------------------
@@ -619,7 +597,7 @@ def onnx_model_path(name: str) -> Path:
     man = read_manifest(name)
     man["onnx"] = path.name
     man["onnx_sha256"] = _sha256(path.read_bytes())
-    _atomic_write_bytes(manifest_path(name), json.dumps(man, indent=2).encode())
+    write_bytes(manifest_path(name), json.dumps(man, indent=2).encode())
     return path
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from muse.files import atomic_path
+
 # MobileNetV2 stages as (expansion, out channels, repeats, first stride); the official backbone.
 _MBV2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 # Channels of the five encoder taps (1/2, 1/4, 1/8, 1/16, 1/32) that the branches read.
@@ -324,12 +326,8 @@ def save_modnet_official(model: MODNet, path: str | os.PathLike, data_parallel: 
     Written to a temp file and renamed, so an existing file is never left half-written."""
     path = Path(path)
     state = {(f"module.{k}" if data_parallel else k): v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

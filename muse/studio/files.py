@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+from muse.files import atomic_path, write_text  # noqa: F401  (re-exported: studio modules import them from here)
 
 
 class StudioError(RuntimeError):
@@ -24,29 +26,6 @@ class StudioError(RuntimeError):
 def refuse_overwrite(path: Path, what: str, hint: str = "pass --force to replace it") -> None:
     if path.exists():
         raise StudioError(f"{what} {path} already exists; refusing to overwrite it ({hint})")
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success it replaces `path` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

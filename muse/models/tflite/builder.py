@@ -7,8 +7,6 @@ The saved artifact is a plain dict (graph description + constant tensors) that
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from muse.files import atomic_path
 from muse.models.tflite.ops import build_op
 from muse.models.tflite.reader import Graph, Operator, Tensor, TFLiteError, read_tflite
 
@@ -153,18 +152,8 @@ def save_artifact(graph: Graph, path: str | Path, meta: dict[str, Any] | None = 
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(graph_to_artifact(graph, meta), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(graph_to_artifact(graph, meta), tmp)
     return path
 
 

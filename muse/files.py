@@ -1,0 +1,46 @@
+"""Atomic file writing for everything MUSE saves: models, caches, graphs, stats.
+
+A file is written beside its target under a temporary name, flushed to disk and
+moved in with one `os.replace`, so a crash or Ctrl-C never leaves half a file
+where the user's file (or a cache entry) was.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, mode: int = 0o644) -> Iterator[Path]:
+    """Yield a temp path beside `path` to write to (by name: torch.save, ONNX export,
+    cv2.imwrite...); on success it is synced and replaces `path` in one step.
+
+    The temp name keeps `path`'s suffix unless told otherwise, for writers that
+    choose the format from it. `mode`: mkstemp makes 0600; saved files are ordinary."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp_path, mode)
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
