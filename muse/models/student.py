@@ -125,8 +125,8 @@ class StudentSegmenter(nn.Module):
         self.fuse = nn.ModuleList([_Fuse(c, d) for c in reversed(skips)])
         self.head = nn.Conv2d(d, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+    def decoded(self, x: torch.Tensor, levels: int | None = None) -> torch.Tensor:
+        """Decoder features after `levels` fuse steps (all: 1/2 resolution), before the head."""
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         x = self.stem(x)
         feats = [x]
@@ -136,9 +136,14 @@ class StudentSegmenter(nn.Module):
                 feats.append(x)
         deep = feats.pop()
         y = self.context(deep) * torch.sigmoid(self.gate(deep.mean((2, 3), keepdim=True)))
-        for fuse, skip in zip(self.fuse, reversed(feats)):
+        steps = list(zip(self.fuse, reversed(feats)))
+        for fuse, skip in steps[:levels]:
             y = fuse(y, skip)
-        logits = self.head(y)
+        return y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        logits = self.head(self.decoded(x))
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 
 
@@ -156,19 +161,7 @@ class StudentPose(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.backbone
-        h, w = x.shape[-2:]
-        x = (x - b.mean.to(x.dtype)) / b.std.to(x.dtype)
-        x = b.stem(x)
-        feats = [x]
-        for i, block in enumerate(b.blocks):
-            x = block(x)
-            if i in b.taps:
-                feats.append(x)
-        deep = feats.pop()
-        y = b.context(deep) * torch.sigmoid(b.gate(deep.mean((2, 3), keepdim=True)))
-        for fuse, skip in zip(b.fuse[:-1], reversed(feats[1:])):  # stop at 1/4
-            y = fuse(y, skip)
-        return b.head(y)
+        return b.head(b.decoded(x, levels=len(b.fuse) - 1))  # stop at 1/4
 
     @staticmethod
     def decode(heatmaps: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
