@@ -4,7 +4,6 @@ port/field and line named in its `# expect:` header; valid graphs load."""
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
 import pytest

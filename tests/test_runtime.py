@@ -3,7 +3,6 @@ lazy branches, the switch, live parameters, graph swap, failure handling."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 

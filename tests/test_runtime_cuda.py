@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from muse.graph.node import In, Node, NodeParams, Out
+from muse.graph.node import In, Node, Out
 from muse.graph.payloads import Frame
 from muse.graph.registry import Registry, load_registry
 from muse.graph.runtime import GraphRunner

@@ -3,7 +3,6 @@ and an existing file is never overwritten."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -122,6 +122,7 @@ class GraphRunner:
         self._cuda_graphs: dict[tuple[str, ...], "_CapturedChain"] = {}
         self._chains: list[tuple[str, ...]] = []
         self._in_flight: deque[list[Any]] = deque()
+        self._failed_frames = 0
 
     def _fit_sources_to_cpu(self) -> None:
         """4K on two CPU cores is a slide show: capture smaller, and say so."""
@@ -403,7 +404,7 @@ class GraphRunner:
                     self.stats.frames_out += 1
                     self._failed_frames = 0
                 except _FrameFailed as exc:
-                    self._failed_frames = getattr(self, "_failed_frames", 0) + 1
+                    self._failed_frames += 1
                     if self._failed_frames >= self.graph.settings.max_consecutive_errors:
                         raise GraphRunError(
                             f"{self._failed_frames} frames in a row failed; last: {exc}. "
@@ -800,11 +801,7 @@ class _CapturedChain:
         local: dict[str, dict[str, Any]] = {}
         for name in self.chain:
             slot = self.runner.slots[name]
-            values = {}
-            for port, ri in slot.rn.inputs.items():
-                got = [local[s.node].get(s.port) if s.node in local else ext.get((s.node, s.port)) for s in ri.sources]
-                values[port] = got if ri.port.multiple else (got[0] if got else None)
-            outs, ev = self.runner._run_node(slot, values, events)
+            outs, ev = self.runner._run_node(slot, _chain_values(slot, local, ext), events)
             local[name] = outs
             memo[name] = (outs, ev)
             events = ev
@@ -844,11 +841,7 @@ class _CapturedChain:
         with torch.cuda.graph(g, stream=self.stream):
             for name in self.chain:
                 slot = self.runner.slots[name]
-                values = {}
-                for port, ri in slot.rn.inputs.items():
-                    got = [local[s.node].get(s.port) if s.node in local else self.static_in.get((s.node, s.port)) for s in ri.sources]
-                    values[port] = got if ri.port.multiple else (got[0] if got else None)
-                local[name] = slot.node.process(**values) or {}
+                local[name] = slot.node.process(**_chain_values(slot, local, self.static_in)) or {}
         self.graph, self.static_out, self.signature = g, local, sig
         log.info("chain %s captured as one CUDA graph", "+".join(self.chain))
 
@@ -872,6 +865,15 @@ class _CapturedChain:
             slot = self.runner.slots[name]
             memo[name] = (outs_all[name], [ev])
             self.runner._note_time(slot, t0, t1)
+
+
+def _chain_values(slot: _Slot, local: dict[str, dict[str, Any]], ext: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    """A chain node's inputs: from an earlier node of the chain, else from outside it."""
+    values: dict[str, Any] = {}
+    for port, ri in slot.rn.inputs.items():
+        got = [local[s.node].get(s.port) if s.node in local else ext.get((s.node, s.port)) for s in ri.sources]
+        values[port] = got if ri.port.multiple else (got[0] if got else None)
+    return values
 
 
 def _clone_payload(p: Any, like: Any = None) -> Any:

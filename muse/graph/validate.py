@@ -23,7 +23,6 @@ from muse.graph.registry import Registry, load_registry
 from muse.graph.spec import (
     DuplicateKeyError,
     GraphSpec,
-    Include,
     InputLink,
     NodeSpec,
     Settings,
