@@ -251,8 +251,7 @@ class Composite(Node):
             size = (-(-frame.height // factor), -(-frame.width // factor))
             inside = gaussian_blur(resample(alpha, size)[None], sigma / factor)[0]
             if bg is None:
-                # Full low-res plane, not a broadcast (3, 1, 1): the CUDA kernel indexes `soft` like `inside`.
-                soft = torch.tensor(colour, dtype=torch.float32, device=fg.device)[:, None, None].expand(3, *size).contiguous()
+                soft = torch.tensor(colour, dtype=torch.float32, device=fg.device)[:, None, None]
             elif bg.dtype == torch.uint8:
                 # pooled before decoding: a small gamma error, invisible in a soft glow, saves a 4K float pass
                 pooled = F.adaptive_avg_pool2d(bg.permute(2, 0, 1)[None].float(), size)[0]
