@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generic, Hashable, Iterable, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -147,6 +147,7 @@ class NodeContext:
     settings: dict[str, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("muse"))
     stats: "NodeStats | None" = None
+    clock: "torch.Tensor | None" = None  # this frame's source time in seconds, a float64 device scalar
 
     @property
     def cuda(self) -> bool:
@@ -173,17 +174,35 @@ class Node:
     - `display_name`, `category`, `description`
     - ports as annotations `name: In[Type]` / `name: Out[Type]`
     - `Params`: a `NodeParams` subclass
-    - flags: `cuda_graph_safe` (static shapes, no host sync in `process`),
-      `lazy_inputs` (inputs come as thunks; only those called are computed),
+    - flags: `capturable` (the runtime may record `process` once and replay it
+      every frame: see "The capture contract" below), `lazy_inputs` (inputs
+      come as thunks; only those called are computed),
       `on_demand` (a source whose frames cost CPU to make and that loses
       nothing by waiting: it is called only when its last frame was taken)
+
+    The capture contract (`capturable = True`): after a few warm-up frames the
+    runtime records the frame's GPU work once and replays it, so `process`
+    runs on the host only while recording. Such a node therefore
+    - allocates its state in `open` (or on the first frame of a new size) and
+      updates it in place (`copy_`, `lerp_`, `out=`), never reassigning it;
+    - reads nothing back to the host (`.item()`, `bool(t)`, `nonzero`,
+      boolean-mask indexing), deciding on the device (`torch.where`) or from a
+      `LateValue` it published a frame earlier;
+    - makes every host choice (detector or tracker, face lost, first frame) in
+      `frame_variant()`, whose result selects one recording per value;
+    - reads time from `ctx.clock` (a device scalar), not from payload timestamps;
+    - keeps params that change live in device tensors it updates in
+      `update_params` (or returns False there, and the node is rebuilt).
+    Outputs are valid until the next frame: consumers that keep one copy it.
     """
 
     node_type: ClassVar[str] = ""
     display_name: ClassVar[str] = ""
     category: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    cuda_graph_safe: ClassVar[bool] = False
+    capturable: ClassVar[bool] = False
+    cuda_graph_safe: ClassVar[bool] = False  # the old name of `capturable`, still read from plugins
+    live_params: ClassVar[frozenset[str]] = frozenset()  # params kept in device tensors: a change needs no new recording
     lazy_inputs: ClassVar[bool] = False
     on_demand: ClassVar[bool] = False  # sources: make a frame only when the last one was taken (synthetic sources)
 
@@ -195,6 +214,8 @@ class Node:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.inputs_spec, cls.outputs_spec = _collect_ports(cls)
+        if cls.__dict__.get("cuda_graph_safe") and "capturable" not in cls.__dict__:
+            cls.capturable = True
         if not cls.display_name and cls.node_type:
             cls.display_name = cls.node_type.split(".")[-1].replace("_", " ").title()
         if not cls.category and "." in cls.node_type:
@@ -223,6 +244,15 @@ class Node:
         self.params = params
         return True
 
+    def frame_variant(self) -> Hashable:
+        """The host choices for the coming frame (read from one-frame-late values), called once
+        before each `process`. A recorded frame is replayed only while this stays the same."""
+        return None
+
+    def capture_blocker(self) -> str | None:
+        """Why this node, as configured, cannot be recorded (None: it can); shown by `muse bench`."""
+        return None
+
     def needed_inputs(self) -> Iterable[str] | None:
         """Inputs to compute this frame (None = all connected). Nodes with
         `lazy_inputs` decide inside `process` instead."""
@@ -248,7 +278,7 @@ class Node:
             "inputs": {n: _port_json(p) for n, p in cls.inputs_spec.items()},
             "outputs": {n: _port_json(p) for n, p in cls.outputs_spec.items()},
             "params": cls.Params.model_json_schema(),
-            "flags": {"cuda_graph_safe": cls.cuda_graph_safe, "lazy_inputs": cls.lazy_inputs, "on_demand": cls.on_demand},
+            "flags": {"capturable": cls.capturable, "lazy_inputs": cls.lazy_inputs, "on_demand": cls.on_demand},
         }
 
 

@@ -8,7 +8,8 @@
   the producer's event and tensors are tagged with `record_stream`, so there is
   no device-wide synchronize on the hot path.
 - Sinks run in their own threads behind bounded channels.
-- Chains of `cuda_graph_safe` nodes can be captured into one CUDA graph and replayed.
+- With capture on (CUDA, after a short warm-up), each frame's work between sources and
+  sinks is recorded once per variant and replayed with one launch (`muse.graph.program`).
 - `update_params` and `replace` change a running graph at a frame boundary.
 """
 
@@ -27,6 +28,7 @@ import torch
 from muse.graph.channels import Channel, ChannelClosed
 from muse.graph.node import Node, NodeContext, NodeError
 from muse.graph.payloads import Payload
+from muse.graph.program import FrameProgram
 from muse.graph.stats import GraphStats, NodeStats, Trace
 from muse.graph.validate import ResolvedNode, ValidatedGraph
 
@@ -67,6 +69,7 @@ class _Slot:
     last: _Item | None = None  # a secondary source's newest item
     pending_gpu: list = field(default_factory=list)
     consecutive_errors: int = 0
+    variant_ready: bool = False  # frame_variant() already asked this frame (by the frame program)
 
     @property
     def name(self) -> str:
@@ -119,8 +122,13 @@ class GraphRunner:
         self._executor: threading.Thread | None = None
         self._error: BaseException | None = None
         self._frame_index = 0
-        self._cuda_graphs: dict[tuple[str, ...], "_CapturedChain"] = {}
-        self._chains: list[tuple[str, ...]] = []
+        self.program: FrameProgram | None = None
+        self._recording = False  # inside a frame program's recording: no timing events, taps or stats
+        # The frame clock: the primary source's timestamp on the device (float64: hours of stream keep
+        # sub-millisecond steps), so captured frames see the time advance without host values baked in.
+        self.clock = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._frame_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._last_frame_events: list[Any] = []
         self._in_flight: deque[list[Any]] = deque()
         self._failed_frames = 0
 
@@ -233,6 +241,7 @@ class GraphRunner:
             settings=s.model_dump(),
             logger=logging.getLogger(f"muse.node.{rn.name}"),
             stats=stats,
+            clock=self.clock,
         )
         node = rn.cls(rn.name, rn.params)
         return _Slot(rn=rn, node=node, ctx=ctx, stats=stats, stream=stream)
@@ -267,8 +276,7 @@ class GraphRunner:
                 self._close_slot(slot)
             raise
         self.graph = graph
-        self._chains = self._find_chains() if graph.settings.cuda_graphs and self.device.type == "cuda" else []
-        self._cuda_graphs.clear()
+        self._build_program()
         for name in graph.order:
             slot = self.slots[name]
             if slot.rn.cls.is_source() and slot.thread is None:
@@ -452,19 +460,77 @@ class GraphRunner:
     def _run_frame(self, source_items: dict[str, _Item]) -> None:
         memo: dict[str, tuple[dict[str, Any], list[Any]]] = {}
         t_capture = min((it.t_capture for it in source_items.values()), default=time.perf_counter())
+        clock_events = self._tick_clock(source_items)
         for name, item in source_items.items():
-            memo[name] = (item.values, item.events)
+            memo[name] = (item.values, item.events + clock_events)
             with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
                 self._fire_taps(name, item.values)
+        program = self.program
+        if program is not None:
+            program.run(memo)
         sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink()]
         frame_events: list[Any] = []
         for sink in sinks:
             values, events = self._gather_inputs(sink, memo)
-            frame_events.extend(events)
             if values is None:
+                frame_events.extend(events)
                 continue  # an upstream branch had nothing this frame (e.g. no face)
+            if program is not None:
+                # Replayed outputs are overwritten by the next replay: the sink gets its own copy.
+                values, events = self._detach_for_sink(values, events)
+            frame_events.extend(events)
             sink.channel.put(_Item(values, events, t_capture), self._stop)
+        self._last_frame_events = frame_events
         self._limit_in_flight(frame_events)
+
+    def _tick_clock(self, source_items: dict[str, _Item]) -> list[Any]:
+        """Write this frame's time into the device clock, after the last frame's readers are done."""
+        primary = next(iter(source_items.values()), None)
+        t = 0.0
+        if primary is not None:
+            for v in primary.values.values():
+                if isinstance(v, Payload) and isinstance(getattr(v, "timestamp", None), (int, float)):
+                    t = float(v.timestamp)
+                    break
+        stream = self._frame_stream
+        if stream is None:
+            self.clock.fill_(t)
+            return []
+        with torch.cuda.stream(stream):
+            for ev in self._last_frame_events:
+                stream.wait_event(ev)
+            self.clock.fill_(t)  # the value travels as a kernel argument: no host buffer to race on
+            ev = torch.cuda.Event()
+            ev.record(stream)
+        return [ev]
+
+    def _detach_for_sink(self, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        stream = self._frame_stream
+        with self._in_stream(stream):
+            if stream is not None:
+                for ev in events:
+                    stream.wait_event(ev)
+            out = {k: _copy_payload(v) for k, v in values.items()}
+            if stream is None:
+                return out, events
+            ev = torch.cuda.Event()
+            ev.record(stream)
+        return out, [ev]
+
+    def _build_program(self) -> None:
+        """The frame program for the current graph, when capture is on (CUDA, or emulated for tests)."""
+        mode = self.graph.settings.capture
+        if self.graph.settings.cuda_graphs and mode == "auto":
+            mode = "on"
+        cuda = self.device.type == "cuda"
+        if mode == "emulate":
+            self.program = FrameProgram(self, emulate=True)
+        elif cuda and mode in ("auto", "on"):
+            self.program = FrameProgram(self)
+        else:
+            self.program = None
+        if self.program is not None:
+            self.stats.info["capture"] = self.program.describe()
 
     def _limit_in_flight(self, frame_events: list[Any]) -> None:
         """Keep at most `max_frames_in_flight` frames queued on the GPU.
@@ -527,10 +593,6 @@ class GraphRunner:
     def _evaluate(self, name: str, memo: dict) -> tuple[dict[str, Any], list[Any]]:
         if name in memo:
             return memo[name]
-        chain = self._chain_of(name)
-        if chain is not None:
-            self._run_chain(chain, memo)
-            return memo[name]
         slot = self.slots[name]
         values, events = self._gather_inputs(slot, memo)
         if values is None:
@@ -542,13 +604,17 @@ class GraphRunner:
 
     def _run_node(self, slot: _Slot, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         t0 = time.perf_counter()
-        nvtx = self.device.type == "cuda"
+        recording = self._recording
+        nvtx = self.device.type == "cuda" and not recording
         try:
             with self._in_stream(slot.stream):
                 self._wait_events(slot.stream, events, values)
+                if not slot.variant_ready:
+                    slot.node.frame_variant()  # host choices for this frame (read a frame late)
+                slot.variant_ready = False
                 if nvtx:
                     torch.cuda.nvtx.range_push(slot.name)
-                start_ev = self._gpu_start(slot)
+                start_ev = None if recording else self._gpu_start(slot)
                 try:
                     outs = slot.node.process(**values) or {}
                 finally:
@@ -556,7 +622,8 @@ class GraphRunner:
                         torch.cuda.nvtx.range_pop()
                 out_events = self._record(slot, start_ev)
                 # Taps run on the producer's stream, so a GPU preview copy is ordered after the work.
-                self._fire_taps(slot.name, outs)
+                if not recording:
+                    self._fire_taps(slot.name, outs)
         except NodeError as exc:
             self._node_failed(slot, exc, expected=True)
             raise _FrameFailed(slot.name, exc) from exc
@@ -565,7 +632,8 @@ class GraphRunner:
             raise _FrameFailed(slot.name, exc) from exc
         t1 = time.perf_counter()
         slot.consecutive_errors = 0
-        self._note_time(slot, t0, t1)
+        if not recording:
+            self._note_time(slot, t0, t1)
         return outs, out_events
 
     # -- CUDA plumbing -----------------------------------------------------
@@ -595,6 +663,8 @@ class GraphRunner:
             return
         for ev in events:
             stream.wait_event(ev)
+        if self._recording:
+            return  # recorded memory belongs to the graph's pool for as long as the graph lives
         # Tensors made on another stream must not be recycled while this stream uses them.
         for v in values.values():
             for payload in v if isinstance(v, list) else [v]:
@@ -613,44 +683,6 @@ class GraphRunner:
                 else:
                     keep.append((start, end))
             slot.pending_gpu = keep[-64:]
-
-    # -- CUDA graph capture of safe chains ------------------------------------
-    def _find_chains(self) -> list[tuple[str, ...]]:
-        """Maximal runs of cuda_graph_safe nodes, each fed only by the previous one."""
-        safe = {
-            n for n, s in self.slots.items()
-            if s.rn.cls.cuda_graph_safe and not s.rn.cls.is_source() and not s.rn.cls.is_sink() and not s.rn.cls.lazy_inputs
-        }
-        chains: list[tuple[str, ...]] = []
-        used: set[str] = set()
-        for n in self.graph.order:
-            if n not in safe or n in used:
-                continue
-            chain = [n]
-            while True:
-                consumers = {c for c, _ in self.graph.consumers(chain[-1])}
-                nxt = next(iter(consumers)) if len(consumers) == 1 else None
-                if nxt is None or nxt not in safe or nxt in used:
-                    break
-                srcs = {s.node for ri in self.graph.nodes[nxt].inputs.values() for s in ri.sources}
-                if not srcs <= set(chain) | {s.node for ri in self.graph.nodes[chain[0]].inputs.values() for s in ri.sources}:
-                    break
-                chain.append(nxt)
-            used.update(chain)
-            chains.append(tuple(chain))
-        return chains
-
-    def _chain_of(self, name: str) -> tuple[str, ...] | None:
-        for chain in self._chains:
-            if name in chain:
-                return chain
-        return None
-
-    def _run_chain(self, chain: tuple[str, ...], memo: dict) -> None:
-        cap = self._cuda_graphs.get(chain)
-        if cap is None:
-            cap = self._cuda_graphs[chain] = _CapturedChain(self, chain)
-        cap.run(memo)
 
     # -- bookkeeping -----------------------------------------------------------
     def _note_time(self, slot: _Slot, t0: float, t1: float) -> None:
@@ -701,8 +733,11 @@ class GraphRunner:
                 log.error("live change failed; the running graph keeps going:\n%s", traceback.format_exc())
 
     def _apply_params(self, slot: _Slot, params: Any) -> None:
+        changed = {k for k, v in params.model_dump().items() if getattr(slot.node.params, k, None) != v}
         if slot.node.update_params(params):
             slot.rn.params = params
+            if self.program is not None and changed - set(slot.node.live_params):
+                self.program.invalidate(slot.name)  # a host value baked into the recording changed
             log.info("node '%s': parameters updated live", slot.name)
             return
         # The node can't change in place: build a new one beside it, then swap.
@@ -717,7 +752,7 @@ class GraphRunner:
         else:
             self.slots[slot.name] = fresh
             self._close_slot(old)
-        self._cuda_graphs.clear()
+        self._build_program()
         log.info("node '%s': reopened with new parameters", slot.name)
 
     def _swap_graph(self, graph: ValidatedGraph) -> None:
@@ -764,124 +799,9 @@ class _nullcontext:
         return None
 
 
-class _CapturedChain:
-    """A chain of cuda_graph_safe nodes run as one CUDA graph after a short warm-up.
-
-    Inputs are copied into static buffers, the graph is replayed, and outputs
-    that leave the chain are copied out (device copies are cheap; sinks may
-    still read them while the next replay runs)."""
-
-    WARMUP = 3
-
-    def __init__(self, runner: GraphRunner, chain: tuple[str, ...]) -> None:
-        self.runner = runner
-        self.chain = chain
-        self.stream = torch.cuda.Stream(runner.device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static_in: dict[tuple[str, str], Any] = {}
-        self.static_out: dict[str, dict[str, Any]] = {}
-        self.signature: Any = None
-        self.calls = 0
-        self.disabled = False
-
-    def _external_inputs(self, memo: dict) -> tuple[dict[tuple[str, str], Any], list[Any]]:
-        values: dict[tuple[str, str], Any] = {}
-        events: list[Any] = []
-        for name in self.chain:
-            for ri in self.runner.slots[name].rn.inputs.values():
-                for src in ri.sources:
-                    if src.node in self.chain:
-                        continue
-                    outs, evs = self.runner._evaluate(src.node, memo)
-                    values[(src.node, src.port)] = outs.get(src.port) if outs else None
-                    events.extend(evs)
-        return values, events
-
-    def _eager(self, ext: dict, memo: dict, events: list[Any]) -> None:
-        local: dict[str, dict[str, Any]] = {}
-        for name in self.chain:
-            slot = self.runner.slots[name]
-            outs, ev = self.runner._run_node(slot, _chain_values(slot, local, ext), events)
-            local[name] = outs
-            memo[name] = (outs, ev)
-            events = ev
-
-    def run(self, memo: dict) -> None:
-        ext, events = self._external_inputs(memo)
-        if any(v is None for v in ext.values()):
-            for name in self.chain:
-                memo[name] = ({}, [])
-            return
-        sig = tuple((k, tuple(tuple(t.shape) + (t.dtype,) for t in v.tensors())) for k, v in sorted(ext.items()) if isinstance(v, Payload))
-        if self.disabled or self.calls < self.WARMUP or (self.graph is not None and sig != self.signature):
-            if self.graph is not None and sig != self.signature:
-                log.info("chain %s: input shapes changed, capturing again", "+".join(self.chain))
-                self.graph, self.calls = None, 0
-            self.calls += 1
-            self._eager(ext, memo, events)
-            return
-        if self.graph is None:
-            try:
-                self._capture(ext, events, sig)
-            except Exception as exc:
-                self.disabled = True
-                log.warning("chain %s cannot be captured as a CUDA graph (%s); running it eagerly", "+".join(self.chain), exc)
-                self._eager(ext, memo, events)
-                return
-        self._replay(ext, memo, events)
-
-    def _capture(self, ext: dict, events: list[Any], sig: Any) -> None:
-        with torch.cuda.stream(self.stream):
-            for ev in events:
-                self.stream.wait_event(ev)
-            self.static_in = {k: _clone_payload(v) for k, v in ext.items()}
-        self.stream.synchronize()  # capture set-up only, once per shape
-        g = torch.cuda.CUDAGraph()
-        local: dict[str, dict[str, Any]] = {}
-        with torch.cuda.graph(g, stream=self.stream):
-            for name in self.chain:
-                slot = self.runner.slots[name]
-                local[name] = slot.node.process(**_chain_values(slot, local, self.static_in)) or {}
-        self.graph, self.static_out, self.signature = g, local, sig
-        log.info("chain %s captured as one CUDA graph", "+".join(self.chain))
-
-    def _replay(self, ext: dict, memo: dict, events: list[Any]) -> None:
-        t0 = time.perf_counter()
-        with torch.cuda.stream(self.stream):
-            for ev in events:
-                self.stream.wait_event(ev)
-            for k, v in ext.items():
-                for dst, src in zip(self.static_in[k].tensors(), v.tensors()):
-                    dst.copy_(src, non_blocking=True)
-            self.graph.replay()
-            ref = next(iter(ext.values()))
-            outs_all = {name: {p: _clone_payload(v, like=ref) for p, v in outs.items()} for name, outs in self.static_out.items()}
-            ev = torch.cuda.Event()
-            ev.record(self.stream)
-            for name in self.chain:
-                self.runner._fire_taps(name, outs_all[name])
-        t1 = time.perf_counter()
-        for name in self.chain:
-            slot = self.runner.slots[name]
-            memo[name] = (outs_all[name], [ev])
-            self.runner._note_time(slot, t0, t1)
-
-
-def _chain_values(slot: _Slot, local: dict[str, dict[str, Any]], ext: dict[tuple[str, str], Any]) -> dict[str, Any]:
-    """A chain node's inputs: from an earlier node of the chain, else from outside it."""
-    values: dict[str, Any] = {}
-    for port, ri in slot.rn.inputs.items():
-        got = [local[s.node].get(s.port) if s.node in local else ext.get((s.node, s.port)) for s in ri.sources]
-        values[port] = got if ri.port.multiple else (got[0] if got else None)
-    return values
-
-
-def _clone_payload(p: Any, like: Any = None) -> Any:
+def _copy_payload(p: Any) -> Any:
+    if isinstance(p, list):
+        return [_copy_payload(v) for v in p]
     if not isinstance(p, Payload):
         return p
-    changes = {k: v.clone() for k, v in vars(p).items() if isinstance(v, torch.Tensor)}
-    if like is not None:  # replayed outputs carry the current frame's timing, not the captured one's
-        for key in ("timestamp", "index"):
-            if hasattr(p, key) and hasattr(like, key):
-                changes[key] = getattr(like, key)
-    return dc_replace(p, **changes)
+    return dc_replace(p, **{k: v.clone() for k, v in vars(p).items() if isinstance(v, torch.Tensor)})

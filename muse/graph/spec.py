@@ -76,7 +76,12 @@ class Settings(_Strict):
     resolution: tuple[int, int] = Field((1920, 1080), description="Output width, height in pixels")
     fps: float = Field(30.0, gt=0, le=240, description="Target frames per second")
     precision: Literal["auto", "fp16", "fp32"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
-    cuda_graphs: bool = Field(False, description="Capture chains of cuda_graph_safe nodes into CUDA graphs")
+    capture: Literal["auto", "on", "off", "emulate"] = Field(
+        "auto",
+        description="Record each frame's GPU work once and replay it with one launch (auto/on: on CUDA; off: eager; "
+        "emulate: the CPU stand-in, for tests)",
+    )
+    cuda_graphs: bool = Field(False, description="Old name of capture: on (kept for older graphs)")
     cpu_resolution: Optional[tuple[int, int]] = Field(
         (1280, 720),
         description="On the CPU path, sources larger than this capture at this size so the stream stays live; null = never",
@@ -87,6 +92,12 @@ class Settings(_Strict):
     max_consecutive_errors: int = Field(
         120, ge=1, description="Stop the graph after this many failed frames in a row (a frame that fails is skipped)"
     )
+
+    @field_validator("capture", mode="before")
+    @classmethod
+    def _yaml_switch(cls, v: object) -> object:
+        # YAML reads a bare on/off as true/false.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("resolution")
     @classmethod

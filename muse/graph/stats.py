@@ -38,6 +38,7 @@ class NodeStats:
     gpu_ms: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
     info: dict[str, Any] = field(default_factory=dict)
     last_error: str = ""
+    captured: bool = False  # ran inside a replayed frame program (host and GPU times are the segment's)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -53,6 +54,8 @@ class NodeStats:
             out["info"] = dict(self.info)
         if self.last_error:
             out["last_error"] = self.last_error
+        if self.captured:
+            out["captured"] = True
         return out
 
 

@@ -82,7 +82,7 @@ class Invert(Node):
     node_type = "basic.invert"
     display_name = "Invert"
     description = "Inverts a frame's colours, blended by `amount`."
-    cuda_graph_safe = True
+    capturable = True
 
     frame: In[Frame]
     out: Out[Frame]
@@ -101,7 +101,7 @@ class LumaMask(Node):
     node_type = "basic.luma_mask"
     display_name = "Luma mask"
     description = "A mask from brightness above a threshold (a stand-in segmenter for tests)."
-    cuda_graph_safe = True
+    capturable = True
 
     frame: In[Frame]
     mask: Out[Mask]

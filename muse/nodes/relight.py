@@ -48,7 +48,7 @@ class Relight(Node):
     node_type = "relight.light"
     display_name = "Relight"
     description = "A virtual light (direction, colour, intensity, softness) on the person, from the mask and an estimated normal map."
-    cuda_graph_safe = False  # light colour and direction are uploaded per frame
+    capturable = False  # light colour and direction are uploaded per frame
 
     frame: In[Frame]
     mask: In[Mask]

@@ -77,7 +77,7 @@ class Smooth(Node):
     node_type = "landmarks.smooth"
     display_name = "Smooth landmarks"
     description = "One-Euro filter for body keypoints and/or face landmarks: steady when still, no lag when moving."
-    cuda_graph_safe = False
+    capturable = False
 
     keypoints: In[Keypoints] = In(optional=True, description="Body keypoints to smooth")
     face: In[FaceLandmarks] = In(optional=True, description="Face landmarks to smooth")

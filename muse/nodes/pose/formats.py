@@ -83,7 +83,7 @@ class ConvertKeypoints(Node):
     node_type = "pose.convert"
     display_name = "Keypoint format"
     description = "Converts body keypoints between COCO-17 and BlazePose-33 (person's left = left)."
-    cuda_graph_safe = True
+    capturable = True
 
     keypoints: In[Keypoints]
     out: Out[Keypoints]

@@ -39,7 +39,7 @@ class SelfieSegment(Node):
         "Person mask from MediaPipe's bundled selfie model (no weights to download by hand). "
         "Fast; soft edges at 256 px: follow it with segment.refine for full-resolution edges."
     )
-    cuda_graph_safe = True  # static shapes per frame size, no host sync in process
+    capturable = True  # static shapes per frame size, no host sync in process
 
     frame: In[Frame]
     mask: Out[Mask]

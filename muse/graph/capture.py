@@ -1,0 +1,244 @@
+"""Recording a frame's device work once and replaying it: CUDA graphs, and a CPU emulation of them.
+
+`CudaFrameGraph` wraps `torch.cuda.CUDAGraph`: the kernels launched while recording
+are not run, they are replayed later with one launch, reading and writing the same
+addresses every time. That is the whole contract a captured node must live with:
+state it updates in place keeps its address; a Python value (a float, a host flag,
+a frame counter) read while recording is baked into every replay.
+
+`EmulatedFrameGraph` gives the CPU the same semantics, so the contract can be tested
+without a GPU: every aten op issued while recording is kept with its arguments and
+run again on replay, writing its result into the tensor it produced the first time.
+An op that reads the device back to the host (`.item()`, `bool(t)`, `nonzero`,
+boolean-mask indexing) raises `CaptureError` in both, instead of freezing one frame's answer.
+
+`LateValue` is the one way a captured node reads a device value on the host: the
+copy to pinned memory is part of the frame, and the host reads it a frame later.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+__all__ = [
+    "CaptureError",
+    "CudaFrameGraph",
+    "EmulatedFrameGraph",
+    "LateValue",
+    "active_recording",
+    "is_recording",
+]
+
+aten = torch.ops.aten
+
+# Ops whose result the host must see: under a CUDA capture they fail (or, worse, freeze one frame's answer).
+_HOST_READS = {
+    aten._local_scalar_dense.default,  # .item(), float(t), int(t)
+    aten.is_nonzero.default,  # bool(t), `if t:`
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.equal.default,
+    aten.unique_dim.default,
+    aten._unique2.default,
+    aten.unique_consecutive.default,
+}
+
+
+class CaptureError(RuntimeError):
+    """Work that cannot be replayed: the message says which op and how to avoid it."""
+
+
+_state = threading.local()
+
+
+def active_recording() -> "FrameGraph | None":
+    """The frame graph this thread is recording into, if any."""
+    return getattr(_state, "recording", None)
+
+
+def is_recording() -> bool:
+    return active_recording() is not None
+
+
+class FrameGraph:
+    """One recorded frame (one variant). `record(fn)` runs `fn` under recording and returns its result."""
+
+    executes_while_recording = False  # CUDA: recording runs nothing; the first replay computes the frame
+
+    def __init__(self) -> None:
+        self.late: list[LateValue] = []  # published inside: stamped with the frame's event after each replay
+
+    def record(self, fn: Callable[[], Any]) -> Any:
+        raise NotImplementedError
+
+    def replay(self) -> None:
+        raise NotImplementedError
+
+    def _enter(self) -> None:
+        if getattr(_state, "recording", None) is not None:
+            raise CaptureError("a frame is already being recorded on this thread")
+        _state.recording = self
+
+    def _exit(self) -> None:
+        _state.recording = None
+
+
+class CudaFrameGraph(FrameGraph):
+    """A CUDA graph recorded on `stream`; variants of one program share one memory pool."""
+
+    def __init__(self, stream: "torch.cuda.Stream", pool: Any = None) -> None:
+        super().__init__()
+        self.stream = stream
+        self.graph = torch.cuda.CUDAGraph()
+        self.pool = pool
+
+    def record(self, fn: Callable[[], Any]) -> Any:
+        self._enter()
+        try:
+            with _HostReadGuard():
+                # thread_local: sources and sinks keep uploading/downloading on their own threads meanwhile.
+                with torch.cuda.graph(self.graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+                    result = fn()
+        finally:
+            self._exit()
+        if self.pool is None:
+            self.pool = self.graph.pool()
+        return result
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class EmulatedFrameGraph(FrameGraph):
+    """CPU stand-in for a CUDA graph with the same rules (for tests; never faster)."""
+
+    executes_while_recording = True  # recording runs the ops once: that is the recorded frame's result
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[Any, tuple, dict, Any]] = []
+
+    def record(self, fn: Callable[[], Any]) -> Any:
+        self._enter()
+        try:
+            with _Recorder(self.ops):
+                return fn()
+        finally:
+            self._exit()
+
+    def replay(self) -> None:
+        with torch.no_grad():
+            for func, args, kwargs, out in self.ops:
+                fresh = func(*args, **kwargs)
+                for old, new in zip(_flat(out), _flat(fresh)):
+                    if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and not _same_view(old, new):
+                        old.copy_(new)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+class LateValue:
+    """A small device tensor the host reads one frame later, without stalling the device.
+
+    `publish(t)` queues a copy into pinned host memory on the current stream (inside a
+    recorded frame the copy is part of every replay); `read()` waits only for that copy,
+    which finished with the previous frame. `ready()` never blocks.
+    """
+
+    def __init__(self, device: torch.device | str, shape: tuple[int, ...] = (), dtype: torch.dtype = torch.float32) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.host = torch.zeros(shape, dtype=dtype, pin_memory=self.cuda)
+        self.event: Any = None
+        self.published = False
+
+    def publish(self, value: torch.Tensor) -> None:
+        self.host.copy_(value.detach().reshape(self.host.shape), non_blocking=self.cuda)
+        self.published = True
+        graph = active_recording()
+        if graph is not None:
+            graph.late.append(self)  # the frame program stamps it with each replay's end event
+            self.event = None
+        elif self.cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def stamp(self, event: Any) -> None:
+        """The event after which the last replay's copy is in `host` (frame programs call this)."""
+        self.event = event
+        self.published = True
+
+    def ready(self) -> bool:
+        return self.event is None or bool(self.event.query())
+
+    def read(self) -> torch.Tensor:
+        """The value published last (zeros before any publish); waits only for its own copy."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host
+
+    def reset(self) -> None:
+        self.host.zero_()
+        self.event = None
+        self.published = False
+
+
+# -- internals ------------------------------------------------------------------------------------------
+def _flat(x: Any) -> Iterable[Any]:
+    if isinstance(x, (tuple, list)):
+        for v in x:
+            yield from _flat(v)
+    else:
+        yield x
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+    )
+
+
+def _host_read_error(func: Any, args: tuple) -> CaptureError:
+    return CaptureError(
+        f"{func} reads a device value back to the host inside a captured frame; "
+        "decide on the device (torch.where, masked blends, clamped indices) or read it a frame late (LateValue)"
+    )
+
+
+def _is_bool_index(func: Any, args: tuple) -> bool:
+    if func not in (aten.index.Tensor, aten.index_put_.default, aten.index_put.default):
+        return False
+    indices = args[1] if len(args) > 1 else []
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or [])
+
+
+class _Recorder(TorchDispatchMode):
+    """Keeps every aten op with its arguments; host reads raise."""
+
+    def __init__(self, ops: list) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _HOST_READS or _is_bool_index(func, args):
+            raise _host_read_error(func, args)
+        out = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, out))
+        return out
+
+
+class _HostReadGuard(TorchDispatchMode):
+    """Turns a host read under CUDA capture into a CaptureError that names the op (CUDA's own error does not)."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in _HOST_READS or _is_bool_index(func, args):
+            raise _host_read_error(func, args)
+        return func(*args, **(kwargs or {}))
