@@ -155,10 +155,12 @@ class LateValue:
         self.host = torch.zeros(shape, dtype=dtype, pin_memory=self.cuda)
         self.event: Any = None
         self.published = False
+        self.version = 0  # counts publishes (and replays that published): tells a fresh value from one already read
 
     def publish(self, value: torch.Tensor) -> None:
         self.host.copy_(value.detach().reshape(self.host.shape), non_blocking=self.cuda)
         self.published = True
+        self.version += 1
         graph = active_recording()
         if graph is not None:
             graph.late.append(self)  # the frame program stamps it with each replay's end event
@@ -171,6 +173,7 @@ class LateValue:
         """The event after which the last replay's copy is in `host` (frame programs call this)."""
         self.event = event
         self.published = True
+        self.version += 1
 
     def ready(self) -> bool:
         return self.event is None or bool(self.event.query())

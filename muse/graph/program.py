@@ -273,12 +273,13 @@ class FrameProgram:
         r = self.runner
         stream = self.stream
         end: list[Any] = []
+        ev = None
         if stream is not None:
             ev = torch.cuda.Event()
             ev.record(stream)
             end = [ev]
-            for late in var.graph.late:
-                late.stamp(ev)
+        for late in var.graph.late:
+            late.stamp(ev)  # this frame's copies land when `ev` completes (at once on the CPU)
         like = _timing_source(ext)
         t1 = time.perf_counter()
         with torch.cuda.stream(stream) if stream is not None else _null():

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from muse.graph.capture import CaptureError, is_recording
 from torch import nn
 
 from muse.files import atomic_path, write_bytes
@@ -154,7 +156,8 @@ class TorchBackend(InferenceBackend):
     @torch.no_grad()  # not inference_mode: its tensors can't be updated in place by nodes outside it
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = self._input(x)
-        if not self.cuda_graph or self._graph_failed:
+        if not self.cuda_graph or self._graph_failed or is_recording():
+            # Inside a recorded frame the model's kernels become part of the frame's own graph.
             return self.model(x)
         entry = self._graphs.get(tuple(x.shape))
         if entry is None:
@@ -268,6 +271,8 @@ class OnnxRuntimeBackend(InferenceBackend):
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if is_recording():
+            raise CaptureError("ONNX Runtime launches its own work, outside a recorded frame; use backend torch to capture it")
         x = x.to(self.input_type)
         if self.on_cuda:
             return self._run_cuda(x)

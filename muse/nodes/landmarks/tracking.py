@@ -45,6 +45,10 @@ class OrtModel:
         return self
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from muse.graph.capture import CaptureError, is_recording
+
+        if is_recording():
+            raise CaptureError("ONNX Runtime runs on the host, outside a recorded frame; use backend torch to capture this node")
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         if self.fixed_batch == 1 and arr.shape[0] > 1:  # exported with batch 1: run the crops one by one
             parts = [self.session.run(None, {self.input_name: arr[i : i + 1]}) for i in range(arr.shape[0])]

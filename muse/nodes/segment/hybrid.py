@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import Field
 
+from muse.graph.capture import LateValue, is_recording
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.stats import NodeStats
@@ -50,17 +51,11 @@ class _Branch:
 
 
 @dataclass
-class _Check:
-    """Health numbers of one mask, read on the host once the device has computed them."""
+class _Health:
+    """The health numbers [non-finite flag, coverage] of one model's mask, read a frame late."""
 
-    kind: str  # "live": NaN + coverage of the live output; "probe": coverage of a lower branch
-    branch: int
-    stats: torch.Tensor  # [non-finite flag, coverage]
-    event: Any = None  # torch.cuda.Event on GPU, None when already on the host
-    about: int = -1  # probe: the branch whose emptiness is being judged
-
-    def ready(self) -> bool:
-        return self.event is None or self.event.query()
+    value: LateValue
+    judged: int = -1  # the version of `value` last judged
 
 
 def _mask_stats(alpha: torch.Tensor) -> torch.Tensor:
@@ -82,6 +77,7 @@ def _selfie_class() -> type[Node] | None:
 
 class HybridSegment(Node):
     node_type = "segment.hybrid"
+    capturable = True
     display_name = "Hybrid segmenter"
     description = (
         "Personalized student when the profile has one, else MODNet (if a checkpoint is set), else the bundled "
@@ -115,7 +111,9 @@ class HybridSegment(Node):
         self._stop = threading.Event()
         self._pending: tuple[LoadedStudent, str, tuple] | None = None
         self._retired: list[tuple[int, Callable[[], None]]] = []
-        self._checks: list[_Check] = []
+        self._health: dict[tuple[str, int, int], _Health] = {}
+        self._plan: tuple[int | None, int | None] = (None, None)
+        self._planned = False
         self._last_good: torch.Tensor | None = None
         self._frames = 0
         self._switches = 0
@@ -249,32 +247,55 @@ class HybridSegment(Node):
             order = first + [i for i in order if i not in first]
         return [i for i in order if self.branches[i].run is not None]
 
-    def process(self, frame: Frame) -> dict[str, Mask]:
+    def frame_variant(self) -> tuple:
+        """Host choices for this frame: which model is live, whether a lower one is asked
+        (its empty-mask probe), judged from the health numbers of earlier frames."""
         self._frames += 1
         self._adopt_pending()
         self._drain()
-        errors: list[str] = []
         order = self._order()
-        for pos, i in enumerate(order):
-            b = self.branches[i]
+        if not order:
+            self._plan = (None, None)
+        else:
+            live = order[0]
+            probe = None
+            if self.branches[live].empty_run >= self.params.empty_frames and len(order) > 1:
+                self.branches[live].empty_run = 0
+                probe = order[1]
+            self._plan = (live, probe)
+        self._planned = True
+        live, probe = self._plan
+        return (live, probe, id(self.branches[live].run) if live is not None else None)
+
+    def process(self, frame: Frame) -> dict[str, Mask]:
+        if not self._planned:  # called directly (tests, other nodes), not by the runtime
+            self.frame_variant()
+        self._planned = False
+        live, probe = self._plan
+        if live is None:
+            raise NodeError(
+                f"node '{self.name}' (segment.hybrid): every segmenter failed "
+                f"({'; '.join(f'{b.label}: {b.error}' for b in self.branches if b.error) or 'none loaded'})"
+            )
+        b = self.branches[live]
+        try:
+            mask = b.run(frame)  # type: ignore[misc]
+        except Exception as exc:  # a failing model is exactly what this node guards against
+            if is_recording():
+                raise
+            self._fail(live, f"raised {type(exc).__name__}: {exc}")
+            self._plan, self._planned = (self._order()[0] if self._order() else None, None), True
+            return self.process(frame)
+        self._check(("live", live, -1), mask.alpha)
+        if probe is not None:
             try:
-                mask = b.run(frame)  # type: ignore[misc]
-            except Exception as exc:  # a failing model is exactly what this node guards against
-                self._fail(i, f"raised {type(exc).__name__}: {exc}")
-                errors.append(f"{b.label}: {exc}")
-                continue
-            verdict = self._submit(_Check("live", i, _mask_stats(mask.alpha)))
-            if verdict == "bad":
-                errors.append(f"{b.label}: NaN/Inf mask")
-                continue
-            if b.empty_run >= self.params.empty_frames:
-                probe = self._probe(order[pos + 1 :], i, frame)
-                if probe is not None:  # the lower model sees a person: use its mask this frame
-                    return self._emit(probe[0], probe[1], frame)
-            return self._emit(i, mask, frame)
-        raise NodeError(
-            f"node '{self.name}' (segment.hybrid): every segmenter failed this frame ({'; '.join(errors) or 'none loaded'})"
-        )
+                lower = self.branches[probe].run(frame)  # type: ignore[misc]
+                self._check(("probe", probe, live), lower.alpha)
+            except Exception as exc:
+                if is_recording():
+                    raise
+                self._fail(probe, f"raised {type(exc).__name__}: {exc}")
+        return self._emit(live, mask, frame)
 
     def _emit(self, i: int, mask: Mask, frame: Frame) -> dict[str, Mask]:
         if self._policy.succeeded(i) or self._live != i:
@@ -287,63 +308,43 @@ class HybridSegment(Node):
             self._live = i
             self._report()
         alpha = mask.alpha
-        if alpha.is_cuda:
-            # The NaN check is read a frame later; meanwhile never pass NaN downstream.
-            prev = self._last_good if self._last_good is not None and self._last_good.shape == alpha.shape else torch.zeros_like(alpha)
-            alpha = torch.where(torch.isfinite(alpha), alpha, prev)
-        self._last_good = alpha
+        # The NaN check is read a frame later; meanwhile never pass NaN downstream: the last good mask
+        # stands in, kept in a buffer this node owns and updates in place.
+        if self._last_good is None or self._last_good.shape != alpha.shape or self._last_good.dtype != alpha.dtype:
+            self._last_good = torch.zeros_like(alpha)
+        self._last_good.copy_(torch.where(torch.isfinite(alpha), alpha, self._last_good))
         self._retire_tick()
-        return {"mask": Mask(alpha, frame.timestamp, frame.index)}
-
-    def _probe(self, lower: list[int], about: int, frame: Frame) -> tuple[int, Mask] | None:
-        """Run the next model to learn whether the live one's empty mask is real."""
-        self.branches[about].empty_run = 0
-        for j in lower:
-            try:
-                mask = self.branches[j].run(frame)  # type: ignore[misc]
-            except Exception as exc:
-                self._fail(j, f"raised {type(exc).__name__}: {exc}")
-                continue
-            verdict = self._submit(_Check("probe", j, _mask_stats(mask.alpha), about=about))
-            return (j, mask) if verdict == "person" else None
-        return None
+        return {"mask": Mask(self._last_good, frame.timestamp, frame.index)}
 
     # -- health checks (never stall the GPU) ----------------------------
-    def _submit(self, check: _Check) -> str:
-        """Queue a check; on CPU it is judged now: 'bad', 'empty', 'person' or 'ok'; on GPU 'pending'."""
-        if check.stats.is_cuda:
-            host = torch.empty(2, dtype=torch.float32, pin_memory=True)
-            host.copy_(check.stats, non_blocking=True)
-            ev = torch.cuda.Event()
-            ev.record()
-            check.stats, check.event = host, ev
-            self._checks.append(check)
-            self._checks = self._checks[-16:]
-            return "pending"
-        return self._judge(check)
+    def _check(self, key: tuple[str, int, int], alpha: torch.Tensor) -> None:
+        """Publish [non-finite flag, coverage] of a mask; judged on the host a frame later."""
+        late = self._health.get(key)
+        if late is None:
+            late = self._health[key] = _Health(LateValue(alpha.device, (2,)))
+        late.value.publish(_mask_stats(alpha))
 
     def _drain(self) -> None:
-        keep = []
-        for c in self._checks:
-            if c.ready():
-                self._judge(c)
-            else:
-                keep.append(c)
-        self._checks = keep
+        for (kind, branch, about), h in self._health.items():
+            v = h.value
+            if not v.published or v.version == h.judged or not v.ready():
+                continue
+            h.judged = v.version
+            bad, coverage = (float(x) for x in v.read().tolist())  # host memory: no device sync
+            self._judge(kind, branch, about, bad, coverage)
 
-    def _judge(self, c: _Check) -> str:
-        bad, coverage = float(c.stats[0]), float(c.stats[1])  # host values: no device sync here
-        b = self.branches[c.branch]
-        if c.kind == "probe":
+    def _judge(self, kind: str, branch: int, about: int, bad: float, coverage: float) -> str:
+        b = self.branches[branch]
+        if kind == "probe":
             if bad == 0 and coverage >= max(self.params.min_coverage * 10, 0.01):
-                self._fail(c.about, f"empty mask for {self.params.empty_frames} frames while {b.label} sees a person")
+                self._fail(about, f"empty mask for {self.params.empty_frames} frames while {b.label} sees a person")
                 return "person"
             return "ok"
         if bad:
-            self._fail(c.branch, "NaN/Inf in the mask")
+            self._fail(branch, "NaN/Inf in the mask")
             return "bad"
         if coverage < self.params.min_coverage:
-            b.empty_run += 1  # reaching empty_frames makes `process` probe the next model
+            b.empty_run += 1  # reaching empty_frames makes the next frame probe the next model
             return "empty"
         b.empty_run = 0
         return "ok"
