@@ -24,6 +24,7 @@ from muse.nodes.landmarks import ssd
 
 class FaceLandmarksNode(Node):
     node_type = "face.landmarks"
+    capturable = True
     display_name = "Face landmarks"
     description = "468-point face mesh + iris (478 points) with named regions, tracked between frames; seeded by the face detector or by body keypoints."
 
@@ -59,14 +60,24 @@ class FaceLandmarksNode(Node):
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
         return True
 
+    def frame_variant(self, seeded_by_pose: bool | None = None) -> tuple[bool, bool]:
+        p = self.params
+        force = bool(p.redetect_every) and self._frames % p.redetect_every == 0
+        self._frames += 1
+        self._planned = True
+        if seeded_by_pose is None:
+            seeded_by_pose = p.seed in ("auto", "pose")
+        return self.tracker.plan(force_detect=force, seeded_by_pose=seeded_by_pose)
+
     def process(self, frame: Frame, pose: Keypoints | None = None) -> dict[str, FaceLandmarks]:
         p = self.params
         if p.seed == "pose" and pose is None:
             raise NodeError(f"node {self.name!r}: seed is 'pose' but the `pose` input is not connected; connect a pose node's keypoints or set seed: auto")
         use_pose = pose if p.seed in ("auto", "pose") else None
-        force = bool(p.redetect_every) and self._frames % p.redetect_every == 0
-        self._frames += 1
-        r = self.tracker(frame.chw(torch.float32), use_pose, force_detect=force)
+        if not getattr(self, "_planned", False):  # called directly, not by the runtime
+            self.frame_variant(seeded_by_pose=use_pose is not None)
+        self._planned = False
+        r = self.tracker(frame.chw(torch.float32), use_pose)
         face = FaceLandmarks(
             points=r["points"],
             confidence=r["confidence"],  # type: ignore[arg-type]  # 0-d device tensor: no sync here

@@ -15,6 +15,7 @@ from muse.nodes.face import regions as REG
 from muse.nodes.landmarks import roi as R
 from muse.nodes.landmarks import ssd
 from muse.nodes.landmarks.tracking import HostFlag, load_bundled
+from muse.nodes.pose.tracker import keep_in_place
 
 DETECTOR_SIZE = 128
 MESH_SIZE = 192
@@ -47,11 +48,21 @@ class FaceTracker:
         # index tensors live on the device: indexing with a Python list would copy it over every frame
         self.eye_corners = torch.tensor([REG.RIGHT_EYE_CORNERS, REG.LEFT_EYE_CORNERS], device=device)
         self.detector_runs = 0
+        self._plan: bool | None = None
 
     def reset(self) -> None:
         self.tracking.reset()
         self.roi = self.last_roi_seen = None
         self.last_points = None
+        self._plan = None
+
+    def plan(self, *, force_detect: bool = False, seeded_by_pose: bool = False) -> tuple[bool, bool]:
+        """The host choice for the next call, from last frame's flag: (tracking, has state)."""
+        tracking = self.roi is not None and bool(self.tracking.read()) and not force_detect
+        self._plan = tracking
+        if not tracking and not seeded_by_pose:
+            self.detector_runs += 1
+        return tracking, self.roi is not None
 
     def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Face detector on the letterboxed frame -> (ROI (1, 5), score 0-d, box (4,) in frame pixels)."""
@@ -68,7 +79,6 @@ class FaceTracker:
         # keypoints 0 and 1 are the person's right and left eye: they level the crop
         angle = R.rotation_towards(kp[0], kp[1], 0.0)
         roi = R.square_roi(centre[0:1], centre[1:2], size[0:1], size[1:2], angle[None], FACE_SCALE)
-        self.detector_runs += 1
         return roi, score, corners.reshape(4)
 
     def seed_from_pose(self, pose: Keypoints) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +98,8 @@ class FaceTracker:
         return roi, conf
 
     def _mesh(self, image: torch.Tensor, roi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        taps = R.antialias_taps(min(image.shape[-2:]) / 3, MESH_SIZE)  # a streamer's face crop ~ 1/3 of the height if self.antialias else 1
+        # a streamer's face crop is about a third of the frame's height
+        taps = R.antialias_taps(min(image.shape[-2:]) / 3, MESH_SIZE) if self.antialias else 1
         crop = R.crop(image, roi, MESH_SIZE, border="border", taps=taps)  # [0, 1], replicated border
         raw, flag = self.mesh(crop.to(self.dtype))[:2]
         points = R.to_frame(raw.reshape(1, -1, 3), roi, float(MESH_SIZE))[0]
@@ -111,9 +122,12 @@ class FaceTracker:
     def __call__(self, image: torch.Tensor, pose: Keypoints | None = None, *, force_detect: bool = False) -> dict[str, torch.Tensor | bool]:
         """One frame, (3, H, W) float32 in [0, 1]. Returns points (478 or 468, 3)
         in frame pixels, confidence (0-d), box (4,), present (0-d bool)."""
-        tracking = self.roi is not None and self.tracking.read() and not force_detect
+        if self._plan is None:  # called directly: choose now
+            self.plan(force_detect=force_detect, seeded_by_pose=pose is not None)
+        tracking, self._plan = bool(self._plan), None
         if tracking:
-            roi, gate = self.roi, torch.ones((), device=image.device)
+            assert self.roi is not None
+            roi, gate = self.roi.clone(), torch.ones((), device=image.device)  # the state is overwritten below
         else:
             if pose is not None:
                 roi, seed = self.seed_from_pose(pose)
@@ -135,9 +149,10 @@ class FaceTracker:
         next_roi = seen
         if tracking and self.predict_motion and self.last_roi_seen is not None:
             next_roi = R.predict(seen, self.last_roi_seen, present)
-        self.last_roi_seen = seen
-        self.roi = next_roi
-        self.last_points = points
+        # State is updated in place (a recorded frame replays into the same buffers).
+        self.last_roi_seen = keep_in_place(self.last_roi_seen, seen)
+        self.roi = keep_in_place(self.roi, next_roi)
+        self.last_points = keep_in_place(self.last_points, points)
         self.tracking.publish(present)
         box = torch.cat([points[: REG.MESH_POINTS, :2].amin(0), points[: REG.MESH_POINTS, :2].amax(0)])
         return {"points": points, "confidence": presence, "box": box, "present": present, "roi": roi, "tracked": tracking}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from muse.graph.capture import LateValue
+
 
 def resolve_backend(backend: str, device: torch.device) -> str:
     """`auto`: torch on a GPU (fp16, stays on the device); ONNX Runtime on the CPU,
@@ -105,29 +107,11 @@ class _Replayed:
         return self.backend(x)  # type: ignore[operator]
 
 
-class HostFlag:
-    """A device bool copied to pinned host memory without blocking.
-
-    `publish` queues the copy on the current stream; `read` (next frame) waits
-    only for that copy, which finished long ago, so the device never stalls.
-    """
+class HostFlag(LateValue):
+    """A device bool the host reads one frame later (detector or tracker, still present), never stalling the device."""
 
     def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.host = torch.zeros(1, dtype=torch.bool, pin_memory=self.cuda)
-        self.event: torch.cuda.Event | None = None
+        super().__init__(device, (1,), torch.bool)
 
-    def publish(self, value: torch.Tensor) -> None:
-        self.host.copy_(value.reshape(1), non_blocking=self.cuda)
-        if self.cuda:
-            self.event = torch.cuda.Event()
-            self.event.record()
-
-    def read(self) -> bool:
-        if self.event is not None:
-            self.event.synchronize()  # one small copy from the previous frame
-        return bool(self.host[0])
-
-    def reset(self) -> None:
-        self.host.zero_()
-        self.event = None
+    def read(self) -> bool:  # type: ignore[override]
+        return bool(super().read()[0])

@@ -22,6 +22,7 @@ from muse.nodes.pose.tracker import BlazePoseTracker  # noqa: F401  (re-exported
 
 class BlazePose(Node):
     node_type = "pose.blazepose"
+    capturable = True
     display_name = "Pose (BlazePose)"
     description = "33 body keypoints with visibility from the bundled MediaPipe pose models; detector only when tracking is lost; optional person mask."
 
@@ -58,13 +59,21 @@ class BlazePose(Node):
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
         return True
 
-    def process(self, frame: Frame) -> dict[str, Keypoints | Mask]:
-        assert self.ctx is not None
+    def frame_variant(self) -> tuple[bool, bool, bool]:
         p = self.params
         force = bool(p.redetect_every) and self._frames % p.redetect_every == 0
         confirm = bool(p.confirm_every) and self._frames % p.confirm_every == 0
         self._frames += 1
-        r = self.tracker(frame.chw(torch.float32), force_detect=force, confirm=confirm)
+        self._planned = True
+        return self.tracker.plan(force_detect=force, confirm=confirm)
+
+    def process(self, frame: Frame) -> dict[str, Keypoints | Mask]:
+        assert self.ctx is not None
+        p = self.params
+        if not getattr(self, "_planned", False):  # called directly, not by the runtime
+            self.frame_variant()
+        self._planned = False
+        r = self.tracker(frame.chw(torch.float32))
         keypoints = Keypoints(
             points=r["points"][:, :2].contiguous(),
             confidence=r["visibility"],

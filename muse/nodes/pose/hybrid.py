@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from muse.graph.capture import is_recording
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Keypoints, Mask
 from muse.nodes.landmarks.tracking import HostFlag
@@ -50,6 +51,7 @@ def select(candidates: list[Candidate], now: float, retry_after: float) -> Candi
 
 
 class PoseHybrid(Node):
+    capturable = True
     node_type = "pose.hybrid"
     display_name = "Pose (hybrid)"
     description = "Student > ViTPose > bundled BlazePose, falling back automatically (safe mode); reports the live mode."
@@ -64,6 +66,7 @@ class PoseHybrid(Node):
         vitpose_checkpoint: str = Field("", description="ViTPose checkpoint folder: priority 2 when set")
         output: Literal["native", "blazepose33", "coco17"] = Field("native", description="Skeleton of the output; native = whatever the live model gives")
         retry_after_s: float = Field(30.0, ge=0.0, le=3600.0, description="Retry a failed higher-priority model after this many seconds; 0 = never")
+        backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="Bundled pose models: auto = torch on a GPU, ONNX Runtime on the CPU")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
@@ -73,7 +76,7 @@ class PoseHybrid(Node):
             self.candidates.append(Candidate("personalized", StudentPoseNode, {"profile": p.profile, "model": p.student_model}))
         if p.vitpose_checkpoint:
             self.candidates.append(Candidate("base", ViTPose, {"checkpoint": p.vitpose_checkpoint}))
-        self.candidates.append(Candidate("bundled", BlazePose, {}))
+        self.candidates.append(Candidate("bundled", BlazePose, {"backend": p.backend}))
         self.live: Candidate | None = None
         self.switches = 0
         self.swaps = 0
@@ -160,7 +163,14 @@ class PoseHybrid(Node):
                 c.node.close()
                 c.node = None
 
-    def process(self, frame: Frame, mask: Mask | None = None) -> dict[str, Keypoints]:
+    def capture_blocker(self) -> str | None:
+        for c in getattr(self, "candidates", []):
+            if not getattr(c.cls, "capturable", False):
+                return f"its {c.mode} pose model ({c.cls.node_type}) is not capturable yet"
+        return None
+
+    def frame_variant(self) -> tuple:
+        """Host choices: which model is live (from last frame's NaN flag and retry timers) and its own variant."""
         now = time.monotonic()
         self._watch_student(now)
         live = self._activate(now)
@@ -169,6 +179,16 @@ class PoseHybrid(Node):
             live = self._activate(now)
         elif self.live is not self.candidates[0]:
             live = self._activate(now)  # a higher-priority model may be due for a retry
+        self._planned = True
+        return (id(live.node), live.node.frame_variant() if live.node is not None else None)
+
+    def process(self, frame: Frame, mask: Mask | None = None) -> dict[str, Keypoints]:
+        now = time.monotonic()
+        if not getattr(self, "_planned", False):  # called directly, not by the runtime
+            self.frame_variant()
+        self._planned = False
+        live = self.live
+        assert live is not None
         while True:
             try:
                 inputs: dict[str, Any] = {"frame": frame}
@@ -178,8 +198,12 @@ class PoseHybrid(Node):
                 kp: Keypoints = out["keypoints"]  # type: ignore[index,assignment]
                 break
             except Exception as exc:  # safe mode: any failure of the live model hands over
+                if is_recording():
+                    raise  # the runtime runs this frame eagerly instead, where the fallback can happen
                 self._fail(live, exc)
                 live = self._activate(now)
+                if live.node is not None:
+                    live.node.frame_variant()
         nan = torch.isnan(kp.points).any() | torch.isnan(kp.confidence).any()
         assert live.bad is not None
         live.bad.publish(nan)

@@ -87,11 +87,23 @@ class BlazePoseTracker:
         self.antialias = antialias
         self.last_points: torch.Tensor | None = None
         self.detector_runs = 0
+        self._plan: tuple[bool, bool] | None = None
 
     def reset(self) -> None:
         self.tracking.reset()
         self.roi = self.last_roi_seen = None
         self.last_points = None
+        self._plan = None
+
+    def plan(self, *, force_detect: bool = False, confirm: bool = False) -> tuple[bool, bool, bool]:
+        """The host choice for the next call, from last frame's flag: (tracking, confirm, has state).
+        Called before a recorded frame; each answer is one variant of the recording."""
+        tracking = self.roi is not None and bool(self.tracking.read()) and not force_detect
+        confirm = confirm and tracking
+        self._plan = (tracking, confirm)
+        if not tracking or confirm:
+            self.detector_runs += 1
+        return tracking, confirm, self.roi is not None
 
     @torch.inference_mode()
     def detect(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +118,6 @@ class BlazePoseTracker:
         kp = R.to_frame(kp[None] * DETECTOR_SIZE, full, DETECTOR_SIZE)[0]
         # keypoint 0 = mid hip, 1 = full-body size and rotation point
         roi = R.aligned_roi(kp[0][None], kp[1][None], 90.0, ROI_SCALE)
-        self.detector_runs += 1
         return roi, score
 
     @torch.inference_mode()
@@ -118,10 +129,15 @@ class BlazePoseTracker:
         Returns points (33, 3) in frame pixels (z relative), visibility (33,),
         present (0-d bool), mask_crop (1, 1, 256, 256) and the ROI it lives in.
         """
-        tracking = self.roi is not None and self.tracking.read() and not force_detect
+        if self._plan is None:  # called directly: choose now
+            self.plan(force_detect=force_detect, confirm=confirm)
+        assert self._plan is not None
+        tracking, confirm = self._plan
+        self._plan = None
         previous_seen = self.last_roi_seen
         if tracking:
-            roi, gate = self.roi, torch.ones((), device=image.device)
+            assert self.roi is not None
+            roi, gate = self.roi.clone(), torch.ones((), device=image.device)  # the state is overwritten below
             if confirm:
                 # The landmark model's presence flag also fires on walls and furniture, so a person
                 # who left can stay "tracked": the detector confirms now and then (the crop stays).
@@ -130,7 +146,8 @@ class BlazePoseTracker:
         else:
             roi, score = self.detect(image)
             gate = (score >= self.spec.min_score).float()
-        taps = R.antialias_taps(min(image.shape[-2:]), LANDMARK_SIZE)  # a body crop ~ the frame height if self.antialias else 1
+        # a body crop is about the frame's height
+        taps = R.antialias_taps(min(image.shape[-2:]), LANDMARK_SIZE) if self.antialias else 1
         crop = R.crop(image, roi, LANDMARK_SIZE, border="border", taps=taps)  # MediaPipe replicates the edge here (unspecified = replicate)
         out = self.landmarks(crop.to(self.landmark_dtype))
         raw = out[0].reshape(1, -1, 5).float()
@@ -144,11 +161,14 @@ class BlazePoseTracker:
         visibility = torch.sigmoid(raw[0, :NUM_POINTS, 3]) * present
         # The next frame's ROI comes from the model's own alignment points (33 = hip centre, 34 = scale).
         next_roi = R.aligned_roi(points[33, :2][None], points[34, :2][None], 90.0, ROI_SCALE)
-        self.last_roi_seen = next_roi
         if tracking and self.predict_motion and previous_seen is not None:
-            next_roi = R.predict(next_roi, previous_seen, present)
-        self.roi = next_roi
-        self.last_points = points
+            predicted = R.predict(next_roi, previous_seen, present)
+        else:
+            predicted = next_roi
+        # State is updated in place (a recorded frame replays into the same buffers).
+        self.last_roi_seen = keep_in_place(self.last_roi_seen, next_roi)
+        self.roi = keep_in_place(self.roi, predicted)
+        self.last_points = keep_in_place(self.last_points, points)
         self.tracking.publish(present)
         mask_crop = torch.sigmoid(out[2].float()).permute(0, 3, 1, 2) if len(out) > 2 else None
         return {
@@ -157,6 +177,13 @@ class BlazePoseTracker:
             "present": present,
             "presence": presence,
             "mask_crop": mask_crop,
-            "roi": roi.float(),
+            "roi": roi.float(),  # a copy when tracking: the state moved on
             "tracked": tracking,
         }
+
+
+def keep_in_place(state: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """`value` written into `state` in place (allocated on first use or a new shape)."""
+    if state is None or state.shape != value.shape or state.dtype != value.dtype:
+        return value.clone()
+    return state.copy_(value)
