@@ -131,7 +131,7 @@ class EmulatedFrameGraph(FrameGraph):
             self._exit()
 
     def replay(self) -> None:
-        with torch.no_grad():
+        with torch.inference_mode():  # ops recorded under inference mode write inference tensors
             for func, args, kwargs, out in self.ops:
                 fresh = func(*args, **kwargs)
                 for old, new in zip(_flat(out), _flat(fresh)):

@@ -148,6 +148,7 @@ class NodeContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("muse"))
     stats: "NodeStats | None" = None
     clock: "torch.Tensor | None" = None  # this frame's source time in seconds, a float64 device scalar
+    connected: frozenset[str] = frozenset()  # the input ports wired in the graph
 
     @property
     def cuda(self) -> bool:

@@ -242,6 +242,7 @@ class GraphRunner:
             logger=logging.getLogger(f"muse.node.{rn.name}"),
             stats=stats,
             clock=self.clock,
+            connected=frozenset(p for p, ri in rn.inputs.items() if ri.sources),
         )
         node = rn.cls(rn.name, rn.params)
         return _Slot(rn=rn, node=node, ctx=ctx, stats=stats, stream=stream)
@@ -737,7 +738,7 @@ class GraphRunner:
         if slot.node.update_params(params):
             slot.rn.params = params
             if self.program is not None and changed - set(slot.node.live_params):
-                self.program.invalidate(slot.name)  # a host value baked into the recording changed
+                self._build_program()  # a host value baked into the recordings changed (or what can be captured)
             log.info("node '%s': parameters updated live", slot.name)
             return
         # The node can't change in place: build a new one beside it, then swap.

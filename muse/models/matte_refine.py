@@ -123,7 +123,8 @@ class TemporalStabilizer:
         m = mask.float()
         g = guide.float()
         if self._state is None or self._state.shape != m.shape or self._prev_guide is None or self._prev_guide.shape != g.shape:
-            self._state, self._prev_guide = m, g
+            # Buffers owned here and updated in place from now on (a recorded frame replays into them).
+            self._state, self._prev_guide = m.clone(), g.clone()
             return m
         frame_motion = (g - self._prev_guide).abs().mean(1, keepdim=True)
         frame_motion = F.max_pool2d(frame_motion, 3, stride=1, padding=1) / self.motion_threshold
@@ -133,5 +134,6 @@ class TemporalStabilizer:
         motion = torch.maximum(frame_motion, mask_motion).clamp_(0.0, 1.0)
         k = (1.0 - self.stability) + self.stability * motion
         out = self._state + k * (m - self._state)
-        self._state, self._prev_guide = out, g
+        self._state.copy_(out)
+        self._prev_guide.copy_(g)
         return out

@@ -86,6 +86,7 @@ def fill_unknown(plate: torch.Tensor, known: torch.Tensor, levels: int = 7) -> t
 
 class AdaptiveBackground(Node):
     node_type = "background.adaptive"
+    capturable = True
     display_name = "Adaptive background"
     description = "Clean plate of the room: from a recorded plate or learned live where no person is, following lighting drift."
 
@@ -140,12 +141,24 @@ class AdaptiveBackground(Node):
             self._plate = torch.zeros((3, height, width), device=device)
             self._known = torch.zeros((height, width), device=device)
 
+    def capture_blocker(self) -> str | None:
+        if self.ctx is not None and "recorded" in self.ctx.connected:
+            return "a recorded plate input is compared by identity each frame (a host choice)"
+        return None
+
+    def frame_variant(self) -> bool:
+        self._planned = True
+        return self._plate is None
+
     def process(self, frame: Frame, mask: Mask, recorded: Frame | None = None) -> dict[str, object]:
         ctx = self.ctx
         assert ctx is not None
         p = self.params
         height, width = frame.height, frame.width
         device = frame.image.device
+        if not getattr(self, "_planned", False):
+            self.frame_variant()
+        self._planned = False
         if recorded is not None and id(recorded.image) != self._recorded_id:
             self._recorded_id = id(recorded.image)
             self._init(height, width, device, recorded.hwc_uint8())
@@ -159,8 +172,8 @@ class AdaptiveBackground(Node):
         near = dilate(alpha, max(0, round(p.margin * height)))
         # hysteresis: become person above `person_on`, clear only below `person_off`
         occupied = torch.where(near > p.person_on, True, torch.where(near < p.person_off, False, self._occupied))
-        self._occupied = occupied
-        self._clear_for = torch.where(occupied, torch.zeros_like(self._clear_for), (self._clear_for + 1).clamp_max(10_000))
+        self._occupied.copy_(occupied)  # state in place: a recorded frame replays into the same buffers
+        self._clear_for.copy_(torch.where(occupied, torch.zeros_like(self._clear_for), (self._clear_for + 1).clamp_max(10_000)))
         clear = (self._clear_for >= p.settle_frames).float()
 
         rate = 1.0 - math.exp(-1.0 / max(1e-3, ctx.fps * p.adapt_seconds))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from muse.graph.capture import is_recording
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Uploader
@@ -35,7 +36,7 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     x = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
     k = torch.exp(-(x * x) / (2 * sigma * sigma))
     k = k / k.sum()
-    if img.device.type == "cpu" and img.dtype == torch.float32:
+    if img.device.type == "cpu" and img.dtype == torch.float32 and not is_recording():
         return _gaussian_blur_cpu(img, k)
     c = img.shape[0]
     out = F.pad(img[None], (radius, radius, 0, 0), mode="reflect")
@@ -43,6 +44,11 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     out = F.pad(out, (0, 0, radius, radius), mode="reflect")
     out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return out[0]
+
+
+def _linear(v: float) -> float:
+    """One sRGB value in [0, 1] to linear light (host maths: a key colour is a param, not a picture)."""
+    return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
 
 
 def _gaussian_blur_cpu(img: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -111,7 +117,8 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v"}
 
 
 class Composite(Node):
-    node_type = "composite.over"  # the registry needs "family.name"; "over" is the compositing operator
+    node_type = "composite.over"
+    capturable = True  # the registry needs "family.name"; "over" is the compositing operator
     display_name = "Composite"
     category = "composite"
     description = "Person over the clean plate, an image, a video, a blurred room or a key colour; feathered, light-wrapped, in linear light."
@@ -170,6 +177,11 @@ class Composite(Node):
                 self._video.close()
             self._video = video
 
+    def capture_blocker(self) -> str | None:
+        if self.params.background == "video":
+            return "background: video decodes and uploads a file frame on the host every frame"
+        return None
+
     def update_params(self, params: NodeParams) -> bool:
         old = self.params
         if params.backend != old.backend:  # type: ignore[attr-defined]
@@ -200,7 +212,7 @@ class Composite(Node):
         height, width = int(fg.shape[0]), int(fg.shape[1])
         device = fg.device
         mode = p.background
-        colour = tuple(float(v) for v in srgb_to_linear(torch.tensor(p.colour, dtype=torch.float64) / 255.0))
+        colour = tuple(_linear(v / 255.0) for v in p.colour)
         if mode == "plate" and plate is None:
             self._warn_once("plate", "background 'plate' but no clean plate arrived; showing a blurred room")
             mode = "blur"

@@ -25,7 +25,10 @@ def _alpha(cutoff: torch.Tensor | float, dt: float) -> torch.Tensor | float:
 
 
 class OneEuro:
-    """One-Euro filter over (N, D) points; `valid` (N,) bool marks points to filter."""
+    """One-Euro filter over (N, D) points; `valid` (N,) bool marks points to filter.
+
+    State (last value, speed, time) lives in device buffers updated in place, and time
+    is a device scalar, so a recorded frame replays the filter correctly."""
 
     def __init__(self, min_cutoff: float, beta: float, d_cutoff: float) -> None:
         self.min_cutoff = min_cutoff
@@ -33,20 +36,25 @@ class OneEuro:
         self.d_cutoff = d_cutoff
         self.x: torch.Tensor | None = None
         self.dx: torch.Tensor | None = None
-        self.t: float | None = None
+        self.t: torch.Tensor | None = None  # float64 seconds
 
     def reset(self) -> None:
         self.x = self.dx = self.t = None
 
-    def __call__(self, x: torch.Tensor, t: float, scale: torch.Tensor, valid: torch.Tensor | None = None, default_dt: float = 1 / 30) -> torch.Tensor:
-        """Filter one sample taken at time `t` (seconds); a time that does not
-        advance (unstamped frames) counts as `default_dt` later."""
+    def ready_for(self, shape: torch.Size) -> bool:
+        return self.x is not None and self.x.shape == shape
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, scale: torch.Tensor, valid: torch.Tensor | None = None, default_dt: float = 1 / 30) -> torch.Tensor:
+        """Filter one sample taken at time `t` (seconds; a device scalar, or a float); a time that
+        does not advance (unstamped frames) counts as `default_dt` later."""
         x = x.float()
-        if self.x is None or self.t is None or self.x.shape != x.shape:
-            self.x, self.dx, self.t = x.clone(), torch.zeros_like(x), t
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        if self.x is None or self.t is None or self.dx is None or self.x.shape != x.shape:
+            self.x, self.dx, self.t = x.clone(), torch.zeros_like(x), t.clone()
             return x
-        dt = t - self.t if t > self.t else default_dt
-        self.t = self.t + dt
+        step = t - self.t
+        dt64 = torch.where(step > 0, step, torch.full_like(step, default_dt))
+        dt = dt64.float()
         speed = (x - self.x) / dt / scale  # sizes per second
         dx = self.dx + _alpha(self.d_cutoff, dt) * (speed - self.dx)
         magnitude = torch.linalg.vector_norm(dx[..., :2], dim=-1, keepdim=True)  # one cutoff per point, isotropic
@@ -56,7 +64,9 @@ class OneEuro:
             keep = valid.reshape(-1, *([1] * (x.dim() - 1)))
             out = torch.where(keep, out, x)
             dx = torch.where(keep, dx, torch.zeros_like(dx))
-        self.x, self.dx = out, dx
+        self.x.copy_(out)
+        self.dx.copy_(dx)
+        self.t.add_(dt64)
         return out
 
 
@@ -77,7 +87,7 @@ class Smooth(Node):
     node_type = "landmarks.smooth"
     display_name = "Smooth landmarks"
     description = "One-Euro filter for body keypoints and/or face landmarks: steady when still, no lag when moving."
-    capturable = False
+    capturable = True
 
     keypoints: In[Keypoints] = In(optional=True, description="Body keypoints to smooth")
     face: In[FaceLandmarks] = In(optional=True, description="Face landmarks to smooth")
@@ -111,19 +121,30 @@ class Smooth(Node):
     def _fps(self) -> float:
         return self.ctx.fps if self.ctx is not None and self.ctx.fps > 0 else 30.0
 
+    def frame_variant(self) -> tuple[bool, ...]:
+        return tuple(f.x is not None for f in self._filters.values())
+
+    def _now(self, timestamp: float, device: torch.device) -> torch.Tensor | float:
+        """The frame's time: the runtime's device clock (replays see it advance), else the payload's."""
+        clock = self.ctx.clock if self.ctx is not None else None
+        if clock is not None and clock.device == device:
+            return clock
+        return timestamp
+
     def process(self, keypoints: Keypoints | None = None, face: FaceLandmarks | None = None) -> dict[str, Keypoints | FaceLandmarks]:
         out: dict[str, Keypoints | FaceLandmarks] = {}
         self._count += 1
         if keypoints is not None:
             valid = keypoints.confidence >= self.params.min_confidence
             f = self._filter("keypoints")
-            pts = f(keypoints.points, keypoints.timestamp, _extent(keypoints.points, valid), valid, 1 / self._fps())
+            now = self._now(keypoints.timestamp, keypoints.points.device)
+            pts = f(keypoints.points, now, _extent(keypoints.points, valid), valid, 1 / self._fps())
             out["smoothed_keypoints"] = replace(keypoints, points=pts.to(keypoints.points.dtype))
         if face is not None:
             # confidence may be a 0-d device tensor: compare on the device, never branch on it here
             conf = torch.as_tensor(face.confidence, device=face.points.device, dtype=torch.float32)
             valid = (conf >= self.params.min_confidence).expand(face.points.shape[0])
             f = self._filter("face")
-            pts = f(face.points, face.timestamp, _extent(face.points, None), valid, 1 / self._fps())
+            pts = f(face.points, self._now(face.timestamp, face.points.device), _extent(face.points, None), valid, 1 / self._fps())
             out["smoothed_face"] = replace(face, points=pts.to(face.points.dtype))
         return out

@@ -21,6 +21,7 @@ __all__ = ["RefineMask"]
 
 class RefineMask(Node):
     node_type = "segment.refine"
+    capturable = True
     display_name = "Refine mask"
     description = "Upsamples a mask to the frame's resolution following its edges (fast guided filter) and removes flicker."
 

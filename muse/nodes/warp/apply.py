@@ -41,7 +41,7 @@ class WarpApply(Node):
     node_type = "warp.apply"
     display_name = "Apply warp"
     description = "Applies face and body Displacements to a frame in one pass; fills uncovered pixels from the clean plate."
-    capturable = False  # the optional inputs may come and go
+    capturable = True  # an input that comes or goes changes the signature: a new recording
 
     frame: In[Frame]
     face: In[Displacement] = In(optional=True, description="From warp.face")

@@ -59,6 +59,7 @@ def body_field(
 
 class BodyWarp(Node):
     node_type = "warp.body"
+    capturable = True
     display_name = "Body warp"
     description = "Shoulder, waist and hip reshaping from body keypoints, kept inside the person mask; a Displacement."
 

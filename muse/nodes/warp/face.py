@@ -51,7 +51,7 @@ class FaceWarp(Node):
     node_type = "warp.face"
     display_name = "Face warp"
     description = "Bigger eyes, V-line jaw and face slimming from face landmarks, as a low-resolution Displacement."
-    capturable = False  # landmark region lists may change shape between frames
+    capturable = True  # region lists are fixed per face model; a new shape is a new recording
 
     landmarks: In[FaceLandmarks] = In(optional=True, description="No face this frame -> identity field")
     frame: In[Frame] = In(optional=True, description="Only for the picture size when no face is found")
