@@ -9,6 +9,14 @@ export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" >> "$out/gpu.txt"
+run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 240 "$@" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+if [[ $what == capture ]]; then
+  # Whole-frame capture: its cuda tests, then stream_4k eager vs captured (fps, frame GPU ms, host CPU ms, latency, kernels).
+  timeout 240 python3 -m pytest -m cuda -q -p no:cacheprovider -rs -s tests/test_frame_capture.py tests/test_runtime_cuda.py > "$out/cuda_capture_tests.log" 2>&1
+  echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
+  run stream_4k_eager python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --capture off --latency-frames 0 --json "$out/stream_4k_eager.json"
+  run stream_4k_captured python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 900 --capture on --latency-frames 300 --kernel-frames 30 --json "$out/stream_4k_captured.json"
+fi
 if [[ $what == all || $what == tests ]]; then
   timeout 420 python3 -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"

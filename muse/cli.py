@@ -228,8 +228,8 @@ def _apply_edit(runner: Any, path: Path, reg: Any, overrides: dict[str, dict[str
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a graph as fast as it goes and print per-node timings (JSON and a markdown table)."""
-    from muse.graph.runtime import GraphRunner
+    """Run a graph as fast as it goes and print per-node timings, frame GPU/host cost and latency."""
+    from muse.graph.bench import bench_graph
     from muse.graph.validate import GraphValidationError, load_graph
 
     reg = _registry(args)
@@ -239,20 +239,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _print_invalid(exc)
         return EXIT_INVALID_GRAPH
     if args.cuda_graphs:
-        graph.settings = graph.settings.model_copy(update={"cuda_graphs": True})
-    runner = GraphRunner(graph, device=args.device, frames=args.frames)
-    stats = runner.run().as_dict()
-    import platform
-
-    device = runner.device_note
-    print(f"| node | type | p50 ms | p95 ms | p99 ms | frames |  ({args.graph}, {device}, {platform.node()}, {time.strftime('%Y-%m-%d')})")
-    print("|---|---|---|---|---|---|")
-    for name, s in stats["nodes"].items():
-        t = s.get("gpu_ms") or s["host_ms"]
-        print(f"| {name} | {s['type']} | {t['p50']:.2f} | {t['p95']:.2f} | {t['p99']:.2f} | {s['frames']} |")
-    print(f"fps {stats['fps']}, latency p50 {stats['latency_ms']['p50']:.1f} ms")
+        graph.settings = graph.settings.model_copy(update={"capture": "on"})
+    if args.capture:
+        graph.settings = graph.settings.model_copy(update={"capture": args.capture})
+    report = bench_graph(graph, device=args.device, frames=args.frames, latency_frames=args.latency_frames,
+                         kernel_frames=args.kernel_frames)
+    for line in report.lines(args.graph):
+        print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps(stats, indent=2))
+        from muse.files import write_text
+
+        write_text(args.json, json.dumps(report.as_dict(), indent=2))
     return 0
 
 
@@ -301,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--set", action="append", metavar="NODE.PARAM=VALUE")
     p.add_argument("--json", metavar="FILE", help="also write the stats JSON")
-    p.add_argument("--cuda-graphs", action="store_true", help="capture cuda_graph_safe chains (settings.cuda_graphs)")
+    p.add_argument("--cuda-graphs", action="store_true", help="old name of --capture on")
+    p.add_argument("--capture", choices=["auto", "on", "off", "emulate"], help="override settings.capture (frame capture)")
+    p.add_argument("--latency-frames", type=int, default=240, help="a second run paced at the graph's fps for latency (0 = skip)")
+    p.add_argument("--kernel-frames", type=int, default=0, help="CUDA: count kernels per frame over N frames with the profiler (0 = skip)")
     plugins(p)
     p.set_defaults(func=cmd_bench)
 

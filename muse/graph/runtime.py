@@ -102,10 +102,12 @@ class GraphRunner:
         frames: int | None = None,
         trace: Trace | None = None,
         stats: GraphStats | None = None,
+        unpaced: bool = False,
     ) -> None:
         self.graph = graph
         self.device, self.device_note = resolve_device(graph.settings.device, device)
         self.max_frames = frames
+        self.unpaced = unpaced  # benchmarks: synthetic sources (the demo a missing camera falls back to) run flat out
         self.trace = trace
         self.stats = stats or GraphStats()
         self.stats.info["device"] = str(self.device)
@@ -129,6 +131,7 @@ class GraphRunner:
         self.clock = torch.zeros((), dtype=torch.float64, device=self.device)
         self._frame_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._last_frame_events: list[Any] = []
+        self._frame_times: list[tuple[Any, Any]] = []
         self._in_flight: deque[list[Any]] = deque()
         self._failed_frames = 0
 
@@ -238,7 +241,7 @@ class GraphRunner:
             resolution=self.resolution,
             stream=stream,
             graph_file=self.graph.file,
-            settings=s.model_dump(),
+            settings={**s.model_dump(), "unpaced": self.unpaced},
             logger=logging.getLogger(f"muse.node.{rn.name}"),
             stats=stats,
             clock=self.clock,
@@ -482,6 +485,7 @@ class GraphRunner:
             frame_events.extend(events)
             sink.channel.put(_Item(values, events, t_capture), self._stop)
         self._last_frame_events = frame_events
+        self._time_frame(frame_events)
         self._limit_in_flight(frame_events)
 
     def _tick_clock(self, source_items: dict[str, _Item]) -> list[Any]:
@@ -500,10 +504,26 @@ class GraphRunner:
         with torch.cuda.stream(stream):
             for ev in self._last_frame_events:
                 stream.wait_event(ev)
+            self._frame_start = torch.cuda.Event(enable_timing=True)
+            self._frame_start.record(stream)  # the GPU reaches this when the last frame is done
             self.clock.fill_(t)  # the value travels as a kernel argument: no host buffer to race on
             ev = torch.cuda.Event()
             ev.record(stream)
         return [ev]
+
+    def _time_frame(self, frame_events: list[Any]) -> None:
+        """Events around the whole frame on the GPU (read later, never waited on)."""
+        stream = self._frame_stream
+        start = getattr(self, "_frame_start", None)
+        if stream is None or start is None:
+            return
+        with torch.cuda.stream(stream):
+            for ev in frame_events:
+                stream.wait_event(ev)
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(stream)
+        self._frame_times.append((start, end))
+        self._frame_start = None
 
     def _detach_for_sink(self, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         stream = self._frame_stream
@@ -532,6 +552,7 @@ class GraphRunner:
             self.program = None
         if self.program is not None:
             self.stats.info["capture"] = self.program.describe()
+            self.stats.info["capture_programs"] = self.stats.info.get("capture_programs", 0) + 1
 
     def _limit_in_flight(self, frame_events: list[Any]) -> None:
         """Keep at most `max_frames_in_flight` frames queued on the GPU.
@@ -676,6 +697,13 @@ class GraphRunner:
 
     def _poll_gpu_times(self) -> None:
         """Read finished GPU timings without waiting (event.query never blocks)."""
+        keep = []
+        for start, end in self._frame_times:
+            if end.query():
+                self.stats.frame_gpu_ms.append(start.elapsed_time(end))
+            else:
+                keep.append((start, end))
+        self._frame_times = keep[-64:]
         for slot in self.slots.values():
             keep = []
             for start, end in slot.pending_gpu:

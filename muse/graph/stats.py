@@ -67,6 +67,7 @@ class GraphStats:
         self.frames_in = 0
         self.frames_out = 0
         self.latency_ms: deque = deque(maxlen=_WINDOW)
+        self.frame_gpu_ms: deque = deque(maxlen=_WINDOW)  # CUDA: events around each whole frame
         self.started = time.perf_counter()
         self.info: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -94,6 +95,7 @@ class GraphStats:
             "fps": round(self.frames_out / elapsed, 2),
             "drops": self.drops,
             "latency_ms": percentiles(self.latency_ms),
+            "frame_gpu_ms": percentiles(self.frame_gpu_ms),
             "info": dict(self.info),
             "nodes": {name: s.as_dict() for name, s in self.nodes.items()},
         }

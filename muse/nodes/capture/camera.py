@@ -254,7 +254,8 @@ class Camera(Node):
             ctx.logger.warning(msg)
             ctx.report("fallback", "demo")
             ctx.report("status", "demo (no camera)")
-            self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=p.fps))
+            fps = 0.0 if ctx.settings.get("unpaced") else p.fps  # `muse bench`: as fast as it goes
+            self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=fps))
             self._demo.open(ctx)
             self.on_demand = True  # the runtime reads this per node: render only frames that will be taken
             return

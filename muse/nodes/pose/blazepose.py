@@ -59,6 +59,13 @@ class BlazePose(Node):
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
         return True
 
+    def capture_blocker(self) -> str | None:
+        from muse.nodes.landmarks.tracking import OrtModel
+
+        if isinstance(getattr(getattr(self, "tracker", None), "landmarks", None), OrtModel):
+            return "its models run on ONNX Runtime (the CPU path), outside a recorded frame"
+        return None
+
     def frame_variant(self) -> tuple[bool, bool, bool]:
         p = self.params
         force = bool(p.redetect_every) and self._frames % p.redetect_every == 0

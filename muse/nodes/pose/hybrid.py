@@ -167,6 +167,9 @@ class PoseHybrid(Node):
         for c in getattr(self, "candidates", []):
             if not getattr(c.cls, "capturable", False):
                 return f"its {c.mode} pose model ({c.cls.node_type}) is not capturable yet"
+            why = c.node.capture_blocker() if c.node is not None else None
+            if why:
+                return f"its {c.mode} pose model: {why}"
         return None
 
     def frame_variant(self) -> tuple:

@@ -1,0 +1,141 @@
+"""`muse bench`: what a frame costs, measured the way the frame budget is stated.
+
+One unpaced run (sources as fast as they go) gives the steady frame rate, the GPU
+time of a whole frame (events around it), the host CPU time per frame (the process's
+CPU time over the steady frames: every thread counts) and per-node timings; a second
+run paced at the graph's fps gives capture-to-output latency; an optional third run
+counts the kernels a frame launches (CUDA profiler). It also says which nodes ran
+captured and why the others did not.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from muse.graph.validate import ValidatedGraph
+
+__all__ = ["BenchReport", "bench_graph"]
+
+WARM_FRAMES = 30  # model warm-up, cuDNN choices and the frame recordings happen in these
+
+
+@dataclass
+class BenchReport:
+    device: str
+    fps: float = 0.0
+    frames: int = 0
+    frame_gpu_ms: dict[str, float] = field(default_factory=dict)
+    host_cpu_ms: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    paced_fps: float = 0.0
+    kernels_per_frame: float | None = None
+    capture: dict[str, Any] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device, "host": platform.node(), "date": time.strftime("%Y-%m-%d"),
+            "unpaced_fps": self.fps, "frames": self.frames, "frame_gpu_ms": self.frame_gpu_ms,
+            "host_cpu_ms_per_frame": self.host_cpu_ms, "latency_ms_paced": self.latency_ms, "paced_fps": self.paced_fps,
+            "kernels_per_frame": self.kernels_per_frame, "capture": self.capture, "stats": self.stats,
+        }
+
+    def lines(self, graph_file: str) -> list[str]:
+        out = [f"| node | type | p50 ms | p95 ms | p99 ms | frames | captured |  ({graph_file}, {self.device}, "
+               f"{platform.node()}, {time.strftime('%Y-%m-%d')})", "|---|---|---|---|---|---|---|"]
+        for name, s in self.stats.get("nodes", {}).items():
+            t = s.get("gpu_ms") or s["host_ms"]
+            out.append(f"| {name} | {s['type']} | {t['p50']:.2f} | {t['p95']:.2f} | {t['p99']:.2f} | {s['frames']} | "
+                       f"{'yes' if s.get('captured') else ''} |")
+        gpu = self.frame_gpu_ms.get("p50")
+        out.append(
+            f"unpaced {self.fps:.1f} fps over {self.frames} frames; frame GPU p50 "
+            f"{'%.2f ms' % gpu if gpu else 'n/a'}; host CPU {self.host_cpu_ms:.2f} ms/frame"
+        )
+        if self.latency_ms:
+            out.append(f"paced {self.paced_fps:.1f} fps: latency p50 {self.latency_ms['p50']:.1f} ms, p99 {self.latency_ms['p99']:.1f} ms")
+        if self.kernels_per_frame is not None:
+            out.append(f"kernels per frame: {self.kernels_per_frame:.0f}")
+        if self.capture:
+            eager = self.capture.get("eager_nodes") or {}
+            out.append(f"captured: {', '.join(self.capture.get('captured_nodes', [])) or 'none'}")
+            for n, why in eager.items():
+                out.append(f"eager: {n}: {why}")
+        return out
+
+
+def _unpaced(graph: ValidatedGraph) -> ValidatedGraph:
+    """Sources with an `fps` param run as fast as they go (cameras keep their mode: they cannot go faster)."""
+    from dataclasses import replace
+
+    nodes = {}
+    for name, rn in graph.nodes.items():
+        if rn.cls.is_source() and rn.params is not None and "fps" in type(rn.params).model_fields and not rn.type.startswith("capture.camera"):
+            try:
+                rn = replace(rn, params=rn.params.model_copy(update={"fps": 0.0}))
+            except Exception:
+                pass
+        nodes[name] = rn
+    return replace(graph, nodes=nodes)
+
+
+def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: bool, profile: bool = False) -> tuple[Any, float, int, float, Any]:
+    from muse.graph.runtime import GraphRunner
+
+    runner = GraphRunner(_unpaced(graph) if unpaced else graph, device=device, frames=frames, unpaced=unpaced)
+    runner.start()
+    t0 = c0 = None
+    n0 = 0
+    prof = None
+    try:
+        while not runner.wait(0.002):
+            if t0 is None and runner.stats.frames_out >= min(WARM_FRAMES, frames // 3):
+                t0, c0, n0 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+                if profile:
+                    prof = _start_profiler()
+        t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+    finally:
+        runner.stop()
+    kernels = None
+    if prof is not None:
+        kernels = _count_kernels(prof) / max(1, n1 - n0)
+    if t0 is None or n1 <= n0:
+        return runner, 0.0, 0, 0.0, kernels
+    return runner, (n1 - n0) / (t1 - t0), n1 - n0, (c1 - (c0 or 0.0)) * 1000.0 / (n1 - n0), kernels
+
+
+def _start_profiler() -> Any:
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CUDA])
+    prof.__enter__()
+    return prof
+
+
+def _count_kernels(prof: Any) -> int:
+    prof.__exit__(None, None, None)
+    count = 0
+    for ev in prof.events():
+        if str(getattr(ev, "device_type", "")).endswith("CUDA") and "memcpy" not in ev.name.lower() and "memset" not in ev.name.lower():
+            count += 1
+    return count
+
+
+def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int = 300, latency_frames: int = 240,
+                kernel_frames: int = 0) -> BenchReport:
+    runner, fps, n, cpu_ms, _ = _run(graph, device, frames, unpaced=True)
+    stats = runner.stats.as_dict()
+    report = BenchReport(device=runner.device_note, fps=round(fps, 2), frames=n, host_cpu_ms=round(cpu_ms, 3),
+                         frame_gpu_ms=stats.get("frame_gpu_ms", {}), stats=stats,
+                         capture=runner.program.describe() if runner.program is not None else None)
+    if latency_frames:
+        paced, pfps, _, _, _ = _run(graph, device, latency_frames, unpaced=False)
+        report.latency_ms = paced.stats.as_dict()["latency_ms"]
+        report.paced_fps = round(pfps, 2)
+    if kernel_frames and runner.device.type == "cuda":
+        _, _, _, _, kernels = _run(graph, device, WARM_FRAMES + kernel_frames, unpaced=True, profile=True)
+        report.kernels_per_frame = kernels
+    return report
