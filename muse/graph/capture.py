@@ -30,6 +30,7 @@ __all__ = [
     "EmulatedFrameGraph",
     "LateValue",
     "active_recording",
+    "device_constant",
     "is_recording",
 ]
 
@@ -88,26 +89,76 @@ class FrameGraph:
 
 
 class CudaFrameGraph(FrameGraph):
-    """A CUDA graph recorded on `stream`; variants of one program share one memory pool."""
+    """A CUDA graph recorded on `stream`; variants of one program share one memory pool.
 
-    def __init__(self, stream: "torch.cuda.Stream", pool: Any = None) -> None:
+    `join` lists the other streams the frame may fork onto: if the frame raises
+    half-way, they are joined back so the capture ends cleanly and the allocator
+    forgets it (a capture left open makes it defer every cross-stream free: memory
+    would grow until the GPU is full)."""
+
+    def __init__(self, stream: "torch.cuda.Stream", pool: Any = None, join: Iterable[Any] = ()) -> None:
         super().__init__()
         self.stream = stream
         self.graph = torch.cuda.CUDAGraph()
         self.pool = pool
+        self.join = list(join)
 
     def record(self, fn: Callable[[], Any]) -> Any:
+        torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
         self._enter()
         try:
-            with _HostReadGuard():
+            with torch.cuda.stream(self.stream), _HostReadGuard():
                 # thread_local: sources and sinks keep uploading/downloading on their own threads meanwhile.
-                with torch.cuda.graph(self.graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
+                if self.pool is None:
+                    self.graph.capture_begin(capture_error_mode="thread_local")
+                else:
+                    self.graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
+                try:
                     result = fn()
+                except BaseException:
+                    self._abort()
+                    raise
+                try:
+                    self.graph.capture_end()
+                except BaseException:
+                    self._release()
+                    raise
         finally:
             self._exit()
         if self.pool is None:
             self.pool = self.graph.pool()
         return result
+
+    def _abort(self) -> None:
+        for s in self.join:
+            try:
+                self.stream.wait_stream(s)
+            except Exception:  # a stream that never joined the capture: nothing to join
+                pass
+        try:
+            self.graph.capture_end()
+        except Exception:
+            pass
+        self._release()
+
+    def _release(self) -> None:
+        """Tell the allocator this capture is over, whatever state CUDA left it in."""
+        device = self.stream.device.index if self.stream.device.index is not None else torch.cuda.current_device()
+        try:
+            pool = self.graph.pool()
+        except Exception:
+            return
+        for call in ("_cuda_endAllocateToPool", "_cuda_releasePool"):
+            fn = getattr(torch._C, call, None)
+            if fn is not None:
+                try:
+                    fn(device, pool)
+                except Exception:
+                    pass
+        try:
+            torch.cuda.synchronize(self.stream.device)
+        except Exception:
+            pass
 
     def replay(self) -> None:
         self.graph.replay()
@@ -188,6 +239,28 @@ class LateValue:
         self.host.zero_()
         self.event = None
         self.published = False
+
+
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+_CONSTANTS_MAX = 512
+
+
+def device_constant(values: Any, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small constant (index list, colour, scale) as a device tensor, made once and kept.
+
+    `pt[[1, 5, 9]]` or `torch.tensor(list, device=...)` copies host memory to the device
+    on every call, which a recorded frame cannot do (the copy would need pageable host
+    memory at replay); the first (eager) frame makes the tensor, recordings reuse it."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (repr(values), str(device), dtype)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) >= _CONSTANTS_MAX:
+            _CONSTANTS.pop(next(iter(_CONSTANTS)))
+        t = _CONSTANTS[key] = torch.tensor(values, device=device, dtype=dtype)
+    return t
 
 
 # -- internals ------------------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ class _Segment:
     reason: str = ""  # eager segments: why
     warm: dict[Hashable, int] = field(default_factory=dict)
     variants: dict[Hashable, _Variant] = field(default_factory=dict)
-    disabled: str = ""  # recording failed: the error, and the segment runs eagerly from then on
+    disabled: str = ""  # recordings failed again and again: the segment runs eagerly from then on
+    failed: dict[Hashable, str] = field(default_factory=dict)  # variants whose recording failed: run eagerly
     externals: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -127,7 +128,7 @@ class FrameProgram:
         return {
             "segments": [
                 {"nodes": s.nodes, "captured": s.captured and not s.disabled, "why_not": s.disabled or (s.reason if not s.captured else ""),
-                 "variants": len(s.variants)}
+                 "variants": len(s.variants), "failed_variants": list(s.failed.values())}
                 for s in self.segments
             ],
             "captured_nodes": sorted(n for s in self.segments if s.captured and not s.disabled for n in s.nodes),
@@ -181,6 +182,9 @@ class FrameProgram:
             slot.variant_ready = True
         key = (_signature(ext), tuple(variants))
         var = seg.variants.get(key)
+        if key in seg.failed:
+            self._eager(seg, ext, events, memo)
+            return False
         if var is None:
             seg.warm[key] = seg.warm.get(key, 0) + 1
             if seg.warm[key] <= self.warmup:
@@ -191,8 +195,11 @@ class FrameProgram:
             try:
                 var = self._record(seg, ext, events, memo, key)
             except Exception as exc:
-                seg.disabled = f"recording failed: {type(exc).__name__}: {exc}"
-                log.warning("segment %s cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), seg.disabled)
+                why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                seg.failed[key] = why
+                if len(seg.failed) >= MAX_VARIANTS:
+                    seg.disabled = why
+                log.warning("segment %s: this variant cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), why)
                 self._reset_streams()
                 self._eager(seg, ext, events, memo)
                 return False
@@ -214,7 +221,8 @@ class FrameProgram:
                     stream.wait_event(ev)
                 static_in = {k: _clone(v) for k, v in ext.items()}
             stream.synchronize()  # once per variant: the recording must start from finished inputs
-        graph: FrameGraph = EmulatedFrameGraph() if not self.cuda else CudaFrameGraph(stream, self.pool)
+        streams = [r.slots[n].stream for n in seg.nodes if r.slots[n].stream is not None]
+        graph: FrameGraph = EmulatedFrameGraph() if not self.cuda else CudaFrameGraph(stream, self.pool, join=streams)
         local: dict = {}
 
         def frame() -> dict[str, dict[str, Any]]:
@@ -238,8 +246,7 @@ class FrameProgram:
                     stream.wait_event(ev)  # every side stream joins back before the recording ends
             return {n: local[n][0] for n in seg.nodes}
 
-        with torch.cuda.stream(stream) if stream is not None else _null():
-            static_out = graph.record(frame)
+        static_out = graph.record(frame)
         if self.cuda:
             self.pool = graph.pool  # type: ignore[attr-defined]
         var = _Variant(graph, static_in, static_out)
@@ -264,6 +271,8 @@ class FrameProgram:
                     for dst, src in zip(var.static_in[k].tensors(), v.tensors()):
                         if dst.data_ptr() != src.data_ptr():
                             dst.copy_(src, non_blocking=True)
+                            if stream is not None and src.is_cuda:
+                                src.record_stream(stream)  # its producer must not recycle it before this copy ran
             var.graph.replay()
         var.replays += 1
         self.replays += 1

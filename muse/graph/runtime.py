@@ -534,6 +534,12 @@ class GraphRunner:
             out = {k: _copy_payload(v) for k, v in values.items()}
             if stream is None:
                 return out, events
+            for v in values.values():
+                for payload in v if isinstance(v, list) else [v]:
+                    if isinstance(payload, Payload):
+                        for t in payload.tensors():
+                            if t.is_cuda:
+                                t.record_stream(stream)  # read here: not recycled before the copy ran
             ev = torch.cuda.Event()
             ev.record(stream)
         return out, [ev]

@@ -7,6 +7,7 @@ share one implementation. Shapes are NCHW; the low-resolution work runs in fp32.
 from __future__ import annotations
 
 import torch
+from muse.graph.capture import device_constant
 import torch.nn.functional as F
 
 LUMA = (0.299, 0.587, 0.114)
@@ -21,7 +22,7 @@ def box_filter(x: torch.Tensor, r: int) -> torch.Tensor:
 
 def to_gray(rgb: torch.Tensor) -> torch.Tensor:
     dtype = rgb.dtype if rgb.is_floating_point() else torch.float32  # uint8 pictures: weights stay fractional
-    w = torch.tensor(LUMA, device=rgb.device, dtype=dtype).view(1, 3, 1, 1)
+    w = device_constant(list(LUMA), rgb.device, dtype).view(1, 3, 1, 1)
     return (rgb * w).sum(1, keepdim=True)
 
 

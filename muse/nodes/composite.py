@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from muse.graph.capture import is_recording
+from muse.graph.capture import device_constant, is_recording
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Uploader
@@ -263,7 +263,7 @@ class Composite(Node):
             size = (-(-frame.height // factor), -(-frame.width // factor))
             inside = gaussian_blur(resample(alpha, size)[None], sigma / factor)[0]
             if bg is None:
-                soft = torch.tensor(colour, dtype=torch.float32, device=fg.device)[:, None, None]
+                soft = device_constant(list(colour), fg.device, torch.float32)[:, None, None]
             elif bg.dtype == torch.uint8:
                 # pooled before decoding: a small gamma error, invisible in a soft glow, saves a 4K float pass
                 pooled = F.adaptive_avg_pool2d(bg.permute(2, 0, 1)[None].float(), size)[0]

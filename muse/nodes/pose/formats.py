@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from muse.graph.capture import device_constant
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeError, NodeParams, Out
@@ -23,7 +24,7 @@ def to_coco17(kp: Keypoints) -> Keypoints:
     if kp.skeleton == "coco17":
         return kp
     skeleton_names(kp.skeleton)
-    idx = torch.tensor(BLAZE_OF_COCO, device=kp.points.device)
+    idx = device_constant(list(BLAZE_OF_COCO), kp.points.device)
     return Keypoints(kp.points[idx], kp.confidence[idx], "coco17", kp.image_size, kp.timestamp, kp.index)
 
 

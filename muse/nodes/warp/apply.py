@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from muse.graph.capture import device_constant
 import torch.nn.functional as F
 from pydantic import Field
 
@@ -32,7 +33,7 @@ def combine_fields(fields: list[Displacement], size: tuple[int, int]) -> torch.T
             v = F.interpolate(v[None], size=tuple(grid), mode="bilinear", align_corners=False)[0]
         iw, ih = f.image_size
         if (iw, ih) != size:  # offsets are in pixels of the picture the field was made for
-            v = v * torch.tensor([size[0] / iw, size[1] / ih], device=v.device, dtype=v.dtype)[:, None, None]
+            v = v * device_constant([size[0] / iw, size[1] / ih], v.device, v.dtype)[:, None, None]
         total = v if total is None else total + v
     return total
 

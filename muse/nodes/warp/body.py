@@ -8,6 +8,7 @@ inside the person's dilated outline, as a low-resolution Displacement.
 from __future__ import annotations
 
 import torch
+from muse.graph.capture import device_constant
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeError, NodeParams, Out
@@ -97,10 +98,11 @@ class BodyWarp(Node):
                 f"connect a pose node giving one of {sorted(TORSO)}"
             )
         xs, ys = field_grid(size, p.cell, device)
-        torso = keypoints.points[list(ids), :2].float()
+        index = device_constant(list(ids), keypoints.points.device)
+        torso = keypoints.points[index, :2].float()
         field = body_field(xs, ys, torso, waist=p.waist, hips=p.hips, shoulders=p.shoulders)
         # a low-confidence torso gives identity, decided on the device (no host sync)
-        seen = (keypoints.confidence[list(ids)].float().min() >= p.min_confidence).float()
+        seen = (keypoints.confidence[index].float().min() >= p.min_confidence).float()
         field = field * seen
         if mask is not None:
             field = field * mask_gate(mask.alpha, tuple(xs.shape), p.margin * xs.shape[0])

@@ -8,6 +8,7 @@ face outline (jaw for `v_line`, cheeks for `slim`), spread by a compact kernel.
 from __future__ import annotations
 
 import torch
+from muse.graph.capture import device_constant
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
@@ -103,7 +104,7 @@ class FaceWarp(Node):
 
         outline_name = "face_oval" if "face_oval" in regions else ("jaw" if "jaw" in regions else None)
         if (p.v_line > 0 or p.slim > 0) and outline_name and all(e is not None for e in eyes):
-            field += self._outline(xs, ys, pts[regions[outline_name]], eyes[0][0], eyes[1][0])  # type: ignore[index]
+            field += self._outline(xs, ys, pts[device_constant(regions[outline_name], pts.device)], eyes[0][0], eyes[1][0])  # type: ignore[index]
         elif (p.v_line > 0 or p.slim > 0) and "outline" not in self._warned:
             self._warned.add("outline")
             ctx.logger.warning("node %r: landmarks have no 'face_oval'/'jaw' or eye regions; v_line/slim are off", self.name)
@@ -118,9 +119,9 @@ class FaceWarp(Node):
                 self._warned.add(f"{side}_eye")
                 self.ctx.logger.warning("node %r: landmarks have no %r region; eyes are off", self.name, f"{side}_eye")  # type: ignore[union-attr]
             return None
-        eye = pts[contour]
+        eye = pts[device_constant(contour, pts.device)]
         iris = regions.get(f"{side}_iris")
-        centre = pts[iris].mean(0) if iris else eye.mean(0)
+        centre = pts[device_constant(iris, pts.device)].mean(0) if iris else eye.mean(0)
         half_width = (eye[:, None, :] - eye[None, :, :]).norm(dim=-1).max() / 2
         return centre, half_width.clamp_min(1.0)
 

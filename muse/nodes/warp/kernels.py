@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from muse.graph.capture import device_constant
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def composite_over_torch(
     fgl = decode_uint8(fg).permute(2, 0, 1)
     a = _up(alpha, height, width).clamp(0, 1)
     if bg is None:
-        bgl = torch.tensor(colour, dtype=torch.float32, device=fg.device)[:, None, None]
+        bgl = device_constant(list(colour), fg.device, torch.float32)[:, None, None]
     elif bg.dtype == torch.uint8:
         bgl = decode_uint8(bg).permute(2, 0, 1)
     else:
