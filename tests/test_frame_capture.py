@@ -167,3 +167,23 @@ def test_cuda_live_edit_within_two_frames_no_frame_lost() -> None:
     changed = [i for i in range(frames) if not torch.equal(edited["face_shape.field"][i], base["face_shape.field"][i])]
     assert changed and changed[0] <= 32, changed[:3]
     assert runner.stats.info["capture_programs"] >= 2 and runner.program is not None and runner.program.captures >= 1
+
+
+def test_tracker_detector_paths_record_without_host_reads() -> None:
+    """The detector variants (tracking lost, confirm) record like the tracking one (real photos)."""
+    from muse.nodes.face.tracker import FaceTracker
+    from muse.nodes.pose.tracker import BlazePoseTracker
+    from tests.media import astronaut
+
+    image = torch.from_numpy(astronaut()).permute(2, 0, 1).float().div(255.0).contiguous()
+    pose = BlazePoseTracker("pose", torch.device("cpu"), torch.float32, backend="torch")
+    face = FaceTracker("face", torch.device("cpu"), torch.float32, backend="torch")
+    eager_pose = pose(image, force_detect=True)  # first frame: state is made eagerly, as warm-up does
+    face(image)
+    for force, confirm in ((True, False), (False, True)):
+        pose.plan(force_detect=force, confirm=confirm)
+        out = EmulatedFrameGraph().record(lambda: pose(image))
+        assert torch.isfinite(out["points"]).all()
+    face.plan(force_detect=True)
+    out = EmulatedFrameGraph().record(lambda: face(image))
+    assert torch.isfinite(out["points"]).all() and eager_pose["present"]

@@ -22,6 +22,7 @@ import threading
 from typing import Any, Callable, Iterable
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
@@ -107,7 +108,7 @@ class CudaFrameGraph(FrameGraph):
         torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
         self._enter()
         try:
-            with torch.cuda.stream(self.stream), _HostReadGuard():
+            with torch.cuda.stream(self.stream), _HostDataGuard(), _HostReadGuard():
                 # thread_local: sources and sinks keep uploading/downloading on their own threads meanwhile.
                 if self.pool is None:
                     self.graph.capture_begin(capture_error_mode="thread_local")
@@ -176,7 +177,7 @@ class EmulatedFrameGraph(FrameGraph):
     def record(self, fn: Callable[[], Any]) -> Any:
         self._enter()
         try:
-            with _Recorder(self.ops):
+            with _HostDataGuard(), _Recorder(self.ops):
                 return fn()
         finally:
             self._exit()
@@ -317,4 +318,40 @@ class _HostReadGuard(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if func in _HOST_READS or _is_bool_index(func, args):
             raise _host_read_error(func, args)
+        return func(*args, **(kwargs or {}))
+
+
+_HOST_METHODS = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"}
+
+
+def _scalar_index(index: Any) -> bool:
+    """An index holding a 0-d tensor: Python indexing reads its value on the host."""
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dim() == 0 for i in items)
+
+
+def _host_data(data: Any) -> bool:
+    if isinstance(data, torch.Tensor):
+        return False
+    if isinstance(data, (list, tuple)):
+        return any(_host_data(d) for d in data) or not data
+    return isinstance(data, (int, float, bool))
+
+
+class _HostDataGuard(TorchFunctionMode):
+    """What the dispatcher never sees: reading a tensor in Python (`t.item()`, `x[t0]` with a
+    0-d `t0`, `t.numpy()`) and copying host lists in (`torch.tensor([...])`). On a GPU these
+    stall the frame or fail under capture; the CPU emulation refuses them the same way."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in _HOST_METHODS:
+            raise CaptureError(f"Tensor.{name} reads a tensor on the host inside a recorded frame; decide on the device or use a LateValue")
+        if name == "__getitem__" and len(args) > 1 and _scalar_index(args[1]):
+            raise CaptureError("indexing with a 0-d tensor reads it on the host inside a recorded frame; use index_select / gather")
+        if func in (torch.tensor, torch.as_tensor) and args and _host_data(args[0]):
+            raise CaptureError(
+                "torch.tensor(host values) inside a recorded frame copies host memory to the device every frame; "
+                "use muse.graph.capture.device_constant (made once), or compute it on the device"
+            )
         return func(*args, **(kwargs or {}))

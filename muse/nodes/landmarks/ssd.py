@@ -87,11 +87,13 @@ def best_detection(boxes: torch.Tensor, keypoints: torch.Tensor, scores: torch.T
     algorithm, first cluster only). Returns box (4,), keypoints (K, 2) and the
     top score (a 0-d tensor; below `min_score` means nothing was found).
     """
-    top = torch.argmax(scores)
-    iou = _iou(boxes[top], boxes)
+    # index_select with a 1-element index tensor: `t[top]` with a 0-d tensor reads `top` on the host
+    top = torch.argmax(scores).reshape(1)
+    top_score = scores.index_select(0, top)
+    iou = _iou(boxes.index_select(0, top)[0], boxes)
     weight = torch.where((iou > spec.nms_iou) & (scores >= spec.min_score), scores, torch.zeros_like(scores))
-    weight = weight.index_put((top.reshape(1),), scores[top].reshape(1))  # the top one always counts
+    weight = weight.index_put((top,), top_score)  # the top one always counts
     weight = weight / weight.sum()
     box = (boxes * weight[:, None]).sum(0)
     kp = (keypoints * weight[:, None, None]).sum(0)
-    return box, kp, scores[top]
+    return box, kp, top_score[0]
