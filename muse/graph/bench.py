@@ -32,6 +32,7 @@ class BenchReport:
     latency_ms: dict[str, float] = field(default_factory=dict)
     paced_fps: float = 0.0
     kernels_per_frame: float | None = None
+    top_kernels: list[dict[str, Any]] = field(default_factory=list)  # costliest kernel names over the profiled frames
     capture: dict[str, Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -40,7 +41,7 @@ class BenchReport:
             "device": self.device, "host": platform.node(), "date": time.strftime("%Y-%m-%d"),
             "unpaced_fps": self.fps, "frames": self.frames, "frame_gpu_ms": self.frame_gpu_ms,
             "host_cpu_ms_per_frame": self.host_cpu_ms, "latency_ms_paced": self.latency_ms, "paced_fps": self.paced_fps,
-            "kernels_per_frame": self.kernels_per_frame, "capture": self.capture, "stats": self.stats,
+            "kernels_per_frame": self.kernels_per_frame, "top_kernels": self.top_kernels, "capture": self.capture, "stats": self.stats,
         }
 
     def lines(self, graph_file: str) -> list[str]:
@@ -101,7 +102,9 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
         runner.stop()
     kernels = None
     if prof is not None:
-        kernels = _count_kernels(prof) / max(1, n1 - n0)
+        total, top = _count_kernels(prof)
+        frames_seen = max(1, n1 - n0)
+        kernels = (total / frames_seen, [dict(t, per_frame_us=round(t["total_us"] / frames_seen, 1)) for t in top])
     if t0 is None or n1 <= n0:
         return runner, 0.0, 0, 0.0, kernels
     return runner, (n1 - n0) / (t1 - t0), n1 - n0, (c1 - (c0 or 0.0)) * 1000.0 / (n1 - n0), kernels
@@ -115,13 +118,19 @@ def _start_profiler() -> Any:
     return prof
 
 
-def _count_kernels(prof: Any) -> int:
+def _count_kernels(prof: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Kernels launched (graph replays count each kernel inside), and the costliest kernel names."""
     prof.__exit__(None, None, None)
     count = 0
+    by_name: dict[str, list[float]] = {}
     for ev in prof.events():
         if str(getattr(ev, "device_type", "")).endswith("CUDA") and "memcpy" not in ev.name.lower() and "memset" not in ev.name.lower():
             count += 1
-    return count
+            slot = by_name.setdefault(ev.name, [0, 0.0])
+            slot[0] += 1
+            slot[1] += float(getattr(ev, "device_time", 0.0) or getattr(ev, "cuda_time", 0.0) or 0.0)
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:40]
+    return count, [{"kernel": k[:160], "launches": int(v[0]), "total_us": round(v[1], 1)} for k, v in top]
 
 
 def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int = 300, latency_frames: int = 240,
@@ -137,5 +146,6 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
         report.paced_fps = round(pfps, 2)
     if kernel_frames and runner.device.type == "cuda":
         _, _, _, _, kernels = _run(graph, device, WARM_FRAMES + kernel_frames, unpaced=True, profile=True)
-        report.kernels_per_frame = kernels
+        if kernels is not None:
+            report.kernels_per_frame, report.top_kernels = kernels
     return report

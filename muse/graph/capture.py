@@ -218,7 +218,7 @@ class LateValue:
             graph.late.append(self)  # the frame program stamps it with each replay's end event
             self.event = None
         elif self.cuda:
-            self.event = torch.cuda.Event()
+            self.event = torch.cuda.Event(blocking=True)
             self.event.record()
 
     def stamp(self, event: Any) -> None:

@@ -228,7 +228,7 @@ class FrameProgram:
         def frame() -> dict[str, dict[str, Any]]:
             fork: list[Any] = []
             if stream is not None:
-                ev = torch.cuda.Event()
+                ev = torch.cuda.Event(blocking=True)
                 ev.record(stream)
                 fork = [ev]
             for (node, _port), value in static_in.items():
@@ -284,7 +284,7 @@ class FrameProgram:
         end: list[Any] = []
         ev = None
         if stream is not None:
-            ev = torch.cuda.Event()
+            ev = torch.cuda.Event(blocking=True)
             ev.record(stream)
             end = [ev]
         for late in var.graph.late:

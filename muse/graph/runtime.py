@@ -504,10 +504,10 @@ class GraphRunner:
         with torch.cuda.stream(stream):
             for ev in self._last_frame_events:
                 stream.wait_event(ev)
-            self._frame_start = torch.cuda.Event(enable_timing=True)
+            self._frame_start = torch.cuda.Event(enable_timing=True, blocking=True)
             self._frame_start.record(stream)  # the GPU reaches this when the last frame is done
             self.clock.fill_(t)  # the value travels as a kernel argument: no host buffer to race on
-            ev = torch.cuda.Event()
+            ev = torch.cuda.Event(blocking=True)
             ev.record(stream)
         return [ev]
 
@@ -520,7 +520,7 @@ class GraphRunner:
         with torch.cuda.stream(stream):
             for ev in frame_events:
                 stream.wait_event(ev)
-            end = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True, blocking=True)
             end.record(stream)
         self._frame_times.append((start, end))
         self._frame_start = None
@@ -540,7 +540,7 @@ class GraphRunner:
                         for t in payload.tensors():
                             if t.is_cuda:
                                 t.record_stream(stream)  # read here: not recycled before the copy ran
-            ev = torch.cuda.Event()
+            ev = torch.cuda.Event(blocking=True)
             ev.record(stream)
         return out, [ev]
 
@@ -673,14 +673,16 @@ class GraphRunner:
     def _gpu_start(self, slot: _Slot) -> Any:
         if slot.stream is None:
             return None
-        ev = torch.cuda.Event(enable_timing=True)
+        ev = torch.cuda.Event(enable_timing=True, blocking=True)
         ev.record(slot.stream)
         return ev
 
+    # Events are made with blocking=True throughout: a host thread that waits on one (the in-flight
+    # bound, a sink's download) sleeps instead of spinning a CPU core the streamer's game needs.
     def _record(self, slot: _Slot, start_ev: Any = None) -> list[Any]:
         if slot.stream is None:
             return []
-        ev = torch.cuda.Event(enable_timing=start_ev is not None)
+        ev = torch.cuda.Event(enable_timing=start_ev is not None, blocking=True)
         ev.record(slot.stream)
         if start_ev is not None:
             slot.pending_gpu.append((start_ev, ev))

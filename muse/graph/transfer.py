@@ -56,7 +56,7 @@ class Uploader:
         slot, pinned = ring.take()
         pinned.copy_(host)
         out = pinned.to(self.device, non_blocking=True)
-        ev = torch.cuda.Event()
+        ev = torch.cuda.Event(blocking=True)
         ev.record(torch.cuda.current_stream(self.device))
         ring.mark(slot, ev)
         return out
@@ -78,7 +78,7 @@ class Downloader:
             ring = self._rings[key] = PinnedRing(key[0], key[1], self.slots)
         slot, pinned = ring.take()
         pinned.copy_(tensor, non_blocking=True)
-        ev = torch.cuda.Event()
+        ev = torch.cuda.Event(blocking=True)
         ev.record(torch.cuda.current_stream(tensor.device))
         ev.synchronize()  # the host needs the bytes now; waits on this copy only (sink thread)
         return pinned.numpy()

@@ -33,7 +33,7 @@ class NullOutput(Node):
             return None
         if self.params.wait and payload.device.type == "cuda":
             # An event on this stream only: the sink thread waits for this frame, the device keeps running.
-            ev = torch.cuda.Event()
+            ev = torch.cuda.Event(blocking=True)
             ev.record(torch.cuda.current_stream(payload.device))
             ev.synchronize()
         now = time.perf_counter()

@@ -1,0 +1,77 @@
+"""Aten ops each node of a graph dispatches per frame (eager, CPU, torch backend): the proxy for
+kernel launches that needs no GPU (FRAME_CAPTURE.md). Every op is about one kernel on CUDA.
+
+    python bench/count_ops.py graphs/stream_4k.yaml --frames 8 --size 640x360
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from muse.graph.registry import load_registry  # noqa: E402
+from muse.graph.runtime import GraphRunner  # noqa: E402
+from muse.graph.validate import validate_text  # noqa: E402
+
+_SKIP = {"aten.detach.default", "aten.alias.default", "aten.view.default", "aten._unsafe_view.default",
+         "aten.expand.default", "aten.permute.default", "aten.unsqueeze.default", "aten.squeeze.dim",
+         "aten.slice.Tensor", "aten.select.int", "aten.t.default", "aten.as_strided.default", "aten.reshape.default",
+         "aten.transpose.int", "aten.lift_fresh.default", "aten.split.Tensor", "aten.unbind.int"}
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if str(func) not in _SKIP:  # views launch nothing
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("graph")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--size", default="640x360")
+    a = ap.parse_args()
+    w, h = (int(v) for v in a.size.split("x"))
+    spec = yaml.safe_load(Path(a.graph).read_text())
+    spec["settings"].update(device="cpu", resolution=[w, h], capture="off")
+    for name, d in spec["nodes"].items():
+        if d["type"].startswith("capture."):
+            spec["nodes"][name] = {"type": "capture.demo", "params": {"width": w, "height": h, "fps": 0, "frames": a.frames}}
+        if d["type"] in ("pose.hybrid", "face.landmarks", "pose.blazepose"):
+            d.setdefault("params", {})["backend"] = "torch"
+    runner = GraphRunner(validate_text(yaml.safe_dump(spec), a.graph, load_registry()))
+    counts: dict[str, list[int]] = collections.defaultdict(list)
+    original = runner._run_node
+
+    def counted(slot, values, events):  # type: ignore[no-untyped-def]
+        with _Count() as c:
+            out = original(slot, values, events)
+        counts[slot.name].append(c.n)
+        return out
+
+    runner._run_node = counted  # type: ignore[method-assign]
+    runner.run()
+    total = 0
+    print(f"| node | ops per frame (median of {a.frames}) |\n|---|---|")
+    for name, ns in counts.items():
+        med = sorted(ns)[len(ns) // 2]
+        total += med
+        print(f"| {name} | {med} |")
+    print(f"| **total** | **{total}** |")
+
+
+if __name__ == "__main__":
+    main()
