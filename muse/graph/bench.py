@@ -95,6 +95,8 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
         while not runner.wait(0.002):
             if t0 is None and runner.stats.frames_out >= min(WARM_FRAMES, frames // 3):
                 t0, c0, n0 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+                runner.stats.latency_ms.clear()  # steady state only: warm-up and the recordings stall once
+                runner.stats.frame_gpu_ms.clear()
                 if profile:
                     prof = _start_profiler()
         t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out

@@ -76,8 +76,18 @@ def resample(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     p = plane.float()[None, None] if squeeze else plane.float()[None]
     if tuple(p.shape[-2:]) != tuple(size):
         shrink = p.shape[-2] >= size[0] and p.shape[-1] >= size[1]
-        p = F.adaptive_avg_pool2d(p, size) if shrink else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
+        p = shrink_mean(p, size) if shrink else F.interpolate(p, size=size, mode="bilinear", align_corners=False)
     return p[0, 0] if squeeze else p[0]
+
+
+def shrink_mean(p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Mean over cells of (N, C, H, W) down to `size`: one strided average pool when a whole-number cell
+    fits (adaptive pooling's variable windows cost 0.4 ms a 4K plane on an H200), adaptive otherwise."""
+    (H, W), (h, w) = p.shape[-2:], size
+    kh, kw = -(-H // h), -(-W // w)
+    if -(-H // kh) == h and -(-W // kw) == w:
+        return F.avg_pool2d(p, (kh, kw), stride=(kh, kw), ceil_mode=True)
+    return F.adaptive_avg_pool2d(p, size)
 
 
 def fit_uint8(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -240,8 +250,8 @@ class Composite(Node):
         size = (-(-height // factor), -(-width // factor))
         if plate is not None:  # the true room: no trace of the person in the blur
             room = decode_uint8(fit_uint8(plate.hwc_uint8(), height, width)).permute(2, 0, 1)
-            return gaussian_blur(F.adaptive_avg_pool2d(room[None], size)[0], sigma / factor), colour  # type: ignore[return-value]
-        room = F.adaptive_avg_pool2d(decode_uint8(fg).permute(2, 0, 1)[None], size)[0]
+            return gaussian_blur(shrink_mean(room[None], size)[0], sigma / factor), colour  # type: ignore[return-value]
+        room = shrink_mean(decode_uint8(fg).permute(2, 0, 1)[None], size)[0]
         weight = (1.0 - resample(alpha, size)).clamp(0, 1) ** 2
         return masked_blur_small(room, weight, sigma / factor), colour  # type: ignore[return-value]
 
@@ -252,8 +262,16 @@ class Composite(Node):
         height = frame.height
         fg = frame.hwc_uint8()
         alpha = mask.alpha if mask.alpha.dtype in (torch.float16, torch.float32) else mask.alpha.float()
-        if p.feather > 0:  # at the mask's own resolution: cheaper, and the same on both paths
-            alpha = gaussian_blur(alpha.float()[None], p.feather * alpha.shape[0])[0]
+        if p.feather > 0:
+            # A few pixels of softening: blurred at a reduced size when the mask is large (the final pass
+            # samples alpha bilinearly at any size); a 4K plane through a 21-tap convolution cost 2.7 ms.
+            sigma = p.feather * alpha.shape[0]
+            factor = max(1, int(sigma // 1.5))
+            if factor > 1:
+                small = (-(-alpha.shape[0] // factor), -(-alpha.shape[1] // factor))
+                alpha = gaussian_blur(shrink_mean(alpha.float()[None, None], small)[0], sigma / factor)[0]
+            else:
+                alpha = gaussian_blur(alpha.float()[None], sigma)[0]
         bg, colour = self._background(fg, alpha, plate, coverage)
         wrap, inside, soft = 0.0, None, None
         if p.light_wrap > 0:
@@ -266,7 +284,7 @@ class Composite(Node):
                 soft = device_constant(list(colour), fg.device, torch.float32)[:, None, None]
             elif bg.dtype == torch.uint8:
                 # pooled before decoding: a small gamma error, invisible in a soft glow, saves a 4K float pass
-                pooled = F.adaptive_avg_pool2d(bg.permute(2, 0, 1)[None].float(), size)[0]
+                pooled = shrink_mean(bg.permute(2, 0, 1)[None].float(), size)[0]
                 soft = gaussian_blur(srgb_to_linear(pooled / 255.0), sigma / factor)
             else:
                 soft = gaussian_blur(resample(bg, size), sigma / factor)
