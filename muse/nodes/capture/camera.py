@@ -84,6 +84,14 @@ def opencv_capture(device: int | str, api: int) -> Any:
     return cv2.VideoCapture(device, api)
 
 
+def stale_picture(image: torch.Tensor) -> torch.Tensor:
+    """A held (H, W, 3) uint8 frame dimmed to half, with a red bar along the top: the camera is not live."""
+    out = image.div(2, rounding_mode="floor").to(torch.uint8)
+    bar = max(4, image.shape[0] // 40)
+    out[:bar] = torch.tensor((220, 30, 30), dtype=torch.uint8, device=image.device)
+    return out
+
+
 @dataclass
 class _Grabbed:
     data: np.ndarray  # BGR (H, W, 3), or raw JPEG / YUYV / NV12 bytes
@@ -116,6 +124,7 @@ class Camera(Node):
         open_timeout_s: float = Field(5.0, ge=0.1, le=60, description="How long to wait for the first frame at start")
         stall_s: float = Field(1.0, ge=0.05, le=30, description="No frame for this long counts as an outage (the last frame is repeated)")
         retry_max_s: float = Field(5.0, ge=0.05, le=60, description="Longest wait between reconnect attempts")
+        mark_stale: bool = Field(True, description="Show a held frame (camera stalled or reconnecting) dimmed, with a red bar on top, so a frozen camera is seen as one")
 
     def __init__(self, name: str, params: NodeParams | None = None, *, capture_factory: CaptureFactory | None = None) -> None:
         super().__init__(name, params)
@@ -380,7 +389,8 @@ class Camera(Node):
     def _repeat(self) -> Frame:
         last = self._last_frame
         assert last is not None
-        frame = Frame(last.image, timestamp=time.perf_counter() - self._t0, index=self._index)
+        image = stale_picture(last.image) if self.params.mark_stale else last.image
+        frame = Frame(image, timestamp=time.perf_counter() - self._t0, index=self._index)
         self._index += 1
         return frame
 
@@ -397,4 +407,4 @@ class Camera(Node):
 
     def update_params(self, params: NodeParams) -> bool:
         # Device, size, fps and format need a reopen: the runtime rebuilds the node.
-        return apply_live(self, params, {"stall_s", "retry_max_s", "open_timeout_s"})
+        return apply_live(self, params, {"stall_s", "retry_max_s", "open_timeout_s", "mark_stale"})

@@ -1,0 +1,213 @@
+"""Several cameras at once: `graphs/multicam.yaml` on two demo sources at
+different rates (the inset shows the second source, checked against its exact
+mask; the stream never waits for it), a camera that fails mid-way while the
+other keeps running, and `composite.layout`'s placements on real pictures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import media
+from muse.graph.registry import load_registry
+from muse.graph.runtime import GraphRunner
+from muse.graph.testing import run_node
+from muse.graph.payloads import Frame
+from muse.graph.validate import validate_text
+from muse.nodes.layout import Layout, fit, rounded_rect_alpha
+
+GRAPH = Path(__file__).resolve().parents[1] / "graphs" / "multicam.yaml"
+W, H = 320, 180
+
+
+def _graph(doc: dict) -> GraphRunner:
+    return validate_text(yaml.safe_dump(doc), str(GRAPH), load_registry())
+
+
+def _inset_box(p: Layout.Params, w: int, h: int, src_w: int, src_h: int) -> tuple[int, int, int, int]:
+    """(y0, x0, ih, iw) of the first bottom-right inset, as composite.layout places it."""
+    iw = max(8, round(w * p.size))
+    ih = max(8, round(iw * src_h / src_w))
+    return h - p.margin - ih, w - p.margin - iw, ih, iw
+
+
+def _fit_hwc(img: torch.Tensor, h: int, w: int) -> np.ndarray:
+    out, _ = fit(img.permute(2, 0, 1).float() / 255.0, h, w, "cover")
+    return (out.clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+
+
+def test_multicam_graph_inset_shows_second_source_and_never_waits_for_it():
+    doc = yaml.safe_load(GRAPH.read_text())
+    doc["settings"].update({"device": "cpu", "resolution": [W, H], "fps": 12})
+    doc["nodes"]["cam_main"] = {"type": "capture.demo", "params": {"width": W, "height": H, "fps": 12, "background": "coffee"}}
+    doc["nodes"]["cam_side"] = {"type": "capture.demo", "params": {"width": W, "height": H, "fps": 4, "background": "rocket", "motion": 0.5}}
+    doc["nodes"]["virtualcam"] = {"type": "output.null", "inputs": {"frame": "layout.out"}}
+    runner = GraphRunner(_graph(doc), frames=16)
+    events: list[tuple[str, object]] = []
+    lock = threading.Lock()
+
+    def keep(tag: str):
+        def cb(payload: object) -> None:
+            with lock:
+                events.append((tag, payload))
+        return cb
+
+    runner.tap("cam_side", "frame", keep("side"))
+    runner.tap("cam_side", "mask", keep("side_mask"))
+    runner.tap("layout", "out", keep("out"))
+    plates: list[Frame] = []
+    runner.tap("cam_main", "clean_plate", plates.append)
+    stats = runner.run()
+    assert stats.frames_out == 16
+
+    pairs = []
+    side = side_mask = None
+    for tag, payload in events:
+        if tag == "side":
+            side = payload
+        elif tag == "side_mask":
+            side_mask = payload
+        elif side is not None and side_mask is not None:
+            pairs.append((payload, side, side_mask))
+    assert len(pairs) >= 12
+    # The main source paces the stream: the 4 fps camera's frames repeat across the 12 fps output.
+    side_indices = [s.index for _, s, _ in pairs]
+    assert len(set(side_indices)) < len(pairs) - 3, side_indices
+
+    p = Layout.Params(mode="pip", corner="bottom_right", size=0.3, margin=24, border=4, radius=16)
+    y0, x0, ih, iw = _inset_box(p, W, H, W, H)
+    inner = rounded_rect_alpha(ih, iw, p.radius - p.border, p.border, torch.device("cpu")).numpy()
+    for out, s, m in pairs[-4:]:  # once segmentation and the learned room have settled
+        got = out.image.numpy().astype(np.float64)[y0 : y0 + ih, x0 : x0 + iw]
+        want = _fit_hwc(s.image, ih, iw)
+        alpha = fit(m.alpha[None].float(), ih, iw, "cover")[0][0].numpy()
+        person = cv2.erode(((alpha >= 0.999) & (inner >= 0.999)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        room = cv2.erode(((alpha <= 0.001) & (inner >= 0.999)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        assert person.sum() > 300 and room.sum() > 300
+        err = np.abs(got - want).mean(-1)
+        # Where the second source's exact mask says person, the inset shows that source's picture ...
+        assert np.mean(err[person] < 25) > 0.85, f"only {np.mean(err[person] < 25):.2f} of the person matches"
+        # ... and around them, not the second camera's own room (the rocket) but the main camera's room.
+        err_main_room = np.abs(got - _fit_hwc(plates[-1].image, ih, iw)).mean(-1)
+        assert np.mean(err_main_room[room]) < 0.5 * np.mean(err[room]), (np.mean(err_main_room[room]), np.mean(err[room]))
+        # Outside the inset it is the main camera's picture, not the second one.
+        main_area = out.image.numpy().astype(np.float64)[:y0 - 10]
+        side_full = s.image.numpy().astype(np.float64)[:y0 - 10]
+        assert np.abs(main_area - side_full).mean() > 30
+
+
+class FakeCapture:
+    """cv2.VideoCapture stand-in that plays a real picture at `fps`, optionally dying after `fail_after` reads."""
+
+    def __init__(self, picture: np.ndarray, fps: float, fail_after: int | None = None) -> None:
+        self.picture, self.fps, self.fail_after = picture, fps, fail_after
+        self.reads = 0
+        self.opened = True
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return self.opened
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        time.sleep(1.0 / self.fps)
+        self.reads += 1
+        if self.fail_after is not None and self.reads > self.fail_after:
+            return False, None  # the USB cable was pulled
+        img = np.roll(self.picture, self.reads * 3, axis=1)  # the scene moves a little
+        return True, img.copy()
+
+    def set(self, *_: object) -> bool:
+        return True
+
+    def get(self, *_: object) -> float:
+        return 0.0
+
+    def release(self) -> None:
+        self.opened = False
+
+
+def test_a_camera_that_fails_midway_leaves_the_other_running(monkeypatch):
+    import muse.nodes.capture.camera as camera_mod
+
+    main_pic = cv2.resize(media.opencv_sample("messi5.jpg")[:, :, ::-1], (W, H))
+    side_pic = cv2.resize(media.astronaut()[:, :, ::-1], (W, H))
+    opened: dict[str, int] = {"0": 0, "1": 0}
+
+    def factory(device: int | str, api: int) -> FakeCapture:
+        key = str(device)
+        opened[key] += 1
+        if key == "0":
+            return FakeCapture(main_pic, fps=20)
+        if opened[key] == 1:
+            return FakeCapture(side_pic, fps=10, fail_after=5)
+        cap = FakeCapture(side_pic, fps=10)
+        cap.opened = False  # still unplugged: every reconnect attempt fails
+        return cap
+
+    monkeypatch.setattr(camera_mod, "opencv_capture", factory)
+    cam = {"width": W, "height": H, "stall_s": 0.2, "retry_max_s": 0.1}
+    text = yaml.safe_dump({
+        "version": 1,
+        "settings": {"device": "cpu", "resolution": [W, H], "fps": 20},
+        "nodes": {
+            "cam_main": {"type": "capture.camera", "params": {**cam, "device": "0", "fps": 20}},
+            "cam_side": {"type": "capture.camera", "params": {**cam, "device": "1", "fps": 10}},
+            "layout": {"type": "composite.layout", "params": {"size": 0.4, "radius": 0, "border": 0}, "inputs": {"frames": ["cam_main.frame", "cam_side.frame"]}},
+            "sink": {"type": "output.null", "inputs": {"frame": "layout.out"}},
+        },
+    })  # fmt: skip
+    runner = GraphRunner(validate_text(text, "failing.yaml", load_registry()), frames=40)
+    outs: list[Frame] = []
+    runner.tap("layout", "out", outs.append)
+    stats = runner.run()
+    assert stats.frames_out == 40  # the main camera kept the stream going
+    side = stats.nodes["cam_side"].info
+    assert side["outages"] == 1 and side["status"] == "reconnecting" and opened["1"] >= 3, (side, opened)
+    assert stats.nodes["cam_main"].info["status"] == "ok"
+    last = outs[-1].image.numpy()
+    y0, x0, ih, iw = _inset_box(Layout.Params(size=0.4), W, H, W, H)
+    inset = last[y0 : y0 + ih, x0 : x0 + iw].astype(int)
+    # The lost camera is shown stale: dimmed, a red bar on top.
+    top = inset[:2].reshape(-1, 3).mean(0)
+    assert top[0] > 150 and top[1] < 80 and top[2] < 80, top
+    live = cv2.resize(side_pic[:, :, ::-1], (iw, ih), interpolation=cv2.INTER_AREA).astype(int)
+    assert inset[ih // 4 :].mean() < 0.7 * live[ih // 4 :].mean()
+    # Meanwhile the main picture kept moving (new frames, not a held one).
+    assert outs[-1].index > outs[-10].index
+
+
+@pytest.mark.parametrize("mode", ["side_by_side", "grid"])
+def test_layout_cells_place_each_picture(mode):
+    a = torch.from_numpy(cv2.resize(media.astronaut(), (160, 90)))
+    b = torch.from_numpy(cv2.resize(media.opencv_sample("messi5.jpg"), (160, 90)))
+    c = torch.from_numpy(cv2.resize(media.opencv_sample("basketball1.png"), (160, 90)))
+    params = {"mode": mode, "width": 336 if mode == "side_by_side" else 328, "height": 90 if mode == "side_by_side" else 188,
+              "gap": 16 if mode == "side_by_side" else 8, "fit": "contain"}  # fmt: skip
+    frames = [Frame(a), Frame(b)] + ([Frame(c)] if mode == "grid" else [])
+    out = run_node(Layout, params, frames=frames)["out"].image
+    if mode == "side_by_side":  # two 160x90 cells, 16 px apart: the pictures land unscaled
+        assert torch.equal(out[:, :160], a) and torch.equal(out[:, 176:], b)
+        assert (out[:, 160:176] == 16).all()
+    else:  # 2x2 grid of 160x90 cells, 8 px gaps; the fourth cell is background
+        assert torch.equal(out[:90, :160], a) and torch.equal(out[:90, 168:], b) and torch.equal(out[98:, :160], c)
+        assert (out[98:, 168:] == 16).all()
+
+
+def test_layout_pip_border_and_rounded_corners():
+    main = torch.from_numpy(cv2.resize(media.opencv_sample("messi5.jpg"), (320, 180)))
+    inset = torch.from_numpy(cv2.resize(media.astronaut(), (320, 180)))
+    params = {"mode": "pip", "corner": "top_left", "size": 0.5, "margin": 10, "border": 4, "border_colour": (255, 0, 0), "radius": 20}
+    out = run_node(Layout, params, frames=[Frame(main), Frame(inset)])["out"].image.int()
+    y0, x0, ih, iw = 10, 10, 90, 160
+    assert tuple(out[y0 + ih // 2, x0 + 1].tolist()) == (255, 0, 0)  # border on the left edge
+    assert torch.equal(out[y0, x0], main[y0, x0].int())  # rounded corner: the main picture shows through
+    small = torch.from_numpy(cv2.resize(media.astronaut(), (iw, ih), interpolation=cv2.INTER_AREA)).int()
+    centre = out[y0 + 20 : y0 + ih - 20, x0 + 20 : x0 + iw - 20]
+    assert (centre - small[20:-20, 20:-20]).abs().float().mean() < 6
+    assert torch.equal(out[120:, 200:], main[120:, 200:].int())  # outside the inset: untouched
