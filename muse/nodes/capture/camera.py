@@ -140,12 +140,14 @@ class Camera(Node):
             return int(d)
         if "/" in d or "\\" in d or "://" in d or "!" in d:  # a device path, a URL or a GStreamer pipeline
             return d
-        found = find_camera_by_name(d)
+        from muse.nodes.capture.cameras import find_camera, list_cameras
+
+        found = find_camera(d, self._backend_name())
         if found is None:
-            where = "" if platform.system() == "Linux" else f" (names work on Linux only; on {platform.system()} use the index)"
-            raise NodeError(f"node {self.name!r}: no camera named {d!r} (field `device`){where}; "
-                            f"cameras here: {', '.join(list_camera_names()) or 'none found'}")
-        return found
+            here = ", ".join(f"{c.index}: {c.name}" for c in list_cameras(self._backend_name()))
+            raise NodeError(f"node {self.name!r}: no camera named {d!r} (field `device`); "
+                            f"cameras here: {here or 'none found'} (`muse cameras` lists them)")
+        return int(found) if found.isdigit() else found
 
     def _backend_name(self) -> str:
         return default_backend() if self.params.backend == "auto" else self.params.backend
