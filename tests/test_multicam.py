@@ -211,3 +211,74 @@ def test_layout_pip_border_and_rounded_corners():
     centre = out[y0 + 20 : y0 + ih - 20, x0 + 20 : x0 + iw - 20]
     assert (centre - small[20:-20, 20:-20]).abs().float().mean() < 6
     assert torch.equal(out[120:, 200:], main[120:, 200:].int())  # outside the inset: untouched
+
+
+# -- the runtime's side of "never wait for a secondary source" ---------------------
+from muse.graph.node import Node, NodeParams, Out  # noqa: E402
+from muse.graph.registry import Registry  # noqa: E402
+
+
+class FlakySource(Node):
+    """Test source: a real picture at 20 fps; raises forever after `good` frames, or starts late."""
+
+    node_type = "test.flaky"
+    description = "test"
+    frame: Out[Frame]
+
+    class Params(NodeParams):
+        good: int = 1_000_000
+        start_delay: float = 0.0
+        fps: float = 20.0
+
+    def open(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().open(ctx)
+        self.n = 0
+        self.picture = torch.from_numpy(cv2.resize(media.astronaut(), (W, H)))
+
+    def process(self) -> dict[str, Frame]:
+        if self.n == 0 and self.params.start_delay:
+            time.sleep(self.params.start_delay)
+        time.sleep(1.0 / self.params.fps)
+        self.n += 1
+        if self.n > self.params.good:
+            raise RuntimeError("device unplugged")
+        return {"frame": Frame(self.picture, timestamp=self.n / self.params.fps, index=self.n)}
+
+
+def _flaky_graph(side: dict) -> GraphRunner:
+    reg = Registry()
+    for cls in load_registry().classes():
+        reg.register(cls, "test")
+    reg.register(FlakySource, "test")
+    text = yaml.safe_dump({
+        "version": 1,
+        "settings": {"device": "cpu", "resolution": [W, H], "fps": 20, "max_consecutive_errors": 5},
+        "nodes": {
+            "main": {"type": "capture.demo", "params": {"width": W, "height": H, "fps": 20}},
+            "side": {"type": "test.flaky", "params": side},
+            "layout": {"type": "composite.layout", "inputs": {"frames": ["main.frame", "side.frame"]}},
+            "sink": {"type": "output.null", "inputs": {"frame": "layout.out"}},
+        },
+    })  # fmt: skip
+    return GraphRunner(validate_text(text, "flaky.yaml", reg), frames=40)
+
+
+def test_a_secondary_source_that_keeps_failing_is_stopped_not_the_graph():
+    stats = _flaky_graph({"good": 5}).run()
+    assert stats.frames_out == 40
+    assert stats.nodes["side"].info.get("status") == "lost" and stats.nodes["side"].errors >= 5
+
+
+def test_a_secondary_source_that_starts_late_does_not_hold_up_the_first_frames():
+    runner = _flaky_graph({"start_delay": 1.0})
+    outs: list[Frame] = []
+    t0 = time.perf_counter()
+    times: list[float] = []
+    runner.tap("layout", "out", lambda f: (outs.append(f), times.append(time.perf_counter() - t0)))
+    stats = runner.run()
+    assert stats.frames_out == 40
+    assert times[0] < 0.9  # the main camera's first frames went out before the late one had any
+    first, last = outs[0].image.numpy(), outs[-1].image.numpy()
+    y0, x0, ih, iw = _inset_box(Layout.Params(), W, H, W, H)
+    # Without the late source the inset is empty (the main picture); once it runs, the inset is there.
+    assert np.abs(first[y0 + 20 : y0 + ih - 20, x0 + 20 : x0 + iw - 20].astype(int) - last[y0 + 20 : y0 + ih - 20, x0 + 20 : x0 + iw - 20].astype(int)).mean() > 20
