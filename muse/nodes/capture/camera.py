@@ -111,7 +111,7 @@ class Camera(Node):
     frame: Out[Frame]
 
     class Params(NodeParams):
-        device: str = Field("0", description="Camera index (0, 1, ...), a device path (/dev/video2), or on Linux part of its name ('Cam Link 4K')")
+        device: str = Field("0", description="Camera index (0, 1, ...), a device path (/dev/video2), or part of its name ('Cam Link 4K'; `muse cameras` lists them)")
         backend: Backend = Field("auto", description="OpenCV backend; auto = dshow on Windows, OpenCV's choice elsewhere")
         width: int = Field(1920, ge=16, le=7680, description="Requested width; the camera may pick the nearest it supports")
         height: int = Field(1080, ge=16, le=4320, description="Requested height")
