@@ -187,3 +187,43 @@ def test_solver_mirror_swaps_arms():
         assert up[1] > 0.95, (mirror, up)
         for q in s.rotations.values():
             assert abs(np.linalg.norm(q) - 1) < 1e-9
+
+
+def _head_angles(img: np.ndarray) -> tuple[float, float]:
+    """(yaw, roll) in degrees of the avatar's head solved from a photo's face mesh."""
+    s = AvatarSolver().solve(None, None, _face_mesh(img), 1.0)
+    q = s.world["Head"]
+    fwd, right = quat_rotate(q, np.array([0.0, 0.0, 1.0])), quat_rotate(q, np.array([1.0, 0.0, 0.0]))
+    return math.degrees(math.atan2(fwd[0], fwd[2])), math.degrees(math.atan2(right[1], right[0]))
+
+
+def test_head_rotation_follows_the_face_in_real_photos():
+    face = avatar_media.face_crop()
+    yaw, roll = _head_angles(face)
+    yaw_m, roll_m = _head_angles(np.ascontiguousarray(face[:, ::-1]))
+    assert abs(yaw + yaw_m) < 4 and abs(roll + roll_m) < 4, (yaw, yaw_m, roll, roll_m)  # a mirror image turns the other way
+    # The picture turned 20 degrees counter-clockwise: the person's right eye (picture left) drops,
+    # so the avatar's head rolls its right side down by about 20 degrees.
+    _, roll_ccw = _head_angles(avatar_media.rotated(face, 20))
+    _, roll_cw = _head_angles(avatar_media.rotated(face, -20))
+    assert abs((roll_ccw - roll) + 20) < 5 and abs((roll_cw - roll) - 20) < 5, (roll, roll_ccw, roll_cw)
+
+
+def test_gaze_and_mouth_follow_the_mesh():
+    """The astronaut's real mesh with its irises moved sideways, and with its jaw dropped."""
+    from muse.nodes.face import regions as REG
+
+    mesh = _face_mesh(avatar_media.face_crop())
+    eye_w = float(np.linalg.norm(mesh[33, :2] - mesh[133, :2]))
+    base = AvatarSolver().solve(None, None, mesh, 1.0)
+    look = mesh.copy()
+    look[REG.LEFT_IRIS + REG.RIGHT_IRIS, 0] += 0.2 * eye_w  # irises towards picture right = the person's left
+    moved = AvatarSolver().solve(None, None, look, 1.0)
+    assert moved.gaze[0] < base.gaze[0] - 10, (base.gaze, moved.gaze)  # the avatar looks to its left
+    assert moved.blend["LookLeft"] > base.blend["LookLeft"] and moved.rotations["LeftEye"][1] < base.rotations["LeftEye"][1]
+    jaw = mesh.copy()
+    lower = [14, 87, 178, 88, 95, 317, 402, 318, 324, 17, 84, 181, 91, 146, 314, 405, 321, 375, 152, 148, 176, 149, 377, 400, 378]
+    jaw[lower, 1] += 0.8 * eye_w  # the lower lip and chin drop
+    opened = AvatarSolver().solve(None, None, jaw, 1.0)
+    assert opened.blend["jawOpen"] > base.blend["jawOpen"] + 0.4
+    assert opened.blend["A"] + opened.blend["O"] + opened.blend["E"] > base.blend["A"] + base.blend["O"] + base.blend["E"] + 0.3

@@ -282,3 +282,14 @@ def test_a_secondary_source_that_starts_late_does_not_hold_up_the_first_frames()
     y0, x0, ih, iw = _inset_box(Layout.Params(), W, H, W, H)
     # Without the late source the inset is empty (the main picture); once it runs, the inset is there.
     assert np.abs(first[y0 + 20 : y0 + ih - 20, x0 + 20 : x0 + iw - 20].astype(int) - last[y0 + 20 : y0 + ih - 20, x0 + 20 : x0 + iw - 20].astype(int)).mean() > 20
+
+
+def test_layout_live_params_colours_in_place_geometry_rebuilds():
+    from muse.graph.testing import make_context
+
+    node = Layout("layout", Layout.Params(border_colour=(255, 0, 0)))
+    node.open(make_context("layout"))
+    colour = node._colours["border_colour"]
+    assert node.update_params(Layout.Params(border_colour=(0, 0, 255))) is True
+    assert node._colours["border_colour"] is colour and colour.flatten().tolist() == [0.0, 0.0, 1.0]
+    assert node.update_params(Layout.Params(border_colour=(0, 0, 255), corner="top_left")) is False

@@ -83,23 +83,30 @@ class Layout(Node):
         columns: int = Field(0, ge=0, le=16, description="grid: columns; 0 = as square as possible")
         background: tuple[Channel, Channel, Channel] = Field((16, 16, 16), description="Colour of bars and gaps (R, G, B)")
 
+    COLOURS = ("border_colour", "background")
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._colours: dict[str, torch.Tensor] = {}
         self._work = torch.float16 if ctx.cuda else torch.float32
+        # Colours live in small device tensors, changed in place (a replayed CUDA graph sees new values).
+        self._colours = {k: torch.zeros(3, 1, 1, device=ctx.device, dtype=self._work) for k in self.COLOURS}
+        self._set_colours(self.params)
+
+    def _set_colours(self, params: NodeParams) -> None:
+        for key in self.COLOURS:
+            rgb = torch.tensor(getattr(params, key), dtype=torch.float32).div_(255.0).reshape(3, 1, 1)
+            self._colours[key].copy_(rgb)
 
     def update_params(self, params: NodeParams) -> bool:
+        old = self.params.model_dump(exclude=set(self.COLOURS))
+        if params.model_dump(exclude=set(self.COLOURS)) != old:
+            return False  # geometry (mode, sizes, corner, radius...): rebuilt, cheap for this node
         self.params = params
         if getattr(self, "_colours", None) is not None:
-            self._colours.clear()  # colours are rebuilt (a few bytes) at the next frame
+            self._set_colours(params)
         return True
 
-    def _colour(self, key: str, rgb: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-        c = self._colours.get(key)
-        if c is None:
-            c = self._colours[key] = torch.tensor(rgb, device=device, dtype=self._work).div_(255.0)[:, None, None]
-        return c
 
     def _pip_masks(self, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.params
@@ -138,7 +145,7 @@ class Layout(Node):
         assert main is not None
         canvas, _ = fit(main.chw(self._work), H, W, "cover")
         canvas = canvas.contiguous().clone() if canvas.data_ptr() == main.image.data_ptr() else canvas.contiguous()
-        border = self._colour("border", p.border_colour, device)
+        border = self._colours["border_colour"]
         right = p.corner.endswith("right")
         bottom = p.corner.startswith("bottom")
         for k, frame in enumerate(frames[1:]):
@@ -170,7 +177,7 @@ class Layout(Node):
         ch = (H - p.gap * (rows - 1)) // rows
         if cw < 8 or ch < 8:
             raise NodeError(f"node {self.name!r}: {n} pictures do not fit a {W}x{H} canvas with gap {p.gap} (fields `gap`, `columns`, `width`, `height`)")
-        canvas = self._colour("background", p.background, device).expand(3, H, W).clone()
+        canvas = self._colours["background"].expand(3, H, W).clone()
         for i, frame in enumerate(frames):
             r, c = divmod(i, cols)
             cy, cx = r * (ch + p.gap), c * (cw + p.gap)
