@@ -227,3 +227,15 @@ def test_gaze_and_mouth_follow_the_mesh():
     opened = AvatarSolver().solve(None, None, jaw, 1.0)
     assert opened.blend["jawOpen"] > base.blend["jawOpen"] + 0.4
     assert opened.blend["A"] + opened.blend["O"] + opened.blend["E"] > base.blend["A"] + base.blend["O"] + base.blend["E"] + 0.3
+
+
+def test_shipped_vtuber_graph_runs_on_the_cpu_without_cameras(capsys):
+    from muse.cli import main
+
+    assert main(["validate", str(GRAPH)]) == 0
+    with VMCReceiver() as rx:
+        args = ["--set", "camera.width=320", "--set", "camera.height=180", "--set", "camera.device=/dev/muse-no-camera",
+                "--set", "preview.port=0", f"--set=avatar.port={rx.port}"]  # fmt: skip
+        assert main(["run", str(GRAPH), "--frames", "6", "--device", "cpu", *args]) == 0
+    assert "camera -> demo" in capsys.readouterr().err
+    assert last_frame(rx)[0][0] == "/VMC/Ext/OK"

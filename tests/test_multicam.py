@@ -293,3 +293,18 @@ def test_layout_live_params_colours_in_place_geometry_rebuilds():
     assert node.update_params(Layout.Params(border_colour=(0, 0, 255))) is True
     assert node._colours["border_colour"] is colour and colour.flatten().tolist() == [0.0, 0.0, 1.0]
     assert node.update_params(Layout.Params(border_colour=(0, 0, 255), corner="top_left")) is False
+
+
+def test_shipped_multicam_graph_runs_on_the_cpu_without_cameras(capsys):
+    """`muse validate` and `muse run graphs/multicam.yaml` as shipped: no cameras here, so both
+    cameras fall back to demo sources; no virtual-camera driver, so the preview (any free port)."""
+    from muse.cli import main
+
+    assert main(["validate", str(GRAPH)]) == 0
+    small = ["--set", "cam_main.width=320", "--set", "cam_main.height=180", "--set", "cam_side.width=320",
+             "--set", "cam_side.height=180", "--set", "virtualcam.fallback_port=0", "--set", "virtualcam.width=320",
+             "--set", "virtualcam.height=180", "--set", "cam_main.device=/dev/muse-no-camera-0",
+             "--set", "cam_side.device=/dev/muse-no-camera-1"]  # fmt: skip
+    assert main(["run", str(GRAPH), "--frames", "4", "--device", "cpu", *small]) == 0
+    err = capsys.readouterr().err
+    assert "cam_main -> demo" in err and "cam_side -> demo" in err

@@ -121,6 +121,7 @@ class Camera(Node):
             "auto", description="Where MJPG/YUV frames are decoded: gpu = raw bytes to nvJPEG/GPU kernels; auto = gpu when the graph runs on CUDA"
         )
         fallback: Literal["none", "demo"] = Field("none", description="What to use when the camera is missing at start")
+        demo_background: Literal["coffee", "chelsea", "rocket"] = Field("coffee", description="Background picture of the demo source used by `fallback: demo` (tells several fallen-back cameras apart)")
         open_timeout_s: float = Field(5.0, ge=0.1, le=60, description="How long to wait for the first frame at start")
         stall_s: float = Field(1.0, ge=0.05, le=30, description="No frame for this long counts as an outage (the last frame is repeated)")
         retry_max_s: float = Field(5.0, ge=0.05, le=60, description="Longest wait between reconnect attempts")
@@ -265,7 +266,7 @@ class Camera(Node):
             ctx.logger.warning(msg)
             ctx.report("fallback", "demo")
             ctx.report("status", "demo (no camera)")
-            self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=p.fps))
+            self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=p.fps, background=p.demo_background))
             self._demo.open(ctx)
             self.on_demand = True  # the runtime reads this per node: render only frames that will be taken
             return
