@@ -16,18 +16,19 @@ import torch
 import yaml
 
 import media
-from muse.graph.registry import load_registry
+from muse.graph.node import Node, NodeParams, Out
+from muse.graph.registry import Registry, load_registry
 from muse.graph.runtime import GraphRunner
-from muse.graph.testing import run_node
 from muse.graph.payloads import Frame
-from muse.graph.validate import validate_text
+from muse.graph.testing import run_node
+from muse.graph.validate import ValidatedGraph, validate_text
 from muse.nodes.layout import Layout, fit, rounded_rect_alpha
 
 GRAPH = Path(__file__).resolve().parents[1] / "graphs" / "multicam.yaml"
 W, H = 320, 180
 
 
-def _graph(doc: dict) -> GraphRunner:
+def _graph(doc: dict) -> ValidatedGraph:
     return validate_text(yaml.safe_dump(doc), str(GRAPH), load_registry())
 
 
@@ -214,8 +215,6 @@ def test_layout_pip_border_and_rounded_corners():
 
 
 # -- the runtime's side of "never wait for a secondary source" ---------------------
-from muse.graph.node import Node, NodeParams, Out  # noqa: E402
-from muse.graph.registry import Registry  # noqa: E402
 
 
 class FlakySource(Node):
