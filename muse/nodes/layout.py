@@ -50,7 +50,7 @@ def rounded_rect_alpha(height: int, width: int, radius: float, inset: float, dev
     qy = (ys - height / 2).abs()[:, None] - (half_h - r)
     qx = (xs - width / 2).abs()[None, :] - (half_w - r)
     outside = torch.sqrt(qx.clamp(min=0) ** 2 + qy.clamp(min=0) ** 2)
-    inside = torch.minimum(torch.maximum(qx, qy), torch.zeros(()))
+    inside = torch.maximum(qx, qy).clamp(max=0.0)
     dist = outside + inside - r
     return (0.5 - dist).clamp(0.0, 1.0)
 
