@@ -307,3 +307,13 @@ def test_shipped_multicam_graph_runs_on_the_cpu_without_cameras(capsys):
     assert main(["run", str(GRAPH), "--frames", "4", "--device", "cpu", *small]) == 0
     err = capsys.readouterr().err
     assert "cam_main -> demo" in err and "cam_side -> demo" in err
+
+
+@pytest.mark.cuda
+def test_layout_on_cuda_matches_the_cpu():
+    main = torch.from_numpy(cv2.resize(media.opencv_sample("messi5.jpg"), (320, 180)))
+    inset = torch.from_numpy(cv2.resize(media.astronaut(), (320, 180)))
+    params = {"mode": "pip", "size": 0.4, "border": 3, "radius": 12}
+    cpu = run_node(Layout, params, frames=[Frame(main), Frame(inset)])["out"].image
+    gpu = run_node(Layout, params, device="cuda", frames=[Frame(main.cuda()), Frame(inset.cuda())])["out"].image
+    assert (gpu.cpu().int() - cpu.int()).abs().float().mean() < 1.0  # fp16 work on the GPU

@@ -116,3 +116,21 @@ def test_vmc_rate_limit_and_process_never_waits_for_the_sender(monkeypatch):
         assert node._ring.dropped + node._mail.replaced > 0  # frames the stuck sender could not take were dropped
     finally:
         node.close()
+
+
+@pytest.mark.cuda
+def test_vmc_snapshot_from_cuda_tensors():
+    """On CUDA, process only queues a copy into pinned memory; the sender thread reads it after the event."""
+
+    node = VMCOutput("vmc", VMCOutput.Params(port=9, rate=240))
+    ctx = make_context("vmc", "cuda")
+    node.open(ctx)
+    try:
+        kp, face = _payloads(0)
+        with torch.cuda.stream(ctx.stream):
+            node.process(kp.to("cuda"), face.to("cuda"))
+        time.sleep(0.5)
+        assert node.sent == 1 and node.errors == 0
+        assert node._ring.slots[0].host["body"].is_pinned()
+    finally:
+        node.close()
