@@ -134,3 +134,47 @@ def test_vmc_snapshot_from_cuda_tensors():
         assert node._ring.slots[0].host["body"].is_pinned()
     finally:
         node.close()
+
+
+def test_a_recording_replays_into_the_avatar_link_and_round_trips(tmp_path, shots):
+    """Record real tracking, play it back through output.vmc (to a python-osc server) and
+    through output.tracking again: the same numbers come out."""
+    from test_avatar_vmc import VMCReceiver, last_frame
+
+    from muse.graph.validate import validate_text
+
+    take = tmp_path / "take.jsonl"
+    reg = load_registry()
+    GraphRunner(validate_text(_graph(shots, take), "rec.yaml", reg)).run()
+    again = tmp_path / "again.jsonl"
+    with VMCReceiver() as rx:
+        text = f"""version: 1
+settings: {{device: cpu}}
+nodes:
+  replay: {{type: capture.tracking, params: {{path: "{take}"}}}}
+  avatar:
+    type: output.vmc
+    params: {{port: {rx.port}, smoothing: 0.0, rate: 240}}
+    inputs: {{keypoints: {{from: replay.keypoints, queue: 8}}, face: {{from: replay.face, queue: 8}}}}
+  rec:
+    type: output.tracking
+    params: {{path: "{again}"}}
+    inputs: {{keypoints: {{from: replay.keypoints, queue: 8}}, face: {{from: replay.face, queue: 8}}}}
+"""
+        GraphRunner(validate_text(text, "replay.yaml", reg)).run()
+        time.sleep(0.3)
+        frame = last_frame(rx)
+    original, replayed = read_tracking(take), read_tracking(again)
+    assert [r["frame"] for r in replayed] == [r["frame"] for r in original]
+    assert replayed[-1]["keypoints"] == original[-1]["keypoints"] and replayed[-1]["face"] == original[-1]["face"]
+    assert {args[0] for a, args in frame if a == "/VMC/Ext/Bone/Pos"} == set(BONES)
+
+
+def test_replay_names_a_bad_file(tmp_path):
+    bad = tmp_path / "notes.jsonl"
+    bad.write_text('{"hello": 1}\n')
+    from muse.nodes.motion.replay import TrackingReplay
+
+    node = TrackingReplay("replay", TrackingReplay.Params(path=str(bad)))
+    with pytest.raises(NodeError, match=r"line 1 is not an output.tracking record.*field `path`"):
+        node.open(make_context("replay"))

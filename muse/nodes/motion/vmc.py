@@ -190,3 +190,7 @@ class VMCOutput(Node):
             self._mail.wake()
             self._thread.join(timeout=5)
             self._thread = None
+            assert self.ctx is not None
+            self.ctx.report("sent", self.sent)  # the final counts (live values are reported every 30 frames)
+            self.ctx.report("skipped", self.skipped)
+            self.ctx.report("dropped", self._ring.dropped + self._mail.replaced)
