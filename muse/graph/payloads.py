@@ -140,8 +140,9 @@ class Mask(Payload):
 @dataclass(eq=False)
 class Keypoints(Payload):
     """Body pose: `points` (N, 2) in pixels of an image of `image_size`
-    (width, height), `confidence` (N,) in [0, 1], named by `skeleton`
-    ("coco17" or "blazepose33")."""
+    (width, height), or (N, 3) with a relative depth z in the same pixel
+    scale (`pose.blazepose`'s `keypoints3d`), `confidence` (N,) in [0, 1],
+    named by `skeleton` ("coco17" or "blazepose33")."""
 
     points: torch.Tensor
     confidence: torch.Tensor

@@ -344,6 +344,12 @@ class GraphRunner:
                 except Exception as exc:
                     self._node_failed(slot, exc)
                     if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
+                        if self._is_secondary_source(slot.name):
+                            # One lost camera must not stop the others: the stream keeps its last frame.
+                            log.error("source '%s' failed %d times in a row (%s); it is stopped, the other sources keep running",
+                                      slot.name, slot.consecutive_errors, exc)
+                            slot.ctx.report("status", "lost")
+                            break
                         self._fail(GraphRunError(f"source '{slot.name}' failed {slot.consecutive_errors} times in a row: {exc}"))
                         break
                     time.sleep(0.01)
@@ -433,32 +439,39 @@ class GraphRunner:
                     slot.channel.close()
             self._done.set()
 
+    def _is_secondary_source(self, name: str) -> bool:
+        """Every source after the first (the first paces the stream; the others are never waited for)."""
+        sources = [n for n in self.graph.order if n in self.slots and self.slots[n].rn.cls.is_source()]
+        return bool(sources) and name in sources and name != sources[0]
+
     def _gather_sources(self) -> dict[str, _Item] | None:
+        """The primary source's next item and each secondary source's newest; a secondary source
+        that has nothing yet (still starting, or lost before its first frame) is left out."""
         sources = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_source()]
         items: dict[str, _Item] = {}
         for i, slot in enumerate(sources):
             primary = i == 0
+            waits = primary or (slot.channel is not None and slot.channel.policy == "queue")
+            item: _Item | None = None
             while True:
                 if self._stop.is_set():
                     return None
                 try:
-                    if primary or slot.last is None or (slot.channel and slot.channel.policy == "queue"):
-                        item = slot.channel.get(timeout=0.1)
-                    else:
-                        item = slot.channel.get_nowait()  # a secondary source never stalls the stream
+                    item = slot.channel.get(timeout=0.1) if waits else slot.channel.get_nowait()
                     slot.last = item
                     break
                 except TimeoutError:
-                    if primary or slot.last is None or slot.channel.policy == "queue":
+                    if waits:
                         continue
-                    item = slot.last
+                    item = slot.last  # a secondary source never stalls the stream
                     break
                 except ChannelClosed:
-                    if primary or slot.last is None:
+                    if primary or (waits and slot.last is None):
                         return None
                     item = slot.last
                     break
-            items[slot.name] = item
+            if item is not None:
+                items[slot.name] = item
         return items
 
     def _run_frame(self, source_items: dict[str, _Item]) -> None:
@@ -469,6 +482,9 @@ class GraphRunner:
             memo[name] = (item.values, item.events + clock_events)
             with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
                 self._fire_taps(name, item.values)
+        for name in self.graph.order:  # a secondary source with no frame yet: its branch sits this frame out
+            if name not in memo and self.slots[name].rn.cls.is_source():
+                memo[name] = ({}, [])
         program = self.program
         if program is not None:
             program.run(memo)

@@ -84,6 +84,14 @@ def opencv_capture(device: int | str, api: int) -> Any:
     return cv2.VideoCapture(device, api)
 
 
+def stale_picture(image: torch.Tensor) -> torch.Tensor:
+    """A held (H, W, 3) uint8 frame dimmed to half, with a red bar along the top: the camera is not live."""
+    out = image.div(2, rounding_mode="floor").to(torch.uint8)
+    bar = max(4, image.shape[0] // 40)
+    out[:bar] = torch.tensor((220, 30, 30), dtype=torch.uint8, device=image.device)
+    return out
+
+
 @dataclass
 class _Grabbed:
     data: np.ndarray  # BGR (H, W, 3), or raw JPEG / YUYV / NV12 bytes
@@ -103,7 +111,7 @@ class Camera(Node):
     frame: Out[Frame]
 
     class Params(NodeParams):
-        device: str = Field("0", description="Camera index (0, 1, ...), a device path (/dev/video2), or on Linux part of its name ('Cam Link 4K')")
+        device: str = Field("0", description="Camera index (0, 1, ...), a device path (/dev/video2), or part of its name ('Cam Link 4K'; `muse cameras` lists them)")
         backend: Backend = Field("auto", description="OpenCV backend; auto = dshow on Windows, OpenCV's choice elsewhere")
         width: int = Field(1920, ge=16, le=7680, description="Requested width; the camera may pick the nearest it supports")
         height: int = Field(1080, ge=16, le=4320, description="Requested height")
@@ -113,9 +121,11 @@ class Camera(Node):
             "auto", description="Where MJPG/YUV frames are decoded: gpu = raw bytes to nvJPEG/GPU kernels; auto = gpu when the graph runs on CUDA"
         )
         fallback: Literal["none", "demo"] = Field("none", description="What to use when the camera is missing at start")
+        demo_background: Literal["coffee", "chelsea", "rocket"] = Field("coffee", description="Background picture of the demo source used by `fallback: demo` (tells several fallen-back cameras apart)")
         open_timeout_s: float = Field(5.0, ge=0.1, le=60, description="How long to wait for the first frame at start")
         stall_s: float = Field(1.0, ge=0.05, le=30, description="No frame for this long counts as an outage (the last frame is repeated)")
         retry_max_s: float = Field(5.0, ge=0.05, le=60, description="Longest wait between reconnect attempts")
+        mark_stale: bool = Field(True, description="Show a held frame (camera stalled or reconnecting) dimmed, with a red bar on top, so a frozen camera is seen as one")
 
     def __init__(self, name: str, params: NodeParams | None = None, *, capture_factory: CaptureFactory | None = None) -> None:
         super().__init__(name, params)
@@ -131,12 +141,14 @@ class Camera(Node):
             return int(d)
         if "/" in d or "\\" in d or "://" in d or "!" in d:  # a device path, a URL or a GStreamer pipeline
             return d
-        found = find_camera_by_name(d)
+        from muse.nodes.capture.cameras import find_camera, list_cameras
+
+        found = find_camera(d, self._backend_name())
         if found is None:
-            where = "" if platform.system() == "Linux" else f" (names work on Linux only; on {platform.system()} use the index)"
-            raise NodeError(f"node {self.name!r}: no camera named {d!r} (field `device`){where}; "
-                            f"cameras here: {', '.join(list_camera_names()) or 'none found'}")
-        return found
+            here = ", ".join(f"{c.index}: {c.name}" for c in list_cameras(self._backend_name()))
+            raise NodeError(f"node {self.name!r}: no camera named {d!r} (field `device`); "
+                            f"cameras here: {here or 'none found'} (`muse cameras` lists them)")
+        return int(found) if found.isdigit() else found
 
     def _backend_name(self) -> str:
         return default_backend() if self.params.backend == "auto" else self.params.backend
@@ -255,7 +267,7 @@ class Camera(Node):
             ctx.report("fallback", "demo")
             ctx.report("status", "demo (no camera)")
             fps = 0.0 if ctx.settings.get("unpaced") else p.fps  # `muse bench`: as fast as it goes
-            self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=fps))
+            self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=fps, background=p.demo_background))
             self._demo.open(ctx)
             self.on_demand = True  # the runtime reads this per node: render only frames that will be taken
             return
@@ -381,7 +393,8 @@ class Camera(Node):
     def _repeat(self) -> Frame:
         last = self._last_frame
         assert last is not None
-        frame = Frame(last.image, timestamp=time.perf_counter() - self._t0, index=self._index)
+        image = stale_picture(last.image) if self.params.mark_stale else last.image
+        frame = Frame(image, timestamp=time.perf_counter() - self._t0, index=self._index)
         self._index += 1
         return frame
 
@@ -398,4 +411,4 @@ class Camera(Node):
 
     def update_params(self, params: NodeParams) -> bool:
         # Device, size, fps and format need a reopen: the runtime rebuilds the node.
-        return apply_live(self, params, {"stall_s", "retry_max_s", "open_timeout_s"})
+        return apply_live(self, params, {"stall_s", "retry_max_s", "open_timeout_s", "mark_stale"})

@@ -28,6 +28,7 @@ class BlazePose(Node):
 
     frame: In[Frame]
     keypoints: Out[Keypoints]
+    keypoints3d: Out[Keypoints] = Out(description="The same keypoints with depth: points (33, 3), z relative to the hips in pixels (same scale as x; smaller = nearer the camera)")
     mask: Out[Mask]
 
     class Params(NodeParams):
@@ -89,7 +90,8 @@ class BlazePose(Node):
             timestamp=frame.timestamp,
             index=frame.index,
         )
+        keypoints3d = Keypoints(r["points"][:, :3].contiguous(), r["visibility"], "blazepose33", frame.size, frame.timestamp, frame.index)
         scale = p.mask_size / max(frame.width, frame.height)
         size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
         alpha = R.uncrop(r["mask_crop"], r["roi"], frame.size, size)[0, 0] * r["present"]
-        return {"keypoints": keypoints, "mask": Mask(alpha, frame.timestamp, frame.index)}
+        return {"keypoints": keypoints, "keypoints3d": keypoints3d, "mask": Mask(alpha, frame.timestamp, frame.index)}
