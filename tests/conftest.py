@@ -16,6 +16,13 @@ sys.path.insert(0, str(Path(__file__).parent))  # `import media`
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Recordings a test makes without naming a path land in a throwaway folder, never in the
+# user's recordings folder or the working directory (subprocesses inherit this).
+if "MUSE_RECORDINGS_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["MUSE_RECORDINGS_DIR"] = tempfile.mkdtemp(prefix="muse-test-recordings-")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
