@@ -56,11 +56,29 @@ def _profile(args: argparse.Namespace) -> Any:
 
 
 def cmd_new(a: argparse.Namespace) -> int:
-    from muse.studio.profiles import create_profile
+    from muse.studio.profiles import create_profile, demo_camera, file_camera
 
-    camera = {"type": a.camera or "capture.camera", "params": _camera_params(a.camera or "capture.camera", a.param)} if a.camera or a.param else None
+    source = "demo" if a.demo else a.source
+    if source and (a.camera or a.param):
+        raise SystemExit("muse studio new: --demo/--source replace the camera; leave out --camera/--param")
+    if a.plate and source in (None, "demo"):
+        raise SystemExit("muse studio new: --plate goes with --source VIDEO (the demo source brings its own empty room)")
+    if source == "demo":
+        camera: dict[str, Any] | None = demo_camera()
+    elif source:
+        camera = file_camera(source, a.plate)
+    elif a.camera or a.param:
+        camera = {"type": a.camera or "capture.camera", "params": _camera_params(a.camera or "capture.camera", a.param)}
+    else:
+        camera = None
     p = create_profile(a.profile, a.root, **({"camera": camera} if camera else {}))
-    print(f"created profile {p.name!r} at {p.root}; next: `muse studio plate {p.name}` with nobody in the picture")
+    if source == "demo":
+        nxt = f"`muse studio run {p.name}` (no camera needed: the demo source gives the empty room and the recording)"
+    elif source:
+        nxt = f"`muse studio run {p.name}` (recording from {source})"
+    else:
+        nxt = f"`muse studio plate {p.name}` with nobody in the picture"
+    print(f"created profile {p.name!r} at {p.root}; next: {nxt}")
     return 0
 
 
@@ -225,6 +243,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = add("new", cmd_new, "create a profile (one per camera angle)")
     p.add_argument("--camera", help="capture node id (capture.camera, capture.demo, capture.file)")
     p.add_argument("--param", action="append", help="camera node param key=value (repeatable)")
+    p.add_argument("--demo", action="store_true", help="no camera: plate and recording from the demo source (same as --source demo)")
+    p.add_argument("--source", metavar="demo|VIDEO", help="no camera: record from the demo source or a video file of you")
+    p.add_argument("--plate", metavar="FILE", help="with --source VIDEO: a picture or video of the empty room for the clean plate")
     add("list", cmd_list, "list profiles", profile=False)
     add("show", cmd_show, "show a profile's state and settings")
     p = add("delete", cmd_delete, "delete a profile (asks, or --yes)")
