@@ -157,22 +157,25 @@ def cmd_filter(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from muse.studio.train import split_budget
+
+    profile = _profile(a)
+    seg_s, pose_s = split_budget(profile, a.max_minutes, pose=not a.no_pose)
     if a.nproc > 1:
-        extra = [f"--{k.replace('_', '-')}={v}" for k, v in (("steps", a.steps), ("batch", a.batch), ("max_seconds", a.max_seconds)) if v]
+        extra = [f"--{k.replace('_', '-')}={v}" for k, v in (("steps", a.steps), ("batch", a.batch), ("max_seconds", a.max_seconds), ("time_budget", seg_s)) if v]
         rc = _torchrun("muse.studio.train", a, extra)
         if rc == 0 and not a.no_pose:  # the pose head is small: one process trains it
             from muse.studio.train_pose import train_pose
 
-            train_pose(_profile(a), batch=a.batch)
+            train_pose(profile, steps=a.steps, batch=a.batch, time_budget=pose_s)
         return rc
     from muse.studio.train import train_student
 
-    profile = _profile(a)
-    res = train_student(profile, steps=a.steps, batch=a.batch, max_seconds=a.max_seconds)
+    res = train_student(profile, steps=a.steps, batch=a.batch, max_seconds=a.max_seconds, time_budget=seg_s)
     if res["finished"] and not a.no_pose:
         from muse.studio.train_pose import train_pose
 
-        res["pose"] = train_pose(profile, batch=a.batch)
+        res["pose"] = train_pose(profile, steps=a.steps, batch=a.batch, time_budget=pose_s)
     print(json.dumps(res, default=str))
     return 0
 
@@ -180,8 +183,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from muse.studio.export import export_student
 
-    export_student(_profile(a), tensorrt=not a.no_tensorrt)
-    return 0
+    info = export_student(_profile(a), tensorrt=not a.no_tensorrt, force=a.force)
+    return 0 if info["live"] else 3
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
@@ -195,7 +198,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from muse.studio.pipeline import run_pipeline
 
     split = lambda s: [x for x in (s or "").split(",") if x]  # noqa: E731
-    opts = {"seconds": a.seconds, "steps": a.steps, "device": a.device, "offline": a.offline, "max_seconds": a.max_seconds}
+    opts = {"seconds": a.seconds, "steps": a.steps, "device": a.device, "offline": a.offline, "max_seconds": a.max_seconds,
+            "max_minutes": a.max_minutes, "force": a.force or None, "limit": a.limit}
     res = run_pipeline(_profile(a), skip=split(a.skip), redo=split(a.redo), options={k: v for k, v in opts.items() if v is not None})
     print(json.dumps(res, default=str, indent=2))
     return 0
@@ -268,20 +272,25 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="processes/GPUs through torchrun")
     add("filter", cmd_filter, "drop bad frames and write the filter report")
     p = add("train", cmd_train, "train the student (resumes from its last checkpoint)")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=int, help="steps for each head (segmenter and pose head)")
     p.add_argument("--batch", type=int)
     p.add_argument("--max-seconds", type=float, help="pause after this long (resume later)")
+    p.add_argument("--max-minutes", type=float, help="time budget for both heads together; training ends when spent and keeps its best checkpoint")
     p.add_argument("--nproc", type=int, default=1, help="processes/GPUs through torchrun (DDP)")
     p.add_argument("--no-pose", action="store_true", help="skip the student pose head")
-    p = add("export", cmd_export, "export to ONNX (+TensorRT), verify and make it live")
+    p = add("export", cmd_export, "export to ONNX (+TensorRT), verify, check it beats the live model, make it live")
     p.add_argument("--no-tensorrt", action="store_true")
+    p.add_argument("--force", action="store_true", help="make it live even when it does not beat the live model or export.min_iou")
     add("rollback", cmd_rollback, "make the previous model live again")
     p = add("run", cmd_run, f"run every stage ({STAGE_NAMES}); skippable and resumable")
     p.add_argument("--skip", help=f"comma-separated stages to skip ({STAGE_NAMES})")
     p.add_argument("--redo", help="comma-separated stages to run again even if done")
     p.add_argument("--seconds", type=float, help="recording length")
-    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--steps", type=int, help="training steps (both heads)")
     p.add_argument("--max-seconds", type=float, help="training time limit (resume later)")
+    p.add_argument("--max-minutes", type=float, help="training time budget for both heads; training ends when spent")
+    p.add_argument("--limit", type=int, help="label at most this many frames per recording")
+    p.add_argument("--force", action="store_true", help="export: make the new student live even if it is not better")
     p.add_argument("--device")
     p.add_argument("--offline", action="store_true")
     return studio
