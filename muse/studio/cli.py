@@ -92,7 +92,15 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 def cmd_show(a: argparse.Namespace) -> int:
     p = _profile(a)
-    print(json.dumps({**p.summary(), "settings": p.config.model_dump(mode="json")}, indent=2))
+    summary = p.summary()
+    q = summary.get("quality") or {}
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    live, cand = q.get("live"), q.get("candidate")
+    print(f"{p.name}: held-out IoU: live " + (f"v{live.get('version')} {fmt(live.get('heldout_iou'))}" if live else "bundled model")
+          + (f" | bundled {fmt(q.get('bundled_iou'))}" if q.get("bundled_iou") is not None else "")
+          + (f" | candidate v{cand.get('version')} {fmt(cand.get('heldout_iou'))} (not live: {'; '.join(cand.get('reasons') or [])})" if cand else "")
+          + f" | floor {fmt(q.get('floor'))}", file=sys.stderr)
+    print(json.dumps({**summary, "settings": p.config.model_dump(mode="json")}, indent=2))
     return 0
 
 

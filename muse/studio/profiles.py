@@ -198,8 +198,18 @@ class Profile:
             "labelled_frames": len(read_json(self.dataset_dir / "labels.json", {}).get("frames", [])),
             "live_model": self.config.live_model,
             "rollback_available": (self.previous_dir / "student.onnx").is_file(),
+            "quality": _quality(self),
             "stages": read_json(self.state_path, {}).get("stages", {}),
         }
+
+
+def _quality(profile: "Profile") -> dict[str, Any]:
+    from muse.studio.gate import figures
+
+    try:
+        return figures(profile)
+    except Exception as exc:  # a hand-edited gate.json must not hide the rest of `show`
+        return {"error": str(exc)}
 
 
 def _check_name(name: str) -> None:
