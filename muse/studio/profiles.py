@@ -176,6 +176,7 @@ class Profile:
     previous_dir = property(lambda self: self.root / "models" / "previous")
     state_path = property(lambda self: self.root / "state.json")
     progress_path = property(lambda self: self.root / "logs" / "train_progress.jsonl")
+    progress_log_path = property(lambda self: self.root / "logs" / "progress.jsonl")  # every stage's progress lines
 
     def recordings(self) -> list[Path]:
         return sorted(p for p in self.recordings_dir.glob("*.mp4") if not p.name.startswith("."))

@@ -121,4 +121,4 @@ class Progress:
 
 def for_profile(profile: Any, stage: str, total: int | None, **kw: Any) -> Progress:
     """A Progress whose lines also go to the profile's logs/progress.jsonl."""
-    return Progress(stage, total, log_file=profile.root / "logs" / "progress.jsonl", desc=f"{stage} {profile.name}", **kw)
+    return Progress(stage, total, log_file=profile.progress_log_path, desc=f"{stage} {profile.name}", **kw)
