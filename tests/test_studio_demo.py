@@ -71,7 +71,10 @@ def test_demo_profile_runs_every_stage_with_progress(demo_run):
     for stage in ("record", "label", "filter", "train", "train_pose", "export"):
         ends = [r for r in prog if r["stage"] == stage and r["event"] == "done"]
         assert ends, f"no progress for {stage}"
-        assert ends[-1]["done"] == ends[-1]["total"] and ends[-1]["done"] > 0
+        if stage.startswith("train"):  # the time budget may end training a few steps early
+            assert 0 < ends[-1]["done"] <= ends[-1]["total"]
+        else:
+            assert ends[-1]["done"] == ends[-1]["total"] and ends[-1]["done"] > 0
         assert {"rate", "eta_s", "elapsed_s"} <= set(ends[-1])
     assert any(r["stage"] == "label" and r["event"] == "progress" and r["eta_s"] is not None for r in prog)
     assert p.progress_log_path.is_file()
@@ -81,7 +84,8 @@ def test_demo_profile_runs_every_stage_with_progress(demo_run):
     assert train["cpu_plan"] and train["input_size"] == [160, 96] and train["width"] == 0.5
     assert train["seconds"] < 0.3 * 60 + 20
     # Export ran the quality gate and said both figures.
-    res = json.loads(run.stdout[run.stdout.index("{"):])
+    lines = run.stdout.splitlines()
+    res = json.loads("\n".join(lines[max(i for i, line in enumerate(lines) if line == "{"):]))  # the result, printed last
     gate = res["export"]["gate"]
     assert gate["heldout_frames"] > 0 and 0 <= gate["candidate"]["heldout_iou"] <= 1
     assert gate["live_before"]["model"] == "bundled selfie segmenter"
