@@ -266,7 +266,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--force", action="store_true", help="replace an existing plate")
     p = add("record", cmd_record, "record yourself through the camera node")
-    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--seconds", type=float, help="how long (default camera.record_seconds in profile.yaml; a video source records to its end)")
     p.add_argument("--name", help="recording name (default take-DATE-TIME)")
     p.add_argument("--force", action="store_true", help="replace a recording with the same name")
     p = add("analyze", cmd_analyze, "preview the teachers on a few frames and check the data")

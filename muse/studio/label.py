@@ -61,13 +61,15 @@ def label_profile(
     every = profile.config.teachers.every
     new = 0
     from muse.studio.files import video_info
-    from muse.studio.progress import for_profile
+    from muse.studio.progress import Progress, for_profile
 
     def count(path: Path) -> int:
         n = -(-int(video_info(path)["frames"] or 0) // every)
         return min(n, limit) if limit is not None else n
 
-    bar = for_profile(profile, "label", sum(count(p) for p in recordings) or None, mode=None if rank == 0 else "off")
+    total = sum(count(p) for p in recordings) or None
+    # each rank labels its share of clips; rank 0 speaks for all (its count is its share)
+    bar = for_profile(profile, "label", total) if rank == 0 else Progress("label", total, mode="off")
     for rec_path in recordings:
         rec = rec_path.stem
         out_path = records_dir / f"{rec}.rank{rank}.jsonl"

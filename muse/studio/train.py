@@ -175,7 +175,11 @@ def train_student(
     stream.emit("resume" if start else "start", step=start, steps=steps, train_frames=len(train_data), val_frames=len(val_ids), world=world, device=str(dev))
     from muse.studio.progress import for_profile
 
-    bar = for_profile(profile, "train", steps, unit="step", initial=start, mode=None if is_main and progress_bar else "off")
+    from muse.studio.progress import Progress
+
+    # one progress stream: rank 0's (the others train the same steps in lockstep)
+    bar = (for_profile(profile, "train", steps, unit="step", initial=start, mode=None if progress_bar else "off") if is_main
+           else Progress("train", steps, unit="step", initial=start, mode="off"))
     t0, s0 = time.time(), start
     per_rank = max(1, batch // world)
     loss_val = float("nan")
