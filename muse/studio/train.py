@@ -12,6 +12,7 @@ DDP: NCCL on GPUs, gloo on CPU.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -156,9 +157,11 @@ def train_student(
         opt.load_state_dict(blob["optimizer"])
         scaler.load_state_dict(blob["scaler"])
         start, best_iou = int(blob["step"]), float(blob["best_iou"])
+    replan = False  # steps chosen from a timing: corrected once the real rate is known
     if steps is None and plan:
         # a resumed run keeps the plan it started with, so its learning-rate schedule stays the same
-        steps = int(blob["steps"]) if blob is not None and blob.get("steps") else _calibrated_steps(
+        replan = not (blob is not None and blob.get("steps"))
+        steps = int(blob["steps"]) if not replan else _calibrated_steps(
             model, train_data, dev, batch, time_budget or plan["segment_seconds"], cfg.steps)
         if is_main:
             log(describe_plan(profile, plan, steps))
@@ -207,7 +210,9 @@ def train_student(
                         eta_s=round((steps - step) / rate, 1) if rate > 0 else None)
 
     model.train()
-    for step in range(start, steps):
+    for step in itertools.count(start):
+        if step >= steps:  # `steps` may be corrected on the way (replan)
+            break
         seed = cfg.seed * 1_000_003 + rank * 7919 + step  # replayable after resume
         g = torch.Generator().manual_seed(seed)
         g_noise = torch.Generator(device=dev).manual_seed(seed) if dev.type == "cuda" else None
@@ -235,6 +240,17 @@ def train_student(
                             eta_s=round((steps - done) / rate, 1) if rate > 0 else None)
         if done % log_every == 0 or done == steps:
             bar.update(done - bar.done, loss=loss_val, val_iou=val_iou)
+        if replan and time_budget and done % log_every == 0 and time.time() - t0 > 0.2 * time_budget:
+            # Two timed steps misjudge a shared machine's speed; a fifth of the budget in, the measured
+            # rate sets the step count, early enough for the learning-rate schedule to follow smoothly.
+            replan = False
+            elapsed = time.time() - t0
+            better = _replanned(done, steps, (done - s0) / elapsed, time_budget - elapsed, cfg.steps)
+            if better != steps:
+                if is_main:
+                    log(f"measured {(done - s0) / elapsed:.2f} steps/s: {better} steps instead of {steps} fit the time budget")
+                steps = better
+                bar.set_total(steps)
         if done % cfg.checkpoint_every == 0 or done == steps:
             checkpoint(done)
         if time_budget is not None and done < steps and done % log_every == 0 and _all_agree(time.time() - t0 > time_budget, world, dev):
@@ -298,6 +314,12 @@ def describe_plan(profile: Any, plan: dict[str, Any], steps: int) -> str:
         f"busy rooms); export only makes it live if it beats the live model and the floor (export.min_iou). "
         f"Change training.cpu (minutes, input_size, width, auto) in {profile.yaml_path}"
     )
+
+
+def _replanned(done: int, steps: int, rate: float, seconds_left: float, most: int) -> int:
+    """Step count that ends the schedule when the time budget does (kept when within 10%)."""
+    want = int(max(done + 1, min(most, done + 0.97 * rate * max(0.0, seconds_left))))
+    return want if abs(want - steps) > 0.1 * steps else steps
 
 
 def _calibrated_steps(model: torch.nn.Module, data: Any, dev: torch.device, batch: int, seconds: float, most: int) -> int:

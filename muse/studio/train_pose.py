@@ -8,6 +8,7 @@ Result: `models/checkpoints/student_pose.pt` (`load_student_pose`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any, Callable
@@ -110,7 +111,17 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
         _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "steps": steps,
                             "num_keypoints": k, "input_size": [w, h], "width": arch_width}, last)
 
-    for step in range(start, steps):
+    from muse.studio.train import _replanned
+
+    replan = bool(plan) and not steps_given and start == 0 and bool(time_budget)
+    for step in itertools.count(start):
+        if step >= steps:  # `steps` may be corrected on the way (replan)
+            break
+        if replan and step % 10 == 0 and time.time() - t0 > 0.2 * time_budget:  # type: ignore[operator]
+            replan = False
+            elapsed = time.time() - t0
+            steps = _replanned(step, steps, step / elapsed, time_budget - elapsed, cfg.pose_steps)  # type: ignore[operator]
+            bar.set_total(steps)
         g = torch.Generator().manual_seed(cfg.seed * 7_000_003 + step)
         idx = torch.randint(0, len(data), (min(batch, len(data)),), generator=g).to(dev)
         x = data.images[idx].float() / 255.0
