@@ -42,11 +42,9 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
     from muse.studio.dataset import kept_ids, load_data, split_ids
     from muse.studio.label import load_records
     from muse.studio.progress import for_profile
-    from muse.studio.train import _all_agree, cpu_plan  # noqa: F401
+    from muse.studio.train import _replanned, cpu_plan
 
     cfg = profile.config.training
-    if cfg.pose_steps <= 0 and steps is None:
-        return None
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if plan is True:
         plan = cpu_plan(profile, dev)
@@ -110,8 +108,6 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
     def save(step: int) -> None:
         _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "steps": steps,
                             "num_keypoints": k, "input_size": [w, h], "width": arch_width}, last)
-
-    from muse.studio.train import _replanned
 
     replan = bool(plan) and not steps_given and start == 0 and bool(time_budget)
     for step in itertools.count(start):
