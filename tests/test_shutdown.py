@@ -55,6 +55,9 @@ def test_existing_recording_is_not_overwritten(tmp_path: Path) -> None:
 SLOW_CLOSE_PLUGIN = '''
 """A pass-through node whose close() hangs, like a driver that will not let go (test fixture)."""
 import time
+from pathlib import Path
+
+from pydantic import Field
 
 from muse.graph.node import In, Node, NodeParams, Out
 from muse.graph.payloads import Frame
@@ -68,12 +71,14 @@ class SlowClose(Node):
     out: Out[Frame]
 
     class Params(NodeParams):
-        pass
+        marker: str = Field("", description="file touched when close() starts")
 
     def process(self, frame: Frame) -> dict[str, Frame]:
         return {"out": frame}
 
     def close(self) -> None:
+        if self.params.marker:
+            Path(self.params.marker).touch()
         time.sleep(60)
 '''
 
@@ -86,7 +91,7 @@ def _slow_graph(tmp: Path, out: Path, stats: Path | None = None) -> tuple[Path, 
     g.write_text(
         "version: 1\nsettings: {device: cpu, fps: 30}\nnodes:\n"
         "  src: {type: capture.demo, params: {width: 160, height: 120, fps: 30}}\n"
-        "  slow: {type: test.slow_close, inputs: {frame: src.frame}}\n"
+        f"  slow: {{type: test.slow_close, params: {{marker: '{tmp / 'closing'}'}}, inputs: {{frame: src.frame}}}}\n"
         f"  rec: {{type: output.file, params: {{path: '{out}', codec: h264}}, inputs: {{frame: {{from: src.frame, queue: 30}}}}}}\n"
         "  sink: {type: output.null, inputs: {frame: slow.out}}\n"
     )
@@ -115,8 +120,10 @@ def test_second_ctrl_c_quits_at_once_without_traceback(tmp_path: Path) -> None:
     graph, plugins = _slow_graph(tmp_path, out)
     proc = _start_recording([sys.executable, "-m", "muse.cli", "run", str(graph), "--plugins", str(plugins)], out)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.7)  # the recorder is closed by now; the stop hangs in test.slow_close
-    assert proc.poll() is None, "the clean stop should still be waiting on the slow node"
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "closing").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stop closes sources, then sinks (the recorder), then the rest: it now hangs in test.slow_close
+    assert (tmp_path / "closing").exists() and proc.poll() is None, "the clean stop should be waiting on the slow node"
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
