@@ -231,7 +231,12 @@ class _Stopper:
     def _quit_soon(self) -> None:
         import threading
 
-        print(f"muse: {self.name()} again: quitting now (files already being closed get {self.QUIT_GRACE_S:g} s)", file=sys.stderr, flush=True)
+        # os.write, not print: the signal may land while the main thread is inside a print to stderr,
+        # and a reentrant buffered write would raise (a traceback is what this path must never show).
+        try:
+            os.write(2, f"muse: {self.name()} again: quitting now (files already being closed get {self.QUIT_GRACE_S:g} s)\n".encode())
+        except OSError:
+            pass
         # Sinks stop draining queued frames (dropped here); their files are closed by the stop already under way.
         for slot in list(getattr(self.runner, "slots", {}).values()):
             try:
