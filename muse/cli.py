@@ -145,17 +145,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"muse: {args.graph}: {runner.device_note}", file=sys.stderr)
     code = 0
     interrupted = False
+    stopper = _Stopper(runner)
+    stopper.install()
     try:
         runner.start()
         _wait(runner, args, reg, overrides)
     except KeyboardInterrupt:
         interrupted = True
-        print("muse: Ctrl-C: stopping cleanly (outputs flush and close their files)", file=sys.stderr)
+        print(f"muse: {stopper.name()}: stopping cleanly (outputs flush and close their files; "
+              "press Ctrl-C again to quit at once)", file=sys.stderr)
     except GraphRunError as exc:
         print(f"muse: {exc}", file=sys.stderr)
         code = 1
     finally:
-        runner.stop()
+        try:
+            runner.stop()
+        finally:
+            stopper.restore()
+        stopper.stopped()
     if runner._error is not None and code == 0:
         print(f"muse: stopped on an error: {runner._error}", file=sys.stderr)
         code = 1
@@ -171,7 +178,116 @@ def cmd_run(args: argparse.Namespace) -> int:
     if trace is not None:
         trace.write(args.trace)
         print(f"muse: trace written to {args.trace} (open it in https://ui.perfetto.dev)", file=sys.stderr)
-    return 130 if interrupted and code == 0 else code
+    return stopper.exit_code() if interrupted and code == 0 else code
+
+
+class _Stopper:
+    """Ctrl-C (SIGINT) and SIGTERM during `muse run`: the first stops cleanly (sinks flush and close
+    their files, stats are written); a second one quits at once, without a traceback: sinks stop
+    draining their queues, and whatever is still closing gets `QUIT_GRACE_S` before the process exits."""
+
+    QUIT_GRACE_S = 1.5
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.signum: int | None = None
+        self.count = 0
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (tests may call main() elsewhere)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def name(self) -> str:
+        import signal
+
+        return "SIGTERM" if self.signum == signal.SIGTERM else "Ctrl-C"
+
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 2)  # 130 after Ctrl-C, 143 after SIGTERM, as shells expect
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.signum = signum
+            raise KeyboardInterrupt  # unwinds the wait in the main thread; `finally` stops the runner
+        if self.count == 2:
+            self._quit_soon()
+            return
+        self._exit()  # a third: no more waiting at all
+
+    def _quit_soon(self) -> None:
+        import threading
+
+        # os.write, not print: the signal may land while the main thread is inside a print to stderr,
+        # and a reentrant buffered write would raise (a traceback is what this path must never show).
+        try:
+            os.write(2, f"muse: {self.name()} again: quitting now (files already being closed get {self.QUIT_GRACE_S:g} s)\n".encode())
+        except OSError:
+            pass
+        # Sinks stop draining queued frames (dropped here); their files are closed by the stop already under way.
+        for slot in list(getattr(self.runner, "slots", {}).values()):
+            try:
+                if slot.rn.cls.is_sink() and slot.channel is not None:
+                    slot.channel.close()
+                    for _ in range(10_000):
+                        slot.channel.get_nowait()
+            except Exception:  # ChannelClosed once empty: done
+                pass
+        threading.Thread(target=self._exit_when_files_closed, name="muse-quit", daemon=True).start()
+
+    def _exit_when_files_closed(self) -> None:
+        """Exit as soon as no sink (a recording, a stream) is still open, or after QUIT_GRACE_S."""
+        import threading
+
+        deadline = time.monotonic() + self.QUIT_GRACE_S
+        main = threading.main_thread().ident
+        try:
+            while time.monotonic() < deadline:
+                if not self._sink_open(sys._current_frames().get(main)):
+                    break
+                time.sleep(0.02)
+        except Exception:  # a runner without these internals: the grace period alone decides
+            time.sleep(max(0.0, deadline - time.monotonic()))
+        finally:
+            self._exit()
+
+    def _sink_open(self, frame: Any) -> bool:
+        """Is the stop under way in the main thread still before or inside closing a sink?"""
+        while frame is not None:  # the runner closes sources, then sinks, then the rest (GraphRunner._close_all)
+            if frame.f_code.co_name == "_close_slot":
+                slot = frame.f_locals.get("slot")
+                if slot is not None and slot.rn.cls.is_sink():
+                    return True
+                break
+            frame = frame.f_back
+        slots = list(getattr(self.runner, "slots", {}).values())
+        return any(s.rn.cls.is_sink() and s.thread is not None for s in slots)
+
+    def stopped(self) -> None:
+        """Called when the runner has stopped: after a second signal, leave now (no stats, no teardown of native threads)."""
+        if self.count >= 2:
+            self._exit()
+
+    def _exit(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(self.exit_code())
 
 
 def _fallbacks(stats: Any) -> list[str]:

@@ -44,3 +44,26 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+RECORDINGS_ENV = "MUSE_RECORDINGS_DIR"
+
+
+def user_data_dir() -> Path:
+    """The per-user MUSE data folder: $XDG_DATA_HOME/muse (~/.local/share/muse) on Linux,
+    ~/Library/Application Support/MUSE on macOS, %LOCALAPPDATA%\\MUSE on Windows."""
+    import sys
+
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "MUSE"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "MUSE"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "muse"
+
+
+def recordings_dir() -> Path:
+    """Where recordings go when a graph names no path: $MUSE_RECORDINGS_DIR, else
+    `recordings/` in the user data folder. Never the working directory, which may be a
+    source checkout or a system folder."""
+    env = os.environ.get(RECORDINGS_ENV)
+    return Path(env).expanduser() if env else user_data_dir() / "recordings"

@@ -16,6 +16,40 @@ sys.path.insert(0, str(Path(__file__).parent))  # `import media`
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Recordings a test makes without naming a path land in a throwaway folder, never in the
+# user's recordings folder or the working directory (subprocesses inherit this).
+if "MUSE_RECORDINGS_DIR" not in os.environ:
+    import tempfile
+
+    import atexit
+    import shutil
+
+    os.environ["MUSE_RECORDINGS_DIR"] = tempfile.mkdtemp(prefix="muse-test-recordings-")
+    atexit.register(shutil.rmtree, os.environ["MUSE_RECORDINGS_DIR"], True)
+
+
+def _installed() -> dict[str, str]:
+    from importlib.metadata import distributions
+
+    return {(d.metadata["Name"] or "?").lower(): d.version for d in distributions()}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._muse_installed = _installed()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests must leave the environment as they found it: no package installed, removed or changed."""
+    before = getattr(session.config, "_muse_installed", None)
+    if before is None:
+        return
+    after = _installed()
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    if changed:
+        names = sorted({name for name, _ in changed})
+        print(f"\nERROR: the test run changed the installed packages: {', '.join(names)} (tests must install into temporary targets)")
+        session.exitstatus = 1
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():

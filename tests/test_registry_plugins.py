@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,19 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="session")
-def acme_installed(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """pip-install the fixture plugin package (as a plugin author's users would)."""
-    try:
-        distribution("muse-acme")
-    except PackageNotFoundError:
-        import shutil
+def acme_installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """pip-install the fixture plugin package as a plugin author's users would, but into a temporary
+    target folder: the environment running the tests is left as it was (`pip list` unchanged).
+    Returns the environment a `muse` subprocess needs to see it (the target on PYTHONPATH)."""
+    import shutil
 
-        src = tmp_path_factory.mktemp("acme") / "muse_acme"  # build outside the repo: no build/ left in tests/
-        shutil.copytree(FIXTURES / "muse_acme", src)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(src)], check=True)
-    import importlib
-
-    importlib.invalidate_caches()
+    src = tmp_path_factory.mktemp("acme") / "muse_acme"  # build outside the repo: no build/ left in tests/
+    shutil.copytree(FIXTURES / "muse_acme", src)
+    target = tmp_path_factory.mktemp("acme-site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-compile",
+                    "--target", str(target), str(src)], check=True)
+    path = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path}
 
 
 def _muse(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -45,8 +44,8 @@ def test_builtins_come_through_the_entry_point() -> None:
     assert reg.source_of("basic.invert").startswith("entry point builtin")
 
 
-def test_plugin_package_is_discovered_listed_and_runs(acme_installed: None, tmp_path: Path) -> None:
-    out = _muse("nodes", "--json")
+def test_plugin_package_is_discovered_listed_and_runs(acme_installed: dict[str, str], tmp_path: Path) -> None:
+    out = _muse("nodes", "--json", env=acme_installed)
     assert out.returncode == 0, out.stderr
     nodes = {n["id"]: n for n in json.loads(out.stdout)["nodes"]}
     assert "acme.invert" in nodes
@@ -61,7 +60,7 @@ def test_plugin_package_is_discovered_listed_and_runs(acme_installed: None, tmp_
         "  out: {type: acme.coverage, inputs: {mask: {from: seg.mask, queue: 8}}}\n"
     )
     stats = tmp_path / "stats.json"
-    run = _muse("run", str(graph), "--stats", str(stats))
+    run = _muse("run", str(graph), "--stats", str(stats), env=acme_installed)
     assert run.returncode == 0, run.stderr
     data = json.loads(stats.read_text())
     assert data["nodes"]["inv"]["frames"] == 6 and data["nodes"]["out"]["frames"] == 6

@@ -37,7 +37,9 @@ def labelled(tmp_path_factory):
         "front", root,
         camera={"type": "capture.demo", "params": {"width": SIZE[0], "height": SIZE[1]}},
         teachers={"segment": ["clean_plate"], "pose": []},
-        training={"input_size": [96, 64], "steps": 12, "batch": 4, "checkpoint_every": 6, "val_fraction": 0.2, "lr": 5e-3},
+        # cpu.auto off: these tests train exactly the steps and size written here (the CPU plan is tested elsewhere)
+        training={"input_size": [96, 64], "steps": 12, "batch": 4, "checkpoint_every": 6, "val_fraction": 0.2, "lr": 5e-3,
+                  "cpu": {"auto": False}},
     )
     scene = SyntheticScene(*SIZE)
     write_image(p.plate_path, scene.clean_plate())
@@ -81,7 +83,7 @@ def test_end_to_end_label_filter_train_export_hybrid(labelled, tmp_path):
     assert res["finished"] and res["step"] == 12 and res["val_frames"] > 0
     losses = [json.loads(line)["loss"] for line in p.progress_path.read_text().splitlines() if '"step"' in line and '"event": "step"' in line]
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])  # it learns (quality is measured on the GPU bench)
-    info = export_student(p, log=QUIET)
+    info = export_student(p, log=QUIET, force=True)
     assert info["verify"]["ok"] and info["verify"]["mask_iou"] > 0.99
     assert "not built" in info["tensorrt"]  # no TensorRT on this machine; said plainly
     onnx_path = live_model_path(p.root)
@@ -136,10 +138,10 @@ def test_export_swap_and_rollback(labelled, tmp_path, monkeypatch):
     p = _copy(labelled, tmp_path)
     torch.manual_seed(0)
     save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
-    v1 = ex.export_student(p, log=QUIET)
+    v1 = ex.export_student(p, log=QUIET, force=True)
     torch.manual_seed(1)
     save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
-    v2 = ex.export_student(p, log=QUIET)
+    v2 = ex.export_student(p, log=QUIET, force=True)
     live, prev = p.models_dir / "live", p.models_dir / "previous"
     assert (v1["version"], v2["version"]) == (1, 2)
     assert live.resolve().name == "v0002" and prev.resolve().name == "v0001"
@@ -149,7 +151,7 @@ def test_export_swap_and_rollback(labelled, tmp_path, monkeypatch):
     # A failed verification changes nothing and leaves no staging folder.
     monkeypatch.setattr(ex, "verify_onnx", lambda *a, **k: {"ok": False, "max_prob_diff": 0.5, "mask_iou": 0.2, "frames": 1})
     with pytest.raises(StudioError, match="NOT changed"):
-        ex.export_student(p, log=QUIET)
+        ex.export_student(p, log=QUIET, force=True)
     assert live.resolve().name == "v0002" and (live / "student.onnx").read_bytes() == onnx_v2
     assert not [d for d in (p.models_dir / "versions").iterdir() if d.name.startswith(".staging")]
 
@@ -311,7 +313,7 @@ def test_pose_head_trains_exports_and_serves_pose_student(labelled, tmp_path):
     model, meta = load_student_pose(p.checkpoints_dir / "student_pose.pt")
     assert meta["input_size"] == [96, 64] and meta["skeleton"] == "coco17"
     save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
-    export_student(p, log=QUIET)
+    export_student(p, log=QUIET, force=True)
     assert load_profile(p.root).config.live_pose_model == "models/live/student_pose.pt"
 
     from muse.graph.registry import load_registry
@@ -328,7 +330,7 @@ def test_pose_head_trains_exports_and_serves_pose_student(labelled, tmp_path):
     assert kp.points.shape == (17, 2) and kp.skeleton == "coco17"
 
     (p.checkpoints_dir / "student_pose.pt").unlink()
-    export_student(p, log=QUIET)  # a version without a pose head
+    export_student(p, log=QUIET, force=True)  # a version without a pose head
     assert load_profile(p.root).config.live_pose_model is None
     rollback(p, log=QUIET)
     assert load_profile(p.root).config.live_pose_model == "models/live/student_pose.pt"
@@ -388,7 +390,7 @@ def test_training_with_amp_on_cuda_and_export(labelled, tmp_path):
     p = _copy(labelled, tmp_path)
     res = train_student(p, steps=40, batch=8, log=QUIET, progress_bar=False)
     assert res["finished"] and res["device"].startswith("cuda") and np.isfinite(res["best_iou"])
-    info = export_student(p, log=QUIET)
+    info = export_student(p, log=QUIET, force=True)
     assert info["verify"]["ok"]
 
 
@@ -409,7 +411,7 @@ def test_running_hybrid_picks_up_a_new_export_and_a_rollback(labelled, tmp_path)
     p = _copy(labelled, tmp_path)
     torch.manual_seed(0)
     save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
-    export_student(p, log=QUIET)
+    export_student(p, log=QUIET, force=True)
     node = build_node(hybrid_cls, {"profile": str(p.root), "bundled": False, "watch_s": 0.1})
     ctx = make_context(node.name, "cpu", resolution=SIZE)
     node.open(ctx)
@@ -430,7 +432,7 @@ def test_running_hybrid_picks_up_a_new_export_and_a_rollback(labelled, tmp_path)
         assert ctx.stats.info["live"] == "student"
         torch.manual_seed(1)
         save_student(StudentSegmenter(), p.checkpoints_dir / "student.pt", {"input_size": [96, 64]})
-        export_student(p, log=QUIET)
+        export_student(p, log=QUIET, force=True)
         stream_until(1)
         rollback(p, log=QUIET)
         stream_until(2)

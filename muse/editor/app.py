@@ -45,6 +45,10 @@ class EditorApp:
         problem = display_problem()
         if problem:
             raise RuntimeError(problem)
+        from muse.editor.screen import fit_window, screen_area
+
+        # The window (and the panels laid out for its size) fits the screen it opens on.
+        x, y, self.width, self.height = fit_window(self.width, self.height, screen_area())
         dpg.create_context()
         self._open = True
         dpg.configure_app(manual_callback_management=True)  # callbacks run in step(), on this thread
@@ -52,7 +56,7 @@ class EditorApp:
         self.view.build()
         self._keys()
         # The close button asks first when there are unsaved edits (see EditorView.request_exit).
-        dpg.create_viewport(title=title, width=self.width, height=self.height, disable_close=True)
+        dpg.create_viewport(title=title, width=self.width, height=self.height, x_pos=x, y_pos=y, disable_close=True)
         dpg.set_exit_callback(lambda: self.view.request_exit())
         dpg.setup_dearpygui()
         dpg.show_viewport()

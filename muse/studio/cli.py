@@ -56,11 +56,29 @@ def _profile(args: argparse.Namespace) -> Any:
 
 
 def cmd_new(a: argparse.Namespace) -> int:
-    from muse.studio.profiles import create_profile
+    from muse.studio.profiles import create_profile, demo_camera, file_camera
 
-    camera = {"type": a.camera or "capture.camera", "params": _camera_params(a.camera or "capture.camera", a.param)} if a.camera or a.param else None
+    source = "demo" if a.demo else a.source
+    if source and (a.camera or a.param):
+        raise SystemExit("muse studio new: --demo/--source replace the camera; leave out --camera/--param")
+    if a.plate and source in (None, "demo"):
+        raise SystemExit("muse studio new: --plate goes with --source VIDEO (the demo source brings its own empty room)")
+    if source == "demo":
+        camera: dict[str, Any] | None = demo_camera()
+    elif source:
+        camera = file_camera(source, a.plate)
+    elif a.camera or a.param:
+        camera = {"type": a.camera or "capture.camera", "params": _camera_params(a.camera or "capture.camera", a.param)}
+    else:
+        camera = None
     p = create_profile(a.profile, a.root, **({"camera": camera} if camera else {}))
-    print(f"created profile {p.name!r} at {p.root}; next: `muse studio plate {p.name}` with nobody in the picture")
+    if source == "demo":
+        nxt = f"`muse studio run {p.name}` (no camera needed: the demo source gives the empty room and the recording)"
+    elif source:
+        nxt = f"`muse studio run {p.name}` (recording from {source})"
+    else:
+        nxt = f"`muse studio plate {p.name}` with nobody in the picture"
+    print(f"created profile {p.name!r} at {p.root}; next: {nxt}")
     return 0
 
 
@@ -74,7 +92,15 @@ def cmd_list(a: argparse.Namespace) -> int:
 
 def cmd_show(a: argparse.Namespace) -> int:
     p = _profile(a)
-    print(json.dumps({**p.summary(), "settings": p.config.model_dump(mode="json")}, indent=2))
+    summary = p.summary()
+    q = summary.get("quality") or {}
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    live, cand = q.get("live"), q.get("candidate")
+    print(f"{p.name}: held-out IoU: live " + (f"v{live.get('version')} {fmt(live.get('heldout_iou'))}" if live else "bundled model")
+          + (f" | bundled {fmt(q.get('bundled_iou'))}" if q.get("bundled_iou") is not None else "")
+          + (f" | candidate v{cand.get('version')} {fmt(cand.get('heldout_iou'))} (not live: {'; '.join(cand.get('reasons') or [])})" if cand else "")
+          + f" | floor {fmt(q.get('floor'))}", file=sys.stderr)
+    print(json.dumps({**summary, "settings": p.config.model_dump(mode="json")}, indent=2))
     return 0
 
 
@@ -139,22 +165,25 @@ def cmd_filter(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from muse.studio.train import split_budget
+
+    profile = _profile(a)
+    seg_s, pose_s = split_budget(profile, a.max_minutes, pose=not a.no_pose)
     if a.nproc > 1:
-        extra = [f"--{k.replace('_', '-')}={v}" for k, v in (("steps", a.steps), ("batch", a.batch), ("max_seconds", a.max_seconds)) if v]
+        extra = [f"--{k.replace('_', '-')}={v}" for k, v in (("steps", a.steps), ("batch", a.batch), ("max_seconds", a.max_seconds), ("time_budget", seg_s)) if v]
         rc = _torchrun("muse.studio.train", a, extra)
         if rc == 0 and not a.no_pose:  # the pose head is small: one process trains it
             from muse.studio.train_pose import train_pose
 
-            train_pose(_profile(a), batch=a.batch)
+            train_pose(profile, steps=a.steps, batch=a.batch, time_budget=pose_s)
         return rc
     from muse.studio.train import train_student
 
-    profile = _profile(a)
-    res = train_student(profile, steps=a.steps, batch=a.batch, max_seconds=a.max_seconds)
+    res = train_student(profile, steps=a.steps, batch=a.batch, max_seconds=a.max_seconds, time_budget=seg_s)
     if res["finished"] and not a.no_pose:
         from muse.studio.train_pose import train_pose
 
-        res["pose"] = train_pose(profile, batch=a.batch)
+        res["pose"] = train_pose(profile, steps=a.steps, batch=a.batch, time_budget=pose_s)
     print(json.dumps(res, default=str))
     return 0
 
@@ -162,8 +191,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from muse.studio.export import export_student
 
-    export_student(_profile(a), tensorrt=not a.no_tensorrt)
-    return 0
+    info = export_student(_profile(a), tensorrt=not a.no_tensorrt, force=a.force)
+    return 0 if info["live"] else 3
 
 
 def cmd_rollback(a: argparse.Namespace) -> int:
@@ -177,7 +206,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from muse.studio.pipeline import run_pipeline
 
     split = lambda s: [x for x in (s or "").split(",") if x]  # noqa: E731
-    opts = {"seconds": a.seconds, "steps": a.steps, "device": a.device, "offline": a.offline, "max_seconds": a.max_seconds}
+    opts = {"seconds": a.seconds, "steps": a.steps, "device": a.device, "offline": a.offline, "max_seconds": a.max_seconds,
+            "max_minutes": a.max_minutes, "force": a.force or None, "limit": a.limit}
     res = run_pipeline(_profile(a), skip=split(a.skip), redo=split(a.redo), options={k: v for k, v in opts.items() if v is not None})
     print(json.dumps(res, default=str, indent=2))
     return 0
@@ -225,6 +255,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p = add("new", cmd_new, "create a profile (one per camera angle)")
     p.add_argument("--camera", help="capture node id (capture.camera, capture.demo, capture.file)")
     p.add_argument("--param", action="append", help="camera node param key=value (repeatable)")
+    p.add_argument("--demo", action="store_true", help="no camera: plate and recording from the demo source (same as --source demo)")
+    p.add_argument("--source", metavar="demo|VIDEO", help="no camera: record from the demo source or a video file of you")
+    p.add_argument("--plate", metavar="FILE", help="with --source VIDEO: a picture or video of the empty room for the clean plate")
     add("list", cmd_list, "list profiles", profile=False)
     add("show", cmd_show, "show a profile's state and settings")
     p = add("delete", cmd_delete, "delete a profile (asks, or --yes)")
@@ -233,7 +266,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--force", action="store_true", help="replace an existing plate")
     p = add("record", cmd_record, "record yourself through the camera node")
-    p.add_argument("--seconds", type=float, required=True)
+    p.add_argument("--seconds", type=float, help="how long (default camera.record_seconds in profile.yaml; a video source records to its end)")
     p.add_argument("--name", help="recording name (default take-DATE-TIME)")
     p.add_argument("--force", action="store_true", help="replace a recording with the same name")
     p = add("analyze", cmd_analyze, "preview the teachers on a few frames and check the data")
@@ -247,20 +280,25 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="processes/GPUs through torchrun")
     add("filter", cmd_filter, "drop bad frames and write the filter report")
     p = add("train", cmd_train, "train the student (resumes from its last checkpoint)")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=int, help="steps for each head (segmenter and pose head)")
     p.add_argument("--batch", type=int)
     p.add_argument("--max-seconds", type=float, help="pause after this long (resume later)")
+    p.add_argument("--max-minutes", type=float, help="time budget for both heads together; training ends when spent and keeps its best checkpoint")
     p.add_argument("--nproc", type=int, default=1, help="processes/GPUs through torchrun (DDP)")
     p.add_argument("--no-pose", action="store_true", help="skip the student pose head")
-    p = add("export", cmd_export, "export to ONNX (+TensorRT), verify and make it live")
+    p = add("export", cmd_export, "export to ONNX (+TensorRT), verify, check it beats the live model, make it live")
     p.add_argument("--no-tensorrt", action="store_true")
+    p.add_argument("--force", action="store_true", help="make it live even when it does not beat the live model or export.min_iou")
     add("rollback", cmd_rollback, "make the previous model live again")
     p = add("run", cmd_run, f"run every stage ({STAGE_NAMES}); skippable and resumable")
     p.add_argument("--skip", help=f"comma-separated stages to skip ({STAGE_NAMES})")
     p.add_argument("--redo", help="comma-separated stages to run again even if done")
     p.add_argument("--seconds", type=float, help="recording length")
-    p.add_argument("--steps", type=int, help="training steps")
+    p.add_argument("--steps", type=int, help="training steps (both heads)")
     p.add_argument("--max-seconds", type=float, help="training time limit (resume later)")
+    p.add_argument("--max-minutes", type=float, help="training time budget for both heads; training ends when spent")
+    p.add_argument("--limit", type=int, help="label at most this many frames per recording")
+    p.add_argument("--force", action="store_true", help="export: make the new student live even if it is not better")
     p.add_argument("--device")
     p.add_argument("--offline", action="store_true")
     return studio

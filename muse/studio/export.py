@@ -125,9 +125,13 @@ def _heldout_frames(profile: Any, input_size: tuple[int, int], count: int) -> np
     return (data.images.float() / 255.0).numpy()
 
 
-def export_student(profile: Any, *, verify_count: int = 16, tensorrt: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Export the trained student, verify it, swap it live (previous kept for rollback)."""
+def export_student(profile: Any, *, verify_count: int = 16, tensorrt: bool = True, force: bool = False,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export the trained student, verify it, and swap it live (previous kept for rollback) when it passes
+    the quality gate (`muse.studio.gate`); `force` makes it live anyway. `info["live"]` says which happened."""
     from muse.models.student import load_student
+    from muse.studio import gate
+    from muse.studio.progress import for_profile
 
     src = profile.checkpoints_dir / "student.pt"
     model, meta = load_student(src, "cpu")
@@ -138,19 +142,25 @@ def export_student(profile: Any, *, verify_count: int = 16, tensorrt: bool = Tru
     staging = versions / f".staging-v{number:04d}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    bar = for_profile(profile, "export", 4, unit="step")
     try:
         onnx_path = export_onnx(model, staging / "student.onnx", input_size)
+        bar.update(1, done_step="onnx")
         shutil.copy2(src, staging / "student.pt")
         pose_src = profile.checkpoints_dir / "student_pose.pt"
         if pose_src.is_file():  # the pose head travels with the segmenter it was trained beside
             shutil.copy2(pose_src, staging / "student_pose.pt")
         check = verify_onnx(model, onnx_path, _heldout_frames(profile, input_size, verify_count))
+        bar.update(1, done_step="verify")
         if not check["ok"]:
             raise StudioError(
                 f"exported ONNX model differs from the torch model on held-out frames (max prob diff {check['max_prob_diff']:.4f}, "
                 f"mask IoU {check['mask_iou']:.4f}); the live model was NOT changed. Re-run `muse studio export {profile.name}`"
             )
         trt_status = build_tensorrt_engine(onnx_path, staging / "student.engine") if tensorrt else "not built: disabled"
+        bar.update(1, done_step="tensorrt")
+        verdict = gate.judge(profile, gate.torch_predictor(model, input_size), number, force=force, log=log)
+        bar.update(1, done_step="gate")
         info = {
             **meta,
             "format": "onnx",
@@ -160,6 +170,8 @@ def export_student(profile: Any, *, verify_count: int = 16, tensorrt: bool = Tru
             "output": {"name": "logits", "shape": [None, 1, input_size[1], input_size[0]], "activation": "sigmoid"},
             "verify": check,
             "tensorrt": trt_status,
+            "heldout_iou": verdict["candidate"]["heldout_iou"],
+            "gate": verdict,
         }
         write_json(staging / "student.json", info)
         final = versions / f"v{number:04d}"
@@ -167,9 +179,21 @@ def export_student(profile: Any, *, verify_count: int = 16, tensorrt: bool = Tru
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        bar.close()
+    cand = verdict["candidate"]["heldout_iou"]
+    before = verdict["live_before"]
+    figures = f"new {cand:.4f} vs live {before['model']} {before['heldout_iou']:.4f}" if before else f"new {cand:.4f} (nothing live)"
+    if not verdict["passed"] and not force:
+        gate.record(profile, verdict, made_live=False)
+        log(f"exported {final.name} but did NOT make it live: held-out IoU {figures}; {'; '.join(verdict['reasons'])}. "
+            f"The live model is unchanged. Record more or train longer; `muse studio export {profile.name} --force` makes it live anyway")
+        return {**info, "live": False}
     swap_live(profile, final)
-    log(f"exported {final.name}: verify {check['mask_iou']:.4f} IoU vs torch; TensorRT {trt_status}; now live")
-    return info
+    gate.record(profile, verdict, made_live=True)
+    forced = " (forced past the quality gate: " + "; ".join(verdict["reasons"]) + ")" if verdict["forced"] else ""
+    log(f"exported {final.name}: held-out IoU {figures}; verify {check['mask_iou']:.4f} IoU vs torch; TensorRT {trt_status}; now live{forced}")
+    return {**info, "live": True}
 
 
 def swap_live(profile: Any, version_dir: Path) -> None:

@@ -147,8 +147,12 @@ def filter_profile(profile: Any, log: Any = print) -> FilterReport:
     from muse.studio.files import StudioError, write_json, write_text
     from muse.studio.label import load_records
 
+    from muse.studio.progress import for_profile
+
     records = load_records(profile.dataset_dir)
-    report = filter_bad_data(records, profile.config.filter)
+    with for_profile(profile, "filter", len(records)) as bar:
+        report = filter_bad_data(records, profile.config.filter)
+        bar.update(len(records), kept=len(report.kept))
     if not report.kept:
         raise StudioError(
             f"filter dropped every frame of profile {profile.name!r} ({report.counts()}); see "

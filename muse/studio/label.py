@@ -60,6 +60,16 @@ def label_profile(
     done = _done_ids(records_dir)
     every = profile.config.teachers.every
     new = 0
+    from muse.studio.files import video_info
+    from muse.studio.progress import Progress, for_profile
+
+    def count(path: Path) -> int:
+        n = -(-int(video_info(path)["frames"] or 0) // every)
+        return min(n, limit) if limit is not None else n
+
+    total = sum(count(p) for p in recordings) or None
+    # each rank labels its share of clips; rank 0 speaks for all (its count is its share)
+    bar = for_profile(profile, "label", total) if rank == 0 else Progress("label", total, mode="off")
     for rec_path in recordings:
         rec = rec_path.stem
         out_path = records_dir / f"{rec}.rank{rank}.jsonl"
@@ -80,9 +90,12 @@ def label_profile(
             buf.append((i, frame))
             if len(buf) >= clip:
                 new += flush()
+                bar.update(len(buf), new=new)
                 buf = []
         if buf:
             new += flush()
+            bar.update(len(buf), new=new)
+    bar.close(new=new)
     for t in ts.masks:
         getattr(t, "close", lambda: None)()
     if world > 1:

@@ -38,11 +38,11 @@ def run_stage(profile: Any, stage: str, opts: dict[str, Any], log: Callable[[str
     if stage == "plate":
         from muse.studio.capture import capture_plate
 
-        return str(capture_plate(profile, frames=opts.get("plate_frames", 30), log=log))
+        return str(capture_plate(profile, frames=opts.get("plate_frames"), log=log))
     if stage == "record":
         from muse.studio.capture import record
 
-        return str(record(profile, seconds=opts.get("seconds", 60), log=log))
+        return str(record(profile, seconds=opts.get("seconds"), log=log))
     if stage == "analyze":
         from muse.studio.analyze import analyze_profile
 
@@ -56,22 +56,24 @@ def run_stage(profile: Any, stage: str, opts: dict[str, Any], log: Callable[[str
 
         return filter_profile(profile, log=log).counts()
     if stage == "train":
-        from muse.studio.train import train_student
+        from muse.studio.train import split_budget, train_student
 
-        res = train_student(profile, steps=opts.get("steps"), batch=opts.get("batch"), max_seconds=opts.get("max_seconds"), log=log, progress_bar=opts.get("progress_bar", True))
+        seg_s, pose_s = split_budget(profile, opts.get("max_minutes"))
+        res = train_student(profile, steps=opts.get("steps"), batch=opts.get("batch"), max_seconds=opts.get("max_seconds"),
+                            time_budget=seg_s, log=log, progress_bar=opts.get("progress_bar", True))
         if not res["finished"]:
             raise StudioError(f"training paused at step {res['step']}/{res['steps']} (time limit)")
         from muse.studio.train_pose import train_pose
 
-        pose = train_pose(profile, log=log)
+        pose = train_pose(profile, steps=opts.get("steps"), batch=opts.get("batch"), time_budget=pose_s, log=log)
         if pose is not None:
             res["pose"] = pose
         return res
     if stage == "export":
         from muse.studio.export import export_student
 
-        info = export_student(profile, tensorrt=opts.get("tensorrt", True), log=log)
-        return {"version": info["version"], "tensorrt": info["tensorrt"], "verify": info["verify"]}
+        info = export_student(profile, tensorrt=opts.get("tensorrt", True), force=opts.get("force", False), log=log)
+        return {"version": info["version"], "live": info["live"], "gate": info["gate"], "tensorrt": info["tensorrt"], "verify": info["verify"]}
     raise StudioError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
 
 

@@ -27,6 +27,25 @@ class _Strict(BaseModel):
 class CameraSettings(_Strict):
     type: str = Field("capture.camera", description="capture node id used for plate and record")
     params: dict[str, Any] = Field(default_factory=lambda: {"width": 1280, "height": 720, "fps": 30})
+    plate_type: str | None = Field(None, description="capture node for the clean plate when it differs from `type` (e.g. capture.images for a photo of the empty room)")
+    plate_params: dict[str, Any] = Field(default_factory=dict, description="params for the clean plate: merged over `params` (same node) or alone (with plate_type); the demo source uses {person: false}")
+    record_seconds: float = Field(60.0, gt=0, description="recording length when `muse studio run` records (a file source stops at its end)")
+
+    def plate_source(self) -> tuple[str, dict[str, Any]]:
+        """(node type, params) the clean plate is captured with."""
+        if self.plate_type:
+            return self.plate_type, dict(self.plate_params)
+        return self.type, {**self.params, **self.plate_params}
+
+
+class PlateSettings(_Strict):
+    frames: int = Field(30, ge=3, description="frames median-combined into the clean plate")
+    max_moving: float = Field(0.02, ge=0, le=1, description="refuse the plate when more than this share of the picture moved")
+    max_person: float = Field(0.01, ge=0, le=1, description="refuse the plate when the bundled segmenter sees more than this share of person")
+
+
+class ExportSettings(_Strict):
+    min_iou: float = Field(0.95, ge=0, le=1, description="a new student goes live only with at least this held-out IoU (and not worse than the live model); `export --force` overrides")
 
 
 class Sam2Settings(_Strict):
@@ -72,17 +91,64 @@ class TrainingSettings(_Strict):
     pose_steps: int = Field(1500, ge=0, description="steps for the student pose head (0 = no pose head; needs a pose teacher)")
     amp: bool = Field(True, description="mixed precision on GPU")
     seed: int = 0
+    cpu: "CpuBudget" = Field(default_factory=lambda: CpuBudget(), description="what training does on a machine without a GPU")
+
+
+class CpuBudget(_Strict):
+    auto: bool = Field(True, description="without a GPU, train a smaller student for a time budget instead of `steps`/`input_size`/`width`")
+    minutes: float = Field(10.0, gt=0, description="training time budget on the CPU, both heads together")
+    pose_share: float = Field(0.2, ge=0, le=1, description="share of the budget for the pose head")
+    input_size: tuple[int, int] = Field((160, 96), description="student input [width, height] on the CPU")
+    width: float = Field(0.5, gt=0, le=4, description="student channel width multiplier on the CPU")
+    batch: int = Field(8, ge=1, description="batch on the CPU")
+
+
+TrainingSettings.model_rebuild()
 
 
 class ProfileConfig(_Strict):
     name: str
     camera: CameraSettings = Field(default_factory=CameraSettings)
+    plate: PlateSettings = Field(default_factory=PlateSettings)
     teachers: TeacherSettings = Field(default_factory=TeacherSettings)
     filter: FilterSettings = Field(default_factory=FilterSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
     live_model: str | None = Field(None, description="live model file, relative to the profile folder")
     live_pose_model: str | None = Field(None, description="live student pose head, relative to the profile folder")
     notes: str = ""
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def demo_camera(width: int = 640, height: int = 360) -> dict[str, Any]:
+    """Camera settings of a camera-less profile: the demo source (a person photo moving in an
+    empty room), rendered as fast as the machine goes; its plate is the same room with nobody in it."""
+    return {
+        "type": "capture.demo",
+        "params": {"width": width, "height": height, "fps": 0, "background": "room"},
+        "plate_params": {"person": False},
+        "record_seconds": 20.0,
+    }
+
+
+def file_camera(source: str | os.PathLike, plate: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Camera settings that read a video file (recorded elsewhere) instead of a camera. The clean
+    plate comes from `plate` (a picture or a video of the empty room) or else from the video itself."""
+    src = Path(source).expanduser().resolve()
+    if not src.is_file():
+        raise StudioError(f"--source {str(source)!r}: no such video file; give the path of a recording of you (or `--source demo`)")
+    cam: dict[str, Any] = {"type": "capture.file", "params": {"path": str(src), "realtime": False}}
+    if plate is not None:
+        pl = Path(plate).expanduser().resolve()
+        if not pl.is_file():
+            raise StudioError(f"--plate {str(plate)!r}: no such file; give a picture or video of the empty room")
+        if pl.suffix.lower() in IMAGE_SUFFIXES:
+            cam.update(plate_type="capture.images", plate_params={"path": str(pl), "fps": 0, "loop": True})
+        else:
+            cam.update(plate_type="capture.file", plate_params={"path": str(pl), "realtime": False})
+    return cam
 
 
 def studio_home(root: str | os.PathLike | None = None) -> Path:
@@ -110,6 +176,7 @@ class Profile:
     previous_dir = property(lambda self: self.root / "models" / "previous")
     state_path = property(lambda self: self.root / "state.json")
     progress_path = property(lambda self: self.root / "logs" / "train_progress.jsonl")
+    progress_log_path = property(lambda self: self.root / "logs" / "progress.jsonl")  # every stage's progress lines
 
     def recordings(self) -> list[Path]:
         return sorted(p for p in self.recordings_dir.glob("*.mp4") if not p.name.startswith("."))
@@ -132,8 +199,18 @@ class Profile:
             "labelled_frames": len(read_json(self.dataset_dir / "labels.json", {}).get("frames", [])),
             "live_model": self.config.live_model,
             "rollback_available": (self.previous_dir / "student.onnx").is_file(),
+            "quality": _quality(self),
             "stages": read_json(self.state_path, {}).get("stages", {}),
         }
+
+
+def _quality(profile: "Profile") -> dict[str, Any]:
+    from muse.studio.gate import figures
+
+    try:
+        return figures(profile)
+    except Exception as exc:  # a hand-edited gate.json must not hide the rest of `show`
+        return {"error": str(exc)}
 
 
 def _check_name(name: str) -> None:

@@ -8,6 +8,7 @@ Result: `models/checkpoints/student_pose.pt` (`load_student_pose`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from typing import Any, Callable
@@ -31,12 +32,25 @@ def heatmaps(points: torch.Tensor, conf: torch.Tensor, size: tuple[int, int], si
     return target, weight
 
 
-def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = None, device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """Train (or resume) the pose head; None when the dataset has no keypoints (no pose teacher ran)."""
+def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = None, device: str | None = None,
+               time_budget: float | None = None, plan: dict[str, Any] | None | bool = True,
+               log: Callable[[str], None] = print, progress: str | None = None) -> dict[str, Any] | None:
+    """Train (or resume) the pose head; None when the dataset has no keypoints (no pose teacher ran).
+
+    `steps` (default training.pose_steps) and `time_budget` (seconds; training ends when spent) work as
+    for the segmenter; without a GPU the CPU plan (`train.cpu_plan`) picks the size and the budget."""
     from muse.studio.dataset import kept_ids, load_data, split_ids
     from muse.studio.label import load_records
+    from muse.studio.progress import for_profile
+    from muse.studio.train import _replanned, cpu_plan
 
     cfg = profile.config.training
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if plan is True:
+        plan = cpu_plan(profile, dev)
+    if plan and time_budget is None:
+        time_budget = plan["pose_seconds"] or None
+    steps_given = steps is not None
     steps = steps if steps is not None else cfg.pose_steps
     if steps <= 0:
         return None
@@ -48,8 +62,8 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
     ids = [i for i in ids if len(records[i]["keypoints"]) == k]
     skeleton = records[ids[0]].get("skeleton") or ("coco17" if k == 17 else "blazepose33")
     train_ids, val_ids = split_ids([records[i] for i in ids], cfg.val_fraction)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    w, h = int(cfg.input_size[0]), int(cfg.input_size[1])
+    w, h = plan["input_size"] if plan else (int(cfg.input_size[0]), int(cfg.input_size[1]))
+    arch_width = plan["width"] if plan else cfg.width
     hw, hh = (w + 3) // 4, (h + 3) // 4
 
     def keypoint_tensor(sel: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,24 +79,45 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
 
     data = load_data(profile.dataset_dir, train_ids, (w, h)).to(dev)
     pts, conf = keypoint_tensor(train_ids)
-    batch = batch or cfg.batch
-    model = StudentPose(num_keypoints=k, width=cfg.width).to(dev)
+    batch = batch or (plan["batch"] if plan else cfg.batch)
+    model = StudentPose(num_keypoints=k, width=arch_width).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     last = profile.checkpoints_dir / "last_pose.pt"
     start = 0
     if last.is_file():
         blob = torch.load(last, map_location="cpu", weights_only=False)
-        if blob.get("num_keypoints") != k or blob.get("input_size") != [w, h]:
-            raise StudioError(f"{last} was trained for other keypoints or input size; delete it to start over")
+        if blob.get("num_keypoints") != k or blob.get("input_size") != [w, h] or blob.get("width", arch_width) != arch_width:
+            raise StudioError(f"{last} was trained for other keypoints, input size or width; delete it to start over")
         model.load_state_dict(blob["model"])
         opt.load_state_dict(blob["optimizer"])
         start = int(blob["step"])
+        if not steps_given and blob.get("steps"):
+            steps = int(blob["steps"])  # a resumed run keeps its plan and its learning-rate schedule
+    if plan and not steps_given and not last.is_file() and time_budget:
+        steps = _calibrated_pose_steps(model, data, dev, batch, time_budget, steps)
+        log(f"pose head: {steps} steps at {w}x{h} (about {time_budget / 60:.1f} min on the CPU)")
     use_amp = cfg.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     t0 = time.time()
     model.train()
     loss_val = float("nan")
-    for step in range(start, steps):
+    bar = for_profile(profile, "train_pose", steps, unit="step", initial=start, mode=progress)
+    done = start
+    ended_early = False
+
+    def save(step: int) -> None:
+        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "steps": steps,
+                            "num_keypoints": k, "input_size": [w, h], "width": arch_width}, last)
+
+    replan = bool(plan) and not steps_given and start == 0 and bool(time_budget)
+    for step in itertools.count(start):
+        if step >= steps:  # `steps` may be corrected on the way (replan)
+            break
+        if replan and step % 10 == 0 and time.time() - t0 > 0.2 * time_budget:  # type: ignore[operator]
+            replan = False
+            elapsed = time.time() - t0
+            steps = _replanned(step, steps, step / elapsed, time_budget - elapsed, cfg.pose_steps)  # type: ignore[operator]
+            bar.set_total(steps)
         g = torch.Generator().manual_seed(cfg.seed * 7_000_003 + step)
         idx = torch.randint(0, len(data), (min(batch, len(data)),), generator=g).to(dev)
         x = data.images[idx].float() / 255.0
@@ -99,10 +134,18 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps:
+        done = step + 1
+        if done % 10 == 0 or done == steps:
             loss_val = float(loss.detach())
-            _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step + 1,
-                                "num_keypoints": k, "input_size": [w, h]}, last)
+            bar.update(done - bar.done, loss=loss_val)
+        if done % cfg.checkpoint_every == 0 or done == steps:
+            save(done)
+        if time_budget is not None and done < steps and done % 10 == 0 and time.time() - t0 > time_budget:
+            save(done)
+            ended_early = True
+            log(f"pose head: time budget of {time_budget / 60:.1f} min spent at step {done}/{steps}")
+            break
+    bar.close(step=done)
     err = float("nan")
     if val_ids:
         vdata = load_data(profile.dataset_dir, val_ids, (w, h)).to(dev)
@@ -113,8 +156,26 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
         ok = vconf >= 0.5
         err = float(((got - vpts).norm(dim=-1)[ok]).mean() / max(hw, hh)) if ok.any() else float("nan")
     path = save_student(model, profile.checkpoints_dir / "student_pose.pt", {
-        "input_size": [w, h], "skeleton": skeleton, "num_keypoints": k, "step": steps,
+        "input_size": [w, h], "skeleton": skeleton, "num_keypoints": k, "step": done,
         "val_error": None if math.isnan(err) else round(err, 5),  # mean keypoint error, share of the heatmap side
     })
-    log(f"pose head: {steps} steps, held-out keypoint error {err:.3f} of the picture side -> {path.name}")
-    return {"steps": steps, "val_error": err, "keypoints": k, "skeleton": skeleton, "seconds": round(time.time() - t0, 2), "loss": loss_val}
+    log(f"pose head: {done} steps, held-out keypoint error {err:.3f} of the picture side -> {path.name}")
+    return {"steps": steps, "step": done, "ended_early": ended_early, "val_error": err, "keypoints": k, "skeleton": skeleton, "seconds": round(time.time() - t0, 2), "loss": loss_val}
+
+
+def _calibrated_pose_steps(model: torch.nn.Module, data: Any, dev: torch.device, batch: int, seconds: float, most: int) -> int:
+    """Steps of the pose head that fit in `seconds` (two timed steps on a copy)."""
+    import copy
+
+    probe = copy.deepcopy(model).train()
+    opt = torch.optim.AdamW(probe.parameters(), lr=1e-4)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        x = data.images[: min(batch, len(data))].float() / 255.0
+        loss = torch.sigmoid(probe(x)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return int(max(10, min(most, seconds / (min(times[1:]) * 1.15 + 0.002))))

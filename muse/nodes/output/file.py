@@ -38,8 +38,13 @@ CRASH_SAFE = {
 }
 
 
-def expand_path(template: str) -> Path:
-    """`~` and strftime fields (`%Y%m%d_%H%M%S`) in a recording path."""
+def expand_path(template: str, default_name: str = "muse_%Y%m%d_%H%M%S.mkv") -> Path:
+    """`~` and strftime fields (`%Y%m%d_%H%M%S`) in a recording path; an empty path is
+    `default_name` in the user's recordings folder (`muse.files.recordings_dir`)."""
+    if not template.strip():
+        from muse.files import recordings_dir
+
+        return recordings_dir() / time.strftime(default_name)
     return Path(time.strftime(template)).expanduser()
 
 
@@ -55,7 +60,8 @@ class FileOutput(Node):
     mask: In[Mask] = In(optional=True, description="Connect this or `frame`; written as grey")
 
     class Params(NodeParams):
-        path: str = Field("recordings/muse_%Y%m%d_%H%M%S.mkv", description="File (or folder, for png) to write; strftime fields allowed")
+        path: str = Field("", description="File (or folder, for png) to write; strftime fields allowed; empty = "
+                          "muse_DATE_TIME.mkv in your recordings folder ($MUSE_RECORDINGS_DIR, else ~/.local/share/muse/recordings)")
         codec: Codec = Field("h264", description="h264/hevc: small files; ffv1: lossless (.mkv/.avi); png: lossless picture folder")
         overwrite: bool = Field(False, description="Replace an existing file (off: an existing file is an error)")
         fps: float = Field(0.0, ge=0, le=240, description="Frame rate stored in the file; 0 = the graph's fps")

@@ -68,7 +68,7 @@ class VirtualCamera(Node):
             "none", description="Where frames go when no virtual camera can be opened"
         )
         fallback_port: int = Field(8090, ge=0, le=65535, description="fallback preview: HTTP port (0 = any free)")
-        fallback_path: str = Field("recordings/virtualcam_%Y%m%d_%H%M%S.mkv", description="fallback file: recording path")
+        fallback_path: str = Field("", description="fallback file: recording path; empty = virtualcam_DATE_TIME.mkv in your recordings folder")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
@@ -94,7 +94,7 @@ class VirtualCamera(Node):
         ctx.logger.info("%s: sending to virtual camera %s via %s", self.name, self._cam.device, self._cam.backend)
 
     def _start_fallback(self, ctx: NodeContext, message: str) -> None:
-        from muse.nodes.output.file import FileOutput
+        from muse.nodes.output.file import FileOutput, expand_path
         from muse.nodes.output.null import NullOutput
         from muse.nodes.output.preview import Preview
 
@@ -102,7 +102,7 @@ class VirtualCamera(Node):
         if p.fallback == "preview":
             node: Node = Preview(self.name, Preview.Params(port=p.fallback_port, max_width=min(p.width, 1280)))
         elif p.fallback == "file":
-            node = FileOutput(self.name, FileOutput.Params(path=p.fallback_path, codec="h264"))
+            node = FileOutput(self.name, FileOutput.Params(path=p.fallback_path or str(expand_path("", "virtualcam_%Y%m%d_%H%M%S.mkv")), codec="h264"))
         else:
             node = NullOutput(self.name, NullOutput.Params())
         node.open(ctx)
