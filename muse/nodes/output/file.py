@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
+from muse.graph.paths import graph_dir, resolve_output_path
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Downloader
 from muse.nodes.capture.live import apply_live
@@ -38,9 +39,10 @@ CRASH_SAFE = {
 }
 
 
-def expand_path(template: str) -> Path:
-    """`~` and strftime fields (`%Y%m%d_%H%M%S`) in a recording path."""
-    return Path(time.strftime(template)).expanduser()
+def expand_path(template: str, graph_file: str | None = None) -> Path:
+    """`~` and strftime fields (`%Y%m%d_%H%M%S`) in a recording path; a relative path is relative
+    to the graph file's folder (muse.graph.paths, which validation also checks it against)."""
+    return resolve_output_path(template, graph_dir(graph_file))
 
 
 class FileOutput(Node):
@@ -50,6 +52,8 @@ class FileOutput(Node):
         "Records a frame or a mask (as grey) with FFmpeg: h264/hevc, lossless ffv1 (.mkv) or a PNG sequence; "
         "refuses to overwrite; stays playable when cut short."
     )
+
+    output_paths = {"path": True}  # checked at validation: allowed folders, one writer per file
 
     frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
     mask: In[Mask] = In(optional=True, description="Connect this or `frame`; written as grey")
@@ -65,7 +69,7 @@ class FileOutput(Node):
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self.path = expand_path(p.path)
+        self.path = expand_path(p.path, ctx.graph_file)
         self.count = 0
         self._container: Any = None
         self._fileobj: Any = None

@@ -52,6 +52,8 @@ class VirtualCamera(Node):
         "RGB or NV12 made on the GPU; `fallback:` preview/file/null when no driver is installed."
     )
 
+    output_paths = {"fallback_path": True}  # checked at validation: allowed folders, one writer per file
+
     frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
     mask: In[Mask] = In(optional=True, description="Connect this or `frame`")
 
