@@ -353,7 +353,7 @@ def dump_yaml(spec: GraphSpec) -> str:
             entry["params"] = dict(node.params)
         if node.inputs:
             entry["inputs"] = {
-                port: (v.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) | {"from": v.from_})
+                port: (v.model_dump(by_alias=True, exclude_none=True, exclude_unset=True) | {"from": v.from_})
                 if isinstance(v, InputLink) else v
                 for port, v in node.inputs.items()
             }

@@ -39,6 +39,7 @@ log = logging.getLogger("muse.graph")
 
 MAX_GRAPH_NODES = 2000  # after includes; the shipped graphs have about 20
 MAX_INCLUDE_DEPTH = 8
+LOSSLESS_QUEUE = 8  # frames queued from a file/picture source before it waits for its consumers
 
 
 @dataclass
@@ -342,9 +343,8 @@ def _expand_includes(spec: GraphSpec, base: Path, smap: SourceMap, errors: list[
                 for src in link.sources:
                     ref = parse_ref(src)
                     new_sources.append(f"{rename[ref[0]]}.{ref[1]}" if ref and ref[0] in rename else src)
-                new_inputs[port] = InputLink.model_validate(
-                    {"from": new_sources if isinstance(link.from_, list) else new_sources[0], "policy": link.policy, "queue": link.queue}
-                )
+                explicit = {k: getattr(link, k) for k in ("policy", "queue") if k in link.model_fields_set}  # defaults stay defaults
+                new_inputs[port] = InputLink.model_validate({"from": new_sources if isinstance(link.from_, list) else new_sources[0], **explicit})
             if rename[n] in spec.nodes:
                 errors.append(GraphError("include", f"included node {rename[n]!r} clashes with a node of this graph", smap.file, line,
                                          node=rename[n], field=where))
@@ -457,12 +457,28 @@ def _resolve_inputs(spec: GraphSpec, nodes: dict[str, ResolvedNode], smap: Sourc
                                              hint=f"outputs of {src_node}: {avail}" + _did_you_mean(src_port, src.cls.outputs_spec, prefix="; ")))
                     continue
                 sources.append(Source(src_node, src_port))
-            rn.inputs[port] = ResolvedInput(pspec, sources, link.policy, link.queue or 1)
+            policy, size = link.policy, link.queue or 1
+            if "policy" not in link.model_fields_set and sources and all(_lossless(nodes.get(s.node)) for s in sources):
+                # Files and picture folders are not live: by default every frame is delivered (a bounded
+                # queue that makes the source wait), never dropped. `policy: latest` asks for real time.
+                policy, size = "queue", LOSSLESS_QUEUE
+            rn.inputs[port] = ResolvedInput(pspec, sources, policy, size)
         for port, pspec in rn.cls.inputs_spec.items():
             if port not in links and not pspec.optional:
                 errors.append(GraphError("missing_input", f"required input {port!r} ({pspec.type_name}) is not connected", file,
                                          smap.line("nodes", name), node=name, port=port,
                                          hint=f"add under {name}: inputs: {{{port}: <node>.<port>}}"))
+
+
+def _lossless(src: ResolvedNode | None) -> bool:
+    """Does this source deliver every frame by default (a file or picture folder, not a live feed)?"""
+    if src is None or src.params is None:
+        return False
+    check = getattr(src.cls, "lossless_by_default", None)
+    try:
+        return bool(check(src.params)) if callable(check) else False
+    except Exception:  # a plugin's check must not break validation
+        return False
 
 
 def _check_cycles(spec: GraphSpec, nodes: dict[str, ResolvedNode], smap: SourceMap, errors: list[GraphError]) -> list[str]:
