@@ -181,3 +181,16 @@ def test_real_training_checkpoint_still_resumes(profile, capsys):
     assert blob["step"] == 2 and "optimizer" in blob and "scaler" in blob
     progress = [json.loads(ln) for ln in profile.progress_path.read_text().splitlines() if ln.strip()]
     assert any(e["event"] == "resume" and e["step"] == 1 for e in progress)
+
+
+@pytest.mark.parametrize("config", ["../../../tmp/evil.yaml", "/tmp/evil.yaml", "configs/../../evil.yaml", "evil.yaml"])
+def test_a_shared_profile_cannot_point_sam2_at_a_foreign_config(tmp_path, config):
+    """sam2 builds its model through Hydra, which instantiates any `_target_`: code by another road."""
+    from muse.studio.files import StudioError
+    from muse.studio.profiles import load_profile
+
+    p = create_profile("shared", tmp_path)
+    text = p.yaml_path.read_text().replace("configs/sam2.1/sam2.1_hiera_l.yaml", config)
+    p.yaml_path.write_text(text)
+    with pytest.raises(StudioError, match="not a config of the sam2 package"):
+        load_profile("shared", tmp_path)

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from muse.studio.files import StudioError, write_text
 
 HOME_ENV = "MUSE_STUDIO_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SAM2_CONFIG = re.compile(r"^configs/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.yaml$")
 
 
 class _Strict(BaseModel):
@@ -31,6 +32,15 @@ class CameraSettings(_Strict):
 
 class Sam2Settings(_Strict):
     config: str = Field("configs/sam2.1/sam2.1_hiera_l.yaml", description="sam2 config name (inside the sam2 package)")
+
+    @field_validator("config")
+    @classmethod
+    def _inside_sam2(cls, v: str) -> str:
+        # sam2 builds the model with Hydra, which instantiates whatever `_target_` a config names:
+        # a shared profile may only pick one of the configs shipped inside the sam2 package.
+        if not _SAM2_CONFIG.match(v) or ".." in v.split("/"):
+            raise ValueError(f"{v!r} is not a config of the sam2 package (like configs/sam2.1/sam2.1_hiera_l.yaml)")
+        return v
     checkpoint: str | None = Field(None, description="path of the SAM 2.1 .pt on your disk; never downloaded")
     video: bool = Field(True, description="propagate through the video (else image predictor per frame)")
 
