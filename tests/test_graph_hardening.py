@@ -322,3 +322,17 @@ def _wait_for(path: Path, needle: str, proc: subprocess.Popen, count: int = 1, t
             break
         time.sleep(0.1)
     raise AssertionError(f"{needle!r} x{count} not seen (exit {proc.poll()}); stderr:\n{path.read_text(errors='replace')}")
+
+
+def test_the_editor_opens_graphs_with_the_same_reader(tmp_path):
+    from muse.editor.model import EditError, EditorModel
+
+    os.mkfifo(tmp_path / "pipe.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(SMALL.replace("nodes:", "# caf\xe9\nnodes:").encode("latin-1"))
+    (tmp_path / "utf16.yaml").write_bytes(SMALL.encode("utf-16"))
+    model = EditorModel()
+    for name, needle in (("pipe.yaml", "not a regular file"), ("latin1.yaml", "not valid UTF-8")):
+        with pytest.raises(EditError, match=needle):
+            model.load(tmp_path / name)
+    model.load(tmp_path / "utf16.yaml")
+    assert set(model.nodes) == {"src", "out"}
