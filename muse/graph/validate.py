@@ -567,9 +567,13 @@ def _check_output_paths(nodes: dict[str, ResolvedNode], smap: SourceMap, errors:
     claimed: dict[Path, tuple[str, str]] = {}
     for name in sorted(nodes):
         rn = nodes[name]
-        fields: dict[str, bool] = getattr(rn.cls, "output_paths", None) or {}
         if rn.params is None:
             continue  # its params are already reported
+        declared = getattr(rn.cls, "output_paths", None)  # {field: one writer only}, or a classmethod(params) giving it
+        try:
+            fields: dict[str, bool] = (declared(rn.params) if callable(declared) else declared) or {}
+        except Exception:  # a plugin's declaration must not break validation
+            fields = {}
         for fld, exclusive in fields.items():
             raw = getattr(rn.params, fld, None)
             if not isinstance(raw, str) or not raw:

@@ -52,7 +52,11 @@ class VirtualCamera(Node):
         "RGB or NV12 made on the GPU; `fallback:` preview/file/null when no driver is installed."
     )
 
-    output_paths = {"fallback_path": True}  # checked at validation: allowed folders, one writer per file
+    @classmethod
+    def output_paths(cls, params: NodeParams) -> dict[str, bool]:
+        """Checked at validation (allowed folders, one writer per file), only when the fallback records."""
+        return {"fallback_path": True} if getattr(params, "fallback", None) == "file" else {}
+
 
     frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
     mask: In[Mask] = In(optional=True, description="Connect this or `frame`")
