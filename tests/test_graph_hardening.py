@@ -300,8 +300,10 @@ def test_watch_survives_every_kind_of_broken_edit(tmp_path):
             _wait_for(err, "running on the CPU", proc)
             for i, content in enumerate(broken):
                 mtime = graph.stat().st_mtime
-                graph.write_bytes(content)
-                os.utime(graph, (mtime + 1, mtime + 1))
+                tmp = tmp_path / "next.yaml"  # swapped in whole, so the watcher never reads half a file
+                tmp.write_bytes(content)
+                os.utime(tmp, (mtime + 1, mtime + 1))
+                os.replace(tmp, graph)
                 want = "parameters updated live (inv)" if i == len(broken) - 1 else "the running graph keeps going"
                 _wait_for(err, want, proc, count=i + 1 if i < len(broken) - 1 else 1)
                 assert proc.poll() is None, err.read_text()
