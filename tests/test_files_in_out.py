@@ -6,9 +6,6 @@ temp files of a killed Studio step go at the next start."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import os
 import signal

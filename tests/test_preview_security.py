@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import cv2

@@ -4,7 +4,6 @@ the same layout as `muse studio label`, so `muse studio filter/train` follow."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
