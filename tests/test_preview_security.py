@@ -10,7 +10,6 @@ import time
 import urllib.request
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -140,7 +139,7 @@ def test_a_viewer_that_stops_reading_is_dropped_and_does_not_hold_others(astrona
     latest.on_publish = server.wake
     server.start()
     port = server.address[1]
-    big = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), np.uint8)  # large JPEGs fill the socket buffers
+    big = cv2.resize(astronaut, (1280, 720))  # large JPEGs fill the socket buffers
     stuck = socket.socket()
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(("127.0.0.1", port))
