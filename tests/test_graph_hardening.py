@@ -338,3 +338,15 @@ def test_the_editor_opens_graphs_with_the_same_reader(tmp_path):
             model.load(tmp_path / name)
     model.load(tmp_path / "utf16.yaml")
     assert set(model.nodes) == {"src", "out"}
+
+
+def test_set_of_a_nested_field_keeps_the_group(tmp_path):
+    from muse.cli import _parse_sets
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    p = tmp_path / "g.yaml"
+    p.write_text(f"version: 1\nsettings: {{device: cpu}}\nnodes:\n  src: {{type: capture.file, params: {{path: '{clip}', "
+                 "options: {probesize: '32', analyzeduration: '0'}}}\n  out: {type: basic.null, inputs: {frame: src.frame}}\n")
+    g = load_graph(p, overrides=_parse_sets(["src.options.probesize='64'"]))
+    assert g.nodes["src"].params.options == {"probesize": "64", "analyzeduration": "0"}

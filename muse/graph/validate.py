@@ -220,7 +220,7 @@ def _validate_text(
             errors.append(GraphError("unknown_node", f"--set names node {target!r}, which is not in the graph", file,
                                      node=target, hint=_did_you_mean(target, spec.nodes)))
             continue
-        spec.nodes[target].params.update(values)
+        _merge(spec.nodes[target].params, values)
 
     nodes: dict[str, ResolvedNode] = {}
     for name, ns in spec.nodes.items():
@@ -468,6 +468,16 @@ def _resolve_inputs(spec: GraphSpec, nodes: dict[str, ResolvedNode], smap: Sourc
                 errors.append(GraphError("missing_input", f"required input {port!r} ({pspec.type_name}) is not connected", file,
                                          smap.line("nodes", name), node=name, port=port,
                                          hint=f"add under {name}: inputs: {{{port}: <node>.<port>}}"))
+
+
+def _merge(params: dict[str, Any], values: dict[str, Any]) -> None:
+    """--set values into a node's params; `node.group.field=x` changes that field and keeps the group's others."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key] = dict(params[key])
+            _merge(params[key], value)
+        else:
+            params[key] = value
 
 
 def _lossless(src: ResolvedNode | None) -> bool:
