@@ -350,3 +350,17 @@ def test_set_of_a_nested_field_keeps_the_group(tmp_path):
                  "options: {probesize: '32', analyzeduration: '0'}}}\n  out: {type: basic.null, inputs: {frame: src.frame}}\n")
     g = load_graph(p, overrides=_parse_sets(["src.options.probesize='64'"]))
     assert g.nodes["src"].params.options == {"probesize": "64", "analyzeduration": "0"}
+
+
+def test_the_editor_keeps_a_utf16_original_byte_for_byte(tmp_path):
+    from muse.editor.model import EditorModel
+
+    p = tmp_path / "g.yaml"
+    original = ("# hand-written, saved by a Windows editor\n" + SMALL).encode("utf-16")
+    p.write_bytes(original)
+    model = EditorModel()
+    model.load(p)
+    model.save(p)
+    backups = list(tmp_path.glob("g.yaml.*.bak"))
+    assert len(backups) == 1 and backups[0].read_bytes() == original
+    assert load_graph(p).nodes.keys() == {"src", "out"}  # saved as UTF-8

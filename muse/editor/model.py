@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from muse.editor.catalog import GENERIC, UNKNOWN, Catalog, NodeTypeInfo
 from muse.editor.layout import layered_positions
-from muse.files import write_text
+from muse.files import write_bytes, write_text
 from muse.graph.spec import EditorSection, GraphFileError, GraphSpec, InputLink, NodeSpec, Settings, dump_yaml, load_yaml, parse_ref, read_graph_file
 from muse.graph.validate import GraphError, GraphValidationError, ValidatedGraph, validate_text
 
@@ -655,5 +655,5 @@ def _backup(path: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = path.with_name(f"{path.name}.{stamp}.bak")
     if not backup.exists():
-        write_text(backup, path.read_text())
+        write_bytes(backup, path.read_bytes())  # byte for byte: the original may be UTF-16 or hold odd bytes
     return backup
