@@ -364,3 +364,12 @@ def test_the_editor_keeps_a_utf16_original_byte_for_byte(tmp_path):
     backups = list(tmp_path.glob("g.yaml.*.bak"))
     assert len(backups) == 1 and backups[0].read_bytes() == original
     assert load_graph(p).nodes.keys() == {"src", "out"}  # saved as UTF-8
+
+
+def test_error_messages_carry_no_terminal_escapes(tmp_path):
+    """YAML's "\\e" makes an ESC: a hostile graph must not drive the user's terminal through an error message."""
+    p = tmp_path / "esc.yaml"
+    p.write_text('version: 1\nnodes:\n  a: {type: "x\\e]0;pwned\\a", inputs: {frame: "b\\e[2J.frame"}}\n'
+                 '  out: {type: basic.null, inputs: {frame: "\\e[31m.x"}}\n')
+    text = invalid(p)
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b" in text

@@ -65,8 +65,8 @@ class GraphError:
         return ": ".join([parts[0], " ".join(parts[1:])]) if len(parts) > 1 else parts[0]
 
     def __str__(self) -> str:
-        text = f"{self.where()}: [{self.code}] {self.message}"
-        return text + (f"\n    hint: {self.hint}" if self.hint else "")
+        text = f"{self.where()}: [{self.code}] {_printable(self.message)}"
+        return _printable(text) + (f"\n    hint: {_printable(self.hint)}" if self.hint else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v not in (None, "")}
@@ -618,8 +618,18 @@ def _check_output_paths(nodes: dict[str, ResolvedNode], smap: SourceMap, errors:
 def _pyd_msg(e: dict[str, Any]) -> str:
     msg = e.get("msg", "invalid value")
     if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
-        msg += f" (got {e['input']!r})"
+        got = repr(e["input"])
+        msg += f" (got {got if len(got) <= 120 else got[:100] + '...'})"  # a 5000-character value is not repeated
     return msg
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f, *range(0x80, 0xa0))}
+
+
+def _printable(text: str) -> str:
+    """Control characters from a graph (a YAML "\\e" is an ESC) shown escaped: an error message must
+    not carry terminal escape sequences into the user's terminal."""
+    return text.translate(_CONTROL)
 
 
 def _setting_hint(e: dict[str, Any]) -> str:
