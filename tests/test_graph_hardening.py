@@ -373,3 +373,20 @@ def test_error_messages_carry_no_terminal_escapes(tmp_path):
                  '  out: {type: basic.null, inputs: {frame: "\\e[31m.x"}}\n')
     text = invalid(p)
     assert "\x1b" not in text and "\x07" not in text and "\\x1b" in text
+
+
+def test_the_real_command_exits_2_without_a_traceback(tmp_path):
+    """The same answers from a real `muse validate` process (several hostile files in one call)."""
+    files = {
+        "latin1.yaml": WEBCAM.replace("nodes:", "# caf\xe9\nnodes:").encode("latin-1"),
+        "deep.yaml": ("version: 1\nnodes:\n  a: " + "[" * 3000 + "]" * 3000 + "\n").encode(),
+        "key.yaml": b"version: 1\nnodes:\n  {a: 1}: {type: basic.null}\n",
+        "self.yaml": (SMALL + "include: [{file: self.yaml, prefix: me}]\n").encode(),
+        "good.yaml": SMALL.encode("utf-16"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    proc = subprocess.run([sys.executable, "-m", "muse.cli", "validate", *sorted(str(tmp_path / n) for n in files)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("the graph is invalid") == 4 and f"ok: {tmp_path / 'good.yaml'}" in proc.stdout
