@@ -3,17 +3,21 @@ aliases, includes, encodings, raw bytes), `muse validate` answers exit 0 (valid)
 or 2 (errors naming the file), never a traceback, never over 5 s.
 
 CI runs MUSE_FUZZ_EXAMPLES (default 1000) mutations; the counts are printed
-(`pytest -s`). Hypothesis keeps no database (no files left behind) and is
-derandomized so a failure reproduces on the next run.
+(`pytest -s`). Hypothesis keeps no database and its caches live in a temp
+folder (no files left behind); it is derandomized so a failure reproduces on
+the next run.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import io
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,6 +29,12 @@ import yaml
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+# Hypothesis caches (constants, unicode tables) go to a temp folder, not .hypothesis/ in the working folder.
+_HOME = tempfile.mkdtemp(prefix="muse-hypothesis-")
+set_hypothesis_home_dir(_HOME)
+atexit.register(shutil.rmtree, _HOME, True)
 
 from muse.cli import main  # noqa: E402
 
