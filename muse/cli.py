@@ -31,23 +31,53 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class SetError(ValueError):
+    """A `--set` item that cannot be used; the message names it and says what to write."""
+
+
 def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
-    """`--set seg.threshold=0.4 warp.eyes=0.3` -> {"seg": {"threshold": 0.4}, ...} (values parsed as YAML)."""
+    """`--set seg.threshold=0.4 warp.eyes=0.3` -> {"seg": {"threshold": 0.4}, ...} (values parsed as YAML,
+    within the graph loader's limits). Raises SetError; the commands print it and exit 2."""
     import yaml
+
+    from muse.graph.spec import GraphFileError, check_yaml_limits
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         node, dot, param = key.partition(".")
-        if not sep or not dot or not node or not param:
-            raise SystemExit(f"muse: --set {item!r}: expected node.param=value, e.g. --set warp.eyes=0.3")
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        target = out.setdefault(node, {})
+        if not sep or not dot or not node or not param or "" in param.split("."):
+            raise SetError(f"--set {item!r}: expected node.param=value, e.g. --set warp.eyes=0.3")
+        try:
+            check_yaml_limits(raw)
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except (yaml.YAMLError, GraphFileError, ValueError, RecursionError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise SetError(f"--set {item!r}: the value is not valid YAML ({problem}); "
+                           "quote text, e.g. --set cam.device='\"0\"', or write a list as [1, 2]") from None
+        target: Any = out.setdefault(node, {})
         *path, last = param.split(".")
         for part in path:  # nested params: node.group.field=value
-            target = target.setdefault(part, {})
+            nxt = target.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise SetError(f"--set {item!r}: {node}.{part} was already set to a value, so it has no field {last!r}")
+            target = nxt
         target[last] = value
     return out
+
+
+def _new_name(path: str, force: bool) -> Path:
+    """Where to write a report the user asked for (--stats, --trace, schema -o): never over an existing
+    file (the graph itself, a recording, an earlier report) unless --force; else the first free name-N."""
+    target = Path(path)
+    if force or not target.exists():
+        return target
+    for n in range(1, 10_000):
+        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+        if not candidate.exists():
+            print(f"muse: {target} already exists; writing {candidate} instead (--force replaces it)", file=sys.stderr)
+            return candidate
+    raise SystemExit(f"muse: {target} and 9999 numbered copies exist; pass --force or choose another name")
 
 
 def _registry(args: argparse.Namespace):
@@ -75,7 +105,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.graphs:
         try:
-            g = load_graph(path, reg)
+            g = load_graph(path, reg, allow_paths=args.allow_paths)
         except GraphValidationError as exc:
             bad += 1
             _print_invalid(exc)
@@ -115,8 +145,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     text = json.dumps(json_schema(), indent=2) + "\n"
     if args.output:
-        Path(args.output).write_text(text)
-        print(f"wrote {args.output}")
+        from muse.files import write_text
+
+        target = _new_name(args.output, args.force)
+        write_text(target, text)
+        print(f"wrote {target}")
     else:
         sys.stdout.write(text)
     return 0
@@ -128,9 +161,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from muse.graph.validate import GraphValidationError, load_graph
 
     reg = _registry(args)
-    overrides = _parse_sets(args.set or [])
     try:
-        graph = load_graph(args.graph, reg, overrides)
+        overrides = _parse_sets(args.set or [])
+    except SetError as exc:
+        print(f"muse: {exc}", file=sys.stderr)
+        return EXIT_INVALID_GRAPH
+    try:
+        graph = load_graph(args.graph, reg, overrides, allow_paths=args.allow_paths)
     except GraphValidationError as exc:
         _print_invalid(exc)
         return EXIT_INVALID_GRAPH
@@ -173,11 +210,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in stats.summary_lines():
         print(line, file=sys.stderr)
     if args.stats:
-        stats.write(args.stats)
-        print(f"muse: stats written to {args.stats}", file=sys.stderr)
+        target = _new_name(args.stats, args.force)
+        stats.write(target)
+        print(f"muse: stats written to {target}", file=sys.stderr)
     if trace is not None:
-        trace.write(args.trace)
-        print(f"muse: trace written to {args.trace} (open it in https://ui.perfetto.dev)", file=sys.stderr)
+        target = _new_name(args.trace, args.force)
+        trace.write(target)
+        print(f"muse: trace written to {target} (open it in https://ui.perfetto.dev)", file=sys.stderr)
     return stopper.exit_code() if interrupted and code == 0 else code
 
 
@@ -319,19 +358,32 @@ def _wait(runner: Any, args: argparse.Namespace, reg: Any, overrides: dict[str, 
             continue
         mtime = now
         time.sleep(0.05)  # editors write in steps; read the finished file
-        _apply_edit(runner, path, reg, overrides)
+        _apply_edit(runner, path, reg, overrides, args.allow_paths)
 
 
-def _apply_edit(runner: Any, path: Path, reg: Any, overrides: dict[str, dict[str, Any]]) -> None:
+def _apply_edit(runner: Any, path: Path, reg: Any, overrides: dict[str, dict[str, Any]], allow_paths: bool = False) -> None:
+    """Apply one edit of the watched file. Nothing an edit does may end the live stream: every
+    failure (invalid graph, a node refusing new params, a swap that fails) is reported, and the
+    running graph keeps going."""
     from muse.graph.validate import GraphValidationError, load_graph
 
     try:
-        new = load_graph(path, reg, overrides)
+        new = load_graph(path, reg, overrides, allow_paths=allow_paths)
     except GraphValidationError as exc:
         print("muse: --watch: the edited graph is invalid; the running graph keeps going:", file=sys.stderr)
         for e in exc.errors:
             print(f"  {e}", file=sys.stderr)
         return
+    except Exception as exc:  # load_graph reports everything as GraphValidationError; this is a belt for the braces
+        print(f"muse: --watch: could not read the edit ({type(exc).__name__}: {exc}); the running graph keeps going", file=sys.stderr)
+        return
+    try:
+        _swap_in(runner, new)
+    except Exception as exc:
+        print(f"muse: --watch: could not apply the edit ({type(exc).__name__}: {exc}); the running graph keeps going", file=sys.stderr)
+
+
+def _swap_in(runner: Any, new: Any) -> None:
     old = runner.graph
     if new.topology_key() == old.topology_key():
         changed = [n for n, rn in new.nodes.items() if rn.params != old.nodes[n].params]
@@ -350,7 +402,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     reg = _registry(args)
     try:
-        graph = load_graph(args.graph, reg, _parse_sets(args.set or []))
+        graph = load_graph(args.graph, reg, _parse_sets(args.set or []), allow_paths=args.allow_paths)
+    except SetError as exc:
+        print(f"muse: {exc}", file=sys.stderr)
+        return EXIT_INVALID_GRAPH
     except GraphValidationError as exc:
         _print_invalid(exc)
         return EXIT_INVALID_GRAPH
@@ -365,7 +420,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         from muse.files import write_text
 
-        write_text(args.json, json.dumps(report.as_dict(), indent=2))
+        write_text(_new_name(args.json, args.force), json.dumps(report.as_dict(), indent=2))
     return 0
 
 
@@ -382,6 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
     def plugins(p: argparse.ArgumentParser) -> None:
         p.add_argument("--plugins", action="append", metavar="DIR", help="extra plugin folder (also MUSE_PLUGIN_PATH)")
 
+    def allow_paths(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--allow-paths", action="store_true",
+                       help="let the graph write outside its folder, the Studio profiles and ~/.muse (only for graphs you trust)")
+
+    def force(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--force", action="store_true", help=f"replace an existing {what} (default: write under a new name)")
+
     p = sub.add_parser("run", help="run a graph")
     p.add_argument("graph", help="graph YAML file, e.g. graphs/stream_4k.yaml")
     p.add_argument("--frames", type=int, default=None, help="stop after N frames")
@@ -390,11 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", metavar="FILE.json", help="write per-node timings, drops and latency")
     p.add_argument("--trace", metavar="FILE.json", help="write a Chrome trace (open in Perfetto)")
     p.add_argument("--watch", action="store_true", help="apply edits of the graph file while running")
+    allow_paths(p)
+    force(p, "--stats/--trace file")
     plugins(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check graph files without running them")
     p.add_argument("graphs", nargs="+")
+    allow_paths(p)
     plugins(p)
     p.set_defaults(func=cmd_validate)
 
@@ -406,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the graph file JSON Schema")
     p.add_argument("-o", "--output", help="write to this file (graphs/schema.json)")
+    force(p, "output file")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("bench", help="run a graph unpaced and print per-node timings")
@@ -418,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capture", choices=["auto", "on", "off", "emulate"], help="override settings.capture (frame capture)")
     p.add_argument("--latency-frames", type=int, default=240, help="a second run paced at the graph's fps for latency (0 = skip)")
     p.add_argument("--kernel-frames", type=int, default=0, help="CUDA: count kernels per frame over N frames with the profiler (0 = skip)")
+    allow_paths(p)
+    force(p, "--json file")
     plugins(p)
     p.set_defaults(func=cmd_bench)
 

@@ -11,7 +11,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @contextmanager
@@ -26,6 +26,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, mode: int = 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    hold = hold_temp(tmp_path)  # a cleaner in another process must not take it while it is written
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
@@ -34,6 +35,39 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, mode: int = 
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+        hold.close()
+
+
+def hold_temp(path: Path) -> Any:
+    """Lock a temp file for as long as it is being written (the returned handle holds a shared
+    flock), so a stray-temp cleaner in another process leaves it alone. The lock dies with the
+    process, kill -9 included, which is what marks a temp file as stray (`is_held`)."""
+    fh = open(path, "rb")
+    try:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass  # no flock (Windows) or a file system without it: cleaners then go by age alone
+    return fh
+
+
+def is_held(path: Path) -> bool:
+    """Does a live writer hold this temp file (hold_temp)? A failed exclusive try-lock says yes."""
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return True
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

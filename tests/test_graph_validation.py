@@ -78,7 +78,7 @@ def test_schema_file_is_current() -> None:
     import json
 
     schema_path = Path(__file__).parent.parent / "graphs" / "schema.json"
-    assert json.loads(schema_path.read_text()) == json_schema(), "regenerate with: muse schema -o graphs/schema.json"
+    assert json.loads(schema_path.read_text()) == json_schema(), "regenerate with: muse schema -o graphs/schema.json --force"
 
 
 def test_round_trip_dump_keeps_graph() -> None:

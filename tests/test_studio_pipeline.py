@@ -207,7 +207,7 @@ def test_training_resumes_after_kill_9(labelled, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    step = int(torch.load(last, weights_only=False)["step"])
+    step = int(torch.load(last, weights_only=True)["step"])
     assert step >= 2
     out = subprocess.run(_train_cmd(p, step + 2), env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -216,7 +216,7 @@ def test_training_resumes_after_kill_9(labelled, tmp_path):
     events = [json.loads(line) for line in p.progress_path.read_text().splitlines() if line.strip()]
     resumed = [e for e in events if e["event"] == "resume"]
     assert resumed and resumed[-1]["step"] == step
-    assert int(torch.load(last, weights_only=False)["step"]) == step + 2
+    assert int(torch.load(last, weights_only=True)["step"]) == step + 2
 
 
 @pytest.mark.slow
@@ -228,7 +228,7 @@ def test_ddp_two_process_gloo_training_step(labelled, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
     assert res["world"] == 2 and res["finished"] and res["device"] == "cpu"
-    blob = torch.load(p.checkpoints_dir / "last.pt", weights_only=False)
+    blob = torch.load(p.checkpoints_dir / "last.pt", weights_only=True)
     assert blob["step"] == 2
 
 

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 
 from muse.editor.catalog import GENERIC, UNKNOWN, Catalog, NodeTypeInfo
 from muse.editor.layout import layered_positions
-from muse.files import write_text
-from muse.graph.spec import EditorSection, GraphSpec, InputLink, NodeSpec, Settings, dump_yaml, load_yaml, parse_ref
+from muse.files import write_bytes, write_text
+from muse.graph.spec import EditorSection, GraphFileError, GraphSpec, InputLink, NodeSpec, Settings, dump_yaml, load_yaml, parse_ref, read_graph_file
 from muse.graph.validate import GraphError, GraphValidationError, ValidatedGraph, validate_text
 
 _NODE_NAME = re.compile(r"^[A-Za-z_][\w-]*$")
@@ -549,9 +549,9 @@ class EditorModel:
     def load(self, path: str | os.PathLike) -> None:
         path = Path(path)
         try:
-            text = path.read_text()
-        except OSError as exc:
-            raise EditError(f"cannot open graph file {path}: {exc.strerror or exc}; check the path") from None
+            text = read_graph_file(path)  # regular files only, size-limited, UTF-8/16/32 (the validator's reader)
+        except GraphFileError as exc:
+            raise EditError(f"cannot open graph file {path}: {exc}" + (f"; {exc.hint}" if exc.hint else "")) from None
         self.load_text(text, str(path))
         self.path = path
         self._loaded_mtime = path.stat().st_mtime
@@ -655,5 +655,5 @@ def _backup(path: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     backup = path.with_name(f"{path.name}.{stamp}.bak")
     if not backup.exists():
-        write_text(backup, path.read_text())
+        write_bytes(backup, path.read_bytes())  # byte for byte: the original may be UTF-16 or hold odd bytes
     return backup

@@ -13,8 +13,11 @@ line numbers so every error can point at the line a streamer has to fix.
 
 from __future__ import annotations
 
+import codecs
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -188,21 +191,33 @@ class DuplicateKeyError(ValueError):
         self.key, self.line, self.first = key, line, first
 
 
-class _LineLoader(yaml.SafeLoader):
+# libyaml (C) parses about 10x faster than the pure-Python parser; both are safe loaders.
+_SafeBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _LineLoader(_SafeBase):  # type: ignore[misc, valid-type]
     pass
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *base`: merged keys may be overridden, so they are no duplicates
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a name or a number, not a {'mapping' if isinstance(key, dict) else 'list'}",
+                key_node.start_mark) from None
         if key in seen:
             raise DuplicateKeyError(str(key), line, seen[key])
         seen[key] = line
-    mapping = loader.construct_mapping(node, deep=True)
+    mapping = loader.construct_mapping(node, deep=True)  # also resolves merge keys
     out = _LinedDict(mapping)
-    out.key_lines = {k: seen[k] for k in mapping}
+    out.key_lines = {k: seen.get(k, node.start_mark.line + 1) for k in mapping}
     return out
 
 
@@ -228,8 +243,106 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+# -- limits: checked on the event stream before anything is built -----------------
+
+MAX_GRAPH_BYTES = 2 * 1024 * 1024  # shipped graphs are a few KB; a 2 MB graph is a mistake or an attack
+MAX_DEPTH = 64  # nesting of mappings and lists (graphs need about 6)
+MAX_NODES_EXPANDED = 200_000  # YAML values after every alias is expanded ("billion laughs" stops here)
+
+
+class GraphFileError(ValueError):
+    """A graph file that cannot be read as text, or breaks a size/depth/alias limit; `line` where known."""
+
+    def __init__(self, message: str, line: int | None = None, hint: str = "") -> None:
+        super().__init__(message)
+        self.line, self.hint = line, hint
+
+
+def decode_graph_bytes(raw: bytes) -> str:
+    """Text of a graph file: UTF-8 (with or without BOM) or UTF-16/32 with a BOM, as editors on
+    Windows save them; anything else is a GraphFileError naming the line of the first bad byte."""
+    if len(raw) > MAX_GRAPH_BYTES:
+        raise GraphFileError(f"the file is {len(raw) / 1e6:.1f} MB; a graph file may be at most {MAX_GRAPH_BYTES // (1024 * 1024)} MB",
+                             hint="is this really a graph? graphs are small YAML files")
+    for bom, codec in ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+                       (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if raw.startswith(bom):
+            try:
+                return raw[len(bom):].decode(codec)
+            except UnicodeDecodeError as exc:
+                raise _decode_error(raw, exc, codec) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _decode_error(raw, exc, "utf-8") from None
+
+
+def _decode_error(raw: bytes, exc: UnicodeDecodeError, codec: str) -> GraphFileError:
+    line = raw[: exc.start].count(b"\n") + 1 if codec == "utf-8" else None
+    return GraphFileError(f"the file is not valid {codec.upper()} text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", line,
+                          hint="save the graph as UTF-8 (most editors: 'Save with encoding')")
+
+
+def read_graph_file(path: str | Path) -> str:
+    """A graph file's text. Only regular files (not a FIFO, device or folder: reading those could
+    block forever), at most MAX_GRAPH_BYTES, decoded as decode_graph_bytes does. Raises GraphFileError."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise GraphFileError(f"cannot read the file: {exc.strerror or exc}", hint="check the path (graphs live in graphs/)") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a pipe, socket or device)"
+        raise GraphFileError(f"the path is {kind}", hint="name a .yaml graph file")
+    if st.st_size > MAX_GRAPH_BYTES:
+        raise GraphFileError(f"the file is {st.st_size / 1e6:.1f} MB; a graph file may be at most {MAX_GRAPH_BYTES // (1024 * 1024)} MB",
+                             hint="is this really a graph? graphs are small YAML files")
+    try:
+        # O_NONBLOCK: if the file was swapped for a FIFO since the stat, opening still returns at once.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise GraphFileError("the path is not a regular file (a pipe, socket or device)", hint="name a .yaml graph file")
+            raw = fh.read(MAX_GRAPH_BYTES + 1)
+    except OSError as exc:
+        raise GraphFileError(f"cannot read the file: {exc.strerror or exc}", hint="check the path and its permissions") from None
+    return decode_graph_bytes(raw)
+
+
+def check_yaml_limits(text: str) -> None:
+    """Walk the YAML event stream (no recursion, nothing built) and refuse text that nests deeper
+    than MAX_DEPTH or expands, through aliases, to more than MAX_NODES_EXPANDED values."""
+    if len(text) > MAX_GRAPH_BYTES:
+        raise GraphFileError(f"the text is {len(text) / 1e6:.1f} MB; a graph may be at most {MAX_GRAPH_BYTES // (1024 * 1024)} MB")
+    sizes: dict[str, int] = {}  # anchor -> expanded size of what it names
+    stack: list[list[Any]] = [[0, None]]  # [expanded size so far, anchor] per open collection
+    for event in yaml.parse(text, Loader=_SafeBase):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([1, event.anchor])
+            if len(stack) - 1 > MAX_DEPTH:
+                raise GraphFileError(f"the YAML nests deeper than {MAX_DEPTH} levels", event.start_mark.line + 1,
+                                     hint="a graph needs a handful of levels; this looks like a broken or hostile file")
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            size, anchor = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            size, anchor = 1, event.anchor
+        elif isinstance(event, yaml.AliasEvent):
+            size, anchor = sizes.get(event.anchor, 1), None
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        stack[-1][0] += size
+        if stack[0][0] + sum(f[0] for f in stack[1:]) > MAX_NODES_EXPANDED:
+            raise GraphFileError(f"the YAML expands to more than {MAX_NODES_EXPANDED} values (aliases of aliases)", event.start_mark.line + 1,
+                                 hint="a graph is small; remove the nested '*alias' references")
+
+
 def load_yaml(text: str, file: str = "<string>") -> tuple[Any, SourceMap]:
-    """Parse YAML text; returns plain data and the source map. Raises yaml.YAMLError / DuplicateKeyError."""
+    """Parse YAML text within the limits above; returns plain data and the source map.
+    Raises GraphFileError / yaml.YAMLError / DuplicateKeyError."""
+    check_yaml_limits(text)
     data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     smap = SourceMap(file)
     _collect_lines(data, (), smap.lines)
@@ -251,7 +364,7 @@ def dump_yaml(spec: GraphSpec) -> str:
             entry["params"] = dict(node.params)
         if node.inputs:
             entry["inputs"] = {
-                port: (v.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) | {"from": v.from_})
+                port: (v.model_dump(by_alias=True, exclude_none=True, exclude_unset=True) | {"from": v.from_})
                 if isinstance(v, InputLink) else v
                 for port, v in node.inputs.items()
             }

@@ -9,6 +9,8 @@ expected, and a hint. Errors are raised (GraphValidationError), never only logge
 from __future__ import annotations
 
 import difflib
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from muse.graph.payloads import Payload
 from muse.graph.registry import Registry, load_registry
 from muse.graph.spec import (
     DuplicateKeyError,
+    GraphFileError,
     GraphSpec,
     InputLink,
     NodeSpec,
@@ -29,7 +32,14 @@ from muse.graph.spec import (
     SourceMap,
     load_yaml,
     parse_ref,
+    read_graph_file,
 )
+
+log = logging.getLogger("muse.graph")
+
+MAX_GRAPH_NODES = 2000  # after includes; the shipped graphs have about 20
+MAX_INCLUDE_DEPTH = 8
+LOSSLESS_QUEUE = 8  # frames queued from a file/picture source before it waits for its consumers
 
 
 @dataclass
@@ -55,8 +65,8 @@ class GraphError:
         return ": ".join([parts[0], " ".join(parts[1:])]) if len(parts) > 1 else parts[0]
 
     def __str__(self) -> str:
-        text = f"{self.where()}: [{self.code}] {self.message}"
-        return text + (f"\n    hint: {self.hint}" if self.hint else "")
+        text = f"{self.where()}: [{self.code}] {_printable(self.message)}"
+        return _printable(text) + (f"\n    hint: {_printable(self.hint)}" if self.hint else "")
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v not in (None, "")}
@@ -127,17 +137,21 @@ def load_graph(
     path: str | Path,
     registry: Registry | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    allow_paths: bool = False,
 ) -> ValidatedGraph:
-    """Read, parse and validate a graph file. Raises GraphValidationError."""
+    """Read, parse and validate a graph file. Raises GraphValidationError, and nothing else:
+    however odd the file, the answer is a list of errors naming it.
+
+    `allow_paths`: let output paths point outside the graph's folder, the profiles and the user
+    data folder (the `--allow-paths` flag)."""
     path = Path(path)
     file = str(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise GraphValidationError(
-            [GraphError("file", f"cannot read graph file: {exc.strerror or exc}", file, hint="check the path (graphs live in graphs/)")]
-        ) from None
-    return validate_text(text, file, registry, overrides, base_dir=path.parent)
+        text = read_graph_file(path)
+    except GraphFileError as exc:
+        raise GraphValidationError([GraphError("file", str(exc), file, exc.line, hint=exc.hint)]) from None
+    return validate_text(text, file, registry, overrides, base_dir=path.parent, allow_paths=allow_paths)
 
 
 def validate_text(
@@ -146,11 +160,40 @@ def validate_text(
     registry: Registry | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     base_dir: Path | None = None,
+    *,
+    allow_paths: bool = False,
+) -> ValidatedGraph:
+    """Validate graph text. `base_dir` (the graph's folder) anchors includes and relative output
+    paths; when it is given, output paths must stay inside the allowed folders unless `allow_paths`.
+    Raises GraphValidationError and nothing else: an unexpected failure is reported as an error
+    naming the file rather than escaping as a traceback."""
+    try:
+        return _validate_text(text, file, registry, overrides, base_dir, allow_paths)
+    except GraphValidationError:
+        raise
+    except RecursionError:
+        raise GraphValidationError([GraphError("file", "the graph is nested too deeply to check", file,
+                                               hint="a graph needs a handful of levels; this looks like a broken or hostile file")]) from None
+    except Exception as exc:  # the last line of defence: a bad graph must never become a traceback (or kill a --watch stream)
+        log.debug("unexpected error while validating %s", file, exc_info=True)
+        raise GraphValidationError([GraphError("invalid", f"the graph could not be checked ({type(exc).__name__}: {_first_line(exc)})", file,
+                                               hint="fix the file; if it looks right, please report this as a MUSE bug")]) from None
+
+
+def _validate_text(
+    text: str,
+    file: str,
+    registry: Registry | None,
+    overrides: dict[str, dict[str, Any]] | None,
+    base_dir: Path | None,
+    allow_paths: bool,
 ) -> ValidatedGraph:
     registry = registry or load_registry()
     errors: list[GraphError] = []
     try:
         data, smap = load_yaml(text, file)
+    except GraphFileError as exc:
+        raise GraphValidationError([GraphError("file", str(exc), file, exc.line, hint=exc.hint)]) from None
     except DuplicateKeyError as exc:
         raise GraphValidationError([GraphError("duplicate_key", str(exc), file, exc.line, hint="remove or rename one of them")]) from None
     except yaml.YAMLError as exc:
@@ -167,13 +210,17 @@ def validate_text(
     if spec is None:
         raise GraphValidationError(errors)
     if spec.include:
-        _expand_includes(spec, base_dir or Path("."), smap, errors, registry)
+        me = Path(file).resolve() if base_dir is not None and Path(file).is_file() else None
+        _expand_includes(spec, base_dir or Path("."), smap, errors, (me,) if me else ())
+    if len(spec.nodes) > MAX_GRAPH_NODES:
+        raise GraphValidationError(errors + [GraphError("too_big", f"the graph has {len(spec.nodes)} nodes (includes expanded); "
+                                                        f"at most {MAX_GRAPH_NODES} are allowed", file, smap.line("nodes"), field="nodes")])
     for target, values in (overrides or {}).items():
         if target not in spec.nodes:
             errors.append(GraphError("unknown_node", f"--set names node {target!r}, which is not in the graph", file,
                                      node=target, hint=_did_you_mean(target, spec.nodes)))
             continue
-        spec.nodes[target].params.update(values)
+        _merge(spec.nodes[target].params, values)
 
     nodes: dict[str, ResolvedNode] = {}
     for name, ns in spec.nodes.items():
@@ -184,6 +231,7 @@ def validate_text(
     order = _check_cycles(spec, nodes, smap, errors)
     out_types = _check_types(nodes, order, smap, errors)
     warnings = _check_reachability(nodes, smap, errors, file)
+    _check_output_paths(nodes, smap, errors, base_dir, allow_paths)
     if errors:
         raise GraphValidationError(errors)
     return ValidatedGraph(file, spec, spec.settings, nodes, order, out_types, warnings)
@@ -262,38 +310,88 @@ def _parse_spec(data: dict, smap: SourceMap, errors: list[GraphError]) -> GraphS
         return None
 
 
-def _expand_includes(spec: GraphSpec, base: Path, smap: SourceMap, errors: list[GraphError], registry: Registry) -> None:
+def _expand_includes(spec: GraphSpec, base: Path, smap: SourceMap, errors: list[GraphError], chain: tuple[Path, ...]) -> None:
+    """Merge `include:` sub-graphs (and theirs, recursively) into `spec` under their prefixes.
+
+    Only regular files are read (read_graph_file), a file may not include itself or one that
+    includes it (`chain` holds the files being expanded), and every problem of an included file
+    is reported naming that file and its line."""
     for i, inc in enumerate(spec.include):
-        sub_path = (base / inc.file).resolve()
         line = smap.line("include")
-        try:
-            sub_data, _ = load_yaml(sub_path.read_text(), str(sub_path))
-            sub = GraphSpec.model_validate(sub_data)
-        except Exception as exc:  # report and keep checking the rest
-            errors.append(GraphError("include", f"cannot include {inc.file}: {exc}", smap.file, line, field=f"include[{i}]"))
+        where = f"include[{i}]"
+        sub_path = (base / Path(inc.file).expanduser()).resolve()
+        if sub_path in chain:
+            loop = " -> ".join(p.name for p in (*chain[chain.index(sub_path):], sub_path))
+            what = "includes itself" if len(chain) and sub_path == chain[-1] else f"includes form a loop: {loop}"
+            errors.append(GraphError("include", f"{inc.file}: {what}", smap.file, line, field=where,
+                                     hint="include only sub-graphs that do not include this file"))
             continue
-        rename = {n: f"{inc.prefix}/{n}" for n in sub.nodes}
-        for n, ns in sub.nodes.items():
+        if len(chain) >= MAX_INCLUDE_DEPTH:
+            errors.append(GraphError("include", f"{inc.file}: includes nest deeper than {MAX_INCLUDE_DEPTH} files", smap.file, line, field=where))
+            continue
+        sub = _read_include(sub_path, inc.file, smap, line, where, errors)
+        if sub is None:
+            continue
+        sub_spec, sub_smap = sub
+        if sub_spec.include:
+            _expand_includes(sub_spec, sub_path.parent, sub_smap, errors, (*chain, sub_path))
+        rename = {n: f"{inc.prefix}/{n}" for n in sub_spec.nodes}
+        for n, ns in sub_spec.nodes.items():
             new_inputs: dict[str, Any] = {}
             for port, link in ns.links().items():
                 new_sources = []
                 for src in link.sources:
                     ref = parse_ref(src)
                     new_sources.append(f"{rename[ref[0]]}.{ref[1]}" if ref and ref[0] in rename else src)
-                new_inputs[port] = InputLink.model_validate(
-                    {"from": new_sources if isinstance(link.from_, list) else new_sources[0], "policy": link.policy, "queue": link.queue}
-                )
+                explicit = {k: getattr(link, k) for k in ("policy", "queue") if k in link.model_fields_set}  # defaults stay defaults
+                new_inputs[port] = InputLink.model_validate({"from": new_sources if isinstance(link.from_, list) else new_sources[0], **explicit})
             if rename[n] in spec.nodes:
-                errors.append(GraphError("include", f"included node {rename[n]!r} clashes with a node of this graph", smap.file, line, node=rename[n]))
+                errors.append(GraphError("include", f"included node {rename[n]!r} clashes with a node of this graph", smap.file, line,
+                                         node=rename[n], field=where))
                 continue
             spec.nodes[rename[n]] = NodeSpec(type=ns.type, params=ns.params, inputs=new_inputs, description=ns.description)
         for target, src in inc.inputs.items():
             ref = parse_ref(target)
-            if not ref or ref[0] not in rename:
-                errors.append(GraphError("include", f"include input {target!r} names no node of {inc.file}", smap.file, line, field=f"include[{i}].inputs"))
+            if not ref or ref[0] not in rename or rename[ref[0]] not in spec.nodes:
+                errors.append(GraphError("include", f"include input {target!r} names no node of {inc.file}", smap.file, line, field=f"{where}.inputs"))
                 continue
             spec.nodes[rename[ref[0]]].inputs[ref[1]] = src
+        if len(spec.nodes) > MAX_GRAPH_NODES:
+            return  # reported by the caller; expanding more would only cost time
     spec.include = []
+
+
+def _read_include(path: Path, name: str, smap: SourceMap, line: int | None, where: str,
+                  errors: list[GraphError]) -> tuple[GraphSpec, SourceMap] | None:
+    """An included file parsed and schema-checked; its errors name it (and its line) and the include entry."""
+    sub_file = str(path)
+
+    def report(message: str, sub_line: int | None = None, hint: str = "") -> None:
+        at = f"{sub_file}:{sub_line}" if sub_line else sub_file
+        errors.append(GraphError("include", f"cannot include {name} ({at}): {message}", smap.file, line, field=where, hint=hint))
+
+    try:
+        data, sub_smap = load_yaml(read_graph_file(path), sub_file)
+    except GraphFileError as exc:
+        report(str(exc), exc.line, exc.hint)
+        return None
+    except DuplicateKeyError as exc:
+        report(str(exc), exc.line)
+        return None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        report(f"YAML syntax error: {getattr(exc, 'problem', None) or exc}", mark.line + 1 if mark else None)
+        return None
+    if not isinstance(data, dict):
+        report("a graph file must be a mapping with 'version' and 'nodes'", 1)
+        return None
+    try:
+        return GraphSpec.model_validate(data), sub_smap
+    except ValidationError as exc:
+        for e in exc.errors()[:20]:
+            loc = [str(x) for x in e["loc"]]
+            report(f"{'.'.join(loc)}: {_pyd_msg(e)}", sub_smap.line(*loc))
+        return None
 
 
 def _resolve_node(name: str, ns: NodeSpec, registry: Registry, smap: SourceMap, errors: list[GraphError]) -> ResolvedNode | None:
@@ -359,12 +457,38 @@ def _resolve_inputs(spec: GraphSpec, nodes: dict[str, ResolvedNode], smap: Sourc
                                              hint=f"outputs of {src_node}: {avail}" + _did_you_mean(src_port, src.cls.outputs_spec, prefix="; ")))
                     continue
                 sources.append(Source(src_node, src_port))
-            rn.inputs[port] = ResolvedInput(pspec, sources, link.policy, link.queue or 1)
+            policy, size = link.policy, link.queue or 1
+            if "policy" not in link.model_fields_set and sources and all(_lossless(nodes.get(s.node)) for s in sources):
+                # Files and picture folders are not live: by default every frame is delivered (a bounded
+                # queue that makes the source wait), never dropped. `policy: latest` asks for real time.
+                policy, size = "queue", LOSSLESS_QUEUE
+            rn.inputs[port] = ResolvedInput(pspec, sources, policy, size)
         for port, pspec in rn.cls.inputs_spec.items():
             if port not in links and not pspec.optional:
                 errors.append(GraphError("missing_input", f"required input {port!r} ({pspec.type_name}) is not connected", file,
                                          smap.line("nodes", name), node=name, port=port,
                                          hint=f"add under {name}: inputs: {{{port}: <node>.<port>}}"))
+
+
+def _merge(params: dict[str, Any], values: dict[str, Any]) -> None:
+    """--set values into a node's params; `node.group.field=x` changes that field and keeps the group's others."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key] = dict(params[key])
+            _merge(params[key], value)
+        else:
+            params[key] = value
+
+
+def _lossless(src: ResolvedNode | None) -> bool:
+    """Does this source deliver every frame by default (a file or picture folder, not a live feed)?"""
+    if src is None or src.params is None:
+        return False
+    check = getattr(src.cls, "lossless_by_default", None)
+    try:
+        return bool(check(src.params)) if callable(check) else False
+    except Exception:  # a plugin's check must not break validation
+        return False
 
 
 def _check_cycles(spec: GraphSpec, nodes: dict[str, ResolvedNode], smap: SourceMap, errors: list[GraphError]) -> list[str]:
@@ -377,10 +501,16 @@ def _check_cycles(spec: GraphSpec, nodes: dict[str, ResolvedNode], smap: SourceM
     try:
         return list(nx.lexicographical_topological_sort(g))
     except nx.NetworkXUnfeasible:
-        for cycle in nx.simple_cycles(g):
-            path = " -> ".join([*cycle, cycle[0]])
-            first = sorted(cycle)[0]
-            errors.append(GraphError("cycle", f"the graph has a cycle: {path}", smap.file, smap.line("nodes", first), node=first,
+        # One error per knot of nodes that feed each other (strongly connected component), showing
+        # one loop through it: linear in the graph, where listing every loop is exponential.
+        for comp in nx.strongly_connected_components(g):
+            first = min(comp)
+            if len(comp) == 1 and not g.has_edge(first, first):
+                continue
+            loop = [u for u, _ in nx.find_cycle(g.subgraph(comp), source=first)]
+            path = " -> ".join([*loop, loop[0]])
+            more = f" ({len(comp)} nodes feed each other here)" if len(comp) > len(loop) else ""
+            errors.append(GraphError("cycle", f"the graph has a cycle: {path}{more}", smap.file, smap.line("nodes", first), node=first,
                                      hint="a frame cannot depend on itself; break the loop (feedback belongs inside a node's state)"))
         return []
 
@@ -436,14 +566,70 @@ def _check_reachability(nodes: dict[str, ResolvedNode], smap: SourceMap, errors:
     return warnings
 
 
+def _check_output_paths(nodes: dict[str, ResolvedNode], smap: SourceMap, errors: list[GraphError], base_dir: Path | None,
+                        allow_paths: bool) -> None:
+    """Output paths (the fields a node lists in `output_paths`): inside the allowed folders
+    (muse.graph.paths) unless `allow_paths`, and no file written by two nodes at once."""
+    from muse.graph import paths
+
+    base = base_dir.absolute() if base_dir is not None else paths.graph_dir(None)
+    now = time.time()
+    claimed: dict[Path, tuple[str, str]] = {}
+    for name in sorted(nodes):
+        rn = nodes[name]
+        if rn.params is None:
+            continue  # its params are already reported
+        declared = getattr(rn.cls, "output_paths", None)  # {field: one writer only}, or a classmethod(params) giving it
+        try:
+            fields: dict[str, bool] = (declared(rn.params) if callable(declared) else declared) or {}
+        except Exception:  # a plugin's declaration must not break validation
+            fields = {}
+        for fld, exclusive in fields.items():
+            raw = getattr(rn.params, fld, None)
+            if not isinstance(raw, str) or not raw:
+                continue
+            line = smap.line("nodes", name, "params", fld)
+            try:
+                target = paths.resolve_output_path(raw, base, when=now)
+                template = paths.resolve_output_path(raw.replace("%", "%%"), base)  # the unexpanded name
+            except (ValueError, OSError) as exc:
+                errors.append(GraphError("bad_path", f"{raw!r} is not a usable path ({_first_line(exc)})", smap.file, line, node=name, field=fld))
+                continue
+            if base_dir is not None and not allow_paths and paths.outside_allowed(target, base):
+                errors.append(GraphError(
+                    "path_outside", f"{raw!r} resolves to {target}, outside the folders a graph may write to", smap.file, line, node=name, field=fld,
+                    hint=f"write inside the graph's folder ({base}), the Studio profiles or {paths.user_data_dir()}; "
+                         f"if you trust this graph, run it with --allow-paths (or add the folder to ${paths.ALLOW_ENV})"))
+            if not exclusive:
+                continue
+            for key in {paths._real(target), paths._real(template)}:
+                if key in claimed and claimed[key][0] != name:
+                    other, other_field = claimed[key]
+                    errors.append(GraphError(
+                        "duplicate_output", f"writes the same file as node '{other}' (field '{other_field}'): {target}", smap.file, line,
+                        node=name, field=fld, hint="give each recording its own path (two writers of one file would stop the stream)"))
+                    break
+                claimed.setdefault(key, (name, fld))
+
+
 # -- message helpers ---------------------------------------------------------
 
 
 def _pyd_msg(e: dict[str, Any]) -> str:
     msg = e.get("msg", "invalid value")
     if "input" in e and e["type"] != "missing" and not isinstance(e["input"], dict):
-        msg += f" (got {e['input']!r})"
+        got = repr(e["input"])
+        msg += f" (got {got if len(got) <= 120 else got[:100] + '...'})"  # a 5000-character value is not repeated
     return msg
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f, *range(0x80, 0xa0))}
+
+
+def _printable(text: str) -> str:
+    """Control characters from a graph (a YAML "\\e" is an ESC) shown escaped: an error message must
+    not carry terminal escape sequences into the user's terminal."""
+    return text.translate(_CONTROL)
 
 
 def _setting_hint(e: dict[str, Any]) -> str:
@@ -454,6 +640,13 @@ def _setting_hint(e: dict[str, Any]) -> str:
     return f"{key}: {f.description}" if f and f.description else ""
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _did_you_mean(word: str, options: Any, prefix: str = " ") -> str:
+    if len(options) > 300:
+        return ""  # fuzzy matching against thousands of names per error would make checking quadratic
     close = difflib.get_close_matches(word, [str(o) for o in options], n=2, cutoff=0.6)
     return f"{prefix}did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from muse.files import atomic_path
+from muse.models.safe_load import CheckpointError, load_checkpoint, one_line
 
 STUDENT_FORMAT = "muse-student-v1"
 DEFAULT_ARCH: dict[str, Any] = {"width": 1.0, "decoder": 32}
@@ -182,8 +183,10 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _check_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where}: student meta is a {type(meta).__name__}, not a mapping with input_size: [width, height]")
     size = meta.get("input_size")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(int(v) > 0 for v in size)):
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         raise ValueError(f"{where}: student meta needs input_size: [width, height] (got {size!r})")
     out = dict(meta)
     out["input_size"] = [int(size[0]), int(size[1])]
@@ -205,19 +208,22 @@ def _load(path: str | os.PathLike, device: str | torch.device, kind: str) -> tup
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"student model {path} not found; train one with `muse studio train PROFILE`")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable student checkpoint ({exc}); retrain or roll back with `muse studio rollback PROFILE`") from exc
+    blob = load_checkpoint(path, "student model", "retrain or roll back with `muse studio rollback PROFILE`")
     if not isinstance(blob, dict) or blob.get("format") != STUDENT_FORMAT:
         raise ValueError(f"{path}: not a MUSE student checkpoint (format {blob.get('format') if isinstance(blob, dict) else None!r}, want {STUDENT_FORMAT})")
     if blob.get("kind", "segmenter") != kind:
         raise ValueError(f"{path}: holds a student {blob.get('kind')}, not a {kind}")
     arch = blob.get("arch", DEFAULT_ARCH)
-    model: nn.Module = StudentPose(**arch) if kind == "pose" else StudentSegmenter(**arch)
-    model.load_state_dict(blob["state_dict"])
+    try:
+        model: nn.Module = StudentPose(**arch) if kind == "pose" else StudentSegmenter(**arch)
+    except Exception as exc:  # unknown or absurd architecture settings in a damaged or foreign file
+        raise CheckpointError(f"student model {path} has an unusable architecture ({one_line(exc)}); retrain or roll back with `muse studio rollback PROFILE`") from None
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except Exception as exc:  # missing keys, wrong shapes: a damaged or foreign file
+        raise CheckpointError(f"student model {path} does not fit its architecture ({one_line(exc)}); retrain or roll back with `muse studio rollback PROFILE`") from None
     model.to(device).eval()
-    return model, _check_meta(blob["meta"], str(path))
+    return model, _check_meta(blob.get("meta"), str(path))
 
 
 def load_student(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[StudentSegmenter, dict[str, Any]]:

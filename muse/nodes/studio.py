@@ -4,13 +4,13 @@ the same layout as `muse studio label`, so `muse studio filter/train` follow."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeError, NodeParams
+from muse.graph.paths import graph_dir, resolve_output_path
 from muse.graph.payloads import Frame, Keypoints, Mask
 
 
@@ -19,6 +19,8 @@ class StudioDatasetWriter(Node):
     display_name = "Studio dataset writer"
     category = "studio"
     description = "Writes frames and teacher labels into a MUSE Studio profile's dataset (other masks vote; resumable)."
+
+    output_paths = {"profile": False}  # checked at validation: allowed folders (several writers may share a profile)
 
     frame: In[Frame]
     mask: In[Mask] = In(description="The label (best teacher)")
@@ -32,7 +34,7 @@ class StudioDatasetWriter(Node):
 
     def open(self, ctx: Any) -> None:
         super().open(ctx)
-        root = Path(self.params.profile).expanduser()
+        root = resolve_output_path(self.params.profile, graph_dir(getattr(ctx, "graph_file", None)))
         if not self.params.profile or not (root / "profile.yaml").is_file():
             raise NodeError(f"node {self.name!r}: field 'profile' must be a MUSE Studio profile folder with profile.yaml (got {self.params.profile!r}); create one with `muse studio new NAME`")
         from muse.studio.label import _done_ids

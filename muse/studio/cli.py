@@ -217,6 +217,7 @@ def _guard(fn: Any) -> Any:
     """Studio errors (and teachers that cannot run) become one clear line and exit code 2, not a traceback."""
 
     def handler(args: argparse.Namespace) -> int:
+        from muse.models.safe_load import CheckpointError
         from muse.studio.files import StudioError
         from muse.studio.teachers.base import TeacherUnavailable
 
@@ -225,7 +226,7 @@ def _guard(fn: Any) -> Any:
         except Exception as exc:
             from muse.graph.node import NodeError  # a capture or teacher node refused (no camera, bad params)
 
-            if not isinstance(exc, (StudioError, TeacherUnavailable, FileNotFoundError, NodeError)):
+            if not isinstance(exc, (StudioError, TeacherUnavailable, FileNotFoundError, NodeError, CheckpointError)):
                 raise
             print(f"muse studio {getattr(args, 'studio_command', '')}: {exc}", file=sys.stderr)
             return 2

@@ -78,7 +78,13 @@ def load_data(dataset_dir: Path, ids: Sequence[str], input_size: tuple[int, int]
 def kept_ids(dataset_dir: Path) -> list[str]:
     kept = dataset_dir / "kept.json"
     if kept.is_file():
-        return json.loads(kept.read_text())["kept"]
+        from muse.studio.files import read_json
+
+        hint = "run `muse studio filter PROFILE` again to rebuild it"
+        ids = read_json(kept, {}, hint).get("kept")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise StudioError(f"{kept} is damaged ('kept' is not a list of frame ids); {hint}")
+        return ids
     raise StudioError(f"{kept} not found; run `muse studio filter PROFILE` before training")
 
 

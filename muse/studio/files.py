@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 
-from muse.files import atomic_path, write_text  # noqa: F401  (re-exported: studio modules import them from here)
+from muse.files import atomic_path, hold_temp, is_held, write_text  # noqa: F401  (re-exported: studio modules import them from here)
 
 
 class StudioError(RuntimeError):
@@ -32,11 +34,57 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+def read_json(path: str | os.PathLike, default: Any = None, hint: str = "delete it or restore a good copy") -> Any:
+    """A JSON file of a profile; `default` if absent. Damage (torn write, foreign bytes, the wrong
+    shape: not the type of `default`) is a StudioError naming the file and what to do, not a traceback."""
     p = Path(path)
     if not p.is_file():
         return default
-    return json.loads(p.read_text())
+    try:
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise StudioError(f"{p} is damaged (not valid JSON: {reason}); {hint}") from None
+    except OSError as exc:
+        raise StudioError(f"{p} cannot be read ({exc.strerror or exc}); {hint}") from None
+    if default is not None and not isinstance(data, type(default)):
+        raise StudioError(f"{p} is damaged (holds a {type(data).__name__}, not a {type(default).__name__}); {hint}")
+    return data
+
+
+# -- stray temp files ---------------------------------------------------------
+
+# mkstemp names of atomic_path / VideoWriter: ".<name>.<8 random chars><suffix>"
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]{1,8})?$")
+
+
+def clean_stray_temps(folders: list[Path], min_age_s: float = 5.0) -> list[Path]:
+    """Remove temp files left by a killed writer (a take, a checkpoint, a label file) in `folders`
+    (not recursive). A temp file some process still holds (hold_temp) or one younger than
+    `min_age_s` is kept. Returns what was removed."""
+    import time
+
+    removed: list[Path] = []
+    now = time.time()
+    for folder in folders:
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue
+        for p in entries:
+            if not _TEMP_NAME.match(p.name):
+                continue
+            try:
+                st = p.lstat()
+                if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age_s:
+                    continue
+                if is_held(p):
+                    continue  # a live writer (a take still recording, a checkpoint being saved)
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                continue
+    return removed
 
 
 def write_image(path: str | os.PathLike, rgb_or_gray: np.ndarray) -> None:
@@ -102,6 +150,7 @@ class VideoWriter:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
+        self._hold = hold_temp(self._tmp)  # marks the take as being written (see clean_stray_temps)
         self._container = av.open(str(self._tmp), mode="w")
         from fractions import Fraction
 
@@ -124,6 +173,7 @@ class VideoWriter:
             self._container.mux(packet)
         self._container.close()
         os.replace(self._tmp, self.path)
+        self._hold.close()
         return self.path
 
     def abort(self) -> None:
@@ -131,3 +181,4 @@ class VideoWriter:
             self._container.close()
         finally:
             self._tmp.unlink(missing_ok=True)
+            self._hold.close()

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from muse.studio.files import StudioError, read_image, read_video, write_image, write_json
+from muse.studio.files import StudioError, read_image, read_json, read_video, write_image, write_json
 
 
 def _rank_world() -> tuple[int, int]:
@@ -25,10 +25,10 @@ def _rank_world() -> tuple[int, int]:
 def _done_ids(records_dir: Path) -> set[str]:
     done = set()
     for p in records_dir.glob("*.jsonl"):
-        for line in p.read_text().splitlines():
+        for line in p.read_text(errors="replace").splitlines():  # damaged bytes: that line is skipped
             try:
-                done.add(json.loads(line)["id"])
-            except (ValueError, KeyError):
+                done.add(str(json.loads(line)["id"]))
+            except (ValueError, KeyError, TypeError):
                 continue  # a torn last line from a kill: that clip is relabelled
     return done
 
@@ -140,11 +140,13 @@ def merge_records(dataset_dir: Path) -> list[dict[str, Any]]:
     """Merge every rank's records into `labels.json`, in time order, one record per frame id."""
     by_id: dict[str, dict[str, Any]] = {}
     for p in sorted((dataset_dir / "records").glob("*.jsonl")):
-        for line in p.read_text().splitlines():
+        for line in p.read_text(errors="replace").splitlines():  # damaged bytes: that line is skipped
             try:
                 r = json.loads(line)
             except ValueError:
                 continue
+            if not (isinstance(r, dict) and isinstance(r.get("id"), str) and "recording" in r and isinstance(r.get("index"), int)):
+                continue  # a torn or foreign line: that frame is labelled again
             by_id[r["id"]] = r
     records = sorted(by_id.values(), key=lambda r: (r["recording"], r["index"]))
     write_json(dataset_dir / "labels.json", {"frames": records})
@@ -155,7 +157,14 @@ def load_records(dataset_dir: Path) -> list[dict[str, Any]]:
     p = dataset_dir / "labels.json"
     if not p.is_file():
         raise StudioError(f"{p} not found; label the recordings first (`muse studio label PROFILE`)")
-    return json.loads(p.read_text())["frames"]
+    hint = "delete it and run `muse studio label PROFILE`: it is rebuilt from dataset/records, nothing is labelled twice"
+    frames = read_json(p, {}, hint).get("frames")
+    if not isinstance(frames, list):
+        raise StudioError(f"{p} is damaged (no 'frames' list); {hint}")
+    for i, r in enumerate(frames):
+        if not (isinstance(r, dict) and isinstance(r.get("id"), str) and isinstance(r.get("mask"), str) and isinstance(r.get("index", 0), int)):
+            raise StudioError(f"{p} is damaged (frame record {i} lacks an id, mask or index); {hint}")
+    return frames
 
 
 def main(argv: list[str] | None = None) -> int:

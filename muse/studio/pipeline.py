@@ -16,7 +16,11 @@ STAGES = ["plate", "record", "analyze", "label", "filter", "train", "export"]
 
 
 def _state(profile: Any) -> dict[str, Any]:
-    return read_json(profile.state_path, {"stages": {}})
+    hint = "delete it: finished stages are then found again from the files on disk"
+    state = read_json(profile.state_path, {"stages": {}}, hint)
+    if not isinstance(state.get("stages"), dict) or not all(isinstance(v, dict) for v in state["stages"].values()):
+        raise StudioError(f"{profile.state_path} is damaged ('stages' is not a mapping of stage -> status); {hint}")
+    return state
 
 
 def mark(profile: Any, stage: str, status: str, **info: Any) -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from muse.studio.files import StudioError, write_text
 
 HOME_ENV = "MUSE_STUDIO_HOME"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SAM2_CONFIG = re.compile(r"^configs/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.yaml$")
 
 
 class _Strict(BaseModel):
@@ -50,6 +51,15 @@ class ExportSettings(_Strict):
 
 class Sam2Settings(_Strict):
     config: str = Field("configs/sam2.1/sam2.1_hiera_l.yaml", description="sam2 config name (inside the sam2 package)")
+
+    @field_validator("config")
+    @classmethod
+    def _inside_sam2(cls, v: str) -> str:
+        # sam2 builds the model with Hydra, which instantiates whatever `_target_` a config names:
+        # a shared profile may only pick one of the configs shipped inside the sam2 package.
+        if not _SAM2_CONFIG.match(v) or ".." in v.split("/"):
+            raise ValueError(f"{v!r} is not a config of the sam2 package (like configs/sam2.1/sam2.1_hiera_l.yaml)")
+        return v
     checkpoint: str | None = Field(None, description="path of the SAM 2.1 .pt on your disk; never downloaded")
     video: bool = Field(True, description="propagate through the video (else image predictor per frame)")
 
@@ -191,16 +201,18 @@ class Profile:
     def summary(self) -> dict[str, Any]:
         from muse.studio.files import read_json
 
+        frames = read_json(self.dataset_dir / "labels.json", {}, "delete it and run `muse studio label` (it is rebuilt from dataset/records)").get("frames", [])
+        stages = read_json(self.state_path, {}, "delete it: finished stages are then found again from the files on disk").get("stages", {})
         return {
             "name": self.name,
             "path": str(self.root),
             "clean_plate": self.plate_path.is_file(),
             "recordings": [p.name for p in self.recordings()],
-            "labelled_frames": len(read_json(self.dataset_dir / "labels.json", {}).get("frames", [])),
+            "labelled_frames": len(frames) if isinstance(frames, list) else "damaged labels.json",
             "live_model": self.config.live_model,
             "rollback_available": (self.previous_dir / "student.onnx").is_file(),
             "quality": _quality(self),
-            "stages": read_json(self.state_path, {}).get("stages", {}),
+            "stages": stages if isinstance(stages, dict) else "damaged state.json",
         }
 
 
@@ -246,7 +258,24 @@ def load_profile(name_or_path: str | os.PathLike, root: str | os.PathLike | None
         config = ProfileConfig(**raw)
     except (yaml.YAMLError, ValidationError, TypeError) as exc:
         raise StudioError(f"{cfg_path}: invalid profile settings; fix the file:\n{exc}") from None
-    return Profile(folder, config)
+    profile = Profile(folder, config)
+    _clean_temps(profile)
+    return profile
+
+
+def _clean_temps(profile: Profile) -> None:
+    """Temp files of a step that was killed (a take, a checkpoint, a label file) go at the next start."""
+    import logging
+
+    from muse.studio.files import clean_stray_temps
+
+    d = profile.dataset_dir
+    folders = [profile.root, profile.recordings_dir, profile.plate_path.parent, d, d / "records", d / "frames", d / "masks",
+               profile.models_dir, profile.checkpoints_dir, profile.analysis_dir, profile.root / "logs"]
+    removed = clean_stray_temps(folders)
+    if removed:
+        logging.getLogger("muse.studio").warning("%s: removed %d temp file(s) left by an interrupted step: %s", profile.name,
+                                                 len(removed), ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
 
 
 def list_profiles(root: str | os.PathLike | None = None) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from muse.models.safe_load import CheckpointError, load_checkpoint, one_line
 from muse.models.student import StudentSegmenter, _atomic_torch_save, save_student
 from muse.studio.files import StudioError, write_json
 
@@ -67,6 +68,14 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
+
+
+def _read_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """A resume checkpoint, weights only (a shared profile must not run code); damage is a StudioError."""
+    try:
+        return load_checkpoint(path, "training checkpoint", "delete it to start training over")
+    except CheckpointError as exc:
+        raise StudioError(str(exc)) from None
 
 
 def _lr_at(step: int, steps: int, base: float) -> float:
@@ -149,14 +158,17 @@ def train_student(
     last = ckpt_dir / "last.pt"
     best_path = ckpt_dir / "student.pt"
     start, best_iou = 0, -1.0
-    blob = torch.load(last, map_location="cpu", weights_only=False) if last.is_file() else None
+    blob = _read_resume_checkpoint(last) if last.is_file() else None
     if blob is not None:
         if blob.get("input_size") != list(input_size) or blob.get("width") != arch_width:
             raise StudioError(f"{last} was trained with other settings (input_size/width); delete it to start over")
-        model.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optimizer"])
-        scaler.load_state_dict(blob["scaler"])
-        start, best_iou = int(blob["step"]), float(blob["best_iou"])
+        try:
+            model.load_state_dict(blob["model"])
+            opt.load_state_dict(blob["optimizer"])
+            scaler.load_state_dict(blob["scaler"])
+            start, best_iou = int(blob["step"]), float(blob["best_iou"])
+        except Exception as exc:  # missing keys, wrong shapes, wrong types: a damaged or foreign file
+            raise StudioError(f"{last} does not fit this student ({one_line(exc)}); delete it to start over") from None
     replan = False  # steps chosen from a timing: corrected once the real rate is known
     if steps is None and plan:
         # a resumed run keeps the plan it started with, so its learning-rate schedule stays the same

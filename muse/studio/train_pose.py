@@ -16,8 +16,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from muse.models.safe_load import one_line
 from muse.models.student import StudentPose, _atomic_torch_save, save_student
 from muse.studio.files import StudioError
+from muse.studio.train import _read_resume_checkpoint
 
 
 def heatmaps(points: torch.Tensor, conf: torch.Tensor, size: tuple[int, int], sigma: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,12 +87,15 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
     last = profile.checkpoints_dir / "last_pose.pt"
     start = 0
     if last.is_file():
-        blob = torch.load(last, map_location="cpu", weights_only=False)
+        blob = _read_resume_checkpoint(last)
         if blob.get("num_keypoints") != k or blob.get("input_size") != [w, h] or blob.get("width", arch_width) != arch_width:
             raise StudioError(f"{last} was trained for other keypoints, input size or width; delete it to start over")
-        model.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optimizer"])
-        start = int(blob["step"])
+        try:
+            model.load_state_dict(blob["model"])
+            opt.load_state_dict(blob["optimizer"])
+            start = int(blob["step"])
+        except Exception as exc:  # missing keys, wrong shapes: a damaged or foreign file
+            raise StudioError(f"{last} does not fit this pose head ({one_line(exc)}); delete it to start over") from None
         if not steps_given and blob.get("steps"):
             steps = int(blob["steps"])  # a resumed run keeps its plan and its learning-rate schedule
     if plan and not steps_given and not last.is_file() and time_budget:

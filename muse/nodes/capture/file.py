@@ -39,6 +39,11 @@ class VideoFile(Node):
         options: dict[str, str] = Field(default_factory=dict, description="FFmpeg options, e.g. {rtsp_transport: tcp}")
         timeout_s: float = Field(10.0, ge=0.1, le=300, description="Network open/read timeout")
 
+    @classmethod
+    def lossless_by_default(cls, params: NodeParams) -> bool:
+        """A file is not live: consumers get every frame unless a link says `policy: latest` (URLs stay live)."""
+        return not is_url(getattr(params, "path", ""))
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params

@@ -1,7 +1,9 @@
 """`capture.images`: a folder or glob of pictures played as a video, in name order.
 
 Names sort naturally (frame2.png before frame10.png). Pictures of another size
-than the first are resized to it, so downstream nodes see one size."""
+than the first are resized to it, so downstream nodes see one size. A picture
+that cannot be read is skipped with a warning and counted (`skipped_pictures`);
+a frame's index is its picture's place in the sequence."""
 
 from __future__ import annotations
 
@@ -51,6 +53,11 @@ class Images(Node):
         loop: bool = Field(False, description="Start over after the last picture")
         frames: int = Field(0, ge=0, description="Stop after this many frames; 0 = all")
 
+    @classmethod
+    def lossless_by_default(cls, params: NodeParams) -> bool:
+        """Pictures on disk are not live: consumers get every one unless a link says `policy: latest`."""
+        return True
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -66,14 +73,21 @@ class Images(Node):
         self._upload = Uploader(ctx.device)
         self._pacer = Pacer(p.fps)
         self._emitted = 0
+        self._pos = 0  # pictures taken from the list (read or skipped), across loops
+        self._skipped = 0
+        self._warned: set[str] = set()
         self._size: tuple[int, int] | None = None
 
-    def _read(self, path: str) -> np.ndarray:
+    def _read(self, path: str) -> np.ndarray | None:
+        """The picture as RGB at the sequence's size, or None if it cannot be read (skipped)."""
         import cv2
 
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        try:
+            bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        except cv2.error:  # e.g. a picture over OpenCV's pixel limit
+            bgr = None
         if bgr is None:
-            raise NodeError(f"node {self.name!r}: cannot read picture {path!r}; is it an image file?")
+            return None
         if self._size is None:
             self._size = (bgr.shape[1], bgr.shape[0])
         elif (bgr.shape[1], bgr.shape[0]) != self._size:
@@ -87,9 +101,26 @@ class Images(Node):
             return None
         if self._emitted >= n and not p.loop:
             return None
+        rgb = None
+        for _ in range(n):  # one bad picture (truncated, not an image) is skipped, not the end of the run
+            if self._pos >= n and not p.loop:
+                return None
+            path = self._files[self._pos % n]
+            rgb = self._read(path)
+            self._pos += 1
+            if rgb is not None:
+                break
+            self._skipped += 1
+            self.ctx.report("skipped_pictures", self._skipped)  # type: ignore[union-attr]
+            if path not in self._warned:
+                self._warned.add(path)
+                self.ctx.logger.warning("%s: cannot read picture %s (not an image, or damaged); skipped", self.name, path)  # type: ignore[union-attr]
+        if rgb is None:
+            raise NodeError(f"node {self.name!r}: none of the {n} pictures at {p.path!r} (field `path`) can be read")
         self._pacer.wait(self._emitted)
-        rgb = self._read(self._files[self._emitted % n])
-        frame = Frame(self._upload(rgb), timestamp=self._emitted / (p.fps or 30.0), index=self._emitted)
+        # The index is the picture's place in the sequence (skips leave a gap), so outputs can be matched to their source.
+        index = self._pos - 1
+        frame = Frame(self._upload(rgb), timestamp=index / (p.fps or 30.0), index=index)
         self._emitted += 1
         return {"frame": frame}
 

@@ -39,6 +39,7 @@ def _round(a: np.ndarray, digits: int = 3) -> list:
 
 class TrackingOutput(Node):
     node_type = "output.tracking"
+    output_paths = {"path": True}  # checked at validation: allowed folders, one writer per file
     display_name = "Record tracking"
     description = (
         "Writes body keypoints and face landmarks per frame (JSON lines or CSV) with the frame index and timestamp; "
@@ -50,7 +51,8 @@ class TrackingOutput(Node):
     face: In[FaceLandmarks] = In(optional=True, description="Face landmarks to record")
 
     class Params(NodeParams):
-        path: str = Field("recordings/tracking_%Y%m%d_%H%M%S.jsonl", description="File to write (.jsonl or .csv); strftime fields allowed; an existing file is an error")
+        path: str = Field("", description="File to write (.jsonl or .csv); strftime fields allowed; an existing file is an error; "
+                          "empty = tracking_DATE_TIME.jsonl in your recordings folder")
         format: Literal["auto", "jsonl", "csv"] = Field("auto", description="auto = from the file name (.jsonl / .csv)")
         solve: bool = Field(False, description="Also write the avatar solve: bone rotations (quaternions) and blendshapes, as output.vmc sends them")
         face_points: bool = Field(True, description="Write the face mesh points (478 x 3 per frame; off keeps files small)")
@@ -59,7 +61,7 @@ class TrackingOutput(Node):
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self.path = expand_path(p.path)
+        self.path = expand_path(p.path, ctx.graph_file, default_name="tracking_%Y%m%d_%H%M%S.jsonl")
         fmt = p.format
         if fmt == "auto":
             fmt = FORMATS.get(self.path.suffix.lower(), "")

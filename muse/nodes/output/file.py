@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
+from muse.graph.paths import graph_dir, resolve_output_path
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Downloader
 from muse.nodes.capture.live import apply_live
@@ -28,24 +29,26 @@ CONTAINERS = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov", ".ts": "mpegts",
 # Lossless codecs need a container that can hold them.
 ALLOWED = {"h264": set(CONTAINERS), "hevc": {".mkv", ".mp4", ".mov", ".ts", ".nut"}, "ffv1": {".mkv", ".avi", ".nut"}}
 # Options that make the file decodable when the process dies mid-recording.
+# Short clusters/fragments (250 ms) so a kill -9 loses little, even in the first second.
 CRASH_SAFE = {
-    "matroska": {"cluster_time_limit": "1000", "flush_packets": "1"},
-    "mp4": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"},
-    "mov": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"},
+    "matroska": {"cluster_time_limit": "250", "flush_packets": "1"},
+    "mp4": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "250000", "flush_packets": "1"},
+    "mov": {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "250000", "flush_packets": "1"},
     "mpegts": {"flush_packets": "1"},
     "nut": {"flush_packets": "1"},
     "avi": {"flush_packets": "1"},
 }
 
 
-def expand_path(template: str, default_name: str = "muse_%Y%m%d_%H%M%S.mkv") -> Path:
-    """`~` and strftime fields (`%Y%m%d_%H%M%S`) in a recording path; an empty path is
-    `default_name` in the user's recordings folder (`muse.files.recordings_dir`)."""
+def expand_path(template: str, graph_file: str | None = None, default_name: str = "muse_%Y%m%d_%H%M%S.mkv") -> Path:
+    """`~` and strftime fields (`%Y%m%d_%H%M%S`) in a recording path; a relative path is relative
+    to the graph file's folder (muse.graph.paths, which validation also checks it against); an empty
+    path is `default_name` in the user's recordings folder (`muse.files.recordings_dir`)."""
     if not template.strip():
         from muse.files import recordings_dir
 
         return recordings_dir() / time.strftime(default_name)
-    return Path(time.strftime(template)).expanduser()
+    return resolve_output_path(template, graph_dir(graph_file))
 
 
 class FileOutput(Node):
@@ -55,6 +58,8 @@ class FileOutput(Node):
         "Records a frame or a mask (as grey) with FFmpeg: h264/hevc, lossless ffv1 (.mkv) or a PNG sequence; "
         "refuses to overwrite; stays playable when cut short."
     )
+
+    output_paths = {"path": True}  # checked at validation: allowed folders, one writer per file
 
     frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
     mask: In[Mask] = In(optional=True, description="Connect this or `frame`; written as grey")
@@ -71,8 +76,10 @@ class FileOutput(Node):
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self.path = expand_path(p.path)
+        self.path = expand_path(p.path, ctx.graph_file)
         self.count = 0
+        self._index: int | None = None  # source index of the last frame written
+        self._first_index: int | None = None
         self._container: Any = None
         self._fileobj: Any = None
         self._stream: Any = None
@@ -121,7 +128,7 @@ class FileOutput(Node):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # "x" creates the file only if it is new, so a race with another writer cannot clobber it.
-            self._fileobj = open(self.path, "wb" if p.overwrite else "xb")
+            self._fileobj = open(self.path, "wb" if p.overwrite else "xb", buffering=0)  # unbuffered: what FFmpeg flushes reaches the disk
         except FileExistsError:
             raise NodeError(f"node {self.name!r}: {str(self.path)!r} appeared meanwhile; not overwriting it") from None
         self._container = av.open(self._fileobj, mode="w", format=fmt, options=CRASH_SAFE.get(fmt, {}))
@@ -136,9 +143,14 @@ class FileOutput(Node):
             stream.pix_fmt = "yuv420p"
             gop = str(max(1, round(self._fps)))  # a keyframe a second: a cut recording loses at most that
             stream.options = {"crf": str(p.crf), "preset": p.preset, "g": gop}
+            # Bound the frames an encoder holds before its first packet (lookahead, frame threads),
+            # so a recording killed early already has frames on disk.
             if p.codec == "hevc":
-                stream.options["x265-params"] = "log-level=error"
+                stream.options["x265-params"] = "log-level=error:rc-lookahead=8:lookahead-slices=0"
+            else:
+                stream.options["x264-params"] = "rc-lookahead=8:sync-lookahead=0:sliced-threads=1"
         self._stream = stream
+        self._container.start_encoding()  # the header goes to disk now, not with the first packet
         self._grey = grey
         self._size = (width, height)
 
@@ -147,13 +159,20 @@ class FileOutput(Node):
 
         fmt = "gray" if pixels.ndim == 2 else "rgb24"
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format=fmt)
-        vf.pts = self.count
+        vf.pts = self._index - self._first_index  # frames a live graph dropped leave their time in the file
         for packet in self._stream.encode(vf):
             self._container.mux(packet)
 
     def process(self, frame: Frame | None = None, mask: Mask | None = None) -> None:
         img, is_mask = one_picture(self.name, frame, mask)
         h, w = int(img.shape[0]), int(img.shape[1])
+        # Frames are named (png) and timed (video) by their source frame index, so a saved mask can be
+        # matched to the frame it came from; a source that repeats or lacks indices still gets rising numbers.
+        src = frame if frame is not None else mask
+        index = int(getattr(src, "index", 0) or 0)
+        self._index = index if self._index is None or index > self._index else self._index + 1
+        if self._first_index is None:
+            self._first_index = self._index
         if self.params.codec == "png":
             self._write_png(self._download(img))
             self.count += 1
@@ -180,7 +199,7 @@ class FileOutput(Node):
     def _write_png(self, pixels: np.ndarray) -> None:
         import cv2
 
-        target = self.path / f"frame_{self.count:06d}.png"
+        target = self.path / f"frame_{self._index:06d}.png"
         tmp = target.with_name(f".{target.name}.tmp.png")
         bgr = pixels if pixels.ndim == 2 else pixels[:, :, ::-1]
         if not cv2.imwrite(str(tmp), np.ascontiguousarray(bgr)):

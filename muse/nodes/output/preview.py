@@ -1,6 +1,8 @@
 """`output.preview`: watch the graph's output. An MJPEG stream over HTTP on
 127.0.0.1 (open the URL in a browser or OBS's browser source; works on headless
-machines) and, where there is a desktop, a DearPyGui window."""
+machines) and, where there is a desktop, a DearPyGui window. The HTTP side
+(preview_http.py) checks Host, needs a printed token when other machines can
+reach it, and serves a bounded number of viewers from one thread."""
 
 from __future__ import annotations
 
@@ -9,8 +11,7 @@ import os
 import platform
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -21,14 +22,7 @@ from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Downloader
 from muse.nodes.capture.live import apply_live
 from muse.nodes.output.picture import as_rgb, fit, one_picture
-
-BOUNDARY = "museframe"
-
-PAGE = """<!doctype html><html><head><title>MUSE preview - {name}</title>
-<style>body{{margin:0;background:#111;display:flex;align-items:center;justify-content:center;height:100vh}}
-img{{max-width:100vw;max-height:100vh}}</style></head>
-<body><img src="/stream.mjpg" alt="MUSE preview"></body></html>"""
-
+from muse.nodes.output.preview_http import BOUNDARY, PreviewServer  # noqa: F401  (BOUNDARY: re-exported)
 
 def has_display() -> bool:
     """Whether a desktop window can open (DearPyGui aborts the process without one)."""
@@ -48,6 +42,7 @@ class _Latest:
         self.clients = 0
         self.closed = False
         self.quality = 80
+        self.on_publish: Callable[[], None] | None = None  # wakes the HTTP server
 
     def publish(self, pixels: np.ndarray) -> None:
         with self.cond:
@@ -58,6 +53,8 @@ class _Latest:
             self.jpeg = jpeg
             self.serial += 1
             self.cond.notify_all()
+        if self.on_publish is not None:
+            self.on_publish()
 
     def still(self) -> bytes | None:
         with self.cond:
@@ -76,76 +73,10 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def _handler(latest: _Latest, title: str) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # keep the console for the graph's own log
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            path = self.path.split("?")[0]
-            if path in ("/", "/index.html"):
-                body = PAGE.format(name=title).encode()
-                self._send(200, "text/html; charset=utf-8", body)
-            elif path == "/frame.jpg":
-                jpeg = latest.still()
-                if jpeg is None:
-                    self._send(503, "text/plain", b"no frame yet")
-                else:
-                    self._send(200, "image/jpeg", jpeg)
-            elif path == "/stream.mjpg":
-                self._stream()
-            else:
-                self._send(404, "text/plain", b"not found; try / or /stream.mjpg or /frame.jpg")
-
-        def _send(self, code: int, ctype: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _stream(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            with latest.cond:
-                latest.clients += 1
-                seen = -1
-            try:
-                # Send the newest still at once, so a client sees something before the next frame.
-                first = latest.still()
-                if first is not None:
-                    self._part(first)
-                    seen = latest.serial
-                while True:
-                    with latest.cond:
-                        latest.cond.wait_for(lambda: latest.closed or (latest.serial != seen and latest.jpeg is not None), timeout=1.0)
-                        if latest.closed:
-                            return
-                        if latest.serial == seen or latest.jpeg is None:
-                            continue
-                        jpeg, seen = latest.jpeg, latest.serial
-                    self._part(jpeg)
-            except (BrokenPipeError, ConnectionResetError, OSError):
-                return  # the viewer went away
-            finally:
-                with latest.cond:
-                    latest.clients -= 1
-
-        def _part(self, jpeg: bytes) -> None:
-            head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-            self.wfile.write(head + jpeg + b"\r\n")
-            self.wfile.flush()
-
-    return Handler
-
-
 class Preview(Node):
     node_type = "output.preview"
     display_name = "Preview"
-    description = "Shows a frame or a mask: MJPEG over HTTP on 127.0.0.1 (browser, OBS browser source) and a desktop window where there is a display."
+    description = "Shows a frame or a mask: MJPEG over HTTP on 127.0.0.1 (browser, OBS browser source; a token when reachable from other machines) and a desktop window where there is a display."
 
     frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
     mask: In[Mask] = In(optional=True, description="Connect this or `frame`")
@@ -159,6 +90,7 @@ class Preview(Node):
         max_width: int = Field(1280, ge=0, le=7680, description="Shrink wider frames to this width before encoding; 0 = full size")
         quality: int = Field(80, ge=10, le=100, description="JPEG quality")
         title: str = Field("MUSE preview", description="Window and page title")
+        max_clients: int = Field(16, ge=1, le=256, description="Viewers served at once; more are told to retry (503)")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
@@ -166,7 +98,7 @@ class Preview(Node):
         self._latest = _Latest()
         self._latest.quality = p.quality
         self._download = Downloader()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: PreviewServer | None = None
         self._window: _Window | None = None
         self.url: str | None = None
         self.count = 0
@@ -184,30 +116,35 @@ class Preview(Node):
 
     def _start_http(self, ctx: NodeContext) -> None:
         p = self.params
-        handler = _handler(self._latest, p.title)
+
+        def serve(port: int) -> PreviewServer:
+            return PreviewServer(self._latest, p.title, p.host, port, max_clients=p.max_clients)
+
         try:
             try:
-                server = ThreadingHTTPServer((p.host, p.port), handler)
+                server = serve(p.port)
             except OSError as exc:
                 if p.port == 0 or p.busy_port != "any" or exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                     raise
-                server = ThreadingHTTPServer((p.host, 0), handler)
+                server = serve(0)
                 ctx.logger.warning("%s: port %d is taken (another preview running?); using port %d instead",
-                                   self.name, p.port, server.server_address[1])
+                                   self.name, p.port, server.address[1])
         except OSError as exc:
             raise NodeError(
                 f"node {self.name!r}: cannot listen on {p.host}:{p.port} (fields `host`, `port`): {exc}; "
                 "pick another port or `port: 0` for any free one"
             ) from exc
-        server.daemon_threads = True
         self._server = server
-        host, port = server.server_address[:2]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        self.url = f"http://{shown}:{port}/"
-        if p.host not in ("127.0.0.1", "localhost", "::1"):
-            ctx.logger.warning("%s: the preview listens on %s, reachable from other machines", self.name, p.host)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"muse-preview-{self.name}", daemon=True).start()
-        ctx.logger.warning("%s: preview at %s (MJPEG stream at %sstream.mjpg)", self.name, self.url, self.url)
+        host, port = server.address
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else (f"[{host}]" if ":" in host else host)
+        self.url = f"http://{shown}:{port}/" + (f"?token={server.token}" if server.token else "")
+        self._latest.on_publish = server.wake
+        server.start(f"muse-preview-{self.name}")
+        if server.token:
+            ctx.logger.warning("%s: the preview listens on %s, reachable from other machines; it answers only requests "
+                               "carrying its token: %s (anyone with this link can watch)", self.name, p.host, self.url)
+        else:
+            ctx.logger.warning("%s: preview at %s (MJPEG stream at %sstream.mjpg)", self.name, self.url, self.url)
         ctx.report("url", self.url)
 
     def process(self, frame: Frame | None = None, mask: Mask | None = None) -> None:
@@ -230,8 +167,8 @@ class Preview(Node):
             self._latest.closed = True
             self._latest.cond.notify_all()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._latest.on_publish = None
+            self._server.close()
             self._server = None
         if self._window is not None:
             self._window.close()

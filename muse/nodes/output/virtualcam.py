@@ -52,6 +52,12 @@ class VirtualCamera(Node):
         "RGB or NV12 made on the GPU; `fallback:` preview/file/null when no driver is installed."
     )
 
+    @classmethod
+    def output_paths(cls, params: NodeParams) -> dict[str, bool]:
+        """Checked at validation (allowed folders, one writer per file), only when the fallback records."""
+        return {"fallback_path": True} if getattr(params, "fallback", None) == "file" else {}
+
+
     frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
     mask: In[Mask] = In(optional=True, description="Connect this or `frame`")
 
@@ -102,7 +108,7 @@ class VirtualCamera(Node):
         if p.fallback == "preview":
             node: Node = Preview(self.name, Preview.Params(port=p.fallback_port, max_width=min(p.width, 1280)))
         elif p.fallback == "file":
-            node = FileOutput(self.name, FileOutput.Params(path=p.fallback_path or str(expand_path("", "virtualcam_%Y%m%d_%H%M%S.mkv")), codec="h264"))
+            node = FileOutput(self.name, FileOutput.Params(path=p.fallback_path or str(expand_path("", default_name="virtualcam_%Y%m%d_%H%M%S.mkv")), codec="h264"))
         else:
             node = NullOutput(self.name, NullOutput.Params())
         node.open(ctx)
