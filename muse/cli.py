@@ -186,6 +186,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     stopper.install()
     try:
         runner.start()
+        from muse.graph.cpu_pipeline import startup_note
+
+        note = startup_note(runner)
+        if note:
+            print(f"muse: {note}", file=sys.stderr)
         _wait(runner, args, reg, overrides)
     except KeyboardInterrupt:
         interrupted = True
@@ -345,9 +350,21 @@ def _fallbacks(stats: Any) -> list[str]:
 
 def _wait(runner: Any, args: argparse.Namespace, reg: Any, overrides: dict[str, dict[str, Any]]) -> None:
     """Wait for the run to end; with --watch, apply edits of the graph file while it runs."""
+    from muse.live_status import LiveStatus
+
     path = Path(args.graph)
     mtime = path.stat().st_mtime if args.watch else 0.0
+    status = LiveStatus(runner, sys.stderr, enabled=not getattr(args, "no_status", False) and not args.quiet)
+    try:
+        _wait_loop(runner, args, reg, overrides, path, mtime, status)
+    finally:
+        status.end()
+
+
+def _wait_loop(runner: Any, args: argparse.Namespace, reg: Any, overrides: dict[str, dict[str, Any]], path: Path,
+               mtime: float, status: Any) -> None:
     while not runner.wait(0.25):
+        status.tick()
         if not args.watch:
             continue
         try:
@@ -454,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", action="store_true", help="apply edits of the graph file while running")
     allow_paths(p)
     force(p, "--stats/--trace file")
+    p.add_argument("--no-status", action="store_true", help="no live status line (it is shown only on a terminal anyway)")
     plugins(p)
     p.set_defaults(func=cmd_run)
 

@@ -134,6 +134,7 @@ class GraphRunner:
         self._frame_times: list[tuple[Any, Any]] = []
         self._in_flight: deque[list[Any]] = deque()
         self._failed_frames = 0
+        self._cpu_pipeline: Any = None  # muse.graph.cpu_pipeline: two frames in flight on the CPU path
 
     def _fit_sources_to_cpu(self) -> None:
         """4K on two CPU cores is a slide show: capture smaller, and say so."""
@@ -281,6 +282,11 @@ class GraphRunner:
             raise
         self.graph = graph
         self._build_program()
+        if self._cpu_pipeline is not None:
+            self._cpu_pipeline.close()
+        from muse.graph import cpu_pipeline
+
+        self._cpu_pipeline = cpu_pipeline.plan(self)
         for name in graph.order:
             slot = self.slots[name]
             if slot.rn.cls.is_source() and slot.thread is None:
@@ -433,6 +439,8 @@ class GraphRunner:
         except BaseException as exc:  # the executor must never die silently
             self._fail(exc)
         finally:
+            if self._cpu_pipeline is not None:  # its last frame reaches the sinks first
+                self._cpu_pipeline.close()
             # Let sinks drain what they have, then stop.
             for slot in list(self.slots.values()):
                 if slot.rn.cls.is_sink() and slot.channel is not None:
@@ -485,6 +493,9 @@ class GraphRunner:
         for name in self.graph.order:  # a secondary source with no frame yet: its branch sits this frame out
             if name not in memo and self.slots[name].rn.cls.is_source():
                 memo[name] = ({}, [])
+        if self._cpu_pipeline is not None:
+            self._cpu_pipeline.run_frame(memo, t_capture)
+            return
         program = self.program
         if program is not None:
             program.run(memo)
@@ -779,6 +790,8 @@ class GraphRunner:
     def _run_pending(self) -> None:
         with self._pending_lock:
             actions, self._pending = self._pending, []
+        if actions and self._cpu_pipeline is not None:
+            self._cpu_pipeline.drain()  # no node changes while the tail thread runs it
         for action in actions:
             try:
                 action()

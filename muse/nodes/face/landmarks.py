@@ -17,6 +17,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import FaceLandmarks, Frame, Keypoints
+from muse.nodes.cpu import wanted
 from muse.nodes.face import regions as REG
 from muse.nodes.face.tracker import FaceTracker
 from muse.nodes.landmarks import ssd
@@ -44,10 +45,18 @@ class FaceLandmarksNode(Node):
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
+        self._uint8 = wanted(ctx)  # issue 13: crops from the uint8 frame on the CPU path
         p = self.params
         self.tracker = FaceTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, iris=p.iris, predict_motion=p.predict_motion, backend=p.backend, antialias=p.antialias)
         self.regions = REG.face_regions(p.iris)
         self._frames = 0
+
+    def _picture(self, frame: Frame) -> torch.Tensor:
+        """The frame for the tracker: on the CPU path the uint8 picture as is (its crops are taken from it,
+        muse/nodes/cpu/crop.py), else (3, H, W) float."""
+        if getattr(self, "_uint8", False):
+            return frame.hwc_uint8().permute(2, 0, 1)
+        return frame.chw(torch.float32)
 
     def update_params(self, params: NodeParams) -> bool:
         if params.iris != self.params.iris or params.backend != self.params.backend:  # type: ignore[attr-defined]
@@ -84,7 +93,7 @@ class FaceLandmarksNode(Node):
         if not getattr(self, "_planned", False):  # called directly, not by the runtime
             self.frame_variant(seeded_by_pose=use_pose is not None)
         self._planned = False
-        r = self.tracker(frame.chw(torch.float32), use_pose)
+        r = self.tracker(self._picture(frame), use_pose)
         face = FaceLandmarks(
             points=r["points"],
             confidence=r["confidence"],  # type: ignore[arg-type]  # 0-d device tensor: no sync here

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Keypoints, Mask
+from muse.nodes.cpu import wanted
 from muse.nodes.landmarks import roi as R
 from muse.nodes.landmarks import ssd
 from muse.nodes.pose.tracker import BlazePoseTracker  # noqa: F401  (re-exported)
@@ -44,9 +45,17 @@ class BlazePose(Node):
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
+        self._uint8 = wanted(ctx)  # issue 13: crops from the uint8 frame on the CPU path
         p = self.params
         self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias)
         self._frames = 0
+
+    def _picture(self, frame: Frame) -> torch.Tensor:
+        """The frame for the tracker: on the CPU path the uint8 picture as is (its crops are taken from it,
+        muse/nodes/cpu/crop.py), else (3, H, W) float."""
+        if getattr(self, "_uint8", False):
+            return frame.hwc_uint8().permute(2, 0, 1)
+        return frame.chw(torch.float32)
 
     def update_params(self, params: NodeParams) -> bool:
         if params.backend != self.params.backend:  # type: ignore[attr-defined]
@@ -81,7 +90,7 @@ class BlazePose(Node):
         if not getattr(self, "_planned", False):  # called directly, not by the runtime
             self.frame_variant()
         self._planned = False
-        r = self.tracker(frame.chw(torch.float32))
+        r = self.tracker(self._picture(frame))
         keypoints = Keypoints(
             points=r["points"][:, :2].contiguous(),
             confidence=r["visibility"],
