@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
+from muse.nodes.cpu import wanted
 from muse.graph.payloads import Frame, Mask
 from muse.models.matte_refine import TemporalStabilizer, downsample, fast_guided_upsample
 
@@ -41,14 +42,23 @@ class RefineMask(Node):
         super().open(ctx)
         p = self.params
         self._temporal = TemporalStabilizer(p.stability, p.motion_threshold)
+        self._cpu = None
+        if wanted(ctx):  # issue 13: the CPU path
+            from muse.nodes.cpu.refine import RefineCPU
+
+            self._cpu = RefineCPU(p)
 
     def update_params(self, params: NodeParams) -> bool:
         self.params = params
         self._temporal.stability = params.stability  # type: ignore[attr-defined]
         self._temporal.motion_threshold = params.motion_threshold  # type: ignore[attr-defined]
+        if getattr(self, "_cpu", None) is not None:
+            self._cpu.update(params)
         return True
 
     def process(self, frame: Frame, mask: Mask) -> dict[str, Mask]:
+        if self._cpu is not None:
+            return self._cpu.process(frame, mask)
         ctx, p = self.ctx, self.params
         assert ctx is not None
         low = mask.alpha.to(ctx.device).float()[None, None]

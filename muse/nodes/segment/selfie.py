@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.nodes.cpu import wanted
 from muse.graph.payloads import Frame, Mask
 
 __all__ = ["SelfieSegment", "SELFIE_MODELS"]
@@ -61,6 +62,7 @@ class SelfieSegment(Node):
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._backend = None
+        self._cpu = None
         self._load()
 
     def _load(self) -> None:
@@ -69,6 +71,7 @@ class SelfieSegment(Node):
 
         ctx, p = self.ctx, self.params
         assert ctx is not None
+        self._cpu = None
         name = SELFIE_MODELS[p.model]
         try:
             model = bundled.load_model(name, device="cpu")
@@ -79,6 +82,15 @@ class SelfieSegment(Node):
             ) from exc
         w, h = bundled.CATALOGUE[name].input_size
         self._model_size = (w, h)
+        if wanted(ctx) and p.backend in ("auto", "onnxruntime"):  # issue 13: the CPU path
+            from muse.nodes.cpu.selfie import SelfieCPU
+
+            self._cpu = SelfieCPU(str(bundled.onnx_model_path(name)), (w, h), self._layout)
+            self._backend = self._cpu
+            ctx.report("model", name)
+            ctx.report("backend", self._cpu.describe())
+            ctx.report("working_size", [w, h])
+            return
         example = torch.zeros(1, 3, h, w, device=ctx.device, dtype=ctx.dtype)
         try:
             self._backend = create_backend(
@@ -113,6 +125,8 @@ class SelfieSegment(Node):
         return (mw - w) // 2, (mh - h) // 2, w, h
 
     def process(self, frame: Frame) -> dict[str, Mask]:
+        if self._cpu is not None:
+            return self._cpu.process(frame)
         ctx = self.ctx
         assert ctx is not None and self._backend is not None
         mw, mh = self._model_size

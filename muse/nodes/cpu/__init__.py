@@ -1,0 +1,84 @@
+"""CPU implementations of the shipped graphs' nodes (issue 13).
+
+Each node keeps its ports and params; on a CPU device its `open` builds one of these
+and its `process` hands the frame over. They work on numpy views of the payloads'
+tensors (zero copy), with OpenCV and ONNX Runtime (both release the GIL, so stages on
+different threads really overlap), uint8 wherever it is enough, at the lowest
+resolution a step needs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+__all__ = ["wanted", "cpu_threads", "ort_session", "decode_lut", "encode_lut", "encode", "as_numpy"]
+
+
+def wanted(ctx) -> bool:
+    """Whether a node opened with `ctx` runs its CPU implementation: on a CPU device, unless
+    MUSE_CPU_PATH=torch asks for the torch reference (parity tests, bisecting a difference)."""
+    return not ctx.cuda and os.environ.get("MUSE_CPU_PATH", "fast") != "torch"
+
+
+def cpu_threads() -> int:
+    """Threads one model may use: the cores this process may run on (MUSE_CPU_THREADS overrides)."""
+    raw = os.environ.get("MUSE_CPU_THREADS")
+    if raw:
+        return max(1, int(raw))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):  # -> onnxruntime.InferenceSession
+    """An ONNX Runtime CPU session set up for a small machine: no spinning idle workers
+    (they would steal the core the other pipeline stage needs), full graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or cpu_threads()
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's numpy view (no copy when it is contiguous)."""
+    return t.detach().contiguous().numpy()
+
+
+_DECODE: np.ndarray | None = None
+_ENCODE: np.ndarray | None = None
+ENCODE_STEPS = 65535  # linear light is quantised to 1/65535 before the table: < 0.1 sRGB level of error
+
+
+def decode_lut() -> np.ndarray:
+    """uint8 sRGB -> float32 linear light (IEC 61966-2-1), 256 entries (cv2.LUT / take)."""
+    global _DECODE
+    if _DECODE is None:
+        v = np.arange(256, dtype=np.float64) / 255.0
+        _DECODE = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    return _DECODE
+
+
+def encode_lut() -> np.ndarray:
+    """Linear light quantised to ENCODE_STEPS+1 levels -> uint8 sRGB, rounded to nearest."""
+    global _ENCODE
+    if _ENCODE is None:
+        x = np.arange(ENCODE_STEPS + 1, dtype=np.float64) / ENCODE_STEPS
+        v = np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1.0 / 2.4) - 0.055)
+        _ENCODE = np.clip(np.rint(v * 255.0), 0, 255).astype(np.uint8)
+    return _ENCODE
+
+
+def encode(lin: np.ndarray) -> np.ndarray:
+    """float linear light (any shape) -> uint8 sRGB through the table."""
+    idx = np.clip(lin, 0.0, 1.0) * ENCODE_STEPS + 0.5
+    return encode_lut()[idx.astype(np.int32)]
