@@ -19,6 +19,7 @@ from pydantic import Field
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Uploader
+from muse.nodes.cpu import wanted
 from muse.nodes.background import fit_image, load_image, resize_mask
 from muse.nodes.warp import kernels
 from muse.nodes.warp.kernels import decode_uint8, srgb_to_linear
@@ -144,6 +145,11 @@ class Composite(Node):
         if self.params.backend == "cupy" and not (ctx.cuda and kernels.cupy_available()):
             raise NodeError(f"node {self.name!r}: backend 'cupy' needs a CUDA device and CuPy; use backend: auto")
         self._backend = "cupy" if ctx.cuda and self.params.backend != "torch" and kernels.cupy_available() else "torch"
+        self._cpu = None
+        if wanted(ctx) and self.params.backend == "auto":  # issue 13: the CPU path
+            from muse.nodes.cpu.composite import CompositeCPU
+
+            self._cpu, self._backend = CompositeCPU(self), "cpu"
         ctx.report("backend", self._backend)
         self._load(self.params)
         ctx.report("background", self.params.background)
@@ -234,6 +240,8 @@ class Composite(Node):
         return masked_blur_small(room, weight, sigma / factor), colour  # type: ignore[return-value]
 
     def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None) -> dict[str, Frame]:
+        if self._cpu is not None:
+            return self._cpu.process(frame, mask, plate, coverage)
         p = self.params
         ctx = self.ctx
         assert ctx is not None

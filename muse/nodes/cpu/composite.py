@@ -1,0 +1,184 @@
+"""CPU `composite.over`: the person over the background in linear light, in one
+full-resolution pass that does arithmetic only where it changes the result.
+
+The torch path decodes, blends and re-encodes every pixel in float32. Here the
+background is prepared at the resolution it needs (a blurred room is 1/10 of the
+frame), then the output starts as the background in uint8 (upsampled once), the person
+is copied over where alpha is 1 and no light wraps, and only the remaining band (the
+soft edge, the light-wrap rim) is blended exactly, in linear light, through lookup
+tables. Pixels whose alpha is within EPS of 0 or 1 are taken as is: the error that
+causes is below half an sRGB level.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from muse.graph.payloads import Frame, Mask
+from muse.nodes.cpu import as_numpy, decode_lut, encode
+
+__all__ = ["CompositeCPU", "EPS"]
+
+# 1.5e-4 of linear light is at most 0.5 sRGB level (the steepest part of the curve, near black)
+EPS = 1.5e-4
+_UNIT = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
+
+
+def _linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1.0 / 2.4) - 0.055).astype(np.float32)
+
+
+def _kernel(sigma: float, limit: int) -> np.ndarray | None:
+    """The torch path's Gaussian taps (`composite.gaussian_blur`), or None when it does nothing."""
+    if sigma <= 0.05:
+        return None
+    radius = min(max(1, int(math.ceil(3 * sigma))), limit)
+    x = np.arange(-radius, radius + 1, dtype=np.float32)
+    k = np.exp(-(x * x) / (2 * sigma * sigma))
+    return (k / k.sum()).astype(np.float32)
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian of (h, w) or (h, w, C) float32, reflected edges (= composite.gaussian_blur)."""
+    k = _kernel(sigma, min(img.shape[0], img.shape[1]) - 1)
+    if k is None:
+        return img
+    return cv2.sepFilter2D(img, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
+
+
+def shrink(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w[, C]) to size=(bh, bw): area average when shrinking, bilinear when growing (= composite.resample)."""
+    h, w = img.shape[:2]
+    if (h, w) == tuple(size):
+        return img
+    inter = cv2.INTER_AREA if h >= size[0] and w >= size[1] else cv2.INTER_LINEAR
+    return cv2.resize(img, (size[1], size[0]), interpolation=inter)
+
+
+def upsample(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear on cell centres, edges clamped (the kernels' `tap`, F.interpolate align_corners=False)."""
+    if img.shape[:2] == (height, width):
+        return img
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+class CompositeCPU:
+    """Uses the node for what is not per-pixel work (files, warnings, the live params)."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+
+    # -- backgrounds -----------------------------------------------------
+    def _background(self, fg: np.ndarray, alpha: np.ndarray, plate: Frame | None, coverage: Mask | None):
+        """(kind, bg, colour): kind 1 = full-size uint8 sRGB, 2 = low-resolution float32 linear (h, w, 3), 0 = colour."""
+        from muse.nodes.composite import fit_uint8
+        from muse.nodes.warp.kernels import srgb_to_linear
+
+        node, p = self.node, self.node.params
+        height, width = fg.shape[:2]
+        colour = tuple(float(v) for v in srgb_to_linear(torch.tensor(p.colour, dtype=torch.float64) / 255.0))
+        mode = p.background
+        if mode == "plate" and plate is None:
+            node._warn_once("plate", "background 'plate' but no clean plate arrived; showing a blurred room")
+            mode = "blur"
+        if mode == "colour":
+            return 0, None, colour
+        if mode == "plate":
+            room = as_numpy(fit_uint8(plate.hwc_uint8(), height, width))
+            if coverage is not None:
+                known = np.clip(upsample(as_numpy(coverage.alpha.float()), height, width), 0.0, 1.0)
+                part = np.flatnonzero(known < 1.0)  # the plate is a guess there: show (some of) the live frame
+                if part.size:
+                    room = room.copy()
+                    k = known.reshape(-1)[part, None]
+                    f, r = fg.reshape(-1, 3)[part].astype(np.float32), room.reshape(-1, 3)[part]
+                    room.reshape(-1, 3)[part] = np.rint(f + k * (r - f)).astype(np.uint8)
+            return 1, room, colour
+        if mode in ("image", "video"):
+            bg, _ = node._background(torch.from_numpy(fg), torch.from_numpy(alpha), plate, coverage)
+            return 1, as_numpy(bg), colour
+        # blur: a low-resolution linear picture of the room
+        sigma = max(0.5, p.blur * height)
+        factor = max(1, int(sigma // 2))
+        size = (-(-height // factor), -(-width // factor))
+        if plate is not None:
+            room = cv2.LUT(as_numpy(fit_uint8(plate.hwc_uint8(), height, width)), decode_lut())
+            return 2, blur(shrink(room, size), sigma / factor), colour
+        room = shrink(cv2.LUT(fg, decode_lut()), size)
+        weight = np.clip(1.0 - shrink(alpha, size), 0.0, 1.0) ** 2
+        both = blur(np.dstack((room * weight[..., None], weight, room)), sigma / factor)
+        num, den, plain = both[..., :3], both[..., 3:4], both[..., 4:]
+        eps = 1e-3  # where the person covers a whole blur footprint, the plain blur (as the torch path)
+        return 2, ((num + eps * plain) / (den + eps)).astype(np.float32), colour
+
+    # -- the frame -------------------------------------------------------
+    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None) -> dict[str, Frame]:
+        p = self.node.params
+        fg = as_numpy(frame.hwc_uint8())
+        height, width = fg.shape[:2]
+        alpha = as_numpy(mask.alpha.float())
+        if p.feather > 0:  # at the mask's own resolution, as the torch path
+            alpha = blur(alpha, p.feather * alpha.shape[0])
+        kind, bg, colour = self._background(fg, alpha, plate, coverage)
+
+        wrap = 0.0
+        if p.light_wrap > 0:
+            sigma = max(0.5, p.wrap_size * height)
+            factor = max(1, int(sigma // 2))
+            size = (-(-height // factor), -(-width // factor))
+            inside = blur(shrink(alpha, size), sigma / factor)
+            if kind == 0:
+                soft = np.broadcast_to(np.array(colour, np.float32), (*size, 3))
+            elif kind == 1:
+                pooled = shrink(bg, size).astype(np.float32) / 255.0  # pooled before decoding, as the torch path
+                soft = blur(np.where(pooled <= 0.04045, pooled / 12.92, ((pooled + 0.055) / 1.055) ** 2.4).astype(np.float32),
+                            sigma / factor)
+            else:
+                soft = blur(shrink(bg, size), sigma / factor)
+            wrap = p.light_wrap
+
+        a = upsample(alpha, height, width)
+        # the output starts as the background ...
+        if kind == 1:
+            out = bg.copy()
+        elif kind == 2:
+            # encoded at low resolution, upsampled in 16 bits: the room is smooth there, so this is within
+            # half a level of upsampling in linear light (at half the bytes of floats)
+            low = np.rint(_linear_to_srgb(bg) * 65535.0).astype(np.uint16)
+            out = cv2.convertScaleAbs(upsample(low, height, width), alpha=1.0 / 257.0)
+        else:
+            out = np.empty_like(fg)
+            out[:] = encode(np.array(colour, np.float32))
+        # ... the person is copied where nothing blends ...
+        w_full = None
+        solid = cv2.compare(a, 1.0 - EPS, cv2.CMP_GE)  # uint8 0/255
+        if wrap > 0:
+            w_full = wrap * np.clip(a, 0.0, 1.0) * (1.0 - upsample(inside, height, width))
+            solid &= cv2.compare(w_full, EPS, cv2.CMP_LE)
+        # the band in between (soft edge, light-wrap rim), read before the copy overwrites nothing of it
+        band = np.flatnonzero(cv2.bitwise_and(cv2.bitwise_not(solid), cv2.compare(a, EPS, cv2.CMP_GT)))
+        flat_fg, flat_out = fg.reshape(-1, 3), out.reshape(-1, 3)
+        if band.size:
+            dec = decode_lut()
+            if kind == 0:
+                b = np.array(colour, np.float32)
+            else:  # kind 1 is exact; kind 2 reads the upsampled room back (within half a level)
+                b = dec[flat_out[band]]
+        cv2.copyTo(fg, solid, out)
+        # ... and the band is blended exactly, in linear light
+        if band.size:
+            f = dec[flat_fg[band]]
+            if w_full is not None:
+                s = upsample(np.ascontiguousarray(soft), height, width).reshape(-1, 3)[band]
+                f += w_full.reshape(-1)[band, None] * (s - f)
+            ab = np.clip(a.reshape(-1)[band, None], 0.0, 1.0)
+            f -= b
+            f *= ab
+            f += b
+            flat_out[band] = encode(f)
+        return {"out": frame.with_image(torch.from_numpy(out), layout="hwc")}
