@@ -123,6 +123,7 @@ class GraphRunner:
         self._chains: list[tuple[str, ...]] = []
         self._in_flight: deque[list[Any]] = deque()
         self._failed_frames = 0
+        self._cpu_pipeline: Any = None  # muse.graph.cpu_pipeline: two frames in flight on the CPU path
 
     def _fit_sources_to_cpu(self) -> None:
         """4K on two CPU cores is a slide show: capture smaller, and say so."""
@@ -268,6 +269,11 @@ class GraphRunner:
             raise
         self.graph = graph
         self._chains = self._find_chains() if graph.settings.cuda_graphs and self.device.type == "cuda" else []
+        if self._cpu_pipeline is not None:
+            self._cpu_pipeline.close()
+        from muse.graph import cpu_pipeline
+
+        self._cpu_pipeline = cpu_pipeline.plan(self)
         self._cuda_graphs.clear()
         for name in graph.order:
             slot = self.slots[name]
@@ -415,6 +421,8 @@ class GraphRunner:
         except BaseException as exc:  # the executor must never die silently
             self._fail(exc)
         finally:
+            if self._cpu_pipeline is not None:  # its last frame reaches the sinks first
+                self._cpu_pipeline.close()
             # Let sinks drain what they have, then stop.
             for slot in list(self.slots.values()):
                 if slot.rn.cls.is_sink() and slot.channel is not None:
@@ -456,6 +464,9 @@ class GraphRunner:
             memo[name] = (item.values, item.events)
             with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
                 self._fire_taps(name, item.values)
+        if self._cpu_pipeline is not None:
+            self._cpu_pipeline.run_frame(memo, t_capture)
+            return
         sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink()]
         frame_events: list[Any] = []
         for sink in sinks:
@@ -694,6 +705,8 @@ class GraphRunner:
     def _run_pending(self) -> None:
         with self._pending_lock:
             actions, self._pending = self._pending, []
+        if actions and self._cpu_pipeline is not None:
+            self._cpu_pipeline.drain()  # no node changes while the tail thread runs it
         for action in actions:
             try:
                 action()

@@ -1,0 +1,141 @@
+"""Two frames in flight on a CPU: the head of the graph for frame N+1 runs on the executor
+thread while the tail (the nodes nearest the outputs) finishes frame N on a second thread.
+
+On a GPU the device already overlaps frames (nodes only launch work). On the CPU path
+every node computes in `process`, so one executor thread uses one core at a time; the
+heavy calls (ONNX Runtime, OpenCV, torch) release the GIL, so two threads use two cores.
+
+- Head: a prefix of the graph's topological order, evaluated eagerly by the executor.
+  Tail: everything else, pulled by the sinks as usual, on the `muse-cpu-tail` thread.
+- At most two frames are in flight: the executor hands frame N+1 over only once the tail
+  thread has finished frame N (a rendezvous, no queue), so latency stays bounded.
+- The split starts with only the last node before the outputs in the tail and is moved
+  once, after `REBALANCE_AFTER` frames, to where the measured head and tail times are
+  closest. Every node still runs on one thread only, in frame order.
+- Param changes and graph swaps wait until the tail is idle (`drain`).
+
+Enabled on the CPU device when the graph has no lazy nodes; MUSE_CPU_PIPELINE=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import threading
+from typing import Any
+
+log = logging.getLogger("muse.runtime.cpu_pipeline")
+
+REBALANCE_AFTER = 30
+
+__all__ = ["CpuPipeline", "plan"]
+
+
+def plan(runner: Any) -> "CpuPipeline | None":
+    """A pipeline for this runner's graph, or None where it does not apply (GPU, lazy nodes, one stage)."""
+    if runner.device.type != "cpu" or os.environ.get("MUSE_CPU_PIPELINE", "1") == "0":
+        return None
+    graph = runner.graph
+    middle = [n for n in graph.order if not graph.nodes[n].cls.is_source() and not graph.nodes[n].cls.is_sink()]
+    if len(middle) < 2 or any(graph.nodes[n].cls.lazy_inputs for n in middle):
+        return None
+    return CpuPipeline(runner, middle)
+
+
+class CpuPipeline:
+    def __init__(self, runner: Any, middle: list[str]) -> None:
+        self.runner = runner
+        self.middle = middle
+        self.split = len(middle) - 1  # head = middle[:split]
+        self.frames = 0
+        self._job: tuple[dict, float] | None = None
+        self._cond = threading.Condition()
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="muse-cpu-tail", daemon=True)
+        self._thread.start()
+        log.info("CPU pipeline: head %s | tail %s", middle[: self.split], middle[self.split :])
+
+    @property
+    def head(self) -> list[str]:
+        return self.middle[: self.split]
+
+    # -- executor side -----------------------------------------------------
+    def run_frame(self, memo: dict, t_capture: float) -> None:
+        """Evaluate the head here, then hand the frame to the tail thread (waiting for it to be free)."""
+        for name in self.head:
+            self.runner._evaluate(name, memo)  # _FrameFailed propagates to the executor as before
+        with self._cond:
+            while self._busy and not self._closed:
+                self._cond.wait(0.1)
+            if self._closed:
+                return
+            self._job, self._busy = (memo, t_capture), True
+            self._cond.notify_all()
+        self.frames += 1
+        if self.frames == REBALANCE_AFTER:
+            self._rebalance()
+
+    def drain(self) -> None:
+        """Wait until the tail thread has finished its frame (before params change or the graph is swapped)."""
+        with self._cond:
+            while self._busy and not self._closed:
+                self._cond.wait(0.1)
+
+    def close(self) -> None:
+        self.drain()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def _rebalance(self) -> None:
+        """Move the split to where head and tail take about the same time (measured p50s)."""
+        self.drain()
+        cost = []
+        for name in self.middle:
+            slot = self.runner.slots.get(name)
+            times = list(slot.stats.host_ms) if slot is not None else []
+            cost.append(statistics.median(times) if times else 0.0)
+        total = sum(cost)
+        best, best_k = None, self.split
+        for k in range(1, len(self.middle)):
+            worst = max(sum(cost[:k]), total - sum(cost[:k]))
+            if best is None or worst < best:
+                best, best_k = worst, k
+        if best_k != self.split:
+            self.split = best_k
+            log.info("CPU pipeline rebalanced: head %s | tail %s", self.head, self.middle[self.split :])
+
+    # -- tail thread ---------------------------------------------------------
+    def _loop(self) -> None:
+        from muse.graph.runtime import _FrameFailed, _Item
+
+        runner = self.runner
+        while True:
+            with self._cond:
+                while self._job is None and not self._closed:
+                    self._cond.wait(0.1)
+                if self._job is None:
+                    return
+                memo, t_capture = self._job
+                self._job = None
+            try:
+                sinks = [runner.slots[n] for n in runner.graph.order if runner.slots[n].rn.cls.is_sink()]
+                for sink in sinks:
+                    values, events = runner._gather_inputs(sink, memo)
+                    if values is None:
+                        continue
+                    sink.channel.put(_Item(values, events, t_capture), runner._stop)
+                runner._failed_frames = 0
+            except _FrameFailed as exc:
+                runner._failed_frames += 1
+                if runner._failed_frames >= runner.graph.settings.max_consecutive_errors:
+                    runner._fail(exc.exc)
+            except BaseException as exc:  # the tail must never die silently
+                runner._fail(exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
