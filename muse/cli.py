@@ -190,9 +190,21 @@ def _fallbacks(stats: Any) -> list[str]:
 
 def _wait(runner: Any, args: argparse.Namespace, reg: Any, overrides: dict[str, dict[str, Any]]) -> None:
     """Wait for the run to end; with --watch, apply edits of the graph file while it runs."""
+    from muse.live_status import LiveStatus
+
     path = Path(args.graph)
     mtime = path.stat().st_mtime if args.watch else 0.0
+    status = LiveStatus(runner, sys.stderr, enabled=not getattr(args, "no_status", False) and not args.quiet)
+    try:
+        _wait_loop(runner, args, reg, overrides, path, mtime, status)
+    finally:
+        status.end()
+
+
+def _wait_loop(runner: Any, args: argparse.Namespace, reg: Any, overrides: dict[str, dict[str, Any]], path: Path,
+               mtime: float, status: Any) -> None:
     while not runner.wait(0.25):
+        status.tick()
         if not args.watch:
             continue
         try:
@@ -277,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", metavar="FILE.json", help="write per-node timings, drops and latency")
     p.add_argument("--trace", metavar="FILE.json", help="write a Chrome trace (open in Perfetto)")
     p.add_argument("--watch", action="store_true", help="apply edits of the graph file while running")
+    p.add_argument("--no-status", action="store_true", help="no live status line (it is shown only on a terminal anyway)")
     plugins(p)
     p.set_defaults(func=cmd_run)
 
