@@ -18,6 +18,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
+from muse.nodes.cpu import wanted
 
 
 def load_image(path: str, node: str, field: str) -> torch.Tensor:
@@ -115,17 +116,26 @@ class AdaptiveBackground(Node):
         self._file_plate: torch.Tensor | None = None
         if self.params.plate_path:
             self._file_plate = load_image(self.params.plate_path, self.name, "plate_path")
+        self._cpu = None
+        if wanted(ctx):  # issue 13: the CPU path
+            from muse.nodes.cpu.background import BackgroundCPU
+
+            self._cpu = BackgroundCPU(self)
 
     def update_params(self, params: NodeParams) -> bool:
         if params.plate_path != self.params.plate_path:  # type: ignore[attr-defined]
             self._file_plate = load_image(params.plate_path, self.name, "plate_path") if params.plate_path else None  # type: ignore[attr-defined]
             self._plate = None  # start again from the new plate
+            if getattr(self, "_cpu", None) is not None:
+                self._cpu.reset()
         self.params = params
         return True
 
     def reset(self, plate: torch.Tensor | None = None) -> None:
         """Forget the learned room (a camera move), optionally starting from `plate` (H, W, 3) uint8."""
         self._plate = None
+        if getattr(self, "_cpu", None) is not None:
+            self._cpu.reset()
         if plate is not None:
             self._file_plate = plate
 
@@ -141,6 +151,8 @@ class AdaptiveBackground(Node):
             self._known = torch.zeros((height, width), device=device)
 
     def process(self, frame: Frame, mask: Mask, recorded: Frame | None = None) -> dict[str, object]:
+        if self._cpu is not None:
+            return self._cpu.process(frame, mask, recorded)
         ctx = self.ctx
         assert ctx is not None
         p = self.params

@@ -1,0 +1,192 @@
+"""CPU `background.adaptive`: the clean plate, with the per-frame bookkeeping at block
+resolution and the full-resolution plate update only every Nth frame.
+
+Why this is the same plate: with a wide safety margin (>= 8 px, the default 3% of the
+height is 22 px at 720p) the torch path dilates the mask on 4x4 blocks and upsamples it
+nearest, so "person here", "clear for n frames" and "seen" are constant on 4x4 blocks;
+they are kept at that resolution here, every frame, exactly. Only the plate itself (the
+room's pixels) needs full resolution. It drifts with a 3 s time constant, so it is
+updated every N-th frame (about 10 times a second) with the rate of N frames compounded
+(exact while the room is still) and its uint8 picture is reused in between; blocks seen
+for the first time are still taken on the frame they clear, as on the torch path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from muse.graph.payloads import Frame, Mask
+from muse.nodes.cpu import as_numpy
+
+__all__ = ["BackgroundCPU", "UPDATE_HZ"]
+
+UPDATE_HZ = 10.0  # full-resolution plate updates per second (at most one per frame)
+_UNIT = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
+
+
+def _block_max(alpha: np.ndarray, step: int) -> np.ndarray:
+    """max_pool2d(step, stride=step, ceil_mode=True) of a [0, 1] plane (zero padding cannot win a max)."""
+    h, w = alpha.shape
+    hq, wq = -(-h // step), -(-w // step)
+    if (hq * step, wq * step) != (h, w):
+        alpha = np.pad(alpha, ((0, hq * step - h), (0, wq * step - w)))
+    rows = np.maximum.reduce([alpha[i::step] for i in range(step)])
+    return np.maximum.reduce([rows[:, i::step] for i in range(step)])
+
+
+def _expand(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest upsampling, torch's index rule floor(i * in / out) (OpenCV's INTER_NEAREST is the same)."""
+    if plane.shape == (height, width):
+        return plane
+    return cv2.resize(plane, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def fill_unknown(plate: np.ndarray, known: np.ndarray, levels: int = 7) -> np.ndarray:
+    """`background.fill_unknown` (pull-push at quarter resolution) on (H, W, 3) float32 + (H, W) float32."""
+    def pool(x: np.ndarray, k: int) -> np.ndarray:
+        h, w = x.shape[:2]
+        hq, wq = -(-h // k), -(-w // k)
+        if (hq * k, wq * k) == (h, w):
+            return cv2.resize(x, (wq, hq), interpolation=cv2.INTER_AREA)
+        # ceil_mode: the last window is partial and averages only what it covers
+        pad = ((0, hq * k - h), (0, wq * k - w)) + (((0, 0),) if x.ndim == 3 else ())
+        s = cv2.resize(np.pad(x, pad), (wq, hq), interpolation=cv2.INTER_AREA)
+        n = cv2.resize(np.pad(np.ones((h, w), np.float32), pad[:2]), (wq, hq), interpolation=cv2.INTER_AREA)
+        return s / (n[..., None] if x.ndim == 3 else n)
+
+    num = pool(plate * known[..., None], 4)
+    den = pool(known, 4)
+    pyramid = [(num, den)]
+    for _ in range(levels):
+        if min(num.shape[:2]) < 4:
+            break
+        num, den = pool(num, 2), pool(den, 2)
+        pyramid.append((num, den))
+    fill = num / np.maximum(den, 1e-6)[..., None]
+    for num, den in reversed(pyramid[:-1]):
+        up = cv2.resize(fill, (num.shape[1], num.shape[0]), interpolation=cv2.INTER_LINEAR)
+        fill = num + (1 - den)[..., None] * up
+    return cv2.resize(fill, (plate.shape[1], plate.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+class BackgroundCPU:
+    def __init__(self, node) -> None:
+        self.node = node
+        self.plate: np.ndarray | None = None  # (H, W, 3) float32 sRGB values in [0, 1]
+        self._since = 0  # frames since the last full-resolution update
+
+    def reset(self) -> None:
+        self.plate = None
+
+    def _init(self, height: int, width: int, start: torch.Tensor | None) -> None:
+        from muse.nodes.background import fit_image
+
+        p = self.node.params
+        radius = max(0, round(p.margin * height))
+        self.step = 4 if radius >= 8 else 1  # the torch path's dilation grid
+        self.radius_q = -(-radius // self.step) if self.step > 1 else radius
+        hq, wq = -(-height // self.step), -(-width // self.step)
+        self.occupied = np.zeros((hq, wq), bool)
+        self.clear_for = np.full((hq, wq), p.settle_frames, np.int16)
+        if start is not None:
+            img = fit_image(start.permute(2, 0, 1).float() / 255.0, height, width)
+            self.plate = np.ascontiguousarray(img.permute(1, 2, 0).numpy(), np.float32)
+            self.known = np.ones((hq, wq), np.float32)
+        else:
+            self.plate = np.zeros((height, width, 3), np.float32)
+            self.known = np.zeros((hq, wq), np.float32)
+        self._since = 10**9  # the first frame updates
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def process(self, frame: Frame, mask: Mask, recorded: Frame | None = None) -> dict[str, object]:
+        node, p, ctx = self.node, self.node.params, self.node.ctx
+        height, width = frame.height, frame.width
+        if recorded is not None and id(recorded.image) != node._recorded_id:
+            node._recorded_id = id(recorded.image)
+            self._init(height, width, recorded.hwc_uint8())
+        elif self.plate is None or self.plate.shape[:2] != (height, width):
+            self._init(height, width, node._file_plate)
+
+        # every frame, at block resolution: where the person is (with the margin), how long each block is clear
+        alpha = as_numpy(mask.alpha.float())
+        if alpha.shape != (height, width):
+            alpha = cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR)
+        near = _block_max(alpha, self.step) if self.step > 1 else alpha
+        if self.radius_q > 0:
+            k = 2 * self.radius_q + 1
+            near = cv2.dilate(near, np.ones((k, k), np.uint8))
+        self.occupied = np.where(near > p.person_on, True, np.where(near < p.person_off, False, self.occupied))
+        self.clear_for = np.where(self.occupied, 0, np.minimum(self.clear_for + 1, 10_000)).astype(np.int16)
+
+        fps = ctx.fps
+        every = max(1, round(fps / UPDATE_HZ))
+        self._since += 1
+        if self._since >= every or self._out is None:
+            self._update(frame, min(self._since, every), fps)
+            self._since = 0
+        else:
+            self._learn_new(frame)
+        plate_u8, coverage = self._out  # type: ignore[misc]
+        return {
+            "plate": Frame(plate_u8, timestamp=frame.timestamp, index=frame.index, layout="hwc"),
+            "coverage": Mask(coverage, frame.timestamp, frame.index),
+        }
+
+    def _learn_new(self, frame: Frame) -> None:
+        """Never-seen blocks that just became clear are taken at once, every frame (as the torch path
+        does): deferring them to the next update would learn them from a later frame."""
+        new_q = (self.clear_for >= self.node.params.settle_frames) & (self.known == 0)
+        if not new_q.any():
+            return
+        assert self.plate is not None and self._out is not None
+        height, width = frame.height, frame.width
+        m = _expand(new_q.astype(np.uint8), height, width)
+        src = as_numpy(frame.hwc_uint8())
+        cv2.copyTo(cv2.LUT(src, _UNIT), m, self.plate)
+        out = self._out[0].numpy().copy()  # the last picture may still be read downstream: a new one
+        cv2.copyTo(src, m, out)
+        self.known = np.maximum(self.known, new_q.astype(np.float32))
+        known = _expand(self.known, height, width)
+        self._out = (torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(known, np.float32)))
+
+    def _update(self, frame: Frame, n: int, fps: float) -> None:
+        """n frames' worth of the torch path's update, at full resolution."""
+        p = self.node.params
+        height, width = frame.height, frame.width
+        plate = self.plate
+        assert plate is not None
+        img = cv2.LUT(as_numpy(frame.hwc_uint8()), _UNIT)
+        clear_q = (self.clear_for >= p.settle_frames).astype(np.float32)
+        if p.follow_exposure:
+            # w = clear * known is constant on blocks: the sums come from block means, exactly
+            w = clear_q * self.known
+            wsum = float(w.sum()) * self.step * self.step
+            if wsum > 0.02 * height * width:
+                hq, wq = w.shape
+                img_q = cv2.resize(img, (wq, hq), interpolation=cv2.INTER_AREA) if self.step > 1 else img
+                plate_q = cv2.resize(plate, (wq, hq), interpolation=cv2.INTER_AREA) if self.step > 1 else plate
+                gain = (img_q * w[..., None]).sum((0, 1)) / np.maximum((plate_q * w[..., None]).sum((0, 1)), 1e-6)
+                gain = np.clip(gain, 0.5, 2.0)
+                g_rate = 1.0 - math.exp(-1.0 / max(1e-3, fps * p.exposure_seconds))
+                factor = (1 + g_rate * (gain - 1)) ** n
+                cv2.multiply(plate, tuple(float(v) for v in factor) + (0.0,), dst=plate)
+        rate = 1.0 - math.exp(-1.0 / max(1e-3, fps * p.adapt_seconds))
+        rate_n = 1.0 - (1.0 - rate) ** n  # n still frames in one step
+        step_q = clear_q * np.where(self.known > 0, rate_n, 1.0).astype(np.float32)
+        if step_q.any():
+            step = _expand(step_q, height, width)
+            diff = cv2.subtract(img, plate)
+            cv2.multiply(diff, cv2.merge((step, step, step)), dst=diff)
+            cv2.add(plate, diff, dst=plate)
+        self.known = np.maximum(self.known, clear_q)
+        known = _expand(self.known, height, width)
+        shown = plate
+        if not (self.known > 0).all():
+            fill = fill_unknown(plate, known)
+            shown = np.where(known[..., None] > 0, plate, fill)
+        out = cv2.convertScaleAbs(shown, alpha=255.0)  # rounds and clamps to 0..255
+        self._out = (torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(known, np.float32)))
