@@ -145,3 +145,83 @@ def test_composite_cpu_low_resolution_mask(monkeypatch, photos, bundled_selfie):
     a = ref.process(frame, low)["out"].image.numpy().astype(np.int16)
     b = cpu.process(frame, low)["out"].image.numpy().astype(np.int16)
     assert np.abs(a - b).max() <= 2
+
+
+def _bump_field(h: int, w: int, cx: float, cy: float, size: tuple[int, int], amp: float) -> torch.Tensor:
+    """A smooth push (pixels of a `size` picture) around (cx, cy) in grid fractions: a slimming-like warp."""
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    g = torch.exp(-(((xs - cx) / 0.12) ** 2 + ((ys - cy) / 0.15) ** 2))
+    return torch.stack((amp * g * torch.sign(xs - cx), 0.4 * amp * g))
+
+
+@pytest.mark.parametrize("with_plate", [False, True])
+@pytest.mark.parametrize("photo", ["astronaut", "messi"])
+def test_warp_apply_cpu_matches_torch(monkeypatch, photos, bundled_selfie, with_plate, photo):
+    from muse.graph.payloads import Displacement
+    from muse.nodes.warp import WarpApply
+
+    frame = photos[photo]
+    low = _opened(monkeypatch, SelfieSegment, {"model": "landscape"}, "torch").process(frame)["mask"]
+    mask = _opened(monkeypatch, RefineMask, {}, "torch").process(frame, low)["refined"]
+    ys, xs = np.nonzero(mask.alpha.numpy() > 0.5)
+    cx, cy = xs.mean() / 1280, ys.mean() / 720  # on the person: the gate keeps it
+    face = Displacement(_bump_field(23, 40, cx, cy * 0.8, (1280, 720), 9.0), (1280, 720))
+    body = Displacement(_bump_field(12, 20, cx, cy, (640, 360), -4.0), (640, 360))  # another grid and picture size
+    kw = {"plate": _frame720(cv2.imread(str(ROOM))[:, :, ::-1])} if with_plate else {}
+    ref, cpu = _pair(monkeypatch, WarpApply, {})
+    a = ref.process(frame, face=face, body=body, mask=mask, **kw)
+    b = cpu.process(frame, face=face, body=body, mask=mask, **kw)
+    ia, ib = a["out"].image.numpy().astype(np.int16), b["out"].image.numpy().astype(np.int16)
+    assert np.abs(ia - ib).max() <= 2
+    assert (ia != frame.image.numpy()).mean() > 0.01  # the warp moved pixels: not a pass-through comparison
+    ma, mb = a["warped_mask"].alpha.numpy(), b["warped_mask"].alpha.numpy()
+    assert _iou(ma, mb) >= 0.99 and np.abs(ma - mb).max() < 0.05
+
+
+def test_warp_apply_cpu_without_field_or_mask(monkeypatch, photos):
+    from muse.graph.payloads import Displacement
+    from muse.nodes.warp import WarpApply
+
+    frame = photos["astronaut"]
+    ref, cpu = _pair(monkeypatch, WarpApply, {})
+    assert cpu.process(frame)["out"] is frame  # nothing to warp: untouched
+    face = Displacement(_bump_field(23, 40, 0.5, 0.4, (1280, 720), 7.0), (1280, 720))
+    ia = ref.process(frame, face=face)["out"].image.numpy().astype(np.int16)
+    ib = cpu.process(frame, face=face)["out"].image.numpy().astype(np.int16)
+    assert np.abs(ia - ib).max() <= 2 and (ia != frame.image.numpy()).mean() > 0.01
+
+
+def _scene(room: np.ndarray, person: np.ndarray, x: int, gain: float) -> tuple[Frame, Mask]:
+    """The room with a cut-out person (bench/assets) standing at x, exposure scaled by `gain`."""
+    img = room.astype(np.float32) * gain
+    ph, pw = person.shape[:2]
+    rgb, pa = person[:, :, :3].astype(np.float32), person[:, :, 3].astype(np.float32) / 255.0
+    alpha = np.zeros(room.shape[:2], np.float32)
+    alpha[-ph:, x : x + pw] = pa
+    img[-ph:, x : x + pw] = img[-ph:, x : x + pw] * (1 - pa[..., None]) + rgb * pa[..., None]
+    return Frame(torch.from_numpy(np.clip(np.rint(img), 0, 255).astype(np.uint8))), Mask(torch.from_numpy(alpha))
+
+
+def test_adaptive_background_cpu_matches_torch(monkeypatch):
+    from muse.nodes.background import AdaptiveBackground
+
+    room = cv2.resize(cv2.imread(str(ROOM))[:, :, ::-1], (1280, 720), interpolation=cv2.INTER_AREA)
+    person = cv2.imread(str(ROOM.parent / "person_rgba.png"), cv2.IMREAD_UNCHANGED)
+    person = cv2.cvtColor(cv2.resize(person, (560, 560), interpolation=cv2.INTER_AREA), cv2.COLOR_BGRA2RGBA)
+    ref, cpu = _pair(monkeypatch, AdaptiveBackground, {})
+    worst_still, worst_change, partly_hidden = 0, 0, False
+    for i in range(40):  # the person walks through the room; the exposure drops by 15% at frame 24
+        frame, mask = _scene(room, person, 40 + 16 * i, 1.0 if i < 24 else 0.85)
+        a, b = ref.process(frame, mask), cpu.process(frame, mask)
+        ka, kb = a["coverage"].alpha.numpy(), b["coverage"].alpha.numpy()
+        assert (ka == kb).mean() >= 0.999  # the room is learned at the same places on the same frames
+        known = (ka > 0) & (kb > 0)
+        partly_hidden |= bool(0 < known.mean() < 1)
+        d = np.abs(a["plate"].image.numpy().astype(np.int16) - b["plate"].image.numpy().astype(np.int16))[known]
+        if i < 24:
+            worst_still = max(worst_still, int(d.max()))
+        else:
+            worst_change = max(worst_change, int(d.max()))
+    assert partly_hidden  # the person hid part of the room for a while: both filled it in, then learned it
+    assert worst_still <= 2  # a still exposure: the same plate
+    assert worst_change <= 6  # a sudden exposure jump is followed 10x a second instead of every frame

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Displacement, Frame, Mask
+from muse.nodes.cpu import wanted
 from muse.nodes.warp import kernels
 from muse.nodes.warp.fields import mask_gate
 
@@ -66,6 +67,12 @@ class WarpApply(Node):
         if ctx.cuda and self._backend == "torch" and self.params.backend == "auto":
             ctx.logger.warning("node %r: CuPy not installed; the warp runs on torch grid_sample (slower)", self.name)
         ctx.report("backend", self._backend)
+        self._cpu = None
+        if wanted(ctx) and self.params.backend == "auto":  # issue 13: the CPU path
+            from muse.nodes.cpu.warp import WarpCPU
+
+            self._cpu = WarpCPU(self)
+            ctx.report("backend", "opencv")
 
     def update_params(self, params: NodeParams) -> bool:
         if params.backend != self.params.backend:  # type: ignore[attr-defined]
@@ -81,6 +88,8 @@ class WarpApply(Node):
         mask: Mask | None = None,
         plate: Frame | None = None,
     ) -> dict[str, object]:
+        if self._cpu is not None:
+            return self._cpu.process(frame, face, body, mask, plate)
         ctx = self.ctx
         assert ctx is not None
         field = combine_fields([f for f in (face, body) if f is not None], frame.size)
