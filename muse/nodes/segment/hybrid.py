@@ -64,6 +64,10 @@ class _Check:
 
 
 def _mask_stats(alpha: torch.Tensor) -> torch.Tensor:
+    if not alpha.is_cuda:  # issue 13: numpy on the CPU (torch's thread pool costs more than the sums)
+        from muse.nodes.cpu.masks import mask_stats
+
+        return mask_stats(alpha)
     bad = (~torch.isfinite(alpha)).any().float()
     return torch.stack((bad, torch.nan_to_num(alpha.float(), nan=0.0).mean()))
 
