@@ -167,10 +167,15 @@ def main() -> int:
     ap.add_argument("--graph", default=str(ROOT / "graphs" / "webcam_720p.yaml"))
     ap.add_argument("--mediapipe-path", default=os.environ.get("MUSE_MEDIAPIPE_PATH"),
                     help="folder holding a --target install of mediapipe (bench-only extra)")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (ONNX Runtime uses muse's CPU setting)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch/OpenCV threads for MUSE; default: what `muse run` sets on the CPU path (half the cores)")
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    from muse.nodes.cpu import cpu_threads
+
+    threads = args.threads or cpu_threads()
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
 
     load_before = os.getloadavg()
     frames = demo_frames(args.frames)

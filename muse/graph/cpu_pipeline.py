@@ -40,7 +40,23 @@ def plan(runner: Any) -> "CpuPipeline | None":
     middle = [n for n in graph.order if not graph.nodes[n].cls.is_source() and not graph.nodes[n].cls.is_sink()]
     if len(middle) < 2 or any(graph.nodes[n].cls.lazy_inputs for n in middle):
         return None
+    _share_cores()
     return CpuPipeline(runner, middle)
+
+
+def _share_cores() -> None:
+    """OpenCV's and torch's own thread pools get the per-stage share of the cores (see
+    `muse.nodes.cpu.cpu_threads`): two stages each waking a pool as wide as the machine made
+    small calls wait for a busy core (measured: 40 k-value torch ops taking 10-90 ms under load)."""
+    import cv2
+    import torch
+
+    from muse.nodes.cpu import cpu_threads
+
+    n = cpu_threads()
+    cv2.setNumThreads(n)
+    if not os.environ.get("MUSE_THREADS"):  # an explicit `MUSE_THREADS` wins (muse/cli.py)
+        torch.set_num_threads(n)
 
 
 class CpuPipeline:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["wanted", "cpu_threads", "ort_session", "decode_lut", "encode_lut", "encode", "as_numpy"]
+__all__ = ["wanted", "machine_cores", "cpu_threads", "ort_session", "decode_lut", "encode_lut", "encode", "as_numpy"]
 
 
 def wanted(ctx) -> bool:
@@ -23,15 +23,22 @@ def wanted(ctx) -> bool:
     return not ctx.cuda and os.environ.get("MUSE_CPU_PATH", "fast") != "torch"
 
 
-def cpu_threads() -> int:
-    """Threads one model may use: the cores this process may run on (MUSE_CPU_THREADS overrides)."""
-    raw = os.environ.get("MUSE_CPU_THREADS")
-    if raw:
-        return max(1, int(raw))
+def machine_cores() -> int:
+    """The cores this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads() -> int:
+    """Threads one model or OpenCV call may use on the CPU path: half the cores, since two frames are
+    in flight (muse/graph/cpu_pipeline.py) and each stage would otherwise wake workers the other
+    stage's core is busy with. On two cores that is one thread a stage. MUSE_CPU_THREADS overrides."""
+    raw = os.environ.get("MUSE_CPU_THREADS")
+    if raw:
+        return max(1, int(raw))
+    return max(1, machine_cores() // 2)
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None):  # -> onnxruntime.InferenceSession

@@ -111,13 +111,16 @@ class RefineCPU:
         low = as_numpy(mask.alpha.float())
         h, w = low.shape
         img = as_numpy(frame.hwc_uint8())
-        full = cv2.LUT(img, _UNIT)  # (H, W, 3) float32 in [0, 1]: the guide at full precision
-        if p.scale < 1.0:
-            out_h, out_w = max(1, round(frame.height * p.scale)), max(1, round(frame.width * p.scale))
-            full = cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_AREA)
-        H, W = full.shape[:2]
+        colour = p.guide == "colour"
+        full = None  # (H, W, 3) float32 in [0, 1]: the colour guide at full precision, when needed
+        if colour or p.scale < 1.0:
+            full = cv2.LUT(img, _UNIT)
+            if p.scale < 1.0:
+                out_h, out_w = max(1, round(frame.height * p.scale)), max(1, round(frame.width * p.scale))
+                full = cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        H, W = full.shape[:2] if full is not None else img.shape[:2]
         if (W, H) == (w, h):
-            small = full
+            small = full if full is not None else cv2.LUT(img, _UNIT)
         else:  # torch's uint8 antialiased filter (0.4 ms), as the torch path filters (OpenCV's area filter moved edges)
             src = torch.from_numpy(img if p.scale >= 1.0 else np.rint(full * 255.0).astype(np.uint8))
             t = F.interpolate(src.permute(2, 0, 1).unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
@@ -126,7 +129,6 @@ class RefineCPU:
             low = self.temporal(low, small)
         else:
             self.temporal.reset()
-        colour = p.guide == "colour"
         guide = small if colour else cv2.transform(small, LUMA)[..., None]
         a, b = guided_coefficients(low, guide, p.radius, p.eps)
         # the one full-resolution step: A and b upsampled (bilinear on cell centres), then A . I + b
@@ -136,7 +138,13 @@ class RefineCPU:
             out = cv2.transform(cv2.multiply(up_a, full), np.ones((1, 3), np.float32))
         else:
             up_a = cv2.resize(np.ascontiguousarray(a[..., 0]), (W, H), interpolation=cv2.INTER_LINEAR)
-            out = cv2.multiply(up_a, cv2.transform(full, LUMA))
+            if full is None:
+                # the brightness guide straight from the uint8 picture (one pass, no float copy of the frame;
+                # OpenCV rounds it to whole levels: within 0.5/255 of the torch path's float gray)
+                gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+                out = cv2.multiply(up_a, gray, scale=1.0 / 255.0, dtype=cv2.CV_32F)
+            else:
+                out = cv2.multiply(up_a, cv2.transform(full, LUMA))
         cv2.add(out, up_b, dst=out)
         np.clip(out, 0.0, 1.0, out=out)
         return {"refined": Mask(torch.from_numpy(out), frame.timestamp, frame.index)}
