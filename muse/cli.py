@@ -147,6 +147,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         runner.start()
+        from muse.graph.cpu_pipeline import startup_note
+
+        note = startup_note(runner)
+        if note:
+            print(f"muse: {note}", file=sys.stderr)
         _wait(runner, args, reg, overrides)
     except KeyboardInterrupt:
         interrupted = True

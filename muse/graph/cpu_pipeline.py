@@ -155,3 +155,31 @@ class CpuPipeline:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+def startup_note(runner: Any) -> str | None:
+    """What `muse run` says about the CPU path when it starts (None on a GPU)."""
+    if runner.device.type != "cpu":
+        return None
+    from muse.nodes.cpu import cpu_threads, wanted
+
+    parts = []
+    some = next(iter(runner.slots.values()), None)
+    if some is not None and not wanted(some.ctx):
+        parts.append("torch reference nodes (MUSE_CPU_PATH=torch)")
+    else:
+        parts.append("ONNX Runtime/OpenCV nodes")
+    parts.append(f"{cpu_threads()} thread(s) per stage")
+    pipe = runner._cpu_pipeline
+    if pipe is not None:
+        parts.append(f"2 frames in flight ({', '.join(pipe.head)} | {', '.join(pipe.middle[pipe.split:])})")
+    else:
+        parts.append("1 frame in flight")
+    if any(rn.type.startswith("pose.") for rn in runner.graph.nodes.values()):
+        from muse.models import bundled
+
+        lighter = [n for n in bundled.CATALOGUE if n.startswith("pose_landmark") and n != "pose_landmark_full"]
+        parts.append("pose model pose_landmark_full" + (
+            f" ({', '.join(lighter)} available)" if lighter
+            else " (the bundled MediaPipe 0.10.14 models include no lighter pose model)"))
+    return "CPU path: " + "; ".join(parts)
