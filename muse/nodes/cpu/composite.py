@@ -76,6 +76,46 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+class _Tiles:
+    """The TxT tiles a mask touches, gathered into one tall contiguous picture (n*T, T[, C]) so
+    OpenCV's vector loops run over them; where the frame does not divide into tiles, its
+    bounding box as a single tile."""
+
+    T = 16
+
+    def __init__(self, shape: tuple[int, int], ti: np.ndarray | None, tj: np.ndarray | None, box=None) -> None:
+        self.shape, self.ti, self.tj, self.box = shape, ti, tj, box
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> "_Tiles | None":
+        h, w = mask.shape
+        t = cls.T
+        if h % t or w % t:
+            box = _box(mask)
+            return None if box is None else cls((h, w), None, None, box)
+        # a tile's mean of 0/255 values is non-zero as soon as one pixel is set (INTER_AREA rounds 255/256 up)
+        ti, tj = np.nonzero(cv2.resize(mask, (w // t, h // t), interpolation=cv2.INTER_AREA))
+        return None if ti.size == 0 else cls((h, w), ti, tj)
+
+    def gather(self, img: np.ndarray) -> np.ndarray:
+        if self.box is not None:
+            y0, y1, x0, x1 = self.box
+            return np.ascontiguousarray(img[y0:y1, x0:x1])
+        h, w = self.shape
+        t, rest = self.T, img.shape[2:]
+        tiles = img.reshape(h // t, t, w // t, t, *rest)[self.ti, :, self.tj]  # (n, t, t[, C])
+        return tiles.reshape(len(self.ti) * t, t, *rest)
+
+    def scatter(self, dst: np.ndarray, tiles: np.ndarray) -> None:
+        if self.box is not None:
+            y0, y1, x0, x1 = self.box
+            dst[y0:y1, x0:x1] = tiles
+            return
+        h, w = self.shape
+        t, rest = self.T, dst.shape[2:]
+        dst.reshape(h // t, t, w // t, t, *rest)[self.ti, :, self.tj] = tiles.reshape(len(self.ti), t, t, *rest)
+
+
 def encode_dense(lin: np.ndarray) -> np.ndarray:
     """float32 linear light -> uint8 sRGB, rounded (IEC 61966-2-1), with OpenCV's vector pow.
 
@@ -183,29 +223,28 @@ class CompositeCPU:
             w_full = wrap * np.clip(a, 0.0, 1.0) * (1.0 - upsample(inside, height, width))
             solid &= cv2.compare(w_full, EPS, cv2.CMP_LE)
         band = cv2.bitwise_and(cv2.bitwise_not(solid), cv2.compare(a, EPS, cv2.CMP_GT))
-        box = _box(band)
+        tiles = _Tiles.of(band)
         room = None
-        if box is not None and kind == 2:
-            y0, y1, x0, x1 = box
-            room = out[y0:y1, x0:x1].copy()  # the upsampled room, before the person is copied over it
+        if tiles is not None and kind == 2:
+            room = tiles.gather(out)  # the upsampled room, before the person is copied over it
         cv2.copyTo(fg, solid, out)
         # ... and the band in between (soft edge, light-wrap rim) is blended exactly, in linear light,
-        # densely over its bounding box (OpenCV's vector loops beat gathering scattered pixels)
-        if box is not None:
-            y0, y1, x0, x1 = box
+        # densely over the 16x16 tiles it touches (OpenCV's vector loops beat gathering scattered pixels)
+        if tiles is not None:
             dec = decode_lut()
-            f = cv2.LUT(fg[y0:y1, x0:x1], dec)
+            f = cv2.LUT(tiles.gather(fg), dec)
             if w_full is not None:
-                s = upsample(np.ascontiguousarray(soft), height, width)[y0:y1, x0:x1]
-                w = np.ascontiguousarray(w_full[y0:y1, x0:x1])
+                s = tiles.gather(upsample(np.ascontiguousarray(soft), height, width))
+                w = tiles.gather(w_full)
                 f = cv2.blendLinear(s, f, w, 1.0 - w)  # f + w (soft - f)
             if kind == 0:
                 b = np.empty_like(f)
                 b[:] = np.array(colour, np.float32)
             else:  # kind 1 is exact; kind 2 reads the upsampled room back (within half a level)
-                b = cv2.LUT(bg[y0:y1, x0:x1] if kind == 1 else room, dec)
-            ab = np.clip(a[y0:y1, x0:x1], 0.0, 1.0)
+                b = cv2.LUT(tiles.gather(bg) if kind == 1 else room, dec)
+            ab = np.clip(tiles.gather(a), 0.0, 1.0)
             blended = encode_dense(cv2.blendLinear(f, b, ab, 1.0 - ab))
-            region = out[y0:y1, x0:x1]
-            cv2.copyTo(blended, band[y0:y1, x0:x1], region)
+            region = tiles.gather(out)
+            cv2.copyTo(blended, tiles.gather(band), region)
+            tiles.scatter(out, region)
         return {"out": frame.with_image(torch.from_numpy(out), layout="hwc")}
