@@ -153,11 +153,16 @@ class CompositeCPU:
         if mode == "plate":
             room = as_numpy(fit_uint8(plate.hwc_uint8(), height, width))
             if coverage is not None:
-                known = np.clip(upsample(as_numpy(coverage.alpha.float()), height, width), 0.0, 1.0)
-                part = np.flatnonzero(known < 1.0)  # the plate is a guess there: show (some of) the live frame
-                if part.size:
+                known = upsample(as_numpy(coverage.alpha.float()), height, width)
+                unseen = cv2.compare(known, 0.0, cv2.CMP_LE)  # the plate is a guess there: the live frame
+                if unseen.any():
                     room = room.copy()
-                    k = known.reshape(-1)[part, None]
+                    cv2.copyTo(fg, unseen, room)
+                # a coverage between 0 and 1 (a plate from elsewhere, resized) mixes the two
+                part = np.flatnonzero(cv2.bitwise_and(cv2.bitwise_not(unseen), cv2.compare(known, 1.0, cv2.CMP_LT)))
+                if part.size:
+                    room = room if room.base is None else room.copy()
+                    k = np.clip(known.reshape(-1)[part, None], 0.0, 1.0)
                     f, r = fg.reshape(-1, 3)[part].astype(np.float32), room.reshape(-1, 3)[part]
                     room.reshape(-1, 3)[part] = np.rint(f + k * (r - f)).astype(np.uint8)
             return 1, room, colour

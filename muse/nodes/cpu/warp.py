@@ -57,8 +57,9 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
     still = (dx == 0) & (dy == 0)
     mx = dx + np.arange(x0, x1, dtype=np.float32)[None, :]
     my = dy + np.arange(y0, y1, dtype=np.float32)[:, None]
-    warped = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+    warped = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     region = src[y0:y1, x0:x1]
+    still_u8 = still.view(np.uint8)  # where the field is exactly zero the frame is kept as is
     if a_full is None:
         res = warped
     else:
@@ -69,16 +70,19 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
             mh, mw = mask.shape  # type: ignore[union-attr]
             wa = cv2.remap(mask, (mx + 0.5) * (mw / width) - 0.5, (my + 0.5) * (mh / height) - 0.5,
                            cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        a = a_full[y0:y1, x0:x1]
-        img = region.astype(np.float32)
+        wa = np.clip(wa, 0.0, 1.0, out=wa)
+        a = np.ascontiguousarray(a_full[y0:y1, x0:x1])
+        # uint8 blends (OpenCV rounds each): within a level of the torch twin's one rounding at the end
         if plate is None:
             bg = warped
         else:
-            bg = img + a[..., None] * (plate[y0:y1, x0:x1].astype(np.float32) - img)
-        res = bg + wa[..., None] * (warped - bg)
-        warped_mask[y0:y1, x0:x1] = np.where(still, a, wa)  # type: ignore[index]
-    res = np.clip(np.rint(res), 0, 255).astype(np.uint8)
-    out[y0:y1, x0:x1] = np.where(still[..., None], region, res)
+            ac = np.clip(a, 0.0, 1.0)
+            bg = cv2.blendLinear(np.ascontiguousarray(plate[y0:y1, x0:x1]), np.ascontiguousarray(region), ac, 1.0 - ac)
+        res = cv2.blendLinear(warped, bg, wa, 1.0 - wa)
+        cv2.copyTo(a, still_u8, wa)  # the warped mask: the mask itself where nothing moves
+        warped_mask[y0:y1, x0:x1] = wa  # type: ignore[index]
+    cv2.copyTo(np.ascontiguousarray(region), still_u8, res)
+    out[y0:y1, x0:x1] = res
     return out, warped_mask
 
 
