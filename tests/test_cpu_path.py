@@ -225,3 +225,30 @@ def test_adaptive_background_cpu_matches_torch(monkeypatch):
     assert partly_hidden  # the person hid part of the room for a while: both filled it in, then learned it
     assert worst_still <= 2  # a still exposure: the same plate
     assert worst_change <= 6  # a sudden exposure jump is followed 10x a second instead of every frame
+
+
+def test_odd_frame_size_matches_torch(monkeypatch, messi, bundled_selfie):
+    """A frame that does not divide into 16x16 tiles or 4x4 blocks (messi5 as is, 548x342)."""
+    from muse.nodes.background import AdaptiveBackground
+
+    frame = Frame(torch.from_numpy(np.ascontiguousarray(messi)))
+    assert frame.width % 16 and frame.height % 4
+    low = _opened(monkeypatch, SelfieSegment, {"model": "landscape"}, "torch").process(frame)["mask"]
+    ref, cpu = _pair(monkeypatch, RefineMask, {})
+    mask_t = ref.process(frame, low)["refined"]
+    mask_c = cpu.process(frame, low)["refined"]
+    assert _iou(mask_t.alpha.numpy(), mask_c.alpha.numpy()) >= 0.99
+    for params in ({"background": "blur"}, {"background": "plate"}):
+        kw = {"plate": Frame(torch.from_numpy(np.ascontiguousarray(messi[:, ::-1])))} if params["background"] == "plate" else {}
+        ref, cpu = _pair(monkeypatch, Composite, params)
+        a = ref.process(frame, mask_t, **kw)["out"].image.numpy().astype(np.int16)
+        b = cpu.process(frame, mask_t, **kw)["out"].image.numpy().astype(np.int16)
+        assert np.abs(a - b).max() <= 2
+    ref, cpu = _pair(monkeypatch, AdaptiveBackground, {"margin": 0.05})
+    for _ in range(6):
+        pa, pb = ref.process(frame, mask_t), cpu.process(frame, mask_t)
+    ka, kb = pa["coverage"].alpha.numpy(), pb["coverage"].alpha.numpy()
+    assert (ka == kb).all() and 0 < ka.mean() < 1
+    known = ka > 0
+    d = np.abs(pa["plate"].image.numpy().astype(np.int16) - pb["plate"].image.numpy().astype(np.int16))
+    assert d[known].max() <= 2

@@ -164,11 +164,16 @@ class BackgroundCPU:
         if p.follow_exposure:
             # w = clear * known is constant on blocks: the sums come from block means, exactly
             w = clear_q * self.known
-            wsum = float(w.sum()) * self.step * self.step
+            hq, wq = w.shape
+            tiled = self.step > 1 and (hq * self.step, wq * self.step) == (height, width)
+            if tiled:  # sums from block means
+                img_q = cv2.resize(img, (wq, hq), interpolation=cv2.INTER_AREA)
+                plate_q = cv2.resize(plate, (wq, hq), interpolation=cv2.INTER_AREA)
+                wsum = float(w.sum()) * self.step * self.step
+            else:  # blocks do not tile the frame (or no blocks): the sums at full resolution
+                img_q, plate_q, w = img, plate, _expand(w, height, width)
+                wsum = float(w.sum())
             if wsum > 0.02 * height * width:
-                hq, wq = w.shape
-                img_q = cv2.resize(img, (wq, hq), interpolation=cv2.INTER_AREA) if self.step > 1 else img
-                plate_q = cv2.resize(plate, (wq, hq), interpolation=cv2.INTER_AREA) if self.step > 1 else plate
                 gain = (img_q * w[..., None]).sum((0, 1)) / np.maximum((plate_q * w[..., None]).sum((0, 1)), 1e-6)
                 gain = np.clip(gain, 0.5, 2.0)
                 g_rate = 1.0 - math.exp(-1.0 / max(1e-3, fps * p.exposure_seconds))

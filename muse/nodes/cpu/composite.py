@@ -51,13 +51,33 @@ def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.sepFilter2D(img, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
 
 
+def adaptive_mean(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torch's adaptive_avg_pool2d to size=(bh, bw): OpenCV's area filter where the size divides
+    (the same windows), else windows [floor(i*h/bh), ceil((i+1)*h/bh)) summed from an integral image."""
+    h, w = img.shape[:2]
+    bh, bw = size
+    if h % bh == 0 and w % bw == 0:
+        return cv2.resize(img, (bw, bh), interpolation=cv2.INTER_AREA)
+    s = cv2.integral(img, sdepth=cv2.CV_64F)
+    s = s if s.ndim == 3 else s[..., None]
+    y0 = (np.arange(bh) * h) // bh
+    y1 = -((-(np.arange(bh) + 1) * h) // bh)
+    x0 = (np.arange(bw) * w) // bw
+    x1 = -((-(np.arange(bw) + 1) * w) // bw)
+    total = s[y1][:, x1] - s[y0][:, x1] - s[y1][:, x0] + s[y0][:, x0]
+    area = ((y1 - y0)[:, None] * (x1 - x0)[None, :])[..., None]
+    out = (total / area).astype(np.float32)
+    return out if img.ndim == 3 else out[..., 0]
+
+
 def shrink(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w[, C]) to size=(bh, bw): area average when shrinking, bilinear when growing (= composite.resample)."""
     h, w = img.shape[:2]
     if (h, w) == tuple(size):
         return img
-    inter = cv2.INTER_AREA if h >= size[0] and w >= size[1] else cv2.INTER_LINEAR
-    return cv2.resize(img, (size[1], size[0]), interpolation=inter)
+    if h >= size[0] and w >= size[1]:
+        return adaptive_mean(img, size)
+    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def upsample(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -202,7 +222,7 @@ class CompositeCPU:
             if kind == 0:
                 soft = np.broadcast_to(np.array(colour, np.float32), (*size, 3))
             elif kind == 1:
-                pooled = shrink(bg, size).astype(np.float32) / 255.0  # pooled before decoding, as the torch path
+                pooled = shrink(bg.astype(np.float32), size) / 255.0  # pooled before decoding, as the torch path
                 soft = blur(np.where(pooled <= 0.04045, pooled / 12.92, ((pooled + 0.055) / 1.055) ** 2.4).astype(np.float32),
                             sigma / factor)
             else:
