@@ -222,7 +222,8 @@ class CompositeCPU:
             if kind == 0:
                 soft = np.broadcast_to(np.array(colour, np.float32), (*size, 3))
             elif kind == 1:
-                pooled = shrink(bg.astype(np.float32), size) / 255.0  # pooled before decoding, as the torch path
+                # pooled before decoding, as the torch path (in uint8 here: the glow is within 0.2 of a level)
+                pooled = shrink(bg, size).astype(np.float32) / 255.0
                 soft = blur(np.where(pooled <= 0.04045, pooled / 12.92, ((pooled + 0.055) / 1.055) ** 2.4).astype(np.float32),
                             sigma / factor)
             else:
