@@ -252,3 +252,58 @@ def test_odd_frame_size_matches_torch(monkeypatch, messi, bundled_selfie):
     known = ka > 0
     d = np.abs(pa["plate"].image.numpy().astype(np.int16) - pb["plate"].image.numpy().astype(np.int16))
     assert d[known].max() <= 2
+
+
+@pytest.mark.parametrize("photo", ["astronaut", "messi"])
+def test_pose_and_face_crops_from_uint8_match_torch(monkeypatch, photos, photo):
+    """pose.blazepose and face.landmarks on the CPU path crop the uint8 frame (muse/nodes/cpu/crop.py)
+    instead of a float copy (crops within half a level of the float ones).
+
+    Tolerance: the landmark models are sensitive (measured: +-1 level of noise on the frame moves the
+    torch path's sure keypoints by up to 7 px), so over four tracked frames the CPU path must stay
+    closer to the torch path than the torch path is to itself on the same frames plus +-1 level of
+    fixed noise (median over keypoints, 1 px of slack), and on the first frame sure keypoints
+    (visibility > 0.99) within 1.5 px."""
+    from muse.nodes.face.landmarks import FaceLandmarksNode
+    from muse.nodes.pose.blazepose import BlazePose
+
+    frame = photos[photo]
+    rng = np.random.default_rng(13)
+    frames, noisy = [], []
+    for k in range(4):
+        img = torch.roll(frame.image, shifts=4 * k, dims=1)
+        frames.append(Frame(img, index=k))
+        jitter = torch.from_numpy(rng.integers(-1, 2, img.shape)).to(torch.int16)
+        noisy.append(Frame((img.to(torch.int16) + jitter).clamp(0, 255).to(torch.uint8), index=k))
+    pose_t, pose_c = _pair_flag(monkeypatch, BlazePose, {})
+    pose_n = _opened(monkeypatch, BlazePose, {}, "torch")
+    face_t, face_c = _pair_flag(monkeypatch, FaceLandmarksNode, {})
+    face_n = _opened(monkeypatch, FaceLandmarksNode, {}, "torch")
+    faces = 0
+    for k, (f, fn) in enumerate(zip(frames, noisy)):
+        kt, kc, kn = pose_t.process(f)["keypoints"], pose_c.process(f)["keypoints"], pose_n.process(fn)["keypoints"]
+        seen = kt.confidence > 0.5
+        assert bool(seen.sum() >= 8)  # a person is tracked: the comparison means something
+        d_cpu = (kt.points - kc.points).abs().max(1).values[seen]
+        d_noise = (kt.points - kn.points).abs().max(1).values[seen]
+        assert float(d_cpu.median()) <= float(d_noise.median()) + 1.0
+        if k == 0:
+            sure = kt.confidence > 0.99
+            assert float((kt.points - kc.points).abs().max(1).values[sure].max()) < 1.5
+        ft = face_t.process(f, pose=kt)["face"]
+        fc, fn_ = face_c.process(f, pose=kc)["face"], face_n.process(fn, pose=kn)["face"]
+        if float(ft.confidence) > 0.5:
+            faces += 1
+            assert float(fc.confidence) > 0.5
+            d_cpu = (ft.points[:, :2] - fc.points[:, :2]).abs().max(1).values
+            d_noise = (ft.points[:, :2] - fn_.points[:, :2]).abs().max(1).values
+            assert float(d_cpu.median()) <= float(d_noise.median()) + 1.0
+    assert faces >= 1 or photo == "messi"  # the astronaut's face is found
+
+
+def _pair_flag(monkeypatch, cls, params: dict):
+    """(torch reference, CPU path) for nodes whose CPU path is the uint8 crop (no `_cpu` object)."""
+    ref = _opened(monkeypatch, cls, params, "torch")
+    cpu = _opened(monkeypatch, cls, params, "fast")
+    assert not ref._uint8 and cpu._uint8
+    return ref, cpu

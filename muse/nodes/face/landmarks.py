@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.nodes.cpu import wanted
 from muse.graph.payloads import FaceLandmarks, Frame, Keypoints
 from muse.nodes.face import regions as REG
 from muse.nodes.face.tracker import FaceTracker
@@ -43,10 +44,18 @@ class FaceLandmarksNode(Node):
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
+        self._uint8 = wanted(ctx)  # issue 13: crops from the uint8 frame on the CPU path
         p = self.params
         self.tracker = FaceTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, iris=p.iris, predict_motion=p.predict_motion, backend=p.backend, antialias=p.antialias)
         self.regions = REG.face_regions(p.iris)
         self._frames = 0
+
+    def _picture(self, frame: Frame) -> torch.Tensor:
+        """The frame for the tracker: on the CPU path the uint8 picture as is (its crops are taken from it,
+        muse/nodes/cpu/crop.py), else (3, H, W) float."""
+        if getattr(self, "_uint8", False):
+            return frame.hwc_uint8().permute(2, 0, 1)
+        return frame.chw(torch.float32)
 
     def update_params(self, params: NodeParams) -> bool:
         if params.iris != self.params.iris or params.backend != self.params.backend:  # type: ignore[attr-defined]
@@ -66,7 +75,7 @@ class FaceLandmarksNode(Node):
         use_pose = pose if p.seed in ("auto", "pose") else None
         force = bool(p.redetect_every) and self._frames % p.redetect_every == 0
         self._frames += 1
-        r = self.tracker(frame.chw(torch.float32), use_pose, force_detect=force)
+        r = self.tracker(self._picture(frame), use_pose, force_detect=force)
         face = FaceLandmarks(
             points=r["points"],
             confidence=r["confidence"],  # type: ignore[arg-type]  # 0-d device tensor: no sync here

@@ -57,6 +57,10 @@ def crop(
     a big ROI (a 4K body) shrinks to a small model input.
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
+    if image.dtype == torch.uint8 and image.device.type == "cpu":  # issue 13: the CPU path crops the uint8 frame
+        from muse.nodes.cpu.crop import crop_uint8
+
+        return crop_uint8(image, roi, out_h, out_w, border, flip, taps)
     h, w = image.shape[-2:]
     roi = roi.float()  # float32 geometry: fp16 cannot hold 4K pixel positions to sub-pixel
     cos, sin = _rotation(roi[:, 4])

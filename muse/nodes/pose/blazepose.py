@@ -14,6 +14,7 @@ import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
+from muse.nodes.cpu import wanted
 from muse.graph.payloads import Frame, Keypoints, Mask
 from muse.nodes.landmarks import roi as R
 from muse.nodes.landmarks import ssd
@@ -42,9 +43,17 @@ class BlazePose(Node):
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
+        self._uint8 = wanted(ctx)  # issue 13: crops from the uint8 frame on the CPU path
         p = self.params
         self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias)
         self._frames = 0
+
+    def _picture(self, frame: Frame) -> torch.Tensor:
+        """The frame for the tracker: on the CPU path the uint8 picture as is (its crops are taken from it,
+        muse/nodes/cpu/crop.py), else (3, H, W) float."""
+        if getattr(self, "_uint8", False):
+            return frame.hwc_uint8().permute(2, 0, 1)
+        return frame.chw(torch.float32)
 
     def update_params(self, params: NodeParams) -> bool:
         if params.backend != self.params.backend:  # type: ignore[attr-defined]
@@ -64,7 +73,7 @@ class BlazePose(Node):
         force = bool(p.redetect_every) and self._frames % p.redetect_every == 0
         confirm = bool(p.confirm_every) and self._frames % p.confirm_every == 0
         self._frames += 1
-        r = self.tracker(frame.chw(torch.float32), force_detect=force, confirm=confirm)
+        r = self.tracker(self._picture(frame), force_detect=force, confirm=confirm)
         keypoints = Keypoints(
             points=r["points"][:, :2].contiguous(),
             confidence=r["visibility"],
