@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-import torch
 
 from muse.graph.node import In, Node, NodeParams, Out
 from muse.graph.payloads import Frame

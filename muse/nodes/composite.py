@@ -19,8 +19,8 @@ from pydantic import Field
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Uploader
-from muse.nodes.cpu import wanted
 from muse.nodes.background import fit_image, load_image, resize_mask
+from muse.nodes.cpu import wanted
 from muse.nodes.warp import kernels
 from muse.nodes.warp.kernels import decode_uint8, srgb_to_linear
 

@@ -92,8 +92,6 @@ class WarpCPU:
 
     def process(self, frame: Frame, face: Displacement | None = None, body: Displacement | None = None,
                 mask: Mask | None = None, plate: Frame | None = None) -> dict[str, object]:
-        import torch.nn.functional as F
-
         from muse.nodes.warp.apply import combine_fields
         from muse.nodes.warp.fields import mask_gate
 

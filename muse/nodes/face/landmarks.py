@@ -16,8 +16,8 @@ import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
-from muse.nodes.cpu import wanted
 from muse.graph.payloads import FaceLandmarks, Frame, Keypoints
+from muse.nodes.cpu import wanted
 from muse.nodes.face import regions as REG
 from muse.nodes.face.tracker import FaceTracker
 from muse.nodes.landmarks import ssd

@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
-from muse.nodes.cpu import wanted
 from muse.graph.payloads import Frame, Keypoints, Mask
+from muse.nodes.cpu import wanted
 from muse.nodes.landmarks import roi as R
 from muse.nodes.landmarks import ssd
 from muse.nodes.pose.tracker import BlazePoseTracker  # noqa: F401  (re-exported)

@@ -13,9 +13,9 @@ import torch
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
-from muse.nodes.cpu import wanted
 from muse.graph.payloads import Frame, Mask
 from muse.models.matte_refine import TemporalStabilizer, downsample, fast_guided_upsample
+from muse.nodes.cpu import wanted
 
 __all__ = ["RefineMask"]
 

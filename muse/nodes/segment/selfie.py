@@ -13,8 +13,8 @@ from pydantic import Field
 from torch import nn
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
-from muse.nodes.cpu import wanted
 from muse.graph.payloads import Frame, Mask
+from muse.nodes.cpu import wanted
 
 __all__ = ["SelfieSegment", "SELFIE_MODELS"]
 
