@@ -140,3 +140,21 @@ def test_live_param_change_while_pipelined(registry: Registry, monkeypatch) -> N
     assert any((v - first_tag) % 256 == 96 for _, v in Keep.seen[-5:])
     indices = [i for i, _ in Keep.seen]
     assert indices == sorted(indices)
+
+
+def test_thread_pools_are_put_back_after_the_run(registry: Registry, monkeypatch) -> None:
+    import cv2
+    import torch
+
+    monkeypatch.delenv("MUSE_CPU_PIPELINE", raising=False)
+    monkeypatch.delenv("MUSE_THREADS", raising=False)
+    monkeypatch.setenv("MUSE_CPU_THREADS", "1")
+    before = (cv2.getNumThreads(), torch.get_num_threads())
+    runner = GraphRunner(_graph(registry, 5))
+    runner.start()
+    try:
+        assert torch.get_num_threads() == 1  # one thread a stage while it runs
+    finally:
+        runner.wait(20)
+        runner.stop()
+    assert (cv2.getNumThreads(), torch.get_num_threads()) == before

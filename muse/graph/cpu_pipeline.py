@@ -40,11 +40,13 @@ def plan(runner: Any) -> "CpuPipeline | None":
     middle = [n for n in graph.order if not graph.nodes[n].cls.is_source() and not graph.nodes[n].cls.is_sink()]
     if len(middle) < 2 or any(graph.nodes[n].cls.lazy_inputs for n in middle):
         return None
-    _share_cores()
-    return CpuPipeline(runner, middle)
+    previous = _share_cores()
+    pipe = CpuPipeline(runner, middle)
+    pipe.previous_threads = previous
+    return pipe
 
 
-def _share_cores() -> None:
+def _share_cores() -> tuple[int, int]:
     """OpenCV's and torch's own thread pools get the per-stage share of the cores (see
     `muse.nodes.cpu.cpu_threads`): two stages each waking a pool as wide as the machine made
     small calls wait for a busy core (measured: 40 k-value torch ops taking 10-90 ms under load)."""
@@ -53,10 +55,23 @@ def _share_cores() -> None:
 
     from muse.nodes.cpu import cpu_threads
 
+    previous = (cv2.getNumThreads(), torch.get_num_threads())
     n = cpu_threads()
     cv2.setNumThreads(n)
     if not os.environ.get("MUSE_THREADS"):  # an explicit `MUSE_THREADS` wins (muse/cli.py)
         torch.set_num_threads(n)
+    return previous
+
+
+def _restore_cores(previous: tuple[int, int] | None) -> None:
+    """Put the thread pools back as they were (a process that runs a graph and then does other work)."""
+    if previous is None:
+        return
+    import cv2
+    import torch
+
+    cv2.setNumThreads(previous[0])
+    torch.set_num_threads(previous[1])
 
 
 class CpuPipeline:
@@ -69,6 +84,7 @@ class CpuPipeline:
         self._cond = threading.Condition()
         self._busy = False
         self._closed = False
+        self.previous_threads: tuple[int, int] | None = None  # restored on close
         self._thread = threading.Thread(target=self._loop, name="muse-cpu-tail", daemon=True)
         self._thread.start()
         log.info("CPU pipeline: head %s | tail %s", middle[: self.split], middle[self.split :])
@@ -102,9 +118,12 @@ class CpuPipeline:
     def close(self) -> None:
         self.drain()
         with self._cond:
+            if self._closed:
+                return
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
+        _restore_cores(self.previous_threads)
 
     def _rebalance(self) -> None:
         """Move the split to where head and tail take about the same time (measured p50s)."""
