@@ -346,26 +346,27 @@ def method_clean_plate(clip: Clip, device: torch.device) -> Iterator[np.ndarray]
 
 
 def _method_fused(clip: Clip, device: torch.device, with_plate: bool) -> Iterator[np.ndarray]:
+    from muse.nodes.segment.fused import FusedSegment
     from muse.nodes.segment.hybrid import HybridSegment
 
-    seg = _open(HybridSegment, {}, device, clip, "segment")
+    seg, fused = _open(HybridSegment, {}, device, clip, "segment"), _open(FusedSegment, {}, device, clip, "matte")
     plate = _frame(clip.plate, device, 0) if with_plate else None
     h, w = clip.alphas[0].shape
     try:
         for i, img in enumerate(clip.frames):
             f = _frame(img, device, i)
-            yield _alpha_np(seg.process(frame=f, plate=plate)["mask"], h, w)
+            yield _alpha_np(fused.process(frame=f, prior=seg.process(frame=f)["mask"], plate=plate)["mask"], h, w)
     finally:
-        seg.close()
+        seg.close(), fused.close()
 
 
 def method_fused(clip: Clip, device: torch.device) -> Iterator[np.ndarray]:
-    """segment.hybrid with a recorded plate: the fused segmenter (model + plate + time, refined)."""
+    """segment.hybrid (bundled model) -> segment.fused with the recorded plate (model + plate + time, refined)."""
     return _method_fused(clip, device, True)
 
 
 def method_fused_noplate(clip: Clip, device: torch.device) -> Iterator[np.ndarray]:
-    """segment.hybrid without a plate: the fused segmenter from the bundled model and time only."""
+    """segment.hybrid (bundled model) -> segment.fused without a plate: model and time only."""
     return _method_fused(clip, device, False)
 
 

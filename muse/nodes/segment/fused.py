@@ -1,0 +1,312 @@
+"""`segment.fused`: one matte from the model, the clean plate and time, with a per-pixel confidence.
+
+Per frame, at a low working resolution:
+1. the model's person probability (the `prior` input, e.g. `segment.hybrid`'s bundled selfie mask);
+2. a lighting-invariant clean-plate difference: the plate is aligned to the frame (global shift by phase
+   correlation, for camera shake), its gain is fitted per tile and channel on what was background last
+   frame (a lighting ramp, auto exposure or flicker is a gain, not a person), and the frame is compared
+   with the plate's local min/max envelope (a pixel of residual shake is no difference either); the
+   threshold follows the measured background noise (low light);
+3. both as log-odds, summed where the plate is known; holes closed;
+4. motion-aware blending with the previous matte: still pixels keep most of the past (no flicker),
+   pixels whose picture changed follow at once (no lag);
+5. edge-aware upsampling to full resolution (fast guided filter on the frame).
+
+Outputs the full-resolution `mask`, its `confidence` (0 at uncertain pixels) and `keep_out`
+(1 = not surely background), which is what `background.adaptive` should learn around.
+
+Capturable: all state lives in buffers allocated on the first frame of a size and updated in place;
+nothing is read back to the host in `process` (the shift search and every choice run on the device).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from muse.graph.node import In, Node, NodeContext, NodeParams, Out
+from muse.graph.payloads import Frame, Mask
+from muse.models.matte_refine import box_filter, downsample, fast_guided_upsample
+from muse.nodes.segment._prep import frame_batch
+
+__all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _logit(p: torch.Tensor, lo: float = 0.02) -> torch.Tensor:
+    p = p.clamp(lo, 1.0 - lo)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def _dilate(x: torch.Tensor, r: int) -> torch.Tensor:
+    return F.max_pool2d(x, 2 * r + 1, stride=1, padding=r) if r > 0 else x
+
+
+def _erode(x: torch.Tensor, r: int) -> torch.Tensor:
+    return -F.max_pool2d(-x, 2 * r + 1, stride=1, padding=r) if r > 0 else x
+
+
+def _smoothstep(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    t = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+class FusedSettings(NodeParams):
+    """The fusion's knobs; shared by `segment.fused` and `segment.hybrid`'s plate path."""
+
+    working_height: int = Field(288, ge=64, le=1080, description="Height the fusion runs at (the full-size edge comes from the frame)")
+    model_weight: float = Field(1.0, ge=0.0, le=4.0, description="Weight of the model's opinion against the clean plate's")
+    plate_weight: float = Field(1.5, ge=0.0, le=4.0, description="Weight of the clean-plate difference where the room is known")
+    threshold: float = Field(0.06, ge=0.005, le=1.0, description="Smallest plate difference (0-1 RGB) that can be a person")
+    noise_factor: float = Field(4.0, ge=1.0, le=20.0, description="The threshold rises to this many times the background's measured noise")
+    max_shift: float = Field(0.03, ge=0.0, le=0.2, description="Largest camera shake followed, as a fraction of the height")
+    envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution)")
+    tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
+    close_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
+    stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
+    motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
+    refine_radius: int = Field(1, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
+    refine_eps: float = Field(2e-3, ge=1e-6, le=1.0, description="Edge sensitivity of the upsampling (smaller follows weaker edges)")
+    edge_sharpness: float = Field(1.5, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
+    learn_seconds: float = Field(2.0, ge=0.1, le=600.0, description="A pixel surely background this long is learned into the plate")
+    learn_rate: float = Field(0.05, ge=0.0, le=1.0, description="Per-frame rate at which learned pixels follow the room")
+
+
+class FusedMatte:
+    """The fusion maths with its state (working-resolution buffers owned and updated in place)."""
+
+    def __init__(self, settings: FusedSettings, device: torch.device, fps: float = 30.0) -> None:
+        self.s = settings
+        self.device = device
+        self.fps = fps
+        self.size: tuple[int, int] | None = None  # (w, h) working size
+        self._plate_key: object = None
+
+    # -- state ------------------------------------------------------------
+    def _alloc(self, w: int, h: int) -> None:
+        dev = self.device
+        self.size = (w, h)
+        self.plate = torch.zeros(1, 3, h, w, device=dev)
+        self.known = torch.zeros(1, 1, h, w, device=dev)
+        self.alpha = torch.zeros(1, 1, h, w, device=dev)  # last matte (working resolution)
+        self.conf = torch.zeros(1, 1, h, w, device=dev)
+        self.prev = torch.zeros(1, 3, h, w, device=dev)  # last frame (working resolution)
+        self.clear_for = torch.zeros(1, 1, h, w, device=dev)  # frames surely background
+        self.primed = torch.zeros((), device=dev)  # 0 until the first frame has set alpha/prev
+        self.has_plate = torch.zeros((), device=dev)
+        yy, xx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
+        self._yy, self._xx = yy.float(), xx.float()
+        wy = torch.hann_window(h, periodic=False, device=dev)
+        wx = torch.hann_window(w, periodic=False, device=dev)
+        self._window = (wy[:, None] * wx[None, :])[None, None]
+        # Shifts beyond max_shift are not searched (a person walking is no camera shake).
+        ms = max(1.0, self.s.max_shift * h)
+        dy = torch.minimum(yy, h - yy).float()
+        dx = torch.minimum(xx, w - xx).float()
+        self._shift_ok = ((dy <= ms) & (dx <= ms)).float()[None, None] if self.s.max_shift > 0 else None
+        self._plate_key = None
+
+    def reset(self) -> None:
+        self.size = None
+
+    def set_plate(self, plate: torch.Tensor, key: object) -> None:
+        """A recorded plate (1,3,h,w) float in [0,1] at working size; `key` tells a new plate from the same one."""
+        if key is self._plate_key or (key is not None and key == self._plate_key):
+            return
+        self._plate_key = key
+        self.plate.copy_(plate)
+        self.known.fill_(1.0)
+        self.has_plate.fill_(1.0)
+
+    # -- pieces -----------------------------------------------------------
+    def _shift(self, x: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """Translation (dy, dx) in pixels taking the plate onto the frame, by phase correlation on the background."""
+        if self._shift_ok is None:
+            return torch.zeros(2, device=x.device)
+        lw = torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)
+        a = (x * lw).sum(1, keepdim=True)
+        b = (self.plate * lw).sum(1, keepdim=True)
+        win = self._window * (0.2 + 0.8 * bgw)  # the person moves: count the room more
+        a = (a - a.mean()) * win
+        b = (b - b.mean()) * win
+        fa, fb = torch.fft.rfft2(a), torch.fft.rfft2(b)
+        r = fa * fb.conj()
+        corr = torch.fft.irfft2(r / r.abs().clamp_min(1e-8), s=a.shape[-2:])
+        corr = corr * self._shift_ok - (1 - self._shift_ok)
+        h, w = a.shape[-2:]
+        idx = corr.flatten().argmax()
+        iy, ix = (idx // w).float(), (idx % w).float()
+        dy = torch.where(iy > h / 2, iy - h, iy)
+        dx = torch.where(ix > w / 2, ix - w, ix)
+        return torch.stack((dy, dx)) * self.known.mean().gt(0.3).float()  # no plate yet: no shift
+
+    def _translate(self, img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """img shifted by (dy, dx) pixels (content moves by +shift), edges replicated."""
+        h, w = img.shape[-2:]
+        theta = torch.zeros(1, 2, 3, device=img.device)
+        theta[0, 0, 0] = 1.0
+        theta[0, 1, 1] = 1.0
+        theta[0, 0, 2] = -2.0 * shift[1] / w
+        theta[0, 1, 2] = -2.0 * shift[0] / h
+        grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _gain(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels."""
+        h, w = x.shape[-2:]
+        rows = max(1, self.s.tiles)
+        cols = max(1, round(rows * w / h))
+        stack = torch.cat((x * plate * bgw, plate * plate * bgw, plate * plate), 1)
+        t = F.adaptive_avg_pool2d(stack, (rows, cols))
+        num, den, full = t[:, 0:3], t[:, 3:6], t[:, 6:9]
+        g0 = num.sum((2, 3), keepdim=True) / den.sum((2, 3), keepdim=True).clamp_min(1e-6)  # global gain
+        beta = 0.05  # tiles the person covers fall back on the global gain
+        gain = (num + beta * g0 * full) / (den + beta * full).clamp_min(1e-6)
+        gain = F.avg_pool2d(F.pad(gain, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        return F.interpolate(gain.clamp(0.2, 5.0), size=(h, w), mode="bilinear", align_corners=False)
+
+    # -- one frame --------------------------------------------------------
+    def step(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """x (1,3,h,w) frame at working size in [0,1]; prior (1,1,h,w) model probability or None.
+        Returns the new matte (1,1,h,w) (also kept in self.alpha); self.conf holds its confidence."""
+        s = self.s
+        h, w = x.shape[-2:]
+        primed = self.primed
+        pm = prior.clamp(0, 1) if prior is not None else self.alpha
+        # Background weight from the last matte (first frame: from the model), with a margin.
+        margin = max(1, round(0.03 * h))
+        last = torch.lerp(pm, self.alpha, primed)
+        bgw = 1.0 - _dilate(last, margin)
+
+        # 2. lighting-invariant, shake-tolerant plate difference.
+        shift = self._shift(x, bgw)
+        plate = self._translate(self.plate, shift)
+        known = self._translate(self.known, shift)
+        xs = box_filter(x, 1)  # camera noise
+        gain = self._gain(xs, plate, bgw * known)
+        pc = gain * box_filter(plate, 1)
+        r = s.envelope
+        hi = _dilate(pc, r)
+        lo = _erode(pc, r)
+        e = F.relu(xs - hi) + F.relu(lo - xs)
+        d = e.square().sum(1, keepdim=True).sqrt()
+        # Noise-adaptive threshold: what the background itself differs by (low light, compression).
+        wk = bgw * known
+        noise = (d * wk).sum() / wk.sum().clamp_min(1.0)
+        tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
+        pp = _smoothstep(tau, 2.5 * tau, d)
+        rc = round(s.close_radius * h)
+        if rc > 0:  # holes where clothes match the room; at quarter size (a wide radius needs no pixel precision)
+            small = F.max_pool2d(pp, 2, ceil_mode=True)
+            small = _erode(_dilate(small, -(-rc // 2)), -(-rc // 2))
+            pp = torch.maximum(pp, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False))
+        plate_logit = _logit(pp).clamp(-3.5, 6.0) * known * s.plate_weight
+
+        # 3. fusion of the evidence.
+        model_logit = _logit(pm) * s.model_weight if prior is not None else torch.zeros_like(pm)
+        fused = torch.sigmoid(model_logit + plate_logit)
+
+        # 4. motion-aware blend with the previous matte (exposure changes are not motion).
+        lw = torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)
+        ratio = x.mean((2, 3), keepdim=True) / self.prev.mean((2, 3), keepdim=True).clamp_min(1e-4)
+        change = ((x - self.prev * ratio).abs() * lw).sum(1, keepdim=True)
+        motion = (_dilate(box_filter(change, 1), 2) / s.motion_threshold).clamp(0.0, 1.0)
+        jump = (((fused - self.alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0)  # a big matte change is trusted at once
+        k = (1.0 - s.stability) + s.stability * torch.maximum(motion, jump)
+        k = torch.lerp(torch.ones_like(k), k, primed)
+        self.alpha.lerp_(fused, k)
+        self.prev.copy_(x)
+        self.primed.fill_(1.0)
+        self.conf.copy_((2.0 * self.alpha - 1.0).abs() * (1.0 - 0.5 * (fused - self.alpha).abs()))
+
+        # Learning: a pixel surely background (with a margin) for learn_seconds follows the room,
+        # stored in the plate's own light and alignment.
+        sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95).float() * (self.conf > 0.9).float()
+        if prior is not None:
+            sure_bg = sure_bg * (_dilate(pm, margin) < 0.2).float()
+        self.clear_for.mul_(sure_bg).add_(sure_bg)
+        settle = max(1.0, s.learn_seconds * self.fps)
+        learn = (self.clear_for >= settle).float() * self.has_plate
+        back = self._translate(x / gain.clamp_min(0.05), -shift)
+        learn = learn * (shift.abs().sum() < 0.5).float()  # only while the camera sits where the plate was taken
+        self.plate.lerp_(back.clamp(0, 1), learn * s.learn_rate)
+        return self.alpha
+
+    def keep_out(self) -> torch.Tensor:
+        """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
+        return torch.maximum(self.alpha, 1.0 - self.conf)
+
+
+def refine_full(alpha: torch.Tensor, frame: Frame, small: torch.Tensor, s: FusedSettings, dtype: torch.dtype) -> torch.Tensor:
+    """Working-resolution matte (1,1,h,w) to the frame's size along its edges; crisp contrast against halos."""
+    raw = frame.layout == "hwc" and frame.image.dtype == torch.uint8 and frame.image.device.type == "cuda"
+    if raw:  # GPU: read the uint8 picture as is (channels-last view), no full-size float copy
+        image, scale = frame.image.permute(2, 0, 1).unsqueeze(0), 1.0 / 255.0
+    else:
+        image, scale = frame.chw(torch.float32).unsqueeze(0), 1.0
+    out = fast_guided_upsample(alpha, image, radius=s.refine_radius, eps=s.refine_eps, colour=True,
+                               guide_small=small, full_scale=scale, out_dtype=torch.float32)
+    if s.edge_sharpness != 1.0:
+        out = ((out - 0.5) * s.edge_sharpness + 0.5).clamp_(0.0, 1.0)
+    return out[0, 0].to(dtype)
+
+
+def working_size(frame: Frame, height: int) -> tuple[int, int]:
+    h = min(height, frame.height)
+    return max(1, round(frame.width * h / frame.height)), h
+
+
+class FusedSegment(Node):
+    node_type = "segment.fused"
+    display_name = "Fused matte"
+    description = (
+        "Person matte from the model, the clean plate (lighting- and shake-tolerant) and the previous matte, "
+        "with per-pixel confidence, motion-aware smoothing and full-resolution edges. Without a plate: model + time."
+    )
+    capturable = True
+
+    frame: In[Frame]
+    prior: In[Mask] = In(optional=True, description="The model's person probability (segment.hybrid / segment.selfie)")
+    plate: In[Frame] = In(optional=True, description="The recorded clean plate (empty room); none = model and time only")
+    mask: Out[Mask]
+    confidence: Out[Mask] = Out(description="0 where the matte is uncertain, 1 where sure (working resolution)")
+    keep_out: Out[Mask] = Out(description="1 where the room is not surely visible: feed background.adaptive's mask with it")
+
+    class Params(FusedSettings):
+        pass
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        self.engine = FusedMatte(self.params, ctx.device, ctx.fps)
+
+    def update_params(self, params: NodeParams) -> bool:
+        if params.working_height != self.params.working_height or params.tiles != self.params.tiles:  # type: ignore[attr-defined]
+            return False  # buffer sizes change: reopen
+        self.params = params
+        self.engine.s = params  # type: ignore[assignment]
+        return True
+
+    def process(self, frame: Frame, prior: Mask | None = None, plate: Frame | None = None) -> dict[str, Mask]:
+        ctx = self.ctx
+        assert ctx is not None
+        w, h = working_size(frame, self.params.working_height)
+        eng = self.engine
+        if eng.size != (w, h):
+            eng._alloc(w, h)
+        x = frame_batch(frame, (w, h), torch.float32).to(ctx.device)
+        if plate is not None:
+            eng.set_plate(frame_batch(plate, (w, h), torch.float32).to(ctx.device), id(plate.image))
+        pm = None
+        if prior is not None:
+            pm = prior.alpha.to(ctx.device).float()[None, None]
+            if tuple(pm.shape[-2:]) != (h, w):
+                pm = F.interpolate(pm, size=(h, w), mode="bilinear", align_corners=False)
+        alpha = eng.step(x, pm)
+        full = refine_full(alpha, frame, x, self.params, ctx.dtype)
+        ts, i = frame.timestamp, frame.index
+        return {"mask": Mask(full, ts, i), "confidence": Mask(eng.conf[0, 0].to(ctx.dtype), ts, i),
+                "keep_out": Mask(eng.keep_out()[0, 0].to(ctx.dtype), ts, i)}
