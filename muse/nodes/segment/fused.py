@@ -43,11 +43,15 @@ def _logit(p: torch.Tensor, lo: float = 0.02) -> torch.Tensor:
 
 
 def _dilate(x: torch.Tensor, r: int) -> torch.Tensor:
-    return F.max_pool2d(x, 2 * r + 1, stride=1, padding=r) if r > 0 else x
+    """Square max filter as two 1-D passes (a 19x19 window costs 38 taps, not 361)."""
+    if r <= 0:
+        return x
+    x = F.max_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r))
+    return F.max_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0))
 
 
 def _erode(x: torch.Tensor, r: int) -> torch.Tensor:
-    return -F.max_pool2d(-x, 2 * r + 1, stride=1, padding=r) if r > 0 else x
+    return -_dilate(-x, r)
 
 
 def _smoothstep(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -69,9 +73,12 @@ class FusedSettings(NodeParams):
     close_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
     motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
-    refine_radius: int = Field(1, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
+    refine_radius: int = Field(2, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
     refine_eps: float = Field(2e-3, ge=1e-6, le=1.0, description="Edge sensitivity of the upsampling (smaller follows weaker edges)")
-    edge_sharpness: float = Field(1.5, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
+    relative_edge: bool = Field(True, description="Place the plate's edge at half the nearby difference (alpha 0.5), not at the noise threshold")
+    edge_offset: float = Field(0.15, ge=-0.45, le=0.45, description="Moves the final edge inwards (+) or outwards (-): alpha level that becomes 0.5")
+    denoise: int = Field(1, ge=0, le=4, description="Box-blur radius against camera noise before the plate comparison (working pixels)")
+    edge_sharpness: float = Field(2.0, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
     learn_seconds: float = Field(2.0, ge=0.1, le=600.0, description="A pixel surely background this long is learned into the plate")
     learn_rate: float = Field(0.05, ge=0.0, le=1.0, description="Per-frame rate at which learned pixels follow the room")
 
@@ -186,9 +193,9 @@ class FusedMatte:
         shift = self._shift(x, bgw)
         plate = self._translate(self.plate, shift)
         known = self._translate(self.known, shift)
-        xs = box_filter(x, 1)  # camera noise
+        xs = box_filter(x, s.denoise)  # camera noise
         gain = self._gain(xs, plate, bgw * known)
-        pc = gain * box_filter(plate, 1)
+        pc = gain * box_filter(plate, s.denoise)
         r = s.envelope
         hi = _dilate(pc, r)
         lo = _erode(pc, r)
@@ -198,7 +205,13 @@ class FusedMatte:
         wk = bgw * known
         noise = (d * wk).sum() / wk.sum().clamp_min(1.0)
         tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
-        pp = _smoothstep(tau, 2.5 * tau, d)
+        if s.relative_edge:
+            # A mixed edge pixel differs by alpha x (person - room): its share of the nearby full difference
+            # puts the edge at alpha 0.5, not where the difference first exceeds the noise (which dilates).
+            a_est = d / torch.maximum(_dilate(d, 2), 2.5 * tau)
+            pp = _smoothstep(torch.full_like(tau, 0.25), torch.full_like(tau, 0.75), a_est)
+        else:
+            pp = _smoothstep(tau, 2.5 * tau, d)
         rc = round(s.close_radius * h)
         if rc > 0:  # holes where clothes match the room; at quarter size (a wide radius needs no pixel precision)
             small = F.max_pool2d(pp, 2, ceil_mode=True)
@@ -250,8 +263,8 @@ def refine_full(alpha: torch.Tensor, frame: Frame, small: torch.Tensor, s: Fused
         image, scale = frame.chw(torch.float32).unsqueeze(0), 1.0
     out = fast_guided_upsample(alpha, image, radius=s.refine_radius, eps=s.refine_eps, colour=True,
                                guide_small=small, full_scale=scale, out_dtype=torch.float32)
-    if s.edge_sharpness != 1.0:
-        out = ((out - 0.5) * s.edge_sharpness + 0.5).clamp_(0.0, 1.0)
+    if s.edge_sharpness != 1.0 or s.edge_offset != 0.0:
+        out = ((out - 0.5 - s.edge_offset) * s.edge_sharpness + 0.5).clamp_(0.0, 1.0)
     return out[0, 0].to(dtype)
 
 
