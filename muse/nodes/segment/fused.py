@@ -66,7 +66,7 @@ class FusedSettings(NodeParams):
     model_weight: float = Field(1.0, ge=0.0, le=4.0, description="Weight of the model's opinion against the clean plate's")
     plate_weight: float = Field(1.5, ge=0.0, le=4.0, description="Weight of the clean-plate difference where the room is known")
     threshold: float = Field(0.06, ge=0.005, le=1.0, description="Smallest plate difference (0-1 RGB) that can be a person")
-    noise_factor: float = Field(4.0, ge=1.0, le=20.0, description="The threshold rises to this many times the background's measured noise")
+    noise_factor: float = Field(5.0, ge=1.0, le=20.0, description="The threshold rises to this many times the background's measured noise")
     max_shift: float = Field(0.03, ge=0.0, le=0.2, description="Largest camera shake followed, as a fraction of the height")
     envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution)")
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
@@ -107,6 +107,8 @@ class FusedMatte:
         self.has_plate = torch.zeros((), device=dev)
         yy, xx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
         self._yy, self._xx = yy.float(), xx.float()
+        self._yn, self._xn = self._yy / max(1, h - 1) * 2 - 1, self._xx / max(1, w - 1) * 2 - 1
+        self._by, self._bx = self._yn[::2, ::2], self._xn[::2, ::2]
         wy = torch.hann_window(h, periodic=False, device=dev)
         wx = torch.hann_window(w, periodic=False, device=dev)
         self._window = (wy[:, None] * wx[None, :])[None, None]
@@ -162,6 +164,30 @@ class FusedMatte:
         grid = F.affine_grid(theta, list(img.shape), align_corners=False)
         return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
+    def _light_field(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """A smooth per-channel gain over the picture (quadratic in x, y), fitted robustly (IRLS, Cauchy
+        weights) to frame / plate on likely-background pixels: a ramp, a lamp or an exposure jump is this
+        field; a person is an outlier to it, even one nobody told us about."""
+        xs, ps, ws = x[..., ::2, ::2], plate[..., ::2, ::2], bgw[..., ::2, ::2]
+        h, w = xs.shape[-2:]
+        basis = torch.stack((torch.ones_like(self._by), self._bx, self._by, self._bx * self._bx,
+                             self._bx * self._by, self._by * self._by)).reshape(6, -1)  # (6, N)
+        ratio = (xs / ps.clamp_min(0.04)).reshape(3, -1)  # (3, N)
+        base = (ws * (ps.amin(1, keepdim=True) > 0.04).float()).reshape(1, -1)
+        flat = ratio.median(dim=1, keepdim=True).values  # robust start: the global median gain
+        fit = flat.expand_as(ratio)
+        eye = 1e-3 * torch.eye(6, device=x.device)
+        for _ in range(3):
+            res = ratio - fit
+            wt = base / (1.0 + (res / 0.08).square())  # (3, N)
+            a = torch.einsum("cn,in,jn->cij", wt, basis, basis) / wt.sum(1).clamp_min(1.0)[:, None, None]
+            b = torch.einsum("cn,in,cn->ci", wt, basis, ratio) / wt.sum(1).clamp_min(1.0)[:, None]
+            theta, _ = torch.linalg.solve_ex(a + eye, b)  # _ex: no error check, so no host sync
+            fit = theta @ basis
+        full = torch.stack((torch.ones_like(self._yy), self._xn, self._yn, self._xn * self._xn,
+                            self._xn * self._yn, self._yn * self._yn))
+        return torch.einsum("ci,ihw->chw", theta, full)[None].clamp(0.2, 5.0)
+
     def _gain(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
         """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels."""
         h, w = x.shape[-2:]
@@ -170,8 +196,8 @@ class FusedMatte:
         stack = torch.cat((x * plate * bgw, plate * plate * bgw, plate * plate), 1)
         t = F.adaptive_avg_pool2d(stack, (rows, cols))
         num, den, full = t[:, 0:3], t[:, 3:6], t[:, 6:9]
-        g0 = num.sum((2, 3), keepdim=True) / den.sum((2, 3), keepdim=True).clamp_min(1e-6)  # global gain
-        beta = 0.05  # tiles the person covers fall back on the global gain
+        g0 = torch.ones_like(num[:, :, :1, :1])  # the smooth light field is already applied
+        beta = 0.3  # tiles the person covers keep the smooth field
         gain = (num + beta * g0 * full) / (den + beta * full).clamp_min(1e-6)
         gain = F.avg_pool2d(F.pad(gain, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         return F.interpolate(gain.clamp(0.2, 5.0), size=(h, w), mode="bilinear", align_corners=False)
@@ -194,24 +220,32 @@ class FusedMatte:
         plate = self._translate(self.plate, shift)
         known = self._translate(self.known, shift)
         xs = box_filter(x, s.denoise)  # camera noise
-        gain = self._gain(xs, plate, bgw * known)
-        pc = gain * box_filter(plate, s.denoise)
-        r = s.envelope
-        hi = _dilate(pc, r)
-        lo = _erode(pc, r)
-        e = F.relu(xs - hi) + F.relu(lo - xs)
-        d = e.square().sum(1, keepdim=True).sqrt()
-        # Noise-adaptive threshold: what the background itself differs by (low light, compression).
+        ps = box_filter(plate, s.denoise)
         wk = bgw * known
-        noise = (d * wk).sum() / wk.sum().clamp_min(1.0)
-        tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
+        light = self._light_field(xs, ps, wk)
+        # Tiles are fitted only on what the smooth light already explains (Cauchy weight): not on a person.
+        off = (xs - light * ps).abs().sum(1, keepdim=True)
+        w_light = wk / (1.0 + (off / 0.06).square())
+        d = None
+        for _ in range(2):  # the second fit leaves out what the first still found different (a missed person)
+            w_fit = w_light if d is None else w_light * (d < 2.0 * tau).float()
+            gain = light * self._gain(xs, light * ps, w_fit)
+            pc = gain * ps
+            r = s.envelope
+            e = F.relu(xs - _dilate(pc, r)) + F.relu(_erode(pc, r) - xs)
+            d = e.square().sum(1, keepdim=True).sqrt()
+            # Noise-adaptive threshold from the typical (lower third) difference: low light, compression.
+            noise = torch.quantile(d.flatten()[::7], 0.3)  # robust while people cover < 70 %
+            tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
+        pp = _smoothstep(tau, 2.5 * tau, d)
         if s.relative_edge:
             # A mixed edge pixel differs by alpha x (person - room): its share of the nearby full difference
             # puts the edge at alpha 0.5, not where the difference first exceeds the noise (which dilates).
+            # Only in the outer band of the person: inside, the person's own texture varies the difference.
             a_est = d / torch.maximum(_dilate(d, 2), 2.5 * tau)
-            pp = _smoothstep(torch.full_like(tau, 0.25), torch.full_like(tau, 0.75), a_est)
-        else:
-            pp = _smoothstep(tau, 2.5 * tau, d)
+            rel = _smoothstep(torch.full_like(tau, 0.25), torch.full_like(tau, 0.75), a_est)
+            band = 1.0 - _erode(pp, 2)
+            pp = pp * (1.0 - band * (1.0 - rel))
         rc = round(s.close_radius * h)
         if rc > 0:  # holes where clothes match the room; at quarter size (a wide radius needs no pixel precision)
             small = F.max_pool2d(pp, 2, ceil_mode=True)
