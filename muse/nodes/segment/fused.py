@@ -65,12 +65,13 @@ class FusedSettings(NodeParams):
     working_height: int = Field(288, ge=64, le=1080, description="Height the fusion runs at (the full-size edge comes from the frame)")
     model_weight: float = Field(1.0, ge=0.0, le=4.0, description="Weight of the model's opinion against the clean plate's")
     plate_weight: float = Field(1.5, ge=0.0, le=4.0, description="Weight of the clean-plate difference where the room is known")
+    plate_background: float = Field(3.5, ge=0.5, le=8.0, description="Strongest 'this is the room' vote of the plate (log-odds); lower lets a sure model fill holes")
     threshold: float = Field(0.06, ge=0.005, le=1.0, description="Smallest plate difference (0-1 RGB) that can be a person")
     noise_factor: float = Field(5.0, ge=1.0, le=20.0, description="The threshold rises to this many times the background's measured noise")
     max_shift: float = Field(0.03, ge=0.0, le=0.2, description="Largest camera shake followed, as a fraction of the height")
     envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution)")
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
-    close_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
+    close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
     motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
     refine_radius: int = Field(2, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
@@ -164,6 +165,24 @@ class FusedMatte:
         grid = F.affine_grid(theta, list(img.shape), align_corners=False)
         return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
+    def _tone(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """Per-channel exponent b of frame ~ k * plate^b, fitted robustly in log space on likely background:
+        a camera in low light lifts its gamma / contrast curve, which no gain reproduces."""
+        xs, ps, ws = x[..., ::2, ::2], plate[..., ::2, ::2], bgw[..., ::2, ::2]
+        lx = torch.log(xs.clamp_min(0.02)).reshape(3, -1)
+        lp = torch.log(ps.clamp_min(0.02)).reshape(3, -1)
+        base = (ws * ((ps > 0.03) & (ps < 0.97) & (xs > 0.01)).float().amin(1, keepdim=True)).reshape(1, -1)
+        wt = base.expand(3, -1)
+        for _ in range(3):
+            sw = wt.sum(1, keepdim=True).clamp_min(1.0)
+            mx, mp = (wt * lx).sum(1, keepdim=True) / sw, (wt * lp).sum(1, keepdim=True) / sw
+            cov = (wt * (lx - mx) * (lp - mp)).sum(1, keepdim=True) / sw
+            var = (wt * (lp - mp).square()).sum(1, keepdim=True) / sw
+            b = ((cov + 0.05) / (var + 0.05)).clamp(0.5, 2.0)  # leaning to 1 when the room has little contrast
+            res = lx - (mx + b * (lp - mp))
+            wt = base / (1.0 + (res / 0.1).square())
+        return b.view(1, 3, 1, 1)
+
     def _light_field(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
         """A smooth per-channel gain over the picture (quadratic in x, y), fitted robustly (IRLS, Cauchy
         weights) to frame / plate on likely-background pixels: a ramp, a lamp or an exposure jump is this
@@ -222,6 +241,7 @@ class FusedMatte:
         xs = box_filter(x, s.denoise)  # camera noise
         ps = box_filter(plate, s.denoise)
         wk = bgw * known
+        ps = ps.clamp_min(1e-3).pow(self._tone(xs, ps, wk))  # the plate in the frame's tone curve
         light = self._light_field(xs, ps, wk)
         # Tiles are fitted only on what the smooth light already explains (Cauchy weight): not on a person.
         off = (xs - light * ps).abs().sum(1, keepdim=True)
@@ -230,7 +250,7 @@ class FusedMatte:
         for _ in range(2):  # the second fit leaves out what the first still found different (a missed person)
             w_fit = w_light if d is None else w_light * (d < 2.0 * tau).float()
             gain = light * self._gain(xs, light * ps, w_fit)
-            pc = gain * ps
+            pc = (gain * ps).clamp(0.0, 1.0)  # a brighter exposure clips: so does the plate
             r = s.envelope
             e = F.relu(xs - _dilate(pc, r)) + F.relu(_erode(pc, r) - xs)
             d = e.square().sum(1, keepdim=True).sqrt()
@@ -251,7 +271,7 @@ class FusedMatte:
             small = F.max_pool2d(pp, 2, ceil_mode=True)
             small = _erode(_dilate(small, -(-rc // 2)), -(-rc // 2))
             pp = torch.maximum(pp, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False))
-        plate_logit = _logit(pp).clamp(-3.5, 6.0) * known * s.plate_weight
+        plate_logit = _logit(pp).clamp(-s.plate_background, 6.0) * known * s.plate_weight
 
         # 3. fusion of the evidence.
         model_logit = _logit(pm) * s.model_weight if prior is not None else torch.zeros_like(pm)
