@@ -165,24 +165,6 @@ class FusedMatte:
         grid = F.affine_grid(theta, list(img.shape), align_corners=False)
         return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def _tone(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
-        """Per-channel exponent b of frame ~ k * plate^b, fitted robustly in log space on likely background:
-        a camera in low light lifts its gamma / contrast curve, which no gain reproduces."""
-        xs, ps, ws = x[..., ::2, ::2], plate[..., ::2, ::2], bgw[..., ::2, ::2]
-        lx = torch.log(xs.clamp_min(0.02)).reshape(3, -1)
-        lp = torch.log(ps.clamp_min(0.02)).reshape(3, -1)
-        base = (ws * ((ps > 0.03) & (ps < 0.97) & (xs > 0.01)).float().amin(1, keepdim=True)).reshape(1, -1)
-        wt = base.expand(3, -1)
-        for _ in range(3):
-            sw = wt.sum(1, keepdim=True).clamp_min(1.0)
-            mx, mp = (wt * lx).sum(1, keepdim=True) / sw, (wt * lp).sum(1, keepdim=True) / sw
-            cov = (wt * (lx - mx) * (lp - mp)).sum(1, keepdim=True) / sw
-            var = (wt * (lp - mp).square()).sum(1, keepdim=True) / sw
-            b = ((cov + 0.05) / (var + 0.05)).clamp(0.5, 2.0)  # leaning to 1 when the room has little contrast
-            res = lx - (mx + b * (lp - mp))
-            wt = base / (1.0 + (res / 0.1).square())
-        return b.view(1, 3, 1, 1)
-
     def _light_field(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
         """A smooth per-channel gain over the picture (quadratic in x, y), fitted robustly (IRLS, Cauchy
         weights) to frame / plate on likely-background pixels: a ramp, a lamp or an exposure jump is this
@@ -241,7 +223,6 @@ class FusedMatte:
         xs = box_filter(x, s.denoise)  # camera noise
         ps = box_filter(plate, s.denoise)
         wk = bgw * known
-        ps = ps.clamp_min(1e-3).pow(self._tone(xs, ps, wk))  # the plate in the frame's tone curve
         light = self._light_field(xs, ps, wk)
         # Tiles are fitted only on what the smooth light already explains (Cauchy weight): not on a person.
         off = (xs - light * ps).abs().sum(1, keepdim=True)
