@@ -109,7 +109,11 @@ class FusedMatte:
         yy, xx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
         self._yy, self._xx = yy.float(), xx.float()
         self._yn, self._xn = self._yy / max(1, h - 1) * 2 - 1, self._xx / max(1, w - 1) * 2 - 1
-        self._by, self._bx = self._yn[::2, ::2], self._xn[::2, ::2]
+        by, bx = self._yn[::2, ::2], self._xn[::2, ::2]
+        # Quadratic light-field bases: sparse (fit) and full (apply), built once per size.
+        self._basis = torch.stack((torch.ones_like(by), bx, by, bx * bx, bx * by, by * by)).reshape(6, -1)
+        yn, xn = self._yn, self._xn
+        self._basis_full = torch.stack((torch.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn)).reshape(6, -1)
         wy = torch.hann_window(h, periodic=False, device=dev)
         wx = torch.hann_window(w, periodic=False, device=dev)
         self._window = (wy[:, None] * wx[None, :])[None, None]
@@ -171,8 +175,7 @@ class FusedMatte:
         field; a person is an outlier to it, even one nobody told us about."""
         xs, ps, ws = x[..., ::2, ::2], plate[..., ::2, ::2], bgw[..., ::2, ::2]
         h, w = xs.shape[-2:]
-        basis = torch.stack((torch.ones_like(self._by), self._bx, self._by, self._bx * self._bx,
-                             self._bx * self._by, self._by * self._by)).reshape(6, -1)  # (6, N)
+        basis = self._basis  # (6, N)
         ratio = (xs / ps.clamp_min(0.04)).reshape(3, -1)  # (3, N)
         base = (ws * (ps.amin(1, keepdim=True) > 0.04).float()).reshape(1, -1)
         flat = ratio.median(dim=1, keepdim=True).values  # robust start: the global median gain
@@ -181,13 +184,14 @@ class FusedMatte:
         for _ in range(3):
             res = ratio - fit
             wt = base / (1.0 + (res / 0.08).square())  # (3, N)
-            a = torch.einsum("cn,in,jn->cij", wt, basis, basis) / wt.sum(1).clamp_min(1.0)[:, None, None]
-            b = torch.einsum("cn,in,cn->ci", wt, basis, ratio) / wt.sum(1).clamp_min(1.0)[:, None]
+            wb = wt[:, None, :] * basis[None]  # (3, 6, N)
+            norm = wt.sum(1).clamp_min(1.0)
+            a = (wb @ basis.t()) / norm[:, None, None]
+            b = (wb @ ratio[:, :, None])[..., 0] / norm[:, None]
             theta, _ = torch.linalg.solve_ex(a + eye, b)  # _ex: no error check, so no host sync
             fit = theta @ basis
-        full = torch.stack((torch.ones_like(self._yy), self._xn, self._yn, self._xn * self._xn,
-                            self._xn * self._yn, self._yn * self._yn))
-        return torch.einsum("ci,ihw->chw", theta, full)[None].clamp(0.2, 5.0)
+        hh, ww = x.shape[-2:]
+        return (theta @ self._basis_full).view(1, 3, hh, ww).clamp(0.2, 5.0)
 
     def _gain(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
         """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels."""
