@@ -229,3 +229,18 @@ def test_cuda_process_reads_nothing_back():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert scenes.iou(out["mask"].alpha.float().cpu().numpy() > 0.5, gt) > 0.9
+
+
+def test_plate_file_is_read_and_a_bad_one_names_the_field(tmp_path):
+    from muse.graph.node import NodeError
+
+    rgb, gt = scenes.composite(SIZE)
+    path = tmp_path / "room.png"
+    cv2.imwrite(str(path), scenes.room(SIZE)[:, :, ::-1])
+    before = path.read_bytes()
+    node = _open(FusedSegment, {**PARAMS, "plate_file": str(path)})
+    got = node.process(frame=_frame(_camera(rgb, 0)))["mask"].alpha.numpy() > 0.5
+    assert scenes.iou(got, gt) > 0.9
+    assert path.read_bytes() == before  # the user's picture is only read
+    with pytest.raises(NodeError, match="plate_file"):
+        _open(FusedSegment, {"plate_file": str(tmp_path / "missing.png")})

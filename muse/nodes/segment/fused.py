@@ -30,7 +30,7 @@ from pydantic import Field
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.models.matte_refine import box_filter, downsample, fast_guided_upsample
-from muse.nodes.segment._prep import frame_batch
+from muse.nodes.segment._prep import frame_batch, user_path
 
 __all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
 
@@ -329,14 +329,21 @@ class FusedSegment(Node):
     keep_out: Out[Mask] = Out(description="1 where the room is not surely visible: feed background.adaptive's mask with it")
 
     class Params(FusedSettings):
-        pass
+        plate_file: str = Field("", description="Picture of the empty room (e.g. from `muse studio plate`), used when the plate input is not connected")
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self.engine = FusedMatte(self.params, ctx.device, ctx.fps)
+        self._file_plate: Frame | None = None
+        if self.params.plate_file:
+            from muse.nodes.background import load_image  # reads only; a bad path is a NodeError naming the field
+
+            path = user_path(self.params.plate_file, ctx)
+            self._file_plate = Frame(load_image(str(path), self.name, "plate_file").to(ctx.device))
 
     def update_params(self, params: NodeParams) -> bool:
-        if params.working_height != self.params.working_height or params.tiles != self.params.tiles:  # type: ignore[attr-defined]
+        if (params.working_height, params.tiles, params.plate_file) != (  # type: ignore[attr-defined]
+                self.params.working_height, self.params.tiles, self.params.plate_file):  # type: ignore[attr-defined]
             return False  # buffer sizes change: reopen
         self.params = params
         self.engine.s = params  # type: ignore[assignment]
@@ -350,6 +357,7 @@ class FusedSegment(Node):
         if eng.size != (w, h):
             eng._alloc(w, h)
         x = frame_batch(frame, (w, h), torch.float32).to(ctx.device)
+        plate = plate if plate is not None else self._file_plate
         if plate is not None:
             eng.set_plate(frame_batch(plate, (w, h), torch.float32).to(ctx.device), id(plate.image))
         pm = None
