@@ -370,6 +370,22 @@ def method_fused_noplate(clip: Clip, device: torch.device) -> Iterator[np.ndarra
     return _method_fused(clip, device, False)
 
 
+def method_hybrid_plate(clip: Clip, device: torch.device) -> Iterator[np.ndarray]:
+    """segment.hybrid given the recorded plate (it fuses inside) -> segment.refine: a graph that kept refine."""
+    from muse.nodes.segment.hybrid import HybridSegment
+    from muse.nodes.segment.refine import RefineMask
+
+    seg, ref = _open(HybridSegment, {}, device, clip, "segment"), _open(RefineMask, {}, device, clip, "matte")
+    plate = _frame(clip.plate, device, 0)
+    h, w = clip.alphas[0].shape
+    try:
+        for i, img in enumerate(clip.frames):
+            f = _frame(img, device, i)
+            yield _alpha_np(ref.process(frame=f, mask=seg.process(frame=f, plate=plate)["mask"])["refined"], h, w)
+    finally:
+        seg.close(), ref.close()
+
+
 def rvm_path(arg: str) -> Path | None:
     for cand in (arg, os.environ.get("MUSE_RVM_ONNX", "")):
         if cand and Path(cand).expanduser().is_file():
@@ -397,6 +413,7 @@ METHODS = {
     "clean_plate": method_clean_plate,
     "fused": method_fused,
     "fused_noplate": method_fused_noplate,
+    "hybrid_plate": method_hybrid_plate,
 }
 
 
