@@ -21,7 +21,6 @@ nothing is read back to the host in `process` (the shift search and every choice
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
-from muse.models.matte_refine import box_filter, downsample, fast_guided_upsample
+from muse.models.matte_refine import box_filter, fast_guided_upsample
 from muse.nodes.segment._prep import frame_batch, user_path
 
 __all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
