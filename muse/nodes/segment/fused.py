@@ -21,7 +21,6 @@ nothing is read back to the host in `process` (the shift search and every choice
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
