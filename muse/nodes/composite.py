@@ -141,6 +141,11 @@ class Composite(Node):
         optional=True,
         description="background.adaptive's coverage: where the room was never seen, show the live frame, not a guessed plate",
     )
+    confidence: In[Mask] = In(
+        optional=True,
+        description="segment.fused's confidence: where the matte is unsure, the live frame is shown behind the person, "
+        "never plate pixels through them (no ghost, no halo)",
+    )
     out: Out[Frame]
 
     class Params(NodeParams):
@@ -221,7 +226,8 @@ class Composite(Node):
             self.ctx.report("warning", message)
 
     def _background(
-        self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None, coverage: Mask | None = None
+        self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None, coverage: Mask | None = None,
+        confidence: Mask | None = None,
     ) -> tuple[torch.Tensor | None, tuple[float, float, float]]:
         """The background as full-size uint8 sRGB, or low-resolution linear floats (blur), or None + a flat linear colour."""
         p = self.params
@@ -237,11 +243,16 @@ class Composite(Node):
         if mode == "plate":
             assert plate is not None
             room = fit_uint8(plate.hwc_uint8(), height, width)
-            if coverage is not None:
-                # A plate pixel never seen is a guess (filled in); the live frame there is the truth
+            if coverage is not None or confidence is not None:
+                # A plate pixel never seen is a guess (filled in), and where the matte is unsure the plate may
+                # be the room behind the person's hair or shoulder: the live frame there is the truth
                 # (the room, or the person, who is drawn over it anyway).
-                known = resize_mask(coverage.alpha, height, width).clamp(0, 1)[..., None]
-                room = torch.lerp(fg.float(), room.float(), known).round_().to(torch.uint8)
+                known = torch.ones((height, width), device=device)
+                if coverage is not None:
+                    known = resize_mask(coverage.alpha, height, width).clamp(0, 1)
+                if confidence is not None:
+                    known = known * resize_mask(confidence.alpha, height, width).clamp(0, 1)
+                room = torch.lerp(fg.float(), room.float(), known[..., None]).round_().to(torch.uint8)
             return room, colour  # type: ignore[return-value]
         if mode == "image":
             if self._image_cache is None or self._image_cache[0] != (height, width):
@@ -261,8 +272,9 @@ class Composite(Node):
         weight = (1.0 - resample(alpha, size)).clamp(0, 1) ** 2
         return masked_blur_small(room, weight, sigma / factor), colour  # type: ignore[return-value]
 
-    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None) -> dict[str, Frame]:
-        if self._cpu is not None:
+    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None,
+                confidence: Mask | None = None) -> dict[str, Frame]:
+        if self._cpu is not None and confidence is None:  # the CPU path does not weigh a matte's confidence yet
             return self._cpu.process(frame, mask, plate, coverage)
         p = self.params
         ctx = self.ctx
@@ -280,7 +292,7 @@ class Composite(Node):
                 alpha = gaussian_blur(shrink_mean(alpha.float()[None, None], small)[0], sigma / factor)[0]
             else:
                 alpha = gaussian_blur(alpha.float()[None], sigma)[0]
-        bg, colour = self._background(fg, alpha, plate, coverage)
+        bg, colour = self._background(fg, alpha, plate, coverage, confidence)
         wrap, inside, soft = 0.0, None, None
         if p.light_wrap > 0:
             # background light spills over the person's edge: strongest at the outline, fading inwards
