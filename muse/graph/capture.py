@@ -374,6 +374,9 @@ class _HostDataGuard(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _HOST_METHODS:
             raise CaptureError(f"Tensor.{name} reads a tensor on the host inside a recorded frame; decide on the device or use a LateValue")
+        if name == "__setitem__" and len(args) > 2 and not isinstance(args[2], torch.Tensor):
+            raise CaptureError("`t[i] = number` inside a recorded frame copies a host scalar to the device; "
+                               "build the tensor on the device (torch.stack, torch.where) or use fill_ on a view")
         if name == "__getitem__" and len(args) > 1 and _scalar_index(args[1]):
             raise CaptureError("indexing with a 0-d tensor reads it on the host inside a recorded frame; use index_select / gather")
         if func in (torch.tensor, torch.as_tensor) and args and _host_data(args[0]):

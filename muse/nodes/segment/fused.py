@@ -160,11 +160,10 @@ class FusedMatte:
     def _translate(self, img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """img shifted by (dy, dx) pixels (content moves by +shift), edges replicated."""
         h, w = img.shape[-2:]
-        theta = torch.zeros(1, 2, 3, device=img.device)
-        theta[0, 0, 0] = 1.0
-        theta[0, 1, 1] = 1.0
-        theta[0, 0, 2] = -2.0 * shift[1] / w
-        theta[0, 1, 2] = -2.0 * shift[0] / h
+        # built on the device by stacking: `theta[i, j] = 1.0` copies a host scalar in (not allowed in a recorded frame)
+        one, zero = torch.ones_like(shift[0]), torch.zeros_like(shift[0])
+        theta = torch.stack((torch.stack((one, zero, -2.0 * shift[1] / w)),
+                             torch.stack((zero, one, -2.0 * shift[0] / h))))[None].float()
         grid = F.affine_grid(theta, list(img.shape), align_corners=False)
         return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
