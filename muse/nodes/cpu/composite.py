@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from muse.graph.payloads import Frame, Mask
+from muse.nodes.composite import cell_factor, reduced_size
 from muse.nodes.cpu import as_numpy, decode_lut, encode
 
 __all__ = ["CompositeCPU", "EPS"]
@@ -191,8 +192,8 @@ class CompositeCPU:
             return 1, as_numpy(bg), colour
         # blur: a low-resolution linear picture of the room
         sigma = max(0.5, p.blur * height)
-        factor = max(1, int(sigma // 2))
-        size = (-(-height // factor), -(-width // factor))
+        factor = cell_factor(height, width, int(sigma // 2))
+        size = reduced_size(height, width, factor)
         if plate is not None:
             room = cv2.LUT(as_numpy(fit_uint8(plate.hwc_uint8(), height, width)), decode_lut())
             return 2, blur(shrink(room, size), sigma / factor), colour
@@ -209,15 +210,20 @@ class CompositeCPU:
         fg = as_numpy(frame.hwc_uint8())
         height, width = fg.shape[:2]
         alpha = as_numpy(mask.alpha.float())
-        if p.feather > 0:  # at the mask's own resolution, as the torch path
-            alpha = blur(alpha, p.feather * alpha.shape[0])
+        if p.feather > 0:  # as the torch path: at a reduced size when the mask is large (sampled bilinearly below)
+            sigma = p.feather * alpha.shape[0]
+            factor = cell_factor(alpha.shape[0], alpha.shape[1], int(sigma // 1.5))
+            if factor > 1:
+                alpha = blur(shrink(alpha, reduced_size(alpha.shape[0], alpha.shape[1], factor)), sigma / factor)
+            else:
+                alpha = blur(alpha, sigma)
         kind, bg, colour = self._background(fg, alpha, plate, coverage)
 
         wrap = 0.0
         if p.light_wrap > 0:
             sigma = max(0.5, p.wrap_size * height)
-            factor = max(1, int(sigma // 2))
-            size = (-(-height // factor), -(-width // factor))
+            factor = cell_factor(height, width, int(sigma // 2))
+            size = reduced_size(height, width, factor)
             inside = blur(shrink(alpha, size), sigma / factor)
             if kind == 0:
                 soft = np.broadcast_to(np.array(colour, np.float32), (*size, 3))
