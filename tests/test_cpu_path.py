@@ -307,3 +307,16 @@ def _pair_flag(monkeypatch, cls, params: dict):
     cpu = _opened(monkeypatch, cls, params, "fast")
     assert not ref._uint8 and cpu._uint8
     return ref, cpu
+
+
+def test_emulated_capture_opens_the_torch_path(monkeypatch):
+    """`capture: emulate` checks the GPU path's contract on the CPU, so nodes open their torch path there."""
+    monkeypatch.setenv("MUSE_CPU_PATH", "fast")
+    node = build_node(Composite, {})
+    ctx = make_context(node.name)
+    ctx.settings = {"capture": "emulate"}
+    node.open(ctx)
+    assert node._cpu is None
+    plain = build_node(Composite, {})
+    plain.open(make_context(plain.name))
+    assert plain._cpu is not None
