@@ -7,6 +7,7 @@ composited pixels within 2 sRGB levels (uint8) of the torch output.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -320,3 +321,33 @@ def test_emulated_capture_opens_the_torch_path(monkeypatch):
     plain = build_node(Composite, {})
     plain.open(make_context(plain.name))
     assert plain._cpu is not None
+
+
+@pytest.mark.parametrize("params", [
+    {"eyes": 0.25, "v_line": 0.3, "slim": 0.15},  # stream_4k.yaml's
+    {"eyes": 1.0, "v_line": 1.0, "slim": 1.0, "cell": 4},
+    {"eyes": 0.0, "v_line": 0.0, "slim": 0.6, "cell": 16},
+])
+def test_face_warp_cpu_matches_torch(monkeypatch, photos, astronaut, params):
+    """warp.face on the CPU path (numpy over each term's reach) on real face.landmarks output: the same
+    field within 1e-3 px (float32 sums in another order), at the astronaut's 720p face and rolled 30 degrees."""
+    from muse.graph.payloads import FaceLandmarks
+    from muse.nodes.face.landmarks import FaceLandmarksNode
+    from muse.nodes.warp.face import FaceWarp
+
+    lm = _opened(monkeypatch, FaceLandmarksNode, {}, "torch").process(photos["astronaut"])["face"]
+    assert float(lm.confidence) > 0.5
+    c = lm.points[:, :2].mean(0)
+    a = math.radians(30)
+    rot = lm.points.clone()
+    rot[:, 0] = c[0] + math.cos(a) * (lm.points[:, 0] - c[0]) - math.sin(a) * (lm.points[:, 1] - c[1])
+    rot[:, 1] = c[1] + math.sin(a) * (lm.points[:, 0] - c[0]) + math.cos(a) * (lm.points[:, 1] - c[1])
+    ref, cpu = _pair(monkeypatch, FaceWarp, params)
+    for landmarks in (lm, FaceLandmarks(rot, lm.confidence, lm.regions, lm.image_size)):
+        ft, fc = ref.process(landmarks)["field"], cpu.process(landmarks)["field"]
+        assert fc.image_size == ft.image_size and fc.field.shape == ft.field.shape
+        assert float(ft.field.abs().max()) > 1.0  # the face really moves
+        assert float((ft.field - fc.field).abs().max()) < 1e-3
+    weak = FaceLandmarks(lm.points, torch.tensor(0.1), lm.regions, lm.image_size)
+    assert torch.count_nonzero(cpu.process(weak)["field"].field) == 0
+    assert torch.count_nonzero(cpu.process(None, photos["astronaut"])["field"].field) == 0
