@@ -392,3 +392,40 @@ def test_body_warp_cpu_matches_torch(monkeypatch, photos, bundled_selfie):
                 assert float((ft.field - fc.field).abs().max()) < 1e-3
                 moved += float(ft.field.abs().max()) > 1.0
     assert moved >= 2  # at least one photo's torso is seen: the comparison means something
+
+
+def test_smooth_cpu_matches_torch(monkeypatch, photos):
+    """landmarks.smooth on the CPU path (numpy One-Euro): real pose keypoints and face landmarks of the
+    astronaut, moved and jittered over 12 frames (a still spell, a fast move, a dropped point, a
+    repeated timestamp): the same smoothed points within 1e-3 px."""
+    from dataclasses import replace
+
+    from muse.nodes.face.landmarks import FaceLandmarksNode
+    from muse.nodes.landmarks.smooth import Smooth
+    from muse.nodes.pose.blazepose import BlazePose
+
+    frame = photos["astronaut"]
+    kp = _opened(monkeypatch, BlazePose, {}, "torch").process(frame)["keypoints"]
+    lm = _opened(monkeypatch, FaceLandmarksNode, {}, "torch").process(frame, pose=kp)["face"]
+    ref, cpu = _pair(monkeypatch, Smooth, {"beta": 5.0})
+    gen = torch.Generator().manual_seed(3)  # fixed jitter: the same for both paths
+    moved = 0.0
+    for i in range(12):
+        shift = torch.tensor([0.0 if i < 5 else 25.0 * (i - 4), 0.0])
+        ts = i / 30 if i != 7 else 6 / 30  # one timestamp that does not advance
+        conf = kp.confidence.clone()
+        if i == 9:
+            conf[15] = 0.1  # a wrist lost for a frame: passed through, its filter restarts
+        kpi = replace(kp, points=kp.points + torch.cat((shift, torch.zeros(kp.points.shape[1] - 2))) +
+                      torch.randn(kp.points.shape, generator=gen) * 0.7, confidence=conf, timestamp=ts, index=i)
+        lmi = replace(lm, points=lm.points + torch.cat((shift, torch.zeros(lm.points.shape[1] - 2))) +
+                      torch.randn(lm.points.shape, generator=gen) * 0.3, timestamp=ts, index=i)
+        a, b = ref.process(kpi, lmi), cpu.process(kpi, lmi)
+        for port in ("smoothed_keypoints", "smoothed_face"):
+            pa, pb = a[port].points, b[port].points
+            assert pa.shape == pb.shape and pa.dtype == pb.dtype
+            assert float((pa - pb).abs().max()) < 1e-3, (i, port)
+        moved = max(moved, float((a["smoothed_keypoints"].points - kpi.points).abs().max()))
+    assert moved > 1.0  # the filter really smooths (lags a moving person a little)
+    cpu.update_params(Smooth.Params(beta=50.0))
+    assert cpu._cpu.filters["keypoints"].beta == 50.0
