@@ -127,6 +127,25 @@ class _Tiles:
         tiles = img.reshape(h // t, t, w // t, t, *rest)[self.ti, :, self.tj]  # (n, t, t[, C])
         return tiles.reshape(len(self.ti) * t, t, *rest)
 
+    def gather_upsampled(self, low: np.ndarray, height: int, width: int) -> np.ndarray:
+        """`gather(upsample(low, height, width))` without the full-resolution picture: the bilinear taps
+        (cell centres, edges clamped) of only the gathered pixels, through `cv2.remap` (its weights are
+        quantised to 1/32: on a smooth low-resolution plane, far below a level)."""
+        h, w = low.shape[:2]
+        if self.box is not None:
+            y0, y1, x0, x1 = self.box
+            ys, xs = np.arange(y0, y1), np.arange(x0, x1)
+            map_y = np.broadcast_to(((ys + 0.5) * (h / height) - 0.5).astype(np.float32)[:, None], (ys.size, xs.size))
+            map_x = np.broadcast_to(((xs + 0.5) * (w / width) - 0.5).astype(np.float32)[None, :], (ys.size, xs.size))
+        else:
+            t, n = self.T, len(self.ti)
+            rows = ((self.ti[:, None] * t + np.arange(t) + 0.5) * (h / height) - 0.5).astype(np.float32)  # (n, t)
+            cols = ((self.tj[:, None] * t + np.arange(t) + 0.5) * (w / width) - 0.5).astype(np.float32)
+            map_y = np.broadcast_to(rows[:, :, None], (n, t, t)).reshape(n * t, t)
+            map_x = np.broadcast_to(cols[:, None, :], (n, t, t)).reshape(n * t, t)
+        return cv2.remap(low, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+
     def scatter(self, dst: np.ndarray, tiles: np.ndarray) -> None:
         if self.box is not None:
             y0, y1, x0, x1 = self.box
@@ -266,7 +285,7 @@ class CompositeCPU:
             dec = decode_lut()
             f = cv2.LUT(tiles.gather(fg), dec)
             if w_full is not None:
-                s = tiles.gather(upsample(np.ascontiguousarray(soft), height, width))
+                s = tiles.gather_upsampled(np.ascontiguousarray(soft), height, width)
                 w = tiles.gather(w_full)
                 f = cv2.blendLinear(s, f, w, 1.0 - w)  # f + w (soft - f)
             if kind == 0:
