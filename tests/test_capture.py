@@ -433,3 +433,21 @@ def test_camera_found_by_name_in_sysfs(tmp_path):
     node = Camera("cam", Camera.Params(device="Elgato Facecam"), capture_factory=lambda d, a: None)
     with pytest.raises(NodeError, match="no camera named 'Elgato Facecam'"):
         node.open(make_context("cam"))
+
+
+def test_camera_demo_fallback_is_unpaced_under_bench(caplog):
+    """`muse bench` (settings unpaced) runs a missing camera's demo fallback flat out, not at the camera's fps,
+    and says so; a normal run keeps the camera's pace."""
+    for unpaced, fps in ((True, 0.0), (False, 30.0)):
+        node = Camera("cam", Camera.Params(device="7", width=160, height=90, fps=30, fallback="demo", open_timeout_s=0.1),
+                      capture_factory=lambda d, a: None)
+        ctx = make_context("cam")
+        ctx.settings = {"unpaced": unpaced}
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="muse"):
+            node.open(ctx)
+        try:
+            assert node._demo.params.fps == fps
+            assert ("unpaced (muse bench)" in caplog.text) == unpaced
+        finally:
+            node.close()

@@ -154,3 +154,36 @@ def test_cpu_blur_through_opencv_matches_the_convolution(astronaut, sigma):
     assert fast.shape == img.shape
     assert float((fast - ref).abs().max()) < 1e-5
     assert float(fast.std()) < float(img.std())  # it did blur
+
+
+@pytest.mark.parametrize("height,width", [(342, 548), (1080, 1920)])
+def test_low_resolution_room_blur_sits_on_the_sampling_grid(messi, height, width):
+    """The room blur runs at a reduced size, then is sampled bilinearly at full size: its cells must
+    sit where that sampling puts them. At 1080p (factor 16 would leave a partial last cell of 8 rows)
+    and at messi5's own 548x342 (no whole cell tiles it) the result stays within a level on average
+    of a full-resolution blur; strided pooling with a partial last cell drifted to 1.6-2 levels."""
+    import torch.nn.functional as F
+
+    from muse.nodes.composite import cell_factor, gaussian_blur, reduced_size, shrink_mean
+
+    rgb = cv2.resize(messi, (width, height), interpolation=cv2.INTER_AREA)
+    lin = torch.from_numpy(((rgb / 255.0) ** 2.2).astype(np.float32)).permute(2, 0, 1)
+    sigma = 0.03 * height
+    factor = cell_factor(height, width, int(sigma // 2))
+    size = reduced_size(height, width, factor)
+    low = gaussian_blur(shrink_mean(lin[None], size)[0], sigma / factor)
+    up = F.interpolate(low[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    full = gaussian_blur(lin, sigma)
+    err = (up.clamp(0, 1) ** (1 / 2.2) - full.clamp(0, 1) ** (1 / 2.2)).abs() * 255
+    assert float(err.mean()) < 1.0
+    if height == 1080:
+        assert factor == 15 and height % factor == 0 and width % factor == 0  # one strided pool
+
+
+def test_cell_factor_prefers_a_whole_tiling():
+    from muse.nodes.composite import cell_factor
+
+    assert cell_factor(2160, 3840, 32) == 30
+    assert cell_factor(720, 1280, 10) == 10
+    assert cell_factor(342, 548, 5) == 5  # nothing >= 3 tiles it: adaptive windows
+    assert cell_factor(720, 1280, 0) == 1

@@ -7,6 +7,7 @@ composited pixels within 2 sRGB levels (uint8) of the torch output.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -307,3 +308,124 @@ def _pair_flag(monkeypatch, cls, params: dict):
     cpu = _opened(monkeypatch, cls, params, "fast")
     assert not ref._uint8 and cpu._uint8
     return ref, cpu
+
+
+def test_emulated_capture_opens_the_torch_path(monkeypatch):
+    """`capture: emulate` checks the GPU path's contract on the CPU, so nodes open their torch path there."""
+    monkeypatch.setenv("MUSE_CPU_PATH", "fast")
+    node = build_node(Composite, {})
+    ctx = make_context(node.name)
+    ctx.settings = {"capture": "emulate"}
+    node.open(ctx)
+    assert node._cpu is None
+    plain = build_node(Composite, {})
+    plain.open(make_context(plain.name))
+    assert plain._cpu is not None
+
+
+@pytest.mark.parametrize("params", [
+    {"eyes": 0.25, "v_line": 0.3, "slim": 0.15},  # stream_4k.yaml's
+    {"eyes": 1.0, "v_line": 1.0, "slim": 1.0, "cell": 4},
+    {"eyes": 0.0, "v_line": 0.0, "slim": 0.6, "cell": 16},
+])
+def test_face_warp_cpu_matches_torch(monkeypatch, photos, astronaut, params):
+    """warp.face on the CPU path (numpy over each term's reach) on real face.landmarks output: the same
+    field within 1e-3 px (float32 sums in another order), at the astronaut's 720p face and rolled 30 degrees."""
+    from muse.graph.payloads import FaceLandmarks
+    from muse.nodes.face.landmarks import FaceLandmarksNode
+    from muse.nodes.warp.face import FaceWarp
+
+    lm = _opened(monkeypatch, FaceLandmarksNode, {}, "torch").process(photos["astronaut"])["face"]
+    assert float(lm.confidence) > 0.5
+    c = lm.points[:, :2].mean(0)
+    a = math.radians(30)
+    rot = lm.points.clone()
+    rot[:, 0] = c[0] + math.cos(a) * (lm.points[:, 0] - c[0]) - math.sin(a) * (lm.points[:, 1] - c[1])
+    rot[:, 1] = c[1] + math.sin(a) * (lm.points[:, 0] - c[0]) + math.cos(a) * (lm.points[:, 1] - c[1])
+    ref, cpu = _pair(monkeypatch, FaceWarp, params)
+    for landmarks in (lm, FaceLandmarks(rot, lm.confidence, lm.regions, lm.image_size)):
+        ft, fc = ref.process(landmarks)["field"], cpu.process(landmarks)["field"]
+        assert fc.image_size == ft.image_size and fc.field.shape == ft.field.shape
+        assert float(ft.field.abs().max()) > 1.0  # the face really moves
+        assert float((ft.field - fc.field).abs().max()) < 1e-3
+    weak = FaceLandmarks(lm.points, torch.tensor(0.1), lm.regions, lm.image_size)
+    assert torch.count_nonzero(cpu.process(weak)["field"].field) == 0
+    assert torch.count_nonzero(cpu.process(None, photos["astronaut"])["field"].field) == 0
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (548, 342), (1000, 700)])
+def test_warp_gate_cpu_matches_torch(photos, messi, bundled_selfie, size):
+    """The warps' person gate (fields.mask_gate) in numpy/OpenCV: the same values on a real person mask,
+    where grid cells tile the mask, leave a partial last cell (548x342) or need adaptive windows."""
+    from muse.nodes.cpu.body_warp import mask_gate_np
+    from muse.nodes.warp.fields import field_grid, mask_gate
+
+    seg = build_node(SelfieSegment, {"model": "landscape"})
+    seg.open(make_context(seg.name))
+    frame = Frame(torch.from_numpy(np.ascontiguousarray(cv2.resize(messi, size, interpolation=cv2.INTER_AREA))))
+    low = seg.process(frame)["mask"].alpha
+    alpha = torch.nn.functional.interpolate(low[None, None], size=(size[1], size[0]), mode="bilinear")[0, 0]
+    for cell in (8, 7):
+        xs, _ = field_grid(size, cell, torch.device("cpu"))
+        grid = tuple(xs.shape)
+        a = mask_gate(alpha, grid, 0.04 * grid[0]).numpy()
+        b = mask_gate_np(alpha.numpy(), grid, 0.04 * grid[0])
+        assert a.shape == b.shape and 0 < a.mean() < 1
+        assert np.abs(a - b).max() < 1e-5
+
+
+def test_body_warp_cpu_matches_torch(monkeypatch, photos, bundled_selfie):
+    """warp.body on the CPU path on real pose keypoints and a real person mask: the field within 1e-3 px."""
+    from muse.nodes.pose.blazepose import BlazePose
+    from muse.nodes.warp.body import BodyWarp
+
+    moved = 0
+    for photo in ("astronaut", "messi"):
+        frame = photos[photo]
+        kp = _opened(monkeypatch, BlazePose, {}, "torch").process(frame)["keypoints"]
+        mask = _opened(monkeypatch, SelfieSegment, {"model": "landscape"}, "torch").process(frame)["mask"]
+        for params in ({"waist": 0.2, "hips": 0.1}, {"waist": 1.0, "hips": -1.0, "shoulders": 1.0, "cell": 5}):
+            ref, cpu = _pair(monkeypatch, BodyWarp, params)
+            for m in (mask, None):
+                ft, fc = ref.process(kp, m)["field"], cpu.process(kp, m)["field"]
+                assert fc.field.shape == ft.field.shape and fc.image_size == ft.image_size
+                assert float((ft.field - fc.field).abs().max()) < 1e-3
+                moved += float(ft.field.abs().max()) > 1.0
+    assert moved >= 2  # at least one photo's torso is seen: the comparison means something
+
+
+def test_smooth_cpu_matches_torch(monkeypatch, photos):
+    """landmarks.smooth on the CPU path (numpy One-Euro): real pose keypoints and face landmarks of the
+    astronaut, moved and jittered over 12 frames (a still spell, a fast move, a dropped point, a
+    repeated timestamp): the same smoothed points within 1e-3 px."""
+    from dataclasses import replace
+
+    from muse.nodes.face.landmarks import FaceLandmarksNode
+    from muse.nodes.landmarks.smooth import Smooth
+    from muse.nodes.pose.blazepose import BlazePose
+
+    frame = photos["astronaut"]
+    kp = _opened(monkeypatch, BlazePose, {}, "torch").process(frame)["keypoints"]
+    lm = _opened(monkeypatch, FaceLandmarksNode, {}, "torch").process(frame, pose=kp)["face"]
+    ref, cpu = _pair(monkeypatch, Smooth, {"beta": 5.0})
+    gen = torch.Generator().manual_seed(3)  # fixed jitter: the same for both paths
+    moved = 0.0
+    for i in range(12):
+        shift = torch.tensor([0.0 if i < 5 else 25.0 * (i - 4), 0.0])
+        ts = i / 30 if i != 7 else 6 / 30  # one timestamp that does not advance
+        conf = kp.confidence.clone()
+        if i == 9:
+            conf[15] = 0.1  # a wrist lost for a frame: passed through, its filter restarts
+        kpi = replace(kp, points=kp.points + torch.cat((shift, torch.zeros(kp.points.shape[1] - 2))) +
+                      torch.randn(kp.points.shape, generator=gen) * 0.7, confidence=conf, timestamp=ts, index=i)
+        lmi = replace(lm, points=lm.points + torch.cat((shift, torch.zeros(lm.points.shape[1] - 2))) +
+                      torch.randn(lm.points.shape, generator=gen) * 0.3, timestamp=ts, index=i)
+        a, b = ref.process(kpi, lmi), cpu.process(kpi, lmi)
+        for port in ("smoothed_keypoints", "smoothed_face"):
+            pa, pb = a[port].points, b[port].points
+            assert pa.shape == pb.shape and pa.dtype == pb.dtype
+            assert float((pa - pb).abs().max()) < 1e-3, (i, port)
+        moved = max(moved, float((a["smoothed_keypoints"].points - kpi.points).abs().max()))
+    assert moved > 1.0  # the filter really smooths (lags a moving person a little)
+    cpu.update_params(Smooth.Params(beta=50.0))
+    assert cpu._cpu.filters["keypoints"].beta == 50.0

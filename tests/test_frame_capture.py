@@ -75,8 +75,13 @@ def run_tapped(text: str, taps: list[str], edit: tuple[int, str, dict] | None = 
 
 
 @pytest.mark.slow
-def test_stream_graph_replayed_matches_eager() -> None:
+def test_stream_graph_replayed_matches_eager(monkeypatch) -> None:
     frames = 14
+    # The emulated capture checks the GPU (torch) path, which nodes take under `capture: emulate`;
+    # the eager run takes it too (on a CPU device it would otherwise run the issue-13 CPU path), on the
+    # plain executor (the CPU pipeline runs torch on one thread: other float sums, 2e-4 px apart).
+    monkeypatch.setenv("MUSE_CPU_PATH", "torch")
+    monkeypatch.setenv("MUSE_CPU_PIPELINE", "0")
     eager, _ = run_tapped(stream_graph("cpu", "off", 256, 144, frames), TAPS)
     replayed, runner = run_tapped(stream_graph("cpu", "emulate", 256, 144, frames), TAPS)
     info = runner.stats.info["capture"]

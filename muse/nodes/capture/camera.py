@@ -261,12 +261,13 @@ class Camera(Node):
         if p.fallback == "demo":
             from muse.nodes.capture.demo import Demo
 
+            fps = 0.0 if ctx.settings.get("unpaced") else p.fps  # `muse bench`: as fast as it goes
+            rate = "unpaced (muse bench)" if fps == 0 else f"{p.fps:g} fps"
             msg = (f"!!! {self.name}: {self._where()} could not be opened; FALLING BACK to the demo source "
-                   f"({p.width}x{p.height} @ {p.fps:g} fps). Set fallback: none to make this an error. !!!")
+                   f"({p.width}x{p.height} @ {rate}). Set fallback: none to make this an error. !!!")
             ctx.logger.warning(msg)
             ctx.report("fallback", "demo")
             ctx.report("status", "demo (no camera)")
-            fps = 0.0 if ctx.settings.get("unpaced") else p.fps  # `muse bench`: as fast as it goes
             self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=fps, background=p.demo_background))
             self._demo.open(ctx)
             self.on_demand = True  # the runtime reads this per node: render only frames that will be taken

@@ -19,8 +19,12 @@ __all__ = ["wanted", "machine_cores", "cpu_threads", "ort_session", "decode_lut"
 
 def wanted(ctx) -> bool:
     """Whether a node opened with `ctx` runs its CPU implementation: on a CPU device, unless
-    MUSE_CPU_PATH=torch asks for the torch reference (parity tests, bisecting a difference)."""
-    return not ctx.cuda and os.environ.get("MUSE_CPU_PATH", "fast") != "torch"
+    MUSE_CPU_PATH=torch asks for the torch reference (parity tests, bisecting a difference) or the
+    graph emulates frame capture (`capture: emulate` checks the GPU path's contract on the CPU:
+    numpy reads the host, which a recorded frame refuses)."""
+    if ctx.cuda or (ctx.settings or {}).get("capture") == "emulate":
+        return False
+    return os.environ.get("MUSE_CPU_PATH", "fast") != "torch"
 
 
 def machine_cores() -> int:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from muse.graph.payloads import Frame, Mask
+from muse.nodes.composite import cell_factor, reduced_size
 from muse.nodes.cpu import as_numpy, decode_lut, encode
 
 __all__ = ["CompositeCPU", "EPS"]
@@ -126,6 +127,25 @@ class _Tiles:
         tiles = img.reshape(h // t, t, w // t, t, *rest)[self.ti, :, self.tj]  # (n, t, t[, C])
         return tiles.reshape(len(self.ti) * t, t, *rest)
 
+    def gather_upsampled(self, low: np.ndarray, height: int, width: int) -> np.ndarray:
+        """`gather(upsample(low, height, width))` without the full-resolution picture: the bilinear taps
+        (cell centres, edges clamped) of only the gathered pixels, through `cv2.remap` (its weights are
+        quantised to 1/32: on a smooth low-resolution plane, far below a level)."""
+        h, w = low.shape[:2]
+        if self.box is not None:
+            y0, y1, x0, x1 = self.box
+            ys, xs = np.arange(y0, y1), np.arange(x0, x1)
+            map_y = np.broadcast_to(((ys + 0.5) * (h / height) - 0.5).astype(np.float32)[:, None], (ys.size, xs.size))
+            map_x = np.broadcast_to(((xs + 0.5) * (w / width) - 0.5).astype(np.float32)[None, :], (ys.size, xs.size))
+        else:
+            t, n = self.T, len(self.ti)
+            rows = ((self.ti[:, None] * t + np.arange(t) + 0.5) * (h / height) - 0.5).astype(np.float32)  # (n, t)
+            cols = ((self.tj[:, None] * t + np.arange(t) + 0.5) * (w / width) - 0.5).astype(np.float32)
+            map_y = np.broadcast_to(rows[:, :, None], (n, t, t)).reshape(n * t, t)
+            map_x = np.broadcast_to(cols[:, None, :], (n, t, t)).reshape(n * t, t)
+        return cv2.remap(low, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+
     def scatter(self, dst: np.ndarray, tiles: np.ndarray) -> None:
         if self.box is not None:
             y0, y1, x0, x1 = self.box
@@ -191,8 +211,8 @@ class CompositeCPU:
             return 1, as_numpy(bg), colour
         # blur: a low-resolution linear picture of the room
         sigma = max(0.5, p.blur * height)
-        factor = max(1, int(sigma // 2))
-        size = (-(-height // factor), -(-width // factor))
+        factor = cell_factor(height, width, int(sigma // 2))
+        size = reduced_size(height, width, factor)
         if plate is not None:
             room = cv2.LUT(as_numpy(fit_uint8(plate.hwc_uint8(), height, width)), decode_lut())
             return 2, blur(shrink(room, size), sigma / factor), colour
@@ -209,15 +229,20 @@ class CompositeCPU:
         fg = as_numpy(frame.hwc_uint8())
         height, width = fg.shape[:2]
         alpha = as_numpy(mask.alpha.float())
-        if p.feather > 0:  # at the mask's own resolution, as the torch path
-            alpha = blur(alpha, p.feather * alpha.shape[0])
+        if p.feather > 0:  # as the torch path: at a reduced size when the mask is large (sampled bilinearly below)
+            sigma = p.feather * alpha.shape[0]
+            factor = cell_factor(alpha.shape[0], alpha.shape[1], int(sigma // 1.5))
+            if factor > 1:
+                alpha = blur(shrink(alpha, reduced_size(alpha.shape[0], alpha.shape[1], factor)), sigma / factor)
+            else:
+                alpha = blur(alpha, sigma)
         kind, bg, colour = self._background(fg, alpha, plate, coverage)
 
         wrap = 0.0
         if p.light_wrap > 0:
             sigma = max(0.5, p.wrap_size * height)
-            factor = max(1, int(sigma // 2))
-            size = (-(-height // factor), -(-width // factor))
+            factor = cell_factor(height, width, int(sigma // 2))
+            size = reduced_size(height, width, factor)
             inside = blur(shrink(alpha, size), sigma / factor)
             if kind == 0:
                 soft = np.broadcast_to(np.array(colour, np.float32), (*size, 3))
@@ -260,7 +285,7 @@ class CompositeCPU:
             dec = decode_lut()
             f = cv2.LUT(tiles.gather(fg), dec)
             if w_full is not None:
-                s = tiles.gather(upsample(np.ascontiguousarray(soft), height, width))
+                s = tiles.gather_upsampled(np.ascontiguousarray(soft), height, width)
                 w = tiles.gather(w_full)
                 f = cv2.blendLinear(s, f, w, 1.0 - w)  # f + w (soft - f)
             if kind == 0:

@@ -112,12 +112,10 @@ class RefineCPU:
         h, w = low.shape
         img = as_numpy(frame.hwc_uint8())
         colour = p.guide == "colour"
-        full = None  # (H, W, 3) float32 in [0, 1]: the colour guide at full precision, when needed
-        if colour or p.scale < 1.0:
-            full = cv2.LUT(img, _UNIT)
-            if p.scale < 1.0:
-                out_h, out_w = max(1, round(frame.height * p.scale)), max(1, round(frame.width * p.scale))
-                full = cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        full = None  # (H, W, 3) float32 in [0, 1]: the guide resized for an output scale below 1
+        if p.scale < 1.0:
+            out_h, out_w = max(1, round(frame.height * p.scale)), max(1, round(frame.width * p.scale))
+            full = cv2.resize(cv2.LUT(img, _UNIT), (out_w, out_h), interpolation=cv2.INTER_AREA)
         H, W = full.shape[:2] if full is not None else img.shape[:2]
         if (W, H) == (w, h):
             small = full if full is not None else cv2.LUT(img, _UNIT)
@@ -135,7 +133,9 @@ class RefineCPU:
         up_b = cv2.resize(b, (W, H), interpolation=cv2.INTER_LINEAR)
         if colour:
             up_a = cv2.resize(a, (W, H), interpolation=cv2.INTER_LINEAR)
-            out = cv2.transform(cv2.multiply(up_a, full), np.ones((1, 3), np.float32))
+            # A . I read straight from the uint8 picture at full scale (no float copy of the frame first)
+            prod = cv2.multiply(up_a, full) if full is not None else cv2.multiply(up_a, img, scale=1.0 / 255.0, dtype=cv2.CV_32F)
+            out = cv2.transform(prod, np.ones((1, 3), np.float32))
         else:
             up_a = cv2.resize(np.ascontiguousarray(a[..., 0]), (W, H), interpolation=cv2.INTER_LINEAR)
             if full is None:

@@ -93,7 +93,7 @@ class WarpCPU:
     def process(self, frame: Frame, face: Displacement | None = None, body: Displacement | None = None,
                 mask: Mask | None = None, plate: Frame | None = None) -> dict[str, object]:
         from muse.nodes.warp.apply import combine_fields
-        from muse.nodes.warp.fields import mask_gate
+        from muse.nodes.cpu.body_warp import mask_gate_np
 
         field = combine_fields([f for f in (face, body) if f is not None], frame.size)
         outputs: dict[str, object] = {}
@@ -104,7 +104,8 @@ class WarpCPU:
             return outputs
         alpha = mask.alpha if mask is not None else None
         if alpha is not None:
-            field = field * mask_gate(alpha, tuple(field.shape[-2:]), self.node.params.margin * field.shape[-2])
+            gate = mask_gate_np(as_numpy(alpha.float()), tuple(field.shape[-2:]), self.node.params.margin * field.shape[-2])
+            field = field * torch.from_numpy(gate)
         src = as_numpy(frame.hwc_uint8())
         plate_img = None
         if plate is not None and alpha is not None:

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import FaceLandmarks, Keypoints
+from muse.nodes.cpu import wanted
 
 
 def _alpha(cutoff: torch.Tensor | float, dt: float) -> torch.Tensor | float:
@@ -104,11 +105,18 @@ class Smooth(Node):
         super().open(ctx)
         self._filters: dict[str, OneEuro] = {}
         self._count = 0
+        self._cpu = None
+        if wanted(ctx):  # issue 13: numpy on the host, each payload's own time
+            from muse.nodes.cpu.smooth import SmoothCPU
+
+            self._cpu = SmoothCPU(self)
 
     def update_params(self, params: NodeParams) -> bool:
         self.params = params
         for f in getattr(self, "_filters", {}).values():
             f.min_cutoff, f.beta, f.d_cutoff = params.min_cutoff, params.beta, params.d_cutoff  # type: ignore[attr-defined]
+        if getattr(self, "_cpu", None) is not None:
+            self._cpu.update(params)
         return True
 
     def _filter(self, key: str) -> OneEuro:
@@ -132,8 +140,10 @@ class Smooth(Node):
         return timestamp
 
     def process(self, keypoints: Keypoints | None = None, face: FaceLandmarks | None = None) -> dict[str, Keypoints | FaceLandmarks]:
-        out: dict[str, Keypoints | FaceLandmarks] = {}
         self._count += 1
+        if self._cpu is not None:
+            return self._cpu.process(keypoints, face)
+        out: dict[str, Keypoints | FaceLandmarks] = {}
         if keypoints is not None:
             valid = keypoints.confidence >= self.params.min_confidence
             f = self._filter("keypoints")

@@ -72,7 +72,11 @@ def load_bundled(
         try:
             from muse.models.bundled import onnx_model_path
 
-            return OrtModel(str(onnx_model_path(name)))
+            from muse.nodes.cpu import cpu_threads
+
+            # half the cores (two frames in flight on the CPU path), not torch's count when the node opens:
+            # that is 2 on first start (before the CPU pipeline sets 1) and 1 after a reopen
+            return OrtModel(str(onnx_model_path(name)), threads=cpu_threads())
         except ImportError as exc:
             raise NodeError(f"node {node!r}: field 'backend': onnxruntime is not installed ({exc}); pip install onnxruntime or use backend: torch") from exc
         except FileNotFoundError as exc:

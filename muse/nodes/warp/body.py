@@ -8,11 +8,12 @@ inside the person's dilated outline, as a low-resolution Displacement.
 from __future__ import annotations
 
 import torch
-from muse.graph.capture import device_constant
 from pydantic import Field
 
-from muse.graph.node import In, Node, NodeError, NodeParams, Out
+from muse.graph.capture import device_constant
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Displacement, Keypoints, Mask
+from muse.nodes.cpu import wanted
 from muse.nodes.warp.fields import bump, field_grid, mask_gate, zero_field
 
 # (left shoulder, right shoulder, left hip, right hip) per skeleton
@@ -76,7 +77,17 @@ class BodyWarp(Node):
         cell: int = Field(8, ge=1, le=32, description="Field resolution: one value per cell x cell pixels")
         min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Shoulder and hip keypoints below this -> identity")
 
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        self._cpu = None
+        if wanted(ctx):  # issue 13: a few numpy/OpenCV passes on the grid
+            from muse.nodes.cpu.body_warp import BodyWarpCPU
+
+            self._cpu = BodyWarpCPU(self)
+
     def process(self, keypoints: Keypoints | None = None, mask: Mask | None = None) -> dict[str, Displacement]:
+        if getattr(self, "_cpu", None) is not None:
+            return self._cpu.process(keypoints, mask)
         ctx = self.ctx
         assert ctx is not None
         p = self.params

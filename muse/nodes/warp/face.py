@@ -8,11 +8,12 @@ face outline (jaw for `v_line`, cheeks for `slim`), spread by a compact kernel.
 from __future__ import annotations
 
 import torch
-from muse.graph.capture import device_constant
 from pydantic import Field
 
+from muse.graph.capture import device_constant
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Displacement, FaceLandmarks, Frame
+from muse.nodes.cpu import wanted
 from muse.nodes.warp.fields import bump, compact_gaussian, field_grid, smoothstep, zero_field
 
 # Strength 1 maps to these; chosen so the map stays one-to-one (no fold-over).
@@ -69,8 +70,15 @@ class FaceWarp(Node):
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._warned: set[str] = set()
+        self._cpu = None
+        if wanted(ctx):  # issue 13: numpy over the cells each term reaches
+            from muse.nodes.cpu.face_warp import FaceWarpCPU
+
+            self._cpu = FaceWarpCPU(self)
 
     def process(self, landmarks: FaceLandmarks | None = None, frame: Frame | None = None) -> dict[str, Displacement]:
+        if self._cpu is not None:
+            return self._cpu.process(landmarks, frame)
         ctx = self.ctx
         assert ctx is not None
         if landmarks is not None:
