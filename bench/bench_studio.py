@@ -79,7 +79,7 @@ def label_in_memory(p, scene, count: int) -> None:
 def filter_dataset(p, real: bool) -> dict:
     from muse.studio.files import write_json
     from muse.studio.filter import filter_bad_data
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
 
     if real:
         settings = p.config.filter
@@ -143,7 +143,7 @@ def heldout_iou_full_res(p, model, device) -> dict:
 
     from muse.studio.dataset import kept_ids, split_ids
     from muse.studio.files import read_image
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
     from muse.studio.teachers.base import iou
 
     records = {r["id"]: r for r in load_records(p.dataset_dir)}
@@ -218,7 +218,7 @@ def main() -> int:
         if args.nproc > 1:
             if not real:
                 raise SystemExit("bench_studio: --nproc needs pydantic and PyYAML (the torchrun entry point loads the profile)")
-            from muse.studio.train import DDP_ENV
+            from muse.studio.distributed import DDP_ENV
 
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "muse.studio.train",
                    "bench", "--root", str(work), "--max-seconds", str(args.max_train_seconds), "--no-bar"]

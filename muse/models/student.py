@@ -177,7 +177,7 @@ class StudentPose(nn.Module):
         return pts, torch.sigmoid(conf)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -200,7 +200,7 @@ def save_student(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any]
     model = getattr(model, "module", model)  # unwrap DDP
     kind = "pose" if isinstance(model, StudentPose) else "segmenter"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_torch_save({"format": STUDENT_FORMAT, "kind": kind, "arch": dict(model.arch), "meta": meta, "state_dict": state}, path)
+    atomic_torch_save({"format": STUDENT_FORMAT, "kind": kind, "arch": dict(model.arch), "meta": meta, "state_dict": state}, path)
     return path
 
 

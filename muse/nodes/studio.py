@@ -37,11 +37,11 @@ class StudioDatasetWriter(Node):
         root = resolve_output_path(self.params.profile, graph_dir(getattr(ctx, "graph_file", None)))
         if not self.params.profile or not (root / "profile.yaml").is_file():
             raise NodeError(f"node {self.name!r}: field 'profile' must be a MUSE Studio profile folder with profile.yaml (got {self.params.profile!r}); create one with `muse studio new NAME`")
-        from muse.studio.label import _done_ids
+        from muse.studio.records import done_ids
 
         self._ds = root / "dataset"
         self._out = self._ds / "records" / f"{self.params.recording}.graph.jsonl"
-        self._done = _done_ids(self._ds / "records") if (self._ds / "records").is_dir() else set()
+        self._done = done_ids(self._ds / "records") if (self._ds / "records").is_dir() else set()
         self._written = 0
 
     def process(self, frame: Frame, mask: Mask, votes: list[Mask] | None = None, keypoints: Keypoints | None = None) -> None:

@@ -33,8 +33,10 @@ def load_vitpose(path: str | Path, device: torch.device, dtype: torch.dtype, whe
             f"{where}: checkpoint {folder} is not a ViTPose folder (no config.json); point `checkpoint` at a folder "
             "saved with save_pretrained, e.g. a local copy of usyd-community/vitpose-base-simple"
         )
-    from transformers import VitPoseForPoseEstimation
-
+    try:
+        from transformers import VitPoseForPoseEstimation
+    except ImportError as exc:
+        raise NodeError(f"{where}: ViTPose needs the `transformers` package (MUSE's `studio` extra: pip install -e \".[studio]\"): {exc}") from None
     try:
         model = VitPoseForPoseEstimation.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
     except Exception as exc:
