@@ -444,3 +444,24 @@ def test_preview_window_shows_the_frame(tmp_path):
         os.close(r)
         xvfb.terminate()
         xvfb.wait(10)
+
+
+@pytest.mark.cuda
+def test_preview_encodes_jpeg_on_the_gpu_for_a_watcher(astronaut):
+    """A watched preview of a GPU frame is encoded by nvJPEG: only the JPEG bytes come to the host."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU (run on the GPU machine)")
+    node = build_node(Preview, {"port": 0, "window": "off", "max_width": 0})
+    ctx = make_context(device="cuda")
+    node.open(ctx)
+    try:
+        node._latest.clients = 1  # a viewer is connected
+        node.process(frame=Frame(torch.from_numpy(astronaut).cuda()))
+        assert node._gpu_jpeg, "nvJPEG path was given up"
+        jpeg = node._latest.jpeg
+        assert jpeg is not None and jpeg[:2] == b"\xff\xd8"
+        decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert np.abs(decoded.astype(int) - astronaut.astype(int)).mean() < 4
+    finally:
+        node._latest.clients = 0
+        node.close()

@@ -72,6 +72,8 @@ class FaceLandmarksNode(Node):
     def capture_blocker(self) -> str | None:
         from muse.nodes.landmarks.tracking import OrtModel
 
+        if getattr(self, "_uint8", False):
+            return "the CPU path crops the uint8 frame with OpenCV, outside a recorded frame"
         if isinstance(getattr(getattr(self, "tracker", None), "mesh", None), OrtModel):
             return "its models run on ONNX Runtime (the CPU path), outside a recorded frame"
         return None

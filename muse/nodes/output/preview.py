@@ -56,6 +56,20 @@ class _Latest:
         if self.on_publish is not None:
             self.on_publish()
 
+    def watched(self) -> bool:
+        with self.cond:
+            return self.clients > 0
+
+    def publish_jpeg(self, jpeg: bytes) -> None:
+        """A picture already encoded (on the GPU)."""
+        with self.cond:
+            self.pixels = None
+            self.jpeg = jpeg
+            self.serial += 1
+            self.cond.notify_all()
+        if self.on_publish is not None:
+            self.on_publish()
+
     def still(self) -> bytes | None:
         with self.cond:
             if self.jpeg is None and self.pixels is not None:
@@ -154,6 +168,13 @@ class Preview(Node):
         if p.max_width and w > p.max_width:
             nh = max(2, round(h * p.max_width / w))
             img = fit(img, p.max_width, nh, "stretch")
+        if img.is_cuda and self._window is None and self._gpu_jpeg and self._latest.watched():
+            jpeg = self._encode_on_gpu(img)
+            if jpeg is not None:  # only the compressed bytes cross to the host (nvJPEG)
+                self._latest.publish_jpeg(jpeg)
+                self.count += 1
+                self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+                return None
         pixels = self._download(img)
         self._latest.publish(pixels)
         if self._window is not None:
@@ -161,6 +182,21 @@ class Preview(Node):
         self.count += 1
         self.ctx.report("frames", self.count)  # type: ignore[union-attr]
         return None
+
+    _gpu_jpeg = True  # cleared for good if nvJPEG is missing or fails once
+
+    def _encode_on_gpu(self, img: torch.Tensor) -> bytes | None:
+        try:
+            from torchvision.io import encode_jpeg as nv_encode
+
+            chw = img.permute(2, 0, 1).contiguous() if img.dim() == 3 else img[None].contiguous()
+            data = nv_encode(chw, quality=int(self._latest.quality))
+            return bytes(data.cpu().numpy().tobytes())  # sink thread: waits for this picture only
+        except Exception as exc:
+            self._gpu_jpeg = False
+            if self.ctx is not None:
+                self.ctx.logger.warning("node %r: JPEG on the GPU is not available (%s); encoding on the CPU", self.name, exc)
+            return None
 
     def close(self) -> None:
         with self._latest.cond:

@@ -58,6 +58,7 @@ def draw_lines(image: torch.Tensor, start: torch.Tensor, end: torch.Tensor, colo
 
 class Overlay(Node):
     node_type = "pose.overlay"
+    capturable = True
     display_name = "Pose/face overlay"
     description = "Draws the body skeleton and the face mesh (jaw, irises) on the frame for the preview."
 

@@ -12,6 +12,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from muse.graph.capture import device_constant
 import torch.nn.functional as F
 from pydantic import Field
 
@@ -34,8 +36,8 @@ _WHITE = (0.95047, 1.0, 1.08883)  # D65
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """(B,3,H,W) sRGB in [0,1] -> CIE Lab scaled by 1/100 (L in [0,1], a/b about [-1.3,1.3])."""
     lin = _srgb_to_linear(rgb.float().clamp(0, 1))
-    m = torch.tensor(_RGB_TO_XYZ, device=rgb.device)
-    xyz = torch.einsum("ij,bjhw->bihw", m, lin) / torch.tensor(_WHITE, device=rgb.device).view(1, 3, 1, 1)
+    m = device_constant(_RGB_TO_XYZ, rgb.device)
+    xyz = torch.einsum("ij,bjhw->bihw", m, lin) / device_constant(_WHITE, rgb.device).view(1, 3, 1, 1)
     d = 6.0 / 29.0
     f = torch.where(xyz > d**3, xyz.clamp_min(1e-12) ** (1.0 / 3.0), xyz / (3 * d * d) + 4.0 / 29.0)
     lum = 116.0 * f[:, 1:2] - 16.0
@@ -61,7 +63,7 @@ def colour_distance(frame: torch.Tensor, plate: torch.Tensor, space: str = "lab"
     else:
         f, p = frame.float(), plate.float()
     d = f - p
-    w = torch.tensor([luma_weight, 1.0, 1.0] if space != "rgb" else [1.0, 1.0, 1.0], device=d.device).view(1, 3, 1, 1)
+    w = device_constant([luma_weight, 1.0, 1.0] if space != "rgb" else [1.0, 1.0, 1.0], d.device).view(1, 3, 1, 1)
     return (d * d * w).sum(1, keepdim=True).sqrt()
 
 
@@ -83,6 +85,7 @@ def hysteresis(strong: torch.Tensor, weak: torch.Tensor, steps: int) -> torch.Te
 
 class CleanPlateSegment(Node):
     node_type = "segment.clean_plate"
+    capturable = True
     display_name = "Clean-plate difference"
     description = "Person mask from the difference to a picture of the empty room (fixed camera, no model)."
 

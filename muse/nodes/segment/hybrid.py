@@ -59,7 +59,7 @@ class _Health:
 
 
 def _mask_stats(alpha: torch.Tensor) -> torch.Tensor:
-    if not alpha.is_cuda:  # issue 13: numpy on the CPU (torch's thread pool costs more than the sums)
+    if not alpha.is_cuda and not is_recording():  # issue 13: numpy on the CPU (torch's thread pool costs more than the sums)
         from muse.nodes.cpu.masks import mask_stats
 
         return mask_stats(alpha)
