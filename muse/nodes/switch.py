@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import Field
 
+from muse.graph.capture import LateValue
 from muse.graph.node import In, Node, NodeError, NodeParams, Out
 from muse.graph.payloads import Control, Payload
 
@@ -52,10 +53,11 @@ class SwitchPolicy:
 
 
 class _FiniteCheck:
-    """A non-blocking NaN/Inf check: computed on the device now, read a frame later."""
+    """Per branch, a NaN/Inf flag computed on the device now and read a frame later
+    (`LateValue`, the one "read a GPU value a frame later" helper): never stalls the device."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[int, torch.Tensor, Any]] = []
+        self.flags: dict[int, tuple[LateValue, int]] = {}  # branch -> (its flag, the version last judged)
 
     def submit(self, branch: int, value: Any) -> None:
         if not isinstance(value, Payload):
@@ -64,23 +66,19 @@ class _FiniteCheck:
         if not flags:
             return
         bad = torch.stack(flags).any()
-        if bad.is_cuda:
-            ev = torch.cuda.Event()
-            ev.record()
-            self.pending.append((branch, bad, ev))
-        else:
-            self.pending.append((branch, bad, None))
+        entry = self.flags.get(branch)
+        if entry is None or entry[0].cuda != bad.is_cuda:
+            entry = self.flags[branch] = (LateValue(bad.device, (1,), torch.bool), 0)
+        entry[0].publish(bad)
 
     def ready_failures(self) -> list[int]:
-        """Branches whose earlier output turned out non-finite (only checks that already finished)."""
-        out, keep = [], []
-        for branch, bad, ev in self.pending:
-            if ev is None or ev.query():
-                if bool(bad):  # the event has completed: this read does not stall the GPU
+        """Branches whose last checked output turned out non-finite (only checks that already finished)."""
+        out = []
+        for branch, (late, judged) in list(self.flags.items()):
+            if late.published and late.version != judged and late.ready():
+                if bool(late.read()[0]):  # its copy has landed: this read does not stall the GPU
                     out.append(branch)
-            else:
-                keep.append((branch, bad, ev))
-        self.pending = keep[-8:]
+                self.flags[branch] = (late, late.version)
         return out
 
 
