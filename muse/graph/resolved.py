@@ -3,6 +3,7 @@ classes, params and inputs, in topological order) and the errors found on the wa
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,8 @@ class ResolvedInput:
 class ResolvedNode:
     name: str
     type: str
-    cls: type[Node]
-    params: NodeParams
+    cls: builtins.type[Node]  # `type` alone would name the field above
+    params: NodeParams | None  # None: its params were invalid (reported; the graph does not run)
     inputs: dict[str, ResolvedInput] = field(default_factory=dict)
 
 

@@ -245,7 +245,7 @@ def _resolve_node(name: str, ns: NodeSpec, registry: Registry, smap: SourceMap, 
             errors.append(GraphError("bad_param", pydantic_message(e), file, smap.line("nodes", name, "params", *(e["loc"][:1] or ())),
                                      node=name, field=fld, hint=hint))
         params = None  # keep checking this node's ports; the error above already stops the graph
-    return ResolvedNode(name, ns.type, cls, params)  # type: ignore[arg-type]
+    return ResolvedNode(name, ns.type, cls, params)
 
 
 def _resolve_inputs(spec: GraphSpec, nodes: dict[str, ResolvedNode], smap: SourceMap, errors: list[GraphError]) -> None:

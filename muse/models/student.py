@@ -229,13 +229,15 @@ def _load(path: str | os.PathLike, device: str | torch.device, kind: str) -> tup
 def load_student(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[StudentSegmenter, dict[str, Any]]:
     """Rebuild a saved student segmenter in eval mode on `device`; returns (model, meta)."""
     model, meta = _load(path, device, "segmenter")
-    return model, meta  # type: ignore[return-value]
+    assert isinstance(model, StudentSegmenter)
+    return model, meta
 
 
 def load_student_pose(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[StudentPose, dict[str, Any]]:
     """Rebuild a saved student pose head; returns (model, meta)."""
     model, meta = _load(path, device, "pose")
-    return model, meta  # type: ignore[return-value]
+    assert isinstance(model, StudentPose)
+    return model, meta
 
 
 def live_model_path(profile_dir: str | os.PathLike) -> Path:

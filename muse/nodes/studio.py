@@ -32,6 +32,8 @@ class StudioDatasetWriter(Node):
         recording: str = Field("graph", description="Name the frames are filed under (frame ids are <recording>_<index>)")
         teacher: str = Field("graph", description="Name of the teacher that made the label, stored with each frame")
 
+    params: Params
+
     def open(self, ctx: Any) -> None:
         super().open(ctx)
         root = resolve_output_path(self.params.profile, graph_dir(getattr(ctx, "graph_file", None)))
@@ -64,7 +66,7 @@ class StudioDatasetWriter(Node):
         lab = Label(label, min(ious.values(), default=1.0), ious, kps, keypoints.skeleton if keypoints is not None else None, self.params.teacher)
         self._written += write_labelled_clip(self._ds, self.params.recording, [(frame.index, rgb)], [lab], self._out)
         if self.ctx is not None:
-            self.ctx.report("frames_written", self._written)
+            self.report("frames_written", self._written)
         return None
 
     def close(self) -> None:

@@ -107,15 +107,17 @@ class Switch(Node):
         retry_s: float = Field(5.0, ge=0.0, le=3600.0, description="fallback_on_error: retry a failed better branch after this long")
         check_finite: bool = Field(True, description="Treat NaN/Inf outputs as a failure (checked without stalling the GPU)")
 
+    params: Params
+
     def open(self, ctx) -> None:
         super().open(ctx)
         self._policy: SwitchPolicy | None = None
         self._check = _FiniteCheck()
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         self.params = params
         if self._policy is not None:
-            self._policy.retry_s = params.retry_s  # type: ignore[attr-defined]
+            self._policy.retry_s = params.retry_s
         return True
 
     def _label(self, i: int) -> str:
@@ -173,7 +175,7 @@ class Switch(Node):
         if self._policy.succeeded(index):
             log.info("switch '%s': live branch is now %s", self.name, self._label(index))
         if self.ctx is not None:
-            self.ctx.report("live", self._label(index))
-            self.ctx.report("live_index", index)
+            self.report("live", self._label(index))
+            self.report("live_index", index)
         ts = getattr(value, "timestamp", 0.0)
         return {"selected": value, "live": Control({"index": index, "label": self._label(index)}, timestamp=ts)}

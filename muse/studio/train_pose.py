@@ -118,10 +118,10 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
     for step in itertools.count(start):
         if step >= steps:  # `steps` may be corrected on the way (replan)
             break
-        if replan and step % 10 == 0 and time.time() - t0 > 0.2 * time_budget:  # type: ignore[operator]
+        if replan and time_budget and step % 10 == 0 and time.time() - t0 > 0.2 * time_budget:
             replan = False
             elapsed = time.time() - t0
-            steps = replanned_steps(step, steps, step / elapsed, time_budget - elapsed, cfg.pose_steps)  # type: ignore[operator]
+            steps = replanned_steps(step, steps, step / elapsed, time_budget - elapsed, cfg.pose_steps)
             bar.set_total(steps)
         g = torch.Generator().manual_seed(cfg.seed * 7_000_003 + step)
         idx = torch.randint(0, len(data), (min(batch, len(data)),), generator=g).to(dev)

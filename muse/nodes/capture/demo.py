@@ -100,6 +100,8 @@ class Demo(Node):
         motion: float = Field(1.0, ge=0.0, le=2.0, description="How far the person moves (0 = still)")
         start: int = Field(0, ge=0, description="First frame number (frame i is always the same picture)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -184,12 +186,12 @@ class Demo(Node):
             "clean_plate": Frame(self._plate, timestamp=ts, index=i),
         }
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         # Size and pictures are baked into buffers at open; motion/person/frames can change live.
         old = self.params
-        if (params.width, params.height, params.background) != (old.width, old.height, old.background):  # type: ignore[attr-defined]
+        if (params.width, params.height, params.background) != (old.width, old.height, old.background):
             return False
         self.params = params
-        self._pacer.fps = params.fps  # type: ignore[attr-defined]
+        self._pacer.fps = params.fps
         self._pacer.reset()
         return True

@@ -68,6 +68,8 @@ class PoseHybrid(Node):
         retry_after_s: float = Field(30.0, ge=0.0, le=3600.0, description="Retry a failed higher-priority model after this many seconds; 0 = never")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="Bundled pose models: auto = torch on a GPU, ONNX Runtime on the CPU")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -95,7 +97,7 @@ class PoseHybrid(Node):
             except Exception:  # closing a broken model must not hide the real error
                 pass
         c.node = None
-        self.ctx.logger.warning("node %r: %s pose model failed (%s); falling back", self.name, c.mode, c.error)
+        self.logger.warning("node %r: %s pose model failed (%s); falling back", self.name, c.mode, c.error)
 
     def _activate(self, now: float) -> Candidate:
         assert self.ctx is not None
@@ -115,11 +117,11 @@ class PoseHybrid(Node):
             if c is not self.live:
                 if self.live is not None:
                     self.switches += 1
-                    self.ctx.logger.info("node %r: pose mode %s -> %s", self.name, self.live.mode, c.mode)
+                    self.logger.info("node %r: pose mode %s -> %s", self.name, self.live.mode, c.mode)
                 self.live = c
-                self.ctx.report("mode", c.mode)
-                self.ctx.report("switches", self.switches)
-                self.ctx.report("failed", {x.mode: x.error for x in self.candidates if x.error})
+                self.report("mode", c.mode)
+                self.report("switches", self.switches)
+                self.report("failed", {x.mode: x.error for x in self.candidates if x.error})
             return c
 
     @staticmethod
@@ -147,13 +149,13 @@ class PoseHybrid(Node):
             node = c.cls(f"{self.name}.{c.mode}", c.cls.Params(**c.params))
             node.open(self.ctx)
         except Exception as exc:  # keep the old model: a half-written or broken export must not stop the stream
-            self.ctx.logger.warning("node %r: new student pose model %s did not load (%s); keeping the old one", self.name, self._student_path, exc)
-            self.ctx.report("failed", {**{x.mode: x.error for x in self.candidates if x.error}, "personalized (new file)": str(exc)})
+            self.logger.warning("node %r: new student pose model %s did not load (%s); keeping the old one", self.name, self._student_path, exc)
+            self.report("failed", {**{x.mode: x.error for x in self.candidates if x.error}, "personalized (new file)": str(exc)})
             return
         old, c.node, c.failed_at, c.error, c.bad = c.node, node, None, "", HostFlag(self.ctx.device)
         self.swaps += 1
-        self.ctx.report("student_swaps", self.swaps)
-        self.ctx.logger.info("node %r: new student pose model %s is live", self.name, self._student_path)
+        self.report("student_swaps", self.swaps)
+        self.logger.info("node %r: new student pose model %s is live", self.name, self._student_path)
         if old is not None:
             old.close()
 
@@ -177,7 +179,7 @@ class PoseHybrid(Node):
         now = time.monotonic()
         self._watch_student(now)
         live = self._activate(now)
-        if live.bad is not None and live.bad.read():  # last frame's keypoints were NaN
+        if live.bad is not None and live.bad.is_set():  # last frame's keypoints were NaN
             self._fail(live, "NaN keypoints")
             live = self._activate(now)
         elif self.live is not self.candidates[0]:
@@ -197,8 +199,9 @@ class PoseHybrid(Node):
                 inputs: dict[str, Any] = {"frame": frame}
                 if mask is not None and "mask" in live.cls.inputs_spec:
                     inputs["mask"] = mask
-                out = live.node.process(**inputs)  # type: ignore[union-attr]
-                kp: Keypoints = out["keypoints"]  # type: ignore[index,assignment]
+                assert live.node is not None  # the live candidate is open
+                out = live.node.process(**inputs)
+                kp: Keypoints = out["keypoints"]
                 break
             except Exception as exc:  # safe mode: any failure of the live model hands over
                 if is_recording():

@@ -107,6 +107,8 @@ class HybridSegment(Node):
         empty_frames: int = Field(30, ge=1, le=10_000, description="Frames of empty mask before asking the next model whether someone is there")
         min_coverage: float = Field(0.002, ge=0.0, le=0.5, description="Mask mean below which a mask counts as empty")
 
+    params: Params
+
     # -- lifecycle -------------------------------------------------------
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
@@ -168,12 +170,12 @@ class HybridSegment(Node):
                 self._pending[0].close()
                 self._pending = None
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         live_ok = ("prefer", "retry_s", "watch_s", "empty_frames", "min_coverage")
         if any(getattr(params, k) != getattr(self.params, k) for k in type(params).model_fields if k not in live_ok):
             return False
         self.params = params
-        self._policy.retry_s = params.retry_s  # type: ignore[attr-defined]
+        self._policy.retry_s = params.retry_s
         return True
 
     # -- building branches ----------------------------------------------
@@ -283,7 +285,8 @@ class HybridSegment(Node):
             )
         b = self.branches[live]
         try:
-            mask = b.run(frame)  # type: ignore[misc]
+            assert b.run is not None  # live branches are loaded
+            mask = b.run(frame)
         except Exception as exc:  # a failing model is exactly what this node guards against
             if is_recording():
                 raise
@@ -293,7 +296,9 @@ class HybridSegment(Node):
         self._check(("live", live, -1), mask.alpha)
         if probe is not None:
             try:
-                lower = self.branches[probe].run(frame)  # type: ignore[misc]
+                probe_run = self.branches[probe].run
+                assert probe_run is not None  # probes are loaded branches
+                lower = probe_run(frame)
                 self._check(("probe", probe, live), lower.alpha)
             except Exception as exc:
                 if is_recording():
@@ -307,7 +312,7 @@ class HybridSegment(Node):
                 self._switches += 1
                 log.warning("%s: switched from %s to %s", self.name, self.branches[self._live].mode, self.branches[i].mode)
                 if self.ctx is not None:
-                    self.ctx.logger.warning("segment.hybrid '%s': live model is now %s (%s)", self.name,
+                    self.logger.warning("segment.hybrid '%s': live model is now %s (%s)", self.name,
                                             self.branches[i].mode, self.branches[i].label)
             self._live = i
             self._report()
@@ -360,18 +365,18 @@ class HybridSegment(Node):
         self._policy.failed(i)
         log.warning("%s: %s model (%s) failed: %s; safe mode", self.name, b.mode, b.label, reason)
         if self.ctx is not None:
-            self.ctx.report("last_fault", f"{b.label}: {reason}")
+            self.report("last_fault", f"{b.label}: {reason}")
         self._report()
 
     def _report(self) -> None:
         if self.ctx is None:
             return
         live = self.branches[self._live] if self._live is not None else None
-        self.ctx.report("mode", live.mode if live else "none")
-        self.ctx.report("live", live.label if live else "none")
-        self.ctx.report("switches", self._switches)
-        self.ctx.report("student_swaps", self._swaps)
-        self.ctx.report("branches", {
+        self.report("mode", live.mode if live else "none")
+        self.report("live", live.label if live else "none")
+        self.report("switches", self._switches)
+        self.report("student_swaps", self._swaps)
+        self.report("branches", {
             b.label: ("failed: " + b.error) if b.error else ("loaded" if b.run else "not loaded") for b in self.branches
         })
 
@@ -434,7 +439,7 @@ class HybridSegment(Node):
         self._swaps += 1
         log.warning("%s: picked up new personalized model %s", self.name, student.path)
         if self.ctx is not None:
-            self.ctx.report("student_model", str(student.path))
+            self.report("student_model", str(student.path))
         self._report()
 
     def _retire_tick(self) -> None:

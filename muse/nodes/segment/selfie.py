@@ -59,6 +59,8 @@ class SelfieSegment(Node):
         )
         cuda_graph: bool = Field(True, description="torch on a GPU: replay the model as a CUDA graph")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._backend = None
@@ -103,7 +105,7 @@ class SelfieSegment(Node):
         ctx.report("backend", self._backend.describe())
         ctx.report("working_size", [w, h])
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         old = self.params
         self.params = params
         if self.ctx is None:
