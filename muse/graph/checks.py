@@ -125,7 +125,7 @@ def check_output_paths(nodes: dict[str, ResolvedNode], smap: SourceMap, errors: 
                          f"if you trust this graph, run it with --allow-paths (or add the folder to ${paths.ALLOW_ENV})"))
             if not exclusive:
                 continue
-            for key in {paths._real(target), paths._real(template)}:
+            for key in {paths.real_path(target), paths.real_path(template)}:
                 if key in claimed and claimed[key][0] != name:
                     other, other_field = claimed[key]
                     errors.append(GraphError(
