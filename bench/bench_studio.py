@@ -62,7 +62,8 @@ def make_profile(root: Path, args: argparse.Namespace) -> tuple[object, bool]:
 
 def label_in_memory(p, scene, count: int) -> None:
     """The label stage without a video file: clean-plate teacher, same dataset layout as `muse studio label`."""
-    from muse.studio.label import merge_records, write_labelled_clip
+    from muse.studio.label import write_labelled_clip
+    from muse.studio.records import merge_records
     from muse.studio.teachers.combine import TeacherSet, label_frames
     from muse.studio.teachers.offline import CleanPlateTeacher
 

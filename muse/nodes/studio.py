@@ -71,7 +71,7 @@ class StudioDatasetWriter(Node):
 
     def close(self) -> None:
         if getattr(self, "_ds", None) is not None and (self._ds / "records").is_dir():
-            from muse.studio.label import merge_records
+            from muse.studio.records import merge_records
 
             merge_records(self._ds)
 
