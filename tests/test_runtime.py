@@ -111,6 +111,7 @@ def test_only_the_selected_branch_runs(registry: Registry) -> None:
     assert Collect.seen == [0.25] * 5
     assert stats.nodes["pick"].info["live"] == "personal"
     assert stats.nodes["b"].frames == 0
+    assert stats.nodes["pick"].info["branches"] == {"personal": "live", "base": "standby"}
 
 
 def test_fallback_on_error_switches_and_reports(registry: Registry) -> None:
@@ -125,6 +126,10 @@ def test_fallback_on_error_switches_and_reports(registry: Registry) -> None:
     assert Counter.calls["a"] == 1, "a failed branch is not retried before retry_s"
     assert stats.nodes["pick"].info["live"] == "base"
     assert stats.nodes["a"].errors == 1 and "broken on purpose" in stats.nodes["a"].last_error
+    branches = stats.nodes["pick"].info["branches"]  # what `muse run --stats` lists
+    assert branches["base"] == "live"
+    assert branches["student"].startswith("failed: ") and "broken on purpose" in branches["student"]
+    assert "retried in" in branches["student"]
 
 
 def test_fallback_on_nan_output(registry: Registry) -> None:

@@ -113,6 +113,7 @@ class Switch(Node):
         super().open(ctx)
         self._policy: SwitchPolicy | None = None
         self._check = _FiniteCheck()
+        self._errors: dict[int, str] = {}
 
     def update_params(self, params: Params) -> bool:
         self.params = params
@@ -132,6 +133,7 @@ class Switch(Node):
             for bad in self._check.ready_failures():
                 log.warning("switch '%s': %s produced NaN/Inf; falling back", self.name, self._label(bad))
                 self._policy.failed(bad)
+                self._errors[bad] = "NaN/Inf output"
 
         if p.mode == "manual":
             index = self._manual_index(select, len(candidates))
@@ -148,6 +150,7 @@ class Switch(Node):
             except Exception as exc:  # a failing branch is exactly what this node is for
                 errors.append(f"{self._label(i)}: {exc}")
                 self._policy.failed(i)
+                self._errors[i] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("switch '%s': %s failed (%s); trying the next", self.name, self._label(i), exc)
                 continue
             if value is None:
@@ -170,12 +173,30 @@ class Switch(Node):
             raise NodeError(f"switch '{self.name}': field 'index' is {index}, but there are {count} candidates (0..{count - 1})")
         return index
 
+    def branch_states(self, live: int) -> dict[str, str]:
+        """Each branch's state for `--stats` and the editor: live, standby, or failed (why, and when it is retried)."""
+        assert self._policy is not None
+        now, states = self._policy.clock(), {}
+        for i in range(self._policy.count):
+            if i == live:
+                state = "live"
+            elif i in self._policy.failed_at:
+                wait = self._policy.retry_s - (now - self._policy.failed_at[i])
+                why = self._errors.get(i, "failed")
+                state = f"failed: {why}" + (f" (retried in {wait:.0f} s)" if wait > 0 and self.params.mode == "fallback_on_error" else "")
+            else:
+                state = "standby"
+            states[self._label(i)] = state
+        return states
+
     def _emit(self, index: int, value: Any) -> dict[str, Any]:
         assert self._policy is not None
         if self._policy.succeeded(index):
             log.info("switch '%s': live branch is now %s", self.name, self._label(index))
+        self._errors.pop(index, None)
         if self.ctx is not None:
             self.report("live", self._label(index))
             self.report("live_index", index)
+            self.report("branches", self.branch_states(index))
         ts = getattr(value, "timestamp", 0.0)
         return {"selected": value, "live": Control({"index": index, "label": self._label(index)}, timestamp=ts)}
