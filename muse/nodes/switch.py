@@ -25,9 +25,12 @@ log = logging.getLogger("muse.switch")
 
 
 class SwitchPolicy:
-    """Which branch to try, in order, given what failed and when (no torch, no I/O)."""
+    """Which branch to try, in order, given what failed and when (no torch, no I/O).
 
-    def __init__(self, count: int, retry_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    The one retry/backoff policy of MUSE's switches: flow.switch, segment.hybrid and pose.hybrid.
+    `retry_s` None = a failed branch is never retried (only as the last resort of `order`)."""
+
+    def __init__(self, count: int, retry_s: float | None = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.count = count
         self.retry_s = retry_s
         self.clock = clock
@@ -36,10 +39,15 @@ class SwitchPolicy:
 
     def order(self) -> list[int]:
         """Branches to try now: healthy ones first, in priority order; failed ones whose retry time came back in."""
-        now = self.clock()
-        ready = [i for i in range(self.count) if i not in self.failed_at or now - self.failed_at[i] >= self.retry_s]
+        ready = self.ready()
         waiting = [i for i in range(self.count) if i not in ready]
         return ready + waiting  # last resort: even a recently failed branch beats no picture
+
+    def ready(self) -> list[int]:
+        """Branches that may be tried now, in priority order: healthy ones and those due for a retry."""
+        now = self.clock()
+        return [i for i in range(self.count)
+                if i not in self.failed_at or (self.retry_s is not None and now - self.failed_at[i] >= self.retry_s)]
 
     def succeeded(self, index: int) -> bool:
         """Record success; True if the live branch changed."""
