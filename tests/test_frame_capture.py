@@ -33,7 +33,7 @@ def _frames_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MUSE_CPU_PATH", "torch")
 
 
-TAPS = ["segment.mask", "matte.refined", "pose.keypoints", "face.face", "steady.smoothed_keypoints",
+TAPS = ["segment.mask", "matte.mask", "matte.confidence", "pose.keypoints", "face.face", "steady.smoothed_keypoints",
         "face_shape.field", "body_shape.field", "room.plate", "reshape.out", "composite.out"]
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
 
 __all__ = [
     "CaptureError",
@@ -185,6 +186,10 @@ class EmulatedFrameGraph(FrameGraph):
     def replay(self) -> None:
         with torch.inference_mode():  # ops recorded under inference mode write inference tensors
             for func, args, kwargs, out in self.ops:
+                # Tensors as they were when recorded: an in-place view op (`squeeze_`, as torch.quantile
+                # uses) may have changed their shape since, while a CUDA graph keeps the recorded geometry.
+                args, kwargs = tree_map(_as_recorded, (args, kwargs))
+                out = tree_map(_as_recorded, out)
                 fresh = func(*args, **kwargs)
                 for old, new in zip(_flat(out), _flat(fresh)):
                     if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and not _same_view(old, new):
@@ -264,6 +269,28 @@ def device_constant(values: Any, device: torch.device | str, dtype: torch.dtype 
     return t
 
 
+class _Geometry:
+    """A recorded tensor with the shape, strides and offset it had at recording."""
+
+    __slots__ = ("t", "shape", "stride", "offset")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t, self.shape, self.stride, self.offset = t, tuple(t.shape), t.stride(), t.storage_offset()
+
+
+def _geometry(x: Any) -> Any:
+    return _Geometry(x) if isinstance(x, torch.Tensor) else x
+
+
+def _as_recorded(x: Any) -> Any:
+    if not isinstance(x, _Geometry):
+        return x
+    t = x.t
+    if tuple(t.shape) == x.shape and t.stride() == x.stride and t.storage_offset() == x.offset:
+        return t
+    return t.as_strided(x.shape, x.stride, x.offset)
+
+
 # -- internals ------------------------------------------------------------------------------------------
 def _flat(x: Any) -> Iterable[Any]:
     if isinstance(x, (tuple, list)):
@@ -308,7 +335,7 @@ class _Recorder(TorchDispatchMode):
         if func in _HOST_READS or _is_bool_index(func, args):
             raise _host_read_error(func, args)
         out = func(*args, **kwargs)
-        self.ops.append((func, args, kwargs, out))
+        self.ops.append((func, tree_map(_geometry, args), tree_map(_geometry, kwargs), tree_map(_geometry, out)))
         return out
 
 

@@ -81,6 +81,17 @@ def resample(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return p[0, 0] if squeeze else p[0]
 
 
+def _known(coverage: Mask | None, confidence: Mask) -> Mask:
+    """Where the plate may be shown: seen (coverage) and behind a sure matte (confidence), at coverage's size."""
+    conf = confidence.alpha.float().clamp(0, 1)
+    if coverage is None:
+        return Mask(conf, confidence.timestamp, confidence.index)
+    cov = coverage.alpha.float().clamp(0, 1)
+    if conf.shape != cov.shape:
+        conf = F.interpolate(conf[None, None], size=cov.shape, mode="bilinear", align_corners=False)[0, 0]
+    return Mask(cov * conf, coverage.timestamp, coverage.index)
+
+
 def shrink_mean(p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Mean over cells of (N, C, H, W) down to `size`: one strided average pool when a whole-number cell
     fits (adaptive pooling's variable windows cost 0.4 ms a 4K plane on an H200), adaptive otherwise."""
@@ -140,6 +151,11 @@ class Composite(Node):
     coverage: In[Mask] = In(
         optional=True,
         description="background.adaptive's coverage: where the room was never seen, show the live frame, not a guessed plate",
+    )
+    confidence: In[Mask] = In(
+        optional=True,
+        description="segment.fused's confidence: where the matte is unsure, the live frame is shown behind the person, "
+        "never plate pixels through them (no ghost, no halo)",
     )
     out: Out[Frame]
 
@@ -223,7 +239,8 @@ class Composite(Node):
             self.report("warning", message)
 
     def _background(
-        self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None, coverage: Mask | None = None
+        self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None, coverage: Mask | None = None,
+        confidence: Mask | None = None,
     ) -> tuple[torch.Tensor | None, tuple[float, float, float]]:
         """The background as full-size uint8 sRGB, or low-resolution linear floats (blur), or None + a flat linear colour."""
         p = self.params
@@ -240,11 +257,16 @@ class Composite(Node):
         if mode == "plate":
             assert plate is not None
             room = fit_uint8(plate.hwc_uint8(), height, width)
-            if coverage is not None:
-                # A plate pixel never seen is a guess (filled in); the live frame there is the truth
+            if coverage is not None or confidence is not None:
+                # A plate pixel never seen is a guess (filled in), and where the matte is unsure the plate may
+                # be the room behind the person's hair or shoulder: the live frame there is the truth
                 # (the room, or the person, who is drawn over it anyway).
-                known = resize_mask(coverage.alpha, height, width).clamp(0, 1)[..., None]
-                room = torch.lerp(fg.float(), room.float(), known).round_().to(torch.uint8)
+                known = torch.ones((height, width), device=device)
+                if coverage is not None:
+                    known = resize_mask(coverage.alpha, height, width).clamp(0, 1)
+                if confidence is not None:
+                    known = known * resize_mask(confidence.alpha, height, width).clamp(0, 1)
+                room = torch.lerp(fg.float(), room.float(), known[..., None]).round_().to(torch.uint8)
             return room, colour
         if mode == "image":
             if self._image_cache is None or self._image_cache[0] != (height, width):
@@ -265,8 +287,11 @@ class Composite(Node):
         weight = (1.0 - resample(alpha, size)).clamp(0, 1) ** 2
         return masked_blur_small(room, weight, sigma / factor), colour
 
-    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None) -> dict[str, Frame]:
+    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None,
+                confidence: Mask | None = None) -> dict[str, Frame]:
         if self._cpu is not None:
+            if confidence is not None:  # the CPU path knows one "room is known" plane: fold the confidence into it
+                coverage = _known(coverage, confidence)
             return self._cpu.process(frame, mask, plate, coverage)
         p = self.params
         ctx = self.ctx
@@ -284,7 +309,7 @@ class Composite(Node):
                 alpha = gaussian_blur(shrink_mean(alpha.float()[None, None], small)[0], sigma / factor)[0]
             else:
                 alpha = gaussian_blur(alpha.float()[None], sigma)[0]
-        bg, colour = self._background(fg, alpha, plate, coverage)
+        bg, colour = self._background(fg, alpha, plate, coverage, confidence)
         wrap, inside, soft = 0.0, None, None
         if p.light_wrap > 0:
             # background light spills over the person's edge: strongest at the outline, fading inwards

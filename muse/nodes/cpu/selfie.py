@@ -18,7 +18,8 @@ __all__ = ["SelfieCPU"]
 
 
 class SelfieCPU:
-    def __init__(self, onnx_path: str, model_size: tuple[int, int], layout) -> None:  # layout: (frame_w, frame_h) -> (x0, y0, w, h)
+    def __init__(self, onnx_path: str, model_size: tuple[int, int], layout, auto_exposure=lambda: False) -> None:  # layout: (frame_w, frame_h) -> (x0, y0, w, h)
+        self.auto_exposure = auto_exposure  # reads the node's live param
         self.session = ort_session(onnx_path)
         self.input = self.session.get_inputs()[0].name
         self.model_size = model_size
@@ -38,7 +39,16 @@ class SelfieCPU:
                                   align_corners=False, antialias=True)[0]
         else:
             small = img.permute(2, 0, 1)
-        np.multiply(as_numpy(small), np.float32(1.0 / 255.0), out=self._batch[0, :, y0 : y0 + h, x0 : x0 + w])
+        region = self._batch[0, :, y0 : y0 + h, x0 : x0 + w]
+        np.multiply(as_numpy(small), np.float32(1.0 / 255.0), out=region)
+        if self.auto_exposure():
+            # the torch path's `brighten`: a dark picture scaled so its 98th percentile of the brightest
+            # channel reaches 0.9 (gain 1 to 4)
+            peak = float(np.quantile(region.max(0).ravel()[::4], 0.98))
+            gain = min(max(0.9 / max(peak, 1e-3), 1.0), 4.0)
+            if gain > 1.0:
+                np.multiply(region, np.float32(gain), out=region)
+                np.clip(region, 0.0, 1.0, out=region)
         out = self.session.run(None, {self.input: self._batch})[0]  # (1, mh, mw, 1)
         alpha = np.ascontiguousarray(out[0, y0 : y0 + h, x0 : x0 + w, 0])
         return {"mask": Mask(torch.from_numpy(alpha), frame.timestamp, frame.index)}

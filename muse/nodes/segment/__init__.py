@@ -2,6 +2,7 @@
 refinement to full resolution, and the hybrid priority switch."""
 
 from muse.nodes.segment.clean_plate import *  # noqa: F401,F403
+from muse.nodes.segment.fused import *  # noqa: F401,F403
 from muse.nodes.segment.hybrid import *  # noqa: F401,F403
 from muse.nodes.segment.modnet import *  # noqa: F401,F403
 from muse.nodes.segment.refine import *  # noqa: F401,F403

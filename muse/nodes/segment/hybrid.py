@@ -4,6 +4,8 @@ It owns its segmenters: the profile's student (personalized), MODNet when a chec
 is set (base), and the bundled selfie model (bundled). A branch that fails to load,
 raises, gives NaN, or stays empty while a lower branch sees a person is dropped (safe
 mode) and retried later; a newly exported student is loaded in the background and swapped in.
+With a clean plate (the `plate` input or field `plate_file`) the model's mask is fused with the
+plate difference and the previous matte (`segment.fused`'s maths) before it leaves the node.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from muse.graph.capture import LateValue, is_recording
@@ -24,7 +27,8 @@ from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.stats import NodeStats
 from muse.models.backends import file_sha256
-from muse.nodes.segment._prep import user_path
+from muse.nodes.segment._prep import frame_batch, user_path
+from muse.nodes.segment.fused import FusedMatte, FusedSettings, working_size
 from muse.nodes.segment.student import LoadedStudent, load_student_runner, profile_live_model
 from muse.nodes.switch import SwitchPolicy
 
@@ -67,18 +71,6 @@ def _mask_stats(alpha: torch.Tensor) -> torch.Tensor:
     return torch.stack((bad, torch.nan_to_num(alpha.float(), nan=0.0).mean()))
 
 
-def _selfie_class() -> type[Node] | None:
-    """The bundled `segment.selfie` node (issue 4 part A), if it is installed in this tree."""
-    try:
-        mod = importlib.import_module("muse.nodes.segment.selfie")
-    except ImportError:
-        return None
-    for obj in vars(mod).values():
-        if isinstance(obj, type) and issubclass(obj, Node) and getattr(obj, "node_type", "") == "segment.selfie":
-            return obj
-    return None
-
-
 class HybridSegment(Node):
     node_type = "segment.hybrid"
     capturable = True
@@ -89,6 +81,7 @@ class HybridSegment(Node):
     )
 
     frame: In[Frame]
+    plate: In[Frame] = In(optional=True, description="Recorded clean plate: when present the mask is fused with it (segment.fused)")
     mask: Out[Mask]
 
     class Params(NodeParams):
@@ -106,6 +99,8 @@ class HybridSegment(Node):
         watch_s: float = Field(1.0, ge=0.1, le=60.0, description="How often the profile's live model file is checked")
         empty_frames: int = Field(30, ge=1, le=10_000, description="Frames of empty mask before asking the next model whether someone is there")
         min_coverage: float = Field(0.002, ge=0.0, le=0.5, description="Mask mean below which a mask counts as empty")
+        plate_file: str = Field("", description="Image of the empty room; with it (or the plate input) the mask is fused with the plate")
+        fuse_plate: bool = Field(True, description="Fuse model, clean plate and time whenever a plate exists (off = model mask only)")
 
     params: Params
 
@@ -128,6 +123,13 @@ class HybridSegment(Node):
         self._profile = user_path(p.profile, ctx) if p.profile else None
         self._seen_sig: tuple | None = None
         self._loaded_digest = ""
+        self._fuse: FusedMatte | None = None
+        self._file_plate: torch.Tensor | None = None
+        if p.plate_file:
+            from muse.nodes.background import load_image
+
+            path = user_path(p.plate_file, ctx)
+            self._file_plate = load_image(str(path), self.name, "plate_file").to(ctx.device)
 
         self.branches: list[_Branch] = []
         if self._profile is not None:
@@ -237,10 +239,7 @@ class HybridSegment(Node):
         return branch
 
     def _open_selfie(self) -> _Branch:
-        cls = _selfie_class()
-        if cls is None:
-            return _Branch("selfie", error="segment.selfie is not available in this install")
-        return self._open_child("selfie", cls.__module__, cls.__name__, {})
+        return self._open_child("selfie", "muse.nodes.segment.selfie", "SelfieSegment", {})
 
     # -- the frame path --------------------------------------------------
     def _order(self) -> list[int]:
@@ -252,6 +251,11 @@ class HybridSegment(Node):
                      and (i not in pol.failed_at or now - pol.failed_at[i] >= pol.retry_s)]
             order = first + [i for i in order if i not in first]
         return [i for i in order if self.branches[i].run is not None]
+
+    def capture_blocker(self) -> str | None:
+        if self.ctx is not None and "plate" in self.ctx.connected and self.params.fuse_plate:
+            return "a plate input is compared by identity each frame to notice a new plate (a host choice)"
+        return None
 
     def frame_variant(self) -> tuple:
         """Host choices for this frame: which model is live, whether a lower one is asked
@@ -273,7 +277,8 @@ class HybridSegment(Node):
         live, probe = self._plan
         return (live, probe, id(self.branches[live].run) if live is not None else None)
 
-    def process(self, frame: Frame) -> dict[str, Mask]:
+    def process(self, frame: Frame, plate: Frame | None = None) -> dict[str, Mask]:
+        self._plate_now = plate
         if not self._planned:  # called directly (tests, other nodes), not by the runtime
             self.frame_variant()
         self._planned = False
@@ -292,7 +297,7 @@ class HybridSegment(Node):
                 raise
             self._fail(live, f"raised {type(exc).__name__}: {exc}")
             self._plan, self._planned = (self._order()[0] if self._order() else None, None), True
-            return self.process(frame)
+            return self.process(frame, plate)
         self._check(("live", live, -1), mask.alpha)
         if probe is not None:
             try:
@@ -323,7 +328,32 @@ class HybridSegment(Node):
             self._last_good = torch.zeros_like(alpha)
         self._last_good.copy_(torch.where(torch.isfinite(alpha), alpha, self._last_good))
         self._retire_tick()
-        return {"mask": Mask(self._last_good, frame.timestamp, frame.index)}
+        alpha = self._fused(self._last_good, frame)
+        return {"mask": Mask(alpha, frame.timestamp, frame.index)}
+
+    def _fused(self, alpha: torch.Tensor, frame: Frame) -> torch.Tensor:
+        """With a clean plate: the model's mask fused with the plate and the previous matte (working resolution)."""
+        plate = getattr(self, "_plate_now", None)
+        if not self.params.fuse_plate or (plate is None and self._file_plate is None):
+            return alpha
+        ctx = self.ctx
+        assert ctx is not None
+        w, h = working_size(frame, FusedSettings().working_height)
+        if self._fuse is None:
+            self._fuse = FusedMatte(FusedSettings(), ctx.device, ctx.fps)
+        if self._fuse.size != (w, h):
+            self._fuse._alloc(w, h)
+        if plate is not None:
+            src = plate
+        else:
+            assert self._file_plate is not None  # checked at the top
+            src = Frame(self._file_plate)
+        key = id(plate.image) if plate is not None else "file"
+        self._fuse.set_plate(frame_batch(src, (w, h), torch.float32).to(ctx.device), key)
+        pm = F.interpolate(alpha.float()[None, None], size=(h, w), mode="bilinear", align_corners=False)
+        x = frame_batch(frame, (w, h), torch.float32).to(ctx.device)
+        return self._fuse.step(x, pm)[0, 0].to(alpha.dtype).clone()
+
 
     # -- health checks (never stall the GPU) ----------------------------
     def _check(self, key: tuple[str, int, int], alpha: torch.Tensor) -> None:

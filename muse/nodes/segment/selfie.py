@@ -33,6 +33,14 @@ class _SelfieMask(nn.Module):
         return self.model(x)[0][..., 0]
 
 
+def brighten(img: torch.Tensor, target: float = 0.9, most: float = 4.0) -> torch.Tensor:
+    """Scale a dark (1, 3, h, w) picture so its bright end (98th percentile) reaches `target`; a lit one is
+    left as it is (gain 1). On the device, no host read (issue 14: low light)."""
+    peak = torch.quantile(img.float().amax(1).flatten()[::4], 0.98)
+    gain = (target / peak.clamp_min(1e-3)).clamp(1.0, most)
+    return (img * gain.to(img.dtype)).clamp_(0.0, 1.0)
+
+
 class SelfieSegment(Node):
     node_type = "segment.selfie"
     display_name = "Selfie segmentation"
@@ -58,6 +66,9 @@ class SelfieSegment(Node):
             "auto", description="Inference backend; auto = torch (CUDA graph on a GPU) unless TensorRT is installed"
         )
         cuda_graph: bool = Field(True, description="torch on a GPU: replay the model as a CUDA graph")
+        auto_exposure: bool = Field(
+            True, description="Brighten dark frames before the model (it was trained on well-lit selfies; low light halves its accuracy)"
+        )
 
     params: Params
 
@@ -87,7 +98,7 @@ class SelfieSegment(Node):
         if wanted(ctx) and p.backend in ("auto", "onnxruntime"):  # issue 13: the CPU path
             from muse.nodes.cpu.selfie import SelfieCPU
 
-            self._cpu = SelfieCPU(str(bundled.onnx_model_path(name)), (w, h), self._layout)
+            self._cpu = SelfieCPU(str(bundled.onnx_model_path(name)), (w, h), self._layout, lambda: self.params.auto_exposure)
             self._backend = self._cpu
             ctx.report("model", name)
             ctx.report("backend", self._cpu.describe())
@@ -148,6 +159,8 @@ class SelfieSegment(Node):
         if resize:
             # antialias: a 4K frame squeezed to 256 px would alias badly with plain bilinear taps
             img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        if self.params.auto_exposure:
+            img = brighten(img)
         if (w, h) != (mw, mh):
             img = F.pad(img, (x0, mw - w - x0, y0, mh - h - y0))  # black borders, as MediaPipe's BORDER_ZERO
         alpha = self._backend(img)[0]

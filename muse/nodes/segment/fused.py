@@ -1,0 +1,373 @@
+"""`segment.fused`: one matte from the model, the clean plate and time, with a per-pixel confidence.
+
+Per frame, at a low working resolution:
+1. the model's person probability (the `prior` input, e.g. `segment.hybrid`'s bundled selfie mask);
+2. a lighting-invariant clean-plate difference: the plate is aligned to the frame (global shift by phase
+   correlation, for camera shake), its gain is fitted per tile and channel on what was background last
+   frame (a lighting ramp, auto exposure or flicker is a gain, not a person), and the frame is compared
+   with the plate's local min/max envelope (a pixel of residual shake is no difference either); the
+   threshold follows the measured background noise (low light);
+3. both as log-odds, summed where the plate is known; holes closed;
+4. motion-aware blending with the previous matte: still pixels keep most of the past (no flicker),
+   pixels whose picture changed follow at once (no lag);
+5. edge-aware upsampling to full resolution (fast guided filter on the frame).
+
+Outputs the full-resolution `mask`, its `confidence` (0 at uncertain pixels) and `keep_out`
+(1 = not surely background), which is what `background.adaptive` should learn around.
+
+Capturable: all state lives in buffers allocated on the first frame of a size and updated in place;
+nothing is read back to the host in `process` (the shift search and every choice run on the device).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from muse.graph.capture import device_constant
+from muse.graph.node import In, Node, NodeContext, NodeParams, Out
+from muse.graph.payloads import Frame, Mask
+from muse.models.matte_refine import box_filter, fast_guided_upsample
+from muse.nodes.segment._prep import frame_batch, user_path
+
+__all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def _logit(p: torch.Tensor, lo: float = 0.02) -> torch.Tensor:
+    p = p.clamp(lo, 1.0 - lo)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def _dilate(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Square max filter as two 1-D passes (a 19x19 window costs 38 taps, not 361)."""
+    if r <= 0:
+        return x
+    x = F.max_pool2d(x, (1, 2 * r + 1), stride=1, padding=(0, r))
+    return F.max_pool2d(x, (2 * r + 1, 1), stride=1, padding=(r, 0))
+
+
+def _erode(x: torch.Tensor, r: int) -> torch.Tensor:
+    return -_dilate(-x, r)
+
+
+def _smoothstep(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    t = ((x - lo) / (hi - lo).clamp_min(1e-6)).clamp(0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+class FusedSettings(NodeParams):
+    """The fusion's knobs; shared by `segment.fused` and `segment.hybrid`'s plate path."""
+
+    working_height: int = Field(288, ge=64, le=1080, description="Height the fusion runs at (the full-size edge comes from the frame)")
+    model_weight: float = Field(1.0, ge=0.0, le=4.0, description="Weight of the model's opinion against the clean plate's")
+    plate_weight: float = Field(1.5, ge=0.0, le=4.0, description="Weight of the clean-plate difference where the room is known")
+    plate_background: float = Field(3.5, ge=0.5, le=8.0, description="Strongest 'this is the room' vote of the plate (log-odds); lower lets a sure model fill holes")
+    threshold: float = Field(0.06, ge=0.005, le=1.0, description="Smallest plate difference (0-1 RGB) that can be a person")
+    noise_factor: float = Field(5.0, ge=1.0, le=20.0, description="The threshold rises to this many times the background's measured noise")
+    max_shift: float = Field(0.03, ge=0.0, le=0.2, description="Largest camera shake followed, as a fraction of the height")
+    envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution)")
+    tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
+    close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
+    stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
+    motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
+    refine_radius: int = Field(2, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
+    refine_eps: float = Field(2e-3, ge=1e-6, le=1.0, description="Edge sensitivity of the upsampling (smaller follows weaker edges)")
+    relative_edge: bool = Field(True, description="Place the plate's edge at half the nearby difference (alpha 0.5), not at the noise threshold")
+    edge_offset: float = Field(0.15, ge=-0.45, le=0.45, description="Moves the final edge inwards (+) or outwards (-): alpha level that becomes 0.5")
+    denoise: int = Field(1, ge=0, le=4, description="Box-blur radius against camera noise before the plate comparison (working pixels)")
+    edge_sharpness: float = Field(2.0, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
+    learn_seconds: float = Field(2.0, ge=0.1, le=600.0, description="A pixel surely background this long is learned into the plate")
+    learn_rate: float = Field(0.05, ge=0.0, le=1.0, description="Per-frame rate at which learned pixels follow the room")
+
+
+class FusedMatte:
+    """The fusion maths with its state (working-resolution buffers owned and updated in place)."""
+
+    def __init__(self, settings: FusedSettings, device: torch.device, fps: float = 30.0) -> None:
+        self.s = settings
+        self.device = device
+        self.fps = fps
+        self.size: tuple[int, int] | None = None  # (w, h) working size
+        self._plate_key: object = None
+
+    # -- state ------------------------------------------------------------
+    def _alloc(self, w: int, h: int) -> None:
+        dev = self.device
+        self.size = (w, h)
+        self.plate = torch.zeros(1, 3, h, w, device=dev)
+        self.known = torch.zeros(1, 1, h, w, device=dev)
+        self.alpha = torch.zeros(1, 1, h, w, device=dev)  # last matte (working resolution)
+        self.conf = torch.zeros(1, 1, h, w, device=dev)
+        self.prev = torch.zeros(1, 3, h, w, device=dev)  # last frame (working resolution)
+        self.clear_for = torch.zeros(1, 1, h, w, device=dev)  # frames surely background
+        self.primed = torch.zeros((), device=dev)  # 0 until the first frame has set alpha/prev
+        self.has_plate = torch.zeros((), device=dev)
+        yy, xx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
+        self._yy, self._xx = yy.float(), xx.float()
+        self._yn, self._xn = self._yy / max(1, h - 1) * 2 - 1, self._xx / max(1, w - 1) * 2 - 1
+        by, bx = self._yn[::2, ::2], self._xn[::2, ::2]
+        # Quadratic light-field bases: sparse (fit) and full (apply), built once per size.
+        self._basis = torch.stack((torch.ones_like(by), bx, by, bx * bx, bx * by, by * by)).reshape(6, -1)
+        yn, xn = self._yn, self._xn
+        self._basis_full = torch.stack((torch.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn)).reshape(6, -1)
+        wy = torch.hann_window(h, periodic=False, device=dev)
+        wx = torch.hann_window(w, periodic=False, device=dev)
+        self._window = (wy[:, None] * wx[None, :])[None, None]
+        # Shifts beyond max_shift are not searched (a person walking is no camera shake).
+        ms = max(1.0, self.s.max_shift * h)
+        dy = torch.minimum(yy, h - yy).float()
+        dx = torch.minimum(xx, w - xx).float()
+        self._shift_ok = ((dy <= ms) & (dx <= ms)).float()[None, None] if self.s.max_shift > 0 else None
+        self._plate_key = None
+
+    def reset(self) -> None:
+        self.size = None
+
+    def set_plate(self, plate: torch.Tensor, key: object) -> None:
+        """A recorded plate (1,3,h,w) float in [0,1] at working size; `key` tells a new plate from the same one."""
+        if key is self._plate_key or (key is not None and key == self._plate_key):
+            return
+        self._plate_key = key
+        self.plate.copy_(plate)
+        self.known.fill_(1.0)
+        self.has_plate.fill_(1.0)
+
+    # -- pieces -----------------------------------------------------------
+    def _shift(self, x: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """Translation (dy, dx) in pixels taking the plate onto the frame, by phase correlation on the background."""
+        if self._shift_ok is None:
+            return torch.zeros(2, device=x.device)
+        lw = device_constant(list(LUMA), x.device).view(1, 3, 1, 1)
+        a = (x * lw).sum(1, keepdim=True)
+        b = (self.plate * lw).sum(1, keepdim=True)
+        win = self._window * (0.2 + 0.8 * bgw)  # the person moves: count the room more
+        a = (a - a.mean()) * win
+        b = (b - b.mean()) * win
+        fa, fb = torch.fft.rfft2(a), torch.fft.rfft2(b)
+        r = fa * fb.conj()
+        corr = torch.fft.irfft2(r / r.abs().clamp_min(1e-8), s=a.shape[-2:])
+        corr = corr * self._shift_ok - (1 - self._shift_ok)
+        h, w = a.shape[-2:]
+        idx = corr.flatten().argmax()
+        iy, ix = (idx // w).float(), (idx % w).float()
+        dy = torch.where(iy > h / 2, iy - h, iy)
+        dx = torch.where(ix > w / 2, ix - w, ix)
+        return torch.stack((dy, dx)) * self.known.mean().gt(0.3).float()  # no plate yet: no shift
+
+    def _translate(self, img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """img shifted by (dy, dx) pixels (content moves by +shift), edges replicated."""
+        h, w = img.shape[-2:]
+        theta = torch.zeros(1, 2, 3, device=img.device)
+        theta[0, 0, 0] = 1.0
+        theta[0, 1, 1] = 1.0
+        theta[0, 0, 2] = -2.0 * shift[1] / w
+        theta[0, 1, 2] = -2.0 * shift[0] / h
+        grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _light_field(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """A smooth per-channel gain over the picture (quadratic in x, y), fitted robustly (IRLS, Cauchy
+        weights) to frame / plate on likely-background pixels: a ramp, a lamp or an exposure jump is this
+        field; a person is an outlier to it, even one nobody told us about."""
+        xs, ps, ws = x[..., ::2, ::2], plate[..., ::2, ::2], bgw[..., ::2, ::2]
+        h, w = xs.shape[-2:]
+        basis = self._basis  # (6, N)
+        ratio = (xs / ps.clamp_min(0.04)).reshape(3, -1)  # (3, N)
+        base = (ws * (ps.amin(1, keepdim=True) > 0.04).float()).reshape(1, -1)
+        flat = ratio.median(dim=1, keepdim=True).values  # robust start: the global median gain
+        fit = flat.expand_as(ratio)
+        eye = 1e-3 * torch.eye(6, device=x.device)
+        for _ in range(3):
+            res = ratio - fit
+            wt = base / (1.0 + (res / 0.08).square())  # (3, N)
+            wb = wt[:, None, :] * basis[None]  # (3, 6, N)
+            norm = wt.sum(1).clamp_min(1.0)
+            a = (wb @ basis.t()) / norm[:, None, None]
+            b = (wb @ ratio[:, :, None])[..., 0] / norm[:, None]
+            theta, _ = torch.linalg.solve_ex(a + eye, b)  # _ex: no error check, so no host sync
+            fit = theta @ basis
+        hh, ww = x.shape[-2:]
+        return (theta @ self._basis_full).view(1, 3, hh, ww).clamp(0.2, 5.0)
+
+    def _gain(self, x: torch.Tensor, plate: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels."""
+        h, w = x.shape[-2:]
+        rows = max(1, self.s.tiles)
+        cols = max(1, round(rows * w / h))
+        stack = torch.cat((x * plate * bgw, plate * plate * bgw, plate * plate), 1)
+        t = F.adaptive_avg_pool2d(stack, (rows, cols))
+        num, den, full = t[:, 0:3], t[:, 3:6], t[:, 6:9]
+        g0 = torch.ones_like(num[:, :, :1, :1])  # the smooth light field is already applied
+        beta = 0.3  # tiles the person covers keep the smooth field
+        gain = (num + beta * g0 * full) / (den + beta * full).clamp_min(1e-6)
+        gain = F.avg_pool2d(F.pad(gain, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        return F.interpolate(gain.clamp(0.2, 5.0), size=(h, w), mode="bilinear", align_corners=False)
+
+    # -- one frame --------------------------------------------------------
+    def step(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """x (1,3,h,w) frame at working size in [0,1]; prior (1,1,h,w) model probability or None.
+        Returns the new matte (1,1,h,w) (also kept in self.alpha); self.conf holds its confidence."""
+        s = self.s
+        h, w = x.shape[-2:]
+        primed = self.primed
+        pm = prior.clamp(0, 1) if prior is not None else self.alpha
+        # Background weight from the last matte (first frame: from the model), with a margin.
+        margin = max(1, round(0.03 * h))
+        last = torch.lerp(pm, self.alpha, primed)
+        bgw = 1.0 - _dilate(last, margin)
+
+        # 2. lighting-invariant, shake-tolerant plate difference.
+        shift = self._shift(x, bgw)
+        plate = self._translate(self.plate, shift)
+        known = self._translate(self.known, shift)
+        xs = box_filter(x, s.denoise)  # camera noise
+        ps = box_filter(plate, s.denoise)
+        wk = bgw * known
+        light = self._light_field(xs, ps, wk)
+        # Tiles are fitted only on what the smooth light already explains (Cauchy weight): not on a person.
+        off = (xs - light * ps).abs().sum(1, keepdim=True)
+        w_light = wk / (1.0 + (off / 0.06).square())
+        d = None
+        for _ in range(2):  # the second fit leaves out what the first still found different (a missed person)
+            w_fit = w_light if d is None else w_light * (d < 2.0 * tau).float()
+            gain = light * self._gain(xs, light * ps, w_fit)
+            pc = (gain * ps).clamp(0.0, 1.0)  # a brighter exposure clips: so does the plate
+            r = s.envelope
+            e = F.relu(xs - _dilate(pc, r)) + F.relu(_erode(pc, r) - xs)
+            d = e.square().sum(1, keepdim=True).sqrt()
+            # Noise-adaptive threshold from the typical (lower third) difference: low light, compression.
+            noise = torch.quantile(d.flatten()[::7], 0.3)  # robust while people cover < 70 %
+            tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
+        pp = _smoothstep(tau, 2.5 * tau, d)
+        if s.relative_edge:
+            # A mixed edge pixel differs by alpha x (person - room): its share of the nearby full difference
+            # puts the edge at alpha 0.5, not where the difference first exceeds the noise (which dilates).
+            # Only in the outer band of the person: inside, the person's own texture varies the difference.
+            a_est = d / torch.maximum(_dilate(d, 2), 2.5 * tau)
+            rel = _smoothstep(torch.full_like(tau, 0.25), torch.full_like(tau, 0.75), a_est)
+            band = 1.0 - _erode(pp, 2)
+            pp = pp * (1.0 - band * (1.0 - rel))
+        rc = round(s.close_radius * h)
+        if rc > 0:  # holes where clothes match the room; at quarter size (a wide radius needs no pixel precision)
+            small = F.max_pool2d(pp, 2, ceil_mode=True)
+            small = _erode(_dilate(small, -(-rc // 2)), -(-rc // 2))
+            pp = torch.maximum(pp, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False))
+        plate_logit = _logit(pp).clamp(-s.plate_background, 6.0) * known * s.plate_weight
+
+        # 3. fusion of the evidence.
+        model_logit = _logit(pm) * s.model_weight if prior is not None else torch.zeros_like(pm)
+        fused = torch.sigmoid(model_logit + plate_logit)
+
+        # 4. motion-aware blend with the previous matte (exposure changes are not motion).
+        lw = device_constant(list(LUMA), x.device).view(1, 3, 1, 1)
+        ratio = x.mean((2, 3), keepdim=True) / self.prev.mean((2, 3), keepdim=True).clamp_min(1e-4)
+        change = ((x - self.prev * ratio).abs() * lw).sum(1, keepdim=True)
+        motion = (_dilate(box_filter(change, 1), 2) / s.motion_threshold).clamp(0.0, 1.0)
+        jump = (((fused - self.alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0)  # a big matte change is trusted at once
+        k = (1.0 - s.stability) + s.stability * torch.maximum(motion, jump)
+        k = torch.lerp(torch.ones_like(k), k, primed)
+        self.alpha.lerp_(fused, k)
+        self.prev.copy_(x)
+        self.primed.fill_(1.0)
+        self.conf.copy_((2.0 * self.alpha - 1.0).abs() * (1.0 - 0.5 * (fused - self.alpha).abs()))
+
+        # Learning: a pixel surely background (with a margin) for learn_seconds follows the room,
+        # stored in the plate's own light and alignment.
+        sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95).float() * (self.conf > 0.9).float()
+        if prior is not None:
+            sure_bg = sure_bg * (_dilate(pm, margin) < 0.2).float()
+        self.clear_for.mul_(sure_bg).add_(sure_bg)
+        settle = max(1.0, s.learn_seconds * self.fps)
+        learn = (self.clear_for >= settle).float() * self.has_plate
+        back = self._translate(x / gain.clamp_min(0.05), -shift)
+        learn = learn * (shift.abs().sum() < 0.5).float()  # only while the camera sits where the plate was taken
+        self.plate.lerp_(back.clamp(0, 1), learn * s.learn_rate)
+        return self.alpha
+
+    def keep_out(self) -> torch.Tensor:
+        """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
+        return torch.maximum(self.alpha, 1.0 - self.conf)
+
+
+def refine_full(alpha: torch.Tensor, frame: Frame, small: torch.Tensor, s: FusedSettings, dtype: torch.dtype) -> torch.Tensor:
+    """Working-resolution matte (1,1,h,w) to the frame's size along its edges; crisp contrast against halos."""
+    raw = frame.layout == "hwc" and frame.image.dtype == torch.uint8 and frame.image.device.type == "cuda"
+    if raw:  # GPU: read the uint8 picture as is (channels-last view), no full-size float copy
+        image, scale = frame.image.permute(2, 0, 1).unsqueeze(0), 1.0 / 255.0
+    else:
+        image, scale = frame.chw(torch.float32).unsqueeze(0), 1.0
+    out = fast_guided_upsample(alpha, image, radius=s.refine_radius, eps=s.refine_eps, colour=True,
+                               guide_small=small, full_scale=scale, out_dtype=torch.float32)
+    if s.edge_sharpness != 1.0 or s.edge_offset != 0.0:
+        out = ((out - 0.5 - s.edge_offset) * s.edge_sharpness + 0.5).clamp_(0.0, 1.0)
+    return out[0, 0].to(dtype)
+
+
+def working_size(frame: Frame, height: int) -> tuple[int, int]:
+    h = min(height, frame.height)
+    return max(1, round(frame.width * h / frame.height)), h
+
+
+class FusedSegment(Node):
+    node_type = "segment.fused"
+    display_name = "Fused matte"
+    description = (
+        "Person matte from the model, the clean plate (lighting- and shake-tolerant) and the previous matte, "
+        "with per-pixel confidence, motion-aware smoothing and full-resolution edges. Without a plate: model + time."
+    )
+    capturable = True
+
+    frame: In[Frame]
+    prior: In[Mask] = In(optional=True, description="The model's person probability (segment.hybrid / segment.selfie)")
+    plate: In[Frame] = In(optional=True, description="The recorded clean plate (empty room); none = model and time only")
+    mask: Out[Mask]
+    confidence: Out[Mask] = Out(description="0 where the matte is uncertain, 1 where sure (working resolution)")
+    keep_out: Out[Mask] = Out(description="1 where the room is not surely visible: feed background.adaptive's mask with it")
+
+    class Params(FusedSettings):
+        plate_file: str = Field("", description="Picture of the empty room (e.g. from `muse studio plate`), used when the plate input is not connected")
+
+    params: Params
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        self.engine = FusedMatte(self.params, ctx.device, ctx.fps)
+        self._file_plate: Frame | None = None
+        if self.params.plate_file:
+            from muse.nodes.background import load_image  # reads only; a bad path is a NodeError naming the field
+
+            path = user_path(self.params.plate_file, ctx)
+            self._file_plate = Frame(load_image(str(path), self.name, "plate_file").to(ctx.device))
+
+    def update_params(self, params: Params) -> bool:
+        if (params.working_height, params.tiles, params.plate_file) != (
+                self.params.working_height, self.params.tiles, self.params.plate_file):
+            return False  # buffer sizes change: reopen
+        self.params = params
+        self.engine.s = params
+        return True
+
+    def process(self, frame: Frame, prior: Mask | None = None, plate: Frame | None = None) -> dict[str, Mask]:
+        ctx = self.ctx
+        assert ctx is not None
+        w, h = working_size(frame, self.params.working_height)
+        eng = self.engine
+        if eng.size != (w, h):
+            eng._alloc(w, h)
+        x = frame_batch(frame, (w, h), torch.float32).to(ctx.device)
+        plate = plate if plate is not None else self._file_plate
+        if plate is not None:
+            eng.set_plate(frame_batch(plate, (w, h), torch.float32).to(ctx.device), id(plate.image))
+        pm = None
+        if prior is not None:
+            pm = prior.alpha.to(ctx.device).float()[None, None]
+            if tuple(pm.shape[-2:]) != (h, w):
+                pm = F.interpolate(pm, size=(h, w), mode="bilinear", align_corners=False)
+        alpha = eng.step(x, pm)
+        full = refine_full(alpha, frame, x, self.params, ctx.dtype)
+        ts, i = frame.timestamp, frame.index
+        return {"mask": Mask(full, ts, i), "confidence": Mask(eng.conf[0, 0].to(ctx.dtype), ts, i),
+                "keep_out": Mask(eng.keep_out()[0, 0].to(ctx.dtype), ts, i)}
