@@ -62,7 +62,8 @@ def make_profile(root: Path, args: argparse.Namespace) -> tuple[object, bool]:
 
 def label_in_memory(p, scene, count: int) -> None:
     """The label stage without a video file: clean-plate teacher, same dataset layout as `muse studio label`."""
-    from muse.studio.label import merge_records, write_labelled_clip
+    from muse.studio.label import write_labelled_clip
+    from muse.studio.records import merge_records
     from muse.studio.teachers.combine import TeacherSet, label_frames
     from muse.studio.teachers.offline import CleanPlateTeacher
 
@@ -79,7 +80,7 @@ def label_in_memory(p, scene, count: int) -> None:
 def filter_dataset(p, real: bool) -> dict:
     from muse.studio.files import write_json
     from muse.studio.filter import filter_bad_data
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
 
     if real:
         settings = p.config.filter
@@ -143,7 +144,7 @@ def heldout_iou_full_res(p, model, device) -> dict:
 
     from muse.studio.dataset import kept_ids, split_ids
     from muse.studio.files import read_image
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
     from muse.studio.teachers.base import iou
 
     records = {r["id"]: r for r in load_records(p.dataset_dir)}
@@ -218,7 +219,7 @@ def main() -> int:
         if args.nproc > 1:
             if not real:
                 raise SystemExit("bench_studio: --nproc needs pydantic and PyYAML (the torchrun entry point loads the profile)")
-            from muse.studio.train import DDP_ENV
+            from muse.studio.distributed import DDP_ENV
 
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "muse.studio.train",
                    "bench", "--root", str(work), "--max-seconds", str(args.max_train_seconds), "--no-bar"]

@@ -111,6 +111,7 @@ def test_only_the_selected_branch_runs(registry: Registry) -> None:
     assert Collect.seen == [0.25] * 5
     assert stats.nodes["pick"].info["live"] == "personal"
     assert stats.nodes["b"].frames == 0
+    assert stats.nodes["pick"].info["branches"] == {"personal": "live", "base": "standby"}
 
 
 def test_fallback_on_error_switches_and_reports(registry: Registry) -> None:
@@ -125,6 +126,10 @@ def test_fallback_on_error_switches_and_reports(registry: Registry) -> None:
     assert Counter.calls["a"] == 1, "a failed branch is not retried before retry_s"
     assert stats.nodes["pick"].info["live"] == "base"
     assert stats.nodes["a"].errors == 1 and "broken on purpose" in stats.nodes["a"].last_error
+    branches = stats.nodes["pick"].info["branches"]  # what `muse run --stats` lists
+    assert branches["base"] == "live"
+    assert branches["student"].startswith("failed: ") and "broken on purpose" in branches["student"]
+    assert "retried in" in branches["student"]
 
 
 def test_fallback_on_nan_output(registry: Registry) -> None:
@@ -242,3 +247,25 @@ def _wait_until(cond, timeout: float = 10.0) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("condition not reached in time")
+
+
+def test_runner_never_changes_the_graph_it_was_given(registry: Registry) -> None:
+    """The CPU downscale is a resolved setting on the runner's own copy; live params stay there too."""
+    g = validate_text(
+        "version: 1\nsettings: {device: cpu, resolution: [64, 48], cpu_resolution: [32, 24]}\nnodes:\n"
+        "  src: {type: basic.test_pattern, params: {width: 64, height: 48, fps: 100, frames: 20}}\n"
+        "  a: {type: test.counter, params: {tag: 0.25}, inputs: {frame: {from: src.frame, queue: 4}}}\n"
+        "  sink: {type: test.collect, inputs: {frame: {from: a.out, queue: 8}}}\n", "test.yaml", registry)
+    before = {n: rn.params.model_dump() for n, rn in g.nodes.items()}
+    runner = GraphRunner(g)
+    assert runner.resolution == (32, 24)
+    assert runner.graph.nodes["src"].params.width == 32 and runner.graph.nodes["src"].params.height == 24
+    assert runner.stats.info["cpu_downscale"] == [
+        "src: 64x48 is too much for the CPU path; capturing at 32x24 (settings.cpu_resolution)"]
+    runner.start()
+    runner.update_params("a", {"tag": 0.75})  # at the next frame boundary
+    assert runner.wait(30)
+    runner.stop()
+    assert {n: rn.params.model_dump() for n, rn in g.nodes.items()} == before, "the caller's graph was changed"
+    assert runner.graph.nodes["a"].params.tag == 0.75
+    assert len(Collect.seen) == 20 and Collect.seen[-1] == 0.75

@@ -57,7 +57,7 @@ def _copy(labelled, tmp_path, name="front"):
 
 
 def test_labels_match_ground_truth(labelled):
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
     from muse.studio.files import read_image
     from muse.studio.teachers.base import iou
 
@@ -260,7 +260,7 @@ def test_labeling_graph_writes_the_dataset(tmp_path):
     from muse.graph.runtime import GraphRunner
     from muse.graph.validate import validate_text
     from muse.studio.filter import filter_bad_data
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
 
     root = tmp_path / "studio"
     p = create_profile("front", root, teachers={"segment": ["clean_plate"], "pose": []})
@@ -286,7 +286,7 @@ def test_labeling_graph_writes_the_dataset(tmp_path):
 def _inject_keypoints(p, k=17):
     """A stand-in pose teacher: 17 points spread over the person (from the label), confident."""
     from muse.studio.files import read_image, write_json
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
 
     records = load_records(p.dataset_dir)
     for r in records:
@@ -359,7 +359,8 @@ def test_analyze_writes_previews_and_warns(labelled, tmp_path):
 
 
 def test_labeling_shards_across_ranks_and_resumes(labelled, tmp_path, monkeypatch):
-    from muse.studio.label import label_profile, load_records
+    from muse.studio.label import label_profile
+    from muse.studio.records import load_records
 
     p = _copy(labelled, tmp_path)
     shutil.rmtree(p.dataset_dir)

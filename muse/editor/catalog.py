@@ -20,7 +20,8 @@ def type_colour(type_name: str) -> tuple[int, int, int]:
     """Pin and link colour of a payload type."""
     cls = PAYLOAD_TYPES.get(type_name)
     if cls is not None:
-        return tuple(cls.colour)  # type: ignore[return-value]
+        r, g, b = cls.colour
+        return (int(r), int(g), int(b))
     return _GENERIC_COLOUR if type_name == GENERIC else _UNKNOWN_COLOUR
 
 

@@ -60,7 +60,8 @@ def _windows_work_area() -> Area | None:
 
     r = RECT()
     SPI_GETWORKAREA = 0x0030  # the desktop without the taskbar
-    if not ctypes.windll.user32.SystemParametersInfoW(SPI_GETWORKAREA, 0, ctypes.byref(r), 0):  # type: ignore[attr-defined]
+    user32 = getattr(ctypes, "windll").user32  # Windows only (this function runs only there)
+    if not user32.SystemParametersInfoW(SPI_GETWORKAREA, 0, ctypes.byref(r), 0):
         return None
     return r.left, r.top, r.right - r.left, r.bottom - r.top
 

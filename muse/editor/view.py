@@ -359,8 +359,9 @@ class EditorView:
     def add_node(self, type_id: str, pos: tuple[float, float] | None = None, name: str | None = None,
                  params: dict[str, Any] | None = None) -> str | None:
         self.sync_positions()
-        if pos is None and self.selected in self.model.nodes and self.model.nodes[self.selected].pos:
-            sx, sy = self.model.nodes[self.selected].pos  # type: ignore[misc]
+        selected_pos = self.model.nodes[self.selected].pos if self.selected in self.model.nodes else None
+        if pos is None and selected_pos:
+            sx, sy = selected_pos
             pos = (sx + NODE_WIDTH + 60, sy)
         new = self._guard(lambda: self.model.add_node(type_id, name=name, pos=pos, params=params))
         if new:
@@ -507,7 +508,8 @@ class EditorView:
                 self.set_preview(*first)
         try:
             # Nodes open (models load) on a worker thread; tick() reports when it runs or why it could not start.
-            self.live.start(check.graph, background=True)  # type: ignore[arg-type]
+            assert check.graph is not None  # check.ok: the graph validated
+            self.live.start(check.graph, background=True)
         except ImportError as exc:
             self.set_status(f"the runtime is not available in this build: {exc}", error=True)
             return False
@@ -531,7 +533,8 @@ class EditorView:
             self.set_status("not running: press Run", error=True)
             return False
         try:
-            self.live.apply(check.graph)  # type: ignore[arg-type]
+            assert check.graph is not None  # check.ok: the graph validated
+            self.live.apply(check.graph)
         except Exception as exc:
             self.set_status(f"could not apply: {exc}", error=True)
             return False

@@ -99,7 +99,7 @@ class CpuPipeline:
     def run_frame(self, memo: dict, t_capture: float) -> None:
         """Evaluate the head here, then hand the frame to the tail thread (waiting for it to be free)."""
         for name in self.head:
-            self.runner._evaluate(name, memo)  # _FrameFailed propagates to the executor as before
+            self.runner._evaluate(name, memo)  # FrameFailed propagates to the executor as before
         with self._cond:
             while self._busy and not self._closed:
                 self._cond.wait(0.1)
@@ -147,7 +147,7 @@ class CpuPipeline:
 
     # -- tail thread ---------------------------------------------------------
     def _loop(self) -> None:
-        from muse.graph.runtime import _FrameFailed, _Item
+        from muse.graph.slots import FrameFailed, Item
 
         runner = self.runner
         while True:
@@ -164,9 +164,9 @@ class CpuPipeline:
                     values, events = runner._gather_inputs(sink, memo)
                     if values is None:
                         continue
-                    sink.channel.put(_Item(values, events, t_capture), runner._stop)
+                    sink.channel.put(Item(values, events, t_capture), runner._stop)
                 runner._failed_frames = 0
-            except _FrameFailed as exc:
+            except FrameFailed as exc:
                 runner._failed_frames += 1
                 if runner._failed_frames >= runner.graph.settings.max_consecutive_errors:
                     runner._fail(exc.exc)

@@ -222,26 +222,48 @@ class Node:
         if not cls.category and "." in cls.node_type:
             cls.category = cls.node_type.split(".")[0]
 
+    # Typed params: each node declares `params: Params` under its own `Params` class (and takes
+    # `params: Params` in `update_params`), so `self.params.<field>` type-checks per node.
+    params: NodeParams
+
     def __init__(self, name: str, params: NodeParams | None = None) -> None:
         # Constructors do no work: the registry and the editor build nodes freely.
         self.name = name
         self.params = params if params is not None else self.Params()
         self.ctx: NodeContext | None = None
 
+    @property
+    def context(self) -> NodeContext:
+        """The context given at `open` (an error naming the node before that)."""
+        if self.ctx is None:
+            raise NodeError(f"node {self.name!r} ({self.node_type}) is not open")
+        return self.ctx
+
+    @property
+    def logger(self) -> logging.Logger:
+        """The node's logger once open (muse.node.<name>), else the framework's."""
+        return self.ctx.logger if self.ctx is not None else logging.getLogger(f"muse.node.{self.name}")
+
+    def report(self, key: str, value: Any) -> None:
+        """Publish a live value to stats and the editor (nothing before `open`)."""
+        if self.ctx is not None:
+            self.ctx.report(key, value)
+
     # -- lifecycle -------------------------------------------------------
     def open(self, ctx: NodeContext) -> None:
         """Load models, allocate buffers. Called once before the first frame."""
         self.ctx = ctx
 
-    def process(self, **inputs: Any) -> dict[str, Payload] | None:
+    def process(self, *args: Any, **inputs: Any) -> dict[str, Any] | None:
         """Compute outputs from inputs. Sources return None at end of stream."""
         raise NotImplementedError
 
     def close(self) -> None:
         """Release devices and files; sinks flush here so files stay playable."""
 
-    def update_params(self, params: NodeParams) -> bool:
-        """Apply new params live. Return False if the node must be rebuilt instead."""
+    def update_params(self, params: Any) -> bool:
+        """Apply new params (validated, of this node's `Params`) live. Return False if the node must
+        be rebuilt instead. Subclasses annotate `params: Params`."""
         self.params = params
         return True
 

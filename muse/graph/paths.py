@@ -48,7 +48,7 @@ def allowed_roots(base: Path) -> list[Path]:
     from muse.files import recordings_dir, user_data_dir as platform_data_dir
 
     # also the platform's data folder and its recordings folder, where recordings go when a graph names no path
-    return [_real(p) for p in (base, studio_home(), user_data_dir(), platform_data_dir(), recordings_dir(), *extra)]
+    return [real_path(p) for p in (base, studio_home(), user_data_dir(), platform_data_dir(), recordings_dir(), *extra)]
 
 
 def resolve_output_path(raw: str, base: Path, *, when: float | None = None) -> Path:
@@ -59,11 +59,12 @@ def resolve_output_path(raw: str, base: Path, *, when: float | None = None) -> P
 
 def outside_allowed(path: Path, base: Path) -> bool:
     """True when `path` (symlinks followed) is inside none of the allowed folders."""
-    real = _real(path)
+    real = real_path(path)
     return not any(real == root or root in real.parents for root in allowed_roots(base))
 
 
-def _real(p: Path) -> Path:
+def real_path(p: Path) -> Path:
+    """`p` with links resolved (absolute only, where the filesystem cannot say)."""
     try:
         return Path(os.path.realpath(p))
     except (OSError, ValueError):

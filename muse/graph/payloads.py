@@ -40,7 +40,7 @@ class Payload:
             for k, v in vars(self).items()
             if isinstance(v, torch.Tensor)
         }
-        return replace(self, **changes)  # type: ignore[type-var]
+        return replace(self, **changes)
 
 
 @dataclass(eq=False)

@@ -248,7 +248,7 @@ class FrameProgram:
 
         static_out = graph.record(frame)
         if self.cuda:
-            self.pool = graph.pool  # type: ignore[attr-defined]
+            self.pool = getattr(graph, "pool")  # CudaFrameGraph's memory pool, shared by the variants
         var = _Variant(graph, static_in, static_out)
         seg.variants[key] = var
         self.captures += 1

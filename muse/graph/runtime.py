@@ -1,97 +1,43 @@
-"""Runs a validated graph, frame after frame.
+"""Runs a validated graph, frame after frame (`GraphRunner`).
 
-- Sources run in their own threads and hand frames over through channels with
-  the graph's policy (`latest` drops stale frames and counts each drop).
-- Per frame, the executor pulls from every sink backwards: a node runs only if
-  something consumes its outputs this frame (a switch's idle branches don't run).
-- On CUDA each node has its own stream owned here; a consumer's stream waits on
-  the producer's event and tensors are tagged with `record_stream`, so there is
-  no device-wide synchronize on the hot path.
-- Sinks run in their own threads behind bounded channels.
-- With capture on (CUDA, after a short warm-up), each frame's work between sources and
-  sinks is recorded once per variant and replayed with one launch (`muse.graph.program`).
-- `update_params` and `replace` change a running graph at a frame boundary.
+The runner is put together from parts with one job each:
+- `muse.graph.resolve`: the device, dtype and the CPU downscale, as resolved settings
+  (the runner works on its own copy of the graph; the caller's graph is never changed);
+- `muse.graph.threads`: sources and sinks in their own threads behind channels;
+- `muse.graph.executor`: per frame, every sink's inputs pulled backwards through the graph;
+- `muse.graph.streams`: per-node CUDA streams, events, the device clock, GPU timing;
+- `muse.graph.program`: frame capture (each frame recorded once per variant, then replayed);
+- `muse.graph.live`: `update_params` and `replace` at a frame boundary.
+This module opens and closes the nodes and holds the public API.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback
 from collections import deque
-from dataclasses import dataclass, field, replace as dc_replace
 from typing import Any, Callable
 
 import torch
 
-from muse.graph.channels import Channel, ChannelClosed
-from muse.graph.node import Node, NodeContext, NodeError
-from muse.graph.payloads import Payload
+from muse.graph.executor import FrameExecutor
+from muse.graph.live import LiveChanges
+from muse.graph.node import NodeContext, NodeError
 from muse.graph.program import FrameProgram
-from muse.graph.stats import GraphStats, NodeStats, Trace
+from muse.graph.resolve import resolve_device, resolved_graph, run_dtype
+from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
+from muse.graph.stats import GraphStats, Trace
+from muse.graph.streams import CudaPlumbing
+from muse.graph.threads import SourceSinkThreads
 from muse.graph.validate import ResolvedNode, ValidatedGraph
+
+__all__ = ["FrameFailed", "GraphRunError", "GraphRunner", "Item", "resolve_device"]
 
 log = logging.getLogger("muse.runtime")
 
 
-class GraphRunError(RuntimeError):
-    """The graph could not start or had to stop; the message names the node."""
-
-
-class _FrameFailed(Exception):
-    def __init__(self, node: str, exc: BaseException) -> None:
-        super().__init__(f"node {node!r} failed: {exc}")
-        self.node, self.exc = node, exc
-
-
-@dataclass
-class _Item:
-    """What travels from a source to the executor, or from the executor to a sink."""
-
-    values: dict[str, Any]
-    events: list[Any] = field(default_factory=list)  # CUDA events to wait on
-    t_capture: float = 0.0
-
-
-@dataclass
-class _Slot:
-    """One running node and what the runtime keeps for it."""
-
-    rn: ResolvedNode
-    node: Node
-    ctx: NodeContext
-    stats: NodeStats
-    stream: Any = None
-    channel: Channel | None = None  # sources: out of the node; sinks: into the node
-    thread: threading.Thread | None = None
-    stop: threading.Event = field(default_factory=threading.Event)
-    last: _Item | None = None  # a secondary source's newest item
-    pending_gpu: list = field(default_factory=list)
-    consecutive_errors: int = 0
-    variant_ready: bool = False  # frame_variant() already asked this frame (by the frame program)
-
-    @property
-    def name(self) -> str:
-        return self.rn.name
-
-
-def resolve_device(setting: str, override: str | None = None) -> tuple[torch.device, str]:
-    """The device to run on and a sentence saying why (shown to the user)."""
-    want = override or setting
-    has_cuda = torch.cuda.is_available()
-    if want == "cuda":
-        if not has_cuda:
-            raise GraphRunError("device 'cuda' was asked for, but no CUDA GPU is available; use --device cpu or device: auto")
-        return torch.device("cuda"), f"running on CUDA ({torch.cuda.get_device_name(0)})"
-    if want == "cpu":
-        return torch.device("cpu"), "running on the CPU (asked for)"
-    if has_cuda:
-        return torch.device("cuda"), f"running on CUDA ({torch.cuda.get_device_name(0)})"
-    return torch.device("cpu"), "no CUDA GPU found: falling back to the CPU path"
-
-
-class GraphRunner:
+class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
     """Run a ValidatedGraph. `start()` returns at once; `run()` blocks until done."""
 
     def __init__(
@@ -104,7 +50,6 @@ class GraphRunner:
         stats: GraphStats | None = None,
         unpaced: bool = False,
     ) -> None:
-        self.graph = graph
         self.device, self.device_note = resolve_device(graph.settings.device, device)
         self.max_frames = frames
         self.unpaced = unpaced  # benchmarks: synthetic sources (the demo a missing camera falls back to) run flat out
@@ -112,10 +57,8 @@ class GraphRunner:
         self.stats = stats or GraphStats()
         self.stats.info["device"] = str(self.device)
         self.stats.info["device_note"] = self.device_note
-        self.resolution = tuple(graph.settings.resolution)
-        if self.device.type == "cpu":
-            self._fit_sources_to_cpu()
-        self.slots: dict[str, _Slot] = {}
+        self.graph: ValidatedGraph = self._own(graph)
+        self.slots: dict[str, Slot] = {}
         self._taps: dict[tuple[str, str], list[Callable[[Any], None]]] = {}
         self._pending: list[Callable[[], None]] = []
         self._pending_lock = threading.Lock()
@@ -130,44 +73,25 @@ class GraphRunner:
         # sub-millisecond steps), so captured frames see the time advance without host values baked in.
         self.clock = torch.zeros((), dtype=torch.float64, device=self.device)
         self._frame_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._frame_start: Any = None
         self._last_frame_events: list[Any] = []
         self._frame_times: list[tuple[Any, Any]] = []
         self._in_flight: deque[list[Any]] = deque()
         self._failed_frames = 0
         self._cpu_pipeline: Any = None  # muse.graph.cpu_pipeline: two frames in flight on the CPU path
 
-    def _fit_sources_to_cpu(self) -> None:
-        """4K on two CPU cores is a slide show: capture smaller, and say so."""
-        limit = self.graph.settings.cpu_resolution
-        if limit is None:
-            return
-        lw, lh = limit
-        for rn in self.graph.nodes.values():
-            if not rn.cls.is_source() or rn.params is None:
-                continue
-            w, h = getattr(rn.params, "width", None), getattr(rn.params, "height", None)
-            if not isinstance(w, int) or not isinstance(h, int) or (w <= lw and h <= lh):
-                continue
-            scale = min(lw / w, lh / h)
-            new_w, new_h = max(16, int(w * scale) // 2 * 2), max(16, int(h * scale) // 2 * 2)
-            rn.params = rn.params.model_copy(update={"width": new_w, "height": new_h})
-            note = f"{rn.name}: {w}x{h} is too much for the CPU path; capturing at {new_w}x{new_h} (settings.cpu_resolution)"
-            log.warning(note)
-            self.stats.info.setdefault("cpu_downscale", []).append(note)
-        rw, rh = self.resolution
-        if rw > lw or rh > lh:
-            scale = min(lw / rw, lh / rh)
-            self.resolution = (int(rw * scale) // 2 * 2, int(rh * scale) // 2 * 2)
+    def _own(self, graph: ValidatedGraph) -> ValidatedGraph:
+        """The runner's copy of `graph`, with the device's resolved settings (the CPU downscale)."""
+        own, self.resolution, notes = resolved_graph(graph, self.device)
+        if notes:
+            self.stats.info["cpu_downscale"] = notes
+        else:
+            self.stats.info.pop("cpu_downscale", None)
+        return own
 
-    # -- public API ------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        p = self.graph.settings.precision
-        if p == "fp16" and self.device.type == "cuda":
-            return torch.float16
-        if p == "auto" and self.device.type == "cuda":
-            return torch.float16
-        return torch.float32
+        return run_dtype(self.graph.settings.precision, self.device)
 
     def start(self) -> "GraphRunner":
         self._open_all(self.graph)
@@ -200,24 +124,6 @@ class GraphRunner:
         self._close_all()
         self._done.set()
 
-    def update_params(self, node: str, values: dict[str, Any]) -> None:
-        """Change a node's params live; applied at the next frame boundary.
-
-        Invalid values raise pydantic's ValidationError here, before anything changes."""
-        slot = self.slots.get(node)
-        if slot is None:
-            raise KeyError(f"no node {node!r} in the running graph")
-        params = slot.rn.cls.Params.model_validate({**slot.node.params.model_dump(), **values})
-
-        def apply() -> None:
-            self._apply_params(slot, params)
-
-        self._schedule(apply)
-
-    def replace(self, graph: ValidatedGraph) -> None:
-        """Swap in a changed graph without ending the process (kept nodes stay open)."""
-        self._schedule(lambda: self._swap_graph(graph))
-
     def tap(self, node: str, port: str, callback: Callable[[Any], None]) -> Callable[[], None]:
         """Call `callback(payload)` with every new value of node.port; returns an untap function."""
         key = (node, port)
@@ -229,8 +135,7 @@ class GraphRunner:
 
         return untap
 
-    # -- setup and teardown ---------------------------------------------
-    def _make_slot(self, rn: ResolvedNode) -> _Slot:
+    def _make_slot(self, rn: ResolvedNode) -> Slot:
         stats = self.stats.node(rn.name, rn.type)
         stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         s = self.graph.settings
@@ -249,9 +154,9 @@ class GraphRunner:
             connected=frozenset(p for p, ri in rn.inputs.items() if ri.sources),
         )
         node = rn.cls(rn.name, rn.params)
-        return _Slot(rn=rn, node=node, ctx=ctx, stats=stats, stream=stream)
+        return Slot(rn=rn, node=node, ctx=ctx, stats=stats, stream=stream)
 
-    def _open_slot(self, slot: _Slot) -> None:
+    def _open_slot(self, slot: Slot) -> None:
         try:
             with self._in_stream(slot.stream):
                 slot.node.open(slot.ctx)
@@ -262,9 +167,9 @@ class GraphRunner:
                 f"{self.graph.file}: node '{slot.name}' ({slot.rn.type}) could not start: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def _open_all(self, graph: ValidatedGraph, keep: dict[str, _Slot] | None = None) -> None:
+    def _open_all(self, graph: ValidatedGraph, keep: dict[str, Slot] | None = None) -> None:
         keep = keep or {}
-        opened: list[_Slot] = []
+        opened: list[Slot] = []
         try:
             for name in graph.order:
                 rn = graph.nodes[name]
@@ -294,7 +199,7 @@ class GraphRunner:
             elif slot.rn.cls.is_sink() and slot.thread is None:
                 self._start_sink(slot)
 
-    def _close_slot(self, slot: _Slot) -> None:
+    def _close_slot(self, slot: Slot) -> None:
         slot.stop.set()
         if slot.channel is not None:
             slot.channel.close()
@@ -325,252 +230,6 @@ class GraphRunner:
             self._poll_gpu_times()  # the last frames' GPU timings are readable now
         self.slots.clear()
 
-    # -- threads ---------------------------------------------------------
-    def _start_source(self, slot: _Slot) -> None:
-        policy, size = _wiring(self.graph, slot.name)
-
-        def on_drop(n: int) -> None:
-            slot.stats.drops += n
-
-        slot.channel = Channel(policy, size, on_drop)
-        slot.stop.clear()
-
-        demand = slot.node.on_demand and policy == "latest"
-
-        def loop() -> None:
-            while not slot.stop.is_set() and not self._stop.is_set():
-                if demand and len(slot.channel):
-                    time.sleep(0.001)  # a synthetic source renders only what will be shown
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    with self._in_stream(slot.stream):
-                        out = slot.node.process()
-                        events = self._record(slot)
-                except Exception as exc:
-                    self._node_failed(slot, exc)
-                    if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
-                        if self._is_secondary_source(slot.name):
-                            # One lost camera must not stop the others: the stream keeps its last frame.
-                            log.error("source '%s' failed %d times in a row (%s); it is stopped, the other sources keep running",
-                                      slot.name, slot.consecutive_errors, exc)
-                            slot.ctx.report("status", "lost")
-                            break
-                        self._fail(GraphRunError(f"source '{slot.name}' failed {slot.consecutive_errors} times in a row: {exc}"))
-                        break
-                    time.sleep(0.01)
-                    continue
-                t1 = time.perf_counter()
-                if out is None:
-                    log.info("source '%s' reached the end of its stream", slot.name)
-                    break
-                slot.consecutive_errors = 0
-                self._note_time(slot, t0, t1)
-                self.stats.frames_in += 1
-                if not slot.channel.put(_Item(out, events, t1), slot.stop):
-                    break
-            slot.channel.close()
-
-        slot.thread = threading.Thread(target=loop, name=f"muse-src-{slot.name}", daemon=True)
-        slot.thread.start()
-
-    def _start_sink(self, slot: _Slot) -> None:
-        policy, size = _wiring(self.graph, slot.name)
-
-        def on_drop(n: int) -> None:
-            slot.stats.drops += n
-
-        slot.channel = Channel(policy, size, on_drop)
-        slot.stop.clear()
-
-        def loop() -> None:
-            while True:
-                try:
-                    item = slot.channel.get(timeout=0.2)
-                except TimeoutError:
-                    if slot.stop.is_set() and slot.channel.closed:
-                        break
-                    continue
-                except ChannelClosed:
-                    break
-                t0 = time.perf_counter()
-                try:
-                    with self._in_stream(slot.stream):
-                        self._wait_events(slot.stream, item.events, item.values)
-                        slot.node.process(**item.values)
-                        self._record(slot)
-                except Exception as exc:
-                    self._node_failed(slot, exc)
-                    if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
-                        self._fail(GraphRunError(f"output '{slot.name}' failed {slot.consecutive_errors} times in a row: {exc}"))
-                        break
-                    continue
-                t1 = time.perf_counter()
-                slot.consecutive_errors = 0
-                self._note_time(slot, t0, t1)
-                self.stats.add_latency((t1 - item.t_capture) * 1000.0)
-
-        slot.thread = threading.Thread(target=loop, name=f"muse-sink-{slot.name}", daemon=True)
-        slot.thread.start()
-
-    # -- the per-frame executor ------------------------------------------
-    def _execute(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._run_pending()
-                if self.max_frames is not None and self._frame_index >= self.max_frames:
-                    break
-                items = self._gather_sources()
-                if items is None:
-                    break
-                try:
-                    self._run_frame(items)
-                    self.stats.frames_out += 1
-                    self._failed_frames = 0
-                except _FrameFailed as exc:
-                    self._failed_frames += 1
-                    if self._failed_frames >= self.graph.settings.max_consecutive_errors:
-                        raise GraphRunError(
-                            f"{self._failed_frames} frames in a row failed; last: {exc}. "
-                            "See the node's error above; the graph stopped so the stream doesn't show garbage."
-                        ) from exc.exc
-                self._frame_index += 1
-                self._poll_gpu_times()
-        except BaseException as exc:  # the executor must never die silently
-            self._fail(exc)
-        finally:
-            if self._cpu_pipeline is not None:  # its last frame reaches the sinks first
-                self._cpu_pipeline.close()
-            # Let sinks drain what they have, then stop.
-            for slot in list(self.slots.values()):
-                if slot.rn.cls.is_sink() and slot.channel is not None:
-                    slot.channel.close()
-            self._done.set()
-
-    def _is_secondary_source(self, name: str) -> bool:
-        """Every source after the first (the first paces the stream; the others are never waited for)."""
-        sources = [n for n in self.graph.order if n in self.slots and self.slots[n].rn.cls.is_source()]
-        return bool(sources) and name in sources and name != sources[0]
-
-    def _gather_sources(self) -> dict[str, _Item] | None:
-        """The primary source's next item and each secondary source's newest; a secondary source
-        that has nothing yet (still starting, or lost before its first frame) is left out."""
-        sources = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_source()]
-        items: dict[str, _Item] = {}
-        for i, slot in enumerate(sources):
-            primary = i == 0
-            waits = primary or (slot.channel is not None and slot.channel.policy == "queue")
-            item: _Item | None = None
-            while True:
-                if self._stop.is_set():
-                    return None
-                try:
-                    item = slot.channel.get(timeout=0.1) if waits else slot.channel.get_nowait()
-                    slot.last = item
-                    break
-                except TimeoutError:
-                    if waits:
-                        continue
-                    item = slot.last  # a secondary source never stalls the stream
-                    break
-                except ChannelClosed:
-                    if primary or (waits and slot.last is None):
-                        return None
-                    item = slot.last
-                    break
-            if item is not None:
-                items[slot.name] = item
-        return items
-
-    def _run_frame(self, source_items: dict[str, _Item]) -> None:
-        memo: dict[str, tuple[dict[str, Any], list[Any]]] = {}
-        t_capture = min((it.t_capture for it in source_items.values()), default=time.perf_counter())
-        clock_events = self._tick_clock(source_items)
-        for name, item in source_items.items():
-            memo[name] = (item.values, item.events + clock_events)
-            with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
-                self._fire_taps(name, item.values)
-        for name in self.graph.order:  # a secondary source with no frame yet: its branch sits this frame out
-            if name not in memo and self.slots[name].rn.cls.is_source():
-                memo[name] = ({}, [])
-        if self._cpu_pipeline is not None:
-            self._cpu_pipeline.run_frame(memo, t_capture)
-            return
-        program = self.program
-        if program is not None:
-            program.run(memo)
-        sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink()]
-        frame_events: list[Any] = []
-        for sink in sinks:
-            values, events = self._gather_inputs(sink, memo)
-            if values is None:
-                frame_events.extend(events)
-                continue  # an upstream branch had nothing this frame (e.g. no face)
-            if program is not None:
-                # Replayed outputs are overwritten by the next replay: the sink gets its own copy.
-                values, events = self._detach_for_sink(values, events)
-            frame_events.extend(events)
-            sink.channel.put(_Item(values, events, t_capture), self._stop)
-        self._last_frame_events = frame_events
-        self._time_frame(frame_events)
-        self._limit_in_flight(frame_events)
-
-    def _tick_clock(self, source_items: dict[str, _Item]) -> list[Any]:
-        """Write this frame's time into the device clock, after the last frame's readers are done."""
-        primary = next(iter(source_items.values()), None)
-        t = 0.0
-        if primary is not None:
-            for v in primary.values.values():
-                if isinstance(v, Payload) and isinstance(getattr(v, "timestamp", None), (int, float)):
-                    t = float(v.timestamp)
-                    break
-        stream = self._frame_stream
-        if stream is None:
-            self.clock.fill_(t)
-            return []
-        with torch.cuda.stream(stream):
-            for ev in self._last_frame_events:
-                stream.wait_event(ev)
-            self._frame_start = torch.cuda.Event(enable_timing=True, blocking=True)
-            self._frame_start.record(stream)  # the GPU reaches this when the last frame is done
-            self.clock.fill_(t)  # the value travels as a kernel argument: no host buffer to race on
-            ev = torch.cuda.Event(blocking=True)
-            ev.record(stream)
-        return [ev]
-
-    def _time_frame(self, frame_events: list[Any]) -> None:
-        """Events around the whole frame on the GPU (read later, never waited on)."""
-        stream = self._frame_stream
-        start = getattr(self, "_frame_start", None)
-        if stream is None or start is None:
-            return
-        with torch.cuda.stream(stream):
-            for ev in frame_events:
-                stream.wait_event(ev)
-            end = torch.cuda.Event(enable_timing=True, blocking=True)
-            end.record(stream)
-        self._frame_times.append((start, end))
-        self._frame_start = None
-
-    def _detach_for_sink(self, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
-        stream = self._frame_stream
-        with self._in_stream(stream):
-            if stream is not None:
-                for ev in events:
-                    stream.wait_event(ev)
-            out = {k: _copy_payload(v) for k, v in values.items()}
-            if stream is None:
-                return out, events
-            for v in values.values():
-                for payload in v if isinstance(v, list) else [v]:
-                    if isinstance(payload, Payload):
-                        for t in payload.tensors():
-                            if t.is_cuda:
-                                t.record_stream(stream)  # read here: not recycled before the copy ran
-            ev = torch.cuda.Event(blocking=True)
-            ev.record(stream)
-        return out, [ev]
-
     def _build_program(self) -> None:
         """The frame program for the current graph, when capture is on (CUDA, or emulated for tests)."""
         mode = self.graph.settings.capture
@@ -587,287 +246,9 @@ class GraphRunner:
             self.stats.info["capture"] = self.program.describe()
             self.stats.info["capture_programs"] = self.stats.info.get("capture_programs", 0) + 1
 
-    def _limit_in_flight(self, frame_events: list[Any]) -> None:
-        """Keep at most `max_frames_in_flight` frames queued on the GPU.
-
-        Launching never blocks, so without this a GPU slower than the camera
-        would queue frames without end and latency would grow for the whole
-        stream. Waiting on one old frame's events blocks only this thread."""
-        if self.device.type != "cuda" or not frame_events:
-            return
-        self._in_flight.append(frame_events)
-        while len(self._in_flight) > self.graph.settings.max_frames_in_flight:
-            for ev in self._in_flight.popleft():
-                ev.synchronize()
-
-    def _gather_inputs(self, slot: _Slot, memo: dict) -> tuple[dict[str, Any] | None, list[Any]]:
-        """Values for a node's inputs (computing upstream nodes on demand) and the events to wait on."""
-        values: dict[str, Any] = {}
-        events: list[Any] = []
-        needed = slot.node.needed_inputs()
-        needed = set(needed) if needed is not None else None
-        for port, ri in slot.rn.inputs.items():
-            if slot.rn.cls.lazy_inputs:
-                values[port] = self._lazy(ri, memo, events)
-                continue
-            if needed is not None and port not in needed:
-                continue
-            got = []
-            for src in ri.sources:
-                outs, evs = self._evaluate(src.node, memo)
-                got.append(outs.get(src.port) if outs else None)
-                events.extend(evs)
-            if ri.port.multiple:
-                values[port] = got
-            else:
-                value = got[0] if got else None
-                if value is None and not ri.port.optional:
-                    return None, events
-                values[port] = value
-        return values, events
-
-    def _lazy(self, ri: Any, memo: dict, events: list[Any]) -> Any:
-        def thunk_for(src: Any) -> Callable[[], Any]:
-            def thunk() -> Any:
-                try:
-                    outs, evs = self._evaluate(src.node, memo)
-                except _FrameFailed as exc:
-                    raise NodeError(str(exc)) from exc.exc
-                events.extend(evs)
-                # The lazy node waits here, on its own stream, for what it just pulled.
-                cur = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-                value = outs.get(src.port) if outs else None
-                self._wait_events(cur, evs, {"v": value})
-                return value
-
-            return thunk
-
-        thunks = [thunk_for(s) for s in ri.sources]
-        return thunks if ri.port.multiple else (thunks[0] if thunks else (lambda: None))
-
-    def _evaluate(self, name: str, memo: dict) -> tuple[dict[str, Any], list[Any]]:
-        if name in memo:
-            return memo[name]
-        slot = self.slots[name]
-        values, events = self._gather_inputs(slot, memo)
-        if values is None:
-            memo[name] = ({}, [])
-            return memo[name]
-        outs, ev = self._run_node(slot, values, events)
-        memo[name] = (outs, ev)
-        return memo[name]
-
-    def _run_node(self, slot: _Slot, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
-        t0 = time.perf_counter()
-        recording = self._recording
-        nvtx = self.device.type == "cuda" and not recording
-        try:
-            with self._in_stream(slot.stream):
-                self._wait_events(slot.stream, events, values)
-                if not slot.variant_ready:
-                    slot.node.frame_variant()  # host choices for this frame (read a frame late)
-                slot.variant_ready = False
-                if nvtx:
-                    torch.cuda.nvtx.range_push(slot.name)
-                start_ev = None if recording else self._gpu_start(slot)
-                try:
-                    outs = slot.node.process(**values) or {}
-                finally:
-                    if nvtx:
-                        torch.cuda.nvtx.range_pop()
-                out_events = self._record(slot, start_ev)
-                # Taps run on the producer's stream, so a GPU preview copy is ordered after the work.
-                if not recording:
-                    self._fire_taps(slot.name, outs)
-        except NodeError as exc:
-            self._node_failed(slot, exc, expected=True)
-            raise _FrameFailed(slot.name, exc) from exc
-        except Exception as exc:
-            self._node_failed(slot, exc)
-            raise _FrameFailed(slot.name, exc) from exc
-        t1 = time.perf_counter()
-        slot.consecutive_errors = 0
-        if not recording:
-            self._note_time(slot, t0, t1)
-        return outs, out_events
-
-    # -- CUDA plumbing -----------------------------------------------------
-    def _in_stream(self, stream: Any) -> Any:
-        if stream is None:
-            return _nullcontext()
-        return torch.cuda.stream(stream)
-
-    def _gpu_start(self, slot: _Slot) -> Any:
-        if slot.stream is None:
-            return None
-        ev = torch.cuda.Event(enable_timing=True, blocking=True)
-        ev.record(slot.stream)
-        return ev
-
-    # Events are made with blocking=True throughout: a host thread that waits on one (the in-flight
-    # bound, a sink's download) sleeps instead of spinning a CPU core the streamer's game needs.
-    def _record(self, slot: _Slot, start_ev: Any = None) -> list[Any]:
-        if slot.stream is None:
-            return []
-        ev = torch.cuda.Event(enable_timing=start_ev is not None, blocking=True)
-        ev.record(slot.stream)
-        if start_ev is not None:
-            slot.pending_gpu.append((start_ev, ev))
-        return [ev]
-
-    def _wait_events(self, stream: Any, events: list[Any], values: dict[str, Any]) -> None:
-        if stream is None:
-            return
-        for ev in events:
-            stream.wait_event(ev)
-        if self._recording:
-            return  # recorded memory belongs to the graph's pool for as long as the graph lives
-        # Tensors made on another stream must not be recycled while this stream uses them.
-        for v in values.values():
-            for payload in v if isinstance(v, list) else [v]:
-                if isinstance(payload, Payload):
-                    for t in payload.tensors():
-                        if t.is_cuda:
-                            t.record_stream(stream)
-
-    def _poll_gpu_times(self) -> None:
-        """Read finished GPU timings without waiting (event.query never blocks)."""
-        keep = []
-        for start, end in self._frame_times:
-            if end.query():
-                self.stats.frame_gpu_ms.append(start.elapsed_time(end))
-            else:
-                keep.append((start, end))
-        self._frame_times = keep[-64:]
-        for slot in self.slots.values():
-            keep = []
-            for start, end in slot.pending_gpu:
-                if end.query():
-                    slot.stats.gpu_ms.append(start.elapsed_time(end))
-                else:
-                    keep.append((start, end))
-            slot.pending_gpu = keep[-64:]
-
-    # -- bookkeeping -----------------------------------------------------------
-    def _note_time(self, slot: _Slot, t0: float, t1: float) -> None:
-        slot.stats.frames += 1
-        slot.stats.host_ms.append((t1 - t0) * 1000.0)
-        if self.trace is not None:
-            self.trace.span(slot.name, t0, t1, category=slot.rn.type, args={"frame": self._frame_index})
-
-    def _node_failed(self, slot: _Slot, exc: BaseException, expected: bool = False) -> None:
-        slot.stats.errors += 1
-        slot.consecutive_errors += 1
-        slot.stats.last_error = f"{type(exc).__name__}: {exc}"
-        # First failure with its traceback, then rate-limited so a 6-hour stream's log stays readable.
-        if slot.stats.errors == 1 or slot.stats.errors % 100 == 0:
-            detail = str(exc) if expected else traceback.format_exc()
-            log.error("node '%s' (%s) failed on frame %d (%d errors so far): %s",
-                      slot.name, slot.rn.type, self._frame_index, slot.stats.errors, detail)
-
-    def _fire_taps(self, name: str, outs: dict[str, Any]) -> None:
-        for (node, port), callbacks in list(self._taps.items()):
-            if node == name and port in outs and outs[port] is not None:
-                for cb in list(callbacks):
-                    try:
-                        cb(outs[port])
-                    except Exception:
-                        log.error("tap on %s.%s failed:\n%s", node, port, traceback.format_exc())
-
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
             log.error("graph stopped: %s", exc)
         self._stop.set()
         self._done.set()
-
-    def _schedule(self, action: Callable[[], None]) -> None:
-        with self._pending_lock:
-            self._pending.append(action)
-        if self._executor is None or not self._executor.is_alive():
-            self._run_pending()
-
-    def _run_pending(self) -> None:
-        with self._pending_lock:
-            actions, self._pending = self._pending, []
-        if actions and self._cpu_pipeline is not None:
-            self._cpu_pipeline.drain()  # no node changes while the tail thread runs it
-        for action in actions:
-            try:
-                action()
-            except Exception:
-                log.error("live change failed; the running graph keeps going:\n%s", traceback.format_exc())
-
-    def _apply_params(self, slot: _Slot, params: Any) -> None:
-        changed = {k for k, v in params.model_dump().items() if getattr(slot.node.params, k, None) != v}
-        if slot.node.update_params(params):
-            slot.rn.params = params
-            if self.program is not None and changed - set(slot.node.live_params):
-                self._build_program()  # a host value baked into the recordings changed (or what can be captured)
-            log.info("node '%s': parameters updated live", slot.name)
-            return
-        # The node can't change in place: build a new one beside it, then swap.
-        new_rn = dc_replace(slot.rn, params=params)
-        fresh = self._make_slot(new_rn)
-        self._open_slot(fresh)
-        old = self.slots[slot.name]
-        if old.rn.cls.is_source() or old.rn.cls.is_sink():
-            self._close_slot(old)
-            self.slots[slot.name] = fresh
-            (self._start_source if fresh.rn.cls.is_source() else self._start_sink)(fresh)
-        else:
-            self.slots[slot.name] = fresh
-            self._close_slot(old)
-        self._build_program()
-        log.info("node '%s': reopened with new parameters", slot.name)
-
-    def _swap_graph(self, graph: ValidatedGraph) -> None:
-        old_graph = self.graph
-        keep: dict[str, _Slot] = {}
-        for name, slot in self.slots.items():
-            new = graph.nodes.get(name)
-            if new is not None and new.type == slot.rn.type and new.params == slot.rn.params:
-                keep[name] = slot
-        # Sources/sinks whose wiring changed get new channels: restart their threads.
-        for name in list(keep):
-            slot = keep[name]
-            if slot.rn.cls.is_source() or slot.rn.cls.is_sink():
-                if _wiring(old_graph, name) != _wiring(graph, name):
-                    del keep[name]
-        dropped = [s for n, s in self.slots.items() if n not in keep]
-        self.slots = {}
-        try:
-            self._open_all(graph, keep)
-        except Exception:
-            log.error("new graph failed to start; keeping the old one running")
-            for name, slot in keep.items():
-                self.slots[name] = slot
-            self._open_all(old_graph, {**keep, **{s.name: s for s in dropped}})
-            raise
-        for slot in dropped:
-            self._close_slot(slot)
-        log.info("graph replaced: %d nodes kept running, %d restarted/removed", len(keep), len(dropped))
-
-
-def _wiring(graph: ValidatedGraph, name: str) -> tuple[str, int]:
-    """The channel policy of a source (set by its consumers) or a sink (set by its inputs)."""
-    rn = graph.nodes[name]
-    links = [graph.nodes[c].inputs[p] for c, p in graph.consumers(name)] if rn.cls.is_source() else list(rn.inputs.values())
-    queued = [ri.queue for ri in links if ri.policy == "queue"]
-    return ("queue", max(queued)) if queued else ("latest", 1)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def _copy_payload(p: Any) -> Any:
-    if isinstance(p, list):
-        return [_copy_payload(v) for v in p]
-    if not isinstance(p, Payload):
-        return p
-    return dc_replace(p, **{k: v.clone() for k, v in vars(p).items() if isinstance(v, torch.Tensor)})

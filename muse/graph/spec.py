@@ -195,7 +195,7 @@ class DuplicateKeyError(ValueError):
 _SafeBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _LineLoader(_SafeBase):  # type: ignore[misc, valid-type]
+class _LineLoader(_SafeBase):
     pass
 
 

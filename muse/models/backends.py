@@ -493,9 +493,9 @@ def create_backend(
         result: InferenceBackend = TorchBackend(model, device, dtype, cuda_graph=cuda_graph)
     else:
         if onnx_path is None:
-            if example is None:
-                raise BackendError(f"backend {chosen} exports the model to ONNX and needs an example input shape")
-            onnx_path = cached_onnx(model, example, cache, stem)  # type: ignore[arg-type]
+            if example is None or model is None:
+                raise BackendError(f"backend {chosen} exports the model to ONNX and needs the model and an example input shape")
+            onnx_path = cached_onnx(model, example, cache, stem)
         if chosen == "onnxruntime":
             result = OnnxRuntimeBackend(onnx_path, device, dtype)
         else:

@@ -430,9 +430,9 @@ def reference_input(name: str, image: Any = None) -> "torch.Tensor":
     import torch.nn.functional as F
 
     if image is None:
-        from skimage import data as skdata
+        from muse.pictures import picture
 
-        image = skdata.astronaut()
+        image = picture("astronaut")
     m = _entry(name)
     w, h = m.input_size
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0

@@ -177,7 +177,7 @@ class StudentPose(nn.Module):
         return pts, torch.sigmoid(conf)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -200,7 +200,7 @@ def save_student(model: nn.Module, path: str | os.PathLike, meta: dict[str, Any]
     model = getattr(model, "module", model)  # unwrap DDP
     kind = "pose" if isinstance(model, StudentPose) else "segmenter"
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_torch_save({"format": STUDENT_FORMAT, "kind": kind, "arch": dict(model.arch), "meta": meta, "state_dict": state}, path)
+    atomic_torch_save({"format": STUDENT_FORMAT, "kind": kind, "arch": dict(model.arch), "meta": meta, "state_dict": state}, path)
     return path
 
 
@@ -229,13 +229,15 @@ def _load(path: str | os.PathLike, device: str | torch.device, kind: str) -> tup
 def load_student(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[StudentSegmenter, dict[str, Any]]:
     """Rebuild a saved student segmenter in eval mode on `device`; returns (model, meta)."""
     model, meta = _load(path, device, "segmenter")
-    return model, meta  # type: ignore[return-value]
+    assert isinstance(model, StudentSegmenter)
+    return model, meta
 
 
 def load_student_pose(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[StudentPose, dict[str, Any]]:
     """Rebuild a saved student pose head; returns (model, meta)."""
     model, meta = _load(path, device, "pose")
-    return model, meta  # type: ignore[return-value]
+    assert isinstance(model, StudentPose)
+    return model, meta
 
 
 def live_model_path(profile_dir: str | os.PathLike) -> Path:

@@ -109,6 +109,8 @@ class AdaptiveBackground(Node):
         follow_exposure: bool = Field(True, description="Follow global brightness changes everywhere, also behind the person")
         exposure_seconds: float = Field(0.5, ge=0.05, le=60.0, description="Time constant of the global brightness follow")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._plate: torch.Tensor | None = None  # (3, H, W) float32 sRGB values in [0, 1]
@@ -125,9 +127,9 @@ class AdaptiveBackground(Node):
 
             self._cpu = BackgroundCPU(self)
 
-    def update_params(self, params: NodeParams) -> bool:
-        if params.plate_path != self.params.plate_path:  # type: ignore[attr-defined]
-            self._file_plate = load_image(params.plate_path, self.name, "plate_path") if params.plate_path else None  # type: ignore[attr-defined]
+    def update_params(self, params: Params) -> bool:
+        if params.plate_path != self.params.plate_path:
+            self._file_plate = load_image(params.plate_path, self.name, "plate_path") if params.plate_path else None
             self._plate = None  # start again from the new plate
             if getattr(self, "_cpu", None) is not None:
                 self._cpu.reset()

@@ -26,6 +26,8 @@ class TestPattern(Node):
         fps: float = Field(30.0, ge=0, le=240, description="Frames per second; 0 = unpaced")
         frames: int = Field(0, ge=0, description="Stop after this many frames; 0 = endless")
 
+    params: Params
+
     def open(self, ctx) -> None:
         super().open(ctx)
         p = self.params
@@ -67,6 +69,8 @@ class NullSink(Node):
     class Params(NodeParams):
         delay_ms: float = Field(0.0, ge=0, le=10_000, description="Pretend each frame takes this long (tests)")
 
+    params: Params
+
     def open(self, ctx) -> None:
         super().open(ctx)
         self.count = 0
@@ -90,6 +94,8 @@ class Invert(Node):
     class Params(NodeParams):
         amount: float = Field(1.0, ge=0.0, le=1.0, description="0 = unchanged, 1 = fully inverted")
 
+    params: Params
+
     def process(self, frame: Frame) -> dict[str, Frame]:
         a = self.params.amount
         img = frame.chw(torch.float32)
@@ -108,6 +114,8 @@ class LumaMask(Node):
 
     class Params(NodeParams):
         threshold: float = Field(0.5, ge=0.0, le=1.0, description="Brightness above which a pixel counts")
+
+    params: Params
 
     def process(self, frame: Frame) -> dict[str, Mask]:
         img = frame.chw(torch.float32)

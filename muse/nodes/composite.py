@@ -189,6 +189,8 @@ class Composite(Node):
         wrap_size: float = Field(0.015, ge=0.001, le=0.1, description="Width of the light wrap as a fraction of the frame height")
         backend: Literal["auto", "cupy", "torch"] = Field("auto", description="auto = one fused CuPy pass on CUDA when installed, torch elsewhere")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._image: torch.Tensor | None = None  # (H, W, 3) uint8 on the CPU
@@ -234,15 +236,15 @@ class Composite(Node):
             return "background: video decodes and uploads a file frame on the host every frame"
         return None
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         old = self.params
-        if params.backend != old.backend:  # type: ignore[attr-defined]
+        if params.backend != old.backend:
             return False  # rebuild: open() decides the backend
-        if (params.background, params.path) != (old.background, old.path):  # type: ignore[attr-defined]
+        if (params.background, params.path) != (old.background, old.path):
             self._load(params)
         self.params = params
         if self.ctx is not None:
-            self.ctx.report("background", params.background)  # type: ignore[attr-defined]
+            self.report("background", params.background)
         return True
 
     def close(self) -> None:
@@ -253,8 +255,8 @@ class Composite(Node):
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned and self.ctx is not None:
             self._warned.add(key)
-            self.ctx.logger.warning("node %r: %s", self.name, message)
-            self.ctx.report("warning", message)
+            self.logger.warning("node %r: %s", self.name, message)
+            self.report("warning", message)
 
     def _background(
         self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None, coverage: Mask | None = None,
@@ -265,12 +267,13 @@ class Composite(Node):
         height, width = int(fg.shape[0]), int(fg.shape[1])
         device = fg.device
         mode = p.background
-        colour = tuple(_linear(v / 255.0) for v in p.colour)
+        r, g, b = (_linear(v / 255.0) for v in p.colour)
+        colour = (r, g, b)
         if mode == "plate" and plate is None:
             self._warn_once("plate", "background 'plate' but no clean plate arrived; showing a blurred room")
             mode = "blur"
         if mode == "colour":
-            return None, colour  # type: ignore[return-value]
+            return None, colour
         if mode == "plate":
             assert plate is not None
             room = fit_uint8(plate.hwc_uint8(), height, width)
@@ -284,24 +287,25 @@ class Composite(Node):
                 if confidence is not None:
                     known = known * resize_mask(confidence.alpha, height, width).clamp(0, 1)
                 room = torch.lerp(fg.float(), room.float(), known[..., None]).round_().to(torch.uint8)
-            return room, colour  # type: ignore[return-value]
+            return room, colour
         if mode == "image":
             if self._image_cache is None or self._image_cache[0] != (height, width):
-                self._image_cache = ((height, width), fit_uint8(self._image.to(device), height, width))  # type: ignore[union-attr]
-            return self._image_cache[1], colour  # type: ignore[return-value]
+                assert self._image is not None  # background 'image' loaded it at open
+                self._image_cache = ((height, width), fit_uint8(self._image.to(device), height, width))
+            return self._image_cache[1], colour
         if mode == "video":
             assert self._video is not None
-            return fit_uint8(self._video.next(), height, width), colour  # type: ignore[return-value]
+            return fit_uint8(self._video.next(), height, width), colour
         # blur: a low-resolution linear picture of the room, sampled smoothly by the final pass
         sigma = max(0.5, p.blur * height)
         factor = cell_factor(height, width, int(sigma // 2))
         size = reduced_size(height, width, factor)
         if plate is not None:  # the true room: no trace of the person in the blur
             room = decode_uint8(fit_uint8(plate.hwc_uint8(), height, width)).permute(2, 0, 1)
-            return gaussian_blur(shrink_mean(room[None], size)[0], sigma / factor), colour  # type: ignore[return-value]
+            return gaussian_blur(shrink_mean(room[None], size)[0], sigma / factor), colour
         room = shrink_mean(decode_uint8(fg).permute(2, 0, 1)[None], size)[0]
         weight = (1.0 - resample(alpha, size)).clamp(0, 1) ** 2
-        return masked_blur_small(room, weight, sigma / factor), colour  # type: ignore[return-value]
+        return masked_blur_small(room, weight, sigma / factor), colour
 
     def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None,
                 confidence: Mask | None = None) -> dict[str, Frame]:

@@ -83,6 +83,8 @@ class Layout(Node):
         columns: int = Field(0, ge=0, le=16, description="grid: columns; 0 = as square as possible")
         background: tuple[Channel, Channel, Channel] = Field((16, 16, 16), description="Colour of bars and gaps (R, G, B)")
 
+    params: Params
+
     COLOURS = ("border_colour", "background")
 
     def open(self, ctx: NodeContext) -> None:
@@ -98,7 +100,7 @@ class Layout(Node):
             rgb = torch.tensor(getattr(params, key), dtype=torch.float32).div_(255.0).reshape(3, 1, 1)
             self._colours[key].copy_(rgb)
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         old = self.params.model_dump(exclude=set(self.COLOURS))
         if params.model_dump(exclude=set(self.COLOURS)) != old:
             return False  # geometry (mode, sizes, corner, radius...): rebuilt, cheap for this node

@@ -65,6 +65,8 @@ class Relight(Node):
         relief: float = Field(0.5, ge=0.0, le=2.0, description="How much fine shading (nose, folds) shapes the normals")
         scale: int = Field(4, ge=1, le=16, description="Normals are estimated at 1/scale resolution")
 
+    params: Params
+
     def process(self, frame: Frame, mask: Mask) -> dict[str, Frame]:
         p = self.params
         src = frame.hwc_uint8()

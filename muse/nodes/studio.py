@@ -32,16 +32,18 @@ class StudioDatasetWriter(Node):
         recording: str = Field("graph", description="Name the frames are filed under (frame ids are <recording>_<index>)")
         teacher: str = Field("graph", description="Name of the teacher that made the label, stored with each frame")
 
+    params: Params
+
     def open(self, ctx: Any) -> None:
         super().open(ctx)
         root = resolve_output_path(self.params.profile, graph_dir(getattr(ctx, "graph_file", None)))
         if not self.params.profile or not (root / "profile.yaml").is_file():
             raise NodeError(f"node {self.name!r}: field 'profile' must be a MUSE Studio profile folder with profile.yaml (got {self.params.profile!r}); create one with `muse studio new NAME`")
-        from muse.studio.label import _done_ids
+        from muse.studio.records import done_ids
 
         self._ds = root / "dataset"
         self._out = self._ds / "records" / f"{self.params.recording}.graph.jsonl"
-        self._done = _done_ids(self._ds / "records") if (self._ds / "records").is_dir() else set()
+        self._done = done_ids(self._ds / "records") if (self._ds / "records").is_dir() else set()
         self._written = 0
 
     def process(self, frame: Frame, mask: Mask, votes: list[Mask] | None = None, keypoints: Keypoints | None = None) -> None:
@@ -64,12 +66,12 @@ class StudioDatasetWriter(Node):
         lab = Label(label, min(ious.values(), default=1.0), ious, kps, keypoints.skeleton if keypoints is not None else None, self.params.teacher)
         self._written += write_labelled_clip(self._ds, self.params.recording, [(frame.index, rgb)], [lab], self._out)
         if self.ctx is not None:
-            self.ctx.report("frames_written", self._written)
+            self.report("frames_written", self._written)
         return None
 
     def close(self) -> None:
         if getattr(self, "_ds", None) is not None and (self._ds / "records").is_dir():
-            from muse.studio.label import merge_records
+            from muse.studio.records import merge_records
 
             merge_records(self._ds)
 

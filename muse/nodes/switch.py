@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 import torch
 from pydantic import Field
 
+from muse.graph.capture import LateValue
 from muse.graph.node import In, Node, NodeError, NodeParams, Out
 from muse.graph.payloads import Control, Payload
 
@@ -24,9 +25,12 @@ log = logging.getLogger("muse.switch")
 
 
 class SwitchPolicy:
-    """Which branch to try, in order, given what failed and when (no torch, no I/O)."""
+    """Which branch to try, in order, given what failed and when (no torch, no I/O).
 
-    def __init__(self, count: int, retry_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    The one retry/backoff policy of MUSE's switches: flow.switch, segment.hybrid and pose.hybrid.
+    `retry_s` None = a failed branch is never retried (only as the last resort of `order`)."""
+
+    def __init__(self, count: int, retry_s: float | None = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.count = count
         self.retry_s = retry_s
         self.clock = clock
@@ -35,10 +39,15 @@ class SwitchPolicy:
 
     def order(self) -> list[int]:
         """Branches to try now: healthy ones first, in priority order; failed ones whose retry time came back in."""
-        now = self.clock()
-        ready = [i for i in range(self.count) if i not in self.failed_at or now - self.failed_at[i] >= self.retry_s]
+        ready = self.ready()
         waiting = [i for i in range(self.count) if i not in ready]
         return ready + waiting  # last resort: even a recently failed branch beats no picture
+
+    def ready(self) -> list[int]:
+        """Branches that may be tried now, in priority order: healthy ones and those due for a retry."""
+        now = self.clock()
+        return [i for i in range(self.count)
+                if i not in self.failed_at or (self.retry_s is not None and now - self.failed_at[i] >= self.retry_s)]
 
     def succeeded(self, index: int) -> bool:
         """Record success; True if the live branch changed."""
@@ -52,10 +61,11 @@ class SwitchPolicy:
 
 
 class _FiniteCheck:
-    """A non-blocking NaN/Inf check: computed on the device now, read a frame later."""
+    """Per branch, a NaN/Inf flag computed on the device now and read a frame later
+    (`LateValue`, the one "read a GPU value a frame later" helper): never stalls the device."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[int, torch.Tensor, Any]] = []
+        self.flags: dict[int, tuple[LateValue, int]] = {}  # branch -> (its flag, the version last judged)
 
     def submit(self, branch: int, value: Any) -> None:
         if not isinstance(value, Payload):
@@ -64,23 +74,19 @@ class _FiniteCheck:
         if not flags:
             return
         bad = torch.stack(flags).any()
-        if bad.is_cuda:
-            ev = torch.cuda.Event()
-            ev.record()
-            self.pending.append((branch, bad, ev))
-        else:
-            self.pending.append((branch, bad, None))
+        entry = self.flags.get(branch)
+        if entry is None or entry[0].cuda != bad.is_cuda:
+            entry = self.flags[branch] = (LateValue(bad.device, (1,), torch.bool), 0)
+        entry[0].publish(bad)
 
     def ready_failures(self) -> list[int]:
-        """Branches whose earlier output turned out non-finite (only checks that already finished)."""
-        out, keep = [], []
-        for branch, bad, ev in self.pending:
-            if ev is None or ev.query():
-                if bool(bad):  # the event has completed: this read does not stall the GPU
+        """Branches whose last checked output turned out non-finite (only checks that already finished)."""
+        out = []
+        for branch, (late, judged) in list(self.flags.items()):
+            if late.published and late.version != judged and late.ready():
+                if bool(late.read()[0]):  # its copy has landed: this read does not stall the GPU
                     out.append(branch)
-            else:
-                keep.append((branch, bad, ev))
-        self.pending = keep[-8:]
+                self.flags[branch] = (late, late.version)
         return out
 
 
@@ -109,15 +115,18 @@ class Switch(Node):
         retry_s: float = Field(5.0, ge=0.0, le=3600.0, description="fallback_on_error: retry a failed better branch after this long")
         check_finite: bool = Field(True, description="Treat NaN/Inf outputs as a failure (checked without stalling the GPU)")
 
+    params: Params
+
     def open(self, ctx) -> None:
         super().open(ctx)
         self._policy: SwitchPolicy | None = None
         self._check = _FiniteCheck()
+        self._errors: dict[int, str] = {}
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         self.params = params
         if self._policy is not None:
-            self._policy.retry_s = params.retry_s  # type: ignore[attr-defined]
+            self._policy.retry_s = params.retry_s
         return True
 
     def _label(self, i: int) -> str:
@@ -132,6 +141,7 @@ class Switch(Node):
             for bad in self._check.ready_failures():
                 log.warning("switch '%s': %s produced NaN/Inf; falling back", self.name, self._label(bad))
                 self._policy.failed(bad)
+                self._errors[bad] = "NaN/Inf output"
 
         if p.mode == "manual":
             index = self._manual_index(select, len(candidates))
@@ -148,6 +158,7 @@ class Switch(Node):
             except Exception as exc:  # a failing branch is exactly what this node is for
                 errors.append(f"{self._label(i)}: {exc}")
                 self._policy.failed(i)
+                self._errors[i] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("switch '%s': %s failed (%s); trying the next", self.name, self._label(i), exc)
                 continue
             if value is None:
@@ -170,12 +181,30 @@ class Switch(Node):
             raise NodeError(f"switch '{self.name}': field 'index' is {index}, but there are {count} candidates (0..{count - 1})")
         return index
 
+    def branch_states(self, live: int) -> dict[str, str]:
+        """Each branch's state for `--stats` and the editor: live, standby, or failed (why, and when it is retried)."""
+        assert self._policy is not None
+        now, states = self._policy.clock(), {}
+        for i in range(self._policy.count):
+            if i == live:
+                state = "live"
+            elif i in self._policy.failed_at:
+                wait = self._policy.retry_s - (now - self._policy.failed_at[i])
+                why = self._errors.get(i, "failed")
+                state = f"failed: {why}" + (f" (retried in {wait:.0f} s)" if wait > 0 and self.params.mode == "fallback_on_error" else "")
+            else:
+                state = "standby"
+            states[self._label(i)] = state
+        return states
+
     def _emit(self, index: int, value: Any) -> dict[str, Any]:
         assert self._policy is not None
         if self._policy.succeeded(index):
             log.info("switch '%s': live branch is now %s", self.name, self._label(index))
+        self._errors.pop(index, None)
         if self.ctx is not None:
-            self.ctx.report("live", self._label(index))
-            self.ctx.report("live_index", index)
+            self.report("live", self._label(index))
+            self.report("live_index", index)
+            self.report("branches", self.branch_states(index))
         ts = getattr(value, "timestamp", 0.0)
         return {"selected": value, "live": Control({"index": index, "label": self._label(index)}, timestamp=ts)}

@@ -211,12 +211,13 @@ def record(
     if source is None:
         _no_fallback(src, profile, "recording")
     writer: VideoWriter | None = None
-    if seconds is None and getattr(src, "total", None):
-        total = int(src.total)  # type: ignore[arg-type]
+    known = getattr(src, "total", None)  # a file source knows its length; a camera does not
+    if seconds is None and known:
+        total = int(known)
     else:
         total = max(1, int(round((seconds or cam.record_seconds) * src.fps)))
-        if getattr(src, "total", None):
-            total = min(total, int(src.total))  # type: ignore[arg-type]
+        if known:
+            total = min(total, int(known))
     try:
         with for_profile(profile, "record", total) as bar:
             for _ in range(total):

@@ -139,7 +139,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 
 def _torchrun(module: str, a: argparse.Namespace, extra: list[str]) -> int:
-    from muse.studio.train import DDP_ENV
+    from muse.studio.distributed import DDP_ENV
 
     env = {**os.environ, **DDP_ENV}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}", "-m", module, a.profile]

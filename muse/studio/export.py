@@ -115,7 +115,7 @@ def verify_onnx(model: Any, onnx_path: Path, frames: np.ndarray, min_iou: float 
 def _heldout_frames(profile: Any, input_size: tuple[int, int], count: int) -> np.ndarray:
     """Held-out frames at the student's size (the training split); random pictures never stand in."""
     from muse.studio.dataset import kept_ids, load_data, split_ids
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
 
     records = {r["id"]: r for r in load_records(profile.dataset_dir)}
     ids = [i for i in kept_ids(profile.dataset_dir) if i in records]

@@ -145,7 +145,7 @@ def filter_bad_data(records: Sequence[dict[str, Any]], settings: Any = None) -> 
 def filter_profile(profile: Any, log: Any = print) -> FilterReport:
     """Filter a labelled profile: writes dataset/kept.json and dataset/filter_report.md."""
     from muse.studio.files import StudioError, write_json, write_text
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
 
     from muse.studio.progress import for_profile
 

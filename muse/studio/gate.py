@@ -26,7 +26,7 @@ def heldout(profile: Any, limit: int = 200) -> list[tuple[str, np.ndarray, np.nd
     """(id, RGB frame, label mask 0..1) of the held-out frames (the training split's validation blocks)."""
     from muse.studio.dataset import kept_ids, split_ids
     from muse.studio.files import StudioError, read_image
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
 
     records = {r["id"]: r for r in load_records(profile.dataset_dir)}
     ids = [i for i in kept_ids(profile.dataset_dir) if i in records]

@@ -15,22 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from muse.studio.files import StudioError, read_image, read_json, read_video, write_image, write_json
-
-
-def _rank_world() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _done_ids(records_dir: Path) -> set[str]:
-    done = set()
-    for p in records_dir.glob("*.jsonl"):
-        for line in p.read_text(errors="replace").splitlines():  # damaged bytes: that line is skipped
-            try:
-                done.add(str(json.loads(line)["id"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line from a kill: that clip is relabelled
-    return done
+from muse.studio.files import StudioError, read_image, read_video, write_image
+from muse.studio.records import done_ids, merge_records, rank_world
 
 
 def label_profile(
@@ -53,11 +39,11 @@ def label_profile(
     ts = teachers or build_teachers(profile, device, plate, offline_only=offline_only)
     for name, why in ts.skipped.items():
         log(f"teacher {name} skipped: {why}")
-    rank, world = _rank_world()
+    rank, world = rank_world()
     ds = profile.dataset_dir
     records_dir = ds / "records"
     records_dir.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(records_dir)
+    done = done_ids(records_dir)
     every = profile.config.teachers.every
     new = 0
     from muse.studio.files import video_info
@@ -136,44 +122,13 @@ def write_labelled_clip(ds: Path, rec: str, batch: list[tuple[int, np.ndarray]],
     return len(lines)
 
 
-def merge_records(dataset_dir: Path) -> list[dict[str, Any]]:
-    """Merge every rank's records into `labels.json`, in time order, one record per frame id."""
-    by_id: dict[str, dict[str, Any]] = {}
-    for p in sorted((dataset_dir / "records").glob("*.jsonl")):
-        for line in p.read_text(errors="replace").splitlines():  # damaged bytes: that line is skipped
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if not (isinstance(r, dict) and isinstance(r.get("id"), str) and "recording" in r and isinstance(r.get("index"), int)):
-                continue  # a torn or foreign line: that frame is labelled again
-            by_id[r["id"]] = r
-    records = sorted(by_id.values(), key=lambda r: (r["recording"], r["index"]))
-    write_json(dataset_dir / "labels.json", {"frames": records})
-    return records
-
-
-def load_records(dataset_dir: Path) -> list[dict[str, Any]]:
-    p = dataset_dir / "labels.json"
-    if not p.is_file():
-        raise StudioError(f"{p} not found; label the recordings first (`muse studio label PROFILE`)")
-    hint = "delete it and run `muse studio label PROFILE`: it is rebuilt from dataset/records, nothing is labelled twice"
-    frames = read_json(p, {}, hint).get("frames")
-    if not isinstance(frames, list):
-        raise StudioError(f"{p} is damaged (no 'frames' list); {hint}")
-    for i, r in enumerate(frames):
-        if not (isinstance(r, dict) and isinstance(r.get("id"), str) and isinstance(r.get("mask"), str) and isinstance(r.get("index", 0), int)):
-            raise StudioError(f"{p} is damaged (frame record {i} lacks an id, mask or index); {hint}")
-    return frames
-
-
 def main(argv: list[str] | None = None) -> int:
     """Under torchrun: `torchrun --nproc_per_node N -m muse.studio.label PROFILE` (each rank labels its share of clips)."""
     import argparse
     import sys
 
     from muse.studio.profiles import load_profile
-    from muse.studio.train import setup_distributed
+    from muse.studio.distributed import setup_distributed
 
     ap = argparse.ArgumentParser(prog="muse.studio.label")
     ap.add_argument("profile")

@@ -13,14 +13,14 @@ from typing import Iterator
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parents[2] / "bench" / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # shipped in the package (package-data)
 
 
 @lru_cache(maxsize=1)
 def person_cutout() -> tuple[np.ndarray, np.ndarray]:
     """(rgb uint8 (H,W,3), alpha float32 (H,W)) of the astronaut portrait's person, cut out with GrabCut.
 
-    Cached as an RGBA PNG in bench/assets so benches need neither scikit-image nor a second GrabCut.
+    Shipped as an RGBA PNG in muse/assets so benches, tests and installed copies need neither scikit-image nor a second GrabCut.
     """
     import cv2
 
@@ -28,9 +28,9 @@ def person_cutout() -> tuple[np.ndarray, np.ndarray]:
     if cached.is_file():
         bgra = cv2.imread(str(cached), cv2.IMREAD_UNCHANGED)
         return np.ascontiguousarray(bgra[:, :, 2::-1]), bgra[:, :, 3].astype(np.float32) / 255.0
-    from skimage import data
+    from muse.pictures import picture
 
-    rgb = data.astronaut()
+    rgb = picture("astronaut").copy()
     small = cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_AREA)
     gc = np.zeros(small.shape[:2], np.uint8)
     bgd, fgd = np.zeros((1, 65)), np.zeros((1, 65))
@@ -53,9 +53,9 @@ def room_picture() -> np.ndarray:
     cached = ASSETS / "room.jpg"
     if cached.is_file():
         return np.ascontiguousarray(cv2.imread(str(cached))[:, :, ::-1])
-    from skimage import data
+    from muse.pictures import picture
 
-    return data.coffee()
+    return picture("coffee").copy()
 
 
 @dataclass

@@ -21,16 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from muse.models.safe_load import CheckpointError, load_checkpoint, one_line
-from muse.models.student import StudentSegmenter, _atomic_torch_save, save_student
+from muse.models.student import StudentSegmenter, atomic_torch_save, save_student
+from muse.studio.distributed import all_agree, setup_distributed
 from muse.studio.files import StudioError, write_json
-
-# NVLink multicast (NVLS) is off on our machines' drivers; keep NCCL and symmetric memory off it.
-DDP_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-
 
 class ProgressStream:
     """Appends one JSON object per line, flushed, so a GUI can tail the file while training runs."""
@@ -50,27 +46,7 @@ class ProgressStream:
             fh.flush()
 
 
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world, device); initialises the process group under torchrun (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local % max(1, torch.cuda.device_count()))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1:
-        import torch.distributed as dist
-
-        for k, v in DDP_ENV.items():
-            os.environ.setdefault(k, v)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def _read_resume_checkpoint(path: Path) -> dict[str, Any]:
+def read_resume_checkpoint(path: Path) -> dict[str, Any]:
     """A resume checkpoint, weights only (a shared profile must not run code); damage is a StudioError."""
     try:
         return load_checkpoint(path, "training checkpoint", "delete it to start training over")
@@ -123,7 +99,7 @@ def train_student(
     checkpoint so far is the result). Without a GPU and with `training.cpu.auto`, a smaller student
     is trained for the CPU budget (`cpu_plan`) unless `steps` is given."""
     from muse.studio.dataset import augment, kept_ids, load_data, split_ids
-    from muse.studio.label import load_records
+    from muse.studio.records import load_records
     from muse.studio.losses import student_loss
 
     cfg = profile.config.training
@@ -158,7 +134,7 @@ def train_student(
     last = ckpt_dir / "last.pt"
     best_path = ckpt_dir / "student.pt"
     start, best_iou = 0, -1.0
-    blob = _read_resume_checkpoint(last) if last.is_file() else None
+    blob = read_resume_checkpoint(last) if last.is_file() else None
     if blob is not None:
         if blob.get("input_size") != list(input_size) or blob.get("width") != arch_width:
             raise StudioError(f"{last} was trained with other settings (input_size/width); delete it to start over")
@@ -211,7 +187,7 @@ def train_student(
             if score >= best_iou:
                 best_iou = score
                 save_student(model, best_path, _meta(profile, input_size, step, val_iou, len(train_data), len(val_ids)))
-            _atomic_torch_save(
+            atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
                  "best_iou": best_iou, "input_size": list(input_size), "width": arch_width, "steps": steps},
                 last,
@@ -257,7 +233,7 @@ def train_student(
             # rate sets the step count, early enough for the learning-rate schedule to follow smoothly.
             replan = False
             elapsed = time.time() - t0
-            better = _replanned(done, steps, (done - s0) / elapsed, time_budget - elapsed, cfg.steps)
+            better = replanned_steps(done, steps, (done - s0) / elapsed, time_budget - elapsed, cfg.steps)
             if better != steps:
                 if is_main:
                     log(f"measured {(done - s0) / elapsed:.2f} steps/s: {better} steps instead of {steps} fit the time budget")
@@ -265,14 +241,14 @@ def train_student(
                 bar.set_total(steps)
         if done % cfg.checkpoint_every == 0 or done == steps:
             checkpoint(done)
-        if time_budget is not None and done < steps and done % log_every == 0 and _all_agree(time.time() - t0 > time_budget, world, dev):
+        if time_budget is not None and done < steps and done % log_every == 0 and all_agree(time.time() - t0 > time_budget, world, dev):
             if done % cfg.checkpoint_every:
                 checkpoint(done)
             ended_early = True
             if is_main:
                 log(f"time budget of {time_budget / 60:.1f} min spent at step {done}/{steps}; using the best checkpoint so far")
             break
-        if max_seconds is not None and done < steps and done % log_every == 0 and _all_agree(time.time() - t0 > max_seconds, world, dev):
+        if max_seconds is not None and done < steps and done % log_every == 0 and all_agree(time.time() - t0 > max_seconds, world, dev):
             if done % cfg.checkpoint_every:
                 checkpoint(done)
             if is_main:
@@ -328,7 +304,7 @@ def describe_plan(profile: Any, plan: dict[str, Any], steps: int) -> str:
     )
 
 
-def _replanned(done: int, steps: int, rate: float, seconds_left: float, most: int) -> int:
+def replanned_steps(done: int, steps: int, rate: float, seconds_left: float, most: int) -> int:
     """Step count that ends the schedule when the time budget does (kept when within 10%)."""
     want = int(max(done + 1, min(most, done + 0.97 * rate * max(0.0, seconds_left))))
     return want if abs(want - steps) > 0.1 * steps else steps
@@ -356,17 +332,6 @@ def _calibrated_steps(model: torch.nn.Module, data: Any, dev: torch.device, batc
         times.append(time.perf_counter() - t)
     per_step = min(times[1:]) * 1.1 + 0.002  # the first step pays for allocation; a little slack for evaluations
     return int(max(20, min(most, seconds / per_step)))
-
-
-def _all_agree(flag: bool, world: int, dev: torch.device) -> bool:
-    """True on every rank if it is true on any (ranks must stop at the same step or DDP hangs)."""
-    if world == 1:
-        return flag
-    import torch.distributed as dist
-
-    t = torch.tensor([1.0 if flag else 0.0], device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())  # one sync every log_every steps, only with a time limit
 
 
 def _meta(profile: Any, input_size: tuple[int, int], step: int, val_iou: float, n_train: int, n_val: int) -> dict[str, Any]:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from muse.models.safe_load import one_line
-from muse.models.student import StudentPose, _atomic_torch_save, save_student
+from muse.models.student import StudentPose, atomic_torch_save, save_student
 from muse.studio.files import StudioError
-from muse.studio.train import _read_resume_checkpoint
+from muse.studio.train import read_resume_checkpoint
 
 
 def heatmaps(points: torch.Tensor, conf: torch.Tensor, size: tuple[int, int], sigma: float = 1.5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,9 +42,9 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
     `steps` (default training.pose_steps) and `time_budget` (seconds; training ends when spent) work as
     for the segmenter; without a GPU the CPU plan (`train.cpu_plan`) picks the size and the budget."""
     from muse.studio.dataset import kept_ids, load_data, split_ids
-    from muse.studio.label import load_records
     from muse.studio.progress import for_profile
-    from muse.studio.train import _replanned, cpu_plan
+    from muse.studio.records import load_records
+    from muse.studio.train import cpu_plan, replanned_steps
 
     cfg = profile.config.training
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -87,7 +87,7 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
     last = profile.checkpoints_dir / "last_pose.pt"
     start = 0
     if last.is_file():
-        blob = _read_resume_checkpoint(last)
+        blob = read_resume_checkpoint(last)
         if blob.get("num_keypoints") != k or blob.get("input_size") != [w, h] or blob.get("width", arch_width) != arch_width:
             raise StudioError(f"{last} was trained for other keypoints, input size or width; delete it to start over")
         try:
@@ -111,17 +111,17 @@ def train_pose(profile: Any, *, steps: int | None = None, batch: int | None = No
     ended_early = False
 
     def save(step: int) -> None:
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "steps": steps,
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "steps": steps,
                             "num_keypoints": k, "input_size": [w, h], "width": arch_width}, last)
 
     replan = bool(plan) and not steps_given and start == 0 and bool(time_budget)
     for step in itertools.count(start):
         if step >= steps:  # `steps` may be corrected on the way (replan)
             break
-        if replan and step % 10 == 0 and time.time() - t0 > 0.2 * time_budget:  # type: ignore[operator]
+        if replan and time_budget and step % 10 == 0 and time.time() - t0 > 0.2 * time_budget:
             replan = False
             elapsed = time.time() - t0
-            steps = _replanned(step, steps, step / elapsed, time_budget - elapsed, cfg.pose_steps)  # type: ignore[operator]
+            steps = replanned_steps(step, steps, step / elapsed, time_budget - elapsed, cfg.pose_steps)
             bar.set_total(steps)
         g = torch.Generator().manual_seed(cfg.seed * 7_000_003 + step)
         idx = torch.randint(0, len(data), (min(batch, len(data)),), generator=g).to(dev)

@@ -127,6 +127,8 @@ class Camera(Node):
         retry_max_s: float = Field(5.0, ge=0.05, le=60, description="Longest wait between reconnect attempts")
         mark_stale: bool = Field(True, description="Show a held frame (camera stalled or reconnecting) dimmed, with a red bar on top, so a frozen camera is seen as one")
 
+    params: Params
+
     def __init__(self, name: str, params: NodeParams | None = None, *, capture_factory: CaptureFactory | None = None) -> None:
         super().__init__(name, params)
         # Tests inject a fake capture here; real runs use cv2.VideoCapture.
@@ -342,7 +344,7 @@ class Camera(Node):
     def _to_frame(self, g: _Grabbed) -> torch.Tensor:
         import cv2
 
-        dev = self.ctx.device  # type: ignore[union-attr]
+        dev = self.context.device
         if g.kind == "jpeg":
             # On CUDA: upload ~0.5 MB of bytes and decode with nvJPEG; on the CPU: libjpeg-turbo.
             return decode_jpeg(g.data, dev)
@@ -356,7 +358,8 @@ class Camera(Node):
 
     def process(self) -> dict[str, Frame] | None:
         if self._demo is not None:
-            return self._demo.process()
+            out = self._demo.process()  # only the camera's own port: the demo's mask and plate stay inside
+            return None if out is None else {"frame": out["frame"]}
         p = self.params
         with self._lock:
             deadline = time.perf_counter() + p.stall_s
@@ -369,7 +372,7 @@ class Camera(Node):
                     if self._latest is not None and self._latest.serial != self._served:
                         break
                     self._held += 1
-                    self.ctx.report("held_frames", self._held)  # type: ignore[union-attr]
+                    self.report("held_frames", self._held)
                     return {"frame": self._repeat()}
                 left = deadline - time.perf_counter()
                 if left <= 0:
@@ -377,8 +380,8 @@ class Camera(Node):
                         deadline = time.perf_counter() + p.stall_s
                         continue
                     self._held += 1
-                    self.ctx.report("held_frames", self._held)  # type: ignore[union-attr]
-                    self.ctx.report("status", "stalled")  # type: ignore[union-attr]
+                    self.report("held_frames", self._held)
+                    self.report("status", "stalled")
                     return {"frame": self._repeat()}
                 self._lock.wait(left)
             if self._stop.is_set():
@@ -410,6 +413,6 @@ class Camera(Node):
             self._thread.join(timeout=5)
             self._thread = None
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         # Device, size, fps and format need a reopen: the runtime rebuilds the node.
         return apply_live(self, params, {"stall_s", "retry_max_s", "open_timeout_s", "mark_stale"})

@@ -54,15 +54,15 @@ def list_cameras(backend: str = "auto") -> list[CameraEntry]:
     """Every camera OpenCV can open with `backend` (auto = this platform's usual one), with names."""
     name = _platform_backend() if backend == "auto" else backend
     try:
-        from cv2_enumerate_cameras import enumerate_cameras, supported_backends
+        import cv2_enumerate_cameras as cams
     except ImportError:
-        enumerate_cameras = None  # type: ignore[assignment]
-        supported_backends = ()
+        cams = None
+    supported_backends = cams.supported_backends if cams is not None else ()
     found: list[CameraEntry] = []
-    if enumerate_cameras is not None:
+    if cams is not None:
         api = backend_id(name)
         if api in supported_backends:
-            for info in enumerate_cameras(api):
+            for info in cams.enumerate_cameras(api):
                 usb = f"{info.vid:04x}:{info.pid:04x}" if info.vid is not None and info.pid is not None else ""
                 found.append(CameraEntry(index=int(info.index), name=str(info.name), path=str(info.path or ""), backend=name, usb_id=usb))
     if not found and platform.system() == "Linux":  # no package: V4L2's own names

@@ -31,9 +31,10 @@ _TORSO = [(120, 240), (305, 240), (345, 290), (362, 350), (292, 385), (282, 512)
 def person_cutout() -> tuple[np.ndarray, np.ndarray]:
     """The astronaut as (512, 512, 3) uint8 RGB and her soft alpha (512, 512) float32 in [0, 1]."""
     import cv2
-    from skimage import data
 
-    rgb = data.astronaut()
+    from muse.pictures import picture
+
+    rgb = picture("astronaut").copy()
     hard = np.zeros(rgb.shape[:2], np.uint8)
     for (cx, cy), (rx, ry) in (_HEAD, _COLLAR):
         cv2.ellipse(hard, (cx, cy), (rx, ry), 0, 0, 360, 255, -1)
@@ -50,13 +51,13 @@ _ROOM_TINT = np.array([1.0, 0.82, 0.68], np.float32)
 
 
 def background_picture(name: str) -> np.ndarray:
-    """A real photo from scikit-image as (H, W, 3) uint8 RGB; `room` is its brick wall, painted."""
-    from skimage import data
+    """A real photo (scikit-image's, shipped in muse/assets) as (H, W, 3) uint8 RGB; `room` is the brick wall, painted."""
+    from muse.pictures import picture
 
     if name == "room":
-        wall = data.brick().astype(np.float32) / 255.0
+        wall = picture("brick").astype(np.float32) / 255.0
         return np.clip((0.25 + 0.7 * wall)[:, :, None] * _ROOM_TINT * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    img = getattr(data, name)()
+    img = picture(name).copy()
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3])
@@ -98,6 +99,8 @@ class Demo(Node):
         )
         motion: float = Field(1.0, ge=0.0, le=2.0, description="How far the person moves (0 = still)")
         start: int = Field(0, ge=0, description="First frame number (frame i is always the same picture)")
+
+    params: Params
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
@@ -183,12 +186,12 @@ class Demo(Node):
             "clean_plate": Frame(self._plate, timestamp=ts, index=i),
         }
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         # Size and pictures are baked into buffers at open; motion/person/frames can change live.
         old = self.params
-        if (params.width, params.height, params.background) != (old.width, old.height, old.background):  # type: ignore[attr-defined]
+        if (params.width, params.height, params.background) != (old.width, old.height, old.background):
             return False
         self.params = params
-        self._pacer.fps = params.fps  # type: ignore[attr-defined]
+        self._pacer.fps = params.fps
         self._pacer.reset()
         return True

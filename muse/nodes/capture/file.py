@@ -39,6 +39,8 @@ class VideoFile(Node):
         options: dict[str, str] = Field(default_factory=dict, description="FFmpeg options, e.g. {rtsp_transport: tcp}")
         timeout_s: float = Field(10.0, ge=0.1, le=300, description="Network open/read timeout")
 
+    params: Params
+
     @classmethod
     def lossless_by_default(cls, params: NodeParams) -> bool:
         """A file is not live: consumers get every frame unless a link says `policy: latest` (URLs stay live)."""
@@ -82,7 +84,7 @@ class VideoFile(Node):
             self._container.seek(int(p.start / self._tb), stream=self._stream, backward=True, any_frame=False)
         self._frames = self._container.decode(self._stream)
         self._last_t = 0.0
-        self.ctx.report("source", f"{p.path} {self._stream.codec_context.name} "  # type: ignore[union-attr]
+        self.report("source", f"{p.path} {self._stream.codec_context.name} "
                         f"{self._stream.codec_context.width}x{self._stream.codec_context.height} @ {self._fps:.3g} fps")
 
     def _next_decoded(self) -> Any:
@@ -131,7 +133,7 @@ class VideoFile(Node):
             self._container.close()
             self._container = None
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         if apply_live(self, params, {"realtime", "loop", "frames"}):
             self._clock = None  # re-anchor pacing at the current frame
             return True

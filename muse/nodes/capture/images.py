@@ -53,6 +53,8 @@ class Images(Node):
         loop: bool = Field(False, description="Start over after the last picture")
         frames: int = Field(0, ge=0, description="Stop after this many frames; 0 = all")
 
+    params: Params
+
     @classmethod
     def lossless_by_default(cls, params: NodeParams) -> bool:
         """Pictures on disk are not live: consumers get every one unless a link says `policy: latest`."""
@@ -111,10 +113,10 @@ class Images(Node):
             if rgb is not None:
                 break
             self._skipped += 1
-            self.ctx.report("skipped_pictures", self._skipped)  # type: ignore[union-attr]
+            self.report("skipped_pictures", self._skipped)
             if path not in self._warned:
                 self._warned.add(path)
-                self.ctx.logger.warning("%s: cannot read picture %s (not an image, or damaged); skipped", self.name, path)  # type: ignore[union-attr]
+                self.logger.warning("%s: cannot read picture %s (not an image, or damaged); skipped", self.name, path)
         if rgb is None:
             raise NodeError(f"node {self.name!r}: none of the {n} pictures at {p.path!r} (field `path`) can be read")
         self._pacer.wait(self._emitted)
@@ -124,5 +126,5 @@ class Images(Node):
         self._emitted += 1
         return {"frame": frame}
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         return apply_live(self, params, {"loop", "frames"})

@@ -130,7 +130,8 @@ class BackgroundCPU:
             self._since = 0
         else:
             self._learn_new(frame)
-        plate_u8, coverage = self._out  # type: ignore[misc]
+        assert self._out is not None  # _update ran on the first frame
+        plate_u8, coverage = self._out
         return {
             "plate": Frame(plate_u8, timestamp=frame.timestamp, index=frame.index, layout="hwc"),
             "coverage": Mask(coverage, frame.timestamp, frame.index),

@@ -60,14 +60,14 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
     warped = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     region = src[y0:y1, x0:x1]
     still_u8 = still.view(np.uint8)  # where the field is exactly zero the frame is kept as is
-    if a_full is None:
+    if a_full is None or mask is None or warped_mask is None:
         res = warped
     else:
         # the mask at the sampled point: its own resolution, cell-centre mapping, edges clamped
-        if mask.shape == (height, width):  # type: ignore[union-attr]
+        if mask.shape == (height, width):
             wa = cv2.remap(mask, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         else:
-            mh, mw = mask.shape  # type: ignore[union-attr]
+            mh, mw = mask.shape
             wa = cv2.remap(mask, (mx + 0.5) * (mw / width) - 0.5, (my + 0.5) * (mh / height) - 0.5,
                            cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         wa = np.clip(wa, 0.0, 1.0, out=wa)
@@ -80,7 +80,7 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
             bg = cv2.blendLinear(np.ascontiguousarray(plate[y0:y1, x0:x1]), np.ascontiguousarray(region), ac, 1.0 - ac)
         res = cv2.blendLinear(warped, bg, wa, 1.0 - wa)
         cv2.copyTo(a, still_u8, wa)  # the warped mask: the mask itself where nothing moves
-        warped_mask[y0:y1, x0:x1] = wa  # type: ignore[index]
+        warped_mask[y0:y1, x0:x1] = wa
     cv2.copyTo(np.ascontiguousarray(region), still_u8, res)
     out[y0:y1, x0:x1] = res
     return out, warped_mask

@@ -23,6 +23,12 @@ from muse.nodes.face.tracker import FaceTracker
 from muse.nodes.landmarks import ssd
 
 
+def _tensor(value: torch.Tensor | bool) -> torch.Tensor:
+    """A tracker result that is a tensor (the tracker's dict also holds plain flags)."""
+    assert isinstance(value, torch.Tensor)
+    return value
+
+
 class FaceLandmarksNode(Node):
     node_type = "face.landmarks"
     capturable = True
@@ -43,6 +49,8 @@ class FaceLandmarksNode(Node):
         antialias: bool = Field(True, description="Box-filter big crops (a 4K body to 256 px) instead of plain bilinear sampling")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._uint8 = wanted(ctx)  # issue 13: crops from the uint8 frame on the CPU path
@@ -58,15 +66,15 @@ class FaceLandmarksNode(Node):
             return frame.hwc_uint8().permute(2, 0, 1)
         return frame.chw(torch.float32)
 
-    def update_params(self, params: NodeParams) -> bool:
-        if params.iris != self.params.iris or params.backend != self.params.backend:  # type: ignore[attr-defined]
+    def update_params(self, params: Params) -> bool:
+        if params.iris != self.params.iris or params.backend != self.params.backend:
             return False  # other models to load: rebuild
         self.params = params
         if getattr(self, "tracker", None) is not None:
-            self.tracker.min_tracking = params.min_tracking  # type: ignore[attr-defined]
-            self.tracker.predict_motion = params.predict_motion  # type: ignore[attr-defined]
-            self.tracker.antialias = params.antialias  # type: ignore[attr-defined]
-            self.tracker.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
+            self.tracker.min_tracking = params.min_tracking
+            self.tracker.predict_motion = params.predict_motion
+            self.tracker.antialias = params.antialias
+            self.tracker.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": params.min_detection})
         return True
 
     def capture_blocker(self) -> str | None:
@@ -98,10 +106,10 @@ class FaceLandmarksNode(Node):
         r = self.tracker(self._picture(frame), use_pose)
         face = FaceLandmarks(
             points=r["points"],
-            confidence=r["confidence"],  # type: ignore[arg-type]  # 0-d device tensor: no sync here
+            confidence=r["confidence"],  # 0-d device tensor: no sync here
             regions=self.regions,
             image_size=frame.size,
-            box=r["box"],  # type: ignore[arg-type]  # (4,) device tensor x0, y0, x1, y1
+            box=_tensor(r["box"]),  # (4,) device tensor x0, y0, x1, y1
             timestamp=frame.timestamp,
             index=frame.index,
         )

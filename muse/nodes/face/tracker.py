@@ -58,7 +58,7 @@ class FaceTracker:
 
     def plan(self, *, force_detect: bool = False, seeded_by_pose: bool = False) -> tuple[bool, bool]:
         """The host choice for the next call, from last frame's flag: (tracking, has state)."""
-        tracking = self.roi is not None and bool(self.tracking.read()) and not force_detect
+        tracking = self.roi is not None and self.tracking.is_set() and not force_detect
         self._plan = tracking
         if not tracking and not seeded_by_pose:
             self.detector_runs += 1

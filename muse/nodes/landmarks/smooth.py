@@ -101,6 +101,8 @@ class Smooth(Node):
         d_cutoff: float = Field(1.0, gt=0.0, le=30.0, description="Hz; smoothing of the speed estimate itself")
         min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Keypoints below this confidence are passed through and restart")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._filters: dict[str, OneEuro] = {}
@@ -111,10 +113,10 @@ class Smooth(Node):
 
             self._cpu = SmoothCPU(self)
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         self.params = params
         for f in getattr(self, "_filters", {}).values():
-            f.min_cutoff, f.beta, f.d_cutoff = params.min_cutoff, params.beta, params.d_cutoff  # type: ignore[attr-defined]
+            f.min_cutoff, f.beta, f.d_cutoff = params.min_cutoff, params.beta, params.d_cutoff
         if getattr(self, "_cpu", None) is not None:
             self._cpu.update(params)
         return True

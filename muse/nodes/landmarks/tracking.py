@@ -6,6 +6,8 @@ without a device sync.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from muse.graph.capture import LateValue
@@ -101,14 +103,14 @@ def load_bundled(
 class _Replayed:
     """A bundled model behind the CUDA-graph backend, with the module's call contract."""
 
-    def __init__(self, backend: "object") -> None:
+    def __init__(self, backend: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]) -> None:
         self.backend = backend
 
     def eval(self) -> "_Replayed":
         return self
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.backend(x)  # type: ignore[operator]
+        return self.backend(x)
 
 
 class HostFlag(LateValue):
@@ -117,5 +119,6 @@ class HostFlag(LateValue):
     def __init__(self, device: torch.device) -> None:
         super().__init__(device, (1,), torch.bool)
 
-    def read(self) -> bool:  # type: ignore[override]
-        return bool(super().read()[0])
+    def is_set(self) -> bool:
+        """The flag published last (False before any publish); waits only for its own copy."""
+        return bool(self.read()[0])

@@ -58,6 +58,8 @@ class TrackingOutput(Node):
         face_points: bool = Field(True, description="Write the face mesh points (478 x 3 per frame; off keeps files small)")
         buffer_frames: int = Field(256, ge=4, le=10_000, description="Frames that may wait for the writer before frames are dropped (and counted)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -93,7 +95,7 @@ class TrackingOutput(Node):
             self._queue.put(snap)
         elif keypoints is not None or face is not None:
             assert self.ctx is not None
-            self.ctx.report("dropped", self._ring.dropped)
+            self.report("dropped", self._ring.dropped)
         return None
 
     # -- writer thread ---------------------------------------------------
@@ -180,7 +182,7 @@ class TrackingOutput(Node):
         self._thread = None
         self._file.close()
         assert self.ctx is not None
-        self.ctx.report("frames", self.written)
+        self.report("frames", self.written)
         log.info("%s: %d frames of tracking written to %s", self.name, self.written, self.path)
 
 

@@ -32,6 +32,8 @@ class TrackingReplay(Node):
         fps: float = Field(0.0, ge=0, le=240, description="Frames per second; 0 = as recorded (the records' timestamps)")
         loop: bool = Field(False, description="Start over after the last record")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         path = Path(self.params.path).expanduser()
@@ -76,7 +78,7 @@ class TrackingReplay(Node):
             time.sleep(wait)
         self._i += 1
         self._emitted += 1
-        dev = self.ctx.device  # type: ignore[union-attr]
+        dev = self.context.device
         size = tuple(rec.get("image_size", (0, 0)))
         ts, index = float(rec["timestamp"]), int(rec["frame"])
         out: dict[str, Keypoints | FaceLandmarks] = {}
@@ -84,13 +86,13 @@ class TrackingReplay(Node):
             out["keypoints"] = Keypoints(
                 torch.tensor(rec["keypoints"], dtype=torch.float32, device=dev),
                 torch.tensor(rec["keypoint_confidence"], dtype=torch.float32, device=dev),
-                rec.get("skeleton", "blazepose33"), size, ts, index,  # type: ignore[arg-type]
+                rec.get("skeleton", "blazepose33"), size, ts, index,
             )
         if "face" in rec:
             points = torch.tensor(rec["face"], dtype=torch.float32, device=dev)
             out["face"] = FaceLandmarks(
                 points, torch.tensor(float(rec.get("face_confidence", 1.0)), device=dev),
-                face_regions(points.shape[0] >= REFINED_POINTS), size,  # type: ignore[arg-type]
+                face_regions(points.shape[0] >= REFINED_POINTS), size,
                 torch.cat([points[:, :2].amin(0), points[:, :2].amax(0)]), ts, index,
             )
         return out

@@ -110,6 +110,14 @@ MOUTH_LEFT, MOUTH_RIGHT, LIP_UPPER_IN, LIP_LOWER_IN = 291, 61, 13, 14
 BROW_INNER = {"right": 105, "left": 334}
 
 
+def _parent(bone: str) -> str:
+    """The parent of a bone below the hips (the limbs and head all have one)."""
+    parent = PARENT[bone]
+    if parent is None:
+        raise KeyError(f"bone {bone!r} is the root; it has no parent")
+    return parent
+
+
 # -- quaternions (x, y, z, w) -------------------------------------------------
 def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ax, ay, az, aw = a
@@ -292,7 +300,7 @@ class AvatarSolver:
         world["Head"] = chest
         # Limbs: the T-pose direction carried by the parent, swung onto the keypoints' direction.
         for bone, (a, b, rest) in LIMBS.items():
-            parent = world[PARENT[bone]]  # type: ignore[index]
+            parent = world[_parent(bone)]
             if ok(a) and ok(b) and np.linalg.norm(pt(b) - pt(a)) > 1e-6:
                 target = pt(b) - pt(a)
             elif bone in RELAXED:
@@ -420,7 +428,7 @@ class AvatarSolver:
             for b in BONES:
                 out.world[b] = IDENTITY.copy()
             for bone, rest in RELAXED.items():
-                parent = out.world[PARENT[bone]]  # type: ignore[index]
+                parent = out.world[_parent(bone)]
                 out.world[bone] = quat_mul(quat_between(quat_rotate(parent, LIMBS[bone][2]), RELAXED[bone]), parent)
         if face is not None and face.shape[0] >= REG.MESH_POINTS and face_conf >= self.s.min_confidence:
             self._face(np.asarray(face, np.float64), out)

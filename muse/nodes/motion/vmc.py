@@ -84,6 +84,8 @@ class VMCOutput(Node):
         gaze_gain: float = Field(1.0, ge=0.0, le=3.0, description="Scales the eye movement sent (0 = eyes follow the head)")
         bundle: bool = Field(True, description="Send each frame as one OSC bundle (one UDP packet), as VMC apps do")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         from pythonosc.udp_client import SimpleUDPClient
@@ -114,13 +116,13 @@ class VMCOutput(Node):
         return SolveSettings(mirror=p.mirror, min_confidence=p.min_confidence, blink_open=p.blink_open,
                              blink_closed=p.blink_closed, gaze_gain=p.gaze_gain)
 
-    def update_params(self, params: NodeParams) -> bool:
-        if (params.host, params.port) != (self.params.host, self.params.port):  # type: ignore[attr-defined]
+    def update_params(self, params: Params) -> bool:
+        if (params.host, params.port) != (self.params.host, self.params.port):
             return False  # another socket: rebuild
         self.params = params
         if getattr(self, "_solver", None) is not None:
             self._solver.s = self._settings()
-            self._smoother.amount, self._smoother.blink_amount = params.smoothing, params.blink_smoothing  # type: ignore[attr-defined]
+            self._smoother.amount, self._smoother.blink_amount = params.smoothing, params.blink_smoothing
         return True
 
     def process(self, keypoints: Keypoints | None = None, face: FaceLandmarks | None = None) -> None:
@@ -191,6 +193,6 @@ class VMCOutput(Node):
             self._thread.join(timeout=5)
             self._thread = None
             assert self.ctx is not None
-            self.ctx.report("sent", self.sent)  # the final counts (live values are reported every 30 frames)
-            self.ctx.report("skipped", self.skipped)
-            self.ctx.report("dropped", self._ring.dropped + self._mail.replaced)
+            self.report("sent", self.sent)  # the final counts (live values are reported every 30 frames)
+            self.report("skipped", self.skipped)
+            self.report("dropped", self._ring.dropped + self._mail.replaced)

@@ -73,6 +73,8 @@ class FileOutput(Node):
         crf: int = Field(20, ge=0, le=51, description="h264/hevc quality: lower is better and bigger (18-23 is typical)")
         preset: str = Field("veryfast", description="x264/x265 speed preset (ultrafast ... veryslow)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -176,7 +178,7 @@ class FileOutput(Node):
         if self.params.codec == "png":
             self._write_png(self._download(img))
             self.count += 1
-            self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+            self.report("frames", self.count)
             return None
         if self.params.codec in ("h264", "hevc"):
             w, h = w - w % 2, h - h % 2  # 4:2:0 needs even sizes; drop the odd edge pixel
@@ -193,7 +195,7 @@ class FileOutput(Node):
         except Exception as exc:
             raise NodeError(f"node {self.name!r}: writing {str(self.path)!r} failed: {exc}") from exc
         self.count += 1
-        self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+        self.report("frames", self.count)
         return None
 
     def _write_png(self, pixels: np.ndarray) -> None:
@@ -213,7 +215,7 @@ class FileOutput(Node):
                     self._container.mux(packet)
             except Exception as exc:
                 if self.ctx:
-                    self.ctx.logger.error("%s: flushing %s failed: %s", self.name, self.path, exc)
+                    self.logger.error("%s: flushing %s failed: %s", self.name, self.path, exc)
             finally:
                 self._container.close()
                 self._container = None
@@ -221,7 +223,7 @@ class FileOutput(Node):
             self._fileobj.close()
             self._fileobj = None
         if self.ctx and self.count:
-            self.ctx.logger.info("%s: wrote %d frames to %s", self.name, self.count, self.path)
+            self.logger.info("%s: wrote %d frames to %s", self.name, self.count, self.path)
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         return apply_live(self, params, set())  # a recording keeps its settings; any change starts a new node

@@ -22,6 +22,8 @@ class NullOutput(Node):
     class Params(NodeParams):
         wait: bool = Field(False, description="Wait until each frame's GPU work is done (benchmarks)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self.count = 0
@@ -41,7 +43,7 @@ class NullOutput(Node):
             self._t0 = now
         self.count += 1
         assert self.ctx is not None
-        self.ctx.report("frames", self.count)
+        self.report("frames", self.count)
         if self.count > 1:
-            self.ctx.report("fps", round((self.count - 1) / max(now - self._t0, 1e-9), 2))
+            self.report("fps", round((self.count - 1) / max(now - self._t0, 1e-9), 2))
         return None

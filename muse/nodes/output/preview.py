@@ -106,6 +106,8 @@ class Preview(Node):
         title: str = Field("MUSE preview", description="Window and page title")
         max_clients: int = Field(16, ge=1, le=256, description="Viewers served at once; more are told to retry (503)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -173,14 +175,14 @@ class Preview(Node):
             if jpeg is not None:  # only the compressed bytes cross to the host (nvJPEG)
                 self._latest.publish_jpeg(jpeg)
                 self.count += 1
-                self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+                self.report("frames", self.count)
                 return None
         pixels = self._download(img)
         self._latest.publish(pixels)
         if self._window is not None:
             self._window.show(as_rgb(torch.from_numpy(pixels)).numpy())
         self.count += 1
-        self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+        self.report("frames", self.count)
         return None
 
     _gpu_jpeg = True  # cleared for good if nvJPEG is missing or fails once
@@ -195,7 +197,7 @@ class Preview(Node):
         except Exception as exc:
             self._gpu_jpeg = False
             if self.ctx is not None:
-                self.ctx.logger.warning("node %r: JPEG on the GPU is not available (%s); encoding on the CPU", self.name, exc)
+                self.logger.warning("node %r: JPEG on the GPU is not available (%s); encoding on the CPU", self.name, exc)
             return None
 
     def close(self) -> None:
@@ -210,9 +212,9 @@ class Preview(Node):
             self._window.close()
             self._window = None
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         if apply_live(self, params, {"quality", "max_width"}):
-            self._latest.quality = params.quality  # type: ignore[attr-defined]
+            self._latest.quality = params.quality
             return True
         return False
 
@@ -269,7 +271,7 @@ class _Window:
             import dearpygui.dearpygui as dpg
         except ImportError as exc:
             self.failed = str(exc)
-            self.ctx.logger.warning("preview window unavailable (%s); use the HTTP preview", exc)
+            self.logger.warning("preview window unavailable (%s); use the HTTP preview", exc)
             return
         dpg.create_context()
         try:
@@ -308,7 +310,7 @@ class _Window:
                     self._snap_done.set()
         except Exception as exc:  # a broken GL driver must not stop the stream
             self.failed = str(exc)
-            self.ctx.logger.warning("preview window failed: %s; use the HTTP preview", exc)
+            self.logger.warning("preview window failed: %s; use the HTTP preview", exc)
         finally:
             dpg.destroy_context()
 

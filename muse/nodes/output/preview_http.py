@@ -151,7 +151,7 @@ class PreviewServer:
                         except (BlockingIOError, OSError):
                             pass
                     else:
-                        client = self._clients.get(key.fileobj)  # type: ignore[arg-type]
+                        client = self._clients.get(key.fileobj)
                         if client is None:
                             continue
                         if events & selectors.EVENT_READ:

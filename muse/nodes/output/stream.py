@@ -84,6 +84,8 @@ class StreamOutput(Node):
         keyframe_s: float = Field(1.0, ge=0.1, le=10, description="Seconds between keyframes (how soon a new viewer sees a picture)")
         retry_max_s: float = Field(5.0, ge=0.1, le=60, description="Longest wait between reconnect attempts")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -164,8 +166,8 @@ class StreamOutput(Node):
             try:
                 self._connect(*self._size)
                 self._backoff = 0.5
-                self.ctx.logger.info("%s: streaming to %s (%s)", self.name, p.url, self._format)  # type: ignore[union-attr]
-                self.ctx.report("status", "streaming")  # type: ignore[union-attr]
+                self.logger.info("%s: streaming to %s (%s)", self.name, p.url, self._format)
+                self.report("status", "streaming")
             except Exception as exc:
                 if self.sent == 0 and self.dropped == 0:
                     # The first attempt: a wrong URL or no receiver is something to fix, not to wait out.
@@ -190,16 +192,16 @@ class StreamOutput(Node):
             self._drop()
             return None
         self.sent += 1
-        self.ctx.report("sent", self.sent)  # type: ignore[union-attr]
+        self.report("sent", self.sent)
         return None
 
     def _drop(self) -> None:
         self.dropped += 1
-        self.ctx.report("dropped", self.dropped)  # type: ignore[union-attr]
+        self.report("dropped", self.dropped)
 
     def _schedule_retry(self, exc: Exception) -> None:
-        self.ctx.logger.warning("%s: stream to %s failed (%s); retrying in %.1f s", self.name, self.params.url, exc, self._backoff)  # type: ignore[union-attr]
-        self.ctx.report("status", f"reconnecting: {exc}")  # type: ignore[union-attr]
+        self.logger.warning("%s: stream to %s failed (%s); retrying in %.1f s", self.name, self.params.url, exc, self._backoff)
+        self.report("status", f"reconnecting: {exc}")
         self._retry_at = time.perf_counter() + self._backoff
         self._backoff = min(self._backoff * 2, self.params.retry_max_s)
 
@@ -212,5 +214,5 @@ class StreamOutput(Node):
                 pass  # the receiver may be gone already
             self._disconnect()
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         return apply_live(self, params, {"retry_max_s"})

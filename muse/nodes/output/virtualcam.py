@@ -76,6 +76,8 @@ class VirtualCamera(Node):
         fallback_port: int = Field(8090, ge=0, le=65535, description="fallback preview: HTTP port (0 = any free)")
         fallback_path: str = Field("", description="fallback file: recording path; empty = virtualcam_DATE_TIME.mkv in your recordings folder")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -138,7 +140,7 @@ class VirtualCamera(Node):
         except Exception as exc:
             raise NodeError(f"node {self.name!r}: the virtual camera {self._cam.device} stopped taking frames: {exc}") from exc
         self.count += 1
-        self.ctx.report("frames", self.count)  # type: ignore[union-attr]
+        self.report("frames", self.count)
         if p.pace:
             self._cam.sleep_until_next_frame()
         return None
@@ -150,7 +152,7 @@ class VirtualCamera(Node):
             self._cam.close()
             self._cam = None
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         if self._fallback is not None:
             return False
         return apply_live(self, params, {"fit", "pace"})

@@ -43,6 +43,8 @@ class BlazePose(Node):
         antialias: bool = Field(True, description="Box-filter big crops (a 4K body to 256 px) instead of plain bilinear sampling")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._uint8 = wanted(ctx)  # issue 13: crops from the uint8 frame on the CPU path
@@ -57,16 +59,16 @@ class BlazePose(Node):
             return frame.hwc_uint8().permute(2, 0, 1)
         return frame.chw(torch.float32)
 
-    def update_params(self, params: NodeParams) -> bool:
-        if params.backend != self.params.backend:  # type: ignore[attr-defined]
+    def update_params(self, params: Params) -> bool:
+        if params.backend != self.params.backend:
             return False  # other model objects: rebuild
         self.params = params
         if getattr(self, "tracker", None) is not None:
-            self.tracker.min_tracking = params.min_tracking  # type: ignore[attr-defined]
-            self.tracker.predict_motion = params.predict_motion  # type: ignore[attr-defined]
-            self.tracker.antialias = params.antialias  # type: ignore[attr-defined]
-            self.tracker.refine = params.refine  # type: ignore[attr-defined]
-            self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})  # type: ignore[attr-defined]
+            self.tracker.min_tracking = params.min_tracking
+            self.tracker.predict_motion = params.predict_motion
+            self.tracker.antialias = params.antialias
+            self.tracker.refine = params.refine
+            self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})
         return True
 
     def capture_blocker(self) -> str | None:

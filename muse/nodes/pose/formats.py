@@ -92,6 +92,8 @@ class ConvertKeypoints(Node):
     class Params(NodeParams):
         to: Literal["coco17", "blazepose33"] = Field("blazepose33", description="Skeleton the output uses")
 
+    params: Params
+
     def process(self, keypoints: Keypoints) -> dict[str, Keypoints]:
         try:
             return {"out": convert(keypoints, self.params.to)}

@@ -8,6 +8,7 @@ student pose head (the file changes) is loaded next to the live one and swapped
 in; if it does not load, the old one stays. A NaN check would
 need a host read, so it rides on the one-frame-late `HostFlag`: the bad frame's
 confidences are zeroed on the device, and the switch happens on the next frame.
+Retries follow `SwitchPolicy`, the one policy of every MUSE switch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from muse.nodes.pose.blazepose import BlazePose
 from muse.nodes.pose.formats import convert
 from muse.nodes.pose.student import StudentPoseNode, resolve_student_pose
 from muse.nodes.pose.vitpose import ViTPose
+from muse.nodes.switch import SwitchPolicy
 
 MODES = ("personalized", "base", "bundled")
 
@@ -37,17 +39,8 @@ class Candidate:
     cls: type[Node]
     params: dict[str, Any]
     node: Node | None = None
-    failed_at: float | None = None
     error: str = ""
     bad: HostFlag | None = field(default=None, repr=False)
-
-
-def select(candidates: list[Candidate], now: float, retry_after: float) -> Candidate | None:
-    """First candidate in priority order that has not failed recently."""
-    for c in candidates:
-        if c.failed_at is None or (retry_after > 0 and now - c.failed_at >= retry_after):
-            return c
-    return None
 
 
 class PoseHybrid(Node):
@@ -68,6 +61,8 @@ class PoseHybrid(Node):
         retry_after_s: float = Field(30.0, ge=0.0, le=3600.0, description="Retry a failed higher-priority model after this many seconds; 0 = never")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="Bundled pose models: auto = torch on a GPU, ONNX Runtime on the CPU")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -78,6 +73,8 @@ class PoseHybrid(Node):
             self.candidates.append(Candidate("base", ViTPose, {"checkpoint": p.vitpose_checkpoint}))
         self.candidates.append(Candidate("bundled", BlazePose, {"backend": p.backend}))
         self.live: Candidate | None = None
+        # The switches' one retry policy; retry_after_s 0 = a failed model is never retried.
+        self._policy = SwitchPolicy(len(self.candidates), p.retry_after_s or None)
         self.switches = 0
         self.swaps = 0
         self._student_path = resolve_student_pose(p.student_model, p.profile)
@@ -87,7 +84,7 @@ class PoseHybrid(Node):
 
     def _fail(self, c: Candidate, exc: BaseException | str) -> None:
         assert self.ctx is not None
-        c.failed_at = time.monotonic()
+        self._policy.failed(self.candidates.index(c))
         c.error = str(exc)
         if c.node is not None:
             try:
@@ -95,12 +92,13 @@ class PoseHybrid(Node):
             except Exception:  # closing a broken model must not hide the real error
                 pass
         c.node = None
-        self.ctx.logger.warning("node %r: %s pose model failed (%s); falling back", self.name, c.mode, c.error)
+        self.logger.warning("node %r: %s pose model failed (%s); falling back", self.name, c.mode, c.error)
 
     def _activate(self, now: float) -> Candidate:
         assert self.ctx is not None
         while True:
-            c = select(self.candidates, now, self.params.retry_after_s)
+            ready = self._policy.ready()
+            c = self.candidates[ready[0]] if ready else None
             if c is None:
                 errors = "; ".join(f"{x.mode}: {x.error}" for x in self.candidates)
                 raise NodeError(f"node {self.name!r}: every pose model failed ({errors})")
@@ -111,15 +109,16 @@ class PoseHybrid(Node):
                 except Exception as exc:
                     self._fail(c, exc)
                     continue
-                c.node, c.failed_at, c.bad = node, None, HostFlag(self.ctx.device)
+                c.node, c.bad = node, HostFlag(self.ctx.device)
+                self._policy.failed_at.pop(self.candidates.index(c), None)  # loaded again: healthy until it fails
             if c is not self.live:
                 if self.live is not None:
                     self.switches += 1
-                    self.ctx.logger.info("node %r: pose mode %s -> %s", self.name, self.live.mode, c.mode)
+                    self.logger.info("node %r: pose mode %s -> %s", self.name, self.live.mode, c.mode)
                 self.live = c
-                self.ctx.report("mode", c.mode)
-                self.ctx.report("switches", self.switches)
-                self.ctx.report("failed", {x.mode: x.error for x in self.candidates if x.error})
+                self.report("mode", c.mode)
+                self.report("switches", self.switches)
+                self.report("failed", {x.mode: x.error for x in self.candidates if x.error})
             return c
 
     @staticmethod
@@ -147,13 +146,14 @@ class PoseHybrid(Node):
             node = c.cls(f"{self.name}.{c.mode}", c.cls.Params(**c.params))
             node.open(self.ctx)
         except Exception as exc:  # keep the old model: a half-written or broken export must not stop the stream
-            self.ctx.logger.warning("node %r: new student pose model %s did not load (%s); keeping the old one", self.name, self._student_path, exc)
-            self.ctx.report("failed", {**{x.mode: x.error for x in self.candidates if x.error}, "personalized (new file)": str(exc)})
+            self.logger.warning("node %r: new student pose model %s did not load (%s); keeping the old one", self.name, self._student_path, exc)
+            self.report("failed", {**{x.mode: x.error for x in self.candidates if x.error}, "personalized (new file)": str(exc)})
             return
-        old, c.node, c.failed_at, c.error, c.bad = c.node, node, None, "", HostFlag(self.ctx.device)
+        old, c.node, c.error, c.bad = c.node, node, "", HostFlag(self.ctx.device)
+        self._policy.failed_at.pop(self.candidates.index(c), None)
         self.swaps += 1
-        self.ctx.report("student_swaps", self.swaps)
-        self.ctx.logger.info("node %r: new student pose model %s is live", self.name, self._student_path)
+        self.report("student_swaps", self.swaps)
+        self.logger.info("node %r: new student pose model %s is live", self.name, self._student_path)
         if old is not None:
             old.close()
 
@@ -177,7 +177,7 @@ class PoseHybrid(Node):
         now = time.monotonic()
         self._watch_student(now)
         live = self._activate(now)
-        if live.bad is not None and live.bad.read():  # last frame's keypoints were NaN
+        if live.bad is not None and live.bad.is_set():  # last frame's keypoints were NaN
             self._fail(live, "NaN keypoints")
             live = self._activate(now)
         elif self.live is not self.candidates[0]:
@@ -197,8 +197,9 @@ class PoseHybrid(Node):
                 inputs: dict[str, Any] = {"frame": frame}
                 if mask is not None and "mask" in live.cls.inputs_spec:
                     inputs["mask"] = mask
-                out = live.node.process(**inputs)  # type: ignore[union-attr]
-                kp: Keypoints = out["keypoints"]  # type: ignore[index,assignment]
+                assert live.node is not None  # the live candidate is open
+                out = live.node.process(**inputs)
+                kp: Keypoints = out["keypoints"]
                 break
             except Exception as exc:  # safe mode: any failure of the live model hands over
                 if is_recording():

@@ -72,6 +72,8 @@ class Overlay(Node):
         thickness: int = Field(0, ge=0, le=32, description="Line half-width in pixels; 0 = scale with the frame (1 px per 540 rows)")
         face_mesh: bool = Field(True, description="Draw every face mesh point (else only jaw and irises)")
 
+    params: Params
+
     def _const(self, key: tuple, make) -> torch.Tensor:
         """Device constants (bones, colours, indices) built once: a host->device copy per frame may sync."""
         cache = self.__dict__.setdefault("_consts", {})

@@ -56,6 +56,8 @@ class StudentPoseNode(Node):
         profile: str = Field("", description="Profile folder; its live student pose head is used")
         model: str = Field("", description="Path of a student pose checkpoint (overrides profile)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         path = resolve_student_pose(self.params.model, self.params.profile)

@@ -98,7 +98,7 @@ class BlazePoseTracker:
     def plan(self, *, force_detect: bool = False, confirm: bool = False) -> tuple[bool, bool, bool]:
         """The host choice for the next call, from last frame's flag: (tracking, confirm, has state).
         Called before a recorded frame; each answer is one variant of the recording."""
-        tracking = self.roi is not None and bool(self.tracking.read()) and not force_detect
+        tracking = self.roi is not None and self.tracking.is_set() and not force_detect
         confirm = confirm and tracking
         self._plan = (tracking, confirm)
         if not tracking or confirm:

@@ -33,8 +33,10 @@ def load_vitpose(path: str | Path, device: torch.device, dtype: torch.dtype, whe
             f"{where}: checkpoint {folder} is not a ViTPose folder (no config.json); point `checkpoint` at a folder "
             "saved with save_pretrained, e.g. a local copy of usyd-community/vitpose-base-simple"
         )
-    from transformers import VitPoseForPoseEstimation
-
+    try:
+        from transformers import VitPoseForPoseEstimation
+    except ImportError as exc:
+        raise NodeError(f"{where}: ViTPose needs the `transformers` package (MUSE's `studio` extra: pip install -e \".[studio]\"): {exc}") from None
     try:
         model = VitPoseForPoseEstimation.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
     except Exception as exc:
@@ -130,6 +132,8 @@ class ViTPose(Node):
         min_tracking: float = Field(0.3, ge=0.0, le=1.0, description="Mean keypoint confidence below which the person counts as lost")
         dataset: int = Field(0, ge=0, le=16, description="ViTPose++ only: which dataset head to use (0 = COCO)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -168,7 +172,7 @@ class ViTPose(Node):
         if mask is not None and source in ("auto", "mask"):
             box, any_person = mask_box(mask.alpha.to(image.device), frame.size)
             return torch.where(any_person, box, full)
-        if source == "auto" and self.last is not None and self.tracking.read():
+        if source == "auto" and self.last is not None and self.tracking.is_set():
             return keypoint_box(self.last.points, self.last.confidence)
         return self._detector_roi(image)
 

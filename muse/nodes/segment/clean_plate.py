@@ -106,6 +106,8 @@ class CleanPlateSegment(Node):
         hysteresis_steps: int = Field(24, ge=0, le=256, description="How far (x2 px) weak pixels may join a sure region")
         feather: int = Field(1, ge=0, le=8, description="Softens the mask edge by this radius")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._file_plate: torch.Tensor | None = None
@@ -126,8 +128,8 @@ class CleanPlateSegment(Node):
         assert self.ctx is not None
         return torch.from_numpy(rgb).to(self.ctx.device)  # (H, W, 3) uint8
 
-    def update_params(self, params: NodeParams) -> bool:
-        if params.plate_file != self.params.plate_file:  # type: ignore[attr-defined]
+    def update_params(self, params: Params) -> bool:
+        if params.plate_file != self.params.plate_file:
             return False
         self.params = params
         return True

@@ -329,6 +329,8 @@ class FusedSegment(Node):
     class Params(FusedSettings):
         plate_file: str = Field("", description="Picture of the empty room (e.g. from `muse studio plate`), used when the plate input is not connected")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self.engine = FusedMatte(self.params, ctx.device, ctx.fps)
@@ -339,12 +341,12 @@ class FusedSegment(Node):
             path = user_path(self.params.plate_file, ctx)
             self._file_plate = Frame(load_image(str(path), self.name, "plate_file").to(ctx.device))
 
-    def update_params(self, params: NodeParams) -> bool:
-        if (params.working_height, params.tiles, params.plate_file) != (  # type: ignore[attr-defined]
-                self.params.working_height, self.params.tiles, self.params.plate_file):  # type: ignore[attr-defined]
+    def update_params(self, params: Params) -> bool:
+        if (params.working_height, params.tiles, params.plate_file) != (
+                self.params.working_height, self.params.tiles, self.params.plate_file):
             return False  # buffer sizes change: reopen
         self.params = params
-        self.engine.s = params  # type: ignore[assignment]
+        self.engine.s = params
         return True
 
     def process(self, frame: Frame, prior: Mask | None = None, plate: Frame | None = None) -> dict[str, Mask]:

@@ -71,18 +71,6 @@ def _mask_stats(alpha: torch.Tensor) -> torch.Tensor:
     return torch.stack((bad, torch.nan_to_num(alpha.float(), nan=0.0).mean()))
 
 
-def _selfie_class() -> type[Node] | None:
-    """The bundled `segment.selfie` node (issue 4 part A), if it is installed in this tree."""
-    try:
-        mod = importlib.import_module("muse.nodes.segment.selfie")
-    except ImportError:
-        return None
-    for obj in vars(mod).values():
-        if isinstance(obj, type) and issubclass(obj, Node) and getattr(obj, "node_type", "") == "segment.selfie":
-            return obj
-    return None
-
-
 class HybridSegment(Node):
     node_type = "segment.hybrid"
     capturable = True
@@ -113,6 +101,8 @@ class HybridSegment(Node):
         min_coverage: float = Field(0.002, ge=0.0, le=0.5, description="Mask mean below which a mask counts as empty")
         plate_file: str = Field("", description="Image of the empty room; with it (or the plate input) the mask is fused with the plate")
         fuse_plate: bool = Field(True, description="Fuse model, clean plate and time whenever a plate exists (off = model mask only)")
+
+    params: Params
 
     # -- lifecycle -------------------------------------------------------
     def open(self, ctx: NodeContext) -> None:
@@ -182,12 +172,12 @@ class HybridSegment(Node):
                 self._pending[0].close()
                 self._pending = None
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         live_ok = ("prefer", "retry_s", "watch_s", "empty_frames", "min_coverage")
         if any(getattr(params, k) != getattr(self.params, k) for k in type(params).model_fields if k not in live_ok):
             return False
         self.params = params
-        self._policy.retry_s = params.retry_s  # type: ignore[attr-defined]
+        self._policy.retry_s = params.retry_s
         return True
 
     # -- building branches ----------------------------------------------
@@ -249,10 +239,7 @@ class HybridSegment(Node):
         return branch
 
     def _open_selfie(self) -> _Branch:
-        cls = _selfie_class()
-        if cls is None:
-            return _Branch("selfie", error="segment.selfie is not available in this install")
-        return self._open_child("selfie", cls.__module__, cls.__name__, {})
+        return self._open_child("selfie", "muse.nodes.segment.selfie", "SelfieSegment", {})
 
     # -- the frame path --------------------------------------------------
     def _order(self) -> list[int]:
@@ -303,7 +290,8 @@ class HybridSegment(Node):
             )
         b = self.branches[live]
         try:
-            mask = b.run(frame)  # type: ignore[misc]
+            assert b.run is not None  # live branches are loaded
+            mask = b.run(frame)
         except Exception as exc:  # a failing model is exactly what this node guards against
             if is_recording():
                 raise
@@ -313,7 +301,9 @@ class HybridSegment(Node):
         self._check(("live", live, -1), mask.alpha)
         if probe is not None:
             try:
-                lower = self.branches[probe].run(frame)  # type: ignore[misc]
+                probe_run = self.branches[probe].run
+                assert probe_run is not None  # probes are loaded branches
+                lower = probe_run(frame)
                 self._check(("probe", probe, live), lower.alpha)
             except Exception as exc:
                 if is_recording():
@@ -327,7 +317,7 @@ class HybridSegment(Node):
                 self._switches += 1
                 log.warning("%s: switched from %s to %s", self.name, self.branches[self._live].mode, self.branches[i].mode)
                 if self.ctx is not None:
-                    self.ctx.logger.warning("segment.hybrid '%s': live model is now %s (%s)", self.name,
+                    self.logger.warning("segment.hybrid '%s': live model is now %s (%s)", self.name,
                                             self.branches[i].mode, self.branches[i].label)
             self._live = i
             self._report()
@@ -353,7 +343,11 @@ class HybridSegment(Node):
             self._fuse = FusedMatte(FusedSettings(), ctx.device, ctx.fps)
         if self._fuse.size != (w, h):
             self._fuse._alloc(w, h)
-        src = plate if plate is not None else Frame(self._file_plate)  # type: ignore[arg-type]
+        if plate is not None:
+            src = plate
+        else:
+            assert self._file_plate is not None  # checked at the top
+            src = Frame(self._file_plate)
         key = id(plate.image) if plate is not None else "file"
         self._fuse.set_plate(frame_batch(src, (w, h), torch.float32).to(ctx.device), key)
         pm = F.interpolate(alpha.float()[None, None], size=(h, w), mode="bilinear", align_corners=False)
@@ -401,18 +395,18 @@ class HybridSegment(Node):
         self._policy.failed(i)
         log.warning("%s: %s model (%s) failed: %s; safe mode", self.name, b.mode, b.label, reason)
         if self.ctx is not None:
-            self.ctx.report("last_fault", f"{b.label}: {reason}")
+            self.report("last_fault", f"{b.label}: {reason}")
         self._report()
 
     def _report(self) -> None:
         if self.ctx is None:
             return
         live = self.branches[self._live] if self._live is not None else None
-        self.ctx.report("mode", live.mode if live else "none")
-        self.ctx.report("live", live.label if live else "none")
-        self.ctx.report("switches", self._switches)
-        self.ctx.report("student_swaps", self._swaps)
-        self.ctx.report("branches", {
+        self.report("mode", live.mode if live else "none")
+        self.report("live", live.label if live else "none")
+        self.report("switches", self._switches)
+        self.report("student_swaps", self._swaps)
+        self.report("branches", {
             b.label: ("failed: " + b.error) if b.error else ("loaded" if b.run else "not loaded") for b in self.branches
         })
 
@@ -475,7 +469,7 @@ class HybridSegment(Node):
         self._swaps += 1
         log.warning("%s: picked up new personalized model %s", self.name, student.path)
         if self.ctx is not None:
-            self.ctx.report("student_model", str(student.path))
+            self.report("student_model", str(student.path))
         self._report()
 
     def _retire_tick(self) -> None:

@@ -39,6 +39,8 @@ class ModnetSegment(Node):
         cuda_graph: bool = Field(True, description="torch on a GPU: replay the model as a CUDA graph")
         cache_dir: str = Field("", description="Where ONNX exports and TensorRT engines are cached; empty = ~/.cache/muse/engines")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -84,7 +86,7 @@ class ModnetSegment(Node):
         matte = self._backend(x)
         return {"mask": Mask(matte[0, 0], frame.timestamp, frame.index)}
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         same = all(getattr(params, k) == getattr(self.params, k) for k in ("checkpoint", "height", "width", "backend", "cuda_graph"))
         if same:
             self.params = params

@@ -39,6 +39,8 @@ class RefineMask(Node):
         motion_threshold: float = Field(0.04, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
         scale: float = Field(1.0, ge=0.125, le=1.0, description="Output size as a fraction of the frame (1 = full resolution)")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -49,10 +51,10 @@ class RefineMask(Node):
 
             self._cpu = RefineCPU(p)
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         self.params = params
-        self._temporal.stability = params.stability  # type: ignore[attr-defined]
-        self._temporal.motion_threshold = params.motion_threshold  # type: ignore[attr-defined]
+        self._temporal.stability = params.stability
+        self._temporal.motion_threshold = params.motion_threshold
         if getattr(self, "_cpu", None) is not None:
             self._cpu.update(params)
         return True

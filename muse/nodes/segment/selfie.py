@@ -70,6 +70,8 @@ class SelfieSegment(Node):
             True, description="Brighten dark frames before the model (it was trained on well-lit selfies; low light halves its accuracy)"
         )
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._backend = None
@@ -114,7 +116,7 @@ class SelfieSegment(Node):
         ctx.report("backend", self._backend.describe())
         ctx.report("working_size", [w, h])
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         old = self.params
         self.params = params
         if self.ctx is None:

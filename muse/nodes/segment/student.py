@@ -83,6 +83,8 @@ class StudentSegment(Node):
         cuda_graph: bool = Field(True, description="torch on a GPU: replay the model as a CUDA graph")
         cache_dir: str = Field("", description="Where ONNX exports and TensorRT engines are cached; empty = ~/.cache/muse/engines")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
@@ -104,7 +106,7 @@ class StudentSegment(Node):
     def process(self, frame: Frame) -> dict[str, Mask]:
         return {"mask": self._student(frame)}
 
-    def update_params(self, params: NodeParams) -> bool:
+    def update_params(self, params: Params) -> bool:
         return params == self.params
 
     def close(self) -> None:

@@ -57,6 +57,8 @@ class WarpApply(Node):
         margin: float = Field(0.04, ge=0.0, le=0.2, description="How far past the mask outline the field may reach, as a fraction of the frame height")
         backend: Literal["auto", "cupy", "torch"] = Field("auto", description="auto = CuPy kernel on CUDA when installed, torch elsewhere")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         if self.params.backend == "cupy":
@@ -75,8 +77,8 @@ class WarpApply(Node):
             self._cpu = WarpCPU(self)
             ctx.report("backend", "opencv")
 
-    def update_params(self, params: NodeParams) -> bool:
-        if params.backend != self.params.backend:  # type: ignore[attr-defined]
+    def update_params(self, params: Params) -> bool:
+        if params.backend != self.params.backend:
             return False  # rebuild: open() decides the backend
         self.params = params
         return True

@@ -77,6 +77,8 @@ class BodyWarp(Node):
         cell: int = Field(8, ge=1, le=32, description="Field resolution: one value per cell x cell pixels")
         min_confidence: float = Field(0.3, ge=0.0, le=1.0, description="Shoulder and hip keypoints below this -> identity")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._cpu = None

@@ -67,6 +67,8 @@ class FaceWarp(Node):
         cell: int = Field(8, ge=1, le=32, description="Field resolution: one value per cell x cell pixels")
         min_confidence: float = Field(0.5, ge=0.0, le=1.0, description="Below this face confidence the field is identity")
 
+    params: Params
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         self._warned: set[str] = set()
@@ -102,17 +104,17 @@ class FaceWarp(Node):
         pts = landmarks.points[:, :2].float()
         regions = landmarks.regions
 
-        eyes = [self._eye(pts, regions, side) for side in ("left", "right")]
-        if p.eyes > 0 and all(e is not None for e in eyes):
-            (c0, r0), (c1, r1) = eyes  # type: ignore[misc]
+        left_eye, right_eye = (self._eye(pts, regions, side) for side in ("left", "right"))
+        if p.eyes > 0 and left_eye is not None and right_eye is not None:
+            (c0, r0), (c1, r1) = left_eye, right_eye
             gap = (c1 - c0).norm()
             for c, r in ((c0, r0), (c1, r1)):
                 radius = torch.minimum(r * p.eye_radius, 0.45 * gap)  # the two eyes never overlap
                 field += eye_field(xs, ys, c, radius, EYE_MAX_SCALE * p.eyes)
 
         outline_name = "face_oval" if "face_oval" in regions else ("jaw" if "jaw" in regions else None)
-        if (p.v_line > 0 or p.slim > 0) and outline_name and all(e is not None for e in eyes):
-            field += self._outline(xs, ys, pts[device_constant(regions[outline_name], pts.device)], eyes[0][0], eyes[1][0])  # type: ignore[index]
+        if (p.v_line > 0 or p.slim > 0) and outline_name and left_eye is not None and right_eye is not None:
+            field += self._outline(xs, ys, pts[device_constant(regions[outline_name], pts.device)], left_eye[0], right_eye[0])
         elif (p.v_line > 0 or p.slim > 0) and "outline" not in self._warned:
             self._warned.add("outline")
             ctx.logger.warning("node %r: landmarks have no 'face_oval'/'jaw' or eye regions; v_line/slim are off", self.name)
@@ -125,7 +127,7 @@ class FaceWarp(Node):
         if not contour:
             if f"{side}_eye" not in self._warned:
                 self._warned.add(f"{side}_eye")
-                self.ctx.logger.warning("node %r: landmarks have no %r region; eyes are off", self.name, f"{side}_eye")  # type: ignore[union-attr]
+                self.logger.warning("node %r: landmarks have no %r region; eyes are off", self.name, f"{side}_eye")
             return None
         eye = pts[device_constant(contour, pts.device)]
         iris = regions.get(f"{side}_iris")

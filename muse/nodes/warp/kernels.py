@@ -406,9 +406,11 @@ def composite_over_cupy(
     bg_c = bg.contiguous() if kind == 1 else None
     bg_low = bg.float().contiguous() if kind == 2 else None
     use_wrap = wrap > 0 and inside is not None and soft is not None
-    inside_c = inside.float().contiguous() if use_wrap else None  # type: ignore[union-attr]
-    # The kernel indexes `soft` like `inside`; a broadcast plane (a flat colour's (3, 1, 1)) is spread out first.
-    soft_c = soft.float().expand(3, *inside.shape).contiguous() if use_wrap else None  # type: ignore[union-attr]
+    inside_c = soft_c = None
+    if wrap > 0 and inside is not None and soft is not None:
+        inside_c = inside.float().contiguous()
+        # The kernel indexes `soft` like `inside`; a broadcast plane (a flat colour's (3, 1, 1)) is spread out first.
+        soft_c = soft.float().expand(3, *inside.shape).contiguous()
     mod = _COMPOSITE_MODULES.get(half)
     if mod is None:
         options = ("--std=c++14",) + (("-DMASK_HALF",) if half else ())

@@ -25,7 +25,8 @@ def _import_sam2() -> Any:
         import sam2.build_sam as build_sam  # noqa: F401
     except ImportError as exc:
         raise TeacherUnavailable(
-            "SAM 2.1 teacher needs the `sam2` package: `SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0` "
+            "SAM 2.1 teacher needs the `sam2` package (MUSE's `studio` extra): "
+            "`SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2==1.1.0` "
             f"({exc})"
         ) from None
     return build_sam

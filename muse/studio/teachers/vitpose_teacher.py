@@ -42,7 +42,10 @@ class VitPoseTeacher:
         path = Path(checkpoint)
         if not (path / "config.json").is_file():
             raise TeacherUnavailable(f"ViTPose teacher: {path} has no config.json; point teachers.vitpose.checkpoint at a saved transformers model folder")
-        from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
+        try:
+            from transformers import VitPoseForPoseEstimation, VitPoseImageProcessor
+        except ImportError as exc:
+            raise TeacherUnavailable(f"ViTPose teacher needs the `transformers` package (MUSE's `studio` extra: pip install -e \".[studio]\"): {exc}") from None
 
         model = VitPoseForPoseEstimation.from_pretrained(str(path), local_files_only=True)
         try:

@@ -1,0 +1,104 @@
+"""What validation produces and the runtime runs: the resolved graph (nodes with their
+classes, params and inputs, in topological order) and the errors found on the way."""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass, field
+from typing import Any
+
+from muse.graph.messages import printable
+from muse.graph.node import Node, NodeParams, PortSpec
+from muse.graph.payloads import Payload
+from muse.graph.spec import GraphSpec, Settings
+
+
+@dataclass
+class GraphError:
+    code: str
+    message: str
+    file: str = "<graph>"
+    line: int | None = None
+    node: str | None = None
+    port: str | None = None
+    field: str | None = None
+    hint: str = ""
+
+    def where(self) -> str:
+        loc = self.file + (f":{self.line}" if self.line else "")
+        parts = [loc]
+        if self.node:
+            parts.append(f"node '{self.node}'")
+        if self.port:
+            parts.append(f"port '{self.port}'")
+        if self.field:
+            parts.append(f"field '{self.field}'")
+        return ": ".join([parts[0], " ".join(parts[1:])]) if len(parts) > 1 else parts[0]
+
+    def __str__(self) -> str:
+        text = f"{self.where()}: [{self.code}] {printable(self.message)}"
+        return printable(text) + (f"\n    hint: {printable(self.hint)}" if self.hint else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v not in (None, "")}
+
+
+class GraphValidationError(Exception):
+    """Raised with every error found in a graph file."""
+
+    def __init__(self, errors: list[GraphError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+@dataclass
+class Source:
+    node: str
+    port: str
+
+    def __str__(self) -> str:
+        return f"{self.node}.{self.port}"
+
+
+@dataclass
+class ResolvedInput:
+    port: PortSpec
+    sources: list[Source]
+    policy: str = "latest"  # latest | queue
+    queue: int = 1
+
+
+@dataclass
+class ResolvedNode:
+    name: str
+    type: str
+    cls: builtins.type[Node]  # `type` alone would name the field above
+    params: NodeParams | None  # None: its params were invalid (reported; the graph does not run)
+    inputs: dict[str, ResolvedInput] = field(default_factory=dict)
+
+
+@dataclass
+class ValidatedGraph:
+    file: str
+    spec: GraphSpec
+    settings: Settings
+    nodes: dict[str, ResolvedNode]
+    order: list[str]  # topological
+    out_types: dict[tuple[str, str], type[Payload]]
+    warnings: list[GraphError] = field(default_factory=list)
+
+    def consumers(self, name: str) -> list[tuple[str, str]]:
+        """(consumer node, input port) for every edge leaving `name`."""
+        return [
+            (n.name, port)
+            for n in self.nodes.values()
+            for port, ri in n.inputs.items()
+            if any(s.node == name for s in ri.sources)
+        ]
+
+    def topology_key(self) -> tuple:
+        """Equal for two graphs that differ only in params (a live update can apply)."""
+        return tuple(
+            (n.name, n.type, tuple((p, tuple(str(s) for s in ri.sources), ri.policy, ri.queue) for p, ri in sorted(n.inputs.items())))
+            for n in sorted(self.nodes.values(), key=lambda n: n.name)
+        ) + (self.settings.model_dump_json(),)

@@ -1,0 +1,67 @@
+"""What the runtime keeps for each running node, and what travels between its threads.
+
+Shared by the runner's parts (`muse.graph.runtime`, `.executor`, `.threads`, `.streams`, `.live`)
+and the frame program (`muse.graph.program`) and the CPU pipeline (`muse.graph.cpu_pipeline`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from muse.graph.channels import Channel
+from muse.graph.node import Node, NodeContext
+from muse.graph.stats import NodeStats
+from muse.graph.validate import ResolvedNode, ValidatedGraph
+
+
+class GraphRunError(RuntimeError):
+    """The graph could not start or had to stop; the message names the node."""
+
+
+class FrameFailed(Exception):
+    """A node failed this frame; the executor counts it and drops the frame."""
+
+    def __init__(self, node: str, exc: BaseException) -> None:
+        super().__init__(f"node {node!r} failed: {exc}")
+        self.node, self.exc = node, exc
+
+
+@dataclass
+class Item:
+    """What travels from a source to the executor, or from the executor to a sink."""
+
+    values: dict[str, Any]
+    events: list[Any] = field(default_factory=list)  # CUDA events to wait on
+    t_capture: float = 0.0
+
+
+@dataclass
+class Slot:
+    """One running node and what the runtime keeps for it."""
+
+    rn: ResolvedNode
+    node: Node
+    ctx: NodeContext
+    stats: NodeStats
+    stream: Any = None
+    channel: Channel | None = None  # sources: out of the node; sinks: into the node
+    thread: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    last: Item | None = None  # a secondary source's newest item
+    pending_gpu: list = field(default_factory=list)
+    consecutive_errors: int = 0
+    variant_ready: bool = False  # frame_variant() already asked this frame (by the frame program)
+
+    @property
+    def name(self) -> str:
+        return self.rn.name
+
+
+def channel_wiring(graph: ValidatedGraph, name: str) -> tuple[str, int]:
+    """The channel policy of a source (set by its consumers) or a sink (set by its inputs)."""
+    rn = graph.nodes[name]
+    links = [graph.nodes[c].inputs[p] for c, p in graph.consumers(name)] if rn.cls.is_source() else list(rn.inputs.values())
+    queued = [ri.queue for ri in links if ri.policy == "queue"]
+    return ("queue", max(queued)) if queued else ("latest", 1)

@@ -1,0 +1,156 @@
+"""CUDA plumbing for the runner: per-node streams, events between them, the device clock,
+frame timing on the GPU and the bound on frames in flight.
+
+Nothing here synchronizes the device on the hot path: consumers wait on producers' events,
+tensors read on another stream are tagged with `record_stream`, and timings are read with
+`event.query()` (never blocking). On the CPU every method is a no-op.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import replace as dc_replace
+from typing import Any
+
+import torch
+
+from muse.graph.payloads import Payload
+from muse.graph.slots import Item, Slot
+
+
+class CudaPlumbing:
+    """Mixin of `GraphRunner`: streams and events (uses its `device`, `slots`, `stats`, `clock`)."""
+
+    def _in_stream(self, stream: Any) -> Any:
+        if stream is None:
+            return nullcontext()
+        return torch.cuda.stream(stream)
+
+    def _gpu_start(self, slot: Slot) -> Any:
+        if slot.stream is None:
+            return None
+        ev = torch.cuda.Event(enable_timing=True, blocking=True)
+        ev.record(slot.stream)
+        return ev
+
+    # Events are made with blocking=True throughout: a host thread that waits on one (the in-flight
+    # bound, a sink's download) sleeps instead of spinning a CPU core the streamer's game needs.
+    def _record(self, slot: Slot, start_ev: Any = None) -> list[Any]:
+        if slot.stream is None:
+            return []
+        ev = torch.cuda.Event(enable_timing=start_ev is not None, blocking=True)
+        ev.record(slot.stream)
+        if start_ev is not None:
+            slot.pending_gpu.append((start_ev, ev))
+        return [ev]
+
+    def _wait_events(self, stream: Any, events: list[Any], values: dict[str, Any]) -> None:
+        if stream is None:
+            return
+        for ev in events:
+            stream.wait_event(ev)
+        if self._recording:
+            return  # recorded memory belongs to the graph's pool for as long as the graph lives
+        # Tensors made on another stream must not be recycled while this stream uses them.
+        for v in values.values():
+            for payload in v if isinstance(v, list) else [v]:
+                if isinstance(payload, Payload):
+                    for t in payload.tensors():
+                        if t.is_cuda:
+                            t.record_stream(stream)
+
+    def _poll_gpu_times(self) -> None:
+        """Read finished GPU timings without waiting (event.query never blocks)."""
+        keep = []
+        for start, end in self._frame_times:
+            if end.query():
+                self.stats.frame_gpu_ms.append(start.elapsed_time(end))
+            else:
+                keep.append((start, end))
+        self._frame_times = keep[-64:]
+        for slot in self.slots.values():
+            keep = []
+            for start, end in slot.pending_gpu:
+                if end.query():
+                    slot.stats.gpu_ms.append(start.elapsed_time(end))
+                else:
+                    keep.append((start, end))
+            slot.pending_gpu = keep[-64:]
+
+    def _tick_clock(self, source_items: dict[str, Item]) -> list[Any]:
+        """Write this frame's time into the device clock, after the last frame's readers are done."""
+        primary = next(iter(source_items.values()), None)
+        t = 0.0
+        if primary is not None:
+            for v in primary.values.values():
+                if isinstance(v, Payload) and isinstance(getattr(v, "timestamp", None), (int, float)):
+                    t = float(v.timestamp)
+                    break
+        stream = self._frame_stream
+        if stream is None:
+            self.clock.fill_(t)
+            return []
+        with torch.cuda.stream(stream):
+            for ev in self._last_frame_events:
+                stream.wait_event(ev)
+            self._frame_start = torch.cuda.Event(enable_timing=True, blocking=True)
+            self._frame_start.record(stream)  # the GPU reaches this when the last frame is done
+            self.clock.fill_(t)  # the value travels as a kernel argument: no host buffer to race on
+            ev = torch.cuda.Event(blocking=True)
+            ev.record(stream)
+        return [ev]
+
+    def _time_frame(self, frame_events: list[Any]) -> None:
+        """Events around the whole frame on the GPU (read later, never waited on)."""
+        stream = self._frame_stream
+        start = getattr(self, "_frame_start", None)
+        if stream is None or start is None:
+            return
+        with torch.cuda.stream(stream):
+            for ev in frame_events:
+                stream.wait_event(ev)
+            end = torch.cuda.Event(enable_timing=True, blocking=True)
+            end.record(stream)
+        self._frame_times.append((start, end))
+        self._frame_start = None
+
+    def _detach_for_sink(self, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        stream = self._frame_stream
+        with self._in_stream(stream):
+            if stream is not None:
+                for ev in events:
+                    stream.wait_event(ev)
+            out = {k: copy_payload(v) for k, v in values.items()}
+            if stream is None:
+                return out, events
+            for v in values.values():
+                for payload in v if isinstance(v, list) else [v]:
+                    if isinstance(payload, Payload):
+                        for t in payload.tensors():
+                            if t.is_cuda:
+                                t.record_stream(stream)  # read here: not recycled before the copy ran
+            ev = torch.cuda.Event(blocking=True)
+            ev.record(stream)
+        return out, [ev]
+
+    def _limit_in_flight(self, frame_events: list[Any]) -> None:
+        """Keep at most `max_frames_in_flight` frames queued on the GPU.
+
+        Launching never blocks, so without this a GPU slower than the camera
+        would queue frames without end and latency would grow for the whole
+        stream. Waiting on one old frame's events blocks only this thread."""
+        if self.device.type != "cuda" or not frame_events:
+            return
+        self._in_flight.append(frame_events)
+        while len(self._in_flight) > self.graph.settings.max_frames_in_flight:
+            for ev in self._in_flight.popleft():
+                ev.synchronize()
+
+
+def copy_payload(p: Any) -> Any:
+    """A payload (or list of them) with its own copy of every tensor."""
+    if isinstance(p, list):
+        return [copy_payload(v) for v in p]
+    if not isinstance(p, Payload):
+        return p
+    return dc_replace(p, **{k: v.clone() for k, v in vars(p).items() if isinstance(v, torch.Tensor)})

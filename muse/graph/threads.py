@@ -1,0 +1,143 @@
+"""Source and sink threads: sources make frames into channels, sinks drain theirs.
+
+The first source paces the stream; secondary sources (other cameras) are never waited for and
+one that fails keeps its last frame instead of stopping the graph. Channel policies come from
+the graph's wiring (`latest` drops stale frames and counts each drop, `queue` keeps them).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from muse.graph.channels import Channel, ChannelClosed
+from muse.graph.slots import GraphRunError, Item, Slot, channel_wiring
+
+log = logging.getLogger("muse.runtime")
+
+
+class SourceSinkThreads:
+    """Mixin of `GraphRunner`: one thread per source and per sink."""
+
+    def _start_source(self, slot: Slot) -> None:
+        policy, size = channel_wiring(self.graph, slot.name)
+
+        def on_drop(n: int) -> None:
+            slot.stats.drops += n
+
+        slot.channel = Channel(policy, size, on_drop)
+        slot.stop.clear()
+
+        demand = slot.node.on_demand and policy == "latest"
+
+        def loop() -> None:
+            while not slot.stop.is_set() and not self._stop.is_set():
+                if demand and len(slot.channel):
+                    time.sleep(0.001)  # a synthetic source renders only what will be shown
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    with self._in_stream(slot.stream):
+                        out = slot.node.process()
+                        events = self._record(slot)
+                except Exception as exc:
+                    self._node_failed(slot, exc)
+                    if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
+                        if self._is_secondary_source(slot.name):
+                            # One lost camera must not stop the others: the stream keeps its last frame.
+                            log.error("source '%s' failed %d times in a row (%s); it is stopped, the other sources keep running",
+                                      slot.name, slot.consecutive_errors, exc)
+                            slot.ctx.report("status", "lost")
+                            break
+                        self._fail(GraphRunError(f"source '{slot.name}' failed {slot.consecutive_errors} times in a row: {exc}"))
+                        break
+                    time.sleep(0.01)
+                    continue
+                t1 = time.perf_counter()
+                if out is None:
+                    log.info("source '%s' reached the end of its stream", slot.name)
+                    break
+                slot.consecutive_errors = 0
+                self._note_time(slot, t0, t1)
+                self.stats.frames_in += 1
+                if not slot.channel.put(Item(out, events, t1), slot.stop):
+                    break
+            slot.channel.close()
+
+        slot.thread = threading.Thread(target=loop, name=f"muse-src-{slot.name}", daemon=True)
+        slot.thread.start()
+
+    def _start_sink(self, slot: Slot) -> None:
+        policy, size = channel_wiring(self.graph, slot.name)
+
+        def on_drop(n: int) -> None:
+            slot.stats.drops += n
+
+        slot.channel = Channel(policy, size, on_drop)
+        slot.stop.clear()
+
+        def loop() -> None:
+            while True:
+                try:
+                    item = slot.channel.get(timeout=0.2)
+                except TimeoutError:
+                    if slot.stop.is_set() and slot.channel.closed:
+                        break
+                    continue
+                except ChannelClosed:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    with self._in_stream(slot.stream):
+                        self._wait_events(slot.stream, item.events, item.values)
+                        slot.node.process(**item.values)
+                        self._record(slot)
+                except Exception as exc:
+                    self._node_failed(slot, exc)
+                    if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
+                        self._fail(GraphRunError(f"output '{slot.name}' failed {slot.consecutive_errors} times in a row: {exc}"))
+                        break
+                    continue
+                t1 = time.perf_counter()
+                slot.consecutive_errors = 0
+                self._note_time(slot, t0, t1)
+                self.stats.add_latency((t1 - item.t_capture) * 1000.0)
+
+        slot.thread = threading.Thread(target=loop, name=f"muse-sink-{slot.name}", daemon=True)
+        slot.thread.start()
+
+    def _is_secondary_source(self, name: str) -> bool:
+        """Every source after the first (the first paces the stream; the others are never waited for)."""
+        sources = [n for n in self.graph.order if n in self.slots and self.slots[n].rn.cls.is_source()]
+        return bool(sources) and name in sources and name != sources[0]
+
+    def _gather_sources(self) -> dict[str, Item] | None:
+        """The primary source's next item and each secondary source's newest; a secondary source
+        that has nothing yet (still starting, or lost before its first frame) is left out."""
+        sources = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_source()]
+        items: dict[str, Item] = {}
+        for i, slot in enumerate(sources):
+            primary = i == 0
+            waits = primary or (slot.channel is not None and slot.channel.policy == "queue")
+            item: Item | None = None
+            while True:
+                if self._stop.is_set():
+                    return None
+                try:
+                    item = slot.channel.get(timeout=0.1) if waits else slot.channel.get_nowait()
+                    slot.last = item
+                    break
+                except TimeoutError:
+                    if waits:
+                        continue
+                    item = slot.last  # a secondary source never stalls the stream
+                    break
+                except ChannelClosed:
+                    if primary or (waits and slot.last is None):
+                        return None
+                    item = slot.last
+                    break
+            if item is not None:
+                items[slot.name] = item
+        return items
