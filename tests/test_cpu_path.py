@@ -20,7 +20,7 @@ from muse.nodes.composite import Composite
 from muse.nodes.segment.refine import RefineMask
 from muse.nodes.segment.selfie import SelfieSegment
 
-ROOM = Path(__file__).parent.parent / "bench" / "assets" / "room.jpg"
+ROOM = Path(__file__).parent.parent / "assets" / "demo" / "room.jpg"
 
 
 def _frame720(rgb: np.ndarray) -> Frame:
@@ -192,7 +192,7 @@ def test_warp_apply_cpu_without_field_or_mask(monkeypatch, photos):
 
 
 def _scene(room: np.ndarray, person: np.ndarray, x: int, gain: float) -> tuple[Frame, Mask]:
-    """The room with a cut-out person (bench/assets) standing at x, exposure scaled by `gain`."""
+    """The room with a cut-out person (assets/demo) standing at x, exposure scaled by `gain`."""
     img = room.astype(np.float32) * gain
     ph, pw = person.shape[:2]
     rgb, pa = person[:, :, :3].astype(np.float32), person[:, :, 3].astype(np.float32) / 255.0

@@ -13,14 +13,16 @@ from typing import Iterator
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parents[2] / "bench" / "assets"
+from muse.app_paths import demo_media
+
+ASSETS = demo_media("")  # assets/demo: in the repository and inside the packaged app
 
 
 @lru_cache(maxsize=1)
 def person_cutout() -> tuple[np.ndarray, np.ndarray]:
     """(rgb uint8 (H,W,3), alpha float32 (H,W)) of the astronaut portrait's person, cut out with GrabCut.
 
-    Cached as an RGBA PNG in bench/assets so benches need neither scikit-image nor a second GrabCut.
+    Cached as an RGBA PNG in assets/demo so benches need neither scikit-image nor a second GrabCut.
     """
     import cv2
 

@@ -28,12 +28,27 @@ _TORSO = [(120, 240), (305, 240), (345, 290), (362, 350), (292, 385), (282, 512)
           (22, 512), (18, 345), (40, 285), (85, 255)]
 
 
+def _photo(name: str) -> np.ndarray:
+    """scikit-image's photo `name`: the copy shipped in assets/demo (the packaged app has no
+    scikit-image data files), else scikit-image's own."""
+    import cv2
+
+    from muse.app_paths import demo_media
+
+    shipped = demo_media(f"{name}.png")
+    if shipped.is_file():
+        img = cv2.imread(str(shipped), cv2.IMREAD_UNCHANGED)
+        return np.ascontiguousarray(img[:, :, ::-1] if img.ndim == 3 else img)
+    from skimage import data
+
+    return getattr(data, name)()
+
+
 def person_cutout() -> tuple[np.ndarray, np.ndarray]:
     """The astronaut as (512, 512, 3) uint8 RGB and her soft alpha (512, 512) float32 in [0, 1]."""
     import cv2
-    from skimage import data
 
-    rgb = data.astronaut()
+    rgb = _photo("astronaut")
     hard = np.zeros(rgb.shape[:2], np.uint8)
     for (cx, cy), (rx, ry) in (_HEAD, _COLLAR):
         cv2.ellipse(hard, (cx, cy), (rx, ry), 0, 0, 360, 255, -1)
@@ -51,12 +66,10 @@ _ROOM_TINT = np.array([1.0, 0.82, 0.68], np.float32)
 
 def background_picture(name: str) -> np.ndarray:
     """A real photo from scikit-image as (H, W, 3) uint8 RGB; `room` is its brick wall, painted."""
-    from skimage import data
-
     if name == "room":
-        wall = data.brick().astype(np.float32) / 255.0
+        wall = _photo("brick").astype(np.float32) / 255.0
         return np.clip((0.25 + 0.7 * wall)[:, :, None] * _ROOM_TINT * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    img = getattr(data, name)()
+    img = _photo(name)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3])
