@@ -443,6 +443,20 @@ def _export_onnx(module: Any, path: Path) -> None:
 
 
 # -- reference checks ----------------------------------------------------------------------
+def _astronaut() -> Any:
+    """skimage's astronaut: the lossless copy in assets/demo (the packaged app has no skimage data)."""
+    from muse.app_paths import demo_media
+
+    shipped = demo_media("astronaut.png")
+    if shipped.is_file():
+        import cv2
+
+        return cv2.imread(str(shipped))[:, :, ::-1].copy()
+    from skimage import data as skdata
+
+    return skdata.astronaut()
+
+
 def reference_input(name: str, image: Any = None) -> "torch.Tensor":
     """A real picture (skimage's astronaut unless given, RGB uint8 HxWx3) as the model's NCHW input:
     area-resized to the input size, scaled to the model's value range."""
@@ -451,9 +465,7 @@ def reference_input(name: str, image: Any = None) -> "torch.Tensor":
     import torch.nn.functional as F
 
     if image is None:
-        from skimage import data as skdata
-
-        image = skdata.astronaut()
+        image = _astronaut()
     m = _entry(name)
     w, h = m.input_size
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
