@@ -171,3 +171,18 @@ def test_doctor_reports_every_section_and_what_to_do(capsys):
 
     if not torch.cuda.is_available():
         assert checks["gpu"]["status"] == "warning" and "CPU path" in checks["gpu"]["summary"]
+
+
+def test_every_demo_background_is_shipped():
+    """The packaged app has no scikit-image data files: every background the demo source offers is in assets/demo."""
+    import typing
+
+    from skimage import data
+
+    from muse.nodes.capture.demo import Demo, _photo
+
+    names = typing.get_args(Demo.Params.model_fields["background"].annotation)
+    assert "room" in names
+    for name in [n for n in names if n != "room"] + ["astronaut", "brick"]:
+        assert app_paths.demo_media(f"{name}.png").is_file(), name
+        assert (_photo(name) == getattr(data, name)()).all(), name

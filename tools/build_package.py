@@ -31,7 +31,10 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 # Never needed at run time: test tools, notebooks, SAM 2 (Studio extra), GUI toolkits we do not use.
 EXCLUDES = ["pytest", "_pytest", "hypothesis", "ai_edge_litert", "IPython", "jupyter", "notebook",
-            "tkinter", "tensorboard", "torch.utils.tensorboard", "sphinx", "setuptools", "pip", "tests"]
+            "tkinter", "tensorboard", "torch.utils.tensorboard", "sphinx", "setuptools", "pip", "tests",
+            # Triton only serves torch.compile/inductor, which MUSE does not use (its kernels are CuPy);
+            # torch treats it as optional. ~0.9 GB. Remove from this list if Triton kernels are added.
+            "triton"]
 STUDIO_ONLY = ["sam2", "hydra", "iopath", "muse.studio.teachers.sam2_teacher"]
 
 SPEC = r'''
@@ -90,6 +93,8 @@ def parts(app: Path) -> dict[str, int]:
     sizes["muse (executable)"] = du(app / "muse") if (app / "muse").exists() else du(app / "muse.exe")
     if internal.exists():
         for child in internal.iterdir():
+            if child.is_symlink():  # PyInstaller links duplicates (libtriton.so -> triton/_C/...): counted once
+                continue
             key = "_internal/" + child.name + ("/" if child.is_dir() else "")
             sizes[key] = du(child)
     big = {k: v for k, v in sizes.items() if v >= 20 * 2**20 or not k.startswith("_internal/")}
