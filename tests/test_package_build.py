@@ -43,14 +43,43 @@ def app():
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _no_network_prefix() -> list[str]:
+    """`unshare -rn` + loopback up: a network namespace with only 127.0.0.1 (the preview still binds),
+    where the user namespaces allow it; else [] (then only the environment is clean)."""
+    ip = shutil.which("ip") or ("/usr/sbin/ip" if Path("/usr/sbin/ip").exists() else None)
+    if not shutil.which("unshare") or not ip:
+        return []
+    prefix = ["unshare", "-rn", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh"]
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return prefix if ok else []
+
+
+NO_NETWORK = _no_network_prefix()
+
+
 def clean_run(app: Path, *args: str, timeout: float = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-    """The app in a bare environment: no venv, an empty HOME, only the system PATH."""
+    """The app in a bare environment: `env -i` with only the system PATH, an empty HOME, no venv,
+    and (where possible) no network."""
     home = tempfile.mkdtemp(prefix="muse-home-")
     try:
-        env = {"PATH": "/usr/bin:/bin", "HOME": home, **(extra_env or {})}
-        return subprocess.run([str(app / "muse"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        env = [f"{k}={v}" for k, v in {"PATH": "/usr/bin:/bin", "HOME": home, **(extra_env or {})}.items()]
+        cmd = [*NO_NETWORK, "env", "-i", *env, str(app / "muse"), *args]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        return out
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_check_runs_without_network():
+    if not NO_NETWORK:
+        pytest.skip("no user/network namespaces here: the app runs with the network present")
+    out = subprocess.run([*NO_NETWORK, "env", "-i", "PATH=/usr/bin:/bin", "python3", "-c",
+                          "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0  # the namespace has no route out
 
 
 def test_version(app):
