@@ -44,7 +44,9 @@ cfg = {cfg!r}
 hidden = [m for m in collect_submodules("muse") if not any(m == x or m.startswith(x + ".") for x in cfg["excludes"])]
 a = Analysis([cfg["entry"]], pathex=[cfg["root"]], hiddenimports=hidden, excludes=cfg["excludes"], noarchive=False)
 # libs/ replaces the pip NVIDIA wheels: keep them out so only one copy ships and loads.
-a.binaries = [b for b in a.binaries if not b[0].replace("\\", "/").startswith("nvidia/")]
+def _nvidia(entry):  # a file under nvidia/, or a link PyInstaller makes to one (libcudart.so.13 -> nvidia/...)
+    return any(str(part).replace("\\", "/").startswith("nvidia/") for part in entry[:2])
+a.binaries = [b for b in a.binaries if not _nvidia(b)]
 a.datas = [d for d in a.datas if not d[0].replace("\\", "/").startswith("nvidia/")]
 pyz = PYZ(a.pure)
 exe = EXE(pyz, a.scripts, [], exclude_binaries=True, name="muse", console=True, strip=False, upx=False)
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_libs:
         shutil.copytree(work / "libs", app / "libs")
     shutil.copytree(ROOT / "graphs", app / "graphs")
+    for link in (app / "_internal").iterdir():  # links left pointing into the nvidia/ we left out
+        if link.is_symlink() and not link.exists() and os.readlink(link).replace("\\", "/").startswith("nvidia/"):
+            link.unlink()
     leaked = sorted(str(p.relative_to(app)) for p in (app / "_internal").glob("nvidia/**/*.so*"))
     if leaked:
         print(f"build_package: warning: pip NVIDIA libraries still bundled: {leaked[:5]}", file=sys.stderr)
