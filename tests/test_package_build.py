@@ -124,6 +124,24 @@ def test_a_misleading_ld_library_path_does_not_win(app, tmp_path):
     assert not any(str(decoy) in d for d in cuda["details"])
 
 
+def test_without_the_preload_the_decoys_would_win(app, tmp_path):
+    """Control for the test above: with MUSE_LIBS_FIRST=0 the same decoys break torch's import."""
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    for entry in json.loads((app / "libs" / "manifest.json").read_text())["libraries"]:
+        (decoy / entry["soname"]).write_bytes(b"not a library")
+    out = clean_run(app, "doctor", "--json", extra_env={"LD_LIBRARY_PATH": str(decoy), "MUSE_LIBS_FIRST": "0"})
+    cuda = {c["section"]: c for c in json.loads(out.stdout)["checks"]}["cuda"]
+    assert out.returncode == 1 and cuda["status"] == "problem", cuda
+
+
+def test_no_dangling_links_and_torchvision_ops_are_shipped(app):
+    internal = app / "_internal"
+    assert not [p for p in internal.rglob("*") if p.is_symlink() and not p.exists()]
+    assert list((internal / "torchvision").glob("_C*.so")), "torchvision's ops library (nvJPEG decode) is missing"
+    assert not (internal / "nvidia").exists()  # libs/ replaces the pip NVIDIA wheels: one copy only
+
+
 def test_libs_match_their_manifest(app):
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "collect_libs.py"), "--check", str(app / "libs")],
                          capture_output=True, text=True, timeout=600)
