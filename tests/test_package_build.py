@@ -13,6 +13,7 @@ Marked `package`: it takes tens of minutes and several GB, so it runs only when 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -43,21 +44,19 @@ def app():
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _no_network_prefix() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def no_network_prefix() -> tuple[str, ...]:
     """`unshare -rn` + loopback up: a network namespace with only 127.0.0.1 (the preview still binds),
-    where the user namespaces allow it; else [] (then only the environment is clean)."""
+    where the user namespaces allow it; else () (then only the environment is clean)."""
     ip = shutil.which("ip") or ("/usr/sbin/ip" if Path("/usr/sbin/ip").exists() else None)
     if not shutil.which("unshare") or not ip:
-        return []
+        return ()
     prefix = ["unshare", "-rn", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh"]
     try:
         ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         ok = False
-    return prefix if ok else []
-
-
-NO_NETWORK = _no_network_prefix()
+    return tuple(prefix) if ok else ()
 
 
 def clean_run(app: Path, *args: str, timeout: float = 600, extra_env: dict | None = None) -> subprocess.CompletedProcess:
@@ -66,7 +65,7 @@ def clean_run(app: Path, *args: str, timeout: float = 600, extra_env: dict | Non
     home = tempfile.mkdtemp(prefix="muse-home-")
     try:
         env = [f"{k}={v}" for k, v in {"PATH": "/usr/bin:/bin", "HOME": home, **(extra_env or {})}.items()]
-        cmd = [*NO_NETWORK, "env", "-i", *env, str(app / "muse"), *args]
+        cmd = [*no_network_prefix(), "env", "-i", *env, str(app / "muse"), *args]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         return out
     finally:
@@ -74,9 +73,9 @@ def clean_run(app: Path, *args: str, timeout: float = 600, extra_env: dict | Non
 
 
 def test_the_check_runs_without_network():
-    if not NO_NETWORK:
+    if not no_network_prefix():
         pytest.skip("no user/network namespaces here: the app runs with the network present")
-    out = subprocess.run([*NO_NETWORK, "env", "-i", "PATH=/usr/bin:/bin", "python3", "-c",
+    out = subprocess.run([*no_network_prefix(), "env", "-i", "PATH=/usr/bin:/bin", "python3", "-c",
                           "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0  # the namespace has no route out
