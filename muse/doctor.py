@@ -77,8 +77,8 @@ def _driver_version() -> tuple[str | None, str]:
     name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
     try:
         lib = ctypes.CDLL(name)
-    except OSError as exc:
-        return None, f"{name} not found ({exc})"
+    except OSError:  # (PyInstaller's wording blames the build; the driver library is never bundled)
+        return None, f"{name} not found: it comes with the NVIDIA driver, which is not installed or not loadable"
     v = ctypes.c_int(0)
     if lib.cuDriverGetVersion(ctypes.byref(v)) != 0:
         return None, f"{name} loaded but cuDriverGetVersion failed"
