@@ -153,3 +153,23 @@ def test_main_graph_runs_60_frames_on_the_cpu_path(app):
     log = out.stdout + out.stderr
     assert "demo" in log  # no camera here: the demo source stood in, and said so
     assert "downloading" not in log.lower() and "importing it once" not in log  # models came from assets/
+
+
+@pytest.mark.cuda
+def test_on_the_gpu_the_app_uses_its_own_libraries(app, tmp_path):
+    """GPU machine: the frozen app finds the GPU, runs the main graph on CUDA, and with a system
+    CUDA (or decoys) first on LD_LIBRARY_PATH still maps every CUDA library from libs/."""
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    for entry in json.loads((app / "libs" / "manifest.json").read_text())["libraries"]:
+        (decoy / entry["soname"]).write_bytes(b"not a library")
+    misleading = os.pathsep.join([str(decoy), "/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu"])
+    out = clean_run(app, "doctor", "--json", extra_env={"LD_LIBRARY_PATH": misleading})
+    assert out.returncode == 0, out.stdout + out.stderr
+    checks = {c["section"]: c for c in json.loads(out.stdout)["checks"]}
+    assert checks["gpu"]["status"] == "ok", checks["gpu"]
+    assert checks["cuda"]["status"] == "ok", checks["cuda"]
+    run = clean_run(app, "run", "graphs/stream_4k.yaml", "--frames", "60", "--device", "cuda", "--no-status",
+                    extra_env={"LD_LIBRARY_PATH": misleading}, timeout=1800)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "frames in" in run.stdout + run.stderr
