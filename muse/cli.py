@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXIT_INVALID_GRAPH = 2
 # Packages that add their own subcommands through `register(subparsers)`.
-_SUBCOMMAND_MODULES = ("muse.models.cli", "muse.studio.cli", "muse.editor.cli", "muse.nodes.capture.cameras_cli")
+_SUBCOMMAND_MODULES = ("muse.doctor", "muse.models.cli", "muse.studio.cli", "muse.editor.cli", "muse.nodes.capture.cameras_cli")
 
 
 def _setup_logging(verbose: int) -> None:

@@ -22,6 +22,13 @@ def _read(name: str) -> np.ndarray:
     if name not in PICTURES:
         raise KeyError(f"no shipped picture {name!r}; known: {', '.join(sorted(PICTURES))}")
     path = ASSETS / PICTURES[name]
+    if not path.is_file():  # the packaged app keeps them beside the executable (assets/demo)
+        from muse.app_paths import demo_media
+
+        for candidate in (demo_media(PICTURES[name]), demo_media(Path(PICTURES[name]).stem + ".png")):
+            if candidate.is_file():
+                path = candidate
+                break
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise FileNotFoundError(f"{path} is missing or unreadable; reinstall MUSE (the package ships it)")

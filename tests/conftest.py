@@ -52,12 +52,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run on the GPU machine)")
+    # `package` tests build the frozen app (tens of minutes, several GB): only when asked for.
+    want_package = "package" in (config.getoption("-m") or "") or os.environ.get("MUSE_PACKAGE_TESTS") == "1"
+    skip_package = pytest.mark.skip(reason="builds the packaged app; run `python -m pytest -m package tests/test_package_build.py` (docs/package.md)")
+    skip_cuda = pytest.mark.skip(reason="needs an NVIDIA GPU (run on the GPU machine)")
+    has_cuda = torch.cuda.is_available()
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if "package" in item.keywords and not want_package:
+            item.add_marker(skip_package)
+        if "cuda" in item.keywords and not has_cuda:
+            item.add_marker(skip_cuda)
 
 
 @pytest.fixture(scope="session")

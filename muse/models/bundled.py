@@ -173,8 +173,28 @@ def models_dir() -> Path:
     return cache_root() / "models"
 
 
-def model_dir(name: str) -> Path:
+def cache_model_dir(name: str) -> Path:
+    """Where `muse models import` writes a model: the user's cache (never the package)."""
     return models_dir() / _entry(name).name
+
+
+def shipped_model_dir(name: str) -> Path:
+    """The copy converted at build time and shipped in the package's assets/models (read-only)."""
+    from muse.app_paths import shipped_models_dir
+
+    return shipped_models_dir() / _entry(name).name
+
+
+def model_dir(name: str) -> Path:
+    """Where `name` is read from: the user's cache when imported there (a newer import wins),
+    else the package's shipped copy when there is one, else the cache (where an import goes)."""
+    cache = cache_model_dir(name)
+    if (cache / "manifest.json").exists():
+        return cache
+    shipped = shipped_model_dir(name)
+    if (shipped / "manifest.json").exists() and (shipped / f"{name}.pt").exists():
+        return shipped
+    return cache
 
 
 def torch_path(name: str) -> Path:
@@ -362,27 +382,28 @@ def _import_one(name: str, data: bytes, *, onnx: bool, parity: bool, say: Progre
     report = parity_report(name, module, data if parity else None)
     if report["status"] == "failed":
         raise ModelImportError(f"{name}: converted model does not match the reference ({report['detail']}); nothing was written")
-    folder = model_dir(name)
+    folder = cache_model_dir(name)  # imports always go to the user's cache, never into the package
     folder.mkdir(parents=True, exist_ok=True)
+    pt, onnx_file = folder / f"{name}.pt", folder / f"{name}.onnx"
     write_bytes(folder / m.file_name, data)
-    save_artifact(graph, torch_path(name), meta={"name": name, "sha256": m.sha256, "source": m.source})
+    save_artifact(graph, pt, meta={"name": name, "sha256": m.sha256, "source": m.source})
     manifest: dict[str, Any] = {
         "name": name,
         "source": f"{m.source}:{m.wheel_path}",
         "license": m.license,
         "tflite_sha256": m.sha256,
-        "torch": torch_path(name).name,
-        "torch_sha256": _sha256(torch_path(name).read_bytes()),
+        "torch": pt.name,
+        "torch_sha256": _sha256(pt.read_bytes()),
         "parity": report,
         "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
     }
     if onnx:
         say(f"exporting {name} to ONNX ...")
-        _export_onnx(module, onnx_path_of(name))
-        manifest["onnx"] = onnx_path_of(name).name
-        manifest["onnx_sha256"] = _sha256(onnx_path_of(name).read_bytes())
-    write_bytes(manifest_path(name), json.dumps(manifest, indent=2).encode())
+        _export_onnx(module, onnx_file)
+        manifest["onnx"] = onnx_file.name
+        manifest["onnx_sha256"] = _sha256(onnx_file.read_bytes())
+    write_bytes(folder / "manifest.json", json.dumps(manifest, indent=2).encode())
     say(f"imported {name} in {time.perf_counter() - t0:.1f} s -> {folder} (parity: {report['status']}, max error {report.get('max_error', 'n/a')})")
     return manifest
 
@@ -422,6 +443,20 @@ def _export_onnx(module: Any, path: Path) -> None:
 
 
 # -- reference checks ----------------------------------------------------------------------
+def _astronaut() -> Any:
+    """skimage's astronaut: the lossless copy in assets/demo (the packaged app has no skimage data)."""
+    from muse.app_paths import demo_media
+
+    shipped = demo_media("astronaut.png")
+    if shipped.is_file():
+        import cv2
+
+        return cv2.imread(str(shipped))[:, :, ::-1].copy()
+    from skimage import data as skdata
+
+    return skdata.astronaut()
+
+
 def reference_input(name: str, image: Any = None) -> "torch.Tensor":
     """A real picture (skimage's astronaut unless given, RGB uint8 HxWx3) as the model's NCHW input:
     area-resized to the input size, scaled to the model's value range."""

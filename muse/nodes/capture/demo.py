@@ -28,6 +28,22 @@ _TORSO = [(120, 240), (305, 240), (345, 290), (362, 350), (292, 385), (282, 512)
           (22, 512), (18, 345), (40, 285), (85, 255)]
 
 
+def _photo(name: str) -> np.ndarray:
+    """scikit-image's photo `name`: the copy shipped in assets/demo (the packaged app has no
+    scikit-image data files), else scikit-image's own."""
+    import cv2
+
+    from muse.app_paths import demo_media
+
+    shipped = demo_media(f"{name}.png")
+    if shipped.is_file():
+        img = cv2.imread(str(shipped), cv2.IMREAD_UNCHANGED)
+        return np.ascontiguousarray(img[:, :, ::-1] if img.ndim == 3 else img)
+    from skimage import data
+
+    return getattr(data, name)()
+
+
 def person_cutout() -> tuple[np.ndarray, np.ndarray]:
     """The astronaut as (512, 512, 3) uint8 RGB and her soft alpha (512, 512) float32 in [0, 1]."""
     import cv2

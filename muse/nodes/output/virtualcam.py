@@ -33,7 +33,7 @@ def install_hint(system: str | None = None) -> str:
             "`sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=\"MUSE\"`")
 
 
-def _open_camera(width: int, height: int, fps: float, fmt: str, device: str, backend: str) -> Any:
+def open_camera(width: int, height: int, fps: float, fmt: str, device: str, backend: str) -> Any:
     import pyvirtualcam
 
     return pyvirtualcam.Camera(
@@ -89,7 +89,7 @@ class VirtualCamera(Node):
         if p.format == "nv12" and (p.width % 2 or p.height % 2):
             raise NodeError(f"node {self.name!r}: NV12 needs an even width and height, got {p.width}x{p.height} (fields `width`, `height`)")
         try:
-            self._cam = _open_camera(p.width, p.height, self._fps, p.format, p.device, p.backend)
+            self._cam = open_camera(p.width, p.height, self._fps, p.format, p.device, p.backend)
         except Exception as exc:  # pyvirtualcam raises RuntimeError listing each backend's reason
             reason = " ".join(str(exc).split())
             message = (f"node {self.name!r}: no virtual camera could be opened ({reason}). To stream into OBS, Zoom or "
