@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from muse.nodes.landmarks.tracking import TrackerInput
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import FaceLandmarks, Frame, Keypoints
 from muse.nodes.cpu import wanted
@@ -29,7 +30,8 @@ def _tensor(value: torch.Tensor | bool) -> torch.Tensor:
     return value
 
 
-class FaceLandmarksNode(Node):
+class FaceLandmarksNode(TrackerInput, Node):
+    _model = "mesh"
     node_type = "face.landmarks"
     capturable = True
     display_name = "Face landmarks"
@@ -59,13 +61,6 @@ class FaceLandmarksNode(Node):
         self.regions = REG.face_regions(p.iris)
         self._frames = 0
 
-    def _picture(self, frame: Frame) -> torch.Tensor:
-        """The frame for the tracker: on the CPU path the uint8 picture as is (its crops are taken from it,
-        muse/nodes/cpu/crop.py), else (3, H, W) float."""
-        if getattr(self, "_uint8", False):
-            return frame.hwc_uint8().permute(2, 0, 1)
-        return frame.chw(torch.float32)
-
     def update_params(self, params: Params) -> bool:
         if params.iris != self.params.iris or params.backend != self.params.backend:
             return False  # other models to load: rebuild
@@ -76,15 +71,6 @@ class FaceLandmarksNode(Node):
             self.tracker.antialias = params.antialias
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": params.min_detection})
         return True
-
-    def capture_blocker(self) -> str | None:
-        from muse.nodes.landmarks.tracking import OrtModel
-
-        if getattr(self, "_uint8", False):
-            return "the CPU path crops the uint8 frame with OpenCV, outside a recorded frame"
-        if isinstance(getattr(getattr(self, "tracker", None), "mesh", None), OrtModel):
-            return "its models run on ONNX Runtime (the CPU path), outside a recorded frame"
-        return None
 
     def frame_variant(self, seeded_by_pose: bool | None = None) -> tuple[bool, bool]:
         p = self.params

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from muse.graph.capture import LateValue
+
+if TYPE_CHECKING:  # pragma: no cover
+    from muse.graph.payloads import Frame
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -122,3 +127,25 @@ class HostFlag(LateValue):
     def is_set(self) -> bool:
         """The flag published last (False before any publish); waits only for its own copy."""
         return bool(self.read()[0])
+
+
+class TrackerInput:
+    """What `pose.blazepose` and `face.landmarks` share: the picture their tracker takes, and why
+    they cannot be recorded on the CPU path. `_model` names the tracker's landmark model attribute."""
+
+    _model = "landmarks"
+    _uint8 = False  # set in open on the CPU path (issue 13): crops come from the uint8 frame
+
+    def _picture(self, frame: "Frame") -> torch.Tensor:
+        """On the CPU path the uint8 picture as is (its crops are taken from it, muse/nodes/cpu/crop.py),
+        else (3, H, W) float."""
+        if self._uint8:
+            return frame.hwc_uint8().permute(2, 0, 1)
+        return frame.chw(torch.float32)
+
+    def capture_blocker(self) -> str | None:
+        if self._uint8:
+            return "the CPU path crops the uint8 frame with OpenCV, outside a recorded frame"
+        if isinstance(getattr(getattr(self, "tracker", None), self._model, None), OrtModel):
+            return "its models run on ONNX Runtime (the CPU path), outside a recorded frame"
+        return None

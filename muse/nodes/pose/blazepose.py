@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from muse.nodes.landmarks.tracking import TrackerInput
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Keypoints, Mask
 from muse.nodes.cpu import wanted
@@ -21,7 +22,8 @@ from muse.nodes.landmarks import ssd
 from muse.nodes.pose.tracker import BlazePoseTracker  # noqa: F401  (re-exported)
 
 
-class BlazePose(Node):
+class BlazePose(TrackerInput, Node):
+    _model = "landmarks"
     node_type = "pose.blazepose"
     capturable = True
     display_name = "Pose (BlazePose)"
@@ -52,13 +54,6 @@ class BlazePose(Node):
         self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias)
         self._frames = 0
 
-    def _picture(self, frame: Frame) -> torch.Tensor:
-        """The frame for the tracker: on the CPU path the uint8 picture as is (its crops are taken from it,
-        muse/nodes/cpu/crop.py), else (3, H, W) float."""
-        if getattr(self, "_uint8", False):
-            return frame.hwc_uint8().permute(2, 0, 1)
-        return frame.chw(torch.float32)
-
     def update_params(self, params: Params) -> bool:
         if params.backend != self.params.backend:
             return False  # other model objects: rebuild
@@ -70,15 +65,6 @@ class BlazePose(Node):
             self.tracker.refine = params.refine
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})
         return True
-
-    def capture_blocker(self) -> str | None:
-        from muse.nodes.landmarks.tracking import OrtModel
-
-        if getattr(self, "_uint8", False):
-            return "the CPU path crops the uint8 frame with OpenCV, outside a recorded frame"
-        if isinstance(getattr(getattr(self, "tracker", None), "landmarks", None), OrtModel):
-            return "its models run on ONNX Runtime (the CPU path), outside a recorded frame"
-        return None
 
     def frame_variant(self) -> tuple[bool, bool, bool]:
         p = self.params
