@@ -101,8 +101,9 @@ def test_cupy_composite_agrees_with_torch(bg_kind, alpha_dtype):
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("background", ["colour", "plate", "blur"])
-def test_composite_node_cuda_matches_cpu(background):
+def test_composite_node_cuda_matches_cpu(background, monkeypatch):
     pytest.importorskip("cupy")
+    monkeypatch.setenv("MUSE_CPU_PATH", "torch")  # the same code on the CPU (not the OpenCV CPU path): GPU precision only
     frame, plate, mask, _ = vs.body_scene()
     outs = {}
     for d in ("cpu", "cuda"):

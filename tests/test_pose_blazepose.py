@@ -130,9 +130,10 @@ def test_torch_and_onnxruntime_backends_agree(astronaut):
 
 
 @pytest.mark.cuda
-def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut):
+def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut, monkeypatch):
     """On the GPU (fp16 models, own stream) the keypoints match the CPU's within
     2 px, and steady-state frames make no synchronizing CUDA call."""
+    monkeypatch.setenv("MUSE_CPU_PATH", "torch")  # the same code on the CPU (not the uint8 CPU crops): GPU precision only
     # The same three frames as the GPU run below: detect, then track from the last keypoints.
     cpu = run_node_frames(BlazePose, {"backend": "torch"}, [{"frame": _frame(astronaut)}] * 3)[-1]["keypoints"]
     ctx = make_context("pose", "cuda")
