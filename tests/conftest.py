@@ -91,3 +91,11 @@ def artifacts_dir() -> Path:
     d = Path(__file__).parent.parent / "test-artifacts"
     d.mkdir(exist_ok=True)
     return d
+
+
+@pytest.fixture(autouse=True)
+def _gpu_tests_compare_with_the_torch_code(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `cuda` test that compares the GPU with the CPU checks GPU precision: its CPU reference runs the
+    same torch code, not the OpenCV/numpy CPU path (issue 13), which has its own parity tests."""
+    if request.node.get_closest_marker("cuda") is not None:
+        monkeypatch.setenv("MUSE_CPU_PATH", "torch")
