@@ -178,7 +178,7 @@ class EmulatedFrameGraph(FrameGraph):
     def record(self, fn: Callable[[], Any]) -> Any:
         self._enter()
         try:
-            with _HostDataGuard(), _Recorder(self.ops):
+            with _HostDataGuard(), _HostReadGuard(self.ops):
                 return fn()
         finally:
             self._exit()
@@ -309,7 +309,7 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def _host_read_error(func: Any, args: tuple) -> CaptureError:
+def _host_read_error(func: Any) -> CaptureError:
     return CaptureError(
         f"{func} reads a device value back to the host inside a captured frame; "
         "decide on the device (torch.where, masked blends, clamped indices) or read it a frame late (LateValue)"
@@ -323,29 +323,22 @@ def _is_bool_index(func: Any, args: tuple) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or [])
 
 
-class _Recorder(TorchDispatchMode):
-    """Keeps every aten op with its arguments; host reads raise."""
+class _HostReadGuard(TorchDispatchMode):
+    """Turns a host read inside a recording into a CaptureError that names the op (CUDA's own error
+    does not); given `ops`, also keeps every aten op with its arguments (the CPU emulation)."""
 
-    def __init__(self, ops: list) -> None:
+    def __init__(self, ops: list | None = None) -> None:
         super().__init__()
         self.ops = ops
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func in _HOST_READS or _is_bool_index(func, args):
-            raise _host_read_error(func, args)
+            raise _host_read_error(func)
         out = func(*args, **kwargs)
-        self.ops.append((func, tree_map(_geometry, args), tree_map(_geometry, kwargs), tree_map(_geometry, out)))
+        if self.ops is not None:
+            self.ops.append((func, tree_map(_geometry, args), tree_map(_geometry, kwargs), tree_map(_geometry, out)))
         return out
-
-
-class _HostReadGuard(TorchDispatchMode):
-    """Turns a host read under CUDA capture into a CaptureError that names the op (CUDA's own error does not)."""
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if func in _HOST_READS or _is_bool_index(func, args):
-            raise _host_read_error(func, args)
-        return func(*args, **(kwargs or {}))
 
 
 _HOST_METHODS = {"item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"}

@@ -42,6 +42,10 @@ class Payload:
         }
         return replace(self, **changes)
 
+    def clone(self) -> "Payload":
+        """The same payload with its own copy of every tensor (metadata shared)."""
+        return replace(self, **{k: v.clone() for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
+
 
 @dataclass(eq=False)
 class Frame(Payload):

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace as dc_replace
 from typing import TYPE_CHECKING, Any, Hashable
 
 import torch
 
-from muse.graph.capture import CaptureError, CudaFrameGraph, EmulatedFrameGraph, FrameGraph
+from muse.graph.capture import CudaFrameGraph, EmulatedFrameGraph, FrameGraph
 from muse.graph.payloads import Payload
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,8 +76,8 @@ class FrameProgram:
         self.cuda = runner.device.type == "cuda" and not emulate
         self.stream = torch.cuda.Stream(runner.device) if self.cuda else None
         self.pool: Any = None
+        self.blocked: dict[str, str] = {}  # eager node -> why (filled by _plan)
         self.segments = self._plan()
-        self.blocked: dict[str, str] = {n: s.reason for s in self.segments if not s.captured for n in s.nodes}
         self.captures = 0
         self.replays = 0
         self.eager_frames = 0
@@ -111,8 +112,7 @@ class FrameProgram:
             eager = [n for n in work if depth[n] == level and reasons[n]]
             if eager:
                 segments.append(_Segment(eager, captured=False, reason="; ".join(f"{n}: {reasons[n]}" for n in eager)))
-                for n in eager:
-                    segments[-1].reason = reasons[n] or ""
+                self.blocked.update({n: reasons[n] or "" for n in eager})
             captured = [n for n in work if depth[n] == level and not reasons[n]]
             if captured:
                 seg = _Segment(captured, captured=True)
@@ -139,22 +139,13 @@ class FrameProgram:
             "eager_frames": self.eager_frames,
         }
 
-    def invalidate(self, node: str) -> None:
-        """Forget the recordings that contain `node` (its params changed): the next frames record anew."""
-        for seg in self.segments:
-            if node in seg.nodes and seg.variants:
-                seg.variants.clear()
-                seg.warm.clear()
-                log.info("segment %s: recording again after a change to '%s'", "+".join(seg.nodes), node)
-
     # -- per frame -------------------------------------------------------------------------------------
     def run(self, memo: dict) -> None:
         """Compute every segment of this frame into `memo` (name -> (outputs, events)), as eager evaluation would."""
         any_eager = False
         for seg in self.segments:
             if not seg.captured or seg.disabled:
-                for n in seg.nodes:
-                    self.runner._evaluate(n, memo)
+                self._eager(seg, memo)
                 any_eager = True
                 continue
             any_eager |= not self._run_segment(seg, memo)
@@ -183,12 +174,12 @@ class FrameProgram:
         key = (_signature(ext), tuple(variants))
         var = seg.variants.get(key)
         if key in seg.failed:
-            self._eager(seg, ext, events, memo)
+            self._eager(seg, memo)
             return False
         if var is None:
             seg.warm[key] = seg.warm.get(key, 0) + 1
             if seg.warm[key] <= self.warmup:
-                self._eager(seg, ext, events, memo)
+                self._eager(seg, memo)
                 return False
             if len(seg.variants) >= MAX_VARIANTS:
                 seg.variants.pop(next(iter(seg.variants)))  # the oldest; a new one is recorded in its place
@@ -201,25 +192,25 @@ class FrameProgram:
                     seg.disabled = why
                 log.warning("segment %s: this variant cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), why)
                 self._reset_streams()
-                self._eager(seg, ext, events, memo)
+                self._eager(seg, memo)
                 return False
             return True
         self._replay(seg, var, ext, events, memo)
         return True
 
-    def _eager(self, seg: _Segment, ext: dict, events: list[Any], memo: dict) -> None:
+    def _eager(self, seg: _Segment, memo: dict) -> None:
         for n in seg.nodes:
             self.runner._evaluate(n, memo)
 
     def _record(self, seg: _Segment, ext: dict, events: list[Any], memo: dict, key: Hashable) -> _Variant:
         r = self.runner
-        static_in = {k: _clone(v) for k, v in ext.items()}
         stream = self.stream
-        if stream is not None:
-            with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            if stream is not None:
                 for ev in events:
                     stream.wait_event(ev)
-                static_in = {k: _clone(v) for k, v in ext.items()}
+            static_in = {k: _clone(v) for k, v in ext.items()}
+        if stream is not None:
             stream.synchronize()  # once per variant: the recording must start from finished inputs
         streams = [r.slots[n].stream for n in seg.nodes if r.slots[n].stream is not None]
         graph: FrameGraph = EmulatedFrameGraph() if not self.cuda else CudaFrameGraph(stream, self.pool, join=streams)
@@ -254,7 +245,7 @@ class FrameProgram:
         self.captures += 1
         log.info("captured %s (variant %d of the segment)", "+".join(seg.nodes), len(seg.variants))
         if graph.executes_while_recording:
-            self._publish(seg, var, ext, memo, replayed=False)
+            self._publish(seg, var, ext, memo)
         else:
             self._replay(seg, var, ext, events, memo, copy_inputs=False)
         return var
@@ -262,11 +253,11 @@ class FrameProgram:
     def _replay(self, seg: _Segment, var: _Variant, ext: dict, events: list[Any], memo: dict, copy_inputs: bool = True) -> None:
         t0 = time.perf_counter()
         stream = self.stream
-        with torch.cuda.stream(stream) if stream is not None else _null():
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
             if stream is not None:
                 for ev in events:
                     stream.wait_event(ev)
-            for k, v in ext.items():
+            for k, v in ext.items() if copy_inputs else ():  # just recorded: the static inputs are this frame's
                 if isinstance(v, Payload):
                     for dst, src in zip(var.static_in[k].tensors(), v.tensors()):
                         if dst.data_ptr() != src.data_ptr():
@@ -276,9 +267,9 @@ class FrameProgram:
             var.graph.replay()
         var.replays += 1
         self.replays += 1
-        self._publish(seg, var, ext, memo, replayed=True, t0=t0)
+        self._publish(seg, var, ext, memo, t0=t0)
 
-    def _publish(self, seg: _Segment, var: _Variant, ext: dict, memo: dict, replayed: bool, t0: float | None = None) -> None:
+    def _publish(self, seg: _Segment, var: _Variant, ext: dict, memo: dict, t0: float | None = None) -> None:
         r = self.runner
         stream = self.stream
         end: list[Any] = []
@@ -291,7 +282,7 @@ class FrameProgram:
             late.stamp(ev)  # this frame's copies land when `ev` completes (at once on the CPU)
         like = _timing_source(ext)
         t1 = time.perf_counter()
-        with torch.cuda.stream(stream) if stream is not None else _null():
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for n in seg.nodes:
                 outs = {p: _retime(v, like) for p, v in var.static_out.get(n, {}).items()}
                 memo[n] = (outs, end)
@@ -321,9 +312,7 @@ def _signature(ext: dict[tuple[str, str], Any]) -> tuple:
 
 
 def _clone(p: Any) -> Any:
-    if not isinstance(p, Payload):
-        return p
-    return dc_replace(p, **{k: v.clone() for k, v in vars(p).items() if isinstance(v, torch.Tensor)})
+    return p.clone() if isinstance(p, Payload) else p
 
 
 def _timing_source(ext: dict[tuple[str, str], Any]) -> Any:
@@ -339,14 +328,3 @@ def _retime(p: Any, like: Any) -> Any:
         return p
     changes = {k: getattr(like, k) for k in ("timestamp", "index") if hasattr(p, k) and hasattr(like, k)}
     return dc_replace(p, **changes) if changes else p
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-__all__ += ["CaptureError"]

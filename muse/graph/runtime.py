@@ -121,6 +121,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._stop.set()
         if self._executor is not None and self._executor is not threading.current_thread():
             self._executor.join(timeout=10)
+        if self.program is not None:  # what was captured, as it ended (the build-time entry has no recordings yet)
+            self.stats.info["capture"] = self.program.describe()
         self._close_all()
         self._done.set()
 

@@ -9,7 +9,6 @@ tensors read on another stream are tagged with `record_stream`, and timings are 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import replace as dc_replace
 from typing import Any
 
 import torch
@@ -117,18 +116,10 @@ class CudaPlumbing:
     def _detach_for_sink(self, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         stream = self._frame_stream
         with self._in_stream(stream):
-            if stream is not None:
-                for ev in events:
-                    stream.wait_event(ev)
+            self._wait_events(stream, events, values)  # and the originals are not recycled before the copy ran
             out = {k: copy_payload(v) for k, v in values.items()}
             if stream is None:
                 return out, events
-            for v in values.values():
-                for payload in v if isinstance(v, list) else [v]:
-                    if isinstance(payload, Payload):
-                        for t in payload.tensors():
-                            if t.is_cuda:
-                                t.record_stream(stream)  # read here: not recycled before the copy ran
             ev = torch.cuda.Event(blocking=True)
             ev.record(stream)
         return out, [ev]
@@ -151,6 +142,4 @@ def copy_payload(p: Any) -> Any:
     """A payload (or list of them) with its own copy of every tensor."""
     if isinstance(p, list):
         return [copy_payload(v) for v in p]
-    if not isinstance(p, Payload):
-        return p
-    return dc_replace(p, **{k: v.clone() for k, v in vars(p).items() if isinstance(v, torch.Tensor)})
+    return p.clone() if isinstance(p, Payload) else p

@@ -21,6 +21,8 @@ nothing is read back to the host in `process` (the shift search and every choice
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -126,12 +128,13 @@ class FusedMatte:
     def reset(self) -> None:
         self.size = None
 
-    def set_plate(self, plate: torch.Tensor, key: object) -> None:
-        """A recorded plate (1,3,h,w) float in [0,1] at working size; `key` tells a new plate from the same one."""
+    def set_plate(self, make: Callable[[], torch.Tensor], key: object) -> None:
+        """A recorded plate: `make()` gives it as (1,3,h,w) float in [0,1] at working size, called only
+        when `key` tells a new plate from the one already here (the resize is not redone every frame)."""
         if key is self._plate_key or (key is not None and key == self._plate_key):
             return
         self._plate_key = key
-        self.plate.copy_(plate)
+        self.plate.copy_(make())
         self.known.fill_(1.0)
         self.has_plate.fill_(1.0)
 
@@ -359,7 +362,7 @@ class FusedSegment(Node):
         x = frame_batch(frame, (w, h), torch.float32).to(ctx.device)
         plate = plate if plate is not None else self._file_plate
         if plate is not None:
-            eng.set_plate(frame_batch(plate, (w, h), torch.float32).to(ctx.device), id(plate.image))
+            eng.set_plate(lambda: frame_batch(plate, (w, h), torch.float32).to(ctx.device), id(plate.image))
         pm = None
         if prior is not None:
             pm = prior.alpha.to(ctx.device).float()[None, None]

@@ -349,7 +349,7 @@ class HybridSegment(Node):
             assert self._file_plate is not None  # checked at the top
             src = Frame(self._file_plate)
         key = id(plate.image) if plate is not None else "file"
-        self._fuse.set_plate(frame_batch(src, (w, h), torch.float32).to(ctx.device), key)
+        self._fuse.set_plate(lambda: frame_batch(src, (w, h), torch.float32).to(ctx.device), key)
         pm = F.interpolate(alpha.float()[None, None], size=(h, w), mode="bilinear", align_corners=False)
         x = frame_batch(frame, (w, h), torch.float32).to(ctx.device)
         return self._fuse.step(x, pm)[0, 0].to(alpha.dtype).clone()
