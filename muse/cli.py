@@ -499,7 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="NODE.PARAM=VALUE")
     p.add_argument("--json", metavar="FILE", help="also write the stats JSON")
     p.add_argument("--cuda-graphs", action="store_true", help="old name of --capture on")
-    p.add_argument("--capture", choices=["auto", "on", "off", "emulate"], help="override settings.capture (frame capture)")
+    p.add_argument("--capture", choices=["auto", "on", "off", "emulate", "per_node"],
+                   help="override settings.capture (frame capture; per_node: every node recorded alone and timed)")
     p.add_argument("--latency-frames", type=int, default=240, help="a second run paced at the graph's fps for latency (0 = skip)")
     p.add_argument("--kernel-frames", type=int, default=0, help="CUDA: count kernels per frame over N frames with the profiler (0 = skip)")
     allow_paths(p)

@@ -172,6 +172,23 @@ def test_cuda_stream_graph_captured_matches_eager_8bit() -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
+def test_cuda_per_node_capture_times_every_node_and_matches_eager() -> None:
+    """The per-node diagnostic records each node alone, times each replay and computes what eager does."""
+    frames = 60
+    eager, _ = run_tapped(stream_graph("cuda", "off", 1280, 720, frames), ["composite.out"])
+    split, runner = run_tapped(stream_graph("cuda", "per_node", 1280, 720, frames), ["composite.out"])
+    desc = runner.program.describe() if runner.program else {}
+    assert desc.get("eager_nodes") == {}, desc
+    assert all(len(s["nodes"]) == 1 for s in desc["segments"]), desc
+    timed = {n: s.gpu_ms for n, s in runner.stats.nodes.items() if s.gpu_ms}
+    print("per-node replay GPU ms:", {n: round(sorted(v)[len(v) // 2], 3) for n, v in timed.items()})
+    assert set(timed) >= {"segment", "matte", "pose", "face", "composite"}, timed
+    worst = max((split["composite.out"][i] - a).abs().max().item() for i, a in eager["composite.out"].items())
+    assert worst <= 1.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
 def test_cuda_live_edit_within_two_frames_no_frame_lost() -> None:
     frames = 60
     text = stream_graph("cuda", "on", 1280, 720, frames)

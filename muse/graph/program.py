@@ -69,8 +69,9 @@ class _Segment:
 class FrameProgram:
     """Drives one graph's frames through recorded segments. Built by the runtime; rebuilt on topology changes."""
 
-    def __init__(self, runner: "GraphRunner", *, emulate: bool = False, warmup: int = 3) -> None:
+    def __init__(self, runner: "GraphRunner", *, emulate: bool = False, warmup: int = 3, per_node: bool = False) -> None:
         self.runner = runner
+        self.per_node = per_node
         self.emulate = emulate
         self.warmup = warmup
         self.cuda = runner.device.type == "cuda" and not emulate
@@ -121,7 +122,15 @@ class FrameProgram:
                     {(s.node, s.port) for n in captured for ri in g.nodes[n].inputs.values() for s in ri.sources if s.node not in inside}
                 )
                 segments.append(seg)
+        if self.per_node:  # diagnostic: one recording per node, so each replay can be timed on its own
+            return [self._alone(n) if s.captured else _Segment([n], captured=False, reason=s.reason) for s in segments for n in s.nodes]
         return segments
+
+    def _alone(self, n: str) -> _Segment:
+        g = self.runner.graph
+        seg = _Segment([n], captured=True)
+        seg.externals = sorted({(s.node, s.port) for ri in g.nodes[n].inputs.values() for s in ri.sources})
+        return seg
 
     def describe(self) -> dict[str, Any]:
         """What `muse bench` and `--stats` show: which nodes are captured, which are not and why."""
@@ -264,7 +273,15 @@ class FrameProgram:
                             dst.copy_(src, non_blocking=True)
                             if stream is not None and src.is_cuda:
                                 src.record_stream(stream)  # its producer must not recycle it before this copy ran
+            timed = self.per_node and stream is not None and len(seg.nodes) == 1
+            if timed:
+                start = torch.cuda.Event(enable_timing=True, blocking=True)
+                start.record(stream)
             var.graph.replay()
+            if timed:
+                end = torch.cuda.Event(enable_timing=True, blocking=True)
+                end.record(stream)
+                self.runner.slots[seg.nodes[0]].pending_gpu.append((start, end))
         var.replays += 1
         self.replays += 1
         self._publish(seg, var, ext, memo, t0=t0)

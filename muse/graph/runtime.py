@@ -240,8 +240,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         cuda = self.device.type == "cuda"
         if mode == "emulate":
             self.program = FrameProgram(self, emulate=True)
-        elif cuda and mode in ("auto", "on"):
-            self.program = FrameProgram(self)
+        elif cuda and mode in ("auto", "on", "per_node"):
+            self.program = FrameProgram(self, per_node=mode == "per_node")
         else:
             self.program = None
         if self.program is not None:

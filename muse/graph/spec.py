@@ -79,10 +79,11 @@ class Settings(_Strict):
     resolution: tuple[int, int] = Field((1920, 1080), description="Output width, height in pixels")
     fps: float = Field(30.0, gt=0, le=240, description="Target frames per second")
     precision: Literal["auto", "fp16", "fp32"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
-    capture: Literal["auto", "on", "off", "emulate"] = Field(
+    capture: Literal["auto", "on", "off", "emulate", "per_node"] = Field(
         "auto",
         description="Record each frame's GPU work once and replay it with one launch (auto/on: on CUDA; off: eager; "
-        "emulate: the CPU stand-in, for tests)",
+        "emulate: the CPU stand-in, for tests; per_node: each node recorded on its own, a diagnostic that times "
+        "every node's replay and costs the overlap between branches)",
     )
     cuda_graphs: bool = Field(False, description="Old name of capture: on (kept for older graphs)")
     cpu_resolution: Optional[tuple[int, int]] = Field(
