@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from muse.graph.capture import device_constant
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
+from muse.nodes import plate_kernels
 from muse.nodes.cpu import wanted
 
 
@@ -69,10 +71,9 @@ def dilate(alpha: torch.Tensor, radius: int) -> torch.Tensor:
     return m[0, 0]
 
 
-def fill_unknown(plate: torch.Tensor, known: torch.Tensor, levels: int = 7) -> torch.Tensor:
-    """Pull-push fill at quarter resolution: unknown pixels take the colour of the nearest known ones."""
-    num = F.avg_pool2d((plate * known)[None], 4, ceil_mode=True)[0]
-    den = F.avg_pool2d(known[None, None], 4, ceil_mode=True)[0]
+def pull_push(num: torch.Tensor, den: torch.Tensor, levels: int = 7) -> torch.Tensor:
+    """Pull-push fill on a grid: `num` (C, h, w) colours premultiplied by coverage `den` (1, h, w);
+    cells with no coverage take the colour of the nearest covered ones."""
     pyramid = [(num, den)]
     for _ in range(levels):
         if min(num.shape[-2:]) < 4:
@@ -84,7 +85,34 @@ def fill_unknown(plate: torch.Tensor, known: torch.Tensor, levels: int = 7) -> t
     for num, den in reversed(pyramid[:-1]):
         up = F.interpolate(fill[None], size=num.shape[-2:], mode="bilinear", align_corners=False)[0]
         fill = num + (1 - den) * up  # num is premultiplied by coverage den
+    return fill
+
+
+def fill_unknown(plate: torch.Tensor, known: torch.Tensor, levels: int = 7) -> torch.Tensor:
+    """Pull-push fill at quarter resolution: unknown pixels take the colour of the nearest known ones."""
+    num = F.avg_pool2d((plate * known)[None], 4, ceil_mode=True)[0]
+    den = F.avg_pool2d(known[None, None], 4, ceil_mode=True)[0]
+    fill = pull_push(num, den, levels)
     return F.interpolate(fill[None], size=plate.shape[-2:], mode="bilinear", align_corners=False)[0]
+
+
+def margin_blocks(height: int, margin: float) -> tuple[int, int]:
+    """(radius in pixels, block size) of the safety margin: wide margins are dilated on 4x4 blocks
+    (a margin needs no pixel precision), so the plate's bookkeeping lives on those blocks."""
+    radius = max(0, round(margin * height))
+    return radius, (4 if radius >= 8 else 1)
+
+
+def dilate_blocks(alpha: torch.Tensor, radius: int, step: int) -> torch.Tensor:
+    """`dilate` without the final expand: the (ceil(H/step), ceil(W/step)) block plane."""
+    m = alpha[None, None]
+    if step > 1:
+        m = F.max_pool2d(m, step, stride=step, ceil_mode=True)
+        radius = -(-radius // step)
+    if radius > 0:
+        m = F.max_pool2d(m, (1, 2 * radius + 1), stride=1, padding=(0, radius))
+        m = F.max_pool2d(m, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
+    return m[0, 0]
 
 
 class AdaptiveBackground(Node):
@@ -121,6 +149,10 @@ class AdaptiveBackground(Node):
         self._file_plate: torch.Tensor | None = None
         if self.params.plate_path:
             self._file_plate = load_image(self.params.plate_path, self.name, "plate_path")
+        from muse.nodes.warp.kernels import cupy_available
+
+        # the per-frame plate pass: one CuPy kernel on CUDA, its torch twin elsewhere (plate_kernels)
+        self._kernels = "cupy" if ctx.cuda and cupy_available() else "torch"
         self._cpu = None
         if wanted(ctx):  # issue 13: the CPU path
             from muse.nodes.cpu.background import BackgroundCPU
@@ -145,15 +177,25 @@ class AdaptiveBackground(Node):
             self._file_plate = plate
 
     def _init(self, height: int, width: int, device: torch.device, start: torch.Tensor | None) -> None:
-        self._occupied = torch.zeros((height, width), dtype=torch.bool, device=device)
-        self._clear_for = torch.full((height, width), self.params.settle_frames, dtype=torch.int16, device=device)
+        """State for a frame size: the plate at full resolution, the bookkeeping on margin blocks."""
         if start is not None:
             img = start.to(device).permute(2, 0, 1).float() / 255.0
             self._plate = fit_image(img, height, width).contiguous()
-            self._known = torch.ones((height, width), device=device)
         else:
             self._plate = torch.zeros((3, height, width), device=device)
-            self._known = torch.zeros((height, width), device=device)
+        self._blocks(height, width, device, 1.0 if start is not None else 0.0)
+
+    def _blocks(self, height: int, width: int, device: torch.device, known: float) -> None:
+        _, step = margin_blocks(height, self.params.margin)
+        bh, bw = -(-height // step), -(-width // step)
+        self._step = step
+        self._occupied = torch.zeros((bh, bw), dtype=torch.bool, device=device)
+        self._clear_for = torch.full((bh, bw), self.params.settle_frames, dtype=torch.int16, device=device)
+        self._counts = plate_kernels.block_counts(height, width, bh, bw, device)
+        self._img_sums = torch.zeros((3, bh, bw), device=device)
+        self._known = torch.full((bh, bw), known, device=device)
+        assert self._plate is not None
+        self._plate_sums = plate_kernels.block_sums(self._plate, bh, bw)
 
     def capture_blocker(self) -> str | None:
         if self.ctx is not None and "recorded" in self.ctx.connected:
@@ -180,12 +222,17 @@ class AdaptiveBackground(Node):
             self._init(height, width, device, recorded.hwc_uint8())
         elif self._plate is None or self._plate.shape[-2:] != (height, width):
             self._init(height, width, device, self._file_plate)
+        if self._step != margin_blocks(height, p.margin)[1]:
+            # a live margin edit crossed the block threshold: new blocks, the plate kept (re-learned where seen)
+            self._blocks(height, width, device, 0.0)
         plate, known = self._plate, self._known
         assert plate is not None and known is not None and self._occupied is not None and self._clear_for is not None
+        step = self._step
+        fg = frame.hwc_uint8()
 
-        img = frame.chw(torch.float32)
-        alpha = resize_mask(mask.alpha, height, width)
-        near = dilate(alpha, max(0, round(p.margin * height)))
+        # Bookkeeping on blocks (the margin is dilated on them): person here, frames clear, room seen.
+        radius, _ = margin_blocks(height, p.margin)
+        near = dilate_blocks(resize_mask(mask.alpha, height, width), radius, step)
         # hysteresis: become person above `person_on`, clear only below `person_off`
         occupied = torch.where(near > p.person_on, True, torch.where(near < p.person_off, False, self._occupied))
         self._occupied.copy_(occupied)  # state in place: a recorded frame replays into the same buffers
@@ -193,21 +240,34 @@ class AdaptiveBackground(Node):
         clear = (self._clear_for >= p.settle_frames).float()
 
         rate = 1.0 - math.exp(-1.0 / max(1e-3, ctx.fps * p.adapt_seconds))
+        backend = "cupy" if self._kernels == "cupy" else "torch"
+        stream = ctx.cupy_stream() if backend == "cupy" else None
+        # the frame's block sums: the exposure gain and the fill need no full-resolution float copy
+        img_sums = plate_kernels.block_sums_u8(fg, *clear.shape, out=self._img_sums, backend=backend, stream=stream)
         if p.follow_exposure:
-            # the room's global gain (auto exposure, a lamp), measured where the room is seen and
-            # applied to the whole plate, so what the person hides follows too
+            # the room's global gain (auto exposure, a lamp), measured where the room is seen and clear and
+            # applied to the whole plate, so what the person hides follows too; w is constant on blocks,
+            # so block sums give the pixel sums exactly
             w = clear * known
-            gain = (img * w).sum((1, 2)) / (plate * w).sum((1, 2)).clamp_min(1e-6)
-            gain = torch.where(w.sum() > 0.02 * height * width, gain, torch.ones_like(gain)).clamp(0.5, 2.0)
+            gain = (img_sums * w).sum((1, 2)) / (self._plate_sums * w).sum((1, 2)).clamp_min(1e-6)
+            gain = torch.where((w * self._counts).sum() > 0.02 * height * width, gain, torch.ones_like(gain)).clamp(0.5, 2.0)
             g_rate = 1.0 - math.exp(-1.0 / max(1e-3, ctx.fps * p.exposure_seconds))
-            plate.mul_(1 + g_rate * (gain[:, None, None] - 1))
+            gain = 1 + g_rate * (gain - 1)
+        else:
+            gain = device_constant([1.0, 1.0, 1.0], device, torch.float32)
         # never-seen pixels are taken at once; known ones drift slowly
-        step = clear * torch.where(known > 0, torch.full_like(known, rate), torch.ones_like(known))
-        plate.add_(step * (img - plate))
+        step_b = clear * torch.where(known > 0, torch.full_like(known, rate), torch.ones_like(known))
         known.copy_(torch.maximum(known, clear))
-
-        shown = torch.where(known[None] > 0, plate, fill_unknown(plate, known))
-        out = shown.clamp(0, 1).mul(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous()
+        # The fill for never-seen pixels, from the room seen so far. The update is linear with coefficients
+        # constant on blocks, so the updated plate's block means are known before the full-resolution pass.
+        mean = (gain.view(3, 1, 1) * (1 - step_b) * self._plate_sums + step_b * img_sums) / self._counts
+        seen = known[None]
+        if step == 1:
+            fill = pull_push(F.avg_pool2d((mean * seen)[None], 4, ceil_mode=True)[0], F.avg_pool2d(seen[None], 4, ceil_mode=True)[0])
+        else:
+            fill = pull_push(mean * seen, seen)
+        out = torch.empty((height, width, 3), dtype=torch.uint8, device=device)
+        plate_kernels.plate_update(fg, plate, out, gain, step_b, known, fill, self._plate_sums, backend=backend, stream=stream)
         return {
             "plate": Frame(out, timestamp=frame.timestamp, index=frame.index, layout="hwc"),
             "coverage": Mask(known.clone(), frame.timestamp, frame.index),

@@ -20,7 +20,8 @@ from muse.graph.capture import device_constant, is_recording
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Uploader
-from muse.nodes.background import fit_image, load_image, resize_mask
+from muse.nodes import plate_kernels
+from muse.nodes.background import fit_image, load_image
 from muse.nodes.cpu import wanted
 from muse.nodes.warp import kernels
 from muse.nodes.warp.kernels import decode_uint8, srgb_to_linear
@@ -34,6 +35,13 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
         return img
     radius = max(1, int(math.ceil(3 * sigma)))
     radius = min(radius, img.shape[-1] - 1, img.shape[-2] - 1)
+    if max(img.shape[-2:]) <= _MATMUL_BLUR_MAX and not (img.device.type == "cpu" and not is_recording()):
+        # Small planes on the GPU (the reduced-size feather, wrap and blur passes): two matrix products
+        # with the reflected taps folded into banded matrices. A depthwise convolution ran as cuDNN's
+        # implicit GEMM at about 100 us a plane (H200); the products are two kernels of a few us.
+        rows = _blur_matrix(img.shape[-2], sigma, radius, img.device)
+        cols = _blur_matrix(img.shape[-1], sigma, radius, img.device)
+        return torch.matmul(torch.matmul(rows, img.float()), cols.T).to(img.dtype)
     x = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
     k = torch.exp(-(x * x) / (2 * sigma * sigma))
     k = k / k.sum()
@@ -45,6 +53,32 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     out = F.pad(out, (0, 0, radius, radius), mode="reflect")
     out = F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return out[0]
+
+
+_MATMUL_BLUR_MAX = 640  # planes up to this size blur by matrix products
+_BLUR_MATRICES: dict[tuple, torch.Tensor] = {}
+
+
+def _blur_matrix(n: int, sigma: float, radius: int, device: torch.device) -> torch.Tensor:
+    """(n, n) matrix applying a Gaussian of `sigma` (taps -radius..radius) with reflected edges (torch's
+    'reflect' padding). Made on the host once per size and kernel, in the warm-up frames before any
+    recording, and kept on the device."""
+    key = (n, round(sigma, 6), radius, str(device))
+    m = _BLUR_MATRICES.get(key)
+    if m is None:
+        import numpy as np
+
+        x = np.arange(-radius, radius + 1, dtype=np.float64)
+        taps = np.exp(-(x * x) / (2 * sigma * sigma))
+        taps /= taps.sum()
+        dense = np.zeros((n, n))
+        for i in range(n):
+            for t in range(-radius, radius + 1):
+                j = i + t
+                j = -j if j < 0 else (2 * (n - 1) - j if j >= n else j)
+                dense[i, j] += taps[t + radius]
+        m = _BLUR_MATRICES[key] = torch.from_numpy(dense).to(device=device, dtype=torch.float32)
+    return m
 
 
 def _linear(v: float) -> float:
@@ -200,6 +234,7 @@ class Composite(Node):
         if self.params.backend == "cupy" and not (ctx.cuda and kernels.cupy_available()):
             raise NodeError(f"node {self.name!r}: backend 'cupy' needs a CUDA device and CuPy; use backend: auto")
         self._backend = "cupy" if ctx.cuda and self.params.backend != "torch" and kernels.cupy_available() else "torch"
+        self._counts: dict[tuple, torch.Tensor] = {}  # pixels per pooled cell, per frame and cell size
         self._cpu = None
         if wanted(ctx) and self.params.backend == "auto":  # issue 13: the CPU path
             from muse.nodes.cpu.composite import CompositeCPU
@@ -261,8 +296,9 @@ class Composite(Node):
     def _background(
         self, fg: torch.Tensor, alpha: torch.Tensor, plate: Frame | None, coverage: Mask | None = None,
         confidence: Mask | None = None,
-    ) -> tuple[torch.Tensor | None, tuple[float, float, float]]:
-        """The background as full-size uint8 sRGB, or low-resolution linear floats (blur), or None + a flat linear colour."""
+    ) -> tuple[torch.Tensor | None, tuple[float, float, float], torch.Tensor | None]:
+        """The background as full-size uint8 sRGB, or low-resolution linear floats (blur), or None + a flat linear
+        colour; and with a uint8 plate, the low-resolution plane of where it is known (None: everywhere)."""
         p = self.params
         height, width = int(fg.shape[0]), int(fg.shape[1])
         device = fg.device
@@ -273,39 +309,51 @@ class Composite(Node):
             self._warn_once("plate", "background 'plate' but no clean plate arrived; showing a blurred room")
             mode = "blur"
         if mode == "colour":
-            return None, colour
+            return None, colour, None
         if mode == "plate":
             assert plate is not None
             room = fit_uint8(plate.hwc_uint8(), height, width)
+            known: torch.Tensor | None = None
             if coverage is not None or confidence is not None:
                 # A plate pixel never seen is a guess (filled in), and where the matte is unsure the plate may
-                # be the room behind the person's hair or shoulder: the live frame there is the truth
-                # (the room, or the person, who is drawn over it anyway).
-                known = torch.ones((height, width), device=device)
-                if coverage is not None:
-                    known = resize_mask(coverage.alpha, height, width).clamp(0, 1)
+                # be the room behind the person's hair or shoulder: the live frame there is the truth (the
+                # room, or the person, who is drawn over it anyway). The final pass mixes the two per pixel
+                # from this low-resolution plane (no full-resolution copy of the room).
                 if confidence is not None:
-                    known = known * resize_mask(confidence.alpha, height, width).clamp(0, 1)
-                room = torch.lerp(fg.float(), room.float(), known[..., None]).round_().to(torch.uint8)
-            return room, colour
+                    known = _known(coverage, confidence).alpha
+                elif coverage is not None:
+                    known = coverage.alpha.float().clamp(0, 1)
+            return room, colour, known
         if mode == "image":
             if self._image_cache is None or self._image_cache[0] != (height, width):
                 assert self._image is not None  # background 'image' loaded it at open
                 self._image_cache = ((height, width), fit_uint8(self._image.to(device), height, width))
-            return self._image_cache[1], colour
+            return self._image_cache[1], colour, None
         if mode == "video":
             assert self._video is not None
-            return fit_uint8(self._video.next(), height, width), colour
+            return fit_uint8(self._video.next(), height, width), colour, None
         # blur: a low-resolution linear picture of the room, sampled smoothly by the final pass
         sigma = max(0.5, p.blur * height)
         factor = cell_factor(height, width, int(sigma // 2))
         size = reduced_size(height, width, factor)
         if plate is not None:  # the true room: no trace of the person in the blur
             room = decode_uint8(fit_uint8(plate.hwc_uint8(), height, width)).permute(2, 0, 1)
-            return gaussian_blur(shrink_mean(room[None], size)[0], sigma / factor), colour
+            return gaussian_blur(shrink_mean(room[None], size)[0], sigma / factor), colour, None
         room = shrink_mean(decode_uint8(fg).permute(2, 0, 1)[None], size)[0]
         weight = (1.0 - resample(alpha, size)).clamp(0, 1) ** 2
-        return masked_blur_small(room, weight, sigma / factor), colour
+        return masked_blur_small(room, weight, sigma / factor), colour, None
+
+    def _pooled(self, img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, h, w) cell means in [0, 1] (plate_kernels' block sums: one read of the bytes)."""
+        height, width = int(img.shape[0]), int(img.shape[1])
+        key = (height, width, size, str(img.device))
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = self._counts[key] = plate_kernels.block_counts(height, width, size[0], size[1], img.device)
+        backend = "cupy" if self._backend == "cupy" else "torch"
+        sums = plate_kernels.block_sums_u8(img, size[0], size[1], backend=backend,
+                                           stream=self.ctx.cupy_stream() if backend == "cupy" and self.ctx else None)
+        return sums / counts
 
     def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None,
                 confidence: Mask | None = None) -> dict[str, Frame]:
@@ -329,7 +377,7 @@ class Composite(Node):
                 alpha = gaussian_blur(shrink_mean(alpha.float()[None, None], small)[0], sigma / factor)[0]
             else:
                 alpha = gaussian_blur(alpha.float()[None], sigma)[0]
-        bg, colour = self._background(fg, alpha, plate, coverage, confidence)
+        bg, colour, known = self._background(fg, alpha, plate, coverage, confidence)
         wrap, inside, soft = 0.0, None, None
         if p.light_wrap > 0:
             # background light spills over the person's edge: strongest at the outline, fading inwards
@@ -340,14 +388,17 @@ class Composite(Node):
             if bg is None:
                 soft = device_constant(list(colour), fg.device, torch.float32)[:, None, None]
             elif bg.dtype == torch.uint8:
-                # pooled before decoding: a small gamma error, invisible in a soft glow, saves a 4K float pass
-                pooled = shrink_mean(bg.permute(2, 0, 1)[None].float(), size)[0]
-                soft = gaussian_blur(srgb_to_linear(pooled / 255.0), sigma / factor)
+                # pooled before decoding (a small gamma error, invisible in a soft glow) straight from the
+                # uint8 picture: no full-resolution float copy; the live frame mixed in where the plate is unknown
+                pooled = self._pooled(bg, size)
+                if known is not None:
+                    pooled = torch.lerp(self._pooled(fg, size), pooled, resample(known, size).clamp(0, 1))
+                soft = gaussian_blur(srgb_to_linear(pooled), sigma / factor)
             else:
                 soft = gaussian_blur(resample(bg, size), sigma / factor)
             wrap = p.light_wrap
         if self._backend == "cupy":
-            img = kernels.composite_over_cupy(fg, alpha, bg, colour, wrap, inside, soft, stream=ctx.cupy_stream())
+            img = kernels.composite_over_cupy(fg, alpha, bg, colour, wrap, inside, soft, known, stream=ctx.cupy_stream())
         else:
-            img = kernels.composite_over_torch(fg, alpha, bg, colour, wrap, inside, soft)
+            img = kernels.composite_over_torch(fg, alpha, bg, colour, wrap, inside, soft, known)
         return {"out": frame.with_image(img, layout="hwc")}

@@ -8,7 +8,8 @@ they are kept at that resolution here, every frame, exactly. Only the plate itse
 room's pixels) needs full resolution. It drifts with a 3 s time constant, so it is
 updated every N-th frame (about 10 times a second) with the rate of N frames compounded
 (exact while the room is still) and its uint8 picture is reused in between; blocks seen
-for the first time are still taken on the frame they clear, as on the torch path.
+for the first time are still taken on the frame they clear, as on the torch path. The coverage
+output is the block plane itself (consumers sample it at their size).
 """
 
 from __future__ import annotations
@@ -151,8 +152,7 @@ class BackgroundCPU:
         out = self._out[0].numpy().copy()  # the last picture may still be read downstream: a new one
         cv2.copyTo(src, m, out)
         self.known = np.maximum(self.known, new_q.astype(np.float32))
-        known = _expand(self.known, height, width)
-        self._out = (torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(known, np.float32)))
+        self._out = (torch.from_numpy(out), torch.from_numpy(self.known.copy()))  # coverage on blocks, as on the GPU
 
     def _update(self, frame: Frame, n: int, fps: float) -> None:
         """n frames' worth of the torch path's update, at full resolution."""
@@ -195,4 +195,4 @@ class BackgroundCPU:
             fill = fill_unknown(plate, known)
             shown = np.where(known[..., None] > 0, plate, fill)
         out = cv2.convertScaleAbs(shown, alpha=255.0)  # rounds and clamps to 0..255
-        self._out = (torch.from_numpy(out), torch.from_numpy(np.ascontiguousarray(known, np.float32)))
+        self._out = (torch.from_numpy(out), torch.from_numpy(self.known.copy()))  # coverage on blocks, as on the GPU

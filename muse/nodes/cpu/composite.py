@@ -207,7 +207,7 @@ class CompositeCPU:
                     room.reshape(-1, 3)[part] = np.rint(f + k * (r - f)).astype(np.uint8)
             return 1, room, colour
         if mode in ("image", "video"):
-            bg, _ = node._background(torch.from_numpy(fg), torch.from_numpy(alpha), plate, coverage)
+            bg, _, _ = node._background(torch.from_numpy(fg), torch.from_numpy(alpha), plate, coverage)
             return 1, as_numpy(bg), colour
         # blur: a low-resolution linear picture of the room
         sigma = max(0.5, p.blur * height)

@@ -295,6 +295,8 @@ def warp_apply(
 #   (bilinear, align_corners=False, edges clamped; already feathered);
 # - background: `bg` (H, W, 3) uint8 sRGB, or (3, bh, bw) float32 linear at any
 #   resolution, or None for the flat linear `colour` (3 floats);
+# - `known` (kh, kw) float plane or None: with a uint8 `bg`, the background is
+#   round(lerp(fg, bg, known)) in 8-bit values (the live frame where the plate is not known);
 # - light wrap: fg += wrap * a * (1 - inside) * (soft - fg), with `inside`
 #   (ih, iw) and `soft` (3, ih, iw) float32 low-resolution planes;
 # - out = encode_sRGB(a * fg + (1 - a) * bg), uint8 (H, W, 3).
@@ -317,6 +319,7 @@ def composite_over_torch(
     wrap: float = 0.0,
     inside: torch.Tensor | None = None,
     soft: torch.Tensor | None = None,
+    known: torch.Tensor | None = None,
 ) -> torch.Tensor:
     height, width = int(fg.shape[0]), int(fg.shape[1])
     fgl = decode_uint8(fg).permute(2, 0, 1)
@@ -324,6 +327,9 @@ def composite_over_torch(
     if bg is None:
         bgl = device_constant(list(colour), fg.device, torch.float32)[:, None, None]
     elif bg.dtype == torch.uint8:
+        if known is not None:
+            k = _up(known, height, width).clamp(0, 1)[..., None]
+            bg = torch.lerp(fg.float(), bg.float(), k).round_().to(torch.uint8)
         bgl = decode_uint8(bg).permute(2, 0, 1)
     else:
         bgl = _up(bg, height, width)
@@ -350,7 +356,8 @@ extern "C" __global__ void composite_over(
     const mask_t* __restrict__ alpha, int aw, int ah,
     int bg_kind, const unsigned char* __restrict__ bg_u8, const float* __restrict__ bg_low, int bw, int bh,
     float c0, float c1, float c2,
-    float wrap, const float* __restrict__ inside, const float* __restrict__ soft, int iw, int ih)
+    float wrap, const float* __restrict__ inside, const float* __restrict__ soft, int iw, int ih,
+    const float* __restrict__ known, int kw, int kh)
 {
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
@@ -366,11 +373,16 @@ extern "C" __global__ void composite_over(
     }
     float bx = (x + 0.5f) * ((float)bw / W) - 0.5f, by = (y + 0.5f) * ((float)bh / H) - 0.5f;
     float col[3] = {c0, c1, c2};
+    // where the plate is not known, the live frame is the background (8-bit lerp, as the torch twin)
+    float kn = known ? fminf(fmaxf(tap(known, kw, kh, (x + 0.5f) * ((float)kw / W) - 0.5f,
+                                       (y + 0.5f) * ((float)kh / H) - 0.5f, LoadF()), 0.f), 1.f) : 1.f;
     #pragma unroll
     for (int c = 0; c < 3; ++c) {
         float f = srgb_decode((float)fg[o + c]);
         if (wrap > 0.f) f = f + w * (tap(soft + c * iw * ih, iw, ih, ix, iy, LoadF()) - f);
-        float b = bg_kind == 1 ? srgb_decode((float)bg_u8[o + c])
+        float bu = (float)bg_u8[o + c];
+        if (bg_kind == 1 && kn < 1.f) { float fu = (float)fg[o + c]; bu = rintf(fu + kn * (bu - fu)); }
+        float b = bg_kind == 1 ? srgb_decode(bu)
                 : bg_kind == 2 ? tap(bg_low + c * bw * bh, bw, bh, bx, by, LoadF())
                 : col[c];
         out[o + c] = srgb_encode(a * f + (1.f - a) * b);
@@ -389,6 +401,7 @@ def composite_over_cupy(
     wrap: float = 0.0,
     inside: torch.Tensor | None = None,
     soft: torch.Tensor | None = None,
+    known: torch.Tensor | None = None,
     stream: Any = None,
 ) -> torch.Tensor:
     """The CUDA twin of :func:`composite_over_torch` (one pass, zero-copy through DLPack)."""
@@ -423,6 +436,9 @@ def composite_over_cupy(
         c_low = cupy.from_dlpack(bg_low) if bg_low is not None else dummy
         c_in = cupy.from_dlpack(inside_c) if inside_c is not None else dummy
         c_soft = cupy.from_dlpack(soft_c) if soft_c is not None else dummy
+        known_c = known.float().contiguous() if known is not None and kind == 1 else None
+        c_known = cupy.from_dlpack(known_c) if known_c is not None else None
+        kh, kw = (int(known_c.shape[0]), int(known_c.shape[1])) if known_c is not None else (1, 1)
         bh, bw = (int(bg_low.shape[1]), int(bg_low.shape[2])) if bg_low is not None else (1, 1)
         ih, iw = (int(inside_c.shape[0]), int(inside_c.shape[1])) if inside_c is not None else (1, 1)
         block = (32, 8, 1)
@@ -436,6 +452,7 @@ def composite_over_cupy(
                 i32(kind), c_bg, c_low, i32(bw), i32(bh),
                 f32(colour[0]), f32(colour[1]), f32(colour[2]),
                 f32(wrap if use_wrap else 0.0), c_in, c_soft, i32(iw), i32(ih),
+                c_known if c_known is not None else np.uint64(0), i32(kw), i32(kh),
             ),
         )
     return out
