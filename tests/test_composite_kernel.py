@@ -77,8 +77,24 @@ def test_torch_twin_matches_the_kernel_arithmetic(bg_kind, wrap):
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
+def test_known_plane_mixes_the_live_frame_into_the_plate():
+    """Where the plate is not known the background is the live frame, mixed per pixel in 8-bit values."""
+    fg, plate, alpha, _, _, _ = _case()
+    h, w = fg.shape[:2]
+    known = np.zeros((4, 6), np.float32)
+    known[:, 3:] = 1.0
+    t = torch.from_numpy
+    zero = np.zeros_like(alpha)  # all background: the output is the mixed background itself
+    out = kernels.composite_over_torch(t(fg), t(zero), t(plate), known=t(known)).numpy().astype(int)
+    k = torch.nn.functional.interpolate(t(known)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    expect = np.rint(fg + k[..., None] * (plate.astype(np.float64) - fg)).astype(int)
+    assert np.abs(out - expect).max() <= 1
+    assert np.abs(out[:, : w // 4] - fg[:, : w // 4].astype(int)).max() <= 1  # unknown: the live frame
+    assert np.abs(out[:, -w // 4 :] - plate[:, -w // 4 :].astype(int)).max() <= 1  # known: the plate
+
+
 @pytest.mark.cuda
-@pytest.mark.parametrize("bg_kind", ["colour", "uint8", "lowres"])
+@pytest.mark.parametrize("bg_kind", ["colour", "uint8", "lowres", "uint8_known"])
 @pytest.mark.parametrize("alpha_dtype", [torch.float32, torch.float16])
 def test_cupy_composite_agrees_with_torch(bg_kind, alpha_dtype):
     pytest.importorskip("cupy")
@@ -87,13 +103,15 @@ def test_cupy_composite_agrees_with_torch(bg_kind, alpha_dtype):
     g = torch.Generator(device="cpu").manual_seed(0)
     fg = torch.from_numpy(frame).to(dev)
     alpha = torch.from_numpy(mask).to(dev, alpha_dtype)
-    bg = {"colour": None, "uint8": torch.from_numpy(plate).to(dev), "lowres": torch.rand(3, 30, 20, generator=g).to(dev)}[bg_kind]
+    bg = {"colour": None, "uint8": torch.from_numpy(plate).to(dev), "uint8_known": torch.from_numpy(plate).to(dev),
+          "lowres": torch.rand(3, 30, 20, generator=g).to(dev)}[bg_kind]
+    known = torch.rand(45, 30, generator=g).to(dev) if bg_kind == "uint8_known" else None
     inside = torch.rand(60, 40, generator=g).to(dev)
     soft = torch.rand(3, 60, 40, generator=g).to(dev)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        a = kernels.composite_over_cupy(fg, alpha, bg, (0.0, 1.0, 0.0), 0.4, inside, soft)
-        b = kernels.composite_over_torch(fg, alpha, bg, (0.0, 1.0, 0.0), 0.4, inside, soft)
+        a = kernels.composite_over_cupy(fg, alpha, bg, (0.0, 1.0, 0.0), 0.4, inside, soft, known)
+        b = kernels.composite_over_torch(fg, alpha, bg, (0.0, 1.0, 0.0), 0.4, inside, soft, known)
     stream.synchronize()
     diff = (a.int() - b.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.002
