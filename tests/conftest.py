@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP workers waste the shared CPU cores
+# Models are compiled (torch.compile) only by the tests that ask for it: compiling every model in every
+# cuda test would cost minutes; the benchmarks run with the default (auto).
+os.environ.setdefault("MUSE_COMPILE", "off")
 
 import sys
 from pathlib import Path

@@ -144,3 +144,53 @@ def test_tensorrt_engine_cache(matte, photo_batch, tmp_path):
     torch.cuda.synchronize()
     with torch.no_grad():
         assert float((y.float().cpu() - matte(photo_batch)).abs().mean()) < 1e-2
+
+
+def test_compile_choice_follows_muse_compile(monkeypatch):
+    from muse.models.backends import compile_wanted
+
+    monkeypatch.setenv("MUSE_COMPILE", "off")
+    assert compile_wanted() is False
+    monkeypatch.setenv("MUSE_COMPILE", "on")
+    assert compile_wanted() is True
+    assert TorchBackend(torch.nn.Identity(), "cpu").describe()["compiled"] is False  # only CUDA models compile
+
+
+@pytest.mark.parametrize("where", ["compile", "first call"])
+def test_a_failed_compile_leaves_the_model_running(matte, photo_batch, monkeypatch, caplog, where):
+    """Inductor missing or broken (no compiler, an unsupported op): the model runs uncompiled, with a warning."""
+    from muse.models import backends
+
+    def broken(model, **kw):
+        if where == "compile":
+            raise RuntimeError("no C compiler")
+
+        def call(*a, **k):
+            raise RuntimeError("triton: unsupported op")
+
+        return call
+
+    monkeypatch.setattr(backends.torch, "compile", broken)
+    seen = []
+    with caplog.at_level("WARNING", logger="muse.backends"):
+        model = backends.compile_model(matte, lambda m: seen.append(m(photo_batch)))
+    assert model is matte
+    assert "runs uncompiled" in caplog.text
+    torch.testing.assert_close(model(photo_batch), matte(photo_batch))
+
+
+@pytest.mark.cuda
+def test_compiled_bundled_model_matches_uncompiled():
+    pytest.importorskip("triton")
+    from muse.models.bundled import load_model
+
+    x = torch.rand(1, 3, 192, 192, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    outs = {}
+    for comp in (False, True):
+        model = load_model("face_landmark", device=torch.device("cuda"), dtype=torch.float16)
+        backend = TorchBackend(model, "cuda", torch.float16, cuda_graph=True, channels_last=False, compile=comp)
+        out = backend(x)
+        outs[comp] = [t.float() for t in (out if isinstance(out, (tuple, list)) else [out])]
+        assert backend.describe()["compiled"] is comp
+    for a, b in zip(outs[False], outs[True]):
+        assert float((a - b).abs().max()) < 0.5  # fp16 landmarks in input pixels: measured 0.11 px apart
