@@ -126,3 +126,24 @@ def test_cuda_uint8_path_matches_cpu(guide):
     gpu = run_node(RefineMask, params, device="cuda", frame=Frame(big.cuda().contiguous()), mask=Mask(low.cuda()))["refined"].alpha
     diff = (gpu.float().cpu() - cpu).abs()
     assert float(diff.mean()) < 2e-3 and float(diff.max()) < 0.1  # fp16 small guide on the GPU
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("sharpness,offset", [(1.0, 0.0), (1.6, 0.05)])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+def test_cuda_guided_apply_kernel_matches_torch(sharpness, offset, out_dtype):
+    """The one-pass CuPy step on a uint8 picture equals the torch passes on the same picture as floats."""
+    pytest.importorskip("cupy")
+    from muse.models.matte_refine import fast_guided_upsample
+
+    rgb, gt = scenes.composite(256)
+    big = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    big = F.interpolate(big, size=(1080, 1920), mode="bilinear").round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).cuda()
+    low = F.interpolate(_low(gt, 64)[None, None], size=(270, 480), mode="bilinear").cuda()
+    view = big.permute(2, 0, 1)[None]  # the picture's bytes as (1, 3, H, W), as segment.fused passes it
+    kw = dict(radius=2, eps=1e-4, colour=True, out_dtype=out_dtype, sharpness=sharpness, offset=offset)
+    kernel = fast_guided_upsample(low, view, full_scale=1 / 255, **kw)
+    ref = fast_guided_upsample(low, view.float() / 255, **kw)
+    assert kernel.dtype == ref.dtype == out_dtype and kernel.shape == ref.shape == (1, 1, 1080, 1920)
+    diff = (kernel.float() - ref.float()).abs()
+    assert float(diff.max()) < 2e-3, float(diff.max())

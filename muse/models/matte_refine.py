@@ -1,10 +1,12 @@
 """Mask refinement maths without weights: fast guided upsampling and motion-adaptive temporal smoothing.
 
-Pure torch (no graph imports) so `segment.refine`, the hybrid node and `bench/`
-share one implementation. Shapes are NCHW; the low-resolution work runs in fp32.
+Torch (no graph imports; CuPy lazily, for one full-resolution kernel) so `segment.refine`,
+the hybrid node and `bench/` share one implementation. Shapes are NCHW; the low-resolution work runs in fp32.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from muse.graph.capture import device_constant
@@ -75,19 +77,26 @@ def guided_coefficients(mask: torch.Tensor, guide: torch.Tensor, radius: int, ep
 def fast_guided_upsample(
     mask: torch.Tensor, guide_full: torch.Tensor, *, radius: int = 1, eps: float = 1e-4,
     colour: bool = True, guide_small: torch.Tensor | None = None, full_scale: float = 1.0,
-    out_dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype | None = None, sharpness: float = 1.0, offset: float = 0.0,
 ) -> torch.Tensor:
     """Upsample a low-res mask (B,1,h,w) to the guide's full size (B,3,H,W) following its edges.
 
     Fast guided filter (He & Sun 2015): coefficients at low resolution, applied at full resolution.
     `guide_full * full_scale` must be in [0,1]: pass a uint8 picture with full_scale=1/255 to skip
     converting the full frame to float. Returns (B,1,H,W) in [0,1] in `out_dtype` (default: the guide's
-    float dtype, float32 for uint8)."""
+    float dtype, float32 for uint8), after the contrast curve clamp((v - 0.5 - offset) * sharpness + 0.5).
+    On a CUDA uint8 picture (a channels-last view of its bytes) the full-resolution step is one CuPy kernel
+    (`guided_apply_cupy`); about ten full-resolution torch passes otherwise."""
     h, w = mask.shape[-2:]
     if guide_small is None:
         guide_small = downsample(guide_full.float() * full_scale, (h, w))
     small = guide_small if colour else to_gray(guide_small)
     a, b = guided_coefficients(mask, small, radius, eps)
+    if out_dtype is None:
+        out_dtype = guide_full.dtype if guide_full.is_floating_point() else torch.float32
+    if colour and _raw_hwc(guide_full) and _cupy():
+        # A uint8 picture on the GPU: A . I + b (and the contrast curve) in one pass over its bytes.
+        return guided_apply_cupy(a, b, guide_full, full_scale, sharpness, offset, out_dtype)
     big = guide_full if colour else to_gray(guide_full)
     size = tuple(guide_full.shape[-2:])
     # One upsampling call for A and b together (A pre-scaled for the guide's range); then A . I + b at
@@ -96,9 +105,85 @@ def fast_guided_upsample(
     up = F.interpolate(torch.cat((a * full_scale, b), 1), size=size, mode="bilinear", align_corners=False)
     c = a.shape[1]
     out = (up[:, :c] * big).sum(1, keepdim=True).add_(up[:, c:]).clamp_(0.0, 1.0)
-    if out_dtype is None:
-        out_dtype = guide_full.dtype if guide_full.is_floating_point() else torch.float32
+    if sharpness != 1.0 or offset != 0.0:
+        out = ((out - 0.5 - offset) * sharpness + 0.5).clamp_(0.0, 1.0)
     return out.to(out_dtype)
+
+
+def _raw_hwc(image: torch.Tensor) -> bool:
+    """A (1, 3, H, W) channels-last view of an (H, W, 3) uint8 picture on a CUDA device."""
+    return (image.is_cuda and image.dtype == torch.uint8 and image.dim() == 4 and image.shape[0] == 1
+            and image.shape[1] == 3 and image.permute(0, 2, 3, 1).is_contiguous())
+
+
+def _cupy() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+_APPLY_SOURCE = r"""
+__device__ __forceinline__ float tap(const float* p, int w, int h, float x, float y) {
+    x = fminf(fmaxf(x, 0.f), (float)(w - 1));
+    y = fminf(fmaxf(y, 0.f), (float)(h - 1));
+    int x0 = (int)x, y0 = (int)y;
+    int x1 = min(x0 + 1, w - 1), y1 = min(y0 + 1, h - 1);
+    float fx = x - x0, fy = y - y0;
+    return (p[y0 * w + x0] * (1.f - fx) + p[y0 * w + x1] * fx) * (1.f - fy)
+         + (p[y1 * w + x0] * (1.f - fx) + p[y1 * w + x1] * fx) * fy;
+}
+
+// out = contrast(clamp(A . I * scale + b)); A (3, h, w) and b (h, w) bilinear on cell centres.
+extern "C" __global__ void guided_apply(const unsigned char* __restrict__ img, int W, int H,
+                                        const float* __restrict__ ab, int w, int h, float scale,
+                                        float sharp, float offset, OUT_T* __restrict__ out)
+{
+    int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= W || y >= H) return;
+    float sx = (x + 0.5f) * ((float)w / W) - 0.5f, sy = (y + 0.5f) * ((float)h / H) - 0.5f;
+    long long o = ((long long)y * W + x) * 3;
+    int n = w * h;
+    float v = tap(ab + 3 * n, w, h, sx, sy);
+    #pragma unroll
+    for (int c = 0; c < 3; ++c) v += tap(ab + c * n, w, h, sx, sy) * scale * (float)img[o + c];
+    v = fminf(fmaxf(v, 0.f), 1.f);
+    if (sharp != 1.f || offset != 0.f) v = fminf(fmaxf((v - 0.5f - offset) * sharp + 0.5f, 0.f), 1.f);
+    out[(long long)y * W + x] = STORE(v);
+}
+"""
+_APPLY_MODULES: dict[torch.dtype, Any] = {}
+
+
+def guided_apply_cupy(a: torch.Tensor, b: torch.Tensor, image: torch.Tensor, scale: float, sharpness: float,
+                      offset: float, out_dtype: torch.dtype) -> torch.Tensor:
+    """The full-resolution step of `fast_guided_upsample` as one CUDA kernel on an (H, W, 3) uint8 picture
+    (given as its (1, 3, H, W) view): A and b sampled bilinearly, A . I + b, clamp, the contrast curve."""
+    import cupy
+    import numpy as np
+
+    half = out_dtype == torch.float16
+    if not half:
+        out_dtype = torch.float32
+    mod = _APPLY_MODULES.get(out_dtype)
+    if mod is None:
+        defs = ("-DOUT_T=__half", "-DSTORE=__float2half") if half else ("-DOUT_T=float", "-DSTORE=")
+        code = ("#include <cuda_fp16.h>\n" if half else "") + _APPLY_SOURCE
+        mod = _APPLY_MODULES[out_dtype] = cupy.RawModule(code=code, options=("--std=c++14",) + defs)
+    height, width = int(image.shape[2]), int(image.shape[3])
+    h, w = int(a.shape[2]), int(a.shape[3])
+    ab = torch.cat((a[0], b[0]), 0).float().contiguous()
+    out = torch.empty((1, 1, height, width), dtype=out_dtype, device=image.device)
+    hwc = image[0].permute(1, 2, 0)  # the picture's own bytes
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(image.device).cuda_stream)
+    block = (32, 8, 1)
+    grid = ((width + 31) // 32, (height + 7) // 8, 1)
+    with stream:
+        mod.get_function("guided_apply")(grid, block, (
+            cupy.from_dlpack(hwc), np.int32(width), np.int32(height), cupy.from_dlpack(ab), np.int32(w), np.int32(h),
+            np.float32(scale), np.float32(sharpness), np.float32(offset), cupy.from_dlpack(out)))
+    return out
 
 
 class TemporalStabilizer:

@@ -302,10 +302,9 @@ def refine_full(alpha: torch.Tensor, frame: Frame, small: torch.Tensor, s: Fused
     else:
         image, scale = frame.chw(torch.float32).unsqueeze(0), 1.0
     out = fast_guided_upsample(alpha, image, radius=s.refine_radius, eps=s.refine_eps, colour=True,
-                               guide_small=small, full_scale=scale, out_dtype=torch.float32)
-    if s.edge_sharpness != 1.0 or s.edge_offset != 0.0:
-        out = ((out - 0.5 - s.edge_offset) * s.edge_sharpness + 0.5).clamp_(0.0, 1.0)
-    return out[0, 0].to(dtype)
+                               guide_small=small, full_scale=scale, out_dtype=dtype,
+                               sharpness=s.edge_sharpness, offset=s.edge_offset)
+    return out[0, 0]
 
 
 def working_size(frame: Frame, height: int) -> tuple[int, int]:
