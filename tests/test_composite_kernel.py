@@ -129,3 +129,24 @@ def test_composite_node_cuda_matches_cpu(background, monkeypatch):
         outs[d] = run_node(Composite, {"background": background}, device=d, **inputs)["out"].image.cpu()
     diff = (outs["cpu"].int() - outs["cuda"].int()).abs()
     assert diff.max() <= 2, int(diff.max())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("size", [(1080, 1920), (61, 83)])
+def test_cupy_gaussian_blur_matches_torch_convolution(size):
+    """The feather/wrap blurs on the GPU: the CuPy separable kernel equals the reflected depthwise convolution."""
+    pytest.importorskip("cupy")
+    import torch.nn.functional as F
+
+    from muse.nodes.composite import _blur_taps
+
+    frame, _, mask, _ = vs.body_scene()
+    plane = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=size, mode="bilinear")[0].cuda()
+    img = torch.cat((plane, plane.flip(-1), plane.flip(-2)))  # 3 channels, each different
+    sigma, radius = 1.62, 5
+    taps = _blur_taps(sigma, radius, img.device)
+    out = kernels.gaussian_blur_cupy(img, taps)
+    k = taps.view(1, 1, 1, -1).expand(3, 1, 1, -1)
+    ref = F.conv2d(F.pad(img[None], (radius, radius, 0, 0), mode="reflect"), k, groups=3)
+    ref = F.conv2d(F.pad(ref, (0, 0, radius, radius), mode="reflect"), taps.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)[0]
+    assert float((out - ref).abs().max()) < 1e-5

@@ -42,6 +42,8 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
         rows = _blur_matrix(img.shape[-2], sigma, radius, img.device)
         cols = _blur_matrix(img.shape[-1], sigma, radius, img.device)
         return torch.matmul(torch.matmul(rows, img.float()), cols.T).to(img.dtype)
+    if img.is_cuda and img.dtype == torch.float32 and kernels.cupy_available():
+        return kernels.gaussian_blur_cupy(img, _blur_taps(sigma, radius, img.device))
     x = torch.arange(-radius, radius + 1, device=img.device, dtype=img.dtype)
     k = torch.exp(-(x * x) / (2 * sigma * sigma))
     k = k / k.sum()
@@ -57,6 +59,20 @@ def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
 
 _MATMUL_BLUR_MAX = 640  # planes up to this size blur by matrix products
 _BLUR_MATRICES: dict[tuple, torch.Tensor] = {}
+
+
+_BLUR_TAPS: dict[tuple, torch.Tensor] = {}
+
+
+def _blur_taps(sigma: float, radius: int, device: torch.device) -> torch.Tensor:
+    """The Gaussian's taps -radius..radius on the device, made once (host maths, no per-frame kernels)."""
+    key = (round(sigma, 6), radius, str(device))
+    t = _BLUR_TAPS.get(key)
+    if t is None:
+        x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        k = torch.exp(-(x * x) / (2 * sigma * sigma))
+        t = _BLUR_TAPS[key] = (k / k.sum()).float().to(device)
+    return t
 
 
 def _blur_matrix(n: int, sigma: float, radius: int, device: torch.device) -> torch.Tensor:
