@@ -67,3 +67,23 @@ def test_antialias_param_changes_the_landmark_crop(astronaut, monkeypatch, kind)
     assert off[0][0] == 1, "antialias off samples the crop with one bilinear tap"
     diff = (on[0][1] - off[0][1]).abs().mean()
     assert float(diff) > 1e-3, f"antialias did not change the {kind} crop (mean difference {float(diff):.2e})"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
+@pytest.mark.parametrize("border", ["zeros", "border"])
+@pytest.mark.parametrize("taps", [1, 3])
+def test_cuda_uint8_crop_kernel_matches_grid_sample(astronaut, border, taps):
+    """CUDA crops from the uint8 picture (one CuPy kernel) equal grid_sample on the float picture."""
+    pytest.importorskip("cupy")
+    img = (_big_frame(astronaut, 1080) * 255).round().to(torch.uint8).cuda()  # (3, H, W) float -> bytes
+    hwc = img.permute(1, 2, 0).contiguous()
+    view = hwc.permute(2, 0, 1)
+    # a rotated body ROI, a mirrored eye ROI half outside the frame, and the whole frame (letterbox)
+    rois = torch.tensor([[960.0, 540.0, 700.0, 700.0, 0.3], [40.0, 500.0, 120.0, 120.0, -0.2],
+                         [960.0, 540.0, 1920.0, 1920.0, 0.0]], device="cuda")
+    flip = torch.tensor([False, True, False], device="cuda")
+    got = R.crop(view, rois, 128, border=border, flip=flip, taps=taps)
+    ref = R.crop(view.float() / 255, rois, 128, border=border, flip=flip, taps=taps)
+    assert got.dtype == torch.float32 and got.shape == ref.shape == (3, 3, 128, 128)
+    assert float((got - ref).abs().max()) < 1e-4

@@ -48,7 +48,9 @@ def crop(
     flip: torch.Tensor | None = None,
     taps: int = 1,
 ) -> torch.Tensor:
-    """Crop rotated ROIs out of `image` (3, H, W) float into (N, 3, h, w).
+    """Crop rotated ROIs out of `image` (3, H, W) float into (N, 3, h, w); a (3, H, W) view of a uint8
+    picture is cropped by OpenCV on the CPU (muse/nodes/cpu/crop.py) and by one CuPy kernel on CUDA
+    (muse/nodes/landmarks/crop_kernel.py), both in [0, 1].
 
     `border` is "zeros" (letterbox, like MediaPipe's BORDER_ZERO) or "border"
     (replicate). `flip` (N,) bool mirrors crops horizontally (iris model,
@@ -74,6 +76,10 @@ def crop(
         dim=1,
     )
     n = roi.shape[0]
+    if image.dtype == torch.uint8:  # a CUDA uint8 picture (TrackerInput): the kernel reads its bytes
+        from muse.nodes.landmarks.crop_kernel import crop_u8_cupy
+
+        return crop_u8_cupy(image, theta, out_h, out_w, taps, border)
     grid = _affine_grid(theta, out_h, out_w)
     src = image.unsqueeze(0).expand(n, -1, -1, -1)
     if taps <= 1:

@@ -137,10 +137,16 @@ class TrackerInput:
     _uint8 = False  # set in open on the CPU path (issue 13): crops come from the uint8 frame
 
     def _picture(self, frame: "Frame") -> torch.Tensor:
-        """On the CPU path the uint8 picture as is (its crops are taken from it, muse/nodes/cpu/crop.py),
-        else (3, H, W) float."""
+        """The uint8 picture as is, as a (3, H, W) view, on the CPU path (cropped by OpenCV,
+        muse/nodes/cpu/crop.py) and on CUDA (cropped by a CuPy kernel, crop_kernel.py); else (3, H, W) float."""
         if self._uint8:
             return frame.hwc_uint8().permute(2, 0, 1)
+        if frame.image.is_cuda and frame.layout == "hwc" and frame.image.dtype == torch.uint8:
+            from muse.nodes.landmarks.crop_kernel import usable
+
+            view = frame.image.permute(2, 0, 1)
+            if usable(view):
+                return view
         return frame.chw(torch.float32)
 
     def capture_blocker(self) -> str | None:
