@@ -23,7 +23,8 @@ import torch
 
 from muse.graph.executor import FrameExecutor
 from muse.graph.live import LiveChanges
-from muse.graph.node import NodeContext, NodeError
+from muse.graph.liveness import branch_nodes
+from muse.graph.node import NodeAbsent, NodeContext, NodeError
 from muse.graph.program import FrameProgram
 from muse.graph.resolve import resolve_device, resolved_graph, run_dtype
 from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
@@ -68,6 +69,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._error: BaseException | None = None
         self._frame_index = 0
         self.program: FrameProgram | None = None
+        self.live: set[str] = set()  # the nodes that run this frame (muse.graph.liveness)
         self._recording = False  # inside a frame program's recording: no timing events, taps or stats
         # The frame clock: the primary source's timestamp on the device (float64: hours of stream keep
         # sub-millisecond steps), so captured frames see the time advance without host values baked in.
@@ -154,6 +156,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
             stats=stats,
             clock=self.clock,
             connected=frozenset(p for p, ri in rn.inputs.items() if ri.sources),
+            fan_in={p: len(ri.sources) for p, ri in rn.inputs.items()},
         )
         node = rn.cls(rn.name, rn.params)
         return Slot(rn=rn, node=node, ctx=ctx, stats=stats, stream=stream)
@@ -172,20 +175,30 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
     def _open_all(self, graph: ValidatedGraph, keep: dict[str, Slot] | None = None) -> None:
         keep = keep or {}
         opened: list[Slot] = []
+        branch = branch_nodes(graph)
         try:
-            for name in graph.order:
+            # Stand-ins (`standby_for`) last: they start only if the node they stand in for did not.
+            for name in sorted(graph.order, key=lambda n: bool(graph.nodes[n].standby_for)):
                 rn = graph.nodes[name]
                 slot = keep.get(name)
                 if slot is None:
                     slot = self._make_slot(rn)
-                    self._open_slot(slot)
-                    opened.append(slot)
+                    self.slots[name] = slot
+                    slot.absent = self._why_not_started(slot, graph)
+                    if not slot.absent:
+                        self._start_or_skip(slot, name in branch)
+                    if not slot.absent:
+                        opened.append(slot)
                 else:
                     slot.rn = rn
                 self.slots[name] = slot
+            self._tell_switches(graph)
         except BaseException:
             for slot in reversed(opened):
                 self._close_slot(slot)
+            for name, slot in list(self.slots.items()):
+                if slot not in opened and name not in keep:
+                    slot.absent = slot.absent or "failed: the graph did not start"  # never opened: nothing to close
             raise
         self.graph = graph
         self._build_program()
@@ -196,12 +209,58 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._cpu_pipeline = cpu_pipeline.plan(self)
         for name in graph.order:
             slot = self.slots[name]
+            if slot.absent:
+                continue
             if slot.rn.cls.is_source() and slot.thread is None:
                 self._start_source(slot)
             elif slot.rn.cls.is_sink() and slot.thread is None:
                 self._start_sink(slot)
 
+    def _why_not_started(self, slot: Slot, graph: ValidatedGraph) -> str:
+        """Why this node is not started: a stand-in whose primary runs, or a required input that never has a value."""
+        primary = self.slots.get(slot.rn.standby_for) if slot.rn.standby_for else None
+        if primary is not None and not primary.absent:
+            return f"standby: for {primary.name}"
+        for port, ri in slot.rn.inputs.items():
+            if ri.port.optional or ri.port.multiple or not ri.sources:
+                continue
+            gone = [self.slots[s.node] for s in ri.sources if s.node in self.slots and self.slots[s.node].absent]
+            if len(gone) == len(ri.sources):
+                return f"absent: its input {port!r} comes from {gone[0].name}, which is {gone[0].absent.split(':')[0]}"
+        return ""
+
+    def _start_or_skip(self, slot: Slot, optional: bool) -> None:
+        """Open the node; a switch's branch that cannot start is reported (absent or failed) instead of stopping the graph."""
+        try:
+            self._open_slot(slot)
+        except GraphRunError as exc:
+            if not optional:
+                raise
+            why = str(exc.__cause__ or exc).splitlines()[0]
+            slot.absent = ("absent: " if isinstance(exc.__cause__, NodeAbsent) else "failed: ") + why
+            slot.stats.info["state"] = slot.absent
+            (log.info if isinstance(exc.__cause__, NodeAbsent) else log.warning)(
+                "node '%s' (%s) does not run, its switch skips it: %s", slot.name, slot.rn.type, slot.absent)
+
+    def _tell_switches(self, graph: ValidatedGraph) -> None:
+        """Every switch learns which of its candidates will never have a value, and why."""
+        for name in graph.order:
+            slot = self.slots[name]
+            if slot.absent:
+                slot.stats.info["state"] = slot.absent
+                continue
+            if not slot.rn.cls.selects_inputs:
+                continue
+            gone = {(port, i): self.slots[s.node].absent for port, ri in slot.rn.inputs.items()
+                    for i, s in enumerate(ri.sources) if self.slots[s.node].absent}
+            try:
+                slot.node.sources_absent(gone)
+            except NodeError as exc:
+                raise GraphRunError(f"{graph.file}: node '{name}' ({slot.rn.type}) could not start: {exc}") from exc
+
     def _close_slot(self, slot: Slot) -> None:
+        if slot.absent:
+            return  # never opened
         slot.stop.set()
         if slot.channel is not None:
             slot.channel.close()
