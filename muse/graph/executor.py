@@ -190,7 +190,10 @@ class FrameExecutor:
         slot.stats.frames += 1
         slot.stats.host_ms.append((t1 - t0) * 1000.0)
         if self.trace is not None:
-            self.trace.span(slot.name, t0, t1, category=slot.rn.type, args={"frame": self._frame_index})
+            args = {"frame": self._frame_index}
+            if slot.rn.cls.selects_inputs:  # a switch: which branch was live this frame
+                args["live"] = slot.stats.info.get("live")
+            self.trace.span(slot.name, t0, t1, category=slot.rn.type, args=args)
 
     def _node_failed(self, slot: Slot, exc: BaseException, expected: bool = False) -> None:
         slot.stats.errors += 1

@@ -175,7 +175,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
     def _open_all(self, graph: ValidatedGraph, keep: dict[str, Slot] | None = None) -> None:
         keep = keep or {}
         opened: list[Slot] = []
-        branch = branch_nodes(graph)
+        # A switch's branches and the nodes something stands in for may fail to start: the graph runs on.
+        optional = branch_nodes(graph) | {rn.standby_for for rn in graph.nodes.values() if rn.standby_for}
         try:
             # Stand-ins (`standby_for`) last: they start only if the node they stand in for did not.
             for name in sorted(graph.order, key=lambda n: bool(graph.nodes[n].standby_for)):
@@ -186,13 +187,14 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
                     self.slots[name] = slot
                     slot.absent = self._why_not_started(slot, graph)
                     if not slot.absent:
-                        self._start_or_skip(slot, name in branch)
+                        self._start_or_skip(slot, name in optional)
                     if not slot.absent:
                         opened.append(slot)
                 else:
                     slot.rn = rn
                 self.slots[name] = slot
             self._tell_switches(graph)
+            self._report_stand_ins(graph)
         except BaseException:
             for slot in reversed(opened):
                 self._close_slot(slot)
@@ -257,6 +259,21 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
                 slot.node.sources_absent(gone)
             except NodeError as exc:
                 raise GraphRunError(f"{graph.file}: node '{name}' ({slot.rn.type}) could not start: {exc}") from exc
+
+    def _report_stand_ins(self, graph: ValidatedGraph) -> None:
+        """Loudly, and in the stats: which node stands in for which, and why."""
+        for name in graph.order:
+            slot = self.slots[name]
+            primary = self.slots.get(slot.rn.standby_for) if slot.rn.standby_for else None
+            if primary is None or slot.absent or primary.stats.info.get("fallback") == name:
+                continue
+            slot.stats.info["state"] = f"live: standing in for {primary.name}"
+            users = [c for c, _ in graph.consumers(name)]
+            if users and all(graph.nodes[c].cls.selects_inputs for c in users):
+                continue  # its switch reports the fallback (and which branch is live)
+            primary.stats.info["fallback"] = name
+            primary.stats.info["fallback_reason"] = primary.absent
+            log.warning("!!! %s did not start (%s); FALLING BACK to %s !!!", primary.name, primary.absent, name)
 
     def _close_slot(self, slot: Slot) -> None:
         if slot.absent:

@@ -165,6 +165,13 @@ class Switch(Node):
         if count and len(self._absent) >= count:
             detail = "; ".join(f"{self._label(i)}: {why}" for i, why in sorted(self._absent.items()))
             raise NodeError(f"switch '{self.name}': none of its {count} branches can run ({detail})")
+        failed = [i for i, why in sorted(self._absent.items()) if why.startswith("failed")]
+        first = next((i for i in range(count) if i not in self._absent), None)
+        if failed and first is not None and failed[0] < first:  # a branch we wanted did not start: say so loudly
+            why = f"{self._label(failed[0])} {self._absent[failed[0]]}"
+            log.warning("!!! switch '%s': %s; FALLING BACK to %s !!!", self.name, why, self._label(first))
+            self.report("fallback", self._label(first))
+            self.report("fallback_reason", why)
         self._report(self._pick[0])
 
     def _label(self, i: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.node import In, Node, NodeAbsent, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.models.backends import InferenceBackend, create_backend
 from muse.nodes.segment._prep import frame_batch, user_path
@@ -88,17 +88,25 @@ class StudentSegment(Node):
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
+        field = "model" if p.model else "profile"
+        if not p.model and not p.profile:
+            raise NodeAbsent(f"node '{self.name}' (segment.student): set field 'profile' to a profile folder or field 'model' to a student file")
         try:
             if p.model:
                 path = user_path(p.model, ctx)
-            elif p.profile:
-                path = profile_live_model(user_path(p.profile, ctx))
             else:
-                raise ValueError("set field 'profile' to a profile folder or field 'model' to a student file")
+                folder = user_path(p.profile, ctx)
+                if not folder.is_dir():
+                    raise NodeAbsent(f"node '{self.name}' (segment.student), field 'profile': {folder} does not exist")
+                path = profile_live_model(folder)
+            if not path.exists():
+                raise FileNotFoundError(f"{path} does not exist")
+        except FileNotFoundError as exc:  # no student trained yet: a normal state, not a fault
+            raise NodeAbsent(f"node '{self.name}' (segment.student), field '{field}': {exc}") from exc
+        try:
             self._student = load_student_runner(path, ctx.device, ctx.dtype, backend=p.backend,
                                                 cuda_graph=p.cuda_graph, cache_dir=p.cache_dir or None)
         except Exception as exc:
-            field = "model" if p.model else "profile"
             raise NodeError(f"node '{self.name}' (segment.student), field '{field}': {exc}") from exc
         ctx.report("model", str(self._student.path))
         ctx.report("backend", self._student.backend.describe())
