@@ -306,7 +306,7 @@ def test_shipped_multicam_graph_runs_on_the_cpu_without_cameras(capsys):
              "--set", "cam_side.device=/dev/muse-no-camera-1"]  # fmt: skip
     assert main(["run", str(GRAPH), "--frames", "4", "--device", "cpu", *small]) == 0
     err = capsys.readouterr().err
-    assert "cam_main -> demo" in err and "cam_side -> demo" in err
+    assert "cam_main -> cam_main/demo" in err and "cam_side -> cam_side/demo" in err
 
 
 @pytest.mark.cuda

@@ -138,8 +138,9 @@ class FrameExecutor:
                 raise done
             return done
         slot = self.slots[name]
-        if slot.absent:  # never started: nothing to give (a switch skips it)
-            memo[name] = ({}, [])
+        if slot.absent:  # never started: its stand-in's outputs, or nothing (a switch skips it)
+            given = self.provider(name)
+            memo[name] = self._evaluate(given, memo) if given is not None else ({}, [])
             return memo[name]
         values, events = self._gather_inputs(slot, memo)
         if values is None:

@@ -86,7 +86,7 @@ class LiveChanges:
         """A switch's branch that was absent or failed, with new params (a checkpoint set live): try to start it."""
         fresh = self._make_slot(dc_replace(slot.rn, params=params))
         self.slots[slot.name] = fresh
-        fresh.absent = self._why_not_started(fresh, self.graph)
+        fresh.absent = self._why_not_started(fresh)
         if not fresh.absent:
             self._start_or_skip(fresh, optional=True)
         if not fresh.absent:
@@ -96,6 +96,7 @@ class LiveChanges:
             elif fresh.rn.cls.is_sink():
                 self._start_sink(fresh)
             log.info("node '%s': started with its new parameters", slot.name)
+        self._find_substitutes(self.graph)
         self._tell_switches(self.graph)
         self._build_program()
 

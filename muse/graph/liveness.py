@@ -101,8 +101,9 @@ def live_nodes(runner: Any) -> set[str]:
         if slot.rn.cls.selects_inputs:
             runner._variant(slot)
         for _port, _i, src in needed_edges(slot):
-            if not slots[src.node].absent:
-                live.add(src.node)
+            given = runner.provider(src.node)  # itself, or the stand-in in its place
+            if given is not None:
+                live.add(given)
     return live
 
 

@@ -281,6 +281,12 @@ class Node:
         before each `process`. A recorded frame is replayed only while this stays the same."""
         return None
 
+    @classmethod
+    def stand_in(cls, params: Any) -> "tuple[type[Node], dict[str, Any]] | None":
+        """A shorthand param (a camera's `fallback: demo`) asking for a stand-in: its class and params.
+        The runtime adds it as a visible node that starts only if this one does not (muse.graph.stand_ins)."""
+        return None
+
     def capture_blocker(self) -> str | None:
         """Why this node, as configured, cannot be recorded (None: it can); shown by `muse bench`."""
         return None

@@ -100,9 +100,10 @@ class FrameProgram:
             n = stack.pop()
             for ri in g.nodes[n].inputs.values():
                 for s in ri.sources:
-                    if s.node not in needed and not r.slots[s.node].absent:
-                        needed.add(s.node)
-                        stack.append(s.node)
+                    given = r.provider(s.node)  # itself, or the stand-in in its place (None: never runs)
+                    if given is not None and given not in needed:
+                        needed.add(given)
+                        stack.append(given)
         work = [n for n in g.order if n in needed and not r.slots[n].rn.cls.is_source() and not r.slots[n].rn.cls.is_sink()]
         reasons = {n: capture_blocker(r, n) for n in work}
         depth: dict[str, int] = {}

@@ -7,7 +7,8 @@ The runner is put together from parts with one job each:
 - `muse.graph.executor`: per frame, every sink's inputs pulled backwards through the graph;
 - `muse.graph.streams`: per-node CUDA streams, events, the device clock, GPU timing;
 - `muse.graph.program`: frame capture (each frame recorded once per variant, then replayed);
-- `muse.graph.live`: `update_params` and `replace` at a frame boundary.
+- `muse.graph.live`: `update_params` and `replace` at a frame boundary;
+- `muse.graph.starting`: which nodes start (a switch's absent branches, stand-ins).
 This module opens and closes the nodes and holds the public API.
 """
 
@@ -23,11 +24,11 @@ import torch
 
 from muse.graph.executor import FrameExecutor
 from muse.graph.live import LiveChanges
-from muse.graph.liveness import branch_nodes
-from muse.graph.node import NodeAbsent, NodeContext, NodeError
+from muse.graph.node import NodeContext, NodeError
 from muse.graph.program import FrameProgram
 from muse.graph.resolve import resolve_device, resolved_graph, run_dtype
 from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
+from muse.graph.starting import Starting
 from muse.graph.stats import GraphStats, Trace
 from muse.graph.streams import CudaPlumbing
 from muse.graph.threads import SourceSinkThreads
@@ -38,7 +39,7 @@ __all__ = ["FrameFailed", "GraphRunError", "GraphRunner", "Item", "resolve_devic
 log = logging.getLogger("muse.runtime")
 
 
-class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
+class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, Starting):
     """Run a ValidatedGraph. `start()` returns at once; `run()` blocks until done."""
 
     def __init__(
@@ -70,6 +71,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._frame_index = 0
         self.program: FrameProgram | None = None
         self.live: set[str] = set()  # the nodes that run this frame (muse.graph.liveness)
+        self.substitute: dict[str, str] = {}  # a node that did not start -> the stand-in in its place
         self._recording = False  # inside a frame program's recording: no timing events, taps or stats
         # The frame clock: the primary source's timestamp on the device (float64: hours of stream keep
         # sub-millisecond steps), so captured frames see the time advance without host values baked in.
@@ -175,26 +177,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
     def _open_all(self, graph: ValidatedGraph, keep: dict[str, Slot] | None = None) -> None:
         keep = keep or {}
         opened: list[Slot] = []
-        # A switch's branches and the nodes something stands in for may fail to start: the graph runs on.
-        optional = branch_nodes(graph) | {rn.standby_for for rn in graph.nodes.values() if rn.standby_for}
         try:
-            # Stand-ins (`standby_for`) last: they start only if the node they stand in for did not.
-            for name in sorted(graph.order, key=lambda n: bool(graph.nodes[n].standby_for)):
-                rn = graph.nodes[name]
-                slot = keep.get(name)
-                if slot is None:
-                    slot = self._make_slot(rn)
-                    self.slots[name] = slot
-                    slot.absent = self._why_not_started(slot, graph)
-                    if not slot.absent:
-                        self._start_or_skip(slot, name in optional)
-                    if not slot.absent:
-                        opened.append(slot)
-                else:
-                    slot.rn = rn
-                self.slots[name] = slot
-            self._tell_switches(graph)
-            self._report_stand_ins(graph)
+            self._open_nodes(graph, keep, opened)
         except BaseException:
             for slot in reversed(opened):
                 self._close_slot(slot)
@@ -217,63 +201,6 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
                 self._start_source(slot)
             elif slot.rn.cls.is_sink() and slot.thread is None:
                 self._start_sink(slot)
-
-    def _why_not_started(self, slot: Slot, graph: ValidatedGraph) -> str:
-        """Why this node is not started: a stand-in whose primary runs, or a required input that never has a value."""
-        primary = self.slots.get(slot.rn.standby_for) if slot.rn.standby_for else None
-        if primary is not None and not primary.absent:
-            return f"standby: for {primary.name}"
-        for port, ri in slot.rn.inputs.items():
-            if ri.port.optional or ri.port.multiple or not ri.sources:
-                continue
-            gone = [self.slots[s.node] for s in ri.sources if s.node in self.slots and self.slots[s.node].absent]
-            if len(gone) == len(ri.sources):
-                return f"absent: its input {port!r} comes from {gone[0].name}, which is {gone[0].absent.split(':')[0]}"
-        return ""
-
-    def _start_or_skip(self, slot: Slot, optional: bool) -> None:
-        """Open the node; a switch's branch that cannot start is reported (absent or failed) instead of stopping the graph."""
-        try:
-            self._open_slot(slot)
-        except GraphRunError as exc:
-            if not optional:
-                raise
-            why = str(exc.__cause__ or exc).splitlines()[0]
-            slot.absent = ("absent: " if isinstance(exc.__cause__, NodeAbsent) else "failed: ") + why
-            slot.stats.info["state"] = slot.absent
-            (log.info if isinstance(exc.__cause__, NodeAbsent) else log.warning)(
-                "node '%s' (%s) does not run, its switch skips it: %s", slot.name, slot.rn.type, slot.absent)
-
-    def _tell_switches(self, graph: ValidatedGraph) -> None:
-        """Every switch learns which of its candidates will never have a value, and why."""
-        for name in graph.order:
-            slot = self.slots[name]
-            if slot.absent:
-                slot.stats.info["state"] = slot.absent
-                continue
-            if not slot.rn.cls.selects_inputs:
-                continue
-            gone = {(port, i): self.slots[s.node].absent for port, ri in slot.rn.inputs.items()
-                    for i, s in enumerate(ri.sources) if self.slots[s.node].absent}
-            try:
-                slot.node.sources_absent(gone)
-            except NodeError as exc:
-                raise GraphRunError(f"{graph.file}: node '{name}' ({slot.rn.type}) could not start: {exc}") from exc
-
-    def _report_stand_ins(self, graph: ValidatedGraph) -> None:
-        """Loudly, and in the stats: which node stands in for which, and why."""
-        for name in graph.order:
-            slot = self.slots[name]
-            primary = self.slots.get(slot.rn.standby_for) if slot.rn.standby_for else None
-            if primary is None or slot.absent or primary.stats.info.get("fallback") == name:
-                continue
-            slot.stats.info["state"] = f"live: standing in for {primary.name}"
-            users = [c for c, _ in graph.consumers(name)]
-            if users and all(graph.nodes[c].cls.selects_inputs for c in users):
-                continue  # its switch reports the fallback (and which branch is live)
-            primary.stats.info["fallback"] = name
-            primary.stats.info["fallback_reason"] = primary.absent
-            log.warning("!!! %s did not start (%s); FALLING BACK to %s !!!", primary.name, primary.absent, name)
 
     def _close_slot(self, slot: Slot) -> None:
         if slot.absent:
