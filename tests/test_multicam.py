@@ -29,7 +29,7 @@ W, H = 320, 180
 
 
 def _graph(doc: dict) -> ValidatedGraph:
-    return validate_text(yaml.safe_dump(doc), str(GRAPH), load_registry())
+    return validate_text(yaml.safe_dump(doc), str(GRAPH), load_registry(), base_dir=GRAPH.parent)
 
 
 def _inset_box(p: Layout.Params, w: int, h: int, src_w: int, src_h: int) -> tuple[int, int, int, int]:

@@ -65,6 +65,7 @@ class EditorNode:
     inputs: dict[str, InputRef] = field(default_factory=dict)
     description: str = ""
     pos: tuple[float, float] | None = None
+    standby_for: str = ""  # starts only when that node does not (a stand-in)
 
 
 @dataclass(frozen=True)
@@ -422,6 +423,8 @@ class EditorModel:
         for n in self.nodes.values():
             for ref in n.inputs.values():
                 ref.sources = [f"{new}.{r[1]}" if (r := parse_ref(s)) and r[0] == old else s for s in ref.sources]
+            if n.standby_for == old:
+                n.standby_for = new
         self._changed("structure")
 
     def set_description(self, name: str, text: str) -> None:
@@ -574,7 +577,7 @@ class EditorModel:
             pos = positions.get(name)
             self.nodes[name] = EditorNode(
                 name, ns.type, dict(ns.params), {p: InputRef.from_spec(v) for p, v in ns.inputs.items()},
-                ns.description, (float(pos[0]), float(pos[1])) if pos else None,
+                ns.description, (float(pos[0]), float(pos[1])) if pos else None, ns.standby_for,
             )
         self.settings = spec.settings.model_dump(mode="json")
         self.include = [inc.model_dump(mode="json") for inc in spec.include]
@@ -590,7 +593,7 @@ class EditorModel:
     def to_spec(self) -> GraphSpec:
         nodes = {
             n.name: NodeSpec(type=n.type, params=dict(n.params), description=n.description,
-                             inputs={p: r.to_spec() for p, r in n.inputs.items()})
+                             inputs={p: r.to_spec() for p, r in n.inputs.items()}, standby_for=n.standby_for)
             for n in self.nodes.values()
         }
         positions = {n.name: (round(n.pos[0]), round(n.pos[1])) for n in self.nodes.values() if n.pos}

@@ -366,6 +366,8 @@ def dump_yaml(spec: GraphSpec) -> str:
         entry: dict[str, Any] = {"type": node.type}
         if node.description:
             entry["description"] = node.description
+        if node.standby_for:
+            entry["standby_for"] = node.standby_for
         if node.params:
             entry["params"] = dict(node.params)
         if node.inputs:
