@@ -75,12 +75,14 @@ class _Health:
     def __init__(self) -> None:
         self.flags: dict[int, tuple[LateValue, int]] = {}  # branch -> (its numbers, the version last judged)
 
-    def submit(self, branch: int, value: Any) -> None:
-        tensors = [t for t in value.tensors() if t.is_floating_point()] if isinstance(value, Payload) else []
-        if not tensors:
+    def submit(self, branch: int, value: Any, finite: dict[str, torch.Tensor] | None = None) -> None:
+        """`finite`: the payload's float tensors' isfinite masks, when the caller made them already."""
+        finite = finite if finite is not None else _finite(value)
+        if not finite:
             return
-        bad = torch.stack([(~torch.isfinite(t)).any() for t in tensors]).any().float()
-        mean = torch.nan_to_num(tensors[0].float(), nan=0.0, posinf=0.0, neginf=0.0).mean()
+        first = next(t for t in vars(value).values() if isinstance(t, torch.Tensor) and t.is_floating_point())
+        bad = torch.logical_not(torch.stack([f.all() for f in finite.values()]).all()).float()
+        mean = torch.where(next(iter(finite.values())), first.float(), 0.0).mean()
         entry = self.flags.get(branch)
         if entry is None or entry[0].cuda != bad.is_cuda:
             entry = self.flags[branch] = (LateValue(bad.device, (2,)), 0)
@@ -95,6 +97,13 @@ class _Health:
                 out.append((branch, bool(bad), mean))
                 self.flags[branch] = (late, late.version)
         return out
+
+
+def _finite(value: Any) -> dict[str, torch.Tensor]:
+    """field -> isfinite mask of every float tensor of a payload."""
+    if not isinstance(value, Payload):
+        return {}
+    return {k: torch.isfinite(t) for k, t in vars(value).items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
 
 
 class Switch(Node):
@@ -263,27 +272,27 @@ class Switch(Node):
         if value is None:
             why = self._absent.get(live, "it has no value this frame")
             raise NodeError(f"switch '{self.name}': branch {self._label(live)} gives nothing ({why})")
+        finite = _finite(value) if self.params.check_finite or self.params.empty_below > 0 or self.params.hold_last else {}
         if self.params.check_finite or self.params.empty_below > 0:
-            self._health.submit(live, value)
+            self._health.submit(live, value, finite)
             if probe is not None and candidates[probe] is not None:
                 self._health.submit(probe, candidates[probe])
         if self.params.hold_last:
-            value = self._held(value)
+            value = self._held(value, finite)
         ts = getattr(value, "timestamp", 0.0)
         return {"selected": value, "live": Control({"index": live, "label": self._label(live)}, timestamp=ts)}
 
-    def _held(self, value: Any) -> Any:
+    def _held(self, value: Any, finite: dict[str, torch.Tensor]) -> Any:
         """The value with NaN/Inf replaced by the last good numbers (buffers this node owns, updated in place)."""
         if not isinstance(value, Payload) or not dataclasses.is_dataclass(value):
             return value
         changes = {}
-        for key, t in vars(value).items():
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-                continue
+        for key, ok in finite.items():
+            t = getattr(value, key)
             good = self._good.get(key)
             if good is None or good.shape != t.shape or good.dtype != t.dtype or good.device != t.device:
                 good = self._good[key] = torch.zeros_like(t)
-            good.copy_(torch.where(torch.isfinite(t), t, good))
+            good.copy_(torch.where(ok, t, good))
             changes[key] = good
         return dataclasses.replace(value, **changes) if changes else value
 
