@@ -275,3 +275,14 @@ def test_shipped_hybrid_sub_graphs_report_every_branch(registry: Registry) -> No
     for name in ("segment/student", "segment/modnet", "pose/student", "pose/vitpose"):
         assert stats.nodes[name].frames == 0
     assert stats.frames_out == 3
+
+
+def test_the_trace_names_every_branch_and_the_live_one(registry: Registry) -> None:
+    trace = Trace()
+    GraphRunner(graph(THREE % ("{absent: true}", "{tag: 0.5}"), registry), trace=trace).run()
+    marks = {e["name"]: e for e in trace.events if e["ph"] == "i"}
+    assert marks["a: absent"]["args"]["state"] == "absent: node 'a': no model file (on purpose)"
+    assert marks["pick: branches"]["args"]["personal"].startswith("absent: ")
+    assert {"base", "bundled"} <= set(marks["pick: branches"]["args"])
+    spans = [e for e in trace.events if e["name"] == "pick" and e["ph"] == "X"]
+    assert spans and all(e["args"]["live"] == "base" for e in spans)

@@ -65,6 +65,7 @@ class Starting:
         self._find_substitutes(graph)
         self._tell_switches(graph)
         self._report_stand_ins(graph)
+        self._trace_branches(graph)
 
     def _find_substitutes(self, graph: ValidatedGraph) -> None:
         absent = {n for n, s in self.slots.items() if s.absent}
@@ -126,6 +127,18 @@ class Starting:
                 slot.node.sources_absent(gone)
             except NodeError as exc:
                 raise GraphRunError(f"{graph.file}: node '{name}' ({slot.rn.type}) could not start: {exc}") from exc
+
+    def _trace_branches(self, graph: ValidatedGraph) -> None:
+        """The trace starts with every node that does not run and why, and each switch's branches."""
+        trace = getattr(self, "trace", None)
+        if trace is None:
+            return
+        for name in graph.order:
+            slot = self.slots[name]
+            if slot.absent:
+                trace.instant(f"{name}: {slot.absent.split(':')[0]}", {"node": name, "state": slot.absent})
+            elif "branches" in slot.stats.info:
+                trace.instant(f"{name}: branches", {"node": name, **slot.stats.info["branches"]})
 
     def _report_stand_ins(self, graph: ValidatedGraph) -> None:
         """Loudly, and in the stats: which node stands in for which, and why."""
