@@ -5,29 +5,21 @@ through the include's `params`), laid out with the rest, linked to what they fee
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from muse.graph.includes import expand_includes
 from muse.graph.resolved import GraphError
-from muse.graph.spec import GraphSpec, load_yaml
+from muse.graph.spec import GraphSpec, NodeSpec, load_yaml
 
-if TYPE_CHECKING:  # pragma: no cover
-    from muse.editor.model import EditorModel, EditorNode
-
-__all__ = ["included_nodes"]
+__all__ = ["included_specs"]
 
 
-def included_nodes(model: "EditorModel") -> tuple[dict[str, "EditorNode"], dict[str, str]]:
-    """(name -> node, name -> the include file it comes from) for every node the includes add.
-    A broken include adds nothing here: the validator reports it on the graph."""
-    from muse.editor.model import EditorNode, InputRef
-
-    if not model.include or not model.nodes:
-        return {}, {}
-    file = str(model.path) if model.path else "<editor>"
-    base = model.path.parent if model.path else Path.cwd()
+def included_specs(text: str, path: Path | None) -> tuple[dict[str, NodeSpec], dict[str, str]]:
+    """(name -> node, name -> the include file it comes from) for every node the includes of the
+    graph `text` (saved at `path`) add. A broken include adds nothing here: the validator reports it."""
+    file = str(path) if path else "<editor>"
+    base = path.parent if path else Path.cwd()
     try:
-        data, smap = load_yaml(model.to_yaml(), file)
+        data, smap = load_yaml(text, file)
         spec = GraphSpec.model_validate(data)
     except Exception:  # the file's own problems show through validation
         return {}, {}
@@ -37,12 +29,6 @@ def included_nodes(model: "EditorModel") -> tuple[dict[str, "EditorNode"], dict[
     for inc in spec.include:  # which file each prefix comes from (for the node's label)
         where[inc.prefix] = inc.file
     expand_includes(spec, base, smap, errors, ())
-    nodes: dict[str, EditorNode] = {}
-    files: dict[str, str] = {}
-    for name, ns in spec.nodes.items():
-        if name in before:
-            continue
-        nodes[name] = EditorNode(name, ns.type, dict(ns.params), {p: InputRef.from_spec(v) for p, v in ns.inputs.items()},
-                                 ns.description, None, ns.standby_for)
-        files[name] = where.get(name.split("/", 1)[0], "an included file")
+    nodes = {name: ns for name, ns in spec.nodes.items() if name not in before}
+    files = {name: where.get(name.split("/", 1)[0], "an included file") for name in nodes}
     return nodes, files

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from muse.editor.catalog import GENERIC, UNKNOWN, Catalog, NodeTypeInfo
+from muse.editor.included import included_specs
 from muse.editor.layout import layered_positions
 from muse.files import write_bytes, write_text
 from muse.graph.spec import EditorSection, GraphFileError, GraphSpec, InputLink, NodeSpec, Settings, dump_yaml, load_yaml, parse_ref, read_graph_file
@@ -188,9 +189,9 @@ class EditorModel:
     # -- included sub-graphs (read-only) ---------------------------------
     def refresh_included(self) -> None:
         """Expand the includes again (after a load or an edit), keeping where their nodes were drawn."""
-        from muse.editor.included import included_nodes
-
-        nodes, files = included_nodes(self)
+        specs, files = included_specs(self.to_yaml(), self.path) if self.include and self.nodes else ({}, {})
+        nodes = {name: EditorNode(name, ns.type, dict(ns.params), {p: InputRef.from_spec(v) for p, v in ns.inputs.items()},
+                                  ns.description, None, ns.standby_for) for name, ns in specs.items()}
         saved = self.editor_extra.get("included_positions") or {}
         for name, node in nodes.items():
             old = self.included.get(name)
