@@ -1,4 +1,8 @@
-"""`segment.hybrid`: MUSE's priority switch for person masks, personalized > base > bundled.
+"""`segment.hybrid`: MUSE's priority switch for person masks, personalized > base > bundled, as one node.
+
+Kept for existing graphs. The shipped graphs include `graphs/include/segment_hybrid.yaml`
+instead: the same switch as visible nodes (segment.student, segment.modnet, segment.selfie
+and a flow.switch), each branch's state in `--stats` and the editor.
 
 It owns its segmenters: the profile's student (personalized), MODNet when a checkpoint
 is set (base), and the bundled selfie model (bundled). A branch that fails to load,
@@ -77,7 +81,8 @@ class HybridSegment(Node):
     display_name = "Hybrid segmenter"
     description = (
         "Personalized student when the profile has one, else MODNet (if a checkpoint is set), else the bundled "
-        "selfie model; falls back automatically on failures and picks up newly exported students live."
+        "selfie model; falls back automatically on failures and picks up newly exported students live. "
+        "One node (kept for existing graphs); graphs/include/segment_hybrid.yaml shows the same as visible nodes."
     )
 
     frame: In[Frame]
