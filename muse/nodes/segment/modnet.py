@@ -51,7 +51,7 @@ class ModnetSegment(Node):
             )
         path = user_path(p.checkpoint, ctx)
         if not path.exists():
-            raise NodeAbsent(f"node '{self.name}' (segment.modnet), field 'checkpoint': {path} does not exist")
+            raise NodeAbsent(f"node '{self.name}' (segment.modnet), field 'checkpoint': {path} not found")
         try:
             model = load_modnet(path, "cpu")
         except ModnetCheckpointError as exc:
