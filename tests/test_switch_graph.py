@@ -286,3 +286,22 @@ def test_the_trace_names_every_branch_and_the_live_one(registry: Registry) -> No
     assert {"base", "bundled"} <= set(marks["pick: branches"]["args"])
     spans = [e for e in trace.events if e["name"] == "pick" and e["ph"] == "X"]
     assert spans and all(e["args"]["live"] == "base" for e in spans)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
+def test_cuda_switch_falls_back_inside_real_cuda_graphs(registry: Registry) -> None:
+    """On CUDA graphs: the NaN of branch a is seen a frame late without a sync, b's variant is recorded
+    and replayed, NaN never reaches the output, and the frame stays one captured segment."""
+    text = (THREE % ("{tag: 0.25, nan_from: 20}", "{tag: 0.5}")).replace("queue: 64", "queue: 200")
+    g = validate_text("version: 1\nsettings: {device: cuda, capture: on}\nnodes:\n"
+                      "  src: {type: basic.test_pattern, params: {width: 64, height: 48, fps: 0, frames: 80}}\n" + text,
+                      "switch.yaml", registry)
+    runner = GraphRunner(g)
+    stats = runner.run()
+    seen = Keep.seen["sink"]
+    assert len(seen) == 80 and all(v == v for v in seen) and seen[-1] == 0.5
+    desc = runner.program.describe()
+    assert desc["eager_nodes"] == {} and len(desc["segments"]) == 1 and desc["captures"] >= 2, desc
+    assert desc["replays"] >= 60, desc
+    assert stats.nodes["pick"].info["live"] == "base"
