@@ -331,13 +331,15 @@ def test_camera_missing_falls_back_to_a_visible_demo_stand_in(caplog):
     text = ("version: 1\nsettings: {device: cpu}\nnodes:\n"
             "  camera: {type: capture.camera, params: {device: /nonexistent/video7, width: 160, height: 90, fps: 100,"
             " fallback: demo, open_timeout_s: 0.1}}\n"
-            "  sink: {type: output.null, inputs: {frame: camera.frame}}\n")
+            "  inv: {type: basic.invert, inputs: {frame: camera.frame}}\n"
+            "  sink: {type: output.null, inputs: {frame: inv.out}}\n")
     runner = GraphRunner(validate_text(text, "cam.yaml"), frames=5)
     with caplog.at_level("WARNING", logger="muse"):
         stats = runner.run()
     assert "FALLING BACK to camera/demo" in caplog.text
     assert stats.nodes["camera"].info["fallback"] == "camera/demo" and stats.nodes["camera"].frames == 0
     assert stats.nodes["camera/demo"].frames >= 5 and stats.frames_out == 5
+    assert stats.nodes["inv"].frames == 5, "the camera's consumers read the stand-in in its place"
     assert runner.graph.nodes["camera/demo"].params.width == 160
 
 

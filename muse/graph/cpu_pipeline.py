@@ -25,7 +25,7 @@ import statistics
 import threading
 from typing import Any
 
-from muse.graph.liveness import branch_nodes
+from muse.graph.liveness import branch_nodes, switches_fed_by
 from muse.graph.slots import FrameFailed
 
 log = logging.getLogger("muse.runtime.cpu_pipeline")
@@ -109,9 +109,13 @@ class CpuPipeline:
                 continue
             try:
                 self.runner._evaluate(name, memo)  # FrameFailed propagates to the executor as before
-            except FrameFailed:
+            except FrameFailed as exc:
                 if name not in self.branch:
-                    raise  # a switch's branch failing is for the switch to handle (in the tail)
+                    raise
+                # A switch's branch failed: its switch (run in the tail) falls back; told now, so the next
+                # frame, whose head starts before this frame's tail ends, does not run the branch again.
+                for switch, port, index in switches_fed_by(self.runner.graph, name):
+                    self.runner.slots[switch].node.input_failed(port, index, exc.exc)
         with self._cond:
             while self._busy and not self._closed:
                 self._cond.wait(0.1)

@@ -68,7 +68,7 @@ class FrameExecutor:
         for name in self.graph.order:  # a secondary source with no frame yet: its branch sits this frame out
             slot = self.slots[name]
             slot.variant_ready = False
-            if name not in memo and slot.rn.cls.is_source():
+            if name not in memo and slot.rn.cls.is_source() and not slot.absent:  # absent: its stand-in's, if any
                 memo[name] = ({}, [])
         self.live = live_nodes(self)  # switches choose here; only what the live branches need runs
         if self._cpu_pipeline is not None:

@@ -139,6 +139,26 @@ def _failed_edge(slot: Slot, failed: str) -> tuple[str, int] | None:
     return (edges[0][0], edges[0][1]) if len(edges) == 1 else None
 
 
+def switches_fed_by(graph: "ValidatedGraph", name: str) -> list[tuple[str, str, int]]:
+    """(switch, port, index) of every switch input that `name` feeds, directly or through other branch nodes."""
+    out: list[tuple[str, str, int]] = []
+    seen: set[str] = set()
+    stack = [name]
+    while stack:
+        node = stack.pop()
+        for rn in graph.nodes.values():
+            for port, ri in rn.inputs.items():
+                for i, s in enumerate(ri.sources):
+                    if s.node != node:
+                        continue
+                    if rn.cls.selects_inputs:
+                        out.append((rn.name, port, i))
+                    elif rn.name not in seen:
+                        seen.add(rn.name)
+                        stack.append(rn.name)
+    return out
+
+
 def branch_nodes(graph: "ValidatedGraph") -> set[str]:
     """Nodes whose every path to an output passes through an input of a switch (`selects_inputs`):
     they may be absent or fail to start, and the graph still runs (the switch skips them)."""
