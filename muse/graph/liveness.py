@@ -84,7 +84,26 @@ def gather(runner: Any, slot: Slot, memo: dict) -> tuple[dict[str, Any] | None, 
 
 
 def live_nodes(runner: Any) -> set[str]:
-    """The nodes that run this frame (sources included), asking switches for their choice first."""
+    """The nodes that run this frame (sources included), asking switches for their choice first.
+
+    The answer depends only on the switches' choices (and on which nodes never run), so it is
+    kept per combination of choices until the graph or its absent nodes change
+    (`runner.live_cache = None`): a frame costs one `frame_variant()` per switch."""
+    cache = runner.live_cache
+    if cache is None:
+        selectors = [s for n in runner.graph.order if (s := runner.slots[n]).rn.cls.selects_inputs and not s.absent]
+        cache = runner.live_cache = (selectors, {})
+    selectors, known = cache
+    key = tuple(runner._variant(s) for s in selectors)
+    live = known.get(key)
+    if live is None:
+        live = known[key] = _walk(runner)
+        if len(known) > 64:  # choices that never settle: keep the newest only
+            known.pop(next(iter(known)))
+    return live
+
+
+def _walk(runner: Any) -> set[str]:
     live: set[str] = set()
     slots: dict[str, Slot] = runner.slots
     for name in reversed(runner.graph.order):

@@ -71,6 +71,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         self._frame_index = 0
         self.program: FrameProgram | None = None
         self.live: set[str] = set()  # the nodes that run this frame (muse.graph.liveness)
+        self.live_cache: Any = None  # live sets per combination of the switches' choices (liveness.live_nodes)
         self.substitute: dict[str, str] = {}  # a node that did not start -> the stand-in in its place
         self._recording = False  # inside a frame program's recording: no timing events, taps or stats
         # The frame clock: the primary source's timestamp on the device (float64: hours of stream keep
@@ -237,6 +238,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
 
     def _build_program(self) -> None:
         """The frame program for the current graph, when capture is on (CUDA, or emulated for tests)."""
+        self.live_cache = None  # nodes, slots or absent ones changed: live sets are worked out again
         mode = self.graph.settings.capture
         if self.graph.settings.cuda_graphs and mode == "auto":
             mode = "on"

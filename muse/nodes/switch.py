@@ -162,6 +162,8 @@ class Switch(Node):
         self._control_index: int | None = None
         self._good: dict[str, torch.Tensor] = {}
         self._shown: int | None = -1  # the live branch last reported (-1: none yet)
+        self._reported: tuple = ()  # what the branch states were last reported for, and when
+        self._reported_at = 0.0
 
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
@@ -352,4 +354,9 @@ class Switch(Node):
             self._shown = live
             self.report("live", self._label(live) if live is not None else "none")
             self.report("live_index", live)
-        self.report("branches", self.branch_states(live))
+        policy = self._policy
+        now = policy.clock() if policy is not None else 0.0
+        key = (live, tuple(sorted(policy.failed_at)) if policy is not None else (), len(self._absent))
+        if key != self._reported or now - self._reported_at >= 1.0:  # a change, or the retry countdown (1 s)
+            self._reported, self._reported_at = key, now
+            self.report("branches", self.branch_states(live))
