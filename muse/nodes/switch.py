@@ -88,7 +88,8 @@ class _Health:
             bad = not all(bool(f.all()) for f in finite.values())
             stats = torch.tensor([float(bad), float(np.where(ok, arr, 0).mean()) if arr.size else 0.0])
         else:
-            bad_t = torch.logical_not(torch.stack([f.all() for f in finite.values()]).all()).float()
+            alls = [f.all() for f in finite.values()]
+            bad_t = torch.logical_not(alls[0] if len(alls) == 1 else torch.stack(alls).all()).float()
             stats = torch.stack((bad_t, torch.where(ok, first.float(), 0.0).mean()))
         entry = self.flags.get(branch)
         if entry is None or entry[0].cuda != first.is_cuda:
