@@ -6,7 +6,6 @@ camera switch runs on the demo stand-in (which also hands out the truth), and th
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import yaml
