@@ -86,7 +86,7 @@ class LiveChanges:
         """A switch's branch that was absent or failed, with new params (a checkpoint set live): try to start it."""
         fresh = self._make_slot(dc_replace(slot.rn, params=params))
         self.slots[slot.name] = fresh
-        fresh.absent = self._why_not_started(fresh)
+        fresh.absent = self._why_not_started(fresh, self.graph)
         if not fresh.absent:
             self._start_or_skip(fresh, optional=True)
         if not fresh.absent:

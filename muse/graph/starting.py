@@ -48,7 +48,7 @@ class Starting:
             if slot is None:
                 slot = self._make_slot(rn)
                 self.slots[name] = slot
-                slot.absent = self._why_not_started(slot)
+                slot.absent = self._why_not_started(slot, graph)
                 if not slot.absent:
                     self._start_or_skip(slot, name in optional)
                 if not slot.absent:
@@ -78,7 +78,7 @@ class Starting:
             return name
         return getattr(self, "substitute", {}).get(name)
 
-    def _why_not_started(self, slot: Slot) -> str:
+    def _why_not_started(self, slot: Slot, graph: ValidatedGraph) -> str:
         """Why this node is not started: a stand-in whose primary runs, or a required input that never has a value."""
         primary = self.slots.get(slot.rn.standby_for) if slot.rn.standby_for else None
         if primary is not None and not primary.absent:
@@ -87,14 +87,14 @@ class Starting:
             if ri.port.optional or ri.port.multiple or not ri.sources:
                 continue
             gone = [self.slots[s.node] for s in ri.sources
-                    if s.node in self.slots and self.slots[s.node].absent and not self._stands_in_for(s.node)]
+                    if s.node in self.slots and self.slots[s.node].absent and not self._stands_in_for(s.node, graph)]
             if len(gone) == len(ri.sources):
                 return f"absent: its input {port!r} comes from {gone[0].name}, which is {gone[0].absent.split(':')[0]}"
         return ""
 
-    def _stands_in_for(self, name: str) -> bool:
+    def _stands_in_for(self, name: str, graph: ValidatedGraph) -> bool:
         """A started stand-in wired to nothing will take `name`'s place (decided once all have started)."""
-        return any(s.rn.standby_for == name and not s.absent for s in self.slots.values())
+        return any(s.rn.standby_for == name and not s.absent and not graph.consumers(s.name) for s in self.slots.values())
 
     def _start_or_skip(self, slot: Slot, optional: bool) -> None:
         """Open the node; a switch's branch or a node with a stand-in that cannot start is reported instead of stopping the graph."""
