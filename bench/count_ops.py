@@ -48,11 +48,13 @@ def main() -> None:
     spec = yaml.safe_load(Path(a.graph).read_text())
     spec["settings"].update(device="cpu", resolution=[w, h], capture="off")
     for name, d in spec["nodes"].items():
-        if d["type"].startswith("capture."):
+        if d["type"].startswith("capture."):  # every source (a camera, its demo stand-in) renders the demo
             spec["nodes"][name] = {"type": "capture.demo", "params": {"width": w, "height": h, "fps": 0, "frames": a.frames}}
-        if d["type"] in ("pose.hybrid", "face.landmarks", "pose.blazepose"):
-            d.setdefault("params", {})["backend"] = "torch"
-    runner = GraphRunner(validate_text(yaml.safe_dump(spec), a.graph, load_registry()))
+    text, base, reg = yaml.safe_dump(spec), Path(a.graph).resolve().parent, load_registry()
+    graph = validate_text(text, a.graph, reg, base_dir=base)
+    torch_nodes = {n: {"backend": "torch"} for n, rn in graph.nodes.items()  # included nodes too (pose/bundled)
+                   if rn.type in ("pose.hybrid", "face.landmarks", "pose.blazepose")}
+    runner = GraphRunner(validate_text(text, a.graph, reg, torch_nodes, base_dir=base))
     counts: dict[str, list[int]] = collections.defaultdict(list)
     original = runner._run_node
 

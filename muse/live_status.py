@@ -1,6 +1,6 @@
 """The one-line live status `muse run` keeps updated on a terminal:
 
-    muse: 29.8 fps | latency 62 ms | drops 3 | segmentation bundled (selfie) | cpu
+    muse: 29.8 fps | latency 62 ms | drops 3 | camera demo | segment bundled | pose bundled | cpu
 
 Updated about once a second in place (carriage return); nothing at all when stderr
 is not a terminal (a log file or a pipe stays clean), or with `muse run --no-status`.
@@ -26,10 +26,12 @@ def status_line(stats: Any, fps: float, device: str = "") -> str:
     errors = sum(ns.errors for ns in stats.nodes.values())
     if errors:
         parts.append(f"errors {errors}")
-    for ns in stats.nodes.values():
+    for name, ns in stats.nodes.items():
         mode = ns.info.get("mode")
         if mode is not None and "live" in ns.info:  # segment.hybrid's live model
             parts.append(f"segmentation {mode} ({ns.info['live']})")
+        elif "branches" in ns.info and "live" in ns.info:  # a switch: its live branch ("segment bundled")
+            parts.append(f"{name.removesuffix('/switch')} {ns.info['live']}")
     if device:
         parts.append(device)
     return "muse: " + " | ".join(parts)

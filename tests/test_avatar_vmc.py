@@ -237,5 +237,5 @@ def test_shipped_vtuber_graph_runs_on_the_cpu_without_cameras(capsys):
         args = ["--set", "camera.width=320", "--set", "camera.height=180", "--set", "camera.device=/dev/muse-no-camera",
                 "--set", "preview.port=0", f"--set=avatar.port={rx.port}"]  # fmt: skip
         assert main(["run", str(GRAPH), "--frames", "6", "--device", "cpu", *args]) == 0
-    assert "camera -> demo" in capsys.readouterr().err
+    assert "camera -> camera/demo" in capsys.readouterr().err
     assert last_frame(rx)[0][0] == "/VMC/Ext/OK"

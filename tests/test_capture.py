@@ -323,19 +323,24 @@ def test_camera_missing_is_a_clear_error(astronaut):
         node.open(make_context("cam"))
 
 
-def test_camera_missing_falls_back_to_demo(caplog):
-    node = Camera("cam", Camera.Params(device="7", width=160, height=90, fps=100, fallback="demo", open_timeout_s=0.1),
-                  capture_factory=lambda d, a: None)
-    ctx = make_context("cam")
+def test_camera_missing_falls_back_to_a_visible_demo_stand_in(caplog):
+    """`fallback: demo`: no hidden child; the runtime starts a `camera/demo` node in the camera's place."""
+    from muse.graph.runtime import GraphRunner
+    from muse.graph.validate import validate_text
+
+    text = ("version: 1\nsettings: {device: cpu}\nnodes:\n"
+            "  camera: {type: capture.camera, params: {device: /nonexistent/video7, width: 160, height: 90, fps: 100,"
+            " fallback: demo, open_timeout_s: 0.1}}\n"
+            "  inv: {type: basic.invert, inputs: {frame: camera.frame}}\n"
+            "  sink: {type: output.null, inputs: {frame: inv.out}}\n")
+    runner = GraphRunner(validate_text(text, "cam.yaml"), frames=5)
     with caplog.at_level("WARNING", logger="muse"):
-        node.open(ctx)
-    try:
-        assert "FALLING BACK to the demo source" in caplog.text
-        assert ctx.stats.info["fallback"] == "demo"
-        out = node.process()["frame"]
-        assert out.size == (160, 90)
-    finally:
-        node.close()
+        stats = runner.run()
+    assert "FALLING BACK to camera/demo" in caplog.text
+    assert stats.nodes["camera"].info["fallback"] == "camera/demo" and stats.nodes["camera"].frames == 0
+    assert stats.nodes["camera/demo"].frames >= 5 and stats.frames_out == 5
+    assert stats.nodes["inv"].frames == 5, "the camera's consumers read the stand-in in its place"
+    assert runner.graph.nodes["camera/demo"].params.width == 160
 
 
 def test_camera_raw_jpeg_path_decodes(astronaut):
@@ -435,19 +440,19 @@ def test_camera_found_by_name_in_sysfs(tmp_path):
         node.open(make_context("cam"))
 
 
-def test_camera_demo_fallback_is_unpaced_under_bench(caplog):
-    """`muse bench` (settings unpaced) runs a missing camera's demo fallback flat out, not at the camera's fps,
-    and says so; a normal run keeps the camera's pace."""
+def test_camera_demo_fallback_is_unpaced_under_bench():
+    """`muse bench` (settings unpaced) runs a missing camera's demo stand-in flat out, not at the camera's
+    fps; a normal run keeps the camera's pace."""
+    from muse.nodes.capture.demo import Demo
+
     for unpaced, fps in ((True, 0.0), (False, 30.0)):
-        node = Camera("cam", Camera.Params(device="7", width=160, height=90, fps=30, fallback="demo", open_timeout_s=0.1),
-                      capture_factory=lambda d, a: None)
-        ctx = make_context("cam")
+        made = Camera.stand_in(Camera.Params(device="7", width=160, height=90, fps=30, fallback="demo"))
+        assert made is not None and made[0] is Demo and made[1]["fps"] == 30
+        node = Demo("cam/demo", Demo.Params(**made[1]))
+        ctx = make_context("cam/demo")
         ctx.settings = {"unpaced": unpaced}
-        caplog.clear()
-        with caplog.at_level("WARNING", logger="muse"):
-            node.open(ctx)
+        node.open(ctx)
         try:
-            assert node._demo.params.fps == fps
-            assert ("unpaced (muse bench)" in caplog.text) == unpaced
+            assert node._pacer.fps == fps
         finally:
             node.close()

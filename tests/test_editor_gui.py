@@ -286,7 +286,15 @@ def test_stream_4k_opens_laid_out(app, artifacts_dir: Path) -> None:
     assert view.open_graph(path), view.status_message
     for _ in range(3):
         app.step()
-    assert set(view.node_ids) == set(app.model.nodes)
+    # The included hybrid sub-graphs are drawn too (read-only), with the switches and their branches.
+    assert set(view.node_ids) == set(app.model.all_nodes()) > set(app.model.nodes)
+    for name in ("segment/student", "segment/modnet", "segment/bundled", "segment/switch", "pose/switch", "camera", "preview"):
+        assert name in view.node_ids, name
+    texts = {name: _texts(nid) for name, nid in view.node_ids.items()}
+    assert "1. personalized <- segment/student.mask" in texts["segment/switch"] and "3. bundled <- segment/bundled.mask" in texts["segment/switch"]
+    assert "1. webcam <- webcam.frame" in texts["camera"] and "2. demo <- demo.frame" in texts["camera"]
+    assert any("include/segment_hybrid.yaml (read-only)" in t for t in texts["segment/modnet"])
+    assert "stands in for virtualcam" in texts["preview"] and "stands in for webcam" in texts["demo"]
     rects = {n: (*dpg.get_item_rect_min(i), *dpg.get_item_rect_size(i)) for n, i in view.node_ids.items()}
     names = list(rects)
     for i, a in enumerate(names):  # no two nodes drawn on top of each other
@@ -295,9 +303,29 @@ def test_stream_4k_opens_laid_out(app, artifacts_dir: Path) -> None:
         for b in names[i + 1:]:
             bx, by, bw, bh = rects[b]
             assert ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay, f"{a} overlaps {b}"
-    for link in app.model.links():  # data flows left to right
+    links = app.model.all_links()
+    assert {("segment/switch", "matte"), ("camera", "segment/bundled"), ("pose/switch", "face")} <= {(l.src, l.dst) for l in links}
+    for link in links:  # data flows left to right
         assert rects[link.src][0] < rects[link.dst][0]
-    app.screenshot(artifacts_dir / "editor_stream_4k.png")
+    img = app.screenshot(artifacts_dir / "editor_stream_4k.png")
+    # The included nodes are drawn in their category's colour, dimmed: they show on screen.
+    from muse.editor.view import category_colour
+
+    colours = {tuple(int(v) for v in c) for c in img[..., :3].reshape(-1, 3)[::3]}
+    dimmed = tuple(int(v * 0.55) for v in category_colour("segment"))
+    assert any(max(abs(a - b) for a, b in zip(c, dimmed)) <= 2 for c in colours), "no included (dimmed) node title on screen"
+
+
+def _texts(item: int) -> list[str]:
+    """Every text drawn inside a DearPyGui item (a node), depth first."""
+    import dearpygui.dearpygui as dpg
+
+    out = []
+    for child in dpg.get_item_children(item, 1) or []:
+        if dpg.get_item_type(child).endswith("mvText"):
+            out.append(str(dpg.get_value(child)))
+        out.extend(_texts(child))
+    return out
 
 
 def test_studio_tab_shows_profiles_and_training_progress(app) -> None:

@@ -352,3 +352,43 @@ def test_node_timings_text_shows_the_hybrid_mode() -> None:
     details = stats_details(s)
     assert "gpu time: p50 0.80" in details and "host time: p50 1.25" in details and "switches: 1" in details
     assert stats_line({"host_ms": {"p50": 2.0, "p99": 4.0}, "errors": 3}) == "2.0 / 4.0 ms  errors 3"
+
+
+def test_node_timings_text_shows_switch_branches_and_absent_nodes() -> None:
+    """While running: a switch says which branch is live; a branch that does not run says why, not a time."""
+    from muse.editor.live import stats_details, stats_line
+
+    switch = {"host_ms": {"p50": 0.1, "p95": 0.15, "p99": 0.2}, "info": {"live": "bundled", "branches": {
+        "personalized": "absent: node 'segment/student': set field 'profile'", "bundled": "live"}}}
+    assert stats_line(switch) == "0.1 / 0.2 ms\nlive: bundled"
+    assert "branch personalized: absent: node 'segment/student'" in stats_details(switch)
+    assert "branch bundled: live" in stats_details(switch)
+    absent = {"host_ms": {}, "info": {"state": "absent: node 'segment/modnet': field 'checkpoint' is empty"}}
+    assert stats_line(absent) == "absent (see tooltip)"
+    assert "field 'checkpoint' is empty" in stats_details(absent)
+    assert stats_line({"host_ms": {}, "info": {"state": "standby: for virtualcam"}}) == "standby (see tooltip)"
+    assert stats_line({"host_ms": {"p50": 1.0, "p99": 2.0}, "info": {"state": "live: standing in for virtualcam"}}) == "1.0 / 2.0 ms"
+
+
+def test_included_sub_graph_nodes_are_drawn_read_only(model: EditorModel, tmp_path: Path) -> None:
+    """stream_4k's hybrid sub-graphs: their nodes and links are in the model's drawing, not in its edits."""
+    path = GRAPHS / "stream_4k.yaml"
+    model.load(path)
+    assert {"segment/switch", "segment/bundled", "pose/switch"} <= set(model.included)
+    assert not set(model.included) & set(model.nodes)
+    assert model.included_from["segment/modnet"] == "include/segment_hybrid.yaml"
+    assert model.branches("segment/switch") == [("personalized", "segment/student.mask"), ("base", "segment/modnet.mask"),
+                                                ("bundled", "segment/bundled.mask")]
+    assert model.branches("camera") == [("webcam", "webcam.frame"), ("demo", "demo.frame")] and model.branches("matte") == []
+    assert model.output_type("segment/switch", "selected") == "Mask" and model.external_inputs("matte") == {}
+    assert all(n.pos for n in model.all_nodes().values()), "laid out with the rest"
+    model.move_node("segment/switch", (900, 40))
+    out = tmp_path / "stream_4k.yaml"
+    (tmp_path / "include").mkdir()
+    for f in (GRAPHS / "include").glob("*.yaml"):
+        (tmp_path / "include" / f.name).write_text(f.read_text())
+    model.save(out)
+    again = EditorModel(registry=model.registry)
+    again.load(out)
+    assert again.included["segment/switch"].pos == (900, 40), "where an included node was put is kept"
+    assert set(again.to_spec().nodes) == set(model.nodes), "included nodes are not copied into the file"

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 
 from muse.graph.capture import CaptureError, EmulatedFrameGraph, LateValue
 from muse.graph.registry import load_registry
 from muse.graph.runtime import GraphRunner
 from muse.graph.validate import validate_text
+from tests.stream_graph import GRAPHS, TORCH_NODES, stream_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,32 +33,23 @@ def _frames_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MUSE_CPU_PATH", "torch")
 
 
-TAPS = ["segment.mask", "matte.mask", "matte.confidence", "pose.keypoints", "face.face", "steady.smoothed_keypoints",
-        "face_shape.field", "body_shape.field", "room.plate", "reshape.out", "composite.out"]
+TAPS = ["segment/switch.selected", "matte.mask", "matte.confidence", "pose/switch.selected", "face.face",
+        "steady.smoothed_keypoints", "face_shape.field", "body_shape.field", "room.plate", "reshape.out", "composite.out"]
 
 
 def stream_graph(device: str, capture: str, width: int, height: int, frames: int) -> str:
-    """graphs/stream_4k.yaml on the demo source with lossless links (eager and captured see the same frames)."""
-    spec = yaml.safe_load((REPO / "graphs" / "stream_4k.yaml").read_text())
-    spec["settings"].update(device=device, resolution=[width, height], capture=capture)
-    spec["nodes"]["camera"] = {"type": "capture.demo", "params": {"width": width, "height": height, "fps": 0, "frames": frames}}
-    spec["nodes"]["virtualcam"] = {"type": "output.null", "inputs": {"frame": {"from": "composite.out", "queue": 1000}}}
-    for d in spec["nodes"].values():
-        if d["type"] in ("pose.hybrid", "face.landmarks"):
-            d.setdefault("params", {})["backend"] = "torch"  # ONNX Runtime runs outside a recorded frame
-        for port, src in list((d.get("inputs") or {}).items()):
-            if isinstance(src, str) and src.startswith("camera."):
-                d["inputs"][port] = {"from": src, "queue": 1000}
-    return yaml.safe_dump(spec)
+    """graphs/stream_4k.yaml (its switches and included sub-graphs) on the demo source with lossless links."""
+    return stream_text(width, height, frames, device=device, capture=capture)
 
 
 def run_tapped(text: str, taps: list[str], edit: tuple[int, str, dict] | None = None) -> tuple[dict[str, dict[int, torch.Tensor]], GraphRunner]:
-    runner = GraphRunner(validate_text(text, "stream.yaml", load_registry()))
+    stream = "include:" in text  # stream_4k: its bundled pose and face models on torch, as a recording needs
+    runner = GraphRunner(validate_text(text, "stream.yaml", load_registry(), TORCH_NODES if stream else None, base_dir=GRAPHS))
     seen: dict[str, dict[int, torch.Tensor]] = {t: {} for t in taps}
     runner.start()
     edited = threading.Event()
     for t in taps:
-        node, port = t.split(".")
+        node, port = t.rsplit(".", 1)
 
         def cb(v: Any, t: str = t) -> None:
             first = next(iter(v.tensors()))
@@ -88,6 +79,14 @@ def test_stream_graph_replayed_matches_eager(monkeypatch) -> None:
     assert runner.program is not None
     desc = runner.program.describe()
     assert desc["eager_nodes"] == {}, f"every node of stream_4k is capturable: {desc['eager_nodes']}"
+    captured = [seg for seg in desc["segments"] if seg["captured"]]
+    assert len(desc["segments"]) == len(captured) == 1, f"the whole frame is one recorded segment: {desc['segments']}"
+    assert {"camera", "segment/switch", "pose/switch", "segment/bundled", "pose/bundled"} <= set(desc["captured_nodes"])
+    absent = {"segment/student", "segment/modnet", "pose/student", "pose/vitpose"}
+    assert not absent & set(desc["captured_nodes"]), "absent branches are not part of the frame"
+    for name in absent:
+        assert runner.stats.nodes[name].frames == 0 and runner.stats.nodes[name].info["state"].startswith("absent: ")
+    assert runner.stats.nodes["segment/switch"].info["branches"]["bundled"] == "live"
     assert desc["replays"] >= frames // 2, desc
     assert info is not None
     for tap in TAPS:
@@ -162,6 +161,7 @@ def test_cuda_stream_graph_captured_matches_eager_8bit() -> None:
     desc = runner.program.describe() if runner.program else {}
     print("capture:", desc)
     assert desc.get("eager_nodes") == {}, desc
+    assert len(desc["segments"]) == 1, "the whole frame, switches included, is one recorded segment"
     assert desc["replays"] >= frames - 20
     worst = 0.0
     for i, a in eager["composite.out"].items():

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,7 @@ def invalid(path: Path, *needles: str) -> str:
 
 @pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-8-sig", "utf-32"])
 def test_graph_saved_with_a_bom_just_works(tmp_path, codec):
+    shutil.copytree(ROOT / "graphs" / "include", tmp_path / "include")  # its included sub-graph
     p = tmp_path / "g.yaml"
     p.write_bytes(WEBCAM.encode(codec) if codec != "utf-16-be" else b"\xfe\xff" + WEBCAM.encode(codec))
     rc, text = cli("validate", str(p))

@@ -37,6 +37,14 @@ def test_line_names_fps_latency_drops_and_segmentation_mode():
     assert "segmentation bundled (selfie)" in line and line.endswith("cpu")
 
 
+def test_line_names_each_switchs_live_branch():
+    r = _running()
+    r.stats.node("segment/switch", "flow.switch").info.update({"live": "personalized", "branches": {"personalized": "live"}})
+    r.stats.node("camera", "flow.switch").info.update({"live": "demo", "branches": {"webcam": "failed: no camera", "demo": "live"}})
+    line = status_line(r.stats, 30.0)
+    assert "segment personalized" in line and "camera demo" in line
+
+
 def test_updates_in_place_on_a_terminal_about_once_a_second():
     r, out = _running(), _Tty()
     status = LiveStatus(r, out, every_s=0.0)

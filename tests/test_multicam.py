@@ -29,7 +29,7 @@ W, H = 320, 180
 
 
 def _graph(doc: dict) -> ValidatedGraph:
-    return validate_text(yaml.safe_dump(doc), str(GRAPH), load_registry())
+    return validate_text(yaml.safe_dump(doc), str(GRAPH), load_registry(), base_dir=GRAPH.parent)
 
 
 def _inset_box(p: Layout.Params, w: int, h: int, src_w: int, src_h: int) -> tuple[int, int, int, int]:
@@ -306,7 +306,7 @@ def test_shipped_multicam_graph_runs_on_the_cpu_without_cameras(capsys):
              "--set", "cam_side.device=/dev/muse-no-camera-1"]  # fmt: skip
     assert main(["run", str(GRAPH), "--frames", "4", "--device", "cpu", *small]) == 0
     err = capsys.readouterr().err
-    assert "cam_main -> demo" in err and "cam_side -> demo" in err
+    assert "cam_main -> cam_main/demo" in err and "cam_side -> cam_side/demo" in err
 
 
 @pytest.mark.cuda

@@ -9,13 +9,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import pyvirtualcam
 import torch
 
 from muse.graph.node import Node, NodeError
 from muse.graph.payloads import Control, Frame, Payload
 from muse.graph.registry import load_registry
 from muse.graph.testing import make_context, run_node
+from muse.nodes.capture.camera import Camera
 
 REGISTRY = load_registry()
 IDS = REGISTRY.ids()
@@ -53,7 +56,7 @@ def payloads(astronaut) -> dict[str, Any]:
 def _params(node_id: str, tmp: Path, payloads: dict[str, Any]) -> dict[str, Any]:
     """Params that point a node at real files in `tmp` (it never writes outside) or at nothing that blocks."""
     if node_id == "capture.camera":
-        return {"device": "97", "fallback": "demo", "width": 320, "height": 180, "open_timeout_s": 0.2}
+        return {"device": "97", "width": 320, "height": 180, "open_timeout_s": 0.2}  # a fake camera (_build)
     if node_id == "capture.file":
         from tests.media import opencv_sample_path
 
@@ -80,12 +83,64 @@ def _params(node_id: str, tmp: Path, payloads: dict[str, Any]) -> dict[str, Any]
     if node_id == "output.stream":
         return {"url": f"udp://127.0.0.1:{_free_udp_port()}"}
     if node_id == "output.virtualcam":
-        return {"fallback": "null", "width": 64, "height": 48, "pace": False}
+        return {"backend": "muse_probe", "width": 64, "height": 48, "pace": False}
     if node_id == "output.vmc":
         return {"port": _free_udp_port()}
     if node_id == "flow.switch":
         return {"mode": "first_available"}
     return {}
+
+
+class _Camera:
+    """A webcam as OpenCV shows it (isOpened/read/set/get/release), giving the astronaut: the contract
+    test runs capture.camera's own frame path, where a real run has a device."""
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        return True, self.bgr.copy()
+
+    def set(self, prop: int, value: float) -> bool:
+        return True
+
+    def get(self, prop: int) -> float:
+        return 0.0
+
+    def release(self) -> None:
+        pass
+
+
+class _VirtualCamera:
+    """A pyvirtualcam backend that takes frames (the contract test has no v4l2loopback device)."""
+
+    def __init__(self, **kw: Any) -> None:
+        pass
+
+    def send(self, frame: np.ndarray) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def device(self) -> str:
+        return "muse-probe"
+
+    def native_fourcc(self) -> None:
+        return None
+
+
+pyvirtualcam.register_backend("muse_probe", _VirtualCamera)
+
+
+def _build(cls: type[Node], params: Any, payloads: dict[str, Any]) -> Node:
+    if cls is Camera:
+        rgb = payloads["Frame"].image.numpy()
+        return Camera("probe", params, capture_factory=lambda device, api: _Camera(rgb))
+    return cls("probe", params)
 
 
 def _inputs(node_id: str, cls: type[Node], payloads: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +160,7 @@ def _inputs(node_id: str, cls: type[Node], payloads: dict[str, Any]) -> dict[str
 def test_process_on_real_inputs(node_id: str, payloads: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MUSE_RECORDINGS_DIR", str(tmp_path / "recordings"))
     cls = REGISTRY.get(node_id)
-    node = cls("probe", cls.Params(**_params(node_id, tmp_path, payloads)))
+    node = _build(cls, cls.Params(**_params(node_id, tmp_path, payloads)), payloads)
     ctx = make_context("probe", "cpu", resolution=(512, 512))
     given = _inputs(node_id, cls, payloads)
     ctx.connected = frozenset(given)

@@ -218,28 +218,34 @@ def test_virtualcam_real_driver_missing_here():
         run_node_frames(VirtualCamera, {"backend": "v4l2loopback"}, [])
 
 
-def test_virtualcam_falls_back_loudly(clip_frames, caplog):
-    node = build_node(VirtualCamera, {"backend": "muse_missing", "fallback": "null"})
-    ctx = make_context()
-    with caplog.at_level("WARNING", logger="muse"):
-        node.open(ctx)
-    for f in frames_in(clip_frames[:4]):
-        node.process(**f)
-    node.close()
-    assert "FALLING BACK to nowhere" in caplog.text and ctx.stats.info["fallback"] == "null"
-    assert node.fallback.count == 4
+def test_virtualcam_falls_back_loudly_to_a_visible_stand_in(caplog):
+    """`fallback: null|preview` without a driver: the runtime starts a stand-in output node
+    (virtualcam/null, virtualcam/preview) that --stats and the trace show, and says so loudly."""
+    from muse.graph.runtime import GraphRunner
+    from muse.graph.validate import validate_text
 
-    node = build_node(VirtualCamera, {"backend": "muse_missing", "fallback": "preview", "fallback_port": 0})
-    ctx = make_context()
-    node.open(ctx)
+    text = ("version: 1\nsettings: {device: cpu}\nnodes:\n"
+            "  src: {type: capture.demo, params: {width: 160, height: 120, fps: 0, frames: %d}}\n"
+            "  virtualcam: {type: output.virtualcam, params: {backend: muse_missing, width: 160, height: 120, format: rgb, %s},"
+            " inputs: {frame: {from: src.frame, queue: 8}}}\n")
+    with caplog.at_level("WARNING", logger="muse"):
+        stats = GraphRunner(validate_text(text % (4, "fallback: 'null'"), "v.yaml")).run()
+    assert "FALLING BACK to virtualcam/null" in caplog.text
+    assert stats.nodes["virtualcam"].info["fallback"] == "virtualcam/null"
+    assert "no virtual camera could be opened" in stats.nodes["virtualcam"].info["fallback_reason"]
+    assert stats.nodes["virtualcam/null"].frames == 4 and stats.nodes["virtualcam"].frames == 0
+
+    runner = GraphRunner(validate_text(text % (400, "fallback: preview, fallback_port: 0"), "v.yaml")).start()
     try:
-        node.process(**frames_in(clip_frames[:1])[0])
-        url = ctx.stats.info["url"]
+        deadline = time.monotonic() + 30
+        while runner.stats.nodes["virtualcam/preview"].frames < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        url = runner.stats.nodes["virtualcam/preview"].info["url"]
         jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=5).read()
         pic = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         assert pic.shape == (120, 160, 3)
     finally:
-        node.close()
+        runner.stop()
 
 
 # -- output.stream -------------------------------------------------------------------

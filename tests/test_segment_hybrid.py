@@ -294,3 +294,41 @@ def test_better_model_comes_back_after_retry(tmp_path, modnet_ckpt, frame, harne
     time.sleep(0.35)
     h.run(frame)
     assert h.info["mode"] == "personalized" and h.info["switches"] == 2
+
+
+def test_student_node_picks_up_a_new_export_and_is_absent_without_one(tmp_path, frame):
+    """segment.student (the hybrid sub-graph's personalized branch) shares the hybrid's watcher: a new
+    export is swapped in while streaming, a broken one leaves the running model; no student is NodeAbsent."""
+    from muse.graph.node import NodeAbsent
+    from muse.nodes.segment.student import StudentSegment
+
+    empty = _profile(tmp_path / "empty", live=None)
+    with pytest.raises(NodeAbsent, match="segment.student"):
+        build_node(StudentSegment, {"profile": str(empty)}, name="s").open(make_context("s"))
+    with pytest.raises(NodeAbsent, match="field 'profile'"):
+        build_node(StudentSegment, {}, name="s").open(make_context("s"))
+
+    profile = _profile(tmp_path / "profile")
+    _student(profile / "models/live/student.pt", head_bias=-30.0)  # sees nobody
+    node = build_node(StudentSegment, {"profile": str(profile), "watch_s": 0.2}, name="s")
+    ctx = make_context("s", resolution=(SIZE, SIZE))
+    node.open(ctx)
+    try:
+        assert float(node.process(frame=frame)["mask"].alpha.mean()) < 0.01
+        time.sleep(0.05)
+        _student(profile / "models/live/student.pt", head_bias=30.0)  # a new export: sees everything
+        deadline = time.monotonic() + 20
+        while ctx.stats.info.get("student_swaps") != 1 and time.monotonic() < deadline:
+            node.process(frame=frame)
+            time.sleep(0.05)
+        assert ctx.stats.info.get("student_swaps") == 1
+        assert float(node.process(frame=frame)["mask"].alpha.mean()) > 0.99
+        (profile / "models/live/student.pt").write_bytes(b"garbage")
+        deadline = time.monotonic() + 20
+        while "last_swap_error" not in ctx.stats.info and time.monotonic() < deadline:
+            node.process(frame=frame)
+            time.sleep(0.05)
+        assert "student.pt" in ctx.stats.info["last_swap_error"]
+        assert float(node.process(frame=frame)["mask"].alpha.mean()) > 0.99, "the running model stays"
+    finally:
+        node.close()

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import networkx as nx
+import pytest
 
 MUSE = Path(__file__).resolve().parent.parent / "muse"
 
@@ -29,18 +30,19 @@ def _imports(path: Path, package: str) -> set[str]:
     return found
 
 
-def test_studio_has_no_import_cycle() -> None:
+@pytest.mark.parametrize("package", ["studio", "editor"])
+def test_no_import_cycle(package: str) -> None:
     """Deferred imports included: a cycle through a function-level import still couples the modules."""
-    root = MUSE / "studio"
-    modules = {("muse.studio." + ".".join(p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
+    root = MUSE / package
+    modules = {(f"muse.{package}." + ".".join(p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
                for p in root.rglob("*.py")}
     g = nx.DiGraph()
     for name, path in modules.items():
-        for target in _imports(path, "muse.studio"):
+        for target in _imports(path, f"muse.{package}"):
             if target in modules and target != name:
                 g.add_edge(name, target)
     cycles = list(nx.simple_cycles(g))
-    assert not cycles, f"import cycles in muse.studio: {cycles}"
+    assert not cycles, f"import cycles in muse.{package}: {cycles}"
 
 
 def test_no_private_helpers_imported_across_modules() -> None:

@@ -46,6 +46,7 @@ class NodeTypeInfo:
     params_schema: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     known: bool = True  # False: the graph names a type the registry lacks
+    selects_inputs: bool = False  # a switch: one of its candidates is live (the editor lists its branches)
 
     @classmethod
     def from_describe(cls, d: dict[str, Any]) -> "NodeTypeInfo":
@@ -65,6 +66,7 @@ class NodeTypeInfo:
             outputs=ports(d.get("outputs", {})),
             params_schema=d.get("params", {}) or {},
             source=d.get("source", ""),
+            selects_inputs=bool((d.get("flags") or {}).get("selects_inputs")),
         )
 
     @classmethod

@@ -143,11 +143,17 @@ class LiveSession:
 
 def stats_line(s: dict[str, Any]) -> str:
     """Short enough for a node: '1.2 / 3.4 ms' (p50 / p99), then 'mode: personalized' on a line of its own."""
+    info = s.get("info") or {}
+    state = str(info.get("state", ""))
+    if state and not state.startswith("live"):  # absent, failed, standby: it does not run, so no timings
+        return state.split(":")[0] + (" (see tooltip)" if ":" in state else "")
     t = s.get("gpu_ms") or s.get("host_ms") or {}
     text = f"{t.get('p50', 0.0):.1f} / {t.get('p99', 0.0):.1f} ms"
-    mode = (s.get("info") or {}).get("mode")
+    mode = info.get("mode")
     if mode is not None:
         text += f"\nmode: {mode}"  # own line: nodes must not grow wider than the layout left room for
+    if "branches" in info and "live" in info:  # a switch: which branch is live
+        text += f"\nlive: {info['live']}"
     if s.get("errors"):
         text += f"  errors {s['errors']}"
     return text
@@ -161,7 +167,11 @@ def stats_details(s: dict[str, Any]) -> str:
             t = s[key]
             lines.append(f"{key.replace('_ms', '')} time: p50 {t['p50']:.2f}  p95 {t['p95']:.2f}  p99 {t['p99']:.2f} ms")
     lines.append(f"frames {s.get('frames', 0)}  drops {s.get('drops', 0)}  errors {s.get('errors', 0)}")
-    lines += [f"{k}: {v}" for k, v in (s.get("info") or {}).items()]
+    for k, v in (s.get("info") or {}).items():
+        if k == "branches" and isinstance(v, dict):  # a switch: each branch and its state on a line
+            lines += [f"branch {label}: {state}" for label, state in v.items()]
+        else:
+            lines.append(f"{k}: {v}")
     if s.get("last_error"):
         lines.append(f"last error: {s['last_error']}")
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from muse.editor.catalog import GENERIC, UNKNOWN, Catalog, NodeTypeInfo
+from muse.editor.included import included_specs
 from muse.editor.layout import layered_positions
 from muse.files import write_bytes, write_text
 from muse.graph.spec import EditorSection, GraphFileError, GraphSpec, InputLink, NodeSpec, Settings, dump_yaml, load_yaml, parse_ref, read_graph_file
@@ -65,6 +66,7 @@ class EditorNode:
     inputs: dict[str, InputRef] = field(default_factory=dict)
     description: str = ""
     pos: tuple[float, float] | None = None
+    standby_for: str = ""  # starts only when that node does not (a stand-in)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class EditorModel:
         self.nodes: dict[str, EditorNode] = {}
         self.settings: dict[str, Any] = Settings().model_dump(mode="json")
         self.include: list[dict[str, Any]] = []
+        self.included: dict[str, EditorNode] = {}  # drawn read-only: what the includes add (muse.editor.included)
+        self.included_from: dict[str, str] = {}
         self.editor_extra: dict[str, Any] = {}
         self._undo: list[tuple[str, Any, Any]] = []  # (label, coalesce key, snapshot)
         self._redo: list[tuple[str, Any, Any]] = []
@@ -146,6 +150,8 @@ class EditorModel:
 
     def _changed(self, kind: str) -> None:
         """kind: structure | params | settings | positions | load."""
+        if kind in ("structure", "load", "params"):
+            self.refresh_included()
         self.dirty = True
         self.revision += 1
         for cb in list(self.listeners):
@@ -180,13 +186,55 @@ class EditorModel:
     def can_redo(self) -> bool:
         return bool(self._redo)
 
+    # -- included sub-graphs (read-only) ---------------------------------
+    def refresh_included(self) -> None:
+        """Expand the includes again (after a load or an edit), keeping where their nodes were drawn."""
+        specs, files = included_specs(self.to_yaml(), self.path) if self.include and self.nodes else ({}, {})
+        nodes = {name: EditorNode(name, ns.type, dict(ns.params), {p: InputRef.from_spec(v) for p, v in ns.inputs.items()},
+                                  ns.description, None, ns.standby_for) for name, ns in specs.items()}
+        saved = self.editor_extra.get("included_positions") or {}
+        for name, node in nodes.items():
+            old = self.included.get(name)
+            pos = old.pos if old is not None and old.pos else saved.get(name)
+            node.pos = (float(pos[0]), float(pos[1])) if pos else None
+        self.included, self.included_from = nodes, files
+
+    def all_nodes(self) -> dict[str, EditorNode]:
+        """The file's nodes and, read-only, those its includes add: everything the editor draws."""
+        return {**self.nodes, **self.included}
+
+    def _any_node(self, name: str) -> EditorNode:
+        node = self.nodes.get(name) or self.included.get(name)
+        if node is None:
+            raise EditError(f"there is no node {name!r} in the graph")
+        return node
+
+    def all_links(self) -> list[Link]:
+        """Every link to draw, included nodes' too (only `links()` can be edited)."""
+        everything = self.all_nodes()
+        return [Link(src[0], src[1], n.name, port) for n in everything.values() for port, ref in n.inputs.items()
+                for s in ref.sources if (src := parse_ref(s)) and src[0] in everything]
+
+    def branches(self, name: str) -> list[tuple[str, str]]:
+        """A switch's branches in priority order: (label, where it comes from); empty for other nodes."""
+        if not self.node_info(name).selects_inputs:
+            return []
+        node = self._any_node(name)
+        labels = list(node.params.get("labels") or [])
+        out = []
+        for port, spec in self.node_info(name).inputs.items():
+            if spec.multiple and port in node.inputs:
+                for i, src in enumerate(node.inputs[port].sources):
+                    out.append((labels[i] if i < len(labels) else f"branch {i}", src))
+        return out
+
     # -- node types and port types ---------------------------------------
     def node_info(self, name: str) -> NodeTypeInfo:
-        node = self._node(name)
+        node = self._any_node(name)
         info = self.catalog.get(node.type)
         if info is not None:
             return info
-        outs = sorted({ref[1] for n in self.nodes.values() for r in n.inputs.values() for s in r.sources
+        outs = sorted({ref[1] for n in self.all_nodes().values() for r in n.inputs.values() for s in r.sources
                        if (ref := parse_ref(s)) and ref[0] == name})
         return NodeTypeInfo.unknown(node.type, list(node.inputs), outs)
 
@@ -203,10 +251,11 @@ class EditorModel:
         return p.type
 
     def _bound_input_type(self, name: str, port: str, _seen: frozenset = frozenset()) -> str:
-        ref = self.nodes[name].inputs.get(port)
+        ref = self._any_node(name).inputs.get(port)
+        everything = self.all_nodes()
         for s in ref.sources if ref else []:
             src = parse_ref(s)
-            if src and src[0] in self.nodes:
+            if src and src[0] in everything:
                 t = self.output_type(src[0], src[1], _seen)
                 if t not in (GENERIC, UNKNOWN):
                     return t
@@ -232,16 +281,17 @@ class EditorModel:
         return out
 
     def external_inputs(self, name: str) -> dict[str, list[str]]:
-        """Sources that name no node of this file (included sub-graphs, typos): kept as written."""
+        """Sources that name no node of this file or its includes (typos): kept as written."""
+        everything = self.all_nodes()
         return {
             port: bad
-            for port, ref in self._node(name).inputs.items()
-            if (bad := [s for s in ref.sources if not ((r := parse_ref(s)) and r[0] in self.nodes)])
+            for port, ref in self._any_node(name).inputs.items()
+            if (bad := [s for s in ref.sources if not ((r := parse_ref(s)) and r[0] in everything)])
         }
 
     def open_required_inputs(self, name: str) -> list[str]:
         info = self.node_info(name)
-        node = self.nodes[name]
+        node = self._any_node(name)
         return [p for p, spec in info.inputs.items() if not spec.optional and not (p in node.inputs and node.inputs[p].sources)]
 
     # -- links -----------------------------------------------------------
@@ -422,6 +472,8 @@ class EditorModel:
         for n in self.nodes.values():
             for ref in n.inputs.values():
                 ref.sources = [f"{new}.{r[1]}" if (r := parse_ref(s)) and r[0] == old else s for s in ref.sources]
+            if n.standby_for == old:
+                n.standby_for = new
         self._changed("structure")
 
     def set_description(self, name: str, text: str) -> None:
@@ -501,7 +553,7 @@ class EditorModel:
 
     # -- positions and layout ----------------------------------------------
     def move_node(self, name: str, pos: tuple[float, float], record: bool = False) -> None:
-        node = self._node(name)
+        node = self._any_node(name)  # included nodes move too (their places are kept in the file's editor section)
         pos = (float(pos[0]), float(pos[1]))
         if node.pos is not None and abs(node.pos[0] - pos[0]) < 1 and abs(node.pos[1] - pos[1]) < 1:
             return  # the screen rounds to pixels: that is not an edit
@@ -513,28 +565,29 @@ class EditorModel:
     def auto_layout(self, sizes: dict[str, tuple[float, float]] | None = None, only_missing: bool = False,
                     record: bool = True) -> None:
         """Place nodes in layered columns (all of them, or only those without a position)."""
-        if only_missing and all(n.pos for n in self.nodes.values()):
+        nodes = self.all_nodes()  # included nodes are drawn too, so they are laid out with the rest
+        if only_missing and all(n.pos for n in nodes.values()):
             return
         if not only_missing and record:
             self._record("auto layout")
-        sizes = {**{n: self.estimated_size(n) for n in self.nodes}, **(sizes or {})}
-        edges = [(l.src, l.dst) for l in self.links()]
-        pos = layered_positions(list(self.nodes), edges, sizes)
+        sizes = {**{n: self.estimated_size(n) for n in nodes}, **(sizes or {})}
+        edges = [(l.src, l.dst) for l in self.all_links()]
+        pos = layered_positions(list(nodes), edges, sizes)
         if only_missing:
-            have = [n.pos for n in self.nodes.values() if n.pos]
+            have = [n.pos for n in nodes.values() if n.pos]
             dy = max((p[1] for p in have), default=0.0) + 200 if have else 0.0
-            for n in self.nodes.values():
+            for n in nodes.values():
                 if not n.pos:
                     n.pos = (pos[n.name][0], pos[n.name][1] + dy)
         else:
-            for n in self.nodes.values():
+            for n in nodes.values():
                 n.pos = pos[n.name]
         self._changed("load")
 
     def estimated_size(self, name: str) -> tuple[float, float]:
         """About what the view draws: one text row per port plus the type line, 7 px per character."""
         info = self.node_info(name)
-        lines = [self.nodes[name].type, name] + [f"{p}: {t.type}  (required)" for p, t in info.inputs.items()]
+        lines = [self._any_node(name).type, name] + [f"{p}: {t.type}  (required)" for p, t in info.inputs.items()]
         lines += [f"view {p}: {t.type}" for p, t in info.outputs.items()]
         width = min(NODE_WIDTH, 24.0 + 7.0 * max(len(line) for line in lines))
         rows = len(info.inputs) + len(info.outputs) + 3  # + type line + timings and mode while running
@@ -552,12 +605,12 @@ class EditorModel:
             text = read_graph_file(path)  # regular files only, size-limited, UTF-8/16/32 (the validator's reader)
         except GraphFileError as exc:
             raise EditError(f"cannot open graph file {path}: {exc}" + (f"; {exc.hint}" if exc.hint else "")) from None
-        self.load_text(text, str(path))
+        self.load_text(text, str(path), path)
         self.path = path
         self._loaded_mtime = path.stat().st_mtime
         self._original_text = text
 
-    def load_text(self, text: str, file: str = "<editor>") -> None:
+    def load_text(self, text: str, file: str = "<editor>", path: Path | None = None) -> None:
         """Read a graph; a file the validator rejects still opens when its structure parses (errors show on nodes)."""
         try:
             data, _ = load_yaml(text, file)
@@ -569,18 +622,20 @@ class EditorModel:
                 raise EditError(f"{file} cannot be opened in the editor; fix these first:\n{gve}") from None
             raise EditError(f"{file} cannot be opened in the editor: {exc}") from None
         self._reset_state()
+        self.path = path  # includes are relative to the file
         positions = spec.editor.positions if spec.editor else {}
         for name, ns in spec.nodes.items():
             pos = positions.get(name)
             self.nodes[name] = EditorNode(
                 name, ns.type, dict(ns.params), {p: InputRef.from_spec(v) for p, v in ns.inputs.items()},
-                ns.description, (float(pos[0]), float(pos[1])) if pos else None,
+                ns.description, (float(pos[0]), float(pos[1])) if pos else None, ns.standby_for,
             )
         self.settings = spec.settings.model_dump(mode="json")
         self.include = [inc.model_dump(mode="json") for inc in spec.include]
         if spec.editor:
             self.editor_extra = {k: v for k, v in spec.editor.model_dump(mode="json").items() if k != "positions"}
-        self.auto_placed = {n.name for n in self.nodes.values() if n.pos is None}
+        self.refresh_included()
+        self.auto_placed = {n.name for n in self.all_nodes().values() if n.pos is None}
         if self.auto_placed:
             self.auto_layout(only_missing=True)
             self._undo.clear()
@@ -590,11 +645,15 @@ class EditorModel:
     def to_spec(self) -> GraphSpec:
         nodes = {
             n.name: NodeSpec(type=n.type, params=dict(n.params), description=n.description,
-                             inputs={p: r.to_spec() for p, r in n.inputs.items()})
+                             inputs={p: r.to_spec() for p, r in n.inputs.items()}, standby_for=n.standby_for)
             for n in self.nodes.values()
         }
         positions = {n.name: (round(n.pos[0]), round(n.pos[1])) for n in self.nodes.values() if n.pos}
-        editor = EditorSection.model_validate({**self.editor_extra, "positions": positions})
+        extra = dict(self.editor_extra)
+        inc_pos = {n.name: [round(n.pos[0]), round(n.pos[1])] for n in self.included.values() if n.pos}
+        if inc_pos:
+            extra["included_positions"] = inc_pos  # where the included sub-graphs' nodes were drawn
+        editor = EditorSection.model_validate({**extra, "positions": positions})
         return GraphSpec.model_validate({
             "version": 1, "settings": self.settings, "include": self.include, "nodes": nodes, "editor": editor,
         })

@@ -254,7 +254,7 @@ class EditorView:
         self.stats_details.clear()
         self.error_text.clear()
         port_attr: dict[tuple[str, str, str], int] = {}
-        for name, node in self.model.nodes.items():
+        for name, node in self.model.all_nodes().items():  # the includes' nodes too, read-only
             info = self.model.node_info(name)
             with dpg.node(label=name, parent=self.editor, pos=list(node.pos or (40, 40))) as nid:
                 self.node_ids[name] = nid
@@ -265,6 +265,7 @@ class EditorView:
                         dpg.add_text(info.description or node.type, wrap=320)
                         if info.source:
                             dpg.add_text(info.source, color=_MUTED, wrap=320)
+                    self._draw_role(name, node)
                 open_required = set(self.model.open_required_inputs(name))
                 for port, spec in info.inputs.items():
                     typ = self.model.input_type(name, port)
@@ -299,25 +300,42 @@ class EditorView:
                     if ext:
                         dpg.add_text("from outside: " + ", ".join(f"{p} <- {', '.join(s)}" for p, s in ext.items()),
                                      color=_MUTED, wrap=int(NODE_WIDTH))
-            colour = category_colour(info.category)
-            dpg.bind_item_theme(nid, self._node_theme(info.category, colour))
-        for link in self.model.links():
+            dpg.bind_item_theme(nid, self._theme_of(name))
+        for link in self.model.all_links():
             a = port_attr.get((link.src, link.src_port, "out"))
             b = port_attr.get((link.dst, link.dst_port, "in"))
             if a is None or b is None:
                 continue
             lid = dpg.add_node_link(a, b, parent=self.editor)
-            self.link_ids[lid] = link
+            if link.dst in self.model.nodes:  # links into included nodes are drawn, not edited here
+                self.link_ids[lid] = link
             dpg.bind_item_theme(lid, self._link_themes.get(self.model.output_type(link.src, link.src_port), self._link_themes[UNKNOWN]))
         if self.check is not None:
             self.show_check(self.check)
         self._inspected = None
         self._stats_due = 0.0  # timings back on the redrawn nodes at once
 
+    def _draw_role(self, name: str, node: Any) -> None:
+        """What the node is in the graph's wiring: included (read-only), a stand-in, a switch's branches."""
+        if name in self.model.included:
+            dpg.add_text(f"from {self.model.included_from.get(name, 'an include')} (read-only)", color=_MUTED,
+                         wrap=int(NODE_WIDTH))
+        if node.standby_for:
+            dpg.add_text(f"stands in for {node.standby_for}", color=_WARN_AMBER, wrap=int(NODE_WIDTH))
+        for i, (label, src) in enumerate(self.model.branches(name)):
+            dpg.add_text(f"{i + 1}. {label} <- {src}", color=_WARN_AMBER if i == 0 else _MUTED, wrap=int(NODE_WIDTH))
+
+    def _theme_of(self, name: str) -> int:
+        category = self.model.node_info(name).category
+        colour = category_colour(category)
+        if name in self.model.included:  # the includes' nodes: their category's colour, dimmed
+            return self._node_theme(f"{category}/included", tuple(int(v * 0.55) for v in colour))
+        return self._node_theme(category, colour)
+
     def sync_positions(self) -> None:
         """Copy node positions from the screen into the model (before save, layout, rebuild)."""
         for name, nid in self.node_ids.items():
-            if name in self.model.nodes and dpg.does_item_exist(nid):
+            if name in self.model.all_nodes() and dpg.does_item_exist(nid):
                 x, y = dpg.get_item_pos(nid)
                 self.model.move_node(name, (x, y))
 
@@ -440,7 +458,7 @@ class EditorView:
 
     def relayout_opened(self) -> None:
         """A file without positions was laid out on estimated sizes; redo it with the drawn ones (not an edit)."""
-        if self.model.auto_placed and self.model.auto_placed == set(self.model.nodes):
+        if self.model.auto_placed and self.model.auto_placed == set(self.model.all_nodes()):
             dirty = self.model.dirty
             self.model.auto_layout(self.drawn_sizes(), record=False)
             self.model.dirty = dirty
@@ -580,8 +598,7 @@ class EditorView:
                     dpg.bind_item_theme(self.node_ids[name], self._node_theme("_error", (170, 50, 50)))
             else:
                 dpg.configure_item(tid, show=False)
-                dpg.bind_item_theme(self.node_ids[name], self._node_theme(self.model.node_info(name).category,
-                                                                           category_colour(self.model.node_info(name).category)))
+                dpg.bind_item_theme(self.node_ids[name], self._theme_of(name))
         dpg.delete_item(self.errors_group, children_only=True)
         if not check.errors and not check.warnings:
             dpg.add_text("no problems: the graph is valid", color=_OK_GREEN, parent=self.errors_group)
@@ -606,6 +623,16 @@ class EditorView:
             return
         self._inspected = key
         dpg.delete_item(self.inspector, children_only=True)
+        if name is None and self.selected in self.model.included:
+            inc = self.model.included[self.selected]
+            prefix, _, sub = self.selected.partition("/")
+            dpg.add_text(f"{self.selected}  ({inc.type})", parent=self.inspector, wrap=330)
+            dpg.add_text(f"Included from {self.model.included_from.get(self.selected, 'an include')} (read-only). Set its params "
+                         f"in this graph's include entry: params: {{{sub}: {{...}}}} (prefix {prefix}).",
+                         parent=self.inspector, color=_MUTED, wrap=330)
+            for key, value in inc.params.items():
+                dpg.add_text(f"{key}: {value!r}", parent=self.inspector, wrap=330)
+            return
         if name is None:
             dpg.add_text("Select a node to edit its parameters.", parent=self.inspector, color=_MUTED, wrap=330)
             return

@@ -25,6 +25,9 @@ import statistics
 import threading
 from typing import Any
 
+from muse.graph.liveness import branch_nodes, switches_fed_by
+from muse.graph.slots import FrameFailed
+
 log = logging.getLogger("muse.runtime.cpu_pipeline")
 
 REBALANCE_AFTER = 30
@@ -39,11 +42,12 @@ def plan(runner: Any) -> "CpuPipeline | None":
     if getattr(runner, "program", None) is not None:  # the emulated frame capture (tests) runs frames whole
         return None
     graph = runner.graph
-    middle = [n for n in graph.order if not graph.nodes[n].cls.is_source() and not graph.nodes[n].cls.is_sink()]
+    middle = [n for n in graph.order if not graph.nodes[n].cls.is_source() and not graph.nodes[n].cls.is_sink()
+              and not runner.slots[n].absent]
     if len(middle) < 2 or any(graph.nodes[n].cls.lazy_inputs for n in middle):
         return None
     previous = _share_cores()
-    pipe = CpuPipeline(runner, middle)
+    pipe = CpuPipeline(runner, middle, branch_nodes(graph))
     pipe.previous_threads = previous
     return pipe
 
@@ -77,8 +81,9 @@ def _restore_cores(previous: tuple[int, int] | None) -> None:
 
 
 class CpuPipeline:
-    def __init__(self, runner: Any, middle: list[str]) -> None:
+    def __init__(self, runner: Any, middle: list[str], branch: set[str] | None = None) -> None:
         self.runner = runner
+        self.branch = branch or set()
         self.middle = middle
         self.split = len(middle) - 1  # head = middle[:split]
         self.frames = 0
@@ -98,8 +103,19 @@ class CpuPipeline:
     # -- executor side -----------------------------------------------------
     def run_frame(self, memo: dict, t_capture: float) -> None:
         """Evaluate the head here, then hand the frame to the tail thread (waiting for it to be free)."""
+        live = self.runner.live
         for name in self.head:
-            self.runner._evaluate(name, memo)  # FrameFailed propagates to the executor as before
+            if name not in live:  # a switch's idle branches do not run
+                continue
+            try:
+                self.runner._evaluate(name, memo)  # FrameFailed propagates to the executor as before
+            except FrameFailed as exc:
+                if name not in self.branch:
+                    raise
+                # A switch's branch failed: its switch (run in the tail) falls back; told now, so the next
+                # frame, whose head starts before this frame's tail ends, does not run the branch again.
+                for switch, port, index in switches_fed_by(self.runner.graph, name):
+                    self.runner.slots[switch].node.input_failed(port, index, exc.exc)
         with self._cond:
             while self._busy and not self._closed:
                 self._cond.wait(0.1)
@@ -147,7 +163,7 @@ class CpuPipeline:
 
     # -- tail thread ---------------------------------------------------------
     def _loop(self) -> None:
-        from muse.graph.slots import FrameFailed, Item
+        from muse.graph.slots import Item
 
         runner = self.runner
         while True:
@@ -159,7 +175,7 @@ class CpuPipeline:
                 memo, t_capture = self._job
                 self._job = None
             try:
-                sinks = [runner.slots[n] for n in runner.graph.order if runner.slots[n].rn.cls.is_sink()]
+                sinks = [runner.slots[n] for n in runner.graph.order if runner.slots[n].rn.cls.is_sink() and not runner.slots[n].absent]
                 for sink in sinks:
                     values, events = runner._gather_inputs(sink, memo)
                     if values is None:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from muse.graph.liveness import gather, gather_selected, live_nodes
 from muse.graph.node import NodeError
 from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
 
@@ -65,15 +66,18 @@ class FrameExecutor:
             with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
                 self._fire_taps(name, item.values)
         for name in self.graph.order:  # a secondary source with no frame yet: its branch sits this frame out
-            if name not in memo and self.slots[name].rn.cls.is_source():
+            slot = self.slots[name]
+            slot.variant_ready = False
+            if name not in memo and slot.rn.cls.is_source() and not slot.absent:  # absent: its stand-in's, if any
                 memo[name] = ({}, [])
+        self.live = live_nodes(self)  # switches choose here; only what the live branches need runs
         if self._cpu_pipeline is not None:
             self._cpu_pipeline.run_frame(memo, t_capture)
             return
         program = self.program
         if program is not None:
             program.run(memo)
-        sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink()]
+        sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink() and n in self.live]
         frame_events: list[Any] = []
         for sink in sinks:
             values, events = self._gather_inputs(sink, memo)
@@ -93,27 +97,20 @@ class FrameExecutor:
         """Values for a node's inputs (computing upstream nodes on demand) and the events to wait on."""
         values: dict[str, Any] = {}
         events: list[Any] = []
-        needed = slot.node.needed_inputs()
-        needed = set(needed) if needed is not None else None
-        for port, ri in slot.rn.inputs.items():
-            if slot.rn.cls.lazy_inputs:
+        if slot.rn.cls.lazy_inputs:
+            for port, ri in slot.rn.inputs.items():
                 values[port] = self._lazy(ri, memo, events)
-                continue
-            if needed is not None and port not in needed:
-                continue
-            got = []
-            for src in ri.sources:
-                outs, evs = self._evaluate(src.node, memo)
-                got.append(outs.get(src.port) if outs else None)
-                events.extend(evs)
-            if ri.port.multiple:
-                values[port] = got
-            else:
-                value = got[0] if got else None
-                if value is None and not ri.port.optional:
-                    return None, events
-                values[port] = value
-        return values, events
+            return values, events
+        if slot.rn.cls.selects_inputs:
+            return gather_selected(self, slot, memo)
+        return gather(self, slot, memo)
+
+    def _variant(self, slot: Slot) -> Any:
+        """The node's host choice for this frame (`frame_variant()`), asked once per frame."""
+        if not slot.variant_ready:
+            slot.variant = slot.node.frame_variant()
+            slot.variant_ready = True
+        return slot.variant
 
     def _lazy(self, ri: Any, memo: dict, events: list[Any]) -> Any:
         def thunk_for(src: Any) -> Callable[[], Any]:
@@ -136,13 +133,24 @@ class FrameExecutor:
 
     def _evaluate(self, name: str, memo: dict) -> tuple[dict[str, Any], list[Any]]:
         if name in memo:
-            return memo[name]
+            done = memo[name]
+            if isinstance(done, FrameFailed):  # failed earlier this frame: not run twice
+                raise done
+            return done
         slot = self.slots[name]
+        if slot.absent:  # never started: its stand-in's outputs, or nothing (a switch skips it)
+            given = self.provider(name)
+            memo[name] = self._evaluate(given, memo) if given is not None else ({}, [])
+            return memo[name]
         values, events = self._gather_inputs(slot, memo)
         if values is None:
             memo[name] = ({}, [])
             return memo[name]
-        outs, ev = self._run_node(slot, values, events)
+        try:
+            outs, ev = self._run_node(slot, values, events)
+        except FrameFailed as exc:
+            memo[name] = exc
+            raise
         memo[name] = (outs, ev)
         return memo[name]
 
@@ -153,8 +161,7 @@ class FrameExecutor:
         try:
             with self._in_stream(slot.stream):
                 self._wait_events(slot.stream, events, values)
-                if not slot.variant_ready:
-                    slot.node.frame_variant()  # host choices for this frame (read a frame late)
+                self._variant(slot)  # host choices for this frame (read a frame late)
                 slot.variant_ready = False
                 if nvtx:
                     torch.cuda.nvtx.range_push(slot.name)
@@ -184,7 +191,10 @@ class FrameExecutor:
         slot.stats.frames += 1
         slot.stats.host_ms.append((t1 - t0) * 1000.0)
         if self.trace is not None:
-            self.trace.span(slot.name, t0, t1, category=slot.rn.type, args={"frame": self._frame_index})
+            args = {"frame": self._frame_index}
+            if slot.rn.cls.selects_inputs:  # a switch: which branch was live this frame
+                args["live"] = slot.stats.info.get("live")
+            self.trace.span(slot.name, t0, t1, category=slot.rn.type, args=args)
 
     def _node_failed(self, slot: Slot, exc: BaseException, expected: bool = False) -> None:
         slot.stats.errors += 1

@@ -66,7 +66,14 @@ def expand_includes(spec: GraphSpec, base: Path, smap: SourceMap, errors: list[G
                 errors.append(GraphError("include", f"included node {rename[n]!r} clashes with a node of this graph", smap.file, line,
                                          node=rename[n], field=where))
                 continue
-            spec.nodes[rename[n]] = NodeSpec(type=ns.type, params=ns.params, inputs=new_inputs, description=ns.description)
+            params = {**ns.params, **inc.params.get(n, {})}
+            standby = rename.get(ns.standby_for, ns.standby_for)
+            spec.nodes[rename[n]] = NodeSpec(type=ns.type, params=params, inputs=new_inputs, description=ns.description,
+                                             standby_for=standby)
+        for sub in inc.params:
+            if sub not in rename:
+                errors.append(GraphError("include", f"include params for {sub!r}, which is no node of {inc.file}", smap.file, line,
+                                         field=f"{where}.params", hint=f"its nodes: {', '.join(rename)}"))
         for target, src in inc.inputs.items():
             ref = parse_ref(target)
             if not ref or ref[0] not in rename or rename[ref[0]] not in spec.nodes:

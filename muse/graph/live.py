@@ -58,6 +58,9 @@ class LiveChanges:
 
     def _apply_params(self, slot: Slot, params: Any) -> None:
         changed = {k for k, v in params.model_dump().items() if getattr(slot.node.params, k, None) != v}
+        if slot.absent:
+            self._retry_absent(slot, params)
+            return
         if slot.node.update_params(params):
             slot.rn.params = params  # the runner's own copy of the node (see muse.graph.resolve)
             if self.program is not None and changed - set(slot.node.live_params):
@@ -78,6 +81,24 @@ class LiveChanges:
             self._close_slot(old)
         self._build_program()
         log.info("node '%s': reopened with new parameters", slot.name)
+
+    def _retry_absent(self, slot: Slot, params: Any) -> None:
+        """A switch's branch that was absent or failed, with new params (a checkpoint set live): try to start it."""
+        fresh = self._make_slot(dc_replace(slot.rn, params=params))
+        self.slots[slot.name] = fresh
+        fresh.absent = self._why_not_started(fresh, self.graph)
+        if not fresh.absent:
+            self._start_or_skip(fresh, optional=True)
+        if not fresh.absent:
+            fresh.stats.info.pop("state", None)
+            if fresh.rn.cls.is_source():
+                self._start_source(fresh)
+            elif fresh.rn.cls.is_sink():
+                self._start_sink(fresh)
+            log.info("node '%s': started with its new parameters", slot.name)
+        self._find_substitutes(self.graph)
+        self._tell_switches(self.graph)
+        self._build_program()
 
     def _swap_graph(self, graph: ValidatedGraph) -> None:
         old_graph = self.graph

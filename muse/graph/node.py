@@ -129,6 +129,13 @@ class NodeError(RuntimeError):
     """A node failed in a way the user can act on; the message says how."""
 
 
+class NodeAbsent(NodeError):
+    """Raised by `open` when the node has nothing to run because what it needs was not given or
+    not made yet (no student trained, no MODNet checkpoint set): a normal state for a switch's
+    branch, which is then reported `absent` and costs nothing per frame. Anywhere else it is an
+    error like any other `NodeError`."""
+
+
 @dataclass
 class NodeContext:
     """What the runtime gives a node at `open`: where to run and how to report.
@@ -149,6 +156,7 @@ class NodeContext:
     stats: "NodeStats | None" = None
     clock: "torch.Tensor | None" = None  # this frame's source time in seconds, a float64 device scalar
     connected: frozenset[str] = frozenset()  # the input ports wired in the graph
+    fan_in: dict[str, int] = field(default_factory=dict)  # input port -> how many sources are wired to it
 
     @property
     def cuda(self) -> bool:
@@ -205,6 +213,7 @@ class Node:
     cuda_graph_safe: ClassVar[bool] = False  # the old name of `capturable`, still read from plugins
     live_params: ClassVar[frozenset[str]] = frozenset()  # params kept in device tensors: a change needs no new recording
     lazy_inputs: ClassVar[bool] = False
+    selects_inputs: ClassVar[bool] = False  # needed_inputs() follows this frame's frame_variant() (a switch)
     on_demand: ClassVar[bool] = False  # sources: make a frame only when the last one was taken (synthetic sources)
 
     Params: ClassVar[type[NodeParams]] = NodeParams
@@ -272,14 +281,34 @@ class Node:
         before each `process`. A recorded frame is replayed only while this stays the same."""
         return None
 
+    @classmethod
+    def stand_in(cls, params: Any) -> "tuple[type[Node], dict[str, Any]] | None":
+        """A shorthand param (a camera's `fallback: demo`) asking for a stand-in: its class and params.
+        The runtime adds it as a visible node that starts only if this one does not (muse.graph.stand_ins)."""
+        return None
+
     def capture_blocker(self) -> str | None:
         """Why this node, as configured, cannot be recorded (None: it can); shown by `muse bench`."""
         return None
 
     def needed_inputs(self) -> Iterable[str] | None:
-        """Inputs to compute this frame (None = all connected). Nodes with
+        """Inputs to compute this frame (None = all connected): port names, or `port[i]` for one
+        source of a `multiple` port (the others arrive as None). Only what some needed input
+        consumes runs this frame, captured or not. A node whose answer depends on its host choice
+        sets `selects_inputs`: its `frame_variant()` is then asked first. Nodes with
         `lazy_inputs` decide inside `process` instead."""
         return None
+
+    def sources_absent(self, absent: dict[tuple[str, int], str]) -> None:
+        """Called once every node has started, with the input sources (port, index) that will never
+        have a value (a branch that is absent, failed to start or stands by) and why. A switch
+        skips them; raise NodeError if the node cannot work without them."""
+
+    def input_failed(self, port: str, index: int, error: BaseException) -> bool:
+        """A needed source of `port` (its `index`-th) failed this frame. Return True to be asked
+        `frame_variant()` and `needed_inputs()` again (a switch falls back to its next branch);
+        False (the default) fails this node's frame too."""
+        return False
 
     # -- class facts -----------------------------------------------------
     @classmethod
@@ -301,7 +330,8 @@ class Node:
             "inputs": {n: _port_json(p) for n, p in cls.inputs_spec.items()},
             "outputs": {n: _port_json(p) for n, p in cls.outputs_spec.items()},
             "params": cls.Params.model_json_schema(),
-            "flags": {"capturable": cls.capturable, "lazy_inputs": cls.lazy_inputs, "on_demand": cls.on_demand},
+            "flags": {"capturable": cls.capturable, "lazy_inputs": cls.lazy_inputs, "on_demand": cls.on_demand,
+                      "selects_inputs": cls.selects_inputs},
         }
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Hashable
 import torch
 
 from muse.graph.capture import CudaFrameGraph, EmulatedFrameGraph, FrameGraph
+from muse.graph.liveness import needed_edges
 from muse.graph.payloads import Payload
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,12 +43,15 @@ def capture_blocker(runner: "GraphRunner", name: str) -> str | None:
         return f"{cls.node_type} does not declare itself capturable"
     if cls.lazy_inputs:
         return "pulls its inputs lazily (a host choice per frame)"
+    if slot.absent:
+        return None
     why = slot.node.capture_blocker()
     return why
 
 
 @dataclass
 class _Variant:
+    nodes: list[str]  # the segment's nodes that run in this variant (a switch's idle branches do not)
     graph: FrameGraph
     static_in: dict[tuple[str, str], Any]
     static_out: dict[str, dict[str, Any]]
@@ -63,7 +67,6 @@ class _Segment:
     variants: dict[Hashable, _Variant] = field(default_factory=dict)
     disabled: str = ""  # recordings failed again and again: the segment runs eagerly from then on
     failed: dict[Hashable, str] = field(default_factory=dict)  # variants whose recording failed: run eagerly
-    externals: list[tuple[str, str]] = field(default_factory=list)
 
 
 class FrameProgram:
@@ -93,14 +96,15 @@ class FrameProgram:
         r = self.runner
         g = r.graph
         needed: set[str] = set()
-        stack = [n for n in g.order if r.slots[n].rn.cls.is_sink()]
+        stack = [n for n in g.order if r.slots[n].rn.cls.is_sink() and not r.slots[n].absent]
         while stack:  # only what some sink consumes runs, as in eager pulling
             n = stack.pop()
             for ri in g.nodes[n].inputs.values():
                 for s in ri.sources:
-                    if s.node not in needed:
-                        needed.add(s.node)
-                        stack.append(s.node)
+                    given = r.provider(s.node)  # itself, or the stand-in in its place (None: never runs)
+                    if given is not None and given not in needed:
+                        needed.add(given)
+                        stack.append(given)
         work = [n for n in g.order if n in needed and not r.slots[n].rn.cls.is_source() and not r.slots[n].rn.cls.is_sink()]
         reasons = {n: capture_blocker(r, n) for n in work}
         depth: dict[str, int] = {}
@@ -116,21 +120,10 @@ class FrameProgram:
                 self.blocked.update({n: reasons[n] or "" for n in eager})
             captured = [n for n in work if depth[n] == level and not reasons[n]]
             if captured:
-                seg = _Segment(captured, captured=True)
-                inside = set(captured)
-                seg.externals = sorted(
-                    {(s.node, s.port) for n in captured for ri in g.nodes[n].inputs.values() for s in ri.sources if s.node not in inside}
-                )
-                segments.append(seg)
+                segments.append(_Segment(captured, captured=True))
         if self.per_node:  # diagnostic: one recording per node, so each replay can be timed on its own
-            return [self._alone(n) if s.captured else _Segment([n], captured=False, reason=s.reason) for s in segments for n in s.nodes]
+            return [_Segment([n], captured=s.captured, reason=s.reason) for s in segments for n in s.nodes]
         return segments
-
-    def _alone(self, n: str) -> _Segment:
-        g = self.runner.graph
-        seg = _Segment([n], captured=True)
-        seg.externals = sorted({(s.node, s.port) for ri in g.nodes[n].inputs.values() for s in ri.sources})
-        return seg
 
     def describe(self) -> dict[str, Any]:
         """What `muse bench` and `--stats` show: which nodes are captured, which are not and why."""
@@ -164,23 +157,23 @@ class FrameProgram:
     def _run_segment(self, seg: _Segment, memo: dict) -> bool:
         """True when the segment was replayed (or recorded) this frame."""
         r = self.runner
+        nodes = [n for n in seg.nodes if n in r.live]  # this frame's: a switch's idle branches sit out
+        if not nodes:
+            return True
+        inside = set(nodes)
         ext: dict[tuple[str, str], Any] = {}
         events: list[Any] = []
-        for node, port in seg.externals:
+        for node, port in sorted({(s.node, s.port) for n in nodes for _p, _i, s in needed_edges(r.slots[n]) if s.node not in inside}):
             outs, evs = r._evaluate(node, memo)
             ext[(node, port)] = outs.get(port) if outs else None
             events.extend(evs)
         if any(v is None for v in ext.values()):
             # Something upstream had nothing this frame: the segment's nodes have nothing either.
-            for n in seg.nodes:
+            for n in nodes:
                 memo[n] = ({}, [])
             return False
-        variants = []
-        for n in seg.nodes:
-            slot = r.slots[n]
-            variants.append(slot.node.frame_variant())
-            slot.variant_ready = True
-        key = (_signature(ext), tuple(variants))
+        variants = tuple((n, r._variant(r.slots[n])) for n in nodes)
+        key = (_signature(ext), variants)
         var = seg.variants.get(key)
         if key in seg.failed:
             self._eager(seg, memo)
@@ -193,7 +186,7 @@ class FrameProgram:
             if len(seg.variants) >= MAX_VARIANTS:
                 seg.variants.pop(next(iter(seg.variants)))  # the oldest; a new one is recorded in its place
             try:
-                var = self._record(seg, ext, events, memo, key)
+                var = self._record(seg, nodes, ext, events, memo, key)
             except Exception as exc:
                 why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 seg.failed[key] = why
@@ -208,10 +201,10 @@ class FrameProgram:
         return True
 
     def _eager(self, seg: _Segment, memo: dict) -> None:
-        for n in seg.nodes:
-            self.runner._evaluate(n, memo)
+        for n in _ends(self.runner, [n for n in seg.nodes if n in self.runner.live]):
+            self.runner._evaluate(n, memo)  # pulls the rest, so a switch sees its branch fail (and falls back)
 
-    def _record(self, seg: _Segment, ext: dict, events: list[Any], memo: dict, key: Hashable) -> _Variant:
+    def _record(self, seg: _Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> _Variant:
         r = self.runner
         stream = self.stream
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
@@ -221,7 +214,7 @@ class FrameProgram:
             static_in = {k: _clone(v) for k, v in ext.items()}
         if stream is not None:
             stream.synchronize()  # once per variant: the recording must start from finished inputs
-        streams = [r.slots[n].stream for n in seg.nodes if r.slots[n].stream is not None]
+        streams = [r.slots[n].stream for n in nodes if r.slots[n].stream is not None]
         graph: FrameGraph = EmulatedFrameGraph() if not self.cuda else CudaFrameGraph(stream, self.pool, join=streams)
         local: dict = {}
 
@@ -236,7 +229,7 @@ class FrameProgram:
             ends: list[Any] = []
             r._recording = True
             try:
-                for n in seg.nodes:
+                for n in nodes:
                     outs, evs = r._evaluate(n, local)
                     ends.extend(evs)
             finally:
@@ -244,15 +237,15 @@ class FrameProgram:
             if stream is not None:
                 for ev in ends:
                     stream.wait_event(ev)  # every side stream joins back before the recording ends
-            return {n: local[n][0] for n in seg.nodes}
+            return {n: local[n][0] for n in nodes}
 
         static_out = graph.record(frame)
         if self.cuda:
             self.pool = getattr(graph, "pool")  # CudaFrameGraph's memory pool, shared by the variants
-        var = _Variant(graph, static_in, static_out)
+        var = _Variant(nodes, graph, static_in, static_out)
         seg.variants[key] = var
         self.captures += 1
-        log.info("captured %s (variant %d of the segment)", "+".join(seg.nodes), len(seg.variants))
+        log.info("captured %s (variant %d of the segment)", "+".join(nodes), len(seg.variants))
         if graph.executes_while_recording:
             self._publish(seg, var, ext, memo)
         else:
@@ -300,7 +293,7 @@ class FrameProgram:
         like = _timing_source(ext)
         t1 = time.perf_counter()
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            for n in seg.nodes:
+            for n in var.nodes:
                 outs = {p: _retime(v, like) for p, v in var.static_out.get(n, {}).items()}
                 memo[n] = (outs, end)
                 slot = r.slots[n]
@@ -315,6 +308,12 @@ class FrameProgram:
     def _reset_streams(self) -> None:
         if self.stream is not None:
             torch.cuda.synchronize(self.runner.device)
+
+
+def _ends(runner: "GraphRunner", nodes: list[str]) -> list[str]:
+    """The nodes of `nodes` that no other of them consumes: evaluating these pulls all the others."""
+    fed = {s.node for n in nodes for ri in runner.slots[n].rn.inputs.values() for s in ri.sources}
+    return [n for n in nodes if n not in fed]
 
 
 def _signature(ext: dict[tuple[str, str], Any]) -> tuple:

@@ -13,6 +13,7 @@ from dataclasses import replace as dc_replace
 import torch
 
 from muse.graph.slots import GraphRunError
+from muse.graph.stand_ins import add_stand_ins
 from muse.graph.validate import ValidatedGraph
 
 log = logging.getLogger("muse.runtime")
@@ -50,6 +51,7 @@ def resolved_graph(graph: ValidatedGraph, device: torch.device) -> tuple[Validat
 
     4K on two CPU cores is a slide show: on the CPU, sources bigger than `settings.cpu_resolution`
     capture smaller and the working resolution shrinks to match; each change is a note."""
+    graph = add_stand_ins(graph)  # shorthand fallbacks become visible stand-in nodes
     nodes = {name: dc_replace(rn) for name, rn in graph.nodes.items()}  # own objects: live changes stay here
     own = dc_replace(graph, nodes=nodes)
     resolution = tuple(graph.settings.resolution)

@@ -75,6 +75,7 @@ class ResolvedNode:
     cls: builtins.type[Node]  # `type` alone would name the field above
     params: NodeParams | None  # None: its params were invalid (reported; the graph does not run)
     inputs: dict[str, ResolvedInput] = field(default_factory=dict)
+    standby_for: str = ""  # started only when that node is absent or failed to start
 
 
 @dataclass

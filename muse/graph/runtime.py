@@ -7,7 +7,8 @@ The runner is put together from parts with one job each:
 - `muse.graph.executor`: per frame, every sink's inputs pulled backwards through the graph;
 - `muse.graph.streams`: per-node CUDA streams, events, the device clock, GPU timing;
 - `muse.graph.program`: frame capture (each frame recorded once per variant, then replayed);
-- `muse.graph.live`: `update_params` and `replace` at a frame boundary.
+- `muse.graph.live`: `update_params` and `replace` at a frame boundary;
+- `muse.graph.starting`: which nodes start (a switch's absent branches, stand-ins).
 This module opens and closes the nodes and holds the public API.
 """
 
@@ -27,6 +28,7 @@ from muse.graph.node import NodeContext, NodeError
 from muse.graph.program import FrameProgram
 from muse.graph.resolve import resolve_device, resolved_graph, run_dtype
 from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
+from muse.graph.starting import Starting
 from muse.graph.stats import GraphStats, Trace
 from muse.graph.streams import CudaPlumbing
 from muse.graph.threads import SourceSinkThreads
@@ -37,7 +39,7 @@ __all__ = ["FrameFailed", "GraphRunError", "GraphRunner", "Item", "resolve_devic
 log = logging.getLogger("muse.runtime")
 
 
-class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
+class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, Starting):
     """Run a ValidatedGraph. `start()` returns at once; `run()` blocks until done."""
 
     def __init__(
@@ -68,6 +70,9 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._error: BaseException | None = None
         self._frame_index = 0
         self.program: FrameProgram | None = None
+        self.live: set[str] = set()  # the nodes that run this frame (muse.graph.liveness)
+        self.live_cache: Any = None  # live sets per combination of the switches' choices (liveness.live_nodes)
+        self.substitute: dict[str, str] = {}  # a node that did not start -> the stand-in in its place
         self._recording = False  # inside a frame program's recording: no timing events, taps or stats
         # The frame clock: the primary source's timestamp on the device (float64: hours of stream keep
         # sub-millisecond steps), so captured frames see the time advance without host values baked in.
@@ -154,6 +159,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
             stats=stats,
             clock=self.clock,
             connected=frozenset(p for p, ri in rn.inputs.items() if ri.sources),
+            fan_in={p: len(ri.sources) for p, ri in rn.inputs.items()},
         )
         node = rn.cls(rn.name, rn.params)
         return Slot(rn=rn, node=node, ctx=ctx, stats=stats, stream=stream)
@@ -173,19 +179,13 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         keep = keep or {}
         opened: list[Slot] = []
         try:
-            for name in graph.order:
-                rn = graph.nodes[name]
-                slot = keep.get(name)
-                if slot is None:
-                    slot = self._make_slot(rn)
-                    self._open_slot(slot)
-                    opened.append(slot)
-                else:
-                    slot.rn = rn
-                self.slots[name] = slot
+            self._open_nodes(graph, keep, opened)
         except BaseException:
             for slot in reversed(opened):
                 self._close_slot(slot)
+            for name, slot in list(self.slots.items()):
+                if slot not in opened and name not in keep:
+                    slot.absent = slot.absent or "failed: the graph did not start"  # never opened: nothing to close
             raise
         self.graph = graph
         self._build_program()
@@ -196,12 +196,16 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._cpu_pipeline = cpu_pipeline.plan(self)
         for name in graph.order:
             slot = self.slots[name]
+            if slot.absent:
+                continue
             if slot.rn.cls.is_source() and slot.thread is None:
                 self._start_source(slot)
             elif slot.rn.cls.is_sink() and slot.thread is None:
                 self._start_sink(slot)
 
     def _close_slot(self, slot: Slot) -> None:
+        if slot.absent:
+            return  # never opened
         slot.stop.set()
         if slot.channel is not None:
             slot.channel.close()
@@ -234,6 +238,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
 
     def _build_program(self) -> None:
         """The frame program for the current graph, when capture is on (CUDA, or emulated for tests)."""
+        self.live_cache = None  # nodes, slots or absent ones changed: live sets are worked out again
         mode = self.graph.settings.capture
         if self.graph.settings.cuda_graphs and mode == "auto":
             mode = "on"

@@ -52,7 +52,9 @@ class Slot:
     last: Item | None = None  # a secondary source's newest item
     pending_gpu: list = field(default_factory=list)
     consecutive_errors: int = 0
-    variant_ready: bool = False  # frame_variant() already asked this frame (by the frame program)
+    variant_ready: bool = False  # frame_variant() already asked this frame (`variant` holds its answer)
+    variant: Any = None
+    absent: str = ""  # never opened and never run: "absent: why", "failed: why" or "standby: for X" (liveness)
 
     @property
     def name(self) -> str:

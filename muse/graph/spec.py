@@ -66,6 +66,9 @@ class NodeSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Node parameters (see the node's schema)")
     inputs: dict[str, InputValue] = Field(default_factory=dict, description="port: node.port, or {from: node.port, queue: N}")
     description: str = Field("", description="Free text shown in the editor")
+    standby_for: str = Field(
+        "", description="Start this node only if the named node is absent or fails to start (a fallback output or source)"
+    )
 
     def links(self) -> dict[str, InputLink]:
         out: dict[str, InputLink] = {}
@@ -118,6 +121,9 @@ class Include(_Strict):
     prefix: str = Field(description="Names of the included nodes become prefix/name")
     inputs: dict[str, str] = Field(
         default_factory=dict, description="Wire the sub-graph's open inputs: 'subnode.port': 'node.port' of this graph"
+    )
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Set params of included nodes: 'subnode': {param: value}, over the sub-graph's own"
     )
 
 
@@ -361,6 +367,8 @@ def dump_yaml(spec: GraphSpec) -> str:
         entry: dict[str, Any] = {"type": node.type}
         if node.description:
             entry["description"] = node.description
+        if node.standby_for:
+            entry["standby_for"] = node.standby_for
         if node.params:
             entry["params"] = dict(node.params)
         if node.inputs:

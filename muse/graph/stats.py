@@ -128,6 +128,14 @@ class Trace:
         self._t0 = time.perf_counter()
         self._lock = threading.Lock()
 
+    def instant(self, name: str, args: dict | None = None, category: str = "graph") -> None:
+        """A point in time with facts (a node that does not run and why, a switch's branches)."""
+        with self._lock:
+            if len(self.events) >= self.limit:
+                return
+            self.events.append({"name": name, "cat": category, "ph": "i", "s": "g", "ts": (time.perf_counter() - self._t0) * 1e6,
+                                "pid": os.getpid(), "tid": threading.current_thread().name, **({"args": args} if args else {})})
+
     def span(self, name: str, start: float, end: float, category: str = "node", args: dict | None = None) -> None:
         with self._lock:
             if len(self.events) >= self.limit:

@@ -109,13 +109,14 @@ class SourceSinkThreads:
 
     def _is_secondary_source(self, name: str) -> bool:
         """Every source after the first (the first paces the stream; the others are never waited for)."""
-        sources = [n for n in self.graph.order if n in self.slots and self.slots[n].rn.cls.is_source()]
+        sources = [n for n in self.graph.order if n in self.slots and self.slots[n].rn.cls.is_source() and not self.slots[n].absent]
         return bool(sources) and name in sources and name != sources[0]
 
     def _gather_sources(self) -> dict[str, Item] | None:
         """The primary source's next item and each secondary source's newest; a secondary source
         that has nothing yet (still starting, or lost before its first frame) is left out."""
-        sources = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_source()]
+        # The first source that runs paces the stream (a camera that did not start leaves it to its stand-in).
+        sources = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_source() and not self.slots[n].absent]
         items: dict[str, Item] = {}
         for i, slot in enumerate(sources):
             primary = i == 0

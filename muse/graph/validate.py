@@ -245,12 +245,18 @@ def _resolve_node(name: str, ns: NodeSpec, registry: Registry, smap: SourceMap, 
             errors.append(GraphError("bad_param", pydantic_message(e), file, smap.line("nodes", name, "params", *(e["loc"][:1] or ())),
                                      node=name, field=fld, hint=hint))
         params = None  # keep checking this node's ports; the error above already stops the graph
-    return ResolvedNode(name, ns.type, cls, params)
+    return ResolvedNode(name, ns.type, cls, params, standby_for=ns.standby_for)
 
 
 def _resolve_inputs(spec: GraphSpec, nodes: dict[str, ResolvedNode], smap: SourceMap, errors: list[GraphError]) -> None:
     file = smap.file
     for name, rn in nodes.items():
+        primary = rn.standby_for
+        if primary and (primary == name or primary not in spec.nodes):
+            what = "itself" if primary == name else f"{primary!r}, which is not in the graph"
+            errors.append(GraphError("bad_reference", f"standby_for names {what}", file, smap.line("nodes", name, "standby_for"),
+                                     node=name, field="standby_for", hint=did_you_mean(primary, spec.nodes).lstrip() or
+                                     "name the node this one stands in for (e.g. the virtual camera)"))
         links = spec.nodes[name].links()
         for port, link in links.items():
             line = smap.line("nodes", name, "inputs", port)

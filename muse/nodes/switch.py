@@ -1,27 +1,36 @@
 """The generic switch: N candidate inputs of one payload type, in priority order.
 
-Only the branch the switch asks for is computed this frame (its inputs are
-lazy). Modes: `first_available` (highest-priority branch that has a value),
-`manual` (a Control input or the `index` param picks), `fallback_on_error`
-(stay on the live branch; on an error or a non-finite result move down, and
-try the better branch again after `retry_s`). The hybrid segmenter and pose
-nodes follow the same policy (`SwitchPolicy`).
+The switch picks its live branch before the frame, in `frame_variant()`, from what it
+learnt a frame late (`LateValue` health numbers: NaN/Inf, an empty output) and from
+failures it was told of; only the picked branch's nodes run (`needed_inputs()` names it,
+and the runtime runs nothing else), and each pick is its own captured variant, so a
+switch inside a recorded frame costs one copy-free pass-through. Modes:
+`first_available` (highest-priority branch that has a value), `manual` (the `index`
+param, or a Control on `select`), `fallback_on_error` (stay on the live branch; on an
+error, a NaN/Inf output or a long-empty one move down, and try the better branch again
+after `retry_s`). A branch that never started (absent model, failed to start, a stand-in)
+is skipped and reported as such. The hybrid segmenter and pose nodes follow the same
+retry policy (`SwitchPolicy`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Hashable, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
-from muse.graph.capture import LateValue
-from muse.graph.node import In, Node, NodeError, NodeParams, Out
+from muse.graph.capture import LateValue, is_recording
+from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Control, Payload
 
 log = logging.getLogger("muse.switch")
+
+CANDIDATES = "candidates"
 
 
 class SwitchPolicy:
@@ -60,34 +69,54 @@ class SwitchPolicy:
         self.failed_at[index] = self.clock()
 
 
-class _FiniteCheck:
-    """Per branch, a NaN/Inf flag computed on the device now and read a frame later
-    (`LateValue`, the one "read a GPU value a frame later" helper): never stalls the device."""
+class _Health:
+    """Per branch, [non-finite flag, mean of its first float tensor] computed on the device now and
+    read a frame later (`LateValue`, the one "read a GPU value a frame later" helper): never stalls."""
 
     def __init__(self) -> None:
-        self.flags: dict[int, tuple[LateValue, int]] = {}  # branch -> (its flag, the version last judged)
+        self.flags: dict[int, tuple[LateValue, int]] = {}  # branch -> (its numbers, the version last judged)
 
-    def submit(self, branch: int, value: Any) -> None:
-        if not isinstance(value, Payload):
+    def submit(self, branch: int, value: Any, finite: dict[str, Any] | None = None) -> None:
+        """Publish [non-finite, mean] of `value`; `finite`: its float fields' isfinite masks (`_finite`)."""
+        finite = finite if finite is not None else _finite(value)
+        if not finite:
             return
-        flags = [(~torch.isfinite(t)).any() for t in value.tensors() if t.is_floating_point()]
-        if not flags:
-            return
-        bad = torch.stack(flags).any()
+        key = next(iter(finite))
+        first, ok = getattr(value, key), finite[key]
+        if isinstance(ok, np.ndarray):  # the CPU path: numpy sums, a host-side pair
+            arr = first.detach().numpy()
+            bad = not all(bool(f.all()) for f in finite.values())
+            stats = torch.tensor([float(bad), float(np.where(ok, arr, 0).mean()) if arr.size else 0.0])
+        else:
+            alls = [f.all() for f in finite.values()]
+            bad_t = torch.logical_not(alls[0] if len(alls) == 1 else torch.stack(alls).all()).float()
+            stats = torch.stack((bad_t, torch.where(ok, first.float(), 0.0).mean()))
         entry = self.flags.get(branch)
-        if entry is None or entry[0].cuda != bad.is_cuda:
-            entry = self.flags[branch] = (LateValue(bad.device, (1,), torch.bool), 0)
-        entry[0].publish(bad)
+        if entry is None or entry[0].cuda != first.is_cuda:
+            entry = self.flags[branch] = (LateValue(first.device, (2,)), 0)
+        entry[0].publish(stats)
 
-    def ready_failures(self) -> list[int]:
-        """Branches whose last checked output turned out non-finite (only checks that already finished)."""
+    def ready(self) -> list[tuple[int, bool, float]]:
+        """(branch, non-finite, mean) of every check that finished since it was last judged."""
         out = []
         for branch, (late, judged) in list(self.flags.items()):
             if late.published and late.version != judged and late.ready():
-                if bool(late.read()[0]):  # its copy has landed: this read does not stall the GPU
-                    out.append(branch)
+                bad, mean = (float(x) for x in late.read().tolist())  # its copy has landed: no device stall
+                out.append((branch, bool(bad), mean))
                 self.flags[branch] = (late, late.version)
         return out
+
+
+def _finite(value: Any) -> dict[str, Any]:
+    """field -> isfinite mask of every float tensor of a payload: torch masks on a GPU or inside a
+    recorded frame, numpy ones on the CPU path (torch's thread pool costs more than these small sums:
+    measured 12 ms against 0.07 ms for a 256x256 mask under load)."""
+    if not isinstance(value, Payload):
+        return {}
+    fields = {k: t for k, t in vars(value).items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    if fields and not is_recording() and all(t.device.type == "cpu" for t in fields.values()):
+        return {k: np.isfinite(t.detach().numpy()) for k, t in fields.items()}
+    return {k: torch.isfinite(t) for k, t in fields.items()}
 
 
 class Switch(Node):
@@ -96,12 +125,13 @@ class Switch(Node):
     category = "flow"
     description = (
         "Picks one of several inputs of one type, in priority order; only the picked branch runs. "
-        "Modes: first_available, manual, fallback_on_error."
+        "Modes: first_available, manual, fallback_on_error. Branches that are absent or failed are skipped and reported."
     )
-    lazy_inputs = True
+    capturable = True
+    selects_inputs = True
 
     candidates: In[Payload] = In(multiple=True, description="Candidates, highest priority first")
-    select: In[Control] = In(optional=True, description="manual mode: Control with the index (or label) to use")
+    select: In[Control] = In(optional=True, description="manual mode: Control with the index (or label) to use (read a frame late)")
     selected: Out[Payload] = Out(same_as="candidates", description="The live candidate's value")
     live: Out[Control] = Out(Control, description="Which branch is live: {index, label}")
 
@@ -114,14 +144,33 @@ class Switch(Node):
         labels: list[str] = Field(default_factory=list, description="Names of the branches, for stats and the editor")
         retry_s: float = Field(5.0, ge=0.0, le=3600.0, description="fallback_on_error: retry a failed better branch after this long")
         check_finite: bool = Field(True, description="Treat NaN/Inf outputs as a failure (checked without stalling the GPU)")
+        hold_last: bool = Field(False, description="Never pass NaN/Inf on: where the live output has them, the last good values stand in")
+        empty_below: float = Field(0.0, ge=0.0, le=1.0, description="An output whose mean (a mask's coverage) stays below this counts as empty; 0 = off")
+        empty_frames: int = Field(30, ge=1, le=10_000, description="After this many empty frames the next branch is asked too; if it sees something, the live one fails")
 
     params: Params
 
-    def open(self, ctx) -> None:
-        super().open(ctx)
+    def __init__(self, name: str, params: NodeParams | None = None) -> None:
+        super().__init__(name, params)
         self._policy: SwitchPolicy | None = None
-        self._check = _FiniteCheck()
+        self._health = _Health()
         self._errors: dict[int, str] = {}
+        self._absent: dict[int, str] = {}
+        self._skip: set[int] = set()  # no value (or failed) this frame: picked past until the frame ends
+        self._empty: dict[int, int] = {}
+        self._pick: tuple[int | None, int | None] = (None, None)
+        self._planned = False
+        self._control_index: int | None = None
+        self._good: dict[str, torch.Tensor] = {}
+        self._shown: int | None = -1  # the live branch last reported (-1: none yet)
+        self._reported: tuple = ()  # what the branch states were last reported for, and when
+        self._reported_at = 0.0
+
+    def open(self, ctx: NodeContext) -> None:
+        super().open(ctx)
+        count = ctx.fan_in.get(CANDIDATES, 0)
+        if count:
+            self._policy = SwitchPolicy(count, self.params.retry_s)
 
     def update_params(self, params: Params) -> bool:
         self.params = params
@@ -129,82 +178,186 @@ class Switch(Node):
             self._policy.retry_s = params.retry_s
         return True
 
+    def capture_blocker(self) -> str | None:
+        if self.params.mode == "manual" and self.ctx is not None and "select" in self.ctx.connected:
+            return "manual mode reads the `select` Control on the host every frame"
+        return None
+
+    def sources_absent(self, absent: dict[tuple[str, int], str]) -> None:
+        self._absent = {i: why for (port, i), why in absent.items() if port == CANDIDATES}
+        count = self._policy.count if self._policy is not None else 0
+        if count and len(self._absent) >= count:
+            detail = "; ".join(f"{self._label(i)}: {why}" for i, why in sorted(self._absent.items()))
+            raise NodeError(f"switch '{self.name}': none of its {count} branches can run ({detail})")
+        failed = [i for i, why in sorted(self._absent.items()) if why.startswith("failed")]
+        first = next((i for i in range(count) if i not in self._absent), None)
+        if failed and first is not None and failed[0] < first:  # a branch we wanted did not start: say so loudly
+            why = f"{self._label(failed[0])} {self._absent[failed[0]]}"
+            log.warning("!!! switch '%s': %s; FALLING BACK to %s !!!", self.name, why, self._label(first))
+            self.report("fallback", self._label(first))
+            self.report("fallback_reason", why)
+        self._report(self._pick[0])
+
     def _label(self, i: int) -> str:
         labels = self.params.labels
         return labels[i] if i < len(labels) else f"branch {i}"
 
-    def process(self, candidates: list[Callable[[], Any]], select: Callable[[], Any] | None = None) -> dict[str, Any]:
+    # -- the choice, made before the frame ------------------------------------------------------------
+    def frame_variant(self) -> Hashable:
+        """The live branch (and a lower one asked along, to check an empty output), from earlier frames."""
+        policy = self._policy
+        if policy is None:
+            return None
+        self._judge(policy)
         p = self.params
-        if self._policy is None or self._policy.count != len(candidates):
-            self._policy = SwitchPolicy(len(candidates), p.retry_s)
-        if p.check_finite:
-            for bad in self._check.ready_failures():
-                log.warning("switch '%s': %s produced NaN/Inf; falling back", self.name, self._label(bad))
-                self._policy.failed(bad)
-                self._errors[bad] = "NaN/Inf output"
-
+        usable = [i for i in range(policy.count) if i not in self._absent and i not in self._skip]
         if p.mode == "manual":
-            index = self._manual_index(select, len(candidates))
-            value = candidates[index]()
-            if value is None:
-                raise NodeError(f"switch '{self.name}': manual branch {self._label(index)} has no value this frame")
-            return self._emit(index, value)
+            live: int | None = self._control_index if self._control_index is not None else p.index
+        elif p.mode == "first_available":
+            live = usable[0] if usable else None
+        else:
+            order = [i for i in policy.order() if i in usable]
+            live = order[0] if order else None
+        probe = None
+        if live is not None and self._empty.get(live, 0) >= p.empty_frames and p.mode != "manual":
+            lower = [i for i in usable if i > live]
+            if lower:
+                probe = lower[0]
+                self._empty[live] = 0
+        if live is not None and live in usable and p.mode != "manual":
+            if policy.succeeded(live) and self._shown not in (-1, None):
+                log.warning("switch '%s': live branch is now %s", self.name, self._label(live))
+        self._pick, self._planned = (live, probe), True
+        self._report(live)
+        return self._pick
 
-        errors: list[str] = []
-        order = list(range(len(candidates))) if p.mode == "first_available" else self._policy.order()
-        for i in order:
-            try:
-                value = candidates[i]()
-            except Exception as exc:  # a failing branch is exactly what this node is for
-                errors.append(f"{self._label(i)}: {exc}")
-                self._policy.failed(i)
-                self._errors[i] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.warning("switch '%s': %s failed (%s); trying the next", self.name, self._label(i), exc)
-                continue
-            if value is None:
-                continue
-            if p.check_finite:
-                self._check.submit(i, value)
-            return self._emit(i, value)
-        raise NodeError(f"switch '{self.name}': no candidate produced a value" + (f" ({'; '.join(errors)})" if errors else ""))
+    def _judge(self, policy: SwitchPolicy) -> None:
+        p = self.params
+        for branch, bad, mean in self._health.ready():
+            live = self._pick[0]
+            if bad and p.check_finite:
+                self._fail(policy, branch, "NaN/Inf output")
+            elif p.empty_below > 0 and branch == live:
+                self._empty[branch] = self._empty.get(branch, 0) + 1 if mean < p.empty_below else 0
+            elif p.empty_below > 0 and branch == self._pick[1] and live is not None and mean >= max(p.empty_below * 10, 0.01):
+                self._fail(policy, live, f"empty output for {p.empty_frames} frames while {self._label(branch)} sees something")
 
-    def _manual_index(self, select: Callable[[], Any] | None, count: int) -> int:
-        index = self.params.index
-        ctrl = select() if select is not None else None
-        if isinstance(ctrl, Control) and self.params.control_key in ctrl.values:
-            raw = ctrl.values[self.params.control_key]
-            if isinstance(raw, str) and raw in self.params.labels:
-                index = self.params.labels.index(raw)
+    def _fail(self, policy: SwitchPolicy, branch: int, why: str) -> None:
+        log.warning("switch '%s': %s failed (%s); falling back", self.name, self._label(branch), why)
+        policy.failed(branch)
+        self._errors[branch] = why
+        self._empty.pop(branch, None)
+        self.report("last_fault", f"{self._label(branch)}: {why}")
+
+    def needed_inputs(self) -> list[str]:
+        live, probe = self._pick
+        needed = [f"{CANDIDATES}[{i}]" for i in (live, probe) if i is not None]
+        if self.params.mode == "manual" and self.ctx is not None and "select" in self.ctx.connected:
+            needed.append("select")
+        return needed
+
+    def input_failed(self, port: str, index: int, error: BaseException | None) -> bool:
+        """A branch raised (or had no value this frame): pick past it; a raise also starts its retry wait."""
+        if port != CANDIDATES or self.params.mode == "manual" or self._policy is None:
+            return False
+        told = index in self._skip  # the CPU pipeline tells at once, then the switch sees it again: say it once
+        self._skip.add(index)
+        if error is not None and not told:
+            msg = str(error).splitlines()[0] if str(error) else type(error).__name__
+            self._fail(self._policy, index, msg)
+        return True
+
+    # -- the frame -------------------------------------------------------------------------------------
+    def process(self, candidates: list[Any], select: Control | None = None) -> dict[str, Any]:
+        if self._policy is None or self._policy.count != len(candidates):
+            self._policy = SwitchPolicy(len(candidates), self.params.retry_s)
+            self._planned = False
+        if not self._planned:  # called directly (tests, other code), not by the runtime
+            self.frame_variant()
+        self._planned = False
+        self._skip.clear()
+        live, probe = self._pick
+        if select is not None:
+            self._control_index = self._manual_index(select, len(candidates))
+        if live is None:
+            why = "; ".join(f"{self._label(i)}: {w}" for i, w in sorted({**self._errors, **self._absent}.items()))
+            raise NodeError(f"switch '{self.name}': no candidate produced a value" + (f" ({why})" if why else ""))
+        if not 0 <= live < len(candidates):
+            raise NodeError(f"switch '{self.name}': field 'index' is {live}, but there are {len(candidates)} candidates (0..{len(candidates) - 1})")
+        value = candidates[live]
+        if value is None:
+            why = self._absent.get(live, "it has no value this frame")
+            raise NodeError(f"switch '{self.name}': branch {self._label(live)} gives nothing ({why})")
+        finite = _finite(value) if self.params.check_finite or self.params.empty_below > 0 or self.params.hold_last else {}
+        if self.params.check_finite or self.params.empty_below > 0:
+            self._health.submit(live, value, finite)
+            if probe is not None and candidates[probe] is not None:
+                self._health.submit(probe, candidates[probe])
+        if self.params.hold_last:
+            value = self._held(value, finite)
+        ts = getattr(value, "timestamp", 0.0)
+        return {"selected": value, "live": Control({"index": live, "label": self._label(live)}, timestamp=ts)}
+
+    def _held(self, value: Any, finite: dict[str, Any]) -> Any:
+        """The value with NaN/Inf replaced by the last good numbers (buffers this node owns, updated in place)."""
+        if not isinstance(value, Payload) or not dataclasses.is_dataclass(value):
+            return value
+        changes = {}
+        for key, ok in finite.items():
+            t = getattr(value, key)
+            good = self._good.get(key)
+            if good is None or good.shape != t.shape or good.dtype != t.dtype or good.device != t.device:
+                good = self._good[key] = torch.zeros_like(t)
+            if isinstance(ok, np.ndarray):  # the CPU path: a numpy copy where finite, into the same buffer
+                np.copyto(good.numpy(), t.detach().numpy(), where=ok)
             else:
-                index = int(raw)
+                good.copy_(torch.where(ok, t, good))
+            changes[key] = good
+        return dataclasses.replace(value, **changes) if changes else value
+
+    def _manual_index(self, ctrl: Control, count: int) -> int | None:
+        if self.params.control_key not in ctrl.values:
+            return None
+        raw = ctrl.values[self.params.control_key]
+        if isinstance(raw, str) and raw in self.params.labels:
+            return self.params.labels.index(raw)
+        index = int(raw)
         if not 0 <= index < count:
-            raise NodeError(f"switch '{self.name}': field 'index' is {index}, but there are {count} candidates (0..{count - 1})")
+            raise NodeError(f"switch '{self.name}': Control '{self.params.control_key}' is {index}, but there are {count} candidates")
         return index
 
-    def branch_states(self, live: int) -> dict[str, str]:
-        """Each branch's state for `--stats` and the editor: live, standby, or failed (why, and when it is retried)."""
-        assert self._policy is not None
-        now, states = self._policy.clock(), {}
-        for i in range(self._policy.count):
-            if i == live:
+    # -- what --stats and the editor show -------------------------------------------------------------
+    def branch_states(self, live: int | None) -> dict[str, str]:
+        """Each branch's state: live, standby, failed (why, and when it is retried), absent (why)."""
+        policy = self._policy
+        if policy is None:
+            return {}
+        now, states = policy.clock(), {}
+        for i in range(policy.count):
+            if i in self._absent:
+                state = self._absent[i]
+            elif i == live:
                 state = "live"
-            elif i in self._policy.failed_at:
-                wait = self._policy.retry_s - (now - self._policy.failed_at[i])
+            elif i in policy.failed_at:
+                wait = policy.retry_s - (now - policy.failed_at[i]) if policy.retry_s is not None else 0
                 why = self._errors.get(i, "failed")
-                state = f"failed: {why}" + (f" (retried in {wait:.0f} s)" if wait > 0 and self.params.mode == "fallback_on_error" else "")
+                retry = self.params.mode == "fallback_on_error" and wait > 0
+                state = f"failed: {why}" + (f" (retried in {wait:.0f} s)" if retry else "")
             else:
                 state = "standby"
             states[self._label(i)] = state
         return states
 
-    def _emit(self, index: int, value: Any) -> dict[str, Any]:
-        assert self._policy is not None
-        if self._policy.succeeded(index):
-            log.info("switch '%s': live branch is now %s", self.name, self._label(index))
-        self._errors.pop(index, None)
-        if self.ctx is not None:
-            self.report("live", self._label(index))
-            self.report("live_index", index)
-            self.report("branches", self.branch_states(index))
-        ts = getattr(value, "timestamp", 0.0)
-        return {"selected": value, "live": Control({"index": index, "label": self._label(index)}, timestamp=ts)}
+    def _report(self, live: int | None) -> None:
+        if self.ctx is None:
+            return
+        if live != self._shown:
+            self._shown = live
+            self.report("live", self._label(live) if live is not None else "none")
+            self.report("live_index", live)
+        policy = self._policy
+        now = policy.clock() if policy is not None else 0.0
+        key = (live, tuple(sorted(policy.failed_at)) if policy is not None else (), len(self._absent))
+        if key != self._reported or now - self._reported_at >= 1.0:  # a change, or the retry countdown (1 s)
+            self._reported, self._reported_at = key, now
+            self.report("branches", self.branch_states(live))

@@ -38,11 +38,19 @@ class CaptureSource:
         if node_type == "capture.file" and params.get("path"):
             fps = _file_fps(str(params["path"]), fps)
         size = (int(params.get("width", 1280)), int(params.get("height", 720)))
+        self._fell_back = False
         try:
             self.node = open_node(cls, params, "studio.capture", "cpu", fps, size)
         except ValidationError as exc:
             raise StudioError(f"{where} do not fit {node_type!r}: {exc}") from None
         except NodeError as exc:
+            stand_in = cls.stand_in(cls.Params(**params))  # a camera's `fallback: demo`, as a run would start it
+            if stand_in is not None:
+                self.node = open_node(stand_in[0], stand_in[1], "studio.capture/demo", "cpu", fps, size)
+                self._fell_back = True
+                self.node_type = node_type
+                self.fps, self.total = fps, None
+                return
             hint = ("; without a camera, make a camera-less profile with `muse studio new NAME --demo` "
                     "(or `--source VIDEO`)" if node_type == "capture.camera" else "")
             raise StudioError(f"{exc} (change {where}{hint})") from None
@@ -54,8 +62,7 @@ class CaptureSource:
 
     def fell_back(self) -> bool:
         """True when a camera node could not open its camera and renders the demo source instead."""
-        info = getattr(getattr(self.node, "ctx", None), "stats", None)
-        return bool(getattr(self.node, "_demo", None) is not None or (info is not None and info.info.get("fallback")))
+        return self._fell_back
 
     def read(self) -> np.ndarray | None:
         out = self.node.process()

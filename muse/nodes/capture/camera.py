@@ -2,8 +2,9 @@
 
 The graph always gets the newest frame. A camera that drops out is reopened
 with backoff while the graph keeps the last frame and the outage is reported;
-a camera missing at start is a clear error, or the demo source when
-`fallback: demo`. MJPG/YUV cameras can hand raw bytes to the GPU (nvJPEG, YUV
+a camera missing at start is a clear error; `fallback: demo` asks the runtime
+for a visible `capture.demo` stand-in node (`<name>/demo`, see
+muse.graph.stand_ins) that takes the camera's place. MJPG/YUV cameras can hand raw bytes to the GPU (nvJPEG, YUV
 kernels) instead of decoding 4K on the CPU.
 """
 
@@ -14,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NoReturn
 
 import numpy as np
 import torch
@@ -120,8 +121,9 @@ class Camera(Node):
         decode: Literal["auto", "cpu", "gpu"] = Field(
             "auto", description="Where MJPG/YUV frames are decoded: gpu = raw bytes to nvJPEG/GPU kernels; auto = gpu when the graph runs on CUDA"
         )
-        fallback: Literal["none", "demo"] = Field("none", description="What to use when the camera is missing at start")
-        demo_background: Literal["coffee", "chelsea", "rocket"] = Field("coffee", description="Background picture of the demo source used by `fallback: demo` (tells several fallen-back cameras apart)")
+        fallback: Literal["none", "demo"] = Field(
+            "none", description="demo = the runtime adds a capture.demo stand-in node (NAME/demo) that takes the camera's place when it is missing at start")
+        demo_background: Literal["coffee", "chelsea", "rocket"] = Field("coffee", description="Background picture of the demo stand-in made by `fallback: demo` (tells several fallen-back cameras apart)")
         open_timeout_s: float = Field(5.0, ge=0.1, le=60, description="How long to wait for the first frame at start")
         stall_s: float = Field(1.0, ge=0.05, le=30, description="No frame for this long counts as an outage (the last frame is repeated)")
         retry_max_s: float = Field(5.0, ge=0.05, le=60, description="Longest wait between reconnect attempts")
@@ -133,8 +135,16 @@ class Camera(Node):
         super().__init__(name, params)
         # Tests inject a fake capture here; real runs use cv2.VideoCapture.
         self._factory = capture_factory or opencv_capture
-        self._demo: Node | None = None
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def stand_in(cls, params: Any) -> tuple[type[Node], dict[str, Any]] | None:
+        """`fallback: demo`: the demo source, at the camera's size and rate, as a visible stand-in node."""
+        if getattr(params, "fallback", "none") != "demo":
+            return None
+        from muse.nodes.capture.demo import Demo
+
+        return Demo, {"width": params.width, "height": params.height, "fps": params.fps, "background": params.demo_background}
 
     # -- helpers ---------------------------------------------------------
     def _device_arg(self) -> int | str:
@@ -220,12 +230,7 @@ class Camera(Node):
         self._held = 0
         self._t0 = time.perf_counter()
 
-        try:
-            cap = self._open_capture()
-        except NodeError:
-            if p.fallback != "demo":
-                raise
-            cap = None  # an unknown camera name: the fallback below says so
+        cap = self._open_capture()
         first = None
         if cap is not None:
             deadline = time.perf_counter() + p.open_timeout_s
@@ -238,8 +243,8 @@ class Camera(Node):
         if first is None:
             if cap is not None:
                 cap.release()
-            self._start_fallback_or_fail(ctx)
-            return
+            self._fail_to_open()
+        assert cap is not None
 
         self._cap = cap
         w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) or p.width
@@ -258,30 +263,16 @@ class Camera(Node):
         self._thread = threading.Thread(target=self._grab_loop, name=f"muse-camera-{self.name}", daemon=True)
         self._thread.start()
 
-    def _start_fallback_or_fail(self, ctx: NodeContext) -> None:
+    def _fail_to_open(self) -> NoReturn:
         p = self.params
-        if p.fallback == "demo":
-            from muse.nodes.capture.demo import Demo
-
-            fps = 0.0 if ctx.settings.get("unpaced") else p.fps  # `muse bench`: as fast as it goes
-            rate = "unpaced (muse bench)" if fps == 0 else f"{p.fps:g} fps"
-            msg = (f"!!! {self.name}: {self._where()} could not be opened; FALLING BACK to the demo source "
-                   f"({p.width}x{p.height} @ {rate}). Set fallback: none to make this an error. !!!")
-            ctx.logger.warning(msg)
-            ctx.report("fallback", "demo")
-            ctx.report("status", "demo (no camera)")
-            self._demo = Demo(self.name, Demo.Params(width=p.width, height=p.height, fps=fps, background=p.demo_background))
-            self._demo.open(ctx)
-            self.on_demand = True  # the runtime reads this per node: render only frames that will be taken
-            return
         hint = {
             "Windows": "check Settings > Privacy > Camera, close apps using it (Zoom, Teams, OBS), or try backend: msmf",
             "Darwin": "allow camera access for your terminal in System Settings > Privacy & Security > Camera",
         }.get(platform.system(), "list cameras with `v4l2-ctl --list-devices`; check you are in the 'video' group")
         raise NodeError(
             f"node {self.name!r}: {self._where()} could not be opened or gave no frame within "
-            f"{p.open_timeout_s:g} s (field `device`/`backend`). Try another index or backend; {hint}; "
-            "or set `fallback: demo` to run without a camera."
+            f"{p.open_timeout_s:g} s (field `device`/`backend`). Try another index or backend; {hint}"
+            + ("." if p.fallback == "demo" else "; or set `fallback: demo` to run without a camera.")
         )
 
     def _put(self, data: np.ndarray, kind: str) -> None:
@@ -357,9 +348,6 @@ class Camera(Node):
         return self._upload(cv2.cvtColor(g.data, cv2.COLOR_BGR2RGB))
 
     def process(self) -> dict[str, Frame] | None:
-        if self._demo is not None:
-            out = self._demo.process()  # only the camera's own port: the demo's mask and plate stay inside
-            return None if out is None else {"frame": out["frame"]}
         p = self.params
         with self._lock:
             deadline = time.perf_counter() + p.stall_s
@@ -403,9 +391,6 @@ class Camera(Node):
         return frame
 
     def close(self) -> None:
-        if self._demo is not None:
-            self._demo.close()
-            return
         if self._thread is not None:
             self._stop.set()
             with self._lock:

@@ -144,7 +144,8 @@ class Demo(Node):
         self._mask_dtype = ctx.dtype
         self._index = p.start
         self._emitted = 0
-        self._pacer = Pacer(p.fps)
+        # `muse bench` runs synthetic sources flat out (a camera's stand-in included).
+        self._pacer = Pacer(0.0 if ctx.settings.get("unpaced") else p.fps)
 
     def placement(self, index: int) -> tuple[int, int]:
         """Top-left pixel of the person at frame `index`: a slow sway plus a small bob."""

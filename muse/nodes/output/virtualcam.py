@@ -1,8 +1,9 @@
 """`output.virtualcam`: sends frames to a virtual camera (OBS Virtual Camera or
 Unity Capture on Windows, OBS on macOS, v4l2loopback on Linux) through
 pyvirtualcam, resized and converted (RGB or NV12) on the GPU, paced to fps.
-Without a driver the error says what to install; `fallback:` keeps the graph
-going into a preview, a recording or nowhere, and says so loudly."""
+Without a driver the error says what to install; `fallback:` asks the runtime for
+a visible stand-in output node (`<name>/preview`, `/file` or `/null`, see
+muse.graph.stand_ins) that takes over, and says so loudly."""
 
 from __future__ import annotations
 
@@ -71,17 +72,36 @@ class VirtualCamera(Node):
         backend: str = Field("", description="pyvirtualcam backend (obs, unitycapture, v4l2loopback); empty = first that works")
         pace: bool = Field(True, description="Send at a steady `fps` (apps expect a camera's cadence)")
         fallback: Literal["none", "preview", "file", "null"] = Field(
-            "none", description="Where frames go when no virtual camera can be opened"
+            "none", description="Where frames go when no virtual camera can be opened: the runtime adds that output as a "
+            "stand-in node (NAME/preview, NAME/file, NAME/null)"
         )
         fallback_port: int = Field(8090, ge=0, le=65535, description="fallback preview: HTTP port (0 = any free)")
         fallback_path: str = Field("", description="fallback file: recording path; empty = virtualcam_DATE_TIME.mkv in your recordings folder")
 
     params: Params
 
+    @classmethod
+    def stand_in(cls, params: Any) -> tuple[type[Node], dict[str, Any]] | None:
+        """`fallback:` preview, file or null, as the output that stands in when no virtual camera opens."""
+        kind = getattr(params, "fallback", "none")
+        if kind == "preview":
+            from muse.nodes.output.preview import Preview
+
+            return Preview, {"port": params.fallback_port, "max_width": min(params.width, 1280)}
+        if kind == "file":
+            from muse.nodes.output.file import FileOutput, expand_path
+
+            path = params.fallback_path or str(expand_path("", default_name="virtualcam_%Y%m%d_%H%M%S.mkv"))
+            return FileOutput, {"path": path, "codec": "h264"}
+        if kind == "null":
+            from muse.nodes.output.null import NullOutput
+
+            return NullOutput, {}
+        return None
+
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self._fallback: Node | None = None
         self._cam: Any = None
         self._download = Downloader()
         self.count = 0
@@ -95,40 +115,12 @@ class VirtualCamera(Node):
             message = (f"node {self.name!r}: no virtual camera could be opened ({reason}). To stream into OBS, Zoom or "
                        f"Discord, {install_hint()}.")
             if p.fallback == "none":
-                raise NodeError(message + " Or set `fallback: preview` (or file/null) to run without one.") from exc
-            self._start_fallback(ctx, message)
-            return
+                message += " Or set `fallback: preview` (or file/null) to run without one."
+            raise NodeError(message) from exc
         ctx.report("device", f"{self._cam.device} ({self._cam.backend}, {p.width}x{p.height} {p.format} @ {self._fps:g} fps)")
         ctx.logger.info("%s: sending to virtual camera %s via %s", self.name, self._cam.device, self._cam.backend)
 
-    def _start_fallback(self, ctx: NodeContext, message: str) -> None:
-        from muse.nodes.output.file import FileOutput, expand_path
-        from muse.nodes.output.null import NullOutput
-        from muse.nodes.output.preview import Preview
-
-        p = self.params
-        if p.fallback == "preview":
-            node: Node = Preview(self.name, Preview.Params(port=p.fallback_port, max_width=min(p.width, 1280)))
-        elif p.fallback == "file":
-            node = FileOutput(self.name, FileOutput.Params(path=p.fallback_path or str(expand_path("", default_name="virtualcam_%Y%m%d_%H%M%S.mkv")), codec="h264"))
-        else:
-            node = NullOutput(self.name, NullOutput.Params())
-        node.open(ctx)
-        self._fallback = node
-        where = {"preview": f"the preview at {getattr(node, 'url', '?')}", "file": f"the file {getattr(node, 'path', '?')}",
-                 "null": "nowhere (output.null)"}[p.fallback]
-        banner = "!" * 3
-        ctx.logger.warning("%s %s FALLING BACK to %s %s", banner, message, where, banner)
-        ctx.report("fallback", p.fallback)
-        ctx.report("fallback_reason", message)
-
-    @property
-    def fallback(self) -> Node | None:
-        return self._fallback
-
     def process(self, frame: Frame | None = None, mask: Mask | None = None) -> None:
-        if self._fallback is not None:
-            return self._fallback.process(frame=frame, mask=mask)
         p = self.params
         img, _ = one_picture(self.name, frame, mask)
         img = fit(as_rgb(img), p.width, p.height, p.fit)  # on the frame's device
@@ -146,13 +138,9 @@ class VirtualCamera(Node):
         return None
 
     def close(self) -> None:
-        if self._fallback is not None:
-            self._fallback.close()
-        if self._cam is not None:
+        if getattr(self, "_cam", None) is not None:
             self._cam.close()
             self._cam = None
 
     def update_params(self, params: Params) -> bool:
-        if self._fallback is not None:
-            return False
         return apply_live(self, params, {"fit", "pace"})

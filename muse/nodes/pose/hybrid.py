@@ -1,5 +1,6 @@
 """`pose.hybrid`: MUSE's priority switch for body pose, one node owning its
-candidates: the profile's student (personalized) > ViTPose if a checkpoint is
+candidates (kept for existing graphs; the shipped graphs include
+`graphs/include/pose_hybrid.yaml`, the same switch as visible nodes): the profile's student (personalized) > ViTPose if a checkpoint is
 configured (base) > bundled BlazePose (bundled), with safe mode: a candidate
 that fails to load, raises, or returns NaN keypoints hands over to the next.
 
@@ -47,7 +48,8 @@ class PoseHybrid(Node):
     capturable = True
     node_type = "pose.hybrid"
     display_name = "Pose (hybrid)"
-    description = "Student > ViTPose > bundled BlazePose, falling back automatically (safe mode); reports the live mode."
+    description = ("Student > ViTPose > bundled BlazePose, falling back automatically (safe mode); reports the live mode. "
+                   "One node (kept for existing graphs); graphs/include/pose_hybrid.yaml shows the same as visible nodes.")
 
     frame: In[Frame]
     mask: In[Mask] = In(optional=True, description="Person mask, handed to ViTPose for its person box")

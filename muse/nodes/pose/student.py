@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.node import In, Node, NodeAbsent, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Keypoints
 
 DEFAULT_POSE_FILE = "models/live/pose.pt"
@@ -62,9 +62,9 @@ class StudentPoseNode(Node):
         super().open(ctx)
         path = resolve_student_pose(self.params.model, self.params.profile)
         if path is None:
-            raise NodeError(f"node {self.name!r}: set field 'profile' (a MUSE Studio profile folder) or 'model' (a student pose checkpoint)")
+            raise NodeAbsent(f"node {self.name!r}: set field 'profile' (a MUSE Studio profile folder) or 'model' (a student pose checkpoint)")
         if not path.is_file():
-            raise NodeError(f"node {self.name!r}: no student pose model at {path}; train one with `muse studio train PROFILE` or use pose.blazepose")
+            raise NodeAbsent(f"node {self.name!r}: no student pose model at {path}; train one with `muse studio train PROFILE` or use pose.blazepose")
         from muse.models.student import load_student_pose
 
         try:

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.node import In, Node, NodeAbsent, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Keypoints, Mask
 from muse.nodes.landmarks import roi as R
 from muse.nodes.landmarks.tracking import HostFlag
@@ -138,7 +138,9 @@ class ViTPose(Node):
         super().open(ctx)
         p = self.params
         if not p.checkpoint:
-            raise NodeError(f"node {self.name!r}: field 'checkpoint' is empty; set it to a ViTPose checkpoint folder (see docs/pose_face.md)")
+            raise NodeAbsent(f"node {self.name!r}: field 'checkpoint' is empty; set it to a ViTPose checkpoint folder (see docs/pose_face.md)")
+        if not Path(p.checkpoint).expanduser().exists():
+            raise NodeAbsent(f"node {self.name!r}, field 'checkpoint': {p.checkpoint} does not exist")
         self.model, self.info = load_vitpose(p.checkpoint, ctx.device, ctx.dtype, f"node {self.name!r} field 'checkpoint'")
         self.tracking = HostFlag(ctx.device)
         self.last: Keypoints | None = None

@@ -1,4 +1,8 @@
-"""`segment.hybrid`: MUSE's priority switch for person masks, personalized > base > bundled.
+"""`segment.hybrid`: MUSE's priority switch for person masks, personalized > base > bundled, as one node.
+
+Kept for existing graphs. The shipped graphs include `graphs/include/segment_hybrid.yaml`
+instead: the same switch as visible nodes (segment.student, segment.modnet, segment.selfie
+and a flow.switch), each branch's state in `--stats` and the editor.
 
 It owns its segmenters: the profile's student (personalized), MODNet when a checkpoint
 is set (base), and the bundled selfie model (bundled). A branch that fails to load,
@@ -13,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -26,10 +29,10 @@ from muse.graph.capture import LateValue, is_recording
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.stats import NodeStats
-from muse.models.backends import file_sha256
 from muse.nodes.segment._prep import frame_batch, user_path
 from muse.nodes.segment.fused import FusedMatte, FusedSettings, working_size
 from muse.nodes.segment.student import LoadedStudent, load_student_runner, profile_live_model
+from muse.nodes.segment.student_watch import Retired, StudentWatcher
 from muse.nodes.switch import SwitchPolicy
 
 __all__ = ["HybridSegment"]
@@ -77,7 +80,8 @@ class HybridSegment(Node):
     display_name = "Hybrid segmenter"
     description = (
         "Personalized student when the profile has one, else MODNet (if a checkpoint is set), else the bundled "
-        "selfie model; falls back automatically on failures and picks up newly exported students live."
+        "selfie model; falls back automatically on failures and picks up newly exported students live. "
+        "One node (kept for existing graphs); graphs/include/segment_hybrid.yaml shows the same as visible nodes."
     )
 
     frame: In[Frame]
@@ -108,10 +112,8 @@ class HybridSegment(Node):
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._pending: tuple[LoadedStudent, str, tuple] | None = None
-        self._retired: list[tuple[int, Callable[[], None]]] = []
+        self._watcher: StudentWatcher | None = None
+        self._retired = Retired()
         self._health: dict[tuple[str, int, int], _Health] = {}
         self._plan: tuple[int | None, int | None] = (None, None)
         self._planned = False
@@ -121,8 +123,7 @@ class HybridSegment(Node):
         self._swaps = 0
         self._live: int | None = None
         self._profile = user_path(p.profile, ctx) if p.profile else None
-        self._seen_sig: tuple | None = None
-        self._loaded_digest = ""
+        self._student_path: Path | None = None  # the student file loaded at open (the watcher starts from it)
         self._fuse: FusedMatte | None = None
         self._file_plate: torch.Tensor | None = None
         if p.plate_file:
@@ -153,24 +154,17 @@ class HybridSegment(Node):
                 self._policy.failed(i)
         self._report()
         if self._profile is not None:
-            self._watcher = threading.Thread(target=self._watch_loop, name=f"{self.name}-student-watch", daemon=True)
-            self._watcher.start()
+            self._watcher = StudentWatcher(self.name, self._profile, self._load_student_file, ctx, lambda: self.params.watch_s,
+                                           self._student_path).start()
 
     def close(self) -> None:
-        if getattr(self, "_stop", None) is not None:
-            self._stop.set()
-            w = getattr(self, "_watcher", None)
-            if w is not None:
-                w.join(timeout=10.0)
+        if getattr(self, "_watcher", None) is not None:
+            self._watcher.stop()
         for b in getattr(self, "branches", []):
             if b.closer:
                 b.closer()
-        for _, closer in getattr(self, "_retired", []):
-            closer()
-        with getattr(self, "_lock", threading.Lock()):
-            if getattr(self, "_pending", None):
-                self._pending[0].close()
-                self._pending = None
+        if getattr(self, "_retired", None) is not None:
+            self._retired.close()
 
     def update_params(self, params: Params) -> bool:
         live_ok = ("prefer", "retry_s", "watch_s", "empty_frames", "min_coverage")
@@ -208,14 +202,13 @@ class HybridSegment(Node):
             branch.error = f"profile {self._profile}: {exc}"
             log.warning("%s: cannot read profile: %s", self.name, exc)
             return branch
-        self._seen_sig = self._signature(path)
+        self._student_path = path
         try:
             student = self._load_student_file(path)
         except Exception as exc:
             branch.error = f"{path}: {type(exc).__name__}: {exc}"
             log.warning("%s: personalized model failed to load, safe mode: %s", self.name, branch.error)
             return branch
-        self._loaded_digest = file_sha256(path)
         self._install_student(branch, student)
         return branch
 
@@ -327,7 +320,7 @@ class HybridSegment(Node):
         if self._last_good is None or self._last_good.shape != alpha.shape or self._last_good.dtype != alpha.dtype:
             self._last_good = torch.zeros_like(alpha)
         self._last_good.copy_(torch.where(torch.isfinite(alpha), alpha, self._last_good))
-        self._retire_tick()
+        self._retired.tick()
         alpha = self._fused(self._last_good, frame)
         return {"mask": Mask(alpha, frame.timestamp, frame.index)}
 
@@ -410,73 +403,19 @@ class HybridSegment(Node):
             b.label: ("failed: " + b.error) if b.error else ("loaded" if b.run else "not loaded") for b in self.branches
         })
 
-    # -- picking up a new student ---------------------------------------
-    def _signature(self, path: Path) -> tuple | None:
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        return (str(path), st.st_ino, st.st_mtime_ns, st.st_size)  # inode: the studio swaps a symlinked folder
-
-    def _watch_loop(self) -> None:
-        """Background: stat the live model every watch_s; load a changed one next to the running one."""
-        assert self._profile is not None and self.ctx is not None
-        ctx = self.ctx
-        side = torch.cuda.Stream(ctx.device) if ctx.cuda else None
-        while not self._stop.wait(self.params.watch_s):
-            try:
-                path = profile_live_model(self._profile)
-            except Exception:
-                continue  # no live model (yet): nothing to pick up
-            sig = self._signature(path)
-            if sig is None or sig == self._seen_sig:
-                continue
-            self._seen_sig = sig
-            try:
-                digest = file_sha256(path)
-                if digest == self._loaded_digest:
-                    continue
-                if side is not None:
-                    with torch.cuda.device(ctx.device), torch.cuda.stream(side):
-                        student = self._load_student_file(path)
-                        side.synchronize()  # loader thread only: the frame path never waits on this
-                else:
-                    student = self._load_student_file(path)
-            except Exception as exc:  # keep the running model; the next change is tried again
-                log.warning("%s: new student model %s failed to load, keeping the current one: %s", self.name, path, exc)
-                ctx.report("last_swap_error", f"{path}: {type(exc).__name__}: {exc}")
-                continue
-            with self._lock:
-                if self._pending is not None:
-                    self._pending[0].close()
-                self._pending = (student, digest, sig)
-
+    # -- picking up a new student (muse.nodes.segment.student_watch) ----
     def _adopt_pending(self) -> None:
-        if self._pending is None:
+        student = self._watcher.take() if self._watcher is not None else None
+        if student is None:
             return
-        with self._lock:
-            pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        student, digest, _ = pending
         i = next(k for k, b in enumerate(self.branches) if b.label == "student")
         b = self.branches[i]
         if b.closer is not None:  # frames queued on the stream may still use the old model: close it a bit later
-            self._retired.append((self._frames + 3, b.closer))
+            self._retired.add(b.closer)
         self._install_student(b, student)
-        self._loaded_digest = digest
         self._policy.failed_at.pop(i, None)
         self._swaps += 1
         log.warning("%s: picked up new personalized model %s", self.name, student.path)
         if self.ctx is not None:
             self.report("student_model", str(student.path))
         self._report()
-
-    def _retire_tick(self) -> None:
-        if not self._retired:
-            return
-        due = [c for f, c in self._retired if f <= self._frames]
-        self._retired = [(f, c) for f, c in self._retired if f > self._frames]
-        for closer in due:
-            closer()
-

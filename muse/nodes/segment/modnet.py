@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
+from muse.graph.node import In, Node, NodeAbsent, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.models.backends import BackendError, InferenceBackend, create_backend
 from muse.models.modnet import MODNetMatte, ModnetCheckpointError, load_modnet, working_size
@@ -45,11 +45,13 @@ class ModnetSegment(Node):
         super().open(ctx)
         p = self.params
         if not p.checkpoint:
-            raise NodeError(
+            raise NodeAbsent(
                 f"node '{self.name}' (segment.modnet): field 'checkpoint' is empty; set it to the path of "
                 "modnet_webcam_portrait_matting.ckpt from the official MODNet release"
             )
         path = user_path(p.checkpoint, ctx)
+        if not path.exists():
+            raise NodeAbsent(f"node '{self.name}' (segment.modnet), field 'checkpoint': {path} not found")
         try:
             model = load_modnet(path, "cpu")
         except ModnetCheckpointError as exc:
