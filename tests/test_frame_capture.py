@@ -182,7 +182,7 @@ def test_cuda_per_node_capture_times_every_node_and_matches_eager() -> None:
     assert all(len(s["nodes"]) == 1 for s in desc["segments"]), desc
     timed = {n: s.gpu_ms for n, s in runner.stats.nodes.items() if s.gpu_ms}
     print("per-node replay GPU ms:", {n: round(sorted(v)[len(v) // 2], 3) for n, v in timed.items()})
-    assert set(timed) >= {"segment", "matte", "pose", "face", "composite"}, timed
+    assert set(timed) >= {"segment/bundled", "matte", "pose/bundled", "face", "composite"}, timed
     worst = max((split["composite.out"][i] - a).abs().max().item() for i, a in eager["composite.out"].items())
     assert worst <= 1.0
 
