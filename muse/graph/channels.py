@@ -55,6 +55,18 @@ class Channel:
             self._cond.notify_all()
             return True
 
+    def offer(self, item: Any) -> bool:
+        """Hand an item over without waiting: a full queue drops it (counted). For a consumer that is stalled."""
+        with self._cond:
+            if self._closed:
+                return False
+            if self.policy == "queue" and len(self._items) >= self.size:
+                self.drops += 1
+                if self.on_drop:
+                    self.on_drop(1)
+                return False
+        return self.put(item)
+
     def get(self, timeout: float | None = None) -> Any:
         """The next item (for `latest`: the newest). Raises ChannelClosed or TimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -15,9 +15,11 @@ from typing import Any, Callable
 import torch
 
 from muse.graph.node import NodeError
-from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
+from muse.graph.slots import FrameFailed, GraphRunError, Item, NodeStopped, Slot
 
 log = logging.getLogger("muse.runtime")
+
+FAULTS = "\x00faults"  # memo key: (node, exception) for every node that failed this frame (never a node name)
 
 
 class FrameExecutor:
@@ -75,6 +77,7 @@ class FrameExecutor:
             program.run(memo)
         sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink()]
         frame_events: list[Any] = []
+        delivered = 0
         for sink in sinks:
             values, events = self._gather_inputs(sink, memo)
             if values is None:
@@ -84,10 +87,20 @@ class FrameExecutor:
                 # Replayed outputs are overwritten by the next replay: the sink gets its own copy.
                 values, events = self._detach_for_sink(values, events)
             frame_events.extend(events)
-            sink.channel.put(Item(values, events, t_capture), self._stop)
+            self._deliver(sink, Item(values, events, t_capture))
+            delivered += 1
         self._last_frame_events = frame_events
         self._time_frame(frame_events)
         self._limit_in_flight(frame_events)
+        check_delivery(memo, delivered)
+
+    def _deliver(self, sink: Slot, item: Item) -> None:
+        """Into the output's channel; an output stalled past its budget gets no say in the stream's pace
+        (a full queue drops the frame, counted, instead of holding every other output)."""
+        if sink.stall_warned:
+            sink.channel.offer(item)
+        else:
+            sink.channel.put(item, self._stop)
 
     def _gather_inputs(self, slot: Slot, memo: dict) -> tuple[dict[str, Any] | None, list[Any]]:
         """Values for a node's inputs (computing upstream nodes on demand) and the events to wait on."""
@@ -123,6 +136,13 @@ class FrameExecutor:
                 except FrameFailed as exc:
                     raise NodeError(str(exc)) from exc.exc
                 events.extend(evs)
+                # A lazy consumer (a switch) is told that the branch failed, whatever stands in for it.
+                for node, exc in memo.get(FAULTS, []):
+                    if node == src.node:
+                        raise NodeError(f"node {node!r} failed: {exc}") from exc
+                guard = self.slots[src.node].guard
+                if guard is not None and (guard.sync_bad or guard.nan_seen):
+                    raise NodeError(f"node {src.node!r} produced NaN/Inf")
                 # The lazy node waits here, on its own stream, for what it just pulled.
                 cur = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
                 value = outs.get(src.port) if outs else None
@@ -144,12 +164,20 @@ class FrameExecutor:
             return memo[name]
         outs, ev = self._run_node(slot, values, events)
         memo[name] = (outs, ev)
+        failed = slot.guard.failed_now if slot.guard is not None else None
+        if failed is not None:
+            slot.guard.failed_now = None
+            memo.setdefault(FAULTS, []).append((name, failed))
         return memo[name]
 
     def _run_node(self, slot: Slot, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         t0 = time.perf_counter()
         recording = self._recording
         nvtx = self.device.type == "cuda" and not recording
+        guard = slot.guard
+        assert guard is not None
+        if not recording:
+            self._judge(slot)
         try:
             with self._in_stream(slot.stream):
                 self._wait_events(slot.stream, events, values)
@@ -159,26 +187,124 @@ class FrameExecutor:
                 if nvtx:
                     torch.cuda.nvtx.range_push(slot.name)
                 start_ev = None if recording else self._gpu_start(slot)
+                if not recording:
+                    slot.call_started = t0
                 try:
                     outs = slot.node.process(**values) or {}
                 finally:
+                    if not recording:
+                        slot.call_started = None
                     if nvtx:
                         torch.cuda.nvtx.range_pop()
+                # NaN/Inf: replaced on the device by the last finite output, counted a frame late (muse.graph.guard).
+                outs = guard.check(outs, in_place=recording, sync=self.device.type == "cpu" and self.program is None)
                 out_events = self._record(slot, start_ev)
+                if guard.quarantined and slot.rn.policy.on_error in ("skip", "fallback") and not recording:
+                    stand_in, how = guard.stand_in(slot.rn.policy, slot.node, values, slot.rn.cls.outputs_spec)
+                    slot.stats.count_handled(how)
+                    outs, out_events = (stand_in or {}), out_events + events
                 # Taps run on the producer's stream, so a GPU preview copy is ordered after the work.
                 if not recording:
                     self._fire_taps(slot.name, outs)
-        except NodeError as exc:
-            self._node_failed(slot, exc, expected=True)
-            raise FrameFailed(slot.name, exc) from exc
         except Exception as exc:
-            self._node_failed(slot, exc)
-            raise FrameFailed(slot.name, exc) from exc
+            if recording:  # the frame program marks this recording failed and runs the segment eagerly
+                raise FrameFailed(slot.name, exc) from exc
+            self._end_call(slot, t0)
+            return self._failed(slot, exc, values, events)
         t1 = time.perf_counter()
         slot.consecutive_errors = 0
+        guard.last = outs
         if not recording:
+            self._end_call(slot, t0, t1)
             self._note_time(slot, t0, t1)
         return outs, out_events
+
+    def _failed(self, slot: Slot, exc: Exception, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        """A node raised: count and log it, then do what its `on_error` says."""
+        oom = isinstance(exc, torch.OutOfMemoryError)
+        if oom:
+            self._out_of_memory(slot, exc)
+        self._node_failed(slot, exc, expected=isinstance(exc, NodeError) or oom)
+        policy = slot.rn.policy
+        if policy.on_error == "stop":
+            raise NodeStopped(f"{self.graph.file}: node '{slot.name}' ({slot.rn.type}) failed and its on_error is stop: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        assert slot.guard is not None
+        slot.guard.failed_now = exc
+        outs, how = slot.guard.stand_in(policy, slot.node, values, slot.rn.cls.outputs_spec)
+        slot.stats.count_handled(how)
+        if outs is not None:
+            self._fire_taps(slot.name, outs)
+        return outs or {}, list(events)
+
+    def _judge(self, slot: Slot) -> None:
+        """Read the node's NaN/Inf check from the last frame it ran (never blocks) and act on it."""
+        guard = slot.guard
+        assert guard is not None
+        bad = guard.poll()
+        if bad is None:
+            return
+        guard.nan_seen = bad
+        policy = slot.rn.policy
+        if not bad:
+            if guard.quarantined:
+                guard.quarantined = False
+                log.info("node '%s' (%s): outputs are finite again", slot.name, slot.rn.type)
+            return
+        slot.stats.nan_frames += 1
+        n = slot.stats.nan_frames
+        if policy.on_error == "stop":
+            raise NodeStopped(f"{self.graph.file}: node '{slot.name}' ({slot.rn.type}) produced NaN/Inf and its on_error is stop")
+        if policy.on_error == "hold_last":
+            slot.stats.count_handled("held")
+        if n == 1 or n % 100 == 0:
+            what = {"hold_last": "its last good outputs stood in (on the device, the same frame)",
+                    "skip": "its outputs are skipped until they are finite again",
+                    "fallback": "its fallback stands in until its outputs are finite again"}[policy.on_error]
+            log.error("node '%s' (%s) produced NaN/Inf (%d frame(s) so far); %s", slot.name, slot.rn.type, n, what)
+        if policy.on_error in ("skip", "fallback"):
+            guard.quarantined = True
+
+    def _end_call(self, slot: Slot, t0: float, t1: float | None = None) -> None:
+        """A call is over: count it as a stall when it ran past the node's budget."""
+        t1 = time.perf_counter() if t1 is None else t1
+        ms = (t1 - t0) * 1000.0
+        slot.stall_warned = False
+        slot.stats.info.pop("stalled", None)
+        budget = slot.rn.policy.budget_ms
+        if ms <= budget:
+            return
+        st = slot.stats
+        st.stalls += 1
+        st.slowest_ms = max(st.slowest_ms, ms)
+        if st.stalls == 1 or st.stalls % 100 == 0:
+            log.warning("node '%s' (%s) took %.0f ms, over its budget of %.0f ms (%d stall(s) so far)",
+                        slot.name, slot.rn.type, ms, budget, st.stalls)
+
+    def _out_of_memory(self, slot: Slot, exc: BaseException) -> None:
+        """GPU out of memory: free the cache and let the node step down to a lighter setting (applied
+        at the next frame boundary, like a live edit), saying what changed."""
+        slot.stats.oom += 1
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            changes = slot.node.step_down()
+        except Exception:
+            log.error("node '%s': step_down failed:\n%s", slot.name, traceback.format_exc())
+            changes = None
+        if not changes:
+            log.error("node '%s' (%s) ran out of GPU memory and has no lighter setting; its on_error (%s) covers it",
+                      slot.name, slot.rn.type, slot.rn.policy.on_error)
+            return
+        what = ", ".join(f"{k} {getattr(slot.node.params, k, '?')} -> {v}" for k, v in changes.items())
+        try:
+            self.update_params(slot.name, changes)
+        except Exception as err:
+            log.error("node '%s': its step down (%s) was refused: %s", slot.name, what, err)
+            return
+        slot.stats.stepped_down.append(what)
+        slot.ctx.report("stepped_down", what)
+        log.warning("node '%s' (%s) ran out of GPU memory; stepping down: %s", slot.name, slot.rn.type, what)
 
     def _note_time(self, slot: Slot, t0: float, t1: float) -> None:
         slot.stats.frames += 1
@@ -204,3 +330,12 @@ class FrameExecutor:
                         cb(outs[port])
                     except Exception:
                         log.error("tap on %s.%s failed:\n%s", node, port, traceback.format_exc())
+
+
+def check_delivery(memo: dict, delivered: int) -> None:
+    """A frame no output got because nodes failed is a failed frame (the executor stops the graph after
+    `max_consecutive_errors` of them in a row, naming the node)."""
+    faults = memo.get(FAULTS)
+    if faults and not delivered:
+        node, exc = faults[0]
+        raise FrameFailed(node, exc)

@@ -10,6 +10,7 @@ from typing import Any
 from muse.graph.messages import printable
 from muse.graph.node import Node, NodeParams, PortSpec
 from muse.graph.payloads import Payload
+from muse.graph.policy import FaultPolicy
 from muse.graph.spec import GraphSpec, Settings
 
 
@@ -75,6 +76,7 @@ class ResolvedNode:
     cls: builtins.type[Node]  # `type` alone would name the field above
     params: NodeParams | None  # None: its params were invalid (reported; the graph does not run)
     inputs: dict[str, ResolvedInput] = field(default_factory=dict)
+    policy: FaultPolicy = field(default_factory=FaultPolicy)  # on_error, budget, fallbacks (muse.graph.policy)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from muse.graph.channels import Channel
+from muse.graph.guard import NodeGuard
 from muse.graph.node import Node, NodeContext
 from muse.graph.stats import NodeStats
 from muse.graph.validate import ResolvedNode, ValidatedGraph
@@ -18,6 +19,10 @@ from muse.graph.validate import ResolvedNode, ValidatedGraph
 
 class GraphRunError(RuntimeError):
     """The graph could not start or had to stop; the message names the node."""
+
+
+class NodeStopped(GraphRunError):
+    """A node whose `on_error` is `stop` failed: the graph stops, naming it."""
 
 
 class FrameFailed(Exception):
@@ -53,6 +58,14 @@ class Slot:
     pending_gpu: list = field(default_factory=list)
     consecutive_errors: int = 0
     variant_ready: bool = False  # frame_variant() already asked this frame (by the frame program)
+    guard: NodeGuard | None = None  # its NaN check, last good outputs and quarantine (muse.graph.guard)
+    call_started: float | None = None  # perf_counter() when its current call began (the stall watchdog reads it)
+    stall_warned: bool = False  # the watchdog already warned about the current call
+
+    def __post_init__(self) -> None:
+        if self.guard is None:
+            self.guard = NodeGuard(self.rn.name)
+        self.stats.on_error = self.rn.policy.on_error
 
     @property
     def name(self) -> str:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from muse.graph.checks import check_cycles, check_output_paths, check_reachability, check_types
 from muse.graph.includes import MAX_GRAPH_NODES, MAX_INCLUDE_DEPTH, expand_includes
+from muse.graph.policy import check_fault_policies
 from muse.graph.messages import did_you_mean, first_line, pydantic_message, setting_hint
 from muse.graph.registry import Registry, load_registry
 from muse.graph.resolved import GraphError, GraphValidationError, ResolvedInput, ResolvedNode, Source, ValidatedGraph
@@ -141,6 +142,7 @@ def _validate_text(
     _resolve_inputs(spec, nodes, smap, errors)
     order = check_cycles(spec, nodes, smap, errors)
     out_types = check_types(nodes, order, smap, errors)
+    check_fault_policies(spec, nodes, out_types, smap, errors)
     warnings = check_reachability(nodes, smap, errors, file)
     check_output_paths(nodes, smap, errors, base_dir, allow_paths)
     if errors:
@@ -203,7 +205,7 @@ def _parse_spec(data: dict, smap: SourceMap, errors: list[GraphError]) -> GraphS
                     hint = ""
                     if e["type"] == "extra_forbidden":
                         msg = f"unknown key {key!r} in node"
-                        hint = "a node has: type, params, inputs, description" + did_you_mean(str(key), NodeSpec.model_fields, prefix="; ")
+                        hint = "a node has: type, params, inputs, description, on_error, budget_ms, fallback" + did_you_mean(str(key), NodeSpec.model_fields, prefix="; ")
                     elif e["type"] == "missing":
                         hint = "add 'type: family.name' (list them with `muse nodes`)"
                     errors.append(GraphError("schema", msg, file, smap.line("nodes", name, *loc[:1]), node=str(name), field=key, hint=hint))
