@@ -148,8 +148,13 @@ def stats_line(s: dict[str, Any]) -> str:
     mode = (s.get("info") or {}).get("mode")
     if mode is not None:
         text += f"\nmode: {mode}"  # own line: nodes must not grow wider than the layout left room for
-    if s.get("errors"):
-        text += f"  errors {s['errors']}"
+    faults = s.get("faults") or {"errors": s.get("errors", 0)}
+    shown = [f"{label} {faults[k]}" for k, label in (("errors", "errors"), ("nan", "NaN"), ("stalls", "stalls"), ("oom", "OOM"))
+             if faults.get(k)]
+    if shown:
+        text += "  " + " ".join(shown)
+    if (s.get("info") or {}).get("stalled"):
+        text += "\nSTALLED"
     return text
 
 
@@ -161,6 +166,15 @@ def stats_details(s: dict[str, Any]) -> str:
             t = s[key]
             lines.append(f"{key.replace('_ms', '')} time: p50 {t['p50']:.2f}  p95 {t['p95']:.2f}  p99 {t['p99']:.2f} ms")
     lines.append(f"frames {s.get('frames', 0)}  drops {s.get('drops', 0)}  errors {s.get('errors', 0)}")
+    faults = s.get("faults") or {}
+    if faults:
+        counts = "  ".join(f"{k} {faults[k]}" for k in ("nan", "stalls", "oom") if faults.get(k))
+        if counts:
+            lines.append(counts + (f"  (slowest {faults['slowest_ms']:.0f} ms)" if faults.get("slowest_ms") else ""))
+        if faults.get("handled"):
+            lines.append(f"on_error {s.get('on_error', '?')}: " + ", ".join(f"{k} {v}" for k, v in faults["handled"].items()))
+        for step in faults.get("stepped_down", []):
+            lines.append(f"stepped down: {step}")
     lines += [f"{k}: {v}" for k, v in (s.get("info") or {}).items()]
     if s.get("last_error"):
         lines.append(f"last error: {s['last_error']}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Hashable
 
 import torch
 
-from muse.graph.capture import CudaFrameGraph, EmulatedFrameGraph, FrameGraph
+from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
 from muse.graph.payloads import Payload
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -167,10 +167,21 @@ class FrameProgram:
                 memo[n] = ({}, [])
             return False
         variants = []
+        eager_now = False
         for n in seg.nodes:
             slot = r.slots[n]
-            variants.append(slot.node.frame_variant())
+            r._judge(slot)  # last frame's NaN/Inf check (a replayed node runs no host code of its own)
+            variant = slot.node.frame_variant()
             slot.variant_ready = True
+            # A node that asks for an eager frame, or whose outputs the host replaces (a quarantined node
+            # under skip/fallback: muse.graph.guard), runs its segment eagerly; the recordings stay for later.
+            if isinstance(variant, EagerFrame) or (slot.guard is not None and slot.guard.quarantined
+                                                   and slot.rn.policy.on_error in ("skip", "fallback")):
+                eager_now = True
+            variants.append(variant)
+        if eager_now:
+            self._eager(seg, memo)
+            return False
         key = (_signature(ext), tuple(variants))
         var = seg.variants.get(key)
         if key in seg.failed:
@@ -289,6 +300,8 @@ class FrameProgram:
                 slot = r.slots[n]
                 slot.variant_ready = False
                 slot.stats.captured = True
+                if slot.guard is not None:
+                    slot.guard.last = outs  # what hold_last stands in with if the next (eager) frame fails
                 if t0 is not None:
                     r._note_time(slot, t0, t1)
                 else:

@@ -88,6 +88,7 @@ class ValidatedGraph:
     order: list[str]  # topological
     out_types: dict[tuple[str, str], type[Payload]]
     warnings: list[GraphError] = field(default_factory=list)
+    allow_network: bool = False  # network outputs may leave this machine (--allow-network; muse.graph.network)
 
     def consumers(self, name: str) -> list[tuple[str, str]]:
         """(consumer node, input port) for every edge leaving `name`."""

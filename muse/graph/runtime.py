@@ -31,6 +31,7 @@ from muse.graph.stats import GraphStats, Trace
 from muse.graph.streams import CudaPlumbing
 from muse.graph.threads import SourceSinkThreads
 from muse.graph.validate import ResolvedNode, ValidatedGraph
+from muse.graph.watchdog import StallWatchdog
 
 __all__ = ["FrameFailed", "GraphRunError", "GraphRunner", "Item", "resolve_device"]
 
@@ -49,6 +50,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         trace: Trace | None = None,
         stats: GraphStats | None = None,
         unpaced: bool = False,
+        faults: Any = None,
     ) -> None:
         self.device, self.device_note = resolve_device(graph.settings.device, device)
         self.max_frames = frames
@@ -79,6 +81,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._in_flight: deque[list[Any]] = deque()
         self._failed_frames = 0
         self._cpu_pipeline: Any = None  # muse.graph.cpu_pipeline: two frames in flight on the CPU path
+        self._watchdog: StallWatchdog | None = None
+        self.faults = list(faults or [])  # muse.testing.faults: injected into the nodes they name when slots are made
 
     def _own(self, graph: ValidatedGraph) -> ValidatedGraph:
         """The runner's copy of `graph`, with the device's resolved settings (the CPU downscale)."""
@@ -95,6 +99,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
 
     def start(self) -> "GraphRunner":
         self._open_all(self.graph)
+        self._watchdog = StallWatchdog(self).start()
         self._executor = threading.Thread(target=self._execute, name="muse-executor", daemon=True)
         self._executor.start()
         return self
@@ -121,6 +126,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._stop.set()
         if self._executor is not None and self._executor is not threading.current_thread():
             self._executor.join(timeout=10)
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if self.program is not None:  # what was captured, as it ended (the build-time entry has no recordings yet)
             self.stats.info["capture"] = self.program.describe()
         self._close_all()
@@ -149,13 +156,16 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
             resolution=self.resolution,
             stream=stream,
             graph_file=self.graph.file,
-            settings={**s.model_dump(), "unpaced": self.unpaced},
+            settings={**s.model_dump(), "unpaced": self.unpaced, "allow_network": self.graph.allow_network},
             logger=logging.getLogger(f"muse.node.{rn.name}"),
             stats=stats,
             clock=self.clock,
             connected=frozenset(p for p, ri in rn.inputs.items() if ri.sources),
         )
         node = rn.cls(rn.name, rn.params)
+        for fault in self.faults:
+            if fault.node == rn.name:
+                node = fault.inject(node, rn.policy.budget_ms)
         return Slot(rn=rn, node=node, ctx=ctx, stats=stats, stream=stream)
 
     def _open_slot(self, slot: Slot) -> None:
@@ -230,6 +240,11 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # shutdown only: every stream's last work is done
             self._poll_gpu_times()  # the last frames' GPU timings are readable now
+        for slot in slots:  # the last frame's NaN/Inf checks, so every fault is counted
+            try:
+                self._judge(slot)
+            except GraphRunError:
+                pass  # stopping anyway
         self.slots.clear()
 
     def _build_program(self) -> None:
