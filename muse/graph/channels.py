@@ -31,8 +31,9 @@ class Channel:
         self._closed = False
         self._cond = threading.Condition()
 
-    def put(self, item: Any, stop: threading.Event | None = None) -> bool:
-        """Hand an item over; False if the channel was closed (the consumer is gone)."""
+    def put(self, item: Any, stop: threading.Event | None = None, give_up: Callable[[], bool] | None = None) -> bool:
+        """Hand an item over; False if the channel was closed (the consumer is gone), or, while waiting for
+        room in a queue, `give_up()` turned true (the consumer is stalled: the item is dropped and counted)."""
         with self._cond:
             if self.policy == "latest":
                 if self._closed:
@@ -47,6 +48,11 @@ class Channel:
                 return True
             while len(self._items) >= self.size and not self._closed:
                 if stop is not None and stop.is_set():
+                    return False
+                if give_up is not None and give_up():
+                    self.drops += 1
+                    if self.on_drop:
+                        self.on_drop(1)
                     return False
                 self._cond.wait(0.05)
             if self._closed:

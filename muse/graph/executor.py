@@ -100,7 +100,7 @@ class FrameExecutor:
         if sink.stall_warned:
             sink.channel.offer(item)
         else:
-            sink.channel.put(item, self._stop)
+            sink.channel.put(item, self._stop, give_up=lambda: sink.stall_warned)
 
     def _gather_inputs(self, slot: Slot, memo: dict) -> tuple[dict[str, Any] | None, list[Any]]:
         """Values for a node's inputs (computing upstream nodes on demand) and the events to wait on."""

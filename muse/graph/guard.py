@@ -81,6 +81,15 @@ class NodeGuard:
             changed.setdefault(port, {})[key] = new
         return {p: (dc_replace(v, **changed[p]) if p in changed else v) for p, v in outs.items()}
 
+    def adopt(self, outs: dict[str, Any]) -> None:
+        """A replayed frame's outputs are its recording's held buffers: hold those from now on (an eager
+        frame that follows must stand in with what the replays last wrote, not an older eager copy)."""
+        for (port, key) in list(self.held):
+            v = outs.get(port)
+            t = getattr(v, key, None) if isinstance(v, Payload) else None
+            if isinstance(t, torch.Tensor):
+                self.held[(port, key)] = t
+
     def _replace_bad(self, outs: dict[str, Any]) -> dict[str, Any]:
         if self.last is not None and set(self.last) >= set(outs):
             return dict(self.last)

@@ -7,7 +7,8 @@ run out of GPU memory, or die on frame N; to test a graph's `on_error` policies 
 or from the command line: `muse run graph.yaml --fault segment:nan@30/10 --stats s.json`.
 
 Frames are counted per node from 0 (a processing node counts the frames it was asked to
-run, replayed ones included). A fault hits frame `at`, then every `every` frames after it
+run, replayed ones included), across the node's reopenings; use a fresh Fault per run.
+`fault.counter["hits"]` says how often it struck. A fault hits frame `at`, then every `every` frames after it
 when given; `die` hits every frame from `at` on. Kinds:
 
 - `raise`: `process` raises a NodeError; `oom`: it raises torch.OutOfMemoryError (the graph
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, replace as dc_replace
+from dataclasses import dataclass, field, replace as dc_replace
 from typing import Any, Literal
 
 import torch
@@ -48,6 +49,8 @@ class Fault:
     at: int = 0
     every: int | None = None
     ms: float | None = None  # stall: how long (default 1.5x the node's budget)
+    # The node's frame count, kept here so it goes on across the node's reopenings (a live edit, a step down).
+    counter: dict = field(default_factory=lambda: {"frame": -1, "hits": 0}, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,8 +90,6 @@ class _Injected:
         self.fault = fault
         self.budget_ms = budget_ms
         self.node = node
-        self.frame = -1
-        self.hit = 0
         self._process = node.process
         self._variant = node.frame_variant
         edge = node.is_source() or node.is_sink()
@@ -98,17 +99,21 @@ class _Injected:
         if not edge:
             setattr(node, "frame_variant", self.frame_variant)
 
+    @property
+    def frame(self) -> int:
+        return int(self.fault.counter["frame"])
+
     def frame_variant(self) -> Any:
-        self.frame += 1
+        self.fault.counter["frame"] += 1
         inner = self._variant()
         return EagerFrame(f"fault {self.fault.kind}") if self.fault.hits(self.frame) else inner
 
     def process(self, *args: Any, **inputs: Any) -> Any:
         if self.edge:
-            self.frame += 1
+            self.fault.counter["frame"] += 1
         if not self.fault.hits(self.frame):
             return self._process(*args, **inputs)
-        self.hit += 1
+        self.fault.counter["hits"] += 1
         kind, name = self.fault.kind, self.node.name
         if kind in ("raise", "die"):
             raise NodeError(f"node {name!r}: injected fault ({kind}) on frame {self.frame}")
