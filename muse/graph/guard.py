@@ -40,6 +40,7 @@ class NodeGuard:
     judged: int = 0  # the LateValue version already read
     quarantined: bool = False  # outputs were non-finite at the last check: skip/fallback replace them
     sync_bad: bool = False  # CPU: this frame's check failed (read at once)
+    sync_result: bool | None = None  # CPU: the last check, not yet read by `poll`
     nan_seen: bool = False  # the last check read was bad (a lazy consumer, e.g. a switch, is told so)
     failed_now: BaseException | None = None  # it raised this frame (the executor notes it in the frame's faults)
 
@@ -54,6 +55,7 @@ class NodeGuard:
         total = sums[0] if len(sums) == 1 else torch.stack(sums).sum()
         if sync:  # CPU, no capture: the answer is here now
             self.sync_bad = not bool(torch.isfinite(total))
+            self.sync_result = self.sync_bad
             if self.sync_bad:
                 return self._replace_bad(outs)
             return outs
@@ -104,9 +106,9 @@ class NodeGuard:
 
     def poll(self) -> bool | None:
         """The last published check, when it has landed and was not read yet (never blocks): True = bad."""
-        if self.sync_bad:
-            self.sync_bad = False
-            return True
+        if self.sync_result is not None:
+            bad, self.sync_result, self.sync_bad = self.sync_result, None, False
+            return bad
         late = self.late
         if late is None or not late.published or late.version == self.judged or not late.ready():
             return None
