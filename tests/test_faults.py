@@ -350,3 +350,46 @@ def test_stream_output_refuses_a_remote_url_at_open_too(monkeypatch: pytest.Monk
     node = StreamOutput("out", StreamOutput.Params(url="udp://192.0.2.7:5000"))
     with pytest.raises(NodeError, match="node 'out': field `url`.*another machine.*--allow-network"):
         node.open(make_context("out"))
+
+
+@pytest.mark.parametrize("hung", ["a", "b"])
+def test_a_node_that_never_returns_is_left_behind_and_the_stream_goes_on(registry: Registry, caplog: pytest.LogCaptureFixture,
+                                                                         hung: str) -> None:
+    """Two nodes in a row: on the CPU path 'a' runs on the executor and 'b' on the pipeline's tail thread."""
+    caplog.set_level(logging.WARNING, "muse.runtime")
+    body = ("  src: {type: basic.test_pattern, params: {width: 32, height: 24, fps: 50}}\n" + RAMP % "budget_ms: 100," +
+            "  b: {type: test.ramp, budget_ms: 100, inputs: {frame: a.out}}\n"
+            "  sink: {type: test.seen, inputs: {frame: {from: b.out, queue: 64}}}\n")
+    runner = GraphRunner(graph(body, registry, "device: cpu, hang_after_s: 1"), faults=[Fault(hung, "stall", at=5, ms=3500)])
+    runner.start()
+    assert runner._cpu_pipeline is not None, "two frames in flight on the CPU"
+    try:
+        _wait_until(lambda: runner.slots[hung].hung, 5)
+        got = len(Seen.values)
+        time.sleep(0.8)
+        during = len(Seen.values) - got
+        assert during >= 10, f"the stream went on while 'a' hung ({during} frames in 0.8 s)"
+        shown = set(Seen.values[got:])
+        if hung == "b":  # the output's own input: held at its last good value while it hangs
+            assert shown == {Seen.values[got - 1]}, shown
+        else:  # 'b' (the ramp of the clock) keeps computing from a's held output
+            assert len(shown) >= 10, shown
+        _wait_until(lambda: not runner.slots[hung].hung, 6)
+        n = len(Seen.values)
+        _wait_until(lambda: len(Seen.values) > n + 5, 5)
+        assert round(Seen.values[-1] * 1000) > 10, "it runs again once the call returned"
+    finally:
+        runner.stop()
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("has not returned for" in m and "goes on without it" in m for m in msgs), msgs
+    assert any("returned after" in m and "runs again" in m for m in msgs), msgs
+    assert runner.stats.nodes[hung].handled.get("held", 0) >= 10
+
+
+def _wait_until(cond, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")

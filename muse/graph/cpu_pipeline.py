@@ -127,6 +127,15 @@ class CpuPipeline:
         self._thread.join(timeout=10)
         _restore_cores(self.previous_threads)
 
+    def abandon(self) -> None:
+        """The tail thread hung in a node call: release the executor waiting for it; the thread ends
+        once the call returns (the runner runs whole frames meanwhile)."""
+        with self._cond:
+            self._closed = True
+            self._busy = False
+            self._cond.notify_all()
+        _restore_cores(self.previous_threads)
+
     def _rebalance(self) -> None:
         """Move the split to where head and tail take about the same time (measured p50s)."""
         self.drain()
@@ -147,7 +156,7 @@ class CpuPipeline:
 
     # -- tail thread ---------------------------------------------------------
     def _loop(self) -> None:
-        from muse.graph.slots import FrameFailed, Item
+        from muse.graph.slots import FrameFailed, Item, LeftBehind
 
         runner = self.runner
         while True:
@@ -170,6 +179,8 @@ class CpuPipeline:
                 runner._failed_frames += 1
                 if runner._failed_frames >= runner.graph.settings.max_consecutive_errors:
                     runner._fail(exc.exc)
+            except LeftBehind:
+                return  # this thread hung in a node and was given up (CpuPipeline.abandon)
             except BaseException as exc:  # the tail must never die silently
                 runner._fail(exc)
             finally:

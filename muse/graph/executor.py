@@ -8,6 +8,7 @@ the first traceback logged and later ones rate-limited.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from muse.graph.node import NodeError
-from muse.graph.slots import FrameFailed, GraphRunError, Item, NodeStopped, Slot
+from muse.graph.slots import FrameFailed, GraphRunError, Item, LeftBehind, NodeStopped, Slot
 
 log = logging.getLogger("muse.runtime")
 
@@ -26,8 +27,11 @@ class FrameExecutor:
     """Mixin of `GraphRunner`: the executor thread and per-node bookkeeping."""
 
     def _execute(self) -> None:
+        me = threading.current_thread()
         try:
             while not self._stop.is_set():
+                if me in self._abandoned:
+                    return
                 self._run_pending()
                 if self.max_frames is not None and self._frame_index >= self.max_frames:
                     break
@@ -47,16 +51,54 @@ class FrameExecutor:
                         ) from exc.exc
                 self._frame_index += 1
                 self._poll_gpu_times()
+        except LeftBehind:
+            return  # a node call hung and a new executor took over; this one just ends
         except BaseException as exc:  # the executor must never die silently
-            self._fail(exc)
+            if me not in self._abandoned:
+                self._fail(exc)
         finally:
-            if self._cpu_pipeline is not None:  # its last frame reaches the sinks first
-                self._cpu_pipeline.close()
-            # Let sinks drain what they have, then stop.
-            for slot in list(self.slots.values()):
-                if slot.rn.cls.is_sink() and slot.channel is not None:
-                    slot.channel.close()
-            self._done.set()
+            if me not in self._abandoned:
+                self._end_executor()
+
+    def _end_executor(self) -> None:
+        if self._cpu_pipeline is not None:  # its last frame reaches the sinks first
+            self._cpu_pipeline.close()
+        # Let sinks drain what they have, then stop.
+        for slot in list(self.slots.values()):
+            if slot.rn.cls.is_sink() and slot.channel is not None:
+                slot.channel.close()
+        self._done.set()
+
+    def _leave_behind(self, slot: Slot, ran_s: float) -> None:
+        """The watchdog found a processing node's call running for `ran_s`: go on without it. The thread
+        stuck in it is replaced (the executor) or given up (the CPU pipeline's tail thread); the node is
+        skipped (its on_error stands in) until the call returns, and that thread then ends quietly."""
+        thread = slot.call_thread
+        if thread is None or slot.hung or self._recording:
+            return  # nothing to take over, already done, or inside a recording (its capture must end first)
+        if slot.rn.policy.on_error == "stop":
+            self._fail(NodeStopped(f"{self.graph.file}: node '{slot.name}' ({slot.rn.type}) has not returned for {ran_s:.0f} s "
+                                   "and its on_error is stop"))
+            return
+        pipe = self._cpu_pipeline
+        if thread is self._executor:
+            replace = True
+        elif pipe is not None and thread is pipe._thread:
+            replace = False
+        else:
+            return
+        slot.hung = True
+        self._abandoned.add(thread)
+        log.error("node '%s' (%s) has not returned for %.0f s; the stream goes on without it (on_error %s) until it does",
+                  slot.name, slot.rn.type, ran_s, slot.rn.policy.on_error)
+        slot.ctx.report("stalled", f"left behind after {ran_s:.0f} s")
+        if replace:
+            self._executor = threading.Thread(target=self._execute, name="muse-executor", daemon=True)
+            self._executor.start()
+        else:
+            self._cpu_pipeline = None  # whole frames on the executor from now on
+            assert pipe is not None
+            pipe.abandon()
 
     def _run_frame(self, source_items: dict[str, Item]) -> None:
         memo: dict[str, tuple[dict[str, Any], list[Any]]] = {}
@@ -178,6 +220,8 @@ class FrameExecutor:
         assert guard is not None
         if not recording:
             self._judge(slot)
+        if slot.hung:  # its last call never returned (muse.graph.watchdog): its on_error stands in
+            return self._failed(slot, NodeError("a call is still running (hung); skipped until it returns"), values, events)
         try:
             with self._in_stream(slot.stream):
                 self._wait_events(slot.stream, events, values)
@@ -188,16 +232,18 @@ class FrameExecutor:
                     torch.cuda.nvtx.range_push(slot.name)
                 start_ev = None if recording else self._gpu_start(slot)
                 if not recording:
-                    slot.call_started = t0
+                    slot.call_started, slot.call_thread = t0, threading.current_thread()
                 try:
                     outs = slot.node.process(**values) or {}
                 finally:
                     if not recording:
-                        slot.call_started = None
+                        slot.call_started = slot.call_thread = None
                     if nvtx:
                         torch.cuda.nvtx.range_pop()
+                    self._check_left_behind(slot, t0)
                 # NaN/Inf: replaced on the device by the last finite output, counted a frame late (muse.graph.guard).
-                outs = guard.check(outs, in_place=recording, sync=self.device.type == "cpu" and self.program is None)
+                if self.graph.settings.check_finite:
+                    outs = guard.check(outs, in_place=recording, sync=self.device.type == "cpu" and self.program is None)
                 out_events = self._record(slot, start_ev)
                 if guard.quarantined and slot.rn.policy.on_error in ("skip", "fallback") and not recording:
                     stand_in, how = guard.stand_in(slot.rn.policy, slot.node, values, slot.rn.cls.outputs_spec)
@@ -218,6 +264,13 @@ class FrameExecutor:
             self._end_call(slot, t0, t1)
             self._note_time(slot, t0, t1)
         return outs, out_events
+
+    def _check_left_behind(self, slot: Slot, t0: float) -> None:
+        if threading.current_thread() in self._abandoned:
+            slot.hung = False
+            slot.stats.info.pop("stalled", None)
+            log.warning("node '%s' returned after %.0f s; it runs again", slot.name, time.perf_counter() - t0)
+            raise LeftBehind()
 
     def _failed(self, slot: Slot, exc: Exception, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         """A node raised: count and log it, then do what its `on_error` says."""

@@ -171,12 +171,15 @@ class FrameProgram:
         for n in seg.nodes:
             slot = r.slots[n]
             r._judge(slot)  # last frame's NaN/Inf check (a replayed node runs no host code of its own)
+            if slot.hung:  # a call of it never returned: no host code of it now, and no replay of its kernels
+                eager_now = True
+                continue
             variant = slot.node.frame_variant()
             slot.variant_ready = True
             # A node that asks for an eager frame, or whose outputs the host replaces (a quarantined node
             # under skip/fallback: muse.graph.guard), runs its segment eagerly; the recordings stay for later.
             if isinstance(variant, EagerFrame) or (slot.guard is not None and slot.guard.quarantined
-                                                   and slot.rn.policy.on_error in ("skip", "fallback")):
+                                                                and slot.rn.policy.on_error in ("skip", "fallback")):
                 eager_now = True
             variants.append(variant)
         if eager_now:

@@ -82,6 +82,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         self._failed_frames = 0
         self._cpu_pipeline: Any = None  # muse.graph.cpu_pipeline: two frames in flight on the CPU path
         self._watchdog: StallWatchdog | None = None
+        self._abandoned: set[threading.Thread] = set()  # threads left in a hung node call (muse.graph.watchdog)
         self.faults = list(faults or [])  # muse.testing.faults: injected into the nodes they name when slots are made
 
     def _own(self, graph: ValidatedGraph) -> ValidatedGraph:

@@ -25,6 +25,11 @@ class NodeStopped(GraphRunError):
     """A node whose `on_error` is `stop` failed: the graph stops, naming it."""
 
 
+class LeftBehind(BaseException):
+    """Raised in a thread the runtime replaced while a node call hung, once that call returns: the thread
+    ends quietly (a BaseException, so no `except Exception` on the way counts it as a node failure)."""
+
+
 class FrameFailed(Exception):
     """A node failed this frame; the executor counts it and drops the frame."""
 
@@ -61,6 +66,8 @@ class Slot:
     guard: NodeGuard | None = None  # its NaN check, last good outputs and quarantine (muse.graph.guard)
     call_started: float | None = None  # perf_counter() when its current call began (the stall watchdog reads it)
     stall_warned: bool = False  # the watchdog already warned about the current call
+    call_thread: threading.Thread | None = None  # the thread making the current call
+    hung: bool = False  # a call never returned: the stream goes on without the node until it does (muse.graph.watchdog)
 
     def __post_init__(self) -> None:
         if self.guard is None:

@@ -118,6 +118,14 @@ class Settings(_Strict):
         1000.0, gt=0, le=3_600_000,
         description="A node call longer than this counts as a stall and is reported (a node's `budget_ms` overrides it)",
     )
+    hang_after_s: float = Field(
+        10.0, ge=1, le=3600,
+        description="A processing node call still running after this long (and 5x its budget) is left behind: the stream "
+        "goes on without it, as its on_error says, until it returns",
+    )
+    check_finite: bool = Field(
+        True, description="Check every node's floating outputs for NaN/Inf and stand in for bad ones (a few small device ops per node)"
+    )
 
     @field_validator("capture", mode="before")
     @classmethod

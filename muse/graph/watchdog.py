@@ -10,7 +10,11 @@ every `REPEAT_S`, and keeps `info.stalled` ("running 12.0 s, budget 1000 ms") on
 - a secondary source never holds the stream (its last frame is used); the first source paces
   the stream, so no new frame comes until it returns;
 - a processing node runs on the executor thread and Python cannot interrupt it: the stream
-  waits for it, and the warning names it.
+  waits for it, and the warning names it. After `settings.hang_after_s` (and at least five
+  budgets) the node is left behind: a new executor thread takes over (on the CPU path with
+  two frames in flight, the tail thread is given up instead and whole frames run on the
+  executor), the node is skipped as its `on_error` says (`stop` stops the graph), and when the
+  call finally returns, the old thread ends quietly and the node runs again.
 """
 
 from __future__ import annotations
@@ -59,7 +63,14 @@ class StallWatchdog:
             budget_s = slot.rn.policy.budget_ms / 1000.0
             if ran <= budget_s:
                 continue
+            if slot.hung:
+                continue  # left behind already; the executor says when it returns
             slot.stats.info["stalled"] = f"running {ran:.1f} s, budget {slot.rn.policy.budget_ms:.0f} ms"
+            cls = slot.rn.cls
+            hang_s = max(self.runner.graph.settings.hang_after_s, 5 * budget_s)
+            if ran > hang_s and not cls.is_source() and not cls.is_sink():
+                self.runner._leave_behind(slot, ran)
+                continue
             key = id(slot)
             if not slot.stall_warned:
                 slot.stall_warned = True
@@ -78,4 +89,5 @@ class StallWatchdog:
             if self.runner._is_secondary_source(slot.name):
                 return "the stream keeps its last frame"
             return "the stream gets no new frame until it returns"
-        return "the stream waits for it (a node call cannot be interrupted)"
+        hang_s = max(self.runner.graph.settings.hang_after_s, 5 * slot.rn.policy.budget_ms / 1000.0)
+        return f"the stream waits for it; if it still runs after {hang_s:.0f} s, the stream goes on without it"
