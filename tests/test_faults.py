@@ -393,3 +393,11 @@ def _wait_until(cond, timeout: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("condition not reached in time")
+
+
+def test_stop_inside_a_switch_branch_still_stops_the_graph(registry: Registry) -> None:
+    g = graph(SRC % 10 + RAMP % "on_error: stop," + "  b: {type: basic.invert, inputs: {frame: {from: src.frame, queue: 64}}}\n"
+              "  pick: {type: flow.switch, inputs: {candidates: [a.out, b.out]}}\n"
+              "  sink: {type: test.seen, inputs: {frame: {from: pick.selected, queue: 64}}}\n", registry)
+    with pytest.raises(GraphRunError, match="node 'a'.*on_error is stop"):
+        GraphRunner(g, faults=[Fault("a", "raise", at=3)]).run()

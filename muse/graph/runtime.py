@@ -26,7 +26,7 @@ from muse.graph.live import LiveChanges
 from muse.graph.node import NodeContext, NodeError
 from muse.graph.program import FrameProgram
 from muse.graph.resolve import resolve_device, resolved_graph, run_dtype
-from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
+from muse.graph.slots import FrameFailed, GraphRunError, Item, NodeStopped, Slot
 from muse.graph.stats import GraphStats, Trace
 from muse.graph.streams import CudaPlumbing
 from muse.graph.threads import SourceSinkThreads
@@ -244,7 +244,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges):
         for slot in slots:  # the last frame's NaN/Inf checks, so every fault is counted
             try:
                 self._judge(slot)
-            except GraphRunError:
+            except NodeStopped:
                 pass  # stopping anyway
         self.slots.clear()
 

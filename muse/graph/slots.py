@@ -21,8 +21,10 @@ class GraphRunError(RuntimeError):
     """The graph could not start or had to stop; the message names the node."""
 
 
-class NodeStopped(GraphRunError):
-    """A node whose `on_error` is `stop` failed: the graph stops, naming it."""
+class NodeStopped(BaseException):
+    """A node whose `on_error` is `stop` failed: the graph stops, naming it. A BaseException so that no
+    `except Exception` on the way (a switch trying its next branch, a recording that failed) swallows it;
+    `GraphRunner.run` raises it as a GraphRunError."""
 
 
 class LeftBehind(BaseException):
