@@ -401,3 +401,31 @@ def test_stop_inside_a_switch_branch_still_stops_the_graph(registry: Registry) -
               "  sink: {type: test.seen, inputs: {frame: {from: pick.selected, queue: 64}}}\n", registry)
     with pytest.raises(GraphRunError, match="node 'a'.*on_error is stop"):
         GraphRunner(g, faults=[Fault("a", "raise", at=3)]).run()
+
+
+# -- on the GPU machine ------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("capture", ["off", "on"])
+def test_cuda_nan_is_held_on_the_device_and_counted_a_frame_late(registry: Registry, capture: str) -> None:
+    """Real CUDA graphs: the guard's sum, where and 1-byte copy are recorded; NaN frames show the last good value."""
+    stats, runner = run(SRC % 40 + RAMP % "" + SINK, registry, [Fault("a", "nan", at=12, every=6)], f"device: cuda, capture: {capture}")
+    v = [round(x * 1000) for x in Seen.values]
+    assert len(v) == 40 and all(math.isfinite(x) for x in Seen.values), v
+    for i in range(12, 40, 6):
+        assert v[i] == v[i - 1], (i, v)  # held on the same frame
+    assert stats.nodes["a"].nan_frames == len(range(12, 40, 6))
+    if capture == "on":
+        assert runner.program is not None and runner.program.replays > 10, runner.program.describe()
+
+
+@pytest.mark.cuda
+def test_cuda_out_of_memory_steps_down_under_capture(registry: Registry) -> None:
+    body = ("  src: {type: capture.demo, params: {width: 640, height: 360, fps: 0, frames: 40}}\n"
+            "  seg: {type: basic.luma_mask, inputs: {frame: {from: src.frame, queue: 64}}}\n"
+            "  matte: {type: segment.fused, inputs: {frame: {from: src.frame, queue: 64}, prior: seg.mask}}\n"
+            "  sink: {type: output.null, inputs: {mask: {from: matte.mask, queue: 64}}}\n")
+    stats, runner = run(body, registry, [Fault("matte", "oom", at=10)], "device: cuda, capture: on")
+    assert stats.nodes["matte"].stepped_down == ["working_height 288 -> 208"] and stats.nodes["sink"].frames == 40
+    assert runner.program is not None and runner.program.replays > 10
