@@ -429,3 +429,25 @@ def test_cuda_out_of_memory_steps_down_under_capture(registry: Registry) -> None
     stats, runner = run(body, registry, [Fault("matte", "oom", at=10)], "device: cuda, capture: on")
     assert stats.nodes["matte"].stepped_down == ["working_height 288 -> 208"] and stats.nodes["sink"].frames == 40
     assert runner.program is not None and runner.program.replays > 10
+
+
+def test_the_warps_stand_in_with_no_reshaping(registry: Registry) -> None:
+    """warp.face and warp.body declare their own fallback (a zero field), so `on_error: fallback` validates on them."""
+    from skimage.data import astronaut
+
+    from muse.graph.testing import make_context
+
+    frame = Frame(torch.from_numpy(astronaut().copy()))
+    for type_, inputs in (("warp.face", {"frame": frame}), ("warp.body", {})):
+        cls = registry.get(type_)
+        node = cls("w", cls.Params())
+        node.open(make_context("w", resolution=(512, 512)))
+        field = node.fallback(**inputs)["field"]
+        assert field.image_size == (512, 512) and field.field.abs().max().item() == 0.0
+    g = validate_text("version: 1\nsettings: {device: cpu}\nnodes:\n" + SRC % 3 +
+                      "  f: {type: warp.face, on_error: fallback, inputs: {frame: src.frame}}\n"
+                      "  m: {type: basic.luma_mask, inputs: {frame: src.frame}}\n"
+                      "  w: {type: warp.apply, on_error: fallback, inputs: {frame: src.frame, face: f.field, mask: m.mask}}\n"
+                      "  sink: {type: test.seen, inputs: {frame: w.out}}\n", "w.yaml", registry)
+    assert g.nodes["f"].policy.fallback == {"field": "<node>"}
+    assert g.nodes["w"].policy.fallback == {"out": "frame", "warped_mask": "mask"}
