@@ -68,20 +68,11 @@ class NodeSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Node parameters (see the node's schema)")
     inputs: dict[str, InputValue] = Field(default_factory=dict, description="port: node.port, or {from: node.port, queue: N}")
     description: str = Field("", description="Free text shown in the editor")
-    on_error: Optional[OnError] = Field(
-        None,
-        description="When this node fails (raises, NaN/Inf output, out of memory): skip (its outputs are absent this frame), "
-        "hold_last (its last good outputs), fallback (an input passed through, see `fallback`), stop (stop the graph). "
-        "Default: settings.on_error for processing nodes; skip for sources and outputs",
-    )
-    budget_ms: Optional[float] = Field(
-        None, gt=0, le=3_600_000, description="A call longer than this counts as a stall (default: settings.budget_ms)"
-    )
-    fallback: dict[str, str] = Field(
-        default_factory=dict,
-        description="on_error: fallback: output port -> the input port passed through in its place (same type); "
-        "outputs left out use an input of the same type, or the node's own fallback",
-    )
+    on_error: Optional[OnError] = Field(None, description="When it fails (raises, NaN/Inf output, out of memory): skip, hold_last, "
+                                        "fallback or stop (see docs/graphs.md); default settings.on_error, skip for sources/outputs")
+    budget_ms: Optional[float] = Field(None, gt=0, le=3_600_000, description="A call longer than this is a stall (default: settings.budget_ms)")
+    fallback: dict[str, str] = Field(default_factory=dict, description="on_error: fallback: output port -> the input passed through in "
+                                     "its place (same type); others: the node's own fallback, else an input of the same type")
 
     def links(self) -> dict[str, InputLink]:
         out: dict[str, InputLink] = {}
@@ -111,21 +102,11 @@ class Settings(_Strict):
     max_consecutive_errors: int = Field(
         120, ge=1, description="Stop the graph after this many failed frames in a row (a frame that fails is skipped)"
     )
-    on_error: Literal["skip", "hold_last", "stop"] = Field(
-        "hold_last", description="What a failing processing node does unless it says otherwise (its `on_error`)"
-    )
-    budget_ms: float = Field(
-        1000.0, gt=0, le=3_600_000,
-        description="A node call longer than this counts as a stall and is reported (a node's `budget_ms` overrides it)",
-    )
-    hang_after_s: float = Field(
-        10.0, ge=1, le=3600,
-        description="A processing node call still running after this long (and 5x its budget) is left behind: the stream "
-        "goes on without it, as its on_error says, until it returns",
-    )
-    check_finite: bool = Field(
-        True, description="Check every node's floating outputs for NaN/Inf and stand in for bad ones (a few small device ops per node)"
-    )
+    on_error: Literal["skip", "hold_last", "stop"] = Field("hold_last", description="What a failing processing node does (its own `on_error` wins)")
+    budget_ms: float = Field(1000.0, gt=0, le=3_600_000, description="A node call longer than this is a stall (a node's `budget_ms` wins)")
+    hang_after_s: float = Field(10.0, ge=1, le=3600, description="A node call running this long (and 5 budgets) is left behind: the stream "
+                                "goes on without it, as its on_error says, until it returns")
+    check_finite: bool = Field(True, description="Catch NaN/Inf in every node's floating outputs on the device (a few small ops per node)")
 
     @field_validator("capture", mode="before")
     @classmethod
@@ -399,12 +380,7 @@ def dump_yaml(spec: GraphSpec) -> str:
                 if isinstance(v, InputLink) else v
                 for port, v in node.inputs.items()
             }
-        if node.on_error is not None:
-            entry["on_error"] = node.on_error
-        if node.budget_ms is not None:
-            entry["budget_ms"] = node.budget_ms
-        if node.fallback:
-            entry["fallback"] = dict(node.fallback)
+        entry.update({k: v for k, v in (("on_error", node.on_error), ("budget_ms", node.budget_ms), ("fallback", dict(node.fallback))) if v})
         nodes[name] = entry
     out["nodes"] = nodes
     if spec.editor is not None:
