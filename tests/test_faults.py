@@ -451,3 +451,29 @@ def test_the_warps_stand_in_with_no_reshaping(registry: Registry) -> None:
                       "  sink: {type: test.seen, inputs: {frame: w.out}}\n", "w.yaml", registry)
     assert g.nodes["f"].policy.fallback == {"field": "<node>"}
     assert g.nodes["w"].policy.fallback == {"out": "frame", "warped_mask": "mask"}
+
+
+def test_a_node_failing_while_its_frame_is_recorded_is_recorded_again(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node's exception during a recording is a fault (its on_error covers that frame), not a capture-contract
+    violation: the variant warms up and records again instead of running eagerly for good."""
+    monkeypatch.setenv("MUSE_CPU_PIPELINE", "0")
+
+    class Flaky(Ramp):
+        node_type = "test.flaky"
+        calls = 0
+
+        def process(self, frame: Frame) -> dict[str, Frame]:
+            Flaky.calls += 1
+            if Flaky.calls == 4:  # frames 0-2 warm up eagerly; the 4th call is the recording
+                from muse.graph.node import NodeError
+
+                raise NodeError("flaky while recorded")
+            return super().process(frame)
+
+    registry.register(Flaky, "test")
+    body = SRC % 16 + "  a: {type: test.flaky, inputs: {frame: {from: src.frame, queue: 64}}}\n" + SINK
+    stats, runner = run(body, registry, [], "device: cpu, capture: emulate")
+    assert [round(x * 1000) for x in Seen.values] == list(range(16)), "the failed recording's frame was run again eagerly"
+    desc = runner.program.describe() if runner.program else {}
+    assert desc["captures"] == 1 and desc["segments"][0]["failed_variants"] == [] and desc["replays"] >= 8, desc
+    assert stats.nodes["a"].errors == 1 and "flaky while recorded" in stats.nodes["a"].last_error

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Hashable
 import torch
 
 from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
+from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
+from muse.graph.slots import FrameFailed
 
 if TYPE_CHECKING:  # pragma: no cover
     from muse.graph.runtime import GraphRunner
@@ -31,6 +33,7 @@ log = logging.getLogger("muse.capture")
 
 __all__ = ["FrameProgram", "capture_blocker"]
 
+RECORD_TRIES = 3  # a variant whose recording a node's exception broke is recorded again, up to this many times
 MAX_VARIANTS = 8  # per segment; each keeps its activations alive, so an unstable choice can't grow memory forever
 
 
@@ -63,6 +66,7 @@ class _Segment:
     variants: dict[Hashable, _Variant] = field(default_factory=dict)
     disabled: str = ""  # recordings failed again and again: the segment runs eagerly from then on
     failed: dict[Hashable, str] = field(default_factory=dict)  # variants whose recording failed: run eagerly
+    record_failures: dict[Hashable, int] = field(default_factory=dict)  # a node raised while recording: tried again
     externals: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -200,6 +204,21 @@ class FrameProgram:
             try:
                 var = self._record(seg, ext, events, memo, key)
             except Exception as exc:
+                inner = exc.exc if isinstance(exc, FrameFailed) else exc
+                self._reset_streams()
+                if isinstance(inner, (NodeError, torch.OutOfMemoryError)):
+                    tries = seg.record_failures[key] = seg.record_failures.get(key, 0) + 1
+                    slot = self.runner.slots.get(getattr(exc, "node", ""))
+                    if slot is not None:
+                        self.runner._node_failed(slot, inner, expected=True)  # counted like any failure (the stats show it)
+                    if tries < RECORD_TRIES:
+                        # A node failed while the frame was recorded: a fault, not the capture contract. This
+                        # frame runs eagerly (its on_error covers the node there); the variant warms up and records again.
+                        seg.warm[key] = 0
+                        log.warning("segment %s: node %s failed while its frame was recorded (%s); recorded again later",
+                                    "+".join(seg.nodes), getattr(exc, "node", "?"), inner)
+                        self._eager(seg, memo)
+                        return False
                 why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 seg.failed[key] = why
                 if len(seg.failed) >= MAX_VARIANTS:
