@@ -477,3 +477,12 @@ def test_a_node_failing_while_its_frame_is_recorded_is_recorded_again(registry: 
     desc = runner.program.describe() if runner.program else {}
     assert desc["captures"] == 1 and desc["segments"][0]["failed_variants"] == [] and desc["replays"] >= 8, desc
     assert stats.nodes["a"].errors == 1 and "flaky while recorded" in stats.nodes["a"].last_error
+
+
+def test_a_dead_output_is_stopped_and_the_others_keep_running(registry: Registry) -> None:
+    body = SRC % 20 + RAMP % "" + SINK + "  rec: {type: basic.null, inputs: {frame: {from: a.out, queue: 64}}}\n"
+    text = "device: cpu, max_consecutive_errors: 3"
+    stats, _ = run(body, registry, [Fault("rec", "die", at=2)], text)
+    assert len(Seen.values) == 20 and stats.nodes["rec"].info["status"] == "lost" and stats.nodes["rec"].errors == 3
+    with pytest.raises(GraphRunError, match="output 'sink' failed 3 times in a row"):  # the only output: the graph stops
+        run(SRC % 20 + RAMP % "" + SINK, registry, [Fault("sink", "die", at=2)], text)

@@ -111,6 +111,14 @@ class SourceSinkThreads:
                         break
                     slot.stats.count_handled("skipped")
                     if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
+                        others = [s for s in self.slots.values() if s.rn.cls.is_sink() and s is not slot and s.stats.info.get("status") != "lost"]
+                        if others:
+                            # One dead output (a vanished virtual camera, a full disk) must not stop the others.
+                            log.error("output '%s' failed %d times in a row (%s); it is stopped, the other outputs keep running",
+                                      slot.name, slot.consecutive_errors, exc)
+                            slot.ctx.report("status", "lost")
+                            slot.channel.close()
+                            break
                         self._fail(GraphRunError(f"output '{slot.name}' failed {slot.consecutive_errors} times in a row: {exc}"))
                         break
                     continue
