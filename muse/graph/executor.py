@@ -244,11 +244,11 @@ class FrameExecutor:
                 # NaN/Inf: replaced on the device by the last finite output, counted a frame late (muse.graph.guard).
                 if self.graph.settings.check_finite:
                     outs = guard.check(outs, in_place=recording, sync=self.device.type == "cpu" and self.program is None)
-                out_events = self._record(slot, start_ev)
                 if guard.quarantined and slot.rn.policy.on_error in ("skip", "fallback") and not recording:
                     stand_in, how = guard.stand_in(slot.rn.policy, slot.node, values, slot.rn.cls.outputs_spec)
                     slot.stats.count_handled(how)
-                    outs, out_events = (stand_in or {}), out_events + events
+                    outs = stand_in or {}
+                out_events = self._record(slot, start_ev)  # after any stand-in: a fallback's own work is on this stream too
                 # Taps run on the producer's stream, so a GPU preview copy is ordered after the work.
                 if not recording:
                     self._fire_taps(slot.name, outs)
@@ -284,11 +284,14 @@ class FrameExecutor:
                               f"{type(exc).__name__}: {exc}") from exc
         assert slot.guard is not None
         slot.guard.failed_now = exc
-        outs, how = slot.guard.stand_in(policy, slot.node, values, slot.rn.cls.outputs_spec)
-        slot.stats.count_handled(how)
-        if outs is not None:
-            self._fire_taps(slot.name, outs)
-        return outs or {}, list(events)
+        with self._in_stream(slot.stream):  # a fallback computed here runs on the node's stream, ordered by its event
+            self._wait_events(slot.stream, events, values)
+            outs, how = slot.guard.stand_in(policy, slot.node, values, slot.rn.cls.outputs_spec)
+            slot.stats.count_handled(how)
+            if outs is not None:
+                self._fire_taps(slot.name, outs)
+            done = self._record(slot)
+        return outs or {}, list(events) + done
 
     def _judge(self, slot: Slot) -> None:
         """Read the node's NaN/Inf check from the last frame it ran (never blocks) and act on it."""
