@@ -1,8 +1,10 @@
 """The per-frame executor: pulls every sink's inputs backwards through the graph.
 
 A node runs only if something consumes its outputs this frame (a switch's idle branches don't
-run); lazy inputs are thunks the node calls. Failures are counted per node and per frame, with
-the first traceback logged and later ones rate-limited.
+run); lazy inputs are thunks the node calls. A node that fails (raises, runs out of memory,
+gives NaN/Inf, hangs) is covered by its `on_error` policy (muse.graph.policy, muse.graph.guard):
+counted per node, the first traceback logged and later ones rate-limited; a call over its
+budget is a stall (muse.graph.watchdog watches the calls still running).
 """
 
 from __future__ import annotations
