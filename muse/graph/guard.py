@@ -17,7 +17,7 @@ and a bad output is replaced by the last good one held by reference (no copy).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace as dc_replace
+from dataclasses import dataclass, field, is_dataclass, replace as dc_replace
 from typing import Any
 
 import torch
@@ -43,11 +43,12 @@ class NodeGuard:
     sync_result: bool | None = None  # CPU: the last check, not yet read by `poll`
     nan_seen: bool = False  # the last check read was bad (a lazy consumer, e.g. a switch, is told so)
     failed_now: BaseException | None = None  # it raised this frame (the executor notes it in the frame's faults)
+    written: Any = None  # CUDA: the event after which `held` and `last` (a replay's buffers, on the program's stream) are written
 
     # -- the check -------------------------------------------------------------------------------------
     def check(self, outs: dict[str, Any], *, in_place: bool, sync: bool) -> dict[str, Any]:
         """`outs` with every floating tensor guarded (see the module docstring); publishes the flag."""
-        floats = [(port, key, t) for port, v in outs.items() if isinstance(v, Payload)
+        floats = [(port, key, t) for port, v in outs.items() if isinstance(v, Payload) and is_dataclass(v)
                   for key, t in vars(v).items() if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
         if not floats:
             return outs
@@ -65,6 +66,8 @@ class NodeGuard:
             self.judged = 0
         self.late.publish(ok)
         changed: dict[str, dict[str, torch.Tensor]] = {}
+        if not in_place:  # a recording starts from an idle device (and may not wait on an outside event)
+            self.wait_written()
         for port, key, t in floats:
             old = self.held.get((port, key))
             if old is None or old.shape != t.shape or old.dtype != t.dtype or old.device != t.device:
@@ -83,9 +86,17 @@ class NodeGuard:
             changed.setdefault(port, {})[key] = new
         return {p: (dc_replace(v, **changed[p]) if p in changed else v) for p, v in outs.items()}
 
-    def adopt(self, outs: dict[str, Any]) -> None:
+    def wait_written(self) -> None:
+        """Order the current stream after the replay that last wrote `held`/`last` (CUDA; no host wait)."""
+        ev, self.written = self.written, None
+        if ev is not None:
+            torch.cuda.current_stream().wait_event(ev)
+
+    def adopt(self, outs: dict[str, Any], written: Any = None) -> None:
         """A replayed frame's outputs are its recording's held buffers: hold those from now on (an eager
-        frame that follows must stand in with what the replays last wrote, not an older eager copy)."""
+        frame that follows must stand in with what the replays last wrote, not an older eager copy).
+        `written`: the replay's end event on the program's stream."""
+        self.written = written
         for (port, key) in list(self.held):
             v = outs.get(port)
             t = getattr(v, key, None) if isinstance(v, Payload) else None
@@ -119,6 +130,7 @@ class NodeGuard:
     def stand_in(self, policy: FaultPolicy, node: Any, values: dict[str, Any], outputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """The outputs consumers get instead of the node's (None: none this frame), and what was done."""
         if policy.on_error == "hold_last" and self.last is not None:
+            self.wait_written()
             return dict(self.last), "held"
         if policy.on_error in ("hold_last", "fallback") and policy.fallback_ready(outputs):
             got = fallback_outputs(policy, node, values, outputs)

@@ -324,7 +324,7 @@ class FrameProgram:
                 slot.stats.captured = True
                 if slot.guard is not None:
                     slot.guard.last = outs  # what hold_last stands in with if the next (eager) frame fails
-                    slot.guard.adopt(outs)
+                    slot.guard.adopt(outs, ev)
                 if t0 is not None:
                     r._note_time(slot, t0, t1)
                 else:
