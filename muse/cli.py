@@ -448,6 +448,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         graph.settings = graph.settings.model_copy(update={"capture": "on"})
     if args.capture:
         graph.settings = graph.settings.model_copy(update={"capture": args.capture})
+    if args.no_check_finite:  # what the NaN/Inf guard costs: compare with and without
+        graph.settings = graph.settings.model_copy(update={"check_finite": False})
     report = bench_graph(graph, device=args.device, frames=args.frames, latency_frames=args.latency_frames,
                          kernel_frames=args.kernel_frames)
     for line in report.lines(args.graph):
@@ -525,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capture", choices=["auto", "on", "off", "emulate"], help="override settings.capture (frame capture)")
     p.add_argument("--latency-frames", type=int, default=240, help="a second run paced at the graph's fps for latency (0 = skip)")
     p.add_argument("--kernel-frames", type=int, default=0, help="CUDA: count kernels per frame over N frames with the profiler (0 = skip)")
+    p.add_argument("--no-check-finite", action="store_true", help="turn the NaN/Inf guard off (settings.check_finite: false), to measure its cost")
     allow_paths(p)
     force(p, "--json file")
     plugins(p)
