@@ -21,11 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE, OUTPUT = "camera", "virtualcam"
 
 
-def stream_graph(capture: str, frames: int, on_error: str, budget_ms: float) -> tuple[str, list[str]]:
+def stream_graph(capture: str, frames: int, on_error: str, budget_ms: float, device: str = "cpu",
+                 size: tuple[int, int] = (128, 72)) -> tuple[str, list[str]]:
     """stream_4k.yaml on the demo source (lossless links) into output.null; returns the text and its processing nodes."""
     spec = yaml.safe_load((REPO / "graphs" / "stream_4k.yaml").read_text())
-    spec["settings"].update(device="cpu", resolution=[128, 72], capture=capture, on_error=on_error, budget_ms=budget_ms)
-    spec["nodes"][SOURCE] = {"type": "capture.demo", "params": {"width": 128, "height": 72, "fps": 0, "frames": frames}}
+    spec["settings"].update(device=device, resolution=list(size), capture=capture, on_error=on_error, budget_ms=budget_ms)
+    spec["nodes"][SOURCE] = {"type": "capture.demo", "params": {"width": size[0], "height": size[1], "fps": 0, "frames": frames}}
     spec["nodes"][OUTPUT] = {"type": "output.null", "inputs": {"frame": {"from": "composite.out", "queue": 1000}}}
     for d in spec["nodes"].values():
         if capture != "off" and d["type"] in ("pose.hybrid", "face.landmarks"):
@@ -51,17 +52,27 @@ def test_every_node_fails_every_way_under_hold_last_and_capture(monkeypatch: pyt
     stalls past its budget (23), and every processing node dies at frame 31; all at once on those frames."""
     monkeypatch.setenv("MUSE_CPU_PATH", "torch")  # the emulation stands in for the GPU path
     monkeypatch.setenv("MUSE_CPU_PIPELINE", "0")
+    every_node_every_way("cpu", "emulate", (128, 72), budget_ms=400, stall_ms=450)
+
+
+@pytest.mark.cuda
+def test_every_node_fails_every_way_on_the_gpu() -> None:
+    """The same on real CUDA graphs at 1280x720 (run on the GPU machine)."""
+    every_node_every_way("cuda", "on", (1280, 720), budget_ms=150, stall_ms=200)
+
+
+def every_node_every_way(device: str, capture: str, size: tuple[int, int], budget_ms: float, stall_ms: float) -> None:
     frames = 40
-    text, middle = stream_graph("emulate", frames, "hold_last", budget_ms=400)
+    text, middle = stream_graph(capture, frames, "hold_last", budget_ms=budget_ms, device=device, size=size)
     faults = [Fault(n, "raise", at=5) for n in middle + [SOURCE, OUTPUT]]
     faults += [Fault(n, "nan", at=11) for n in middle]
     faults += [Fault(n, "oom", at=17) for n in middle]
-    faults += [Fault(n, "stall", at=23, ms=450) for n in middle + [OUTPUT]]
+    faults += [Fault(n, "stall", at=23, ms=stall_ms) for n in middle + [OUTPUT]]
     faults += [Fault(n, "die", at=31) for n in middle]
     runner, shown = run(text, faults)
     stats = runner.stats
     out = stats.nodes[OUTPUT]
-    print(f"\nhold_last, capture emulate: {out.frames} of {frames} frames reached the output; "
+    print(f"\nhold_last, {device}, capture {capture}: {out.frames} of {frames} frames reached the output; "
           f"faults {stats.fault_totals()}; capture {runner.program.describe()['replays'] if runner.program else 0} replays")
     assert out.frames >= 0.9 * frames and out.frames == frames - 1, "only the output's own failed frame is missing"
     assert len(shown) == frames and min(shown) > 20, f"never black: composite means {[round(x) for x in shown]}"
