@@ -486,3 +486,8 @@ def test_a_dead_output_is_stopped_and_the_others_keep_running(registry: Registry
     assert len(Seen.values) == 20 and stats.nodes["rec"].info["status"] == "lost" and stats.nodes["rec"].errors == 3
     with pytest.raises(GraphRunError, match="output 'sink' failed 3 times in a row"):  # the only output: the graph stops
         run(SRC % 20 + RAMP % "" + SINK, registry, [Fault("sink", "die", at=2)], text)
+
+
+def test_out_of_memory_in_a_source_or_output_is_counted(registry: Registry) -> None:
+    stats, _ = run(SRC % 8 + RAMP % "" + SINK, registry, [Fault("src", "oom", at=2), Fault("sink", "oom", at=3)])
+    assert stats.nodes["src"].oom == 1 and stats.nodes["sink"].oom == 1 and len(Seen.values) == 7

@@ -11,6 +11,8 @@ import logging
 import threading
 import time
 
+import torch
+
 from muse.graph.channels import Channel, ChannelClosed
 from muse.graph.slots import GraphRunError, Item, NodeStopped, Slot, channel_wiring
 
@@ -45,6 +47,8 @@ class SourceSinkThreads:
                 except Exception as exc:
                     slot.call_started = None
                     self._end_call(slot, t0)
+                    if isinstance(exc, torch.OutOfMemoryError):
+                        self._out_of_memory(slot, exc)  # counted; the node may step down
                     self._node_failed(slot, exc)
                     if slot.rn.policy.on_error == "stop":
                         self._fail(NodeStopped(f"{self.graph.file}: source '{slot.name}' failed and its on_error is stop: {exc}"))
@@ -105,6 +109,8 @@ class SourceSinkThreads:
                 except Exception as exc:
                     slot.call_started = None
                     self._end_call(slot, t0)
+                    if isinstance(exc, torch.OutOfMemoryError):
+                        self._out_of_memory(slot, exc)  # counted; the node may step down
                     self._node_failed(slot, exc)
                     if slot.rn.policy.on_error == "stop":
                         self._fail(NodeStopped(f"{self.graph.file}: output '{slot.name}' failed and its on_error is stop: {exc}"))
