@@ -491,3 +491,38 @@ def test_a_dead_output_is_stopped_and_the_others_keep_running(registry: Registry
 def test_out_of_memory_in_a_source_or_output_is_counted(registry: Registry) -> None:
     stats, _ = run(SRC % 8 + RAMP % "" + SINK, registry, [Fault("src", "oom", at=2), Fault("sink", "oom", at=3)])
     assert stats.nodes["src"].oom == 1 and stats.nodes["sink"].oom == 1 and len(Seen.values) == 7
+
+
+def test_on_the_cpu_pipeline_a_hung_output_does_not_hold_the_others_and_skips_still_stop(registry: Registry) -> None:
+    """Two nodes in a row run as two stages on the CPU (the tail thread hands frames to the outputs)."""
+
+    class Hang(Seen):
+        node_type = "test.hang2"
+
+        def process(self, frame: Frame) -> None:
+            time.sleep(30)
+
+    registry.register(Hang, "test")
+    body = ("  src: {type: basic.test_pattern, params: {width: 32, height: 24, fps: 100}}\n" + RAMP % "" +
+            "  b: {type: test.ramp, inputs: {frame: a.out}}\n"
+            "  stuck: {type: test.hang2, budget_ms: 100, inputs: {frame: {from: b.out, queue: 2}}}\n"
+            "  sink: {type: test.seen, inputs: {frame: {from: b.out, queue: 2}}}\n")
+    runner = GraphRunner(graph(body, registry)).start()
+    assert runner._cpu_pipeline is not None
+    try:
+        time.sleep(1.5)
+        got = len(Seen.values)
+        time.sleep(0.5)
+        assert len(Seen.values) > got > 20, "the other output kept running"
+    finally:
+        runner._stop.set()
+        runner.slots["stuck"].thread = None  # a daemon thread asleep for 30 s: not waited for
+        runner.stop()
+    g = validate_text("version: 1\nsettings: {device: cpu, max_consecutive_errors: 3}\nnodes:\n" + SRC % 50 +
+                      RAMP % "on_error: skip," + "  b: {type: test.ramp, inputs: {frame: a.out}}\n"
+                      "  sink: {type: test.seen, inputs: {frame: b.out}}\n", "t.yaml", registry)
+    runner = GraphRunner(g, faults=[Fault("a", "die", at=5)])
+    assert runner.start()._cpu_pipeline is not None
+    runner.wait(20)
+    runner.stop()
+    assert runner._error is not None and "3 frames in a row failed" in str(runner._error) and "'a'" in str(runner._error)

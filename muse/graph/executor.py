@@ -41,9 +41,11 @@ class FrameExecutor:
                 if items is None:
                     break
                 try:
+                    pipelined = self._cpu_pipeline is not None
                     self._run_frame(items)
                     self.stats.frames_out += 1
-                    self._failed_frames = 0
+                    if not pipelined:  # with two frames in flight the tail thread judges the frame (cpu_pipeline)
+                        self._failed_frames = 0
                 except FrameFailed as exc:
                     self._failed_frames += 1
                     if self._failed_frames >= self.graph.settings.max_consecutive_errors:
