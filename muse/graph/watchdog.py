@@ -3,7 +3,8 @@
 A call that ends over budget is counted by the thread that made it (`stalls` in the node's
 stats). A call that does not end is the watchdog's: it warns once the budget is passed, then
 every `REPEAT_S`, and keeps `info.stalled` ("running 12.0 s, budget 1000 ms") on the node for
-`--stats`, the live status line and the editor. What happens meanwhile:
+`--stats`, the live status line and the editor. (A node that is slow on every call is
+named at most once every `REPEAT_S`.) What happens meanwhile:
 
 - an output (sink) runs on its own thread: the others keep running; while it is stalled the
   executor no longer waits for room in its queue (its frames are dropped and counted);
@@ -35,7 +36,7 @@ class StallWatchdog:
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="muse-watchdog", daemon=True)
-        self._next_warn: dict[int, float] = {}
+        self._next_warn: dict[str, float] = {}  # node -> when it may be named again
 
     def start(self) -> "StallWatchdog":
         self._thread.start()
@@ -71,14 +72,15 @@ class StallWatchdog:
             if ran > hang_s and not cls.is_source() and not cls.is_sink():
                 self.runner._leave_behind(slot, ran)
                 continue
-            key = id(slot)
             if not slot.stall_warned:
                 slot.stall_warned = True
-                self._next_warn[key] = now + REPEAT_S
-                log.warning("node '%s' (%s) has been running for %.1f s, over its budget of %.0f ms: %s",
-                            slot.name, slot.rn.type, ran, slot.rn.policy.budget_ms, self._consequence(slot))
-            elif now >= self._next_warn.get(key, now + 1):
-                self._next_warn[key] = now + REPEAT_S
+                # Once per node per REPEAT_S: a node that is merely slow on every call must not flood the log.
+                if now >= self._next_warn.get(slot.name, 0.0):
+                    self._next_warn[slot.name] = now + REPEAT_S
+                    log.warning("node '%s' (%s) has been running for %.1f s, over its budget of %.0f ms: %s",
+                                slot.name, slot.rn.type, ran, slot.rn.policy.budget_ms, self._consequence(slot))
+            elif now >= self._next_warn.get(slot.name, 0.0):
+                self._next_warn[slot.name] = now + REPEAT_S
                 log.warning("node '%s' (%s) is still running after %.0f s", slot.name, slot.rn.type, ran)
 
     def _consequence(self, slot: Any) -> str:
