@@ -105,7 +105,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.graphs:
         try:
-            g = load_graph(path, reg, allow_paths=args.allow_paths)
+            g = load_graph(path, reg, allow_paths=args.allow_paths, allow_network=args.allow_network)
         except GraphValidationError as exc:
             bad += 1
             _print_invalid(exc)
@@ -167,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"muse: {exc}", file=sys.stderr)
         return EXIT_INVALID_GRAPH
     try:
-        graph = load_graph(args.graph, reg, overrides, allow_paths=args.allow_paths)
+        graph = load_graph(args.graph, reg, overrides, allow_paths=args.allow_paths, allow_network=args.allow_network)
     except GraphValidationError as exc:
         _print_invalid(exc)
         return EXIT_INVALID_GRAPH
@@ -175,7 +175,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"muse: warning: {w}", file=sys.stderr)
     trace = Trace() if args.trace else None
     try:
-        runner = GraphRunner(graph, device=args.device, frames=args.frames, trace=trace)
+        faults = _parse_faults(args.fault or [], graph)
+    except ValueError as exc:
+        print(f"muse: {exc}", file=sys.stderr)
+        return EXIT_INVALID_GRAPH
+    try:
+        runner = GraphRunner(graph, device=args.device, frames=args.frames, trace=trace, faults=faults)
     except GraphRunError as exc:
         print(f"muse: {exc}", file=sys.stderr)
         return 1
@@ -375,17 +380,29 @@ def _wait_loop(runner: Any, args: argparse.Namespace, reg: Any, overrides: dict[
             continue
         mtime = now
         time.sleep(0.05)  # editors write in steps; read the finished file
-        _apply_edit(runner, path, reg, overrides, args.allow_paths)
+        _apply_edit(runner, path, reg, overrides, args.allow_paths, args.allow_network)
 
 
-def _apply_edit(runner: Any, path: Path, reg: Any, overrides: dict[str, dict[str, Any]], allow_paths: bool = False) -> None:
+def _parse_faults(specs: list[str], graph: Any) -> list[Any]:
+    """`--fault NODE:KIND[=MS][@FRAME][/EVERY]` (muse.testing.faults), each naming a node of the graph."""
+    from muse.testing.faults import Fault
+
+    faults = [Fault.parse(s) for s in specs]
+    for f in faults:
+        if f.node not in graph.nodes:
+            raise ValueError(f"--fault names node {f.node!r}, which is not in the graph (nodes: {', '.join(graph.nodes)})")
+    return faults
+
+
+def _apply_edit(runner: Any, path: Path, reg: Any, overrides: dict[str, dict[str, Any]], allow_paths: bool = False,
+                allow_network: bool = False) -> None:
     """Apply one edit of the watched file. Nothing an edit does may end the live stream: every
     failure (invalid graph, a node refusing new params, a swap that fails) is reported, and the
     running graph keeps going."""
     from muse.graph.validate import GraphValidationError, load_graph
 
     try:
-        new = load_graph(path, reg, overrides, allow_paths=allow_paths)
+        new = load_graph(path, reg, overrides, allow_paths=allow_paths, allow_network=allow_network)
     except GraphValidationError as exc:
         print("muse: --watch: the edited graph is invalid; the running graph keeps going:", file=sys.stderr)
         for e in exc.errors:
@@ -419,7 +436,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     reg = _registry(args)
     try:
-        graph = load_graph(args.graph, reg, _parse_sets(args.set or []), allow_paths=args.allow_paths)
+        graph = load_graph(args.graph, reg, _parse_sets(args.set or []), allow_paths=args.allow_paths,
+                           allow_network=args.allow_network)
     except SetError as exc:
         print(f"muse: {exc}", file=sys.stderr)
         return EXIT_INVALID_GRAPH
@@ -430,6 +448,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         graph.settings = graph.settings.model_copy(update={"capture": "on"})
     if args.capture:
         graph.settings = graph.settings.model_copy(update={"capture": args.capture})
+    if args.no_check_finite:  # what the NaN/Inf guard costs: compare with and without
+        graph.settings = graph.settings.model_copy(update={"check_finite": False})
     report = bench_graph(graph, device=args.device, frames=args.frames, latency_frames=args.latency_frames,
                          kernel_frames=args.kernel_frames)
     for line in report.lines(args.graph):
@@ -457,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     def allow_paths(p: argparse.ArgumentParser) -> None:
         p.add_argument("--allow-paths", action="store_true",
                        help="let the graph write outside its folder, the Studio profiles and ~/.muse (only for graphs you trust)")
+        p.add_argument("--allow-network", action="store_true",
+                       help="let output.stream send video to other machines (default: this machine only; also MUSE_ALLOW_NETWORK=1)")
 
     def force(p: argparse.ArgumentParser, what: str) -> None:
         p.add_argument("--force", action="store_true", help=f"replace an existing {what} (default: write under a new name)")
@@ -469,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", metavar="FILE.json", help="write per-node timings, drops and latency")
     p.add_argument("--trace", metavar="FILE.json", help="write a Chrome trace (open in Perfetto)")
     p.add_argument("--watch", action="store_true", help="apply edits of the graph file while running")
+    p.add_argument("--fault", action="append", metavar="NODE:KIND[@FRAME][/EVERY]",
+                   help="make a node fail on purpose to test on_error policies: raise, nan, stall[=MS], oom, die "
+                        "(e.g. segment:die@30, pose:nan@10/5; see docs/reliability.md)")
     allow_paths(p)
     force(p, "--stats/--trace file")
     p.add_argument("--no-status", action="store_true", help="no live status line (it is shown only on a terminal anyway)")
@@ -503,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override settings.capture (frame capture; per_node: every node recorded alone and timed)")
     p.add_argument("--latency-frames", type=int, default=240, help="a second run paced at the graph's fps for latency (0 = skip)")
     p.add_argument("--kernel-frames", type=int, default=0, help="CUDA: count kernels per frame over N frames with the profiler (0 = skip)")
+    p.add_argument("--no-check-finite", action="store_true", help="turn the NaN/Inf guard off (settings.check_finite: false), to measure its cost")
     allow_paths(p)
     force(p, "--json file")
     plugins(p)

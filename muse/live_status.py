@@ -23,10 +23,14 @@ def status_line(stats: Any, fps: float, device: str = "") -> str:
     parts = [f"{fps:5.1f} fps", f"latency {statistics.median(lat):.0f} ms" if lat else "latency -"]
     drops = sum(ns.drops for ns in stats.nodes.values())
     parts.append(f"drops {drops}")
-    errors = sum(ns.errors for ns in stats.nodes.values())
-    if errors:
-        parts.append(f"errors {errors}")
-    for name, ns in stats.nodes.items():
+    totals = stats.fault_totals() if hasattr(stats, "fault_totals") else {}
+    for key, label in (("errors", "errors"), ("nan", "NaN"), ("stalls", "stalls"), ("oom", "out of memory")):
+        if totals.get(key):
+            parts.append(f"{label} {totals[key]}")
+    stalled = [name for name, ns in list(stats.nodes.items()) if ns.info.get("stalled")]
+    if stalled:
+        parts.append("stalled: " + ", ".join(stalled))
+    for name, ns in list(stats.nodes.items()):
         mode = ns.info.get("mode")
         if mode is not None and "live" in ns.info:  # segment.hybrid's live model
             parts.append(f"segmentation {mode} ({ns.info['live']})")

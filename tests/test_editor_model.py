@@ -352,6 +352,14 @@ def test_node_timings_text_shows_the_hybrid_mode() -> None:
     details = stats_details(s)
     assert "gpu time: p50 0.80" in details and "host time: p50 1.25" in details and "switches: 1" in details
     assert stats_line({"host_ms": {"p50": 2.0, "p99": 4.0}, "errors": 3}) == "2.0 / 4.0 ms  errors 3"
+    # Fault counts on the node's badge and in its tooltip (issue 19).
+    faulty = {"host_ms": {"p50": 2.0, "p95": 3.0, "p99": 4.0}, "errors": 3, "on_error": "hold_last", "info": {"stalled": "running 4.0 s"},
+              "faults": {"errors": 3, "nan": 1, "stalls": 2, "slowest_ms": 5000.0, "oom": 1, "handled": {"held": 4},
+                         "stepped_down": ["working_height 288 -> 208"]}}
+    assert stats_line(faulty) == "2.0 / 4.0 ms  errors 3 NaN 1 stalls 2 OOM 1\nSTALLED"
+    details = stats_details(faulty)
+    assert "nan 1  stalls 2  oom 1  (slowest 5000 ms)" in details and "on_error hold_last: held 4" in details
+    assert "stepped down: working_height 288 -> 208" in details and "stalled: running 4.0 s" in details
 
 
 def test_node_timings_text_shows_switch_branches_and_absent_nodes() -> None:

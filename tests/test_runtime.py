@@ -190,8 +190,10 @@ def test_graph_swap_without_stopping(registry: Registry) -> None:
 
 
 def test_failing_node_stops_after_limit_with_its_name(registry: Registry) -> None:
+    # on_error: skip leaves the output nothing to show: after max_consecutive_errors such frames the graph stops
+    # (under hold_last or fallback, the default, the stream goes on: see tests/test_faults.py).
     g = validate_text("version: 1\nsettings: {device: cpu, max_consecutive_errors: 3}\nnodes:\n" + SRC % 50 +
-                      "  a: {type: test.counter, params: {fail: true}, inputs: {frame: {from: src.frame, queue: 2}}}\n"
+                      "  a: {type: test.counter, on_error: skip, params: {fail: true}, inputs: {frame: {from: src.frame, queue: 2}}}\n"
                       "  sink: {type: test.collect, inputs: {frame: a.out}}\n", "t.yaml", registry)
     with pytest.raises(GraphRunError) as info:
         GraphRunner(g).run()

@@ -154,8 +154,13 @@ def stats_line(s: dict[str, Any]) -> str:
         text += f"\nmode: {mode}"  # own line: nodes must not grow wider than the layout left room for
     if "branches" in info and "live" in info:  # a switch: which branch is live
         text += f"\nlive: {info['live']}"
-    if s.get("errors"):
-        text += f"  errors {s['errors']}"
+    faults = s.get("faults") or {"errors": s.get("errors", 0)}
+    shown = [f"{label} {faults[k]}" for k, label in (("errors", "errors"), ("nan", "NaN"), ("stalls", "stalls"), ("oom", "OOM"))
+             if faults.get(k)]
+    if shown:
+        text += "  " + " ".join(shown)
+    if (s.get("info") or {}).get("stalled"):
+        text += "\nSTALLED"
     return text
 
 
@@ -167,6 +172,15 @@ def stats_details(s: dict[str, Any]) -> str:
             t = s[key]
             lines.append(f"{key.replace('_ms', '')} time: p50 {t['p50']:.2f}  p95 {t['p95']:.2f}  p99 {t['p99']:.2f} ms")
     lines.append(f"frames {s.get('frames', 0)}  drops {s.get('drops', 0)}  errors {s.get('errors', 0)}")
+    faults = s.get("faults") or {}
+    if faults:
+        counts = "  ".join(f"{k} {faults[k]}" for k in ("nan", "stalls", "oom") if faults.get(k))
+        if counts:
+            lines.append(counts + (f"  (slowest {faults['slowest_ms']:.0f} ms)" if faults.get("slowest_ms") else ""))
+        if faults.get("handled"):
+            lines.append(f"on_error {s.get('on_error', '?')}: " + ", ".join(f"{k} {v}" for k, v in faults["handled"].items()))
+        for step in faults.get("stepped_down", []):
+            lines.append(f"stepped down: {step}")
     for k, v in (s.get("info") or {}).items():
         if k == "branches" and isinstance(v, dict):  # a switch: each branch and its state on a line
             lines += [f"branch {label}: {state}" for label, state in v.items()]

@@ -67,6 +67,7 @@ class EditorNode:
     description: str = ""
     pos: tuple[float, float] | None = None
     standby_for: str = ""  # starts only when that node does not (a stand-in)
+    policy: dict[str, Any] = field(default_factory=dict)  # on_error / budget_ms / fallback as written (kept on save)
 
 
 @dataclass(frozen=True)
@@ -445,7 +446,7 @@ class EditorModel:
             new = self.unique_name(name.rstrip("0123456789").rstrip("_") or name)
             mapping[name] = new
             pos = (src.pos[0] + 40, src.pos[1] + 60) if src.pos else self._free_spot()
-            self.nodes[new] = EditorNode(new, src.type, copy.deepcopy(src.params), {}, src.description, pos)
+            self.nodes[new] = EditorNode(new, src.type, copy.deepcopy(src.params), {}, src.description, pos, copy.deepcopy(src.policy))
         for old, new in mapping.items():
             for port, ref in self.nodes[old].inputs.items():
                 srcs = []
@@ -629,6 +630,7 @@ class EditorModel:
             self.nodes[name] = EditorNode(
                 name, ns.type, dict(ns.params), {p: InputRef.from_spec(v) for p, v in ns.inputs.items()},
                 ns.description, (float(pos[0]), float(pos[1])) if pos else None, ns.standby_for,
+                {k: v for k, v in (("on_error", ns.on_error), ("budget_ms", ns.budget_ms), ("fallback", dict(ns.fallback))) if v},
             )
         self.settings = spec.settings.model_dump(mode="json")
         self.include = [inc.model_dump(mode="json") for inc in spec.include]
@@ -645,7 +647,7 @@ class EditorModel:
     def to_spec(self) -> GraphSpec:
         nodes = {
             n.name: NodeSpec(type=n.type, params=dict(n.params), description=n.description,
-                             inputs={p: r.to_spec() for p, r in n.inputs.items()}, standby_for=n.standby_for)
+                             inputs={p: r.to_spec() for p, r in n.inputs.items()}, standby_for=n.standby_for, **copy.deepcopy(n.policy))
             for n in self.nodes.values()
         }
         positions = {n.name: (round(n.pos[0]), round(n.pos[1])) for n in self.nodes.values() if n.pos}

@@ -29,6 +29,7 @@ from torch.utils._pytree import tree_map
 __all__ = [
     "CaptureError",
     "CudaFrameGraph",
+    "EagerFrame",
     "EmulatedFrameGraph",
     "LateValue",
     "active_recording",
@@ -49,6 +50,17 @@ _HOST_READS = {
     aten._unique2.default,
     aten.unique_consecutive.default,
 }
+
+
+class EagerFrame:
+    """A `frame_variant()` value that asks for this frame to run eagerly: its segment is neither
+    recorded nor replayed (fault injection uses it; so does a node that needs host work this frame)."""
+
+    def __init__(self, why: str = "") -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"EagerFrame({self.why!r})"
 
 
 class CaptureError(RuntimeError):

@@ -31,8 +31,9 @@ class Channel:
         self._closed = False
         self._cond = threading.Condition()
 
-    def put(self, item: Any, stop: threading.Event | None = None) -> bool:
-        """Hand an item over; False if the channel was closed (the consumer is gone)."""
+    def put(self, item: Any, stop: threading.Event | None = None, give_up: Callable[[], bool] | None = None) -> bool:
+        """Hand an item over; False if the channel was closed (the consumer is gone), or, while waiting for
+        room in a queue, `give_up()` turned true (the consumer is stalled: the item is dropped and counted)."""
         with self._cond:
             if self.policy == "latest":
                 if self._closed:
@@ -48,12 +49,29 @@ class Channel:
             while len(self._items) >= self.size and not self._closed:
                 if stop is not None and stop.is_set():
                     return False
+                if give_up is not None and give_up():
+                    self.drops += 1
+                    if self.on_drop:
+                        self.on_drop(1)
+                    return False
                 self._cond.wait(0.05)
             if self._closed:
                 return False
             self._items.append(item)
             self._cond.notify_all()
             return True
+
+    def offer(self, item: Any) -> bool:
+        """Hand an item over without waiting: a full queue drops it (counted). For a consumer that is stalled."""
+        with self._cond:
+            if self._closed:
+                return False
+            if self.policy == "queue" and len(self._items) >= self.size:
+                self.drops += 1
+                if self.on_drop:
+                    self.on_drop(1)
+                return False
+        return self.put(item)
 
     def get(self, timeout: float | None = None) -> Any:
         """The next item (for `latest`: the newest). Raises ChannelClosed or TimeoutError."""

@@ -133,3 +133,20 @@ def check_output_paths(nodes: dict[str, ResolvedNode], smap: SourceMap, errors: 
                         node=name, field=fld, hint="give each recording its own path (two writers of one file would stop the stream)"))
                     break
                 claimed.setdefault(key, (name, fld))
+
+
+def check_network_outputs(nodes: dict[str, ResolvedNode], smap: SourceMap, errors: list[GraphError], allow_network: bool) -> None:
+    """Network outputs (the fields a node lists in `network_outputs`) stay on this machine unless allowed (muse.graph.network)."""
+    from muse.graph import network
+
+    if network.network_allowed(allow_network):
+        return
+    for name in sorted(nodes):
+        rn = nodes[name]
+        if rn.params is None:
+            continue
+        for fld in getattr(rn.cls, "network_outputs", ()) or ():
+            url = getattr(rn.params, fld, None)
+            if isinstance(url, str) and url and not network.is_loopback_url(url):
+                errors.append(GraphError("network_output", network.refusal(url), smap.file, smap.line("nodes", name, "params", fld),
+                                         node=name, field=fld, hint=network.HINT))

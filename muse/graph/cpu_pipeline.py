@@ -143,6 +143,15 @@ class CpuPipeline:
         self._thread.join(timeout=10)
         _restore_cores(self.previous_threads)
 
+    def abandon(self) -> None:
+        """The tail thread hung in a node call: release the executor waiting for it; the thread ends
+        once the call returns (the runner runs whole frames meanwhile)."""
+        with self._cond:
+            self._closed = True
+            self._busy = False
+            self._cond.notify_all()
+        _restore_cores(self.previous_threads)
+
     def _rebalance(self) -> None:
         """Move the split to where head and tail take about the same time (measured p50s)."""
         self.drain()
@@ -163,7 +172,8 @@ class CpuPipeline:
 
     # -- tail thread ---------------------------------------------------------
     def _loop(self) -> None:
-        from muse.graph.slots import Item
+        from muse.graph.executor import check_delivery
+        from muse.graph.slots import FrameFailed, GraphRunError, Item, LeftBehind
 
         runner = self.runner
         while True:
@@ -176,16 +186,22 @@ class CpuPipeline:
                 self._job = None
             try:
                 sinks = [runner.slots[n] for n in runner.graph.order if runner.slots[n].rn.cls.is_sink() and not runner.slots[n].absent]
+                delivered = 0
                 for sink in sinks:
                     values, events = runner._gather_inputs(sink, memo)
                     if values is None:
                         continue
-                    sink.channel.put(Item(values, events, t_capture), runner._stop)
+                    runner._deliver(sink, Item(values, events, t_capture))  # a stalled output does not hold the tail
+                    delivered += 1
+                check_delivery(memo, delivered)  # nodes failed and no output got anything: a failed frame
                 runner._failed_frames = 0
             except FrameFailed as exc:
                 runner._failed_frames += 1
                 if runner._failed_frames >= runner.graph.settings.max_consecutive_errors:
-                    runner._fail(exc.exc)
+                    runner._fail(GraphRunError(f"{runner._failed_frames} frames in a row failed; last: {exc}. See the node's "
+                                               "error above; the graph stopped so the stream doesn't show garbage."))
+            except LeftBehind:
+                return  # this thread hung in a node and was given up (CpuPipeline.abandon)
             except BaseException as exc:  # the tail must never die silently
                 runner._fail(exc)
             finally:

@@ -1,32 +1,41 @@
 """The per-frame executor: pulls every sink's inputs backwards through the graph.
 
 A node runs only if something consumes its outputs this frame (a switch's idle branches don't
-run); lazy inputs are thunks the node calls. Failures are counted per node and per frame, with
-the first traceback logged and later ones rate-limited.
+run); lazy inputs are thunks the node calls. A node that fails (raises, runs out of memory,
+gives NaN/Inf, hangs) is covered by its `on_error` policy (muse.graph.policy, muse.graph.guard):
+counted per node, the first traceback logged and later ones rate-limited; a call over its
+budget is a stall (muse.graph.watchdog watches the calls still running).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from typing import Any, Callable
 
 import torch
 
+from muse.graph.failures import FailureHandling
 from muse.graph.liveness import gather, gather_selected, live_nodes
 from muse.graph.node import NodeError
-from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
+from muse.graph.slots import FrameFailed, GraphRunError, Item, LeftBehind, Slot
 
 log = logging.getLogger("muse.runtime")
 
+FAULTS = "\x00faults"  # memo key: (node, exception) for every node that failed this frame (never a node name)
 
-class FrameExecutor:
+
+class FrameExecutor(FailureHandling):
     """Mixin of `GraphRunner`: the executor thread and per-node bookkeeping."""
 
     def _execute(self) -> None:
+        me = threading.current_thread()
         try:
             while not self._stop.is_set():
+                if me in self._abandoned:
+                    return
                 self._run_pending()
                 if self.max_frames is not None and self._frame_index >= self.max_frames:
                     break
@@ -34,9 +43,11 @@ class FrameExecutor:
                 if items is None:
                     break
                 try:
+                    pipelined = self._cpu_pipeline is not None
                     self._run_frame(items)
                     self.stats.frames_out += 1
-                    self._failed_frames = 0
+                    if not pipelined:  # with two frames in flight the tail thread judges the frame (cpu_pipeline)
+                        self._failed_frames = 0
                 except FrameFailed as exc:
                     self._failed_frames += 1
                     if self._failed_frames >= self.graph.settings.max_consecutive_errors:
@@ -46,16 +57,23 @@ class FrameExecutor:
                         ) from exc.exc
                 self._frame_index += 1
                 self._poll_gpu_times()
+        except LeftBehind:
+            return  # a node call hung and a new executor took over; this one just ends
         except BaseException as exc:  # the executor must never die silently
-            self._fail(exc)
+            if me not in self._abandoned:
+                self._fail(exc)
         finally:
-            if self._cpu_pipeline is not None:  # its last frame reaches the sinks first
-                self._cpu_pipeline.close()
-            # Let sinks drain what they have, then stop.
-            for slot in list(self.slots.values()):
-                if slot.rn.cls.is_sink() and slot.channel is not None:
-                    slot.channel.close()
-            self._done.set()
+            if me not in self._abandoned:
+                self._end_executor()
+
+    def _end_executor(self) -> None:
+        if self._cpu_pipeline is not None:  # its last frame reaches the sinks first
+            self._cpu_pipeline.close()
+        # Let sinks drain what they have, then stop.
+        for slot in list(self.slots.values()):
+            if slot.rn.cls.is_sink() and slot.channel is not None:
+                slot.channel.close()
+        self._done.set()
 
     def _run_frame(self, source_items: dict[str, Item]) -> None:
         memo: dict[str, tuple[dict[str, Any], list[Any]]] = {}
@@ -79,6 +97,7 @@ class FrameExecutor:
             program.run(memo)
         sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink() and n in self.live]
         frame_events: list[Any] = []
+        delivered = 0
         for sink in sinks:
             values, events = self._gather_inputs(sink, memo)
             if values is None:
@@ -88,10 +107,20 @@ class FrameExecutor:
                 # Replayed outputs are overwritten by the next replay: the sink gets its own copy.
                 values, events = self._detach_for_sink(values, events)
             frame_events.extend(events)
-            sink.channel.put(Item(values, events, t_capture), self._stop)
+            self._deliver(sink, Item(values, events, t_capture))
+            delivered += 1
         self._last_frame_events = frame_events
         self._time_frame(frame_events)
         self._limit_in_flight(frame_events)
+        check_delivery(memo, delivered)
+
+    def _deliver(self, sink: Slot, item: Item) -> None:
+        """Into the output's channel; an output stalled past its budget gets no say in the stream's pace
+        (a full queue drops the frame, counted, instead of holding every other output)."""
+        if sink.stall_warned:
+            sink.channel.offer(item)
+        else:
+            sink.channel.put(item, self._stop, give_up=lambda: sink.stall_warned)
 
     def _gather_inputs(self, slot: Slot, memo: dict) -> tuple[dict[str, Any] | None, list[Any]]:
         """Values for a node's inputs (computing upstream nodes on demand) and the events to wait on."""
@@ -120,6 +149,13 @@ class FrameExecutor:
                 except FrameFailed as exc:
                     raise NodeError(str(exc)) from exc.exc
                 events.extend(evs)
+                # A lazy consumer (a switch) is told that the branch failed, whatever stands in for it.
+                for node, exc in memo.get(FAULTS, []):
+                    if node == src.node:
+                        raise NodeError(f"node {node!r} failed: {exc}") from exc
+                guard = self.slots[src.node].guard
+                if guard is not None and (guard.sync_bad or guard.nan_seen):
+                    raise NodeError(f"node {src.node!r} produced NaN/Inf")
                 # The lazy node waits here, on its own stream, for what it just pulled.
                 cur = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
                 value = outs.get(src.port) if outs else None
@@ -152,12 +188,22 @@ class FrameExecutor:
             memo[name] = exc
             raise
         memo[name] = (outs, ev)
+        failed = slot.guard.failed_now if slot.guard is not None else None
+        if failed is not None:
+            slot.guard.failed_now = None
+            memo.setdefault(FAULTS, []).append((name, failed))
         return memo[name]
 
     def _run_node(self, slot: Slot, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         t0 = time.perf_counter()
         recording = self._recording
         nvtx = self.device.type == "cuda" and not recording
+        guard = slot.guard
+        assert guard is not None
+        if not recording:
+            self._judge(slot)
+        if slot.hung:  # its last call never returned (muse.graph.watchdog): its on_error stands in
+            return self._failed(slot, NodeError("a call is still running (hung); skipped until it returns"), values, events)
         try:
             with self._in_stream(slot.stream):
                 self._wait_events(slot.stream, events, values)
@@ -166,24 +212,37 @@ class FrameExecutor:
                 if nvtx:
                     torch.cuda.nvtx.range_push(slot.name)
                 start_ev = None if recording else self._gpu_start(slot)
+                if not recording:
+                    slot.call_started, slot.call_thread = t0, threading.current_thread()
                 try:
                     outs = slot.node.process(**values) or {}
                 finally:
+                    if not recording:
+                        slot.call_started = slot.call_thread = None
                     if nvtx:
                         torch.cuda.nvtx.range_pop()
-                out_events = self._record(slot, start_ev)
+                    self._check_left_behind(slot, t0)
+                # NaN/Inf: replaced on the device by the last finite output, counted a frame late (muse.graph.guard).
+                if self.graph.settings.check_finite:
+                    outs = guard.check(outs, in_place=recording, sync=self.device.type == "cpu" and self.program is None)
+                if guard.quarantined and slot.rn.policy.on_error in ("skip", "fallback") and not recording:
+                    stand_in, how = guard.stand_in(slot.rn.policy, slot.node, values, slot.rn.cls.outputs_spec)
+                    slot.stats.count_handled(how)
+                    outs = stand_in or {}
+                out_events = self._record(slot, start_ev)  # after any stand-in: a fallback's own work is on this stream too
                 # Taps run on the producer's stream, so a GPU preview copy is ordered after the work.
                 if not recording:
                     self._fire_taps(slot.name, outs)
-        except NodeError as exc:
-            self._node_failed(slot, exc, expected=True)
-            raise FrameFailed(slot.name, exc) from exc
         except Exception as exc:
-            self._node_failed(slot, exc)
-            raise FrameFailed(slot.name, exc) from exc
+            if recording:  # the frame program marks this recording failed and runs the segment eagerly
+                raise FrameFailed(slot.name, exc) from exc
+            self._end_call(slot, t0)
+            return self._failed(slot, exc, values, events)
         t1 = time.perf_counter()
         slot.consecutive_errors = 0
+        guard.last = outs
         if not recording:
+            self._end_call(slot, t0, t1)
             self._note_time(slot, t0, t1)
         return outs, out_events
 
@@ -214,3 +273,12 @@ class FrameExecutor:
                         cb(outs[port])
                     except Exception:
                         log.error("tap on %s.%s failed:\n%s", node, port, traceback.format_exc())
+
+
+def check_delivery(memo: dict, delivered: int) -> None:
+    """A frame no output got because nodes failed is a failed frame (the executor stops the graph after
+    `max_consecutive_errors` of them in a row, naming the node)."""
+    faults = memo.get(FAULTS)
+    if faults and not delivered:
+        node, exc = faults[0]
+        raise FrameFailed(node, exc)

@@ -291,6 +291,18 @@ class Node:
         """Why this node, as configured, cannot be recorded (None: it can); shown by `muse bench`."""
         return None
 
+    def fallback(self, **inputs: Any) -> dict[str, Any] | None:
+        """What this node stands in with when it fails under `on_error: fallback` (e.g. the frame
+        unwarped), from the same inputs `process` got. Not overridden: an input of each output's
+        type is passed through instead (muse.graph.policy)."""
+        return None
+
+    def step_down(self) -> dict[str, Any] | None:
+        """Out of GPU memory: the param changes to a lighter setting (a smaller working size, a
+        smaller model), e.g. {"working_height": 216}; None when there is nothing lighter. The runtime
+        applies them like a live edit (a captured frame is recorded again) and says what changed."""
+        return None
+
     def needed_inputs(self) -> Iterable[str] | None:
         """Inputs to compute this frame (None = all connected): port names, or `port[i]` for one
         source of a `multiple` port (the others arrive as None). Only what some needed input

@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Hashable
 
 import torch
 
-from muse.graph.capture import CudaFrameGraph, EmulatedFrameGraph, FrameGraph
+from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
 from muse.graph.liveness import needed_edges
+from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
+from muse.graph.slots import FrameFailed
 
 if TYPE_CHECKING:  # pragma: no cover
     from muse.graph.runtime import GraphRunner
@@ -32,6 +34,7 @@ log = logging.getLogger("muse.capture")
 
 __all__ = ["FrameProgram", "capture_blocker"]
 
+RECORD_TRIES = 3  # a variant whose recording a node's exception broke is recorded again, up to this many times
 MAX_VARIANTS = 8  # per segment; each keeps its activations alive, so an unstable choice can't grow memory forever
 
 
@@ -67,6 +70,7 @@ class _Segment:
     variants: dict[Hashable, _Variant] = field(default_factory=dict)
     disabled: str = ""  # recordings failed again and again: the segment runs eagerly from then on
     failed: dict[Hashable, str] = field(default_factory=dict)  # variants whose recording failed: run eagerly
+    record_failures: dict[Hashable, int] = field(default_factory=dict)  # a node raised while recording: tried again
 
 
 class FrameProgram:
@@ -172,8 +176,25 @@ class FrameProgram:
             for n in nodes:
                 memo[n] = ({}, [])
             return False
-        variants = tuple((n, r._variant(r.slots[n])) for n in nodes)
-        key = (_signature(ext), variants)
+        variants = []
+        eager_now = False
+        for n in nodes:
+            slot = r.slots[n]
+            r._judge(slot)  # last frame's NaN/Inf check (a replayed node runs no host code of its own)
+            if slot.hung:  # a call of it never returned: no host code of it now, and no replay of its kernels
+                eager_now = True
+                continue
+            variant = r._variant(slot)
+            # A node that asks for an eager frame, or whose outputs the host replaces (a quarantined node
+            # under skip/fallback: muse.graph.guard), runs its segment eagerly; the recordings stay for later.
+            if isinstance(variant, EagerFrame) or (slot.guard is not None and slot.guard.quarantined
+                                                                and slot.rn.policy.on_error in ("skip", "fallback")):
+                eager_now = True
+            variants.append((n, variant))
+        if eager_now:
+            self._eager(seg, memo)
+            return False
+        key = (_signature(ext), tuple(variants))
         var = seg.variants.get(key)
         if key in seg.failed:
             self._eager(seg, memo)
@@ -188,6 +209,21 @@ class FrameProgram:
             try:
                 var = self._record(seg, nodes, ext, events, memo, key)
             except Exception as exc:
+                inner = exc.exc if isinstance(exc, FrameFailed) else exc
+                self._reset_streams()
+                if isinstance(inner, (NodeError, torch.OutOfMemoryError)):
+                    tries = seg.record_failures[key] = seg.record_failures.get(key, 0) + 1
+                    slot = self.runner.slots.get(getattr(exc, "node", ""))
+                    if slot is not None:
+                        self.runner._node_failed(slot, inner, expected=True)  # counted like any failure (the stats show it)
+                    if tries < RECORD_TRIES:
+                        # A node failed while the frame was recorded: a fault, not the capture contract. This
+                        # frame runs eagerly (its on_error covers the node there); the variant warms up and records again.
+                        seg.warm[key] = 0
+                        log.warning("segment %s: node %s failed while its frame was recorded (%s); recorded again later",
+                                    "+".join(seg.nodes), getattr(exc, "node", "?"), inner)
+                        self._eager(seg, memo)
+                        return False
                 why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 seg.failed[key] = why
                 if len(seg.failed) >= MAX_VARIANTS:
@@ -299,6 +335,9 @@ class FrameProgram:
                 slot = r.slots[n]
                 slot.variant_ready = False
                 slot.stats.captured = True
+                if slot.guard is not None:
+                    slot.guard.last = outs  # what hold_last stands in with if the next (eager) frame fails
+                    slot.guard.adopt(outs, ev)
                 if t0 is not None:
                     r._note_time(slot, t0, t1)
                 else:

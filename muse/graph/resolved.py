@@ -10,6 +10,7 @@ from typing import Any
 from muse.graph.messages import printable
 from muse.graph.node import Node, NodeParams, PortSpec
 from muse.graph.payloads import Payload
+from muse.graph.policy import FaultPolicy
 from muse.graph.spec import GraphSpec, Settings
 
 
@@ -76,6 +77,7 @@ class ResolvedNode:
     params: NodeParams | None  # None: its params were invalid (reported; the graph does not run)
     inputs: dict[str, ResolvedInput] = field(default_factory=dict)
     standby_for: str = ""  # started only when that node is absent or failed to start
+    policy: FaultPolicy = field(default_factory=FaultPolicy)  # on_error, budget, fallbacks (muse.graph.policy)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class ValidatedGraph:
     order: list[str]  # topological
     out_types: dict[tuple[str, str], type[Payload]]
     warnings: list[GraphError] = field(default_factory=list)
+    allow_network: bool = False  # network outputs may leave this machine (--allow-network; muse.graph.network)
 
     def consumers(self, name: str) -> list[tuple[str, str]]:
         """(consumer node, input port) for every edge leaving `name`."""

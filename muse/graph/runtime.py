@@ -27,12 +27,13 @@ from muse.graph.live import LiveChanges
 from muse.graph.node import NodeContext, NodeError
 from muse.graph.program import FrameProgram
 from muse.graph.resolve import resolve_device, resolved_graph, run_dtype
-from muse.graph.slots import FrameFailed, GraphRunError, Item, Slot
+from muse.graph.slots import FrameFailed, GraphRunError, Item, NodeStopped, Slot
 from muse.graph.starting import Starting
 from muse.graph.stats import GraphStats, Trace
 from muse.graph.streams import CudaPlumbing
 from muse.graph.threads import SourceSinkThreads
 from muse.graph.validate import ResolvedNode, ValidatedGraph
+from muse.graph.watchdog import StallWatchdog
 
 __all__ = ["FrameFailed", "GraphRunError", "GraphRunner", "Item", "resolve_device"]
 
@@ -51,6 +52,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         trace: Trace | None = None,
         stats: GraphStats | None = None,
         unpaced: bool = False,
+        faults: Any = None,
     ) -> None:
         self.device, self.device_note = resolve_device(graph.settings.device, device)
         self.max_frames = frames
@@ -84,6 +86,9 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         self._in_flight: deque[list[Any]] = deque()
         self._failed_frames = 0
         self._cpu_pipeline: Any = None  # muse.graph.cpu_pipeline: two frames in flight on the CPU path
+        self._watchdog: StallWatchdog | None = None
+        self._abandoned: set[threading.Thread] = set()  # threads left in a hung node call (muse.graph.watchdog)
+        self.faults = list(faults or [])  # muse.testing.faults: injected into the nodes they name when slots are made
 
     def _own(self, graph: ValidatedGraph) -> ValidatedGraph:
         """The runner's copy of `graph`, with the device's resolved settings (the CPU downscale)."""
@@ -100,6 +105,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
 
     def start(self) -> "GraphRunner":
         self._open_all(self.graph)
+        self._watchdog = StallWatchdog(self).start()
         self._executor = threading.Thread(target=self._execute, name="muse-executor", daemon=True)
         self._executor.start()
         return self
@@ -126,6 +132,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         self._stop.set()
         if self._executor is not None and self._executor is not threading.current_thread():
             self._executor.join(timeout=10)
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if self.program is not None:  # what was captured, as it ended (the build-time entry has no recordings yet)
             self.stats.info["capture"] = self.program.describe()
         self._close_all()
@@ -154,7 +162,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
             resolution=self.resolution,
             stream=stream,
             graph_file=self.graph.file,
-            settings={**s.model_dump(), "unpaced": self.unpaced},
+            settings={**s.model_dump(), "unpaced": self.unpaced, "allow_network": self.graph.allow_network},
             logger=logging.getLogger(f"muse.node.{rn.name}"),
             stats=stats,
             clock=self.clock,
@@ -162,6 +170,9 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
             fan_in={p: len(ri.sources) for p, ri in rn.inputs.items()},
         )
         node = rn.cls(rn.name, rn.params)
+        for fault in self.faults:
+            if fault.node == rn.name:
+                node = fault.inject(node, rn.policy.budget_ms)
         return Slot(rn=rn, node=node, ctx=ctx, stats=stats, stream=stream)
 
     def _open_slot(self, slot: Slot) -> None:
@@ -234,6 +245,11 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # shutdown only: every stream's last work is done
             self._poll_gpu_times()  # the last frames' GPU timings are readable now
+        for slot in slots:  # the last frame's NaN/Inf checks, so every fault is counted
+            try:
+                self._judge(slot)
+            except NodeStopped:
+                pass  # stopping anyway
         self.slots.clear()
 
     def _build_program(self) -> None:

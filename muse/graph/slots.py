@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from muse.graph.channels import Channel
+from muse.graph.guard import NodeGuard
 from muse.graph.node import Node, NodeContext
 from muse.graph.stats import NodeStats
 from muse.graph.validate import ResolvedNode, ValidatedGraph
@@ -18,6 +19,17 @@ from muse.graph.validate import ResolvedNode, ValidatedGraph
 
 class GraphRunError(RuntimeError):
     """The graph could not start or had to stop; the message names the node."""
+
+
+class NodeStopped(BaseException):
+    """A node whose `on_error` is `stop` failed: the graph stops, naming it. A BaseException so that no
+    `except Exception` on the way (a switch trying its next branch, a recording that failed) swallows it;
+    `GraphRunner.run` raises it as a GraphRunError."""
+
+
+class LeftBehind(BaseException):
+    """Raised in a thread the runtime replaced while a node call hung, once that call returns: the thread
+    ends quietly (a BaseException, so no `except Exception` on the way counts it as a node failure)."""
 
 
 class FrameFailed(Exception):
@@ -55,6 +67,16 @@ class Slot:
     variant_ready: bool = False  # frame_variant() already asked this frame (`variant` holds its answer)
     variant: Any = None
     absent: str = ""  # never opened and never run: "absent: why", "failed: why" or "standby: for X" (liveness)
+    guard: NodeGuard | None = None  # its NaN check, last good outputs and quarantine (muse.graph.guard)
+    call_started: float | None = None  # perf_counter() when its current call began (the stall watchdog reads it)
+    stall_warned: bool = False  # the watchdog already warned about the current call
+    call_thread: threading.Thread | None = None  # the thread making the current call
+    hung: bool = False  # a call never returned: the stream goes on without the node until it does (muse.graph.watchdog)
+
+    def __post_init__(self) -> None:
+        if self.guard is None:
+            self.guard = NodeGuard(self.rn.name)
+        self.stats.on_error = self.rn.policy.on_error
 
     @property
     def name(self) -> str:

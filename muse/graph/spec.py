@@ -60,6 +60,8 @@ class InputLink(_Strict):
 
 InputValue = Union[str, list[str], InputLink]
 
+OnError = Literal["skip", "hold_last", "fallback", "stop"]
+
 
 class NodeSpec(_Strict):
     type: str = Field(description="Node type id, e.g. segment.modnet (see `muse nodes`)")
@@ -69,6 +71,11 @@ class NodeSpec(_Strict):
     standby_for: str = Field(
         "", description="Start this node only if the named node is absent or fails to start (a fallback output or source)"
     )
+    on_error: Optional[OnError] = Field(None, description="When it fails (raises, NaN/Inf output, out of memory): skip, hold_last, "
+                                        "fallback or stop (see docs/graphs.md); default settings.on_error, skip for sources/outputs")
+    budget_ms: Optional[float] = Field(None, gt=0, le=3_600_000, description="A call longer than this is a stall (default: settings.budget_ms)")
+    fallback: dict[str, str] = Field(default_factory=dict, description="on_error: fallback: output port -> the input passed through in "
+                                     "its place (same type); others: the node's own fallback, else an input of the same type")
 
     def links(self) -> dict[str, InputLink]:
         out: dict[str, InputLink] = {}
@@ -99,6 +106,11 @@ class Settings(_Strict):
     max_consecutive_errors: int = Field(
         120, ge=1, description="Stop the graph after this many failed frames in a row (a frame that fails is skipped)"
     )
+    on_error: Literal["skip", "hold_last", "stop"] = Field("hold_last", description="What a failing processing node does (its own `on_error` wins)")
+    budget_ms: float = Field(1000.0, gt=0, le=3_600_000, description="A node call longer than this is a stall (a node's `budget_ms` wins)")
+    hang_after_s: float = Field(10.0, ge=1, le=3600, description="A node call running this long (and 5 budgets) is left behind: the stream "
+                                "goes on without it, as its on_error says, until it returns")
+    check_finite: bool = Field(True, description="Catch NaN/Inf in every node's floating outputs on the device (a few small ops per node)")
 
     @field_validator("capture", mode="before")
     @classmethod
@@ -377,6 +389,7 @@ def dump_yaml(spec: GraphSpec) -> str:
                 if isinstance(v, InputLink) else v
                 for port, v in node.inputs.items()
             }
+        entry.update({k: v for k, v in (("on_error", node.on_error), ("budget_ms", node.budget_ms), ("fallback", dict(node.fallback))) if v})
         nodes[name] = entry
     out["nodes"] = nodes
     if spec.editor is not None:

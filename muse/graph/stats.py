@@ -39,6 +39,28 @@ class NodeStats:
     info: dict[str, Any] = field(default_factory=dict)
     last_error: str = ""
     captured: bool = False  # ran inside a replayed frame program (host and GPU times are the segment's)
+    on_error: str = ""  # its policy (muse.graph.policy)
+    nan_frames: int = 0  # frames whose floating outputs held NaN/Inf (replaced on the device, counted a frame late)
+    stalls: int = 0  # calls longer than its budget
+    slowest_ms: float = 0.0  # the longest call that was a stall
+    oom: int = 0  # out-of-memory failures
+    stepped_down: list = field(default_factory=list)  # what it switched to after running out of memory
+    handled: dict = field(default_factory=dict)  # how failures were covered: held / fallback / skipped -> frames
+
+    def faults(self) -> dict[str, Any]:
+        """The fault counts `--stats`, the status line and the editor show (only what happened)."""
+        out: dict[str, Any] = {k: v for k, v in (("errors", self.errors), ("nan", self.nan_frames), ("stalls", self.stalls),
+                                                  ("oom", self.oom)) if v}
+        if self.stalls:
+            out["slowest_ms"] = round(self.slowest_ms, 1)
+        if self.handled:
+            out["handled"] = dict(self.handled)
+        if self.stepped_down:
+            out["stepped_down"] = list(self.stepped_down)
+        return out
+
+    def count_handled(self, how: str) -> None:
+        self.handled[how] = self.handled.get(how, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -56,6 +78,11 @@ class NodeStats:
             out["last_error"] = self.last_error
         if self.captured:
             out["captured"] = True
+        if self.on_error:
+            out["on_error"] = self.on_error
+        faults = self.faults()
+        if faults:
+            out["faults"] = faults
         return out
 
 
@@ -86,6 +113,16 @@ class GraphStats:
     def drops(self) -> int:
         return sum(n.drops for n in self.nodes.values())
 
+    def fault_totals(self) -> dict[str, int]:
+        """Errors, NaN/Inf frames, stalls and out-of-memory failures over all nodes (only those that happened)."""
+        totals = {"errors": 0, "nan": 0, "stalls": 0, "oom": 0}
+        for n in list(self.nodes.values()):
+            totals["errors"] += n.errors
+            totals["nan"] += n.nan_frames
+            totals["stalls"] += n.stalls
+            totals["oom"] += n.oom
+        return {k: v for k, v in totals.items() if v}
+
     def as_dict(self) -> dict[str, Any]:
         elapsed = max(1e-9, time.perf_counter() - self.started)
         return {
@@ -94,6 +131,7 @@ class GraphStats:
             "frames_out": self.frames_out,
             "fps": round(self.frames_out / elapsed, 2),
             "drops": self.drops,
+            "faults": self.fault_totals(),
             "latency_ms": percentiles(self.latency_ms),
             "frame_gpu_ms": percentiles(self.frame_gpu_ms),
             "info": dict(self.info),
@@ -109,12 +147,20 @@ class GraphStats:
             f"frames in {d['frames_in']}, out {d['frames_out']}, {d['fps']} fps, drops {d['drops']}, "
             f"latency p50 {d['latency_ms']['p50']:.1f} ms p99 {d['latency_ms']['p99']:.1f} ms"
         ]
+        if d["faults"]:
+            lines[0] += ", faults " + ", ".join(f"{k} {v}" for k, v in d["faults"].items())
         for name, s in d["nodes"].items():
             t = s.get("gpu_ms") or s["host_ms"]
             extra = f" {s['info']}" if s.get("info") else ""
+            f = s.get("faults") or {}
+            more = "".join(f" {k} {f[k]}" for k in ("nan", "stalls", "oom") if k in f)
+            if f.get("handled"):
+                more += f" ({s.get('on_error', '')}: " + ", ".join(f"{k} {v}" for k, v in f["handled"].items()) + ")"
+            if f.get("stepped_down"):
+                more += f" stepped down: {'; '.join(f['stepped_down'])}"
             lines.append(
                 f"  {name:<16} {s['type']:<22} p50 {t['p50']:7.2f} ms  p95 {t['p95']:7.2f}  p99 {t['p99']:7.2f}"
-                f"  frames {s['frames']:<6} drops {s['drops']:<4} errors {s['errors']}{extra}"
+                f"  frames {s['frames']:<6} drops {s['drops']:<4} errors {s['errors']}{more}{extra}"
             )
         return lines
 

@@ -11,8 +11,10 @@ import logging
 import threading
 import time
 
+import torch
+
 from muse.graph.channels import Channel, ChannelClosed
-from muse.graph.slots import GraphRunError, Item, Slot, channel_wiring
+from muse.graph.slots import GraphRunError, Item, NodeStopped, Slot, channel_wiring
 
 log = logging.getLogger("muse.runtime")
 
@@ -37,12 +39,20 @@ class SourceSinkThreads:
                     time.sleep(0.001)  # a synthetic source renders only what will be shown
                     continue
                 t0 = time.perf_counter()
+                slot.call_started = t0
                 try:
                     with self._in_stream(slot.stream):
                         out = slot.node.process()
                         events = self._record(slot)
                 except Exception as exc:
+                    slot.call_started = None
+                    self._end_call(slot, t0)
+                    if isinstance(exc, torch.OutOfMemoryError):
+                        self._out_of_memory(slot, exc)  # counted; the node may step down
                     self._node_failed(slot, exc)
+                    if slot.rn.policy.on_error == "stop":
+                        self._fail(NodeStopped(f"{self.graph.file}: source '{slot.name}' failed and its on_error is stop: {exc}"))
+                        break
                     if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
                         if self._is_secondary_source(slot.name):
                             # One lost camera must not stop the others: the stream keeps its last frame.
@@ -55,6 +65,8 @@ class SourceSinkThreads:
                     time.sleep(0.01)
                     continue
                 t1 = time.perf_counter()
+                slot.call_started = None
+                self._end_call(slot, t0, t1)
                 if out is None:
                     log.info("source '%s' reached the end of its stream", slot.name)
                     break
@@ -88,18 +100,37 @@ class SourceSinkThreads:
                 except ChannelClosed:
                     break
                 t0 = time.perf_counter()
+                slot.call_started = t0
                 try:
                     with self._in_stream(slot.stream):
                         self._wait_events(slot.stream, item.events, item.values)
                         slot.node.process(**item.values)
                         self._record(slot)
                 except Exception as exc:
+                    slot.call_started = None
+                    self._end_call(slot, t0)
+                    if isinstance(exc, torch.OutOfMemoryError):
+                        self._out_of_memory(slot, exc)  # counted; the node may step down
                     self._node_failed(slot, exc)
+                    if slot.rn.policy.on_error == "stop":
+                        self._fail(NodeStopped(f"{self.graph.file}: output '{slot.name}' failed and its on_error is stop: {exc}"))
+                        break
+                    slot.stats.count_handled("skipped")
                     if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
+                        others = [s for s in self.slots.values() if s.rn.cls.is_sink() and s is not slot and s.stats.info.get("status") != "lost"]
+                        if others:
+                            # One dead output (a vanished virtual camera, a full disk) must not stop the others.
+                            log.error("output '%s' failed %d times in a row (%s); it is stopped, the other outputs keep running",
+                                      slot.name, slot.consecutive_errors, exc)
+                            slot.ctx.report("status", "lost")
+                            slot.channel.close()
+                            break
                         self._fail(GraphRunError(f"output '{slot.name}' failed {slot.consecutive_errors} times in a row: {exc}"))
                         break
                     continue
                 t1 = time.perf_counter()
+                slot.call_started = None
+                self._end_call(slot, t0, t1)
                 slot.consecutive_errors = 0
                 self._note_time(slot, t0, t1)
                 self.stats.add_latency((t1 - item.t_capture) * 1000.0)

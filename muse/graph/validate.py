@@ -17,8 +17,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from muse.graph.checks import check_cycles, check_output_paths, check_reachability, check_types
+from muse.graph.checks import check_cycles, check_network_outputs, check_output_paths, check_reachability, check_types
 from muse.graph.includes import MAX_GRAPH_NODES, MAX_INCLUDE_DEPTH, expand_includes
+from muse.graph.network import network_allowed
+from muse.graph.policy import check_fault_policies
 from muse.graph.messages import did_you_mean, first_line, pydantic_message, setting_hint
 from muse.graph.registry import Registry, load_registry
 from muse.graph.resolved import GraphError, GraphValidationError, ResolvedInput, ResolvedNode, Source, ValidatedGraph
@@ -50,6 +52,7 @@ def load_graph(
     overrides: dict[str, dict[str, Any]] | None = None,
     *,
     allow_paths: bool = False,
+    allow_network: bool = False,
 ) -> ValidatedGraph:
     """Read, parse and validate a graph file. Raises GraphValidationError, and nothing else:
     however odd the file, the answer is a list of errors naming it.
@@ -62,7 +65,7 @@ def load_graph(
         text = read_graph_file(path)
     except GraphFileError as exc:
         raise GraphValidationError([GraphError("file", str(exc), file, exc.line, hint=exc.hint)]) from None
-    return validate_text(text, file, registry, overrides, base_dir=path.parent, allow_paths=allow_paths)
+    return validate_text(text, file, registry, overrides, base_dir=path.parent, allow_paths=allow_paths, allow_network=allow_network)
 
 
 def validate_text(
@@ -73,13 +76,14 @@ def validate_text(
     base_dir: Path | None = None,
     *,
     allow_paths: bool = False,
+    allow_network: bool = False,
 ) -> ValidatedGraph:
     """Validate graph text. `base_dir` (the graph's folder) anchors includes and relative output
     paths; when it is given, output paths must stay inside the allowed folders unless `allow_paths`.
     Raises GraphValidationError and nothing else: an unexpected failure is reported as an error
     naming the file rather than escaping as a traceback."""
     try:
-        return _validate_text(text, file, registry, overrides, base_dir, allow_paths)
+        return _validate_text(text, file, registry, overrides, base_dir, allow_paths, allow_network)
     except GraphValidationError:
         raise
     except RecursionError:
@@ -98,6 +102,7 @@ def _validate_text(
     overrides: dict[str, dict[str, Any]] | None,
     base_dir: Path | None,
     allow_paths: bool,
+    allow_network: bool = False,
 ) -> ValidatedGraph:
     registry = registry or load_registry()
     errors: list[GraphError] = []
@@ -141,11 +146,13 @@ def _validate_text(
     _resolve_inputs(spec, nodes, smap, errors)
     order = check_cycles(spec, nodes, smap, errors)
     out_types = check_types(nodes, order, smap, errors)
+    check_fault_policies(spec, nodes, out_types, smap, errors)
     warnings = check_reachability(nodes, smap, errors, file)
     check_output_paths(nodes, smap, errors, base_dir, allow_paths)
+    check_network_outputs(nodes, smap, errors, allow_network)
     if errors:
         raise GraphValidationError(errors)
-    return ValidatedGraph(file, spec, spec.settings, nodes, order, out_types, warnings)
+    return ValidatedGraph(file, spec, spec.settings, nodes, order, out_types, warnings, allow_network=network_allowed(allow_network))
 
 
 # -- steps -------------------------------------------------------------------
@@ -203,7 +210,7 @@ def _parse_spec(data: dict, smap: SourceMap, errors: list[GraphError]) -> GraphS
                     hint = ""
                     if e["type"] == "extra_forbidden":
                         msg = f"unknown key {key!r} in node"
-                        hint = "a node has: type, params, inputs, description" + did_you_mean(str(key), NodeSpec.model_fields, prefix="; ")
+                        hint = "a node has: type, params, inputs, description, on_error, budget_ms, fallback" + did_you_mean(str(key), NodeSpec.model_fields, prefix="; ")
                     elif e["type"] == "missing":
                         hint = "add 'type: family.name' (list them with `muse nodes`)"
                     errors.append(GraphError("schema", msg, file, smap.line("nodes", name, *loc[:1]), node=str(name), field=key, hint=hint))

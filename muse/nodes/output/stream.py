@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import numpy as np
 from pydantic import Field
 
+from muse.graph import network
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
 from muse.graph.payloads import Frame, Mask
 from muse.graph.transfer import Downloader
@@ -68,7 +69,9 @@ def _probe_protocols() -> set[str]:
 class StreamOutput(Node):
     node_type = "output.stream"
     display_name = "Network stream"
-    description = "Streams a frame (or mask) live: MPEG-TS over UDP/TCP/SRT or FLV over RTMP, H.264 zerolatency."
+    description = ("Streams a frame (or mask) live: MPEG-TS over UDP/TCP/SRT or FLV over RTMP, H.264 zerolatency. "
+                   "Only to this machine unless network output is allowed (--allow-network).")
+    network_outputs = ("url",)  # checked at validation and at open (muse.graph.network)
 
     frame: In[Frame] = In(optional=True, description="Connect this or `mask`")
     mask: In[Mask] = In(optional=True, description="Connect this or `frame`")
@@ -95,6 +98,8 @@ class StreamOutput(Node):
                 f"node {self.name!r}: unsupported stream URL {p.url!r} (field `url`); use one of "
                 + ", ".join(f"{s}://" for s in SCHEMES)
             )
+        if not network.network_allowed(bool(ctx.settings.get("allow_network"))) and not network.is_loopback_url(p.url):
+            raise NodeError(f"node {self.name!r}: field `url`: {network.refusal(p.url)}; {network.HINT}")
         if not protocol_available(scheme):
             raise NodeError(
                 f"node {self.name!r}: this FFmpeg build (PyAV's wheel) has no {scheme}:// protocol (field `url`); "

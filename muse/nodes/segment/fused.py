@@ -343,6 +343,11 @@ class FusedSegment(Node):
             path = user_path(self.params.plate_file, ctx)
             self._file_plate = Frame(load_image(str(path), self.name, "plate_file").to(ctx.device))
 
+    def step_down(self) -> dict[str, int] | None:
+        """Out of GPU memory: fuse at three quarters of the working height (multiples of 16, down to 64)."""
+        lower = max(64, int(self.params.working_height * 3 / 4) // 16 * 16)
+        return {"working_height": lower} if lower < self.params.working_height else None
+
     def update_params(self, params: Params) -> bool:
         if (params.working_height, params.tiles, params.plate_file) != (
                 self.params.working_height, self.params.tiles, self.params.plate_file):

@@ -87,6 +87,19 @@ class BodyWarp(Node):
 
             self._cpu = BodyWarpCPU(self)
 
+    def fallback(self, keypoints: Keypoints | None = None, mask: Mask | None = None) -> dict[str, Displacement]:
+        """No reshaping (a zero field): what `on_error: fallback` stands in with, and `hold_last` before a good frame."""
+        ctx = self.context
+        if keypoints is not None:
+            size, device = (int(keypoints.image_size[0]), int(keypoints.image_size[1])), keypoints.points.device
+        elif mask is not None:
+            size, device = mask.size, mask.alpha.device
+        else:
+            size, device = (int(ctx.resolution[0]), int(ctx.resolution[1])), ctx.device
+        stamp = keypoints or mask
+        ts, idx = (stamp.timestamp, stamp.index) if stamp is not None else (0.0, 0)
+        return {"field": Displacement(zero_field(size, self.params.cell, device), size, ts, idx)}
+
     def process(self, keypoints: Keypoints | None = None, mask: Mask | None = None) -> dict[str, Displacement]:
         if getattr(self, "_cpu", None) is not None:
             return self._cpu.process(keypoints, mask)

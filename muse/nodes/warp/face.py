@@ -78,6 +78,19 @@ class FaceWarp(Node):
 
             self._cpu = FaceWarpCPU(self)
 
+    def fallback(self, landmarks: FaceLandmarks | None = None, frame: Frame | None = None) -> dict[str, Displacement]:
+        """No reshaping (a zero field): what `on_error: fallback` stands in with, and `hold_last` before a good frame."""
+        ctx = self.context
+        if landmarks is not None:
+            size, device = (int(landmarks.image_size[0]), int(landmarks.image_size[1])), landmarks.points.device
+        elif frame is not None:
+            size, device = (int(frame.size[0]), int(frame.size[1])), frame.image.device
+        else:
+            size, device = (int(ctx.resolution[0]), int(ctx.resolution[1])), ctx.device
+        stamp = landmarks or frame
+        ts, idx = (stamp.timestamp, stamp.index) if stamp is not None else (0.0, 0)
+        return {"field": Displacement(zero_field(size, self.params.cell, device), size, ts, idx)}
+
     def process(self, landmarks: FaceLandmarks | None = None, frame: Frame | None = None) -> dict[str, Displacement]:
         if self._cpu is not None:
             return self._cpu.process(landmarks, frame)
