@@ -20,11 +20,10 @@ import torch
 from muse.graph.failures import FailureHandling
 from muse.graph.liveness import gather, gather_selected, live_nodes
 from muse.graph.node import NodeError
-from muse.graph.slots import FrameFailed, GraphRunError, Item, LeftBehind, Slot
+from muse.graph.slots import FAULTS, FrameFailed, GraphRunError, Item, LeftBehind, Slot
 
 log = logging.getLogger("muse.runtime")
 
-FAULTS = "\x00faults"  # memo key: (node, exception) for every node that failed this frame (never a node name)
 
 
 class FrameExecutor(FailureHandling):

@@ -81,6 +81,17 @@ class FailureHandling:
             done = self._record(slot)
         return outs or {}, list(events) + done
 
+    def _tell_consumers(self, slot: Slot) -> None:
+        """A node that chooses between its inputs (a switch) hears that this source gave NaN/Inf: the guard's
+        stand-in keeps the picture clean, the switch falls back to its next branch (from the next frame on)."""
+        for consumer, port in self.graph.consumers(slot.name):
+            other = self.slots.get(consumer)
+            if other is None:
+                continue
+            for index, src in enumerate(self.graph.nodes[consumer].inputs[port].sources):
+                if src.node == slot.name:
+                    other.node.input_failed(port, index, NodeError(f"NaN/Inf output (node {slot.name!r})"))
+
     def _judge(self, slot: Slot) -> None:
         """Read the node's NaN/Inf check from the last frame it ran (never blocks) and act on it."""
         guard = slot.guard
@@ -96,6 +107,7 @@ class FailureHandling:
                 log.info("node '%s' (%s): outputs are finite again", slot.name, slot.rn.type)
             return
         slot.stats.nan_frames += 1
+        self._tell_consumers(slot)
         n = slot.stats.nan_frames
         if policy.on_error == "stop":
             raise NodeStopped(f"{self.graph.file}: node '{slot.name}' ({slot.rn.type}) produced NaN/Inf and its on_error is stop")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Iterator
 
-from muse.graph.slots import FrameFailed, Slot
+from muse.graph.slots import FAULTS, FrameFailed, Slot
 
 if TYPE_CHECKING:  # pragma: no cover
     from muse.graph.resolved import Source, ValidatedGraph
@@ -139,6 +139,13 @@ def gather_selected(runner: Any, slot: Slot, memo: dict) -> tuple[dict[str, Any]
             if runner._recording or failed is None or not slot.node.input_failed(*failed, exc.exc):
                 raise
             slot.variant_ready = False  # the switch picks again, now knowing this branch failed
+            continue
+        # A branch that failed but was covered by its on_error (a stand-in) is still a failed branch to a
+        # switch: it is told, and picks again in the same frame (muse.graph.executor's FAULTS).
+        faults = dict(memo.get(FAULTS, [])) if not runner._recording else {}
+        covered = [(port, i, faults[src.node]) for port, i, src in needed_edges(slot) if src.node in faults]
+        if covered and any(slot.node.input_failed(port, i, exc) for port, i, exc in covered):
+            slot.variant_ready = False
             continue
         empty = [] if values is None or runner._recording else [
             (port, i) for port, i, _src in needed_edges(slot) if slot.rn.inputs[port].port.multiple and values[port][i] is None]

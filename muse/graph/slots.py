@@ -40,6 +40,8 @@ class FrameFailed(Exception):
         self.node, self.exc = node, exc
 
 
+FAULTS = "\x00faults"  # memo key: (node, exception) for every node that failed this frame (never a node name)
+
 @dataclass
 class Item:
     """What travels from a source to the executor, or from the executor to a sink."""
