@@ -88,9 +88,12 @@ class FailureHandling:
             other = self.slots.get(consumer)
             if other is None:
                 continue
+            hook = getattr(other.node, "input_unhealthy", None)  # flow.switch has one
+            if hook is None:
+                continue
             for index, src in enumerate(self.graph.nodes[consumer].inputs[port].sources):
                 if src.node == slot.name:
-                    other.node.input_failed(port, index, NodeError(f"NaN/Inf output (node {slot.name!r})"))
+                    hook(port, index, f"NaN/Inf output (node {slot.name!r})")
 
     def _judge(self, slot: Slot) -> None:
         """Read the node's NaN/Inf check from the last frame it ran (never blocks) and act on it."""

@@ -157,6 +157,7 @@ class Switch(Node):
         self._errors: dict[int, str] = {}
         self._absent: dict[int, str] = {}
         self._skip: set[int] = set()  # no value (or failed) this frame: picked past until the frame ends
+        self._repick = False  # input_failed() asked for a new pick within this frame
         self._empty: dict[int, int] = {}
         self._pick: tuple[int | None, int | None] = (None, None)
         self._planned = False
@@ -208,6 +209,9 @@ class Switch(Node):
         policy = self._policy
         if policy is None:
             return None
+        if not self._repick:  # a new frame: last frame's skips end even if that frame failed before `process`
+            self._skip.clear()
+        self._repick = False
         self._judge(policy)
         p = self.params
         usable = [i for i in range(policy.count) if i not in self._absent and i not in self._skip]
@@ -262,10 +266,17 @@ class Switch(Node):
             return False
         told = index in self._skip  # the CPU pipeline tells at once, then the switch sees it again: say it once
         self._skip.add(index)
+        self._repick = True  # asked again this frame: the skip holds
         if error is not None and not told:
             msg = str(error).splitlines()[0] if str(error) else type(error).__name__
             self._fail(self._policy, index, msg)
         return True
+
+    def input_unhealthy(self, port: str, index: int, why: str) -> None:
+        """A branch's source gave NaN/Inf (its guard saw it, a frame late, and a stand-in covered it): the
+        branch counts as failed from the next pick on; the last usable branch is still picked (safe mode)."""
+        if port == CANDIDATES and self.params.check_finite and self.params.mode != "manual" and self._policy is not None:
+            self._fail(self._policy, index, why)
 
     # -- the frame -------------------------------------------------------------------------------------
     def process(self, candidates: list[Any], select: Control | None = None) -> dict[str, Any]:
