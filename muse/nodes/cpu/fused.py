@@ -259,7 +259,8 @@ class FusedCPU:
 
         # 4. motion-aware blend with the previous matte (exposure changes are not motion)
         if self.primed:
-            ratio = x.mean((0, 1)) / np.maximum(self.prev.mean((0, 1)), 1e-4)
+            # cv2.mean accumulates in float64 (numpy's float32 mean over the outer axes drifts by 1e-3)
+            ratio = np.array(cv2.mean(x)[:3]) / np.maximum(np.array(cv2.mean(self.prev)[:3]), 1e-4)
             change = _luma(np.abs(x - self.prev * ratio.astype(np.float32)))
             motion = np.clip(_dilate(box_mean(change, 1), 2) / s.motion_threshold, 0.0, 1.0)
             jump = np.clip((np.abs(fused - self.alpha) - 0.4) / 0.3, 0.0, 1.0)
