@@ -154,3 +154,29 @@ def test_cpu_path_keeps_working_state_in_place(monkeypatch, selfie):
     cpu.process(frame=_camera(rgb, 2, 1.3), prior=selfie(_camera(rgb, 2)), plate=plate)
     assert torch.equal(conf, out["confidence"].alpha)
     assert isinstance(out["mask"], Mask)
+
+
+@pytest.mark.parametrize("light_wrap", [0.0, 0.3])
+def test_composite_with_the_fused_confidence_matches_torch(monkeypatch, selfie, light_wrap):
+    """stream_4k's composite: plate background, the room's coverage and the fused matte's confidence
+    (fractional nearly everywhere: the plate and the live frame mix densely). Pixels within 2 levels."""
+    from muse.nodes.composite import Composite
+
+    rgb, room = _scene(1280, 720)
+    f = _camera(rgb, 0)
+    matte = _opened(monkeypatch, {}, "torch", (1280, 720)).process(frame=f, prior=selfie(f))
+    coverage = np.ones((180, 320), np.float32)
+    coverage[:, :40] = 0.0  # a strip of the room never seen
+    coverage[:, 40:60] = 0.5
+    ins = dict(frame=f, mask=matte["mask"], plate=Frame(torch.from_numpy(room)),
+               coverage=Mask(torch.from_numpy(coverage)), confidence=matte["confidence"])
+    conf = matte["confidence"].alpha.numpy()
+    assert ((conf > 0.01) & (conf < 0.99)).mean() > 0.3  # the dense mix is what is compared
+    outs = []
+    for path in ("torch", "fast"):
+        monkeypatch.setenv("MUSE_CPU_PATH", path)
+        node = build_node(Composite, {"background": "plate", "light_wrap": light_wrap}, "composite")
+        node.open(make_context("composite", "cpu", resolution=(1280, 720)))
+        assert (node._cpu is None) == (path == "torch")
+        outs.append(node.process(**ins)["out"].image.numpy().astype(int))
+    assert np.abs(outs[0] - outs[1]).max() <= 2

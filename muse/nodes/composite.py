@@ -81,17 +81,6 @@ def resample(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return p[0, 0] if squeeze else p[0]
 
 
-def _known(coverage: Mask | None, confidence: Mask) -> Mask:
-    """Where the plate may be shown: seen (coverage) and behind a sure matte (confidence), at coverage's size."""
-    conf = confidence.alpha.float().clamp(0, 1)
-    if coverage is None:
-        return Mask(conf, confidence.timestamp, confidence.index)
-    cov = coverage.alpha.float().clamp(0, 1)
-    if conf.shape != cov.shape:
-        conf = F.interpolate(conf[None, None], size=cov.shape, mode="bilinear", align_corners=False)[0, 0]
-    return Mask(cov * conf, coverage.timestamp, coverage.index)
-
-
 def shrink_mean(p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Mean over cells of (N, C, H, W) down to `size`: one strided average pool when whole cells tile the
     plane exactly (adaptive pooling's variable windows cost 0.4 ms a 4K plane on an H200), adaptive otherwise.
@@ -310,9 +299,7 @@ class Composite(Node):
     def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None,
                 confidence: Mask | None = None) -> dict[str, Frame]:
         if self._cpu is not None:
-            if confidence is not None:  # the CPU path knows one "room is known" plane: fold the confidence into it
-                coverage = _known(coverage, confidence)
-            return self._cpu.process(frame, mask, plate, coverage)
+            return self._cpu.process(frame, mask, plate, coverage, confidence)
         p = self.params
         ctx = self.ctx
         assert ctx is not None
