@@ -22,35 +22,37 @@ LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)
 _UNIT = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
 
 
-_COUNTS: dict[tuple[int, int, int], np.ndarray] = {}
+_INV_COUNTS: dict[tuple[int, int, int, int], np.ndarray] = {}
 
 
 def box_mean(x: np.ndarray, r: int) -> np.ndarray:
     """Mean over a (2r+1)^2 window counting only pixels inside the image (torch's count_include_pad=False);
-    all channels of (h, w, C) in one OpenCV call."""
+    all channels of (h, w, C) in one OpenCV call. The window sums are scaled by a cached 1/count array of
+    the same shape (a broadcast division cost 4x the filter itself)."""
     if r <= 0:
         return x
     k = (2 * r + 1, 2 * r + 1)
-    s = cv2.boxFilter(x, -1, k, normalize=True, borderType=cv2.BORDER_CONSTANT)
-    key = (x.shape[0], x.shape[1], r)
-    n = _COUNTS.get(key)
-    if n is None:
-        n = _COUNTS[key] = cv2.boxFilter(np.ones(x.shape[:2], np.float32), -1, k, normalize=True, borderType=cv2.BORDER_CONSTANT)
-    return s / (n[..., None] if s.ndim == 3 else n)
+    s = cv2.boxFilter(x, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+    c = 1 if x.ndim == 2 else x.shape[2]
+    key = (x.shape[0], x.shape[1], r, c)
+    inv = _INV_COUNTS.get(key)
+    if inv is None:
+        n = cv2.boxFilter(np.ones(x.shape[:2], np.float32), -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+        inv = 1.0 / n
+        inv = _INV_COUNTS[key] = np.ascontiguousarray(np.repeat(inv[..., None], c, 2) if x.ndim == 3 else inv, np.float32)
+    return np.multiply(s, inv, out=s)
 
 
 def _box_planes(r: int, *planes: np.ndarray) -> list[np.ndarray]:
-    """box_mean of up to 4 (h, w) planes in one OpenCV call (4 channels are its fastest case)."""
-    merged = cv2.merge(planes) if len(planes) > 1 else planes[0]
-    out = box_mean(merged, r)
-    return cv2.split(out) if len(planes) > 1 else [out]
+    """box_mean of each (h, w) plane (one OpenCV call a plane: cheaper than merging into channels and
+    splitting back)."""
+    return [box_mean(q, r) for q in planes]
 
 
-def guided_colour(p: np.ndarray, g: np.ndarray, r: int, eps: float) -> np.ndarray:
-    """The colour guided filter's box-averaged coefficients as one (h, w, 4) array: A_r, A_g, A_b, b.
+def guided_colour(p: np.ndarray, g: np.ndarray, r: int, eps: float) -> list[np.ndarray]:
+    """The colour guided filter's box-averaged coefficients as four (h, w) planes: A_r, A_g, A_b, b.
 
-    Works on contiguous (h, w) planes (numpy on interleaved channel slices was 2-3x slower), the
-    13 window means in 4 OpenCV calls."""
+    Works on contiguous (h, w) planes (numpy on interleaved channel slices was 2-3x slower)."""
     R, G, B = cv2.split(g)
     mp, mr, mg, mb = _box_planes(r, p, R, G, B)
     pr, pg, pb, rr = _box_planes(r, R * p, G * p, B * p, R * R)
@@ -71,15 +73,15 @@ def guided_colour(p: np.ndarray, g: np.ndarray, r: int, eps: float) -> np.ndarra
     a_g = (i_rg * c_r + i_gg * c_g + i_gb * c_b) * inv
     a_b = (i_rb * c_r + i_gb * c_g + i_bb * c_b) * inv
     b = mp - a_r * mr - a_g * mg - a_b * mb
-    return box_mean(cv2.merge((a_r, a_g, a_b, b)), r)
+    return _box_planes(r, a_r, a_g, a_b, b)
 
 
 def guided_coefficients(p: np.ndarray, g: np.ndarray, r: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """mask p (h, w), guide g (h, w, C) -> A (h, w, C), b (h, w), box-averaged (He et al.)."""
     p = np.ascontiguousarray(p, np.float32)
     if g.shape[2] == 3:
-        ab = guided_colour(p, np.ascontiguousarray(g, np.float32), r, eps)
-        return np.ascontiguousarray(ab[..., :3]), np.ascontiguousarray(ab[..., 3])
+        a_r, a_g, a_b, b = guided_colour(p, np.ascontiguousarray(g, np.float32), r, eps)
+        return cv2.merge((a_r, a_g, a_b)), b
     g1 = np.ascontiguousarray(g[..., 0], np.float32)
     mp, mg, mgp, mgg = _box_planes(r, p, g1, g1 * p, g1 * g1)
     a = (mgp - mg * mp) / (mgg - mg * mg + eps)
