@@ -148,6 +148,7 @@ class FrameExecutor:
 
     def _run_node(self, slot: Slot, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         recording = self._recording
         nvtx = self.device.type == "cuda" and not recording
         try:
@@ -177,6 +178,7 @@ class FrameExecutor:
         t1 = time.perf_counter()
         slot.consecutive_errors = 0
         if not recording:
+            slot.stats.cpu_ms.append((time.thread_time() - c0) * 1000.0)
             self._note_time(slot, t0, t1)
         return outs, out_events
 
