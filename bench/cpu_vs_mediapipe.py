@@ -74,14 +74,19 @@ def muse_frame(nodes: list, frame) -> object:
     return comp.process(frame=frame, mask=refined)["out"]
 
 
-def time_sequential(fn, frames: list, warmup: int = 10) -> list[float]:
+def time_sequential(fn, frames: list, warmup: int = 10, cpu: list | None = None) -> list[float]:
+    """Wall ms per frame; `cpu` gets the process's CPU ms per frame over the same loop (all threads:
+    MediaPipe runs its graph and TFLite on worker threads of its own)."""
     for f in frames[:warmup]:
         fn(f)
     times = []
+    c0 = time.process_time()
     for f in frames:
         t0 = time.perf_counter()
         fn(f)
         times.append((time.perf_counter() - t0) * 1000.0)
+    if cpu is not None:
+        cpu.append((time.process_time() - c0) * 1000.0 / max(1, len(frames)))
     return times
 
 
@@ -191,12 +196,14 @@ def main() -> int:
     # interleaved rounds: both sides see the same share of whatever else the machine is doing
     muse_t: list[float] = []
     mp_t: list[float] = []
+    muse_cpu: list[float] = []
+    mp_cpu: list[float] = []
     chunk = max(10, args.frames // 5)
     for i in range(0, args.frames, chunk):
         part = frames[i : i + chunk]
-        muse_t += time_sequential(lambda f: muse_frame(nodes, f), part, warmup=3 if i else 10)
+        muse_t += time_sequential(lambda f: muse_frame(nodes, f), part, warmup=3 if i else 10, cpu=muse_cpu)
         if mediapipe is not None:
-            mp_t += time_sequential(mediapipe, part, warmup=3 if i else 10)
+            mp_t += time_sequential(mediapipe, part, warmup=3 if i else 10, cpu=mp_cpu)
     pipelined_fps = time_two_in_flight(nodes, frames)
     load_after = os.getloadavg()
 
@@ -209,23 +216,23 @@ def main() -> int:
         "size": [1280, 720],
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in load_after],
-        "muse_one_thread": summary(muse_t),
+        "muse_one_thread": {**summary(muse_t), "cpu_ms_per_frame": round(statistics.median(muse_cpu), 2)},
         "muse_two_in_flight_fps": round(pipelined_fps, 1),
     }
     if mp_t:
-        result["mediapipe_selfie_opencv"] = summary(mp_t)
+        result["mediapipe_selfie_opencv"] = {**summary(mp_t), "cpu_ms_per_frame": round(statistics.median(mp_cpu), 2)}
         result["ratio_muse_over_mediapipe_fps"] = round(statistics.median(mp_t) / statistics.median(muse_t), 2)
         result["ratio_muse_two_in_flight_over_mediapipe_fps"] = round(pipelined_fps / result["mediapipe_selfie_opencv"]["fps"], 2)
     print(json.dumps(result))
     print()
-    print("| pipeline (720p, same frames) | p50 ms | p95 ms | fps |")
-    print("|---|---|---|---|")
+    print("| pipeline (720p, same frames) | p50 ms | p95 ms | fps | process CPU ms/frame |")
+    print("|---|---|---|---|---|")
     m = result["muse_one_thread"]
-    print(f"| MUSE webcam_720p nodes, one thread | {m['p50_ms']} | {m['p95_ms']} | {m['fps']} |")
-    print(f"| MUSE webcam_720p nodes, two frames in flight | - | - | {result['muse_two_in_flight_fps']} |")
+    print(f"| MUSE webcam_720p nodes, one thread | {m['p50_ms']} | {m['p95_ms']} | {m['fps']} | {m['cpu_ms_per_frame']} |")
+    print(f"| MUSE webcam_720p nodes, two frames in flight | - | - | {result['muse_two_in_flight_fps']} | |")
     if mp_t:
         m = result["mediapipe_selfie_opencv"]
-        print(f"| MediaPipe selfie + OpenCV composite | {m['p50_ms']} | {m['p95_ms']} | {m['fps']} |")
+        print(f"| MediaPipe selfie + OpenCV composite | {m['p50_ms']} | {m['p95_ms']} | {m['fps']} | {m['cpu_ms_per_frame']} |")
         print(f"ratio MUSE/MediaPipe (fps): one thread {result['ratio_muse_over_mediapipe_fps']}, "
               f"two in flight {result['ratio_muse_two_in_flight_over_mediapipe_fps']}")
     print(f"load average before {result['loadavg_before']}, after {result['loadavg_after']} ({os.cpu_count()} cores)")

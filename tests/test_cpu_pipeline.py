@@ -30,10 +30,14 @@ class Stage(Node):
     class Params(NodeParams):
         ms: float = 5.0
         add: float = 0.0
+        spin_ms: float = 0.0  # CPU work (a busy loop) on top of the sleep
 
     def process(self, frame: Frame) -> dict[str, Frame]:
         t0 = time.perf_counter()
         time.sleep(self.params.ms / 1000.0)
+        c0 = time.thread_time()
+        while time.thread_time() - c0 < self.params.spin_ms / 1000.0:
+            pass
         with LOCK:
             LOG.append((self.name, frame.index, threading.current_thread().name, t0, time.perf_counter()))
         img = frame.image.clone()
@@ -158,3 +162,25 @@ def test_thread_pools_are_put_back_after_the_run(registry: Registry, monkeypatch
         runner.wait(20)
         runner.stop()
     assert (cv2.getNumThreads(), torch.get_num_threads()) == before
+
+
+def test_split_follows_cpu_time_not_waits(registry: Registry, monkeypatch) -> None:
+    """The split balances the nodes' thread CPU times: a node that mostly waits (here: sleeps, as a
+    node would while another process holds the core) does not pull the split towards it."""
+    monkeypatch.delenv("MUSE_CPU_PIPELINE", raising=False)
+    text = (
+        "version: 1\nsettings: {device: cpu}\nnodes:\n"
+        "  src: {type: basic.test_pattern, params: {width: 32, height: 24, fps: 0, frames: 45}}\n"
+        "  a: {type: test.stage, params: {ms: 25}, inputs: {frame: {from: src.frame, queue: 4}}}\n"
+        "  b: {type: test.stage, params: {ms: 0, spin_ms: 6}, inputs: {frame: a.out}}\n"
+        "  c: {type: test.stage, params: {ms: 0, spin_ms: 6}, inputs: {frame: b.out}}\n"
+        "  sink: {type: test.keep, inputs: {frame: {from: c.out, queue: 64}}}\n"
+    )
+    runner = GraphRunner(validate_text(text, "test.yaml", registry))
+    stats = runner.run()
+    nodes = stats.as_dict()["nodes"]
+    assert nodes["a"]["cpu_ms"]["p50"] < 3.0 < nodes["b"]["cpu_ms"]["p50"]  # recorded per node
+    assert nodes["a"]["host_ms"]["p50"] > 20.0
+    # by wall time the split would be a | b c (25 against 12 ms); by CPU time it is a b | c (6 against 6)
+    assert runner._cpu_pipeline is not None and runner._cpu_pipeline.head == ["a", "b"]
+    assert [i for i, _ in Keep.seen] == list(range(45))

@@ -140,7 +140,8 @@ def test_without_plate_follows_the_model_and_holds_still_pixels():
     assert np.abs(a - b).mean() < 0.3 * np.abs(noisy.alpha.numpy() - prior.alpha.numpy()).mean()
 
 
-def test_state_is_owned_and_updated_in_place():
+def test_state_is_owned_and_updated_in_place(monkeypatch):
+    monkeypatch.setenv("MUSE_CPU_PATH", "torch")  # the capture contract is the torch (GPU) path's; tests/test_cpu_fused.py checks the CPU one
     rgb, gt = scenes.composite(SIZE)
     node = _open(FusedSegment, PARAMS)
     plate = _frame(scenes.room(SIZE))

@@ -10,6 +10,7 @@ captured and why the others did not.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,14 @@ from muse.graph.validate import ValidatedGraph
 __all__ = ["BenchReport", "bench_graph"]
 
 WARM_FRAMES = 30  # model warm-up, cuDNN choices and the frame recordings happen in these
+
+
+def _load() -> str:
+    """The 1-minute load average (CPU figures on a shared machine mean little without it)."""
+    try:
+        return "%.2f" % os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on Windows
+        return "n/a"
 
 
 @dataclass
@@ -45,12 +54,13 @@ class BenchReport:
         }
 
     def lines(self, graph_file: str) -> list[str]:
-        out = [f"| node | type | p50 ms | p95 ms | p99 ms | frames | captured |  ({graph_file}, {self.device}, "
-               f"{platform.node()}, {time.strftime('%Y-%m-%d')})", "|---|---|---|---|---|---|---|"]
+        out = [f"| node | type | p50 ms | p95 ms | p99 ms | thread CPU p50 ms | frames | captured |  ({graph_file}, {self.device}, "
+               f"{platform.node()}, {time.strftime('%Y-%m-%d')}, load average {_load()})", "|---|---|---|---|---|---|---|---|"]
         for name, s in self.stats.get("nodes", {}).items():
             t = s.get("gpu_ms") or s["host_ms"]
-            out.append(f"| {name} | {s['type']} | {t['p50']:.2f} | {t['p95']:.2f} | {t['p99']:.2f} | {s['frames']} | "
-                       f"{'yes' if s.get('captured') else ''} |")
+            cpu = s.get("cpu_ms", {}).get("p50")
+            out.append(f"| {name} | {s['type']} | {t['p50']:.2f} | {t['p95']:.2f} | {t['p99']:.2f} | "
+                       f"{'' if cpu is None else '%.2f' % cpu} | {s['frames']} | {'yes' if s.get('captured') else ''} |")
         gpu = self.frame_gpu_ms.get("p50")
         out.append(
             f"unpaced {self.fps:.1f} fps over {self.frames} frames; frame GPU p50 "

@@ -10,7 +10,7 @@ heavy calls (ONNX Runtime, OpenCV, torch) release the GIL, so two threads use tw
 - At most two frames are in flight: the executor hands frame N+1 over only once the tail
   thread has finished frame N (a rendezvous, no queue), so latency stays bounded.
 - The split starts with only the last node before the outputs in the tail and is moved
-  once, after `REBALANCE_AFTER` frames, to where the measured head and tail times are
+  once, after `REBALANCE_AFTER` frames, to where the measured head and tail CPU times are
   closest. Every node still runs on one thread only, in frame order.
 - Param changes and graph swaps wait until the tail is idle (`drain`).
 
@@ -153,12 +153,14 @@ class CpuPipeline:
         _restore_cores(self.previous_threads)
 
     def _rebalance(self) -> None:
-        """Move the split to where head and tail take about the same time (measured p50s)."""
+        """Move the split to where head and tail take about the same time (measured p50s). The nodes'
+        thread CPU times, where recorded: wall times also count the waits for a core that other
+        processes (or the other stage) hold, which on a busy machine moved the split by whole nodes."""
         self.drain()
         cost = []
         for name in self.middle:
             slot = self.runner.slots.get(name)
-            times = list(slot.stats.host_ms) if slot is not None else []
+            times = (list(slot.stats.cpu_ms) or list(slot.stats.host_ms)) if slot is not None else []
             cost.append(statistics.median(times) if times else 0.0)
         total = sum(cost)
         best, best_k = None, self.split

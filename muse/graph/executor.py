@@ -195,6 +195,7 @@ class FrameExecutor(FailureHandling):
 
     def _run_node(self, slot: Slot, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         t0 = time.perf_counter()
+        c0 = time.thread_time()
         recording = self._recording
         nvtx = self.device.type == "cuda" and not recording
         guard = slot.guard
@@ -241,6 +242,7 @@ class FrameExecutor(FailureHandling):
         slot.consecutive_errors = 0
         guard.last = outs
         if not recording:
+            slot.stats.cpu_ms.append((time.thread_time() - c0) * 1000.0)
             self._end_call(slot, t0, t1)
             self._note_time(slot, t0, t1)
         return outs, out_events

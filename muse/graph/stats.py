@@ -36,6 +36,9 @@ class NodeStats:
     drops: int = 0  # inputs dropped by a `latest` policy in front of this node
     host_ms: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
     gpu_ms: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    # CPU time of the thread that ran `process` (time.thread_time): unlike host_ms it does not grow while
+    # other processes hold the cores, so CPU-path figures on a shared machine stay comparable
+    cpu_ms: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
     info: dict[str, Any] = field(default_factory=dict)
     last_error: str = ""
     captured: bool = False  # ran inside a replayed frame program (host and GPU times are the segment's)
@@ -72,6 +75,8 @@ class NodeStats:
         }
         if self.gpu_ms:
             out["gpu_ms"] = percentiles(self.gpu_ms)
+        if self.cpu_ms:
+            out["cpu_ms"] = percentiles(self.cpu_ms)
         if self.info:
             out["info"] = dict(self.info)
         if self.last_error:

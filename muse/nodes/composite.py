@@ -132,13 +132,17 @@ def resample(plane: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _known(coverage: Mask | None, confidence: Mask) -> Mask:
-    """Where the plate may be shown: seen (coverage) and behind a sure matte (confidence), at coverage's size."""
+    """Where the plate may be shown: seen (coverage) and behind a sure matte (confidence), on the finer grid."""
     conf = confidence.alpha.float().clamp(0, 1)
     if coverage is None:
         return Mask(conf, confidence.timestamp, confidence.index)
     cov = coverage.alpha.float().clamp(0, 1)
     if conf.shape != cov.shape:
-        conf = F.interpolate(conf[None, None], size=cov.shape, mode="bilinear", align_corners=False)[0, 0]
+        # at the finer of the two grids (the coverage's blocks at 4K, the matte's working size at 720p), so the
+        # final pass's bilinear sampling of the product stays within a level of the product at full size
+        size = max(tuple(conf.shape), tuple(cov.shape), key=lambda s: s[0] * s[1])
+        conf = conf if tuple(conf.shape) == size else F.interpolate(conf[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        cov = cov if tuple(cov.shape) == size else F.interpolate(cov[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return Mask(cov * conf, coverage.timestamp, coverage.index)
 
 
@@ -374,9 +378,7 @@ class Composite(Node):
     def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None,
                 confidence: Mask | None = None) -> dict[str, Frame]:
         if self._cpu is not None:
-            if confidence is not None:  # the CPU path knows one "room is known" plane: fold the confidence into it
-                coverage = _known(coverage, confidence)
-            return self._cpu.process(frame, mask, plate, coverage)
+            return self._cpu.process(frame, mask, plate, coverage, confidence)
         p = self.params
         ctx = self.ctx
         assert ctx is not None

@@ -176,7 +176,8 @@ class CompositeCPU:
         self.node = node
 
     # -- backgrounds -----------------------------------------------------
-    def _background(self, fg: np.ndarray, alpha: np.ndarray, plate: Frame | None, coverage: Mask | None):
+    def _background(self, fg: np.ndarray, alpha: np.ndarray, plate: Frame | None, coverage: Mask | None,
+                    confidence: Mask | None = None):
         """(kind, bg, colour): kind 1 = full-size uint8 sRGB, 2 = low-resolution float32 linear (h, w, 3), 0 = colour."""
         from muse.nodes.composite import fit_uint8
         from muse.nodes.warp.kernels import srgb_to_linear
@@ -192,19 +193,21 @@ class CompositeCPU:
             return 0, None, colour
         if mode == "plate":
             room = as_numpy(fit_uint8(plate.hwc_uint8(), height, width))
-            if coverage is not None:
-                known = upsample(as_numpy(coverage.alpha.float()), height, width)
-                unseen = cv2.compare(known, 0.0, cv2.CMP_LE)  # the plate is a guess there: the live frame
-                if unseen.any():
-                    room = room.copy()
-                    cv2.copyTo(fg, unseen, room)
-                # a coverage between 0 and 1 (a plate from elsewhere, resized) mixes the two
-                part = np.flatnonzero(cv2.bitwise_and(cv2.bitwise_not(unseen), cv2.compare(known, 1.0, cv2.CMP_LT)))
-                if part.size:
-                    room = room if room.base is None else room.copy()
-                    k = np.clip(known.reshape(-1)[part, None], 0.0, 1.0)
-                    f, r = fg.reshape(-1, 3)[part].astype(np.float32), room.reshape(-1, 3)[part]
-                    room.reshape(-1, 3)[part] = np.rint(f + k * (r - f)).astype(np.uint8)
+            planes = [np.clip(as_numpy(m.alpha.float()), 0.0, 1.0) for m in (coverage, confidence) if m is not None]
+            if planes:
+                # A plate pixel never seen is a guess, and where the matte is unsure the plate may be the
+                # room behind the person: there the live frame is shown (the torch path's rule, same maths:
+                # each plane upsampled to full size, then their product)
+                lo = min(float(q.min()) for q in planes)
+                if lo < 1.0:
+                    known = upsample(planes[0], height, width)
+                    for q in planes[1:]:
+                        known = known * upsample(q, height, width)
+                    # torch.lerp(fg, room, known) in one dense OpenCV pass, rounded to nearest: the fused
+                    # matte's confidence is fractional nearly everywhere, and the sparse gather of mixed
+                    # pixels this replaces cost 50 ms a 720p frame under load
+                    known = np.ascontiguousarray(known, np.float32)
+                    room = cv2.blendLinear(room, fg, known, 1.0 - known)
             return 1, room, colour
         if mode in ("image", "video"):
             bg, _, _ = node._background(torch.from_numpy(fg), torch.from_numpy(alpha), plate, coverage)
@@ -224,7 +227,8 @@ class CompositeCPU:
         return 2, ((num + eps * plain) / (den + eps)).astype(np.float32), colour
 
     # -- the frame -------------------------------------------------------
-    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None) -> dict[str, Frame]:
+    def process(self, frame: Frame, mask: Mask, plate: Frame | None = None, coverage: Mask | None = None,
+                confidence: Mask | None = None) -> dict[str, Frame]:
         p = self.node.params
         fg = as_numpy(frame.hwc_uint8())
         height, width = fg.shape[:2]
@@ -236,7 +240,7 @@ class CompositeCPU:
                 alpha = blur(shrink(alpha, reduced_size(alpha.shape[0], alpha.shape[1], factor)), sigma / factor)
             else:
                 alpha = blur(alpha, sigma)
-        kind, bg, colour = self._background(fg, alpha, plate, coverage)
+        kind, bg, colour = self._background(fg, alpha, plate, coverage, confidence)
 
         wrap = 0.0
         if p.light_wrap > 0:

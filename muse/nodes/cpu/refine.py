@@ -22,51 +22,72 @@ LUMA = np.array([[0.299, 0.587, 0.114]], np.float32)
 _UNIT = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
 
 
-_COUNTS: dict[tuple[int, int, int], np.ndarray] = {}
+_INV_COUNTS: dict[tuple[int, int, int, int], np.ndarray] = {}
 
 
 def box_mean(x: np.ndarray, r: int) -> np.ndarray:
     """Mean over a (2r+1)^2 window counting only pixels inside the image (torch's count_include_pad=False);
-    all channels of (h, w, C) in one OpenCV call."""
+    all channels of (h, w, C) in one OpenCV call. The window sums are scaled by a cached 1/count array of
+    the same shape (a broadcast division cost 4x the filter itself)."""
     if r <= 0:
         return x
     k = (2 * r + 1, 2 * r + 1)
-    s = cv2.boxFilter(x, -1, k, normalize=True, borderType=cv2.BORDER_CONSTANT)
-    key = (x.shape[0], x.shape[1], r)
-    n = _COUNTS.get(key)
-    if n is None:
-        n = _COUNTS[key] = cv2.boxFilter(np.ones(x.shape[:2], np.float32), -1, k, normalize=True, borderType=cv2.BORDER_CONSTANT)
-    return s / (n[..., None] if s.ndim == 3 else n)
+    s = cv2.boxFilter(x, -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+    c = 1 if x.ndim == 2 else x.shape[2]
+    key = (x.shape[0], x.shape[1], r, c)
+    inv = _INV_COUNTS.get(key)
+    if inv is None:
+        n = cv2.boxFilter(np.ones(x.shape[:2], np.float32), -1, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
+        inv = 1.0 / n
+        inv = _INV_COUNTS[key] = np.ascontiguousarray(np.repeat(inv[..., None], c, 2) if x.ndim == 3 else inv, np.float32)
+    return np.multiply(s, inv, out=s)
+
+
+def _box_planes(r: int, *planes: np.ndarray) -> list[np.ndarray]:
+    """box_mean of each (h, w) plane (one OpenCV call a plane: cheaper than merging into channels and
+    splitting back)."""
+    return [box_mean(q, r) for q in planes]
+
+
+def guided_colour(p: np.ndarray, g: np.ndarray, r: int, eps: float) -> list[np.ndarray]:
+    """The colour guided filter's box-averaged coefficients as four (h, w) planes: A_r, A_g, A_b, b.
+
+    Works on contiguous (h, w) planes (numpy on interleaved channel slices was 2-3x slower)."""
+    R, G, B = cv2.split(g)
+    mp, mr, mg, mb = _box_planes(r, p, R, G, B)
+    pr, pg, pb, rr = _box_planes(r, R * p, G * p, B * p, R * R)
+    rg, rb, gg, gb = _box_planes(r, R * G, R * B, G * G, G * B)
+    (bb,) = _box_planes(r, B * B)
+    c_r, c_g, c_b = pr - mr * mp, pg - mg * mp, pb - mb * mp
+    s_rr, s_rg, s_rb = rr - mr * mr + eps, rg - mr * mg, rb - mr * mb
+    s_gg, s_gb, s_bb = gg - mg * mg + eps, gb - mg * mb, bb - mb * mb + eps
+    # the 3x3 covariance inverse by cofactors (symmetric)
+    i_rr = s_gg * s_bb - s_gb * s_gb
+    i_rg = s_gb * s_rb - s_rg * s_bb
+    i_rb = s_rg * s_gb - s_gg * s_rb
+    i_gg = s_rr * s_bb - s_rb * s_rb
+    i_gb = s_rb * s_rg - s_rr * s_gb
+    i_bb = s_rr * s_gg - s_rg * s_rg
+    inv = 1.0 / (s_rr * i_rr + s_rg * i_rg + s_rb * i_rb)
+    a_r = (i_rr * c_r + i_rg * c_g + i_rb * c_b) * inv
+    a_g = (i_rg * c_r + i_gg * c_g + i_gb * c_b) * inv
+    a_b = (i_rb * c_r + i_gb * c_g + i_bb * c_b) * inv
+    b = mp - a_r * mr - a_g * mg - a_b * mb
+    return _box_planes(r, a_r, a_g, a_b, b)
 
 
 def guided_coefficients(p: np.ndarray, g: np.ndarray, r: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """mask p (h, w), guide g (h, w, C) -> A (h, w, C), b (h, w), box-averaged (He et al.)."""
-    c = g.shape[2]
-    pairs = [(i, j) for i in range(c) for j in range(i, c)]
-    stack = np.concatenate([p[..., None], g, g * p[..., None]] + [g[..., i : i + 1] * g[..., j : j + 1] for i, j in pairs], 2)
-    means = box_mean(np.ascontiguousarray(stack, np.float32), r)
-    mean_p, mean_g = means[..., 0], means[..., 1 : 1 + c]
-    cov = means[..., 1 + c : 1 + 2 * c] - mean_g * mean_p[..., None]
-    sig = {pair: means[..., 1 + 2 * c + k] - mean_g[..., pair[0]] * mean_g[..., pair[1]] for k, pair in enumerate(pairs)}
-    if c == 1:
-        a = (cov[..., 0] / (sig[(0, 0)] + eps))[..., None]
-    else:
-        s_rr, s_rg, s_rb = sig[(0, 0)] + eps, sig[(0, 1)], sig[(0, 2)]
-        s_gg, s_gb, s_bb = sig[(1, 1)] + eps, sig[(1, 2)], sig[(2, 2)] + eps
-        i_rr = s_gg * s_bb - s_gb * s_gb
-        i_rg = s_gb * s_rb - s_rg * s_bb
-        i_rb = s_rg * s_gb - s_gg * s_rb
-        i_gg = s_rr * s_bb - s_rb * s_rb
-        i_gb = s_rb * s_rg - s_rr * s_gb
-        i_bb = s_rr * s_gg - s_rg * s_rg
-        det = s_rr * i_rr + s_rg * i_rg + s_rb * i_rb
-        c_r, c_g, c_b = cov[..., 0], cov[..., 1], cov[..., 2]
-        a = np.dstack((i_rr * c_r + i_rg * c_g + i_rb * c_b,
-                       i_rg * c_r + i_gg * c_g + i_gb * c_b,
-                       i_rb * c_r + i_gb * c_g + i_bb * c_b)) / det[..., None]
-    b = mean_p - (a * mean_g).sum(2)
-    ab = box_mean(np.ascontiguousarray(np.dstack((a, b)), np.float32), r)
-    return ab[..., :c].astype(np.float32), np.ascontiguousarray(ab[..., c]).astype(np.float32)
+    p = np.ascontiguousarray(p, np.float32)
+    if g.shape[2] == 3:
+        a_r, a_g, a_b, b = guided_colour(p, np.ascontiguousarray(g, np.float32), r, eps)
+        return cv2.merge((a_r, a_g, a_b)), b
+    g1 = np.ascontiguousarray(g[..., 0], np.float32)
+    mp, mg, mgp, mgg = _box_planes(r, p, g1, g1 * p, g1 * g1)
+    a = (mgp - mg * mp) / (mgg - mg * mg + eps)
+    b = mp - a * mg
+    a, b = _box_planes(r, a, b)
+    return a[..., None], b
 
 
 class TemporalCPU:

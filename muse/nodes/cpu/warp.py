@@ -36,6 +36,27 @@ def _moving_box(field: np.ndarray, height: int, width: int) -> tuple[int, int, i
     return y0, y1, x0, x1
 
 
+def _field_in_box(field: np.ndarray, height: int, width: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, dy) of the field upsampled to the frame (bilinear on cell centres, edges clamped), only
+    inside `box`. Where the cells tile the frame by a whole factor, only the cells around the box
+    (one cell of margin, so no clamped edge reaches inside) are upsampled: the same taps as the
+    whole plane; else the whole plane, then the box."""
+    y0, y1, x0, x1 = box
+    h, w = field.shape[1:]
+    planes = np.ascontiguousarray(field.transpose(1, 2, 0))
+    if height % h or width % w:
+        d = cv2.resize(planes, (width, height), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+    else:
+        sy, sx = height // h, width // w
+        c0, c1 = max(0, y0 // sy - 1), min(h, -(-y1 // sy) + 1)
+        k0, k1 = max(0, x0 // sx - 1), min(w, -(-x1 // sx) + 1)
+        part = cv2.resize(np.ascontiguousarray(planes[c0:c1, k0:k1]), ((k1 - k0) * sx, (c1 - c0) * sy),
+                          interpolation=cv2.INTER_LINEAR)
+        d = part[y0 - c0 * sy : y1 - c0 * sy, x0 - k0 * sx : x1 - k0 * sx]
+    dx, dy = cv2.split(np.ascontiguousarray(d))
+    return dx, dy
+
+
 def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, plate: np.ndarray | None
                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """`kernels.warp_apply` on numpy: src (H, W, 3) uint8, field (2, h, w) float32 offsets in pixels,
@@ -50,15 +71,12 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
     if box is None:
         return out, warped_mask
     y0, y1, x0, x1 = box
-    bh, bw = y1 - y0, x1 - x0
-    # the field upsampled once to full resolution, only the box of it kept
-    d = cv2.resize(np.ascontiguousarray(field.transpose(1, 2, 0)), (width, height), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
-    dx, dy = np.ascontiguousarray(d[..., 0]), np.ascontiguousarray(d[..., 1])
+    dx, dy = _field_in_box(field, height, width, box)
     still = (dx == 0) & (dy == 0)
     mx = dx + np.arange(x0, x1, dtype=np.float32)[None, :]
     my = dy + np.arange(y0, y1, dtype=np.float32)[:, None]
     warped = cv2.remap(src, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    region = src[y0:y1, x0:x1]
+    region = np.ascontiguousarray(src[y0:y1, x0:x1])
     still_u8 = still.view(np.uint8)  # where the field is exactly zero the frame is kept as is
     if a_full is None or mask is None or warped_mask is None:
         res = warped
@@ -77,11 +95,11 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
             bg = warped
         else:
             ac = np.clip(a, 0.0, 1.0)
-            bg = cv2.blendLinear(np.ascontiguousarray(plate[y0:y1, x0:x1]), np.ascontiguousarray(region), ac, 1.0 - ac)
+            bg = cv2.blendLinear(np.ascontiguousarray(plate[y0:y1, x0:x1]), region, ac, 1.0 - ac)
         res = cv2.blendLinear(warped, bg, wa, 1.0 - wa)
         cv2.copyTo(a, still_u8, wa)  # the warped mask: the mask itself where nothing moves
         warped_mask[y0:y1, x0:x1] = wa
-    cv2.copyTo(np.ascontiguousarray(region), still_u8, res)
+    cv2.copyTo(region, still_u8, res)
     out[y0:y1, x0:x1] = res
     return out, warped_mask
 

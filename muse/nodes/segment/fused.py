@@ -31,6 +31,7 @@ from muse.graph.capture import device_constant
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.models.matte_refine import box_filter, fast_guided_upsample
+from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
 
 __all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
@@ -342,6 +343,11 @@ class FusedSegment(Node):
 
             path = user_path(self.params.plate_file, ctx)
             self._file_plate = Frame(load_image(str(path), self.name, "plate_file").to(ctx.device))
+        self._cpu = None
+        if wanted(ctx):  # issue 13: the CPU path (muse/nodes/cpu/fused.py)
+            from muse.nodes.cpu.fused import FusedRunner
+
+            self._cpu = FusedRunner(self)
 
     def step_down(self) -> dict[str, int] | None:
         """Out of GPU memory: fuse at three quarters of the working height (multiples of 16, down to 64)."""
@@ -354,9 +360,13 @@ class FusedSegment(Node):
             return False  # buffer sizes change: reopen
         self.params = params
         self.engine.s = params
+        if self._cpu is not None:
+            self._cpu.update(params)
         return True
 
     def process(self, frame: Frame, prior: Mask | None = None, plate: Frame | None = None) -> dict[str, Mask]:
+        if self._cpu is not None:
+            return self._cpu.process(frame, prior, plate)
         ctx = self.ctx
         assert ctx is not None
         w, h = working_size(frame, self.params.working_height)
