@@ -152,9 +152,16 @@ def _logs(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in (root / "logs").glob("*") if p.is_file()} if (root / "logs").is_dir() else {}
 
 
-def kill_after(cmd: list[str], delay: float, cwd: Path) -> tuple[bool, str]:
-    """Run cmd, SIGKILL it after `delay` s. (killed mid-run, its stderr)."""
+def kill_after(cmd: list[str], delay: float, cwd: Path, appears: Path | None = None) -> tuple[bool, str]:
+    """Run cmd, SIGKILL it after `delay` s (counted from when `appears` shows up, a hidden temp file of
+    that name included, when given). (killed mid-run, its stderr)."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if appears is not None:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if appears.exists() or any(appears.parent.glob(f".{appears.name}.*")):
+                break
+            time.sleep(0.005)
     try:
         proc.wait(timeout=delay)
         finished = True
@@ -211,8 +218,14 @@ def test_recording_killed_at_random_points(tmp_path, codec, suffix):
         (folder / "earlier.txt").write_text("an earlier file the run must not touch")
         graph = _record_graph(folder, codec, suffix)
         before = snapshot(folder)
-        # torch's import takes 2-4 s here; the delay covers start-up, the first frames and a few seconds in
-        killed, err = kill_after(_muse("run", str(graph), "--no-status"), rng.uniform(1.5, 7.0), folder)
+        # Even points: within the first second after the recording's file (or its temp) appears, where a
+        # header without a frame used to be left; odd points: anywhere from start-up (torch's import takes
+        # 2-4 s here) to a few seconds in.
+        if k % 2 == 0:
+            killed, err = kill_after(_muse("run", str(graph), "--no-status"), rng.uniform(0.0, 1.0), folder,
+                                     appears=folder / (f"take{suffix}" if suffix else "take_png"))
+        else:
+            killed, err = kill_after(_muse("run", str(graph), "--no-status"), rng.uniform(1.5, 7.0), folder)
         assert "Traceback" not in err, err[-2000:]
         _count(case, killed)
         problems = check_folder(folder, before, owned=("take",), temps_allowed=True)
