@@ -292,7 +292,7 @@ STEPS = {
     "record": (["record", "front", "--seconds", "4", "--name", "take2"], ("recordings/take2",)),
     "label": (["label", "front", "--offline"], ("dataset/",)),
     "train": (["train", "front", "--no-pose"], ("models/checkpoints/",)),
-    "export": (["export", "front", "--no-tensorrt", "--force"], ("models/", "profile.yaml")),
+    "export": (["export", "front", "--no-tensorrt", "--force"], ("models/versions/", "models/live", "models/previous", "profile.yaml")),
 }
 
 
