@@ -271,3 +271,27 @@ def test_a_killed_take_is_salvaged_at_the_next_start(profile):  # noqa: F811
     assert n >= 30, "at most the last second is lost"
     assert not stray[0].exists()
     assert recovered in p.recordings() and p.summary()["recovered_takes"] == ["take7-recovered.mp4"]
+
+
+def test_sigterm_during_studio_record_keeps_the_take(profile):  # noqa: F811
+    """SIGTERM stops `muse studio record` the way Ctrl-C does: the take is closed and kept whole."""
+    from muse.studio.profiles import load_profile
+
+    p = load_profile(str(profile.root))
+    p.config.camera.type, p.config.camera.params = "capture.demo", {"width": 96, "height": 64, "fps": 30}
+    p.save()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "muse", "studio", "record", str(profile.root), "--seconds", "60",
+                             "--name", "termed"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(profile.recordings_dir.glob(".termed.take.*")):
+        time.sleep(0.05)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    take = profile.recordings_dir / "termed.mp4"
+    with av.open(str(take)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+    assert n >= 30, n  # 1.5 s at 30 fps, all of it (the encoder was flushed)
+    assert not list(profile.recordings_dir.glob(".termed.*"))
