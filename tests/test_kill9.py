@@ -13,8 +13,9 @@ kills it with SIGKILL after a random delay, and checks:
 
 Delays are uniform over each step's measured length (seeded: MUSE_KILL_SEED); a kill that came after
 the process had already finished is not counted. The test prints the counts. CI runs the default
-(1 kill point per recording codec/container, 3 per Studio step: 27 points; 3.5 minutes on this
-2-core machine at load average 9.4, most of it starting Python and torch once per process);
+(1 kill point per recording codec/container, 2 per Studio step, a late one tried again sooner: at
+least 23 points; 4-5 minutes on this 2-core machine at load average ~9, most of it starting Python
+and torch once per process);
 `MUSE_KILL_POINTS=N` runs N per case, `-m killtest` selects just these tests.
 """
 
@@ -258,7 +259,9 @@ def studio_states(tmp_path_factory):
     p = create_profile(
         "front", root,
         camera={"type": "capture.demo", "params": {"width": SIZE[0], "height": SIZE[1], "fps": 30}},
-        teachers={"segment": ["clean_plate"], "pose": []},
+        # A bundled model labels too (BlazePose gives the keypoints), as in a real profile. (The bundled selfie
+        # segmenter is left out: at 192x108 it disagrees with the clean plate and the filter drops every frame.)
+        teachers={"segment": ["clean_plate"], "pose": ["bundled_pose"]},
         training={"input_size": [96, 64], "steps": 24, "batch": 4, "checkpoint_every": 3, "val_fraction": 0.2,
                   "lr": 5e-3, "cpu": {"auto": False}},
     )
@@ -312,14 +315,19 @@ def test_studio_step_killed_at_random_points(studio_states, tmp_path, step):
     case = f"muse studio {step}"
     rng = _rng(case)
     length = studio_states["lengths"][step]
-    for k in range(POINTS or 3):
-        root = _prepare(studio_states, step, tmp_path / f"k{k}")
-        prof = root / "front"
-        before = snapshot(prof)
-        logs = _logs(prof)
-        killed, err = kill_after(_muse("studio", *cmd, "--root", str(root)), rng.uniform(0.25, 1.0) * length + 0.5, root)
-        assert "Traceback" not in err, err[-2000:]
-        _count(case, killed)
+    for k in range(POINTS or 2):
+        delay = rng.uniform(0.25, 1.0) * length + 0.5
+        for attempt in range(3):  # a kill that came after the step had finished is tried again, sooner
+            root = _prepare(studio_states, step, tmp_path / f"k{k}-{attempt}")
+            prof = root / "front"
+            before = snapshot(prof)
+            logs = _logs(prof)
+            killed, err = kill_after(_muse("studio", *cmd, "--root", str(root)), delay, root)
+            assert "Traceback" not in err, err[-2000:]
+            _count(case, killed)
+            if killed:
+                break
+            delay *= 0.6
         problems = check_folder(prof, before, owned, temps_allowed=True) + logs_only_grew(prof, logs)
         assert not problems, problems
         salvaged_frames = 0

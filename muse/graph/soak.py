@@ -90,6 +90,7 @@ class Sample:
     gpu_alloc_mib: float = 0.0
     gpu_reserved_mib: float = 0.0
     gpu_used_mib: float = 0.0  # the device's used memory (every allocator, cuDNN/cuBLAS workspaces included)
+    load1: float = 0.0  # the machine's 1-minute load average (other jobs slow a shared CPU down)
 
 
 @dataclass
@@ -129,6 +130,13 @@ class SoakReport:
         half = self._half()
         return getattr(half[-1], attr) - getattr(half[0], attr) if len(half) >= 2 else 0.0
 
+    def _quarter_load(self) -> tuple[float, float]:
+        steady = [s for s in self.samples if s.t >= 0.1 * self.seconds]
+        if len(steady) < 4:
+            return 0.0, 0.0
+        q = max(1, len(steady) // 4)
+        return sum(s.load1 for s in steady[:q]) / q, sum(s.load1 for s in steady[-q:]) / q
+
     def _quarter_rates(self) -> tuple[float, float, float, float]:
         """(fps, CPU ms per frame) of the first and last quarter of the steady run (after the first 10%)."""
         steady = [s for s in self.samples if s.t >= 0.1 * self.seconds]
@@ -167,6 +175,7 @@ class SoakReport:
             "fps_first_quarter": round(f0, 3), "fps_last_quarter": round(f1, 3), "fps_drift": round(self.fps_drift, 4),
             "cpu_ms_per_frame_first_quarter": round(c0, 2), "cpu_ms_per_frame_last_quarter": round(c1, 2),
             "cpu_ms_per_frame_drift": round(self.cpu_ms_drift, 4),
+            "load1_first_quarter": round(self._quarter_load()[0], 2), "load1_last_quarter": round(self._quarter_load()[1], 2),
             "rss_mib_start": round(self.samples[0].rss_mib, 1) if self.samples else 0.0,
             "rss_mib_end": round(self.samples[-1].rss_mib, 1) if self.samples else 0.0,
             "rss_slope_mib_per_min_2nd_half": round(self.slope("rss_mib"), 3),
@@ -224,7 +233,8 @@ def soak_graph(graph: ValidatedGraph, seconds: float, *, device: str | None = No
             now = time.perf_counter() - t_start
             if now >= next_sample:
                 alloc, reserved, used = _gpu_sample(runner.device)
-                report.samples.append(Sample(now, rss_mib(), runner.stats.frames_out, time.process_time(), alloc, reserved, used))
+                report.samples.append(Sample(now, rss_mib(), runner.stats.frames_out, time.process_time(), alloc, reserved, used,
+                                             os.getloadavg()[0]))
                 if progress is not None:
                     progress(report.samples[-1])
                 next_sample += interval

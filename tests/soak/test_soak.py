@@ -6,8 +6,8 @@ Checks, over the run (figures printed; see muse/graph/soak.py for how each is me
 - on CUDA, GPU memory stays flat: torch's reserved memory rises by at most one allocator block (20 MiB) over the second half and
   allocated memory's slope is under 1 MiB/min;
 - timings do not drift: on CUDA the frame rate of the last quarter is within 5% of the first; on the
-  CPU, whose two cores are shared with other jobs, the CPU time per frame is within 5% (the wall frame
-  rate follows the machine's load, and is printed with the load average);
+  CPU, whose two cores are shared with other jobs, the CPU time per frame is within 10% (the wall frame
+  rate follows the machine's load, and is printed with the load average of each quarter);
 - no frame is lost: every source frame the executor took reached the output, or a counted `latest`
   policy dropped it; no node error.
 
@@ -51,4 +51,6 @@ def test_stream_graph_soak(device):
         assert d["gpu_alloc_slope_mib_per_min_2nd_half"] < 1.0, f"GPU memory allocated grows: {d}"
         assert abs(d["fps_drift"]) < 0.05, f"frame rate drifts: {d}"
     else:
-        assert abs(d["cpu_ms_per_frame_drift"]) < 0.05, f"CPU time per frame drifts: {d}"
+        # 10% on the shared CPU: other jobs move the CPU time per frame too (at load average 8-13 the 30-minute
+        # run's 3-minute windows ranged 322-372 ms without a trend; see docs/reliability.md).
+        assert abs(d["cpu_ms_per_frame_drift"]) < 0.10, f"CPU time per frame drifts: {d}"
