@@ -62,8 +62,9 @@ _TAKE_TEMP = re.compile(r"^\.(?P<stem>.+)\.take\.[a-z0-9_]{8}\.mp4$")
 
 def clean_stray_temps(folders: list[Path], min_age_s: float = 5.0) -> list[Path]:
     """Remove temp files left by a killed writer (a checkpoint, a label file, a dataset picture) in
-    `folders` (not recursive); a killed take's temp file is `salvage_takes`' to keep. A temp file some process still holds (hold_temp) or one younger than
-    `min_age_s` is kept. Returns what was removed."""
+    `folders` (not recursive); a killed take's temp file is `salvage_takes`' to keep. A temp file
+    some process still holds (hold_temp) or one younger than `min_age_s` is kept. Returns what was
+    removed."""
     import time
 
     removed: list[Path] = []
@@ -147,9 +148,9 @@ TAKE_FORMAT_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof",
 
 
 class VideoWriter:
-    """H.264 (near-lossless, crf 12) take writer: a temp file beside `path` (fragmented MP4, playable
-    when cut short), moved to `path` only when closed cleanly; a killed take's temp file is salvaged
-    by `salvage_takes` at the next start."""
+    """H.264 (near-lossless, crf 12) take writer, always MP4: a temp file beside `path` (fragmented,
+    playable when cut short), moved to `path` only when closed cleanly; a killed take's temp file is
+    salvaged by `salvage_takes` at the next start."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float, crf: int = 12) -> None:
         import av
