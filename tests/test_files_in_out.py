@@ -295,3 +295,27 @@ def test_sigterm_during_studio_record_keeps_the_take(profile):  # noqa: F811
         n = sum(1 for _ in c.decode(video=0))
     assert n >= 30, n  # 1.5 s at 30 fps, all of it (the encoder was flushed)
     assert not list(profile.recordings_dir.glob(".termed.*"))
+
+
+def test_a_killed_exports_staging_folder_goes_at_the_next_start(profile):  # noqa: F811
+    """An export killed before its version landed leaves `.staging-*` in models/versions: removed at the
+    next start, unless a live export holds its lock."""
+    from muse.studio.files import STAGING_LOCK, hold_temp
+    from muse.studio.profiles import load_profile
+
+    versions = profile.models_dir / "versions"
+    dead = versions / ".staging-v0003-999999"
+    live = versions / ".staging-v0004-1"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+        (d / "student.onnx").write_bytes(b"half")
+        (d / STAGING_LOCK).touch()
+    hold = hold_temp(live / STAGING_LOCK)
+    old = time.time() - 60
+    for p in (dead, dead / "student.onnx", dead / STAGING_LOCK, live, live / "student.onnx"):
+        os.utime(p, (old, old))
+    try:
+        load_profile(str(profile.root))
+        assert not dead.exists() and (live / "student.onnx").exists()
+    finally:
+        hold.close()

@@ -90,6 +90,39 @@ def clean_stray_temps(folders: list[Path], min_age_s: float = 5.0) -> list[Path]
     return removed
 
 
+STAGING_LOCK = ".lock"  # inside a folder being built (an export's `.staging-*`), held while it is built
+
+
+def clean_stray_staging(folder: Path, min_age_s: float = 5.0) -> list[Path]:
+    """Remove `.staging-*` folders in `folder` that a killed step left (an export killed before its
+    version landed); one whose lock a live process holds, or one touched in the last `min_age_s`
+    (a step that has not taken its lock yet), is kept. Returns what was removed."""
+    import shutil
+    import time
+
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(folder.glob(".staging-*"))
+    except OSError:
+        return removed
+    for d in entries:
+        try:
+            if d.is_symlink() or not d.is_dir():
+                continue
+            lock = d / STAGING_LOCK
+            if lock.exists() and is_held(lock):
+                continue
+            newest = max([d.lstat().st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
+            if now - newest < min_age_s:
+                continue
+            shutil.rmtree(d)
+            removed.append(d)
+        except OSError:
+            continue
+    return removed
+
+
 def write_image(path: str | os.PathLike, rgb_or_gray: np.ndarray) -> None:
     """PNG/JPEG from an RGB (H,W,3) or gray (H,W) uint8 array, atomically."""
     import cv2
