@@ -322,7 +322,11 @@ def test_studio_step_killed_at_random_points(studio_states, tmp_path, step):
             prof = root / "front"
             before = snapshot(prof)
             logs = _logs(prof)
-            killed, err = kill_after(_muse("studio", *cmd, "--root", str(root)), delay, root)
+            if step == "record":  # from when the take's temp file appears: anywhere in the 4-second take
+                killed, err = kill_after(_muse("studio", *cmd, "--root", str(root)), rng.uniform(0.0, 4.0), root,
+                                         appears=prof / "recordings" / "take2")
+            else:
+                killed, err = kill_after(_muse("studio", *cmd, "--root", str(root)), delay, root)
             assert "Traceback" not in err, err[-2000:]
             _count(case, killed)
             if killed:
