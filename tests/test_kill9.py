@@ -14,8 +14,8 @@ kills it with SIGKILL after a random delay, and checks:
 Delays are uniform over each step's measured length (seeded: MUSE_KILL_SEED); a kill that came after
 the process had already finished is not counted. The test prints the counts. CI runs the default
 (1 kill point per recording codec/container, 2 per Studio step, a late one tried again sooner: at
-least 23 points; 4-5 minutes on this 2-core machine at load average ~9, most of it starting Python
-and torch once per process);
+least 23 points; 2 min 47 s on this 2-core machine at load average 5-6, 3 min 36 s at ~10, most of
+it starting Python and torch once per process);
 `MUSE_KILL_POINTS=N` runs N per case, `-m killtest` selects just these tests.
 """
 
