@@ -1,8 +1,9 @@
-"""Where MUSE finds what it ships besides code: `assets/` (models, demo media, manifests)
-and, in the packaged app, `libs/` (the NVIDIA libraries it was built with).
+"""Where MUSE finds what it ships besides code: `assets/` (models, manifests), in the packaged
+app `libs/` (the NVIDIA libraries it was built with), and the demo pictures inside the package.
 
     assets_dir()            # <app>/assets in the packaged app, <repo>/assets from a checkout
     shipped_models_dir()    # assets/models: converted bundled models copied in at build time
+    demo_media(name)        # muse/assets/<name>: the one home of the demo photos (see muse/pictures.py)
 
 `MUSE_ASSETS` points somewhere else (tests, a custom install). Nothing here imports torch.
 """
@@ -45,6 +46,13 @@ def shipped_models_dir() -> Path:
     return assets_dir() / "models"
 
 
+def package_assets_dir() -> Path:
+    """`muse/assets` inside the package: the demo photos' one home. pip installs it as package data,
+    a checkout has it in place, and the packaged app carries it as PyInstaller data (`_internal/muse/assets`,
+    which is where this module's `__file__` points there)."""
+    return Path(__file__).resolve().parent / "assets"
+
+
 def demo_media(name: str) -> Path:
-    """A picture the demo source and the Studio's synthetic scenes use (assets/demo/<name>)."""
-    return assets_dir() / "demo" / name
+    """A picture the demo source, the Studio's synthetic scenes and the models' reference checks use."""
+    return package_assets_dir() / name

@@ -1,4 +1,4 @@
-"""Real photos shipped inside the package (`muse/assets`), read by name.
+"""Real photos shipped inside the package (`muse/assets`, their one home), read by name.
 
 The demo source, synthetic studio sessions and the bundled models' reference checks need
 real pictures at run time; scikit-image (where they come from) is a test-only dependency.
@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-PICTURES = {"astronaut": "astronaut.png", "brick": "brick.png", "chelsea": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg"}
+from muse.app_paths import package_assets_dir
+
+ASSETS = package_assets_dir()
+PICTURES = {"astronaut": "astronaut.png", "brick": "brick.png", "chelsea": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.png"}
 
 
 @lru_cache(maxsize=8)
@@ -22,13 +24,6 @@ def _read(name: str) -> np.ndarray:
     if name not in PICTURES:
         raise KeyError(f"no shipped picture {name!r}; known: {', '.join(sorted(PICTURES))}")
     path = ASSETS / PICTURES[name]
-    if not path.is_file():  # the packaged app keeps them beside the executable (assets/demo)
-        from muse.app_paths import demo_media
-
-        for candidate in (demo_media(PICTURES[name]), demo_media(Path(PICTURES[name]).stem + ".png")):
-            if candidate.is_file():
-                path = candidate
-                break
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise FileNotFoundError(f"{path} is missing or unreadable; reinstall MUSE (the package ships it)")

@@ -39,9 +39,11 @@ def shipped(tmp_path, monkeypatch):
 
 
 def test_assets_folder_holds_the_demo_media():
-    # From a checkout the repository's assets/ is used; the demo photos are real pictures.
+    # The demo photos have one home, the package's muse/assets (a checkout, pip and the packaged app alike);
+    # MUSE_ASSETS (models) does not move them.
     demo = app_paths.demo_media("astronaut.png")
-    assert demo.is_file() and demo.parent.parent == ROOT / "assets"
+    assert demo.is_file() and demo.parent == ROOT / "muse" / "assets"
+    assert not (ROOT / "assets" / "demo").exists(), "a second copy of the demo photos"
     import cv2
     from skimage import data
 
@@ -174,7 +176,7 @@ def test_doctor_reports_every_section_and_what_to_do(capsys):
 
 
 def test_every_demo_background_is_shipped():
-    """The packaged app has no scikit-image data files: every background the demo source offers is in assets/demo."""
+    """The packaged app has no scikit-image data files: every background the demo source offers is in muse/assets."""
     import typing
 
     from skimage import data

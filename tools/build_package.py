@@ -45,7 +45,9 @@ cfg = {cfg!r}
 hidden = [m for m in collect_submodules("muse") if not any(m == x or m.startswith(x + ".") for x in cfg["excludes"])]
 # torchvision 0.29 loads its ops (_C_stable.so: nvJPEG decode, nms) by path; the contrib hook still names the old _C.
 binaries = [(f, "torchvision") for f in glob.glob(os.path.join(get_package_paths("torchvision")[1], "*.so"))]
-a = Analysis([cfg["entry"]], pathex=[cfg["root"]], binaries=binaries, hiddenimports=hidden, excludes=cfg["excludes"], noarchive=False)
+# The demo photos live in the package (muse/assets, their one home): they go in as data beside its modules.
+datas = [(os.path.join(cfg["root"], "muse", "assets"), os.path.join("muse", "assets"))]
+a = Analysis([cfg["entry"]], pathex=[cfg["root"]], binaries=binaries, datas=datas, hiddenimports=hidden, excludes=cfg["excludes"], noarchive=False)
 # libs/ replaces the pip NVIDIA wheels: keep them out so only one copy ships and loads.
 def _nvidia(entry):  # a file under nvidia/, or a link PyInstaller makes to one (libcudart.so.13 -> nvidia/...)
     return any(str(part).replace("\\", "/").startswith("nvidia/") for part in entry[:2])

@@ -117,12 +117,15 @@ class FrameProgram:
             base = max((depth[p] for p in preds), default=0)
             depth[n] = base + (1 if reasons[n] else 0)
         segments: list[_Segment] = []
-        for level in range(max(depth.values(), default=0) + 1):
-            eager = [n for n in work if depth[n] == level and reasons[n]]
+        by_level: dict[int, list[str]] = {}
+        for n in work:  # one pass (a scan of `work` per level was quadratic in a chain of eager nodes)
+            by_level.setdefault(depth[n], []).append(n)
+        for level in sorted(by_level):
+            eager = [n for n in by_level[level] if reasons[n]]
             if eager:
                 segments.append(_Segment(eager, captured=False, reason="; ".join(f"{n}: {reasons[n]}" for n in eager)))
                 self.blocked.update({n: reasons[n] or "" for n in eager})
-            captured = [n for n in work if depth[n] == level and not reasons[n]]
+            captured = [n for n in by_level[level] if not reasons[n]]
             if captured:
                 segments.append(_Segment(captured, captured=True))
         if self.per_node:  # diagnostic: one recording per node, so each replay can be timed on its own

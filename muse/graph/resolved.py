@@ -90,15 +90,25 @@ class ValidatedGraph:
     out_types: dict[tuple[str, str], type[Payload]]
     warnings: list[GraphError] = field(default_factory=list)
     allow_network: bool = False  # network outputs may leave this machine (--allow-network; muse.graph.network)
+    # Built on first use, one pass over every edge: asking each node for its consumers by scanning
+    # the whole graph made the runtime's start-up quadratic in the graph's size. A validated graph
+    # is not changed afterwards (live changes build a new one; `dataclasses.replace` starts empty).
+    _consumers: dict[str, list[tuple[str, str]]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def consumer_index(self) -> dict[str, list[tuple[str, str]]]:
+        """node -> [(consumer node, input port)] for every edge, in graph order; built once."""
+        if self._consumers is None:
+            index: dict[str, list[tuple[str, str]]] = {}
+            for n in self.nodes.values():
+                for port, ri in n.inputs.items():
+                    for src in {s.node: None for s in ri.sources}:  # one entry per (consumer, port), as before
+                        index.setdefault(src, []).append((n.name, port))
+            self._consumers = index
+        return self._consumers
 
     def consumers(self, name: str) -> list[tuple[str, str]]:
         """(consumer node, input port) for every edge leaving `name`."""
-        return [
-            (n.name, port)
-            for n in self.nodes.values()
-            for port, ri in n.inputs.items()
-            if any(s.node == name for s in ri.sources)
-        ]
+        return list(self.consumer_index().get(name, ()))
 
     def topology_key(self) -> tuple:
         """Equal for two graphs that differ only in params (a live update can apply)."""

@@ -444,7 +444,7 @@ def _export_onnx(module: Any, path: Path) -> None:
 
 # -- reference checks ----------------------------------------------------------------------
 def _astronaut() -> Any:
-    """skimage's astronaut: the lossless copy in assets/demo (the packaged app has no skimage data)."""
+    """skimage's astronaut: the copy in muse/assets (the packaged app has no skimage data)."""
     from muse.app_paths import demo_media
 
     shipped = demo_media("astronaut.png")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -213,6 +214,20 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sigterm_as_ctrl_c() -> Any:
+    """SIGTERM (a service manager, `kill`) stops a Studio step the way Ctrl-C does: a take is closed and
+    kept, a step ends where it can resume. Returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
+
+
 def _guard(fn: Any) -> Any:
     """Studio errors (and teachers that cannot run) become one clear line and exit code 2, not a traceback."""
 
@@ -221,6 +236,7 @@ def _guard(fn: Any) -> Any:
         from muse.studio.files import StudioError
         from muse.studio.teachers.base import TeacherUnavailable
 
+        previous = _sigterm_as_ctrl_c()
         try:
             return int(fn(args) or 0)
         except Exception as exc:
@@ -233,6 +249,9 @@ def _guard(fn: Any) -> Any:
         except KeyboardInterrupt:
             print("muse studio: stopped; run the same command again to resume", file=sys.stderr)
             return 130
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     handler.__name__ = getattr(fn, "__name__", "handler")
     return handler

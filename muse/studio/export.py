@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from muse.studio.files import StudioError, read_json, write_json
+from muse.studio.files import STAGING_LOCK, StudioError, hold_temp, read_json, write_json
 
 LIVE_MODEL = "models/live/student.onnx"
 LIVE_POSE_MODEL = "models/live/student_pose.pt"
@@ -142,6 +142,11 @@ def export_student(profile: Any, *, verify_count: int = 16, tensorrt: bool = Tru
     staging = versions / f".staging-v{number:04d}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
+    # Held while this export runs: a staging folder whose lock nobody holds was left by a killed export,
+    # and the next start removes it (`clean_stray_staging`).
+    lock = staging / STAGING_LOCK
+    lock.touch()
+    hold = hold_temp(lock)
     bar = for_profile(profile, "export", 4, unit="step")
     try:
         onnx_path = export_onnx(model, staging / "student.onnx", input_size)
@@ -176,10 +181,12 @@ def export_student(profile: Any, *, verify_count: int = 16, tensorrt: bool = Tru
         write_json(staging / "student.json", info)
         final = versions / f"v{number:04d}"
         os.replace(staging, final)
+        (final / STAGING_LOCK).unlink(missing_ok=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
+        hold.close()
         bar.close()
     cand = verdict["candidate"]["heldout_iou"]
     before = verdict["live_before"]

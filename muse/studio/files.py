@@ -56,12 +56,15 @@ def read_json(path: str | os.PathLike, default: Any = None, hint: str = "delete 
 
 # mkstemp names of atomic_path / VideoWriter: ".<name>.<8 random chars><suffix>"
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]{1,8})?$")
+# A take being recorded (VideoWriter): ".<take name>.take.<8 random chars>.mp4"
+_TAKE_TEMP = re.compile(r"^\.(?P<stem>.+)\.take\.[a-z0-9_]{8}\.mp4$")
 
 
 def clean_stray_temps(folders: list[Path], min_age_s: float = 5.0) -> list[Path]:
-    """Remove temp files left by a killed writer (a take, a checkpoint, a label file) in `folders`
-    (not recursive). A temp file some process still holds (hold_temp) or one younger than
-    `min_age_s` is kept. Returns what was removed."""
+    """Remove temp files left by a killed writer (a checkpoint, a label file, a dataset picture) in
+    `folders` (not recursive); a killed take's temp file is `salvage_takes`' to keep. A temp file
+    some process still holds (hold_temp) or one younger than `min_age_s` is kept. Returns what was
+    removed."""
     import time
 
     removed: list[Path] = []
@@ -72,8 +75,8 @@ def clean_stray_temps(folders: list[Path], min_age_s: float = 5.0) -> list[Path]
         except OSError:
             continue
         for p in entries:
-            if not _TEMP_NAME.match(p.name):
-                continue
+            if not _TEMP_NAME.match(p.name) or _TAKE_TEMP.match(p.name):
+                continue  # a take's temp file is salvage_takes' to keep or remove
             try:
                 st = p.lstat()
                 if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age_s:
@@ -84,6 +87,39 @@ def clean_stray_temps(folders: list[Path], min_age_s: float = 5.0) -> list[Path]
                 removed.append(p)
             except OSError:
                 continue
+    return removed
+
+
+STAGING_LOCK = ".lock"  # inside a folder being built (an export's `.staging-*`), held while it is built
+
+
+def clean_stray_staging(folder: Path, min_age_s: float = 5.0) -> list[Path]:
+    """Remove `.staging-*` folders in `folder` that a killed step left (an export killed before its
+    version landed); one whose lock a live process holds, or one touched in the last `min_age_s`
+    (a step that has not taken its lock yet), is kept. Returns what was removed."""
+    import shutil
+    import time
+
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(folder.glob(".staging-*"))
+    except OSError:
+        return removed
+    for d in entries:
+        try:
+            if d.is_symlink() or not d.is_dir():
+                continue
+            lock = d / STAGING_LOCK
+            if lock.exists() and is_held(lock):
+                continue
+            newest = max([d.lstat().st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
+            if now - newest < min_age_s:
+                continue
+            shutil.rmtree(d)
+            removed.append(d)
+        except OSError:
+            continue
     return removed
 
 
@@ -131,33 +167,46 @@ def video_info(path: str | os.PathLike) -> dict[str, Any]:
 
     with av.open(str(path)) as container:
         s = container.streams.video[0]
-        return {
-            "width": s.codec_context.width,
-            "height": s.codec_context.height,
-            "fps": float(s.average_rate or 30),
-            "frames": int(s.frames or 0),
-        }
+        fps = float(s.average_rate or 30)
+        frames = int(s.frames or 0)
+        if not frames and container.duration:  # fragmented MP4 (takes) keeps no frame count: from the duration
+            frames = int(round(container.duration / 1_000_000 * fps))
+        return {"width": s.codec_context.width, "height": s.codec_context.height, "fps": fps, "frames": frames}
+
+
+# A take is recorded as fragmented MP4 (a header at once, then a fragment every 250 ms and a keyframe
+# every second, flushed unbuffered), so a take cut short by kill -9 or a power cut plays up to its
+# last fragment: `salvage_takes` keeps it at the next start instead of deleting it.
+TAKE_FORMAT_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof", "frag_duration": "250000", "flush_packets": "1"}
 
 
 class VideoWriter:
-    """H.264 (near-lossless, crf 12) writer that lands at `path` only when closed cleanly."""
+    """H.264 (near-lossless, crf 12) take writer, always MP4: a temp file beside `path` (fragmented,
+    playable when cut short), moved to `path` only when closed cleanly; a killed take's temp file is
+    salvaged by `salvage_takes` at the next start."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: float, crf: int = 12) -> None:
         import av
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.take.", suffix=".mp4", dir=self.path.parent)
         os.close(fd)
         self._tmp = Path(tmp)
         self._hold = hold_temp(self._tmp)  # marks the take as being written (see clean_stray_temps)
-        self._container = av.open(str(self._tmp), mode="w")
+        # Unbuffered: what FFmpeg flushes (header, each fragment) is on disk, not in this process's buffer.
+        self._file = open(self._tmp, "r+b", buffering=0)
+        self._container = av.open(self._file, mode="w", format="mp4", options=dict(TAKE_FORMAT_OPTIONS))
         from fractions import Fraction
 
-        self._stream = self._container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        rate = Fraction(fps).limit_denominator(1000)
+        self._stream = self._container.add_stream("libx264", rate=rate)
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv444p" if width % 2 or height % 2 else "yuv420p"
-        self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+        # A keyframe a second and a short lookahead: a cut take loses at most its last second.
+        self._stream.options = {"crf": str(crf), "preset": "veryfast", "g": str(max(1, round(fps))),
+                                "x264-params": "rc-lookahead=8:sync-lookahead=0:sliced-threads=1"}
+        self._container.start_encoding()  # the header is on disk before the first frame
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
@@ -172,6 +221,8 @@ class VideoWriter:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
+        os.fsync(self._file.fileno())
+        self._file.close()
         os.replace(self._tmp, self.path)
         self._hold.close()
         return self.path
@@ -180,5 +231,97 @@ class VideoWriter:
         try:
             self._container.close()
         finally:
+            self._file.close()
             self._tmp.unlink(missing_ok=True)
             self._hold.close()
+
+
+def _decodable_frames(path: Path) -> int:
+    """How many frames of a (possibly truncated) video decode; 0 for no video at all."""
+    import av
+
+    n = 0
+    try:
+        with av.open(str(path)) as c:
+            for _ in c.decode(video=0):
+                n += 1
+    except (av.FFmpegError, OSError, IndexError, ValueError):
+        pass  # the torn tail of a killed take: the frames before it count
+    return n
+
+
+def _remux(src_path: Path, target: Path) -> None:
+    """Copy the packets that read back from a torn take into a whole MP4 at `target` (atomic)."""
+    import av
+
+    with av.open(str(src_path)) as src, atomic_path(target) as tmp:
+        vs = src.streams.video[0]
+        with av.open(str(tmp), mode="w", format="mp4") as dst:
+            out = dst.add_stream_from_template(vs)
+            try:
+                for packet in src.demux(vs):
+                    if packet.dts is None or packet.size == 0:
+                        continue  # the demuxer's end-of-stream marker
+                    packet.stream = out
+                    dst.mux(packet)
+            except (av.FFmpegError, OSError):
+                pass  # the torn last fragment: everything before it is kept
+
+
+def _free_name(folder: Path, stem: str) -> Path:
+    path = folder / f"{stem}-recovered.mp4"
+    n = 2
+    while path.exists():
+        path = folder / f"{stem}-recovered-{n}.mp4"
+        n += 1
+    return path
+
+
+def salvage_takes(folder: Path, min_age_s: float = 5.0, log: Any = None) -> list[tuple[Path, int]]:
+    """Keep the takes a killed `muse studio record` left as temp files in `folder` (never delete a
+    recording): each becomes `<name>-recovered.mp4` holding every frame that decodes, the temp file
+    goes only once the recovered file is in place and plays. A temp that holds no frame at all (killed
+    before its first fragment) is left to `clean_stray_temps`. A take still being written (held, or
+    touched in the last `min_age_s`) is left alone. Returns [(recovered file, frames)]."""
+    import time
+
+    out: list[tuple[Path, int]] = []
+    now = time.time()
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return out
+    for tmp in entries:
+        m = _TAKE_TEMP.match(tmp.name)
+        if m is None:
+            continue
+        try:
+            st = tmp.lstat()
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age_s or is_held(tmp):
+                continue
+        except OSError:
+            continue
+        frames = _decodable_frames(tmp)
+        if frames == 0:
+            if st.st_size <= 64 * 1024:  # a header and no whole fragment: killed before its first frame landed
+                tmp.unlink(missing_ok=True)
+            elif log is not None:  # unreadable, but too big to be nothing: never deleted
+                log(f"{tmp}: a take that was cut short and cannot be read back; left as it is")
+            continue
+        target = _free_name(folder, m["stem"])
+        try:
+            _remux(tmp, target)
+            kept = _decodable_frames(target)
+        except Exception:  # remuxing failed: keep the take as it is, under a name that is not a temp file
+            kept = 0
+            target.unlink(missing_ok=True)
+        if kept < frames:
+            target.unlink(missing_ok=True)
+            os.replace(tmp, target)  # the torn take itself still plays `frames` frames
+            kept = frames
+        else:
+            tmp.unlink()
+        if log is not None:
+            log(f"{target}: recovered {kept} frames of a take that was cut short (muse studio record was killed)")
+        out.append((target, kept))
+    return out

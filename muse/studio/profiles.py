@@ -208,6 +208,7 @@ class Profile:
             "path": str(self.root),
             "clean_plate": self.plate_path.is_file(),
             "recordings": [p.name for p in self.recordings()],
+            "recovered_takes": [p.name for p in self.recordings() if "-recovered" in p.stem],
             "labelled_frames": len(frames) if isinstance(frames, list) else "damaged labels.json",
             "live_model": self.config.live_model,
             "rollback_available": (self.previous_dir / "student.onnx").is_file(),
@@ -264,17 +265,20 @@ def load_profile(name_or_path: str | os.PathLike, root: str | os.PathLike | None
 
 
 def _clean_temps(profile: Profile) -> None:
-    """Temp files of a step that was killed (a take, a checkpoint, a label file) go at the next start."""
+    """Temp files of a step that was killed (a checkpoint, a label file, an export's staging folder) go at
+    the next start; a killed take is salvaged (kept), not removed."""
     import logging
 
-    from muse.studio.files import clean_stray_temps
+    from muse.studio.files import clean_stray_staging, clean_stray_temps, salvage_takes
 
+    log = logging.getLogger("muse.studio")
+    salvage_takes(profile.recordings_dir, log=log.warning)  # a killed take is kept, never cleaned away
     d = profile.dataset_dir
     folders = [profile.root, profile.recordings_dir, profile.plate_path.parent, d, d / "records", d / "frames", d / "masks",
                profile.models_dir, profile.checkpoints_dir, profile.analysis_dir, profile.root / "logs"]
-    removed = clean_stray_temps(folders)
+    removed = clean_stray_temps(folders) + clean_stray_staging(profile.models_dir / "versions")
     if removed:
-        logging.getLogger("muse.studio").warning("%s: removed %d temp file(s) left by an interrupted step: %s", profile.name,
+        log.warning("%s: removed %d temp file(s) left by an interrupted step: %s", profile.name,
                                                  len(removed), ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
 
 

@@ -29,7 +29,7 @@ _TORSO = [(120, 240), (305, 240), (345, 290), (362, 350), (292, 385), (282, 512)
 
 
 def _photo(name: str) -> np.ndarray:
-    """scikit-image's photo `name`: the copy shipped in assets/demo (the packaged app has no
+    """scikit-image's photo `name`: the lossless copy shipped in muse/assets (the packaged app has no
     scikit-image data files), else scikit-image's own."""
     import cv2
 

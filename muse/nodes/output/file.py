@@ -7,6 +7,7 @@ about every second, and `close` flushes the encoder."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from muse.files import hold_temp, is_held
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
 from muse.graph.paths import graph_dir, resolve_output_path
 from muse.graph.payloads import Frame, Mask
@@ -38,6 +40,40 @@ CRASH_SAFE = {
     "nut": {"flush_packets": "1"},
     "avi": {"flush_packets": "1"},
 }
+
+
+PARTIAL = ".partial"  # a recording's hidden temp name until it holds a frame: ".<name>.<8 random chars>.partial"
+
+
+def _decodes(path: Path | None) -> bool:
+    """Does the file at `path` hold at least one frame that decodes (checked once per recording)?"""
+    import av
+
+    if path is None:
+        return False
+    try:
+        with av.open(str(path)) as c:
+            for _ in c.decode(video=0):
+                return True
+    except (av.FFmpegError, OSError, IndexError, ValueError):
+        pass
+    return False
+
+
+def clean_stray_partials(folder: Path, min_age_s: float = 5.0) -> None:
+    """Remove the temp files of recordings killed before their first frame (they hold no picture);
+    one a live recording holds, or a fresh one, is left alone."""
+    now = time.time()
+    try:
+        entries = list(folder.glob(f".*{PARTIAL}"))
+    except OSError:
+        return
+    for p in entries:
+        try:
+            if p.is_file() and now - p.stat().st_mtime >= min_age_s and not is_held(p) and not _decodes(p):
+                p.unlink()
+        except OSError:
+            continue
 
 
 def expand_path(template: str, graph_file: str | None = None, default_name: str = "muse_%Y%m%d_%H%M%S.mkv") -> Path:
@@ -85,6 +121,10 @@ class FileOutput(Node):
         self._container: Any = None
         self._fileobj: Any = None
         self._stream: Any = None
+        self._tmp: Path | None = None  # the recording's hidden name until it holds a frame (video codecs)
+        self._hold: Any = None
+        self._published = False
+        self._checked_bytes = 0
         self._download = Downloader()
         self._fps = p.fps or ctx.fps or 30.0
         if p.codec == "png":
@@ -128,11 +168,17 @@ class FileOutput(Node):
         p = self.params
         fmt = CONTAINERS[self.path.suffix.lower()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # "x" creates the file only if it is new, so a race with another writer cannot clobber it.
-            self._fileobj = open(self.path, "wb" if p.overwrite else "xb", buffering=0)  # unbuffered: what FFmpeg flushes reaches the disk
-        except FileExistsError:
-            raise NodeError(f"node {self.name!r}: {str(self.path)!r} appeared meanwhile; not overwriting it") from None
+        if self.path.exists() and not p.overwrite:
+            raise NodeError(f"node {self.name!r}: {str(self.path)!r} appeared meanwhile; not overwriting it")
+        # The file is written under a hidden temp name and linked in as soon as it holds a frame that decodes
+        # (`_publish`), so a recording killed in its first moments is absent, never a header without a picture.
+        clean_stray_partials(self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=PARTIAL, dir=self.path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o644)
+        self._tmp = Path(tmp)
+        self._hold = hold_temp(self._tmp)  # a live recording's temp is never cleaned by another MUSE
+        self._fileobj = open(self._tmp, "r+b", buffering=0)  # unbuffered: what FFmpeg flushes reaches the disk
         self._container = av.open(self._fileobj, mode="w", format=fmt, options=CRASH_SAFE.get(fmt, {}))
         rate = Fraction(self._fps).limit_denominator(1001)
         stream = self._container.add_stream(ENCODERS[p.codec], rate=rate)
@@ -153,6 +199,7 @@ class FileOutput(Node):
                 stream.options["x264-params"] = "rc-lookahead=8:sync-lookahead=0:sliced-threads=1"
         self._stream = stream
         self._container.start_encoding()  # the header goes to disk now, not with the first packet
+        self._checked_bytes = os.fstat(self._fileobj.fileno()).st_size  # the header alone
         self._grey = grey
         self._size = (width, height)
 
@@ -194,6 +241,12 @@ class FileOutput(Node):
             self._encode(self._download(img))
         except Exception as exc:
             raise NodeError(f"node {self.name!r}: writing {str(self.path)!r} failed: {exc}") from exc
+        if not self._published:
+            size = os.fstat(self._fileobj.fileno()).st_size
+            if size > self._checked_bytes:  # something new reached the disk: does a frame decode yet?
+                self._checked_bytes = size
+                if _decodes(self._tmp):
+                    self._publish()
         self.count += 1
         self.report("frames", self.count)
         return None
@@ -222,8 +275,42 @@ class FileOutput(Node):
         if self._fileobj is not None:
             self._fileobj.close()
             self._fileobj = None
+            if not self._published and self._tmp is not None and _decodes(self._tmp):
+                try:
+                    self._publish()
+                except NodeError as exc:
+                    self.logger.error("%s", exc)
+            if self._tmp is not None and not self._published:
+                if self.count and self._tmp.exists():  # frames went in, none came back out: keep the bytes, say where
+                    self.logger.error("%s: the recording holds no frame that decodes; left as %s", self.name, self._tmp)
+                else:
+                    self._tmp.unlink(missing_ok=True)
+            elif self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)  # where a link could not drop it while open (Windows)
+            self._hold.close()
+            self._tmp = None
         if self.ctx and self.count:
             self.logger.info("%s: wrote %d frames to %s", self.name, self.count, self.path)
+
+    def _publish(self) -> None:
+        """Give the temp file its real name (a hard link: never over a file that appeared meanwhile)."""
+        assert self._tmp is not None
+        try:
+            os.link(self._tmp, self.path)
+        except FileExistsError:
+            if not self.params.overwrite:
+                raise NodeError(f"node {self.name!r}: {str(self.path)!r} appeared meanwhile; not overwriting it "
+                                f"(the recording is kept as {str(self._tmp)!r})") from None
+            os.replace(self._tmp, self.path)
+        except OSError:  # a file system without hard links (FAT, exFAT): a rename, checked first
+            if self.path.exists() and not self.params.overwrite:
+                raise NodeError(f"node {self.name!r}: {str(self.path)!r} appeared meanwhile; not overwriting it") from None
+            os.replace(self._tmp, self.path)
+        self._published = True
+        try:
+            self._tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # Windows keeps an open file's name: dropped at close
 
     def update_params(self, params: Params) -> bool:
         return apply_live(self, params, set())  # a recording keeps its settings; any change starts a new node

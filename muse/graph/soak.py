@@ -1,0 +1,274 @@
+"""Soak runs: a graph live for minutes or hours, watched for leaks, drift and lost frames.
+
+`soak_graph` runs a validated graph with the real runtime, samples the process's resident memory
+(and, on CUDA, the GPU memory torch holds and the device's used memory) and the frame count at a
+fixed interval, taps one output to see every frame index that reaches it, and returns a
+`SoakReport`:
+
+- memory slopes: a least-squares line through the samples of the *second half* of the run (the
+  first half holds warm-up, model loads, frame recordings and the allocators' growth to steady
+  state), in MiB per minute, with the rise over that half;
+- fps drift: the frame rate of the last quarter of the steady run against its first quarter;
+- frames: every source frame index either reached the tapped output, was dropped by a counted
+  `latest` policy on purpose, or was still in flight at the stop; anything else is a lost frame.
+
+`muse.graph.soak.stream_soak_text` builds the usual subject: graphs/stream_4k.yaml on the demo
+source (what its camera falls back to) with a counting sink in place of the virtual camera.
+`bench/soak.py` is the command line; tests/soak/ the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from muse.graph.validate import ValidatedGraph
+
+__all__ = ["SoakReport", "fit_slope", "rss_mib", "soak_graph", "stream_soak_text"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def rss_mib() -> float:
+    """This process's resident set size in MiB (Linux /proc; psutil-free)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # peak only, where /proc is missing
+
+
+def fit_slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs (0 for fewer than two distinct xs)."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx <= 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
+def stream_soak_text(width: int = 3840, height: int = 2160, fps: float = 60.0, device: str = "auto",
+                     graph: Path | None = None) -> str:
+    """graphs/stream_4k.yaml with its camera replaced by the demo source it falls back to (same size and
+    rate, endless) and the virtual camera by `output.null` (no driver, no preview port on a test machine).
+    Links keep their shipped policies: what a `latest` link drops is counted, on purpose."""
+    import yaml
+
+    path = graph or REPO / "graphs" / "stream_4k.yaml"
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec["settings"]["device"] = device
+    spec["settings"]["resolution"] = [width, height]
+    spec["settings"]["fps"] = fps
+    nodes = spec["nodes"]
+    cam = nodes["camera"]
+    nodes["camera"] = {"type": "capture.demo", "description": cam.get("description", ""),
+                       "params": {"width": width, "height": height, "fps": fps, "frames": 0}}
+    out = nodes.pop("virtualcam")
+    frame_src = out["inputs"]["frame"]
+    nodes["virtualcam"] = {"type": "output.null", "description": "Counts frames in place of the virtual camera (soak run)",
+                           "inputs": {"frame": frame_src}}
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since start
+    rss_mib: float
+    frames: int  # frames the executor finished
+    cpu_s: float  # process CPU time (all threads)
+    gpu_alloc_mib: float = 0.0
+    gpu_reserved_mib: float = 0.0
+    gpu_used_mib: float = 0.0  # the device's used memory (every allocator, cuDNN/cuBLAS workspaces included)
+    load1: float = 0.0  # the machine's 1-minute load average (other jobs slow a shared CPU down)
+
+
+@dataclass
+class SoakReport:
+    device: str
+    seconds: float
+    samples: list[Sample] = field(default_factory=list)
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_at_output: int = 0
+    drops_counted: int = 0
+    lost: int = 0
+    lost_examples: list[int] = field(default_factory=list)
+    errors: int = 0
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def _half(self) -> list[Sample]:
+        return [s for s in self.samples if s.t >= self.seconds / 2]
+
+    def slope(self, attr: str) -> float:
+        """MiB per minute over the second half."""
+        half = self._half()
+        return fit_slope([s.t / 60.0 for s in half], [getattr(s, attr) for s in half])
+
+    def floor_slope(self, attr: str, window: int = 5) -> float:
+        """MiB per minute of the floor over the second half: the least-squares line through the minimum of
+        each run of `window` samples. Host RSS jumps by tens of MiB as big frame buffers come and go; a
+        leak raises the floor, which a single fit through every sample hides in that noise."""
+        half = self._half()
+        pts = [(sum(s.t for s in half[i:i + window]) / len(half[i:i + window]) / 60.0, min(getattr(s, attr) for s in half[i:i + window]))
+               for i in range(0, len(half), window) if len(half[i:i + window]) >= max(1, window // 2)]
+        return fit_slope([p[0] for p in pts], [p[1] for p in pts])
+
+    def rise(self, attr: str) -> float:
+        """Last minus first sample of the second half, MiB."""
+        half = self._half()
+        return getattr(half[-1], attr) - getattr(half[0], attr) if len(half) >= 2 else 0.0
+
+    def _quarter_load(self) -> tuple[float, float]:
+        steady = [s for s in self.samples if s.t >= 0.1 * self.seconds]
+        if len(steady) < 4:
+            return 0.0, 0.0
+        q = max(1, len(steady) // 4)
+        return sum(s.load1 for s in steady[:q]) / q, sum(s.load1 for s in steady[-q:]) / q
+
+    def _quarter_rates(self) -> tuple[float, float, float, float]:
+        """(fps, CPU ms per frame) of the first and last quarter of the steady run (after the first 10%)."""
+        steady = [s for s in self.samples if s.t >= 0.1 * self.seconds]
+        if len(steady) < 4:
+            return 0.0, 0.0, 0.0, 0.0
+        n = len(steady)
+        a0, a1 = steady[0], steady[n // 4]
+        b0, b1 = steady[n - 1 - n // 4], steady[-1]
+
+        def rates(x: Sample, y: Sample) -> tuple[float, float]:
+            frames = max(1, y.frames - x.frames)
+            return (y.frames - x.frames) / max(1e-9, y.t - x.t), (y.cpu_s - x.cpu_s) * 1000.0 / frames
+
+        f0, c0 = rates(a0, a1)
+        f1, c1 = rates(b0, b1)
+        return f0, f1, c0, c1
+
+    @property
+    def fps_drift(self) -> float:
+        """(last-quarter fps - first-quarter fps) / first-quarter fps."""
+        f0, f1, _, _ = self._quarter_rates()
+        return (f1 - f0) / f0 if f0 > 0 else 0.0
+
+    @property
+    def cpu_ms_drift(self) -> float:
+        """The same for the process CPU time per frame (less sensitive to other jobs on a shared machine)."""
+        _, _, c0, c1 = self._quarter_rates()
+        return (c1 - c0) / c0 if c0 > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        f0, f1, c0, c1 = self._quarter_rates()
+        cuda = any(s.gpu_reserved_mib for s in self.samples)
+        out: dict[str, Any] = {
+            "device": self.device, "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "seconds": round(self.seconds, 1), "samples": len(self.samples),
+            "fps_first_quarter": round(f0, 3), "fps_last_quarter": round(f1, 3), "fps_drift": round(self.fps_drift, 4),
+            "cpu_ms_per_frame_first_quarter": round(c0, 2), "cpu_ms_per_frame_last_quarter": round(c1, 2),
+            "cpu_ms_per_frame_drift": round(self.cpu_ms_drift, 4),
+            "load1_first_quarter": round(self._quarter_load()[0], 2), "load1_last_quarter": round(self._quarter_load()[1], 2),
+            "rss_mib_start": round(self.samples[0].rss_mib, 1) if self.samples else 0.0,
+            "rss_mib_end": round(self.samples[-1].rss_mib, 1) if self.samples else 0.0,
+            "rss_slope_mib_per_min_2nd_half": round(self.slope("rss_mib"), 3),
+            "rss_rise_mib_2nd_half": round(self.rise("rss_mib"), 2),
+            "rss_floor_slope_mib_per_min_2nd_half": round(self.floor_slope("rss_mib"), 3),
+            "frames_in": self.frames_in, "frames_out": self.frames_out, "frames_at_output": self.frames_at_output,
+            "drops_counted": self.drops_counted, "frames_lost": self.lost, "lost_examples": self.lost_examples,
+            "node_errors": self.errors, "load_average": [round(x, 2) for x in self.load_average],
+        }
+        if cuda:
+            for attr in ("gpu_alloc_mib", "gpu_reserved_mib", "gpu_used_mib"):
+                out[f"{attr}_end"] = round(getattr(self.samples[-1], attr), 1)
+                out[f"{attr[:-4]}_slope_mib_per_min_2nd_half"] = round(self.slope(attr), 3)
+                out[f"{attr[:-4]}_rise_mib_2nd_half"] = round(self.rise(attr), 2)
+        return out
+
+
+def _gpu_sample(device: Any) -> tuple[float, float, float]:
+    import torch
+
+    if device.type != "cuda":
+        return 0.0, 0.0, 0.0
+    free, total = torch.cuda.mem_get_info(device)
+    return (torch.cuda.memory_allocated(device) / 2**20, torch.cuda.memory_reserved(device) / 2**20,
+            (total - free) / 2**20)
+
+
+def soak_graph(graph: ValidatedGraph, seconds: float, *, device: str | None = None, interval: float = 1.0,
+               tap: tuple[str, str] = ("composite", "out"), source: str = "camera",
+               progress: Any = None) -> SoakReport:
+    """Run `graph` for `seconds`, sampling every `interval` s; see the module docstring."""
+    from muse.graph.runtime import GraphRunner
+
+    runner = GraphRunner(graph, device=device)
+    report = SoakReport(device=runner.device_note, seconds=seconds)
+    seen: list[int] = []
+    seen_lock = threading.Lock()
+
+    def at_output(payload: Any) -> None:
+        with seen_lock:
+            seen.append(int(payload.index))
+
+    source_indices: list[int] = []
+
+    def at_source(payload: Any) -> None:
+        source_indices.append(int(payload.index))
+
+    runner.tap(*tap, at_output)
+    runner.tap(source, "frame", at_source)
+    t_start = time.perf_counter()
+    runner.start()
+    next_sample = 0.0
+    try:
+        while True:
+            now = time.perf_counter() - t_start
+            if now >= next_sample:
+                alloc, reserved, used = _gpu_sample(runner.device)
+                report.samples.append(Sample(now, rss_mib(), runner.stats.frames_out, time.process_time(), alloc, reserved, used,
+                                             os.getloadavg()[0]))
+                if progress is not None:
+                    progress(report.samples[-1])
+                next_sample += interval
+            if now >= seconds or runner.wait(min(0.05, max(0.0, next_sample - now))):
+                break
+    finally:
+        runner.stop()
+    report.seconds = time.perf_counter() - t_start
+    if runner._error is not None:
+        raise RuntimeError(f"the graph stopped during the soak: {runner._error}")
+    stats = runner.stats.as_dict()
+    report.stats = stats
+    report.frames_in = stats["frames_in"]
+    report.frames_out = stats["frames_out"]
+    report.drops_counted = stats["drops"]
+    report.errors = sum(n["errors"] for n in stats["nodes"].values())
+    report.frames_at_output = len(seen)
+    # Every frame the executor took from the source must reach the output, in order, unless a counted
+    # policy dropped it; frames the source made but the executor never took are the source channel's drops.
+    taken = set(source_indices)
+    reached = set(seen)
+    missing = sorted(taken - reached)
+    # The executor's last frame(s) may still be in flight at the stop (the CPU pipeline holds one).
+    tail = sorted(taken)[-2:] if taken else []
+    lost = [i for i in missing if i not in tail]
+    # Frames the source made that the executor never took: only its own channel's counted drops (and at
+    # most one frame left in that channel at the stop) may account for them.
+    source_drops = stats["nodes"].get(source, {}).get("drops", 0)
+    untaken = report.frames_in - len(taken) - source_drops
+    if untaken > 1:
+        lost.extend([-2] * (untaken - 1))  # made, never taken, not counted: shown as -2
+    report.lost = len(lost)
+    report.lost_examples = lost[:10]
+    if seen != sorted(seen):
+        report.lost_examples.append(-1)  # out of order: shown as -1
+    report.load_average = os.getloadavg()
+    return report
