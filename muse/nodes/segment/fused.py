@@ -88,6 +88,7 @@ class FusedSettings(NodeParams):
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
     close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
+    model_stability: float = Field(0.9, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
     motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
     refine_radius: int = Field(2, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
     refine_eps: float = Field(2e-3, ge=1e-6, le=1.0, description="Edge sensitivity of the upsampling (smaller follows weaker edges)")
@@ -359,11 +360,18 @@ class FusedMatte:
             prev_w = F.grid_sample(self.prev * ratio, grid, mode="bilinear", padding_mode="border", align_corners=False)
             last_alpha = F.grid_sample(self.alpha, grid, mode="bilinear", padding_mode="border", align_corners=False)
             change = ((x - prev_w).abs() * lw).sum(1, keepdim=True)
+            # what is left after following the motion is judged against the local contrast: half a pixel of
+            # misregistration on a sharp edge is a large difference, and no motion the matte has to follow
+            lum = (x * lw).sum(1, keepdim=True)
+            grad = (lum[..., :, 1:] - lum[..., :, :-1]).abs()
+            grad = F.pad(grad, (0, 1, 0, 0)) + F.pad((lum[..., 1:, :] - lum[..., :-1, :]).abs(), (0, 0, 0, 1))
+            change = change / (1.0 + box_filter(grad, 1) / s.motion_threshold)
         moved = (_dilate(box_filter(change, 1), 2) / s.motion_threshold).clamp(0.0, 1.0)
         # A big matte change is trusted at once where a plate backs it; a model alone flips on still
         # pixels (exposure, noise), so without a plate only motion makes the matte follow at once.
         jump = (((fused - last_alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0) * known
-        k = (1.0 - s.stability) + s.stability * torch.maximum(moved, jump)
+        stab = torch.lerp(torch.full_like(known, s.model_stability), torch.full_like(known, s.stability), known)
+        k = (1.0 - stab) + stab * torch.maximum(moved, jump)
         k = torch.lerp(torch.ones_like(k), k, primed)
         self.alpha.copy_(torch.lerp(last_alpha, fused, k))
         self.prev.copy_(x)
