@@ -89,6 +89,7 @@ class FusedSettings(NodeParams):
     close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
     model_stability: float = Field(0.9, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
+    trust_jumps: bool = Field(False, description="Follow a large matte change on a pixel whose picture did not change at once, where a plate backs it (off: like any change of mind without motion, it is blended in over a few frames)")
     motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
     refine_radius: int = Field(2, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
     refine_eps: float = Field(2e-3, ge=1e-6, le=1.0, description="Edge sensitivity of the upsampling (smaller follows weaker edges)")
@@ -369,7 +370,7 @@ class FusedMatte:
         moved = (_dilate(box_filter(change, 1), 2) / s.motion_threshold).clamp(0.0, 1.0)
         # A big matte change is trusted at once where a plate backs it; a model alone flips on still
         # pixels (exposure, noise), so without a plate only motion makes the matte follow at once.
-        jump = (((fused - last_alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0) * known
+        jump = (((fused - last_alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0) * known * float(s.trust_jumps)
         stab = torch.lerp(torch.full_like(known, s.model_stability), torch.full_like(known, s.stability), known)
         k = (1.0 - stab) + stab * torch.maximum(moved, jump)
         k = torch.lerp(torch.ones_like(k), k, primed)
