@@ -89,6 +89,7 @@ class FusedSettings(NodeParams):
     close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
     model_stability: float = Field(0.9, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
+    motion_reach: int = Field(0, ge=0, le=8, description="Pixels (working size) around a change that also follow it at once (the previous matte is already carried along the motion)")
     trust_jumps: bool = Field(False, description="Follow a large matte change on a pixel whose picture did not change at once, where a plate backs it (off: like any change of mind without motion, it is blended in over a few frames)")
     motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
     refine_radius: int = Field(2, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
@@ -367,7 +368,7 @@ class FusedMatte:
             grad = (lum[..., :, 1:] - lum[..., :, :-1]).abs()
             grad = F.pad(grad, (0, 1, 0, 0)) + F.pad((lum[..., 1:, :] - lum[..., :-1, :]).abs(), (0, 0, 0, 1))
             change = change / (1.0 + box_filter(grad, 1) / s.motion_threshold)
-        moved = (_dilate(box_filter(change, 1), 2) / s.motion_threshold).clamp(0.0, 1.0)
+        moved = (_dilate(box_filter(change, 1), s.motion_reach) / s.motion_threshold).clamp(0.0, 1.0)
         # A big matte change is trusted at once where a plate backs it; a model alone flips on still
         # pixels (exposure, noise), so without a plate only motion makes the matte follow at once.
         jump = (((fused - last_alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0) * known * float(s.trust_jumps)
