@@ -47,7 +47,7 @@ def kernel_reference(src, field, mask=None, plate=None):
             if mask is not None:
                 wa = _tap(mask, (x + dx + 0.5) * mw / W - 0.5, (y + dy + 0.5) * mh / H - 0.5)
                 wm[y, x] = wa
-                bg = srcf[y, x] + a * (plate[y, x] - srcf[y, x]) if plate is not None else warped
+                bg = srcf[y, x] + min(1.0, 4.0 * a) * (plate[y, x] - srcf[y, x]) if plate is not None else warped
                 v = wa * warped + (1 - wa) * bg
             out[y, x] = np.clip(np.rint(v), 0, 255)
     return out, wm
@@ -150,3 +150,58 @@ def test_nodes_on_cuda_match_cpu(astronaut):
         outs[d] = run_node(WarpApply, {}, frame=f, face=fields[d], device=d)["out"].image.cpu()
     diff = (outs["cpu"].int() - outs[dev].int()).abs()
     assert diff.max() <= 1 and not torch.equal(outs["cpu"], torch.from_numpy(astronaut))
+
+
+def _squeeze_scene():
+    """The demo's astronaut with her exact soft alpha over opencv-doc's home.jpg, and a field that slims
+    her torso towards its axis (12 % of the distance, strongest at three quarters of the height)."""
+    import cv2
+    import media
+    from muse.nodes.capture.demo import person_cutout
+
+    rgb, alpha = person_cutout()
+    h, w = alpha.shape
+    room = cv2.resize(media.opencv_sample("home.jpg"), (w, h), interpolation=cv2.INTER_AREA)
+    frame = (alpha[..., None] * rgb + (1 - alpha[..., None]) * room + 0.5).astype(np.uint8)
+    cell = 8
+    ys, xs = np.mgrid[0 : h // cell, 0 : w // cell].astype(np.float32)
+    xs, ys = (xs + 0.5) * cell - 0.5, (ys + 0.5) * cell - 0.5
+    axis = float((alpha * np.arange(w)[None]).sum() / alpha.sum())
+    fx = 0.12 * (xs - axis) * np.clip(1 - np.abs(ys - 0.75 * h) / (0.3 * h), 0, 1) ** 2
+    field = np.stack([fx, np.zeros_like(fx)]).astype(np.float32)
+    # the truth: her exact layer warped by the same field, over the room
+    dx = cv2.resize(fx, (w, h), interpolation=cv2.INTER_LINEAR)
+    mx = (np.arange(w)[None] + dx).astype(np.float32)
+    my = np.repeat(np.arange(h, dtype=np.float32)[:, None], w, 1)
+    aw = cv2.remap(alpha, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    pw = cv2.remap(rgb.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    truth = aw[..., None] * pw + (1 - aw[..., None]) * room
+    return frame, room, alpha, field, aw, truth
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # auto on the CPU = the OpenCV twin
+def test_reshaped_edge_shows_neither_the_old_edge_nor_the_room_inside(backend):
+    """Issue 14: the warp must not pull the room through the person's edge. Warp + composite over the plate on
+    a real photo with the exact mask, against her exact layer warped and composited: where she was slimmed
+    away only the room shows (the old soft edge used to stay half-transparent: 6.5 % of those pixels were
+    more than 25 levels off), inside her new outline only she shows, and the room beside her is untouched."""
+    from muse.nodes.composite import Composite
+
+    frame, room, alpha, field, aw, truth = _squeeze_scene()
+    disp = Displacement(torch.from_numpy(field), (frame.shape[1], frame.shape[0]))
+    m = Mask(torch.from_numpy(alpha))
+    warped = run_node(WarpApply, {"backend": backend}, frame=Frame(torch.from_numpy(frame)), body=disp, mask=m,
+                      plate=Frame(torch.from_numpy(room)))
+    # as in stream_4k: the matte's confidence is 0 at its soft edge, where the composite keeps the warp's own picture
+    confidence = Mask(torch.from_numpy(np.abs(2 * alpha - 1)))
+    out = run_node(Composite, {"background": "plate", "light_wrap": 0.0, "feather": 0.0}, frame=warped["out"],
+                   mask=warped["warped_mask"], plate=Frame(torch.from_numpy(room)), confidence=confidence)["out"].image.numpy()
+    err = np.abs(out.astype(np.float32) - truth).max(-1)
+    uncovered = (aw < 0.02) & (alpha > 0.02)
+    inside = aw > 0.98
+    assert uncovered.sum() > 2000 and inside.sum() > 50000
+    assert (err[uncovered] > 25).mean() < 0.005, (err[uncovered] > 25).mean()
+    assert (err[inside] > 25).mean() < 0.002, (err[inside] > 25).mean()
+    near_room = (aw < 0.02) & (alpha < 0.02)
+    assert (err[near_room] > 25).mean() < 0.001
+    assert np.abs(warped["warped_mask"].alpha.numpy() - aw).max() < 0.02  # the mask moved with the picture

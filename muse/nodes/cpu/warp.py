@@ -16,6 +16,7 @@ import torch
 
 from muse.graph.payloads import Displacement, Frame, Mask
 from muse.nodes.cpu import as_numpy
+from muse.nodes.warp.kernels import ROOM_SHARE
 
 __all__ = ["WarpCPU", "warp_apply_cpu"]
 
@@ -94,8 +95,8 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
         if plate is None:
             bg = warped
         else:
-            ac = np.clip(a, 0.0, 1.0)
-            bg = cv2.blendLinear(np.ascontiguousarray(plate[y0:y1, x0:x1]), region, ac, 1.0 - ac)
+            ac = np.clip(a * ROOM_SHARE, 0.0, 1.0)  # kernels.room_share: no half-transparent copy of the old edge
+            bg = cv2.blendLinear(np.ascontiguousarray(plate[y0:y1, x0:x1]), np.ascontiguousarray(region), ac, 1.0 - ac)
         res = cv2.blendLinear(warped, bg, wa, 1.0 - wa)
         cv2.copyTo(a, still_u8, wa)  # the warped mask: the mask itself where nothing moves
         warped_mask[y0:y1, x0:x1] = wa

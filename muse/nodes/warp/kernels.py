@@ -15,7 +15,7 @@ Contract of `warp_apply(src, field, mask, plate)`:
 - `mask` (mh, mw) float32/float16 person alpha at any resolution, or None.
 - `plate` (H, W, 3) uint8 clean plate, or None.
 - out(p) = src(p) exactly where field(p) == (0, 0); elsewhere
-  wa = mask(p + d), a = mask(p), bg = lerp(src(p), plate(p), a) (or src(p + d)
+  wa = mask(p + d), a = mask(p), bg = lerp(src(p), plate(p), min(1, 4 a)) (or src(p + d)
   without a plate), out = wa * src(p + d) + (1 - wa) * bg.
   Without a mask, out = src(p + d). The warped mask is wa (a where d == 0).
 """
@@ -85,6 +85,16 @@ def upsample_field(field: torch.Tensor, height: int, width: int) -> torch.Tensor
     return F.interpolate(field.float()[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
+ROOM_SHARE = 4.0  # see room_share; the CUDA kernel and the CPU twin use the same number
+
+
+def room_share(a: torch.Tensor) -> torch.Tensor:
+    """How much of an uncovered pixel comes from the plate: min(1, 4 a). The frame at a soft edge (a = 0.3)
+    still holds 0.3 of the person; blending it by a alone left a half-transparent copy of the old edge
+    beside the reshaped one. Past a quarter of the person the frame is not used at all."""
+    return (a * ROOM_SHARE).clamp_(max=1.0)
+
+
 def warp_apply_torch(
     src: torch.Tensor,
     field: torch.Tensor,
@@ -108,7 +118,7 @@ def warp_apply_torch(
         wa = _sample_mask(mask, sx, sy, width, height)
         same = tuple(mask.shape) == (height, width)
         a = mask.float() if same else _sample_mask(mask, xs, ys, width, height)
-        bg = warped if plate is None else img + a * (plate.permute(2, 0, 1).float() - img)
+        bg = warped if plate is None else img + room_share(a) * (plate.permute(2, 0, 1).float() - img)
         out = wa * warped + (1.0 - wa) * bg
         warped_mask = torch.where(still, a, wa).to(mask.dtype)
     out = out.round_().clamp_(0, 255).to(torch.uint8)
@@ -192,7 +202,7 @@ extern "C" __global__ void warp_apply(
         float v = warped;
         if (has_mask) {
             float s = (float)src[o + c];
-            float bg = has_plate ? s + a * ((float)plate[o + c] - s) : warped;
+            float bg = has_plate ? s + fminf(1.f, a * 4.f) * ((float)plate[o + c] - s) : warped;  // ROOM_SHARE
             v = wa * warped + (1.f - wa) * bg;
         }
         dst[o + c] = (unsigned char)fminf(fmaxf(rintf(v), 0.f), 255.f);
