@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's muse, also when not installed
 
 from muse.graph.registry import load_registry
-from muse.graph.soak import soak_graph, stream_soak_text
+from muse.graph.soak import REPO, soak_graph, stream_soak_text
 from muse.graph.validate import validate_text
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     w, h = (int(v) for v in args.size.lower().split("x"))
     text = stream_soak_text(w, h, args.fps, args.device, args.graph)
-    graph = validate_text(text, str(args.graph or "graphs/stream_4k.yaml"), load_registry())
+    graph = validate_text(text, str(args.graph or "graphs/stream_4k.yaml"), load_registry(), base_dir=(args.graph or REPO / "graphs" / "stream_4k.yaml").parent)
     interval = args.interval or max(1.0, args.seconds / 120.0)
 
     def progress(s):  # one line per sample on stderr: a long run shows it is alive

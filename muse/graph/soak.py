@@ -71,10 +71,18 @@ def stream_soak_text(width: int = 3840, height: int = 2160, fps: float = 60.0, d
     spec["settings"]["resolution"] = [width, height]
     spec["settings"]["fps"] = fps
     nodes = spec["nodes"]
-    cam = nodes["camera"]
-    nodes["camera"] = {"type": "capture.demo", "description": cam.get("description", ""),
-                       "params": {"width": width, "height": height, "fps": fps, "frames": 0}}
+    demo = {"type": "capture.demo", "params": {"width": width, "height": height, "fps": fps, "frames": 0}}
+    if nodes.get("camera", {}).get("type") == "flow.switch" and "demo" in nodes:
+        # the shipped graph: the camera switch of webcam and demo; the demo runs on its own here
+        nodes.pop("webcam", None)
+        nodes["demo"] = {**demo, "description": nodes["demo"].get("description", "")}
+        nodes["demo"].pop("standby_for", None)
+        nodes["camera"]["params"]["labels"] = ["demo"]
+        nodes["camera"]["inputs"] = {"candidates": ["demo.frame"]}
+    else:
+        nodes["camera"] = {**demo, "description": nodes["camera"].get("description", "")}
     out = nodes.pop("virtualcam")
+    nodes.pop("preview", None)  # its stand-in: an output.null takes the virtual camera's place
     frame_src = out["inputs"]["frame"]
     nodes["virtualcam"] = {"type": "output.null", "description": "Counts frames in place of the virtual camera (soak run)",
                            "inputs": {"frame": frame_src}}
@@ -204,10 +212,14 @@ def _gpu_sample(device: Any) -> tuple[float, float, float]:
 
 
 def soak_graph(graph: ValidatedGraph, seconds: float, *, device: str | None = None, interval: float = 1.0,
-               tap: tuple[str, str] = ("composite", "out"), source: str = "camera",
+               tap: tuple[str, str] = ("composite", "out"), source: str | None = None,
                progress: Any = None) -> SoakReport:
-    """Run `graph` for `seconds`, sampling every `interval` s; see the module docstring."""
+    """Run `graph` for `seconds`, sampling every `interval` s; see the module docstring. `source`: the node whose
+    frames are accounted for (default: the graph's first source, the demo behind stream_4k's camera switch)."""
     from muse.graph.runtime import GraphRunner
+
+    if source is None:
+        source = next(n for n in graph.order if graph.nodes[n].cls.is_source())
 
     runner = GraphRunner(graph, device=device)
     report = SoakReport(device=runner.device_note, seconds=seconds)

@@ -24,7 +24,7 @@ import os
 import pytest
 
 from muse.graph.registry import load_registry
-from muse.graph.soak import soak_graph, stream_soak_text
+from muse.graph.soak import REPO, soak_graph, stream_soak_text
 from muse.graph.validate import validate_text
 
 pytestmark = [pytest.mark.soak, pytest.mark.slow]
@@ -36,7 +36,7 @@ SECONDS = float(os.environ.get("MUSE_SOAK_SECONDS", "120"))
 def test_stream_graph_soak(device):
     size = os.environ.get("MUSE_SOAK_SIZE") or ("640x360" if device == "cpu" else "3840x2160")
     w, h = (int(v) for v in size.lower().split("x"))
-    graph = validate_text(stream_soak_text(w, h, 60.0, device), "graphs/stream_4k.yaml", load_registry())
+    graph = validate_text(stream_soak_text(w, h, 60.0, device), "graphs/stream_4k.yaml", load_registry(), base_dir=REPO / "graphs")
     report = soak_graph(graph, SECONDS, device=device, interval=max(1.0, SECONDS / 120))
     d = report.as_dict()
     print("\nsoak " + json.dumps(d))
