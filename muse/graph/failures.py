@@ -15,6 +15,7 @@ import torch
 
 from muse.graph.node import NodeError
 from muse.graph.slots import LeftBehind, NodeStopped, Slot
+from muse.graph.watchdog import budget_ms
 
 log = logging.getLogger("muse.runtime")
 
@@ -130,7 +131,7 @@ class FailureHandling:
         ms = (t1 - t0) * 1000.0
         slot.stall_warned = False
         slot.stats.info.pop("stalled", None)
-        budget = slot.rn.policy.budget_ms
+        budget = budget_ms(self, slot)
         if ms <= budget:
             return
         st = slot.stats

@@ -30,8 +30,27 @@ log = logging.getLogger("muse.runtime")
 REPEAT_S = 30.0  # a call that never returns is named again this often (the log stays readable)
 
 
+WARMUP_CALLS = 1  # a processing node's first call loads and captures its models (and compiles them, MUSE_COMPILE=on)
+WARMUP_BUDGET_MS = 60_000.0  # ... so it gets this budget instead of its own
+
+
+def warming_up(runner: Any, slot: Any) -> bool:
+    """A processing node's first call, and a frame being recorded, get `WARMUP_BUDGET_MS`: models load, cuDNN
+    picks kernels, Inductor compiles and the frame program records there (seconds on a cold start). Sources and
+    outputs keep their own budget (a sink that hangs on its first frame is a hang)."""
+    if slot.rn.cls.is_source() or slot.rn.cls.is_sink():
+        return False
+    return slot.stats.frames < WARMUP_CALLS or bool(getattr(runner, "_recording", False))
+
+
+def budget_ms(runner: Any, slot: Any) -> float:
+    """The budget this call of the node is held to."""
+    own = float(slot.rn.policy.budget_ms)
+    return max(own, WARMUP_BUDGET_MS) if warming_up(runner, slot) else own
+
+
 class StallWatchdog:
-    def __init__(self, runner: Any, every_s: float = 0.1) -> None:
+    def __init__(self, runner: Any, every_s: float = 0.1) -> None:  # noqa: D107
         self.runner = runner
         self.every_s = every_s
         self._stop = threading.Event()
@@ -61,7 +80,7 @@ class StallWatchdog:
             if started is None:
                 continue
             ran = now - started
-            budget_s = slot.rn.policy.budget_ms / 1000.0
+            budget_s = budget_ms(self.runner, slot) / 1000.0
             if ran <= budget_s:
                 continue
             if slot.hung:

@@ -39,9 +39,10 @@ def default_cache_dir() -> Path:
 
 
 def compile_wanted() -> bool:
-    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=off` never, `on` always,
-    `auto` (default) when Triton is importable (Linux wheels ship it; where it is missing, models run as they are)."""
-    mode = os.environ.get("MUSE_COMPILE", "auto").strip().lower()
+    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=off` (default) never, `on`
+    always, `auto` when Triton is importable. Off by default: a model compiles at its first call, and a detector's
+    first call can come mid-stream (the first time tracking is lost), where 10-20 s of compiling is a frozen stream."""
+    mode = os.environ.get("MUSE_COMPILE", "off").strip().lower()
     if mode in ("0", "off", "false", "no"):
         return False
     if mode in ("1", "on", "true", "yes"):
