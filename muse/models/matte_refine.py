@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from muse.graph.capture import device_constant
+from muse.models.cuda_tap import TAP_F32
 import torch.nn.functional as F
 
 LUMA = (0.299, 0.587, 0.114)
@@ -124,17 +125,7 @@ def _cupy() -> bool:
     return True
 
 
-_APPLY_SOURCE = r"""
-__device__ __forceinline__ float tap(const float* p, int w, int h, float x, float y) {
-    x = fminf(fmaxf(x, 0.f), (float)(w - 1));
-    y = fminf(fmaxf(y, 0.f), (float)(h - 1));
-    int x0 = (int)x, y0 = (int)y;
-    int x1 = min(x0 + 1, w - 1), y1 = min(y0 + 1, h - 1);
-    float fx = x - x0, fy = y - y0;
-    return (p[y0 * w + x0] * (1.f - fx) + p[y0 * w + x1] * fx) * (1.f - fy)
-         + (p[y1 * w + x0] * (1.f - fx) + p[y1 * w + x1] * fx) * fy;
-}
-
+_APPLY_SOURCE = TAP_F32 + r"""
 // out = contrast(clamp(A . I * scale + b)); A (3, h, w) and b (h, w) bilinear on cell centres.
 extern "C" __global__ void guided_apply(const unsigned char* __restrict__ img, int W, int H,
                                         const float* __restrict__ ab, int w, int h, float scale,

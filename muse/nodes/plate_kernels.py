@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from muse.models.cuda_tap import TAP_F32
+
 __all__ = ["block_index", "block_counts", "block_sums", "block_sums_u8", "plate_update"]
 
 
@@ -51,7 +53,7 @@ def block_sums(planes: torch.Tensor, bh: int, bw: int, index: torch.Tensor | Non
     return out.index_add_(1, idx, planes.reshape(c, -1)).view(c, bh, bw)
 
 
-_SOURCE = r"""
+_SOURCE = TAP_F32 + r"""
 // Rows/columns of block b along an axis of `size` pixels cut into `blocks`: [ceil(b*size/blocks), ceil((b+1)*size/blocks)).
 __device__ __forceinline__ int first_of(int b, int size, int blocks) { return (int)(((long long)b * size + blocks - 1) / blocks); }
 
@@ -73,16 +75,6 @@ extern "C" __global__ void block_sums_u8(const unsigned char* __restrict__ img, 
     sums[b] = s0 / 255.f; sums[n + b] = s1 / 255.f; sums[2 * n + b] = s2 / 255.f;
 }
 
-// Bilinear tap on cell centres (align_corners=False, edges clamped), as torch's upsample.
-__device__ __forceinline__ float tap(const float* p, int w, int h, float x, float y) {
-    x = fminf(fmaxf(x, 0.f), (float)(w - 1));
-    y = fminf(fmaxf(y, 0.f), (float)(h - 1));
-    int x0 = (int)x, y0 = (int)y;
-    int x1 = min(x0 + 1, w - 1), y1 = min(y0 + 1, h - 1);
-    float fx = x - x0, fy = y - y0;
-    return (p[y0 * w + x0] * (1.f - fx) + p[y0 * w + x1] * fx) * (1.f - fy)
-         + (p[y1 * w + x0] * (1.f - fx) + p[y1 * w + x1] * fx) * fy;
-}
 
 extern "C" __global__ void plate_update(
     const unsigned char* __restrict__ frame, float* __restrict__ plate, unsigned char* __restrict__ out,
