@@ -73,6 +73,8 @@ class FailureHandling:
                               f"{type(exc).__name__}: {exc}") from exc
         assert slot.guard is not None
         slot.guard.failed_now = exc
+        if not self._recording:
+            self._tell_selectors(slot, exc)
         with self._in_stream(slot.stream):  # a fallback computed here runs on the node's stream, ordered by its event
             self._wait_events(slot.stream, events, values)
             outs, how = slot.guard.stand_in(policy, slot.node, values, slot.rn.cls.outputs_spec)
@@ -81,6 +83,17 @@ class FailureHandling:
                 self._fire_taps(slot.name, outs)
             done = self._record(slot)
         return outs or {}, list(events) + done
+
+    def _tell_selectors(self, slot: Slot, exc: BaseException) -> None:
+        """A switch fed by this node hears of the failure at once, though `on_error` covers it: with two frames
+        in flight (the CPU pipeline) the next frame's pick may come before this frame's switch runs."""
+        for consumer, port in self.graph.consumers(slot.name):
+            other = self.slots.get(consumer)
+            if other is None or not other.rn.cls.selects_inputs:
+                continue
+            for index, src in enumerate(self.graph.nodes[consumer].inputs[port].sources):
+                if src.node == slot.name:
+                    other.node.input_failed(port, index, exc)
 
     def _tell_consumers(self, slot: Slot) -> None:
         """A node that chooses between its inputs (a switch) hears that this source gave NaN/Inf: the guard's
