@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -84,30 +84,29 @@ class FailureHandling:
             done = self._record(slot)
         return outs or {}, list(events) + done
 
-    def _tell_selectors(self, slot: Slot, exc: BaseException) -> None:
-        """A switch fed by this node hears of the failure at once, though `on_error` covers it: with two frames
-        in flight (the CPU pipeline) the next frame's pick may come before this frame's switch runs."""
+    def _selector_edges(self, slot: Slot) -> Iterator[tuple[Slot, str, int]]:
+        """(consumer that chooses between its inputs, its port, the index of `slot` there) for every such edge."""
         for consumer, port in self.graph.consumers(slot.name):
             other = self.slots.get(consumer)
             if other is None or not other.rn.cls.selects_inputs:
                 continue
             for index, src in enumerate(self.graph.nodes[consumer].inputs[port].sources):
                 if src.node == slot.name:
-                    other.node.input_failed(port, index, exc)
+                    yield other, port, index
+
+    def _tell_selectors(self, slot: Slot, exc: BaseException) -> None:
+        """A switch fed by this node hears of the failure at once, though `on_error` covers it: with two frames
+        in flight (the CPU pipeline) the next frame's pick may come before this frame's switch runs."""
+        for other, port, index in self._selector_edges(slot):
+            other.node.input_failed(port, index, exc)
 
     def _tell_consumers(self, slot: Slot) -> None:
-        """A node that chooses between its inputs (a switch) hears that this source gave NaN/Inf: the guard's
-        stand-in keeps the picture clean, the switch falls back to its next branch (from the next frame on)."""
-        for consumer, port in self.graph.consumers(slot.name):
-            other = self.slots.get(consumer)
-            if other is None:
-                continue
+        """A switch fed by this node hears that it gave NaN/Inf: the guard's stand-in keeps the picture clean,
+        the switch falls back to its next branch (from the next frame on)."""
+        for other, port, index in self._selector_edges(slot):
             hook = getattr(other.node, "input_unhealthy", None)  # flow.switch has one
-            if hook is None:
-                continue
-            for index, src in enumerate(self.graph.nodes[consumer].inputs[port].sources):
-                if src.node == slot.name:
-                    hook(port, index, f"NaN/Inf output (node {slot.name!r})")
+            if hook is not None:
+                hook(port, index, f"NaN/Inf output (node {slot.name!r})")
 
     def _judge(self, slot: Slot) -> None:
         """Read the node's NaN/Inf check from the last frame it ran (never blocks) and act on it."""

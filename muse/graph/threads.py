@@ -45,13 +45,7 @@ class SourceSinkThreads:
                         out = slot.node.process()
                         events = self._record(slot)
                 except Exception as exc:
-                    slot.call_started = None
-                    self._end_call(slot, t0)
-                    if isinstance(exc, torch.OutOfMemoryError):
-                        self._out_of_memory(slot, exc)  # counted; the node may step down
-                    self._node_failed(slot, exc)
-                    if slot.rn.policy.on_error == "stop":
-                        self._fail(NodeStopped(f"{self.graph.file}: source '{slot.name}' failed and its on_error is stop: {exc}"))
+                    if self._thread_call_failed(slot, t0, exc, "source"):
                         break
                     if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:
                         if self._is_secondary_source(slot.name):
@@ -80,6 +74,19 @@ class SourceSinkThreads:
         slot.thread = threading.Thread(target=loop, name=f"muse-src-{slot.name}", daemon=True)
         slot.thread.start()
 
+    def _thread_call_failed(self, slot: Slot, t0: float, exc: Exception, what: str) -> bool:
+        """A source's or output's call raised: end the call, count it (out of memory may step the node down);
+        True when its on_error is stop and the graph stops."""
+        slot.call_started = None
+        self._end_call(slot, t0)
+        if isinstance(exc, torch.OutOfMemoryError):
+            self._out_of_memory(slot, exc)
+        self._node_failed(slot, exc)
+        if slot.rn.policy.on_error == "stop":
+            self._fail(NodeStopped(f"{self.graph.file}: {what} '{slot.name}' failed and its on_error is stop: {exc}"))
+            return True
+        return False
+
     def _start_sink(self, slot: Slot) -> None:
         policy, size = channel_wiring(self.graph, slot.name)
 
@@ -107,13 +114,7 @@ class SourceSinkThreads:
                         slot.node.process(**item.values)
                         self._record(slot)
                 except Exception as exc:
-                    slot.call_started = None
-                    self._end_call(slot, t0)
-                    if isinstance(exc, torch.OutOfMemoryError):
-                        self._out_of_memory(slot, exc)  # counted; the node may step down
-                    self._node_failed(slot, exc)
-                    if slot.rn.policy.on_error == "stop":
-                        self._fail(NodeStopped(f"{self.graph.file}: output '{slot.name}' failed and its on_error is stop: {exc}"))
+                    if self._thread_call_failed(slot, t0, exc, "output"):
                         break
                     slot.stats.count_handled("skipped")
                     if slot.consecutive_errors >= self.graph.settings.max_consecutive_errors:

@@ -59,13 +59,10 @@ _MODULE: Any = None
 
 def usable(image: torch.Tensor) -> bool:
     """A (3, H, W) view of an (H, W, 3) uint8 picture on a CUDA device, with CuPy installed."""
-    if not (image.is_cuda and image.dtype == torch.uint8 and image.dim() == 3 and image.permute(1, 2, 0).is_contiguous()):
-        return False
-    try:
-        import cupy  # noqa: F401
-    except Exception:
-        return False
-    return True
+    from muse.nodes.warp.kernels import cupy_available
+
+    return (image.is_cuda and image.dtype == torch.uint8 and image.dim() == 3
+            and image.permute(1, 2, 0).is_contiguous() and cupy_available())
 
 
 def crop_u8_cupy(image: torch.Tensor, theta: torch.Tensor, out_h: int, out_w: int, taps: int, border: str) -> torch.Tensor:
