@@ -84,6 +84,8 @@ def _blur_matrix(n: int, sigma: float, radius: int, device: torch.device) -> tor
     if m is None:
         import numpy as np
 
+        # numpy, not _blur_taps: under the CPU capture emulation the first call comes inside a recording,
+        # where torch ops on host values are refused
         x = np.arange(-radius, radius + 1, dtype=np.float64)
         taps = np.exp(-(x * x) / (2 * sigma * sigma))
         taps /= taps.sum()
