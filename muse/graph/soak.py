@@ -138,16 +138,27 @@ class SoakReport:
         half = self._half()
         return getattr(half[-1], attr) - getattr(half[0], attr) if len(half) >= 2 else 0.0
 
+    @property
+    def first_frame_s(self) -> float:
+        """Seconds from the start to the first sample with frames (models load, frames are recorded)."""
+        return next((s.t for s in self.samples if s.frames > 0), self.seconds)
+
+    def _steady(self) -> list[Sample]:
+        """Samples of the steady run: after the first 10% and at least 5 s after the first frame (a GPU
+        start-up that records its frames takes tens of seconds, which must not count as drift)."""
+        start = max(0.1 * self.seconds, self.first_frame_s + 5.0)
+        return [s for s in self.samples if s.t >= start]
+
     def _quarter_load(self) -> tuple[float, float]:
-        steady = [s for s in self.samples if s.t >= 0.1 * self.seconds]
+        steady = self._steady()
         if len(steady) < 4:
             return 0.0, 0.0
         q = max(1, len(steady) // 4)
         return sum(s.load1 for s in steady[:q]) / q, sum(s.load1 for s in steady[-q:]) / q
 
     def _quarter_rates(self) -> tuple[float, float, float, float]:
-        """(fps, CPU ms per frame) of the first and last quarter of the steady run (after the first 10%)."""
-        steady = [s for s in self.samples if s.t >= 0.1 * self.seconds]
+        """(fps, CPU ms per frame) of the first and last quarter of the steady run (see `_steady`)."""
+        steady = self._steady()
         if len(steady) < 4:
             return 0.0, 0.0, 0.0, 0.0
         n = len(steady)
@@ -180,6 +191,7 @@ class SoakReport:
         out: dict[str, Any] = {
             "device": self.device, "host": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M"),
             "seconds": round(self.seconds, 1), "samples": len(self.samples),
+            "first_frame_s": round(self.first_frame_s, 1),
             "fps_first_quarter": round(f0, 3), "fps_last_quarter": round(f1, 3), "fps_drift": round(self.fps_drift, 4),
             "cpu_ms_per_frame_first_quarter": round(c0, 2), "cpu_ms_per_frame_last_quarter": round(c1, 2),
             "cpu_ms_per_frame_drift": round(self.cpu_ms_drift, 4),
