@@ -3,6 +3,11 @@ vs GPU fp32 vs GPU fp16 (tracked third frame), per point, to tell precision
 drift from code-path differences. Prints one JSON line.
 
     python bench/check_pose_precision.py [--image PATH]
+    python bench/check_pose_precision.py --sequence 300 --size 3840x2160   # GPU: fp16 vs fp32 landmarks, tracked
+
+`--sequence N` runs pose.blazepose twice over N frames of the moving demo source (the same frames), once
+with the body landmark model in exact fp32 and once in fp16 (`landmark_precision`), and prints per-frame
+distances of the visible keypoints: pixels of the frame and the share of the body box's diagonal.
 """
 
 from __future__ import annotations
@@ -42,10 +47,48 @@ def points(cls, port: str, img: np.ndarray, device: str, dtype: torch.dtype) -> 
     return out.points[:, :2].float().cpu(), torch.as_tensor(conf).float().cpu()
 
 
+def sequence(frames: int, size: str) -> dict:
+    """fp32 vs fp16 body landmarks through the tracking loop on the demo source (GPU)."""
+    from muse.nodes.capture.demo import Demo
+    from muse.graph.testing import build_node
+
+    w, h = (int(v) for v in size.split("x"))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # on a CPU both runs are fp32 (a smoke run)
+    demo = build_node(Demo, {"width": w, "height": h, "fps": 0, "frames": frames})
+    demo.open(make_context("demo", dev, resolution=(w, h)))
+    pictures = [demo.render(i)[0] for i in range(frames)]
+    tracks = {}
+    for precision in ("fp32", "fp16"):
+        outs = run_node_frames(BlazePose, {"backend": "torch", "landmark_precision": precision},
+                               [{"frame": Frame(p)} for p in pictures], ctx=make_context("pose", dev, resolution=(w, h)))
+        tracks[precision] = [(o["keypoints"].points[:, :2].float().cpu(), torch.as_tensor(o["keypoints"].confidence).float().cpu())
+                             for o in outs if o is not None]
+    per_frame_px, per_frame_share = [], []
+    for (a, ca), (b, _) in zip(tracks["fp32"], tracks["fp16"]):
+        vis = ca > 0.5
+        if not bool(vis.any()):
+            continue
+        d = (a - b).norm(dim=1)[vis]
+        box = a[vis]
+        diag = float((box.amax(0) - box.amin(0)).norm().clamp(min=1.0))
+        per_frame_px.append(float(d.max()))
+        per_frame_share.append(float(d.max()) / diag)
+    px, share = np.array(per_frame_px), np.array(per_frame_share)
+    q = lambda v, k: round(float(np.percentile(v, k)), 4) if v.size else None  # noqa: E731
+    return {"bench": "pose_landmark_fp16_sequence", "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None, "size": size,
+            "frames": len(px), "visible_max_px": {"p50": q(px, 50), "p95": q(px, 95), "max": q(px, 100)},
+            "share_of_body_diagonal": {"p50": q(share, 50), "p95": q(share, 95), "max": q(share, 100)}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--image", default=None)
+    ap.add_argument("--sequence", type=int, default=0, help="GPU: fp16 vs fp32 body landmarks over N demo frames")
+    ap.add_argument("--size", default="3840x2160")
     args = ap.parse_args()
+    if args.sequence:
+        print(json.dumps(sequence(args.sequence, args.size)))
+        return
     img = picture(args.image)
     result: dict = {"bench": "pose_precision", "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     for cls, port in ((BlazePose, "keypoints"), (FaceLandmarksNode, "face")):

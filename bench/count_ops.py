@@ -28,14 +28,23 @@ _SKIP = {"aten.detach.default", "aten.alias.default", "aten.view.default", "aten
 
 
 class _Count(TorchDispatchMode):
-    def __init__(self) -> None:
+    def __init__(self, full: int = 0) -> None:
         super().__init__()
         self.n = 0
+        self.ops: collections.Counter[str] = collections.Counter()
+        self.full = full  # pixels of a whole frame: ops writing at least that many elements are listed apart
+        self.full_ops: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         if str(func) not in _SKIP:  # views launch nothing
             self.n += 1
-        return func(*args, **(kwargs or {}))
+            self.ops[str(func)] += 1
+        out = func(*args, **(kwargs or {}))
+        if self.full and str(func) not in _SKIP:
+            first = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(first, torch.Tensor) and first.numel() >= self.full:
+                self.full_ops[f"{str(func).removeprefix('aten.')}:{first.dtype}".replace("torch.", "")] += 1
+        return out
 
 
 def main() -> None:
@@ -43,6 +52,7 @@ def main() -> None:
     ap.add_argument("graph")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", default="640x360")
+    ap.add_argument("--top", type=int, default=0, help="also list each node's N most frequent ops (last frame)")
     a = ap.parse_args()
     w, h = (int(v) for v in a.size.split("x"))
     spec = yaml.safe_load(Path(a.graph).read_text())
@@ -56,12 +66,16 @@ def main() -> None:
                    if rn.type in ("pose.hybrid", "face.landmarks", "pose.blazepose")}
     runner = GraphRunner(validate_text(text, a.graph, reg, torch_nodes, base_dir=base))
     counts: dict[str, list[int]] = collections.defaultdict(list)
+    last_ops: dict[str, collections.Counter[str]] = {}
+    last_full: dict[str, collections.Counter[str]] = {}
     original = runner._run_node
 
     def counted(slot, values, events):  # type: ignore[no-untyped-def]
-        with _Count() as c:
+        with _Count(w * h if a.top else 0) as c:
             out = original(slot, values, events)
         counts[slot.name].append(c.n)
+        last_ops[slot.name] = c.ops
+        last_full[slot.name] = c.full_ops
         return out
 
     runner._run_node = counted  # type: ignore[method-assign]
@@ -73,6 +87,10 @@ def main() -> None:
         total += med
         print(f"| {name} | {med} |")
     print(f"| **total** | **{total}** |")
+    for name, ops in last_ops.items() if a.top else ():
+        print(f"{name}: " + ", ".join(f"{op.removeprefix('aten.')} {n}" for op, n in ops.most_common(a.top)))
+        if last_full.get(name):
+            print(f"  {name}, whole-frame outputs: " + ", ".join(f"{op} {n}" for op, n in last_full[name].most_common()))
 
 
 if __name__ == "__main__":

@@ -471,3 +471,24 @@ def test_preview_encodes_jpeg_on_the_gpu_for_a_watcher(astronaut):
     finally:
         node._latest.clients = 0
         node.close()
+
+
+@pytest.mark.cuda
+def test_an_unwatched_preview_leaves_the_picture_on_the_gpu_until_a_still_is_asked(astronaut):
+    """Nobody watching: no download per frame; a still asked later is the newest picture, even after the
+    graph overwrote the buffer it came from."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU (run on the GPU machine)")
+    node = build_node(Preview, {"port": 0, "window": "off", "max_width": 0})
+    node.open(make_context(device="cuda"))
+    try:
+        buf = torch.from_numpy(astronaut).cuda()
+        node.process(frame=Frame(buf))
+        assert node._latest.pixels is None and node._latest.pending is not None
+        buf.zero_()  # the graph reuses its output buffer for the next frame
+        jpeg = node._latest.still()
+        decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert np.abs(decoded.astype(int) - astronaut.astype(int)).mean() < 4
+        assert node.count == 1
+    finally:
+        node.close()

@@ -61,7 +61,7 @@ def refine_from_heatmaps(points: torch.Tensor, heatmaps: torch.Tensor, model_siz
 class BlazePoseTracker:
     """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True, landmarks: bool = True) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True, landmarks: bool = True, landmark_dtype: torch.dtype = torch.float32) -> None:
         self.name = name
         self.device = device
         self.dtype = dtype
@@ -73,8 +73,9 @@ class BlazePoseTracker:
         # landmarks=False: only the person detector (ViTPose's person box)
         # The body landmark model drifts with reduced precision (H100, bench/check_pose_precision.py on the
         # astronaut: arms and legs up to 69 px off in fp16 and 82 px in fp32 with TF32 convolutions; exact
-        # fp32 matches the CPU within 0.2 px), so it runs in exact fp32.
-        self.landmark_dtype = torch.float32
+        # fp32 matches the CPU within 0.2 px), so it runs in exact fp32 unless fp16 is asked for (the node's
+        # landmark_precision; fp16 only on a GPU: a CPU has no fast fp16 convolutions).
+        self.landmark_dtype = landmark_dtype if device.type == "cuda" else torch.float32
         self.landmarks = (
             load_bundled(name, "pose_landmark_full", device, self.landmark_dtype, backend, exact_fp32=True) if landmarks else None
         )
