@@ -34,7 +34,12 @@ EXCLUDES = ["pytest", "_pytest", "hypothesis", "ai_edge_litert", "IPython", "jup
             "tkinter", "tensorboard", "torch.utils.tensorboard", "sphinx", "setuptools", "pip", "tests",
             # Triton only serves torch.compile/inductor, which MUSE does not use (its kernels are CuPy);
             # torch treats it as optional. ~0.9 GB. Remove from this list if Triton kernels are added.
-            "triton"]
+            "triton",
+            # Found on machines with a data-science Python (the GPU machine's image): optional imports of torch,
+            # transformers or CuPy that MUSE never uses; following them made the freeze take over 5 minutes.
+            "jax", "jaxlib", "numba", "llvmlite", "numpyro", "accelerate", "sentence_transformers",
+            "pytorch_lightning", "lightning", "torch_geometric", "botorch", "gpytorch", "tensorflow", "keras",
+            "pandas", "matplotlib", "sklearn", "torch.testing._internal"]
 STUDIO_ONLY = ["sam2", "hydra", "iopath", "muse.studio.teachers.sam2_teacher"]
 
 SPEC = r'''
