@@ -39,7 +39,7 @@ EXCLUDES = ["pytest", "_pytest", "hypothesis", "ai_edge_litert", "IPython", "jup
             # transformers or CuPy that MUSE never uses; following them made the freeze take over 5 minutes.
             "jax", "jaxlib", "numba", "llvmlite", "numpyro", "accelerate", "sentence_transformers",
             "pytorch_lightning", "lightning", "torch_geometric", "botorch", "gpytorch", "tensorflow", "keras",
-            "pandas", "matplotlib", "sklearn", "torch.testing._internal"]
+            "pandas", "matplotlib", "sklearn"]
 STUDIO_ONLY = ["sam2", "hydra", "iopath", "muse.studio.teachers.sam2_teacher"]
 
 SPEC = r'''
