@@ -6,13 +6,15 @@ drift from code-path differences. Prints one JSON line.
     python bench/check_pose_precision.py --sequence 300 --size 3840x2160   # GPU: fp16 vs fp32 landmarks, tracked
 
 `--sequence N` runs pose.blazepose twice over N frames of the moving demo source (the same frames), once
-with the body landmark model in exact fp32 and once in fp16 (`landmark_precision`), and prints per-frame
-distances of the visible keypoints: pixels of the frame and the share of the body box's diagonal.
+with the body landmark model in exact fp32 (as shipped) and once in fp16 (the tracker's `landmark_dtype`),
+and prints per-frame distances of the visible keypoints: pixels of the frame and the share of the body
+box's diagonal.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -27,6 +29,7 @@ from muse.graph.payloads import Frame  # noqa: E402
 from muse.graph.testing import make_context, run_node_frames  # noqa: E402
 from muse.nodes.face.landmarks import FaceLandmarksNode  # noqa: E402
 from muse.nodes.pose.blazepose import BlazePose  # noqa: E402
+from muse.nodes.pose.tracker import BlazePoseTracker  # noqa: E402
 
 
 def picture(path: str | None) -> np.ndarray:
@@ -59,8 +62,16 @@ def sequence(frames: int, size: str) -> dict:
     pictures = [demo.render(i)[0] for i in range(frames)]
     tracks = {}
     for precision in ("fp32", "fp16"):
-        outs = run_node_frames(BlazePose, {"backend": "torch", "landmark_precision": precision},
-                               [{"frame": Frame(p)} for p in pictures], ctx=make_context("pose", dev, resolution=(w, h)))
+        node = build_node(BlazePose, {"backend": "torch"})
+        ctx = make_context("pose", dev, resolution=(w, h))
+        node.open(ctx)
+        old = node.tracker
+        node.tracker = BlazePoseTracker("pose", ctx.device, ctx.dtype, backend="torch",
+                                        landmark_dtype=torch.float16 if precision == "fp16" else torch.float32)
+        del old
+        with torch.cuda.stream(ctx.stream) if ctx.stream is not None else contextlib.nullcontext():
+            outs = [node.process(frame=Frame(p)) for p in pictures]
+        node.close()
         tracks[precision] = [(o["keypoints"].points[:, :2].float().cpu(), torch.as_tensor(o["keypoints"].confidence).float().cpu())
                              for o in outs if o is not None]
     per_frame_px, per_frame_share = [], []

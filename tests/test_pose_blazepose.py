@@ -159,43 +159,6 @@ def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut, monkeypatch):
     assert diff.max() < 0.03 * astronaut.shape[0]  # legs below the picture are guesses: looser, still bounded
 
 
-def test_landmark_precision_fp16_is_gpu_only_and_a_change_rebuilds(astronaut):
-    """fp16 body landmarks are a GPU choice: on the CPU the model stays fp32 (same keypoints); changing the
-    param live asks the runtime to rebuild the node (another model object)."""
-    frames = [{"frame": _frame(astronaut)}] * 2
-    a = run_node_frames(BlazePose, {"backend": "torch"}, frames)[-1]["keypoints"]
-    b = run_node_frames(BlazePose, {"backend": "torch", "landmark_precision": "fp16"}, frames)[-1]["keypoints"]
-    assert torch.equal(a.points, b.points)
-    node = build_node(BlazePose, {"backend": "torch"})
-    node.open(make_context("pose", "cpu"))
-    try:
-        assert node.tracker.landmark_dtype == torch.float32
-        assert node.update_params(BlazePose.Params(backend="torch", landmark_precision="fp16")) is False
-        assert node.update_params(BlazePose.Params(backend="torch", refine=False)) is True
-    finally:
-        node.close()
-
-
-@pytest.mark.cuda
-def test_gpu_fp16_landmarks_stay_close_to_exact_fp32(astronaut):
-    """GPU: with landmark_precision fp16 the visible keypoints stay within 1.5 % of the body's size of the
-    exact-fp32 ones over a tracked sequence (bench/check_pose_precision.py --sequence has the figures)."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs an NVIDIA GPU (run on the GPU machine)")
-    frames = [{"frame": _frame(astronaut).to("cuda")}] * 6
-    got = {}
-    for precision in ("fp32", "fp16"):
-        outs = run_node_frames(BlazePose, {"backend": "torch", "landmark_precision": precision}, frames,
-                               ctx=make_context("pose", "cuda"))
-        got[precision] = outs[-1]["keypoints"]
-    ref = got["fp32"]
-    visible = ref.confidence.cpu() > 0.5
-    pts = ref.points[:, :2].float().cpu()[visible]
-    size = float((pts.amax(0) - pts.amin(0)).norm())
-    d = (got["fp16"].points[:, :2].float().cpu() - ref.points[:, :2].float().cpu()).norm(dim=1)[visible]
-    assert visible.sum() >= 10 and float(d.max()) < 0.015 * size
-
-
 def test_heatmap_refinement_moves_points_to_the_peak():
     from muse.nodes.pose.tracker import refine_from_heatmaps
 

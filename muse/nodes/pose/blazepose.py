@@ -44,9 +44,6 @@ class BlazePose(TrackerInput, Node):
         refine: bool = Field(True, description="Refine keypoints with the model's heatmaps (MediaPipe does; slightly more precise)")
         antialias: bool = Field(True, description="Box-filter big crops (a 4K body to 256 px) instead of plain bilinear sampling")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
-        landmark_precision: Literal["fp32", "fp16"] = Field(
-            "fp32", description="GPU only: the body landmark model in exact fp32 (default) or fp16 (faster; "
-            "bench/check_pose_precision.py --sequence measures the difference on the demo source)")
 
     params: Params
 
@@ -54,12 +51,11 @@ class BlazePose(TrackerInput, Node):
         super().open(ctx)
         self._uint8 = wanted(ctx)  # issue 13: crops from the uint8 frame on the CPU path
         p = self.params
-        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias,
-                                        landmark_dtype=torch.float16 if p.landmark_precision == "fp16" else torch.float32)
+        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias)
         self._frames = 0
 
     def update_params(self, params: Params) -> bool:
-        if params.backend != self.params.backend or params.landmark_precision != self.params.landmark_precision:
+        if params.backend != self.params.backend:
             return False  # other model objects: rebuild
         self.params = params
         if getattr(self, "tracker", None) is not None:

@@ -73,8 +73,9 @@ class BlazePoseTracker:
         # landmarks=False: only the person detector (ViTPose's person box)
         # The body landmark model drifts with reduced precision (H100, bench/check_pose_precision.py on the
         # astronaut: arms and legs up to 69 px off in fp16 and 82 px in fp32 with TF32 convolutions; exact
-        # fp32 matches the CPU within 0.2 px), so it runs in exact fp32 unless fp16 is asked for (the node's
-        # landmark_precision; fp16 only on a GPU: a CPU has no fast fp16 convolutions).
+        # fp32 matches the CPU within 0.2 px), so it runs in exact fp32. `landmark_dtype` exists for the
+        # precision bench only: fp16 through the tracking loop on the H200 (2026-12-01, bench/check_pose_precision.py
+        # --sequence 200 at 4K) put visible keypoints a median 164 px (10 % of the body) from exact fp32.
         self.landmark_dtype = landmark_dtype if device.type == "cuda" else torch.float32
         self.landmarks = (
             load_bundled(name, "pose_landmark_full", device, self.landmark_dtype, backend, exact_fp32=True) if landmarks else None
