@@ -202,6 +202,13 @@ def test_virtualcam_without_driver_says_what_to_install():
     with pytest.raises(NodeError, match="no virtual camera could be opened.*fallback: preview"):
         run_node_frames(VirtualCamera, {"backend": "muse_missing"}, [])
     assert "modprobe v4l2loopback" in install_hint("Linux") and "v4l2loopback-dkms" in install_hint("Linux")
+    # The shipped graph wires the preview as the virtual camera's stand-in: the message says so instead of
+    # suggesting a fallback the graph already has.
+    ctx = make_context("virtualcam")
+    ctx.stand_ins = ("preview",)
+    with pytest.raises(NodeError, match="stand-in \\(preview\\) takes over") as err:
+        run_node_frames(VirtualCamera, {"backend": "muse_missing"}, [], ctx=ctx)
+    assert "fallback: preview" not in str(err.value)
     assert "OBS Studio 26" in install_hint("Windows") and "OBS Studio 26" in install_hint("Darwin")
 
 

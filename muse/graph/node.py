@@ -15,8 +15,7 @@ and the `open(ctx)` / `process(...)` / `close()` lifecycle.
         def process(self, frame: Frame) -> dict[str, Frame]:
             ...
 
-The registry and the editor read ports and params from the class alone;
-constructors do no work (models load in `open`).
+The registry and the editor read ports and params from the class alone; constructors do no work.
 """
 
 from __future__ import annotations
@@ -157,6 +156,7 @@ class NodeContext:
     clock: "torch.Tensor | None" = None  # this frame's source time in seconds, a float64 device scalar
     connected: frozenset[str] = frozenset()  # the input ports wired in the graph
     fan_in: dict[str, int] = field(default_factory=dict)  # input port -> how many sources are wired to it
+    stand_ins: tuple[str, ...] = ()  # nodes with `standby_for: <this node>` (they start if it does not)
 
     @property
     def cuda(self) -> bool:

@@ -94,6 +94,7 @@ class ValidatedGraph:
     # the whole graph made the runtime's start-up quadratic in the graph's size. A validated graph
     # is not changed afterwards (live changes build a new one; `dataclasses.replace` starts empty).
     _consumers: dict[str, list[tuple[str, str]]] | None = field(default=None, init=False, repr=False, compare=False)
+    _any_standby: bool | None = field(default=None, init=False, repr=False, compare=False)
 
     def consumer_index(self) -> dict[str, list[tuple[str, str]]]:
         """node -> [(consumer node, input port)] for every edge, in graph order; built once."""
@@ -105,6 +106,15 @@ class ValidatedGraph:
                         index.setdefault(src, []).append((n.name, port))
             self._consumers = index
         return self._consumers
+
+    def stand_ins(self, name: str) -> tuple[str, ...]:
+        """The nodes with `standby_for: name` (few: a linear pass is cheap next to opening a node)."""
+        return tuple(n.name for n in self.nodes.values() if n.standby_for == name) if self._has_standby() else ()
+
+    def _has_standby(self) -> bool:
+        if self._any_standby is None:
+            self._any_standby = any(n.standby_for for n in self.nodes.values())
+        return self._any_standby
 
     def consumers(self, name: str) -> list[tuple[str, str]]:
         """(consumer node, input port) for every edge leaving `name`."""

@@ -168,6 +168,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
             clock=self.clock,
             connected=frozenset(p for p, ri in rn.inputs.items() if ri.sources),
             fan_in={p: len(ri.sources) for p, ri in rn.inputs.items()},
+            stand_ins=self.graph.stand_ins(rn.name),
         )
         node = rn.cls(rn.name, rn.params)
         for fault in self.faults:

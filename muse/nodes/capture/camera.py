@@ -272,7 +272,7 @@ class Camera(Node):
         raise NodeError(
             f"node {self.name!r}: {self._where()} could not be opened or gave no frame within "
             f"{p.open_timeout_s:g} s (field `device`/`backend`). Try another index or backend; {hint}"
-            + ("." if p.fallback == "demo" else "; or set `fallback: demo` to run without a camera.")
+            + ("." if p.fallback == "demo" or (self.ctx is not None and self.ctx.stand_ins) else "; or set `fallback: demo` to run without a camera.")
         )
 
     def _put(self, data: np.ndarray, kind: str) -> None:

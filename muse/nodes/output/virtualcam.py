@@ -114,7 +114,9 @@ class VirtualCamera(Node):
             reason = " ".join(str(exc).split())
             message = (f"node {self.name!r}: no virtual camera could be opened ({reason}). To stream into OBS, Zoom or "
                        f"Discord, {install_hint()}.")
-            if p.fallback == "none":
+            if ctx.stand_ins:  # the graph already wires a stand-in: say so instead of suggesting one
+                message += f" The graph's stand-in ({', '.join(ctx.stand_ins)}) takes over."
+            elif p.fallback == "none":
                 message += " Or set `fallback: preview` (or file/null) to run without one."
             raise NodeError(message) from exc
         ctx.report("device", f"{self._cam.device} ({self._cam.backend}, {p.width}x{p.height} {p.format} @ {self._fps:g} fps)")
