@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -16,6 +16,22 @@ if [[ $what == capture ]]; then
   echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
   run stream_4k_eager python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --capture off --latency-frames 0 --json "$out/stream_4k_eager.json"
   run stream_4k_captured python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 900 --capture on --latency-frames 300 --kernel-frames 30 --json "$out/stream_4k_captured.json"
+fi
+if [[ $what == profile ]]; then
+  # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),
+  # the whole frame captured, and where the host CPU goes (py-spy, when installed: `pip install py-spy`).
+  run per_node python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --capture per_node --latency-frames 0 --json "$out/stream_4k_per_node.json"
+  run kernels_per_node python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 20 --top 8 --json "$out/profile_nodes.json"
+  run captured python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 900 --capture on --latency-frames 300 --kernel-frames 30 --json "$out/stream_4k_captured.json"
+  if command -v py-spy > /dev/null; then
+    # Steady frames only: start the run, let it load and record (~30 s), then sample every thread for 20 s.
+    python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 20000 --capture on --latency-frames 0 >> "$out/bench.log" 2>&1 &
+    bench_pid=$!
+    sleep 40
+    timeout 60 py-spy record --pid "$bench_pid" --threads --nonblocking --format raw --rate 250 --duration 20 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
+    echo "py-spy exit $?" >> "$out/bench.log"
+    kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+  fi
 fi
 if [[ $what == all || $what == tests ]]; then
   timeout 420 python3 -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
