@@ -49,14 +49,7 @@ class _Latest:
         with self.cond:
             watched = self.clients > 0
         jpeg = encode_jpeg(pixels, self.quality) if watched else None
-        with self.cond:
-            self.pixels = None if watched else pixels.copy()
-            self.pending = None
-            self.jpeg = jpeg
-            self.serial += 1
-            self.cond.notify_all()
-        if self.on_publish is not None:
-            self.on_publish()
+        self._set(jpeg=jpeg, pixels=None if watched else pixels.copy())
 
     def watched(self) -> bool:
         with self.cond:
@@ -65,21 +58,17 @@ class _Latest:
     def publish_pending(self, fetch: Callable[[], np.ndarray]) -> None:
         """A picture left on the GPU while nobody watches: `fetch` brings it to the host only if someone asks
         for a still (a 1280x720 download and copy every frame cost the sink thread ~1-2 ms of CPU at 4K60)."""
-        with self.cond:
-            self.pixels = None
-            self.pending = fetch
-            self.jpeg = None
-            self.serial += 1
-            self.cond.notify_all()
-        if self.on_publish is not None:
-            self.on_publish()
+        self._set(pending=fetch)
 
     def publish_jpeg(self, jpeg: bytes) -> None:
         """A picture already encoded (on the GPU)."""
+        self._set(jpeg=jpeg)
+
+    def _set(self, *, jpeg: bytes | None = None, pixels: np.ndarray | None = None,
+             pending: Callable[[], np.ndarray] | None = None) -> None:
+        """The newest picture, in one of its three forms; wakes every waiting viewer."""
         with self.cond:
-            self.pixels = None
-            self.pending = None
-            self.jpeg = jpeg
+            self.jpeg, self.pixels, self.pending = jpeg, pixels, pending
             self.serial += 1
             self.cond.notify_all()
         if self.on_publish is not None:
