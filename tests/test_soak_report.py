@@ -25,3 +25,12 @@ def test_start_up_longer_than_a_tenth_of_the_run_is_not_counted_as_drift() -> No
 def test_a_real_slowdown_is_drift() -> None:
     r = _report(first_frame=5, fps_late=48.0)
     assert -0.25 < r.fps_drift < -0.15
+
+
+def test_per_node_cpu_tells_which_node_drifts() -> None:
+    r = _report(first_frame=5, fps_late=60.0)
+    for s in r.samples:
+        s.node_cpu_ms = {"matte": 20.0, "composite": 10.0 + (5.0 if s.t >= 75 else 0.0)}
+    quarters = r.as_dict()["node_cpu_ms_first_last_quarter"]
+    assert quarters["matte"] == [20.0, 20.0]
+    assert quarters["composite"][0] == 10.0 and quarters["composite"][1] == 15.0

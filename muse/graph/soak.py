@@ -99,6 +99,7 @@ class Sample:
     gpu_reserved_mib: float = 0.0
     gpu_used_mib: float = 0.0  # the device's used memory (every allocator, cuDNN/cuBLAS workspaces included)
     load1: float = 0.0  # the machine's 1-minute load average (other jobs slow a shared CPU down)
+    node_cpu_ms: dict[str, float] = field(default_factory=dict)  # per node: mean thread CPU ms of its recent calls
 
 
 @dataclass
@@ -156,6 +157,21 @@ class SoakReport:
         q = max(1, len(steady) // 4)
         return sum(s.load1 for s in steady[:q]) / q, sum(s.load1 for s in steady[-q:]) / q
 
+    def node_cpu_quarters(self) -> dict[str, tuple[float, float]]:
+        """Per node, its thread CPU ms a call in the first and the last quarter of the steady run: which node
+        a drift in the process's CPU time per frame comes from."""
+        steady = [s for s in self._steady() if s.node_cpu_ms]
+        if len(steady) < 4:
+            return {}
+        q = max(1, len(steady) // 4)
+        out: dict[str, tuple[float, float]] = {}
+        for name in steady[-1].node_cpu_ms:
+            first = [s.node_cpu_ms[name] for s in steady[:q] if name in s.node_cpu_ms]
+            last = [s.node_cpu_ms[name] for s in steady[-q:] if name in s.node_cpu_ms]
+            if first and last:
+                out[name] = (sum(first) / len(first), sum(last) / len(last))
+        return out
+
     def _quarter_rates(self) -> tuple[float, float, float, float]:
         """(fps, CPU ms per frame) of the first and last quarter of the steady run (see `_steady`)."""
         steady = self._steady()
@@ -205,12 +221,25 @@ class SoakReport:
             "drops_counted": self.drops_counted, "frames_lost": self.lost, "lost_examples": self.lost_examples,
             "node_errors": self.errors, "load_average": [round(x, 2) for x in self.load_average],
         }
+        quarters = self.node_cpu_quarters()
+        if quarters:
+            out["node_cpu_ms_first_last_quarter"] = {n: [round(a, 2), round(b, 2)] for n, (a, b) in quarters.items()}
         if cuda:
             for attr in ("gpu_alloc_mib", "gpu_reserved_mib", "gpu_used_mib"):
                 out[f"{attr}_end"] = round(getattr(self.samples[-1], attr), 1)
                 out[f"{attr[:-4]}_slope_mib_per_min_2nd_half"] = round(self.slope(attr), 3)
                 out[f"{attr[:-4]}_rise_mib_2nd_half"] = round(self.rise(attr), 2)
         return out
+
+
+def _node_cpu(runner: Any) -> dict[str, float]:
+    """Mean thread CPU ms of each node's recent calls (its stats window)."""
+    out: dict[str, float] = {}
+    for name, st in list(runner.stats.nodes.items()):
+        window = list(st.cpu_ms)
+        if window:
+            out[name] = sum(window) / len(window)
+    return out
 
 
 def _gpu_sample(device: Any) -> tuple[float, float, float]:
@@ -258,7 +287,7 @@ def soak_graph(graph: ValidatedGraph, seconds: float, *, device: str | None = No
             if now >= next_sample:
                 alloc, reserved, used = _gpu_sample(runner.device)
                 report.samples.append(Sample(now, rss_mib(), runner.stats.frames_out, time.process_time(), alloc, reserved, used,
-                                             os.getloadavg()[0]))
+                                             os.getloadavg()[0], _node_cpu(runner)))
                 if progress is not None:
                     progress(report.samples[-1])
                 next_sample += interval
