@@ -2,14 +2,20 @@
 numpy/OpenCV at the working resolution, then one full-resolution edge pass.
 
 Kept step for step in line with the torch path: each method here has the torch method's name
-(`_shift`, `_translate`, `_light_field`, `_gain`, `step`, `keep_out`, `refine_full`) and the same
+(`_shift`, `_translate`, `_light_field`, `_gain`, `_follow`, `step`, `edge_alpha`, `keep_out`, `refine_full`) and the same
 order of operations, so a change to the torch algorithm maps onto one place here.
 `tests/test_cpu_fused.py` holds the two together on real photos.
 
 What differs, and why it is exact or within float rounding:
 - images are (h, w, C) float32 arrays, not (1, C, h, w) tensors;
-- without a plate the plate difference is skipped: the torch path multiplies it by `known`
-  (all zeros until a plate is set) and learns nothing (`has_plate` is 0), so it adds exactly 0;
+- while nothing of the plate is known (no recorded plate, the own plate not grown yet or just dropped)
+  the plate difference is skipped: the torch path multiplies it by `known` (all zeros), its `pp` is 0 and
+  its gain is not used (`g_ok` is 0), so it adds exactly 0;
+- the previous matte carried along the motion (`_follow`): the same block matching at quarter size
+  (49 candidate shifts as channels of one array, one box filter, one argmin: numpy's and torch's argmin
+  both take the first of equal costs); the bilinear resampling (`_sample`) gathers the four neighbours
+  in numpy, as grid_sample does (OpenCV's remap rounds the position to 1/32 pixel);
+- `_known_quantile` picks the same order statistics with np.partition instead of a sort;
 - `_dilate`/`_erode` are `cv2.dilate`/`cv2.erode` (both ignore pixels outside, as max_pool2d's padding);
 - `box_filter` counts only pixels inside the picture (torch's count_include_pad=False);
 - the camera-shake shift is a whole number of pixels (an FFT peak), so `_translate` is an integer
@@ -31,7 +37,6 @@ import torch.nn.functional as F
 
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy
-from muse.nodes.cpu.composite import adaptive_mean
 from muse.nodes.cpu.refine import box_mean, guided_colour
 
 __all__ = ["FusedCPU", "working_picture"]
@@ -74,9 +79,70 @@ def _luma(x: np.ndarray) -> np.ndarray:
     return cv2.transform(x, LUMA[None, :])
 
 
+_ONES3 = np.ones((1, 3), np.float32)
+
+
+def _chsum(x: np.ndarray) -> np.ndarray:
+    """x.sum(2) of (h, w, 3) float32 (numpy's reduction over a 3-long last axis is slow)."""
+    return cv2.transform(x, _ONES3)
+
+
+def _chmax(x: np.ndarray) -> np.ndarray:
+    return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
+
+
+def _chmin(x: np.ndarray) -> np.ndarray:
+    return np.minimum(np.minimum(x[..., 0], x[..., 1]), x[..., 2])
+
+
 def _resize(x: np.ndarray, w: int, h: int) -> np.ndarray:
     """F.interpolate(bilinear, align_corners=False) without antialiasing."""
     return x if x.shape[:2] == (h, w) else cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _known_quantile(d: np.ndarray, known: np.ndarray, q: float) -> float:
+    """fused._known_quantile: the q-quantile of d over the pixels where known > 0.5 (every 7th pixel),
+    unknown ones pushed to the end (1e3), linear interpolation between the two order statistics."""
+    k = known.ravel()[::7] > 0.5
+    dk = np.where(k, d.ravel()[::7], np.float32(1e3))
+    n = dk.size
+    pos = min(max(q * float(k.mean()) * (n - 1), 0.0), n - 1.0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, n - 1)
+    v = np.partition(dk, (lo, hi))
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
+def _pool(x: np.ndarray, q: int) -> np.ndarray:
+    """F.avg_pool2d(x, q, ceil_mode=True): q x q block means, a last partial block averaged over what it holds."""
+    h, w = x.shape
+    hq, wq = -(-h // q), -(-w // q)
+    if (hq * q, wq * q) == (h, w):
+        return x.reshape(hq, q, wq, q).mean((1, 3), dtype=np.float32)
+    p = np.zeros((hq * q, wq * q), np.float32)
+    p[:h, :w] = x
+    c = np.zeros_like(p)
+    c[:h, :w] = 1.0
+    return p.reshape(hq, q, wq, q).sum((1, 3)) / c.reshape(hq, q, wq, q).sum((1, 3))
+
+
+def _sample(img: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
+    """grid_sample(bilinear, border, align_corners=False) at (y + fy, x + fx): img (h, w, C) float32, C <= 4.
+    The four neighbours are gathered exactly by OpenCV's nearest-neighbour remap at whole-pixel positions
+    and weighted here (remap's own bilinear mode rounds the position to 1/32 pixel)."""
+    h, w, c = img.shape
+    yy = np.clip(np.arange(h, dtype=np.float32)[:, None] + fy, 0.0, h - 1.0)
+    xx = np.clip(np.arange(w, dtype=np.float32)[None, :] + fx, 0.0, w - 1.0)
+    y0, x0 = np.floor(yy), np.floor(xx)
+    wy, wx = yy - y0, xx - x0
+    y0i, x0i = y0.astype(np.int16), x0.astype(np.int16)
+    y1i, x1i = np.minimum(y0i + 1, h - 1), np.minimum(x0i + 1, w - 1)
+    ux, uy = 1.0 - wx, 1.0 - wy
+    out = None
+    for yi, xi, wt in ((y0i, x0i, uy * ux), (y0i, x1i, uy * wx), (y1i, x0i, wy * ux), (y1i, x1i, wy * wx)):
+        term = cv2.multiply(cv2.remap(img, cv2.merge((xi, yi)), None, cv2.INTER_NEAREST), cv2.merge([wt] * c))
+        out = term if out is None else cv2.add(out, term, dst=out)
+    return out
 
 
 def working_picture(frame: Frame, w: int, h: int) -> np.ndarray:
@@ -97,6 +163,7 @@ class FusedCPU:
         self.fps = fps
         self.size: tuple[int, int] | None = None
         self._plate_key: object = None
+        self._tile_key: object = None
 
     # -- state ------------------------------------------------------------
     def _alloc(self, w: int, h: int) -> None:
@@ -105,7 +172,9 @@ class FusedCPU:
         self.plate = np.zeros((h, w, 3), np.float32)
         self.known = z1()
         self.alpha, self.conf, self.clear_for = z1(), z1(), z1()
+        self.still_for = z1()  # frames still and background for the model (own plate)
         self.prev = np.zeros((h, w, 3), np.float32)
+        self.prev_max, self.prev_luma = z1(), z1()  # of the last frame (read again this frame)
         self.primed = False
         self.has_plate = False
         yn = (np.arange(h, dtype=np.float32) / max(1, h - 1) * 2 - 1)[:, None] * np.ones((1, w), np.float32)
@@ -120,6 +189,12 @@ class FusedCPU:
         yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
         dy, dx = np.minimum(yy, h - yy), np.minimum(xx, w - xx)
         self._shift_ok = ((dy <= ms) & (dx <= ms)).astype(np.float32) if self.s.max_shift > 0 else None
+        # motion search: candidate shifts at quarter size, in the torch path's order (dy outer, dx inner)
+        r = max(1, round(self.s.motion_search * h / 4))
+        cy, cx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
+        self._cands = (cy.ravel().astype(np.float32), cx.ravel().astype(np.float32))
+        self._cand_cost = (1e-3 * np.sqrt(np.square(cy) + np.square(cx)).astype(np.float32)).ravel().astype(np.float32)
+        self._flow_r = r
         self._plate_key = None
 
     def reset(self) -> None:
@@ -167,8 +242,8 @@ class FusedCPU:
         """Smooth per-channel gain (quadratic in x, y), fitted robustly (IRLS, Cauchy) to frame / plate."""
         xs, ps, ws = x[::2, ::2], plate[::2, ::2], bgw[::2, ::2]
         basis = self._basis  # (6, N)
-        ratio = (xs / np.maximum(ps, 0.04)).reshape(-1, 3).T  # (3, N)
-        base = (ws * (ps.min(2) > 0.04)).reshape(1, -1).astype(np.float32)
+        ratio = np.ascontiguousarray((xs / np.maximum(ps, 0.04)).reshape(-1, 3).T)  # (3, N)
+        base = (ws * (_chmin(ps) > 0.04)).reshape(1, -1).astype(np.float32)
         n = ratio.shape[1]
         flat = np.partition(ratio, (n - 1) // 2, axis=1)[:, (n - 1) // 2 : (n - 1) // 2 + 1]  # torch.median: the lower median
         fit = np.broadcast_to(flat, ratio.shape)
@@ -176,14 +251,35 @@ class FusedCPU:
         theta = np.zeros((3, 6), np.float32)
         for _ in range(3):
             res = ratio - fit
-            wt = base / (1.0 + np.square(res / 0.08))  # (3, N)
+            res *= 1.0 / 0.08
+            np.square(res, out=res)
+            res += 1.0
+            wt = np.divide(base, res, out=res)  # (3, N): Cauchy weights
             norm = np.maximum(wt.sum(1), 1.0)
-            a = np.einsum("cn,in,jn->cij", wt, basis, basis, optimize=True) / norm[:, None, None]
-            b = np.einsum("cn,in,cn->ci", wt, basis, ratio, optimize=True) / norm[:, None]
+            wb = wt[:, None, :] * basis[None]  # (3, 6, N); the normal equations by BLAS products
+            a = np.matmul(wb, basis.T) / norm[:, None, None]
+            b = np.matmul(wb, ratio[:, :, None])[..., 0] / norm[:, None]
             theta = np.linalg.solve(a + eye, b[..., None])[..., 0].astype(np.float32)
             fit = theta @ basis
         h, w = x.shape[:2]
         return np.clip((theta @ self._basis_full).T.reshape(h, w, 3), 0.2, 5.0)
+
+    def _tile_means(self, img: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        """adaptive_avg_pool2d to (rows, cols) of (h, w, C): windows [floor(i h / rows), ceil((i + 1) h / rows)),
+        separable, as two BLAS products with averaging matrices built once per size."""
+        h, w, c = img.shape
+        key = (h, w, rows, cols)
+        if self._tile_key != key:
+            def avg(n: int, m: int) -> np.ndarray:
+                out = np.zeros((m, n), np.float32)
+                for i in range(m):
+                    lo, hi = (i * n) // m, -(-((i + 1) * n) // m)
+                    out[i, lo:hi] = 1.0 / (hi - lo)
+                return out
+
+            self._tile_key, self._tile_r, self._tile_c = key, avg(h, rows), np.ascontiguousarray(avg(w, cols).T)
+        t = (self._tile_r @ img.reshape(h, w * c)).reshape(rows, w, c)  # (rows, w, C)
+        return np.matmul(t.transpose(0, 2, 1), self._tile_c).transpose(0, 2, 1)  # (rows, cols, C)
 
     def _gain(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray) -> np.ndarray:
         """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels."""
@@ -192,12 +288,43 @@ class FusedCPU:
         cols = max(1, round(rows * w / h))
         pb = plate * bgw[..., None]
         stack = np.concatenate((x * pb, plate * pb, plate * plate), 2)
-        t = adaptive_mean(np.ascontiguousarray(stack, np.float32), (rows, cols))
+        t = self._tile_means(stack, rows, cols)
         num, den, full = t[..., 0:3], t[..., 3:6], t[..., 6:9]
         beta = 0.3  # tiles the person covers keep the smooth field
         gain = (num + beta * full) / np.maximum(den + beta * full, 1e-6)
         gain = cv2.blur(np.ascontiguousarray(gain, np.float32), (3, 3), borderType=cv2.BORDER_REPLICATE)
         return _resize(np.clip(gain, 0.2, 5.0), w, h)
+
+    def _follow(self, cur: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The shift (fy, fx) per working pixel with cur(p) ~ prev(p + v): block matching on quarter-size
+        luma, candidates within motion_search, sub-pixel by a parabola through the best cost."""
+        q, r = 4, self._flow_r
+        h, w = cur.shape
+        a = _pool(cur, q)
+        b = np.pad(_pool(prev, q), r, mode="edge")
+        hq, wq = a.shape
+        n = 2 * r + 1
+        shifted = np.empty((hq, wq, n * n), np.float32)
+        for k in range(n * n):
+            dy, dx = divmod(k, n)
+            np.subtract(b[dy:dy + hq, dx:dx + wq], a, out=shifted[..., k])
+        np.abs(shifted, out=shifted)
+        cost = box_mean(shifted, 2) + self._cand_cost
+        idx = cost.argmin(2)[..., None]
+        c0 = np.take_along_axis(cost, idx, 2)
+        vy, vx = self._cands[0][idx], self._cands[1][idx]
+
+        def vertex(step: int, v: np.ndarray) -> np.ndarray:
+            inside = (v > -r) & (v < r)
+            lo = np.take_along_axis(cost, np.clip(idx - step, 0, n * n - 1), 2)
+            hi = np.take_along_axis(cost, np.clip(idx + step, 0, n * n - 1), 2)
+            curv = np.maximum(lo - 2.0 * c0 + hi, 1e-6)
+            return np.clip((lo - hi) / (2.0 * curv), -0.5, 0.5) * inside
+
+        vx = vx + vertex(1, vx)
+        vy = vy + vertex(n, vy)
+        flow = _resize(np.ascontiguousarray(np.concatenate((vx, vy), 2) * q, np.float32), w, h)
+        return flow[..., 1], flow[..., 0]
 
     # -- one frame --------------------------------------------------------
     def step(self, x: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
@@ -210,18 +337,37 @@ class FusedCPU:
         last = self.alpha if self.primed else pm
         bgw = 1.0 - _dilate(last, margin)
 
-        # 2. lighting-invariant, shake-tolerant plate difference (adds exactly 0 without a plate)
-        shift, gain, plate_logit = (0, 0), None, None
-        if self.has_plate:
-            shift = self._shift(x, bgw)
+        # picture change since the last frame, exposure changes taken out: the gain is the median luma
+        # ratio over the room's unclipped, not-too-dark pixels
+        xmax, lx, lp = _chmax(x), _luma(x), self.prev_luma
+        unclipped = ((xmax < 0.97) & (self.prev_max < 0.97)).astype(np.float32)
+        wr = bgw * unclipped * (lx > 0.04) * (lp > 0.04)
+        log_gain = _known_quantile(np.log(np.maximum(lx, 0.02)) - np.log(np.maximum(lp, 0.02)), wr, 0.5)
+        ratio = np.float32(np.exp(np.float32(min(max(log_gain, -1.5), 1.5))))
+        change = _luma(np.abs(x - self.prev * ratio)) * unclipped
+        motion = np.clip(_dilate(box_mean(change, 1), 2) / s.motion_threshold, 0.0, 1.0)
+        own = not self.has_plate
+        # an own plate holds only while the camera stands still
+        room_moved = self.primed and float((motion * bgw).sum()) / max(float(bgw.sum()), 1.0) > 0.5
+        if own and room_moved:
+            self.known.fill(0.0)
+
+        # 2. lighting-invariant, shake-tolerant plate difference (adds exactly 0 while nothing is known;
+        # an own plate is never shifted)
+        shift, gain, plate_logit, pp = (0, 0), None, None, None
+        if self.has_plate or self.known.any():
+            if self.has_plate:
+                shift = self._shift(x, bgw)
             plate = self._translate(self.plate, shift)
             known = self._translate(self.known, shift)
+            seen = known > 0.5
+            plate = np.where(seen[..., None], plate, x)  # unknown: the frame itself, no difference
             xs = box_mean(x, s.denoise)
             ps = box_mean(plate, s.denoise)
             wk = bgw * known
             light = self._light_field(xs, ps, wk)
             lps = light * ps
-            off = np.abs(xs - lps).sum(2)
+            off = _chsum(np.abs(xs - lps))
             w_light = wk / (1.0 + np.square(off / 0.06))
             d = tau = None
             for _ in range(2):
@@ -230,9 +376,9 @@ class FusedCPU:
                 pc = np.clip(gain * ps, 0.0, 1.0)
                 r = s.envelope
                 e = np.maximum(xs - _dilate(pc, r), 0) + np.maximum(_erode(pc, r) - xs, 0)
-                d = np.sqrt(np.square(e).sum(2))
-                noise = np.quantile(d.ravel()[::7], 0.3)
-                tau = max(s.threshold, s.noise_factor * float(noise))
+                d = np.sqrt(_chsum(np.square(e))) * seen
+                noise = _known_quantile(d, known, 0.3)
+                tau = max(s.threshold, s.noise_factor * noise)
             pp = _smoothstep(tau, 2.5 * tau, d)
             if s.relative_edge:
                 a_est = d / np.maximum(_dilate(d, 2), 2.5 * tau)
@@ -256,34 +402,64 @@ class FusedCPU:
             fused_logit = fused_logit + plate_logit
         fused = _sigmoid(fused_logit)
 
-        # 4. motion-aware blend with the previous matte (exposure changes are not motion)
+        # 4. motion-aware blend with the previous matte, carried along the picture's motion first
         if self.primed:
-            # cv2.mean accumulates in float64 (numpy's float32 mean over the outer axes drifts by 1e-3)
-            ratio = np.array(cv2.mean(x)[:3]) / np.maximum(np.array(cv2.mean(self.prev)[:3]), 1e-4)
-            change = _luma(np.abs(x - self.prev * ratio.astype(np.float32)))
-            motion = np.clip(_dilate(box_mean(change, 1), 2) / s.motion_threshold, 0.0, 1.0)
-            jump = np.clip((np.abs(fused - self.alpha) - 0.4) / 0.3, 0.0, 1.0)
-            k = (1.0 - s.stability) + s.stability * np.maximum(motion, jump)
-            self.alpha += k * (fused - self.alpha)
+            last_alpha = self.alpha
+            if s.follow_motion:
+                fy, fx = self._follow(lx, lp * ratio)
+                both = _sample(np.dstack((self.alpha, self.prev * ratio)), fy, fx)
+                last_alpha, prev_w = np.ascontiguousarray(both[..., 0]), both[..., 1:]
+                change = _luma(np.abs(x - prev_w))
+                # what the motion leaves is judged against the local contrast
+                grad = np.zeros_like(lx)
+                grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
+                grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
+                change = change / (1.0 + box_mean(grad, 1) / s.motion_threshold)
+            moved = np.clip(_dilate(box_mean(change, 1), s.motion_reach) / s.motion_threshold, 0.0, 1.0)
+            stab = s.model_stability + (s.stability - s.model_stability) * self.known
+            if s.trust_jumps:
+                jump = np.clip((np.abs(fused - last_alpha) - 0.4) / 0.3, 0.0, 1.0) * self.known
+                moved = np.maximum(moved, jump)
+            k = (1.0 - stab) + stab * moved
+            self.alpha[...] = last_alpha + k * (fused - last_alpha)
         else:
             self.alpha[...] = fused
         self.prev[...] = x
+        self.prev_max[...] = xmax
+        self.prev_luma[...] = lx
         self.primed = True
         self.conf[...] = np.abs(2.0 * self.alpha - 1.0) * (1.0 - 0.5 * np.abs(fused - self.alpha))
 
-        # learning: a pixel surely background for learn_seconds follows the room
+        # learning, in the plate's own light and alignment
         sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95) & (self.conf > 0.9)
         if prior is not None:
-            sure_bg &= _dilate(pm, margin) < 0.2
+            model_bg = _dilate(pm, margin) < 0.2
+            sure_bg &= model_bg
         sb = sure_bg.astype(np.float32)
         self.clear_for *= sb
         self.clear_for += sb
-        if self.has_plate and abs(shift[0]) + abs(shift[1]) < 0.5:
-            settle = max(1.0, s.learn_seconds * self.fps)
-            learn = (self.clear_for >= settle).astype(np.float32) * s.learn_rate
-            back = np.clip(x / np.maximum(gain, 0.05), 0, 1)  # no shift here, so no translate
-            self.plate += learn[..., None] * (back - self.plate)
+        learn = None
+        if self.has_plate:
+            learn = (self.clear_for >= max(1.0, s.learn_seconds * self.fps)).astype(np.float32)
+        elif prior is not None and s.own_plate:
+            # no recorded plate: a pixel still and model-background for own_plate_seconds is the room
+            calm = (model_bg & (motion < 0.5)).astype(np.float32) * (not room_moved)
+            self.still_for *= calm
+            self.still_for += calm
+            learn = (self.still_for >= max(1.0, s.own_plate_seconds * self.fps)).astype(np.float32)
+        if learn is not None and shift == (0, 0):
+            g_ok = float(self.known.mean()) > 0.1 and gain is not None
+            back = np.clip(x / np.maximum(gain, 0.05) if g_ok else x, 0, 1)  # no shift here, so no translate
+            rate = s.learn_rate + (1.0 - s.learn_rate) * (1.0 - self.known)
+            if own and pp is not None:  # an own plate a calm, model-background pixel contradicts is copied over
+                rate = np.maximum(rate, pp)
+            self.plate += (learn * rate)[..., None] * (back - self.plate)
+            np.maximum(self.known, learn, out=self.known)
         return self.alpha
+
+    def edge_alpha(self) -> np.ndarray:
+        """fused.FusedMatte.edge_alpha: where no plate is known the edge sits at model_edge_offset."""
+        return self.alpha + (self.s.edge_offset - self.s.model_edge_offset) * (1.0 - self.known)
 
     def keep_out(self) -> np.ndarray:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
@@ -346,8 +522,8 @@ class FusedRunner:
         pm = None
         if prior is not None:
             pm = _resize(np.ascontiguousarray(as_numpy(prior.alpha.float())), w, h)
-        alpha = eng.step(x, pm)
-        full = refine_full(alpha, frame, x, node.params)
+        eng.step(x, pm)
+        full = refine_full(eng.edge_alpha(), frame, x, node.params)
         ts, i = frame.timestamp, frame.index
         dtype = node.ctx.dtype if node.ctx is not None else torch.float32
         return {"mask": Mask(torch.from_numpy(full).to(dtype), ts, i),
