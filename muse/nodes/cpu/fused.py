@@ -100,11 +100,12 @@ def _resize(x: np.ndarray, w: int, h: int) -> np.ndarray:
     return x if x.shape[:2] == (h, w) else cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _known_quantile(d: np.ndarray, known: np.ndarray, q: float) -> float:
-    """fused._known_quantile: the q-quantile of d over the pixels where known > 0.5 (every 7th pixel),
-    unknown ones pushed to the end (1e3), linear interpolation between the two order statistics."""
-    k = known.ravel()[::7] > 0.5
-    dk = np.where(k, d.ravel()[::7], np.float32(1e3))
+def _known_quantile(d: np.ndarray, known: np.ndarray, q: float, step: int = 7) -> float:
+    """fused._known_quantile: the q-quantile of d over the pixels where known > 0.5 (every 7th pixel;
+    step=1 when the caller took them already), unknown ones pushed to the end (1e3), linear
+    interpolation between the two order statistics."""
+    k = known.ravel()[::step] > 0.5
+    dk = np.where(k, d.ravel()[::step], np.float32(1e3))
     n = dk.size
     pos = min(max(q * float(k.mean()) * (n - 1), 0.0), n - 1.0)
     lo = int(np.floor(pos))
@@ -281,17 +282,23 @@ class FusedCPU:
         t = (self._tile_r @ img.reshape(h, w * c)).reshape(rows, w, c)  # (rows, w, C)
         return np.matmul(t.transpose(0, 2, 1), self._tile_c).transpose(0, 2, 1)  # (rows, cols, C)
 
-    def _gain(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray) -> np.ndarray:
-        """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels."""
+    def _gain(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray, full: list | None = None) -> np.ndarray:
+        """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels.
+        `full`: a list the caller keeps between fits on the same plate (the plate * plate tile means)."""
         h, w = x.shape[:2]
         rows = max(1, self.s.tiles)
         cols = max(1, round(rows * w / h))
         pb = plate * bgw[..., None]
-        stack = np.concatenate((x * pb, plate * pb, plate * plate), 2)
-        t = self._tile_means(stack, rows, cols)
-        num, den, full = t[..., 0:3], t[..., 3:6], t[..., 6:9]
+        if full:
+            t = self._tile_means(np.concatenate((x * pb, plate * pb), 2), rows, cols)
+            num, den, tf = t[..., 0:3], t[..., 3:6], full[0]
+        else:
+            t = self._tile_means(np.concatenate((x * pb, plate * pb, plate * plate), 2), rows, cols)
+            num, den, tf = t[..., 0:3], t[..., 3:6], t[..., 6:9]
+            if full is not None:
+                full.append(tf)
         beta = 0.3  # tiles the person covers keep the smooth field
-        gain = (num + beta * full) / np.maximum(den + beta * full, 1e-6)
+        gain = (num + beta * tf) / np.maximum(den + beta * tf, 1e-6)
         gain = cv2.blur(np.ascontiguousarray(gain, np.float32), (3, 3), borderType=cv2.BORDER_REPLICATE)
         return _resize(np.clip(gain, 0.2, 5.0), w, h)
 
@@ -341,8 +348,11 @@ class FusedCPU:
         # ratio over the room's unclipped, not-too-dark pixels
         xmax, lx, lp = _chmax(x), _luma(x), self.prev_luma
         unclipped = ((xmax < 0.97) & (self.prev_max < 0.97)).astype(np.float32)
-        wr = bgw * unclipped * (lx > 0.04) * (lp > 0.04)
-        log_gain = _known_quantile(np.log(np.maximum(lx, 0.02)) - np.log(np.maximum(lp, 0.02)), wr, 0.5)
+        # (_known_quantile reads every 7th pixel: only those are computed)
+        sub = slice(None, None, 7)
+        lxs, lps_, uns, bgs = lx.ravel()[sub], lp.ravel()[sub], unclipped.ravel()[sub], bgw.ravel()[sub]
+        wr = bgs * uns * (lxs > 0.04) * (lps_ > 0.04)
+        log_gain = _known_quantile(np.log(np.maximum(lxs, 0.02)) - np.log(np.maximum(lps_, 0.02)), wr, 0.5, step=1)
         ratio = np.float32(np.exp(np.float32(min(max(log_gain, -1.5), 1.5))))
         change = _luma(np.abs(x - self.prev * ratio)) * unclipped
         motion = np.clip(_dilate(box_mean(change, 1), 2) / s.motion_threshold, 0.0, 1.0)
@@ -370,9 +380,10 @@ class FusedCPU:
             off = _chsum(np.abs(xs - lps))
             w_light = wk / (1.0 + np.square(off / 0.06))
             d = tau = None
+            full: list = []
             for _ in range(2):
                 w_fit = w_light if d is None else w_light * (d < 2.0 * tau)
-                gain = light * self._gain(xs, lps, w_fit)
+                gain = light * self._gain(xs, lps, w_fit, full)
                 pc = np.clip(gain * ps, 0.0, 1.0)
                 r = s.envelope
                 e = np.maximum(xs - _dilate(pc, r), 0) + np.maximum(_erode(pc, r) - xs, 0)
