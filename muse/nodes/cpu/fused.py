@@ -426,7 +426,11 @@ class FusedCPU:
                 grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
                 grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
                 change = change / (1.0 + box_mean(grad, 1) / s.motion_threshold)
-            moved = np.clip(_dilate(box_mean(change, 1), s.motion_reach) / s.motion_threshold, 0.0, 1.0)
+            cb = box_mean(change, 1)
+            if s.motion_noise > 0:  # where no plate is known, camera noise is no motion
+                floor = min(s.motion_noise * _known_quantile(cb, np.ones_like(cb), 0.5), 0.5 * s.motion_threshold)
+                cb = np.maximum(cb - floor * (1.0 - self.known), 0.0)
+            moved = np.clip(_dilate(cb, s.motion_reach) / s.motion_threshold, 0.0, 1.0)
             stab = s.model_stability + (s.stability - s.model_stability) * self.known
             if s.trust_jumps:
                 jump = np.clip((np.abs(fused - last_alpha) - 0.4) / 0.3, 0.0, 1.0) * self.known

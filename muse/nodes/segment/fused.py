@@ -89,17 +89,18 @@ class FusedSettings(NodeParams):
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
     close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
-    model_stability: float = Field(0.9, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
+    model_stability: float = Field(0.95, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
     motion_reach: int = Field(0, ge=0, le=8, description="Pixels (working size) around a change that also follow it at once (the previous matte is already carried along the motion)")
     trust_jumps: bool = Field(False, description="Follow a large matte change on a pixel whose picture did not change at once, where a plate backs it (off: like any change of mind without motion, it is blended in over a few frames)")
+    motion_noise: float = Field(2.0, ge=0.0, le=10.0, description="Where no plate is known, a picture change up to this many times the frame's median change is camera noise, not motion (0 = off)")
     motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
-    refine_radius: int = Field(2, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
+    refine_radius: int = Field(3, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
     refine_eps: float = Field(2e-3, ge=1e-6, le=1.0, description="Edge sensitivity of the upsampling (smaller follows weaker edges)")
     relative_edge: bool = Field(True, description="Place the plate's edge at half the nearby difference (alpha 0.5), not at the noise threshold")
     edge_offset: float = Field(0.15, ge=-0.45, le=0.45, description="Moves the final edge inwards (+) or outwards (-): alpha level that becomes 0.5")
     denoise: int = Field(1, ge=0, le=4, description="Box-blur radius against camera noise before the plate comparison (working pixels)")
     model_edge_offset: float = Field(0.05, ge=-0.45, le=0.45, description="edge_offset where no plate is known: the model's own 0.5 is already its edge (the plate's edge offset is against a halo)")
-    edge_sharpness: float = Field(2.0, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
+    edge_sharpness: float = Field(1.6, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
     learn_seconds: float = Field(2.0, ge=0.1, le=600.0, description="A pixel surely background this long is learned into the plate")
     learn_rate: float = Field(0.05, ge=0.0, le=1.0, description="Per-frame rate at which learned pixels follow the room")
     follow_motion: bool = Field(True, description="Carry the previous matte along the picture's motion before blending (a moving person is smoothed too)")
@@ -369,7 +370,14 @@ class FusedMatte:
             grad = (lum[..., :, 1:] - lum[..., :, :-1]).abs()
             grad = F.pad(grad, (0, 1, 0, 0)) + F.pad((lum[..., 1:, :] - lum[..., :-1, :]).abs(), (0, 0, 0, 1))
             change = change / (1.0 + box_filter(grad, 1) / s.motion_threshold)
-        moved = (_dilate(box_filter(change, 1), s.motion_reach) / s.motion_threshold).clamp(0.0, 1.0)
+        cb = box_filter(change, 1)
+        if s.motion_noise > 0:
+            # Where no plate is known the model alone decides, and it changes its mind with the picture's
+            # noise: a change up to motion_noise x the frame's median change (most of a picture is still)
+            # is no motion. Capped at half the motion threshold, so a pan beyond the search still counts.
+            floor = (s.motion_noise * _known_quantile(cb, torch.ones_like(cb), 0.5)).clamp_max(0.5 * s.motion_threshold)
+            cb = (cb - floor * (1.0 - known)).clamp_min(0.0)
+        moved = (_dilate(cb, s.motion_reach) / s.motion_threshold).clamp(0.0, 1.0)
         # A big matte change is trusted at once where a plate backs it; a model alone flips on still
         # pixels (exposure, noise), so without a plate only motion makes the matte follow at once.
         jump = (((fused - last_alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0) * known * float(s.trust_jumps)
