@@ -420,7 +420,8 @@ class FusedCPU:
                 fy, fx = self._follow(lx, lp * ratio)
                 both = _sample(np.dstack((self.alpha, self.prev * ratio)), fy, fx)
                 last_alpha, prev_w = np.ascontiguousarray(both[..., 0]), both[..., 1:]
-                change = _luma(np.abs(x - prev_w))
+                # the last frame in this frame's exposure clips as the camera does; a clipped pixel says nothing
+                change = _luma(np.abs(x - np.clip(prev_w, 0.0, 1.0))) * unclipped
                 # what the motion leaves is judged against the local contrast
                 grad = np.zeros_like(lx)
                 grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])

@@ -363,7 +363,9 @@ class FusedMatte:
             grid = self._follow((x * lw).sum(1, keepdim=True), (self.prev * ratio * lw).sum(1, keepdim=True))
             prev_w = F.grid_sample(self.prev * ratio, grid, mode="bilinear", padding_mode="border", align_corners=False)
             last_alpha = F.grid_sample(self.alpha, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            change = ((x - prev_w).abs() * lw).sum(1, keepdim=True)
+            # the last frame in this frame's exposure clips as the camera does (an exposure jump up saturates
+            # the bright parts of both); a clipped pixel says nothing about motion
+            change = ((x - prev_w.clamp(0.0, 1.0)).abs() * lw).sum(1, keepdim=True) * unclipped
             # what is left after following the motion is judged against the local contrast: half a pixel of
             # misregistration on a sharp edge is a large difference, and no motion the matte has to follow
             lum = (x * lw).sum(1, keepdim=True)
