@@ -355,7 +355,12 @@ class FusedCPU:
         log_gain = _known_quantile(np.log(np.maximum(lxs, 0.02)) - np.log(np.maximum(lps_, 0.02)), wr, 0.5, step=1)
         ratio = np.float32(np.exp(np.float32(min(max(log_gain, -1.5), 1.5))))
         change = _luma(np.abs(x - self.prev * ratio)) * unclipped
-        motion = np.clip(_dilate(box_mean(change, 1), 2) / s.motion_threshold, 0.0, 1.0)
+        cm = box_mean(change, 1)
+        motion = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
+        still = motion  # camera noise is no motion for the own plate's stillness gate (low light)
+        if s.motion_noise > 0:
+            cm = np.maximum(cm - min(s.motion_noise * _known_quantile(cm, np.ones_like(cm), 0.5), 0.5 * s.motion_threshold), 0.0)
+            still = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
         own = not self.has_plate
         # an own plate holds only while the camera stands still
         room_moved = self.primed and float((motion * bgw).sum()) / max(float(bgw.sum()), 1.0) > 0.5
@@ -459,7 +464,7 @@ class FusedCPU:
             learn = (self.clear_for >= max(1.0, s.learn_seconds * self.fps)).astype(np.float32)
         elif prior is not None and s.own_plate:
             # no recorded plate: a pixel still and model-background for own_plate_seconds is the room
-            calm = (model_bg & (motion < 0.5)).astype(np.float32) * (not room_moved)
+            calm = (model_bg & (still < 0.5)).astype(np.float32) * (not room_moved)
             self.still_for *= calm
             self.still_for += calm
             learn = (self.still_for >= max(1.0, s.own_plate_seconds * self.fps)).astype(np.float32)

@@ -92,9 +92,9 @@ class FusedSettings(NodeParams):
     model_stability: float = Field(0.95, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
     motion_reach: int = Field(0, ge=0, le=8, description="Pixels (working size) around a change that also follow it at once (the previous matte is already carried along the motion)")
     trust_jumps: bool = Field(False, description="Follow a large matte change on a pixel whose picture did not change at once, where a plate backs it (off: like any change of mind without motion, it is blended in over a few frames)")
-    motion_noise: float = Field(2.0, ge=0.0, le=10.0, description="Where no plate is known, a picture change up to this many times the frame's median change is camera noise, not motion (0 = off)")
+    motion_noise: float = Field(2.0, ge=0.0, le=10.0, description="A picture change up to this many times the frame's median change is camera noise, not motion: for the own plate's stillness, and for the matte where no plate is known (0 = off)")
     motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
-    refine_radius: int = Field(3, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
+    refine_radius: int = Field(4, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
     refine_eps: float = Field(2e-3, ge=1e-6, le=1.0, description="Edge sensitivity of the upsampling (smaller follows weaker edges)")
     relative_edge: bool = Field(True, description="Place the plate's edge at half the nearby difference (alpha 0.5), not at the noise threshold")
     edge_offset: float = Field(0.15, ge=-0.45, le=0.45, description="Moves the final edge inwards (+) or outwards (-): alpha level that becomes 0.5")
@@ -300,7 +300,12 @@ class FusedMatte:
         log_gain = _known_quantile(torch.log(lx.clamp_min(0.02)) - torch.log(lp.clamp_min(0.02)), wr, 0.5)
         ratio = torch.exp(log_gain.clamp(-1.5, 1.5)).view(1, 1, 1, 1)  # none measured (first frame): e^1.5, motion anyway
         change = ((x - self.prev * ratio).abs() * lw).sum(1, keepdim=True) * unclipped  # a clipped pixel says nothing
-        motion = (_dilate(box_filter(change, 1), 2) / s.motion_threshold).clamp(0.0, 1.0)
+        cm = box_filter(change, 1)
+        motion = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
+        still = motion  # camera noise is no motion for the own plate's stillness gate (low light): see motion_noise
+        if s.motion_noise > 0:
+            floor = (s.motion_noise * _known_quantile(cm, torch.ones_like(cm), 0.5)).clamp_max(0.5 * s.motion_threshold)
+            still = (_dilate((cm - floor).clamp_min(0.0), 2) / s.motion_threshold).clamp(0.0, 1.0)
         own = 1.0 - self.has_plate  # 1 while the plate is the node's own (learned), not a recorded one
         # An own plate holds only while the camera stands still: the room moving as a whole (shake, a pan)
         # drops it, and it is learned again once the camera rests.
@@ -403,7 +408,7 @@ class FusedMatte:
             # No recorded plate: the node grows its own. A pixel still and background for the model (with a
             # margin) for own_plate_seconds is the room. The gate asks the model and the picture, not the
             # fused matte: a ghost (a person learned in, then gone) is still and model-background, so it heals.
-            calm = (_dilate(pm, margin) < 0.2).float() * (motion < 0.5).float() * (1.0 - room_moved)
+            calm = (_dilate(pm, margin) < 0.2).float() * (still < 0.5).float() * (1.0 - room_moved)
             self.still_for.mul_(calm).add_(calm)
             own_settle = max(1.0, s.own_plate_seconds * self.fps)
             learn = learn + (self.still_for >= own_settle).float() * own
