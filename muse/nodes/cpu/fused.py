@@ -13,8 +13,8 @@ What differs, and why it is exact or within float rounding:
   its gain is not used (`g_ok` is 0), so it adds exactly 0;
 - the previous matte carried along the motion (`_follow`): the same block matching at quarter size
   (49 candidate shifts as channels of one array, one box filter, one argmin: numpy's and torch's argmin
-  both take the first of equal costs); the bilinear resampling (`_sample`) gathers the four neighbours
-  in numpy, as grid_sample does (OpenCV's remap rounds the position to 1/32 pixel);
+  both take the first of equal costs); the bilinear resampling (`_sample`) is torch's grid_sample itself
+  (OpenCV's remap rounds the position to 1/32 pixel);
 - `_known_quantile` picks the same order statistics with np.partition instead of a sort;
 - `_dilate`/`_erode` are `cv2.dilate`/`cv2.erode` (both ignore pixels outside, as max_pool2d's padding);
 - `box_filter` counts only pixels inside the picture (torch's count_include_pad=False);
@@ -128,22 +128,16 @@ def _pool(x: np.ndarray, q: int) -> np.ndarray:
 
 
 def _sample(img: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
-    """grid_sample(bilinear, border, align_corners=False) at (y + fy, x + fx): img (h, w, C) float32, C <= 4.
-    The four neighbours are gathered exactly by OpenCV's nearest-neighbour remap at whole-pixel positions
-    and weighted here (remap's own bilinear mode rounds the position to 1/32 pixel)."""
-    h, w, c = img.shape
-    yy = np.clip(np.arange(h, dtype=np.float32)[:, None] + fy, 0.0, h - 1.0)
-    xx = np.clip(np.arange(w, dtype=np.float32)[None, :] + fx, 0.0, w - 1.0)
-    y0, x0 = np.floor(yy), np.floor(xx)
-    wy, wx = yy - y0, xx - x0
-    y0i, x0i = y0.astype(np.int16), x0.astype(np.int16)
-    y1i, x1i = np.minimum(y0i + 1, h - 1), np.minimum(x0i + 1, w - 1)
-    ux, uy = 1.0 - wx, 1.0 - wy
-    out = None
-    for yi, xi, wt in ((y0i, x0i, uy * ux), (y0i, x1i, uy * wx), (y1i, x0i, wy * ux), (y1i, x1i, wy * wx)):
-        term = cv2.multiply(cv2.remap(img, cv2.merge((xi, yi)), None, cv2.INTER_NEAREST), cv2.merge([wt] * c))
-        out = term if out is None else cv2.add(out, term, dst=out)
-    return out
+    """grid_sample(bilinear, border, align_corners=False) at (y + fy, x + fx): img (h, w, C) float32.
+    torch's own CPU kernel on a channels-last view (the same op as the torch path; 2.5x faster than
+    gathering the four neighbours with OpenCV, whose bilinear remap rounds the position to 1/32 pixel)."""
+    h, w = img.shape[:2]
+    grid = np.empty((1, h, w, 2), np.float32)
+    grid[0, ..., 0] = (2.0 * np.arange(w, dtype=np.float32) + 1.0) / w - 1.0 + fx * np.float32(2.0 / w)
+    grid[0, ..., 1] = ((2.0 * np.arange(h, dtype=np.float32) + 1.0) / h - 1.0)[:, None] + fy * np.float32(2.0 / h)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    out = F.grid_sample(t, torch.from_numpy(grid), mode="bilinear", padding_mode="border", align_corners=False)
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
 
 def working_picture(frame: Frame, w: int, h: int) -> np.ndarray:
@@ -182,7 +176,12 @@ class FusedCPU:
         xn = (np.arange(w, dtype=np.float32) / max(1, w - 1) * 2 - 1)[None, :] * np.ones((h, 1), np.float32)
         by, bx = yn[::2, ::2], xn[::2, ::2]
         self._basis = np.stack((np.ones_like(by), bx, by, bx * bx, bx * by, by * by)).reshape(6, -1)
-        self._basis_full = np.stack((np.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn)).reshape(6, -1)
+        # (N, 6): the light field is basis_full @ theta.T, already in (h, w, 3) order
+        self._basis_full = np.ascontiguousarray(np.stack((np.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn)).reshape(6, -1).T)
+        # the 21 distinct products basis_i * basis_j: the normal matrix of a weighted fit is one product
+        iu = np.triu_indices(6)
+        self._pairs = iu
+        self._basis_pairs = np.ascontiguousarray((self._basis[iu[0]] * self._basis[iu[1]]).T)  # (N, 21)
         wy = torch.hann_window(h, periodic=False).numpy()
         wx = torch.hann_window(w, periodic=False).numpy()
         self._window = (wy[:, None] * wx[None, :]).astype(np.float32)
@@ -250,6 +249,7 @@ class FusedCPU:
         fit = np.broadcast_to(flat, ratio.shape)
         eye = 1e-3 * np.eye(6, dtype=np.float32)
         theta = np.zeros((3, 6), np.float32)
+        iu = self._pairs
         for _ in range(3):
             res = ratio - fit
             res *= 1.0 / 0.08
@@ -257,30 +257,41 @@ class FusedCPU:
             res += 1.0
             wt = np.divide(base, res, out=res)  # (3, N): Cauchy weights
             norm = np.maximum(wt.sum(1), 1.0)
-            wb = wt[:, None, :] * basis[None]  # (3, 6, N); the normal equations by BLAS products
-            a = np.matmul(wb, basis.T) / norm[:, None, None]
-            b = np.matmul(wb, ratio[:, :, None])[..., 0] / norm[:, None]
+            # the normal equations by two BLAS products: sum_n w b_i b_j from the 21 pair products, sum_n w r b_i
+            pairs = wt @ self._basis_pairs  # (3, 21)
+            a = np.empty((3, 6, 6), np.float32)
+            a[:, iu[0], iu[1]] = pairs
+            a[:, iu[1], iu[0]] = pairs
+            a /= norm[:, None, None]
+            b = ((wt * ratio) @ basis.T) / norm[:, None]
             theta = np.linalg.solve(a + eye, b[..., None])[..., 0].astype(np.float32)
             fit = theta @ basis
         h, w = x.shape[:2]
-        return np.clip((theta @ self._basis_full).T.reshape(h, w, 3), 0.2, 5.0)
+        light = (self._basis_full @ theta.T).reshape(h, w, 3)
+        return np.clip(light, 0.2, 5.0, out=light)
 
     def _tile_means(self, img: np.ndarray, rows: int, cols: int) -> np.ndarray:
-        """adaptive_avg_pool2d to (rows, cols) of (h, w, C): windows [floor(i h / rows), ceil((i + 1) h / rows)),
-        separable, as two BLAS products with averaging matrices built once per size."""
+        """adaptive_avg_pool2d to (rows, cols) of (h, w, C): windows [floor(i h / rows), ceil((i + 1) h / rows));
+        rows by a reshape when they divide the height, else (and columns) from running sums."""
         h, w, c = img.shape
         key = (h, w, rows, cols)
         if self._tile_key != key:
-            def avg(n: int, m: int) -> np.ndarray:
-                out = np.zeros((m, n), np.float32)
-                for i in range(m):
-                    lo, hi = (i * n) // m, -(-((i + 1) * n) // m)
-                    out[i, lo:hi] = 1.0 / (hi - lo)
-                return out
+            def bounds(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+                i = np.arange(m)
+                return (i * n) // m, -(-((i + 1) * n) // m)
 
-            self._tile_key, self._tile_r, self._tile_c = key, avg(h, rows), np.ascontiguousarray(avg(w, cols).T)
-        t = (self._tile_r @ img.reshape(h, w * c)).reshape(rows, w, c)  # (rows, w, C)
-        return np.matmul(t.transpose(0, 2, 1), self._tile_c).transpose(0, 2, 1)  # (rows, cols, C)
+            self._tile_key, self._tile_rows, self._tile_cols = key, bounds(h, rows), bounds(w, cols)
+        if h % rows == 0:
+            r = img.reshape(rows, h // rows, w * c).mean(1, dtype=np.float32)
+        else:
+            cs = np.zeros((h + 1, w * c), np.float64)
+            np.cumsum(img.reshape(h, w * c), 0, out=cs[1:])
+            y0, y1 = self._tile_rows
+            r = (cs[y1] - cs[y0]) / (y1 - y0)[:, None]
+        cs = np.zeros((rows, w + 1, c), np.float64)
+        np.cumsum(r.reshape(rows, w, c), 1, out=cs[:, 1:])
+        x0, x1 = self._tile_cols
+        return ((cs[:, x1] - cs[:, x0]) / (x1 - x0)[None, :, None]).astype(np.float32)
 
     def _gain(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray, full: list | None = None) -> np.ndarray:
         """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels.
@@ -289,12 +300,12 @@ class FusedCPU:
         rows = max(1, self.s.tiles)
         cols = max(1, round(rows * w / h))
         pb = plate * bgw[..., None]
+        # one tile mean a product (concatenating them first cost more than the means)
+        num, den = self._tile_means(x * pb, rows, cols), self._tile_means(plate * pb, rows, cols)
         if full:
-            t = self._tile_means(np.concatenate((x * pb, plate * pb), 2), rows, cols)
-            num, den, tf = t[..., 0:3], t[..., 3:6], full[0]
+            tf = full[0]
         else:
-            t = self._tile_means(np.concatenate((x * pb, plate * pb, plate * plate), 2), rows, cols)
-            num, den, tf = t[..., 0:3], t[..., 3:6], t[..., 6:9]
+            tf = self._tile_means(plate * plate, rows, cols)
             if full is not None:
                 full.append(tf)
         beta = 0.3  # tiles the person covers keep the smooth field
