@@ -6,7 +6,8 @@ Prints one JSON line per mode and a markdown row. The frame is the demo source's
 with the person), the plate its clean plate; the prior is the demo's exact mask blurred to a 256 px
 model-like probability (the bundled model's own cost is in bench_bundled.py). On CPU it times with
 perf_counter (no CUDA graph) and also reports the thread CPU time (`time.thread_time`, what the call
-itself used: less sensitive to a shared machine's load than the wall time).
+itself used: less sensitive to a shared machine's load than the wall time), with OpenCV's and torch's
+thread pools set as the CPU pipeline sets them (`cpu_threads()`: one thread a stage on two cores).
 """
 
 from __future__ import annotations
@@ -56,6 +57,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     dev = torch.device(args.device)
+    if dev.type == "cpu":  # the thread pools as the CPU pipeline sets them (muse/graph/cpu_pipeline.py)
+        import cv2
+
+        from muse.nodes.cpu import cpu_threads
+
+        cv2.setNumThreads(cpu_threads())
+        torch.set_num_threads(cpu_threads())
     ctx = make_context("fused", dev, resolution=(args.width, args.height))
     node = build_node(FusedSegment, {"working_height": args.working_height}, "fused")
     node.open(ctx)

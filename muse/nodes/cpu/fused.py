@@ -100,6 +100,12 @@ def _resize(x: np.ndarray, w: int, h: int) -> np.ndarray:
     return x if x.shape[:2] == (h, w) else cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b by torch's kernel: numpy's OpenBLAS starts its own threads for these skinny products and spins
+    them on a busy two-core machine (3.7 ms of CPU against 0.4 for the light field's (N, 6) @ (6, 3))."""
+    return torch.from_numpy(a).mm(torch.from_numpy(b)).numpy()
+
+
 def _known_quantile(d: np.ndarray, known: np.ndarray, q: float, step: int = 7) -> float:
     """fused._known_quantile: the q-quantile of d over the pixels where known > 0.5 (every 7th pixel;
     step=1 when the caller took them already), unknown ones pushed to the end (1e3), linear
@@ -258,16 +264,16 @@ class FusedCPU:
             wt = np.divide(base, res, out=res)  # (3, N): Cauchy weights
             norm = np.maximum(wt.sum(1), 1.0)
             # the normal equations by two BLAS products: sum_n w b_i b_j from the 21 pair products, sum_n w r b_i
-            pairs = wt @ self._basis_pairs  # (3, 21)
+            pairs = _mm(wt, self._basis_pairs)  # (3, 21)
             a = np.empty((3, 6, 6), np.float32)
             a[:, iu[0], iu[1]] = pairs
             a[:, iu[1], iu[0]] = pairs
             a /= norm[:, None, None]
-            b = ((wt * ratio) @ basis.T) / norm[:, None]
-            theta = np.linalg.solve(a + eye, b[..., None])[..., 0].astype(np.float32)
-            fit = theta @ basis
+            b = _mm(wt * ratio, basis.T) / norm[:, None]
+            theta = torch.linalg.solve(torch.from_numpy(a + eye), torch.from_numpy(b)).numpy()
+            fit = _mm(theta, basis)
         h, w = x.shape[:2]
-        light = (self._basis_full @ theta.T).reshape(h, w, 3)
+        light = _mm(self._basis_full, np.ascontiguousarray(theta.T)).reshape(h, w, 3)
         return np.clip(light, 0.2, 5.0, out=light)
 
     def _tile_means(self, img: np.ndarray, rows: int, cols: int) -> np.ndarray:
