@@ -291,7 +291,6 @@ class FusedMatte:
 
         # Picture change since the last frame, exposure changes taken out (a global gain is no motion).
         lw = device_constant(list(LUMA), x.device).view(1, 3, 1, 1)
-        # the gain is measured on the room (the person moving changes the picture's mean), unclipped pixels only
         # the gain is the median ratio over the room's unclipped, not-too-dark pixels: a person walking into
         # the room, or moving, is a minority that a mean would follow
         unclipped = (x.amax(1, keepdim=True) < 0.97).float() * (self.prev.amax(1, keepdim=True) < 0.97).float()
