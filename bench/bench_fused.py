@@ -1,10 +1,13 @@
 """GPU cost of `segment.fused` at 4K (issue 14): eager, and replayed as a CUDA graph (the capturable contract).
 
 Run: python bench/bench_fused.py --device cuda [--width 3840 --height 2160] [--frames 200] [--working-height 288]
+     [--no-plate]  (model and time only, as stream_4k runs it: the node grows its own plate)
 Prints one JSON line per mode and a markdown row. The frame is the demo source's picture (a real photo
 with the person), the plate its clean plate; the prior is the demo's exact mask blurred to a 256 px
 model-like probability (the bundled model's own cost is in bench_bundled.py). On CPU it times with
-perf_counter (no CUDA graph).
+perf_counter (no CUDA graph) and also reports the thread CPU time (`time.thread_time`, what the call
+itself used: less sensitive to a shared machine's load than the wall time), with OpenCV's and torch's
+thread pools set as the CPU pipeline sets them (`cpu_threads()`: one thread a stage on two cores).
 """
 
 from __future__ import annotations
@@ -50,13 +53,23 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=2160)
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--working-height", type=int, default=288)
+    ap.add_argument("--no-plate", action="store_true", help="no recorded plate (model + time; the node learns its own)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     dev = torch.device(args.device)
+    if dev.type == "cpu":  # the thread pools as the CPU pipeline sets them (muse/graph/cpu_pipeline.py)
+        import cv2
+
+        from muse.nodes.cpu import cpu_threads
+
+        cv2.setNumThreads(cpu_threads())
+        torch.set_num_threads(cpu_threads())
     ctx = make_context("fused", dev, resolution=(args.width, args.height))
     node = build_node(FusedSegment, {"working_height": args.working_height}, "fused")
     node.open(ctx)
     frame, prior, plate = inputs(args.width, args.height, dev)
+    if args.no_plate:
+        plate = None
     cuda = dev.type == "cuda"
     stream = ctx.stream if cuda else None
 
@@ -71,7 +84,7 @@ def main() -> None:
                 step()
         else:
             step()
-    ms = []
+    ms, cpu_ms = [], []
     for _ in range(args.frames):
         if cuda:
             with torch.cuda.stream(stream):
@@ -82,10 +95,13 @@ def main() -> None:
             b.synchronize()  # bench only
             ms.append(a.elapsed_time(b))
         else:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             step()
             ms.append((time.perf_counter() - t) * 1e3)
+            cpu_ms.append((time.thread_time() - c) * 1e3)
     rows.append({"mode": "eager", **stats(ms)})
+    if cpu_ms:
+        rows[-1]["thread_cpu_p50_ms"] = round(statistics.median(cpu_ms), 3)
 
     if cuda:
         try:
@@ -112,7 +128,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(dev) if cuda else "cpu"
     for r in rows:
         print(json.dumps({"bench": "segment.fused", "device": name, "size": [args.width, args.height],
-                          "working_height": args.working_height, **r}))
+                          "working_height": args.working_height, "plate": not args.no_plate, **r}))
     for r in rows:
         if "p50_ms" in r:
             print(f"| segment.fused {args.width}x{args.height} (work {args.working_height}p) | {r['mode']} | "

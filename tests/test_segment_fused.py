@@ -147,10 +147,10 @@ def test_state_is_owned_and_updated_in_place(monkeypatch):
     plate = _frame(scenes.room(SIZE))
     node.process(frame=_frame(rgb, 0), prior=_prior(gt), plate=plate)
     eng = node.engine
-    ptrs = [t.data_ptr() for t in (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for)]
+    ptrs = [t.data_ptr() for t in (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for, eng.still_for)]
     for i in range(1, 4):
         node.process(frame=_frame(rgb, i), prior=_prior(gt), plate=plate)
-    assert ptrs == [t.data_ptr() for t in (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for)]
+    assert ptrs == [t.data_ptr() for t in (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for, eng.still_for)]
     assert FusedSegment.capturable
 
 
@@ -245,3 +245,70 @@ def test_plate_file_is_read_and_a_bad_one_names_the_field(tmp_path):
     assert path.read_bytes() == before  # the user's picture is only read
     with pytest.raises(NodeError, match="plate_file"):
         _open(FusedSegment, {"plate_file": str(tmp_path / "missing.png")})
+
+
+def _second_person_scene():
+    """The astronaut, plus a small second astronaut at the bottom left whom the model does not see."""
+    rgb, gt = scenes.composite(SIZE)
+    small, small_gt = scenes.person_cutout(96)
+    rgb = rgb.copy()
+    y0 = SIZE - 96
+    rgb[y0:, :96][small_gt] = small[small_gt]
+    second = np.zeros_like(gt)
+    second[y0:, :96] = small_gt
+    return rgb, gt, second
+
+
+def _known_mean(node) -> float:
+    """How much of the room the node has a plate for (either path's engine)."""
+    eng = node._cpu.engine if node._cpu is not None else node.engine
+    return float(eng.known.mean())
+
+
+@pytest.mark.parametrize("path", ["torch", "fast"])
+def test_without_a_plate_the_node_learns_its_own_and_finds_a_person_the_model_missed(monkeypatch, path):
+    """No recorded plate: the room the model calls background, still for own_plate_seconds, becomes the node's
+    own plate; a second person who then walks in (the model misses him, as the bundled model misses small
+    people) differs from it and is foreground. With own_plate off he stays missing."""
+    monkeypatch.setenv("MUSE_CPU_PATH", path)  # the torch (GPU) path and the CPU implementation
+    rgb, gt, second = _second_person_scene()
+    room = scenes.room(SIZE)
+    got = {}
+    for own in (True, False):
+        node = _open(FusedSegment, {**PARAMS, "own_plate": own})
+        for i in range(14):  # the astronaut alone (0.47 s at 30 fps)
+            only_her = np.where(gt[..., None], rgb, room)
+            node.process(frame=_frame(_camera(only_her, i), i), prior=_prior(gt))
+        assert _known_mean(node) > (0.4 if own else -1.0)
+        for i in range(14, 17):  # he walks in; the model still sees only her
+            out = node.process(frame=_frame(_camera(rgb, i), i), prior=_prior(gt))["mask"].alpha.numpy() > 0.5
+        got[own] = out
+    assert got[True][second & ~gt].mean() > 0.8, got[True][second & ~gt].mean()
+    assert scenes.iou(got[True], gt | second) > 0.9
+    assert got[False][second & ~gt].mean() < 0.2  # the model alone misses him: the own plate found him
+
+
+@pytest.mark.parametrize("path", ["torch", "fast"])
+def test_own_plate_heals_a_ghost_and_is_dropped_when_the_camera_moves(monkeypatch, path):
+    """A person the model missed while he stood still is learned into the own plate; when he has gone, the
+    empty room differs from that plate (a ghost), but it is still and the model calls it background, so it is
+    learned again within a second. Moving the camera drops the own plate (no room-shaped false person)."""
+    monkeypatch.setenv("MUSE_CPU_PATH", path)
+    rgb, gt, second = _second_person_scene()
+    room = scenes.room(SIZE)
+    node = _open(FusedSegment, PARAMS)
+    for i in range(14):  # he stands still and the model never sees him: he becomes part of the learned room
+        node.process(frame=_frame(_camera(rgb, i), i), prior=_prior(gt))
+    only_her = np.where(gt[..., None], rgb, room)
+    ghost = []
+    for i in range(14, 50):  # he leaves
+        out = node.process(frame=_frame(_camera(only_her, i), i), prior=_prior(gt))["mask"].alpha.numpy() > 0.5
+        ghost.append(out[second & ~gt].mean())
+    assert max(ghost) > 0.3  # the ghost was there (the test sees the problem)
+    assert ghost[-1] < 0.05, ghost
+    assert scenes.iou(out, gt) > 0.9
+    # the camera pans 8 px: the learned room no longer lines up, and is forgotten at once
+    moved = np.roll(only_her, 8, axis=1)
+    got = node.process(frame=_frame(_camera(moved, 60), 60), prior=_prior(np.roll(gt, 8, axis=1)))["mask"].alpha.numpy() > 0.5
+    assert _known_mean(node) == 0.0
+    assert scenes.iou(got, np.roll(gt, 8, axis=1)) > 0.85

@@ -2,14 +2,20 @@
 numpy/OpenCV at the working resolution, then one full-resolution edge pass.
 
 Kept step for step in line with the torch path: each method here has the torch method's name
-(`_shift`, `_translate`, `_light_field`, `_gain`, `step`, `keep_out`, `refine_full`) and the same
+(`_shift`, `_translate`, `_light_field`, `_gain`, `_follow`, `step`, `edge_alpha`, `keep_out`, `refine_full`) and the same
 order of operations, so a change to the torch algorithm maps onto one place here.
 `tests/test_cpu_fused.py` holds the two together on real photos.
 
 What differs, and why it is exact or within float rounding:
 - images are (h, w, C) float32 arrays, not (1, C, h, w) tensors;
-- without a plate the plate difference is skipped: the torch path multiplies it by `known`
-  (all zeros until a plate is set) and learns nothing (`has_plate` is 0), so it adds exactly 0;
+- while nothing of the plate is known (no recorded plate, the own plate not grown yet or just dropped)
+  the plate difference is skipped: the torch path multiplies it by `known` (all zeros), its `pp` is 0 and
+  its gain is not used (`g_ok` is 0), so it adds exactly 0;
+- the previous matte carried along the motion (`_follow`): the same block matching at quarter size
+  (49 candidate shifts as channels of one array, one box filter, one argmin: numpy's and torch's argmin
+  both take the first of equal costs); the bilinear resampling (`_sample`) is torch's grid_sample itself
+  (OpenCV's remap rounds the position to 1/32 pixel);
+- `_known_quantile` picks the same order statistics with np.partition instead of a sort;
 - `_dilate`/`_erode` are `cv2.dilate`/`cv2.erode` (both ignore pixels outside, as max_pool2d's padding);
 - `box_filter` counts only pixels inside the picture (torch's count_include_pad=False);
 - the camera-shake shift is a whole number of pixels (an FFT peak), so `_translate` is an integer
@@ -31,7 +37,6 @@ import torch.nn.functional as F
 
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy
-from muse.nodes.cpu.composite import adaptive_mean
 from muse.nodes.cpu.refine import box_mean, guided_colour
 
 __all__ = ["FusedCPU", "working_picture"]
@@ -74,9 +79,71 @@ def _luma(x: np.ndarray) -> np.ndarray:
     return cv2.transform(x, LUMA[None, :])
 
 
+_ONES3 = np.ones((1, 3), np.float32)
+
+
+def _chsum(x: np.ndarray) -> np.ndarray:
+    """x.sum(2) of (h, w, 3) float32 (numpy's reduction over a 3-long last axis is slow)."""
+    return cv2.transform(x, _ONES3)
+
+
+def _chmax(x: np.ndarray) -> np.ndarray:
+    return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
+
+
+def _chmin(x: np.ndarray) -> np.ndarray:
+    return np.minimum(np.minimum(x[..., 0], x[..., 1]), x[..., 2])
+
+
 def _resize(x: np.ndarray, w: int, h: int) -> np.ndarray:
     """F.interpolate(bilinear, align_corners=False) without antialiasing."""
     return x if x.shape[:2] == (h, w) else cv2.resize(x, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b by torch's kernel: numpy's OpenBLAS starts its own threads for these skinny products and spins
+    them on a busy two-core machine (3.7 ms of CPU against 0.4 for the light field's (N, 6) @ (6, 3))."""
+    return torch.from_numpy(a).mm(torch.from_numpy(b)).numpy()
+
+
+def _known_quantile(d: np.ndarray, known: np.ndarray, q: float, step: int = 7) -> float:
+    """fused._known_quantile: the q-quantile of d over the pixels where known > 0.5 (every 7th pixel;
+    step=1 when the caller took them already), unknown ones pushed to the end (1e3), linear
+    interpolation between the two order statistics."""
+    k = known.ravel()[::step] > 0.5
+    dk = np.where(k, d.ravel()[::step], np.float32(1e3))
+    n = dk.size
+    pos = min(max(q * float(k.mean()) * (n - 1), 0.0), n - 1.0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, n - 1)
+    v = np.partition(dk, (lo, hi))
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
+def _pool(x: np.ndarray, q: int) -> np.ndarray:
+    """F.avg_pool2d(x, q, ceil_mode=True): q x q block means, a last partial block averaged over what it holds."""
+    h, w = x.shape
+    hq, wq = -(-h // q), -(-w // q)
+    if (hq * q, wq * q) == (h, w):
+        return x.reshape(hq, q, wq, q).mean((1, 3), dtype=np.float32)
+    p = np.zeros((hq * q, wq * q), np.float32)
+    p[:h, :w] = x
+    c = np.zeros_like(p)
+    c[:h, :w] = 1.0
+    return p.reshape(hq, q, wq, q).sum((1, 3)) / c.reshape(hq, q, wq, q).sum((1, 3))
+
+
+def _sample(img: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
+    """grid_sample(bilinear, border, align_corners=False) at (y + fy, x + fx): img (h, w, C) float32.
+    torch's own CPU kernel on a channels-last view (the same op as the torch path; 2.5x faster than
+    gathering the four neighbours with OpenCV, whose bilinear remap rounds the position to 1/32 pixel)."""
+    h, w = img.shape[:2]
+    grid = np.empty((1, h, w, 2), np.float32)
+    grid[0, ..., 0] = (2.0 * np.arange(w, dtype=np.float32) + 1.0) / w - 1.0 + fx * np.float32(2.0 / w)
+    grid[0, ..., 1] = ((2.0 * np.arange(h, dtype=np.float32) + 1.0) / h - 1.0)[:, None] + fy * np.float32(2.0 / h)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None]
+    out = F.grid_sample(t, torch.from_numpy(grid), mode="bilinear", padding_mode="border", align_corners=False)
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
 
 def working_picture(frame: Frame, w: int, h: int) -> np.ndarray:
@@ -97,6 +164,7 @@ class FusedCPU:
         self.fps = fps
         self.size: tuple[int, int] | None = None
         self._plate_key: object = None
+        self._tile_key: object = None
 
     # -- state ------------------------------------------------------------
     def _alloc(self, w: int, h: int) -> None:
@@ -105,14 +173,21 @@ class FusedCPU:
         self.plate = np.zeros((h, w, 3), np.float32)
         self.known = z1()
         self.alpha, self.conf, self.clear_for = z1(), z1(), z1()
+        self.still_for = z1()  # frames still and background for the model (own plate)
         self.prev = np.zeros((h, w, 3), np.float32)
+        self.prev_max, self.prev_luma = z1(), z1()  # of the last frame (read again this frame)
         self.primed = False
         self.has_plate = False
         yn = (np.arange(h, dtype=np.float32) / max(1, h - 1) * 2 - 1)[:, None] * np.ones((1, w), np.float32)
         xn = (np.arange(w, dtype=np.float32) / max(1, w - 1) * 2 - 1)[None, :] * np.ones((h, 1), np.float32)
         by, bx = yn[::2, ::2], xn[::2, ::2]
         self._basis = np.stack((np.ones_like(by), bx, by, bx * bx, bx * by, by * by)).reshape(6, -1)
-        self._basis_full = np.stack((np.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn)).reshape(6, -1)
+        # (N, 6): the light field is basis_full @ theta.T, already in (h, w, 3) order
+        self._basis_full = np.ascontiguousarray(np.stack((np.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn)).reshape(6, -1).T)
+        # the 21 distinct products basis_i * basis_j: the normal matrix of a weighted fit is one product
+        iu = np.triu_indices(6)
+        self._pairs = iu
+        self._basis_pairs = np.ascontiguousarray((self._basis[iu[0]] * self._basis[iu[1]]).T)  # (N, 21)
         wy = torch.hann_window(h, periodic=False).numpy()
         wx = torch.hann_window(w, periodic=False).numpy()
         self._window = (wy[:, None] * wx[None, :]).astype(np.float32)
@@ -120,6 +195,12 @@ class FusedCPU:
         yy, xx = np.arange(h)[:, None], np.arange(w)[None, :]
         dy, dx = np.minimum(yy, h - yy), np.minimum(xx, w - xx)
         self._shift_ok = ((dy <= ms) & (dx <= ms)).astype(np.float32) if self.s.max_shift > 0 else None
+        # motion search: candidate shifts at quarter size, in the torch path's order (dy outer, dx inner)
+        r = max(1, round(self.s.motion_search * h / 4))
+        cy, cx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
+        self._cands = (cy.ravel().astype(np.float32), cx.ravel().astype(np.float32))
+        self._cand_cost = (1e-3 * np.sqrt(np.square(cy) + np.square(cx)).astype(np.float32)).ravel().astype(np.float32)
+        self._flow_r = r
         self._plate_key = None
 
     def reset(self) -> None:
@@ -167,37 +248,107 @@ class FusedCPU:
         """Smooth per-channel gain (quadratic in x, y), fitted robustly (IRLS, Cauchy) to frame / plate."""
         xs, ps, ws = x[::2, ::2], plate[::2, ::2], bgw[::2, ::2]
         basis = self._basis  # (6, N)
-        ratio = (xs / np.maximum(ps, 0.04)).reshape(-1, 3).T  # (3, N)
-        base = (ws * (ps.min(2) > 0.04)).reshape(1, -1).astype(np.float32)
+        ratio = np.ascontiguousarray((xs / np.maximum(ps, 0.04)).reshape(-1, 3).T)  # (3, N)
+        base = (ws * (_chmin(ps) > 0.04)).reshape(1, -1).astype(np.float32)
         n = ratio.shape[1]
         flat = np.partition(ratio, (n - 1) // 2, axis=1)[:, (n - 1) // 2 : (n - 1) // 2 + 1]  # torch.median: the lower median
         fit = np.broadcast_to(flat, ratio.shape)
         eye = 1e-3 * np.eye(6, dtype=np.float32)
         theta = np.zeros((3, 6), np.float32)
+        iu = self._pairs
         for _ in range(3):
             res = ratio - fit
-            wt = base / (1.0 + np.square(res / 0.08))  # (3, N)
+            res *= 1.0 / 0.08
+            np.square(res, out=res)
+            res += 1.0
+            wt = np.divide(base, res, out=res)  # (3, N): Cauchy weights
             norm = np.maximum(wt.sum(1), 1.0)
-            a = np.einsum("cn,in,jn->cij", wt, basis, basis, optimize=True) / norm[:, None, None]
-            b = np.einsum("cn,in,cn->ci", wt, basis, ratio, optimize=True) / norm[:, None]
-            theta = np.linalg.solve(a + eye, b[..., None])[..., 0].astype(np.float32)
-            fit = theta @ basis
+            # the normal equations by two BLAS products: sum_n w b_i b_j from the 21 pair products, sum_n w r b_i
+            pairs = _mm(wt, self._basis_pairs)  # (3, 21)
+            a = np.empty((3, 6, 6), np.float32)
+            a[:, iu[0], iu[1]] = pairs
+            a[:, iu[1], iu[0]] = pairs
+            a /= norm[:, None, None]
+            b = _mm(wt * ratio, basis.T) / norm[:, None]
+            theta = torch.linalg.solve(torch.from_numpy(a + eye), torch.from_numpy(b)).numpy()
+            fit = _mm(theta, basis)
         h, w = x.shape[:2]
-        return np.clip((theta @ self._basis_full).T.reshape(h, w, 3), 0.2, 5.0)
+        light = _mm(self._basis_full, np.ascontiguousarray(theta.T)).reshape(h, w, 3)
+        return np.clip(light, 0.2, 5.0, out=light)
 
-    def _gain(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray) -> np.ndarray:
-        """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels."""
+    def _tile_means(self, img: np.ndarray, rows: int, cols: int) -> np.ndarray:
+        """adaptive_avg_pool2d to (rows, cols) of (h, w, C): windows [floor(i h / rows), ceil((i + 1) h / rows));
+        rows by a reshape when they divide the height, else (and columns) from running sums."""
+        h, w, c = img.shape
+        key = (h, w, rows, cols)
+        if self._tile_key != key:
+            def bounds(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+                i = np.arange(m)
+                return (i * n) // m, -(-((i + 1) * n) // m)
+
+            self._tile_key, self._tile_rows, self._tile_cols = key, bounds(h, rows), bounds(w, cols)
+        if h % rows == 0:
+            r = img.reshape(rows, h // rows, w * c).mean(1, dtype=np.float32)
+        else:
+            cs = np.zeros((h + 1, w * c), np.float64)
+            np.cumsum(img.reshape(h, w * c), 0, out=cs[1:])
+            y0, y1 = self._tile_rows
+            r = (cs[y1] - cs[y0]) / (y1 - y0)[:, None]
+        cs = np.zeros((rows, w + 1, c), np.float64)
+        np.cumsum(r.reshape(rows, w, c), 1, out=cs[:, 1:])
+        x0, x1 = self._tile_cols
+        return ((cs[:, x1] - cs[:, x0]) / (x1 - x0)[None, :, None]).astype(np.float32)
+
+    def _gain(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray, full: list | None = None) -> np.ndarray:
+        """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels.
+        `full`: a list the caller keeps between fits on the same plate (the plate * plate tile means)."""
         h, w = x.shape[:2]
         rows = max(1, self.s.tiles)
         cols = max(1, round(rows * w / h))
         pb = plate * bgw[..., None]
-        stack = np.concatenate((x * pb, plate * pb, plate * plate), 2)
-        t = adaptive_mean(np.ascontiguousarray(stack, np.float32), (rows, cols))
-        num, den, full = t[..., 0:3], t[..., 3:6], t[..., 6:9]
+        # one tile mean a product (concatenating them first cost more than the means)
+        num, den = self._tile_means(x * pb, rows, cols), self._tile_means(plate * pb, rows, cols)
+        if full:
+            tf = full[0]
+        else:
+            tf = self._tile_means(plate * plate, rows, cols)
+            if full is not None:
+                full.append(tf)
         beta = 0.3  # tiles the person covers keep the smooth field
-        gain = (num + beta * full) / np.maximum(den + beta * full, 1e-6)
+        gain = (num + beta * tf) / np.maximum(den + beta * tf, 1e-6)
         gain = cv2.blur(np.ascontiguousarray(gain, np.float32), (3, 3), borderType=cv2.BORDER_REPLICATE)
         return _resize(np.clip(gain, 0.2, 5.0), w, h)
+
+    def _follow(self, cur: np.ndarray, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The shift (fy, fx) per working pixel with cur(p) ~ prev(p + v): block matching on quarter-size
+        luma, candidates within motion_search, sub-pixel by a parabola through the best cost."""
+        q, r = 4, self._flow_r
+        h, w = cur.shape
+        a = _pool(cur, q)
+        b = np.pad(_pool(prev, q), r, mode="edge")
+        hq, wq = a.shape
+        n = 2 * r + 1
+        shifted = np.empty((hq, wq, n * n), np.float32)
+        for k in range(n * n):
+            dy, dx = divmod(k, n)
+            np.subtract(b[dy:dy + hq, dx:dx + wq], a, out=shifted[..., k])
+        np.abs(shifted, out=shifted)
+        cost = box_mean(shifted, 2) + self._cand_cost
+        idx = cost.argmin(2)[..., None]
+        c0 = np.take_along_axis(cost, idx, 2)
+        vy, vx = self._cands[0][idx], self._cands[1][idx]
+
+        def vertex(step: int, v: np.ndarray) -> np.ndarray:
+            inside = (v > -r) & (v < r)
+            lo = np.take_along_axis(cost, np.clip(idx - step, 0, n * n - 1), 2)
+            hi = np.take_along_axis(cost, np.clip(idx + step, 0, n * n - 1), 2)
+            curv = np.maximum(lo - 2.0 * c0 + hi, 1e-6)
+            return np.clip((lo - hi) / (2.0 * curv), -0.5, 0.5) * inside
+
+        vx = vx + vertex(1, vx)
+        vy = vy + vertex(n, vy)
+        flow = _resize(np.ascontiguousarray(np.concatenate((vx, vy), 2) * q, np.float32), w, h)
+        return flow[..., 1], flow[..., 0]
 
     # -- one frame --------------------------------------------------------
     def step(self, x: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
@@ -210,29 +361,57 @@ class FusedCPU:
         last = self.alpha if self.primed else pm
         bgw = 1.0 - _dilate(last, margin)
 
-        # 2. lighting-invariant, shake-tolerant plate difference (adds exactly 0 without a plate)
-        shift, gain, plate_logit = (0, 0), None, None
-        if self.has_plate:
-            shift = self._shift(x, bgw)
+        # picture change since the last frame, exposure changes taken out: the gain is the median luma
+        # ratio over the room's unclipped, not-too-dark pixels
+        xmax, lx, lp = _chmax(x), _luma(x), self.prev_luma
+        unclipped = ((xmax < 0.97) & (self.prev_max < 0.97)).astype(np.float32)
+        # (_known_quantile reads every 7th pixel: only those are computed)
+        sub = slice(None, None, 7)
+        lxs, lps_, uns, bgs = lx.ravel()[sub], lp.ravel()[sub], unclipped.ravel()[sub], bgw.ravel()[sub]
+        wr = bgs * uns * (lxs > 0.04) * (lps_ > 0.04)
+        log_gain = _known_quantile(np.log(np.maximum(lxs, 0.02)) - np.log(np.maximum(lps_, 0.02)), wr, 0.5, step=1)
+        ratio = np.float32(np.exp(np.float32(min(max(log_gain, -1.5), 1.5))))
+        change = _luma(np.abs(x - self.prev * ratio)) * unclipped
+        cm = box_mean(change, 1)
+        motion = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
+        still = motion  # camera noise is no motion for the own plate's stillness gate (low light)
+        if s.motion_noise > 0:
+            cm = np.maximum(cm - min(s.motion_noise * _known_quantile(cm, np.ones_like(cm), 0.5), 0.5 * s.motion_threshold), 0.0)
+            still = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
+        own = not self.has_plate
+        # an own plate holds only while the camera stands still
+        room_moved = self.primed and float((motion * bgw).sum()) / max(float(bgw.sum()), 1.0) > 0.5
+        if own and room_moved:
+            self.known.fill(0.0)
+
+        # 2. lighting-invariant, shake-tolerant plate difference (adds exactly 0 while nothing is known;
+        # an own plate is never shifted)
+        shift, gain, plate_logit, pp = (0, 0), None, None, None
+        if self.has_plate or self.known.any():
+            if self.has_plate:
+                shift = self._shift(x, bgw)
             plate = self._translate(self.plate, shift)
             known = self._translate(self.known, shift)
+            seen = known > 0.5
+            plate = np.where(seen[..., None], plate, x)  # unknown: the frame itself, no difference
             xs = box_mean(x, s.denoise)
             ps = box_mean(plate, s.denoise)
             wk = bgw * known
             light = self._light_field(xs, ps, wk)
             lps = light * ps
-            off = np.abs(xs - lps).sum(2)
+            off = _chsum(np.abs(xs - lps))
             w_light = wk / (1.0 + np.square(off / 0.06))
             d = tau = None
+            full: list = []
             for _ in range(2):
                 w_fit = w_light if d is None else w_light * (d < 2.0 * tau)
-                gain = light * self._gain(xs, lps, w_fit)
+                gain = light * self._gain(xs, lps, w_fit, full)
                 pc = np.clip(gain * ps, 0.0, 1.0)
                 r = s.envelope
                 e = np.maximum(xs - _dilate(pc, r), 0) + np.maximum(_erode(pc, r) - xs, 0)
-                d = np.sqrt(np.square(e).sum(2))
-                noise = np.quantile(d.ravel()[::7], 0.3)
-                tau = max(s.threshold, s.noise_factor * float(noise))
+                d = np.sqrt(_chsum(np.square(e))) * seen
+                noise = _known_quantile(d, known, 0.3)
+                tau = max(s.threshold, s.noise_factor * noise)
             pp = _smoothstep(tau, 2.5 * tau, d)
             if s.relative_edge:
                 a_est = d / np.maximum(_dilate(d, 2), 2.5 * tau)
@@ -256,34 +435,69 @@ class FusedCPU:
             fused_logit = fused_logit + plate_logit
         fused = _sigmoid(fused_logit)
 
-        # 4. motion-aware blend with the previous matte (exposure changes are not motion)
+        # 4. motion-aware blend with the previous matte, carried along the picture's motion first
         if self.primed:
-            # cv2.mean accumulates in float64 (numpy's float32 mean over the outer axes drifts by 1e-3)
-            ratio = np.array(cv2.mean(x)[:3]) / np.maximum(np.array(cv2.mean(self.prev)[:3]), 1e-4)
-            change = _luma(np.abs(x - self.prev * ratio.astype(np.float32)))
-            motion = np.clip(_dilate(box_mean(change, 1), 2) / s.motion_threshold, 0.0, 1.0)
-            jump = np.clip((np.abs(fused - self.alpha) - 0.4) / 0.3, 0.0, 1.0)
-            k = (1.0 - s.stability) + s.stability * np.maximum(motion, jump)
-            self.alpha += k * (fused - self.alpha)
+            last_alpha = self.alpha
+            if s.follow_motion:
+                fy, fx = self._follow(lx, lp * ratio)
+                both = _sample(np.dstack((self.alpha, self.prev * ratio)), fy, fx)
+                last_alpha, prev_w = np.ascontiguousarray(both[..., 0]), both[..., 1:]
+                # the last frame in this frame's exposure clips as the camera does; a clipped pixel says nothing
+                change = _luma(np.abs(x - np.clip(prev_w, 0.0, 1.0))) * unclipped
+                # what the motion leaves is judged against the local contrast
+                grad = np.zeros_like(lx)
+                grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
+                grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
+                change = change / (1.0 + box_mean(grad, 1) / s.motion_threshold)
+            cb = box_mean(change, 1)
+            if s.motion_noise > 0:  # where no plate is known, camera noise is no motion
+                floor = min(s.motion_noise * _known_quantile(cb, np.ones_like(cb), 0.5), 0.5 * s.motion_threshold)
+                cb = np.maximum(cb - floor * (1.0 - self.known), 0.0)
+            moved = np.clip(_dilate(cb, s.motion_reach) / s.motion_threshold, 0.0, 1.0)
+            stab = s.model_stability + (s.stability - s.model_stability) * self.known
+            if s.trust_jumps:
+                jump = np.clip((np.abs(fused - last_alpha) - 0.4) / 0.3, 0.0, 1.0) * self.known
+                moved = np.maximum(moved, jump)
+            k = (1.0 - stab) + stab * moved
+            self.alpha[...] = last_alpha + k * (fused - last_alpha)
         else:
             self.alpha[...] = fused
         self.prev[...] = x
+        self.prev_max[...] = xmax
+        self.prev_luma[...] = lx
         self.primed = True
         self.conf[...] = np.abs(2.0 * self.alpha - 1.0) * (1.0 - 0.5 * np.abs(fused - self.alpha))
 
-        # learning: a pixel surely background for learn_seconds follows the room
+        # learning, in the plate's own light and alignment
         sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95) & (self.conf > 0.9)
         if prior is not None:
-            sure_bg &= _dilate(pm, margin) < 0.2
+            model_bg = _dilate(pm, margin) < 0.2
+            sure_bg &= model_bg
         sb = sure_bg.astype(np.float32)
         self.clear_for *= sb
         self.clear_for += sb
-        if self.has_plate and abs(shift[0]) + abs(shift[1]) < 0.5:
-            settle = max(1.0, s.learn_seconds * self.fps)
-            learn = (self.clear_for >= settle).astype(np.float32) * s.learn_rate
-            back = np.clip(x / np.maximum(gain, 0.05), 0, 1)  # no shift here, so no translate
-            self.plate += learn[..., None] * (back - self.plate)
+        learn = None
+        if self.has_plate:
+            learn = (self.clear_for >= max(1.0, s.learn_seconds * self.fps)).astype(np.float32)
+        elif prior is not None and s.own_plate:
+            # no recorded plate: a pixel still and model-background for own_plate_seconds is the room
+            calm = (model_bg & (still < 0.5)).astype(np.float32) * (not room_moved)
+            self.still_for *= calm
+            self.still_for += calm
+            learn = (self.still_for >= max(1.0, s.own_plate_seconds * self.fps)).astype(np.float32)
+        if learn is not None and shift == (0, 0):
+            g_ok = float(self.known.mean()) > 0.1 and gain is not None
+            back = np.clip(x / np.maximum(gain, 0.05) if g_ok else x, 0, 1)  # no shift here, so no translate
+            rate = s.learn_rate + (1.0 - s.learn_rate) * (1.0 - self.known)
+            if own and pp is not None:  # an own plate a calm, model-background pixel contradicts is copied over
+                rate = np.maximum(rate, pp)
+            self.plate += (learn * rate)[..., None] * (back - self.plate)
+            np.maximum(self.known, learn, out=self.known)
         return self.alpha
+
+    def edge_alpha(self) -> np.ndarray:
+        """fused.FusedMatte.edge_alpha: where no plate is known the edge sits at model_edge_offset."""
+        return self.alpha + (self.s.edge_offset - self.s.model_edge_offset) * (1.0 - self.known)
 
     def keep_out(self) -> np.ndarray:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
@@ -346,8 +560,8 @@ class FusedRunner:
         pm = None
         if prior is not None:
             pm = _resize(np.ascontiguousarray(as_numpy(prior.alpha.float())), w, h)
-        alpha = eng.step(x, pm)
-        full = refine_full(alpha, frame, x, node.params)
+        eng.step(x, pm)
+        full = refine_full(eng.edge_alpha(), frame, x, node.params)
         ts, i = frame.timestamp, frame.index
         dtype = node.ctx.dtype if node.ctx is not None else torch.float32
         return {"mask": Mask(torch.from_numpy(full).to(dtype), ts, i),

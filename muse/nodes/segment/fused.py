@@ -61,6 +61,20 @@ def _smoothstep(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Te
     return t * t * (3.0 - 2.0 * t)
 
 
+def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of d over the pixels whose plate is known (a learned plate covers only part of the
+    picture), by sorting with the unknown ones pushed to the end: no boolean indexing, no host read."""
+    dk = torch.where(known > 0.5, d, torch.full_like(d, 1e3)).flatten()[::7]
+    v = dk.sort().values
+    n = v.numel()
+    kf = (known > 0.5).float().flatten()[::7].mean()
+    pos = (q * kf * (n - 1)).clamp(0.0, n - 1.0)  # linear interpolation, as torch.quantile
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_max(n - 1)
+    f = pos - lo.float()
+    return torch.lerp(v.gather(0, lo.view(1)), v.gather(0, hi.view(1)), f)[0]
+
+
 class FusedSettings(NodeParams):
     """The fusion's knobs; shared by `segment.fused` and `segment.hybrid`'s plate path."""
 
@@ -75,15 +89,24 @@ class FusedSettings(NodeParams):
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
     close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
+    model_stability: float = Field(0.95, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
+    motion_reach: int = Field(0, ge=0, le=8, description="Pixels (working size) around a change that also follow it at once (the previous matte is already carried along the motion)")
+    trust_jumps: bool = Field(False, description="Follow a large matte change on a pixel whose picture did not change at once, where a plate backs it (off: like any change of mind without motion, it is blended in over a few frames)")
+    motion_noise: float = Field(2.0, ge=0.0, le=10.0, description="A picture change up to this many times the frame's median change is camera noise, not motion: for the own plate's stillness, and for the matte where no plate is known (0 = off)")
     motion_threshold: float = Field(0.03, ge=0.001, le=1.0, description="Picture change (0-1) that counts as full motion")
-    refine_radius: int = Field(2, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
+    refine_radius: int = Field(4, ge=0, le=8, description="Edge-aware upsampling window radius (working pixels)")
     refine_eps: float = Field(2e-3, ge=1e-6, le=1.0, description="Edge sensitivity of the upsampling (smaller follows weaker edges)")
     relative_edge: bool = Field(True, description="Place the plate's edge at half the nearby difference (alpha 0.5), not at the noise threshold")
     edge_offset: float = Field(0.15, ge=-0.45, le=0.45, description="Moves the final edge inwards (+) or outwards (-): alpha level that becomes 0.5")
     denoise: int = Field(1, ge=0, le=4, description="Box-blur radius against camera noise before the plate comparison (working pixels)")
-    edge_sharpness: float = Field(2.0, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
+    model_edge_offset: float = Field(0.05, ge=-0.45, le=0.45, description="edge_offset where no plate is known: the model's own 0.5 is already its edge (the plate's edge offset is against a halo)")
+    edge_sharpness: float = Field(1.6, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
     learn_seconds: float = Field(2.0, ge=0.1, le=600.0, description="A pixel surely background this long is learned into the plate")
     learn_rate: float = Field(0.05, ge=0.0, le=1.0, description="Per-frame rate at which learned pixels follow the room")
+    follow_motion: bool = Field(True, description="Carry the previous matte along the picture's motion before blending (a moving person is smoothed too)")
+    motion_search: float = Field(0.045, ge=0.0, le=0.2, description="Largest motion between two frames followed, as a fraction of the height")
+    own_plate: bool = Field(True, description="Without a recorded plate, learn one from the room the model calls background (a plate that grows as the person moves)")
+    own_plate_seconds: float = Field(0.3, ge=0.03, le=10.0, description="Without a recorded plate: how long a pixel must be still and background for the model before it is learned")
 
 
 class FusedMatte:
@@ -106,6 +129,7 @@ class FusedMatte:
         self.conf = torch.zeros(1, 1, h, w, device=dev)
         self.prev = torch.zeros(1, 3, h, w, device=dev)  # last frame (working resolution)
         self.clear_for = torch.zeros(1, 1, h, w, device=dev)  # frames surely background
+        self.still_for = torch.zeros(1, 1, h, w, device=dev)  # frames still and background for the model (own plate)
         self.primed = torch.zeros((), device=dev)  # 0 until the first frame has set alpha/prev
         self.has_plate = torch.zeros((), device=dev)
         yy, xx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
@@ -124,6 +148,17 @@ class FusedMatte:
         dy = torch.minimum(yy, h - yy).float()
         dx = torch.minimum(xx, w - xx).float()
         self._shift_ok = ((dy <= ms) & (dx <= ms)).float()[None, None] if self.s.max_shift > 0 else None
+        # Motion search: candidate shifts at quarter size, and the sampling grid of the working size.
+        q = 4
+        r = max(1, round(self.s.motion_search * h / q))
+        cy, cx = torch.meshgrid(torch.arange(-r, r + 1, device=dev), torch.arange(-r, r + 1, device=dev), indexing="ij")
+        self._cands = (cy.flatten().float(), cx.flatten().float())
+        # a small cost per pixel of motion: flat areas (a plain wall) keep still rather than pick a shift at random
+        self._cand_cost = (1e-3 * (cy.float().square() + cx.float().square()).sqrt()).flatten().view(1, -1, 1, 1)
+        gy = (2.0 * self._yy + 1.0) / h - 1.0
+        gx = (2.0 * self._xx + 1.0) / w - 1.0
+        self._base_grid = torch.stack((gx, gy), -1)[None]
+        self._flow_r = r
         self._plate_key = None
 
     def reset(self) -> None:
@@ -160,6 +195,38 @@ class FusedMatte:
         dy = torch.where(iy > h / 2, iy - h, iy)
         dx = torch.where(ix > w / 2, ix - w, ix)
         return torch.stack((dy, dx)) * self.known.mean().gt(0.3).float()  # no plate yet: no shift
+
+    def _follow(self, cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """grid_sample grid taking last frame's pixels to where they are now: for every pixel the shift v
+        (block matching on a quarter-size picture, candidates within motion_search) with cur(p) ~ prev(p + v)."""
+        q, r = 4, self._flow_r
+        h, w = cur.shape[-2:]
+        a = F.avg_pool2d(cur, q, ceil_mode=True)
+        b = F.pad(F.avg_pool2d(prev, q, ceil_mode=True), (r, r, r, r), mode="replicate")
+        hq, wq = a.shape[-2:]
+        shifted = torch.cat([b[..., r + dy:r + dy + hq, r + dx:r + dx + wq]
+                             for dy in range(-r, r + 1) for dx in range(-r, r + 1)], 1)
+        cost = F.avg_pool2d((shifted - a).abs(), 5, stride=1, padding=2, count_include_pad=False) + self._cand_cost
+        idx = cost.argmin(1, keepdim=True)
+        k = shifted.shape[1]
+        vy = self._cands[0].view(1, k, 1, 1).expand(1, k, hq, wq).gather(1, idx)
+        vx = self._cands[1].view(1, k, 1, 1).expand(1, k, hq, wq).gather(1, idx)
+        # sub-pixel: a parabola through the best cost and its neighbours along x and along y
+        n = 2 * r + 1
+        c0 = cost.gather(1, idx)
+
+        def vertex(step: int, v: torch.Tensor) -> torch.Tensor:
+            inside = ((v > -r) & (v < r)).float()
+            lo = cost.gather(1, (idx - step).clamp(0, k - 1))
+            hi = cost.gather(1, (idx + step).clamp(0, k - 1))
+            curv = (lo - 2.0 * c0 + hi).clamp_min(1e-6)
+            return ((lo - hi) / (2.0 * curv)).clamp(-0.5, 0.5) * inside
+
+        vx = vx + vertex(1, vx)
+        vy = vy + vertex(n, vy)
+        flow = F.interpolate(torch.cat((vx, vy), 1) * q, size=(h, w), mode="bilinear", align_corners=False)
+        scale = device_constant([2.0 / w, 2.0 / h], cur.device).view(1, 2, 1, 1)
+        return self._base_grid + (flow * scale).permute(0, 2, 3, 1)
 
     def _translate(self, img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """img shifted by (dy, dx) pixels (content moves by +shift), edges replicated."""
@@ -222,10 +289,36 @@ class FusedMatte:
         last = torch.lerp(pm, self.alpha, primed)
         bgw = 1.0 - _dilate(last, margin)
 
-        # 2. lighting-invariant, shake-tolerant plate difference.
-        shift = self._shift(x, bgw)
+        # Picture change since the last frame, exposure changes taken out (a global gain is no motion).
+        lw = device_constant(list(LUMA), x.device).view(1, 3, 1, 1)
+        # the gain is the median ratio over the room's unclipped, not-too-dark pixels: a person walking into
+        # the room, or moving, is a minority that a mean would follow
+        unclipped = (x.amax(1, keepdim=True) < 0.97).float() * (self.prev.amax(1, keepdim=True) < 0.97).float()
+        lx, lp = (x * lw).sum(1, keepdim=True), (self.prev * lw).sum(1, keepdim=True)
+        wr = bgw * unclipped * (lx > 0.04).float() * (lp > 0.04).float()
+        log_gain = _known_quantile(torch.log(lx.clamp_min(0.02)) - torch.log(lp.clamp_min(0.02)), wr, 0.5)
+        ratio = torch.exp(log_gain.clamp(-1.5, 1.5)).view(1, 1, 1, 1)  # none measured (first frame): e^1.5, motion anyway
+        change = ((x - self.prev * ratio).abs() * lw).sum(1, keepdim=True) * unclipped  # a clipped pixel says nothing
+        cm = box_filter(change, 1)
+        motion = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
+        still = motion  # camera noise is no motion for the own plate's stillness gate (low light): see motion_noise
+        if s.motion_noise > 0:
+            floor = (s.motion_noise * _known_quantile(cm, torch.ones_like(cm), 0.5)).clamp_max(0.5 * s.motion_threshold)
+            still = (_dilate((cm - floor).clamp_min(0.0), 2) / s.motion_threshold).clamp(0.0, 1.0)
+        own = 1.0 - self.has_plate  # 1 while the plate is the node's own (learned), not a recorded one
+        # An own plate holds only while the camera stands still: the room moving as a whole (shake, a pan)
+        # drops it, and it is learned again once the camera rests.
+        room_moved = ((motion * bgw).sum() / bgw.sum().clamp_min(1.0) > 0.5).float() * primed
+        self.known.mul_(1.0 - own * room_moved)
+
+        # 2. lighting-invariant, shake-tolerant plate difference (an own plate is never shifted: it is
+        # only kept while the camera is still, and a partly learned plate would mislead the phase correlation).
+        shift = self._shift(x, bgw) * self.has_plate
         plate = self._translate(self.plate, shift)
         known = self._translate(self.known, shift)
+        # Unknown plate pixels (an own plate still growing) take the frame's value: no difference there,
+        # and the filters below do not bleed the empty plate into the known room beside it.
+        plate = torch.where(known > 0.5, plate, x)
         xs = box_filter(x, s.denoise)  # camera noise
         ps = box_filter(plate, s.denoise)
         wk = bgw * known
@@ -240,9 +333,11 @@ class FusedMatte:
             pc = (gain * ps).clamp(0.0, 1.0)  # a brighter exposure clips: so does the plate
             r = s.envelope
             e = F.relu(xs - _dilate(pc, r)) + F.relu(_erode(pc, r) - xs)
-            d = e.square().sum(1, keepdim=True).sqrt()
+            # where the plate is unknown (a plate still being learned) there is no difference: the hole
+            # filling and the edge placement below must not grow the person into what was never seen
+            d = e.square().sum(1, keepdim=True).sqrt() * (known > 0.5).float()
             # Noise-adaptive threshold from the typical (lower third) difference: low light, compression.
-            noise = torch.quantile(d.flatten()[::7], 0.3)  # robust while people cover < 70 %
+            noise = _known_quantile(d, known, 0.3)  # robust while people cover < 70 % of the known room
             tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
         pp = _smoothstep(tau, 2.5 * tau, d)
         if s.relative_edge:
@@ -264,31 +359,75 @@ class FusedMatte:
         model_logit = _logit(pm) * s.model_weight if prior is not None else torch.zeros_like(pm)
         fused = torch.sigmoid(model_logit + plate_logit)
 
-        # 4. motion-aware blend with the previous matte (exposure changes are not motion).
-        lw = device_constant(list(LUMA), x.device).view(1, 3, 1, 1)
-        ratio = x.mean((2, 3), keepdim=True) / self.prev.mean((2, 3), keepdim=True).clamp_min(1e-4)
-        change = ((x - self.prev * ratio).abs() * lw).sum(1, keepdim=True)
-        motion = (_dilate(box_filter(change, 1), 2) / s.motion_threshold).clamp(0.0, 1.0)
-        jump = (((fused - self.alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0)  # a big matte change is trusted at once
-        k = (1.0 - s.stability) + s.stability * torch.maximum(motion, jump)
+        # 4. motion-aware blend with the previous matte (exposure changes are not motion). The previous
+        # matte is first carried along the picture's motion (block matching at quarter size), so a
+        # moving person is smoothed as well as a still one; what the motion does not explain follows at once.
+        last_alpha = self.alpha
+        if s.follow_motion:
+            grid = self._follow((x * lw).sum(1, keepdim=True), (self.prev * ratio * lw).sum(1, keepdim=True))
+            prev_w = F.grid_sample(self.prev * ratio, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            last_alpha = F.grid_sample(self.alpha, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            # the last frame in this frame's exposure clips as the camera does (an exposure jump up saturates
+            # the bright parts of both); a clipped pixel says nothing about motion
+            change = ((x - prev_w.clamp(0.0, 1.0)).abs() * lw).sum(1, keepdim=True) * unclipped
+            # what is left after following the motion is judged against the local contrast: half a pixel of
+            # misregistration on a sharp edge is a large difference, and no motion the matte has to follow
+            lum = (x * lw).sum(1, keepdim=True)
+            grad = (lum[..., :, 1:] - lum[..., :, :-1]).abs()
+            grad = F.pad(grad, (0, 1, 0, 0)) + F.pad((lum[..., 1:, :] - lum[..., :-1, :]).abs(), (0, 0, 0, 1))
+            change = change / (1.0 + box_filter(grad, 1) / s.motion_threshold)
+        cb = box_filter(change, 1)
+        if s.motion_noise > 0:
+            # Where no plate is known the model alone decides, and it changes its mind with the picture's
+            # noise: a change up to motion_noise x the frame's median change (most of a picture is still)
+            # is no motion. Capped at half the motion threshold, so a pan beyond the search still counts.
+            floor = (s.motion_noise * _known_quantile(cb, torch.ones_like(cb), 0.5)).clamp_max(0.5 * s.motion_threshold)
+            cb = (cb - floor * (1.0 - known)).clamp_min(0.0)
+        moved = (_dilate(cb, s.motion_reach) / s.motion_threshold).clamp(0.0, 1.0)
+        # A big matte change is trusted at once where a plate backs it; a model alone flips on still
+        # pixels (exposure, noise), so without a plate only motion makes the matte follow at once.
+        jump = (((fused - last_alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0) * known * float(s.trust_jumps)
+        stab = torch.lerp(torch.full_like(known, s.model_stability), torch.full_like(known, s.stability), known)
+        k = (1.0 - stab) + stab * torch.maximum(moved, jump)
         k = torch.lerp(torch.ones_like(k), k, primed)
-        self.alpha.lerp_(fused, k)
+        self.alpha.copy_(torch.lerp(last_alpha, fused, k))
         self.prev.copy_(x)
         self.primed.fill_(1.0)
         self.conf.copy_((2.0 * self.alpha - 1.0).abs() * (1.0 - 0.5 * (fused - self.alpha).abs()))
 
-        # Learning: a pixel surely background (with a margin) for learn_seconds follows the room,
-        # stored in the plate's own light and alignment.
+        # Learning, in the plate's own light and alignment.
+        # Recorded plate: a pixel surely background (with a margin) for learn_seconds follows the room.
         sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95).float() * (self.conf > 0.9).float()
         if prior is not None:
             sure_bg = sure_bg * (_dilate(pm, margin) < 0.2).float()
         self.clear_for.mul_(sure_bg).add_(sure_bg)
         settle = max(1.0, s.learn_seconds * self.fps)
         learn = (self.clear_for >= settle).float() * self.has_plate
-        back = self._translate(x / gain.clamp_min(0.05), -shift)
+        if prior is not None and s.own_plate:
+            # No recorded plate: the node grows its own. A pixel still and background for the model (with a
+            # margin) for own_plate_seconds is the room. The gate asks the model and the picture, not the
+            # fused matte: a ghost (a person learned in, then gone) is still and model-background, so it heals.
+            calm = (_dilate(pm, margin) < 0.2).float() * (still < 0.5).float() * (1.0 - room_moved)
+            self.still_for.mul_(calm).add_(calm)
+            own_settle = max(1.0, s.own_plate_seconds * self.fps)
+            learn = learn + (self.still_for >= own_settle).float() * own
+        # The first sighting is copied; what is known follows at learn_rate. Stored as frame / gain while
+        # enough of the room is known for the gain to mean anything, else in the frame's own light.
+        g_ok = (self.known.mean() > 0.1).float()
+        back = self._translate(x / torch.lerp(torch.ones_like(gain), gain, g_ok).clamp_min(0.05), -shift)
         learn = learn * (shift.abs().sum() < 0.5).float()  # only while the camera sits where the plate was taken
-        self.plate.lerp_(back.clamp(0, 1), learn * s.learn_rate)
+        rate = torch.lerp(torch.ones_like(self.known), torch.full_like(self.known, s.learn_rate), self.known)
+        # an own plate that a calm, model-background pixel contradicts was wrong (a person learned in, who has
+        # gone; a moved chair): copied at once rather than blended away over seconds
+        rate = torch.maximum(rate, pp * own)
+        self.plate.lerp_(back.clamp(0, 1), learn * rate)
+        torch.maximum(self.known, learn, out=self.known)
         return self.alpha
+
+    def edge_alpha(self) -> torch.Tensor:
+        """The matte handed to the full-size edge step: where no plate is known the edge sits at
+        model_edge_offset instead of edge_offset (a constant added here moves the level refine_full cuts at)."""
+        return self.alpha + (self.s.edge_offset - self.s.model_edge_offset) * (1.0 - self.known)
 
     def keep_out(self) -> torch.Tensor:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
@@ -382,8 +521,8 @@ class FusedSegment(Node):
             pm = prior.alpha.to(ctx.device).float()[None, None]
             if tuple(pm.shape[-2:]) != (h, w):
                 pm = F.interpolate(pm, size=(h, w), mode="bilinear", align_corners=False)
-        alpha = eng.step(x, pm)
-        full = refine_full(alpha, frame, x, self.params, ctx.dtype)
+        eng.step(x, pm)
+        full = refine_full(eng.edge_alpha(), frame, x, self.params, ctx.dtype)
         ts, i = frame.timestamp, frame.index
         return {"mask": Mask(full, ts, i), "confidence": Mask(eng.conf[0, 0].to(ctx.dtype), ts, i),
                 "keep_out": Mask(eng.keep_out()[0, 0].to(ctx.dtype), ts, i)}
