@@ -93,7 +93,9 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):  # -> onnx
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    from muse.nodes.cpu.onnx_graph import session_model
+
+    return ort.InferenceSession(session_model(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:
