@@ -106,6 +106,15 @@ class ValidatedGraph:
             self._consumers = index
         return self._consumers
 
+    def wired_outputs(self) -> dict[str, set[str]]:
+        """node -> its output ports that feed at least one input."""
+        wired: dict[str, set[str]] = {}
+        for n in self.nodes.values():
+            for ri in n.inputs.values():
+                for src in ri.sources:
+                    wired.setdefault(src.node, set()).add(src.port)
+        return wired
+
     def consumers(self, name: str) -> list[tuple[str, str]]:
         """(consumer node, input port) for every edge leaving `name`."""
         return list(self.consumer_index().get(name, ()))
