@@ -107,12 +107,16 @@ class ValidatedGraph:
         return self._consumers
 
     def wired_outputs(self) -> dict[str, set[str]]:
-        """node -> its output ports that feed at least one input."""
+        """node -> its output ports that feed at least one input (a stand-in's include those of the node
+        it stands in for: it serves that node's consumers)."""
         wired: dict[str, set[str]] = {}
         for n in self.nodes.values():
             for ri in n.inputs.values():
                 for src in ri.sources:
                     wired.setdefault(src.node, set()).add(src.port)
+        for n in self.nodes.values():
+            if n.standby_for and n.standby_for in wired:
+                wired.setdefault(n.name, set()).update(wired[n.standby_for])
         return wired
 
     def consumers(self, name: str) -> list[tuple[str, str]]:
