@@ -17,7 +17,7 @@ from muse.nodes.landmarks.tracking import HostFlag, load_bundled
 
 DETECTOR_SIZE = 224
 LANDMARK_SIZE = 256
-MASK_OUTPUT = 2  # the landmark model's outputs: points, presence, person mask, heatmaps, world points
+MASK_OUTPUT, WORLD_OUTPUT = 2, 4  # the landmark model's outputs: points, presence, person mask, heatmaps, world points (unused)
 NUM_POINTS = 33  # BlazePose-33; the model's 34th/35th points are the tracking ROI's centre and scale
 # ROI margin: the 0.10.14 full model's alignment points settle at a radius of ~100/256 of its crop, so its
 # training crops were 2 * radius * 1.25 wide; with the 1.5 of older graphs the tracked ROI grows ~15 %/frame.
@@ -105,7 +105,7 @@ class BlazePoseTracker:
         self.mask = wanted
         if isinstance(self.landmarks, OrtModel):
             self.landmarks = load_bundled(self.name, "pose_landmark_full", self.device, self.landmark_dtype, self.backend,
-                                          exact_fp32=True, drop_outputs=() if wanted else (MASK_OUTPUT,))
+                                          exact_fp32=True, drop_outputs=() if wanted else (MASK_OUTPUT, WORLD_OUTPUT))
 
     def reset(self) -> None:
         self.tracking.reset()
