@@ -210,12 +210,16 @@ class BackgroundCPU:
                 cv2.multiply(plate, tuple(float(v) for v in factor) + (0.0,), dst=plate)
         rate = 1.0 - math.exp(-1.0 / max(1e-3, fps * p.adapt_seconds))
         rate_n = 1.0 - (1.0 - rate) ** n  # n still frames in one step
-        step_q = clear_q * np.where(self.known > 0, rate_n, 1.0).astype(np.float32)
-        if step_q.any():
-            step = _expand(step_q, height, width)
-            diff = cv2.subtract(img, plate)
-            cv2.multiply(diff, cv2.merge((step, step, step)), dst=diff)
-            cv2.add(plate, diff, dst=plate)
+        # the step is rate_n on clear blocks seen before and 1 on clear blocks seen for the first time:
+        # one masked running average and one masked copy (no full-size step planes)
+        clear = clear_q > 0
+        for blocks, take in ((clear & (self.known > 0), False), (clear & (self.known <= 0), True)):
+            if blocks.any():
+                m = _expand(blocks.view(np.uint8), height, width)
+                if take:
+                    cv2.copyTo(img, m, plate)
+                else:
+                    cv2.accumulateWeighted(img, plate, rate_n, mask=m)
         self.known = np.maximum(self.known, clear_q)
         out = cv2.convertScaleAbs(plate, alpha=255.0)  # rounds and clamps to 0..255
         unknown_q = self.known <= 0
