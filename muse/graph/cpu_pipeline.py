@@ -237,7 +237,10 @@ def startup_note(runner: Any) -> str | None:
         from muse.models import bundled
 
         lighter = [n for n in bundled.CATALOGUE if n.startswith("pose_landmark") and n != "pose_landmark_full"]
+        lean = [s.name for s in runner.slots.values() if s.rn.type == "pose.blazepose" and not s.absent
+                and not s.ctx.wants("mask")]
         parts.append("pose model pose_landmark_full" + (
             f" ({', '.join(lighter)} available)" if lighter
-            else " (the bundled MediaPipe 0.10.14 models include no lighter pose model)"))
+            else " (the bundled MediaPipe 0.10.14 models include no lighter pose model)")
+            + (" without its person mask (nothing reads it)" if lean else ""))
     return "CPU path: " + "; ".join(parts)
