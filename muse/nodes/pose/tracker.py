@@ -77,12 +77,12 @@ class BlazePoseTracker:
         # astronaut: arms and legs up to 69 px off in fp16 and 82 px in fp32 with TF32 convolutions; exact
         # fp32 matches the CPU within 0.2 px), so it runs in exact fp32.
         self.landmark_dtype = torch.float32
-        self.mask = True
+        self.mask = mask
         self.landmarks = (
-            load_bundled(name, "pose_landmark_full", device, self.landmark_dtype, backend, exact_fp32=True) if landmarks else None
+            load_bundled(name, "pose_landmark_full", device, self.landmark_dtype, backend, exact_fp32=True,
+                         drop_outputs=() if mask else (MASK_OUTPUT, WORLD_OUTPUT))
+            if landmarks else None
         )
-        if landmarks and not mask:
-            self.want_mask(False)
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None
