@@ -39,7 +39,7 @@ class TwoOut(Node):
         SEEN.append(self.ctx.wanted_outputs)
         time.sleep(self.params.ms / 1000.0)
         outs = {"out": frame}
-        if self.ctx.wants("extra"):
+        if self.ctx.wanted_outputs is None or "extra" in self.ctx.wanted_outputs:
             outs["extra"] = frame
         return outs
 

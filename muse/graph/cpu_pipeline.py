@@ -238,7 +238,7 @@ def startup_note(runner: Any) -> str | None:
 
         lighter = [n for n in bundled.CATALOGUE if n.startswith("pose_landmark") and n != "pose_landmark_full"]
         lean = [s.name for s in runner.slots.values() if s.rn.type == "pose.blazepose" and not s.absent
-                and not s.ctx.wants("mask")]
+                and s.ctx.wanted_outputs is not None and "mask" not in s.ctx.wanted_outputs]
         parts.append("pose model pose_landmark_full" + (
             f" ({', '.join(lighter)} available)" if lighter
             else " (the bundled MediaPipe 0.10.14 models include no lighter pose model)")

@@ -141,8 +141,7 @@ class NodeContext:
     """What the runtime gives a node at `open`: where to run and how to report.
 
     `stream` is the CUDA stream the runtime owns for this node (None on CPU);
-    `process` is already called inside it, so plain torch work lands there.
-    """
+    `process` is already called inside it, so plain torch work lands there."""
 
     name: str
     device: torch.device
@@ -157,15 +156,7 @@ class NodeContext:
     clock: "torch.Tensor | None" = None  # this frame's source time in seconds, a float64 device scalar
     connected: frozenset[str] = frozenset()  # the input ports wired in the graph
     fan_in: dict[str, int] = field(default_factory=dict)  # input port -> how many sources are wired to it
-    # Output ports something reads: wired to another node, or tapped (the editor's preview). The runtime
-    # replaces it (never mutates it) when the wiring or the taps change. None: unknown, so produce them all.
-    wanted_outputs: frozenset[str] | None = None
-
-    def wants(self, port: str) -> bool:
-        """Whether output `port` is read by anything this frame. A node may leave an unread output out
-        of its result to save work (the CPU path does where that is worth it); it must still produce it
-        from the next frame on once this turns True."""
-        return self.wanted_outputs is None or port in self.wanted_outputs
+    wanted_outputs: frozenset[str] | None = None  # outputs anything reads (wired, tapped; kept current); None: unknown
 
     @property
     def cuda(self) -> bool:

@@ -196,7 +196,9 @@ class Demo(Node):
         self._pacer.wait(self._emitted)
         i = self._index
         # the ground-truth mask only when something reads it (on the GPU it is always made, as before)
-        with_mask = self.ctx is None or self.ctx.cuda or self.ctx.wants("mask")
+        from muse.nodes.cpu import unread
+
+        with_mask = not unread(self.ctx, "mask")
         image, alpha = self.render(i, with_mask)
         ts = i / (p.fps or 30.0)
         self._index += 1

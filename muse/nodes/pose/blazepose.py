@@ -16,7 +16,7 @@ from pydantic import Field
 from muse.nodes.landmarks.tracking import TrackerInput
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Keypoints, Mask
-from muse.nodes.cpu import wanted
+from muse.nodes.cpu import unread, wanted
 from muse.nodes.landmarks import roi as R
 from muse.nodes.landmarks import ssd
 from muse.nodes.pose.tracker import BlazePoseTracker  # noqa: F401  (re-exported)
@@ -57,7 +57,7 @@ class BlazePose(TrackerInput, Node):
         self._frames = 0
 
     def _mask_wanted(self) -> bool:
-        return not self._uint8 or self.ctx is None or self.ctx.wants("mask")
+        return not self._uint8 or not unread(self.ctx, "mask")
 
     def update_params(self, params: Params) -> bool:
         if params.backend != self.params.backend:
