@@ -5,8 +5,8 @@
 Both sides get the same pre-rendered 1280x720 frames (capture.demo: a person swaying
 in front of a photo), so capture is not timed on either side.
 
-- MUSE: the nodes of graphs/webcam_720p.yaml between camera and output (segment.hybrid
-  with the bundled selfie model, segment.refine, composite.over with the blurred room),
+- MUSE: the nodes of graphs/webcam_720p.yaml between camera and output (the hybrid segmentation
+  sub-graph's bundled selfie branch, segment.refine, composite.over with the blurred room),
   opened from the graph file on the CPU, timed two ways: one thread, frame after frame;
   and two frames in flight as `muse run` does on the CPU (muse/graph/cpu_pipeline.py:
   segment+refine of frame N+1 beside the composite of frame N).
@@ -59,7 +59,10 @@ def muse_nodes(graph_file: Path) -> list:
 
     g = load_graph(str(graph_file), load_registry())
     nodes = []
-    for name in ("segment", "matte", "composite"):
+    # the segmenter is the hybrid sub-graph's bundled branch (the one live without a Studio profile or
+    # MODNet checkpoint; its switch only passes the mask on) or, in older graphs, a node named `segment`
+    segment = "segment" if "segment" in g.nodes else "segment/bundled"
+    for name in (segment, "matte", "composite"):
         rn = g.nodes[name]
         node = rn.cls(name, rn.params)
         node.open(make_context(name, "cpu"))

@@ -140,8 +140,7 @@ class NodeContext:
     """What the runtime gives a node at `open`: where to run and how to report.
 
     `stream` is the CUDA stream the runtime owns for this node (None on CPU);
-    `process` is already called inside it, so plain torch work lands there.
-    """
+    `process` is already called inside it, so plain torch work lands there."""
 
     name: str
     device: torch.device
@@ -157,6 +156,7 @@ class NodeContext:
     connected: frozenset[str] = frozenset()  # the input ports wired in the graph
     fan_in: dict[str, int] = field(default_factory=dict)  # input port -> how many sources are wired to it
     stand_ins: tuple[str, ...] = ()  # nodes with `standby_for: <this node>` (they start if it does not)
+    wanted_outputs: frozenset[str] | None = None  # outputs anything reads (wired, tapped; kept current); None: unknown
 
     @property
     def cuda(self) -> bool:

@@ -94,7 +94,7 @@ class ValidatedGraph:
     # the whole graph made the runtime's start-up quadratic in the graph's size. A validated graph
     # is not changed afterwards (live changes build a new one; `dataclasses.replace` starts empty).
     _consumers: dict[str, list[tuple[str, str]]] | None = field(default=None, init=False, repr=False, compare=False)
-    _any_standby: bool | None = field(default=None, init=False, repr=False, compare=False)
+    _stand_ins: dict[str, tuple[str, ...]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def consumer_index(self) -> dict[str, list[tuple[str, str]]]:
         """node -> [(consumer node, input port)] for every edge, in graph order; built once."""
@@ -108,13 +108,27 @@ class ValidatedGraph:
         return self._consumers
 
     def stand_ins(self, name: str) -> tuple[str, ...]:
-        """The nodes with `standby_for: name` (few: a linear pass is cheap next to opening a node)."""
-        return tuple(n.name for n in self.nodes.values() if n.standby_for == name) if self._has_standby() else ()
+        """The nodes with `standby_for: name`; the index is built once (one pass over the nodes)."""
+        if self._stand_ins is None:
+            index: dict[str, tuple[str, ...]] = {}
+            for n in self.nodes.values():
+                if n.standby_for:
+                    index[n.standby_for] = index.get(n.standby_for, ()) + (n.name,)
+            self._stand_ins = index
+        return self._stand_ins.get(name, ())
 
-    def _has_standby(self) -> bool:
-        if self._any_standby is None:
-            self._any_standby = any(n.standby_for for n in self.nodes.values())
-        return self._any_standby
+    def wired_outputs(self) -> dict[str, set[str]]:
+        """node -> its output ports that feed at least one input (a stand-in's include those of the node
+        it stands in for: it serves that node's consumers)."""
+        wired: dict[str, set[str]] = {}
+        for n in self.nodes.values():
+            for ri in n.inputs.values():
+                for src in ri.sources:
+                    wired.setdefault(src.node, set()).add(src.port)
+        for n in self.nodes.values():
+            if n.standby_for and n.standby_for in wired:
+                wired.setdefault(n.name, set()).update(wired[n.standby_for])
+        return wired
 
     def consumers(self, name: str) -> list[tuple[str, str]]:
         """(consumer node, input port) for every edge leaving `name`."""

@@ -143,12 +143,23 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         """Call `callback(payload)` with every new value of node.port; returns an untap function."""
         key = (node, port)
         self._taps.setdefault(key, []).append(callback)
+        self._refresh_wanted_outputs()
 
         def untap() -> None:
             if callback in self._taps.get(key, []):
                 self._taps[key].remove(callback)
+                self._refresh_wanted_outputs()
 
         return untap
+
+    def _wanted_outputs(self, name: str) -> frozenset[str]:
+        """Output ports of node `name` that something reads: wired in the graph being opened, or tapped."""
+        wired = getattr(self, "_wiring", {})
+        return frozenset(wired.get(name, ())) | frozenset(p for (n, p), cbs in self._taps.items() if n == name and cbs)
+
+    def _refresh_wanted_outputs(self) -> None:
+        for name, slot in list(self.slots.items()):
+            slot.ctx.wanted_outputs = self._wanted_outputs(name)  # a new frozenset: nodes read it unlocked
 
     def _make_slot(self, rn: ResolvedNode) -> Slot:
         stats = self.stats.node(rn.name, rn.type)
@@ -167,6 +178,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
             stats=stats,
             clock=self.clock,
             connected=frozenset(p for p, ri in rn.inputs.items() if ri.sources),
+            wanted_outputs=self._wanted_outputs(rn.name),
             fan_in={p: len(ri.sources) for p, ri in rn.inputs.items()},
             stand_ins=self.graph.stand_ins(rn.name),
         )
@@ -189,6 +201,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
 
     def _open_all(self, graph: ValidatedGraph, keep: dict[str, Slot] | None = None) -> None:
         keep = keep or {}
+        previous_wiring = getattr(self, "_wiring", {})
+        self._wiring = graph.wired_outputs()  # before the nodes open: they may skip unread outputs' work
         opened: list[Slot] = []
         try:
             self._open_nodes(graph, keep, opened)
@@ -198,8 +212,10 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
             for name, slot in list(self.slots.items()):
                 if slot not in opened and name not in keep:
                     slot.absent = slot.absent or "failed: the graph did not start"  # never opened: nothing to close
+            self._wiring = previous_wiring
             raise
         self.graph = graph
+        self._refresh_wanted_outputs()  # kept nodes see the new wiring too
         self._build_program()
         if self._cpu_pipeline is not None:
             self._cpu_pipeline.close()

@@ -32,10 +32,16 @@ class SourceSinkThreads:
         slot.stop.clear()
 
         demand = slot.node.on_demand and policy == "latest"
+        # Paced, an on-demand source stands in for a camera, whose newest frame is at most one frame
+        # period old when the graph takes it: a frame that waited longer is rendered afresh (the stale
+        # one counts as dropped, as a camera's would). Rendering only on demand otherwise left each
+        # frame waiting a whole graph period and added that to the measured latency.
+        fresh_s = 1.0 / slot.ctx.fps if demand and not getattr(self, "unpaced", False) and slot.ctx.fps > 0 else None
+        last_put = [0.0]
 
         def loop() -> None:
             while not slot.stop.is_set() and not self._stop.is_set():
-                if demand and len(slot.channel):
+                if demand and len(slot.channel) and (fresh_s is None or time.perf_counter() - last_put[0] < fresh_s):
                     time.sleep(0.001)  # a synthetic source renders only what will be shown
                     continue
                 t0 = time.perf_counter()
@@ -67,6 +73,7 @@ class SourceSinkThreads:
                 slot.consecutive_errors = 0
                 self._note_time(slot, t0, t1)
                 self.stats.frames_in += 1
+                last_put[0] = t1
                 if not slot.channel.put(Item(out, events, t1), slot.stop):
                     break
             slot.channel.close()

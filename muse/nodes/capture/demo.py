@@ -157,10 +157,11 @@ class Demo(Node):
         y0 = round(p.height - self._side + 0.03 * p.height + bob)  # body runs off the bottom edge
         return x0, y0
 
-    def render(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frame `index` as (H, W, 3) uint8 and the person's alpha (H, W)."""
+    def render(self, index: int, with_mask: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Frame `index` as (H, W, 3) uint8 and the person's alpha (H, W); None for the alpha when
+        `with_mask` is False (nothing reads it: a full-size float plane a frame saved on the CPU)."""
         p = self.params
-        alpha_full = torch.zeros((p.height, p.width), dtype=self._mask_dtype, device=self._plate.device)
+        alpha_full = torch.zeros((p.height, p.width), dtype=self._mask_dtype, device=self._plate.device) if with_mask else None
         if not p.person:
             return self._plate, alpha_full
         x0, y0 = self.placement(index)
@@ -184,7 +185,8 @@ class Demo(Node):
             fg = self._person[sy0:sy1, sx0:sx1]
             bg = self._plate[fy0:fy1, fx0:fx1].to(self._work)
             out[fy0:fy1, fx0:fx1] = torch.lerp(bg, fg, a[..., None]).round_().to(torch.uint8)
-        alpha_full[fy0:fy1, fx0:fx1] = a
+        if alpha_full is not None:
+            alpha_full[fy0:fy1, fx0:fx1] = a
         return out, alpha_full
 
     def process(self) -> dict[str, Frame | Mask] | None:
@@ -193,15 +195,19 @@ class Demo(Node):
             return None
         self._pacer.wait(self._emitted)
         i = self._index
-        image, alpha = self.render(i)
+        # the ground-truth mask only when something reads it (on the GPU it is always made, as before)
+        from muse.nodes.cpu import unread
+
+        with_mask = not unread(self.ctx, "mask")
+        image, alpha = self.render(i, with_mask)
         ts = i / (p.fps or 30.0)
         self._index += 1
         self._emitted += 1
-        return {
-            "frame": Frame(image, timestamp=ts, index=i),
-            "mask": Mask(alpha, timestamp=ts, index=i),
-            "clean_plate": Frame(self._plate, timestamp=ts, index=i),
-        }
+        out: dict[str, Frame | Mask] = {"frame": Frame(image, timestamp=ts, index=i)}
+        if alpha is not None:
+            out["mask"] = Mask(alpha, timestamp=ts, index=i)
+        out["clean_plate"] = Frame(self._plate, timestamp=ts, index=i)
+        return out
 
     def update_params(self, params: Params) -> bool:
         # Size and pictures are baked into buffers at open; motion/person/frames can change live.

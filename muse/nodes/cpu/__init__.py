@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["wanted", "retain_freed_memory", "machine_cores", "cpu_threads", "ort_session", "decode_lut", "encode_lut", "encode", "as_numpy"]
+__all__ = ["wanted", "unread", "retain_freed_memory", "machine_cores", "cpu_threads", "ort_session", "decode_lut", "encode_lut", "encode", "as_numpy"]
 
 
 def wanted(ctx) -> bool:
@@ -31,6 +31,16 @@ def wanted(ctx) -> bool:
 
 
 _RETAINED = False
+
+
+def unread(ctx, port: str) -> bool:
+    """On a CPU device, whether nothing reads output `port` of the node opened with `ctx` (wired to no
+    other node, served by no stand-in, not tapped by the editor's preview: `ctx.wanted_outputs`, kept
+    current by the runtime). Such a node may leave the output out of its result to save the work, and
+    must produce it again from the frame this turns False. On a GPU, and where unknown: False."""
+    wanted = getattr(ctx, "wanted_outputs", None)
+    device = getattr(ctx, "device", None)
+    return wanted is not None and port not in wanted and getattr(device, "type", "cuda") == "cpu"
 
 
 def retain_freed_memory() -> bool:
@@ -93,7 +103,9 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):  # -> onnx
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    from muse.nodes.cpu.onnx_graph import session_model
+
+    return ort.InferenceSession(session_model(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:

@@ -46,32 +46,60 @@ def _expand(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(plane, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-def fill_unknown(plate: np.ndarray, known: np.ndarray, levels: int = 7) -> np.ndarray:
-    """`background.fill_unknown` (pull-push at quarter resolution) on (H, W, 3) float32 + (H, W) float32."""
-    def pool(x: np.ndarray, k: int) -> np.ndarray:
-        h, w = x.shape[:2]
-        hq, wq = -(-h // k), -(-w // k)
-        if (hq * k, wq * k) == (h, w):
-            return cv2.resize(x, (wq, hq), interpolation=cv2.INTER_AREA)
-        # ceil_mode: the last window is partial and averages only what it covers
-        pad = ((0, hq * k - h), (0, wq * k - w)) + (((0, 0),) if x.ndim == 3 else ())
-        s = cv2.resize(np.pad(x, pad), (wq, hq), interpolation=cv2.INTER_AREA)
-        n = cv2.resize(np.pad(np.ones((h, w), np.float32), pad[:2]), (wq, hq), interpolation=cv2.INTER_AREA)
-        return s / (n[..., None] if x.ndim == 3 else n)
+def _pool(x: np.ndarray, k: int) -> np.ndarray:
+    """avg_pool2d(k, ceil_mode=True): the last window is partial and averages only what it covers."""
+    h, w = x.shape[:2]
+    hq, wq = -(-h // k), -(-w // k)
+    if (hq * k, wq * k) == (h, w):
+        return cv2.resize(x, (wq, hq), interpolation=cv2.INTER_AREA)
+    pad = ((0, hq * k - h), (0, wq * k - w)) + (((0, 0),) if x.ndim == 3 else ())
+    s = cv2.resize(np.pad(x, pad), (wq, hq), interpolation=cv2.INTER_AREA)
+    n = cv2.resize(np.pad(np.ones((h, w), np.float32), pad[:2]), (wq, hq), interpolation=cv2.INTER_AREA)
+    return s / (n[..., None] if x.ndim == 3 else n)
 
-    num = pool(plate * known[..., None], 4)
-    den = pool(known, 4)
+
+def fill_low(plate: np.ndarray, known: np.ndarray, levels: int = 7, known_blocks: np.ndarray | None = None) -> np.ndarray:
+    """`background.fill_unknown` before its final upsample: the pull-push fill at quarter resolution,
+    from (H, W, 3) float32 + (H, W) float32. `known_blocks`: `known` on the 4x4 blocks when it is
+    constant on them and they tile the frame; then the quarter-resolution sums come from the plate's
+    block means times it (the same values, without two full-resolution passes)."""
+    if known_blocks is not None:
+        den = known_blocks
+        num = _pool(plate, 4) * den[..., None]
+    else:
+        num = _pool(plate * known[..., None], 4)
+        den = _pool(known, 4)
     pyramid = [(num, den)]
     for _ in range(levels):
         if min(num.shape[:2]) < 4:
             break
-        num, den = pool(num, 2), pool(den, 2)
+        num, den = _pool(num, 2), _pool(den, 2)
         pyramid.append((num, den))
     fill = num / np.maximum(den, 1e-6)[..., None]
     for num, den in reversed(pyramid[:-1]):
         up = cv2.resize(fill, (num.shape[1], num.shape[0]), interpolation=cv2.INTER_LINEAR)
         fill = num + (1 - den)[..., None] * up
-    return cv2.resize(fill, (plate.shape[1], plate.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return fill
+
+
+def fill_unknown(plate: np.ndarray, known: np.ndarray, levels: int = 7) -> np.ndarray:
+    """`background.fill_unknown` (pull-push at quarter resolution) on (H, W, 3) float32 + (H, W) float32."""
+    return cv2.resize(fill_low(plate, known, levels), (plate.shape[1], plate.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def upsample_box(low: np.ndarray, height: int, width: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """`cv2.resize(low, (width, height), INTER_LINEAR)[y0:y1, x0:x1]` (bilinear on cell centres, edges
+    clamped): where the frame is a whole multiple of `low`, only the cells around the box (one cell of
+    margin, so no clamped edge reaches inside) are resized, which gives the same taps."""
+    y0, y1, x0, x1 = box
+    h, w = low.shape[:2]
+    if height % h or width % w:
+        return cv2.resize(low, (width, height), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+    sy, sx = height // h, width // w
+    c0, c1 = max(0, y0 // sy - 1), min(h, -(-y1 // sy) + 1)
+    k0, k1 = max(0, x0 // sx - 1), min(w, -(-x1 // sx) + 1)
+    part = cv2.resize(np.ascontiguousarray(low[c0:c1, k0:k1]), ((k1 - k0) * sx, (c1 - c0) * sy), interpolation=cv2.INTER_LINEAR)
+    return part[y0 - c0 * sy : y1 - c0 * sy, x0 - k0 * sx : x1 - k0 * sx]
 
 
 class BackgroundCPU:
@@ -182,17 +210,31 @@ class BackgroundCPU:
                 cv2.multiply(plate, tuple(float(v) for v in factor) + (0.0,), dst=plate)
         rate = 1.0 - math.exp(-1.0 / max(1e-3, fps * p.adapt_seconds))
         rate_n = 1.0 - (1.0 - rate) ** n  # n still frames in one step
-        step_q = clear_q * np.where(self.known > 0, rate_n, 1.0).astype(np.float32)
-        if step_q.any():
-            step = _expand(step_q, height, width)
-            diff = cv2.subtract(img, plate)
-            cv2.multiply(diff, cv2.merge((step, step, step)), dst=diff)
-            cv2.add(plate, diff, dst=plate)
+        # the step is rate_n on clear blocks seen before and 1 on clear blocks seen for the first time:
+        # one masked running average and one masked copy (no full-size step planes)
+        clear = clear_q > 0
+        for blocks, take in ((clear & (self.known > 0), False), (clear & (self.known <= 0), True)):
+            if blocks.any():
+                m = _expand(blocks.view(np.uint8), height, width)
+                if take:
+                    cv2.copyTo(img, m, plate)
+                else:
+                    cv2.accumulateWeighted(img, plate, rate_n, mask=m)
         self.known = np.maximum(self.known, clear_q)
-        known = _expand(self.known, height, width)
-        shown = plate
-        if not (self.known > 0).all():
-            fill = fill_unknown(plate, known)
-            shown = np.where(known[..., None] > 0, plate, fill)
-        out = cv2.convertScaleAbs(shown, alpha=255.0)  # rounds and clamps to 0..255
+        out = cv2.convertScaleAbs(plate, alpha=255.0)  # rounds and clamps to 0..255
+        unknown_q = self.known <= 0
+        if unknown_q.any():
+            # the pull-push fill, shown only where the room was never seen: computed at quarter resolution
+            # and upsampled only over the unseen blocks' bounding box (the same values as the whole plane)
+            tiled = self.step == 4 and (self.known.shape[0] * 4, self.known.shape[1] * 4) == (height, width)
+            low = fill_low(plate, _expand(self.known, height, width) if not tiled else None,
+                           known_blocks=self.known if tiled else None)
+            rows = np.flatnonzero(unknown_q.any(axis=1))
+            cols = np.flatnonzero(unknown_q.any(axis=0))
+            s_ = self.step
+            box = (int(rows[0]) * s_, min(height, (int(rows[-1]) + 1) * s_), int(cols[0]) * s_, min(width, (int(cols[-1]) + 1) * s_))
+            y0, y1, x0, x1 = box
+            fill = cv2.convertScaleAbs(upsample_box(low, height, width, box), alpha=255.0)
+            gap = _expand(unknown_q.astype(np.uint8), height, width)[y0:y1, x0:x1]
+            cv2.copyTo(fill, gap, out[y0:y1, x0:x1])
         self._out = (torch.from_numpy(out), torch.from_numpy(self.known.copy()))  # coverage on blocks, as on the GPU

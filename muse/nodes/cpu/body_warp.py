@@ -43,11 +43,19 @@ def mask_gate_np(alpha: np.ndarray, size_hw: tuple[int, int], margin_cells: floa
     """`fields.mask_gate`: 1 on the person, falling to 0 at `margin_cells` beyond the outline, at grid size."""
     h, w = size_hw
     m = alpha.astype(np.float32, copy=False)
-    if m.shape[0] >= h and m.shape[1] >= w:
-        m = shrink_max_np(m, (h, w))
+    H, W = m.shape
+    if H >= h and W >= w and H % h == 0 and W % w == 0 and (H // h) * (W // w) <= 255:
+        # (max over a cell > 0.05) is (any pixel of the cell > 0.05): a uint8 test, then the area mean of
+        # whole cells, non-zero as soon as one pixel is set (at most 255 pixels a cell: 255/n >= 1): the
+        # same cells without a float max over the full-size mask (720p: 0.95 -> 0.43 ms)
+        hit = cv2.compare(m, 0.05, cv2.CMP_GT)
+        m = (cv2.resize(hit, (w, h), interpolation=cv2.INTER_AREA) > 0).astype(np.float32)
     else:
-        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-    m = (m > 0.05).astype(np.float32)
+        if H >= h and W >= w:
+            m = shrink_max_np(m, (h, w))
+        else:
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        m = (m > 0.05).astype(np.float32)
     r = max(1, int(round(margin_cells / 2)))
     size = 2 * r + 1
     # max_pool with -inf padding = dilation with the border never winning

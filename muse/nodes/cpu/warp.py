@@ -44,18 +44,19 @@ def _field_in_box(field: np.ndarray, height: int, width: int, box: tuple[int, in
     whole plane; else the whole plane, then the box."""
     y0, y1, x0, x1 = box
     h, w = field.shape[1:]
-    planes = np.ascontiguousarray(field.transpose(1, 2, 0))
-    if height % h or width % w:
-        d = cv2.resize(planes, (width, height), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
-    else:
-        sy, sx = height // h, width // w
-        c0, c1 = max(0, y0 // sy - 1), min(h, -(-y1 // sy) + 1)
-        k0, k1 = max(0, x0 // sx - 1), min(w, -(-x1 // sx) + 1)
-        part = cv2.resize(np.ascontiguousarray(planes[c0:c1, k0:k1]), ((k1 - k0) * sx, (c1 - c0) * sy),
-                          interpolation=cv2.INTER_LINEAR)
-        d = part[y0 - c0 * sy : y1 - c0 * sy, x0 - k0 * sx : x1 - k0 * sx]
-    dx, dy = cv2.split(np.ascontiguousarray(d))
-    return dx, dy
+    out = []
+    for plane in field:  # each offset plane on its own: no interleaving and splitting back (same values)
+        if height % h or width % w:
+            d = cv2.resize(np.ascontiguousarray(plane), (width, height), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
+        else:
+            sy, sx = height // h, width // w
+            c0, c1 = max(0, y0 // sy - 1), min(h, -(-y1 // sy) + 1)
+            k0, k1 = max(0, x0 // sx - 1), min(w, -(-x1 // sx) + 1)
+            part = cv2.resize(np.ascontiguousarray(plane[c0:c1, k0:k1]), ((k1 - k0) * sx, (c1 - c0) * sy),
+                              interpolation=cv2.INTER_LINEAR)
+            d = part[y0 - c0 * sy : y1 - c0 * sy, x0 - k0 * sx : x1 - k0 * sx]
+        out.append(np.ascontiguousarray(d))
+    return out[0], out[1]
 
 
 def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, plate: np.ndarray | None

@@ -37,7 +37,7 @@ class OrtModel:
     """A bundled model's ONNX export run by ONNX Runtime on the CPU, with the
     torch module's contract: NCHW float tensor in, tuple of tensors out (TFLite order)."""
 
-    def __init__(self, path: str, threads: int | None = None) -> None:
+    def __init__(self, path: str, threads: int | None = None, drop_outputs: tuple[int, ...] = ()) -> None:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -45,7 +45,12 @@ class OrtModel:
         so.log_severity_level = 3
         # ORT's idle workers spin by default and starve the torch ops between model calls (crops, decoding)
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+        from muse.nodes.cpu.onnx_graph import session_model
+
+        # PReLUs rewritten for ORT's fast kernels (face mesh and iris: 3-4x faster; onnx_graph.py)
+        # `drop_outputs` are not computed at all; calls give None in their places
+        self.session = ort.InferenceSession(session_model(path, drop_outputs), sess_options=so, providers=["CPUExecutionProvider"])
+        self.drop_outputs = tuple(sorted(drop_outputs))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
@@ -61,15 +66,27 @@ class OrtModel:
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         if self.fixed_batch == 1 and arr.shape[0] > 1:  # exported with batch 1: run the crops one by one
             parts = [self.session.run(None, {self.input_name: arr[i : i + 1]}) for i in range(arr.shape[0])]
-            return tuple(torch.cat([torch.from_numpy(p[k]) for p in parts]) for k in range(len(parts[0])))
-        return tuple(torch.from_numpy(o) for o in self.session.run(None, {self.input_name: arr}))
+            return self._in_place(tuple(torch.cat([torch.from_numpy(p[k]) for p in parts]) for k in range(len(parts[0]))))
+        return self._in_place(tuple(torch.from_numpy(o) for o in self.session.run(None, {self.input_name: arr})))
+
+    def _in_place(self, outs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
+        """The outputs at their indexes in the full model, None where one was dropped."""
+        if not self.drop_outputs:
+            return outs
+        full: list[torch.Tensor | None] = list(outs)
+        for i in self.drop_outputs:
+            full.insert(i, None)
+        return tuple(full)
 
 
 def load_bundled(
-    node: str, name: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", *, exact_fp32: bool = False
+    node: str, name: str, device: torch.device, dtype: torch.dtype, backend: str = "auto", *, exact_fp32: bool = False,
+    drop_outputs: tuple[int, ...] = (),
 ) -> "torch.nn.Module | OrtModel | _Replayed":
     """A bundled MediaPipe model (muse.models.bundled) ready to call: the converted
-    torch module in eval mode, or its ONNX export under ONNX Runtime (CPU only)."""
+    torch module in eval mode, or its ONNX export under ONNX Runtime (CPU only). `drop_outputs`:
+    outputs the caller never reads, left out of the ONNX Runtime graph (None in their places);
+    the torch module computes them all."""
     from muse.graph.node import NodeError  # here, not at the top: benchmarks use this module without pydantic
 
     chosen = resolve_backend(backend, device)
@@ -83,7 +100,7 @@ def load_bundled(
 
             # half the cores (two frames in flight on the CPU path), not torch's count when the node opens:
             # that is 2 on first start (before the CPU pipeline sets 1) and 1 after a reopen
-            return OrtModel(str(onnx_model_path(name)), threads=cpu_threads())
+            return OrtModel(str(onnx_model_path(name)), threads=cpu_threads(), drop_outputs=drop_outputs)
         except ImportError as exc:
             raise NodeError(f"node {node!r}: field 'backend': onnxruntime is not installed ({exc}); pip install onnxruntime or use backend: torch") from exc
         except FileNotFoundError as exc:

@@ -16,7 +16,7 @@ from pydantic import Field
 from muse.nodes.landmarks.tracking import TrackerInput
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Keypoints, Mask
-from muse.nodes.cpu import wanted
+from muse.nodes.cpu import unread, wanted
 from muse.nodes.landmarks import roi as R
 from muse.nodes.landmarks import ssd
 from muse.nodes.pose.tracker import BlazePoseTracker  # noqa: F401  (re-exported)
@@ -51,8 +51,13 @@ class BlazePose(TrackerInput, Node):
         super().open(ctx)
         self._uint8 = wanted(ctx)  # issue 13: crops from the uint8 frame on the CPU path
         p = self.params
-        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias)
+        # The CPU path skips the person mask (half the landmark model) while nothing reads `mask`
+        self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias,
+                                        mask=self._mask_wanted())
         self._frames = 0
+
+    def _mask_wanted(self) -> bool:
+        return not self._uint8 or not unread(self.ctx, "mask")
 
     def update_params(self, params: Params) -> bool:
         if params.backend != self.params.backend:
@@ -80,6 +85,8 @@ class BlazePose(TrackerInput, Node):
         if not getattr(self, "_planned", False):  # called directly, not by the runtime
             self.frame_variant()
         self._planned = False
+        mask_wanted = self._mask_wanted()
+        self.tracker.want_mask(mask_wanted)  # a tap on `mask` (the editor's preview) brings it back
         r = self.tracker(self._picture(frame))
         keypoints = Keypoints(
             points=r["points"][:, :2].contiguous(),
@@ -90,6 +97,8 @@ class BlazePose(TrackerInput, Node):
             index=frame.index,
         )
         keypoints3d = Keypoints(r["points"][:, :3].contiguous(), r["visibility"], "blazepose33", frame.size, frame.timestamp, frame.index)
+        if not mask_wanted:
+            return {"keypoints": keypoints, "keypoints3d": keypoints3d}
         scale = p.mask_size / max(frame.width, frame.height)
         size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
         alpha = R.uncrop(r["mask_crop"], r["roi"], frame.size, size)[0, 0] * r["present"]

@@ -17,6 +17,7 @@ from muse.nodes.landmarks.tracking import HostFlag, load_bundled
 
 DETECTOR_SIZE = 224
 LANDMARK_SIZE = 256
+MASK_OUTPUT, WORLD_OUTPUT = 2, 4  # the landmark model's outputs: points, presence, person mask, heatmaps, world points (unused)
 NUM_POINTS = 33  # BlazePose-33; the model's 34th/35th points are the tracking ROI's centre and scale
 # ROI margin: the 0.10.14 full model's alignment points settle at a radius of ~100/256 of its crop, so its
 # training crops were 2 * radius * 1.25 wide; with the 1.5 of older graphs the tracked ROI grows ~15 %/frame.
@@ -61,8 +62,9 @@ def refine_from_heatmaps(points: torch.Tensor, heatmaps: torch.Tensor, model_siz
 class BlazePoseTracker:
     """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True, landmarks: bool = True, landmark_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True, landmarks: bool = True, mask: bool = True, landmark_dtype: torch.dtype = torch.float32) -> None:
         self.name = name
+        self.backend = backend
         self.device = device
         self.dtype = dtype
         self.min_tracking = min_tracking
@@ -77,8 +79,11 @@ class BlazePoseTracker:
         # precision bench only: fp16 through the tracking loop on the H200 (2026-12-01, bench/check_pose_precision.py
         # --sequence 200 at 4K) put visible keypoints a median 164 px (10 % of the body) from exact fp32.
         self.landmark_dtype = landmark_dtype if device.type == "cuda" else torch.float32
+        self.mask = mask
         self.landmarks = (
-            load_bundled(name, "pose_landmark_full", device, self.landmark_dtype, backend, exact_fp32=True) if landmarks else None
+            load_bundled(name, "pose_landmark_full", device, self.landmark_dtype, backend, exact_fp32=True,
+                         drop_outputs=() if mask else (MASK_OUTPUT, WORLD_OUTPUT))
+            if landmarks else None
         )
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
@@ -90,6 +95,19 @@ class BlazePoseTracker:
         self.last_points: torch.Tensor | None = None
         self.detector_runs = 0
         self._plan: tuple[bool, bool] | None = None
+
+    def want_mask(self, wanted: bool) -> None:
+        """Whether calls give the person mask (`mask_crop`). Without it, the ONNX Runtime landmark model
+        leaves out its mask decoder: half its work (720p CPU: 15 -> 7 ms a frame). The torch module
+        always computes the mask (its output is then just not used)."""
+        from muse.nodes.landmarks.tracking import OrtModel
+
+        if wanted == self.mask or self.landmarks is None:
+            return
+        self.mask = wanted
+        if isinstance(self.landmarks, OrtModel):
+            self.landmarks = load_bundled(self.name, "pose_landmark_full", self.device, self.landmark_dtype, self.backend,
+                                          exact_fp32=True, drop_outputs=() if wanted else (MASK_OUTPUT, WORLD_OUTPUT))
 
     def reset(self) -> None:
         self.tracking.reset()
@@ -172,7 +190,7 @@ class BlazePoseTracker:
         self.roi = keep_in_place(self.roi, predicted)
         self.last_points = keep_in_place(self.last_points, points)
         self.tracking.publish(present)
-        mask_crop = torch.sigmoid(out[2].float()).permute(0, 3, 1, 2) if len(out) > 2 else None
+        mask_crop = torch.sigmoid(out[2].float()).permute(0, 3, 1, 2) if self.mask and len(out) > 2 and out[2] is not None else None
         return {
             "points": points[:NUM_POINTS],
             "visibility": visibility,
