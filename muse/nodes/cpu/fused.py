@@ -227,9 +227,10 @@ class FusedCPU:
         win = self._window * (0.2 + 0.8 * bgw)  # the person moves: count the room more
         a = (a - a.mean()) * win
         b = (b - b.mean()) * win
-        fa, fb = np.fft.rfft2(a), np.fft.rfft2(b)
-        r = fa * np.conj(fb)
-        corr = np.fft.irfft2(r / np.maximum(np.abs(r), 1e-8), s=a.shape)
+        # torch's float32 FFT: the torch path's own op, and twice as fast as numpy's float64 one
+        fa, fb = torch.fft.rfft2(torch.from_numpy(a)), torch.fft.rfft2(torch.from_numpy(b))
+        r = fa * fb.conj()
+        corr = torch.fft.irfft2(r / r.abs().clamp_min(1e-8), s=a.shape).numpy()
         corr = corr * self._shift_ok - (1 - self._shift_ok)
         h, w = a.shape
         iy, ix = divmod(int(corr.argmax()), w)
