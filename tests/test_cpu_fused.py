@@ -202,7 +202,7 @@ def _demo_clip(n: int, size: tuple[int, int]) -> tuple[list[Frame], Frame]:
 @pytest.mark.parametrize("with_plate", [False, True])
 def test_own_plate_and_motion_following_match_torch_on_a_moving_clip(monkeypatch, selfie, with_plate):
     """The states h14 added, over a real moving clip: without a plate the node grows its own from the
-    still room (own_plate_seconds = 9 frames at 30 fps) and keeps it, aligned by phase correlation with the frame
+    still room (own_plate_seconds = 5 frames at 30 fps) and keeps it, aligned by phase correlation with the frame
     that started it, while the camera shakes (frames 14-15); with a plate, the previous matte is carried along the
     person's motion. Every frame's mask, confidence and keep_out within the tolerances above, and the learned
     room (and the shift found) the same."""
