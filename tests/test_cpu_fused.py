@@ -145,7 +145,7 @@ def test_cpu_path_keeps_working_state_in_place(monkeypatch, selfie):
     plate = Frame(torch.from_numpy(room))
     cpu.process(frame=_camera(rgb, 0), prior=selfie(_camera(rgb, 0)), plate=plate)
     eng = cpu._cpu.engine
-    arrays = (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for, eng.still_for, eng.prev_max, eng.prev_luma)
+    arrays = (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for, eng.still_for, eng.prev_max, eng.prev_luma, eng.anchor)
     ptrs = [a.ctypes.data for a in arrays]
     out = cpu.process(frame=_camera(rgb, 1), prior=selfie(_camera(rgb, 1)), plate=plate)
     assert ptrs == [a.ctypes.data for a in arrays]

@@ -147,10 +147,10 @@ def test_state_is_owned_and_updated_in_place(monkeypatch):
     plate = _frame(scenes.room(SIZE))
     node.process(frame=_frame(rgb, 0), prior=_prior(gt), plate=plate)
     eng = node.engine
-    ptrs = [t.data_ptr() for t in (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for, eng.still_for)]
+    ptrs = [t.data_ptr() for t in (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for, eng.still_for, eng.anchor, eng.last_shift)]
     for i in range(1, 4):
         node.process(frame=_frame(rgb, i), prior=_prior(gt), plate=plate)
-    assert ptrs == [t.data_ptr() for t in (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for, eng.still_for)]
+    assert ptrs == [t.data_ptr() for t in (eng.plate, eng.known, eng.alpha, eng.conf, eng.prev, eng.clear_for, eng.still_for, eng.anchor, eng.last_shift)]
     assert FusedSegment.capturable
 
 
