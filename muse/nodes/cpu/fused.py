@@ -146,13 +146,6 @@ def _sample(img: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
 
-def _nearest(x: np.ndarray, w: int, h: int) -> np.ndarray:
-    """F.interpolate(mode="nearest") of (h, w, C) by torch's own kernel (OpenCV's nearest picks other
-    source pixels at ratios that are not whole numbers)."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
-    return np.ascontiguousarray(F.interpolate(t, size=(h, w), mode="nearest")[0].permute(1, 2, 0).numpy())
-
-
 def working_picture(frame: Frame, w: int, h: int) -> np.ndarray:
     """`frame_batch(frame, (w, h))` as (h, w, 3) float32 in [0, 1]: torch's antialiased uint8 resize
     (the torch path's own filter, 0.4 ms at 720p), then a table to floats."""
@@ -357,21 +350,7 @@ class FusedCPU:
 
         vx = vx + vertex(1, vx)
         vy = vy + vertex(n, vy)
-        fq = np.ascontiguousarray(np.concatenate((vx, vy), 2) * q, np.float32)
-        flow = _resize(fq, w, h)
-        # per working pixel, the smooth field or a neighbouring block's own motion, whichever explains the
-        # pixel's 3x3 surroundings best: blocks straddling the person's outline blend two motions
-        pad = np.pad(fq, ((1, 1), (1, 1), (0, 0)), mode="edge")
-        pv = prev[..., None]
-        bcost = box_mean(np.abs(_sample(pv, flow[..., 1], flow[..., 0])[..., 0] - cur), 1)
-        for oy in (-1, 0, 1):
-            for ox in (-1, 0, 1):
-                cand = _nearest(pad[1 - oy:1 - oy + hq, 1 - ox:1 - ox + wq], w, h)
-                c = box_mean(np.abs(_sample(pv, cand[..., 1], cand[..., 0])[..., 0] - cur), 1)
-                # a soft choice (a clearly lower cost wins): continuous, so float rounding cannot flip it
-                t = np.clip((bcost - c - 1e-4) * 1e2, 0.0, 1.0)
-                flow += t[..., None] * (cand - flow)
-                bcost += t * (c - bcost)
+        flow = _resize(np.ascontiguousarray(np.concatenate((vx, vy), 2) * q, np.float32), w, h)
         return flow[..., 1], flow[..., 0]
 
     # -- one frame --------------------------------------------------------

@@ -224,27 +224,8 @@ class FusedMatte:
 
         vx = vx + vertex(1, vx)
         vy = vy + vertex(n, vy)
-        fq = torch.cat((vx, vy), 1) * q
-        flow = F.interpolate(fq, size=(h, w), mode="bilinear", align_corners=False)
+        flow = F.interpolate(torch.cat((vx, vy), 1) * q, size=(h, w), mode="bilinear", align_corners=False)
         scale = device_constant([2.0 / w, 2.0 / h], cur.device).view(1, 2, 1, 1)
-
-        def cost_of(fl: torch.Tensor) -> torch.Tensor:
-            grid = self._base_grid + (fl * scale).permute(0, 2, 3, 1)
-            warped = F.grid_sample(prev, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            return box_filter((warped - cur).abs(), 1)
-
-        # per working pixel, the smooth field or a neighbouring block's own motion, whichever explains the
-        # pixel's 3x3 surroundings best: blocks straddling the person's outline blend two motions
-        pad = F.pad(fq, (1, 1, 1, 1), mode="replicate")
-        bcost = cost_of(flow)
-        for oy in (-1, 0, 1):
-            for ox in (-1, 0, 1):
-                cand = F.interpolate(pad[..., 1 - oy:1 - oy + hq, 1 - ox:1 - ox + wq], size=(h, w), mode="nearest")
-                c = cost_of(cand)
-                # a soft choice (a clearly lower cost wins): continuous, so float rounding cannot flip it
-                t = ((bcost - c - 1e-4) * 1e2).clamp(0.0, 1.0)
-                flow = torch.lerp(flow, cand, t)
-                bcost = torch.lerp(bcost, c, t)
         return self._base_grid + (flow * scale).permute(0, 2, 3, 1)
 
     def _translate(self, img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
