@@ -173,7 +173,9 @@ class FusedCPU:
         self.plate = np.zeros((h, w, 3), np.float32)
         self.known = z1()
         self.alpha, self.conf, self.clear_for = z1(), z1(), z1()
-        self.still_for = z1()  # frames still and background for the model (own plate)
+        self.still_for = z1()  # frames still and background for the model (own plate, its coordinates)
+        self.anchor = z1()  # luma of the frame that set the own plate's coordinates
+        self.last_shift = (0, 0)
         self.prev = np.zeros((h, w, 3), np.float32)
         self.prev_max, self.prev_luma = z1(), z1()  # of the last frame (read again this frame)
         self.primed = False
@@ -217,17 +219,18 @@ class FusedCPU:
         self.has_plate = True
 
     # -- pieces -----------------------------------------------------------
-    def _shift(self, x: np.ndarray, bgw: np.ndarray) -> tuple[int, int]:
-        """Whole-pixel translation (dy, dx) taking the plate onto the frame, by phase correlation on the background."""
-        if self._shift_ok is None or not float(self.known.mean()) > 0.3:  # no plate yet: no shift
+    def _shift(self, a: np.ndarray, b: np.ndarray, bgw: np.ndarray) -> tuple[int, int]:
+        """Whole-pixel translation (dy, dx) taking luma b (the plate's, or the own plate's anchor frame) onto
+        the frame's luma a, by phase correlation on the background."""
+        if self._shift_ok is None:
             return 0, 0
-        a, b = _luma(x), _luma(self.plate)
         win = self._window * (0.2 + 0.8 * bgw)  # the person moves: count the room more
         a = (a - a.mean()) * win
         b = (b - b.mean()) * win
-        fa, fb = np.fft.rfft2(a), np.fft.rfft2(b)
-        r = fa * np.conj(fb)
-        corr = np.fft.irfft2(r / np.maximum(np.abs(r), 1e-8), s=a.shape)
+        # torch's float32 FFT: the torch path's own op, and twice as fast as numpy's float64 one
+        fa, fb = torch.fft.rfft2(torch.from_numpy(a)), torch.fft.rfft2(torch.from_numpy(b))
+        r = fa * fb.conj()
+        corr = torch.fft.irfft2(r / r.abs().clamp_min(1e-8), s=a.shape).numpy()
         corr = corr * self._shift_ok - (1 - self._shift_ok)
         h, w = a.shape
         iy, ix = divmod(int(corr.argmax()), w)
@@ -333,7 +336,7 @@ class FusedCPU:
             dy, dx = divmod(k, n)
             np.subtract(b[dy:dy + hq, dx:dx + wq], a, out=shifted[..., k])
         np.abs(shifted, out=shifted)
-        cost = box_mean(shifted, 2) + self._cand_cost
+        cost = box_mean(shifted, 1) + self._cand_cost
         idx = cost.argmin(2)[..., None]
         c0 = np.take_along_axis(cost, idx, 2)
         vy, vx = self._cands[0][idx], self._cands[1][idx]
@@ -363,33 +366,52 @@ class FusedCPU:
 
         # picture change since the last frame, exposure changes taken out: the gain is the median luma
         # ratio over the room's unclipped, not-too-dark pixels
-        xmax, lx, lp = _chmax(x), _luma(x), self.prev_luma
-        unclipped = ((xmax < 0.97) & (self.prev_max < 0.97)).astype(np.float32)
+        xmax, lx = _chmax(x), _luma(x)
+        own = not self.has_plate
+        # where the plate sits in this frame (camera shake): a recorded plate by phase correlation once most
+        # of it is known; an own plate against its anchor frame
+        shift = (0, 0)
+        if own and self.primed:
+            shift = self._shift(lx, self.anchor, bgw)
+        elif not own and float(self.known.mean()) > 0.3:
+            shift = self._shift(lx, _luma(self.plate), bgw)
+        # the last frame moved by the camera's shake since then
+        delta = (shift[0] - self.last_shift[0], shift[1] - self.last_shift[1])
+        prev, prev_max, lp = self.prev, self.prev_max, self.prev_luma
+        if delta != (0, 0):
+            prev, prev_max, lp = (self._translate(a, delta) for a in (prev, prev_max, lp))
+        unclipped = ((xmax < 0.97) & (prev_max < 0.97)).astype(np.float32)
         # (_known_quantile reads every 7th pixel: only those are computed)
         sub = slice(None, None, 7)
         lxs, lps_, uns, bgs = lx.ravel()[sub], lp.ravel()[sub], unclipped.ravel()[sub], bgw.ravel()[sub]
         wr = bgs * uns * (lxs > 0.04) * (lps_ > 0.04)
         log_gain = _known_quantile(np.log(np.maximum(lxs, 0.02)) - np.log(np.maximum(lps_, 0.02)), wr, 0.5, step=1)
         ratio = np.float32(np.exp(np.float32(min(max(log_gain, -1.5), 1.5))))
-        change = _luma(np.abs(x - self.prev * ratio)) * unclipped
+        change = _luma(np.abs(x - prev * ratio)) * unclipped
         cm = box_mean(change, 1)
         motion = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
         still = motion  # camera noise is no motion for the own plate's stillness gate (low light)
         if s.motion_noise > 0:
             cm = np.maximum(cm - min(s.motion_noise * _known_quantile(cm, np.ones_like(cm), 0.5), 0.5 * s.motion_threshold), 0.0)
             still = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
-        own = not self.has_plate
-        # an own plate holds only while the camera stands still
-        room_moved = self.primed and float((motion * bgw).sum()) / max(float(bgw.sum()), 1.0) > 0.5
+        # local contrast: half a pixel of misregistration on a sharp edge is a large difference, no motion
+        grad = np.zeros_like(lx)
+        grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
+        grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
+        contrast = 1.0 + box_mean(grad, 1) / s.motion_threshold
+        # an own plate holds while the room moves only as the shake explains; else the frame is the new anchor
+        room = np.clip(cm / contrast / s.motion_threshold, 0.0, 1.0)
+        room_moved = self.primed and float((room * bgw).sum()) / max(float(bgw.sum()), 1.0) > 0.25
         if own and room_moved:
             self.known.fill(0.0)
+        if own and (room_moved or not self.primed):
+            self.anchor[...] = lx
+            shift = (0, 0)
 
-        # 2. lighting-invariant, shake-tolerant plate difference (adds exactly 0 while nothing is known;
-        # an own plate is never shifted)
-        shift, gain, plate_logit, pp = (0, 0), None, None, None
+        # 2. lighting-invariant, shake-tolerant plate difference (adds exactly 0 while nothing is known)
+        gain, plate_logit, pp = None, None, None
+        known = self.known  # in this frame's coordinates below
         if self.has_plate or self.known.any():
-            if self.has_plate:
-                shift = self._shift(x, bgw)
             plate = self._translate(self.plate, shift)
             known = self._translate(self.known, shift)
             seen = known > 0.5
@@ -439,30 +461,28 @@ class FusedCPU:
         if self.primed:
             last_alpha = self.alpha
             if s.follow_motion:
-                fy, fx = self._follow(lx, lp * ratio)
+                fy, fx = self._follow(lx, self.prev_luma * ratio)
                 both = _sample(np.dstack((self.alpha, self.prev * ratio)), fy, fx)
                 last_alpha, prev_w = np.ascontiguousarray(both[..., 0]), both[..., 1:]
                 # the last frame in this frame's exposure clips as the camera does; a clipped pixel says nothing
                 change = _luma(np.abs(x - np.clip(prev_w, 0.0, 1.0))) * unclipped
                 # what the motion leaves is judged against the local contrast
-                grad = np.zeros_like(lx)
-                grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
-                grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
-                change = change / (1.0 + box_mean(grad, 1) / s.motion_threshold)
+                change = change / contrast
             cb = box_mean(change, 1)
             if s.motion_noise > 0:  # where no plate is known, camera noise is no motion
                 floor = min(s.motion_noise * _known_quantile(cb, np.ones_like(cb), 0.5), 0.5 * s.motion_threshold)
-                cb = np.maximum(cb - floor * (1.0 - self.known), 0.0)
+                cb = np.maximum(cb - floor * (1.0 - known), 0.0)
             moved = np.clip(_dilate(cb, s.motion_reach) / s.motion_threshold, 0.0, 1.0)
-            stab = s.model_stability + (s.stability - s.model_stability) * self.known
+            stab = s.model_stability + (s.stability - s.model_stability) * known
             if s.trust_jumps:
-                jump = np.clip((np.abs(fused - last_alpha) - 0.4) / 0.3, 0.0, 1.0) * self.known
+                jump = np.clip((np.abs(fused - last_alpha) - 0.4) / 0.3, 0.0, 1.0) * known
                 moved = np.maximum(moved, jump)
             k = (1.0 - stab) + stab * moved
             self.alpha[...] = last_alpha + k * (fused - last_alpha)
         else:
             self.alpha[...] = fused
         self.prev[...] = x
+        self.last_shift = shift
         self.prev_max[...] = xmax
         self.prev_luma[...] = lx
         self.primed = True
@@ -478,19 +498,23 @@ class FusedCPU:
         self.clear_for += sb
         learn = None
         if self.has_plate:
-            learn = (self.clear_for >= max(1.0, s.learn_seconds * self.fps)).astype(np.float32)
+            if shift == (0, 0):  # only while the camera sits where the plate was taken
+                learn = (self.clear_for >= max(1.0, s.learn_seconds * self.fps)).astype(np.float32)
         elif prior is not None and s.own_plate:
-            # no recorded plate: a pixel still and model-background for own_plate_seconds is the room
+            # no recorded plate: a pixel still and model-background for own_plate_seconds is the room,
+            # counted in the plate's coordinates
             calm = (model_bg & (still < 0.5)).astype(np.float32) * (not room_moved)
+            calm = self._translate(calm, (-shift[0], -shift[1]))
             self.still_for *= calm
             self.still_for += calm
             learn = (self.still_for >= max(1.0, s.own_plate_seconds * self.fps)).astype(np.float32)
-        if learn is not None and shift == (0, 0):
+        if learn is not None:
             g_ok = float(self.known.mean()) > 0.1 and gain is not None
-            back = np.clip(x / np.maximum(gain, 0.05) if g_ok else x, 0, 1)  # no shift here, so no translate
+            back = np.clip(x / np.maximum(gain, 0.05) if g_ok else x, 0, 1)
+            back = self._translate(back, (-shift[0], -shift[1]))
             rate = s.learn_rate + (1.0 - s.learn_rate) * (1.0 - self.known)
             if own and pp is not None:  # an own plate a calm, model-background pixel contradicts is copied over
-                rate = np.maximum(rate, pp)
+                rate = np.maximum(rate, self._translate(pp, (-shift[0], -shift[1])))
             self.plate += (learn * rate)[..., None] * (back - self.plate)
             np.maximum(self.known, learn, out=self.known)
         return self.alpha

@@ -106,7 +106,7 @@ class FusedSettings(NodeParams):
     follow_motion: bool = Field(True, description="Carry the previous matte along the picture's motion before blending (a moving person is smoothed too)")
     motion_search: float = Field(0.045, ge=0.0, le=0.2, description="Largest motion between two frames followed, as a fraction of the height")
     own_plate: bool = Field(True, description="Without a recorded plate, learn one from the room the model calls background (a plate that grows as the person moves)")
-    own_plate_seconds: float = Field(0.3, ge=0.03, le=10.0, description="Without a recorded plate: how long a pixel must be still and background for the model before it is learned")
+    own_plate_seconds: float = Field(0.15, ge=0.03, le=10.0, description="Without a recorded plate: how long a pixel must be still and background for the model before it is learned")
 
 
 class FusedMatte:
@@ -129,7 +129,9 @@ class FusedMatte:
         self.conf = torch.zeros(1, 1, h, w, device=dev)
         self.prev = torch.zeros(1, 3, h, w, device=dev)  # last frame (working resolution)
         self.clear_for = torch.zeros(1, 1, h, w, device=dev)  # frames surely background
-        self.still_for = torch.zeros(1, 1, h, w, device=dev)  # frames still and background for the model (own plate)
+        self.still_for = torch.zeros(1, 1, h, w, device=dev)  # frames still and background for the model (own plate, its coordinates)
+        self.anchor = torch.zeros(1, 1, h, w, device=dev)  # luma of the frame that set the own plate's coordinates
+        self.last_shift = torch.zeros(2, device=dev)  # last frame's shift (dy, dx) from the plate's coordinates
         self.primed = torch.zeros((), device=dev)  # 0 until the first frame has set alpha/prev
         self.has_plate = torch.zeros((), device=dev)
         yy, xx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
@@ -175,13 +177,11 @@ class FusedMatte:
         self.has_plate.fill_(1.0)
 
     # -- pieces -----------------------------------------------------------
-    def _shift(self, x: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
-        """Translation (dy, dx) in pixels taking the plate onto the frame, by phase correlation on the background."""
+    def _shift(self, a: torch.Tensor, b: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """Translation (dy, dx) in pixels taking luma b (the plate's, or the own plate's anchor frame) onto
+        the frame's luma a, by phase correlation on the background."""
         if self._shift_ok is None:
-            return torch.zeros(2, device=x.device)
-        lw = device_constant(list(LUMA), x.device).view(1, 3, 1, 1)
-        a = (x * lw).sum(1, keepdim=True)
-        b = (self.plate * lw).sum(1, keepdim=True)
+            return torch.zeros(2, device=a.device)
         win = self._window * (0.2 + 0.8 * bgw)  # the person moves: count the room more
         a = (a - a.mean()) * win
         b = (b - b.mean()) * win
@@ -194,7 +194,7 @@ class FusedMatte:
         iy, ix = (idx // w).float(), (idx % w).float()
         dy = torch.where(iy > h / 2, iy - h, iy)
         dx = torch.where(ix > w / 2, ix - w, ix)
-        return torch.stack((dy, dx)) * self.known.mean().gt(0.3).float()  # no plate yet: no shift
+        return torch.stack((dy, dx))
 
     def _follow(self, cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
         """grid_sample grid taking last frame's pixels to where they are now: for every pixel the shift v
@@ -206,7 +206,7 @@ class FusedMatte:
         hq, wq = a.shape[-2:]
         shifted = torch.cat([b[..., r + dy:r + dy + hq, r + dx:r + dx + wq]
                              for dy in range(-r, r + 1) for dx in range(-r, r + 1)], 1)
-        cost = F.avg_pool2d((shifted - a).abs(), 5, stride=1, padding=2, count_include_pad=False) + self._cand_cost
+        cost = F.avg_pool2d((shifted - a).abs(), 3, stride=1, padding=1, count_include_pad=False) + self._cand_cost
         idx = cost.argmin(1, keepdim=True)
         k = shifted.shape[1]
         vy = self._cands[0].view(1, k, 1, 1).expand(1, k, hq, wq).gather(1, idx)
@@ -291,29 +291,46 @@ class FusedMatte:
 
         # Picture change since the last frame, exposure changes taken out (a global gain is no motion).
         lw = device_constant(list(LUMA), x.device).view(1, 3, 1, 1)
+        lx = (x * lw).sum(1, keepdim=True)
+        # Where the plate sits in this frame (camera shake): a recorded plate is found in the frame by phase
+        # correlation once most of it is known; an own plate is kept in the coordinates of the frame that
+        # started it (its anchor), so it is found by correlating with that frame, which is all known.
+        own = 1.0 - self.has_plate  # 1 while the plate is the node's own (learned), not a recorded one
+        ref = torch.lerp((self.plate * lw).sum(1, keepdim=True), self.anchor, own)
+        ok = torch.lerp(self.known.mean().gt(0.3).float(), primed, own)  # no plate (anchor) yet: no shift
+        shift = self._shift(lx, ref, bgw) * ok
+        # the last frame moved by the camera's shake since then: the room's own change is what is left
+        prev = self._translate(self.prev, shift - self.last_shift)
         # the gain is the median ratio over the room's unclipped, not-too-dark pixels: a person walking into
         # the room, or moving, is a minority that a mean would follow
-        unclipped = (x.amax(1, keepdim=True) < 0.97).float() * (self.prev.amax(1, keepdim=True) < 0.97).float()
-        lx, lp = (x * lw).sum(1, keepdim=True), (self.prev * lw).sum(1, keepdim=True)
+        unclipped = (x.amax(1, keepdim=True) < 0.97).float() * (prev.amax(1, keepdim=True) < 0.97).float()
+        lp = (prev * lw).sum(1, keepdim=True)
         wr = bgw * unclipped * (lx > 0.04).float() * (lp > 0.04).float()
         log_gain = _known_quantile(torch.log(lx.clamp_min(0.02)) - torch.log(lp.clamp_min(0.02)), wr, 0.5)
         ratio = torch.exp(log_gain.clamp(-1.5, 1.5)).view(1, 1, 1, 1)  # none measured (first frame): e^1.5, motion anyway
-        change = ((x - self.prev * ratio).abs() * lw).sum(1, keepdim=True) * unclipped  # a clipped pixel says nothing
+        change = ((x - prev * ratio).abs() * lw).sum(1, keepdim=True) * unclipped  # a clipped pixel says nothing
         cm = box_filter(change, 1)
         motion = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
         still = motion  # camera noise is no motion for the own plate's stillness gate (low light): see motion_noise
         if s.motion_noise > 0:
             floor = (s.motion_noise * _known_quantile(cm, torch.ones_like(cm), 0.5)).clamp_max(0.5 * s.motion_threshold)
-            still = (_dilate((cm - floor).clamp_min(0.0), 2) / s.motion_threshold).clamp(0.0, 1.0)
-        own = 1.0 - self.has_plate  # 1 while the plate is the node's own (learned), not a recorded one
-        # An own plate holds only while the camera stands still: the room moving as a whole (shake, a pan)
-        # drops it, and it is learned again once the camera rests.
-        room_moved = ((motion * bgw).sum() / bgw.sum().clamp_min(1.0) > 0.5).float() * primed
+            cm = (cm - floor).clamp_min(0.0)
+            still = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
+        # local contrast: half a pixel of misregistration on a sharp edge (the shake is followed in whole
+        # pixels, a person's motion by blocks) is a large difference, and no motion
+        grad = (lx[..., :, 1:] - lx[..., :, :-1]).abs()
+        grad = F.pad(grad, (0, 1, 0, 0)) + F.pad((lx[..., 1:, :] - lx[..., :-1, :]).abs(), (0, 0, 0, 1))
+        contrast = 1.0 + box_filter(grad, 1) / s.motion_threshold
+        # An own plate holds while the room moves only as the shake explains: the room moving as a whole
+        # beyond that (a pan, the camera put elsewhere) drops it, and the frame becomes the new anchor.
+        room = (cm / contrast / s.motion_threshold).clamp(0.0, 1.0)
+        room_moved = ((room * bgw).sum() / bgw.sum().clamp_min(1.0) > 0.25).float() * primed
         self.known.mul_(1.0 - own * room_moved)
+        restart = own * torch.maximum(room_moved, 1.0 - primed)
+        self.anchor.lerp_(lx, restart)
+        shift = shift * (1.0 - restart)
 
-        # 2. lighting-invariant, shake-tolerant plate difference (an own plate is never shifted: it is
-        # only kept while the camera is still, and a partly learned plate would mislead the phase correlation).
-        shift = self._shift(x, bgw) * self.has_plate
+        # 2. lighting-invariant, shake-tolerant plate difference
         plate = self._translate(self.plate, shift)
         known = self._translate(self.known, shift)
         # Unknown plate pixels (an own plate still growing) take the frame's value: no difference there,
@@ -364,7 +381,7 @@ class FusedMatte:
         # moving person is smoothed as well as a still one; what the motion does not explain follows at once.
         last_alpha = self.alpha
         if s.follow_motion:
-            grid = self._follow((x * lw).sum(1, keepdim=True), (self.prev * ratio * lw).sum(1, keepdim=True))
+            grid = self._follow(lx, (self.prev * ratio * lw).sum(1, keepdim=True))
             prev_w = F.grid_sample(self.prev * ratio, grid, mode="bilinear", padding_mode="border", align_corners=False)
             last_alpha = F.grid_sample(self.alpha, grid, mode="bilinear", padding_mode="border", align_corners=False)
             # the last frame in this frame's exposure clips as the camera does (an exposure jump up saturates
@@ -372,10 +389,7 @@ class FusedMatte:
             change = ((x - prev_w.clamp(0.0, 1.0)).abs() * lw).sum(1, keepdim=True) * unclipped
             # what is left after following the motion is judged against the local contrast: half a pixel of
             # misregistration on a sharp edge is a large difference, and no motion the matte has to follow
-            lum = (x * lw).sum(1, keepdim=True)
-            grad = (lum[..., :, 1:] - lum[..., :, :-1]).abs()
-            grad = F.pad(grad, (0, 1, 0, 0)) + F.pad((lum[..., 1:, :] - lum[..., :-1, :]).abs(), (0, 0, 0, 1))
-            change = change / (1.0 + box_filter(grad, 1) / s.motion_threshold)
+            change = change / contrast
         cb = box_filter(change, 1)
         if s.motion_noise > 0:
             # Where no plate is known the model alone decides, and it changes its mind with the picture's
@@ -392,6 +406,7 @@ class FusedMatte:
         k = torch.lerp(torch.ones_like(k), k, primed)
         self.alpha.copy_(torch.lerp(last_alpha, fused, k))
         self.prev.copy_(x)
+        self.last_shift.copy_(shift)
         self.primed.fill_(1.0)
         self.conf.copy_((2.0 * self.alpha - 1.0).abs() * (1.0 - 0.5 * (fused - self.alpha).abs()))
 
@@ -402,12 +417,15 @@ class FusedMatte:
             sure_bg = sure_bg * (_dilate(pm, margin) < 0.2).float()
         self.clear_for.mul_(sure_bg).add_(sure_bg)
         settle = max(1.0, s.learn_seconds * self.fps)
-        learn = (self.clear_for >= settle).float() * self.has_plate
+        # (only while the camera sits where the plate was taken)
+        learn = (self.clear_for >= settle).float() * self.has_plate * (shift.abs().sum() < 0.5).float()
         if prior is not None and s.own_plate:
             # No recorded plate: the node grows its own. A pixel still and background for the model (with a
             # margin) for own_plate_seconds is the room. The gate asks the model and the picture, not the
             # fused matte: a ghost (a person learned in, then gone) is still and model-background, so it heals.
+            # Counted in the plate's coordinates: a shaking camera still learns its room.
             calm = (_dilate(pm, margin) < 0.2).float() * (still < 0.5).float() * (1.0 - room_moved)
+            calm = (self._translate(calm, -shift) > 0.5).float()
             self.still_for.mul_(calm).add_(calm)
             own_settle = max(1.0, s.own_plate_seconds * self.fps)
             learn = learn + (self.still_for >= own_settle).float() * own
@@ -415,11 +433,10 @@ class FusedMatte:
         # enough of the room is known for the gain to mean anything, else in the frame's own light.
         g_ok = (self.known.mean() > 0.1).float()
         back = self._translate(x / torch.lerp(torch.ones_like(gain), gain, g_ok).clamp_min(0.05), -shift)
-        learn = learn * (shift.abs().sum() < 0.5).float()  # only while the camera sits where the plate was taken
         rate = torch.lerp(torch.ones_like(self.known), torch.full_like(self.known, s.learn_rate), self.known)
         # an own plate that a calm, model-background pixel contradicts was wrong (a person learned in, who has
         # gone; a moved chair): copied at once rather than blended away over seconds
-        rate = torch.maximum(rate, pp * own)
+        rate = torch.maximum(rate, self._translate(pp, -shift) * own)
         self.plate.lerp_(back.clamp(0, 1), learn * rate)
         torch.maximum(self.known, learn, out=self.known)
         return self.alpha
