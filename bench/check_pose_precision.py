@@ -65,10 +65,8 @@ def sequence(frames: int, size: str) -> dict:
         node = build_node(BlazePose, {"backend": "torch"})
         ctx = make_context("pose", dev, resolution=(w, h))
         node.open(ctx)
-        old = node.tracker
         node.tracker = BlazePoseTracker("pose", ctx.device, ctx.dtype, backend="torch",
                                         landmark_dtype=torch.float16 if precision == "fp16" else torch.float32)
-        del old
         with torch.cuda.stream(ctx.stream) if ctx.stream is not None else contextlib.nullcontext():
             outs = [node.process(frame=Frame(p)) for p in pictures]
         node.close()

@@ -36,6 +36,19 @@ def downsample(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def symmetric_adjugate3(s_rr: Any, s_rg: Any, s_rb: Any, s_gg: Any, s_gb: Any, s_bb: Any) -> tuple[Any, ...]:
+    """The adjugate of a symmetric 3x3 matrix per element (torch tensors or numpy arrays alike) and its
+    determinant: (i_rr, i_rg, i_rb, i_gg, i_gb, i_bb, det); the inverse is adjugate / det. One formula for
+    the GPU path's guided filter and its CPU twin (muse.nodes.cpu.refine), so both round the same way."""
+    i_rr = s_gg * s_bb - s_gb * s_gb
+    i_rg = s_gb * s_rb - s_rg * s_bb
+    i_rb = s_rg * s_gb - s_gg * s_rb
+    i_gg = s_rr * s_bb - s_rb * s_rb
+    i_gb = s_rb * s_rg - s_rr * s_gb
+    i_bb = s_rr * s_gg - s_rg * s_rg
+    return i_rr, i_rg, i_rb, i_gg, i_gb, i_bb, s_rr * i_rr + s_rg * i_rg + s_rb * i_rb
+
+
 def guided_coefficients(mask: torch.Tensor, guide: torch.Tensor, radius: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Linear model `mask ~ A . guide + b` per window (He et al.), at the mask's resolution.
 
@@ -57,13 +70,7 @@ def guided_coefficients(mask: torch.Tensor, guide: torch.Tensor, radius: int, ep
         # Covariance of the colour guide per window, regularised; solved with a 3x3 adjugate (no batched solver).
         s_rr, s_rg, s_rb = sig[(0, 0)] + eps, sig[(0, 1)], sig[(0, 2)]
         s_gg, s_gb, s_bb = sig[(1, 1)] + eps, sig[(1, 2)], sig[(2, 2)] + eps
-        i_rr = s_gg * s_bb - s_gb * s_gb
-        i_rg = s_gb * s_rb - s_rg * s_bb
-        i_rb = s_rg * s_gb - s_gg * s_rb
-        i_gg = s_rr * s_bb - s_rb * s_rb
-        i_gb = s_rb * s_rg - s_rr * s_gb
-        i_bb = s_rr * s_gg - s_rg * s_rg
-        det = s_rr * i_rr + s_rg * i_rg + s_rb * i_rb
+        i_rr, i_rg, i_rb, i_gg, i_gb, i_bb, det = symmetric_adjugate3(s_rr, s_rg, s_rb, s_gg, s_gb, s_bb)
         c_r, c_g, c_b = cov[:, 0:1], cov[:, 1:2], cov[:, 2:3]
         a = torch.cat((
             i_rr * c_r + i_rg * c_g + i_rb * c_b,

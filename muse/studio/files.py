@@ -236,7 +236,7 @@ class VideoWriter:
             self._hold.close()
 
 
-def _decodable_frames(path: Path) -> int:
+def decodable_frames(path: Path) -> int:
     """How many frames of a (possibly truncated) video decode; 0 for no video at all."""
     import av
 
@@ -301,7 +301,7 @@ def salvage_takes(folder: Path, min_age_s: float = 5.0, log: Any = None) -> list
                 continue
         except OSError:
             continue
-        frames = _decodable_frames(tmp)
+        frames = decodable_frames(tmp)
         if frames == 0:
             if st.st_size <= 64 * 1024:  # a header and no whole fragment: killed before its first frame landed
                 tmp.unlink(missing_ok=True)
@@ -311,7 +311,7 @@ def salvage_takes(folder: Path, min_age_s: float = 5.0, log: Any = None) -> list
         target = _free_name(folder, m["stem"])
         try:
             _remux(tmp, target)
-            kept = _decodable_frames(target)
+            kept = decodable_frames(target)
         except Exception:  # remuxing failed: keep the take as it is, under a name that is not a temp file
             kept = 0
             target.unlink(missing_ok=True)

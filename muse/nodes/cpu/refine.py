@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from muse.graph.payloads import Frame, Mask
+from muse.models.matte_refine import symmetric_adjugate3
 from muse.nodes.cpu import as_numpy
 
 __all__ = ["RefineCPU", "box_mean", "guided_coefficients"]
@@ -62,13 +63,8 @@ def guided_colour(p: np.ndarray, g: np.ndarray, r: int, eps: float) -> list[np.n
     s_rr, s_rg, s_rb = rr - mr * mr + eps, rg - mr * mg, rb - mr * mb
     s_gg, s_gb, s_bb = gg - mg * mg + eps, gb - mg * mb, bb - mb * mb + eps
     # the 3x3 covariance inverse by cofactors (symmetric)
-    i_rr = s_gg * s_bb - s_gb * s_gb
-    i_rg = s_gb * s_rb - s_rg * s_bb
-    i_rb = s_rg * s_gb - s_gg * s_rb
-    i_gg = s_rr * s_bb - s_rb * s_rb
-    i_gb = s_rb * s_rg - s_rr * s_gb
-    i_bb = s_rr * s_gg - s_rg * s_rg
-    inv = 1.0 / (s_rr * i_rr + s_rg * i_rg + s_rb * i_rb)
+    i_rr, i_rg, i_rb, i_gg, i_gb, i_bb, det = symmetric_adjugate3(s_rr, s_rg, s_rb, s_gg, s_gb, s_bb)
+    inv = 1.0 / det
     a_r = (i_rr * c_r + i_rg * c_g + i_rb * c_b) * inv
     a_g = (i_rg * c_r + i_gg * c_g + i_gb * c_b) * inv
     a_b = (i_rb * c_r + i_gb * c_g + i_bb * c_b) * inv
