@@ -166,6 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SetError as exc:
         print(f"muse: {exc}", file=sys.stderr)
         return EXIT_INVALID_GRAPH
+    # --watch compares against the file as it was *loaded*: an edit saved while the run starts
+    # (models load, the first frame) is applied too, not silently taken as the baseline.
+    loaded_mtime = _mtime(Path(args.graph)) if args.watch else 0.0
     try:
         graph = load_graph(args.graph, reg, overrides, allow_paths=args.allow_paths, allow_network=args.allow_network)
     except GraphValidationError as exc:
@@ -196,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         note = startup_note(runner)
         if note:
             print(f"muse: {note}", file=sys.stderr)
-        _wait(runner, args, reg, overrides)
+        _wait(runner, args, reg, overrides, loaded_mtime)
     except KeyboardInterrupt:
         interrupted = True
         print(f"muse: {stopper.name()}: stopping cleanly (outputs flush and close their files; "
@@ -353,12 +356,20 @@ def _fallbacks(stats: Any) -> list[str]:
     return out
 
 
-def _wait(runner: Any, args: argparse.Namespace, reg: Any, overrides: dict[str, dict[str, Any]]) -> None:
-    """Wait for the run to end; with --watch, apply edits of the graph file while it runs."""
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _wait(runner: Any, args: argparse.Namespace, reg: Any, overrides: dict[str, dict[str, Any]],
+          loaded_mtime: float = 0.0) -> None:
+    """Wait for the run to end; with --watch, apply edits of the graph file saved since it was loaded."""
     from muse.live_status import LiveStatus
 
     path = Path(args.graph)
-    mtime = path.stat().st_mtime if args.watch else 0.0
+    mtime = loaded_mtime
     status = LiveStatus(runner, sys.stderr, enabled=not getattr(args, "no_status", False) and not args.quiet)
     try:
         _wait_loop(runner, args, reg, overrides, path, mtime, status)

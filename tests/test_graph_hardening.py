@@ -317,6 +317,29 @@ def test_watch_survives_every_kind_of_broken_edit(tmp_path):
     assert text.count("the running graph keeps going") == len(broken) - 1
 
 
+def test_watch_applies_an_edit_saved_while_the_run_starts(tmp_path, monkeypatch):
+    """An edit saved between loading the graph and the watcher's first look (models loading,
+    the first frame) is applied, not taken as the baseline and lost."""
+    from muse.graph.runtime import GraphRunner
+
+    graph = tmp_path / "live.yaml"
+    good = SMALL.replace("out: {type: basic.null, inputs: {frame: src.frame}}",
+                         "inv: {type: basic.invert, params: {amount: 0.2}, inputs: {frame: src.frame}}\n  out: {type: basic.null, inputs: {frame: inv.out}}")
+    graph.write_text(good)
+    start = GraphRunner.start
+
+    def start_while_the_user_saves(self: GraphRunner) -> None:
+        mtime = graph.stat().st_mtime
+        graph.write_text(good.replace("amount: 0.2", "amount: 0.7"))
+        os.utime(graph, (mtime + 1, mtime + 1))
+        start(self)
+
+    monkeypatch.setattr(GraphRunner, "start", start_while_the_user_saves)
+    rc, out = cli("run", str(graph), "--watch", "--frames", "45")
+    assert rc == 0, out
+    assert "parameters updated live (inv)" in out, out
+
+
 def _wait_for(path: Path, needle: str, proc: subprocess.Popen, count: int = 1, timeout: float = 90) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
