@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -16,6 +16,13 @@ if [[ $what == capture ]]; then
   echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
   run stream_4k_eager python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --capture off --latency-frames 0 --json "$out/stream_4k_eager.json"
   run stream_4k_captured python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 900 --capture on --latency-frames 300 --kernel-frames 30 --json "$out/stream_4k_captured.json"
+fi
+if [[ $what == fused ]]; then
+  # The fused matte on CUDA (issue 14): its cuda tests, whole-frame capture with it, its 4K cost with and without a plate.
+  timeout 240 python3 -m pytest -m cuda -q -p no:cacheprovider -rs tests/test_segment_fused.py tests/test_frame_capture.py > "$out/cuda_fused_tests.log" 2>&1
+  echo "fused cuda tests exit $?" >> "$out/cuda_fused_tests.log"
+  run fused_plate python3 bench/bench_fused.py --device cuda --frames 300
+  run fused_no_plate python3 bench/bench_fused.py --device cuda --frames 300 --no-plate
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),
