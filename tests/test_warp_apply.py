@@ -107,6 +107,50 @@ def test_cupy_backend_on_cpu_is_a_clear_error():
         node.open(make_context("warp"))
 
 
+@pytest.mark.parametrize("path", ["fast", "torch"])
+def test_the_warp_never_uncovers_room_the_plate_has_not_seen(path, monkeypatch):
+    """Issue 14's no-ghost rule for the reshape: a slimmer waist uncovers the plate where the person was; where
+    background.adaptive's coverage says that room was never seen (the plate there is a fill-in guess), the
+    person keeps their outline, on the CPU path and the torch reference alike. Where the room was seen, and
+    with `unseen_room: reveal`, the waist is slimmed and the plate shows."""
+    monkeypatch.setenv("MUSE_CPU_PATH", path)
+    frame, plate, mask, kp = vs.body_scene()
+    body = run_node(BodyWarp, {"waist": 1.0, "hips": 0.8}, keypoints=kp, mask=Mask(torch.from_numpy(mask)))["field"]
+    guess = np.full_like(plate, 255)  # a never-seen plate is a guess: make it unmistakable
+    guess[:, : plate.shape[1] // 2] = plate[:, : plate.shape[1] // 2]
+    coverage = np.zeros(mask.shape, np.float32)
+    coverage[:, : mask.shape[1] // 2] = 1.0  # the room left of the axis was seen, right of it never
+
+    def warp(params: dict, cov: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        inputs = dict(frame=Frame(torch.from_numpy(frame), layout="hwc"), body=body, mask=Mask(torch.from_numpy(mask)),
+                      plate=Frame(torch.from_numpy(guess), layout="hwc"))
+        if cov is not None:
+            inputs["coverage"] = Mask(torch.from_numpy(cov))
+        out = run_node(WarpApply, params, **inputs)
+        return out["out"].hwc_uint8().numpy(), out["warped_mask"].alpha.float().numpy()
+
+    held, held_mask = warp({}, coverage)
+    revealed, revealed_mask = warp({"unseen_room": "reveal"}, coverage)
+    axis = vs.AXIS_X
+    uncovered = (mask > 0.5) & (revealed_mask < 0.5)
+    left, right = uncovered[:, :axis], uncovered[:, axis:]
+    assert left.sum() > 50 and right.sum() > 50, "the case slims both sides when told to reveal"
+    # the never-seen side: nothing of the guess shows where the person was, and the outline stays
+    gone_right = (mask[:, axis:] > 0.5) & (held_mask[:, axis:] < 0.5)
+    assert gone_right.sum() <= 0.1 * right.sum(), (gone_right.sum(), right.sum())
+    white = (held[:, axis:] > 250).all(-1) & (mask[:, axis:] > 0.5)
+    assert white.sum() <= 0.1 * right.sum(), white.sum()
+    # the seen side is slimmed as before and shows the real room there
+    gone_left = (mask[:, :axis] > 0.5) & (held_mask[:, :axis] < 0.5)
+    assert gone_left.sum() >= 0.6 * left.sum(), (gone_left.sum(), left.sum())
+    room_err = np.abs(held[:, :axis][gone_left].astype(int) - plate[:, :axis][gone_left].astype(int)).mean()
+    assert room_err < 12, room_err
+    # everything seen: the same slimming as without a coverage input
+    full, full_mask = warp({}, np.ones_like(coverage))
+    plain, plain_mask = warp({}, None)
+    assert np.abs(full_mask - plain_mask).max() < 1e-3 and np.abs(full.astype(int) - plain.astype(int)).max() <= 1
+
+
 # ---------------------------------------------------------------------------- GPU machine
 
 

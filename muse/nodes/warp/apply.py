@@ -2,8 +2,9 @@
 
 Sums the low-resolution Displacements, zeroes them outside the person's
 dilated mask (rooms stay straight), then samples the frame once: the fused
-CuPy kernel on CUDA, torch `grid_sample` on CPU. Uncovered pixels come from the
-clean plate; the warped person mask is an output for the compositor.
+CuPy kernel on CUDA, OpenCV on the CPU path. Uncovered pixels come from the
+clean plate, and only where the room behind was seen (`coverage`): elsewhere the
+person keeps their shape. The warped person mask is an output for the compositor.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Displacement, Frame, Mask
 from muse.nodes.cpu import wanted
 from muse.nodes.warp import kernels
-from muse.nodes.warp.fields import mask_gate
+from muse.nodes.warp.fields import mask_gate, unseen_gate
 
 
 def combine_fields(fields: list[Displacement], size: tuple[int, int]) -> torch.Tensor | None:
@@ -50,11 +51,20 @@ class WarpApply(Node):
     body: In[Displacement] = In(optional=True, description="From warp.body")
     mask: In[Mask] = In(optional=True, description="Person mask: limits the field and marks what moves")
     plate: In[Frame] = In(optional=True, description="Clean plate (background.adaptive) for uncovered pixels")
+    coverage: In[Mask] = In(
+        optional=True,
+        description="background.adaptive's coverage: where the room behind was never seen, the person keeps their shape (no guessed room shows)",
+    )
     out: Out[Frame]
     warped_mask: Out[Mask] = Out(description="The person mask after the warp (for composite); only with a mask input")
 
     class Params(NodeParams):
         margin: float = Field(0.04, ge=0.0, le=0.2, description="How far past the mask outline the field may reach, as a fraction of the frame height")
+        unseen_room: Literal["hold", "reveal"] = Field(
+            "hold",
+            description="With a coverage input: 'hold' keeps the person's outline where the room behind was never seen "
+            "(no made-up room shows through); 'reveal' warps anyway and shows the plate's filled-in guess",
+        )
         backend: Literal["auto", "cupy", "torch"] = Field("auto", description="auto = CuPy kernel on CUDA when installed, torch elsewhere")
 
     params: Params
@@ -90,7 +100,10 @@ class WarpApply(Node):
         body: Displacement | None = None,
         mask: Mask | None = None,
         plate: Frame | None = None,
+        coverage: Mask | None = None,
     ) -> dict[str, object]:
+        if coverage is not None and mask is not None and plate is not None and self.params.unseen_room == "hold":
+            face, body = self._hold_unseen(frame, face, body, mask, coverage), None
         if self._cpu is not None:
             return self._cpu.process(frame, face, body, mask, plate)
         ctx = self.ctx
@@ -122,3 +135,13 @@ class WarpApply(Node):
         if warped is not None and mask is not None:
             outputs["warped_mask"] = Mask(warped, mask.timestamp, mask.index)
         return outputs
+
+    @staticmethod
+    def _hold_unseen(frame: Frame, face: Displacement | None, body: Displacement | None, mask: Mask,
+                     coverage: Mask) -> Displacement | None:
+        """The fields as one, held still where they would uncover never-seen room (`unseen_gate`)."""
+        field = combine_fields([f for f in (face, body) if f is not None], frame.size)
+        if field is None:
+            return None
+        field = field * unseen_gate(field, mask.alpha, coverage.alpha, frame.size)
+        return Displacement(field, frame.size, frame.timestamp, frame.index)

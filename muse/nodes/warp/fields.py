@@ -71,3 +71,36 @@ def shrink_max(m: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     if -(-H // kh) == h and -(-W // kw) == w:
         return F.max_pool2d(m, (kh, kw), stride=(kh, kw), ceil_mode=True)
     return F.adaptive_max_pool2d(m, (h, w))
+
+
+def unseen_gate(field: torch.Tensor, alpha: torch.Tensor, coverage: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """(h, w) multiplier for `field` (2, h, w; offsets in pixels of a picture of `image_size` (w, h)): 0 where
+    the warp would uncover room the plate has never seen.
+
+    A reshape that moves the person's outline inwards shows the clean plate where the person was. Where
+    `coverage` (background.adaptive's: 1 where the room was seen) is 0, that plate is a guess filled in from
+    the room around it, and showing it would paint a made-up room through the person (issue 14's no-ghost
+    rule). The person keeps their shape there instead, until the room behind has been seen. All on the
+    field's grid: a cell uncovers room when the person's share at the cell falls after sampling at cell + field."""
+    h, w = field.shape[-2:]
+
+    def on_grid(m: torch.Tensor) -> torch.Tensor:
+        m = m.float()[None, None]
+        if m.shape[-2] >= h and m.shape[-1] >= w:
+            return F.adaptive_avg_pool2d(m, (h, w))
+        return F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+
+    a = on_grid(alpha)
+    # each cell centre and where it samples from, in grid_sample's align_corners=False units
+    xs = (torch.arange(w, device=field.device, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
+    ys = (torch.arange(h, device=field.device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
+    d = field.float()
+    gx = xs[None, :] + d[0] * (2.0 / image_size[0])
+    gy = ys[:, None] + d[1] * (2.0 / image_size[1])
+    a_src = F.grid_sample(a, torch.stack((gx, gy), dim=-1)[None], mode="bilinear", padding_mode="border", align_corners=False)
+    reveal = (a - a_src).clamp_(0, 1)
+    cov = on_grid(coverage).clamp_(0, 1)
+    seen = -F.max_pool2d(-cov, 3, stride=1, padding=1)  # a cell next to a never-seen one counts as never seen
+    hold = (reveal * (1 - seen) * 4).clamp_(0, 1)
+    hold = F.max_pool2d(hold, 3, stride=1, padding=1)  # its neighbours hold too, so the upsampled field stays put there
+    return (1 - hold)[0, 0]
