@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -440,3 +441,26 @@ def test_a_node_that_cannot_open_is_named_and_the_editor_stays_up(app, tmp_path:
     assert _step_until(app, lambda: "could not start" in view.status_message, 30), view.status_message
     assert "file" in view.status_message and "missing.mp4" in view.status_message
     assert not view.live.running and not view.live.starting
+
+
+def test_triton_loads_after_the_editor_window_opened(display: str, tmp_path: Path) -> None:
+    """Mesa's OpenGL (llvmpipe here, radeonsi on AMD) loads its LLVM when the window opens; Triton's LLVM,
+    imported after it (torch does so lazily, e.g. when a recorded frame first touches torch._dynamo), crashed
+    the process. The editor loads Triton first (muse/gl_preload.py); in a fresh process, as `muse edit` runs."""
+    pytest.importorskip("triton")
+    code = (
+        "from muse.editor.app import EditorApp\n"
+        "import dearpygui.dearpygui as dpg\n"
+        "app = EditorApp(width=800, height=600)\n"
+        "app.open()\n"
+        "for _ in range(3): dpg.render_dearpygui_frame()\n"
+        "import torch._dynamo\n"
+        "dpg.render_dearpygui_frame()\n"
+        "app.close()\n"
+        "print('survived')\n"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "DISPLAY": display, "HOME": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and "survived" in proc.stdout, (proc.returncode, proc.stderr[-2000:])

@@ -49,6 +49,9 @@ class EditorApp:
 
         # The window (and the panels laid out for its size) fits the screen it opens on.
         x, y, self.width, self.height = fit_window(self.width, self.height, screen_area())
+        from muse.gl_preload import preload
+
+        preload()  # Triton's LLVM before Mesa's (muse/gl_preload.py: loaded after, it crashed the process)
         dpg.create_context()
         self._open = True
         dpg.configure_app(manual_callback_management=True)  # callbacks run in step(), on this thread

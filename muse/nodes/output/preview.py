@@ -297,6 +297,9 @@ class _Window:
             self.failed = str(exc)
             self.logger.warning("preview window unavailable (%s); use the HTTP preview", exc)
             return
+        from muse.gl_preload import preload
+
+        preload()  # Triton's LLVM before Mesa's (muse/gl_preload.py: loaded after, it crashed the process)
         dpg.create_context()
         try:
             # Callbacks run on this thread (DearPyGui's own callback thread is unsafe for buffer work).
