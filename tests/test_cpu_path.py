@@ -458,3 +458,24 @@ def test_retain_freed_memory_stops_page_faults_on_frame_sized_temporaries():
     for _ in range(5):
         guided_colour(mask, guide, 2, 2e-3)
     assert resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before < 100
+
+
+@pytest.mark.parametrize("border", ["zeros", "border"])
+def test_big_crops_through_four_channels_are_the_same_crops(astronaut, border, monkeypatch):
+    """A big crop (a 720p body at 2 taps) samples a four-channel copy of the frame region under the ROI
+    (muse/nodes/cpu/crop.py: OpenCV's vector path): the same crop as three channels from the whole frame, and
+    within half a level of the torch reference, for ROIs inside the frame, across its edge and rotated."""
+    import cv2
+
+    from muse.nodes.cpu import crop as C
+    from muse.nodes.landmarks import roi as R
+
+    img = torch.from_numpy(cv2.resize(astronaut, (1280, 720), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
+    rois = torch.tensor([[640.0, 380.0, 700.0, 700.0, 0.15], [1250.0, 700.0, 900.0, 900.0, 0.5], [90.0, 60.0, 600.0, 600.0, -0.3]])
+    monkeypatch.setattr(C, "FOUR_CHANNELS_FROM", 10**12)
+    three = C.crop_uint8(img, rois, 256, 256, border, None, 2)
+    monkeypatch.setattr(C, "FOUR_CHANNELS_FROM", 1)
+    four = C.crop_uint8(img, rois, 256, 256, border, None, 2)
+    assert float((three - four).abs().max()) * 255 <= 1.0 and float((three != four).float().mean()) < 1e-3
+    ref = R.crop(img.float() / 255, rois, 256, border=border, taps=2)
+    assert float((four - ref).abs().max()) * 255 <= 0.51

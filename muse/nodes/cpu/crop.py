@@ -5,6 +5,11 @@ for face, then samples taps x taps bilinear grids. Here the same sample position
 one `warpAffine` of the uint8 picture at taps x the model size (bilinear, the ROI's affine
 map inverted, the border replicated or black), averaged down by taps with the area filter,
 then scaled to [0, 1]: only the crop is ever converted.
+
+OpenCV's bilinear `warpAffine` of three-channel bytes has no vector path; four channels have one
+and run 2-3x faster. A big crop (a body at 2 taps: 512 x 512 samples, ~3 ms of a 720p pose frame)
+therefore samples a four-channel copy of just the frame region under the ROI (the copy costs less
+than the time it saves; the same bytes, the same interpolation: identical crops).
 """
 
 from __future__ import annotations
@@ -16,6 +21,20 @@ import numpy as np
 import torch
 
 __all__ = ["crop_uint8"]
+
+# From this many output samples on, the four-channel copy of the region pays for itself (measured on
+# 2 cores at 720p: 512 x 512, 3.1 -> 1.7 ms with the copy; 256 x 256 about even).
+FOUR_CHANNELS_FROM = 300 * 300
+
+
+def _region(m: np.ndarray, big_w: int, big_h: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1): the frame pixels the crop's bilinear taps can read, clipped to the frame; None if empty."""
+    corners = np.array([[0, 0, 1], [big_w - 1, 0, 1], [0, big_h - 1, 1], [big_w - 1, big_h - 1, 1]], np.float64)
+    xy = corners @ m.T
+    x0, y0 = np.floor(xy.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(xy.max(0)).astype(int) + 2
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
 def crop_uint8(image: torch.Tensor, roi: torch.Tensor, out_h: int, out_w: int, border: str = "zeros",
@@ -39,10 +58,22 @@ def crop_uint8(image: torch.Tensor, roi: torch.Tensor, out_h: int, out_w: int, b
             [cos * sx / big_w, -sin * rh / big_h, cx - 0.5 + (cos * sx * (1.0 / big_w - 1) - sin * rh * (1.0 / big_h - 1)) / 2],
             [sin * sx / big_w, cos * rh / big_h, cy - 0.5 + (sin * sx * (1.0 / big_w - 1) + cos * rh * (1.0 / big_h - 1)) / 2],
         ])
-        warped = cv2.warpAffine(src, m, (big_w, big_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=mode, borderValue=(0, 0, 0))
+        region = _region(m, big_w, big_h, src.shape[1], src.shape[0]) if big_w * big_h >= FOUR_CHANNELS_FROM else None
+        if region is not None:
+            x0, y0, x1, y1 = region
+            # clipped only at the frame's own edges, so the border rule reads the same pixels as on the frame
+            rgba = cv2.cvtColor(src[y0:y1, x0:x1], cv2.COLOR_RGB2RGBA)
+            shifted = m.copy()
+            shifted[0, 2] -= x0
+            shifted[1, 2] -= y0
+            # the fourth channel goes at the small size: a strided slice of the big crop costs more than the warp saves
+            warped = cv2.warpAffine(rgba, shifted, (big_w, big_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=mode, borderValue=(0, 0, 0, 0))
+        else:
+            warped = cv2.warpAffine(src, m, (big_w, big_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=mode, borderValue=(0, 0, 0))
         small = warped.astype(np.float32)
         if t > 1:
             small = cv2.resize(small, (out_w, out_h), interpolation=cv2.INTER_AREA)  # the taps x taps average
-        out[n] = small.transpose(2, 0, 1) * np.float32(1.0 / 255.0)
+        out[n] = small[..., :3].transpose(2, 0, 1) * np.float32(1.0 / 255.0)
     return torch.from_numpy(out)
