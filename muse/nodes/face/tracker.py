@@ -36,7 +36,8 @@ class FaceTracker:
         self.spec = ssd.DetectorSpec(**{**ssd.FACE_DETECTOR.__dict__, "min_score": min_detection})
         self.detector = load_bundled(name, "face_detection_short_range", device, dtype, backend)
         self.mesh = load_bundled(name, "face_landmark", device, dtype, backend)
-        self.iris_model = load_bundled(name, "iris_landmark", device, dtype, backend) if iris else None
+        # Only the iris points are read: ONNX Runtime leaves the eye-contour head (output 0) out (-8 % a call)
+        self.iris_model = load_bundled(name, "iris_landmark", device, dtype, backend, drop_outputs=(0,)) if iris else None
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None
