@@ -249,3 +249,25 @@ def test_reshaped_edge_shows_neither_the_old_edge_nor_the_room_inside(backend):
     near_room = (aw < 0.02) & (alpha < 0.02)
     assert (err[near_room] > 25).mean() < 0.001
     assert np.abs(warped["warped_mask"].alpha.numpy() - aw).max() < 0.02  # the mask moved with the picture
+
+
+def test_unseen_gate_cpu_twin_matches_torch():
+    """muse/nodes/cpu/unseen.py (OpenCV) against warp.fields.unseen_gate (torch) on a real person's mask (the
+    astronaut's outline from the demo source), an outward-pushing field and half the room seen."""
+    from muse.graph.testing import build_node, make_context
+    from muse.nodes.capture.demo import Demo
+    from muse.nodes.cpu.unseen import unseen_gate_np
+    from muse.nodes.warp.fields import unseen_gate
+
+    demo = build_node(Demo, {"width": 1280, "height": 720, "fps": 0})
+    demo.open(make_context("demo", "cpu", resolution=(1280, 720)))
+    alpha = demo.process()["mask"].alpha.float()
+    cx = float((alpha.sum(0) * torch.arange(1280.0)).sum() / alpha.sum())
+    gy, gx = torch.meshgrid((torch.arange(90.0) + 0.5) * 8, (torch.arange(160.0) + 0.5) * 8, indexing="ij")
+    field = torch.stack([torch.sign(gx - cx) * 14 * torch.exp(-((gy - 500) / 150) ** 2), torch.zeros_like(gx)])
+    coverage = torch.zeros(45, 80)
+    coverage[:, :40] = 1
+    a = unseen_gate(field, alpha, coverage, (1280, 720))
+    b = unseen_gate_np(field, alpha, coverage, (1280, 720))
+    assert (a < 0.5).sum() > 20, "the case holds some cells"
+    assert float((a - b).abs().max()) < 0.02 and torch.equal(a < 0.5, b < 0.5)

@@ -136,12 +136,16 @@ class WarpApply(Node):
             outputs["warped_mask"] = Mask(warped, mask.timestamp, mask.index)
         return outputs
 
-    @staticmethod
-    def _hold_unseen(frame: Frame, face: Displacement | None, body: Displacement | None, mask: Mask,
+    def _hold_unseen(self, frame: Frame, face: Displacement | None, body: Displacement | None, mask: Mask,
                      coverage: Mask) -> Displacement | None:
         """The fields as one, held still where they would uncover never-seen room (`unseen_gate`)."""
         field = combine_fields([f for f in (face, body) if f is not None], frame.size)
         if field is None:
             return None
-        field = field * unseen_gate(field, mask.alpha, coverage.alpha, frame.size)
+        if self._cpu is not None:
+            from muse.nodes.cpu.unseen import unseen_gate_np
+
+            field = field * unseen_gate_np(field, mask.alpha, coverage.alpha, frame.size)
+        else:
+            field = field * unseen_gate(field, mask.alpha, coverage.alpha, frame.size)
         return Displacement(field, frame.size, frame.timestamp, frame.index)
