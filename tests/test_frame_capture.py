@@ -92,7 +92,22 @@ def test_stream_graph_replayed_matches_eager(monkeypatch) -> None:
     for tap in TAPS:
         assert len(eager[tap]) == len(replayed[tap]) == frames, tap
         for i, a in eager[tap].items():
-            torch.testing.assert_close(replayed[tap][i], a, rtol=0, atol=1e-4, msg=lambda m: f"{tap} frame {i}: {m}")
+            assert_replayed_close(tap, i, replayed[tap][i], a)
+
+
+PICTURES = {"room.plate", "reshape.out", "composite.out"}  # 8-bit outputs (the taps hold them as floats)
+
+
+def assert_replayed_close(tap: str, i: int, got: torch.Tensor, want: torch.Tensor) -> None:
+    """Float taps within 1e-4; 8-bit pictures within 1 LSB (issue 12's bar for a replayed frame) on at most
+    0.1 % of the pixels: the same float ops on other buffers may round a value sitting on .5 the other way
+    (seen: 1 pixel of 110,592 on stream_4k's composite at 256 x 144, every input tap identical)."""
+    if tap not in PICTURES:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4, msg=lambda m: f"{tap} frame {i}: {m}")
+        return
+    diff = (got - want).abs()
+    assert float(diff.max()) <= 1.0 and float((diff > 0).float().mean()) <= 1e-3, (
+        f"{tap} frame {i}: max {float(diff.max())}, {int((diff > 0).sum())} of {diff.numel()} values differ")
 
 
 @pytest.mark.slow
