@@ -508,3 +508,18 @@ def test_adaptive_background_cpu_block_means_follow_the_plate(monkeypatch):
             checked += 1
     assert cpu._updates > 64 and checked > 30
     assert worst < 1e-4  # a 40th of a level (the plate is in [0, 1])
+
+
+def test_composite_cpu_soft_band_over_most_of_the_frame(monkeypatch, photos):
+    """A soft matte over most of the frame with the light wrap on: the band's tiles (more than 2048, a
+    gathered picture taller than cv2.remap takes) are sampled in slices, and still match the torch path."""
+    frame = photos["messi"]
+    ys, xs = np.mgrid[0:720, 0:1280].astype(np.float32)
+    mask = np.clip(0.5 + 0.45 * np.sin(xs / 31.0) * np.cos(ys / 23.0), 0.0, 1.0).astype(np.float32)
+    mask[:, :160] = 0.0
+    mask[300:600, 500:800] = 1.0
+    ref, cpu = _pair(monkeypatch, Composite, {"background": "blur", "light_wrap": 0.5})
+    a = ref.process(frame, Mask(torch.from_numpy(mask)))["out"].image.numpy().astype(np.int16)
+    b = cpu.process(frame, Mask(torch.from_numpy(mask)))["out"].image.numpy().astype(np.int16)
+    assert np.abs(a - b).max() <= 2
+    assert ((mask > 0.01) & (mask < 0.99)).mean() > 0.6  # the band really covers most of the 3600 tiles

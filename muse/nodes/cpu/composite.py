@@ -24,6 +24,7 @@ from muse.nodes.cpu import as_numpy, decode_lut, encode
 
 __all__ = ["CompositeCPU", "EPS"]
 
+_REMAP_ROWS = 32000  # cv2.remap's limit is SHRT_MAX rows and columns
 # 1.5e-4 of linear light is at most 0.5 sRGB level (the steepest part of the curve, near black)
 EPS = 1.5e-4
 _UNIT = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
@@ -169,8 +170,13 @@ class _Tiles:
             cols = ((self.tj[:, None] * t + np.arange(t) + 0.5) * (w / width) - 0.5).astype(np.float32)
             map_y = np.broadcast_to(rows[:, :, None], (n, t, t)).reshape(n * t, t)
             map_x = np.broadcast_to(cols[:, None, :], (n, t, t)).reshape(n * t, t)
-        return cv2.remap(low, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
+        map_x, map_y = np.ascontiguousarray(map_x), np.ascontiguousarray(map_y)
+        # cv2.remap refuses pictures of 32767 rows or more (2048 tiles: a soft band over a quarter of a
+        # 1080p frame's tiles): the tall picture in slices below that
+        step = (_REMAP_ROWS // self.T) * self.T
+        parts = [cv2.remap(low, map_x[i : i + step], map_y[i : i + step], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                 for i in range(0, map_x.shape[0], step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def scatter(self, dst: np.ndarray, tiles: np.ndarray) -> None:
         if self.box is not None:
