@@ -479,3 +479,68 @@ def test_big_crops_through_four_channels_are_the_same_crops(astronaut, border, m
     assert float((three - four).abs().max()) * 255 <= 1.0 and float((three != four).float().mean()) < 1e-3
     ref = R.crop(img.float() / 255, rois, 256, border=border, taps=2)
     assert float((four - ref).abs().max()) * 255 <= 0.51
+
+
+@pytest.mark.parametrize("light_wrap", [0.0, 0.3])
+def test_composite_cpu_known_on_two_grids_matches_torch(monkeypatch, photos, light_wrap):
+    """stream_4k's plate composite at 720p: the coverage on the plate's 4x4 blocks (320x180, sharp
+    edges of never-seen room) and the matte's confidence on its working grid (512x288), over a plate
+    that is another picture than the frame, so every difference in where the two mix shows. The torch
+    path multiplies the two on the finer grid and upsamples once; the CPU path does the same (it used
+    to upsample each to full size first: up to 12 levels off on stream_4k's own frames)."""
+    frame = photos["astronaut"]
+    room = _frame720(cv2.imread(str(ROOM))[:, :, ::-1])
+    cov = np.ones((180, 320), np.float32)
+    cov[40:130, 37:151] = 0.0  # the room behind where the person stood, never seen
+    cov[130:150, 37:151] = 0.5
+    ys, xs = np.mgrid[0:288, 0:512].astype(np.float32)
+    conf = np.clip(0.5 + 0.5 * np.sin(xs / 23.0) * np.cos(ys / 17.0) + 0.3, 0.0, 1.0).astype(np.float32)
+    mask = np.zeros((720, 1280), np.float32)
+    mask[200:720, 700:1000] = 1.0
+    mask[200:720, 690:700] = 0.5  # a soft edge: the band blend runs too
+    kw = dict(plate=room, coverage=Mask(torch.from_numpy(cov)), confidence=Mask(torch.from_numpy(conf)))
+    ref, cpu = _pair(monkeypatch, Composite, {"background": "plate", "light_wrap": light_wrap})
+    a = ref.process(frame, Mask(torch.from_numpy(mask)), **kw)["out"].image.numpy().astype(np.int16)
+    b = cpu.process(frame, Mask(torch.from_numpy(mask)), **kw)["out"].image.numpy().astype(np.int16)
+    assert np.abs(a - b).max() <= 2
+    # the live frame and the plate really mix over a large part of the picture (not only copies)
+    known = cv2.resize(cv2.resize(cov, (512, 288), interpolation=cv2.INTER_LINEAR) * conf, (1280, 720), interpolation=cv2.INTER_LINEAR)
+    assert ((known > 0.05) & (known < 0.95)).mean() > 0.2
+
+
+def test_adaptive_background_cpu_block_means_follow_the_plate(monkeypatch):
+    """The CPU plate keeps its 4x4 block means beside it (the exposure gain and the fill read them):
+    stepped and scaled with the plate over 70 updates (past the refresh), with first-seen blocks copied
+    in between, they stay the means of the plate itself."""
+    from muse.nodes.background import AdaptiveBackground
+
+    room = cv2.resize(cv2.imread(str(ROOM))[:, :, ::-1], (1280, 720), interpolation=cv2.INTER_AREA)
+    person = cv2.imread(str(ROOM.parent / "person_rgba.png"), cv2.IMREAD_UNCHANGED)
+    person = cv2.cvtColor(cv2.resize(person, (560, 560), interpolation=cv2.INTER_AREA), cv2.COLOR_BGRA2RGBA)
+    node = _opened(monkeypatch, AdaptiveBackground, {}, "fast")
+    cpu = node._cpu
+    worst, checked = 0.0, 0
+    for i in range(200):  # 30 fps: an update every third frame; the exposure drifts down, the person walks
+        frame, mask = _scene(room, person, 40 + (8 * i) % 640, 1.0 - 0.001 * i)
+        node.process(frame, mask)
+        if cpu._plate_q is not None and cpu._since == 0:
+            fresh = cv2.resize(cpu.plate, (320, 180), interpolation=cv2.INTER_AREA)
+            worst = max(worst, float(np.abs(cpu._plate_q - fresh).max()))
+            checked += 1
+    assert cpu._updates > 64 and checked > 30
+    assert worst < 1e-4  # a 40th of a level (the plate is in [0, 1])
+
+
+def test_composite_cpu_soft_band_over_most_of_the_frame(monkeypatch, photos):
+    """A soft matte over most of the frame with the light wrap on: the band's tiles (more than 2048, a
+    gathered picture taller than cv2.remap takes) are sampled in slices, and still match the torch path."""
+    frame = photos["messi"]
+    ys, xs = np.mgrid[0:720, 0:1280].astype(np.float32)
+    mask = np.clip(0.5 + 0.45 * np.sin(xs / 31.0) * np.cos(ys / 23.0), 0.0, 1.0).astype(np.float32)
+    mask[:, :160] = 0.0
+    mask[300:600, 500:800] = 1.0
+    ref, cpu = _pair(monkeypatch, Composite, {"background": "blur", "light_wrap": 0.5})
+    a = ref.process(frame, Mask(torch.from_numpy(mask)))["out"].image.numpy().astype(np.int16)
+    b = cpu.process(frame, Mask(torch.from_numpy(mask)))["out"].image.numpy().astype(np.int16)
+    assert np.abs(a - b).max() <= 2
+    assert ((mask > 0.01) & (mask < 0.99)).mean() > 0.6  # the band really covers most of the 3600 tiles

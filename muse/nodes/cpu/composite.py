@@ -24,9 +24,21 @@ from muse.nodes.cpu import as_numpy, decode_lut, encode
 
 __all__ = ["CompositeCPU", "EPS"]
 
+_REMAP_ROWS = 32000  # cv2.remap's limit is SHRT_MAX rows and columns
 # 1.5e-4 of linear light is at most 0.5 sRGB level (the steepest part of the curve, near black)
 EPS = 1.5e-4
 _UNIT = (np.arange(256, dtype=np.float32) / 255.0).astype(np.float32)
+
+
+_DECODE16: np.ndarray | None = None
+
+
+def _decode16() -> np.ndarray:
+    """uint8 sRGB -> linear light * 65535, rounded, uint16 (cv2.LUT)."""
+    global _DECODE16
+    if _DECODE16 is None:
+        _DECODE16 = np.rint(decode_lut().astype(np.float64) * 65535.0).astype(np.uint16)
+    return _DECODE16
 
 
 def _linear_to_srgb(x: np.ndarray) -> np.ndarray:
@@ -88,6 +100,21 @@ def upsample(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def upsample_box(low: np.ndarray, height: int, width: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """`upsample(low, height, width)[y0:y1, x0:x1]`: where the cells tile the frame by a whole factor,
+    only the cells around the box (one of margin: no clamped edge reaches inside) are upsampled, the
+    same taps as the whole plane."""
+    y0, y1, x0, x1 = box
+    h, w = low.shape[:2]
+    if height % h or width % w:
+        return upsample(low, height, width)[y0:y1, x0:x1]
+    sy, sx = height // h, width // w
+    c0, c1 = max(0, y0 // sy - 1), min(h, -(-y1 // sy) + 1)
+    k0, k1 = max(0, x0 // sx - 1), min(w, -(-x1 // sx) + 1)
+    part = cv2.resize(np.ascontiguousarray(low[c0:c1, k0:k1]), ((k1 - k0) * sx, (c1 - c0) * sy), interpolation=cv2.INTER_LINEAR)
+    return part[y0 - c0 * sy : y1 - c0 * sy, x0 - k0 * sx : x1 - k0 * sx]
+
+
 def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) bounding the non-zero pixels of a uint8 mask, or None."""
     rows = np.flatnonzero(mask.any(axis=1))
@@ -143,8 +170,13 @@ class _Tiles:
             cols = ((self.tj[:, None] * t + np.arange(t) + 0.5) * (w / width) - 0.5).astype(np.float32)
             map_y = np.broadcast_to(rows[:, :, None], (n, t, t)).reshape(n * t, t)
             map_x = np.broadcast_to(cols[:, None, :], (n, t, t)).reshape(n * t, t)
-        return cv2.remap(low, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
+        map_x, map_y = np.ascontiguousarray(map_x), np.ascontiguousarray(map_y)
+        # cv2.remap refuses pictures of 32767 rows or more (2048 tiles: a soft band over a quarter of a
+        # 1080p frame's tiles): the tall picture in slices below that
+        step = (_REMAP_ROWS // self.T) * self.T
+        parts = [cv2.remap(low, map_x[i : i + step], map_y[i : i + step], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                 for i in range(0, map_x.shape[0], step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def scatter(self, dst: np.ndarray, tiles: np.ndarray) -> None:
         if self.box is not None:
@@ -154,6 +186,38 @@ class _Tiles:
         h, w = self.shape
         t, rest = self.T, dst.shape[2:]
         dst.reshape(h // t, t, w // t, t, *rest)[self.ti, :, self.tj] = tiles.reshape(len(self.ti), t, t, *rest)
+
+
+def _known_plane(coverage: Mask | None, confidence: Mask | None) -> np.ndarray | None:
+    """`composite._known` in numpy: where the plate may be shown, on the finer of the two grids (bilinear,
+    cell centres), clipped to [0, 1]; None where all of it is (nothing to mix)."""
+    planes = [np.clip(as_numpy(m.alpha.float()), 0.0, 1.0) for m in (confidence, coverage) if m is not None]
+    if not planes or min(float(q.min()) for q in planes) >= 1.0:
+        return None
+    if len(planes) == 1:
+        return planes[0]
+    size = max((q.shape for q in planes), key=lambda sh: sh[0] * sh[1])
+    conf, cov = (q if q.shape == size else cv2.resize(q, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for q in planes)
+    return cov * conf
+
+
+def lerp_known(fg: np.ndarray, room: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """round(fg + known * (room - fg)) per pixel, uint8, computed only where it is neither: below 0.5/255
+    it rounds to the live frame and above 1 - 0.5/255 to the room whatever the two values (the matte's
+    confidence is at either end over nine tenths of a stream_4k frame): two copies, and a blend over
+    the 16x16 tiles of the mixed pixels (one dense blend of the frame cost 3 ms)."""
+    lo, hi = 0.5 / 255.0, 1.0 - 0.5 / 255.0
+    out = room.copy()
+    cv2.copyTo(fg, cv2.compare(known, lo, cv2.CMP_LT), out)
+    mixed = cv2.inRange(known, lo, hi)
+    tiles = _Tiles.of(mixed)
+    if tiles is not None:
+        k = tiles.gather(known)
+        blended = cv2.blendLinear(tiles.gather(room), tiles.gather(fg), k, 1.0 - k)
+        region = tiles.gather(out)
+        cv2.copyTo(blended, tiles.gather(mixed), region)
+        tiles.scatter(out, region)
+    return out
 
 
 def encode_dense(lin: np.ndarray) -> np.ndarray:
@@ -174,17 +238,26 @@ class CompositeCPU:
 
     def __init__(self, node) -> None:
         self.node = node
+        self._colour: tuple[tuple, tuple[float, float, float]] | None = None
+
+    def _linear_colour(self, srgb: tuple) -> tuple[float, float, float]:
+        """The key colour in linear light, converted again only when it changes (0.35 ms a frame through torch)."""
+        from muse.nodes.warp.kernels import srgb_to_linear
+
+        if self._colour is None or self._colour[0] != srgb:
+            lin = srgb_to_linear(torch.tensor(srgb, dtype=torch.float64) / 255.0)
+            self._colour = (srgb, (float(lin[0]), float(lin[1]), float(lin[2])))
+        return self._colour[1]
 
     # -- backgrounds -----------------------------------------------------
     def _background(self, fg: np.ndarray, alpha: np.ndarray, plate: Frame | None, coverage: Mask | None,
                     confidence: Mask | None = None):
         """(kind, bg, colour): kind 1 = full-size uint8 sRGB, 2 = low-resolution float32 linear (h, w, 3), 0 = colour."""
         from muse.nodes.composite import fit_uint8
-        from muse.nodes.warp.kernels import srgb_to_linear
 
         node, p = self.node, self.node.params
         height, width = fg.shape[:2]
-        colour = tuple(float(v) for v in srgb_to_linear(torch.tensor(p.colour, dtype=torch.float64) / 255.0))
+        colour = self._linear_colour(tuple(p.colour))
         mode = p.background
         if mode == "plate" and plate is None:
             node._warn_once("plate", "background 'plate' but no clean plate arrived; showing a blurred room")
@@ -193,21 +266,12 @@ class CompositeCPU:
             return 0, None, colour
         if mode == "plate":
             room = as_numpy(fit_uint8(plate.hwc_uint8(), height, width))
-            planes = [np.clip(as_numpy(m.alpha.float()), 0.0, 1.0) for m in (coverage, confidence) if m is not None]
-            if planes:
+            known = _known_plane(coverage, confidence)
+            if known is not None:
                 # A plate pixel never seen is a guess, and where the matte is unsure the plate may be the
-                # room behind the person: there the live frame is shown (the torch path's rule, same maths:
-                # each plane upsampled to full size, then their product)
-                lo = min(float(q.min()) for q in planes)
-                if lo < 1.0:
-                    known = upsample(planes[0], height, width)
-                    for q in planes[1:]:
-                        known = known * upsample(q, height, width)
-                    # torch.lerp(fg, room, known) in one dense OpenCV pass, rounded to nearest: the fused
-                    # matte's confidence is fractional nearly everywhere, and the sparse gather of mixed
-                    # pixels this replaces cost 50 ms a 720p frame under load
-                    known = np.ascontiguousarray(known, np.float32)
-                    room = cv2.blendLinear(room, fg, known, 1.0 - known)
+                # room behind the person: there the live frame is shown (the torch path's rule and maths:
+                # the product on the finer grid, upsampled once, lerp rounded to uint8)
+                room = lerp_known(fg, room, upsample(known, height, width))
             return 1, room, colour
         if mode in ("image", "video"):
             bg, _, _ = node._background(torch.from_numpy(fg), torch.from_numpy(alpha), plate, coverage)
@@ -219,7 +283,9 @@ class CompositeCPU:
         if plate is not None:
             room = cv2.LUT(as_numpy(fit_uint8(plate.hwc_uint8(), height, width)), decode_lut())
             return 2, blur(shrink(room, size), sigma / factor), colour
-        room = shrink(cv2.LUT(fg, decode_lut()), size)
+        # decoded to 16-bit fixed point (half the bytes of floats through the table and the area mean;
+        # 0.5/65535 of linear light, far below a level), then floats at the reduced size only
+        room = shrink(cv2.LUT(fg, _decode16()), size).astype(np.float32) * np.float32(1.0 / 65535.0)
         weight = np.clip(1.0 - shrink(alpha, size), 0.0, 1.0) ** 2
         both = blur(np.dstack((room * weight[..., None], weight, room)), sigma / factor)
         num, den, plain = both[..., :3], both[..., 3:4], both[..., 4:]
@@ -252,6 +318,9 @@ class CompositeCPU:
                 soft = np.broadcast_to(np.array(colour, np.float32), (*size, 3))
             elif kind == 1:
                 # pooled before decoding, as the torch path (in uint8 here: the glow is within 0.2 of a level)
+                # (the mixed background: the torch path pools the live frame and the plate and mixes them at
+                # low resolution; the same where the confidence is smooth over a cell, and within a level of
+                # glow on stream_4k's real inputs, for one pass over the frame instead of two)
                 pooled = shrink(bg, size).astype(np.float32) / 255.0
                 soft = blur(np.where(pooled <= 0.04045, pooled / 12.92, ((pooled + 0.055) / 1.055) ** 2.4).astype(np.float32),
                             sigma / factor)
@@ -275,9 +344,21 @@ class CompositeCPU:
         w_full = None
         solid = cv2.compare(a, 1.0 - EPS, cv2.CMP_GE)  # uint8 0/255
         if wrap > 0:
-            w_full = wrap * np.clip(a, 0.0, 1.0) * (1.0 - upsample(inside, height, width))
-            solid &= cv2.compare(w_full, EPS, cv2.CMP_LE)
-        band = cv2.bitwise_and(cv2.bitwise_not(solid), cv2.compare(a, EPS, cv2.CMP_GT))
+            person = cv2.compare(a, EPS, cv2.CMP_GT)
+            box = _box(person)
+            if box is not None:
+                # the glow's weight is 0 where alpha is: computed over the person's box only (a third of a
+                # stream_4k frame), zero elsewhere
+                y0, y1, x0, x1 = box
+                w_full = np.zeros((height, width), np.float32)
+                w_box = w_full[y0:y1, x0:x1]
+                np.subtract(1.0, upsample_box(inside, height, width, box), out=w_box)
+                w_box *= np.clip(a[y0:y1, x0:x1], 0.0, 1.0)
+                w_box *= np.float32(wrap)
+                cv2.bitwise_and(solid[y0:y1, x0:x1], cv2.compare(w_box, EPS, cv2.CMP_LE), dst=solid[y0:y1, x0:x1])
+            band = cv2.bitwise_and(cv2.bitwise_not(solid), person)
+        else:  # EPS < a < 1 - EPS in one pass
+            band = cv2.inRange(a, float(np.nextafter(np.float32(EPS), np.float32(1))), float(np.nextafter(np.float32(1.0 - EPS), np.float32(0))))
         tiles = _Tiles.of(band)
         room = None
         if tiles is not None and kind == 2:

@@ -101,7 +101,10 @@ class TemporalCPU:
         if self._state is None or self._state.shape != m.shape or self._prev is None or self._prev.shape != g.shape:
             self._state, self._prev = m, g
             return m
-        frame_motion = np.abs(g - self._prev).mean(2)
+        # the channels' mean absolute change in one OpenCV pass (numpy's mean over the last axis of 3 cost
+        # 0.6 ms at 256x144, most of this filter; the same values within float rounding)
+        c = g.shape[2]
+        frame_motion = cv2.transform(cv2.absdiff(g, self._prev), np.full((1, c), 1.0 / c, np.float32))
         frame_motion = cv2.dilate(frame_motion, np.ones((3, 3), np.uint8)) / self.motion_threshold
         lo = self.mask_jump / 3.0
         mask_motion = (np.abs(m - self._state) - lo) / max(1e-6, self.mask_jump - lo)
