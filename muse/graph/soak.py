@@ -201,6 +201,22 @@ class SoakReport:
         _, _, c0, c1 = self._quarter_rates()
         return (c1 - c0) / c0 if c0 > 0 else 0.0
 
+    @property
+    def machine_drift(self) -> float:
+        """The drift all nodes share: the median of each node's own (last-quarter / first-quarter thread CPU - 1),
+        over nodes of at least half a millisecond. On a shared machine (a VM whose neighbours come and go) every
+        node speeds up or slows down together; a node that leaks or slows by itself does not move the median."""
+        drifts = sorted(b / a - 1.0 for a, b in self.node_cpu_quarters().values() if a >= 0.5)
+        if not drifts:
+            return 0.0
+        mid = len(drifts) // 2
+        return drifts[mid] if len(drifts) % 2 else 0.5 * (drifts[mid - 1] + drifts[mid])
+
+    @property
+    def cpu_ms_drift_own(self) -> float:
+        """`cpu_ms_drift` less what the machine explains (`machine_drift`): what the engine itself changed."""
+        return (1.0 + self.cpu_ms_drift) / (1.0 + self.machine_drift) - 1.0
+
     def as_dict(self) -> dict[str, Any]:
         f0, f1, c0, c1 = self._quarter_rates()
         cuda = any(s.gpu_reserved_mib for s in self.samples)
@@ -211,6 +227,7 @@ class SoakReport:
             "fps_first_quarter": round(f0, 3), "fps_last_quarter": round(f1, 3), "fps_drift": round(self.fps_drift, 4),
             "cpu_ms_per_frame_first_quarter": round(c0, 2), "cpu_ms_per_frame_last_quarter": round(c1, 2),
             "cpu_ms_per_frame_drift": round(self.cpu_ms_drift, 4),
+            "machine_drift": round(self.machine_drift, 4), "cpu_ms_per_frame_drift_own": round(self.cpu_ms_drift_own, 4),
             "load1_first_quarter": round(self._quarter_load()[0], 2), "load1_last_quarter": round(self._quarter_load()[1], 2),
             "rss_mib_start": round(self.samples[0].rss_mib, 1) if self.samples else 0.0,
             "rss_mib_end": round(self.samples[-1].rss_mib, 1) if self.samples else 0.0,

@@ -6,8 +6,9 @@ Checks, over the run (figures printed; see muse/graph/soak.py for how each is me
 - on CUDA, GPU memory stays flat: torch's reserved memory rises by at most one allocator block (20 MiB) over the second half and
   allocated memory's slope is under 1 MiB/min;
 - timings do not drift: on CUDA the frame rate of the last quarter is within 5% of the first; on the
-  CPU, whose two cores are shared with other jobs, the CPU time per frame is within 10% (the wall frame
-  rate follows the machine's load, and is printed with the load average of each quarter);
+  CPU, whose two cores are shared with other jobs, the CPU time per frame is within 10% once the drift
+  all nodes share (the machine's) is taken out, and within 35% in all (the wall frame rate follows the
+  machine's load, and is printed with the load average of each quarter);
 - no frame is lost: every source frame the executor took reached the output, or a counted `latest`
   policy dropped it; no node error.
 
@@ -51,6 +52,9 @@ def test_stream_graph_soak(device):
         assert d["gpu_alloc_slope_mib_per_min_2nd_half"] < 1.0, f"GPU memory allocated grows: {d}"
         assert abs(d["fps_drift"]) < 0.05, f"frame rate drifts: {d}"
     else:
-        # 10% on the shared CPU: other jobs move the CPU time per frame too (at load average 8-13 the 30-minute
-        # run's 3-minute windows ranged 322-372 ms without a trend; see docs/reliability.md).
-        assert abs(d["cpu_ms_per_frame_drift"]) < 0.10, f"CPU time per frame drifts: {d}"
+        # On the shared CPU the machine itself moves the CPU time per frame: other jobs, and a VM's neighbours
+        # (two CI runs of the same code drifted -12.5 % and +13.2 % in two minutes, every node with the total).
+        # So: within 10 % once what all nodes share is taken out (a node or the runtime slowing by itself
+        # shows), and within 35 % in all (see docs/reliability.md).
+        assert abs(d["cpu_ms_per_frame_drift_own"]) < 0.10, f"CPU time per frame drifts beyond the machine's own drift: {d}"
+        assert abs(d["cpu_ms_per_frame_drift"]) < 0.35, f"CPU time per frame drifts: {d}"
