@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy
 from muse.nodes.cpu.refine import box_mean, guided_colour
+from muse.nodes.segment.fused import FIT_STEP, GAIN_STEP
 
 __all__ = ["FusedCPU", "working_picture"]
 
@@ -182,7 +183,7 @@ class FusedCPU:
         self.has_plate = False
         yn = (np.arange(h, dtype=np.float32) / max(1, h - 1) * 2 - 1)[:, None] * np.ones((1, w), np.float32)
         xn = (np.arange(w, dtype=np.float32) / max(1, w - 1) * 2 - 1)[None, :] * np.ones((h, 1), np.float32)
-        by, bx = yn[::2, ::2], xn[::2, ::2]
+        by, bx = yn[::FIT_STEP, ::FIT_STEP], xn[::FIT_STEP, ::FIT_STEP]
         self._basis = np.stack((np.ones_like(by), bx, by, bx * bx, bx * by, by * by)).reshape(6, -1)
         # (N, 6): the light field is basis_full @ theta.T, already in (h, w, 3) order
         self._basis_full = np.ascontiguousarray(np.stack((np.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn)).reshape(6, -1).T)
@@ -251,7 +252,8 @@ class FusedCPU:
 
     def _light_field(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray) -> np.ndarray:
         """Smooth per-channel gain (quadratic in x, y), fitted robustly (IRLS, Cauchy) to frame / plate."""
-        xs, ps, ws = x[::2, ::2], plate[::2, ::2], bgw[::2, ::2]
+        f = FIT_STEP
+        xs, ps, ws = x[::f, ::f], plate[::f, ::f], bgw[::f, ::f]
         basis = self._basis  # (6, N)
         ratio = np.ascontiguousarray((xs / np.maximum(ps, 0.04)).reshape(-1, 3).T)  # (3, N)
         base = (ws * (_chmin(ps) > 0.04)).reshape(1, -1).astype(np.float32)
@@ -310,6 +312,8 @@ class FusedCPU:
         h, w = x.shape[:2]
         rows = max(1, self.s.tiles)
         cols = max(1, round(rows * w / h))
+        g = GAIN_STEP
+        x, plate, bgw = x[::g, ::g], plate[::g, ::g], bgw[::g, ::g]
         pb = plate * bgw[..., None]
         # one tile mean a product (concatenating them first cost more than the means)
         num, den = self._tile_means(x * pb, rows, cols), self._tile_means(plate * pb, rows, cols)
