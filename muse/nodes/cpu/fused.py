@@ -122,16 +122,19 @@ def _known_quantile(d: np.ndarray, known: np.ndarray, q: float, step: int = 7) -
 
 
 def _pool(x: np.ndarray, q: int) -> np.ndarray:
-    """F.avg_pool2d(x, q, ceil_mode=True): q x q block means, a last partial block averaged over what it holds."""
-    h, w = x.shape
+    """F.avg_pool2d(x, q, ceil_mode=True) of (h, w) or (h, w, C): q x q block means, a last partial block
+    averaged over what it holds."""
+    h, w = x.shape[:2]
     hq, wq = -(-h // q), -(-w // q)
     if (hq * q, wq * q) == (h, w):  # OpenCV's area resize at a whole factor is the block mean (a numpy mean over two axes cost 4x)
         return cv2.resize(x, (wq, hq), interpolation=cv2.INTER_AREA)
-    p = np.zeros((hq * q, wq * q), np.float32)
+    tail = x.shape[2:]
+    p = np.zeros((hq * q, wq * q, *tail), np.float32)
     p[:h, :w] = x
-    c = np.zeros_like(p)
+    c = np.zeros((hq * q, wq * q), np.float32)
     c[:h, :w] = 1.0
-    return p.reshape(hq, q, wq, q).sum((1, 3)) / c.reshape(hq, q, wq, q).sum((1, 3))
+    n = c.reshape(hq, q, wq, q).sum((1, 3))
+    return p.reshape(hq, q, wq, q, *tail).sum((1, 3)) / (n[..., None] if tail else n)
 
 
 def _sample(img: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
@@ -561,10 +564,15 @@ class FusedCPU:
         return np.maximum(self.alpha, 1.0 - self.conf)
 
 
-def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s) -> np.ndarray:
+def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int = 1) -> np.ndarray:
     """`fused.refine_full`: the working-size matte to the frame's size along its edges, crisp contrast.
-    Coefficients at the working size; one full-resolution pass A.I + b reading the uint8 frame."""
-    a_r, a_g, a_b, b = guided_colour(alpha, small, s.refine_radius, s.refine_eps)
+    Coefficients at the working size (on step x step block means for step > 1); one full-resolution pass
+    A.I + b reading the uint8 frame."""
+    radius = s.refine_radius
+    if step > 1:
+        alpha, small = _pool(np.ascontiguousarray(alpha, np.float32), step), _pool(small, step)
+        radius = max(1, round(radius / step)) if radius > 0 else 0
+    a_r, a_g, a_b, b = guided_colour(alpha, small, radius, s.refine_eps)
     sharp, off = s.edge_sharpness, s.edge_offset
     contrast = sharp != 1.0 or off != 0.0
     # clip(f(clip(v))) == clip(f(v)) for f(v) = (v - 0.5 - off) * sharp + 0.5 when f(0) <= 0 and f(1) >= 1:
@@ -603,7 +611,7 @@ class FusedRunner:
         self.engine.s = params
 
     def process(self, frame: Frame, prior: Mask | None, plate: Frame | None) -> dict[str, Mask]:
-        from muse.nodes.segment.fused import working_size
+        from muse.nodes.segment.fused import refine_step, working_size
 
         node = self.node
         w, h = working_size(frame, node.params.working_height)
@@ -618,7 +626,7 @@ class FusedRunner:
         if prior is not None:
             pm = _resize(np.ascontiguousarray(as_numpy(prior.alpha.float())), w, h)
         eng.step(x, pm)
-        full = refine_full(eng.edge_alpha(), frame, x, node.params)
+        full = refine_full(eng.edge_alpha(), frame, x, node.params, refine_step(node.params, "cpu"))
         ts, i = frame.timestamp, frame.index
         dtype = node.ctx.dtype if node.ctx is not None else torch.float32
         return {"mask": Mask(torch.from_numpy(full).to(dtype), ts, i),

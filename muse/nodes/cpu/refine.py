@@ -61,6 +61,8 @@ def guided_colour(p: np.ndarray, g: np.ndarray, r: int, eps: float) -> list[np.n
 
     def cov(a: np.ndarray, b: np.ndarray, ma: np.ndarray, mb_: np.ndarray, add: float = 0.0) -> np.ndarray:
         s = box_mean(np.multiply(a, b, out=t), r)  # mean(a b) - mean(a) mean(b) (+ eps)
+        if s is t:  # radius 0: no filter, the scratch plane itself
+            s = t.copy()
         s -= ma * mb_
         if add:
             s += add
