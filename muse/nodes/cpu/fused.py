@@ -410,7 +410,9 @@ class FusedCPU:
         wr = bgs * uns * (lxs > 0.04) * (lps_ > 0.04)
         log_gain = _known_quantile(np.log(np.maximum(lxs, 0.02)) - np.log(np.maximum(lps_, 0.02)), wr, 0.5, step=1)
         ratio = np.float32(np.exp(np.float32(min(max(log_gain, -1.5), 1.5))))
-        change = _luma(np.abs(x - prev * ratio)) * unclipped
+        change = np.multiply(prev, ratio)
+        np.subtract(x, change, out=change)
+        change = _luma(np.abs(change, out=change)) * unclipped
         cm = box_mean(change, 1)
         motion = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
         still = motion  # camera noise is no motion for the own plate's stillness gate (low light)
@@ -439,23 +441,30 @@ class FusedCPU:
             known = self._translate(self.known, shift)
             seen = known > 0.5
             plate = plate.copy() if plate is self.plate else plate
-            np.copyto(plate, x, where=~seen[..., None])  # unknown: the frame itself, no difference
+            cv2.copyTo(x, (~seen).view(np.uint8), plate)  # unknown: the frame itself, no difference
             xs = box_mean(x, s.denoise)
             ps = box_mean(plate, s.denoise)
             wk = bgw * known
             light = self._light_field(xs, ps, wk)
             lps = light * ps
-            off = _chsum(np.abs(xs - lps))
+            off = np.subtract(xs, lps)
+            off = _chsum(np.abs(off, out=off))
             w_light = wk / (1.0 + np.square(off / 0.06))
             d = tau = None
             full: list = []
             for _ in range(2):
                 w_fit = w_light if d is None else w_light * (d < 2.0 * tau)
-                gain = light * self._gain(xs, lps, w_fit, full)
-                pc = np.clip(gain * ps, 0.0, 1.0)
+                gain = self._gain(xs, lps, w_fit, full)
+                gain *= light
+                pc = np.multiply(gain, ps)
+                np.clip(pc, 0.0, 1.0, out=pc)
                 r = s.envelope
-                e = np.maximum(xs - _dilate(pc, r), 0) + np.maximum(_erode(pc, r) - xs, 0)
-                d = np.sqrt(_chsum(np.square(e))) * seen
+                # the distance from xs to the envelope [erode(pc), dilate(pc)] (relu(xs - hi) + relu(lo - xs) as
+                # xs - clip(xs, lo, hi): the same squares, two three-channel passes fewer)
+                e = np.maximum(xs, _erode(pc, r))
+                np.minimum(e, _dilate(pc, r), out=e)
+                np.subtract(xs, e, out=e)
+                d = np.sqrt(_chsum(np.square(e, out=e))) * seen
                 noise = _known_quantile(d, known, 0.3)
                 tau = max(s.threshold, s.noise_factor * noise)
             pp = _smoothstep(tau, 2.5 * tau, d)
@@ -493,7 +502,9 @@ class FusedCPU:
                 both = _sample(pair, fy, fx)
                 last_alpha, prev_w = np.ascontiguousarray(both[..., 0]), both[..., 1:]
                 # the last frame in this frame's exposure clips as the camera does; a clipped pixel says nothing
-                change = _luma(np.abs(x - np.clip(prev_w, 0.0, 1.0))) * unclipped
+                change = np.clip(prev_w, 0.0, 1.0)
+                np.subtract(x, change, out=change)
+                change = _luma(np.abs(change, out=change)) * unclipped
                 # what the motion leaves is judged against the local contrast
                 change = change / contrast
             cb = box_mean(change, 1)
