@@ -208,6 +208,8 @@ class FusedCPU:
         self._cand_cost = (1e-3 * np.sqrt(np.square(cy) + np.square(cx)).astype(np.float32)).ravel().astype(np.float32)
         self._flow_r = r
         self._flow_inv: np.ndarray | None = None
+        self.fit_ok = np.ones((h, w), np.float32)  # 0 where the last frame's plate difference found a person
+        self._fit_bool = np.empty((h, w), bool)
         self._pair = np.empty((h, w, 4), np.float32)  # the matte and the last frame, carried along the motion together
         self._plate_key = None
 
@@ -309,9 +311,8 @@ class FusedCPU:
         x0, x1 = self._tile_cols
         return ((cs[:, x1] - cs[:, x0]) / (x1 - x0)[None, :, None]).astype(np.float32)
 
-    def _gain(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray, full: list | None = None) -> np.ndarray:
-        """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels.
-        `full`: a list the caller keeps between fits on the same plate (the plate * plate tile means)."""
+    def _gain(self, x: np.ndarray, plate: np.ndarray, bgw: np.ndarray) -> np.ndarray:
+        """Per-tile, per-channel gain mapping the plate's light onto the frame's, fitted on background pixels."""
         h, w = x.shape[:2]
         rows = max(1, self.s.tiles)
         cols = max(1, round(rows * w / h))
@@ -320,12 +321,7 @@ class FusedCPU:
         pb = plate * bgw[..., None]
         # one tile mean a product (concatenating them first cost more than the means)
         num, den = self._tile_means(x * pb, rows, cols), self._tile_means(plate * pb, rows, cols)
-        if full:
-            tf = full[0]
-        else:
-            tf = self._tile_means(plate * plate, rows, cols)
-            if full is not None:
-                full.append(tf)
+        tf = self._tile_means(plate * plate, rows, cols)
         beta = 0.3  # tiles the person covers keep the smooth field
         gain = (num + beta * tf) / np.maximum(den + beta * tf, 1e-6)
         gain = cv2.blur(np.ascontiguousarray(gain, np.float32), (3, 3), borderType=cv2.BORDER_REPLICATE)
@@ -436,7 +432,10 @@ class FusedCPU:
         # 2. lighting-invariant, shake-tolerant plate difference (adds exactly 0 while nothing is known)
         gain, plate_logit, pp = None, None, None
         known = self.known  # in this frame's coordinates below
-        if self.has_plate or self.known.any():
+        compare = self.has_plate or self.known.any()
+        if not compare:  # the torch path's d is 0 here: nothing is left out of the next fit
+            self.fit_ok.fill(1.0)
+        if compare:
             plate = self._translate(self.plate, shift)
             known = self._translate(self.known, shift)
             seen = known > 0.5
@@ -450,23 +449,22 @@ class FusedCPU:
             off = np.subtract(xs, lps)
             off = _chsum(np.abs(off, out=off))
             w_light = wk / (1.0 + np.square(off / 0.06))
-            d = tau = None
-            full: list = []
-            for _ in range(2):
-                w_fit = w_light if d is None else w_light * (d < 2.0 * tau)
-                gain = self._gain(xs, lps, w_fit, full)
-                gain *= light
-                pc = np.multiply(gain, ps)
-                np.clip(pc, 0.0, 1.0, out=pc)
-                r = s.envelope
-                # the distance from xs to the envelope [erode(pc), dilate(pc)] (relu(xs - hi) + relu(lo - xs) as
-                # xs - clip(xs, lo, hi): the same squares, two three-channel passes fewer)
-                e = np.maximum(xs, _erode(pc, r))
-                np.minimum(e, _dilate(pc, r), out=e)
-                np.subtract(xs, e, out=e)
-                d = np.sqrt(_chsum(np.square(e, out=e))) * seen
-                noise = _known_quantile(d, known, 0.3)
-                tau = max(s.threshold, s.noise_factor * noise)
+            # one tile fit a frame, leaving out what the last frame's comparison found different
+            gain = self._gain(xs, lps, w_light * self.fit_ok)
+            gain *= light
+            pc = np.multiply(gain, ps)
+            np.clip(pc, 0.0, 1.0, out=pc)
+            r = s.envelope
+            # the distance from xs to the envelope [erode(pc), dilate(pc)] (relu(xs - hi) + relu(lo - xs) as
+            # xs - clip(xs, lo, hi): the same squares, two three-channel passes fewer)
+            e = np.maximum(xs, _erode(pc, r))
+            np.minimum(e, _dilate(pc, r), out=e)
+            np.subtract(xs, e, out=e)
+            d = np.sqrt(_chsum(np.square(e, out=e))) * seen
+            noise = _known_quantile(d, known, 0.3)
+            tau = max(s.threshold, s.noise_factor * noise)
+            np.less(d, 2.0 * tau, out=self._fit_bool)
+            self.fit_ok[...] = self._fit_bool
             pp = _smoothstep(tau, 2.5 * tau, d)
             if s.relative_edge:
                 a_est = d / np.maximum(_dilate(d, 2), 2.5 * tau)

@@ -140,6 +140,7 @@ class FusedMatte:
         self.last_shift = torch.zeros(2, device=dev)  # last frame's shift (dy, dx) from the plate's coordinates
         self.primed = torch.zeros((), device=dev)  # 0 until the first frame has set alpha/prev
         self.has_plate = torch.zeros((), device=dev)
+        self.fit_ok = torch.ones(1, 1, h, w, device=dev)  # 0 where the last frame's plate difference found a person
         yy, xx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
         self._yy, self._xx = yy.float(), xx.float()
         self._yn, self._xn = self._yy / max(1, h - 1) * 2 - 1, self._xx / max(1, w - 1) * 2 - 1
@@ -351,19 +352,20 @@ class FusedMatte:
         # Tiles are fitted only on what the smooth light already explains (Cauchy weight): not on a person.
         off = (xs - light * ps).abs().sum(1, keepdim=True)
         w_light = wk / (1.0 + (off / 0.06).square())
-        d = None
-        for _ in range(2):  # the second fit leaves out what the first still found different (a missed person)
-            w_fit = w_light if d is None else w_light * (d < 2.0 * tau).float()
-            gain = light * self._gain(xs, light * ps, w_fit)
-            pc = (gain * ps).clamp(0.0, 1.0)  # a brighter exposure clips: so does the plate
-            r = s.envelope
-            e = F.relu(xs - _dilate(pc, r)) + F.relu(_erode(pc, r) - xs)
-            # where the plate is unknown (a plate still being learned) there is no difference: the hole
-            # filling and the edge placement below must not grow the person into what was never seen
-            d = e.square().sum(1, keepdim=True).sqrt() * (known > 0.5).float()
-            # Noise-adaptive threshold from the typical (lower third) difference: low light, compression.
-            noise = _known_quantile(d, known, 0.3)  # robust while people cover < 70 % of the known room
-            tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
+        # One tile fit a frame, leaving out what the last frame's comparison found different (a missed person).
+        # (Until h14d a second fit in the same frame left out what the first found: the same mattes on the
+        # quality clips, twice the work.)
+        gain = light * self._gain(xs, light * ps, w_light * self.fit_ok)
+        pc = (gain * ps).clamp(0.0, 1.0)  # a brighter exposure clips: so does the plate
+        r = s.envelope
+        e = F.relu(xs - _dilate(pc, r)) + F.relu(_erode(pc, r) - xs)
+        # where the plate is unknown (a plate still being learned) there is no difference: the hole
+        # filling and the edge placement below must not grow the person into what was never seen
+        d = e.square().sum(1, keepdim=True).sqrt() * (known > 0.5).float()
+        # Noise-adaptive threshold from the typical (lower third) difference: low light, compression.
+        noise = _known_quantile(d, known, 0.3)  # robust while people cover < 70 % of the known room
+        tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
+        self.fit_ok.copy_((d < 2.0 * tau).float())
         pp = _smoothstep(tau, 2.5 * tau, d)
         if s.relative_edge:
             # A mixed edge pixel differs by alpha x (person - room): its share of the nearby full difference
