@@ -180,7 +180,10 @@ class FusedCPU:
         self.still_for = z1()  # frames still and background for the model (own plate, its coordinates)
         self.anchor = z1()  # luma of the frame that set the own plate's coordinates
         self.last_shift = (0, 0)
-        self.prev = np.zeros((h, w, 3), np.float32)
+        # the matte and the last frame, carried along the motion together (one grid_sample): the last frame
+        # lives in channels 1-3 of this buffer, so only the matte is copied in each frame
+        self._pair = np.zeros((h, w, 4), np.float32)
+        self.prev = self._pair[..., 1:]
         self.prev_max, self.prev_luma = z1(), z1()  # of the last frame (read again this frame)
         self.primed = False
         self.has_plate = False
@@ -208,9 +211,10 @@ class FusedCPU:
         self._cand_cost = (1e-3 * np.sqrt(np.square(cy) + np.square(cx)).astype(np.float32)).ravel().astype(np.float32)
         self._flow_r = r
         self._flow_inv: np.ndarray | None = None
+        nk = len(self._cand_cost)  # k - i for candidate i (the widest search, 109 x 109, needs 16 bits)
+        self._flow_rank = (nk - np.arange(nk)).astype(np.uint8 if nk < 256 else np.int32)[:, None, None]
         self.fit_ok = np.ones((h, w), np.float32)  # 0 where the last frame's plate difference found a person
         self._fit_bool = np.empty((h, w), bool)
-        self._pair = np.empty((h, w, 4), np.float32)  # the matte and the last frame, carried along the motion together
         self._plate_key = None
 
     def reset(self) -> None:
@@ -350,15 +354,13 @@ class FusedCPU:
                                                        borderType=cv2.BORDER_CONSTANT)
         cost = sums.reshape(k, hq + 1, wq)[:, :hq] * inv
         cost += self._cand_cost[:, None, None]
-        # argmin over the planes, the first of equal costs (numpy's argmin along the first axis cost 2x)
-        c0 = cost[0].copy()
-        best = np.zeros((hq, wq), np.int32)
-        m = np.empty((hq, wq), bool)
-        for i in range(1, k):
-            np.less(cost[i], c0, out=m)
-            np.copyto(c0, cost[i], where=m)
-            np.copyto(best, i, where=m)
-        idx = best.astype(np.intp)[None]
+        # argmin over the planes, the first of equal costs (as torch's): the minimum, then the largest of
+        # (k - i) where a plane reaches it (numpy's argmin along the first axis cost 4x)
+        c0 = cost.min(0)
+        rank = self._flow_rank
+        first = (cost == c0).view(np.uint8) if rank.dtype == np.uint8 else (cost == c0).astype(rank.dtype)
+        first *= rank
+        idx = (k - first.max(0).astype(np.intp))[None]
         vy, vx = self._cands[0][idx], self._cands[1][idx]
 
         def vertex(step: int, v: np.ndarray) -> np.ndarray:
@@ -494,13 +496,13 @@ class FusedCPU:
             last_alpha = self.alpha
             if s.follow_motion:
                 fy, fx = self._follow(lx, self.prev_luma * ratio)
-                pair = self._pair
-                pair[..., 0] = self.alpha
-                np.multiply(self.prev, ratio, out=pair[..., 1:])
-                both = _sample(pair, fy, fx)
-                last_alpha, prev_w = np.ascontiguousarray(both[..., 0]), both[..., 1:]
-                # the last frame in this frame's exposure clips as the camera does; a clipped pixel says nothing
-                change = np.clip(prev_w, 0.0, 1.0)
+                self._pair[..., 0] = self.alpha
+                both = _sample(self._pair, fy, fx)
+                last_alpha = np.ascontiguousarray(both[..., 0])
+                # the last frame in this frame's exposure (the torch path scales before sampling: the same up to
+                # rounding, sampling is linear) clips as the camera does; a clipped pixel says nothing
+                change = np.multiply(both[..., 1:], ratio)
+                np.clip(change, 0.0, 1.0, out=change)
                 np.subtract(x, change, out=change)
                 change = _luma(np.abs(change, out=change)) * unclipped
                 # what the motion leaves is judged against the local contrast
