@@ -12,9 +12,11 @@ What differs, and why it is exact or within float rounding:
   the plate difference is skipped: the torch path multiplies it by `known` (all zeros), its `pp` is 0 and
   its gain is not used (`g_ok` is 0), so it adds exactly 0;
 - the previous matte carried along the motion (`_follow`): the same block matching at quarter size
-  (49 candidate shifts as channels of one array, one box filter, one argmin: numpy's and torch's argmin
-  both take the first of equal costs); the bilinear resampling (`_sample`) is torch's grid_sample itself
-  (OpenCV's remap rounds the position to 1/32 pixel);
+  (49 candidate costs as planes of one tall picture, one box filter call, the argmin as the first plane
+  reaching the minimum, as torch's argmin takes the first of equal costs); the bilinear resampling
+  (`_sample`) is torch's grid_sample itself (OpenCV's remap rounds the position to 1/32 pixel), on the
+  last frame as it was, scaled by the exposure ratio afterwards (the torch path scales first: sampling
+  is linear, so only rounding differs);
 - `_known_quantile` picks the same order statistics with np.partition instead of a sort;
 - `_dilate`/`_erode` are `cv2.dilate`/`cv2.erode` (both ignore pixels outside, as max_pool2d's padding);
 - `box_filter` counts only pixels inside the picture (torch's count_include_pad=False);
