@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy
 from muse.nodes.cpu.refine import box_mean, guided_colour
-from muse.nodes.segment.fused import FIT_STEP, GAIN_STEP
+from muse.nodes.segment.fused import CAMERA_STILL, FIT_STEP, GAIN_STEP
 
 __all__ = ["FusedCPU", "working_picture"]
 
@@ -376,30 +376,12 @@ class FusedCPU:
         vy = (vy + vertex(n, vy))[0] * q
         return _resize(vy, w, h), _resize(vx, w, h)
 
-    # -- one frame --------------------------------------------------------
-    def step(self, x: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
-        """x (h, w, 3) frame at working size in [0, 1]; prior (h, w) model probability or None.
-        Returns the new matte (h, w) (also kept in self.alpha); self.conf holds its confidence."""
+    def _picture_change(self, x: np.ndarray, xmax: np.ndarray, lx: np.ndarray, bgw: np.ndarray, contrast: np.ndarray,
+                        delta: tuple[int, int]) -> tuple:
+        """fused.FusedMatte._picture_change: the picture change since the last frame moved by delta (the camera's
+        shake since then), exposure changes taken out (the gain is the median luma ratio over the room's
+        unclipped, not-too-dark pixels). Returns (unclipped, ratio, change, still, cm, room)."""
         s = self.s
-        h, w = x.shape[:2]
-        pm = np.clip(prior, 0, 1) if prior is not None else self.alpha
-        margin = max(1, round(0.03 * h))
-        last = self.alpha if self.primed else pm
-        bgw = 1.0 - _dilate(last, margin)
-
-        # picture change since the last frame, exposure changes taken out: the gain is the median luma
-        # ratio over the room's unclipped, not-too-dark pixels
-        xmax, lx = _chmax(x), _luma(x)
-        own = not self.has_plate
-        # where the plate sits in this frame (camera shake): a recorded plate by phase correlation once most
-        # of it is known; an own plate against its anchor frame
-        shift = (0, 0)
-        if own and self.primed:
-            shift = self._shift(lx, self.anchor, bgw)
-        elif not own and float(self.known.mean()) > 0.3:
-            shift = self._shift(lx, _luma(self.plate), bgw)
-        # the last frame moved by the camera's shake since then
-        delta = (shift[0] - self.last_shift[0], shift[1] - self.last_shift[1])
         prev, prev_max, lp = self.prev, self.prev_max, self.prev_luma
         if delta != (0, 0):
             prev, prev_max, lp = (self._translate(a, delta) for a in (prev, prev_max, lp))
@@ -419,13 +401,45 @@ class FusedCPU:
         if s.motion_noise > 0:
             cm = np.maximum(cm - min(s.motion_noise * _known_quantile(cm, np.ones_like(cm), 0.5), 0.5 * s.motion_threshold), 0.0)
             still = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
+        room = np.clip(cm / contrast / s.motion_threshold, 0.0, 1.0)
+        return unclipped, ratio, change, still, cm, room
+
+    # -- one frame --------------------------------------------------------
+    def step(self, x: np.ndarray, prior: np.ndarray | None) -> np.ndarray:
+        """x (h, w, 3) frame at working size in [0, 1]; prior (h, w) model probability or None.
+        Returns the new matte (h, w) (also kept in self.alpha); self.conf holds its confidence."""
+        s = self.s
+        h, w = x.shape[:2]
+        pm = np.clip(prior, 0, 1) if prior is not None else self.alpha
+        margin = max(1, round(0.03 * h))
+        last = self.alpha if self.primed else pm
+        bgw = 1.0 - _dilate(last, margin)
+
+        xmax, lx = _chmax(x), _luma(x)
+        own = not self.has_plate
         # local contrast: half a pixel of misregistration on a sharp edge is a large difference, no motion
         grad = np.zeros_like(lx)
         grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
         grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
         contrast = 1.0 + box_mean(grad, 1) / s.motion_threshold
+        # where the plate sits in this frame (camera shake): a recorded plate by phase correlation once most
+        # of it is known; an own plate against its anchor frame; then the picture change since the last frame
+        search = (own and self.primed) or (not own and float(self.known.mean()) > 0.3)
+        if search:
+            # the room against the last frame as it sat: unchanged (the camera did not move), the shift is the
+            # last frame's and the phase correlation is not run (a still webcam, most frames: 3 ms at 720p)
+            m = self._picture_change(x, xmax, lx, bgw, contrast, (0, 0))
+            if _known_quantile(m[-1], bgw, 0.99) < CAMERA_STILL:
+                shift = self.last_shift
+            else:
+                shift = self._shift(lx, self.anchor, bgw) if own else self._shift(lx, _luma(self.plate), bgw)
+                if shift != self.last_shift:
+                    m = self._picture_change(x, xmax, lx, bgw, contrast, (shift[0] - self.last_shift[0], shift[1] - self.last_shift[1]))
+        else:
+            shift = (0, 0)
+            m = self._picture_change(x, xmax, lx, bgw, contrast, (-self.last_shift[0], -self.last_shift[1]))
+        unclipped, ratio, change, still, cm, room = m
         # an own plate holds while the room moves only as the shake explains; else the frame is the new anchor
-        room = np.clip(cm / contrast / s.motion_threshold, 0.0, 1.0)
         room_moved = self.primed and float((room * bgw).sum()) / max(float(bgw.sum()), 1.0) > 0.25
         if own and room_moved:
             self.known.fill(0.0)

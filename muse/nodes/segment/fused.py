@@ -42,6 +42,10 @@ LUMA = (0.299, 0.587, 0.114)
 # (fitting on every 2nd / every pixel changed the mattes by less than a level and cost 4x / 4x on the CPU).
 FIT_STEP = 4
 GAIN_STEP = 2
+# The camera counts as still (the plate's shift stays the last frame's, no new search) while the 99th
+# percentile of the room's change against the last frame, judged against the local contrast, is below this:
+# 0.012 at most on still clips with noise, exposure jumps and low light; a whole pixel of shake is ~0.5-1 on texture.
+CAMERA_STILL = 0.05
 
 
 def _logit(p: torch.Tensor, lo: float = 0.02) -> torch.Tensor:
@@ -285,6 +289,30 @@ class FusedMatte:
         gain = F.avg_pool2d(F.pad(gain, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         return F.interpolate(gain.clamp(0.2, 5.0), size=(h, w), mode="bilinear", align_corners=False)
 
+    def _picture_change(self, x: torch.Tensor, lx: torch.Tensor, lw: torch.Tensor, bgw: torch.Tensor,
+                        contrast: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The picture change since the last frame, that frame moved by delta (the camera's shake since then),
+        exposure changes taken out (a global gain is no motion): (unclipped, ratio, change, still, cm, room)."""
+        s = self.s
+        prev = self._translate(self.prev, delta)
+        # the gain is the median ratio over the room's unclipped, not-too-dark pixels: a person walking into
+        # the room, or moving, is a minority that a mean would follow
+        unclipped = (x.amax(1, keepdim=True) < 0.97).float() * (prev.amax(1, keepdim=True) < 0.97).float()
+        lp = (prev * lw).sum(1, keepdim=True)
+        wr = bgw * unclipped * (lx > 0.04).float() * (lp > 0.04).float()
+        log_gain = _known_quantile(torch.log(lx.clamp_min(0.02)) - torch.log(lp.clamp_min(0.02)), wr, 0.5)
+        ratio = torch.exp(log_gain.clamp(-1.5, 1.5)).view(1, 1, 1, 1)  # none measured (first frame): e^1.5, motion anyway
+        change = ((x - prev * ratio).abs() * lw).sum(1, keepdim=True) * unclipped  # a clipped pixel says nothing
+        cm = box_filter(change, 1)
+        motion = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
+        still = motion  # camera noise is no motion for the own plate's stillness gate (low light): see motion_noise
+        if s.motion_noise > 0:
+            floor = (s.motion_noise * _known_quantile(cm, torch.ones_like(cm), 0.5)).clamp_max(0.5 * s.motion_threshold)
+            cm = (cm - floor).clamp_min(0.0)
+            still = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
+        room = (cm / contrast / s.motion_threshold).clamp(0.0, 1.0)
+        return unclipped, ratio, change, still, cm, room
+
     # -- one frame --------------------------------------------------------
     def step(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         """x (1,3,h,w) frame at working size in [0,1]; prior (1,1,h,w) model probability or None.
@@ -307,32 +335,20 @@ class FusedMatte:
         own = 1.0 - self.has_plate  # 1 while the plate is the node's own (learned), not a recorded one
         ref = torch.lerp((self.plate * lw).sum(1, keepdim=True), self.anchor, own)
         ok = torch.lerp(self.known.mean().gt(0.3).float(), primed, own)  # no plate (anchor) yet: no shift
-        shift = self._shift(lx, ref, bgw) * ok
-        # the last frame moved by the camera's shake since then: the room's own change is what is left
-        prev = self._translate(self.prev, shift - self.last_shift)
-        # the gain is the median ratio over the room's unclipped, not-too-dark pixels: a person walking into
-        # the room, or moving, is a minority that a mean would follow
-        unclipped = (x.amax(1, keepdim=True) < 0.97).float() * (prev.amax(1, keepdim=True) < 0.97).float()
-        lp = (prev * lw).sum(1, keepdim=True)
-        wr = bgw * unclipped * (lx > 0.04).float() * (lp > 0.04).float()
-        log_gain = _known_quantile(torch.log(lx.clamp_min(0.02)) - torch.log(lp.clamp_min(0.02)), wr, 0.5)
-        ratio = torch.exp(log_gain.clamp(-1.5, 1.5)).view(1, 1, 1, 1)  # none measured (first frame): e^1.5, motion anyway
-        change = ((x - prev * ratio).abs() * lw).sum(1, keepdim=True) * unclipped  # a clipped pixel says nothing
-        cm = box_filter(change, 1)
-        motion = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
-        still = motion  # camera noise is no motion for the own plate's stillness gate (low light): see motion_noise
-        if s.motion_noise > 0:
-            floor = (s.motion_noise * _known_quantile(cm, torch.ones_like(cm), 0.5)).clamp_max(0.5 * s.motion_threshold)
-            cm = (cm - floor).clamp_min(0.0)
-            still = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
         # local contrast: half a pixel of misregistration on a sharp edge (the shake is followed in whole
         # pixels, a person's motion by blocks) is a large difference, and no motion
         grad = (lx[..., :, 1:] - lx[..., :, :-1]).abs()
         grad = F.pad(grad, (0, 1, 0, 0)) + F.pad((lx[..., 1:, :] - lx[..., :-1, :]).abs(), (0, 0, 0, 1))
         contrast = 1.0 + box_filter(grad, 1) / s.motion_threshold
+        # The room against the last frame as it sat: where it is unchanged (the camera did not move) the
+        # shift stays the last frame's (the CPU path then skips the phase correlation: a still webcam, most frames)
+        room0 = self._picture_change(x, lx, lw, bgw, contrast, torch.zeros_like(self.last_shift))[-1]
+        cam_still = (_known_quantile(room0, bgw, 0.99) < CAMERA_STILL).float()
+        shift = torch.lerp(self._shift(lx, ref, bgw), self.last_shift, cam_still) * ok
+        # the last frame moved by the camera's shake since then: the room's own change is what is left
+        unclipped, ratio, change, still, cm, room = self._picture_change(x, lx, lw, bgw, contrast, shift - self.last_shift)
         # An own plate holds while the room moves only as the shake explains: the room moving as a whole
         # beyond that (a pan, the camera put elsewhere) drops it, and the frame becomes the new anchor.
-        room = (cm / contrast / s.motion_threshold).clamp(0.0, 1.0)
         room_moved = ((room * bgw).sum() / bgw.sum().clamp_min(1.0) > 0.25).float() * primed
         self.known.mul_(1.0 - own * room_moved)
         restart = own * torch.maximum(room_moved, 1.0 - primed)
