@@ -113,12 +113,22 @@ def _scene(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     ((1280, 720), {"learn_seconds": 0.1}),  # learning within the clip (3 frames clear)
     ((548, 342), {}),  # odd working size (461x288): the quarter-size hole closing's last column pools alone
     ((640, 360), {"edge_sharpness": 1.0, "edge_offset": 0.3}),  # a contrast that cannot fold into the coefficients
+    ((640, 360), {"refine_step": 1}),  # the edge's coefficients on every working pixel (a GPU's auto choice)
+    ((548, 342), {"refine_step": 3}),  # blocks that do not divide the working size (461x288): last ones partial
 ])
 def test_with_plate_matches_torch_under_exposure_and_shake(monkeypatch, selfie, size, params):
     rgb, room = _scene(*size)
     frames = [_camera(rgb, i, *shot) for i, shot in enumerate(SHOTS)]
     ref, cpu = _pair(monkeypatch, params, size)
     _compare(ref, cpu, frames, [selfie(f) for f in frames], plate=Frame(torch.from_numpy(room)))
+
+
+def test_refine_step_auto_is_two_on_the_cpu_and_one_on_a_gpu():
+    from muse.nodes.segment.fused import FusedSettings, refine_step
+
+    assert refine_step(FusedSettings(), "cpu") == 2
+    assert refine_step(FusedSettings(), "cuda") == 1
+    assert refine_step(FusedSettings(refine_step=1), "cpu") == 1
 
 
 def test_plate_only_without_a_model_matches_torch(monkeypatch):
