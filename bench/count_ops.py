@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The GPU path's torch code is what a kernel count stands for: on a CPU device the nodes would otherwise run
+# their OpenCV/ONNX Runtime implementations (the fused matte: 22 "ops" a frame instead of its torch work).
+os.environ.setdefault("MUSE_CPU_PATH", "torch")
 
 from muse.graph.registry import load_registry  # noqa: E402
 from muse.graph.runtime import GraphRunner  # noqa: E402
