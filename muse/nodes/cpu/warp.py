@@ -16,6 +16,7 @@ import torch
 
 from muse.graph.payloads import Displacement, Frame, Mask
 from muse.nodes.cpu import as_numpy
+from muse.nodes.cpu.composite import upsample_box
 from muse.nodes.warp.kernels import ROOM_SHARE
 
 __all__ = ["WarpCPU", "warp_apply_cpu"]
@@ -39,24 +40,10 @@ def _moving_box(field: np.ndarray, height: int, width: int) -> tuple[int, int, i
 
 def _field_in_box(field: np.ndarray, height: int, width: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(dx, dy) of the field upsampled to the frame (bilinear on cell centres, edges clamped), only
-    inside `box`. Where the cells tile the frame by a whole factor, only the cells around the box
-    (one cell of margin, so no clamped edge reaches inside) are upsampled: the same taps as the
-    whole plane; else the whole plane, then the box."""
-    y0, y1, x0, x1 = box
-    h, w = field.shape[1:]
-    out = []
-    for plane in field:  # each offset plane on its own: no interleaving and splitting back (same values)
-        if height % h or width % w:
-            d = cv2.resize(np.ascontiguousarray(plane), (width, height), interpolation=cv2.INTER_LINEAR)[y0:y1, x0:x1]
-        else:
-            sy, sx = height // h, width // w
-            c0, c1 = max(0, y0 // sy - 1), min(h, -(-y1 // sy) + 1)
-            k0, k1 = max(0, x0 // sx - 1), min(w, -(-x1 // sx) + 1)
-            part = cv2.resize(np.ascontiguousarray(plane[c0:c1, k0:k1]), ((k1 - k0) * sx, (c1 - c0) * sy),
-                              interpolation=cv2.INTER_LINEAR)
-            d = part[y0 - c0 * sy : y1 - c0 * sy, x0 - k0 * sx : x1 - k0 * sx]
-        out.append(np.ascontiguousarray(d))
-    return out[0], out[1]
+    inside `box` (`upsample_box`: where the cells tile the frame by a whole factor, only the cells
+    around the box), each offset plane on its own (no interleaving and splitting back)."""
+    dx, dy = (np.ascontiguousarray(upsample_box(np.ascontiguousarray(plane), height, width, box)) for plane in field)
+    return dx, dy
 
 
 def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, plate: np.ndarray | None
