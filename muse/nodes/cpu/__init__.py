@@ -91,9 +91,10 @@ def cpu_threads() -> int:
     return max(1, machine_cores() // 2)
 
 
-def ort_session(path: str | os.PathLike, threads: int | None = None):  # -> onnxruntime.InferenceSession
+def ort_session(path: str | os.PathLike, threads: int | None = None, drop_outputs: tuple[int, ...] = ()):  # -> onnxruntime.InferenceSession
     """An ONNX Runtime CPU session set up for a small machine: no spinning idle workers
-    (they would steal the core the other pipeline stage needs), full graph optimisation."""
+    (they would steal the core the other pipeline stage needs), full graph optimisation, the graph
+    rewritten for ORT's fast kernels and without `drop_outputs` (`onnx_graph.session_model`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -105,7 +106,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):  # -> onnx
     so.log_severity_level = 3
     from muse.nodes.cpu.onnx_graph import session_model
 
-    return ort.InferenceSession(session_model(path), sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(session_model(path, drop_outputs), sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:

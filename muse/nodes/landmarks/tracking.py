@@ -38,18 +38,12 @@ class OrtModel:
     torch module's contract: NCHW float tensor in, tuple of tensors out (TFLite order)."""
 
     def __init__(self, path: str, threads: int | None = None, drop_outputs: tuple[int, ...] = ()) -> None:
-        import onnxruntime as ort
+        from muse.nodes.cpu import ort_session
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or max(1, torch.get_num_threads())
-        so.log_severity_level = 3
-        # ORT's idle workers spin by default and starve the torch ops between model calls (crops, decoding)
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        from muse.nodes.cpu.onnx_graph import session_model
-
-        # PReLUs rewritten for ORT's fast kernels (face mesh and iris: 3-4x faster; onnx_graph.py)
-        # `drop_outputs` are not computed at all; calls give None in their places
-        self.session = ort.InferenceSession(session_model(path, drop_outputs), sess_options=so, providers=["CPUExecutionProvider"])
+        # no spinning idle workers (they starve the torch ops between model calls: crops, decoding); PReLUs
+        # rewritten for ORT's fast kernels (face mesh and iris: 3-4x faster); `drop_outputs` not computed at
+        # all, calls give None in their places
+        self.session = ort_session(path, threads or max(1, torch.get_num_threads()), drop_outputs)
         self.drop_outputs = tuple(sorted(drop_outputs))
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
