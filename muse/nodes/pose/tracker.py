@@ -9,6 +9,8 @@ the "still tracking" flag (see `HostFlag`), which picks detector or tracker.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from muse.nodes.landmarks import roi as R
@@ -80,11 +82,7 @@ class BlazePoseTracker:
         # --sequence 200 at 4K) put visible keypoints a median 164 px (10 % of the body) from exact fp32.
         self.landmark_dtype = landmark_dtype if device.type == "cuda" else torch.float32
         self.mask = mask
-        self.landmarks = (
-            load_bundled(name, "pose_landmark_full", device, self.landmark_dtype, backend, exact_fp32=True,
-                         drop_outputs=() if mask else (MASK_OUTPUT, WORLD_OUTPUT))
-            if landmarks else None
-        )
+        self.landmarks = self._load_landmarks() if landmarks else None
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
         self.roi: torch.Tensor | None = None
@@ -106,8 +104,12 @@ class BlazePoseTracker:
             return
         self.mask = wanted
         if isinstance(self.landmarks, OrtModel):
-            self.landmarks = load_bundled(self.name, "pose_landmark_full", self.device, self.landmark_dtype, self.backend,
-                                          exact_fp32=True, drop_outputs=() if wanted else (MASK_OUTPUT, WORLD_OUTPUT))
+            self.landmarks = self._load_landmarks()
+
+    def _load_landmarks(self) -> Any:
+        """The body landmark model, without its mask decoder and world points under ONNX Runtime unless `mask`."""
+        return load_bundled(self.name, "pose_landmark_full", self.device, self.landmark_dtype, self.backend,
+                            exact_fp32=True, drop_outputs=() if self.mask else (MASK_OUTPUT, WORLD_OUTPUT))
 
     def reset(self) -> None:
         self.tracking.reset()
