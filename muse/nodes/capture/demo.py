@@ -19,6 +19,7 @@ from pydantic import Field
 from muse.graph.node import Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.capture.pacing import Pacer
+from muse.nodes.cpu import unread
 
 # Silhouette of the astronaut in her 512x512 photo: head, collar ring and
 # torso (the helmet in the lower right and the flag on the left are left out).
@@ -196,8 +197,6 @@ class Demo(Node):
         self._pacer.wait(self._emitted)
         i = self._index
         # the ground-truth mask only when something reads it (on the GPU it is always made, as before)
-        from muse.nodes.cpu import unread
-
         with_mask = not unread(self.ctx, "mask")
         image, alpha = self.render(i, with_mask)
         ts = i / (p.fps or 30.0)
