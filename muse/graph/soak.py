@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -206,11 +207,8 @@ class SoakReport:
         """The drift all nodes share: the median of each node's own (last-quarter / first-quarter thread CPU - 1),
         over nodes of at least half a millisecond. On a shared machine (a VM whose neighbours come and go) every
         node speeds up or slows down together; a node that leaks or slows by itself does not move the median."""
-        drifts = sorted(b / a - 1.0 for a, b in self.node_cpu_quarters().values() if a >= 0.5)
-        if not drifts:
-            return 0.0
-        mid = len(drifts) // 2
-        return drifts[mid] if len(drifts) % 2 else 0.5 * (drifts[mid - 1] + drifts[mid])
+        drifts = [b / a - 1.0 for a, b in self.node_cpu_quarters().values() if a >= 0.5]
+        return statistics.median(drifts) if drifts else 0.0
 
     @property
     def cpu_ms_drift_own(self) -> float:
