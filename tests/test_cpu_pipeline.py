@@ -11,8 +11,9 @@ import pytest
 
 from muse.graph.node import In, Node, NodeParams, Out
 from muse.graph.payloads import Frame
-from muse.graph.registry import Registry, load_registry
+from muse.graph.registry import Registry
 from muse.graph.runtime import GraphRunner
+from muse.graph.testing import registry_with
 from muse.graph.validate import validate_text
 
 LOG: list[tuple[str, int, str, float, float]] = []  # (node, frame index, thread, start, end)
@@ -57,11 +58,7 @@ class Keep(Node):
 
 @pytest.fixture
 def registry() -> Registry:
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "test")
-    reg.register(Stage, "test")
-    reg.register(Keep, "test")
+    reg = registry_with(Stage, Keep)
     LOG.clear()
     Keep.seen.clear()
     return reg

@@ -17,9 +17,10 @@ import yaml
 from muse.graph.capture import EagerFrame
 from muse.graph.node import In, Node, NodeParams, Out
 from muse.graph.payloads import Frame
-from muse.graph.registry import Registry, load_registry
+from muse.graph.registry import Registry
 from muse.graph.runtime import GraphRunError, GraphRunner
 from muse.graph.spec import GraphSpec, dump_yaml, load_yaml
+from muse.graph.testing import registry_with
 from muse.graph.validate import GraphValidationError, validate_text
 from muse.testing.faults import Fault
 
@@ -62,11 +63,7 @@ class Seen(Node):
 
 @pytest.fixture
 def registry() -> Registry:
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "test")
-    reg.register(Ramp, "test")
-    reg.register(Seen, "test")
+    reg = registry_with(Ramp, Seen)
     Seen.values = []
     return reg
 

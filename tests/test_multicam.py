@@ -17,10 +17,10 @@ import yaml
 
 import media
 from muse.graph.node import Node, NodeParams, Out
-from muse.graph.registry import Registry, load_registry
+from muse.graph.registry import load_registry
 from muse.graph.runtime import GraphRunner
 from muse.graph.payloads import Frame
-from muse.graph.testing import run_node
+from muse.graph.testing import run_node, registry_with
 from muse.graph.validate import ValidatedGraph, validate_text
 from muse.nodes.layout import Layout, fit, rounded_rect_alpha
 
@@ -245,10 +245,7 @@ class FlakySource(Node):
 
 
 def _flaky_graph(side: dict) -> GraphRunner:
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "test")
-    reg.register(FlakySource, "test")
+    reg = registry_with(FlakySource)
     text = yaml.safe_dump({
         "version": 1,
         "settings": {"device": "cpu", "resolution": [W, H], "fps": 20, "max_consecutive_errors": 5},

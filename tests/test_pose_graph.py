@@ -10,8 +10,8 @@ import torch
 import media
 from muse.graph.node import In, Node, NodeParams
 from muse.graph.payloads import FaceLandmarks, Frame, Keypoints
-from muse.graph.registry import Registry, load_registry
 from muse.graph.runtime import GraphRunner
+from muse.graph.testing import registry_with
 from muse.graph.validate import validate_text
 
 
@@ -35,10 +35,7 @@ class KeepPose(Node):
 def test_pose_face_smooth_overlay_graph(tmp_path):
     for i in range(3):
         shutil.copy(media.opencv_sample_path("messi5.jpg"), tmp_path / f"shot{i}.jpg")
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "test")
-    reg.register(KeepPose, "test")
+    reg = registry_with(KeepPose)
     KeepPose.seen.clear()
     text = f"""version: 1
 settings: {{device: cpu}}

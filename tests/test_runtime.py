@@ -11,9 +11,10 @@ import torch
 
 from muse.graph.node import In, Node, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
-from muse.graph.registry import Registry, load_registry
+from muse.graph.registry import Registry
 from muse.graph.runtime import GraphRunError, GraphRunner
 from muse.graph.stats import Trace
+from muse.graph.testing import registry_with
 from muse.graph.validate import validate_text
 
 
@@ -59,11 +60,7 @@ class Collect(Node):
 
 @pytest.fixture
 def registry() -> Registry:
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "test")
-    reg.register(Counter, "test")
-    reg.register(Collect, "test")
+    reg = registry_with(Counter, Collect)
     Counter.calls.clear()
     Collect.seen.clear()
     return reg

@@ -7,8 +7,9 @@ import torch
 
 from muse.graph.node import In, Node, Out
 from muse.graph.payloads import Frame
-from muse.graph.registry import Registry, load_registry
+from muse.graph.registry import Registry
 from muse.graph.runtime import GraphRunner
+from muse.graph.testing import registry_with
 from muse.graph.validate import validate_text
 
 pytestmark = pytest.mark.cuda
@@ -43,11 +44,7 @@ class Check(Node):
 
 
 def _registry() -> Registry:
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "test")
-    reg.register(SlowFill, "test")
-    reg.register(Check, "test")
+    reg = registry_with(SlowFill, Check)
     return reg
 
 

@@ -12,8 +12,8 @@ import yaml
 
 from muse.graph.node import In, Node, NodeParams
 from muse.graph.payloads import Frame, Mask
-from muse.graph.registry import Registry, load_registry
 from muse.graph.runtime import GraphRunner
+from muse.graph.testing import registry_with
 from muse.graph.validate import validate_text
 from tests.stream_graph import GRAPH, GRAPHS, stream_spec
 
@@ -52,10 +52,7 @@ def _graph_text(reshape: bool = True) -> str:
 
 
 def _run(reshape: bool) -> list:
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "test")
-    reg.register(KeepOutput, "test")
+    reg = registry_with(KeepOutput)
     KeepOutput.seen.clear()
     assert "segment.fused" in GRAPH.read_text()
     GraphRunner(validate_text(_graph_text(reshape), "stream_4k.yaml", reg, base_dir=GRAPHS)).run()

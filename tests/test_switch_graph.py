@@ -12,10 +12,11 @@ import torch
 
 from muse.graph.node import In, Node, NodeAbsent, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame
-from muse.graph.registry import Registry, load_registry
+from muse.graph.registry import Registry
 from muse.graph.resolved import GraphValidationError
 from muse.graph.runtime import GraphRunError, GraphRunner
 from muse.graph.stats import Trace
+from muse.graph.testing import registry_with
 from muse.graph.validate import validate_text
 
 
@@ -83,9 +84,7 @@ class Keep(Node):
 
 @pytest.fixture
 def registry() -> Registry:
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "muse")
+    reg = registry_with(source="muse")
     reg.register(Branch, "test")
     reg.register(Keep, "test")
     Branch.calls.clear()

@@ -13,9 +13,9 @@ import torch
 
 from muse.graph.node import In, Node, NodeParams, Out
 from muse.graph.payloads import Frame
-from muse.graph.registry import Registry, load_registry
+from muse.graph.registry import Registry
 from muse.graph.runtime import GraphRunner
-from muse.graph.testing import build_node, make_context
+from muse.graph.testing import build_node, make_context, registry_with
 from muse.graph.validate import validate_text
 
 SEEN: list[frozenset[str] | None] = []
@@ -55,11 +55,7 @@ class Keep(Node):
 
 @pytest.fixture
 def registry() -> Registry:
-    reg = Registry()
-    for cls in load_registry().classes():
-        reg.register(cls, "test")
-    reg.register(TwoOut, "test")
-    reg.register(Keep, "test")
+    reg = registry_with(TwoOut, Keep)
     SEEN.clear()
     KEPT.clear()
     return reg

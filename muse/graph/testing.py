@@ -2,6 +2,7 @@
 
     out = run_node(Invert, {"amount": 1.0}, frame=Frame(image))
     outs = run_node_frames(Smooth, {}, [{"points": k0}, {"points": k1}])
+    reg = registry_with(MyTestNode)  # the built-in nodes and a test's own, for a whole graph
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Iterable
 import torch
 
 from muse.graph.node import Node, NodeContext
+from muse.graph.registry import Registry, load_registry
 from muse.graph.stats import NodeStats
 
 
@@ -76,3 +78,12 @@ def run_node(
 ) -> dict[str, Any] | None:
     """Run a node once on the given inputs and return its outputs."""
     return run_node_frames(node_cls, params, [inputs], device=device)[0]
+
+
+def registry_with(*extra: type[Node], source: str = "test") -> Registry:
+    """A fresh registry holding every built-in node and `extra` (a test's own node classes); the shared
+    registry `load_registry()` returns is left as it is."""
+    reg = Registry()
+    for cls in (*load_registry().classes(), *extra):
+        reg.register(cls, source)
+    return reg
