@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -23,6 +23,15 @@ if [[ $what == fused ]]; then
   echo "fused cuda tests exit $?" >> "$out/cuda_fused_tests.log"
   run fused_plate python3 bench/bench_fused.py --device cuda --frames 300
   run fused_no_plate python3 bench/bench_fused.py --device cuda --frames 300 --no-plate
+fi
+if [[ $what == fuse ]]; then
+  # The fused matte's working-resolution maths compiled by Inductor in the background (MUSE_FUSE): first (cold
+  # cache) and second (warm) start, kernels of the recorded call; the whole 4K frame captured; the cuda tests.
+  run fused_cold env MUSE_FUSE=on python3 bench/bench_fused.py --device cuda --frames 200 --kernels
+  run fused_warm_no_plate env MUSE_FUSE=on python3 bench/bench_fused.py --device cuda --frames 200 --kernels --no-plate
+  run stream_4k_captured python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 900 --capture on --latency-frames 300 --kernel-frames 30 --json "$out/stream_4k_captured.json"
+  timeout 200 python3 -m pytest -m cuda -q -p no:cacheprovider -rs tests/test_segment_fused.py tests/test_fused_chain.py tests/test_frame_capture.py > "$out/cuda_fuse_tests.log" 2>&1
+  echo "fuse cuda tests exit $?" >> "$out/cuda_fuse_tests.log"
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),

@@ -8,6 +8,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP workers w
 # Models are compiled (torch.compile) only by the tests that ask for it: compiling every model in every
 # cuda test would cost minutes; the benchmarks run with the default (auto).
 os.environ.setdefault("MUSE_COMPILE", "off")
+# The same for nodes' fused maths (MUSE_FUSE, compiled in the background on a GPU): only the tests that ask.
+os.environ.setdefault("MUSE_FUSE", "off")
 
 import sys
 from pathlib import Path

@@ -232,6 +232,47 @@ def test_cuda_process_reads_nothing_back():
     assert scenes.iou(out["mask"].alpha.float().cpu().numpy() > 0.5, gt) > 0.9
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("with_plate", [True, False])
+def test_cuda_fused_maths_match_uncompiled(monkeypatch, with_plate):
+    """The working-resolution maths compiled by Inductor (MUSE_FUSE, the GPU default) give the mattes of the
+    same maths uncompiled, frame by frame, through a lighting ramp and a moving person (state carried along)."""
+    pytest.importorskip("triton")
+    rgb, gt = scenes.composite(SIZE)
+    room = scenes.room(SIZE)
+    dev = torch.device("cuda")
+    outs = {}
+    for mode in ("off", "on"):
+        monkeypatch.setenv("MUSE_FUSE", mode)
+        node = build_node(FusedSegment, PARAMS, "fused")
+        node.open(make_context("fused", "cuda", resolution=(SIZE, SIZE)))
+        assert (node._chain.compiled is not None) == (mode == "on")
+        got = []
+        graphs = None
+        for i in range(12):
+            moved = np.roll(rgb, 2 * i, axis=1)
+            pic = _camera(np.where(np.roll(gt, 2 * i, axis=1)[..., None], moved, room), i, _ramp(i / 11))
+            plate = Frame(torch.from_numpy(room).to(dev)) if with_plate else None
+            prior = Mask(_prior(np.roll(gt, 2 * i, axis=1)).alpha.to(dev).half())
+            node.frame_variant()
+            out = node.process(frame=Frame(torch.from_numpy(pic).to(dev), timestamp=i / 30, index=i),
+                               prior=prior, plate=plate)
+            got.append((out["mask"].alpha.float().cpu().numpy(), out["confidence"].alpha.float().cpu().numpy()))
+            if i == 0 and mode == "on":  # the first frame ran unfused and started the compile in the background
+                assert not node._fused
+                assert node._chain.wait(900), "the fused maths did not compile"
+                graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        if mode == "on":
+            assert node._fused and node._chain.compiled is not None, "the fused maths fell back to unfused"
+            # the stream's own calls reused the background's code: nothing compiled on the stream's thread
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+        outs[mode] = got
+    for i, ((m0, c0), (m1, c1)) in enumerate(zip(outs["off"], outs["on"])):
+        assert np.abs(m0 - m1).mean() < 2e-3, i
+        assert scenes.iou(m0 > 0.5, m1 > 0.5) > 0.995, i
+        assert np.abs(c0 - c1).mean() < 5e-3, i
+
+
 def test_plate_file_is_read_and_a_bad_one_names_the_field(tmp_path):
     from muse.graph.node import NodeError
 

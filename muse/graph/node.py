@@ -287,6 +287,11 @@ class Node:
         The runtime adds it as a visible node that starts only if this one does not (muse.graph.stand_ins)."""
         return None
 
+    def warming(self) -> str | None:
+        """What this node is still preparing in the background (a compile), while it already runs a slower way;
+        None when it is at full speed. `muse bench` waits for it before measuring."""
+        return None
+
     def capture_blocker(self) -> str | None:
         """Why this node, as configured, cannot be recorded (None: it can); shown by `muse bench`."""
         return None

@@ -127,6 +127,20 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
+    def warming(self) -> dict[str, str]:
+        """Nodes still preparing something in the background (a compile), and what: they run slower until then."""
+        out = {}
+        for name, slot in list(self.slots.items()):
+            if slot.absent:
+                continue
+            try:
+                why = slot.node.warming()
+            except Exception:  # a plugin's broken warming() must not stop a benchmark
+                why = None
+            if why:
+                out[name] = why
+        return out
+
     def stop(self) -> None:
         """Stop sources, let sinks drain, close every node (files end playable). Idempotent."""
         self._stop.set()

@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import re
+import threading
+import time
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Callable, Hashable, Literal, cast
 
 import torch
 
@@ -70,6 +72,110 @@ def compile_model(model: nn.Module, warm: Any) -> nn.Module:
         log.warning("torch.compile failed for %s (%s: %s); it runs uncompiled", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
         return model
     return cast(nn.Module, compiled)
+
+
+def fuse_wanted(device: torch.device | str) -> bool:
+    """Whether a node's per-pixel chains run compiled by Inductor (issue 12: hundreds of small kernels become a
+    few fused ones): `MUSE_FUSE=auto` (default) on a CUDA device when Triton is importable, `on`, `off`."""
+    if torch.device(device).type != "cuda":
+        return False
+    mode = os.environ.get("MUSE_FUSE", "auto").strip().lower()
+    if mode in ("0", "off", "false", "no"):
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class FusedChain:
+    """A node's per-pixel maths `fn`, compiled by Inductor (static shapes, cached on disk in MUSE_CACHE/inductor)
+    in a background thread, while the node goes on calling `fn` as is: a first start on a machine (a minute or
+    more of compiling), a new frame size or an edited param never stalls the stream. `prepare(key, warm)` asks
+    for code fitting `key` (the node's size and settings): the worker runs `warm(compiled)`, which calls the
+    compiled function on the node's spare buffers; once done, `ready(key)` is True and the node may call
+    `run(True, ...)`. A failure warns once and leaves `fn` uncompiled: a slower node, never a dead one."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, device: torch.device | str, enabled: bool | None = None) -> None:
+        self.fn, self.name = fn, name
+        self.enabled = fuse_wanted(device) if enabled is None else enabled
+        self.compiled: Callable[..., Any] | None = None
+        if self.enabled:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir().parent / "inductor"))
+            self.compiled = torch.compile(fn, dynamic=False)
+        self._lock = threading.Lock()
+        self._ready: Hashable = None
+        self._wanted: tuple[Hashable, Callable[[Callable[..., Any]], None]] | None = None
+        self._thread: threading.Thread | None = None
+        self.seconds: float | None = None  # how long the last compile took
+
+    def prepare(self, key: Hashable, make_warm: Callable[[], Callable[[Callable[..., Any]], None]]) -> None:
+        """Compile for `key` in the background unless it is ready or already being compiled; `make_warm()`
+        (called only then) gives the warm-up for that key."""
+        if self.compiled is None or key == self._ready:
+            return
+        with self._lock:
+            if self._wanted is not None and self._wanted[0] == key:
+                return
+            self._wanted = (key, make_warm())
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name=f"fuse {self.name}", daemon=True)
+                self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if self._wanted is None or self.compiled is None:
+                    self._thread = None
+                    return
+                key, warm = self._wanted
+            t = time.perf_counter()
+            if key != self._ready:
+                log.info("fusing %s's per-pixel maths for this GPU in the background (first start on a machine: "
+                         "a minute or more; then cached); it runs unfused meanwhile", self.name)
+            try:
+                warm(self.compiled)
+            except Exception as exc:
+                log.warning("fusing %s failed (%s: %s); it runs unfused", self.name, type(exc).__name__,
+                            str(exc).splitlines()[0] if str(exc) else "")
+                with self._lock:
+                    self.compiled, self._wanted, self._thread = None, None, None
+                return
+            with self._lock:
+                self._ready, self.seconds = key, time.perf_counter() - t
+                if self._wanted is not None and self._wanted[0] == key:
+                    self._wanted = None
+            log.info("%s runs fused (compiled in %.1f s)", self.name, self.seconds)
+
+    def ready(self, key: Hashable) -> bool:
+        return self.compiled is not None and key == self._ready
+
+    def busy(self) -> bool:
+        """Compiling now (or about to)."""
+        return self.compiled is not None and self._wanted is not None
+
+    def wait(self, timeout: float) -> bool:
+        """Block until no compile is pending (tests and benchmarks); True if none is."""
+        end = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < end:
+            time.sleep(0.05)
+        return not self.busy()
+
+    def run(self, fused: bool, *args: Any) -> Any:
+        if fused and self.compiled is not None:
+            try:
+                # the code was compiled in the background for these shapes and settings: compiling again here,
+                # on the stream's thread, would stall it (fail instead, and run unfused)
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    return self.compiled(*args)
+            except CaptureError:
+                raise
+            except Exception as exc:
+                log.warning("fused %s failed (%s: %s); it runs unfused", self.name, type(exc).__name__,
+                            str(exc).splitlines()[0] if str(exc) else "")
+                self.compiled = None
+        return self.fn(*args)
 
 
 def tensorrt_available() -> bool:

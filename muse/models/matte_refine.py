@@ -100,6 +100,15 @@ def fast_guided_upsample(
         guide_small = downsample(guide_full.float() * full_scale, (h, w))
     small = guide_small if colour else to_gray(guide_small)
     a, b = guided_coefficients(mask, small, radius, eps)
+    return guided_apply(a, b, guide_full, colour=colour, full_scale=full_scale, out_dtype=out_dtype,
+                        sharpness=sharpness, offset=offset)
+
+
+def guided_apply(a: torch.Tensor, b: torch.Tensor, guide_full: torch.Tensor, *, colour: bool = True,
+                 full_scale: float = 1.0, out_dtype: torch.dtype | None = None, sharpness: float = 1.0,
+                 offset: float = 0.0) -> torch.Tensor:
+    """The full-resolution half of `fast_guided_upsample`: A . I + b with A, b (from `guided_coefficients`)
+    upsampled to the guide's size, then the contrast curve."""
     if out_dtype is None:
         out_dtype = guide_full.dtype if guide_full.is_floating_point() else torch.float32
     if colour and _raw_hwc(guide_full) and _cupy():

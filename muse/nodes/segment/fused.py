@@ -21,16 +21,16 @@ nothing is read back to the host in `process` (the shift search and every choice
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Hashable
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from muse.graph.capture import device_constant
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
-from muse.models.matte_refine import box_filter, fast_guided_upsample
+from muse.models.backends import FusedChain
+from muse.models.matte_refine import box_filter, guided_apply, guided_coefficients
 from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
 
@@ -171,6 +171,10 @@ class FusedMatte:
         gy = (2.0 * self._yy + 1.0) / h - 1.0
         gx = (2.0 * self._xx + 1.0) / w - 1.0
         self._base_grid = torch.stack((gx, gy), -1)[None]
+        # constants as this engine's own tensors (not the shared device_constant table: the compiled maths
+        # would depend on that table's other entries)
+        self._flow_scale = torch.tensor([2.0 / w, 2.0 / h], device=dev).view(1, 2, 1, 1)
+        self._luma = torch.tensor(LUMA, device=dev).view(1, 3, 1, 1)
         self._flow_r = r
         self._plate_key = None
 
@@ -236,7 +240,7 @@ class FusedMatte:
         vx = vx + vertex(1, vx)
         vy = vy + vertex(n, vy)
         flow = F.interpolate(torch.cat((vx, vy), 1) * q, size=(h, w), mode="bilinear", align_corners=False)
-        scale = device_constant([2.0 / w, 2.0 / h], cur.device).view(1, 2, 1, 1)
+        scale = self._flow_scale
         return self._base_grid + (flow * scale).permute(0, 2, 3, 1)
 
     def _translate(self, img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -327,7 +331,7 @@ class FusedMatte:
         bgw = 1.0 - _dilate(last, margin)
 
         # Picture change since the last frame, exposure changes taken out (a global gain is no motion).
-        lw = device_constant(list(LUMA), x.device).view(1, 3, 1, 1)
+        lw = self._luma
         lx = (x * lw).sum(1, keepdim=True)
         # Where the plate sits in this frame (camera shake): a recorded plate is found in the frame by phase
         # correlation once most of it is known; an own plate is kept in the coordinates of the frame that
@@ -476,6 +480,14 @@ class FusedMatte:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
         return torch.maximum(self.alpha, 1.0 - self.conf)
 
+    def frame(self, x: torch.Tensor, prior: torch.Tensor | None, step: int,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All of a frame's working-resolution maths (the GPU node compiles this as one chain): the new matte,
+        the edge step's A and b, and the confidence and keep-out planes in `dtype`."""
+        self.step(x, prior)
+        a, b = refine_coefficients(self.edge_alpha(), x, self.s, step)
+        return a, b, self.conf[0, 0].to(dtype), self.keep_out()[0, 0].to(dtype)
+
 
 def refine_step(s: FusedSettings, device: torch.device | str) -> int:
     """The block size the guided filter's coefficients are computed on: `refine_step`, or for 0 (auto) 2 on a
@@ -486,24 +498,36 @@ def refine_step(s: FusedSettings, device: torch.device | str) -> int:
     return 2 if torch.device(device).type == "cpu" else 1
 
 
-def refine_full(alpha: torch.Tensor, frame: Frame, small: torch.Tensor, s: FusedSettings, dtype: torch.dtype,
-                step: int = 1) -> torch.Tensor:
-    """Working-resolution matte (1,1,h,w) to the frame's size along its edges; crisp contrast against halos.
-    step > 1: the coefficients on step x step block means of the matte and the picture (radius / step blocks)."""
+def refine_coefficients(alpha: torch.Tensor, small: torch.Tensor, s: FusedSettings,
+                        step: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edge step's low-resolution half: the guided filter's A and b for the working matte (1,1,h,w) and
+    picture (1,3,h,w). step > 1: on step x step block means of both (radius / step blocks)."""
     radius = s.refine_radius
     if step > 1:
         alpha = F.avg_pool2d(alpha, step, ceil_mode=True)
         small = F.avg_pool2d(small, step, ceil_mode=True)
         radius = max(1, round(radius / step)) if radius > 0 else 0
+    return guided_coefficients(alpha, small, radius, s.refine_eps)
+
+
+def refine_apply(a: torch.Tensor, b: torch.Tensor, frame: Frame, s: FusedSettings, dtype: torch.dtype) -> torch.Tensor:
+    """The edge step's full-resolution half: the frame's (h, w) matte from A, b; crisp contrast against halos."""
     raw = frame.layout == "hwc" and frame.image.dtype == torch.uint8 and frame.image.device.type == "cuda"
     if raw:  # GPU: read the uint8 picture as is (channels-last view), no full-size float copy
         image, scale = frame.image.permute(2, 0, 1).unsqueeze(0), 1.0 / 255.0
     else:
         image, scale = frame.chw(torch.float32).unsqueeze(0), 1.0
-    out = fast_guided_upsample(alpha, image, radius=radius, eps=s.refine_eps, colour=True,
-                               guide_small=small, full_scale=scale, out_dtype=dtype,
-                               sharpness=s.edge_sharpness, offset=s.edge_offset)
+    out = guided_apply(a, b, image, colour=True, full_scale=scale, out_dtype=dtype,
+                       sharpness=s.edge_sharpness, offset=s.edge_offset)
     return out[0, 0]
+
+
+def refine_full(alpha: torch.Tensor, frame: Frame, small: torch.Tensor, s: FusedSettings, dtype: torch.dtype,
+                step: int = 1) -> torch.Tensor:
+    """Working-resolution matte (1,1,h,w) to the frame's size along its edges; crisp contrast against halos.
+    step > 1: the coefficients on step x step block means of the matte and the picture (radius / step blocks)."""
+    a, b = refine_coefficients(alpha, small, s, step)
+    return refine_apply(a, b, frame, s, dtype)
 
 
 def working_size(frame: Frame, height: int) -> tuple[int, int]:
@@ -541,6 +565,12 @@ class FusedSegment(Node):
 
             path = user_path(self.params.plate_file, ctx)
             self._file_plate = Frame(load_image(str(path), self.name, "plate_file").to(ctx.device))
+        # GPU: the working-resolution maths (~960 small kernels a frame) compiled into ~300 (issue 12), in the
+        # background: until that code is ready for this size and these settings the node runs them unfused
+        self._chain = FusedChain(FusedMatte.frame, f"node '{self.name}' (segment.fused)", ctx.device)
+        self._key: object = None  # the last frame's (size, settings) for the fused code
+        self._settings_version = 0
+        self._fused, self._latched = False, False
         self._cpu = None
         if wanted(ctx):  # issue 13: the CPU path (muse/nodes/cpu/fused.py)
             from muse.nodes.cpu.fused import FusedRunner
@@ -558,9 +588,36 @@ class FusedSegment(Node):
             return False  # buffer sizes change: reopen
         self.params = params
         self.engine.s = params
+        self._settings_version += 1  # the fused code was compiled for the old values: unfused until it is again
         if self._cpu is not None:
             self._cpu.update(params)
         return True
+
+    def frame_variant(self) -> Hashable:
+        """Fused or not, from the last frame's size and settings (a new size or edit shows a frame late)."""
+        self._fused, self._latched = self._chain.ready(self._key), True
+        return self._fused
+
+    def warming(self) -> str | None:
+        return "compiling its fused maths in the background" if self._chain.busy() else None
+
+    def _warm(self, w: int, h: int, with_prior: bool, step: int, dtype: torch.dtype) -> Callable[[Callable[..., object]], None]:
+        """What the compiling thread runs: the compiled maths on a spare engine with a copy of the settings, on
+        its own stream (the node's buffers are in use by the stream meanwhile)."""
+        settings, device, fps = self.params.model_copy(), self.ctx.device if self.ctx else torch.device("cuda"), self.engine.fps
+
+        def warm(compiled: Callable[..., object]) -> None:
+            spare = FusedMatte(settings, device, fps)
+            side = torch.cuda.Stream(device)
+            with torch.cuda.stream(side):
+                spare._alloc(w, h)
+                x = torch.full((1, 3, h, w), 0.5, device=device)
+                pm = torch.full((1, 1, h, w), 0.5, device=device) if with_prior else None
+                for _ in range(2):  # the first frame and the primed ones run the same code
+                    compiled(spare, x, pm, step, dtype)
+            side.synchronize()  # the compiling thread's own stream only
+
+        return warm
 
     def process(self, frame: Frame, prior: Mask | None = None, plate: Frame | None = None) -> dict[str, Mask]:
         if self._cpu is not None:
@@ -580,8 +637,15 @@ class FusedSegment(Node):
             pm = prior.alpha.to(ctx.device).float()[None, None]
             if tuple(pm.shape[-2:]) != (h, w):
                 pm = F.interpolate(pm, size=(h, w), mode="bilinear", align_corners=False)
-        eng.step(x, pm)
-        full = refine_full(eng.edge_alpha(), frame, x, self.params, ctx.dtype, refine_step(self.params, ctx.device))
+        step = refine_step(self.params, ctx.device)
+        key = (w, h, pm is not None, step, ctx.dtype, self._settings_version)
+        fused = self._fused if self._latched else self._chain.ready(key)
+        if key != self._key:
+            fused, self._key = False, key
+        self._latched = False
+        with_prior = pm is not None
+        self._chain.prepare(key, lambda: self._warm(w, h, with_prior, step, ctx.dtype))  # no-op once ready or under way
+        a, b, conf, keep_out = self._chain.run(fused and self._chain.ready(key), eng, x, pm, step, ctx.dtype)
+        full = refine_apply(a, b, frame, self.params, ctx.dtype)
         ts, i = frame.timestamp, frame.index
-        return {"mask": Mask(full, ts, i), "confidence": Mask(eng.conf[0, 0].to(ctx.dtype), ts, i),
-                "keep_out": Mask(eng.keep_out()[0, 0].to(ctx.dtype), ts, i)}
+        return {"mask": Mask(full, ts, i), "confidence": Mask(conf, ts, i), "keep_out": Mask(keep_out, ts, i)}
