@@ -226,7 +226,10 @@ def startup_note(runner: Any) -> str | None:
     if some is not None and not wanted(some.ctx):
         parts.append("torch reference nodes (MUSE_CPU_PATH=torch)")
     else:
-        parts.append("ONNX Runtime/OpenCV nodes")
+        from muse.nodes.cpu import kernels
+
+        reason = kernels.why_not()
+        parts.append("ONNX Runtime/OpenCV nodes" + (", fused numba kernels" if reason is None else f" (no fused kernels: {reason})"))
     parts.append(f"{cpu_threads()} thread(s) per stage")
     pipe = runner._cpu_pipeline
     if pipe is not None:

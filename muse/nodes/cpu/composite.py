@@ -20,7 +20,7 @@ import torch
 
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.composite import cell_factor, reduced_size
-from muse.nodes.cpu import as_numpy, decode_lut, encode
+from muse.nodes.cpu import as_numpy, decode_lut, encode, kernels
 
 __all__ = ["CompositeCPU", "EPS"]
 
@@ -308,7 +308,7 @@ class CompositeCPU:
                 alpha = blur(alpha, sigma)
         kind, bg, colour = self._background(fg, alpha, plate, coverage, confidence)
 
-        wrap = 0.0
+        wrap, inside, soft = 0.0, None, None
         if p.light_wrap > 0:
             sigma = max(0.5, p.wrap_size * height)
             factor = cell_factor(height, width, int(sigma // 2))
@@ -340,6 +340,11 @@ class CompositeCPU:
         else:
             out = np.empty_like(fg)
             out[:] = encode(np.array(colour, np.float32))
+        if kernels.available():
+            # the rest in one fused pass (muse/nodes/cpu/kernels.py): the same rules and maths as below
+            kernels.composite_over(fg, a, out, EPS, colour=colour if kind == 0 else None, room=bg if kind == 2 else None, wrap=wrap,
+                                   soft=soft if wrap > 0 else None, inside=inside if wrap > 0 else None)
+            return {"out": frame.with_image(torch.from_numpy(out), layout="hwc")}
         # ... the person is copied where nothing blends ...
         w_full = None
         solid = cv2.compare(a, 1.0 - EPS, cv2.CMP_GE)  # uint8 0/255

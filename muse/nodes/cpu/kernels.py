@@ -1,0 +1,175 @@
+"""Fused per-pixel loops for the CPU path, compiled by numba (issue 13: "a numba/cv2 kernel").
+
+OpenCV and numpy run one pass over memory per operation; where a pixel's result needs a
+dozen operations (decode, blend, encode, a branch on alpha), the chain of full-size
+temporaries costs more than the arithmetic. These loops read each input once and write
+the output once, and release the GIL (the CPU pipeline's other stage runs meanwhile).
+
+numba is optional at run time: `available()` is False where it cannot be imported (a frozen
+app built without it, a platform without wheels) or MUSE_CPU_NUMBA=0, and the nodes then use
+their OpenCV implementations (same results within a level; tests/test_cpu_kernels.py holds
+them together). Compiled code is cached on disk (numba's cache), so only the first start
+on a machine pays the compile (about a second a kernel).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("muse.nodes.cpu.kernels")
+
+__all__ = ["available", "why_not", "srgb_thresholds", "composite_over", "encode_srgb"]
+
+_LOCK = threading.Lock()
+_KERNELS: dict[str, Any] | None = None
+_WHY_NOT: str | None = None
+
+# sRGB encoding, rounded to nearest, without pow: level k is the output for linear values in
+# [T[k], T[k+1]) (T[0] = -inf, T[256] = +inf); a 4096-entry guess table puts a value within one
+# level of its answer (the curve's steepest step, near black, is wider than 1/4096), then one
+# comparison each way settles it. Exact to float32 (the torch path's pow is within 1 ulp of it).
+GUESS_STEPS = 4096
+
+
+def srgb_thresholds() -> tuple[np.ndarray, np.ndarray]:
+    """(T, G): T (257,) float32 linear-light thresholds between the 256 sRGB levels, G (GUESS_STEPS + 1,)
+    uint8 the level of each 1/GUESS_STEPS step of linear light."""
+    k = np.arange(1, 256, dtype=np.float64)
+    v = (k - 0.5) / 255.0
+    lin = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    t32 = lin.astype(np.float32)
+    # the smallest float32 at or above each exact threshold: a float32 value x encodes to k exactly when x >= it
+    t32 = np.where(t32.astype(np.float64) < lin, np.nextafter(t32, np.float32(np.inf)), t32).astype(np.float32)
+    t = np.empty(257, np.float32)
+    t[0], t[1:256], t[256] = -np.inf, t32, np.inf
+    steps = (np.arange(GUESS_STEPS + 1, dtype=np.float64) / GUESS_STEPS).astype(np.float32)
+    g = (np.searchsorted(t, steps, side="right") - 1).clip(0, 255).astype(np.uint8)
+    return t, g
+
+
+def why_not() -> str | None:
+    """Why the fused kernels are not used (None when they are)."""
+    available()
+    return _WHY_NOT
+
+
+def available() -> bool:
+    """Whether the numba kernels can be used (compiled lazily, once per process)."""
+    return _kernels() is not None
+
+
+def _kernels() -> dict[str, Any] | None:
+    global _KERNELS, _WHY_NOT
+    if _KERNELS is not None or _WHY_NOT is not None:
+        return _KERNELS
+    with _LOCK:
+        if _KERNELS is not None or _WHY_NOT is not None:
+            return _KERNELS
+        if os.environ.get("MUSE_CPU_NUMBA", "1") == "0":
+            _WHY_NOT = "MUSE_CPU_NUMBA=0"
+            return None
+        try:
+            _KERNELS = _build()
+        except Exception as exc:  # ImportError, or a numba that refuses this numpy
+            _WHY_NOT = f"numba not usable ({type(exc).__name__}: {exc})"
+            log.info("CPU path: %s; OpenCV implementations instead", _WHY_NOT)
+        return _KERNELS
+
+
+def _build() -> dict[str, Any]:
+    from muse.models.bundled import cache_root
+
+    # compiled code beside MUSE's other caches, not in the installed package's folders
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_root() / "numba"))
+    from muse.nodes.cpu import _numba_loops
+
+    return {"variant": _numba_loops.variant, "over": {}, "encode_all": _numba_loops.encode_all}
+
+
+def _taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear taps on cell centres with clamped edges (OpenCV's INTER_LINEAR, F.interpolate with
+    align_corners=False): for each output index, the two input indices and the second one's weight."""
+    pos = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    pos = np.clip(pos, 0.0, n_in - 1)
+    i0 = np.floor(pos).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (pos - i0).astype(np.float32)
+
+
+_TAPS: dict[tuple[int, int, int, int], tuple] = {}
+
+
+def _taps_for(height: int, width: int, h: int, w: int) -> tuple:
+    key = (height, width, h, w)
+    taps = _TAPS.get(key)
+    if taps is None:
+        if len(_TAPS) > 16:
+            _TAPS.clear()
+        taps = _TAPS[key] = (*_taps(height, h), *_taps(width, w))
+    return taps
+
+
+def composite_over(fg: np.ndarray, alpha: np.ndarray, out: np.ndarray, eps: float, *, colour: tuple[float, float, float] | None = None,
+                   room: np.ndarray | None = None, wrap: float = 0.0, soft: np.ndarray | None = None,
+                   inside: np.ndarray | None = None) -> np.ndarray:
+    """`out` (H, W, 3) uint8 holding the background, with the person `fg` (H, W, 3) uint8 over it by
+    `alpha` (H, W) float32, in place; the background blended with is `colour` (linear light) when given,
+    else `room` (h, w, 3) float32 linear light, upsampled bilinearly, when given, else `out`'s; see `over`."""
+    from muse.nodes.cpu import decode_lut
+
+    k = _kernels()
+    assert k is not None, "composite_over without numba: check available() first"
+    height, width = alpha.shape
+    if wrap > 0.0:
+        assert soft is not None and inside is not None and soft.shape[:2] == inside.shape[:2]
+        h, w = inside.shape[:2]
+        taps = _taps_for(height, width, h, w)
+        soft3 = np.ascontiguousarray(soft, np.float32).reshape(h, w, -1)
+        inside3 = np.ascontiguousarray(inside, np.float32).reshape(h, w, 1)
+    else:
+        taps = _EMPTY_TAPS
+        soft3 = inside3 = _EMPTY_PLANE
+    if room is not None and colour is None:
+        room_taps = _taps_for(height, width, room.shape[0], room.shape[1])
+        room3 = np.ascontiguousarray(room, np.float32).reshape(room.shape[0], room.shape[1], 3)
+    else:
+        room_taps, room3 = _EMPTY_TAPS, _EMPTY_PLANE
+    t, g = _tables()
+    col = np.zeros(3, np.float32) if colour is None else np.asarray(colour, np.float32)
+    mode = 0 if colour is not None else 2 if room is not None else 1
+    glow = wrap > 0.0
+    with _LOCK:
+        fn = k["over"].get((mode, glow))
+        if fn is None:
+            fn = k["over"][(mode, glow)] = k["variant"](mode, glow)
+    fn(fg, np.ascontiguousarray(alpha, np.float32), out, decode_lut(), t, g, np.float32(eps), np.float32(1.0 - eps),
+       col, room3, *room_taps, np.float32(wrap), soft3, inside3, *taps)
+    return out
+
+
+_EMPTY_TAPS = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.float32)) * 2
+_EMPTY_PLANE = np.zeros((1, 1, 1), np.float32)
+_TABLES: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    global _TABLES
+    if _TABLES is None:
+        _TABLES = srgb_thresholds()
+    return _TABLES
+
+
+def encode_srgb(lin: np.ndarray) -> np.ndarray:
+    """float32 linear light (any shape, clamped to [0, 1]) -> uint8 sRGB rounded to nearest, by the kernels' rule."""
+    k = _kernels()
+    assert k is not None, "encode_srgb without numba: check available() first"
+    lin = np.ascontiguousarray(lin, np.float32)
+    out = np.empty(lin.shape, np.uint8)
+    t, g = _tables()
+    k["encode_all"](lin, t, g, out)
+    return out
