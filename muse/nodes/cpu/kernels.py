@@ -31,7 +31,7 @@ _WHY_NOT: str | None = None
 
 # sRGB encoding, rounded to nearest, without pow: level k is the output for linear values in
 # [T[k], T[k+1]) (T[0] = -inf, T[256] = +inf); a 4096-entry guess table puts a value within one
-# level of its answer (the curve's steepest step, near black, is wider than 1/4096), then one
+# level of its answer (the curve's narrowest level, near black, is wider than 1/4096), then one
 # comparison each way settles it. Exact to float32 (the torch path's pow is within 1 ulp of it).
 GUESS_STEPS = 4096
 
