@@ -544,3 +544,24 @@ def test_composite_cpu_soft_band_over_most_of_the_frame(monkeypatch, photos):
     b = cpu.process(frame, Mask(torch.from_numpy(mask)))["out"].image.numpy().astype(np.int16)
     assert np.abs(a - b).max() <= 2
     assert ((mask > 0.01) & (mask < 0.99)).mean() > 0.6  # the band really covers most of the 3600 tiles
+
+
+def test_shrunk_frame_is_shared_and_follows_changes(photos):
+    """The segmenter and the refine of one frame share its shrunk copy (`shrunk_uint8`); a frame changed in
+    place, or another frame, gets its own."""
+    import torch.nn.functional as F
+
+    from muse.nodes.cpu import shrunk_uint8
+
+    def ref(img: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(img.permute(2, 0, 1)[None], size=(144, 256), mode="bilinear", align_corners=False, antialias=True)[0]
+
+    img = photos["astronaut"].image.clone()
+    a = shrunk_uint8(img, 144, 256)
+    assert shrunk_uint8(img, 144, 256) is a and torch.equal(a, ref(img))
+    assert shrunk_uint8(img, 72, 128).shape == (3, 72, 128)
+    img[:360] = 0  # in place: the version counter moves
+    b = shrunk_uint8(img, 144, 256)
+    assert b is not a and torch.equal(b, ref(img))
+    other = photos["messi"].image
+    assert torch.equal(shrunk_uint8(other, 144, 256), ref(other))

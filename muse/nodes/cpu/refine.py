@@ -11,11 +11,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from muse.graph.payloads import Frame, Mask
 from muse.models.matte_refine import symmetric_adjugate3
-from muse.nodes.cpu import as_numpy
+from muse.nodes.cpu import as_numpy, shrunk_uint8
 
 __all__ = ["RefineCPU", "box_mean", "guided_coefficients"]
 
@@ -148,10 +147,11 @@ class RefineCPU:
         H, W = full.shape[:2] if full is not None else img.shape[:2]
         if (W, H) == (w, h):
             small = full if full is not None else cv2.LUT(img, _UNIT)
-        else:  # torch's uint8 antialiased filter (0.4 ms), as the torch path filters (OpenCV's area filter moved edges)
-            src = torch.from_numpy(img if p.scale >= 1.0 else np.rint(full * 255.0).astype(np.uint8))
-            t = F.interpolate(src.permute(2, 0, 1).unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-            small = cv2.LUT(np.ascontiguousarray(t[0].permute(1, 2, 0).numpy()), _UNIT)
+        else:  # torch's uint8 antialiased filter (0.4 ms), as the torch path filters (OpenCV's area filter moved edges);
+            # at scale 1 the segmenter of this frame usually made the same already (`shrunk_uint8`)
+            src = frame.hwc_uint8() if p.scale >= 1.0 else torch.from_numpy(np.rint(full * 255.0).astype(np.uint8))
+            t = shrunk_uint8(src, h, w)
+            small = cv2.LUT(np.ascontiguousarray(t.permute(1, 2, 0).numpy()), _UNIT)
         if p.temporal and p.stability > 0:
             low = self.temporal(low, small)
         else:
