@@ -98,6 +98,12 @@ class Channel:
                 raise ChannelClosed
             raise TimeoutError
 
+    def wait_taken(self, timeout: float) -> bool:
+        """Wait until the channel is empty (its items taken) or closed, at most `timeout` seconds; True if it is.
+        For a producer that makes an item only once the last one was taken (no polling)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items or self._closed, timeout)
+
     def close(self) -> None:
         """No more items; readers drain what is left, then get ChannelClosed."""
         with self._cond:

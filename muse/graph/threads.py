@@ -41,9 +41,14 @@ class SourceSinkThreads:
 
         def loop() -> None:
             while not slot.stop.is_set() and not self._stop.is_set():
-                if demand and len(slot.channel) and (fresh_s is None or time.perf_counter() - last_put[0] < fresh_s):
-                    time.sleep(0.001)  # a synthetic source renders only what will be shown
-                    continue
+                if demand and len(slot.channel):
+                    # a synthetic source renders only what will be shown: it waits for its frame to be taken
+                    # (or, paced, to grow stale), woken by the taker (polling every millisecond cost the CPU
+                    # path ~1 % of a core and as many GIL hand-overs)
+                    left = 0.05 if fresh_s is None else fresh_s - (time.perf_counter() - last_put[0])
+                    if left > 0:
+                        slot.channel.wait_taken(min(left, 0.05))
+                        continue
                 t0 = time.perf_counter()
                 slot.call_started = t0
                 try:
