@@ -101,3 +101,35 @@ def encode_all(lin, t, g, out):
     flat, dst = lin.ravel(), out.ravel()
     for i in range(flat.size):
         dst[i] = encode(flat[i], t, g)
+
+
+@jit
+def guided_full_gray(gray, a_rows, b_rows, y0s, y1s, wys, out):
+    """segment.refine's one full-resolution step with the brightness guide: out = clip(A I + b, 0, 1), A and b
+    upsampled bilinearly (their rows already upsampled across, `a_rows` and `b_rows` (h, W); each output row
+    blends two of them by the tables y*), I the (H, W) uint8 brightness / 255 (a loop that vectorises)."""
+    height, width = out.shape
+    inv = np.float32(1.0 / 255.0)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for y in range(height):
+        y0, y1, wy = y0s[y], y1s[y], wys[y]
+        a0, a1, b0, b1, g, o = a_rows[y0], a_rows[y1], b_rows[y0], b_rows[y1], gray[y], out[y]
+        for x in range(width):
+            v = (a0[x] + wy * (a1[x] - a0[x])) * np.float32(g[x]) * inv + (b0[x] + wy * (b1[x] - b0[x]))
+            o[x] = min(max(v, zero), one)
+
+
+@jit
+def guided_full_colour(img, a_rows, b_rows, y0s, y1s, wys, out):
+    """The same with the colour guide: A (h, W, 3) rows, I the (H, W, 3) uint8 picture / 255."""
+    height, width = out.shape
+    inv = np.float32(1.0 / 255.0)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for y in range(height):
+        y0, y1, wy = y0s[y], y1s[y], wys[y]
+        a0, a1, b0, b1, px, o = a_rows[y0], a_rows[y1], b_rows[y0], b_rows[y1], img[y], out[y]
+        for x in range(width):
+            v = b0[x] + wy * (b1[x] - b0[x])
+            for c in range(3):
+                v += (a0[x, c] + wy * (a1[x, c] - a0[x, c])) * (np.float32(px[x, c]) * inv)
+            o[x] = min(max(v, zero), one)

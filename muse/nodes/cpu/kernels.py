@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "srgb_thresholds", "composite_over", "encode_srgb"]
+__all__ = ["available", "why_not", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -88,7 +88,8 @@ def _build() -> dict[str, Any]:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_root() / "numba"))
     from muse.nodes.cpu import _numba_loops
 
-    return {"variant": _numba_loops.variant, "over": {}, "encode_all": _numba_loops.encode_all}
+    return {"variant": _numba_loops.variant, "over": {}, "encode_all": _numba_loops.encode_all, "guided_gray": _numba_loops.guided_full_gray,
+            "guided_colour": _numba_loops.guided_full_colour}
 
 
 def _taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,4 +173,25 @@ def encode_srgb(lin: np.ndarray) -> np.ndarray:
     out = np.empty(lin.shape, np.uint8)
     t, g = _tables()
     k["encode_all"](lin, t, g, out)
+    return out
+
+
+def guided_upsample(img: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """segment.refine's full-resolution step in one pass: clip(A . I + b, 0, 1) at the size of `img` (H, W, 3)
+    uint8, A (h, w, C) (C = 1: the brightness guide; 3: colour) and b (h, w) the coefficients at the mask's
+    size, upsampled bilinearly on cell centres (across by OpenCV on the h small rows, down in the loop)."""
+    import cv2
+
+    k = _kernels()
+    assert k is not None, "guided_upsample without numba: check available() first"
+    height, width = img.shape[:2]
+    h, w = b.shape
+    a_rows = cv2.resize(np.ascontiguousarray(a, np.float32), (width, h), interpolation=cv2.INTER_LINEAR).reshape(h, width, -1)
+    b_rows = cv2.resize(np.ascontiguousarray(b, np.float32), (width, h), interpolation=cv2.INTER_LINEAR)
+    y0, y1, wy = _taps_for(height, width, h, w)[:3]
+    out = np.empty((height, width), np.float32)
+    if a_rows.shape[2] == 3:
+        k["guided_colour"](np.ascontiguousarray(img), a_rows, b_rows, y0, y1, wy, out)
+    else:  # the brightness by OpenCV (vector code; the OpenCV implementation's very levels)
+        k["guided_gray"](cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), np.ascontiguousarray(a_rows[..., 0]), b_rows, y0, y1, wy, out)
     return out

@@ -14,7 +14,7 @@ import torch
 
 from muse.graph.payloads import Frame, Mask
 from muse.models.matte_refine import symmetric_adjugate3
-from muse.nodes.cpu import as_numpy, shrunk_uint8
+from muse.nodes.cpu import as_numpy, kernels, shrunk_uint8
 
 __all__ = ["RefineCPU", "box_mean", "guided_coefficients"]
 
@@ -158,6 +158,10 @@ class RefineCPU:
             self.temporal.reset()
         guide = small if colour else cv2.transform(small, LUMA)[..., None]
         a, b = guided_coefficients(low, guide, p.radius, p.eps)
+        if full is None and kernels.available():
+            # the one full-resolution step fused (muse/nodes/cpu/kernels.py): the same maths as below
+            out = kernels.guided_upsample(img, a, b)
+            return {"refined": Mask(torch.from_numpy(out), frame.timestamp, frame.index)}
         # the one full-resolution step: A and b upsampled (bilinear on cell centres), then A . I + b
         up_b = cv2.resize(b, (W, H), interpolation=cv2.INTER_LINEAR)
         if colour:
