@@ -3,7 +3,7 @@ they replace and the torch path, on real photos (issue 13).
 
 Tolerances: composited pixels within 2 sRGB levels of the torch path (as every CPU implementation) and
 within 1 level of the OpenCV implementation (both round linear light to sRGB; they may differ at a
-rounding boundary), 3 over a blurred room (the OpenCV implementation blends with the room upsampled in
+rounding boundary; the kernel's differ from the torch path's on under 0.1 % of values), 3 over a blurred room (the OpenCV implementation blends with the room upsampled in
 sRGB, the kernel in linear light as the torch path); the sRGB encoding exact against float64 maths.
 """
 
@@ -116,7 +116,9 @@ def test_composite_kernel_matches_opencv_and_torch(monkeypatch, photos, params, 
         assert np.abs(fused - a).mean() <= np.abs(opencv - a).mean()
     else:
         assert np.abs(fused - opencv).max() <= 1
-        assert (fused != opencv).mean() < 1e-3  # rounding boundaries only
+        # off the torch path at rounding boundaries only (the OpenCV implementation's 8-bit mix of the live frame
+        # and the plate rounds differently at half levels: 0.3-0.8 % of values over the half-known stripe)
+        assert (fused != a).mean() < 1e-3
     # the band blend really ran over a soft edge (not only copies)
     alpha = mask.alpha.numpy()
     assert ((alpha > 0.05) & (alpha < 0.95)).mean() > 0.01

@@ -133,3 +133,20 @@ def guided_full_colour(img, a_rows, b_rows, y0s, y1s, wys, out):
             for c in range(3):
                 v += (a0[x, c] + wy * (a1[x, c] - a0[x, c])) * (np.float32(px[x, c]) * inv)
             o[x] = min(max(v, zero), one)
+
+
+@jit
+def lerp_known(fg, plate, k_rows, y0s, y1s, wys, out):
+    """composite.over's background over a plate: round(fg + k (plate - fg)) per channel (the torch path's
+    8-bit lerp), k the plate's known weight upsampled bilinearly (its rows already upsampled across,
+    `k_rows` (h, W); each output row blends two of them by the tables y*)."""
+    height, width = fg.shape[:2]
+    for y in range(height):
+        y0, y1, wy = y0s[y], y1s[y], wys[y]
+        k0, k1, f, p, o = k_rows[y0], k_rows[y1], fg[y].ravel(), plate[y].ravel(), out[y].ravel()
+        for x in range(width):
+            k = k0[x] + wy * (k1[x] - k0[x])
+            for c in range(3):
+                i = 3 * x + c
+                v = np.float32(f[i])
+                o[i] = np.uint8(np.rint(v + k * (np.float32(p[i]) - v)))

@@ -271,7 +271,7 @@ class CompositeCPU:
                 # A plate pixel never seen is a guess, and where the matte is unsure the plate may be the
                 # room behind the person: there the live frame is shown (the torch path's rule and maths:
                 # the product on the finer grid, upsampled once, lerp rounded to uint8)
-                room = lerp_known(fg, room, upsample(known, height, width))
+                room = kernels.lerp_known(fg, room, known) if kernels.available() else lerp_known(fg, room, upsample(known, height, width))
             return 1, room, colour
         if mode in ("image", "video"):
             bg, _, _ = node._background(torch.from_numpy(fg), torch.from_numpy(alpha), plate, coverage)

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample"]
+__all__ = ["available", "why_not", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -89,7 +89,7 @@ def _build() -> dict[str, Any]:
     from muse.nodes.cpu import _numba_loops
 
     return {"variant": _numba_loops.variant, "over": {}, "encode_all": _numba_loops.encode_all, "guided_gray": _numba_loops.guided_full_gray,
-            "guided_colour": _numba_loops.guided_full_colour}
+            "guided_colour": _numba_loops.guided_full_colour, "lerp_known": _numba_loops.lerp_known}
 
 
 def _taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,4 +194,20 @@ def guided_upsample(img: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
         k["guided_colour"](np.ascontiguousarray(img), a_rows, b_rows, y0, y1, wy, out)
     else:  # the brightness by OpenCV (vector code; the OpenCV implementation's very levels)
         k["guided_gray"](cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), np.ascontiguousarray(a_rows[..., 0]), b_rows, y0, y1, wy, out)
+    return out
+
+
+def lerp_known(fg: np.ndarray, plate: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """round(fg + k (plate - fg)) (H, W, 3) uint8, k the low-resolution `known` (h, w) plane in [0, 1]
+    upsampled bilinearly on cell centres (across by OpenCV on its h rows, down in the loop)."""
+    import cv2
+
+    k = _kernels()
+    assert k is not None, "lerp_known without numba: check available() first"
+    height, width = fg.shape[:2]
+    h, w = known.shape
+    k_rows = cv2.resize(np.ascontiguousarray(known, np.float32), (width, h), interpolation=cv2.INTER_LINEAR)
+    y0, y1, wy = _taps_for(height, width, h, w)[:3]
+    out = np.empty_like(fg)
+    k["lerp_known"](np.ascontiguousarray(fg), np.ascontiguousarray(plate), k_rows, y0, y1, wy, out)
     return out
