@@ -150,3 +150,71 @@ def lerp_known(fg, plate, k_rows, y0s, y1s, wys, out):
                 i = 3 * x + c
                 v = np.float32(f[i])
                 o[i] = np.uint8(np.rint(v + k * (np.float32(p[i]) - v)))
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _clamp_tap(v, n):
+    # a sample position clamped to [0, n - 1] (the border rule): its cell, the next one, the weight
+    v = min(max(v, np.float32(0.0)), np.float32(n - 1))
+    i0 = np.intp(v)
+    return i0, min(i0 + 1, n - 1), v - np.float32(i0)
+
+
+@jit
+def warp_box(src, plate, mask, a_full, fx_rows, fy_rows, y0s, y1s, wys, box, out, warped_mask):
+    """warp.apply inside `box` (y0, y1, x0, x1), as `kernels.warp_apply_torch`: the offset (dx, dy) upsampled
+    bilinearly from the field (its rows already upsampled across, `fx_rows`/`fy_rows` (fh, W); rows blended
+    by the tables y*); where it is exactly zero nothing changes (`out` and `warped_mask` hold the frame
+    and the mask already); else the frame sampled bilinearly at (x + dx, y + dy) (edges clamped), and with
+    a mask (mh, mw; `mask.shape[0] > 1`) its value there `wa` (cell-centre mapping): out = wa * warped +
+    (1 - wa) * bg, bg the plate mixed in by min(1, 4 a) (a = `a_full`, the mask at the frame's size)
+    where there is a plate (`plate.shape[0] > 1`), else the warped frame; rounded once."""
+    height, width = src.shape[:2]
+    by0, by1, bx0, bx1 = box[0], box[1], box[2], box[3]
+    has_mask, has_plate = mask.shape[0] > 1, plate.shape[0] > 1
+    mh, mw = mask.shape
+    same = mh == height and mw == width  # the mask sampled at the frame's own taps
+    sy_m, sx_m = np.float32(mh / height), np.float32(mw / width)
+    half, zero, one, four = np.float32(0.5), np.float32(0.0), np.float32(1.0), np.float32(4.0)
+    top_v = np.float32(255.0)
+    flat = src.ravel()  # flat offsets: three-index loads cost a third of the pass
+    for y in range(by0, by1):
+        r0, r1, wy = y0s[y], y1s[y], wys[y]
+        fx0, fx1, fy0, fy1 = fx_rows[r0], fx_rows[r1], fy_rows[r0], fy_rows[r1]
+        orow, srow, prow = out[y], src[y], plate[y if has_plate else 0]
+        for x in range(bx0, bx1):
+            dx = fx0[x] + wy * (fx1[x] - fx0[x])
+            dy = fy0[x] + wy * (fy1[x] - fy0[x])
+            if dx == zero and dy == zero:
+                continue
+            sx, sy = np.float32(x) + dx, np.float32(y) + dy
+            i0, i1, wx = _clamp_tap(sx, width)
+            j0, j1, wj = _clamp_tap(sy, height)
+            wa = one
+            share = zero
+            if has_mask:
+                if same:
+                    k0, k1, wk, l0, l1, wl = i0, i1, wx, j0, j1, wj
+                else:
+                    k0, k1, wk = _clamp_tap((sx + half) * sx_m - half, mw)
+                    l0, l1, wl = _clamp_tap((sy + half) * sy_m - half, mh)
+                top = mask[l0, k0] + wk * (mask[l0, k1] - mask[l0, k0])
+                bot = mask[l1, k0] + wk * (mask[l1, k1] - mask[l1, k0])
+                wa = top + wl * (bot - top)
+                warped_mask[y, x] = wa
+                share = min(a_full[y, x] * four, one)
+            o00, o01 = (j0 * width + i0) * 3, (j0 * width + i1) * 3
+            o10, o11 = (j1 * width + i0) * 3, (j1 * width + i1) * 3
+            for c in range(3):
+                p00, p01 = np.float32(flat[o00 + c]), np.float32(flat[o01 + c])
+                p10, p11 = np.float32(flat[o10 + c]), np.float32(flat[o11 + c])
+                top = p00 + wx * (p01 - p00)
+                w = top + wj * (p10 + wx * (p11 - p10) - top)
+                if has_mask:
+                    if has_plate:
+                        f = np.float32(srow[x, c])
+                        bg = f + share * (np.float32(prow[x, c]) - f)
+                    else:
+                        bg = w
+                    w = wa * w + (one - wa) * bg
+                orow[x, c] = np.uint8(min(max(np.rint(w), zero), top_v))

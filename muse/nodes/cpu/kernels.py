@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known"]
+__all__ = ["available", "why_not", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -89,7 +89,8 @@ def _build() -> dict[str, Any]:
     from muse.nodes.cpu import _numba_loops
 
     return {"variant": _numba_loops.variant, "over": {}, "encode_all": _numba_loops.encode_all, "guided_gray": _numba_loops.guided_full_gray,
-            "guided_colour": _numba_loops.guided_full_colour, "lerp_known": _numba_loops.lerp_known}
+            "guided_colour": _numba_loops.guided_full_colour, "lerp_known": _numba_loops.lerp_known,
+            "warp_box": _numba_loops.warp_box}
 
 
 def _taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -211,3 +212,22 @@ def lerp_known(fg: np.ndarray, plate: np.ndarray, known: np.ndarray) -> np.ndarr
     out = np.empty_like(fg)
     k["lerp_known"](np.ascontiguousarray(fg), np.ascontiguousarray(plate), k_rows, y0, y1, wy, out)
     return out
+
+
+def warp_box(src: np.ndarray, field: np.ndarray, box: tuple[int, int, int, int], mask: np.ndarray | None, a_full: np.ndarray | None,
+             plate: np.ndarray | None, out: np.ndarray, warped_mask: np.ndarray | None) -> None:
+    """warp.apply inside `box` in one pass (see `_numba_loops.warp_box`): `out` and `warped_mask` hold the frame
+    and the mask at the frame's size already and are written where the field moves; `field` (2, fh, fw)."""
+    import cv2
+
+    k = _kernels()
+    assert k is not None, "warp_box without numba: check available() first"
+    height, width = src.shape[:2]
+    fh, fw = field.shape[1:]
+    fx_rows, fy_rows = (cv2.resize(np.ascontiguousarray(field[i], np.float32), (width, fh), interpolation=cv2.INTER_LINEAR) for i in (0, 1))
+    y0, y1, wy = _taps_for(height, width, fh, fw)[:3]
+    none2 = np.zeros((1, 1), np.float32)
+    k["warp_box"](np.ascontiguousarray(src), np.ascontiguousarray(plate) if plate is not None else np.zeros((1, 1, 3), np.uint8),
+                  np.ascontiguousarray(mask, np.float32) if mask is not None else none2,
+                  np.ascontiguousarray(a_full, np.float32) if a_full is not None else none2, fx_rows, fy_rows, y0, y1, wy,
+                  np.asarray(box, np.int64), out, warped_mask if warped_mask is not None else none2)

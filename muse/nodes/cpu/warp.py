@@ -1,5 +1,6 @@
-"""CPU `warp.apply`: the face and body fields applied with OpenCV's `remap`, only inside
-the rectangle where the field moves anything.
+"""CPU `warp.apply`: the face and body fields applied only inside the rectangle where the
+field moves anything: one numba pass (muse/nodes/cpu/kernels.py) where numba is there, else
+OpenCV's `remap` and blends.
 
 The summed field is low resolution and zero outside the person's dilated outline (the
 gate), so the output starts as a copy of the frame and only the field's bounding box
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from muse.graph.payloads import Displacement, Frame, Mask
-from muse.nodes.cpu import as_numpy
+from muse.nodes.cpu import as_numpy, kernels
 from muse.nodes.cpu.composite import upsample_box
 from muse.nodes.warp.kernels import ROOM_SHARE
 
@@ -58,6 +59,11 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
     out = src.copy()
     warped_mask = None if a_full is None else a_full.copy()
     if box is None:
+        return out, warped_mask
+    if kernels.available():
+        # one pass over the box (muse/nodes/cpu/kernels.py): the torch path's maths, rounded once
+        kernels.warp_box(src, field, box, mask if a_full is not None else None, a_full, plate if a_full is not None else None,
+                         out, warped_mask)
         return out, warped_mask
     y0, y1, x0, x1 = box
     dx, dy = _field_in_box(field, height, width, box)
