@@ -233,3 +233,31 @@ def test_warp_kernel_matches_torch_and_opencv(monkeypatch, photos, case, photo):
     if case != "no_mask":
         ma, mb, mc = (x["warped_mask"].alpha.numpy() for x in (a, b, c))
         assert np.abs(ma - mb).max() < 1e-3 and np.abs(mb - mc).max() < 1e-3
+
+
+@needs_numba
+def test_warm_up_compiles_what_the_nodes_call(monkeypatch, photos):
+    """The background warm-up compiles each kernel for the very argument types the nodes pass (a node's
+    first call mid-stream must not compile a second specialisation)."""
+    from muse.graph.payloads import Displacement
+    from muse.nodes.warp import WarpApply
+
+    kernels.warm_up()
+    kernels._WARM.join(timeout=300)
+    k = kernels._kernels()
+    before = {name: len(fn.signatures) for name, fn in k.items() if hasattr(fn, "signatures")}
+    over_before = {key: len(fn.signatures) for key, fn in k["over"].items()}
+    assert len(over_before) == 6 and all(n == 1 for n in over_before.values())
+    frame = photos["astronaut"]
+    mask = _refined(monkeypatch, frame)
+    plate = _frame720(cv2.imread(str(ROOM))[:, :, ::-1])
+    cov = torch.ones(720, 1280)
+    cov[:, :300] = 0.0
+    for params, kw in (({"background": "blur", "light_wrap": 0.0}, {}), ({"background": "plate"}, {"plate": plate, "coverage": Mask(cov)}),
+                       ({"background": "colour", "light_wrap": 0.3}, {})):
+        _opened(monkeypatch, Composite, params, "fast").process(frame, mask, **kw)
+    _opened(monkeypatch, RefineMask, {"guide": "gray"}, "fast").process(frame, Mask(torch.rand(144, 256)))
+    face = Displacement(_bump_field(23, 40, 0.5, 0.4, 7.0), (1280, 720))
+    _opened(monkeypatch, WarpApply, {}, "fast").process(frame, face=face, mask=mask, plate=plate)
+    after = {name: len(fn.signatures) for name, fn in k.items() if hasattr(fn, "signatures")}
+    assert after == before and {key: len(fn.signatures) for key, fn in k["over"].items()} == over_before

@@ -238,6 +238,7 @@ class CompositeCPU:
 
     def __init__(self, node) -> None:
         self.node = node
+        kernels.warm_up()
         self._colour: tuple[tuple, tuple[float, float, float]] | None = None
 
     def _linear_colour(self, srgb: tuple) -> tuple[float, float, float]:

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -231,3 +231,44 @@ def warp_box(src: np.ndarray, field: np.ndarray, box: tuple[int, int, int, int],
                   np.ascontiguousarray(mask, np.float32) if mask is not None else none2,
                   np.ascontiguousarray(a_full, np.float32) if a_full is not None else none2, fx_rows, fy_rows, y0, y1, wy,
                   np.asarray(box, np.int64), out, warped_mask if warped_mask is not None else none2)
+
+
+_WARM: threading.Thread | None = None
+
+
+def warm_up() -> None:
+    """Compile (or load from the disk cache) every kernel on a background thread, once per process: the CPU
+    nodes call this when they open, so a kernel first needed mid-stream (the glow switched on live, a field
+    appearing) does not compile inside a frame (about a second a kernel on a cold cache)."""
+    global _WARM
+    if _WARM is not None or not available():
+        return
+    with _LOCK:
+        if _WARM is not None:
+            return
+        _WARM = threading.Thread(target=_warm, name="muse-numba-warm", daemon=True)
+    _WARM.start()
+
+
+def _warm() -> None:
+    try:
+        fg = np.zeros((8, 8, 3), np.uint8)
+        a = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+        low = np.ones((2, 2, 3), np.float32) * np.float32(0.5)
+        for colour, room in ((None, None), ((0.1, 0.2, 0.3), None), (None, low)):
+            for wrap in (0.0, 0.3):
+                composite_over(fg, a, fg.copy(), 1.5e-4, colour=colour, room=room, wrap=wrap,
+                               soft=low if wrap else None, inside=low[..., 0] if wrap else None)
+        coef = np.zeros((2, 2, 1), np.float32)
+        guided_upsample(fg, coef, coef[..., 0])
+        guided_upsample(fg, np.zeros((2, 2, 3), np.float32), coef[..., 0])
+        lerp_known(fg, fg, coef[..., 0])
+        field = np.ones((2, 2, 2), np.float32)
+        for mask in (None, a, a[:4, :4].copy()):
+            for plate in (None, fg):
+                m_full = a if mask is not None else None
+                warp_box(fg, field, (0, 8, 0, 8), mask, m_full, plate if mask is not None else None, fg.copy(),
+                         a.copy() if mask is not None else None)
+        encode_srgb(a)
+    except Exception:  # a failure shows again, with its message, where the kernel is really called
+        log.debug("numba warm-up", exc_info=True)

@@ -128,6 +128,7 @@ class RefineCPU:
 
     def __init__(self, params) -> None:
         self.params = params
+        kernels.warm_up()
         self.temporal = TemporalCPU(params.stability, params.motion_threshold)
 
     def update(self, params) -> None:

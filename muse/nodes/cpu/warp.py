@@ -102,6 +102,7 @@ def warp_apply_cpu(src: np.ndarray, field: np.ndarray, mask: np.ndarray | None, 
 class WarpCPU:
     def __init__(self, node) -> None:
         self.node = node
+        kernels.warm_up()
 
     def process(self, frame: Frame, face: Displacement | None = None, body: Displacement | None = None,
                 mask: Mask | None = None, plate: Frame | None = None) -> dict[str, object]:
