@@ -565,3 +565,28 @@ def test_shrunk_frame_is_shared_and_follows_changes(photos):
     assert b is not a and torch.equal(b, ref(img))
     other = photos["messi"].image
     assert torch.equal(shrunk_uint8(other, 144, 256), ref(other))
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (300, 500)])
+def test_demo_render_blends_only_her_edge_and_is_the_same_picture(size):
+    """capture.demo on the CPU copies her square where her alpha is 1 and blends only the soft edge: the
+    same frames, to the bit, as one blend over the whole square (also where the square leaves the frame)."""
+    from muse.nodes.capture.demo import Demo
+
+    w, h = size
+    demo = build_node(Demo, {"width": w, "height": h, "fps": 0, "background": "coffee", "motion": 2.0})
+    demo.open(make_context("camera"))
+    assert 0 < demo._edge[0].size < 0.2 * demo._side**2  # the edge is a thin part of her square
+    p = demo.params
+    for i in range(0, 240, 17):
+        got, _ = demo.render(i)
+        x0, y0 = demo.placement(i)
+        fx0, fy0, fx1, fy1 = max(0, x0), max(0, y0), min(w, x0 + demo._side), min(h, y0 + demo._side)
+        want = demo._plate.clone()
+        if fx1 > fx0 and fy1 > fy0:
+            sx0, sy0 = fx0 - x0, fy0 - y0
+            fg, wa, wb = (np.ascontiguousarray(t[sy0 : sy0 + fy1 - fy0, sx0 : sx0 + fx1 - fx0]) for t in demo._cv)
+            region = want.numpy()[fy0:fy1, fx0:fx1]
+            region[...] = cv2.blendLinear(fg, np.ascontiguousarray(region), wa, wb)
+        assert torch.equal(got, want), (i, p.width)
+        assert not torch.equal(got, demo._plate)  # she is in the picture
