@@ -89,6 +89,9 @@ def fuse_wanted(device: torch.device | str) -> bool:
     return True
 
 
+_NOT_YET = object()
+
+
 class FusedChain:
     """A node's per-pixel maths `fn`, compiled by Inductor (static shapes, cached on disk in MUSE_CACHE/inductor)
     in a background thread, while the node goes on calling `fn` as is: a first start on a machine (a minute or
@@ -105,7 +108,7 @@ class FusedChain:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir().parent / "inductor"))
             self.compiled = torch.compile(fn, dynamic=False)
         self._lock = threading.Lock()
-        self._ready: Hashable = None
+        self._ready: Hashable = _NOT_YET  # the key the compiled code was warmed for
         self._wanted: tuple[Hashable, Callable[[Callable[..., Any]], None]] | None = None
         self._thread: threading.Thread | None = None
         self.seconds: float | None = None  # how long the last compile took
@@ -120,7 +123,9 @@ class FusedChain:
                 return
             self._wanted = (key, make_warm())
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name=f"fuse {self.name}", daemon=True)
+                # not a daemon: the interpreter's exit waits for a compile under way (ending the process in the
+                # middle of one aborts it: "terminate called without an active exception", exit status 134)
+                self._thread = threading.Thread(target=self._work, name=f"fuse {self.name}", daemon=False)
                 self._thread.start()
 
     def _work(self) -> None:
@@ -150,6 +155,14 @@ class FusedChain:
 
     def ready(self, key: Hashable) -> bool:
         return self.compiled is not None and key == self._ready
+
+    def close(self) -> None:
+        """No further compiles; one under way finishes (the process's exit waits for it)."""
+        with self._lock:
+            self._wanted = None
+            running = self._thread is not None and self._thread.is_alive()
+        if running:
+            log.warning("%s: finishing the fused maths' compile under way before exit (up to a minute)", self.name)
 
     def busy(self) -> bool:
         """Compiling now (or about to)."""
