@@ -588,7 +588,7 @@ class FusedSegment(Node):
             self._file_plate = Frame(load_image(str(path), self.name, "plate_file").to(ctx.device))
         # GPU: the working-resolution maths (~960 small kernels a frame) compiled into ~300 (issue 12), in the
         # background: until that code is ready for this size and these settings the node runs them unfused
-        self._chain = FusedChain(FusedMatte.frame, f"node '{self.name}' (segment.fused)", ctx.device)
+        self._chain = FusedChain(FusedMatte.frame, f"the fused maths of node '{self.name}' (segment.fused)", ctx.device)
         self._key: object = None  # the last frame's (size, settings) for the fused code
         self._settings_version = 0
         self._fused, self._latched = False, False
