@@ -100,6 +100,7 @@ class FusedChain:
         self._wanted: tuple[Hashable, Callable[[Callable[..., Any]], None]] | None = None
         self._thread: threading.Thread | None = None
         self.seconds: float | None = None  # how long the last compile took
+        self.last_compiled = False  # whether the last `run` went through the compiled code
 
     def prepare(self, key: Hashable, make_warm: Callable[[], Callable[[Callable[..., Any]], None]]) -> None:
         """Compile for `key` in the background unless it is ready or already being compiled; `make_warm()`
@@ -180,10 +181,13 @@ class FusedChain:
         thread, would stall it), which a compile starting on another thread meanwhile would also see: while one
         runs (it holds _COMPILING) this call runs `fn` as is. Only eager and recording frames get here: a
         replayed frame calls no Python."""
+        self.last_compiled = False
         if fused and self.compiled is not None and _COMPILING.acquire(blocking=False):
             try:
                 with torch.compiler.set_stance("fail_on_recompile"):
-                    return self.compiled(*args)
+                    out = self.compiled(*args)
+                self.last_compiled = True
+                return out
             except CaptureError:
                 raise
             except Exception as exc:
@@ -318,6 +322,7 @@ class TorchBackend(InferenceBackend):
             # thread_local: other nodes' threads keep launching work on their own streams meanwhile.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = self._chain.run(fused, static_in)
+            fused = self._chain.last_compiled  # a compile elsewhere may have kept it uncompiled: capture again later
         except Exception as exc:  # an op that cannot be captured: stay correct, run eagerly
             log.warning("CUDA graph capture failed for %s (%s); running eagerly", type(self.model).__name__, exc)
             self._graph_failed = True
@@ -347,7 +352,7 @@ class TorchBackend(InferenceBackend):
             # Inside a recorded frame the model's kernels become part of the frame's own graph.
             return self._chain.run(fused, x)
         entry = self._graphs.get(shape)
-        if entry is not None and entry.fused != fused:  # compiled code became ready: capture it instead
+        if entry is not None and entry.fused != fused and not _COMPILING.locked():  # compiled code is ready: capture it
             del self._graphs[shape]
             entry = None
         if entry is None:
