@@ -297,7 +297,7 @@ def _fused_frames(nodes: dict, rgb: np.ndarray, gt: np.ndarray, room: np.ndarray
                 got[mode] = node.process(frame=_frame(pic, i), prior=prior)["mask"].alpha.numpy()
             if i == 0:
                 chain = nodes["fused"]._chain
-                assert not nodes["fused"]._fused and chain.busy()  # the first frame ran unfused
+                assert not nodes["fused"]._fused  # the first frame ran unfused (and asked for the compile)
                 assert chain.wait(900)
                 if chain.compiled is None:
                     pytest.skip("Inductor could not compile on this machine (no C++ toolchain?): the node runs unfused")
