@@ -145,13 +145,13 @@ def test_live_setting_of_the_matte_reaches_the_replayed_frame_without_recording_
 def test_new_code_from_a_background_compile_is_recorded_again_without_losing_a_frame(monkeypatch) -> None:
     """When a background compile finishes (`code_changed`), the recorded frames hold the old kernels: the frame
     program records the next frame again (same outputs here, as the code is the same)."""
-    from muse.graph import capture
+    from muse.graph import compiled
 
     frames = 14
     text = stream_graph("cpu", "emulate", 256, 144, frames)
     base, base_runner = run_tapped(text, ["composite.out"])
     bumped = threading.Event()
-    real = capture.code_generation
+    real = compiled.code_generation
 
     def generation() -> int:  # the compile finishes after frame 6
         return real() + (1 if bumped.is_set() else 0)

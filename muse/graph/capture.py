@@ -79,35 +79,6 @@ def is_recording() -> bool:
     return active_recording() is not None
 
 
-_code_generation = 0
-
-
-def code_changed() -> None:
-    """Some node's or model's code changed under the same inputs (compiled code became ready in the background):
-    frames recorded before hold the old kernels, so the frame program records again (a new variant)."""
-    global _code_generation
-    _code_generation += 1
-
-
-def code_generation() -> int:
-    return _code_generation
-
-
-_background: dict[int, str] = {}  # id of whatever compiles -> what it is (a model, a node's maths)
-
-
-def background_work(token: int, what: str | None) -> None:
-    """Something compiles in the background (`what`), or stopped (None): `muse bench` waits for it."""
-    if what is None:
-        _background.pop(token, None)
-    else:
-        _background[token] = what
-
-
-def background_pending() -> list[str]:
-    return list(_background.values())
-
-
 class FrameGraph:
     """One recorded frame (one variant). `record(fn)` runs `fn` under recording and returns its result."""
 

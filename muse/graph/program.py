@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Hashable
 
 import torch
 
-from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph, code_generation
+from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
+from muse.graph.compiled import code_generation
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
 from muse.graph.payloads import Payload

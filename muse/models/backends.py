@@ -21,7 +21,8 @@ from typing import Any, Callable, Hashable, Literal, cast
 
 import torch
 
-from muse.graph.capture import CaptureError, background_work, code_changed, is_recording
+from muse.graph.capture import CaptureError, is_recording
+from muse.graph.compiled import background_work, code_changed
 from torch import nn
 
 from muse.files import atomic_path, write_bytes
