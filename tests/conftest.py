@@ -33,14 +33,17 @@ if "MUSE_RECORDINGS_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["MUSE_RECORDINGS_DIR"], True)
 
 
-def _installed() -> dict[str, str]:
+def _installed(path: list[str]) -> dict[str, str]:
     from importlib.metadata import distributions
 
-    return {(d.metadata["Name"] or "?").lower(): d.version for d in distributions()}
+    return {(d.metadata["Name"] or "?").lower(): d.version for d in distributions(path=path)}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config._muse_installed = _installed()  # type: ignore[attr-defined]
+    # The search path as the session started: importing setuptools later (Inductor does, to build C++) puts its
+    # vendored packages on sys.path, which installs nothing.
+    session.config._muse_path = list(sys.path)  # type: ignore[attr-defined]
+    session.config._muse_installed = _installed(session.config._muse_path)  # type: ignore[attr-defined]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -48,7 +51,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     before = getattr(session.config, "_muse_installed", None)
     if before is None:
         return
-    after = _installed()
+    after = _installed(session.config._muse_path)  # type: ignore[attr-defined]
     changed = sorted(set(before.items()) ^ set(after.items()))
     if changed:
         names = sorted({name for name, _ in changed})

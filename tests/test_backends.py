@@ -157,7 +157,7 @@ def test_compile_choice_follows_muse_compile(monkeypatch):
 
 
 @pytest.mark.parametrize("where", ["compile", "first call"])
-def test_a_failed_compile_leaves_the_model_running(matte, photo_batch, monkeypatch, caplog, where):
+def test_a_failed_compile_leaves_the_model_running(matte, photo_batch, monkeypatch, caplog, where, tmp_path):
     """Inductor missing or broken (no compiler, an unsupported op): the model runs uncompiled, with a warning."""
     from muse.models import backends
 
@@ -171,12 +171,42 @@ def test_a_failed_compile_leaves_the_model_running(matte, photo_batch, monkeypat
         return call
 
     monkeypatch.setattr(backends.torch, "compile", broken)
-    seen = []
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     with caplog.at_level("WARNING", logger="muse.backends"):
-        model = backends.compile_model(matte, lambda m: seen.append(m(photo_batch)))
-    assert model is matte
-    assert "runs uncompiled" in caplog.text
-    torch.testing.assert_close(model(photo_batch), matte(photo_batch))
+        backend = TorchBackend(matte, "cpu", compile=True)
+        first = backend(photo_batch)  # asks for the compile (in the background)
+        assert backend._chain.wait(10)
+        later = backend(photo_batch)
+    assert "runs uncompiled" in caplog.text and not backend.describe()["compiled"]
+    with torch.no_grad():
+        want = matte(photo_batch)
+    torch.testing.assert_close(first, want)
+    torch.testing.assert_close(later, want)
+
+
+@pytest.mark.slow
+def test_a_model_compiles_in_the_background_and_then_runs_compiled(photo_batch, monkeypatch, tmp_path):
+    """MUSE_COMPILE's code path on the CPU (Inductor writes C++ there): the first calls run the model as it is
+    while it compiles on another thread; then the calls run the compiled code, found without compiling again
+    (grad mode, shapes and strides as the calls'), with the same output. ~20 s on two cores."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # not the user's cache
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 1, 3, padding=1), torch.nn.Sigmoid()).eval()
+    backend = TorchBackend(net, "cpu", compile=True)
+    first = backend(photo_batch)
+    assert not backend.describe()["compiled"]  # the first call ran the model as it is (and asked for the compile)
+    try:
+        assert backend._chain.wait(600)
+    finally:
+        backend._chain.wait(600)  # never leave the compiling thread running into the interpreter's exit
+    if backend._chain.compiled is None:
+        pytest.skip("Inductor could not compile on this machine (no C++ toolchain?): the model runs uncompiled")
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    later = backend(photo_batch)
+    assert backend.describe()["compiled"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # nothing compiled on this thread
+    torch.testing.assert_close(later, first, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.cuda
@@ -189,6 +219,8 @@ def test_compiled_bundled_model_matches_uncompiled():
     for comp in (False, True):
         model = load_model("face_landmark", device=torch.device("cuda"), dtype=torch.float16)
         backend = TorchBackend(model, "cuda", torch.float16, cuda_graph=True, channels_last=False, compile=comp)
+        out = backend(x)  # compiling starts in the background; this call runs the model as it is
+        assert backend._chain.wait(900)
         out = backend(x)
         outs[comp] = [t.float() for t in (out if isinstance(out, (tuple, list)) else [out])]
         assert backend.describe()["compiled"] is comp

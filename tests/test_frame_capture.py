@@ -125,6 +125,59 @@ def test_live_edit_reaches_a_replayed_frame_without_losing_one() -> None:
         "recorded again after the edit"
 
 
+@pytest.mark.slow
+def test_live_setting_of_the_matte_reaches_the_replayed_frame_without_recording_again() -> None:
+    """segment.fused's tunable numbers are device scalars (`live_params`): an edit shows in the replayed frames
+    at once and the frame program is neither rebuilt nor recorded again."""
+    frames = 14
+    text = stream_graph("cpu", "emulate", 256, 144, frames)
+    base, base_runner = run_tapped(text, ["matte.mask", "composite.out"])
+    edited, runner = run_tapped(text, ["matte.mask", "composite.out"], edit=(7, "matte", {"model_weight": 0.1, "stability": 0.2}))
+    assert sorted(edited["composite.out"]) == list(range(frames)), "no frame lost"
+    changed = [i for i in range(frames) if not torch.equal(edited["matte.mask"][i], base["matte.mask"][i])]
+    assert changed and 7 < changed[0] <= 7 + 2, f"edit after frame 7 shows from frame {changed[:1]} on"
+    assert runner.stats.info["capture_programs"] == base_runner.stats.info["capture_programs"], "the program was rebuilt"
+    assert runner.program is not None and base_runner.program is not None
+    assert runner.program.captures == base_runner.program.captures, "recorded again for a live setting"
+
+
+@pytest.mark.slow
+def test_new_code_from_a_background_compile_is_recorded_again_without_losing_a_frame(monkeypatch) -> None:
+    """When a background compile finishes (`code_changed`), the recorded frames hold the old kernels: the frame
+    program records the next frame again (same outputs here, as the code is the same)."""
+    from muse.graph import compiled
+
+    frames = 14
+    text = stream_graph("cpu", "emulate", 256, 144, frames)
+    base, base_runner = run_tapped(text, ["composite.out"])
+    bumped = threading.Event()
+    real = compiled.code_generation
+
+    def generation() -> int:  # the compile finishes after frame 6
+        return real() + (1 if bumped.is_set() else 0)
+
+    monkeypatch.setattr("muse.graph.program.code_generation", generation)
+    runner = GraphRunner(validate_text(text, "stream.yaml", load_registry(), TORCH_NODES, base_dir=GRAPHS))
+    seen: dict[int, torch.Tensor] = {}
+
+    def cb(v: Any) -> None:
+        seen[v.index] = next(iter(v.tensors())).detach().float().cpu().clone()
+        if v.index == 6:
+            bumped.set()
+
+    runner.start()
+    runner.tap("composite", "out", cb)
+    while not runner.wait(0.1):
+        pass
+    runner.stop()
+    assert sorted(seen) == list(range(frames)), "no frame lost"
+    assert runner.program is not None and base_runner.program is not None
+    assert runner.program.captures > base_runner.program.captures, "not recorded again"
+    for i in range(frames):
+        diff = (seen[i] - base["composite.out"][i]).abs()
+        assert float(diff.max()) <= 1.0 and int((diff > 0).sum()) <= max(1, diff.numel() // 1000), i
+
+
 def test_emulated_graph_refuses_host_reads() -> None:
     g = EmulatedFrameGraph()
     x = torch.arange(6.0)

@@ -232,6 +232,84 @@ def test_cuda_process_reads_nothing_back():
     assert scenes.iou(out["mask"].alpha.float().cpu().numpy() > 0.5, gt) > 0.9
 
 
+def test_live_settings_change_the_matte_in_place_and_others_ask_for_new_code():
+    """An edit of a tunable number (LIVE_SETTINGS) is copied into the engine's device scalars: the next frame
+    uses it, and neither compiled code nor a recording is needed anew; a structural edit (a filter radius) is."""
+    from muse.nodes.segment.fused import LIVE_SETTINGS
+
+    rgb, gt = scenes.composite(SIZE)
+    room = scenes.room(SIZE)
+    prior = _prior(gt)
+    runs = {}
+    for edit in (None, {"model_weight": 0.2, "plate_weight": 3.0}):
+        node = _open(FusedSegment, {**PARAMS, "working_height": SIZE})
+        node._cpu = None  # the torch path (the one compiled and recorded on a GPU)
+        for i in range(4):
+            if i == 2 and edit:
+                version = node._settings_version
+                assert node.update_params(node.params.model_copy(update=edit))
+                assert node._settings_version == version  # no new compile
+                assert set(edit) <= FusedSegment.live_params  # no new recording
+                assert float(node.engine.lv["model_weight"]) == pytest.approx(0.2)
+            pic = _camera(np.where(gt[..., None], rgb, room), i)
+            out = node.process(frame=_frame(pic, i), prior=prior, plate=_frame(room))["mask"].alpha.numpy()
+        runs[bool(edit)] = out
+    assert np.abs(runs[True] - runs[False]).mean() > 1e-3  # the edit shows in the matte
+    assert "edge_offset" in LIVE_SETTINGS and "edge_offset" not in FusedSegment.live_params  # also a kernel's launch value
+    version = node._settings_version
+    assert node.update_params(node.params.model_copy(update={"envelope": 2}))
+    assert node._settings_version == version + 1
+
+
+@pytest.mark.slow
+def test_fused_maths_compile_in_the_background_and_match(monkeypatch, tmp_path):
+    """The torch path's maths compiled by Inductor (on a GPU by default; here on the CPU, where Inductor writes
+    C++) in the background: the node runs unfused until the code is ready, then the stream's own calls find that
+    code (compiled on another thread, for a spare engine: same grad mode, shapes and strides) without compiling
+    again, and the mattes match the unfused ones. ~1.5 minutes of compiling on two cores."""
+    from muse.models import backends
+
+    monkeypatch.setenv("MUSE_CPU_PATH", "torch")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # not the user's cache
+    monkeypatch.setattr(backends, "fuse_wanted", lambda device: True)
+    rgb, gt = scenes.composite(SIZE)
+    room = scenes.room(SIZE)
+    nodes = {mode: _open(FusedSegment, PARAMS) for mode in ("unfused", "fused")}
+    nodes["unfused"]._chain.compiled = None
+    try:
+        _fused_frames(nodes, rgb, gt, room)
+    finally:  # never leave the compiling thread running into the interpreter's exit
+        nodes["fused"]._chain.wait(900)
+
+
+def _fused_frames(nodes: dict, rgb: np.ndarray, gt: np.ndarray, room: np.ndarray) -> None:
+    graphs = None
+    with torch.no_grad():  # as the runtime runs nodes
+        for i in range(6):
+            if i == 3:  # a live edit of tunable numbers: the fused code reads them from device scalars
+                for node in nodes.values():
+                    assert node.update_params(node.params.model_copy(update={"model_weight": 2.5, "stability": 0.3}))
+            pic = _camera(np.where(np.roll(gt, 3 * i, axis=1)[..., None], np.roll(rgb, 3 * i, axis=1), room), i, _ramp(i / 4))
+            prior = _prior(np.roll(gt, 3 * i, axis=1))
+            got = {}
+            for mode, node in nodes.items():
+                node.frame_variant()
+                got[mode] = node.process(frame=_frame(pic, i), prior=prior)["mask"].alpha.numpy()
+            if i == 0:
+                chain = nodes["fused"]._chain
+                assert not nodes["fused"]._fused  # the first frame ran unfused (and asked for the compile)
+                assert chain.wait(900)
+                if chain.compiled is None:
+                    pytest.skip("Inductor could not compile on this machine (no C++ toolchain?): the node runs unfused")
+                graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            else:
+                assert nodes["fused"]._fused, f"frame {i} ran unfused"
+            assert np.abs(got["fused"] - got["unfused"]).max() < 2e-3, i
+            assert scenes.iou(got["fused"] > 0.5, gt if i == 0 else np.roll(gt, 3 * i, axis=1)) > 0.9
+    assert nodes["fused"]._chain.compiled is not None  # it did not fall back
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # nothing compiled on this thread
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("with_plate", [True, False])
 def test_cuda_fused_maths_match_uncompiled(monkeypatch, with_plate):

@@ -200,8 +200,7 @@ class Node:
     - makes every host choice (detector or tracker, face lost, first frame) in
       `frame_variant()`, whose result selects one recording per value;
     - reads time from `ctx.clock` (a device scalar), not from payload timestamps;
-    - keeps params that change live in device tensors it updates in
-      `update_params` (or returns False there, and the node is rebuilt).
+    - keeps params that change live in device tensors (`live_params`: no new recording), updated in `update_params`.
     Outputs are valid until the next frame: consumers that keep one copy it.
     """
 
@@ -231,8 +230,7 @@ class Node:
         if not cls.category and "." in cls.node_type:
             cls.category = cls.node_type.split(".")[0]
 
-    # Typed params: each node declares `params: Params` under its own `Params` class (and takes
-    # `params: Params` in `update_params`), so `self.params.<field>` type-checks per node.
+    # Typed params: each node declares `params: Params` (its own class), so `self.params.<field>` type-checks.
     params: NodeParams
 
     def __init__(self, name: str, params: NodeParams | None = None) -> None:
@@ -271,8 +269,7 @@ class Node:
         """Release devices and files; sinks flush here so files stay playable."""
 
     def update_params(self, params: Any) -> bool:
-        """Apply new params (validated, of this node's `Params`) live. Return False if the node must
-        be rebuilt instead. Subclasses annotate `params: Params`."""
+        """Apply new (validated) params live; False: the node must be rebuilt instead."""
         self.params = params
         return True
 
@@ -287,9 +284,7 @@ class Node:
         The runtime adds it as a visible node that starts only if this one does not (muse.graph.stand_ins)."""
         return None
 
-    def warming(self) -> str | None:
-        """What this node is still preparing in the background (a compile), while it already runs a slower way;
-        None when it is at full speed. `muse bench` waits for it before measuring."""
+    def warming(self) -> str | None:  # what it still compiles in the background (it runs slower meanwhile)
         return None
 
     def capture_blocker(self) -> str | None:

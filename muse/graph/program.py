@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Hashable
 import torch
 
 from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
+from muse.graph.compiled import code_generation
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
@@ -197,7 +198,7 @@ class FrameProgram:
         if eager_now:
             self._eager(seg, memo)
             return False
-        key = (_signature(ext), tuple(variants))
+        key = (_signature(ext), tuple(variants), code_generation())  # new code (a compile done): record again
         var = seg.variants.get(key)
         if key in seg.failed:
             self._eager(seg, memo)

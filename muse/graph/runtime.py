@@ -139,6 +139,10 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
                 why = None
             if why:
                 out[name] = why
+        from muse.graph.compiled import background_pending
+
+        for what in background_pending():  # models compiling (they are not nodes)
+            out.setdefault(what, "compiling in the background")
         return out
 
     def stop(self) -> None:

@@ -30,7 +30,7 @@ log = logging.getLogger("muse.runtime")
 REPEAT_S = 30.0  # a call that never returns is named again this often (the log stays readable)
 
 
-WARMUP_CALLS = 1  # a processing node's first call loads and captures its models (and compiles them, MUSE_COMPILE=on)
+WARMUP_CALLS = 1  # a processing node's first call loads and captures its models (their compiles run in the background)
 WARMUP_BUDGET_MS = 60_000.0  # ... so it gets this budget instead of its own
 
 

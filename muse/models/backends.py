@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+from contextlib import nullcontext
 import time
 from pathlib import Path
 from typing import Any, Callable, Hashable, Literal, cast
@@ -21,6 +22,7 @@ from typing import Any, Callable, Hashable, Literal, cast
 import torch
 
 from muse.graph.capture import CaptureError, is_recording
+from muse.graph.compiled import background_work, code_changed
 from torch import nn
 
 from muse.files import atomic_path, write_bytes
@@ -41,10 +43,10 @@ def default_cache_dir() -> Path:
 
 
 def compile_wanted() -> bool:
-    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=off` (default) never, `on`
-    always, `auto` when Triton is importable. Off by default: a model compiles at its first call, and a detector's
-    first call can come mid-stream (the first time tracking is lost), where 10-20 s of compiling is a frozen stream."""
-    mode = os.environ.get("MUSE_COMPILE", "off").strip().lower()
+    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=auto` (default) when Triton
+    is importable, `on` always, `off` never. The compile runs in the background (`FusedChain`): a detector's first
+    call mid-stream (the first time tracking is lost) no longer freezes the stream while it compiles."""
+    mode = os.environ.get("MUSE_COMPILE", "auto").strip().lower()
     if mode in ("0", "off", "false", "no"):
         return False
     if mode in ("1", "on", "true", "yes"):
@@ -54,24 +56,6 @@ def compile_wanted() -> bool:
     except Exception:
         return False
     return True
-
-
-def compile_model(model: nn.Module, warm: Any) -> nn.Module:
-    """`model` compiled by Inductor (pointwise chains fused into the convolutions' neighbours: about half the
-    kernels of the bundled models; H200: face mesh 0.40 -> 0.20 ms, pose landmarks exact fp32 1.34 -> 1.02 ms,
-    bench/bench_model_variants.py), warmed by `warm(compiled)`; the model itself when compiling fails, with a
-    warning: a streamer gets a slower model, never a dead stream. Compiled code is cached on disk
-    (MUSE_CACHE/inductor), so only the first start of a model on a machine waits for the compiler."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir().parent / "inductor"))
-    name = type(model).__name__
-    log.info("compiling %s for this GPU (first start on a machine: up to a minute; then cached)", name)
-    try:
-        compiled = torch.compile(model, dynamic=False)
-        warm(compiled)
-    except Exception as exc:
-        log.warning("torch.compile failed for %s (%s: %s); it runs uncompiled", name, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return model
-    return cast(nn.Module, compiled)
 
 
 def fuse_wanted(device: torch.device | str) -> bool:
@@ -89,6 +73,10 @@ def fuse_wanted(device: torch.device | str) -> bool:
     return True
 
 
+_NOT_YET = object()
+_COMPILING = threading.Lock()  # held by the one background compile under way (FusedChain)
+
+
 class FusedChain:
     """A node's per-pixel maths `fn`, compiled by Inductor (static shapes, cached on disk in MUSE_CACHE/inductor)
     in a background thread, while the node goes on calling `fn` as is: a first start on a machine (a minute or
@@ -103,12 +91,17 @@ class FusedChain:
         self.compiled: Callable[..., Any] | None = None
         if self.enabled:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir().parent / "inductor"))
-            self.compiled = torch.compile(fn, dynamic=False)
+            try:
+                self.compiled = torch.compile(fn, dynamic=False)
+            except Exception as exc:  # no Inductor on this build
+                log.warning("compiling %s is not possible (%s: %s); it runs uncompiled", name, type(exc).__name__,
+                            str(exc).splitlines()[0] if str(exc) else "")
         self._lock = threading.Lock()
-        self._ready: Hashable = None
+        self._ready: Hashable = _NOT_YET  # the key the compiled code was warmed for
         self._wanted: tuple[Hashable, Callable[[Callable[..., Any]], None]] | None = None
         self._thread: threading.Thread | None = None
         self.seconds: float | None = None  # how long the last compile took
+        self.last_compiled = False  # whether the last `run` went through the compiled code
 
     def prepare(self, key: Hashable, make_warm: Callable[[], Callable[[Callable[..., Any]], None]]) -> None:
         """Compile for `key` in the background unless it is ready or already being compiled; `make_warm()`
@@ -119,8 +112,11 @@ class FusedChain:
             if self._wanted is not None and self._wanted[0] == key:
                 return
             self._wanted = (key, make_warm())
+            background_work(id(self), self.name)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._work, name=f"fuse {self.name}", daemon=True)
+                # not a daemon: the interpreter's exit waits for a compile under way (ending the process in the
+                # middle of one aborts it: "terminate called without an active exception", exit status 134)
+                self._thread = threading.Thread(target=self._work, name=f"fuse {self.name}", daemon=False)
                 self._thread.start()
 
     def _work(self) -> None:
@@ -128,28 +124,46 @@ class FusedChain:
             with self._lock:
                 if self._wanted is None or self.compiled is None:
                     self._thread = None
+                    background_work(id(self), None)
                     return
                 key, warm = self._wanted
-            t = time.perf_counter()
-            if key != self._ready:
-                log.info("fusing %s's per-pixel maths for this GPU in the background (first start on a machine: "
-                         "a minute or more; then cached); it runs unfused meanwhile", self.name)
-            try:
-                warm(self.compiled)
-            except Exception as exc:
-                log.warning("fusing %s failed (%s: %s); it runs unfused", self.name, type(exc).__name__,
-                            str(exc).splitlines()[0] if str(exc) else "")
+            with _COMPILING:  # one compile at a time in the process (and none while the stream calls compiled code)
+                with self._lock:
+                    if self._wanted is None or self._wanted[0] != key:
+                        continue  # closed, or asked for other code, while waiting for the compiler
+                t = time.perf_counter()
+                log.info("compiling %s for this device in the background (first start on a machine: a minute or "
+                         "more; then cached); it runs uncompiled meanwhile", self.name)
+                failed: Exception | None = None
+                try:
+                    warm(self.compiled)
+                except Exception as exc:
+                    failed = exc
+            if failed is not None:
+                log.warning("compiling %s failed (%s: %s); it runs uncompiled", self.name, type(failed).__name__,
+                            str(failed).splitlines()[0] if str(failed) else "")
                 with self._lock:
                     self.compiled, self._wanted, self._thread = None, None, None
+                background_work(id(self), None)
                 return
             with self._lock:
                 self._ready, self.seconds = key, time.perf_counter() - t
                 if self._wanted is not None and self._wanted[0] == key:
                     self._wanted = None
-            log.info("%s runs fused (compiled in %.1f s)", self.name, self.seconds)
+            code_changed()  # recorded frames hold the unfused kernels: the frame program records again
+            log.info("%s runs compiled (compiled in %.1f s)", self.name, self.seconds)
 
     def ready(self, key: Hashable) -> bool:
         return self.compiled is not None and key == self._ready
+
+    def close(self) -> None:
+        """No further compiles; one under way finishes (the process's exit waits for it)."""
+        with self._lock:
+            self._wanted = None
+            running = self._thread is not None and self._thread.is_alive()
+        background_work(id(self), None)
+        if running:
+            log.warning("%s: finishing the compile under way before exit (up to a minute)", self.name)
 
     def busy(self) -> bool:
         """Compiling now (or about to)."""
@@ -163,18 +177,26 @@ class FusedChain:
         return not self.busy()
 
     def run(self, fused: bool, *args: Any) -> Any:
-        if fused and self.compiled is not None:
+        """`fn(*args)`, through the compiled code when `fused` (ready for these inputs). The compiled code is
+        entered under torch.compile's process-wide "fail_on_recompile" stance (compiling here, on the stream's
+        thread, would stall it), which a compile starting on another thread meanwhile would also see: while one
+        runs (it holds _COMPILING) this call runs `fn` as is. Only eager and recording frames get here: a
+        replayed frame calls no Python."""
+        self.last_compiled = False
+        if fused and self.compiled is not None and _COMPILING.acquire(blocking=False):
             try:
-                # the code was compiled in the background for these shapes and settings: compiling again here,
-                # on the stream's thread, would stall it (fail instead, and run unfused)
                 with torch.compiler.set_stance("fail_on_recompile"):
-                    return self.compiled(*args)
+                    out = self.compiled(*args)
+                self.last_compiled = True
+                return out
             except CaptureError:
                 raise
             except Exception as exc:
-                log.warning("fused %s failed (%s: %s); it runs unfused", self.name, type(exc).__name__,
+                log.warning("compiled %s failed (%s: %s); it runs uncompiled", self.name, type(exc).__name__,
                             str(exc).splitlines()[0] if str(exc) else "")
                 self.compiled = None
+            finally:
+                _COMPILING.release()
         return self.fn(*args)
 
 
@@ -229,8 +251,9 @@ class InferenceBackend:
 # -- torch ------------------------------------------------------------------
 
 class _CapturedGraph:
-    def __init__(self, graph: "torch.cuda.CUDAGraph", static_in: torch.Tensor, static_out: torch.Tensor) -> None:
-        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+    def __init__(self, graph: "torch.cuda.CUDAGraph", static_in: torch.Tensor, static_out: torch.Tensor,
+                 fused: bool = False) -> None:
+        self.graph, self.static_in, self.static_out, self.fused = graph, static_in, static_out, fused
 
 
 class TorchBackend(InferenceBackend):
@@ -255,38 +278,57 @@ class TorchBackend(InferenceBackend):
         self.cuda_graph = cuda_graph and self.cuda
         self._graphs: dict[tuple[int, ...], _CapturedGraph] = {}
         self._graph_failed = False
-        # compiled at the first CUDA call (a warm-up frame, never inside a recorded one)
-        self._compile = self.cuda and (compile_wanted() if compile is None else compile)
-        self.compiled = False
+        # Compiled by Inductor in the background (MUSE_COMPILE), per input shape; the model runs as it is until
+        # that code is ready, then the next call (or recorded frame) switches to it. `compile=True` also on a CPU.
+        wanted = compile if compile is not None else (self.cuda and compile_wanted())
+        self._chain = FusedChain(self.model, f"model {type(model).__name__}", self.device, enabled=bool(wanted))
+
+    @property
+    def compiled(self) -> bool:
+        """Whether compiled code is in use (for some input shape)."""
+        return self._chain.compiled is not None and self._chain.seconds is not None
+
+    def _warm(self, x: torch.Tensor) -> Callable[[Callable[..., Any]], None]:
+        """The compiling thread's warm-up: the compiled model on an input shaped and strided as `x`, on its own
+        stream, without grad as `_run` calls it (grad mode is per thread and part of what compiled code is checked
+        against); the model's TF32 setting is only read by its convolutions at run time."""
+        shape, stride, dtype, device = tuple(x.shape), x.stride(), x.dtype, x.device
+
+        def warm(compiled: Callable[..., Any]) -> None:
+            side = torch.cuda.Stream(device) if device.type == "cuda" else None
+            with torch.cuda.stream(side) if side is not None else nullcontext(), torch.no_grad():
+                xs = torch.empty_strided(shape, stride, dtype=dtype, device=device).fill_(0.5)
+                for _ in range(2):
+                    compiled(xs)
+            if side is not None:
+                side.synchronize()  # the compiling thread's own stream only
+
+        return warm
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.device, dtype=self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _capture(self, x: torch.Tensor) -> _CapturedGraph | None:
+    def _capture(self, x: torch.Tensor, fused: bool) -> _CapturedGraph | None:
         static_in = x.clone()
-        if self._compile and not self.compiled:
-            self._compile = False  # one attempt per backend
-            model = compile_model(self.model, lambda m: [m(static_in) for _ in range(2)])
-            self.compiled = model is not self.model
-            self.model = model
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(3):  # warm-up lets cuDNN pick kernels outside the capture
-                    self.model(static_in)
+                    self._chain.run(fused, static_in)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             # Capture happens once per shape (at open); torch.cuda.graph syncs the device there, not per frame.
             # thread_local: other nodes' threads keep launching work on their own streams meanwhile.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                static_out = self.model(static_in)
+                static_out = self._chain.run(fused, static_in)
+            fused = self._chain.last_compiled  # a compile elsewhere may have kept it uncompiled: capture again later
         except Exception as exc:  # an op that cannot be captured: stay correct, run eagerly
             log.warning("CUDA graph capture failed for %s (%s); running eagerly", type(self.model).__name__, exc)
             self._graph_failed = True
             return None
-        entry = _CapturedGraph(graph, static_in, static_out)
+        entry = _CapturedGraph(graph, static_in, static_out, fused)
         self._graphs[tuple(x.shape)] = entry
         return entry
 
@@ -304,16 +346,22 @@ class TorchBackend(InferenceBackend):
     @torch.no_grad()  # not inference_mode: its tensors can't be updated in place by nodes outside it
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = self._input(x)
+        shape = tuple(x.shape)
+        self._chain.prepare(shape, lambda: self._warm(x))  # no-op without compiling, once ready or under way
+        fused = self._chain.ready(shape)
         if not self.cuda_graph or self._graph_failed or is_recording():
             # Inside a recorded frame the model's kernels become part of the frame's own graph.
-            return self.model(x)
-        entry = self._graphs.get(tuple(x.shape))
+            return self._chain.run(fused, x)
+        entry = self._graphs.get(shape)
+        if entry is not None and entry.fused != fused and not _COMPILING.locked():  # compiled code is ready: capture it
+            del self._graphs[shape]
+            entry = None
         if entry is None:
             if len(self._graphs) >= self.MAX_GRAPHS:
-                return self.model(x)
-            entry = self._capture(x)
+                return self._chain.run(fused, x)
+            entry = self._capture(x, fused)
             if entry is None:
-                return self.model(x)
+                return self._chain.run(fused, x)
         entry.static_in.copy_(x)
         entry.graph.replay()
         # The next replay overwrites static_out while consumers may still read it.
@@ -329,6 +377,7 @@ class TorchBackend(InferenceBackend):
 
     def close(self) -> None:
         self._graphs.clear()
+        self._chain.close()
 
 
 # -- ONNX export ------------------------------------------------------------

@@ -21,6 +21,7 @@ nothing is read back to the host in `process` (the shift search and every choice
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Callable, Hashable
 
 import torch
@@ -84,6 +85,13 @@ def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Ten
     return torch.lerp(v.gather(0, lo.view(1)), v.gather(0, hi.view(1)), f)[0]
 
 
+# Settings the maths read as device scalars (FusedMatte.lv): editing one recompiles and re-records nothing. The
+# others change buffer sizes or which operations run (a new compile in the background, a new recording).
+LIVE_SETTINGS = ("model_weight", "plate_weight", "plate_background", "threshold", "noise_factor", "stability",
+                 "model_stability", "trust_jumps", "motion_noise", "motion_threshold", "refine_eps", "edge_offset",
+                 "model_edge_offset", "learn_seconds", "learn_rate", "own_plate_seconds")
+
+
 class FusedSettings(NodeParams):
     """The fusion's knobs; shared by `segment.fused` and `segment.hybrid`'s plate path."""
 
@@ -128,6 +136,11 @@ class FusedMatte:
         self.fps = fps
         self.size: tuple[int, int] | None = None  # (w, h) working size
         self._plate_key: object = None
+        # The tunable numbers as device scalars (views of one buffer), read by the maths as tensors: an edit is
+        # a copy into them, so compiled code and recorded frames need nothing new (LIVE_SETTINGS).
+        self._live = torch.zeros(len(LIVE_SETTINGS), device=device)
+        self.lv = {name: self._live[i] for i, name in enumerate(LIVE_SETTINGS)}
+        self.set_live(settings)
 
     # -- state ------------------------------------------------------------
     def _alloc(self, w: int, h: int) -> None:
@@ -180,6 +193,12 @@ class FusedMatte:
 
     def reset(self) -> None:
         self.size = None
+
+    def set_live(self, settings: FusedSettings) -> None:
+        """New values of LIVE_SETTINGS, copied into the device scalars in place (between frames)."""
+        self.s = settings
+        values = [float(getattr(settings, name)) for name in LIVE_SETTINGS]
+        self._live.copy_(torch.tensor(values, dtype=torch.float32))
 
     def set_plate(self, make: Callable[[], torch.Tensor], key: object) -> None:
         """A recorded plate: `make()` gives it as (1,3,h,w) float in [0,1] at working size, called only
@@ -308,13 +327,13 @@ class FusedMatte:
         ratio = torch.exp(log_gain.clamp(-1.5, 1.5)).view(1, 1, 1, 1)  # none measured (first frame): e^1.5, motion anyway
         change = ((x - prev * ratio).abs() * lw).sum(1, keepdim=True) * unclipped  # a clipped pixel says nothing
         cm = box_filter(change, 1)
-        motion = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
-        still = motion  # camera noise is no motion for the own plate's stillness gate (low light): see motion_noise
-        if s.motion_noise > 0:
-            floor = (s.motion_noise * _known_quantile(cm, torch.ones_like(cm), 0.5)).clamp_max(0.5 * s.motion_threshold)
-            cm = (cm - floor).clamp_min(0.0)
-            still = (_dilate(cm, 2) / s.motion_threshold).clamp(0.0, 1.0)
-        room = (cm / contrast / s.motion_threshold).clamp(0.0, 1.0)
+        lv = self.lv
+        # camera noise is no motion for the own plate's stillness gate (low light): see motion_noise (0 = off:
+        # no floor, the same planes; computed either way so an edit of motion_noise compiles nothing new)
+        floor = torch.minimum(lv["motion_noise"] * _known_quantile(cm, torch.ones_like(cm), 0.5), 0.5 * lv["motion_threshold"])
+        cm = (cm - floor).clamp_min(0.0)
+        still = (_dilate(cm, 2) / lv["motion_threshold"]).clamp(0.0, 1.0)
+        room = (cm / contrast / lv["motion_threshold"]).clamp(0.0, 1.0)
         return unclipped, ratio, change, still, cm, room
 
     # -- one frame --------------------------------------------------------
@@ -343,7 +362,8 @@ class FusedMatte:
         # pixels, a person's motion by blocks) is a large difference, and no motion
         grad = (lx[..., :, 1:] - lx[..., :, :-1]).abs()
         grad = F.pad(grad, (0, 1, 0, 0)) + F.pad((lx[..., 1:, :] - lx[..., :-1, :]).abs(), (0, 0, 0, 1))
-        contrast = 1.0 + box_filter(grad, 1) / s.motion_threshold
+        lv = self.lv  # the params an edit changes in place (no new compile, no new recording)
+        contrast = 1.0 + box_filter(grad, 1) / lv["motion_threshold"]
         # The room against the last frame as it sat: where it is unchanged (the camera did not move) the
         # shift stays the last frame's (the CPU path then skips the phase correlation: a still webcam, most frames)
         room0 = self._picture_change(x, lx, lw, bgw, contrast, torch.zeros_like(self.last_shift))[-1]
@@ -384,7 +404,7 @@ class FusedMatte:
         d = e.square().sum(1, keepdim=True).sqrt() * (known > 0.5).float()
         # Noise-adaptive threshold from the typical (lower third) difference: low light, compression.
         noise = _known_quantile(d, known, 0.3)  # robust while people cover < 70 % of the known room
-        tau = torch.maximum(torch.full_like(noise, s.threshold), s.noise_factor * noise)
+        tau = torch.maximum(lv["threshold"], lv["noise_factor"] * noise)
         self.fit_ok.copy_((d < 2.0 * tau).float())
         pp = _smoothstep(tau, 2.5 * tau, d)
         if s.relative_edge:
@@ -400,10 +420,10 @@ class FusedMatte:
             small = F.max_pool2d(pp, 2, ceil_mode=True)
             small = _erode(_dilate(small, -(-rc // 2)), -(-rc // 2))
             pp = torch.maximum(pp, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False))
-        plate_logit = _logit(pp).clamp(-s.plate_background, 6.0) * known * s.plate_weight
+        plate_logit = torch.maximum(_logit(pp), -lv["plate_background"]).clamp_max(6.0) * known * lv["plate_weight"]
 
         # 3. fusion of the evidence.
-        model_logit = _logit(pm) * s.model_weight if prior is not None else torch.zeros_like(pm)
+        model_logit = _logit(pm) * lv["model_weight"] if prior is not None else torch.zeros_like(pm)
         fused = torch.sigmoid(model_logit + plate_logit)
 
         # 4. motion-aware blend with the previous matte (exposure changes are not motion). The previous
@@ -421,17 +441,16 @@ class FusedMatte:
             # misregistration on a sharp edge is a large difference, and no motion the matte has to follow
             change = change / contrast
         cb = box_filter(change, 1)
-        if s.motion_noise > 0:
-            # Where no plate is known the model alone decides, and it changes its mind with the picture's
-            # noise: a change up to motion_noise x the frame's median change (most of a picture is still)
-            # is no motion. Capped at half the motion threshold, so a pan beyond the search still counts.
-            floor = (s.motion_noise * _known_quantile(cb, torch.ones_like(cb), 0.5)).clamp_max(0.5 * s.motion_threshold)
-            cb = (cb - floor * (1.0 - known)).clamp_min(0.0)
-        moved = (_dilate(cb, s.motion_reach) / s.motion_threshold).clamp(0.0, 1.0)
+        # Where no plate is known the model alone decides, and it changes its mind with the picture's
+        # noise: a change up to motion_noise x the frame's median change (most of a picture is still)
+        # is no motion. Capped at half the motion threshold, so a pan beyond the search still counts.
+        floor = torch.minimum(lv["motion_noise"] * _known_quantile(cb, torch.ones_like(cb), 0.5), 0.5 * lv["motion_threshold"])
+        cb = (cb - floor * (1.0 - known)).clamp_min(0.0)
+        moved = (_dilate(cb, s.motion_reach) / lv["motion_threshold"]).clamp(0.0, 1.0)
         # A big matte change is trusted at once where a plate backs it; a model alone flips on still
         # pixels (exposure, noise), so without a plate only motion makes the matte follow at once.
-        jump = (((fused - last_alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0) * known * float(s.trust_jumps)
-        stab = torch.lerp(torch.full_like(known, s.model_stability), torch.full_like(known, s.stability), known)
+        jump = (((fused - last_alpha).abs() - 0.4) / 0.3).clamp(0.0, 1.0) * known * lv["trust_jumps"]
+        stab = torch.lerp(lv["model_stability"].expand_as(known), lv["stability"].expand_as(known), known)
         k = (1.0 - stab) + stab * torch.maximum(moved, jump)
         k = torch.lerp(torch.ones_like(k), k, primed)
         self.alpha.copy_(torch.lerp(last_alpha, fused, k))
@@ -446,7 +465,7 @@ class FusedMatte:
         if prior is not None:
             sure_bg = sure_bg * (_dilate(pm, margin) < 0.2).float()
         self.clear_for.mul_(sure_bg).add_(sure_bg)
-        settle = max(1.0, s.learn_seconds * self.fps)
+        settle = (lv["learn_seconds"] * self.fps).clamp_min(1.0)
         # (only while the camera sits where the plate was taken)
         learn = (self.clear_for >= settle).float() * self.has_plate * (shift.abs().sum() < 0.5).float()
         if prior is not None and s.own_plate:
@@ -457,13 +476,13 @@ class FusedMatte:
             calm = (_dilate(pm, margin) < 0.2).float() * (still < 0.5).float() * (1.0 - room_moved)
             calm = (self._translate(calm, -shift) > 0.5).float()
             self.still_for.mul_(calm).add_(calm)
-            own_settle = max(1.0, s.own_plate_seconds * self.fps)
+            own_settle = (lv["own_plate_seconds"] * self.fps).clamp_min(1.0)
             learn = learn + (self.still_for >= own_settle).float() * own
         # The first sighting is copied; what is known follows at learn_rate. Stored as frame / gain while
         # enough of the room is known for the gain to mean anything, else in the frame's own light.
         g_ok = (self.known.mean() > 0.1).float()
         back = self._translate(x / torch.lerp(torch.ones_like(gain), gain, g_ok).clamp_min(0.05), -shift)
-        rate = torch.lerp(torch.ones_like(self.known), torch.full_like(self.known, s.learn_rate), self.known)
+        rate = torch.lerp(torch.ones_like(self.known), lv["learn_rate"].expand_as(self.known), self.known)
         # an own plate that a calm, model-background pixel contradicts was wrong (a person learned in, who has
         # gone; a moved chair): copied at once rather than blended away over seconds
         rate = torch.maximum(rate, self._translate(pp, -shift) * own)
@@ -474,7 +493,7 @@ class FusedMatte:
     def edge_alpha(self) -> torch.Tensor:
         """The matte handed to the full-size edge step: where no plate is known the edge sits at
         model_edge_offset instead of edge_offset (a constant added here moves the level refine_full cuts at)."""
-        return self.alpha + (self.s.edge_offset - self.s.model_edge_offset) * (1.0 - self.known)
+        return self.alpha + (self.lv["edge_offset"] - self.lv["model_edge_offset"]) * (1.0 - self.known)
 
     def keep_out(self) -> torch.Tensor:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
@@ -485,7 +504,7 @@ class FusedMatte:
         """All of a frame's working-resolution maths (the GPU node compiles this as one chain): the new matte,
         the edge step's A and b, and the confidence and keep-out planes in `dtype`."""
         self.step(x, prior)
-        a, b = refine_coefficients(self.edge_alpha(), x, self.s, step)
+        a, b = refine_coefficients(self.edge_alpha(), x, self.s, step, eps=self.lv["refine_eps"])
         return a, b, self.conf[0, 0].to(dtype), self.keep_out()[0, 0].to(dtype)
 
 
@@ -498,8 +517,8 @@ def refine_step(s: FusedSettings, device: torch.device | str) -> int:
     return 2 if torch.device(device).type == "cpu" else 1
 
 
-def refine_coefficients(alpha: torch.Tensor, small: torch.Tensor, s: FusedSettings,
-                        step: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def refine_coefficients(alpha: torch.Tensor, small: torch.Tensor, s: FusedSettings, step: int = 1,
+                        eps: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The edge step's low-resolution half: the guided filter's A and b for the working matte (1,1,h,w) and
     picture (1,3,h,w). step > 1: on step x step block means of both (radius / step blocks)."""
     radius = s.refine_radius
@@ -507,7 +526,7 @@ def refine_coefficients(alpha: torch.Tensor, small: torch.Tensor, s: FusedSettin
         alpha = F.avg_pool2d(alpha, step, ceil_mode=True)
         small = F.avg_pool2d(small, step, ceil_mode=True)
         radius = max(1, round(radius / step)) if radius > 0 else 0
-    return guided_coefficients(alpha, small, radius, s.refine_eps)
+    return guided_coefficients(alpha, small, radius, s.refine_eps if eps is None else eps)
 
 
 def refine_apply(a: torch.Tensor, b: torch.Tensor, frame: Frame, s: FusedSettings, dtype: torch.dtype) -> torch.Tensor:
@@ -543,6 +562,8 @@ class FusedSegment(Node):
         "with per-pixel confidence, motion-aware smoothing and full-resolution edges. Without a plate: model + time."
     )
     capturable = True
+    # edge_offset is a device scalar for the maths but also a number the full-resolution kernel is launched with
+    live_params = frozenset(LIVE_SETTINGS) - {"edge_offset"}
 
     frame: In[Frame]
     prior: In[Mask] = In(optional=True, description="The model's person probability (segment.hybrid / segment.selfie)")
@@ -567,7 +588,7 @@ class FusedSegment(Node):
             self._file_plate = Frame(load_image(str(path), self.name, "plate_file").to(ctx.device))
         # GPU: the working-resolution maths (~960 small kernels a frame) compiled into ~300 (issue 12), in the
         # background: until that code is ready for this size and these settings the node runs them unfused
-        self._chain = FusedChain(FusedMatte.frame, f"node '{self.name}' (segment.fused)", ctx.device)
+        self._chain = FusedChain(FusedMatte.frame, f"the fused maths of node '{self.name}' (segment.fused)", ctx.device)
         self._key: object = None  # the last frame's (size, settings) for the fused code
         self._settings_version = 0
         self._fused, self._latched = False, False
@@ -586,9 +607,11 @@ class FusedSegment(Node):
         if (params.working_height, params.tiles, params.plate_file) != (
                 self.params.working_height, self.params.tiles, self.params.plate_file):
             return False  # buffer sizes change: reopen
+        changed = {k for k, v in params.model_dump().items() if getattr(self.params, k, None) != v}
         self.params = params
-        self.engine.s = params
-        self._settings_version += 1  # the fused code was compiled for the old values: unfused until it is again
+        self.engine.set_live(params)  # in place: the compiled code and the recordings read them
+        if changed - set(LIVE_SETTINGS):  # code for other values: unfused until it is compiled again
+            self._settings_version += 1
         if self._cpu is not None:
             self._cpu.update(params)
         return True
@@ -598,24 +621,37 @@ class FusedSegment(Node):
         self._fused, self._latched = self._chain.ready(self._key), True
         return self._fused
 
+    def close(self) -> None:
+        if getattr(self, "_chain", None) is not None:
+            self._chain.close()
+        super().close()
+
     def warming(self) -> str | None:
         return "compiling its fused maths in the background" if self._chain.busy() else None
 
-    def _warm(self, w: int, h: int, with_prior: bool, step: int, dtype: torch.dtype) -> Callable[[Callable[..., object]], None]:
-        """What the compiling thread runs: the compiled maths on a spare engine with a copy of the settings, on
-        its own stream (the node's buffers are in use by the stream meanwhile)."""
-        settings, device, fps = self.params.model_copy(), self.ctx.device if self.ctx else torch.device("cuda"), self.engine.fps
+    def _warm(self, x: torch.Tensor, pm: torch.Tensor | None, step: int, dtype: torch.dtype) -> Callable[[Callable[..., object]], None]:
+        """What the compiling thread runs: the compiled maths on a spare engine with a copy of the settings and
+        inputs shaped as this frame's (same strides), on its own stream (the node's buffers are in use by the
+        stream meanwhile), in the stream thread's grad mode: the compiled code must be the code the stream's
+        calls find (grad mode is per thread, and part of what compiled code is checked against)."""
+        settings, device, fps = self.params.model_copy(), x.device, self.engine.fps
+        w, h = x.shape[-1], x.shape[-2]
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+        # shapes and strides only: this may run inside a recorded frame, which must not gain the spare's work
+        like = [None if t is None else (tuple(t.shape), t.stride(), t.dtype) for t in (x, pm)]
 
         def warm(compiled: Callable[..., object]) -> None:
             spare = FusedMatte(settings, device, fps)
-            side = torch.cuda.Stream(device)
-            with torch.cuda.stream(side):
+            side = torch.cuda.Stream(device) if device.type == "cuda" else None
+            with torch.cuda.stream(side) if side is not None else nullcontext(), \
+                    torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                xs, ps = (None if m is None else torch.empty_strided(m[0], m[1], dtype=m[2], device=device).fill_(0.5)
+                          for m in like)
                 spare._alloc(w, h)
-                x = torch.full((1, 3, h, w), 0.5, device=device)
-                pm = torch.full((1, 1, h, w), 0.5, device=device) if with_prior else None
                 for _ in range(2):  # the first frame and the primed ones run the same code
-                    compiled(spare, x, pm, step, dtype)
-            side.synchronize()  # the compiling thread's own stream only
+                    compiled(spare, xs, ps, step, dtype)
+            if side is not None:
+                side.synchronize()  # the compiling thread's own stream only
 
         return warm
 
@@ -643,8 +679,7 @@ class FusedSegment(Node):
         if key != self._key:
             fused, self._key = False, key
         self._latched = False
-        with_prior = pm is not None
-        self._chain.prepare(key, lambda: self._warm(w, h, with_prior, step, ctx.dtype))  # no-op once ready or under way
+        self._chain.prepare(key, lambda: self._warm(x, pm, step, ctx.dtype))  # no-op once ready or under way
         a, b, conf, keep_out = self._chain.run(fused and self._chain.ready(key), eng, x, pm, step, ctx.dtype)
         full = refine_apply(a, b, frame, self.params, ctx.dtype)
         ts, i = frame.timestamp, frame.index

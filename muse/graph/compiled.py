@@ -1,0 +1,33 @@
+"""Code compiled in the background (Inductor, by `muse.models.backends.FusedChain`) as the frame program sees it:
+a generation number that a finished compile bumps (recorded frames hold the kernels of before, so the program
+records again), and what is still compiling (`muse bench` waits for it)."""
+
+from __future__ import annotations
+
+_code_generation = 0
+
+
+def code_changed() -> None:
+    """Some node's or model's code changed under the same inputs (compiled code became ready in the background):
+    frames recorded before hold the old kernels, so the frame program records again (a new variant)."""
+    global _code_generation
+    _code_generation += 1
+
+
+def code_generation() -> int:
+    return _code_generation
+
+
+_background: dict[int, str] = {}  # id of whatever compiles -> what it is (a model, a node's maths)
+
+
+def background_work(token: int, what: str | None) -> None:
+    """Something compiles in the background (`what`), or stopped (None): `muse bench` waits for it."""
+    if what is None:
+        _background.pop(token, None)
+    else:
+        _background[token] = what
+
+
+def background_pending() -> list[str]:
+    return list(_background.values())
