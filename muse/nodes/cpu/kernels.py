@@ -84,13 +84,18 @@ def _kernels() -> dict[str, Any] | None:
 def _build() -> dict[str, Any]:
     from muse.models.bundled import cache_root
 
-    # compiled code beside MUSE's other caches, not in the installed package's folders
+    # compiled code beside MUSE's other caches, not in the installed package's folders (numba reads the
+    # variable when it is first imported; where something imported it before, its config is set directly)
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_root() / "numba"))
-    from muse.nodes.cpu import _numba_loops
+    import numba.core.config
 
-    return {"variant": _numba_loops.variant, "over": {}, "encode_all": _numba_loops.encode_all, "guided_gray": _numba_loops.guided_full_gray,
-            "guided_colour": _numba_loops.guided_full_colour, "lerp_known": _numba_loops.lerp_known,
-            "warp_box": _numba_loops.warp_box}
+    if not numba.core.config.CACHE_DIR:
+        numba.core.config.CACHE_DIR = str(cache_root() / "numba")
+    from muse.nodes.cpu import numba_loops
+
+    return {"variant": numba_loops.variant, "over": {}, "encode_all": numba_loops.encode_all, "guided_gray": numba_loops.guided_full_gray,
+            "guided_colour": numba_loops.guided_full_colour, "lerp_known": numba_loops.lerp_known,
+            "warp_box": numba_loops.warp_box}
 
 
 def _taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -216,7 +221,7 @@ def lerp_known(fg: np.ndarray, plate: np.ndarray, known: np.ndarray) -> np.ndarr
 
 def warp_box(src: np.ndarray, field: np.ndarray, box: tuple[int, int, int, int], mask: np.ndarray | None, a_full: np.ndarray | None,
              plate: np.ndarray | None, out: np.ndarray, warped_mask: np.ndarray | None) -> None:
-    """warp.apply inside `box` in one pass (see `_numba_loops.warp_box`): `out` and `warped_mask` hold the frame
+    """warp.apply inside `box` in one pass (see `numba_loops.warp_box`): `out` and `warped_mask` hold the frame
     and the mask at the frame's size already and are written where the field moves; `field` (2, fh, fw)."""
     import cv2
 
