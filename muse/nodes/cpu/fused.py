@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy
 from muse.nodes.cpu.refine import box_mean, guided_colour
-from muse.nodes.segment.fused import CAMERA_STILL, FIT_STEP, GAIN_STEP
+from muse.nodes.segment.fused import CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP
 
 __all__ = ["FusedCPU", "working_picture"]
 
@@ -376,6 +376,25 @@ class FusedCPU:
         vy = (vy + vertex(n, vy))[0] * q
         return _resize(vy, w, h), _resize(vx, w, h)
 
+    def _colour_vote(self, x: np.ndarray, last: np.ndarray, bgw: np.ndarray) -> np.ndarray:
+        """fused.FusedMatte._colour_vote: half the log-likelihood ratio of each pixel's colour under the person's
+        (last matte > 0.8) and the room's (bgw > 0.8) colour histograms, within +-colour_vote. The bins
+        floor(16 x) by OpenCV's saturating conversion of 16 x - 0.5 (it rounds; x is k / 255, never within
+        1/255 of a bin's edge but at 1.0, which the clamp takes to 15), the histograms by np.bincount."""
+        nb, g = COLOUR_BINS, COLOUR_STEP
+        q = cv2.convertScaleAbs(x, alpha=float(nb), beta=-0.5)
+        np.minimum(q, nb - 1, out=q)
+        q16 = q.astype(np.uint16)
+        idx = (q16[..., 0] * nb + q16[..., 1]) * nb + q16[..., 2]
+        sub = idx[::g, ::g].ravel()
+        hp = np.bincount(sub, (last[::g, ::g] > 0.8).ravel().astype(np.float32), nb ** 3)
+        hr = np.bincount(sub, (bgw[::g, ::g] > 0.8).ravel().astype(np.float32), nb ** 3)
+        eps = 10.0 / sub.size
+        llr = np.log((hp / max(hp.sum(), 1.0) + eps) / (hr / max(hr.sum(), 1.0) + eps)).astype(np.float32)
+        llr *= 0.5
+        np.clip(llr, -self.s.colour_vote, self.s.colour_vote, out=llr)
+        return llr[idx]
+
     def _picture_change(self, x: np.ndarray, xmax: np.ndarray, lx: np.ndarray, bgw: np.ndarray, contrast: np.ndarray,
                         delta: tuple[int, int]) -> tuple:
         """fused.FusedMatte._picture_change: the picture change since the last frame moved by delta (the camera's
@@ -503,6 +522,9 @@ class FusedCPU:
 
         # 3. fusion of the evidence
         fused_logit = _logit(pm) * s.model_weight if prior is not None else np.zeros_like(pm)
+        # (a recorded plate is known everywhere; the first frame has no matte yet to tell the colours apart)
+        if prior is not None and s.colour_vote > 0 and not self.has_plate and self.primed:
+            fused_logit += self._colour_vote(x, last, bgw) * (1.0 - known)
         if plate_logit is not None:
             fused_logit = fused_logit + plate_logit
         fused = _sigmoid(fused_logit)
