@@ -48,8 +48,8 @@ GAIN_STEP = 2
 # 0.012 at most on still clips with noise, exposure jumps and low light; a whole pixel of shake is ~0.5-1 on texture.
 CAMERA_STILL = 0.05
 # Where no plate is known the picture's colours vote (`colour_vote`): colour histograms of 16 levels a channel
-# (4096 bins) of the person and of the room as the last matte labels them, counted on every COLOUR_STEP-th pixel
-# of every COLOUR_STEP-th row (the histograms are global: a quarter of the pixels count them as well).
+# (4096 bins) of the person and of the room as the last matte labels them, counted and looked up on every
+# COLOUR_STEP-th pixel of every COLOUR_STEP-th row (the histograms are global; the vote is upsampled).
 COLOUR_BINS = 16
 COLOUR_STEP = 2
 
@@ -324,19 +324,23 @@ class FusedMatte:
         above 0.8 and the room where it is below 0.2 with the 3 % margin (bgw > 0.8). Counted in this frame's
         own colours, so a change of light or exposure moves both histograms with the picture. A colour
         neither side shows (ten pixels' worth of either) votes nothing; half the ratio, as the labels come
-        from the matte being decided."""
+        from the matte being decided. On every COLOUR_STEP-th pixel of every COLOUR_STEP-th row (counted and
+        looked up), bilinearly to the working size: the same figures on the quality clips at a quarter of the
+        look-ups (the guided filter places the edge)."""
         nb, g = COLOUR_BINS, COLOUR_STEP
-        q = (x * nb).long().clamp_(0, nb - 1)
-        idx = (q[:, 0] * nb + q[:, 1]) * nb + q[:, 2]  # (1, h, w)
-        sub = idx[:, ::g, ::g].flatten()
+        h, w = x.shape[-2:]
+        q = (x[..., ::g, ::g] * nb).long().clamp_(0, nb - 1)
+        idx = (q[:, 0] * nb + q[:, 1]) * nb + q[:, 2]  # (1, h / g, w / g)
+        flat = idx.flatten()
         hist = torch.zeros(2, nb ** 3, device=x.device)
-        hist[0].index_add_(0, sub, (last[:, 0, ::g, ::g] > 0.8).float().flatten())
-        hist[1].index_add_(0, sub, (bgw[:, 0, ::g, ::g] > 0.8).float().flatten())
+        hist[0].index_add_(0, flat, (last[:, 0, ::g, ::g] > 0.8).float().flatten())
+        hist[1].index_add_(0, flat, (bgw[:, 0, ::g, ::g] > 0.8).float().flatten())
         hist = hist / hist.sum(1, keepdim=True).clamp_min(1.0)
-        eps = 10.0 / sub.numel()
+        eps = 10.0 / flat.numel()
         llr = torch.log((hist[0] + eps) / (hist[1] + eps))
         vote = self.lv["colour_vote"]
-        return torch.maximum(torch.minimum(0.5 * llr[idx], vote), -vote)[:, None]
+        ev = torch.maximum(torch.minimum(0.5 * llr[idx], vote), -vote)[:, None]
+        return F.interpolate(ev, size=(h, w), mode="bilinear", align_corners=False)
 
     def _picture_change(self, x: torch.Tensor, lx: torch.Tensor, lw: torch.Tensor, bgw: torch.Tensor,
                         contrast: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, ...]:
