@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy
 from muse.nodes.cpu.refine import box_mean, guided_colour
-from muse.nodes.segment.fused import CAMERA_STILL, FIT_STEP, GAIN_STEP
+from muse.nodes.segment.fused import CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP
 
 __all__ = ["FusedCPU", "working_picture"]
 
@@ -376,6 +376,32 @@ class FusedCPU:
         vy = (vy + vertex(n, vy))[0] * q
         return _resize(vy, w, h), _resize(vx, w, h)
 
+    def _colour_vote(self, x: np.ndarray, last: np.ndarray, bgw: np.ndarray) -> np.ndarray:
+        """fused.FusedMatte._colour_vote: half the log-likelihood ratio of the colour of every COLOUR_STEP-th pixel of
+        every COLOUR_STEP-th row under the person's (last matte > 0.8) and the room's (bgw > 0.8) colour
+        histograms of those pixels, within +-colour_vote, bilinearly to the working size. The bins floor(16 x),
+        clamped to 15, by OpenCV's saturating conversion of x (16 - 1/256) - 0.5: it rounds, and x is k / 255,
+        whose 16 x is never within 1/255 of a bin's edge but at 0 and 1 (numpy's clamp of three channels cost
+        twice that conversion); x[::g, ::g] by OpenCV's nearest resize where g divides the size (it takes pixel
+        g i: a third of the copy's cost); the histograms by np.bincount of the labelled bins (a third of
+        weighting them all)."""
+        nb, g = COLOUR_BINS, COLOUR_STEP
+        h, w = x.shape[:2]
+        if h % g or w % g:
+            xs = np.ascontiguousarray(x[::g, ::g])
+        else:
+            xs = cv2.resize(x, (w // g, h // g), interpolation=cv2.INTER_NEAREST) if g > 1 else x
+        q = cv2.convertScaleAbs(xs, alpha=nb - 1.0 / 256.0, beta=-0.5).astype(np.uint16)
+        idx = (q[..., 0] * nb + q[..., 1]) * nb + q[..., 2]
+        flat = idx.ravel()
+        hp = np.bincount(flat[(last[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
+        hr = np.bincount(flat[(bgw[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
+        eps = 10.0 / flat.size
+        llr = np.log((hp / max(hp.sum(), 1.0) + eps) / (hr / max(hr.sum(), 1.0) + eps)).astype(np.float32)
+        llr *= 0.5
+        np.clip(llr, -self.s.colour_vote, self.s.colour_vote, out=llr)
+        return _resize(np.take(llr, idx), w, h)
+
     def _picture_change(self, x: np.ndarray, xmax: np.ndarray, lx: np.ndarray, bgw: np.ndarray, contrast: np.ndarray,
                         delta: tuple[int, int]) -> tuple:
         """fused.FusedMatte._picture_change: the picture change since the last frame moved by delta (the camera's
@@ -503,6 +529,9 @@ class FusedCPU:
 
         # 3. fusion of the evidence
         fused_logit = _logit(pm) * s.model_weight if prior is not None else np.zeros_like(pm)
+        # (a recorded plate is known everywhere; the first frame has no matte yet to tell the colours apart)
+        if prior is not None and s.colour_vote > 0 and not self.has_plate and self.primed:
+            fused_logit += self._colour_vote(x, last, bgw) * (1.0 - known)
         if plate_logit is not None:
             fused_logit = fused_logit + plate_logit
         fused = _sigmoid(fused_logit)

@@ -47,6 +47,11 @@ GAIN_STEP = 2
 # percentile of the room's change against the last frame, judged against the local contrast, is below this:
 # 0.012 at most on still clips with noise, exposure jumps and low light; a whole pixel of shake is ~0.5-1 on texture.
 CAMERA_STILL = 0.05
+# Where no plate is known the picture's colours vote (`colour_vote`): colour histograms of 16 levels a channel
+# (4096 bins) of the person and of the room as the last matte labels them, counted and looked up on every
+# COLOUR_STEP-th pixel of every COLOUR_STEP-th row (the histograms are global; the vote is upsampled).
+COLOUR_BINS = 16
+COLOUR_STEP = 2
 
 
 def _logit(p: torch.Tensor, lo: float = 0.02) -> torch.Tensor:
@@ -89,7 +94,7 @@ def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Ten
 # others change buffer sizes or which operations run (a new compile in the background, a new recording).
 LIVE_SETTINGS = ("model_weight", "plate_weight", "plate_background", "threshold", "noise_factor", "stability",
                  "model_stability", "trust_jumps", "motion_noise", "motion_threshold", "refine_eps", "edge_offset",
-                 "model_edge_offset", "learn_seconds", "learn_rate", "own_plate_seconds")
+                 "model_edge_offset", "learn_seconds", "learn_rate", "own_plate_seconds", "colour_vote")
 
 
 class FusedSettings(NodeParams):
@@ -125,6 +130,7 @@ class FusedSettings(NodeParams):
     motion_search: float = Field(0.045, ge=0.0, le=0.2, description="Largest motion between two frames followed, as a fraction of the height")
     own_plate: bool = Field(True, description="Without a recorded plate, learn one from the room the model calls background (a plate that grows as the person moves)")
     own_plate_seconds: float = Field(0.15, ge=0.03, le=10.0, description="Without a recorded plate: how long a pixel must be still and background for the model before it is learned")
+    colour_vote: float = Field(1.0, ge=0.0, le=4.0, description="Where no plate is known: the largest vote (log-odds) of the picture's colours, compared with the person's and the room's colours as the last matte shows them (0 = the model alone)")
 
 
 class FusedMatte:
@@ -312,6 +318,30 @@ class FusedMatte:
         gain = F.avg_pool2d(F.pad(gain, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         return F.interpolate(gain.clamp(0.2, 5.0), size=(h, w), mode="bilinear", align_corners=False)
 
+    def _colour_vote(self, x: torch.Tensor, last: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """Each pixel's colour as evidence (log-odds, within +-colour_vote): half the log-likelihood ratio of its
+        colour under the person's and the room's colour histograms, the person being where the last matte is
+        above 0.8 and the room where it is below 0.2 with the 3 % margin (bgw > 0.8). Counted in this frame's
+        own colours, so a change of light or exposure moves both histograms with the picture. A colour
+        neither side shows (ten pixels' worth of either) votes nothing; half the ratio, as the labels come
+        from the matte being decided. On every COLOUR_STEP-th pixel of every COLOUR_STEP-th row (counted and
+        looked up), bilinearly to the working size: the same figures on the quality clips at a quarter of the
+        look-ups (the guided filter places the edge)."""
+        nb, g = COLOUR_BINS, COLOUR_STEP
+        h, w = x.shape[-2:]
+        q = (x[..., ::g, ::g] * nb).long().clamp_(0, nb - 1)
+        idx = (q[:, 0] * nb + q[:, 1]) * nb + q[:, 2]  # (1, h / g, w / g)
+        flat = idx.flatten()
+        hist = torch.zeros(2, nb ** 3, device=x.device)
+        hist[0].index_add_(0, flat, (last[:, 0, ::g, ::g] > 0.8).float().flatten())
+        hist[1].index_add_(0, flat, (bgw[:, 0, ::g, ::g] > 0.8).float().flatten())
+        hist = hist / hist.sum(1, keepdim=True).clamp_min(1.0)
+        eps = 10.0 / flat.numel()
+        llr = torch.log((hist[0] + eps) / (hist[1] + eps))
+        vote = self.lv["colour_vote"]
+        ev = torch.maximum(torch.minimum(0.5 * llr[idx], vote), -vote)[:, None]
+        return F.interpolate(ev, size=(h, w), mode="bilinear", align_corners=False)
+
     def _picture_change(self, x: torch.Tensor, lx: torch.Tensor, lw: torch.Tensor, bgw: torch.Tensor,
                         contrast: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The picture change since the last frame, that frame moved by delta (the camera's shake since then),
@@ -424,6 +454,13 @@ class FusedMatte:
 
         # 3. fusion of the evidence.
         model_logit = _logit(pm) * lv["model_weight"] if prior is not None else torch.zeros_like(pm)
+        if prior is not None:
+            # Where no plate is known the model alone decides, and it is unsure where the person looks like the
+            # room (clothes the colour of a cup, a face beside a cat's): the picture's colours vote there,
+            # within +-colour_vote, against what the last matte says the person and the room look like (from the
+            # second frame on: the first has no matte yet, and the raw model's labels mislead in low light).
+            # Computed at colour_vote 0 as well (it votes 0 then), so an edit compiles nothing new.
+            model_logit = model_logit + self._colour_vote(x, last, bgw) * ((1.0 - known) * primed)
         fused = torch.sigmoid(model_logit + plate_logit)
 
         # 4. motion-aware blend with the previous matte (exposure changes are not motion). The previous
