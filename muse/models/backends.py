@@ -17,7 +17,7 @@ import threading
 from contextlib import nullcontext
 import time
 from pathlib import Path
-from typing import Any, Callable, Hashable, Literal, cast
+from typing import Any, Callable, Hashable, Literal
 
 import torch
 
@@ -42,14 +42,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MUSE_CACHE", Path.home() / ".cache" / "muse")) / "engines"
 
 
-def compile_wanted() -> bool:
-    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=auto` (default) when Triton
-    is importable, `on` always, `off` never. The compile runs in the background (`FusedChain`): a detector's first
-    call mid-stream (the first time tracking is lost) no longer freezes the stream while it compiles."""
-    mode = os.environ.get("MUSE_COMPILE", "auto").strip().lower()
+def _compiler_wanted(variable: str, on_needs_triton: bool) -> bool:
+    """`variable` (default `auto`): `off` never, `auto` when Triton is importable, `on` always (or, with
+    `on_needs_triton`, also only then)."""
+    mode = os.environ.get(variable, "auto").strip().lower()
     if mode in ("0", "off", "false", "no"):
         return False
-    if mode in ("1", "on", "true", "yes"):
+    if mode in ("1", "on", "true", "yes") and not on_needs_triton:
         return True
     try:
         import triton  # noqa: F401
@@ -58,19 +57,40 @@ def compile_wanted() -> bool:
     return True
 
 
+def compile_wanted() -> bool:
+    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=auto` (default) when Triton
+    is importable, `on` always, `off` never. The compile runs in the background (`FusedChain`): a detector's first
+    call mid-stream (the first time tracking is lost) no longer freezes the stream while it compiles."""
+    return _compiler_wanted("MUSE_COMPILE", on_needs_triton=False)
+
+
 def fuse_wanted(device: torch.device | str) -> bool:
     """Whether a node's per-pixel chains run compiled by Inductor (issue 12: hundreds of small kernels become a
-    few fused ones): `MUSE_FUSE=auto` (default) on a CUDA device when Triton is importable, `on`, `off`."""
-    if torch.device(device).type != "cuda":
-        return False
-    mode = os.environ.get("MUSE_FUSE", "auto").strip().lower()
-    if mode in ("0", "off", "false", "no"):
-        return False
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
+    few fused ones): `MUSE_FUSE=auto` (default) or `on`, on a CUDA device when Triton is importable; `off`."""
+    return torch.device(device).type == "cuda" and _compiler_wanted("MUSE_FUSE", on_needs_triton=True)
+
+
+def warm_like(inputs: "list[torch.Tensor | None]", run: Callable[[Callable[..., Any], list], None]) -> Callable[[Callable[..., Any]], None]:
+    """A `FusedChain` warm-up: `run(compiled, dummies)` on stand-ins shaped, strided and typed as `inputs` (None
+    stays None), on the compiling thread's own stream and in the calling thread's grad and inference modes,
+    which are per thread and part of what compiled code is checked against: the code compiled there must be
+    the code the stream's calls find. Only shapes are kept here: this may be called inside a recorded frame,
+    which must not gain the warm-up's work."""
+    like = [None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device) for t in inputs]
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    device = next((m[3] for m in like if m is not None), torch.device("cpu"))
+
+    def warm(compiled: Callable[..., Any]) -> None:
+        side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        with torch.cuda.stream(side) if side is not None else nullcontext(), \
+                torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            dummies = [None if m is None else torch.empty_strided(m[0], m[1], dtype=m[2], device=m[3]).fill_(0.5)
+                       for m in like]
+            run(compiled, dummies)
+        if side is not None:
+            side.synchronize()  # the compiling thread's own stream only
+
+    return warm
 
 
 _NOT_YET = object()
@@ -288,23 +308,6 @@ class TorchBackend(InferenceBackend):
         """Whether compiled code is in use (for some input shape)."""
         return self._chain.compiled is not None and self._chain.seconds is not None
 
-    def _warm(self, x: torch.Tensor) -> Callable[[Callable[..., Any]], None]:
-        """The compiling thread's warm-up: the compiled model on an input shaped and strided as `x`, on its own
-        stream, without grad as `_run` calls it (grad mode is per thread and part of what compiled code is checked
-        against); the model's TF32 setting is only read by its convolutions at run time."""
-        shape, stride, dtype, device = tuple(x.shape), x.stride(), x.dtype, x.device
-
-        def warm(compiled: Callable[..., Any]) -> None:
-            side = torch.cuda.Stream(device) if device.type == "cuda" else None
-            with torch.cuda.stream(side) if side is not None else nullcontext(), torch.no_grad():
-                xs = torch.empty_strided(shape, stride, dtype=dtype, device=device).fill_(0.5)
-                for _ in range(2):
-                    compiled(xs)
-            if side is not None:
-                side.synchronize()  # the compiling thread's own stream only
-
-        return warm
-
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.device, dtype=self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -347,7 +350,8 @@ class TorchBackend(InferenceBackend):
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = self._input(x)
         shape = tuple(x.shape)
-        self._chain.prepare(shape, lambda: self._warm(x))  # no-op without compiling, once ready or under way
+        # no-op without compiling, once ready or under way (the model's TF32 setting is read at run time only)
+        self._chain.prepare(shape, lambda: warm_like([x], lambda compiled, xs: [compiled(xs[0]) for _ in range(2)]))
         fused = self._chain.ready(shape)
         if not self.cuda_graph or self._graph_failed or is_recording():
             # Inside a recorded frame the model's kernels become part of the frame's own graph.

@@ -2,8 +2,8 @@
 numpy/OpenCV at the working resolution, then one full-resolution edge pass.
 
 Kept step for step in line with the torch path: each method here has the torch method's name
-(`_shift`, `_translate`, `_light_field`, `_gain`, `_follow`, `step`, `edge_alpha`, `keep_out`, `refine_full`) and the same
-order of operations, so a change to the torch algorithm maps onto one place here.
+(`_shift`, `_translate`, `_light_field`, `_gain`, `_follow`, `step`, `edge_alpha`, `keep_out`; `refine_full` is the
+torch path's `refine_coefficients` then `refine_apply`) and the same order of operations, so a change to the torch algorithm maps onto one place here.
 `tests/test_cpu_fused.py` holds the two together on real photos.
 
 What differs, and why it is exact or within float rounding:
@@ -621,7 +621,7 @@ class FusedCPU:
 
 
 def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int = 1) -> np.ndarray:
-    """`fused.refine_full`: the working-size matte to the frame's size along its edges, crisp contrast.
+    """`fused.refine_coefficients` + `fused.refine_apply`: the working-size matte to the frame's size along its edges, crisp contrast.
     Coefficients at the working size (on step x step block means for step > 1); one full-resolution pass
     A.I + b reading the uint8 frame."""
     radius = s.refine_radius

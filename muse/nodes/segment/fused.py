@@ -21,7 +21,6 @@ nothing is read back to the host in `process` (the shift search and every choice
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable, Hashable
 
 import torch
@@ -30,7 +29,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
-from muse.models.backends import FusedChain
+from muse.models.backends import FusedChain, warm_like
 from muse.models.matte_refine import box_filter, guided_apply, guided_coefficients
 from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
@@ -529,7 +528,7 @@ class FusedMatte:
 
     def edge_alpha(self) -> torch.Tensor:
         """The matte handed to the full-size edge step: where no plate is known the edge sits at
-        model_edge_offset instead of edge_offset (a constant added here moves the level refine_full cuts at)."""
+        model_edge_offset instead of edge_offset (a constant added here moves the level the edge step cuts at)."""
         return self.alpha + (self.lv["edge_offset"] - self.lv["model_edge_offset"]) * (1.0 - self.known)
 
     def keep_out(self) -> torch.Tensor:
@@ -576,14 +575,6 @@ def refine_apply(a: torch.Tensor, b: torch.Tensor, frame: Frame, s: FusedSetting
     out = guided_apply(a, b, image, colour=True, full_scale=scale, out_dtype=dtype,
                        sharpness=s.edge_sharpness, offset=s.edge_offset)
     return out[0, 0]
-
-
-def refine_full(alpha: torch.Tensor, frame: Frame, small: torch.Tensor, s: FusedSettings, dtype: torch.dtype,
-                step: int = 1) -> torch.Tensor:
-    """Working-resolution matte (1,1,h,w) to the frame's size along its edges; crisp contrast against halos.
-    step > 1: the coefficients on step x step block means of the matte and the picture (radius / step blocks)."""
-    a, b = refine_coefficients(alpha, small, s, step)
-    return refine_apply(a, b, frame, s, dtype)
 
 
 def working_size(frame: Frame, height: int) -> tuple[int, int]:
@@ -667,30 +658,17 @@ class FusedSegment(Node):
         return "compiling its fused maths in the background" if self._chain.busy() else None
 
     def _warm(self, x: torch.Tensor, pm: torch.Tensor | None, step: int, dtype: torch.dtype) -> Callable[[Callable[..., object]], None]:
-        """What the compiling thread runs: the compiled maths on a spare engine with a copy of the settings and
-        inputs shaped as this frame's (same strides), on its own stream (the node's buffers are in use by the
-        stream meanwhile), in the stream thread's grad mode: the compiled code must be the code the stream's
-        calls find (grad mode is per thread, and part of what compiled code is checked against)."""
-        settings, device, fps = self.params.model_copy(), x.device, self.engine.fps
-        w, h = x.shape[-1], x.shape[-2]
-        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-        # shapes and strides only: this may run inside a recorded frame, which must not gain the spare's work
-        like = [None if t is None else (tuple(t.shape), t.stride(), t.dtype) for t in (x, pm)]
+        """What the compiling thread runs: the compiled maths on a spare engine with a copy of the settings (the
+        node's buffers are in use by the stream meanwhile), on inputs like this frame's."""
+        settings, fps, device, (w, h) = self.params.model_copy(), self.engine.fps, x.device, (x.shape[-1], x.shape[-2])
 
-        def warm(compiled: Callable[..., object]) -> None:
+        def run(compiled: Callable[..., object], dummies: list) -> None:
             spare = FusedMatte(settings, device, fps)
-            side = torch.cuda.Stream(device) if device.type == "cuda" else None
-            with torch.cuda.stream(side) if side is not None else nullcontext(), \
-                    torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                xs, ps = (None if m is None else torch.empty_strided(m[0], m[1], dtype=m[2], device=device).fill_(0.5)
-                          for m in like)
-                spare._alloc(w, h)
-                for _ in range(2):  # the first frame and the primed ones run the same code
-                    compiled(spare, xs, ps, step, dtype)
-            if side is not None:
-                side.synchronize()  # the compiling thread's own stream only
+            spare._alloc(w, h)
+            for _ in range(2):  # the first frame and the primed ones run the same code
+                compiled(spare, *dummies, step, dtype)
 
-        return warm
+        return warm_like([x, pm], run)
 
     def process(self, frame: Frame, prior: Mask | None = None, plate: Frame | None = None) -> dict[str, Mask]:
         if self._cpu is not None:
