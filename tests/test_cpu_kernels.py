@@ -9,34 +9,20 @@ sRGB, the kernel in linear light as the torch path); the sRGB encoding exact aga
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from muse.graph.payloads import Frame, Mask
-from muse.graph.testing import build_node, make_context
 from muse.nodes.composite import Composite
 from muse.nodes.cpu import kernels
 from muse.nodes.segment.refine import RefineMask
 from muse.nodes.segment.selfie import SelfieSegment
+from tests.cpu_nodes import ROOM, frame720 as _frame720, opened as _opened
 
-ROOM = Path(__file__).parent.parent / "muse" / "assets" / "room.jpg"
 
 needs_numba = pytest.mark.skipif(not kernels.available(), reason=f"numba kernels not available: {kernels.why_not()}")
-
-
-def _frame720(rgb: np.ndarray) -> Frame:
-    return Frame(torch.from_numpy(np.ascontiguousarray(cv2.resize(rgb, (1280, 720), interpolation=cv2.INTER_AREA))))
-
-
-def _opened(monkeypatch, cls, params: dict, path: str):
-    monkeypatch.setenv("MUSE_CPU_PATH", path)
-    node = build_node(cls, params)
-    node.open(make_context(node.name))
-    return node
 
 
 @pytest.fixture(scope="module")

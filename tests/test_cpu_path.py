@@ -8,7 +8,6 @@ composited pixels within 2 sRGB levels (uint8) of the torch output.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,19 +19,8 @@ from muse.graph.testing import build_node, make_context
 from muse.nodes.composite import Composite
 from muse.nodes.segment.refine import RefineMask
 from muse.nodes.segment.selfie import SelfieSegment
+from tests.cpu_nodes import ROOM, frame720 as _frame720, opened as _opened
 
-ROOM = Path(__file__).parent.parent / "muse" / "assets" / "room.jpg"
-
-
-def _frame720(rgb: np.ndarray) -> Frame:
-    return Frame(torch.from_numpy(np.ascontiguousarray(cv2.resize(rgb, (1280, 720), interpolation=cv2.INTER_AREA))))
-
-
-def _opened(monkeypatch, cls, params: dict, path: str):
-    monkeypatch.setenv("MUSE_CPU_PATH", path)
-    node = build_node(cls, params)
-    node.open(make_context(node.name))
-    return node
 
 
 def _pair(monkeypatch, cls, params: dict):
