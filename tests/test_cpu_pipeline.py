@@ -181,3 +181,22 @@ def test_split_follows_cpu_time_not_waits(registry: Registry, monkeypatch) -> No
     # by wall time the split would be a | b c (25 against 12 ms); by CPU time it is a b | c (6 against 6)
     assert runner._cpu_pipeline is not None and runner._cpu_pipeline.head == ["a", "b"]
     assert [i for i, _ in Keep.seen] == list(range(45))
+
+
+def test_the_head_may_take_one_branch_and_leave_the_other() -> None:
+    """Two independent branches (stream_4k: pose, and the segmenter with its matte) go one to each thread
+    where no prefix of the topological order balances them; a node never lands in the head without its
+    inputs."""
+    from muse.graph.cpu_pipeline import best_head
+
+    order = ["camera", "pose", "selfie", "matte", "face", "room", "composite"]
+    inputs = {"camera": set(), "pose": {"camera"}, "selfie": {"camera"}, "matte": {"camera", "selfie"},
+              "face": {"camera", "pose"}, "room": {"camera", "matte"}, "composite": {"matte", "face", "room"}}
+    cost = {"camera": 0.5, "pose": 20.0, "selfie": 8.0, "matte": 50.0, "face": 11.0, "room": 6.0, "composite": 11.0}
+    head = best_head(order, inputs, cost)
+    # the best prefix is camera pose selfie matte (78.5 against 28); the best head 58.5 against 48
+    assert head == ["camera", "selfie", "matte"]
+    assert best_head(["a", "b"], {"a": set(), "b": {"a"}}, {"a": 1.0, "b": 1.0}) == ["a"]
+    assert best_head(["a"], {"a": set()}, {"a": 1.0}) is None  # one node: nothing to split
+    # inputs are honoured whatever the costs: b cannot run before a
+    assert best_head(["a", "b", "c"], {"a": set(), "b": {"a"}, "c": {"b"}}, {"a": 0.0, "b": 10.0, "c": 10.0}) == ["a", "b"]

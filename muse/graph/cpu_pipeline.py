@@ -11,7 +11,9 @@ heavy calls (ONNX Runtime, OpenCV, torch) release the GIL, so two threads use tw
   thread has finished frame N (a rendezvous, no queue), so latency stays bounded.
 - The split starts with only the last node before the outputs in the tail and is moved
   once, after `REBALANCE_AFTER` frames, to where the measured head and tail CPU times are
-  closest. Every node still runs on one thread only, in frame order.
+  closest. The head is any set of nodes that holds its own inputs (not only a prefix of the
+  topological order): two independent branches (stream_4k's pose and matte) may go one to
+  each thread. Every node still runs on one thread only, in frame order.
 - Param changes and graph swaps wait until the tail is idle (`drain`).
 
 Enabled on the CPU device when the graph has no lazy nodes; MUSE_CPU_PIPELINE=0 turns it off.
@@ -31,8 +33,9 @@ from muse.graph.slots import FrameFailed
 log = logging.getLogger("muse.runtime.cpu_pipeline")
 
 REBALANCE_AFTER = 30
+SPLIT_SEARCH_LIMIT = 200_000  # head sets tried at most (a dozen nodes have a few thousand)
 
-__all__ = ["CpuPipeline", "plan"]
+__all__ = ["CpuPipeline", "best_head", "plan"]
 
 
 def plan(runner: Any) -> "CpuPipeline | None":
@@ -80,12 +83,44 @@ def _restore_cores(previous: tuple[int, int] | None) -> None:
     torch.set_num_threads(previous[1])
 
 
+def best_head(order: list[str], inputs: dict[str, set[str]], cost: dict[str, float]) -> list[str] | None:
+    """The head (in `order`, a topological order) with the smallest max(head, tail) cost, among the sets of
+    nodes that hold every node's inputs from `order` (so the head never waits for the tail), head and tail
+    both non-empty; the closest balance among equals. None when there is no such split."""
+    total = sum(cost.get(n, 0.0) for n in order)
+    best: list = [None, None, None]  # worst stage, imbalance, head
+    tried = 0
+
+    def visit(i: int, chosen: list[str], members: set[str], c: float) -> None:
+        nonlocal tried
+        tried += 1
+        if tried > SPLIT_SEARCH_LIMIT or (best[0] is not None and c > best[0]):
+            return  # a larger head only costs more
+        if i == len(order):
+            if chosen and len(chosen) < len(order):
+                worst, gap = max(c, total - c), abs(total - 2 * c)
+                if best[0] is None or (worst, gap) < (best[0], best[1]):
+                    best[:] = [worst, gap, list(chosen)]
+            return
+        name = order[i]
+        if inputs.get(name, set()) <= members:
+            chosen.append(name)
+            members.add(name)
+            visit(i + 1, chosen, members, c + cost.get(name, 0.0))
+            members.discard(name)
+            chosen.pop()
+        visit(i + 1, chosen, members, c)
+
+    visit(0, [], set(), 0.0)
+    return best[2]
+
+
 class CpuPipeline:
     def __init__(self, runner: Any, middle: list[str], branch: set[str] | None = None) -> None:
         self.runner = runner
         self.branch = branch or set()
         self.middle = middle
-        self.split = len(middle) - 1  # head = middle[:split]
+        self._head = middle[:-1]  # in topological order; the tail is the rest of `middle`
         self.frames = 0
         self._job: tuple[dict, float] | None = None
         self._cond = threading.Condition()
@@ -94,11 +129,16 @@ class CpuPipeline:
         self.previous_threads: tuple[int, int] | None = None  # restored on close
         self._thread = threading.Thread(target=self._loop, name="muse-cpu-tail", daemon=True)
         self._thread.start()
-        log.info("CPU pipeline: head %s | tail %s", middle[: self.split], middle[self.split :])
+        log.info("CPU pipeline: head %s | tail %s", self.head, self.tail)
 
     @property
     def head(self) -> list[str]:
-        return self.middle[: self.split]
+        return self._head
+
+    @property
+    def tail(self) -> list[str]:
+        head = set(self._head)
+        return [n for n in self.middle if n not in head]
 
     # -- executor side -----------------------------------------------------
     def run_frame(self, memo: dict, t_capture: float) -> None:
@@ -159,21 +199,40 @@ class CpuPipeline:
         Means, not medians: a node that does its work every Nth frame (the clean plate's full-size
         update: p50 1.4 ms, mean 5.6 ms at 720p) costs its mean in throughput."""
         self.drain()
-        cost = []
+        cost = {}
         for name in self.middle:
             slot = self.runner.slots.get(name)
             times = (list(slot.stats.cpu_ms) or list(slot.stats.host_ms)) if slot is not None else []
             times = times[5:] if len(times) > 10 else times  # not the first calls (warm-up, model loading)
-            cost.append(statistics.fmean(times) if times else 0.0)
-        total = sum(cost)
-        best, best_k = None, self.split
-        for k in range(1, len(self.middle)):
-            worst = max(sum(cost[:k]), total - sum(cost[:k]))
-            if best is None or worst < best:
-                best, best_k = worst, k
-        if best_k != self.split:
-            self.split = best_k
-            log.info("CPU pipeline rebalanced: head %s | tail %s", self.head, self.middle[self.split :])
+            cost[name] = statistics.fmean(times) if times else 0.0
+        head = best_head(self.middle, self._inputs(), cost)
+        if head is not None and head != self._head:
+            self._head = head
+            log.info("CPU pipeline rebalanced: head %s | tail %s", self.head, self.tail)
+
+    def _inputs(self) -> dict[str, set[str]]:
+        """The nodes of `middle` each node of `middle` reads (an absent node's stand-in in its place)."""
+        runner, inside = self.runner, set(self.middle)
+        out: dict[str, set[str]] = {}
+        for name in self.middle:
+            found: set[str] = set()
+            todo = [src.node for ri in runner.graph.nodes[name].inputs.values() for src in ri.sources]
+            seen: set[str] = set()
+            while todo:
+                src = todo.pop()
+                if src in seen:
+                    continue
+                seen.add(src)
+                if src in inside:
+                    found.add(src)
+                    continue
+                slot = runner.slots.get(src)
+                if slot is not None and slot.absent:
+                    given = runner.provider(src)
+                    if given is not None:
+                        todo.append(given)
+            out[name] = found
+        return out
 
     # -- tail thread ---------------------------------------------------------
     def _loop(self) -> None:
@@ -233,7 +292,7 @@ def startup_note(runner: Any) -> str | None:
     parts.append(f"{cpu_threads()} thread(s) per stage")
     pipe = runner._cpu_pipeline
     if pipe is not None:
-        parts.append(f"2 frames in flight ({', '.join(pipe.head)} | {', '.join(pipe.middle[pipe.split:])})")
+        parts.append(f"2 frames in flight ({', '.join(pipe.head)} | {', '.join(pipe.tail)})")
     else:
         parts.append("1 frame in flight")
     if any(rn.type.startswith("pose.") for rn in runner.graph.nodes.values()):
