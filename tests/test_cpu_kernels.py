@@ -17,6 +17,7 @@ import torch
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.composite import Composite
 from muse.nodes.cpu import kernels
+from muse.nodes.segment.fused import FusedSegment
 from muse.nodes.segment.refine import RefineMask
 from muse.nodes.segment.selfie import SelfieSegment
 from tests.cpu_nodes import ROOM, frame720 as _frame720, opened as _opened
@@ -243,7 +244,31 @@ def test_warm_up_compiles_what_the_nodes_call(monkeypatch, photos):
                        ({"background": "colour", "light_wrap": 0.3}, {})):
         _opened(monkeypatch, Composite, params, "fast").process(frame, mask, **kw)
     _opened(monkeypatch, RefineMask, {"guide": "gray"}, "fast").process(frame, Mask(torch.rand(144, 256)))
+    _opened(monkeypatch, FusedSegment, {}, "fast").process(frame, prior=Mask(torch.rand(144, 256)))
     face = Displacement(_bump_field(23, 40, 0.5, 0.4, 7.0), (1280, 720))
     _opened(monkeypatch, WarpApply, {}, "fast").process(frame, face=face, mask=mask, plate=plate)
     after = {name: len(fn.signatures) for name, fn in k.items() if hasattr(fn, "signatures")}
     assert after == before and {key: len(fn.signatures) for key, fn in k["over"].items()} == over_before
+
+
+@needs_numba
+@pytest.mark.parametrize("contrast", [(1.0, 0.0), (1.6, 0.15), (1.2, 0.3)])  # none, folded, applied after
+@pytest.mark.parametrize("photo", ["astronaut", "messi"])
+def test_fused_matte_edge_kernel_matches_opencv(monkeypatch, photos, contrast, photo):
+    """segment.fused's full-resolution edge pass (A . I + b with the colour guide, the contrast folded in or
+    applied after) in one numba loop: within float rounding of the OpenCV planes it replaced."""
+    from muse.nodes.cpu import fused as fused_cpu
+
+    frame = photos[photo]
+    small = fused_cpu.working_picture(frame, 512, 288)
+    alpha = _refined(monkeypatch, frame).alpha.numpy()
+    alpha = np.ascontiguousarray(cv2.resize(alpha, (512, 288), interpolation=cv2.INTER_AREA))
+    s = FusedSegment.Params(edge_sharpness=contrast[0], edge_offset=contrast[1])
+    for step in (1, 2):
+        a = fused_cpu.refine_full(alpha, frame, small, s, step)
+        with monkeypatch.context() as mp:
+            mp.setattr(kernels, "available", lambda: False)
+            b = fused_cpu.refine_full(alpha, frame, small, s, step)
+        assert a.shape == b.shape == (720, 1280) and a.dtype == b.dtype == np.float32
+        assert np.abs(a - b).max() < 1e-5
+        assert 0.0 <= a.min() and a.max() <= 1.0 and 0.05 < (a > 0.5).mean() < 0.95

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from muse.graph.payloads import Frame, Mask
-from muse.nodes.cpu import as_numpy
+from muse.nodes.cpu import as_numpy, kernels
 from muse.nodes.cpu.refine import box_mean, guided_colour
 from muse.nodes.segment.fused import CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP
 
@@ -638,6 +638,15 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
         a_r, a_g, a_b = a_r * sharp, a_g * sharp, a_b * sharp
         b = b * sharp + (0.5 - (0.5 + off) * sharp)
     img = as_numpy(frame.hwc_uint8())
+    if kernels.available():
+        # one pass over the frame (numba: the coefficients upsampled, A . I + b, the clip): 9 -> 2.5 ms at 720p
+        out = kernels.guided_upsample(img, cv2.merge((a_r, a_g, a_b)), b)
+        if contrast and not fold:
+            out -= 0.5 + off
+            out *= sharp
+            out += 0.5
+            np.clip(out, 0.0, 1.0, out=out)
+        return out
     H, W = img.shape[:2]
     # A . I + b on planes (each coefficient upsampled, times its uint8 channel, summed): OpenCV's
     # 4-channel multiply + channel sum (cv2.transform) took twice as long
@@ -661,6 +670,7 @@ class FusedRunner:
 
     def __init__(self, node) -> None:
         self.node = node
+        kernels.warm_up()  # the full-resolution pass's loop compiled (or loaded) before the first frame needs it
         self.engine = FusedCPU(node.params, node.ctx.fps if node.ctx is not None else 30.0)
 
     def update(self, params) -> None:
