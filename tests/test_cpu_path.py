@@ -556,14 +556,25 @@ def test_shrunk_frame_is_shared_and_follows_changes(photos):
 
 
 @pytest.mark.parametrize("size", [(1280, 720), (300, 500)])
-def test_demo_render_blends_only_her_edge_and_is_the_same_picture(size):
-    """capture.demo on the CPU copies her square where her alpha is 1 and blends only the soft edge: the
-    same frames, to the bit, as one blend over the whole square (also where the square leaves the frame)."""
+@pytest.mark.parametrize("edge_loop", [True, False])
+def test_demo_render_blends_only_her_edge_and_is_the_same_picture(size, edge_loop):
+    """capture.demo on the CPU copies her square where her alpha is 1 and blends only the soft edge (with numba in
+    one loop over the edge's points, else by gathering them): the same frames, to the bit, as one blend over the
+    whole square (also where the square leaves the frame)."""
     from muse.nodes.capture.demo import Demo
+    from muse.nodes.cpu import kernels
 
+    if edge_loop and not kernels.available():
+        pytest.skip(f"numba kernels not available: {kernels.why_not()}")
     w, h = size
     demo = build_node(Demo, {"width": w, "height": h, "fps": 0, "background": "coffee", "motion": 2.0})
     demo.open(make_context("camera"))
+    if edge_loop:
+        kernels.warm_up()
+        kernels._WARM.join(timeout=300)
+        assert kernels.compiled("blend_points")
+    else:
+        demo._edge_loop = False
     assert 0 < demo._edge[0].size < 0.2 * demo._side**2  # the edge is a thin part of her square
     p = demo.params
     for i in range(0, 240, 17):

@@ -284,9 +284,12 @@ class CompositeCPU:
         if plate is not None:
             room = cv2.LUT(as_numpy(fit_uint8(plate.hwc_uint8(), height, width)), decode_lut())
             return 2, blur(shrink(room, size), sigma / factor), colour
-        # decoded to 16-bit fixed point (half the bytes of floats through the table and the area mean;
-        # 0.5/65535 of linear light, far below a level), then floats at the reduced size only
-        room = shrink(cv2.LUT(fg, _decode16()), size).astype(np.float32) * np.float32(1.0 / 65535.0)
+        if kernels.available() and height % factor == 0 and width % factor == 0:
+            room = kernels.decoded_mean(fg, factor)  # the table and the area mean in one pass
+        else:
+            # decoded to 16-bit fixed point (half the bytes of floats through the table and the area mean;
+            # 0.5/65535 of linear light, far below a level), then floats at the reduced size only
+            room = shrink(cv2.LUT(fg, _decode16()), size).astype(np.float32) * np.float32(1.0 / 65535.0)
         weight = np.clip(1.0 - shrink(alpha, size), 0.0, 1.0) ** 2
         both = blur(np.dstack((room * weight[..., None], weight, room)), sigma / factor)
         num, den, plain = both[..., :3], both[..., 3:4], both[..., 4:]

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -94,7 +94,8 @@ def _build() -> dict[str, Any]:
     from muse.nodes.cpu import numba_loops
 
     return {"variant": numba_loops.variant, "over": {}, "encode_all": numba_loops.encode_all, "guided_gray": numba_loops.guided_full_gray,
-            "guided_colour": numba_loops.guided_full_colour, "lerp_known": numba_loops.lerp_known,
+            "guided_colour": numba_loops.guided_full_colour, "lerp_known": numba_loops.lerp_known, "decoded_mean": numba_loops.decoded_mean,
+            "blend_points": numba_loops.blend_points,
             "warp_box": numba_loops.warp_box}
 
 
@@ -157,6 +158,37 @@ def composite_over(fg: np.ndarray, alpha: np.ndarray, out: np.ndarray, eps: floa
     fn(fg, np.ascontiguousarray(alpha, np.float32), out, decode_lut(), t, g, np.float32(eps), np.float32(1.0 - eps),
        col, room3, *room_taps, np.float32(wrap), soft3, inside3, *taps)
     return out
+
+
+def decoded_mean(img: np.ndarray, factor: int) -> np.ndarray:
+    """The factor x factor block means of (H, W, 3) uint8 sRGB in linear light, (H / factor, W / factor, 3) float32
+    (factor must divide both sides): `shrink(cv2.LUT(img, decode_lut()), ...)` in one pass."""
+    from muse.nodes.cpu import decode_lut
+
+    k = _kernels()
+    assert k is not None, "decoded_mean without numba: check available() first"
+    height, width = img.shape[:2]
+    assert height % factor == 0 and width % factor == 0, "decoded_mean: the factor must tile the picture"
+    out = np.empty((height // factor, width // factor, 3), np.float32)
+    k["decoded_mean"](np.ascontiguousarray(img), decode_lut(), factor, out)
+    return out
+
+
+def compiled(name: str) -> bool:
+    """Whether kernel `name` is compiled already (by the warm-up): a source that must not stall its first
+    frames on a compile uses its other implementation until then."""
+    k = _kernels()
+    return k is not None and bool(getattr(k.get(name), "signatures", ()))
+
+
+def blend_points(out: np.ndarray, ys: np.ndarray, xs: np.ndarray, colours: np.ndarray, wa: np.ndarray, wb: np.ndarray,
+                 offset: tuple[int, int], inside: tuple[int, int, int, int]) -> None:
+    """`out` (H, W, 3) uint8, in place: at each point (ys, xs) (int64) within `inside` (y0, y1, x0, x1), the pixel at
+    (y, x) + `offset` becomes cv2.blendLinear(colour, pixel, wa, wb) of that point (`colours` (N, 3) uint8,
+    `wa`, `wb` (N,) float32), to the bit."""
+    k = _kernels()
+    assert k is not None, "blend_points without numba: check available() first"
+    k["blend_points"](out, ys, xs, colours, wa, wb, int(offset[0]), int(offset[1]), *(int(v) for v in inside))
 
 
 _EMPTY_TAPS = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.float32)) * 2
@@ -264,6 +296,9 @@ def _warm() -> None:
             for wrap in (0.0, 0.3):
                 composite_over(fg, a, fg.copy(), 1.5e-4, colour=colour, room=room, wrap=wrap,
                                soft=low if wrap else None, inside=low[..., 0] if wrap else None)
+        decoded_mean(fg, 2)
+        pts = np.arange(2, dtype=np.int64)
+        blend_points(fg.copy(), pts, pts, fg[0, :2].copy(), a[0, :2].copy(), a[1, :2].copy(), (1, 1), (0, 8, 0, 8))
         coef = np.zeros((2, 2, 1), np.float32)
         guided_upsample(fg, coef, coef[..., 0])
         guided_upsample(fg, np.zeros((2, 2, 3), np.float32), coef[..., 0])

@@ -97,6 +97,46 @@ def variant(mode: int, glow: bool):
 
 
 @jit
+def blend_points(out, ys, xs, colours, wa, wb, oy, ox, sy0, sy1, sx0, sx1):
+    """capture.demo's soft edge: at each listed point (ys, xs) of her square inside [sy0, sy1) x [sx0, sx1), the
+    frame's pixel at (y + oy, x + ox) blended with her colour as cv2.blendLinear does, to the bit
+    ((c w1 + f w2) / (w1 + w2 + 1e-5) in float32, rounded half to even)."""
+    tiny = np.float32(1e-5)
+    zero, top = np.float32(0.0), np.float32(255.0)
+    for k in range(ys.size):
+        y, x = ys[k], xs[k]
+        if y < sy0 or y >= sy1 or x < sx0 or x >= sx1:
+            continue
+        w1, w2 = wa[k], wb[k]
+        den = w1 + w2 + tiny
+        py, px = y + oy, x + ox
+        for c in range(3):
+            v = (np.float32(colours[k, c]) * w1 + np.float32(out[py, px, c]) * w2) / den
+            out[py, px, c] = np.uint8(min(max(np.rint(v), zero), top))
+
+
+@jit
+def decoded_mean(img, dec, f, out):
+    """The f x f block means of the uint8 picture `img` (H, W, 3) decoded through `dec` (sRGB -> linear light),
+    into `out` (H / f, W / f, 3) float32: composite.over's blurred room at its reduced size in one pass
+    (the table and OpenCV's area filter were two full-size passes and a 16-bit copy)."""
+    h, w = out.shape[:2]
+    acc = np.empty((w, 3), np.float64)
+    inv = 1.0 / (f * f)
+    for i in range(h):
+        acc[:] = 0.0
+        for y in range(i * f, i * f + f):
+            row = img[y]
+            for j in range(w):
+                for x in range(j * f, j * f + f):
+                    for c in range(3):
+                        acc[j, c] += dec[row[x, c]]
+        for j in range(w):
+            for c in range(3):
+                out[i, j, c] = np.float32(acc[j, c] * inv)
+
+
+@jit
 def encode_all(lin, t, g, out):
     flat, dst = lin.ravel(), out.ravel()
     for i in range(flat.size):
