@@ -272,3 +272,38 @@ def test_fused_matte_edge_kernel_matches_opencv(monkeypatch, photos, contrast, p
         assert a.shape == b.shape == (720, 1280) and a.dtype == b.dtype == np.float32
         assert np.abs(a - b).max() < 1e-5
         assert 0.0 <= a.min() and a.max() <= 1.0 and 0.05 < (a > 0.5).mean() < 0.95
+
+
+@needs_numba
+@pytest.mark.parametrize("with_plate", [False, True])
+def test_fused_matte_loops_match_its_numpy_implementation(monkeypatch, photos, with_plate):
+    """segment.fused's numba loops (the last matte and frame carried along the motion, the light field, the edge
+    pass) against its numpy/OpenCV/torch implementation over a moving, brightening shot with a plate: the same
+    outputs within float rounding, frame after frame (the state carried along does not drift apart)."""
+    from muse.models import bundled
+
+    try:
+        bundled.onnx_model_path("selfie_segmentation")
+    except Exception as exc:  # pragma: no cover - a machine without `muse models import`
+        pytest.skip(f"bundled selfie model not imported: {exc}")
+    frame = photos["astronaut"]
+    low = _opened(monkeypatch, SelfieSegment, {}, "torch").process(frame)["mask"]
+    # a recorded plate (a real room, not this one's: the plate difference and its light field run everywhere), or
+    # none (the node's own plate, stream_4k's case)
+    plate = _frame720(cv2.imread(str(ROOM))[:, :, ::-1]) if with_plate else None
+    fast = _opened(monkeypatch, FusedSegment, {}, "fast")
+    plain = _opened(monkeypatch, FusedSegment, {}, "fast")
+    for i in range(6):
+        img = torch.roll(frame.image, shifts=3 * i, dims=1)
+        img = (img.float() * (1.0 + 0.04 * i)).clamp(0, 255).to(torch.uint8)
+        f = Frame(img, timestamp=i / 30.0, index=i)
+        prior = Mask(torch.roll(low.alpha, shifts=i * 3 * 256 // 1280, dims=1))
+        a = fast.process(f, prior=prior, plate=plate)
+        with monkeypatch.context() as mp:
+            mp.setattr(kernels, "available", lambda: False)
+            b = plain.process(f, prior=prior, plate=plate)
+        for port in ("mask", "confidence", "keep_out"):
+            pa, pb = a[port].alpha.numpy(), b[port].alpha.numpy()
+            assert pa.shape == pb.shape and np.abs(pa - pb).max() < 1e-3, (i, port, np.abs(pa - pb).max())
+        if not with_plate:  # the model's person, carried along
+            assert 0.05 < (a["mask"].alpha.numpy() > 0.5).mean() < 0.95

@@ -182,10 +182,9 @@ class FusedCPU:
         self.still_for = z1()  # frames still and background for the model (own plate, its coordinates)
         self.anchor = z1()  # luma of the frame that set the own plate's coordinates
         self.last_shift = (0, 0)
-        # the matte and the last frame, carried along the motion together (one grid_sample): the last frame
-        # lives in channels 1-3 of this buffer, so only the matte is copied in each frame
-        self._pair = np.zeros((h, w, 4), np.float32)
-        self.prev = self._pair[..., 1:]
+        # the last frame, contiguous (its exposure-scaled difference is taken twice a frame: on a strided view of
+        # a four-channel buffer those products cost 1-2 ms each at the working size)
+        self.prev = np.zeros((h, w, 3), np.float32)
         self.prev_max, self.prev_luma = z1(), z1()  # of the last frame (read again this frame)
         self.primed = False
         self.has_plate = False
@@ -194,6 +193,7 @@ class FusedCPU:
         by, bx = yn[::FIT_STEP, ::FIT_STEP], xn[::FIT_STEP, ::FIT_STEP]
         self._basis = np.stack((np.ones_like(by), bx, by, bx * bx, bx * by, by * by)).reshape(6, -1)
         # (N, 6): the light field is basis_full @ theta.T, already in (h, w, 3) order
+        self._xn, self._yn = np.ascontiguousarray(xn[0]), np.ascontiguousarray(yn[:, 0])
         self._basis_full = np.ascontiguousarray(np.stack((np.ones_like(yn), xn, yn, xn * xn, xn * yn, yn * yn)).reshape(6, -1).T)
         # the 21 distinct products basis_i * basis_j: the normal matrix of a weighted fit is one product
         iu = np.triu_indices(6)
@@ -291,6 +291,8 @@ class FusedCPU:
             theta = torch.linalg.solve(torch.from_numpy(a + eye), torch.from_numpy(b)).numpy()
             fit = _mm(theta, basis)
         h, w = x.shape[:2]
+        if kernels.available():  # the quadratic evaluated per pixel, clipped, in one pass (a 6-long BLAS product: 0.9 ms)
+            return kernels.quadratic_field(np.ascontiguousarray(theta, np.float32), self._xn, self._yn, 0.2, 5.0)
         light = _mm(self._basis_full, np.ascontiguousarray(theta.T)).reshape(h, w, 3)
         return np.clip(light, 0.2, 5.0, out=light)
 
@@ -375,6 +377,15 @@ class FusedCPU:
         vx = (vx + vertex(1, vx))[0] * q
         vy = (vy + vertex(n, vy))[0] * q
         return _resize(vy, w, h), _resize(vx, w, h)
+
+    def _sample_last(self, fy: np.ndarray, fx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The last matte and the last frame at (y + fy, x + fx) (bilinear, edges clamped: grid_sample's border
+        rule): with numba in one loop over both (torch's grid_sample of the four channels, its grid and the
+        channels-last copies cost 3 ms at 512 x 288), else by `_sample` of the two stacked."""
+        if kernels.available():
+            return kernels.sample_bilinear(self.alpha, self.prev, fy, fx)
+        both = _sample(np.dstack((self.alpha, self.prev)), fy, fx)
+        return np.ascontiguousarray(both[..., 0]), np.ascontiguousarray(both[..., 1:])
 
     def _colour_vote(self, x: np.ndarray, last: np.ndarray, bgw: np.ndarray) -> np.ndarray:
         """fused.FusedMatte._colour_vote: half the log-likelihood ratio of the colour of every COLOUR_STEP-th pixel of
@@ -541,12 +552,10 @@ class FusedCPU:
             last_alpha = self.alpha
             if s.follow_motion:
                 fy, fx = self._follow(lx, self.prev_luma * ratio)
-                self._pair[..., 0] = self.alpha
-                both = _sample(self._pair, fy, fx)
-                last_alpha = np.ascontiguousarray(both[..., 0])
+                last_alpha, moved = self._sample_last(fy, fx)
                 # the last frame in this frame's exposure (the torch path scales before sampling: the same up to
                 # rounding, sampling is linear) clips as the camera does; a clipped pixel says nothing
-                change = np.multiply(both[..., 1:], ratio)
+                change = np.multiply(moved, ratio)
                 np.clip(change, 0.0, 1.0, out=change)
                 np.subtract(x, change, out=change)
                 change = _luma(np.abs(change, out=change)) * unclipped

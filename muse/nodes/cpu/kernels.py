@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -95,7 +95,8 @@ def _build() -> dict[str, Any]:
 
     return {"variant": numba_loops.variant, "over": {}, "encode_all": numba_loops.encode_all, "guided_gray": numba_loops.guided_full_gray,
             "guided_colour": numba_loops.guided_full_colour, "lerp_known": numba_loops.lerp_known, "decoded_mean": numba_loops.decoded_mean,
-            "blend_points": numba_loops.blend_points,
+            "blend_points": numba_loops.blend_points, "sample_bilinear": numba_loops.sample_bilinear,
+            "quadratic_field": numba_loops.quadratic_field,
             "warp_box": numba_loops.warp_box}
 
 
@@ -172,6 +173,27 @@ def decoded_mean(img: np.ndarray, factor: int) -> np.ndarray:
     out = np.empty((height // factor, width // factor, 3), np.float32)
     k["decoded_mean"](np.ascontiguousarray(img), decode_lut(), factor, out)
     return out
+
+
+def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(h, w, 3) float32: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at (xn[x], yn[y]) (theta (3, 6) float32,
+    xn (w,), yn (h,) float32), clipped to [lo, hi]."""
+    k = _kernels()
+    assert k is not None, "quadratic_field without numba: check available() first"
+    out = np.empty((yn.shape[0], xn.shape[0], 3), np.float32)
+    k["quadratic_field"](theta, xn, yn, np.float32(lo), np.float32(hi), out)
+    return out
+
+
+def sample_bilinear(one: np.ndarray, three: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`one` (h, w) and `three` (h, w, 3) float32 sampled bilinearly at (y + fy, x + fx) (fy, fx (h, w)), positions
+    clamped to the picture (grid_sample's border rule, align_corners=False)."""
+    k = _kernels()
+    assert k is not None, "sample_bilinear without numba: check available() first"
+    out_one, out_three = np.empty_like(one), np.empty_like(three)
+    k["sample_bilinear"](one, np.ascontiguousarray(three), np.ascontiguousarray(fy, np.float32), np.ascontiguousarray(fx, np.float32),
+                         out_one, out_three)
+    return out_one, out_three
 
 
 def compiled(name: str) -> bool:
@@ -297,6 +319,8 @@ def _warm() -> None:
                 composite_over(fg, a, fg.copy(), 1.5e-4, colour=colour, room=room, wrap=wrap,
                                soft=low if wrap else None, inside=low[..., 0] if wrap else None)
         decoded_mean(fg, 2)
+        sample_bilinear(a, low.repeat(4, 0).repeat(4, 1), a, a)
+        quadratic_field(np.zeros((3, 6), np.float32), a[0].copy(), a[:, 0].copy(), 0.2, 5.0)
         pts = np.arange(2, dtype=np.int64)
         blend_points(fg.copy(), pts, pts, fg[0, :2].copy(), a[0, :2].copy(), a[1, :2].copy(), (1, 1), (0, 8, 0, 8))
         coef = np.zeros((2, 2, 1), np.float32)

@@ -119,21 +119,24 @@ def blend_points(out, ys, xs, colours, wa, wb, oy, ox, sy0, sy1, sx0, sx1):
 def decoded_mean(img, dec, f, out):
     """The f x f block means of the uint8 picture `img` (H, W, 3) decoded through `dec` (sRGB -> linear light),
     into `out` (H / f, W / f, 3) float32: composite.over's blurred room at its reduced size in one pass
-    (the table and OpenCV's area filter were two full-size passes and a 16-bit copy)."""
+    (the table and OpenCV's area filter were two full-size passes and a 16-bit copy). A block row's f rows
+    are summed value by value first (independent adds: the loop vectorises), then across each block."""
     h, w = out.shape[:2]
-    acc = np.empty((w, 3), np.float64)
+    n = img.shape[1] * 3
+    acc = np.empty(n, np.float32)
     inv = 1.0 / (f * f)
     for i in range(h):
         acc[:] = 0.0
         for y in range(i * f, i * f + f):
-            row = img[y]
-            for j in range(w):
-                for x in range(j * f, j * f + f):
-                    for c in range(3):
-                        acc[j, c] += dec[row[x, c]]
+            row = img[y].ravel()
+            for k in range(n):
+                acc[k] += dec[row[k]]
         for j in range(w):
             for c in range(3):
-                out[i, j, c] = np.float32(acc[j, c] * inv)
+                total = 0.0
+                for x in range(j * f, j * f + f):
+                    total += acc[3 * x + c]
+                out[i, j, c] = np.float32(total * inv)
 
 
 @jit
@@ -198,6 +201,45 @@ def _clamp_tap(v, n):
     v = min(max(v, np.float32(0.0)), np.float32(n - 1))
     i0 = np.intp(v)
     return i0, min(i0 + 1, n - 1), v - np.float32(i0)
+
+
+@jit
+def quadratic_field(theta, xn, yn, lo, hi, out):
+    """segment.fused's light field: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at each pixel's (xn[x], yn[y]),
+    clipped to [lo, hi], into `out` (h, w, 3); per row as a + x (b + t3 x) (a, b the row's constants)."""
+    height, width = out.shape[:2]
+    for y in range(height):
+        v = yn[y]
+        a0 = theta[0, 0] + theta[0, 2] * v + theta[0, 5] * (v * v)
+        a1 = theta[1, 0] + theta[1, 2] * v + theta[1, 5] * (v * v)
+        a2 = theta[2, 0] + theta[2, 2] * v + theta[2, 5] * (v * v)
+        b0, b1, b2 = theta[0, 1] + theta[0, 4] * v, theta[1, 1] + theta[1, 4] * v, theta[2, 1] + theta[2, 4] * v
+        q0, q1, q2 = theta[0, 3], theta[1, 3], theta[2, 3]
+        row = out[y]
+        for x in range(width):
+            u = xn[x]
+            row[x, 0] = min(max(a0 + u * (b0 + q0 * u), lo), hi)
+            row[x, 1] = min(max(a1 + u * (b1 + q1 * u), lo), hi)
+            row[x, 2] = min(max(a2 + u * (b2 + q2 * u), lo), hi)
+
+
+@jit
+def sample_bilinear(one, three, fy, fx, out_one, out_three):
+    """segment.fused's last matte (h, w) and last frame (h, w, 3) at (y + fy, x + fx): bilinear, the position
+    clamped to the picture (grid_sample's border padding with align_corners=False, where a pixel's centre
+    maps to itself)."""
+    height, width = one.shape
+    for y in range(height):
+        for x in range(width):
+            i0, i1, wx = _clamp_tap(np.float32(x) + fx[y, x], width)
+            j0, j1, wy = _clamp_tap(np.float32(y) + fy[y, x], height)
+            top = one[j0, i0] + wx * (one[j0, i1] - one[j0, i0])
+            bot = one[j1, i0] + wx * (one[j1, i1] - one[j1, i0])
+            out_one[y, x] = top + wy * (bot - top)
+            for c in range(3):
+                top = three[j0, i0, c] + wx * (three[j0, i1, c] - three[j0, i0, c])
+                bot = three[j1, i0, c] + wx * (three[j1, i1, c] - three[j1, i0, c])
+                out_three[y, x, c] = top + wy * (bot - top)
 
 
 @jit
