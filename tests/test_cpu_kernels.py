@@ -244,7 +244,9 @@ def test_warm_up_compiles_what_the_nodes_call(monkeypatch, photos):
                        ({"background": "colour", "light_wrap": 0.3}, {})):
         _opened(monkeypatch, Composite, params, "fast").process(frame, mask, **kw)
     _opened(monkeypatch, RefineMask, {"guide": "gray"}, "fast").process(frame, Mask(torch.rand(144, 256)))
-    _opened(monkeypatch, FusedSegment, {}, "fast").process(frame, prior=Mask(torch.rand(144, 256)))
+    matte = _opened(monkeypatch, FusedSegment, {}, "fast")
+    for _ in range(2):  # the second frame carries the first along the motion; the plate runs the light field
+        matte.process(frame, prior=Mask(torch.rand(144, 256)), plate=plate)
     face = Displacement(_bump_field(23, 40, 0.5, 0.4, 7.0), (1280, 720))
     _opened(monkeypatch, WarpApply, {}, "fast").process(frame, face=face, mask=mask, plate=plate)
     after = {name: len(fn.signatures) for name, fn in k.items() if hasattr(fn, "signatures")}
