@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -96,7 +96,8 @@ def _build() -> dict[str, Any]:
     return {"variant": numba_loops.variant, "over": {}, "encode_all": numba_loops.encode_all, "guided_gray": numba_loops.guided_full_gray,
             "guided_colour": numba_loops.guided_full_colour, "lerp_known": numba_loops.lerp_known, "decoded_mean": numba_loops.decoded_mean,
             "blend_points": numba_loops.blend_points, "sample_bilinear": numba_loops.sample_bilinear,
-            "quadratic_field": numba_loops.quadratic_field,
+            "quadratic_field": numba_loops.quadratic_field, "exposure_change": numba_loops.exposure_change,
+            "envelope_distance": numba_loops.envelope_distance,
             "warp_box": numba_loops.warp_box}
 
 
@@ -175,6 +176,28 @@ def decoded_mean(img: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
+def exposure_change(x: np.ndarray, prev: np.ndarray, ratio: float, unclipped: np.ndarray, clip: bool,
+                    contrast: np.ndarray | None = None) -> np.ndarray:
+    """(h, w) float32: luma(|x - prev * ratio|) * unclipped (prev * ratio clipped to [0, 1] when `clip`), / contrast
+    when given; x, prev (h, w, 3), unclipped, contrast (h, w) float32."""
+    k = _kernels()
+    assert k is not None, "exposure_change without numba: check available() first"
+    out = np.empty(x.shape[:2], np.float32)
+    k["exposure_change"](np.ascontiguousarray(x, np.float32), np.ascontiguousarray(prev, np.float32), np.float32(ratio),
+                         np.ascontiguousarray(unclipped, np.float32), bool(clip),
+                         _EMPTY_2D if contrast is None else np.ascontiguousarray(contrast, np.float32), out)
+    return out
+
+
+def envelope_distance(xs: np.ndarray, lo: np.ndarray, hi: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """(h, w) float32: |xs - clip(xs, lo, hi)| over the channels of (h, w, 3) float32 planes, 0 where `seen` (bool) is not."""
+    k = _kernels()
+    assert k is not None, "envelope_distance without numba: check available() first"
+    out = np.empty(xs.shape[:2], np.float32)
+    k["envelope_distance"](*(np.ascontiguousarray(v, np.float32) for v in (xs, lo, hi)), np.ascontiguousarray(seen, np.bool_), out)
+    return out
+
+
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(h, w, 3) float32: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at (xn[x], yn[y]) (theta (3, 6) float32,
     xn (w,), yn (h,) float32), clipped to [lo, hi]."""
@@ -215,6 +238,7 @@ def blend_points(out: np.ndarray, ys: np.ndarray, xs: np.ndarray, colours: np.nd
 
 _EMPTY_TAPS = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.float32)) * 2
 _EMPTY_PLANE = np.zeros((1, 1, 1), np.float32)
+_EMPTY_2D = np.zeros((1, 1), np.float32)
 _TABLES: tuple[np.ndarray, np.ndarray] | None = None
 
 
@@ -321,6 +345,10 @@ def _warm() -> None:
         decoded_mean(fg, 2)
         sample_bilinear(a, low.repeat(4, 0).repeat(4, 1), a, a)
         quadratic_field(np.zeros((3, 6), np.float32), a[0].copy(), a[:, 0].copy(), 0.2, 5.0)
+        three = low.repeat(4, 0).repeat(4, 1)
+        exposure_change(three, three, 1.0, a, False)
+        exposure_change(three, three, 1.0, a, True, a)
+        envelope_distance(three, three, three, a > 0.5)
         pts = np.arange(2, dtype=np.int64)
         blend_points(fg.copy(), pts, pts, fg[0, :2].copy(), a[0, :2].copy(), a[1, :2].copy(), (1, 1), (0, 8, 0, 8))
         coef = np.zeros((2, 2, 1), np.float32)

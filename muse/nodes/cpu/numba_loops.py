@@ -204,6 +204,42 @@ def _clamp_tap(v, n):
 
 
 @jit
+def exposure_change(x, prev, ratio, unclipped, clip, contrast, out):
+    """segment.fused's picture change: the luma (0.299, 0.587, 0.114) of |x - prev ratio| (prev ratio clipped to [0, 1]
+    when `clip`), times `unclipped`, divided by `contrast` where one is given (contrast.shape[0] > 1)."""
+    height, width = out.shape
+    lr, lg, lb = np.float32(0.299), np.float32(0.587), np.float32(0.114)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    divide = contrast.shape[0] > 1
+    for y in range(height):
+        xr, pr, ur, orow = x[y], prev[y], unclipped[y], out[y]
+        for i in range(width):
+            p0, p1, p2 = pr[i, 0] * ratio, pr[i, 1] * ratio, pr[i, 2] * ratio
+            if clip:
+                p0, p1, p2 = min(max(p0, zero), one), min(max(p1, zero), one), min(max(p2, zero), one)
+            v = (lr * abs(xr[i, 0] - p0) + lg * abs(xr[i, 1] - p1) + lb * abs(xr[i, 2] - p2)) * ur[i]
+            if divide:
+                v = v / contrast[y, i]
+            orow[i] = v
+
+
+@jit
+def envelope_distance(xs, lo, hi, seen, out):
+    """segment.fused's plate difference: the length of xs - clip(xs, lo, hi) over the three channels (the distance
+    from the frame to the plate's envelope [lo, hi]), 0 where not `seen`."""
+    height, width = out.shape
+    for y in range(height):
+        xr, lr, hr, sr, orow = xs[y], lo[y], hi[y], seen[y], out[y]
+        for i in range(width):
+            total = np.float32(0.0)
+            for c in range(3):
+                v = xr[i, c]
+                e = v - min(max(v, lr[i, c]), hr[i, c])
+                total += e * e
+            orow[i] = np.sqrt(total) if sr[i] else np.float32(0.0)
+
+
+@jit
 def quadratic_field(theta, xn, yn, lo, hi, out):
     """segment.fused's light field: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at each pixel's (xn[x], yn[y]),
     clipped to [lo, hi], into `out` (h, w, 3); per row as a + x (b + t3 x) (a, b the row's constants)."""
