@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -97,7 +97,7 @@ def _build() -> dict[str, Any]:
             "guided_colour": numba_loops.guided_full_colour, "lerp_known": numba_loops.lerp_known, "decoded_mean": numba_loops.decoded_mean,
             "blend_points": numba_loops.blend_points, "sample_bilinear": numba_loops.sample_bilinear,
             "quadratic_field": numba_loops.quadratic_field, "exposure_change": numba_loops.exposure_change,
-            "envelope_distance": numba_loops.envelope_distance,
+            "envelope_distance": numba_loops.envelope_distance, "flow_pick": numba_loops.flow_pick,
             "warp_box": numba_loops.warp_box}
 
 
@@ -196,6 +196,17 @@ def envelope_distance(xs: np.ndarray, lo: np.ndarray, hi: np.ndarray, seen: np.n
     out = np.empty(xs.shape[:2], np.float32)
     k["envelope_distance"](*(np.ascontiguousarray(v, np.float32) for v in (xs, lo, hi)), np.ascontiguousarray(seen, np.bool_), out)
     return out
+
+
+def flow_pick(sums: np.ndarray, inv: np.ndarray, cand_cost: np.ndarray, cy: np.ndarray, cx: np.ndarray, n: int, r: int,
+              q: int) -> tuple[np.ndarray, np.ndarray]:
+    """segment.fused's block-matching choice (see `numba_loops.flow_pick`): (vy, vx) (hq, wq) float32."""
+    k = _kernels()
+    assert k is not None, "flow_pick without numba: check available() first"
+    hq, wq = inv.shape
+    out_y, out_x = np.empty((hq, wq), np.float32), np.empty((hq, wq), np.float32)
+    k["flow_pick"](sums, np.ascontiguousarray(inv, np.float32), cand_cost, cy, cx, int(n), np.float32(r), np.float32(q), out_y, out_x)
+    return out_y, out_x
 
 
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -349,6 +360,8 @@ def _warm() -> None:
         exposure_change(three, three, 1.0, a, False)
         exposure_change(three, three, 1.0, a, True, a)
         envelope_distance(three, three, three, a > 0.5)
+        cands = np.zeros(9, np.float32)
+        flow_pick(np.zeros((9, 3, 2), np.float32), np.ones((2, 2), np.float32), cands, cands, cands, 3, 1, 4)
         pts = np.arange(2, dtype=np.int64)
         blend_points(fg.copy(), pts, pts, fg[0, :2].copy(), a[0, :2].copy(), a[1, :2].copy(), (1, 1), (0, 8, 0, 8))
         coef = np.zeros((2, 2, 1), np.float32)

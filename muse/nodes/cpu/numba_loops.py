@@ -240,6 +240,41 @@ def envelope_distance(xs, lo, hi, seen, out):
 
 
 @jit
+def flow_pick(sums, inv, cand_cost, cy, cx, n, r, q, out_y, out_x):
+    """segment.fused's block matching, its choice: per pixel, the candidate of least cost (sums[i] * inv +
+    cand_cost[i]; the first of equals, as torch's argmin), refined by a parabola through the costs of its
+    neighbours across (step 1) and down (step n) where it is not on the search's edge; shifts times q.
+    `sums` (k, hq + 1, wq): the 3 x 3 window sums of each candidate's differences (its last row unused)."""
+    k = sums.shape[0]
+    hq, wq = out_y.shape
+    half, tiny = np.float32(0.5), np.float32(1e-6)
+    for y in range(hq):
+        for x in range(wq):
+            w = inv[y, x]
+            best = sums[0, y, x] * w + cand_cost[0]
+            at = 0
+            for i in range(1, k):
+                c = sums[i, y, x] * w + cand_cost[i]
+                if c < best:
+                    best, at = c, i
+            vy, vx = cy[at], cx[at]
+            ox = np.float32(0.0)
+            if vx > -r and vx < r:
+                lo = sums[max(at - 1, 0), y, x] * w + cand_cost[max(at - 1, 0)]
+                hi = sums[min(at + 1, k - 1), y, x] * w + cand_cost[min(at + 1, k - 1)]
+                curv = max(lo - np.float32(2.0) * best + hi, tiny)
+                ox = min(max((lo - hi) / (np.float32(2.0) * curv), -half), half)
+            oy = np.float32(0.0)
+            if vy > -r and vy < r:
+                lo = sums[max(at - n, 0), y, x] * w + cand_cost[max(at - n, 0)]
+                hi = sums[min(at + n, k - 1), y, x] * w + cand_cost[min(at + n, k - 1)]
+                curv = max(lo - np.float32(2.0) * best + hi, tiny)
+                oy = min(max((lo - hi) / (np.float32(2.0) * curv), -half), half)
+            out_x[y, x] = (vx + ox) * q
+            out_y[y, x] = (vy + oy) * q
+
+
+@jit
 def quadratic_field(theta, xn, yn, lo, hi, out):
     """segment.fused's light field: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at each pixel's (xn[x], yn[y]),
     clipped to [lo, hi], into `out` (h, w, 3); per row as a + x (b + t3 x) (a, b the row's constants)."""
