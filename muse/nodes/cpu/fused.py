@@ -578,20 +578,24 @@ class FusedCPU:
                 floor = min(s.motion_noise * _known_quantile(cb, np.ones_like(cb), 0.5), 0.5 * s.motion_threshold)
                 cb = np.maximum(cb - floor * (1.0 - known), 0.0)
             moved = np.clip(_dilate(cb, s.motion_reach) / s.motion_threshold, 0.0, 1.0)
-            stab = s.model_stability + (s.stability - s.model_stability) * known
-            if s.trust_jumps:
-                jump = np.clip((np.abs(fused - last_alpha) - 0.4) / 0.3, 0.0, 1.0) * known
-                moved = np.maximum(moved, jump)
-            k = (1.0 - stab) + stab * moved
-            self.alpha[...] = last_alpha + k * (fused - last_alpha)
+            if kernels.available():  # the blend and the confidence below in one pass (nine, 1.8 ms)
+                kernels.motion_blend(fused, last_alpha, moved, known, s.model_stability, s.stability, s.trust_jumps, self.alpha, self.conf)
+            else:
+                stab = s.model_stability + (s.stability - s.model_stability) * known
+                if s.trust_jumps:
+                    jump = np.clip((np.abs(fused - last_alpha) - 0.4) / 0.3, 0.0, 1.0) * known
+                    moved = np.maximum(moved, jump)
+                k = (1.0 - stab) + stab * moved
+                self.alpha[...] = last_alpha + k * (fused - last_alpha)
+                self.conf[...] = np.abs(2.0 * self.alpha - 1.0) * (1.0 - 0.5 * np.abs(fused - self.alpha))
         else:
             self.alpha[...] = fused
+            self.conf[...] = np.abs(2.0 * self.alpha - 1.0) * (1.0 - 0.5 * np.abs(fused - self.alpha))
         self.prev[...] = x
         self.last_shift = shift
         self.prev_max[...] = xmax
         self.prev_luma[...] = lx
         self.primed = True
-        self.conf[...] = np.abs(2.0 * self.alpha - 1.0) * (1.0 - 0.5 * np.abs(fused - self.alpha))
 
         # learning, in the plate's own light and alignment
         sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95) & (self.conf > 0.9)

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -98,6 +98,7 @@ def _build() -> dict[str, Any]:
             "blend_points": numba_loops.blend_points, "sample_bilinear": numba_loops.sample_bilinear,
             "quadratic_field": numba_loops.quadratic_field, "exposure_change": numba_loops.exposure_change,
             "envelope_distance": numba_loops.envelope_distance, "flow_pick": numba_loops.flow_pick,
+            "motion_blend": numba_loops.motion_blend,
             "warp_box": numba_loops.warp_box}
 
 
@@ -207,6 +208,16 @@ def flow_pick(sums: np.ndarray, inv: np.ndarray, cand_cost: np.ndarray, cy: np.n
     out_y, out_x = np.empty((hq, wq), np.float32), np.empty((hq, wq), np.float32)
     k["flow_pick"](sums, np.ascontiguousarray(inv, np.float32), cand_cost, cy, cx, int(n), np.float32(r), np.float32(q), out_y, out_x)
     return out_y, out_x
+
+
+def motion_blend(fused: np.ndarray, last: np.ndarray, moved: np.ndarray, known: np.ndarray, model_stability: float,
+                 stability: float, jumps: bool, alpha: np.ndarray, conf: np.ndarray) -> None:
+    """segment.fused's blend of the new evidence with the last matte and its confidence, into `alpha` and `conf` (h, w)
+    float32 (see `numba_loops.motion_blend`)."""
+    k = _kernels()
+    assert k is not None, "motion_blend without numba: check available() first"
+    k["motion_blend"](*(np.ascontiguousarray(v, np.float32) for v in (fused, last, moved, known)), np.float32(model_stability),
+                      np.float32(stability), bool(jumps), alpha, conf)
 
 
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -360,6 +371,7 @@ def _warm() -> None:
         exposure_change(three, three, 1.0, a, False)
         exposure_change(three, three, 1.0, a, True, a)
         envelope_distance(three, three, three, a > 0.5)
+        motion_blend(a, a, a, a, 0.5, 0.9, True, a.copy(), a.copy())
         cands = np.zeros(9, np.float32)
         flow_pick(np.zeros((9, 3, 2), np.float32), np.ones((2, 2), np.float32), cands, cands, cands, 3, 1, 4)
         pts = np.arange(2, dtype=np.int64)

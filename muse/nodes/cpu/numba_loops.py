@@ -275,6 +275,27 @@ def flow_pick(sums, inv, cand_cost, cy, cx, n, r, q, out_y, out_x):
 
 
 @jit
+def motion_blend(fused, last, moved, known, model_stability, stability, jumps, alpha, conf):
+    """segment.fused's motion-aware blend and confidence: stab = model_stability + (stability - model_stability)
+    known; where `jumps`, moved = max(moved, clip((|fused - last| - 0.4) / 0.3, 0, 1) known); alpha = last +
+    ((1 - stab) + stab moved) (fused - last); conf = |2 alpha - 1| (1 - 0.5 |fused - alpha|)."""
+    height, width = alpha.shape
+    zero, one, two, half = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(0.5)
+    spread = stability - model_stability
+    for y in range(height):
+        fr, lr, mr, kr, ar, cr = fused[y], last[y], moved[y], known[y], alpha[y], conf[y]
+        for i in range(width):
+            f, l, kn = fr[i], lr[i], kr[i]
+            stab = model_stability + spread * kn
+            m = mr[i]
+            if jumps:
+                m = max(m, min(max((abs(f - l) - np.float32(0.4)) / np.float32(0.3), zero), one) * kn)
+            a = l + ((one - stab) + stab * m) * (f - l)
+            ar[i] = a
+            cr[i] = abs(two * a - one) * (one - half * abs(f - a))
+
+
+@jit
 def quadratic_field(theta, xn, yn, lo, hi, out):
     """segment.fused's light field: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at each pixel's (xn[x], yn[y]),
     clipped to [lo, hi], into `out` (h, w, 3); per row as a + x (b + t3 x) (a, b the row's constants)."""
