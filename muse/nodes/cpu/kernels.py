@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -98,7 +98,7 @@ def _build() -> dict[str, Any]:
             "blend_points": numba_loops.blend_points, "sample_bilinear": numba_loops.sample_bilinear,
             "quadratic_field": numba_loops.quadratic_field, "exposure_change": numba_loops.exposure_change,
             "envelope_distance": numba_loops.envelope_distance, "flow_pick": numba_loops.flow_pick,
-            "motion_blend": numba_loops.motion_blend,
+            "motion_blend": numba_loops.motion_blend, "guided_solve": numba_loops.guided_solve,
             "warp_box": numba_loops.warp_box}
 
 
@@ -218,6 +218,16 @@ def motion_blend(fused: np.ndarray, last: np.ndarray, moved: np.ndarray, known: 
     assert k is not None, "motion_blend without numba: check available() first"
     k["motion_blend"](*(np.ascontiguousarray(v, np.float32) for v in (fused, last, moved, known)), np.float32(model_stability),
                       np.float32(stability), bool(jumps), alpha, conf)
+
+
+def guided_solve(means: np.ndarray, eps: float) -> np.ndarray:
+    """The colour guided filter's per-pixel algebra (see `numba_loops.guided_solve`): (4, h, w) float32 from the
+    (13, h, w) window means."""
+    k = _kernels()
+    assert k is not None, "guided_solve without numba: check available() first"
+    out = np.empty((4, *means.shape[1:]), np.float32)
+    k["guided_solve"](np.ascontiguousarray(means, np.float32), np.float32(eps), out)
+    return out
 
 
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -372,6 +382,7 @@ def _warm() -> None:
         exposure_change(three, three, 1.0, a, True, a)
         envelope_distance(three, three, three, a > 0.5)
         motion_blend(a, a, a, a, 0.5, 0.9, True, a.copy(), a.copy())
+        guided_solve(np.ones((13, 2, 2), np.float32), 1e-3)
         cands = np.zeros(9, np.float32)
         flow_pick(np.zeros((9, 3, 2), np.float32), np.ones((2, 2), np.float32), cands, cands, cands, 3, 1, 4)
         pts = np.arange(2, dtype=np.int64)

@@ -306,6 +306,41 @@ def motion_blend(fused, last, moved, known, model_stability, stability, jumps, a
 
 
 @jit
+def guided_solve(means, eps, out):
+    """The colour guided filter's per-pixel algebra (`refine.guided_colour`, the same formulas in the same order):
+    `means` (13, h, w) the window means of p, R, G, B, Rp, Gp, Bp, RR, RG, RB, GG, GB, BB; out (4, h, w): A_r, A_g,
+    A_b, b before their own window mean."""
+    h, w = means.shape[1:]
+    one = np.float32(1.0)
+    for y in range(h):
+        for x in range(w):
+            mp, mr, mg, mb = means[0, y, x], means[1, y, x], means[2, y, x], means[3, y, x]
+            c_r = means[4, y, x] - mr * mp
+            c_g = means[5, y, x] - mg * mp
+            c_b = means[6, y, x] - mb * mp
+            s_rr = means[7, y, x] - mr * mr + eps
+            s_rg = means[8, y, x] - mr * mg
+            s_rb = means[9, y, x] - mr * mb
+            s_gg = means[10, y, x] - mg * mg + eps
+            s_gb = means[11, y, x] - mg * mb
+            s_bb = means[12, y, x] - mb * mb + eps
+            i_rr = s_gg * s_bb - s_gb * s_gb
+            i_rg = s_gb * s_rb - s_rg * s_bb
+            i_rb = s_rg * s_gb - s_gg * s_rb
+            i_gg = s_rr * s_bb - s_rb * s_rb
+            i_gb = s_rb * s_rg - s_rr * s_gb
+            i_bb = s_rr * s_gg - s_rg * s_rg
+            inv = one / (s_rr * i_rr + s_rg * i_rg + s_rb * i_rb)
+            a_r = (i_rr * c_r + i_rg * c_g + i_rb * c_b) * inv
+            a_g = (i_rg * c_r + i_gg * c_g + i_gb * c_b) * inv
+            a_b = (i_rb * c_r + i_gb * c_g + i_bb * c_b) * inv
+            out[0, y, x] = a_r
+            out[1, y, x] = a_g
+            out[2, y, x] = a_b
+            out[3, y, x] = mp - a_r * mr - a_g * mg - a_b * mb
+
+
+@jit
 def quadratic_field(theta, xn, yn, lo, hi, out):
     """segment.fused's light field: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at each pixel's (xn[x], yn[y]),
     clipped to [lo, hi], into `out` (h, w, 3); per row as a + x (b + t3 x) (a, b the row's constants)."""
