@@ -325,11 +325,20 @@ class FusedCPU:
         rows = max(1, self.s.tiles)
         cols = max(1, round(rows * w / h))
         g = GAIN_STEP
-        x, plate, bgw = x[::g, ::g], plate[::g, ::g], bgw[::g, ::g]
-        pb = plate * bgw[..., None]
-        # one tile mean a product (concatenating them first cost more than the means)
-        num, den = self._tile_means(x * pb, rows, cols), self._tile_means(plate * pb, rows, cols)
-        tf = self._tile_means(plate * plate, rows, cols)
+        if kernels.available():  # the three products and their tile means in one pass over the sub-grid (1.5 ms)
+            hs, ws = -(-h // g), -(-w // g)
+
+            def bounds(n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+                i = np.arange(m)
+                return (i * n) // m, -(-((i + 1) * n) // m)
+
+            num, den, tf = kernels.gain_tiles(x, plate, bgw, g, bounds(hs, rows), bounds(ws, cols))
+        else:
+            x, plate, bgw = x[::g, ::g], plate[::g, ::g], bgw[::g, ::g]
+            pb = plate * bgw[..., None]
+            # one tile mean a product (concatenating them first cost more than the means)
+            num, den = self._tile_means(x * pb, rows, cols), self._tile_means(plate * pb, rows, cols)
+            tf = self._tile_means(plate * plate, rows, cols)
         beta = 0.3  # tiles the person covers keep the smooth field
         gain = (num + beta * tf) / np.maximum(den + beta * tf, 1e-6)
         gain = cv2.blur(np.ascontiguousarray(gain, np.float32), (3, 3), borderType=cv2.BORDER_REPLICATE)

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -99,6 +99,7 @@ def _build() -> dict[str, Any]:
             "quadratic_field": numba_loops.quadratic_field, "exposure_change": numba_loops.exposure_change,
             "envelope_distance": numba_loops.envelope_distance, "flow_pick": numba_loops.flow_pick,
             "motion_blend": numba_loops.motion_blend, "guided_solve": numba_loops.guided_solve,
+            "gain_tiles": numba_loops.gain_tiles,
             "warp_box": numba_loops.warp_box}
 
 
@@ -227,6 +228,18 @@ def guided_solve(means: np.ndarray, eps: float) -> np.ndarray:
     assert k is not None, "guided_solve without numba: check available() first"
     out = np.empty((4, *means.shape[1:]), np.float32)
     k["guided_solve"](np.ascontiguousarray(means, np.float32), np.float32(eps), out)
+    return out
+
+
+def gain_tiles(x: np.ndarray, plate: np.ndarray, bgw: np.ndarray, step: int, rows: tuple[np.ndarray, np.ndarray],
+               cols: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """segment.fused's tile means of x plate bgw, plate plate bgw and plate plate on the `step` sub-grid (see
+    `numba_loops.gain_tiles`): (3, rows, cols, 3) float32."""
+    k = _kernels()
+    assert k is not None, "gain_tiles without numba: check available() first"
+    out = np.empty((3, rows[0].size, cols[0].size, 3), np.float32)
+    k["gain_tiles"](np.ascontiguousarray(x, np.float32), np.ascontiguousarray(plate, np.float32), np.ascontiguousarray(bgw, np.float32),
+                    int(step), *(np.ascontiguousarray(v, np.int64) for v in (*rows, *cols)), out)
     return out
 
 
@@ -383,6 +396,8 @@ def _warm() -> None:
         envelope_distance(three, three, three, a > 0.5)
         motion_blend(a, a, a, a, 0.5, 0.9, True, a.copy(), a.copy())
         guided_solve(np.ones((13, 2, 2), np.float32), 1e-3)
+        bounds = (np.array([0, 1]), np.array([1, 2]))
+        gain_tiles(three, three, a, 2, bounds, bounds)
         cands = np.zeros(9, np.float32)
         flow_pick(np.zeros((9, 3, 2), np.float32), np.ones((2, 2), np.float32), cands, cands, cands, 3, 1, 4)
         pts = np.arange(2, dtype=np.int64)

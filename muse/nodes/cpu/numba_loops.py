@@ -341,6 +341,33 @@ def guided_solve(means, eps, out):
 
 
 @jit
+def gain_tiles(x, plate, bgw, g, y0s, y1s, x0s, x1s, out):
+    """segment.fused's per-tile light sums: over every g-th pixel of every g-th row (sub-grid coordinates), the
+    means within each tile's window [y0s[i], y1s[i]) x [x0s[j], x1s[j]) of x plate bgw, plate plate bgw and
+    plate plate, per channel, into out (3, rows, cols, 3) (float64 sums)."""
+    rows, cols = y0s.size, x0s.size
+    for i in range(rows):
+        for j in range(cols):
+            n = (y1s[i] - y0s[i]) * (x1s[j] - x0s[j])
+            for c in range(3):
+                s_num = 0.0
+                s_den = 0.0
+                s_tf = 0.0
+                for sy in range(y0s[i], y1s[i]):
+                    y = sy * g
+                    for sx in range(x0s[j], x1s[j]):
+                        xx = sx * g
+                        p = plate[y, xx, c]
+                        pb = p * bgw[y, xx]
+                        s_num += x[y, xx, c] * pb
+                        s_den += p * pb
+                        s_tf += p * p
+                out[0, i, j, c] = s_num / n
+                out[1, i, j, c] = s_den / n
+                out[2, i, j, c] = s_tf / n
+
+
+@jit
 def quadratic_field(theta, xn, yn, lo, hi, out):
     """segment.fused's light field: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at each pixel's (xn[x], yn[y]),
     clipped to [lo, hi], into `out` (h, w, 3); per row as a + x (b + t3 x) (a, b the row's constants)."""
