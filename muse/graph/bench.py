@@ -25,6 +25,7 @@ log = logging.getLogger("muse.bench")
 
 WARM_FRAMES = 30  # model warm-up, cuDNN choices and the frame recordings happen in these
 WARMING_WAIT_S = 900.0  # longest wait for nodes compiling in the background (a cold compile: minutes)
+MEMORY_GROWTH_MB = 256.0  # reserved GPU memory growing more than this over the measured frames is reported
 
 
 def _load() -> str:
@@ -48,6 +49,7 @@ class BenchReport:
     top_kernels: list[dict[str, Any]] = field(default_factory=list)  # costliest kernel names over the profiled frames
     capture: dict[str, Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    gpu_memory_mb: dict[str, float] = field(default_factory=dict)  # reserved at the first and last measured frame
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class BenchReport:
             "unpaced_fps": self.fps, "frames": self.frames, "frame_gpu_ms": self.frame_gpu_ms,
             "host_cpu_ms_per_frame": self.host_cpu_ms, "latency_ms_paced": self.latency_ms, "paced_fps": self.paced_fps,
             "kernels_per_frame": self.kernels_per_frame, "top_kernels": self.top_kernels, "capture": self.capture, "stats": self.stats,
+            "gpu_memory_mb": self.gpu_memory_mb,
         }
 
     def lines(self, graph_file: str) -> list[str]:
@@ -74,6 +77,11 @@ class BenchReport:
             out.append(f"paced {self.paced_fps:.1f} fps: latency p50 {self.latency_ms['p50']:.1f} ms, p99 {self.latency_ms['p99']:.1f} ms")
         if self.kernels_per_frame is not None:
             out.append(f"kernels per frame: {self.kernels_per_frame:.0f}")
+        mem = self.gpu_memory_mb
+        if mem:
+            grew = mem["reserved_end"] - mem["reserved_start"]
+            out.append(f"GPU memory: {mem['allocated_end']:.0f} MB in use, {mem['reserved_end']:.0f} MB reserved"
+                       f" ({grew:+.0f} MB over the measured frames{': GROWING' if grew > MEMORY_GROWTH_MB else ''})")
         if self.capture:
             eager = self.capture.get("eager_nodes") or {}
             out.append(f"captured: {', '.join(self.capture.get('captured_nodes', [])) or 'none'}")
@@ -106,6 +114,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     n0 = 0
     prof = None
     warm_n = min(WARM_FRAMES, frames // 3)
+    memory: dict[str, float] = {}
     warm_until = time.monotonic() + WARMING_WAIT_S
     said = False
     try:
@@ -120,13 +129,21 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
                 if runner.max_frames is not None:  # the frames run while waiting do not count
                     runner.max_frames += runner.stats.frames_out - warm_n
                 t0, c0, n0 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+                memory["reserved_start"] = _reserved_mb(runner)
                 runner.stats.latency_ms.clear()  # steady state only: warm-up and the recordings stall once
                 runner.stats.frame_gpu_ms.clear()
                 if profile:
                     prof = _start_profiler()
         t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+        if memory and runner.device.type == "cuda":
+            import torch
+
+            memory.update(reserved_end=_reserved_mb(runner),
+                          allocated_end=round(torch.cuda.memory_allocated(runner.device) / 2**20, 1))
     finally:
         runner.stop()
+        _release_memory(runner)
+    runner.bench_memory = memory if "reserved_end" in memory else {}
     kernels = None
     if prof is not None:
         total, top = _count_kernels(prof)
@@ -135,6 +152,25 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     if t0 is None or n1 <= n0:
         return runner, 0.0, 0, 0.0, kernels
     return runner, (n1 - n0) / (t1 - t0), n1 - n0, (c1 - (c0 or 0.0)) * 1000.0 / (n1 - n0), kernels
+
+
+def _reserved_mb(runner: Any) -> float:
+    if runner.device.type != "cuda":
+        return 0.0
+    import torch
+
+    return round(torch.cuda.memory_reserved(runner.device) / 2**20, 1)
+
+
+def _release_memory(runner: Any) -> None:
+    """The next run of the bench starts from the memory a fresh process would have (a leak stays in one run)."""
+    if runner.device.type == "cuda":
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _start_profiler() -> Any:
@@ -166,7 +202,11 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
     stats = runner.stats.as_dict()
     report = BenchReport(device=runner.device_note, fps=round(fps, 2), frames=n, host_cpu_ms=round(cpu_ms, 3),
                          frame_gpu_ms=stats.get("frame_gpu_ms", {}), stats=stats,
-                         capture=runner.program.describe() if runner.program is not None else None)
+                         capture=runner.program.describe() if runner.program is not None else None,
+                         gpu_memory_mb=getattr(runner, "bench_memory", {}))
+    if report.gpu_memory_mb and report.gpu_memory_mb["reserved_end"] - report.gpu_memory_mb["reserved_start"] > MEMORY_GROWTH_MB:
+        log.warning("GPU memory grew by %.0f MB over %d frames: something allocates every frame and keeps it",
+                    report.gpu_memory_mb["reserved_end"] - report.gpu_memory_mb["reserved_start"], n)
     if latency_frames:
         paced, pfps, _, _, _ = _run(graph, device, latency_frames, unpaced=False)
         report.latency_ms = paced.stats.as_dict()["latency_ms"]

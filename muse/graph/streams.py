@@ -17,6 +17,26 @@ from muse.graph.payloads import Payload
 from muse.graph.slots import Item, Slot
 
 
+def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
+    """A CUDA stream of the caller's alone. `torch.cuda.Stream()` hands out streams round-robin from a pool of 32
+    a device, so a graph of 20-odd nodes, its sinks, its recordings and the background compiles come to share
+    streams: a sink's download or a compile's autotuning on a stream another thread records a frame on lands
+    in that recording (or breaks it). CuPy makes a stream for whoever asks; torch uses it as an ExternalStream,
+    which keeps the CuPy object (and so the stream) alive."""
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    try:
+        import cupy
+
+        with cupy.cuda.Device(index):
+            own = cupy.cuda.Stream(non_blocking=True)
+        stream = torch.cuda.ExternalStream(own.ptr, device=torch.device("cuda", index))
+        setattr(stream, "_muse_owner", own)  # the CUDA stream lives as long as the torch object
+        return stream
+    except Exception:  # no CuPy on this machine: torch's pooled streams (shared beyond 32)
+        return torch.cuda.Stream(torch.device("cuda", index))
+
+
 class CudaPlumbing:
     """Mixin of `GraphRunner`: streams and events (uses its `device`, `slots`, `stats`, `clock`)."""
 
