@@ -180,3 +180,27 @@ def test_the_warm_up_runs_in_the_callers_torch_state():
     finally:
         torch.set_num_threads(before)
     assert seen == [(False, True, 1)]
+
+
+def test_compiled_code_fits_its_calls_inside_a_recording(monkeypatch, tmp_path):
+    """The recording's host guards are modes on torch's stacks, which compiled code is checked against: on the
+    H200 every compiled model and the matte "did not fit" at each recording. They come off for compiled calls.
+    (Dynamo's guards with its eager backend: the same checks as Inductor's code, without a C++ compile.)"""
+    from muse.graph.capture import EmulatedFrameGraph
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, dynamic=False: real(fn, dynamic=dynamic, backend="eager"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    x = torch.linspace(0, 1, 16)
+    try:
+        chain = backends.FusedChain(_maths, "test maths", "cpu", enabled=True)
+        chain.prepare("k", lambda: backends.warm_like([x], lambda compiled, xs: compiled(xs[0], 2.0)))
+        assert chain.wait(60) and chain.ready("k")
+        graph = EmulatedFrameGraph()
+        out = graph.record(lambda: chain.run(True, x, 2.0))
+        assert chain.last_compiled and chain.retries == 0 and chain.compiled is not None
+        assert torch.equal(out, _maths(x, 2.0))
+        with pytest.raises(Exception, match="host"):  # the guards are back on after the compiled call
+            graph.record(lambda: chain.run(True, x, 2.0).sum().item())
+    finally:
+        torch._dynamo.reset()

@@ -104,3 +104,9 @@ def test_new_streams_are_never_shared() -> None:
         y = x * 2
     own[0].synchronize()
     assert float(y[-1]) == 2.0 * ((1 << 20) - 1)
+    # a stream whose holder is gone goes to the next asker, never to cudaStreamDestroy (a tensor tagged with
+    # record_stream can outlive its node; freeing it records an event on the stream)
+    gone = own.pop().cuda_stream
+    again = new_stream("cuda")
+    assert again.cuda_stream == gone
+    del y, x

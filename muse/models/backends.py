@@ -21,7 +21,7 @@ from typing import Any, Callable, Hashable, Literal
 
 import torch
 
-from muse.graph.capture import CaptureError, is_recording
+from muse.graph.capture import CaptureError, host_guards_suspended, is_recording
 from muse.graph.compiled import GPU_CODE, background_work, code_changed
 from muse.graph.streams import new_stream
 from torch import nn
@@ -248,7 +248,7 @@ class FusedChain:
         self.last_compiled = False
         if fused and self.compiled is not None and GPU_CODE.acquire(blocking=False):
             try:
-                with torch.compiler.set_stance("fail_on_recompile"):
+                with torch.compiler.set_stance("fail_on_recompile"), host_guards_suspended():
                     out = self.compiled(*args)
                 self.last_compiled = True
                 return out
