@@ -43,10 +43,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MUSE_CACHE", Path.home() / ".cache" / "muse")) / "engines"
 
 
-def _compiler_wanted(variable: str, on_needs_triton: bool) -> bool:
-    """`variable` (default `auto`): `off` never, `auto` when Triton is importable, `on` always (or, with
+def _compiler_wanted(variable: str, on_needs_triton: bool, default: str = "auto") -> bool:
+    """`variable` (default `default`): `off` never, `auto` when Triton is importable, `on` always (or, with
     `on_needs_triton`, also only then)."""
-    mode = os.environ.get(variable, "auto").strip().lower()
+    mode = os.environ.get(variable, default).strip().lower()
     if mode in ("0", "off", "false", "no"):
         return False
     if mode in ("1", "on", "true", "yes") and not on_needs_triton:
@@ -59,10 +59,11 @@ def _compiler_wanted(variable: str, on_needs_triton: bool) -> bool:
 
 
 def compile_wanted() -> bool:
-    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=auto` (default) when Triton
-    is importable, `on` always, `off` never. The compile runs in the background (`FusedChain`): a detector's first
-    call mid-stream (the first time tracking is lost) no longer freezes the stream while it compiles."""
-    return _compiler_wanted("MUSE_COMPILE", on_needs_triton=False)
+    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=off` (default), `auto` when
+    Triton is importable, `on` always. Off by default: on the H200 (2026-12-02) the 4K stream's models asked for
+    six compiles one after another (every model, every input shape, 1-24 s each on a cold cache), each one
+    recording the whole frame again once done, for ~1 ms of GPU time a frame on branches that run side by side."""
+    return _compiler_wanted("MUSE_COMPILE", on_needs_triton=False, default="off")
 
 
 def fuse_wanted(device: torch.device | str) -> bool:
