@@ -18,7 +18,7 @@ from muse.graph.payloads import Payload
 from muse.graph.slots import Item, Slot
 
 
-_IDLE: dict[int, list[Any]] = {}  # device -> CuPy streams no one holds now; none is ever destroyed (new_stream)
+_IDLE: dict[int, list[int]] = {}  # device -> stream handles no one holds now; none is ever destroyed (new_stream)
 
 
 def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
@@ -27,24 +27,26 @@ def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
     `torch.cuda.Stream()` hands out streams round-robin from a pool of 32 a device, so a graph of 20-odd nodes,
     its sinks, its recordings and the background compiles come to share streams: a sink's download or a
     compile's autotuning on a stream another thread records a frame on lands in that recording (or breaks it).
-    CuPy makes a stream for whoever asks; torch uses it as an ExternalStream. A stream is never destroyed: a
-    tensor tagged with `record_stream` can outlive its node, and freeing it records an event on the stream
-    (on a destroyed one the process aborts, seen in the cuda tests). Once its holder is gone it is handed
-    to the next asker instead."""
+    Here the CUDA runtime makes the stream (through CuPy, as a bare handle) and torch uses it as an
+    ExternalStream. A stream is never destroyed: a tensor tagged with `record_stream` can outlive its node, and
+    freeing it records an event on the stream (on a destroyed one the process aborts, seen in the cuda tests);
+    nor is there a destructor left to run at the interpreter's exit. Once its holder is gone the stream is
+    handed to the next asker instead."""
     dev = torch.device(device)
     index = dev.index if dev.index is not None else torch.cuda.current_device()
-    try:
-        import cupy
-    except Exception:  # no CuPy on this machine: torch's pooled streams (shared beyond 32)
-        return torch.cuda.Stream(torch.device("cuda", index))
     idle = _IDLE.setdefault(index, [])
     try:
-        own = idle.pop()
+        handle = idle.pop()
     except IndexError:
-        with cupy.cuda.Device(index):
-            own = cupy.cuda.Stream(non_blocking=True)
-    stream = torch.cuda.ExternalStream(own.ptr, device=torch.device("cuda", index))
-    weakref.finalize(stream, idle.append, own)  # back to the idle list, never to cudaStreamDestroy
+        try:
+            import cupy
+
+            with cupy.cuda.Device(index):
+                handle = int(cupy.cuda.runtime.streamCreateWithFlags(cupy.cuda.runtime.streamNonBlocking))
+        except Exception:  # no CuPy on this machine: torch's pooled streams (shared beyond 32)
+            return torch.cuda.Stream(torch.device("cuda", index))
+    stream = torch.cuda.ExternalStream(handle, device=torch.device("cuda", index))
+    weakref.finalize(stream, idle.append, handle)  # back to the idle list, never to cudaStreamDestroy
     return stream
 
 
