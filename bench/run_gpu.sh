@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|ab|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -34,6 +34,16 @@ if [[ $what == fuse ]]; then
   echo "exit $?" >> "$out/bench.log"
   timeout 200 python3 -m pytest -m cuda -q -p no:cacheprovider -rs tests/test_segment_fused.py tests/test_backends.py tests/test_frame_capture.py > "$out/cuda_fuse_tests.log" 2>&1
   echo "fuse cuda tests exit $?" >> "$out/cuda_fuse_tests.log"
+fi
+if [[ $what == ab ]]; then
+  # Issue 12 after the sixth session: stream_4k as shipped (fused matte, models uncompiled), then without the fused
+  # matte and with the models compiled too; each run prints host CPU a frame by thread and GPU memory growth.
+  for v in default MUSE_FUSE=off MUSE_COMPILE=on; do
+    echo "== stream_4k $v" >> "$out/bench.log"
+    env ${v/default/MUSE_FUSE=auto} timeout 280 python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 \
+      --capture on --latency-frames 200 --kernel-frames 20 --json "$out/stream_4k_${v//=/_}.json" >> "$out/bench.log" 2>&1
+    echo "exit $?" >> "$out/bench.log"
+  done
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),

@@ -149,6 +149,8 @@ def test_tensorrt_engine_cache(matte, photo_batch, tmp_path):
 def test_compile_choice_follows_muse_compile(monkeypatch):
     from muse.models.backends import compile_wanted
 
+    monkeypatch.delenv("MUSE_COMPILE", raising=False)
+    assert compile_wanted() is False  # off unless asked for (see docs/models.md)
     monkeypatch.setenv("MUSE_COMPILE", "off")
     assert compile_wanted() is False
     monkeypatch.setenv("MUSE_COMPILE", "on")

@@ -178,6 +178,50 @@ def test_new_code_from_a_background_compile_is_recorded_again_without_losing_a_f
         assert float(diff.max()) <= 1.0 and int((diff > 0).sum()) <= max(1, diff.numel() // 1000), i
 
 
+@pytest.mark.slow
+def test_no_frame_is_recorded_while_a_compile_runs_and_none_is_lost() -> None:
+    """A background compile holds GPU_CODE (its autotuning and synchronizes broke recordings on the H200): frames
+    run eagerly meanwhile, and the program records once the compile is done."""
+    from muse.graph.compiled import GPU_CODE
+
+    frames = 14
+    text = stream_graph("cpu", "emulate", 256, 144, frames)
+    runner = GraphRunner(validate_text(text, "stream.yaml", load_registry(), TORCH_NODES, base_dir=GRAPHS))
+    held, release, done = threading.Event(), threading.Event(), threading.Event()
+    captures_while_held: list[int] = []
+
+    def compiling() -> None:
+        with GPU_CODE:
+            held.set()
+            release.wait(60)
+        done.set()
+
+    t = threading.Thread(target=compiling)
+    t.start()
+    assert held.wait(5)
+    seen: list[int] = []
+
+    def cb(v: Any) -> None:
+        seen.append(v.index)
+        if v.index == 7 and not release.is_set():
+            assert runner.program is not None
+            captures_while_held.append(runner.program.captures)
+            release.set()
+
+    try:
+        runner.start()
+        runner.tap("composite", "out", cb)
+        while not runner.wait(0.1):
+            pass
+        runner.stop()
+    finally:
+        release.set()
+        t.join()
+    assert sorted(seen) == list(range(frames)), "no frame lost"
+    assert captures_while_held == [0], "recorded while a compile ran"
+    assert runner.program is not None and runner.program.captures >= 1, "not recorded once the compile was done"
+
+
 def test_emulated_graph_refuses_host_reads() -> None:
     g = EmulatedFrameGraph()
     x = torch.arange(6.0)

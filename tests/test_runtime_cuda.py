@@ -86,3 +86,27 @@ def test_cuda_graph_chain_matches_eager() -> None:
     assert len(outputs[True]) == len(outputs[False]) == 10
     for a, b in zip(outputs[False], outputs[True]):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
+def test_new_streams_are_never_shared() -> None:
+    """torch's streams come round-robin from a pool of 32 a device: a graph's node streams, its recordings and the
+    background compiles must not end up on one CUDA stream (a compile's work landed in a frame's recording)."""
+    from muse.graph.streams import new_stream
+
+    pooled = {torch.cuda.Stream().cuda_stream for _ in range(40)}
+    assert len(pooled) <= 32  # the pool wraps: why new_stream exists
+    own = [new_stream("cuda") for _ in range(40)]
+    handles = {s.cuda_stream for s in own}
+    assert len(handles) == 40 and not handles & pooled
+    x = torch.arange(1 << 20, device="cuda", dtype=torch.float32)
+    with torch.cuda.stream(own[0]):
+        y = x * 2
+    own[0].synchronize()
+    assert float(y[-1]) == 2.0 * ((1 << 20) - 1)
+    # a stream whose holder is gone goes to the next asker, never to cudaStreamDestroy (a tensor tagged with
+    # record_stream can outlive its node; freeing it records an event on the stream)
+    gone = own.pop().cuda_stream
+    again = new_stream("cuda")
+    assert again.cuda_stream == gone
+    del y, x

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from muse.graph.payloads import Frame, Mask
+from muse.graph.streams import new_stream
 
 PREVIEWABLE = ("Frame", "Mask")
 
@@ -79,7 +80,7 @@ class PreviewTap:
         host picture and the event that says when it is there. Nothing here waits for the GPU."""
         dev = payload.device
         if self._stream is None:
-            self._stream = torch.cuda.Stream(dev)
+            self._stream = new_stream(dev)
             self._host = torch.empty(self.max_h * self.max_w * 3, dtype=torch.uint8, pin_memory=True)
         self._stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(self._stream):

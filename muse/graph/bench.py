@@ -25,6 +25,8 @@ log = logging.getLogger("muse.bench")
 
 WARM_FRAMES = 30  # model warm-up, cuDNN choices and the frame recordings happen in these
 WARMING_WAIT_S = 900.0  # longest wait for nodes compiling in the background (a cold compile: minutes)
+THREAD_SAMPLE_S = 0.25  # how often the per-thread CPU is read while measuring
+MEMORY_GROWTH_MB = 256.0  # reserved GPU memory growing more than this over the measured frames is reported
 
 
 def _load() -> str:
@@ -48,6 +50,8 @@ class BenchReport:
     top_kernels: list[dict[str, Any]] = field(default_factory=list)  # costliest kernel names over the profiled frames
     capture: dict[str, Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    gpu_memory_mb: dict[str, float] = field(default_factory=dict)  # reserved at the first and last measured frame
+    host_cpu_by_thread: dict[str, float] = field(default_factory=dict)  # thread name -> CPU ms a measured frame
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,7 @@ class BenchReport:
             "unpaced_fps": self.fps, "frames": self.frames, "frame_gpu_ms": self.frame_gpu_ms,
             "host_cpu_ms_per_frame": self.host_cpu_ms, "latency_ms_paced": self.latency_ms, "paced_fps": self.paced_fps,
             "kernels_per_frame": self.kernels_per_frame, "top_kernels": self.top_kernels, "capture": self.capture, "stats": self.stats,
+            "gpu_memory_mb": self.gpu_memory_mb, "host_cpu_by_thread_ms": self.host_cpu_by_thread,
         }
 
     def lines(self, graph_file: str) -> list[str]:
@@ -74,6 +79,13 @@ class BenchReport:
             out.append(f"paced {self.paced_fps:.1f} fps: latency p50 {self.latency_ms['p50']:.1f} ms, p99 {self.latency_ms['p99']:.1f} ms")
         if self.kernels_per_frame is not None:
             out.append(f"kernels per frame: {self.kernels_per_frame:.0f}")
+        if self.host_cpu_by_thread:
+            out.append("host CPU ms a frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in self.host_cpu_by_thread.items()))
+        mem = self.gpu_memory_mb
+        if mem:
+            grew = mem["reserved_end"] - mem["reserved_start"]
+            out.append(f"GPU memory: {mem['allocated_end']:.0f} MB in use, {mem['reserved_end']:.0f} MB reserved"
+                       f" ({grew:+.0f} MB over the measured frames{': GROWING' if grew > MEMORY_GROWTH_MB else ''})")
         if self.capture:
             eager = self.capture.get("eager_nodes") or {}
             out.append(f"captured: {', '.join(self.capture.get('captured_nodes', [])) or 'none'}")
@@ -106,10 +118,17 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     n0 = 0
     prof = None
     warm_n = min(WARM_FRAMES, frames // 3)
+    memory: dict[str, float] = {}
+    threads0: dict[int, float] = {}
+    threads1: tuple[dict[int, float], dict[int, str], int, float] | None = None  # the latest reading while running
     warm_until = time.monotonic() + WARMING_WAIT_S
     said = False
     try:
         while not runner.wait(0.002):
+            near_end = runner.max_frames is not None and runner.max_frames - runner.stats.frames_out <= 10
+            if t0 is not None and (threads1 is None or near_end or time.perf_counter() - threads1[3] > THREAD_SAMPLE_S):
+                # read while the graph's threads live: they end with the last frame, and their CPU time with them
+                threads1 = (thread_cpu_s(), thread_names(), runner.stats.frames_out, time.perf_counter())
             if t0 is None and runner.stats.frames_out >= warm_n:
                 warming = runner.warming()  # e.g. a node compiling its fused maths: measure it at full speed
                 if warming and time.monotonic() < warm_until:
@@ -120,13 +139,24 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
                 if runner.max_frames is not None:  # the frames run while waiting do not count
                     runner.max_frames += runner.stats.frames_out - warm_n
                 t0, c0, n0 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+                memory["reserved_start"] = _reserved_mb(runner)
+                threads0 = thread_cpu_s()
                 runner.stats.latency_ms.clear()  # steady state only: warm-up and the recordings stall once
                 runner.stats.frame_gpu_ms.clear()
                 if profile:
                     prof = _start_profiler()
         t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+        if threads1 is not None and threads1[2] > n0:
+            runner.bench_threads = by_thread(threads0, threads1[0], threads1[2] - n0, threads1[1])
+        if memory and runner.device.type == "cuda":
+            import torch
+
+            memory.update(reserved_end=_reserved_mb(runner),
+                          allocated_end=round(torch.cuda.memory_allocated(runner.device) / 2**20, 1))
     finally:
         runner.stop()
+        _release_memory(runner)
+    runner.bench_memory = memory if "reserved_end" in memory else {}
     kernels = None
     if prof is not None:
         total, top = _count_kernels(prof)
@@ -135,6 +165,64 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     if t0 is None or n1 <= n0:
         return runner, 0.0, 0, 0.0, kernels
     return runner, (n1 - n0) / (t1 - t0), n1 - n0, (c1 - (c0 or 0.0)) * 1000.0 / (n1 - n0), kernels
+
+
+def thread_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) of each of this process's threads, by OS thread id (Linux /proc; else empty)."""
+    out: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15 of stat)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def thread_names() -> dict[int, str]:
+    """OS thread id -> the name Python gave the thread (threads Python did not start are not here)."""
+    import threading
+
+    return {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+
+
+def by_thread(before: dict[int, float], after: dict[int, float], frames: int, names: dict[int, str] | None = None,
+              top: int = 8) -> dict[str, float]:
+    """CPU ms a frame per thread between two `thread_cpu_s()` readings, named as Python names them (`names`, by
+    default the threads alive now; threads that Python did not start, e.g. a library's own pools, are summed as
+    "native"); the busiest first."""
+    names = thread_names() if names is None else names
+    spent: dict[str, float] = {}
+    for tid, cpu in after.items():
+        name = names.get(tid, "native")
+        spent[name] = spent.get(name, 0.0) + (cpu - before.get(tid, 0.0)) * 1000.0 / max(1, frames)
+    busiest = sorted(spent.items(), key=lambda kv: -kv[1])[:top]
+    return {k: round(v, 2) for k, v in busiest if v > 0.0}
+
+
+def _reserved_mb(runner: Any) -> float:
+    if runner.device.type != "cuda":
+        return 0.0
+    import torch
+
+    return round(torch.cuda.memory_reserved(runner.device) / 2**20, 1)
+
+
+def _release_memory(runner: Any) -> None:
+    """The next run of the bench starts from the memory a fresh process would have (a leak stays in one run)."""
+    if runner.device.type == "cuda":
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _start_profiler() -> Any:
@@ -166,7 +254,12 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
     stats = runner.stats.as_dict()
     report = BenchReport(device=runner.device_note, fps=round(fps, 2), frames=n, host_cpu_ms=round(cpu_ms, 3),
                          frame_gpu_ms=stats.get("frame_gpu_ms", {}), stats=stats,
-                         capture=runner.program.describe() if runner.program is not None else None)
+                         capture=runner.program.describe() if runner.program is not None else None,
+                         gpu_memory_mb=getattr(runner, "bench_memory", {}),
+                         host_cpu_by_thread=getattr(runner, "bench_threads", {}))
+    if report.gpu_memory_mb and report.gpu_memory_mb["reserved_end"] - report.gpu_memory_mb["reserved_start"] > MEMORY_GROWTH_MB:
+        log.warning("GPU memory grew by %.0f MB over %d frames: something allocates every frame and keeps it",
+                    report.gpu_memory_mb["reserved_end"] - report.gpu_memory_mb["reserved_start"], n)
     if latency_frames:
         paced, pfps, _, _, _ = _run(graph, device, latency_frames, unpaced=False)
         report.latency_ms = paced.stats.as_dict()["latency_ms"]

@@ -19,7 +19,8 @@ copy to pinned memory is part of the frame, and the host reads it a frame later.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -209,6 +210,33 @@ class EmulatedFrameGraph(FrameGraph):
 
     def __len__(self) -> int:
         return len(self.ops)
+
+
+@contextmanager
+def host_guards_suspended() -> Iterator[None]:
+    """For a call of compiled (Inductor) code inside a recording. The recording's host guards are modes on torch's
+    mode stacks, and compiled code is checked against those stacks: with them on, the call reads as another
+    program ("Detected recompile", seen on the H200 for every compiled model and the matte at each recording).
+    Compiled code reads nothing on the host by construction, so the guards come off the stacks for the call."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode, _push_mode
+
+    dispatch: list[Any] = []
+    while isinstance(_get_current_dispatch_mode(), _HostReadGuard):
+        dispatch.append(_pop_mode())
+    function: list[Any] = []
+    while torch._C._len_torch_function_stack() > 0:
+        top = torch._C._pop_torch_function_stack()
+        if not isinstance(top, _HostDataGuard):
+            torch._C._push_on_torch_function_stack(top)
+            break
+        function.append(top)
+    try:
+        yield
+    finally:
+        for mode in reversed(function):
+            torch._C._push_on_torch_function_stack(mode)
+        for mode in reversed(dispatch):
+            _push_mode(mode)
 
 
 class LateValue:

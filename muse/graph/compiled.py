@@ -1,10 +1,20 @@
 """Code compiled in the background (Inductor, by `muse.models.backends.FusedChain`) as the frame program sees it:
 a generation number that a finished compile bumps (recorded frames hold the kernels of before, so the program
-records again), and what is still compiling (`muse bench` waits for it)."""
+records again), what is still compiling (`muse bench` waits for it), and the lock that keeps compiling and CUDA graph
+recording apart."""
 
 from __future__ import annotations
 
+import threading
+
 _code_generation = 0
+
+# Held by a background compile for its whole run and by whoever records a CUDA graph (a frame program, a model's
+# graph). Compiling benchmarks kernels, allocates and synchronizes on the device; while another thread records,
+# any of that can land in the recording or break it (seen on the H200: "operation not permitted when stream is
+# capturing", a recorded segment failing with cuDNN "unable to find an engine", and the recording's memory pool
+# growing until the GPU ran out). Re-entrant: compiled code called inside a recording takes it again.
+GPU_CODE = threading.RLock()
 
 
 def code_changed() -> None:

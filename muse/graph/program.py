@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any, Hashable
 import torch
 
 from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
-from muse.graph.compiled import code_generation
+from muse.graph.compiled import GPU_CODE, code_generation
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
 from muse.graph.slots import FrameFailed
+from muse.graph.streams import new_stream
 
 if TYPE_CHECKING:  # pragma: no cover
     from muse.graph.runtime import GraphRunner
@@ -83,7 +84,7 @@ class FrameProgram:
         self.emulate = emulate
         self.warmup = warmup
         self.cuda = runner.device.type == "cuda" and not emulate
-        self.stream = torch.cuda.Stream(runner.device) if self.cuda else None
+        self.stream = new_stream(runner.device) if self.cuda else None
         self.pool: Any = None
         self.blocked: dict[str, str] = {}  # eager node -> why (filled by _plan)
         self.segments = self._plan()
@@ -208,35 +209,41 @@ class FrameProgram:
             if seg.warm[key] <= self.warmup:
                 self._eager(seg, memo)
                 return False
+            if not GPU_CODE.acquire(blocking=False):
+                self._eager(seg, memo)  # a compile runs in the background: record once it is done
+                return False
             if len(seg.variants) >= MAX_VARIANTS:
                 seg.variants.pop(next(iter(seg.variants)))  # the oldest; a new one is recorded in its place
             try:
-                var = self._record(seg, nodes, ext, events, memo, key)
-            except Exception as exc:
-                inner = exc.exc if isinstance(exc, FrameFailed) else exc
-                self._reset_streams()
-                if isinstance(inner, (NodeError, torch.OutOfMemoryError)):
-                    tries = seg.record_failures[key] = seg.record_failures.get(key, 0) + 1
-                    slot = self.runner.slots.get(getattr(exc, "node", ""))
-                    if slot is not None:
-                        self.runner._node_failed(slot, inner, expected=True)  # counted like any failure (the stats show it)
-                    if tries < RECORD_TRIES:
-                        # A node failed while the frame was recorded: a fault, not the capture contract. This
-                        # frame runs eagerly (its on_error covers the node there); the variant warms up and records again.
-                        seg.warm[key] = 0
-                        log.warning("segment %s: node %s failed while its frame was recorded (%s); recorded again later",
-                                    "+".join(seg.nodes), getattr(exc, "node", "?"), inner)
-                        self._eager(seg, memo)
-                        return False
-                why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                seg.failed[key] = why
-                if len(seg.failed) >= MAX_VARIANTS:
-                    seg.disabled = why
-                log.warning("segment %s: this variant cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), why)
-                self._reset_streams()
-                self._eager(seg, memo)
-                return False
-            return True
+                try:
+                    var = self._record(seg, nodes, ext, events, memo, key)
+                except Exception as exc:
+                    inner = exc.exc if isinstance(exc, FrameFailed) else exc
+                    self._reset_streams()
+                    if isinstance(inner, (NodeError, torch.OutOfMemoryError)):
+                        tries = seg.record_failures[key] = seg.record_failures.get(key, 0) + 1
+                        slot = self.runner.slots.get(getattr(exc, "node", ""))
+                        if slot is not None:
+                            self.runner._node_failed(slot, inner, expected=True)  # counted like any failure (the stats show it)
+                        if tries < RECORD_TRIES:
+                            # A node failed while the frame was recorded: a fault, not the capture contract. This
+                            # frame runs eagerly (its on_error covers the node there); the variant warms up and records again.
+                            seg.warm[key] = 0
+                            log.warning("segment %s: node %s failed while its frame was recorded (%s); recorded again later",
+                                        "+".join(seg.nodes), getattr(exc, "node", "?"), inner)
+                            self._eager(seg, memo)
+                            return False
+                    why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    seg.failed[key] = why
+                    if len(seg.failed) >= MAX_VARIANTS:
+                        seg.disabled = why
+                    log.warning("segment %s: this variant cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), why)
+                    self._reset_streams()
+                    self._eager(seg, memo)
+                    return False
+                return True
+            finally:
+                GPU_CODE.release()
         self._replay(seg, var, ext, events, memo)
         return True
 

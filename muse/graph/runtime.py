@@ -30,7 +30,7 @@ from muse.graph.resolve import resolve_device, resolved_graph, run_dtype
 from muse.graph.slots import FrameFailed, GraphRunError, Item, NodeStopped, Slot
 from muse.graph.starting import Starting
 from muse.graph.stats import GraphStats, Trace
-from muse.graph.streams import CudaPlumbing
+from muse.graph.streams import CudaPlumbing, new_stream
 from muse.graph.threads import SourceSinkThreads
 from muse.graph.validate import ResolvedNode, ValidatedGraph
 from muse.graph.watchdog import StallWatchdog
@@ -79,7 +79,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         # The frame clock: the primary source's timestamp on the device (float64: hours of stream keep
         # sub-millisecond steps), so captured frames see the time advance without host values baked in.
         self.clock = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._frame_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._frame_stream = new_stream(self.device) if self.device.type == "cuda" else None
         self._frame_start: Any = None
         self._last_frame_events: list[Any] = []
         self._frame_times: list[tuple[Any, Any]] = []
@@ -181,7 +181,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
 
     def _make_slot(self, rn: ResolvedNode) -> Slot:
         stats = self.stats.node(rn.name, rn.type)
-        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        stream = new_stream(self.device) if self.device.type == "cuda" else None
         s = self.graph.settings
         ctx = NodeContext(
             name=rn.name,

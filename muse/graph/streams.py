@@ -9,12 +9,45 @@ tensors read on another stream are tagged with `record_stream`, and timings are 
 from __future__ import annotations
 
 from contextlib import nullcontext
+import weakref
 from typing import Any
 
 import torch
 
 from muse.graph.payloads import Payload
 from muse.graph.slots import Item, Slot
+
+
+_IDLE: dict[int, list[int]] = {}  # device -> stream handles no one holds now; none is ever destroyed (new_stream)
+
+
+def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
+    """A CUDA stream of the caller's alone, for as long as the returned object lives.
+
+    `torch.cuda.Stream()` hands out streams round-robin from a pool of 32 a device, so a graph of 20-odd nodes,
+    its sinks, its recordings and the background compiles come to share streams: a sink's download or a
+    compile's autotuning on a stream another thread records a frame on lands in that recording (or breaks it).
+    Here the CUDA runtime makes the stream (through CuPy, as a bare handle) and torch uses it as an
+    ExternalStream. A stream is never destroyed: a tensor tagged with `record_stream` can outlive its node, and
+    freeing it records an event on the stream (on a destroyed one the process aborts, seen in the cuda tests);
+    nor is there a destructor left to run at the interpreter's exit. Once its holder is gone the stream is
+    handed to the next asker instead."""
+    dev = torch.device(device)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    idle = _IDLE.setdefault(index, [])
+    try:
+        handle = idle.pop()
+    except IndexError:
+        try:
+            import cupy
+
+            with cupy.cuda.Device(index):
+                handle = int(cupy.cuda.runtime.streamCreateWithFlags(cupy.cuda.runtime.streamNonBlocking))
+        except Exception:  # no CuPy on this machine: torch's pooled streams (shared beyond 32)
+            return torch.cuda.Stream(torch.device("cuda", index))
+    stream = torch.cuda.ExternalStream(handle, device=torch.device("cuda", index))
+    weakref.finalize(stream, idle.append, handle)  # back to the idle list, never to cudaStreamDestroy
+    return stream
 
 
 class CudaPlumbing:

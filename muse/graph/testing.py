@@ -14,6 +14,7 @@ import torch
 from muse.graph.node import Node, NodeContext
 from muse.graph.registry import Registry, load_registry
 from muse.graph.stats import NodeStats
+from muse.graph.streams import new_stream
 
 
 def make_context(
@@ -25,7 +26,7 @@ def make_context(
     dtype: torch.dtype | None = None,
 ) -> NodeContext:
     dev = torch.device(device)
-    stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+    stream = new_stream(dev) if dev.type == "cuda" else None
     return NodeContext(
         name=name,
         device=dev,

@@ -21,8 +21,9 @@ from typing import Any, Callable, Hashable, Literal
 
 import torch
 
-from muse.graph.capture import CaptureError, is_recording
-from muse.graph.compiled import background_work, code_changed
+from muse.graph.capture import CaptureError, host_guards_suspended, is_recording
+from muse.graph.compiled import GPU_CODE, background_work, code_changed
+from muse.graph.streams import new_stream
 from torch import nn
 
 from muse.files import atomic_path, write_bytes
@@ -42,10 +43,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MUSE_CACHE", Path.home() / ".cache" / "muse")) / "engines"
 
 
-def _compiler_wanted(variable: str, on_needs_triton: bool) -> bool:
-    """`variable` (default `auto`): `off` never, `auto` when Triton is importable, `on` always (or, with
+def _compiler_wanted(variable: str, on_needs_triton: bool, default: str = "auto") -> bool:
+    """`variable` (default `default`): `off` never, `auto` when Triton is importable, `on` always (or, with
     `on_needs_triton`, also only then)."""
-    mode = os.environ.get(variable, "auto").strip().lower()
+    mode = os.environ.get(variable, default).strip().lower()
     if mode in ("0", "off", "false", "no"):
         return False
     if mode in ("1", "on", "true", "yes") and not on_needs_triton:
@@ -58,10 +59,11 @@ def _compiler_wanted(variable: str, on_needs_triton: bool) -> bool:
 
 
 def compile_wanted() -> bool:
-    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=auto` (default) when Triton
-    is importable, `on` always, `off` never. The compile runs in the background (`FusedChain`): a detector's first
-    call mid-stream (the first time tracking is lost) no longer freezes the stream while it compiles."""
-    return _compiler_wanted("MUSE_COMPILE", on_needs_triton=False)
+    """Whether CUDA models are compiled with torch.compile (Inductor): `MUSE_COMPILE=off` (default), `auto` when
+    Triton is importable, `on` always. Off by default: on the H200 (2026-12-02) the 4K stream's models asked for
+    six compiles one after another (every model, every input shape, 1-24 s each on a cold cache), each one
+    recording the whole frame again once done, for ~1 ms of GPU time a frame on branches that run side by side."""
+    return _compiler_wanted("MUSE_COMPILE", on_needs_triton=False, default="off")
 
 
 def fuse_wanted(device: torch.device | str) -> bool:
@@ -78,12 +80,14 @@ def warm_like(inputs: "list[torch.Tensor | None]", run: Callable[[Callable[..., 
     which must not gain the warm-up's work."""
     like = [None if t is None else (tuple(t.shape), t.stride(), t.dtype, t.device) for t in inputs]
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    state = _global_state()
     device = next((m[3] for m in like if m is not None), torch.device("cpu"))
 
     def warm(compiled: Callable[..., Any]) -> None:
-        side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        side = compile_stream(device) if device.type == "cuda" else None
         with torch.cuda.stream(side) if side is not None else nullcontext(), \
                 torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            _match_state(state)
             dummies = [None if m is None else torch.empty_strided(m[0], m[1], dtype=m[2], device=m[3]).fill_(0.5)
                        for m in like]
             run(compiled, dummies)
@@ -93,8 +97,46 @@ def warm_like(inputs: "list[torch.Tensor | None]", run: Callable[[Callable[..., 
     return warm
 
 
+def _global_state() -> Any:
+    """torch's global state as compiled code checks it (grad mode, TF32, threads, default dtype...), or None."""
+    try:
+        from torch._C._dynamo.guards import GlobalStateGuard
+
+        return GlobalStateGuard()
+    except Exception:
+        return None
+
+
+def _match_state(state: Any) -> None:
+    """Bring the compiling thread to the caller's torch state where it is per thread (the intra-op thread count
+    is); say what still differs, since the compiled code will not fit the caller's calls then."""
+    if state is None or state.check():
+        return
+    try:
+        want = json.loads(state.__getstate__())
+        if torch.get_num_threads() != int(want["num_threads"]):
+            torch.set_num_threads(int(want["num_threads"]))
+    except Exception:
+        pass
+    if not state.check():
+        log.warning("the compiling thread's torch state differs from the caller's (%s): its code may not be used",
+                    state.reason())
+
+
+_STREAMS: dict[int, "torch.cuda.Stream"] = {}
+
+
+def compile_stream(device: torch.device) -> "torch.cuda.Stream":
+    """The background compiles' own CUDA stream (one a device): a warm-up's, autotuning's or synchronize's work
+    never lands on a stream a node runs or records its frames on (`muse.graph.streams.new_stream`)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _STREAMS:
+        _STREAMS[index] = new_stream(torch.device("cuda", index))
+    return _STREAMS[index]
+
+
 _NOT_YET = object()
-_COMPILING = threading.Lock()  # held by the one background compile under way (FusedChain)
+RETRIES = 2  # compiles again for the stream's own calls when they did not fit the code compiled for their warm-up
 
 
 class FusedChain:
@@ -122,6 +164,7 @@ class FusedChain:
         self._thread: threading.Thread | None = None
         self.seconds: float | None = None  # how long the last compile took
         self.last_compiled = False  # whether the last `run` went through the compiled code
+        self.retries = 0  # compiles asked again because the stream's calls did not fit the code (RETRIES)
 
     def prepare(self, key: Hashable, make_warm: Callable[[], Callable[[Callable[..., Any]], None]]) -> None:
         """Compile for `key` in the background unless it is ready or already being compiled; `make_warm()`
@@ -147,7 +190,7 @@ class FusedChain:
                     background_work(id(self), None)
                     return
                 key, warm = self._wanted
-            with _COMPILING:  # one compile at a time in the process (and none while the stream calls compiled code)
+            with GPU_CODE:  # one compile at a time, none while a CUDA graph records or the stream calls compiled code
                 with self._lock:
                     if self._wanted is None or self._wanted[0] != key:
                         continue  # closed, or asked for other code, while waiting for the compiler
@@ -200,23 +243,31 @@ class FusedChain:
         """`fn(*args)`, through the compiled code when `fused` (ready for these inputs). The compiled code is
         entered under torch.compile's process-wide "fail_on_recompile" stance (compiling here, on the stream's
         thread, would stall it), which a compile starting on another thread meanwhile would also see: while one
-        runs (it holds _COMPILING) this call runs `fn` as is. Only eager and recording frames get here: a
-        replayed frame calls no Python."""
+        runs (it holds GPU_CODE) this call runs `fn` as is. Only eager and recording frames get here: a
+        replayed frame calls no Python. Calls that do not fit the compiled code (torch state or inputs unlike the
+        warm-up's) ask for a compile for them (up to RETRIES times), then stay uncompiled."""
         self.last_compiled = False
-        if fused and self.compiled is not None and _COMPILING.acquire(blocking=False):
+        if fused and self.compiled is not None and GPU_CODE.acquire(blocking=False):
             try:
-                with torch.compiler.set_stance("fail_on_recompile"):
+                with torch.compiler.set_stance("fail_on_recompile"), host_guards_suspended():
                     out = self.compiled(*args)
                 self.last_compiled = True
                 return out
             except CaptureError:
                 raise
             except Exception as exc:
-                log.warning("compiled %s failed (%s: %s); it runs uncompiled", self.name, type(exc).__name__,
-                            str(exc).splitlines()[0] if str(exc) else "")
-                self.compiled = None
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                if "recompile" in first and self.retries < RETRIES:
+                    self.retries += 1
+                    log.info("%s: the stream's call does not fit its compiled code (%s); compiling again for it",
+                             self.name, first)
+                    with self._lock:
+                        self._ready = _NOT_YET  # the node's next prepare() asks again, warmed like this call
+                else:
+                    log.warning("compiled %s failed (%s: %s); it runs uncompiled", self.name, type(exc).__name__, first)
+                    self.compiled = None
             finally:
-                _COMPILING.release()
+                GPU_CODE.release()
         return self.fn(*args)
 
 
@@ -298,6 +349,7 @@ class TorchBackend(InferenceBackend):
         self.cuda_graph = cuda_graph and self.cuda
         self._graphs: dict[tuple[int, ...], _CapturedGraph] = {}
         self._graph_failed = False
+        self._side = new_stream(self.device) if self.cuda_graph else None
         # Compiled by Inductor in the background (MUSE_COMPILE), per input shape; the model runs as it is until
         # that code is ready, then the next call (or recorded frame) switches to it. `compile=True` also on a CPU.
         wanted = compile if compile is not None else (self.cuda and compile_wanted())
@@ -310,12 +362,13 @@ class TorchBackend(InferenceBackend):
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self.device, dtype=self.dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        # One layout whatever the caller's crop or view: compiled code is checked against its inputs' strides.
+        return x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def _capture(self, x: torch.Tensor, fused: bool) -> _CapturedGraph | None:
         static_in = x.clone()
         try:
-            side = torch.cuda.Stream(self.device)
+            side = self._side  # the model's own stream: no other thread's work lands in the capture
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 for _ in range(3):  # warm-up lets cuDNN pick kernels outside the capture
@@ -324,7 +377,7 @@ class TorchBackend(InferenceBackend):
             graph = torch.cuda.CUDAGraph()
             # Capture happens once per shape (at open); torch.cuda.graph syncs the device there, not per frame.
             # thread_local: other nodes' threads keep launching work on their own streams meanwhile.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
                 static_out = self._chain.run(fused, static_in)
             fused = self._chain.last_compiled  # a compile elsewhere may have kept it uncompiled: capture again later
         except Exception as exc:  # an op that cannot be captured: stay correct, run eagerly
@@ -357,13 +410,15 @@ class TorchBackend(InferenceBackend):
             # Inside a recorded frame the model's kernels become part of the frame's own graph.
             return self._chain.run(fused, x)
         entry = self._graphs.get(shape)
-        if entry is not None and entry.fused != fused and not _COMPILING.locked():  # compiled code is ready: capture it
-            del self._graphs[shape]
-            entry = None
-        if entry is None:
-            if len(self._graphs) >= self.MAX_GRAPHS:
+        if entry is None or entry.fused != fused:  # a first call of this shape, or compiled code became ready
+            if entry is None and len(self._graphs) >= self.MAX_GRAPHS:
                 return self._chain.run(fused, x)
-            entry = self._capture(x, fused)
+            # Not while a compile runs or another thread records (GPU_CODE): the old graph, or eager, meanwhile.
+            if GPU_CODE.acquire(blocking=False):
+                try:
+                    entry = self._capture(x, fused) or entry
+                finally:
+                    GPU_CODE.release()
             if entry is None:
                 return self._chain.run(fused, x)
         entry.static_in.copy_(x)

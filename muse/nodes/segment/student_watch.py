@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from muse.graph.node import NodeContext
+from muse.graph.streams import new_stream
 from muse.models.backends import file_sha256
 from muse.nodes.segment.student import LoadedStudent, profile_live_model
 
@@ -72,7 +73,7 @@ class StudentWatcher:
 
     def _loop(self) -> None:
         ctx = self.ctx
-        side = torch.cuda.Stream(ctx.device) if ctx.cuda else None
+        side = new_stream(ctx.device) if ctx.cuda else None
         while not self._stop.wait(self.watch_s()):
             try:
                 path = profile_live_model(self.profile)
