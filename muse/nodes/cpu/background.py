@@ -195,10 +195,17 @@ class BackgroundCPU:
         height, width = frame.height, frame.width
         m = _expand(new_q.astype(np.uint8), height, width)
         src = as_numpy(frame.hwc_uint8())
-        cv2.copyTo(cv2.LUT(src, _UNIT), m, self.plate)
+        # only the pixels of the new blocks' bounding box are converted (a whole 720p frame through the table
+        # every frame a block clears: 1.5-3 ms; block r holds the pixels i with floor(i hq / height) = r)
+        hq, wq = new_q.shape
+        rows, cols = np.flatnonzero(new_q.any(1)), np.flatnonzero(new_q.any(0))
+        y0, y1 = -(-int(rows[0]) * height // hq), -(-(int(rows[-1]) + 1) * height // hq)
+        x0, x1 = -(-int(cols[0]) * width // wq), -(-(int(cols[-1]) + 1) * width // wq)
+        box = (slice(y0, y1), slice(x0, x1))
+        cv2.copyTo(cv2.LUT(src[box], _UNIT), m[box], self.plate[box])
         self._plate_q = None  # some blocks changed: their means are taken afresh at the next update
         out = self._out[0].numpy().copy()  # the last picture may still be read downstream: a new one
-        cv2.copyTo(src, m, out)
+        cv2.copyTo(src[box], m[box], out[box])
         self.known = np.maximum(self.known, new_q.astype(np.float32))
         self._out = (torch.from_numpy(out), torch.from_numpy(self.known.copy()))  # coverage on blocks, as on the GPU
 
