@@ -21,7 +21,8 @@ from typing import Any, Callable, Hashable, Literal
 
 import torch
 
-from muse.graph.capture import CaptureError, host_guards_suspended, is_recording
+from muse.graph.capture import CaptureError, is_recording
+from muse.graph.host_guards import host_guards_suspended
 from muse.graph.compiled import GPU_CODE, background_work, code_changed
 from muse.graph.streams import new_stream
 from torch import nn
