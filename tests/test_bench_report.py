@@ -45,3 +45,24 @@ def test_bench_report_names_the_runtime_threads() -> None:
     line = next(x for x in report.lines("tiny.yaml") if x.startswith("host CPU ms a frame by thread"))
     assert next(iter(threads)) in line
     assert report.as_dict()["host_cpu_by_thread_ms"] == threads
+    assert report.gc["ms_per_frame"] >= 0.0 and report.gc["objects"] > 0
+    assert any(x.startswith("Python GC:") for x in report.lines("tiny.yaml"))
+
+
+def test_gc_pauses_are_timed_while_measuring() -> None:
+    import gc
+
+    from muse.graph.bench import GcPauses
+
+    pauses = GcPauses()
+    pauses.start()
+    try:
+        junk = [[i] for i in range(200_000)]  # tracked containers: a full collection has work to do
+        gc.collect()
+        del junk
+    finally:
+        pauses.stop()
+    assert pauses._callback not in gc.callbacks
+    summary = pauses.summary(frames=10)
+    assert summary["full"] >= 1 and summary["longest_ms"] > 0.0 and summary["ms_per_frame"] > 0.0
+    assert summary["objects"] > 1000

@@ -52,6 +52,7 @@ class BenchReport:
     stats: dict[str, Any] = field(default_factory=dict)
     gpu_memory_mb: dict[str, float] = field(default_factory=dict)  # reserved at the first and last measured frame
     host_cpu_by_thread: dict[str, float] = field(default_factory=dict)  # thread name -> CPU ms a measured frame
+    gc: dict[str, float] = field(default_factory=dict)  # Python's garbage collector over the measured frames
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +61,7 @@ class BenchReport:
             "host_cpu_ms_per_frame": self.host_cpu_ms, "latency_ms_paced": self.latency_ms, "paced_fps": self.paced_fps,
             "kernels_per_frame": self.kernels_per_frame, "top_kernels": self.top_kernels, "capture": self.capture, "stats": self.stats,
             "gpu_memory_mb": self.gpu_memory_mb, "host_cpu_by_thread_ms": self.host_cpu_by_thread,
+            "gc": self.gc,
         }
 
     def lines(self, graph_file: str) -> list[str]:
@@ -81,6 +83,9 @@ class BenchReport:
             out.append(f"kernels per frame: {self.kernels_per_frame:.0f}")
         if self.host_cpu_by_thread:
             out.append("host CPU ms a frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in self.host_cpu_by_thread.items()))
+        if self.gc:
+            out.append(f"Python GC: {self.gc['ms_per_frame']:.2f} ms a frame ({self.gc['full']:.0f} full collections,"
+                       f" longest {self.gc['longest_ms']:.1f} ms; {self.gc['objects']:.0f} objects tracked)")
         mem = self.gpu_memory_mb
         if mem:
             grew = mem["reserved_end"] - mem["reserved_start"]
@@ -120,6 +125,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     warm_n = min(WARM_FRAMES, frames // 3)
     memory: dict[str, float] = {}
     threads0: dict[int, float] = {}
+    pauses = GcPauses()
     threads1: tuple[dict[int, float], dict[int, str], int, float] | None = None  # the latest reading while running
     warm_until = time.monotonic() + WARMING_WAIT_S
     said = False
@@ -128,7 +134,10 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
             near_end = runner.max_frames is not None and runner.max_frames - runner.stats.frames_out <= 10
             if t0 is not None and (threads1 is None or near_end or time.perf_counter() - threads1[3] > THREAD_SAMPLE_S):
                 # read while the graph's threads live: they end with the last frame, and their CPU time with them
-                threads1 = (thread_cpu_s(), thread_names(), runner.stats.frames_out, time.perf_counter())
+                # (a reading taken after one of them ended is not kept)
+                reading = (thread_cpu_s(), thread_names(), runner.stats.frames_out, time.perf_counter())
+                if threads1 is None or set(threads1[1]) <= set(reading[1]):
+                    threads1 = reading
             if t0 is None and runner.stats.frames_out >= warm_n:
                 warming = runner.warming()  # e.g. a node compiling its fused maths: measure it at full speed
                 if warming and time.monotonic() < warm_until:
@@ -141,11 +150,15 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
                 t0, c0, n0 = time.perf_counter(), time.process_time(), runner.stats.frames_out
                 memory["reserved_start"] = _reserved_mb(runner)
                 threads0 = thread_cpu_s()
+                pauses.start()
                 runner.stats.latency_ms.clear()  # steady state only: warm-up and the recordings stall once
                 runner.stats.frame_gpu_ms.clear()
                 if profile:
                     prof = _start_profiler()
         t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+        pauses.stop()
+        if t0 is not None and n1 > n0:
+            runner.bench_gc = pauses.summary(n1 - n0)
         if threads1 is not None and threads1[2] > n0:
             runner.bench_threads = by_thread(threads0, threads1[0], threads1[2] - n0, threads1[1])
         if memory and runner.device.type == "cuda":
@@ -154,6 +167,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
             memory.update(reserved_end=_reserved_mb(runner),
                           allocated_end=round(torch.cuda.memory_allocated(runner.device) / 2**20, 1))
     finally:
+        pauses.stop()
         runner.stop()
         _release_memory(runner)
     runner.bench_memory = memory if "reserved_end" in memory else {}
@@ -165,6 +179,47 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     if t0 is None or n1 <= n0:
         return runner, 0.0, 0, 0.0, kernels
     return runner, (n1 - n0) / (t1 - t0), n1 - n0, (c1 - (c0 or 0.0)) * 1000.0 / (n1 - n0), kernels
+
+
+class GcPauses:
+    """Time Python's garbage collector takes while measuring: after Inductor compiles, the process holds millions
+    of objects, and a full collection stops every thread for as long as it walks them."""
+
+    def __init__(self) -> None:
+        self.total = self.longest = 0.0
+        self.full = 0
+        self._t: float | None = None
+        self._on = False
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        elif self._t is not None:
+            took = time.perf_counter() - self._t
+            self.total += took
+            self.longest = max(self.longest, took)
+            self.full += info.get("generation") == 2
+            self._t = None
+
+    def start(self) -> None:
+        import gc
+
+        if not self._on:
+            gc.callbacks.append(self._callback)
+            self._on = True
+
+    def stop(self) -> None:
+        import gc
+
+        if self._on:
+            gc.callbacks.remove(self._callback)
+            self._on = False
+
+    def summary(self, frames: int) -> dict[str, float]:
+        import gc
+
+        return {"ms_per_frame": round(self.total * 1000.0 / max(1, frames), 3), "full": self.full,
+                "longest_ms": round(self.longest * 1000.0, 2), "objects": len(gc.get_objects())}
 
 
 def thread_cpu_s() -> dict[int, float]:
@@ -256,7 +311,7 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
                          frame_gpu_ms=stats.get("frame_gpu_ms", {}), stats=stats,
                          capture=runner.program.describe() if runner.program is not None else None,
                          gpu_memory_mb=getattr(runner, "bench_memory", {}),
-                         host_cpu_by_thread=getattr(runner, "bench_threads", {}))
+                         host_cpu_by_thread=getattr(runner, "bench_threads", {}), gc=getattr(runner, "bench_gc", {}))
     if report.gpu_memory_mb and report.gpu_memory_mb["reserved_end"] - report.gpu_memory_mb["reserved_start"] > MEMORY_GROWTH_MB:
         log.warning("GPU memory grew by %.0f MB over %d frames: something allocates every frame and keeps it",
                     report.gpu_memory_mb["reserved_end"] - report.gpu_memory_mb["reserved_start"], n)
