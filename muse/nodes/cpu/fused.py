@@ -709,10 +709,7 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
         # one pass over the frame (numba: the coefficients upsampled, A . I + b, the clip): 9 -> 2.5 ms at 720p
         out = kernels.guided_upsample(img, cv2.merge((a_r, a_g, a_b)), b)
         if contrast and not fold:
-            out -= 0.5 + off
-            out *= sharp
-            out += 0.5
-            np.clip(out, 0.0, 1.0, out=out)
+            _sharpen(out, off, sharp)
         return out
     H, W = img.shape[:2]
     # A . I + b on planes (each coefficient upsampled, times its uint8 channel, summed): OpenCV's
@@ -725,11 +722,17 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
         cv2.add(out, term, dst=out)
     np.clip(out, 0.0, 1.0, out=out)
     if contrast and not fold:
-        out -= 0.5 + off
-        out *= sharp
-        out += 0.5
-        np.clip(out, 0.0, 1.0, out=out)
+        _sharpen(out, off, sharp)
     return out
+
+
+def _sharpen(out: np.ndarray, off: float, sharp: float) -> None:
+    """The edge's contrast stretch around 0.5 + off, in place, clipped to [0, 1] (when it was not folded into the
+    coefficients)."""
+    out -= 0.5 + off
+    out *= sharp
+    out += 0.5
+    np.clip(out, 0.0, 1.0, out=out)
 
 
 class FusedRunner:
