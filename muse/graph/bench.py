@@ -88,7 +88,7 @@ class BenchReport:
                        f" longest {self.gc['longest_ms']:.1f} ms; {self.gc['objects']:.0f} objects tracked)")
         mem = self.gpu_memory_mb
         if mem:
-            grew = mem["reserved_end"] - mem["reserved_start"]
+            grew = memory_growth_mb(mem)
             out.append(f"GPU memory: {mem['allocated_end']:.0f} MB in use, {mem['reserved_end']:.0f} MB reserved"
                        f" ({grew:+.0f} MB over the measured frames{': GROWING' if grew > MEMORY_GROWTH_MB else ''})")
         if self.capture:
@@ -114,7 +114,26 @@ def _unpaced(graph: ValidatedGraph) -> ValidatedGraph:
     return replace(graph, nodes=nodes)
 
 
-def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: bool, profile: bool = False) -> tuple[Any, float, int, float, Any]:
+def memory_growth_mb(memory: dict[str, float]) -> float:
+    """Reserved GPU memory gained between the first and last measured frame (0 without figures)."""
+    return memory["reserved_end"] - memory["reserved_start"] if memory else 0.0
+
+
+@dataclass
+class _Measured:
+    """One run of the graph: the runner (its stats) and what was measured over its steady frames."""
+
+    runner: Any
+    fps: float = 0.0
+    frames: int = 0
+    cpu_ms: float = 0.0
+    kernels: Any = None
+    memory: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, float] = field(default_factory=dict)
+    gc: dict[str, float] = field(default_factory=dict)
+
+
+def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: bool, profile: bool = False) -> _Measured:
     from muse.graph.runtime import GraphRunner
 
     runner = GraphRunner(_unpaced(graph) if unpaced else graph, device=device, frames=frames, unpaced=unpaced)
@@ -129,6 +148,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     threads1: tuple[dict[int, float], dict[int, str], int, float] | None = None  # the latest reading while running
     warm_until = time.monotonic() + WARMING_WAIT_S
     said = False
+    done = _Measured(runner)
     try:
         while not runner.wait(0.002):
             near_end = runner.max_frames is not None and runner.max_frames - runner.stats.frames_out <= 10
@@ -158,27 +178,25 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
         t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out
         pauses.stop()
         if t0 is not None and n1 > n0:
-            runner.bench_gc = pauses.summary(n1 - n0)
+            done.gc = pauses.summary(n1 - n0)
         if threads1 is not None and threads1[2] > n0:
-            runner.bench_threads = by_thread(threads0, threads1[0], threads1[2] - n0, threads1[1])
+            done.threads = by_thread(threads0, threads1[0], threads1[2] - n0, threads1[1])
         if memory and runner.device.type == "cuda":
             import torch
 
-            memory.update(reserved_end=_reserved_mb(runner),
-                          allocated_end=round(torch.cuda.memory_allocated(runner.device) / 2**20, 1))
+            done.memory = dict(memory, reserved_end=_reserved_mb(runner),
+                               allocated_end=round(torch.cuda.memory_allocated(runner.device) / 2**20, 1))
     finally:
         pauses.stop()
         runner.stop()
         _release_memory(runner)
-    runner.bench_memory = memory if "reserved_end" in memory else {}
-    kernels = None
     if prof is not None:
         total, top = _count_kernels(prof)
         frames_seen = max(1, n1 - n0)
-        kernels = (total / frames_seen, [dict(t, per_frame_us=round(t["total_us"] / frames_seen, 1)) for t in top])
-    if t0 is None or n1 <= n0:
-        return runner, 0.0, 0, 0.0, kernels
-    return runner, (n1 - n0) / (t1 - t0), n1 - n0, (c1 - (c0 or 0.0)) * 1000.0 / (n1 - n0), kernels
+        done.kernels = (total / frames_seen, [dict(t, per_frame_us=round(t["total_us"] / frames_seen, 1)) for t in top])
+    if t0 is not None and n1 > n0:
+        done.fps, done.frames, done.cpu_ms = (n1 - n0) / (t1 - t0), n1 - n0, (c1 - (c0 or 0.0)) * 1000.0 / (n1 - n0)
+    return done
 
 
 class GcPauses:
@@ -305,22 +323,22 @@ def _count_kernels(prof: Any) -> tuple[int, list[dict[str, Any]]]:
 
 def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int = 300, latency_frames: int = 240,
                 kernel_frames: int = 0) -> BenchReport:
-    runner, fps, n, cpu_ms, _ = _run(graph, device, frames, unpaced=True)
+    run = _run(graph, device, frames, unpaced=True)
+    runner = run.runner
     stats = runner.stats.as_dict()
-    report = BenchReport(device=runner.device_note, fps=round(fps, 2), frames=n, host_cpu_ms=round(cpu_ms, 3),
+    report = BenchReport(device=runner.device_note, fps=round(run.fps, 2), frames=run.frames, host_cpu_ms=round(run.cpu_ms, 3),
                          frame_gpu_ms=stats.get("frame_gpu_ms", {}), stats=stats,
                          capture=runner.program.describe() if runner.program is not None else None,
-                         gpu_memory_mb=getattr(runner, "bench_memory", {}),
-                         host_cpu_by_thread=getattr(runner, "bench_threads", {}), gc=getattr(runner, "bench_gc", {}))
-    if report.gpu_memory_mb and report.gpu_memory_mb["reserved_end"] - report.gpu_memory_mb["reserved_start"] > MEMORY_GROWTH_MB:
+                         gpu_memory_mb=run.memory, host_cpu_by_thread=run.threads, gc=run.gc)
+    if memory_growth_mb(run.memory) > MEMORY_GROWTH_MB:
         log.warning("GPU memory grew by %.0f MB over %d frames: something allocates every frame and keeps it",
-                    report.gpu_memory_mb["reserved_end"] - report.gpu_memory_mb["reserved_start"], n)
+                    memory_growth_mb(run.memory), run.frames)
     if latency_frames:
-        paced, pfps, _, _, _ = _run(graph, device, latency_frames, unpaced=False)
-        report.latency_ms = paced.stats.as_dict()["latency_ms"]
-        report.paced_fps = round(pfps, 2)
+        paced = _run(graph, device, latency_frames, unpaced=False)
+        report.latency_ms = paced.runner.stats.as_dict()["latency_ms"]
+        report.paced_fps = round(paced.fps, 2)
     if kernel_frames and runner.device.type == "cuda":
-        _, _, _, _, kernels = _run(graph, device, WARM_FRAMES + kernel_frames, unpaced=True, profile=True)
+        kernels = _run(graph, device, WARM_FRAMES + kernel_frames, unpaced=True, profile=True).kernels
         if kernels is not None:
             report.kernels_per_frame, report.top_kernels = kernels
     return report

@@ -109,8 +109,9 @@ def _global_state() -> Any:
 
 
 def _match_state(state: Any) -> None:
-    """Bring the compiling thread to the caller's torch state where it is per thread (the intra-op thread count
-    is); say what still differs, since the compiled code will not fit the caller's calls then."""
+    """Bring the compiling thread to the caller's torch state where that can differ between threads (the intra-op
+    thread count can: OpenMP keeps one a thread; where torch keeps one for the process, it already matches and
+    nothing is set); say what still differs, since the compiled code will not fit the caller's calls then."""
     if state is None or state.check():
         return
     try:
