@@ -215,35 +215,34 @@ class FrameProgram:
             if len(seg.variants) >= MAX_VARIANTS:
                 seg.variants.pop(next(iter(seg.variants)))  # the oldest; a new one is recorded in its place
             try:
-                try:
-                    var = self._record(seg, nodes, ext, events, memo, key)
-                except Exception as exc:
-                    inner = exc.exc if isinstance(exc, FrameFailed) else exc
-                    self._reset_streams()
-                    if isinstance(inner, (NodeError, torch.OutOfMemoryError)):
-                        tries = seg.record_failures[key] = seg.record_failures.get(key, 0) + 1
-                        slot = self.runner.slots.get(getattr(exc, "node", ""))
-                        if slot is not None:
-                            self.runner._node_failed(slot, inner, expected=True)  # counted like any failure (the stats show it)
-                        if tries < RECORD_TRIES:
-                            # A node failed while the frame was recorded: a fault, not the capture contract. This
-                            # frame runs eagerly (its on_error covers the node there); the variant warms up and records again.
-                            seg.warm[key] = 0
-                            log.warning("segment %s: node %s failed while its frame was recorded (%s); recorded again later",
-                                        "+".join(seg.nodes), getattr(exc, "node", "?"), inner)
-                            self._eager(seg, memo)
-                            return False
-                    why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    seg.failed[key] = why
-                    if len(seg.failed) >= MAX_VARIANTS:
-                        seg.disabled = why
-                    log.warning("segment %s: this variant cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), why)
-                    self._reset_streams()
-                    self._eager(seg, memo)
-                    return False
-                return True
+                var = self._record(seg, nodes, ext, events, memo, key)
+            except Exception as exc:
+                inner = exc.exc if isinstance(exc, FrameFailed) else exc
+                self._reset_streams()
+                if isinstance(inner, (NodeError, torch.OutOfMemoryError)):
+                    tries = seg.record_failures[key] = seg.record_failures.get(key, 0) + 1
+                    slot = self.runner.slots.get(getattr(exc, "node", ""))
+                    if slot is not None:
+                        self.runner._node_failed(slot, inner, expected=True)  # counted like any failure (the stats show it)
+                    if tries < RECORD_TRIES:
+                        # A node failed while the frame was recorded: a fault, not the capture contract. This
+                        # frame runs eagerly (its on_error covers the node there); the variant warms up and records again.
+                        seg.warm[key] = 0
+                        log.warning("segment %s: node %s failed while its frame was recorded (%s); recorded again later",
+                                    "+".join(seg.nodes), getattr(exc, "node", "?"), inner)
+                        self._eager(seg, memo)
+                        return False
+                why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                seg.failed[key] = why
+                if len(seg.failed) >= MAX_VARIANTS:
+                    seg.disabled = why
+                log.warning("segment %s: this variant cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), why)
+                self._reset_streams()
+                self._eager(seg, memo)
+                return False
             finally:
                 GPU_CODE.release()
+            return True
         self._replay(seg, var, ext, events, memo)
         return True
 
