@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|ab|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|ab|host|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -42,6 +42,30 @@ if [[ $what == ab ]]; then
     echo "== stream_4k $v" >> "$out/bench.log"
     env ${v/default/MUSE_FUSE=auto} timeout 280 python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 \
       --capture on --latency-frames 200 --kernel-frames 20 --json "$out/stream_4k_${v//=/_}.json" >> "$out/bench.log" 2>&1
+    echo "exit $?" >> "$out/bench.log"
+  done
+fi
+if [[ $what == host ]]; then
+  # Issue 12, seventh session: where the captured 4K frame's host CPU goes. stream_4k as shipped (by thread, GC,
+  # memory), then py-spy over every thread of a steady shipped stream (warm compile cache by then), then without
+  # the fused matte, then with the models compiled too.
+  echo "== stream_4k default" >> "$out/bench.log"
+  timeout 200 python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
+    --latency-frames 200 --kernel-frames 20 --json "$out/stream_4k_default.json" >> "$out/bench.log" 2>&1
+  echo "exit $?" >> "$out/bench.log"
+  if command -v py-spy > /dev/null; then
+    python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 20000 --capture on --latency-frames 0 > "$out/pyspy_bench.log" 2>&1 &
+    bench_pid=$!
+    sleep 45
+    timeout 40 py-spy record --pid "$bench_pid" --threads --native --nonblocking --format raw --rate 200 --duration 15 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
+    echo "py-spy exit $?" >> "$out/bench.log"
+    timeout 20 py-spy dump --pid "$bench_pid" --native > "$out/pyspy_dump.txt" 2>&1
+    kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+  fi
+  for v in MUSE_FUSE=off MUSE_COMPILE=on; do
+    echo "== stream_4k $v" >> "$out/bench.log"
+    env $v timeout 170 python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 400 \
+      --capture on --latency-frames 120 --kernel-frames 0 --json "$out/stream_4k_${v//=/_}.json" >> "$out/bench.log" 2>&1
     echo "exit $?" >> "$out/bench.log"
   done
 fi
