@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|ab|host|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|ab|host|host2|shipped|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -68,6 +68,36 @@ if [[ $what == host ]]; then
       --capture on --latency-frames 120 --kernel-frames 0 --json "$out/stream_4k_${v//=/_}.json" >> "$out/bench.log" 2>&1
     echo "exit $?" >> "$out/bench.log"
   done
+fi
+if [[ $what == host2 ]]; then
+  # Issue 12: the compiled matte's replayed frames cost 18 ms of executor CPU (2 ms without it). The CUDA runtime
+  # calls by host time and a timeline (Chrome trace) of profiled frames, with and without the fused matte, and
+  # py-spy's Python stacks of a steady shipped stream.
+  for v in MUSE_FUSE=auto MUSE_FUSE=off; do
+    echo "== stream_4k $v" >> "$out/bench.log"
+    env $v MUSE_BENCH_TRACE="$out/trace_${v//=/_}.json" timeout 230 python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda \
+      --frames 300 --capture on --latency-frames 0 --kernel-frames 12 --json "$out/stream_4k_${v//=/_}.json" >> "$out/bench.log" 2>&1
+    echo "exit $?" >> "$out/bench.log"
+    gzip -f "$out/trace_${v//=/_}.json" 2> /dev/null
+  done
+  if command -v py-spy > /dev/null; then
+    python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 20000 --capture on --latency-frames 0 > "$out/pyspy_bench.log" 2>&1 &
+    bench_pid=$!
+    sleep 40
+    timeout 40 py-spy record --pid "$bench_pid" --threads --nonblocking --format raw --rate 250 --duration 12 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
+    echo "py-spy exit $?" >> "$out/bench.log"
+    kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+  fi
+fi
+if [[ $what == shipped ]]; then
+  # stream_4k as shipped (faulthandler on: the process has ended with a segmentation fault at exit), then the
+  # cuda suite in the time left.
+  echo "== stream_4k shipped" >> "$out/bench.log"
+  timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
+    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
+  echo "exit $?" >> "$out/bench.log"
+  timeout 330 python3 -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),

@@ -48,6 +48,7 @@ class BenchReport:
     paced_fps: float = 0.0
     kernels_per_frame: float | None = None
     top_kernels: list[dict[str, Any]] = field(default_factory=list)  # costliest kernel names over the profiled frames
+    host_calls: list[dict[str, Any]] = field(default_factory=list)  # CUDA runtime calls by host time, profiled frames
     capture: dict[str, Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     gpu_memory_mb: dict[str, float] = field(default_factory=dict)  # reserved at the first and last measured frame
@@ -59,7 +60,8 @@ class BenchReport:
             "device": self.device, "host": platform.node(), "date": time.strftime("%Y-%m-%d"),
             "unpaced_fps": self.fps, "frames": self.frames, "frame_gpu_ms": self.frame_gpu_ms,
             "host_cpu_ms_per_frame": self.host_cpu_ms, "latency_ms_paced": self.latency_ms, "paced_fps": self.paced_fps,
-            "kernels_per_frame": self.kernels_per_frame, "top_kernels": self.top_kernels, "capture": self.capture, "stats": self.stats,
+            "kernels_per_frame": self.kernels_per_frame, "top_kernels": self.top_kernels,
+            "host_calls": self.host_calls, "capture": self.capture, "stats": self.stats,
             "gpu_memory_mb": self.gpu_memory_mb, "host_cpu_by_thread_ms": self.host_cpu_by_thread,
             "gc": self.gc,
         }
@@ -81,6 +83,9 @@ class BenchReport:
             out.append(f"paced {self.paced_fps:.1f} fps: latency p50 {self.latency_ms['p50']:.1f} ms, p99 {self.latency_ms['p99']:.1f} ms")
         if self.kernels_per_frame is not None:
             out.append(f"kernels per frame: {self.kernels_per_frame:.0f}")
+        if self.host_calls:
+            out.append("CUDA calls, host ms a frame: " + ", ".join(
+                f"{c['call']} {c['per_frame_us'] / 1000:.2f} ({c['count'] / c['frames']:.0f}x)" for c in self.host_calls[:8]))
         if self.host_cpu_by_thread:
             out.append("host CPU ms a frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in self.host_cpu_by_thread.items()))
         if self.gc:
@@ -191,9 +196,10 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
         runner.stop()
         _release_memory(runner)
     if prof is not None:
-        total, top = _count_kernels(prof)
         frames_seen = max(1, n1 - n0)
-        done.kernels = (total / frames_seen, [dict(t, per_frame_us=round(t["total_us"] / frames_seen, 1)) for t in top])
+        total, top, calls = _count_kernels(prof)
+        done.kernels = (total / frames_seen, [dict(t, per_frame_us=round(t["total_us"] / frames_seen, 1)) for t in top],
+                        [dict(c, frames=frames_seen, per_frame_us=round(c["total_us"] / frames_seen, 1)) for c in calls])
     if t0 is not None and n1 > n0:
         done.fps, done.frames, done.cpu_ms = (n1 - n0) / (t1 - t0), n1 - n0, (c1 - (c0 or 0.0)) * 1000.0 / (n1 - n0)
     return done
@@ -301,24 +307,38 @@ def _release_memory(runner: Any) -> None:
 def _start_profiler() -> Any:
     from torch.profiler import ProfilerActivity, profile
 
-    prof = profile(activities=[ProfilerActivity.CUDA])
+    # CPU too: the CUDA runtime calls (graph launches, synchronisations, copies) and how long the host spent in them
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
     prof.__enter__()
     return prof
 
 
-def _count_kernels(prof: Any) -> tuple[int, list[dict[str, Any]]]:
-    """Kernels launched (graph replays count each kernel inside), and the costliest kernel names."""
+def _count_kernels(prof: Any) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Kernels launched (graph replays count each kernel inside), the costliest kernel names, and the CUDA
+    runtime calls by the host time spent in them. `MUSE_BENCH_TRACE=FILE` also writes the timeline (Chrome trace)."""
     prof.__exit__(None, None, None)
+    trace = os.environ.get("MUSE_BENCH_TRACE")
+    if trace:
+        prof.export_chrome_trace(trace)
     count = 0
     by_name: dict[str, list[float]] = {}
+    calls: dict[str, list[float]] = {}
     for ev in prof.events():
-        if str(getattr(ev, "device_type", "")).endswith("CUDA") and "memcpy" not in ev.name.lower() and "memset" not in ev.name.lower():
-            count += 1
-            slot = by_name.setdefault(ev.name, [0, 0.0])
+        name = ev.name
+        if str(getattr(ev, "device_type", "")).endswith("CUDA"):
+            if "memcpy" not in name.lower() and "memset" not in name.lower():
+                count += 1
+                slot = by_name.setdefault(name, [0, 0.0])
+                slot[0] += 1
+                slot[1] += float(getattr(ev, "device_time", 0.0) or getattr(ev, "cuda_time", 0.0) or 0.0)
+        elif name.startswith(("cuda", "cu")) and not name.startswith("cuda::"):  # a runtime/driver API call
+            slot = calls.setdefault(name, [0, 0.0])
             slot[0] += 1
-            slot[1] += float(getattr(ev, "device_time", 0.0) or getattr(ev, "cuda_time", 0.0) or 0.0)
+            slot[1] += float(ev.time_range.elapsed_us())
     top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:40]
-    return count, [{"kernel": k[:160], "launches": int(v[0]), "total_us": round(v[1], 1)} for k, v in top]
+    host = sorted(calls.items(), key=lambda kv: -kv[1][1])[:20]
+    return (count, [{"kernel": k[:160], "launches": int(v[0]), "total_us": round(v[1], 1)} for k, v in top],
+            [{"call": k, "count": int(v[0]), "total_us": round(v[1], 1)} for k, v in host])
 
 
 def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int = 300, latency_frames: int = 240,
@@ -340,5 +360,5 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
     if kernel_frames and runner.device.type == "cuda":
         kernels = _run(graph, device, WARM_FRAMES + kernel_frames, unpaced=True, profile=True).kernels
         if kernels is not None:
-            report.kernels_per_frame, report.top_kernels = kernels
+            report.kernels_per_frame, report.top_kernels, report.host_calls = kernels
     return report
