@@ -123,6 +123,9 @@ def test_live_edit_reaches_a_replayed_frame_without_losing_one() -> None:
     assert all(i in changed for i in range(changed[0], frames)), "the edit stays"
     assert runner.stats.info["capture_programs"] >= 2 and runner.program is not None and runner.program.captures >= 1, \
         "recorded again after the edit"
+    # Stopping lets go of the recordings (not left to finalizers at the interpreter's exit) and keeps their account.
+    assert all(not seg.variants for seg in runner.program.segments), "recordings kept after stop"
+    assert runner.program.describe()["segments"][0]["variants"] >= 1 and runner.program.describe()["replays"] > 0
 
 
 @pytest.mark.slow

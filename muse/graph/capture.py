@@ -75,6 +75,9 @@ class FrameGraph:
     def replay(self) -> None:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Let go of what the recording holds (the graph, its memory); it is not replayed after this."""
+
     def _enter(self) -> None:
         if getattr(_state, "recording", None) is not None:
             raise CaptureError("a frame is already being recorded on this thread")
@@ -159,6 +162,13 @@ class CudaFrameGraph(FrameGraph):
     def replay(self) -> None:
         self.graph.replay()
 
+    def release(self) -> None:
+        # While the runner stops, not in a finalizer at the interpreter's exit: every stream is idle then (the
+        # bench's processes ended with a segmentation fault in the exit's finalizers, 2026-12-02).
+        torch.cuda.synchronize(self.stream.device)
+        self.graph.reset()
+        self.pool = None
+
 
 class EmulatedFrameGraph(FrameGraph):
     """CPU stand-in for a CUDA graph with the same rules (for tests; never faster)."""
@@ -191,6 +201,9 @@ class EmulatedFrameGraph(FrameGraph):
                 for old, new in zip(_flat(out), _flat(fresh)):
                     if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and not _same_view(old, new):
                         old.copy_(new)
+
+    def release(self) -> None:
+        self.ops.clear()
 
     def __len__(self) -> int:
         return len(self.ops)

@@ -91,6 +91,7 @@ class FrameProgram:
         self.captures = 0
         self.replays = 0
         self.eager_frames = 0
+        self._final: dict[str, Any] | None = None  # set once released
         for seg in self.segments:
             if not seg.captured:
                 for n in seg.nodes:
@@ -136,6 +137,8 @@ class FrameProgram:
 
     def describe(self) -> dict[str, Any]:
         """What `muse bench` and `--stats` show: which nodes are captured, which are not and why."""
+        if self._final is not None:
+            return self._final
         return {
             "segments": [
                 {"nodes": s.nodes, "captured": s.captured and not s.disabled, "why_not": s.disabled or (s.reason if not s.captured else ""),
@@ -149,6 +152,15 @@ class FrameProgram:
             "replays": self.replays,
             "eager_frames": self.eager_frames,
         }
+
+    def release(self) -> None:
+        """Let go of every recording (the runner stopped: nothing replays again); `describe` keeps its last word."""
+        self._final = self.describe()
+        for seg in self.segments:
+            for var in seg.variants.values():
+                var.graph.release()
+            seg.variants.clear()
+        self.pool = None
 
     # -- per frame -------------------------------------------------------------------------------------
     def run(self, memo: dict) -> None:

@@ -154,6 +154,8 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
             self._watchdog.stop()
         if self.program is not None:  # what was captured, as it ended (the build-time entry has no recordings yet)
             self.stats.info["capture"] = self.program.describe()
+            if self._executor is None or not self._executor.is_alive():  # a hung frame may still replay: keep them
+                self.program.release()
         self._close_all()
         self._done.set()
 

@@ -46,7 +46,8 @@ def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
         except Exception:  # no CuPy on this machine: torch's pooled streams (shared beyond 32)
             return torch.cuda.Stream(torch.device("cuda", index))
     stream = torch.cuda.ExternalStream(handle, device=torch.device("cuda", index))
-    weakref.finalize(stream, idle.append, handle)  # back to the idle list, never to cudaStreamDestroy
+    back = weakref.finalize(stream, idle.append, handle)  # back to the idle list, never to cudaStreamDestroy
+    back.atexit = False  # at the interpreter's exit there is no one left to hand it to
     return stream
 
 
