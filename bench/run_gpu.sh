@@ -96,7 +96,7 @@ if [[ $what == shipped ]]; then
   timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
     --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
   echo "exit $?" >> "$out/bench.log"
-  timeout 330 python3 -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
+  timeout 330 python3 -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 if [[ $what == profile ]]; then
@@ -116,7 +116,7 @@ if [[ $what == profile ]]; then
   fi
 fi
 if [[ $what == all || $what == tests ]]; then
-  timeout 420 python3 -m pytest -m cuda -q -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
+  timeout 420 python3 -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 240 "$@" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
