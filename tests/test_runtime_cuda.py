@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -106,7 +108,12 @@ def test_new_streams_are_never_shared() -> None:
     assert float(y[-1]) == 2.0 * ((1 << 20) - 1)
     # a stream whose holder is gone goes to the next asker, never to cudaStreamDestroy (a tensor tagged with
     # record_stream can outlive its node; freeing it records an event on the stream)
-    gone = own.pop().cuda_stream
-    again = new_stream("cuda")
+    gc.collect()  # streams of earlier tests' runners (cyclic garbage) are handed back now, not in the middle
+    gc.disable()
+    try:
+        gone = own.pop().cuda_stream
+        again = new_stream("cuda")
+    finally:
+        gc.enable()
     assert again.cuda_stream == gone
     del y, x
