@@ -19,12 +19,14 @@ copy to pinned memory is part of the frame, and the host reads it a frame later.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace as dc_replace
 from typing import Any, Callable, Iterable
 
 import torch
 from torch.utils._pytree import tree_map
 
 from muse.graph.host_guards import CaptureError, HostDataGuard, HostReadGuard
+from muse.graph.payloads import Payload
 
 __all__ = [
     "CaptureError",
@@ -33,8 +35,12 @@ __all__ = [
     "EmulatedFrameGraph",
     "LateValue",
     "active_recording",
+    "clone_payload",
     "device_constant",
+    "input_signature",
     "is_recording",
+    "retime",
+    "timing_source",
 ]
 
 
@@ -317,3 +323,35 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
         and a.shape == b.shape
         and a.stride() == b.stride()
     )
+
+
+# -- payloads in and out of a recorded segment (muse.graph.program) ----------------------------------------
+def input_signature(ext: dict[tuple[str, str], Any]) -> tuple:
+    """What a recorded segment's inputs look like (shapes, dtypes, devices): a new look is a new variant."""
+    sig = []
+    for k in sorted(ext):
+        v = ext[k]
+        if isinstance(v, Payload):
+            sig.append((k, type(v).__name__, tuple((tuple(t.shape), t.dtype, t.device) for t in v.tensors())))
+        else:
+            sig.append((k, repr(v)))
+    return tuple(sig)
+
+
+def clone_payload(p: Any) -> Any:
+    return p.clone() if isinstance(p, Payload) else p
+
+
+def timing_source(ext: dict[tuple[str, str], Any]) -> Any:
+    for v in ext.values():
+        if isinstance(v, Payload) and hasattr(v, "timestamp"):
+            return v
+    return None
+
+
+def retime(p: Any, like: Any) -> Any:
+    """A replayed output carries the current frame's timing, not the recorded one's."""
+    if not isinstance(p, Payload) or like is None:
+        return p
+    changes = {k: getattr(like, k) for k in ("timestamp", "index") if hasattr(p, k) and hasattr(like, k)}
+    return dc_replace(p, **changes) if changes else p

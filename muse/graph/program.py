@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace as dc_replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
 import torch
 
-from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
+from muse.graph.capture import (CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph, clone_payload, input_signature,
+                                retime, timing_source)
 from muse.graph.compiled import GPU_CODE, code_generation
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
@@ -211,7 +212,7 @@ class FrameProgram:
         if eager_now:
             self._eager(seg, memo)
             return False
-        key = (_signature(ext), tuple(variants), code_generation())  # new code (a compile done): record again
+        key = (input_signature(ext), tuple(variants), code_generation())  # new code (a compile done): record again
         var = seg.variants.get(key)
         if key in seg.failed:
             self._eager(seg, memo)
@@ -269,7 +270,7 @@ class FrameProgram:
             if stream is not None:
                 for ev in events:
                     stream.wait_event(ev)
-            static_in = {k: _clone(v) for k, v in ext.items()}
+            static_in = {k: clone_payload(v) for k, v in ext.items()}
         if stream is not None:
             stream.synchronize()  # once per variant: the recording must start from finished inputs
         streams = [r.slots[n].stream for n in nodes if r.slots[n].stream is not None]
@@ -348,11 +349,11 @@ class FrameProgram:
             end = [ev]
         for late in var.graph.late:
             late.stamp(ev)  # this frame's copies land when `ev` completes (at once on the CPU)
-        like = _timing_source(ext)
+        like = timing_source(ext)
         t1 = time.perf_counter()
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for n in var.nodes:
-                outs = {p: _retime(v, like) for p, v in var.static_out.get(n, {}).items()}
+                outs = {p: retime(v, like) for p, v in var.static_out.get(n, {}).items()}
                 memo[n] = (outs, end)
                 slot = r.slots[n]
                 slot.variant_ready = False
@@ -375,33 +376,3 @@ def _ends(runner: "GraphRunner", nodes: list[str]) -> list[str]:
     """The nodes of `nodes` that no other of them consumes: evaluating these pulls all the others."""
     fed = {s.node for n in nodes for ri in runner.slots[n].rn.inputs.values() for s in ri.sources}
     return [n for n in nodes if n not in fed]
-
-
-def _signature(ext: dict[tuple[str, str], Any]) -> tuple:
-    sig = []
-    for k in sorted(ext):
-        v = ext[k]
-        if isinstance(v, Payload):
-            sig.append((k, type(v).__name__, tuple((tuple(t.shape), t.dtype, t.device) for t in v.tensors())))
-        else:
-            sig.append((k, repr(v)))
-    return tuple(sig)
-
-
-def _clone(p: Any) -> Any:
-    return p.clone() if isinstance(p, Payload) else p
-
-
-def _timing_source(ext: dict[tuple[str, str], Any]) -> Any:
-    for v in ext.values():
-        if isinstance(v, Payload) and hasattr(v, "timestamp"):
-            return v
-    return None
-
-
-def _retime(p: Any, like: Any) -> Any:
-    """A replayed output carries the current frame's timing, not the recorded one's."""
-    if not isinstance(p, Payload) or like is None:
-        return p
-    changes = {k: getattr(like, k) for k in ("timestamp", "index") if hasattr(p, k) and hasattr(like, k)}
-    return dc_replace(p, **changes) if changes else p
