@@ -25,7 +25,8 @@ What differs, and why it is exact or within float rounding:
 - torch.median is the lower median, torch.quantile interpolates linearly: both reproduced;
 - the full-resolution pass folds the edge contrast (`edge_sharpness`, `edge_offset`) into the guided
   filter's coefficients at the working size when that cannot change a clipped value, so the frame is read
-  once: A.I + b, then one clip.
+  once: A.I + b, then one clip;
+- the edge's anti-aliasing (`edge_softness`) is OpenCV's separable filter with the torch path's taps.
 """
 
 from __future__ import annotations
@@ -688,7 +689,8 @@ class FusedCPU:
 
 
 def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int = 1) -> np.ndarray:
-    """`fused.refine_coefficients` + `fused.refine_apply`: the working-size matte to the frame's size along its edges, crisp contrast.
+    """`fused.refine_coefficients` + `fused.refine_apply`: the working-size matte to the frame's size along its edges, crisp contrast,
+    anti-aliased.
     Coefficients at the working size (on step x step block means for step > 1); one full-resolution pass
     A.I + b reading the uint8 frame."""
     radius = s.refine_radius
@@ -710,7 +712,7 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
         out = kernels.guided_upsample(img, cv2.merge((a_r, a_g, a_b)), b)
         if contrast and not fold:
             _sharpen(out, off, sharp)
-        return out
+        return _antialias(out, s.edge_softness)
     H, W = img.shape[:2]
     # A . I + b on planes (each coefficient upsampled, times its uint8 channel, summed): OpenCV's
     # 4-channel multiply + channel sum (cv2.transform) took twice as long
@@ -723,6 +725,22 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
     np.clip(out, 0.0, 1.0, out=out)
     if contrast and not fold:
         _sharpen(out, off, sharp)
+    return _antialias(out, s.edge_softness)
+
+
+_TAPS: dict[float, np.ndarray] = {}
+
+
+def _antialias(out: np.ndarray, sigma: float) -> np.ndarray:
+    """fused.antialias: the matte filtered by the same separable taps (`fused.antialias_taps`), replicated border,
+    in place (0.5 ms at 720p, 5 ms at 4K on one core for the default 5 taps)."""
+    taps = _TAPS.get(sigma)
+    if taps is None:
+        from muse.nodes.segment.fused import antialias_taps
+
+        taps = _TAPS[sigma] = np.array(antialias_taps(sigma), np.float32)
+    if taps.size:
+        cv2.sepFilter2D(out, -1, taps, taps, dst=out, borderType=cv2.BORDER_REPLICATE)
     return out
 
 
