@@ -680,8 +680,19 @@ class FusedCPU:
         return self.alpha
 
     def edge_alpha(self) -> np.ndarray:
-        """fused.FusedMatte.edge_alpha: where no plate is known the edge sits at model_edge_offset."""
-        return self.alpha + (self.s.edge_offset - self.s.model_edge_offset) * (1.0 - self.known)
+        """fused.FusedMatte.edge_alpha: where no plate is known the edge sits at model_edge_offset and the matte's
+        greys are stretched model_edge_contrast times around the level the edge step cuts at."""
+        s = self.s
+        if not self.known.any() or self.known.all():  # the same planes, without the per-pixel blend
+            c = 1.0 if self.known.all() else s.model_edge_contrast
+            off = 0.0 if self.known.all() else s.edge_offset - s.model_edge_offset
+            if c == 1.0:
+                return self.alpha + np.float32(off)
+            return (self.alpha + (off - 0.5 - s.edge_offset)) * np.float32(c) + np.float32(0.5 + s.edge_offset)
+        unknown = 1.0 - self.known
+        level = np.float32(0.5 + s.edge_offset)
+        a = self.alpha + np.float32(s.edge_offset - s.model_edge_offset) * unknown
+        return (a - level) * (1.0 + np.float32(s.model_edge_contrast - 1.0) * unknown) + level
 
     def keep_out(self) -> np.ndarray:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""

@@ -102,7 +102,7 @@ def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Ten
 LIVE_SETTINGS = ("model_weight", "plate_weight", "plate_background", "threshold", "noise_factor", "stability",
                  "model_stability", "trust_jumps", "motion_noise", "motion_threshold", "refine_eps", "edge_offset",
                  "model_edge_offset", "learn_seconds", "learn_rate", "own_plate_seconds", "colour_vote",
-                 "motion_vote")
+                 "motion_vote", "model_edge_contrast")
 
 
 class FusedSettings(NodeParams):
@@ -131,6 +131,7 @@ class FusedSettings(NodeParams):
     edge_offset: float = Field(0.15, ge=-0.45, le=0.45, description="Moves the final edge inwards (+) or outwards (-): alpha level that becomes 0.5")
     denoise: int = Field(1, ge=0, le=4, description="Box-blur radius against camera noise before the plate comparison (working pixels)")
     model_edge_offset: float = Field(0.05, ge=-0.45, le=0.45, description="edge_offset where no plate is known: the model's own 0.5 is already its edge (the plate's edge offset is against a halo)")
+    model_edge_contrast: float = Field(1.5, ge=1.0, le=4.0, description="Where no plate is known the edge's contrast is this many times edge_sharpness: the matte's greys there are the model's uncertainty, not a pixel partly covered by the person, and shown as see-through they flicker with it (1 = as with a plate)")
     edge_sharpness: float = Field(1.6, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
     edge_softness: float = Field(1.0, ge=0.0, le=4.0, description="Anti-aliasing of the final edge, in output pixels (a Gaussian's sigma) after its contrast: a matte edge harder than the picture's crawls from pixel to pixel as the person moves (flicker); 1 = about a pixel's own footprint, 0 = off")
     learn_seconds: float = Field(2.0, ge=0.1, le=600.0, description="A pixel surely background this long is learned into the plate")
@@ -570,8 +571,15 @@ class FusedMatte:
 
     def edge_alpha(self) -> torch.Tensor:
         """The matte handed to the full-size edge step: where no plate is known the edge sits at
-        model_edge_offset instead of edge_offset (a constant added here moves the level the edge step cuts at)."""
-        return self.alpha + (self.lv["edge_offset"] - self.lv["model_edge_offset"]) * (1.0 - self.known)
+        model_edge_offset instead of edge_offset (a constant added here moves the level the edge step cuts at),
+        and the matte's greys, the model's uncertainty there rather than a pixel's coverage by the person, are
+        stretched model_edge_contrast times around that level (the edge step is linear in the matte: this is its
+        contrast, where no plate is known, times model_edge_contrast)."""
+        lv = self.lv
+        unknown = 1.0 - self.known
+        level = 0.5 + lv["edge_offset"]
+        a = self.alpha + (lv["edge_offset"] - lv["model_edge_offset"]) * unknown
+        return (a - level) * (1.0 + (lv["model_edge_contrast"] - 1.0) * unknown) + level
 
     def keep_out(self) -> torch.Tensor:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
