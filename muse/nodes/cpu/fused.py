@@ -26,7 +26,8 @@ What differs, and why it is exact or within float rounding:
 - the full-resolution pass folds the edge contrast (`edge_sharpness`, `edge_offset`) into the guided
   filter's coefficients at the working size when that cannot change a clipped value, so the frame is read
   once: A.I + b, then one clip;
-- the edge's anti-aliasing (`edge_softness`) is OpenCV's separable filter with the torch path's taps.
+- the edge's anti-aliasing (`edge_softness`) is OpenCV's separable filter with the torch path's taps, then the
+  same clamp to each pixel's side of 0.5 (`edge_aa`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from muse.graph.payloads import Frame, Mask
-from muse.nodes.cpu import as_numpy, kernels
+from muse.nodes.cpu import as_numpy, edge_aa, kernels
 from muse.nodes.cpu.refine import box_mean, guided_colour
 from muse.nodes.segment.fused import (CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP, MOTION_VOTE_MIN,
                                      MOTION_VOTE_RADIUS)
@@ -739,20 +740,9 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
     return _antialias(out, s.edge_softness)
 
 
-_TAPS: dict[float, np.ndarray] = {}
-
-
 def _antialias(out: np.ndarray, sigma: float) -> np.ndarray:
-    """fused.antialias: the matte filtered by the same separable taps (`fused.antialias_taps`), replicated border,
-    in place (0.5 ms at 720p, 5 ms at 4K on one core for the default 5 taps)."""
-    taps = _TAPS.get(sigma)
-    if taps is None:
-        from muse.nodes.segment.fused import antialias_taps
-
-        taps = _TAPS[sigma] = np.array(antialias_taps(sigma), np.float32)
-    if taps.size:
-        cv2.sepFilter2D(out, -1, taps, taps, dst=out, borderType=cv2.BORDER_REPLICATE)
-    return out
+    """fused.antialias: `edge_aa.antialias` (the same taps, replicated border, each pixel kept on its side of 0.5)."""
+    return edge_aa.antialias(out, sigma)
 
 
 def _sharpen(out: np.ndarray, off: float, sharp: float) -> None:
@@ -770,6 +760,7 @@ class FusedRunner:
     def __init__(self, node) -> None:
         self.node = node
         kernels.warm_up()  # the full-resolution pass's loop compiled (or loaded) before the first frame needs it
+        edge_aa.warm_up()
         self.engine = FusedCPU(node.params, node.ctx.fps if node.ctx is not None else 30.0)
 
     def update(self, params) -> None:

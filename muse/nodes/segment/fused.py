@@ -633,14 +633,20 @@ def antialias_kernel(sigma: float, device: torch.device | str, dtype: torch.dtyp
     return torch.tensor(taps, dtype=torch.float32).to(device=device, dtype=dtype) if taps else None
 
 
+# What a pixel of the matte above 0.5 keeps at least after the anti-aliasing (0.5 + 2^-9, exact in float16)
+KEEP_IN = 0.5 + 2.0 ** -9
+
+
 def antialias(matte: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
-    """The (1, 1, H, W) matte filtered by the separable taps along x, then y. The border is replicated: a person
-    cut by the frame's edge is not faded at it."""
+    """The (1, 1, H, W) matte filtered by the separable taps along x, then y, every pixel kept on its side of 0.5:
+    the edge's profile softens, its outline (what is person) does not move, so a thin arm or strand is not faded
+    away and a narrow gap not closed. The border is replicated: a person cut by the frame's edge is not faded at it."""
     if taps is None:
         return matte
     r = (taps.numel() - 1) // 2
     x = F.conv2d(F.pad(matte, (r, r, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), taps.view(1, 1, -1, 1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), taps.view(1, 1, -1, 1))
+    return torch.where(matte > 0.5, x.clamp_min(KEEP_IN), x.clamp_max(0.5))
 
 
 def refine_apply(a: torch.Tensor, b: torch.Tensor, frame: Frame, s: FusedSettings, dtype: torch.dtype,
