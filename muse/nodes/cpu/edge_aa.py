@@ -1,9 +1,11 @@
 """The CPU twin of `segment.fused`'s edge anti-aliasing (`fused.antialias`): the full-size matte filtered by a
 small separable Gaussian (`fused.antialias_taps`, replicated border), every pixel kept on its side of 0.5.
 
-The filter is OpenCV's separable one (its SIMD passes: a numba loop doing both passes and the clamp cost 1.7 ms at
-720p against 0.9 + 0.3); the clamp one numba loop where numba is there and the loop is compiled (`warm_up`, on a
-background thread: a first compile inside a frame costs about a second), else two masked numpy passes.
+The filter is OpenCV's separable one into a scratch buffer (its SIMD passes: a numba loop doing both passes and
+the clamp cost 1.7 ms at 720p against 0.5 + 0.3); the clamp back into the matte, in place, one numba loop where
+numba is there and the loop is compiled (`warm_up`, on a background thread: a first compile inside a frame costs
+about a second), else two masked numpy passes and a copy. Cost on one core: about 1 ms at 720p, 10-13 ms at 4K
+(the whole frame is filtered; most of it is 0 or 1, so a loop over the edges' band alone would do far less).
 """
 
 from __future__ import annotations
@@ -33,15 +35,16 @@ def _loop():
         from numba import njit
 
         @njit(nogil=True, cache=True, fastmath=False, error_model="numpy")
-        def keep_sides(src, dst, keep_in):  # pragma: no cover - compiled
-            # branch-free, so LLVM vectorises it: above 0.5 -> [keep_in, 1], else [0, 0.5]
-            h, w = src.shape
+        def keep_sides(matte, blurred, keep_in):  # pragma: no cover - compiled
+            # matte, in place, becomes blurred kept on matte's side of 0.5: above -> [keep_in, 1], else
+            # [0, 0.5]; branch-free, so LLVM vectorises it
+            h, w = matte.shape
             half = np.float32(0.5)
             for y in range(h):
-                s, d = src[y], dst[y]
+                s, b = matte[y], blurred[y]
                 for x in range(w):
                     m = np.float32(s[x] > half)
-                    d[x] = min(max(d[x], keep_in * m), half + half * m)
+                    s[x] = min(max(b[x], keep_in * m), half + half * m)
 
         _LOOP = keep_sides
     return _LOOP
@@ -59,9 +62,13 @@ def warm_up() -> None:
     with _LOCK:
         if _WARM is not None:
             return
-        _WARM = threading.Thread(target=lambda: antialias(np.eye(8, dtype=np.float32), 1.0, wait=True),
-                                 name="muse-numba-edge-aa", daemon=True)
+        _WARM = threading.Thread(target=_warm, name="muse-numba-edge-aa", daemon=True)
     _WARM.start()
+
+
+def _warm() -> None:
+    eye = np.eye(8, dtype=np.float32)
+    antialias(eye.copy(), 1.0, wait=True)
 
 
 def taps_for(sigma: float) -> np.ndarray:
@@ -75,17 +82,37 @@ def taps_for(sigma: float) -> np.ndarray:
 
 
 def antialias(matte: np.ndarray, sigma: float, wait: bool = False) -> np.ndarray:
-    """`fused.antialias` of an (H, W) float32 matte in [0, 1]: a new array (the matte itself for sigma 0). With
-    `wait` the numba loop is compiled here if it is not yet (the warm-up's own call)."""
+    """`fused.antialias` of an (H, W) float32 matte in [0, 1], in place when it is a contiguous float32 array (the
+    edge pass's own fresh output; else on a copy), returned. The filtered picture goes to a scratch buffer kept for
+    the next frame of this size (a fresh 33 MB at 4K cost its page faults every frame). With `wait` the numba loop
+    is compiled here if it is not yet (the warm-up's own call)."""
     taps = taps_for(sigma)
     if not taps.size:
         return matte
-    src = np.ascontiguousarray(matte, np.float32)
-    out = cv2.sepFilter2D(src, -1, taps, taps, borderType=cv2.BORDER_REPLICATE)
+    out = np.ascontiguousarray(matte, np.float32)
+    blurred = _scratch(out.shape)
+    cv2.sepFilter2D(out, -1, taps, taps, dst=blurred, borderType=cv2.BORDER_REPLICATE)
     if kernels.available() and (wait or _compiled()):
-        _loop()(src, out, KEEP_IN)
+        _loop()(out, blurred, KEEP_IN)
         return out
-    inside = src > 0.5
-    np.maximum(out, KEEP_IN, out=out, where=inside)
-    np.minimum(out, np.float32(0.5), out=out, where=~inside)
+    inside = out > 0.5
+    np.maximum(blurred, KEEP_IN, out=blurred, where=inside)
+    np.minimum(blurred, np.float32(0.5), out=blurred, where=~inside)
+    out[...] = blurred
     return out
+
+
+_SCRATCH: dict[tuple[int, ...], np.ndarray] = {}
+_SCRATCH_LOCK = threading.Lock()
+
+
+def _scratch(shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 buffer of this shape for the calling thread (nodes run on their own threads)."""
+    key = (threading.get_ident(), *shape)
+    buf = _SCRATCH.get(key)
+    if buf is None:
+        with _SCRATCH_LOCK:
+            if len(_SCRATCH) > 8:  # sizes and threads come and go: keep a few
+                _SCRATCH.clear()
+            buf = _SCRATCH[key] = np.empty(shape, np.float32)
+    return buf
