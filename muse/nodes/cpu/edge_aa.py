@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 
 from muse.nodes.cpu import kernels
+from muse.nodes.segment.fused import KEEP_IN as _KEEP_IN
+from muse.nodes.segment.fused import antialias_taps
 
 __all__ = ["antialias", "warm_up", "KEEP_IN"]
 
-# What a pixel above 0.5 keeps at least (0.5 + 2^-9: exact in float16 as well, so the GPU's half-precision
-# matte keeps the same decision)
-KEEP_IN = np.float32(0.5 + 2.0 ** -9)
+KEEP_IN = np.float32(_KEEP_IN)  # what a pixel above 0.5 keeps at least (fused.KEEP_IN, exact in float16)
 _LOOP = None
 _WARM: threading.Thread | None = None
 _LOCK = threading.Lock()
@@ -75,8 +75,6 @@ def taps_for(sigma: float) -> np.ndarray:
     """`fused.antialias_taps(sigma)` as float32, made once a value."""
     taps = _TAPS.get(sigma)
     if taps is None:
-        from muse.nodes.segment.fused import antialias_taps
-
         taps = _TAPS[sigma] = np.array(antialias_taps(sigma), np.float32)
     return taps
 

@@ -684,12 +684,6 @@ class FusedCPU:
         """fused.FusedMatte.edge_alpha: where no plate is known the edge sits at model_edge_offset and the matte's
         greys are stretched model_edge_contrast times around the level the edge step cuts at."""
         s = self.s
-        if not self.known.any() or self.known.all():  # the same planes, without the per-pixel blend
-            c = 1.0 if self.known.all() else s.model_edge_contrast
-            off = 0.0 if self.known.all() else s.edge_offset - s.model_edge_offset
-            if c == 1.0:
-                return self.alpha + np.float32(off)
-            return (self.alpha + (off - 0.5 - s.edge_offset)) * np.float32(c) + np.float32(0.5 + s.edge_offset)
         unknown = 1.0 - self.known
         level = np.float32(0.5 + s.edge_offset)
         a = self.alpha + np.float32(s.edge_offset - s.model_edge_offset) * unknown
@@ -724,7 +718,7 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
         out = kernels.guided_upsample(img, cv2.merge((a_r, a_g, a_b)), b)
         if contrast and not fold:
             _sharpen(out, off, sharp)
-        return _antialias(out, s.edge_softness)
+        return edge_aa.antialias(out, s.edge_softness)  # fused.antialias: the same taps, each pixel kept on its side of 0.5
     H, W = img.shape[:2]
     # A . I + b on planes (each coefficient upsampled, times its uint8 channel, summed): OpenCV's
     # 4-channel multiply + channel sum (cv2.transform) took twice as long
@@ -737,12 +731,7 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
     np.clip(out, 0.0, 1.0, out=out)
     if contrast and not fold:
         _sharpen(out, off, sharp)
-    return _antialias(out, s.edge_softness)
-
-
-def _antialias(out: np.ndarray, sigma: float) -> np.ndarray:
-    """fused.antialias: `edge_aa.antialias` (the same taps, replicated border, each pixel kept on its side of 0.5)."""
-    return edge_aa.antialias(out, sigma)
+    return edge_aa.antialias(out, s.edge_softness)  # fused.antialias
 
 
 def _sharpen(out: np.ndarray, off: float, sharp: float) -> None:
