@@ -113,6 +113,7 @@ def _scene(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     ((1280, 720), {"learn_seconds": 0.1}),  # learning within the clip (3 frames clear)
     ((548, 342), {}),  # odd working size (461x288): the quarter-size hole closing's last column pools alone
     ((640, 360), {"edge_sharpness": 1.0, "edge_offset": 0.3}),  # a contrast that cannot fold into the coefficients
+    ((640, 360), {"edge_softness": 2.5}),  # a wider anti-aliasing filter (11 taps)
     ((640, 360), {"refine_step": 1}),  # the edge's coefficients on every working pixel (a GPU's auto choice)
     ((548, 342), {"refine_step": 3}),  # blocks that do not divide the working size (461x288): last ones partial
 ])

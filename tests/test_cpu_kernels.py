@@ -310,3 +310,26 @@ def test_fused_matte_loops_match_its_numpy_implementation(monkeypatch, photos, w
             assert pa.shape == pb.shape and np.abs(pa - pb).max() < 1e-3, (i, port, np.abs(pa - pb).max())
         if not with_plate:  # the model's person, carried along
             assert 0.05 < (a["mask"].alpha.numpy() > 0.5).mean() < 0.95
+
+
+@needs_numba
+def test_edge_anti_aliasing_loop_matches_its_numpy_implementation(monkeypatch, photos):
+    """edge_aa: the clamp's numba loop and its numpy passes give the same matte; every pixel stays on its side of
+    0.5; a flat matte is unchanged (the replicated border fades nothing); the torch path's filter gives the same."""
+    from muse.nodes.cpu import edge_aa
+
+    matte = (photos["astronaut"].hwc_uint8().numpy()[..., 0] > 128).astype(np.float32)
+    got = edge_aa.antialias(matte.copy(), 1.0, wait=True)  # (in place: the edge pass's own fresh matte)
+    with monkeypatch.context() as mp:
+        mp.setattr(kernels, "available", lambda: False)
+        ref = edge_aa.antialias(matte.copy(), 1.0)
+    assert np.abs(got - ref).max() < 1e-6
+    assert ((got > 0.5) == (matte > 0.5)).all()
+    assert 0.01 < ((got > 0.0) & (got < 1.0)).mean() < 0.5  # the edges were softened
+    ones = np.ones((40, 60), np.float32)
+    assert (edge_aa.antialias(ones, 1.0) == 1.0).all()
+    assert edge_aa.antialias(matte, 0.0) is matte
+    from muse.nodes.segment.fused import antialias, antialias_kernel
+
+    ref_torch = antialias(torch.from_numpy(matte)[None, None], antialias_kernel(1.0, "cpu", torch.float32))[0, 0].numpy()
+    assert np.abs(got - ref_torch).max() < 1e-6

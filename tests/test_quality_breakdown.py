@@ -50,3 +50,16 @@ def test_a_perfect_matte_and_a_still_false_person_cost_nothing():
     with_ghost = quality.score_clip([np.maximum(t, ghost) for t in truth], _clip(truth), [], breakdown=True).row()
     assert with_ghost["flicker_x1e3"] == 0.0 and with_ghost["flicker_room_x1e3"] == 0.0
     assert with_ghost["mean_iou"] < exact["mean_iou"]  # the IoU sees it, the flicker does not
+
+
+def test_extra_clips_render_real_people_with_exact_alpha():
+    """bench/quality_extra.py: five other combinations of the same renderer, each with its people in every frame
+    (alpha in [0, 1], someone visible), moving (the truth changes frame to frame) and distinctly named."""
+    import quality_extra
+
+    clips = list(quality_extra.clips(72, 8))
+    assert len({c.name for c in clips}) == len(clips) == 5
+    for clip in clips:
+        assert len(clip.frames) == len(clip.alphas) == 8 and clip.frames[0].shape == (72, 128, 3)
+        assert all(0.0 <= a.min() and a.max() <= 1.0 + 1e-6 and (a > 0.5).mean() > 0.02 for a in clip.alphas), clip.name
+        assert np.abs(clip.alphas[7] - clip.alphas[0]).sum() > 1.0, clip.name

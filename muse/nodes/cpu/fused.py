@@ -25,7 +25,9 @@ What differs, and why it is exact or within float rounding:
 - torch.median is the lower median, torch.quantile interpolates linearly: both reproduced;
 - the full-resolution pass folds the edge contrast (`edge_sharpness`, `edge_offset`) into the guided
   filter's coefficients at the working size when that cannot change a clipped value, so the frame is read
-  once: A.I + b, then one clip.
+  once: A.I + b, then one clip;
+- the edge's anti-aliasing (`edge_softness`) is OpenCV's separable filter with the torch path's taps, then the
+  same clamp to each pixel's side of 0.5 (`edge_aa`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from muse.graph.payloads import Frame, Mask
-from muse.nodes.cpu import as_numpy, kernels
+from muse.nodes.cpu import as_numpy, edge_aa, kernels
 from muse.nodes.cpu.refine import box_mean, guided_colour
 from muse.nodes.segment.fused import (CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP, MOTION_VOTE_MIN,
                                      MOTION_VOTE_RADIUS)
@@ -679,8 +681,13 @@ class FusedCPU:
         return self.alpha
 
     def edge_alpha(self) -> np.ndarray:
-        """fused.FusedMatte.edge_alpha: where no plate is known the edge sits at model_edge_offset."""
-        return self.alpha + (self.s.edge_offset - self.s.model_edge_offset) * (1.0 - self.known)
+        """fused.FusedMatte.edge_alpha: where no plate is known the edge sits at model_edge_offset and the matte's
+        greys are stretched model_edge_contrast times around the level the edge step cuts at."""
+        s = self.s
+        unknown = 1.0 - self.known
+        level = np.float32(0.5 + s.edge_offset)
+        a = self.alpha + np.float32(s.edge_offset - s.model_edge_offset) * unknown
+        return (a - level) * (1.0 + np.float32(s.model_edge_contrast - 1.0) * unknown) + level
 
     def keep_out(self) -> np.ndarray:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
@@ -688,7 +695,8 @@ class FusedCPU:
 
 
 def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int = 1) -> np.ndarray:
-    """`fused.refine_coefficients` + `fused.refine_apply`: the working-size matte to the frame's size along its edges, crisp contrast.
+    """`fused.refine_coefficients` + `fused.refine_apply`: the working-size matte to the frame's size along its edges, crisp contrast,
+    anti-aliased.
     Coefficients at the working size (on step x step block means for step > 1); one full-resolution pass
     A.I + b reading the uint8 frame."""
     radius = s.refine_radius
@@ -710,7 +718,7 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
         out = kernels.guided_upsample(img, cv2.merge((a_r, a_g, a_b)), b)
         if contrast and not fold:
             _sharpen(out, off, sharp)
-        return out
+        return edge_aa.antialias(out, s.edge_softness)  # fused.antialias: the same taps, each pixel kept on its side of 0.5
     H, W = img.shape[:2]
     # A . I + b on planes (each coefficient upsampled, times its uint8 channel, summed): OpenCV's
     # 4-channel multiply + channel sum (cv2.transform) took twice as long
@@ -723,7 +731,7 @@ def refine_full(alpha: np.ndarray, frame: Frame, small: np.ndarray, s, step: int
     np.clip(out, 0.0, 1.0, out=out)
     if contrast and not fold:
         _sharpen(out, off, sharp)
-    return out
+    return edge_aa.antialias(out, s.edge_softness)  # fused.antialias
 
 
 def _sharpen(out: np.ndarray, off: float, sharp: float) -> None:
@@ -741,6 +749,7 @@ class FusedRunner:
     def __init__(self, node) -> None:
         self.node = node
         kernels.warm_up()  # the full-resolution pass's loop compiled (or loaded) before the first frame needs it
+        edge_aa.warm_up()
         self.engine = FusedCPU(node.params, node.ctx.fps if node.ctx is not None else 30.0)
 
     def update(self, params) -> None:

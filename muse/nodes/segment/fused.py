@@ -21,6 +21,7 @@ nothing is read back to the host in `process` (the shift search and every choice
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Hashable
 
 import torch
@@ -101,7 +102,7 @@ def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Ten
 LIVE_SETTINGS = ("model_weight", "plate_weight", "plate_background", "threshold", "noise_factor", "stability",
                  "model_stability", "trust_jumps", "motion_noise", "motion_threshold", "refine_eps", "edge_offset",
                  "model_edge_offset", "learn_seconds", "learn_rate", "own_plate_seconds", "colour_vote",
-                 "motion_vote")
+                 "motion_vote", "model_edge_contrast")
 
 
 class FusedSettings(NodeParams):
@@ -130,7 +131,9 @@ class FusedSettings(NodeParams):
     edge_offset: float = Field(0.15, ge=-0.45, le=0.45, description="Moves the final edge inwards (+) or outwards (-): alpha level that becomes 0.5")
     denoise: int = Field(1, ge=0, le=4, description="Box-blur radius against camera noise before the plate comparison (working pixels)")
     model_edge_offset: float = Field(0.05, ge=-0.45, le=0.45, description="edge_offset where no plate is known: the model's own 0.5 is already its edge (the plate's edge offset is against a halo)")
+    model_edge_contrast: float = Field(1.5, ge=1.0, le=4.0, description="Where no plate is known the edge's contrast is this many times edge_sharpness: the matte's greys there are the model's uncertainty, not a pixel partly covered by the person, and shown as see-through they flicker with it (1 = as with a plate)")
     edge_sharpness: float = Field(1.6, ge=1.0, le=8.0, description="Contrast of the final edge (1 = as filtered; higher = crisper, less halo)")
+    edge_softness: float = Field(1.0, ge=0.0, le=4.0, description="Anti-aliasing of the final edge, in output pixels (a Gaussian's sigma) after its contrast: a matte edge harder than the picture's crawls from pixel to pixel as the person moves (flicker); 1 = about a pixel's own footprint, 0 = off")
     learn_seconds: float = Field(2.0, ge=0.1, le=600.0, description="A pixel surely background this long is learned into the plate")
     learn_rate: float = Field(0.05, ge=0.0, le=1.0, description="Per-frame rate at which learned pixels follow the room")
     follow_motion: bool = Field(True, description="Carry the previous matte along the picture's motion before blending (a moving person is smoothed too)")
@@ -568,8 +571,15 @@ class FusedMatte:
 
     def edge_alpha(self) -> torch.Tensor:
         """The matte handed to the full-size edge step: where no plate is known the edge sits at
-        model_edge_offset instead of edge_offset (a constant added here moves the level the edge step cuts at)."""
-        return self.alpha + (self.lv["edge_offset"] - self.lv["model_edge_offset"]) * (1.0 - self.known)
+        model_edge_offset instead of edge_offset (a constant added here moves the level the edge step cuts at),
+        and the matte's greys, the model's uncertainty there rather than a pixel's coverage by the person, are
+        stretched model_edge_contrast times around that level (the edge step is linear in the matte: this is its
+        contrast, where no plate is known, times model_edge_contrast)."""
+        lv = self.lv
+        unknown = 1.0 - self.known
+        level = 0.5 + lv["edge_offset"]
+        a = self.alpha + (lv["edge_offset"] - lv["model_edge_offset"]) * unknown
+        return (a - level) * (1.0 + (lv["model_edge_contrast"] - 1.0) * unknown) + level
 
     def keep_out(self) -> torch.Tensor:
         """1 where the room must not be learned by `background.adaptive`: person, or not surely background."""
@@ -605,8 +615,44 @@ def refine_coefficients(alpha: torch.Tensor, small: torch.Tensor, s: FusedSettin
     return guided_coefficients(alpha, small, radius, s.refine_eps if eps is None else eps)
 
 
-def refine_apply(a: torch.Tensor, b: torch.Tensor, frame: Frame, s: FusedSettings, dtype: torch.dtype) -> torch.Tensor:
-    """The edge step's full-resolution half: the frame's (h, w) matte from A, b; crisp contrast against halos."""
+def antialias_taps(sigma: float) -> list[float]:
+    """The edge's anti-aliasing filter (`edge_softness`): a normalised Gaussian of `sigma` output pixels over
+    2 ceil(2 sigma) + 1 taps (what is left beyond two sigma is under 5 %); none for 0. Both paths use these numbers."""
+    if sigma <= 0.0:
+        return []
+    r = max(1, math.ceil(2.0 * sigma))
+    w = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(-r, r + 1)]
+    total = sum(w)
+    return [v / total for v in w]
+
+
+def antialias_kernel(sigma: float, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor | None:
+    """`antialias_taps` as a device tensor in the matte's dtype, made once (not per frame: a recorded frame may not
+    copy host values in)."""
+    taps = antialias_taps(sigma)
+    return torch.tensor(taps, dtype=torch.float32).to(device=device, dtype=dtype) if taps else None
+
+
+# What a pixel of the matte above 0.5 keeps at least after the anti-aliasing (0.5 + 2^-9, exact in float16)
+KEEP_IN = 0.5 + 2.0 ** -9
+
+
+def antialias(matte: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
+    """The (1, 1, H, W) matte filtered by the separable taps along x, then y, every pixel kept on its side of 0.5:
+    the edge's profile softens, its outline (what is person) does not move, so a thin arm or strand is not faded
+    away and a narrow gap not closed. The border is replicated: a person cut by the frame's edge is not faded at it."""
+    if taps is None:
+        return matte
+    r = (taps.numel() - 1) // 2
+    x = F.conv2d(F.pad(matte, (r, r, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), taps.view(1, 1, -1, 1))
+    return torch.where(matte > 0.5, x.clamp_min(KEEP_IN), x.clamp_max(0.5))
+
+
+def refine_apply(a: torch.Tensor, b: torch.Tensor, frame: Frame, s: FusedSettings, dtype: torch.dtype,
+                 taps: torch.Tensor | None = None) -> torch.Tensor:
+    """The edge step's full-resolution half: the frame's (h, w) matte from A, b; crisp contrast against halos,
+    then anti-aliased by `taps` (`antialias_kernel(s.edge_softness, ...)`, made by the caller once)."""
     raw = frame.layout == "hwc" and frame.image.dtype == torch.uint8 and frame.image.device.type == "cuda"
     if raw:  # GPU: read the uint8 picture as is (channels-last view), no full-size float copy
         image, scale = frame.image.permute(2, 0, 1).unsqueeze(0), 1.0 / 255.0
@@ -614,7 +660,7 @@ def refine_apply(a: torch.Tensor, b: torch.Tensor, frame: Frame, s: FusedSetting
         image, scale = frame.chw(torch.float32).unsqueeze(0), 1.0
     out = guided_apply(a, b, image, colour=True, full_scale=scale, out_dtype=dtype,
                        sharpness=s.edge_sharpness, offset=s.edge_offset)
-    return out[0, 0]
+    return antialias(out, taps)[0, 0]
 
 
 def working_size(frame: Frame, height: int) -> tuple[int, int]:
@@ -657,6 +703,7 @@ class FusedSegment(Node):
         # GPU: the working-resolution maths (~960 small kernels a frame) compiled into ~300 (issue 12), in the
         # background: until that code is ready for this size and these settings the node runs them unfused
         self._chain = FusedChain(FusedMatte.frame, f"the fused maths of node '{self.name}' (segment.fused)", ctx.device)
+        self._taps = antialias_kernel(self.params.edge_softness, ctx.device, ctx.dtype)  # the edge's anti-aliasing
         self._key: object = None  # the last frame's (size, settings) for the fused code
         self._settings_version = 0
         self._fused, self._latched = False, False
@@ -676,6 +723,8 @@ class FusedSegment(Node):
                 self.params.working_height, self.params.tiles, self.params.plate_file):
             return False  # buffer sizes change: reopen
         changed = {k for k, v in params.model_dump().items() if getattr(self.params, k, None) != v}
+        if params.edge_softness != self.params.edge_softness and self.ctx is not None:
+            self._taps = antialias_kernel(params.edge_softness, self.ctx.device, self.ctx.dtype)
         self.params = params
         self.engine.set_live(params)  # in place: the compiled code and the recordings read them
         if changed - set(LIVE_SETTINGS):  # code for other values: unfused until it is compiled again
@@ -736,6 +785,6 @@ class FusedSegment(Node):
         self._latched = False
         self._chain.prepare(key, lambda: self._warm(x, pm, step, ctx.dtype))  # no-op once ready or under way
         a, b, conf, keep_out = self._chain.run(fused and self._chain.ready(key), eng, x, pm, step, ctx.dtype)
-        full = refine_apply(a, b, frame, self.params, ctx.dtype)
+        full = refine_apply(a, b, frame, self.params, ctx.dtype, self._taps)
         ts, i = frame.timestamp, frame.index
         return {"mask": Mask(full, ts, i), "confidence": Mask(conf, ts, i), "keep_out": Mask(keep_out, ts, i)}
