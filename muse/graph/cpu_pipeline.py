@@ -17,7 +17,9 @@ every node computes in `process`, so one thread uses one core at a time; the hea
 - At most two frames are in flight. The executor takes a new frame from the sources only
   when it has nothing to run, or when the other thread is idle and at most one call is
   ready (both cores busy, no second frame waiting in line); it leaves the best call to an
-  idle tail thread, so the thread that takes new frames stays on the shorter work.
+  idle tail thread, so the thread that takes new frames stays on the shorter work. A new
+  frame waits until the switches' branches (the candidate models) of the frames in flight
+  have run: one that failed has told its switch, and the new frame does not run it again.
 - Frames reach the outputs complete and in order (the thread that completes the oldest frame
   hands it to the outputs). Param changes and graph swaps wait until no frame is in flight
   (`drain`).
@@ -247,6 +249,12 @@ class CpuPipeline:
             self._flight = [f for f in self._flight if not any(t in gone for t in f.running.values())]
             self._cond.notify_all()
 
+    def _branch_pending(self) -> bool:
+        """A switch's branch (a candidate model) has not run yet for a frame in flight: the next frame's live
+        branches are chosen only once it has (a branch that fails tells its switch, so the next frame falls
+        back instead of running it again)."""
+        return any(n in self.branch for f in self._flight if f.failed is None for n in (*f.todo, *f.running))
+
     def _take(self, call: tuple[_Frame, str]) -> None:
         frame, name = call
         frame.todo.remove(name)
@@ -262,7 +270,7 @@ class CpuPipeline:
                     if self._closed:
                         return
                     ready = self._ready()
-                    if executor and len(self._flight) < MAX_IN_FLIGHT and (
+                    if executor and len(self._flight) < MAX_IN_FLIGHT and not self._branch_pending() and (
                             not ready or (self._tail_idle and len(ready) <= 1)):
                         return  # a new frame: nothing to run here, or the other thread would wait
                     if ready:
