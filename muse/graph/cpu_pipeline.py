@@ -195,7 +195,10 @@ class CpuPipeline:
         cost = {}
         for name in self.middle:
             slot = self.runner.slots.get(name)
-            times = (list(slot.stats.cpu_ms) or list(slot.stats.host_ms)) if slot is not None else []
+            try:  # (the other thread may be appending to them)
+                times = (list(slot.stats.cpu_ms) or list(slot.stats.host_ms)) if slot is not None else []
+            except RuntimeError:
+                return  # taken at the next measurement
             times = times[5:] if len(times) > 10 else times  # not the first calls (warm-up, model loading)
             cost[name] = statistics.fmean(times) if times else 0.0
         rank = path_costs(self.middle, self._deps, cost)
