@@ -375,7 +375,7 @@ def startup_note(runner: Any) -> str | None:
 
         reason = kernels.why_not()
         parts.append("ONNX Runtime/OpenCV nodes" + (", fused numba kernels" if reason is None else f" (no fused kernels: {reason})"))
-    parts.append(f"{cpu_threads()} thread(s) per stage")
+    parts.append(f"{cpu_threads()} thread(s) per call")
     pipe = runner._cpu_pipeline
     if pipe is not None:
         parts.append(f"up to {MAX_IN_FLIGHT} frames in flight, node by node on two threads")
