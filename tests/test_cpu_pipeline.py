@@ -107,7 +107,7 @@ def test_frames_overlap_on_two_threads_in_order(registry: Registry, monkeypatch)
     ends = {(n, i): e for n, i, _, _, e in LOG}
     starts = {(n, i): s for n, i, _, s, _ in LOG}
     assert all(starts[("b", i)] >= ends[("a", i)] and starts[("c", i)] >= ends[("b", i)] for i in indices)
-    assert {thread for _, _, thread, _, _ in LOG} == {"muse-executor", "muse-cpu-tail"}
+    assert {thread for _, _, thread, _, _ in LOG} == {"muse-cpu-tail", "muse-cpu-1"}  # the executor only takes frames in
     # each node saw the frames in order, one call at a time
     for n in "abc":
         calls = sorted((s, e, i) for m, i, _, s, e in LOG if m == n)

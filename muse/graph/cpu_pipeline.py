@@ -1,26 +1,24 @@
-"""Two frames in flight on a CPU, node by node on two threads: the executor and `muse-cpu-tail`.
+"""Two frames in flight on a CPU, node by node on two worker threads (`muse-cpu-tail`, `muse-cpu-1`).
 
 On a GPU the device already overlaps frames (nodes only launch work). On the CPU path
 every node computes in `process`, so one thread uses one core at a time; the heavy calls
 (ONNX Runtime, OpenCV, torch, numba) release the GIL, so two threads use two cores.
 
 - Each frame in flight is a list of node calls (the graph's live processing nodes). Either
-  thread takes the next call that can run: its inputs done this frame, and the same node
+  worker takes the next call that can run: its inputs done this frame, and the same node
   done for the frame before (a node's state sees frames in order, one call at a time).
   Among those, the oldest frame first, then the longest measured path to the outputs (so the
   slow branch of a frame starts first and a short one fills the other core).
 - Two independent branches of one frame (stream_4k: the segmenter and its matte, the pose and
-  the face) run at the same time on the two threads, and the next frame fills a core that
+  the face) run at the same time on the two workers, and the next frame fills a core that
   would otherwise wait. A frame's latency is then close to its longest path, not the sum of
   two pipeline stages (a fixed head | tail split keeps two frames in flight all the time, so
   its latency is 2 / fps).
-- At most two frames are in flight. The executor takes a new frame from the sources only
-  when it has nothing to run, or when the other thread is idle and at most one call is
-  ready (both cores busy, no second frame waiting in line); it leaves the best call to an
-  idle tail thread, so the thread that takes new frames stays on the shorter work. A new
-  frame waits until the switches' branches (the candidate models) of the frames in flight
-  have run: one that failed has told its switch, and the new frame does not run it again.
-- Frames reach the outputs complete and in order (the thread that completes the oldest frame
+- The executor only takes frames in: a new one when fewer than two are in flight and a worker
+  waits with no call ready for it (both cores busy, no second frame waiting in line), and only
+  once the switches' branches (the candidate models) of the frames in flight have run: one
+  that failed has told its switch, and the new frame does not run it again.
+- Frames reach the outputs complete and in order (the worker that completes the oldest frame
   hands it to the outputs). Param changes and graph swaps wait until no frame is in flight
   (`drain`).
 
@@ -44,6 +42,7 @@ log = logging.getLogger("muse.runtime.cpu_pipeline")
 MEASURE_AFTER = 30  # frames before the calls' priorities come from their measured CPU times
 MEASURE_EVERY = 300  # and how often they are taken again
 MAX_IN_FLIGHT = 2
+WORKERS = ("muse-cpu-tail", "muse-cpu-1")  # one a core on two cores (the executor only takes frames in)
 
 __all__ = ["CpuPipeline", "path_costs", "plan"]
 
@@ -135,22 +134,23 @@ class CpuPipeline:
         self._rank = path_costs(middle, self._deps, {n: 1.0 for n in middle})  # by node count until measured
         self._flight: list[_Frame] = []  # oldest first
         self._cond = threading.Condition()
-        self._tail_idle = False
+        self._idle = 0  # workers waiting for a call
         self._closed = False
         self.previous_threads: tuple[int, int] | None = None  # restored on close
-        self._thread = threading.Thread(target=self._loop, name="muse-cpu-tail", daemon=True)
-        self._thread.start()
-        log.info("CPU pipeline: %d nodes on two threads, at most %d frames in flight", len(middle), MAX_IN_FLIGHT)
+        self.threads = [threading.Thread(target=self._loop, name=name, daemon=True) for name in WORKERS]
+        for t in self.threads:
+            t.start()
+        log.info("CPU pipeline: %d nodes on %d threads, at most %d frames in flight", len(middle), len(WORKERS), MAX_IN_FLIGHT)
 
     # -- executor side -----------------------------------------------------
     def run_frame(self, memo: dict, t_capture: float) -> None:
-        """Put a frame in flight, then run calls here until a new frame should be taken (see the module docstring)."""
+        """Put a frame in flight, then wait until the next one should be taken in (see the module docstring)."""
         live = self.runner.live
         todo = [n for n in self.middle if n in live]  # a switch's idle branches do not run
         members = set(todo)
         frame = _Frame(memo, t_capture, todo, {n: self._deps.get(n, set()) & members for n in todo})
         with self._cond:
-            while len(self._flight) >= MAX_IN_FLIGHT and not self._closed:
+            while len(self._flight) >= MAX_IN_FLIGHT and not self._closed and self._alive():
                 self._drop_abandoned()
                 self._cond.wait(0.1)
             if self._closed:
@@ -161,12 +161,19 @@ class CpuPipeline:
         self.frames += 1
         if self.frames == MEASURE_AFTER or self.frames % MEASURE_EVERY == 0:
             self._measure()
-        self._work(executor=True)
+        with self._cond:  # the next frame is taken in when a worker would otherwise wait
+            while not self._closed and self._alive():
+                if len(self._flight) < MAX_IN_FLIGHT and not self._branch_pending() and self._idle > len(self._ready()):
+                    return
+                self._cond.wait(0.1)
+
+    def _alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
 
     def drain(self) -> None:
         """Wait until no frame is in flight (before params change or the graph is swapped)."""
         with self._cond:
-            while self._flight and not self._closed and self._thread.is_alive():
+            while self._flight and not self._closed and self._alive():
                 self._cond.wait(0.1)
 
     def close(self) -> None:
@@ -176,12 +183,13 @@ class CpuPipeline:
                 return
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=10)
+        for t in self.threads:
+            t.join(timeout=10)
         _restore_cores(self.previous_threads)
 
     def abandon(self) -> None:
-        """The tail thread hung in a node call: release the executor waiting for it; the thread ends
-        once the call returns (the runner runs whole frames meanwhile)."""
+        """A worker hung in a node call: release the executor waiting for it; the other worker ends now, this
+        one once the call returns (the runner runs whole frames on the executor meanwhile)."""
         with self._cond:
             self._closed = True
             self._flight.clear()
@@ -263,32 +271,26 @@ class CpuPipeline:
         frame.todo.remove(name)
         frame.running[name] = threading.current_thread()
 
-    # -- both threads --------------------------------------------------------
-    def _work(self, executor: bool) -> None:
-        """Run calls until there is none for this thread: the executor then returns to take a new frame
-        (while fewer than two are in flight), the tail thread waits for one, both return once closed."""
+    # -- the workers -------------------------------------------------------
+    def _work(self) -> None:
+        """Run calls, the best ready one first; wait when there is none; return once closed."""
         while True:
             with self._cond:
                 while True:
                     if self._closed:
                         return
                     ready = self._ready()
-                    if executor and len(self._flight) < MAX_IN_FLIGHT and not self._branch_pending() and (
-                            not ready or (self._tail_idle and len(ready) <= 1)):
-                        return  # a new frame: nothing to run here, or the other thread would wait
                     if ready:
-                        # the executor leaves the best call to an idle tail thread: it is the one that takes new
-                        # frames, so it stays on the shorter work (emulated stream_4k: 18.3 -> 19.4 fps, the same latency)
-                        call = ready[-1] if executor and self._tail_idle and len(ready) > 1 else ready[0]
+                        call = ready[0]
                         self._take(call)
                         break
-                    if not executor:
-                        self._tail_idle = True
+                    self._idle += 1
+                    self._cond.notify_all()  # (the executor takes a frame in when a worker waits)
                     self._cond.wait(0.1)
-                    self._tail_idle = False
-            self._run(call, executor)
+                    self._idle -= 1
+            self._run(call)
 
-    def _run(self, call: tuple[_Frame, str], executor: bool) -> None:
+    def _run(self, call: tuple[_Frame, str]) -> None:
         frame, name = call
         try:
             self.runner._evaluate(name, frame.memo)
@@ -348,15 +350,15 @@ class CpuPipeline:
                         self._flight.remove(frame)
                     self._cond.notify_all()
 
-    # -- tail thread ---------------------------------------------------------
+    # -- worker threads ------------------------------------------------------
     def _loop(self) -> None:
         from muse.graph.slots import LeftBehind
 
         try:
-            self._work(executor=False)
+            self._work()
         except LeftBehind:
             return  # this thread hung in a node and was given up (CpuPipeline.abandon)
-        except BaseException as exc:  # the tail must never die silently
+        except BaseException as exc:  # a worker must never die silently
             self.runner._fail(exc)
 
 
@@ -378,7 +380,7 @@ def startup_note(runner: Any) -> str | None:
     parts.append(f"{cpu_threads()} thread(s) per call")
     pipe = runner._cpu_pipeline
     if pipe is not None:
-        parts.append(f"up to {MAX_IN_FLIGHT} frames in flight, node by node on two threads")
+        parts.append(f"up to {MAX_IN_FLIGHT} frames in flight, node by node on {len(WORKERS)} threads")
     else:
         parts.append("1 frame in flight")
     if any(rn.type.startswith("pose.") for rn in runner.graph.nodes.values()):
