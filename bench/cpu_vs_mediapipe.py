@@ -8,8 +8,9 @@ in front of a photo), so capture is not timed on either side.
 - MUSE: the nodes of graphs/webcam_720p.yaml between camera and output (the hybrid segmentation
   sub-graph's bundled selfie branch, segment.refine, composite.over with the blurred room),
   opened from the graph file on the CPU, timed two ways: one thread, frame after frame;
-  and two frames in flight as `muse run` does on the CPU (muse/graph/cpu_pipeline.py:
-  segment+refine of frame N+1 beside the composite of frame N).
+  and two frames in flight (segment+refine of frame N+1 beside the composite of frame N, handed over
+  at a rendezvous: how muse/graph/cpu_pipeline.py ran a chain until session 7; it now schedules node by
+  node, which on this chain's emulated costs runs faster still, bench/pipeline_emulation).
 - MediaPipe: its selfie segmenter (legacy solution, landscape model) and an OpenCV
   composite: the room shrunk 8x, Gaussian-blurred, enlarged, and a soft alpha blend.
 
@@ -95,7 +96,7 @@ def time_sequential(fn, frames: list, warmup: int = 10, cpu: list | None = None)
 
 def time_two_in_flight(nodes: list, frames: list) -> float:
     """Frames per second with the head (segment, refine) and the tail (composite) on two threads,
-    handing over at a rendezvous: at most two frames in flight, as muse/graph/cpu_pipeline.py."""
+    handing over at a rendezvous: at most two frames in flight (muse/graph/cpu_pipeline.py's split until session 7)."""
     seg, matte, comp = nodes
     slot: list = []
     cond = threading.Condition()

@@ -1,6 +1,7 @@
-"""Two frames in flight on the CPU (muse/graph/cpu_pipeline.py): the head and the tail of a
-graph run on two threads, frames reach the output complete and in order, never more than
-two frames are in flight, and live param changes wait for the tail."""
+"""Two frames in flight on the CPU (muse/graph/cpu_pipeline.py): the nodes of a graph run on two
+threads, frames reach the output complete and in order, each node sees the frames in order,
+never more than two frames are in flight, two branches of one frame run at the same time, and
+live param changes wait for the frames in flight."""
 
 from __future__ import annotations
 
@@ -46,6 +47,22 @@ class Stage(Node):
         return {"out": frame.with_image(img)}
 
 
+class Join(Node):
+    """Two inputs in, the first passed on (test node: where two branches of a frame meet)."""
+
+    node_type = "test.join"
+    description = "test"
+    left: In[Frame]
+    right: In[Frame]
+    out: Out[Frame]
+
+    def process(self, left: Frame, right: Frame) -> dict[str, Frame]:
+        assert left.index == right.index
+        with LOCK:
+            LOG.append((self.name, left.index, threading.current_thread().name, time.perf_counter(), time.perf_counter()))
+        return {"out": left}
+
+
 class Keep(Node):
     node_type = "test.keep"
     description = "test"
@@ -58,7 +75,7 @@ class Keep(Node):
 
 @pytest.fixture
 def registry() -> Registry:
-    reg = registry_with(Stage, Keep)
+    reg = registry_with(Stage, Join, Keep)
     LOG.clear()
     Keep.seen.clear()
     return reg
@@ -76,7 +93,7 @@ def _graph(registry: Registry, frames: int, ms: tuple[float, float, float] = (8.
     return validate_text(text, "test.yaml", registry)
 
 
-def test_head_and_tail_overlap_on_two_threads_in_order(registry: Registry, monkeypatch) -> None:
+def test_frames_overlap_on_two_threads_in_order(registry: Registry, monkeypatch) -> None:
     monkeypatch.delenv("MUSE_CPU_PIPELINE", raising=False)
     runner = GraphRunner(_graph(registry, 40))
     stats = runner.run()
@@ -90,10 +107,12 @@ def test_head_and_tail_overlap_on_two_threads_in_order(registry: Registry, monke
     ends = {(n, i): e for n, i, _, _, e in LOG}
     starts = {(n, i): s for n, i, _, s, _ in LOG}
     assert all(starts[("b", i)] >= ends[("a", i)] and starts[("c", i)] >= ends[("b", i)] for i in indices)
-    threads = {(node, thread) for node, _, thread, _, _ in LOG}
-    tail = {t for n, t in threads if n == "c"}
-    head = {t for n, t in threads if n == "a"}
-    assert tail == {"muse-cpu-tail"} and "muse-cpu-tail" not in head
+    assert {thread for _, _, thread, _, _ in LOG} == {"muse-cpu-tail", "muse-cpu-1"}  # the executor only takes frames in
+    # each node saw the frames in order, one call at a time
+    for n in "abc":
+        calls = sorted((s, e, i) for m, i, _, s, e in LOG if m == n)
+        assert [i for _, _, i in calls] == sorted(i for _, _, i in calls)
+        assert all(calls[k + 1][0] >= calls[k][1] for k in range(len(calls) - 1))
     # the stages really overlapped in time
     spans = {(n, i): (s, e) for n, i, _, s, e in LOG}
     overlapped = sum(1 for (n, i), (s, e) in spans.items() if n == "a" and ("c", i - 1) in spans
@@ -161,9 +180,30 @@ def test_thread_pools_are_put_back_after_the_run(registry: Registry, monkeypatch
     assert (cv2.getNumThreads(), torch.get_num_threads()) == before
 
 
-def test_split_follows_cpu_time_not_waits(registry: Registry, monkeypatch) -> None:
-    """The split balances the nodes' thread CPU times: a node that mostly waits (here: sleeps, as a
-    node would while another process holds the core) does not pull the split towards it."""
+def test_two_branches_of_one_frame_run_at_once(registry: Registry, monkeypatch) -> None:
+    """stream_4k's shape: two independent branches (the matte, the pose) meet at the composite. They run on
+    the two threads at the same time, so a frame takes about its longest branch, not the sum of both."""
+    monkeypatch.delenv("MUSE_CPU_PIPELINE", raising=False)
+    text = (
+        "version: 1\nsettings: {device: cpu}\nnodes:\n"
+        "  src: {type: basic.test_pattern, params: {width: 32, height: 24, fps: 0, frames: 20}}\n"
+        "  a: {type: test.stage, params: {ms: 30}, inputs: {frame: {from: src.frame, queue: 4}}}\n"
+        "  b: {type: test.stage, params: {ms: 30}, inputs: {frame: {from: src.frame, queue: 4}}}\n"
+        "  j: {type: test.join, inputs: {left: a.out, right: b.out}}\n"
+        "  sink: {type: test.keep, inputs: {frame: {from: j.out, queue: 64}}}\n"
+    )
+    stats = GraphRunner(validate_text(text, "test.yaml", registry)).run()
+    assert stats.frames_out == 20 and [i for i, _ in Keep.seen] == list(range(20))
+    spans = {(n, i): (s, e) for n, i, _, s, e in LOG}
+    both = [i for i in range(20) if spans[("a", i)][0] < spans[("b", i)][1] and spans[("b", i)][0] < spans[("a", i)][1]]
+    assert len(both) >= 15, f"a and b of one frame overlapped on {len(both)} of 20 frames"
+    assert all(spans[("j", i)][0] >= max(spans[("a", i)][1], spans[("b", i)][1]) for i in range(20))
+
+
+def test_priorities_follow_cpu_time_not_waits(registry: Registry, monkeypatch) -> None:
+    """The calls to start first are those with the costliest path to the outputs by the nodes' thread CPU
+    times: a node that mostly waits (here: sleeps, as a node would while another process holds the core)
+    does not count its wait."""
     monkeypatch.delenv("MUSE_CPU_PIPELINE", raising=False)
     text = (
         "version: 1\nsettings: {device: cpu}\nnodes:\n"
@@ -178,25 +218,20 @@ def test_split_follows_cpu_time_not_waits(registry: Registry, monkeypatch) -> No
     nodes = stats.as_dict()["nodes"]
     assert nodes["a"]["cpu_ms"]["p50"] < 3.0 < nodes["b"]["cpu_ms"]["p50"]  # recorded per node
     assert nodes["a"]["host_ms"]["p50"] > 20.0
-    # by wall time the split would be a | b c (25 against 12 ms); by CPU time it is a b | c (6 against 6)
-    assert runner._cpu_pipeline is not None and runner._cpu_pipeline.head == ["a", "b"]
+    rank = runner._cpu_pipeline._rank
+    assert rank["c"] == pytest.approx(6.0, abs=2.0) and rank["b"] == pytest.approx(12.0, abs=3.0)
+    assert rank["a"] - rank["b"] < 3.0  # by wall time a would add 25 ms
     assert [i for i, _ in Keep.seen] == list(range(45))
 
 
-def test_the_head_may_take_one_branch_and_leave_the_other() -> None:
-    """Two independent branches (stream_4k: pose, and the segmenter with its matte) go one to each thread
-    where no prefix of the topological order balances them; a node never lands in the head without its
-    inputs."""
-    from muse.graph.cpu_pipeline import best_head
+def test_path_costs_are_the_costliest_path_to_the_end() -> None:
+    from muse.graph.cpu_pipeline import path_costs
 
     order = ["camera", "pose", "selfie", "matte", "face", "room", "composite"]
     inputs = {"camera": set(), "pose": {"camera"}, "selfie": {"camera"}, "matte": {"camera", "selfie"},
               "face": {"camera", "pose"}, "room": {"camera", "matte"}, "composite": {"matte", "face", "room"}}
     cost = {"camera": 0.5, "pose": 20.0, "selfie": 8.0, "matte": 50.0, "face": 11.0, "room": 6.0, "composite": 11.0}
-    head = best_head(order, inputs, cost)
-    # the best prefix is camera pose selfie matte (78.5 against 28); the best head 58.5 against 48
-    assert head == ["camera", "selfie", "matte"]
-    assert best_head(["a", "b"], {"a": set(), "b": {"a"}}, {"a": 1.0, "b": 1.0}) == ["a"]
-    assert best_head(["a"], {"a": set()}, {"a": 1.0}) is None  # one node: nothing to split
-    # inputs are honoured whatever the costs: b cannot run before a
-    assert best_head(["a", "b", "c"], {"a": set(), "b": {"a"}, "c": {"b"}}, {"a": 0.0, "b": 10.0, "c": 10.0}) == ["a", "b"]
+    got = path_costs(order, inputs, cost)
+    assert got["composite"] == 11.0 and got["room"] == 17.0 and got["matte"] == 67.0 and got["selfie"] == 75.0
+    assert got["face"] == 22.0 and got["pose"] == 42.0 and got["camera"] == 75.5
+    assert path_costs(["a"], {"a": set()}, {}) == {"a": 0.0}

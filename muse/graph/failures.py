@@ -25,7 +25,7 @@ class FailureHandling:
 
     def _leave_behind(self, slot: Slot, ran_s: float) -> None:
         """The watchdog found a processing node's call running for `ran_s`: go on without it. The thread
-        stuck in it is replaced (the executor) or given up (the CPU pipeline's tail thread); the node is
+        stuck in it is replaced (the executor) or given up (a CPU pipeline worker); the node is
         skipped (its on_error stands in) until the call returns, and that thread then ends quietly."""
         thread = slot.call_thread
         if thread is None or slot.hung or self._recording:
@@ -37,7 +37,7 @@ class FailureHandling:
         pipe = self._cpu_pipeline
         if thread is self._executor:
             replace = True
-        elif pipe is not None and thread is pipe._thread:
+        elif pipe is not None and thread in pipe.threads:
             replace = False
         else:
             return

@@ -94,6 +94,11 @@ class _Injected:
         self._variant = node.frame_variant
         edge = node.is_source() or node.is_sink()
         self.edge = edge
+        # hits announced by `frame_variant` whose `process` has not run yet: with two frames in flight on the
+        # CPU a switch's variant for the next frame is asked (when the frame starts) before its call for this
+        # one, so the call a hit belongs to is the next one, in order, not the one the counter is at then
+        self._due = 0
+        self._announced = False
         # On the instance: the runtime calls `slot.node.process(...)`, so the class stays untouched.
         setattr(node, "process", self.process)
         if not edge:
@@ -105,13 +110,25 @@ class _Injected:
 
     def frame_variant(self) -> Any:
         self.fault.counter["frame"] += 1
+        self._announced = True
         inner = self._variant()
-        return EagerFrame(f"fault {self.fault.kind}") if self.fault.hits(self.frame) else inner
+        if not self.fault.hits(self.frame):
+            return inner
+        self._due += 1
+        return EagerFrame(f"fault {self.fault.kind}")
 
-    def process(self, *args: Any, **inputs: Any) -> Any:
+    def _hit(self) -> bool:
         if self.edge:
             self.fault.counter["frame"] += 1
-        if not self.fault.hits(self.frame):
+        if self.edge or not self._announced:  # (a node called without frame_variant: by the counter)
+            return self.fault.hits(self.frame)
+        if self._due > 0:
+            self._due -= 1
+            return True
+        return False
+
+    def process(self, *args: Any, **inputs: Any) -> Any:
+        if not self._hit():
             return self._process(*args, **inputs)
         self.fault.counter["hits"] += 1
         kind, name = self.fault.kind, self.node.name

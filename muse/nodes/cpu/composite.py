@@ -253,7 +253,8 @@ class CompositeCPU:
     # -- backgrounds -----------------------------------------------------
     def _background(self, fg: np.ndarray, alpha: np.ndarray, plate: Frame | None, coverage: Mask | None,
                     confidence: Mask | None = None):
-        """(kind, bg, colour): kind 1 = full-size uint8 sRGB, 2 = low-resolution float32 linear (h, w, 3), 0 = colour."""
+        """(kind, bg, colour): kind 1 = full-size uint8 sRGB, 3 = the same made for this frame (the caller's to write
+        into), 2 = low-resolution float32 linear (h, w, 3), 0 = colour."""
         from muse.nodes.composite import fit_uint8
 
         node, p = self.node, self.node.params
@@ -273,6 +274,7 @@ class CompositeCPU:
                 # room behind the person: there the live frame is shown (the torch path's rule and maths:
                 # the product on the finer grid, upsampled once, lerp rounded to uint8)
                 room = kernels.lerp_known(fg, room, known) if kernels.available() else lerp_known(fg, room, upsample(known, height, width))
+                return 3, room, colour  # (a fresh picture: the output may be drawn into it)
             return 1, room, colour
         if mode in ("image", "video"):
             bg, _, _ = node._background(torch.from_numpy(fg), torch.from_numpy(alpha), plate, coverage)
@@ -311,6 +313,8 @@ class CompositeCPU:
             else:
                 alpha = blur(alpha, sigma)
         kind, bg, colour = self._background(fg, alpha, plate, coverage, confidence)
+        own_bg = kind == 3  # a full-size picture made for this frame (no copy needed to draw the output into)
+        kind = 1 if own_bg else kind
 
         wrap, inside, soft = 0.0, None, None
         if p.light_wrap > 0:
@@ -335,7 +339,9 @@ class CompositeCPU:
         a = upsample(alpha, height, width)
         # the output starts as the background ...
         if kind == 1:
-            out = bg.copy()
+            # (the light wrap read bg above; the fused pass below reads only `out` for kind 1, the fallback reads
+            # bg's band tiles after the person is copied over: there a copy stays)
+            out = bg if own_bg and kernels.available() else bg.copy()
         elif kind == 2:
             # encoded at low resolution, upsampled in 16 bits: the room is smooth there, so this is within
             # half a level of upsampling in linear light (at half the bytes of floats)

@@ -447,8 +447,13 @@ def warp_box(src, plate, mask, a_full, fx_rows, fy_rows, y0s, y1s, wys, box, out
                 top = mask[l0, k0] + wk * (mask[l0, k1] - mask[l0, k0])
                 bot = mask[l1, k0] + wk * (mask[l1, k1] - mask[l1, k0])
                 wa = top + wl * (bot - top)
+                ax = a_full[y, x]
+                if has_plate and wa == zero and ax == zero:
+                    # the room's share and the warped frame's are both 0: out = the frame's own pixel, exactly, and
+                    # the warped mask the mask's own 0 (both already there); most of the gate's margin outside her
+                    continue
                 warped_mask[y, x] = wa
-                share = min(a_full[y, x] * four, one)
+                share = min(ax * four, one)
             o00, o01 = (j0 * width + i0) * 3, (j0 * width + i1) * 3
             o10, o11 = (j1 * width + i0) * 3, (j1 * width + i1) * 3
             for c in range(3):
