@@ -28,6 +28,12 @@ def tflite_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def imported() -> None:
+    """The bundled models in the cache (their .pt weights are all the GPU tests need; no .tflite originals)."""
+    bundled.import_models(None, os.environ.get(bundled.MODELS_FROM_ENV) or None, onnx=False)
+
+
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("MUSE_CACHE", str(tmp_path / "cache"))
@@ -177,7 +183,7 @@ def test_cli_module_imports_no_torch() -> None:
 
 
 @pytest.mark.cuda
-def test_fp16_on_the_gpu_matches_the_reference(tflite_dir: Path, astronaut) -> None:
+def test_fp16_on_the_gpu_matches_the_reference(imported: None, astronaut) -> None:
     for name in bundled.list_models():
         model = bundled.load_model(name, device="cuda", dtype=torch.float16)
         report = bundled.parity_report(name, model, None)
@@ -185,7 +191,7 @@ def test_fp16_on_the_gpu_matches_the_reference(tflite_dir: Path, astronaut) -> N
 
 
 @pytest.mark.cuda
-def test_every_model_replays_as_a_cuda_graph(tflite_dir: Path) -> None:
+def test_every_model_replays_as_a_cuda_graph(imported: None) -> None:
     for name in bundled.list_models():
         model = bundled.load_model(name, device="cuda", dtype=torch.float16).to(memory_format=torch.channels_last)
         x = bundled.reference_input(name).to("cuda", torch.float16).contiguous(memory_format=torch.channels_last)
