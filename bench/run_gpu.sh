@@ -116,7 +116,8 @@ if [[ $what == profile ]]; then
   fi
 fi
 if [[ $what == all || $what == tests ]]; then
-  timeout 420 python3 -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
+  timeout ${MUSE_TESTS_TIMEOUT:-420} python3 -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors -rfEs \
+    --durations=40 tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 240 "$@" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
