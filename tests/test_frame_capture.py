@@ -176,6 +176,8 @@ def test_new_code_from_a_background_compile_is_recorded_again_without_losing_a_f
     assert sorted(seen) == list(range(frames)), "no frame lost"
     assert runner.program is not None and base_runner.program is not None
     assert runner.program.captures > base_runner.program.captures, "not recorded again"
+    why = runner.program.describe()["eager_reasons"]
+    assert why.get("warm-up of a new variant", 0) >= 1 and why.get("warm-up after new compiled code", 0) >= 1, why
     for i in range(frames):
         diff = (seen[i] - base["composite.out"][i]).abs()
         assert float(diff.max()) <= 1.0 and int((diff > 0).sum()) <= max(1, diff.numel() // 1000), i
@@ -223,6 +225,24 @@ def test_no_frame_is_recorded_while_a_compile_runs_and_none_is_lost() -> None:
     assert sorted(seen) == list(range(frames)), "no frame lost"
     assert captures_while_held == [0], "recorded while a compile ran"
     assert runner.program is not None and runner.program.captures >= 1, "not recorded once the compile was done"
+    why = runner.program.describe()["eager_reasons"]  # what `muse bench` prints about the eager frames
+    assert why.get("a compile was under way", 0) >= 1 and sum(why.values()) == runner.program.describe()["eager_frames"], why
+
+
+def test_compiles_overlapping_a_moment_are_listed_with_how_they_ended() -> None:
+    from muse.graph.compiled import compile_ended, compile_started, compiles_since
+
+    old = compile_started("old")
+    compile_ended(old, "done")
+    t = old["end"] + 1e-6
+    running = compile_started("matte (1280, 720)")
+    failed = compile_started("face")
+    compile_ended(failed, "failed: RuntimeError")
+    seen = {c["what"]: c for c in compiles_since(t)}
+    assert "old" not in seen
+    assert seen["matte (1280, 720)"]["outcome"] == "running" and seen["matte (1280, 720)"]["end_s"] is None
+    assert seen["face"]["outcome"] == "failed: RuntimeError" and seen["face"]["end_s"] >= seen["face"]["start_s"] >= 0
+    compile_ended(running, "done")
 
 
 def test_emulated_graph_refuses_host_reads() -> None:

@@ -54,6 +54,10 @@ class BenchReport:
     gpu_memory_mb: dict[str, float] = field(default_factory=dict)  # reserved at the first and last measured frame
     host_cpu_by_thread: dict[str, float] = field(default_factory=dict)  # thread name -> CPU ms a measured frame
     gc: dict[str, float] = field(default_factory=dict)  # Python's garbage collector over the measured frames
+    # The frame program over the measured frames only (replays, eager frames and why) and the background compiles
+    # that overlapped them: an eager frame costs the whole frame's launches, so a few dozen show in the fps.
+    measured_capture: dict[str, Any] = field(default_factory=dict)
+    compiles: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,7 +67,7 @@ class BenchReport:
             "kernels_per_frame": self.kernels_per_frame, "top_kernels": self.top_kernels,
             "host_calls": self.host_calls, "capture": self.capture, "stats": self.stats,
             "gpu_memory_mb": self.gpu_memory_mb, "host_cpu_by_thread_ms": self.host_cpu_by_thread,
-            "gc": self.gc,
+            "gc": self.gc, "measured_capture": self.measured_capture, "compiles": self.compiles,
         }
 
     def lines(self, graph_file: str) -> list[str]:
@@ -101,6 +105,14 @@ class BenchReport:
             out.append(f"captured: {', '.join(self.capture.get('captured_nodes', [])) or 'none'}")
             for n, why in eager.items():
                 out.append(f"eager: {n}: {why}")
+        m = self.measured_capture
+        if m:
+            why = ", ".join(f"{k} {v}" for k, v in m.get("eager_reasons", {}).items())
+            out.append(f"measured frames: {m.get('replays', 0)} replayed, {m.get('captures', 0)} recorded, "
+                       f"{m.get('eager_frames', 0)} eager{' (' + why + ')' if why else ''}")
+        for c in self.compiles:
+            end = "still running" if c.get("end_s") is None else f"to {c['end_s']:+.1f} s"
+            out.append(f"compile during the measured frames: {c['what']}: {c['start_s']:+.1f} s {end}, {c['outcome']}")
         return out
 
 
@@ -136,6 +148,24 @@ class _Measured:
     memory: dict[str, float] = field(default_factory=dict)
     threads: dict[str, float] = field(default_factory=dict)
     gc: dict[str, float] = field(default_factory=dict)
+    capture: dict[str, Any] = field(default_factory=dict)  # the frame program's counts over the measured frames
+    compiles: list[dict[str, Any]] = field(default_factory=list)  # background compiles overlapping them
+
+
+def _program_counts(runner: Any) -> dict[str, Any]:
+    p = runner.program
+    if p is None:
+        return {}
+    return {"captures": p.captures, "replays": p.replays, "eager_frames": p.eager_frames,
+            "eager_reasons": dict(p.eager_reasons)}
+
+
+def _counts_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    if not after:
+        return {}
+    reasons = {k: v - before.get("eager_reasons", {}).get(k, 0) for k, v in after["eager_reasons"].items()}
+    return {k: after[k] - before.get(k, 0) for k in ("captures", "replays", "eager_frames")} | {
+        "eager_reasons": {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if v}}
 
 
 def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: bool, profile: bool = False) -> _Measured:
@@ -154,6 +184,8 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     warm_until = time.monotonic() + WARMING_WAIT_S
     said = False
     done = _Measured(runner)
+    counts0: dict[str, Any] = {}
+    m0 = 0.0
     try:
         poll = 0.002
         while not runner.wait(poll):
@@ -178,6 +210,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
                 if runner.max_frames is not None:  # the frames run while waiting do not count
                     runner.max_frames += runner.stats.frames_out - warm_n
                 t0, c0, n0 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+                counts0, m0 = _program_counts(runner), time.monotonic()
                 memory["reserved_start"] = _reserved_mb(runner)
                 threads0 = thread_cpu_s()
                 pauses.start()
@@ -186,6 +219,11 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
                 if profile:
                     prof = _start_profiler()
         t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out
+        if t0 is not None:
+            from muse.graph.compiled import compiles_since
+
+            done.capture = _counts_since(counts0, _program_counts(runner))
+            done.compiles = compiles_since(m0)
         pauses.stop()
         if t0 is not None and n1 > n0:
             done.gc = pauses.summary(n1 - n0)
@@ -354,7 +392,8 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
     report = BenchReport(device=runner.device_note, fps=round(run.fps, 2), frames=run.frames, host_cpu_ms=round(run.cpu_ms, 3),
                          frame_gpu_ms=stats.get("frame_gpu_ms", {}), stats=stats,
                          capture=runner.program.describe() if runner.program is not None else None,
-                         gpu_memory_mb=run.memory, host_cpu_by_thread=run.threads, gc=run.gc)
+                         gpu_memory_mb=run.memory, host_cpu_by_thread=run.threads, gc=run.gc,
+                         measured_capture=run.capture, compiles=run.compiles)
     if memory_growth_mb(run.memory) > MEMORY_GROWTH_MB:
         log.warning("GPU memory grew by %.0f MB over %d frames: something allocates every frame and keeps it",
                     memory_growth_mb(run.memory), run.frames)

@@ -6,6 +6,8 @@ recording apart."""
 from __future__ import annotations
 
 import threading
+import time
+from typing import Any
 
 _code_generation = 0
 
@@ -41,3 +43,33 @@ def background_work(token: int, what: str | None) -> None:
 
 def background_pending() -> list[str]:
     return list(_background.values())
+
+
+# Every background compile, as it happened (what, when it started and ended on time.monotonic(), how it ended):
+# `muse bench` lists those that overlapped its measured frames, which run eagerly while one is under way.
+_compiles: list[dict[str, Any]] = []
+_compiles_lock = threading.Lock()
+MAX_COMPILES_KEPT = 64
+
+
+def compile_started(what: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"what": what, "start": time.monotonic(), "end": None, "outcome": "running"}
+    with _compiles_lock:
+        _compiles.append(entry)
+        del _compiles[:-MAX_COMPILES_KEPT]
+    return entry
+
+
+def compile_ended(entry: dict[str, Any], outcome: str) -> None:
+    entry["end"], entry["outcome"] = time.monotonic(), outcome
+
+
+def compiles_since(t: float) -> list[dict[str, Any]]:
+    """The compiles still running at monotonic time `t` or started after it, with seconds relative to `t`."""
+    with _compiles_lock:
+        seen = [dict(c) for c in _compiles if c["end"] is None or c["end"] >= t]
+    for c in seen:
+        c["start_s"] = round(c.pop("start") - t, 2)
+        end = c.pop("end")
+        c["end_s"] = None if end is None else round(end - t, 2)
+    return seen

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import nullcontext
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
@@ -64,6 +65,11 @@ class _Variant:
     replays: int = 0
 
 
+def _generation(seg: "_Segment") -> Hashable:
+    """The compiled-code generation the segment's newest recording was made with."""
+    return next(reversed(seg.variants))[2]
+
+
 @dataclass
 class _Segment:
     nodes: list[str]
@@ -92,6 +98,9 @@ class FrameProgram:
         self.captures = 0
         self.replays = 0
         self.eager_frames = 0
+        # Why frames ran eagerly (a frame counts once per segment that did): an eager frame costs the host the
+        # whole frame's launches, so a few dozen of them show in the fps; `muse bench` prints these.
+        self.eager_reasons: Counter[str] = Counter()
         self._final: dict[str, Any] | None = None  # set once released
         for seg in self.segments:
             if not seg.captured:
@@ -152,6 +161,7 @@ class FrameProgram:
             "captures": self.captures,
             "replays": self.replays,
             "eager_frames": self.eager_frames,
+            "eager_reasons": dict(self.eager_reasons.most_common()),
         }
 
     def release(self) -> None:
@@ -170,6 +180,7 @@ class FrameProgram:
         for seg in self.segments:
             if not seg.captured or seg.disabled:
                 self._eager(seg, memo)
+                self.eager_reasons["segment not capturable" if not seg.captured else "segment disabled"] += 1
                 any_eager = True
                 continue
             any_eager |= not self._run_segment(seg, memo)
@@ -193,36 +204,43 @@ class FrameProgram:
             # Something upstream had nothing this frame: the segment's nodes have nothing either.
             for n in nodes:
                 memo[n] = ({}, [])
+            self.eager_reasons["an input was missing"] += 1
             return False
         variants = []
-        eager_now = False
+        eager_now = ""
         for n in nodes:
             slot = r.slots[n]
             r._judge(slot)  # last frame's NaN/Inf check (a replayed node runs no host code of its own)
             if slot.hung:  # a call of it never returned: no host code of it now, and no replay of its kernels
-                eager_now = True
+                eager_now = f"{n}: a call never returned"
                 continue
             variant = r._variant(slot)
             # A node that asks for an eager frame, or whose outputs the host replaces (a quarantined node
             # under skip/fallback: muse.graph.guard), runs its segment eagerly; the recordings stay for later.
-            if isinstance(variant, EagerFrame) or (slot.guard is not None and slot.guard.quarantined
-                                                                and slot.rn.policy.on_error in ("skip", "fallback")):
-                eager_now = True
+            if isinstance(variant, EagerFrame):
+                eager_now = f"{n}: asked for an eager frame"
+            elif slot.guard is not None and slot.guard.quarantined and slot.rn.policy.on_error in ("skip", "fallback"):
+                eager_now = f"{n}: quarantined"
             variants.append((n, variant))
         if eager_now:
+            self.eager_reasons[eager_now] += 1
             self._eager(seg, memo)
             return False
         key = (input_signature(ext), tuple(variants), code_generation())  # new code (a compile done): record again
         var = seg.variants.get(key)
         if key in seg.failed:
+            self.eager_reasons["variant could not be recorded"] += 1
             self._eager(seg, memo)
             return False
         if var is None:
             seg.warm[key] = seg.warm.get(key, 0) + 1
             if seg.warm[key] <= self.warmup:
+                self.eager_reasons["warm-up of a new variant" if not seg.variants or key[2] == _generation(seg)
+                                   else "warm-up after new compiled code"] += 1
                 self._eager(seg, memo)
                 return False
             if not GPU_CODE.acquire(blocking=False):
+                self.eager_reasons["a compile was under way"] += 1
                 self._eager(seg, memo)  # a compile runs in the background: record once it is done
                 return False
             if len(seg.variants) >= MAX_VARIANTS:
@@ -243,6 +261,7 @@ class FrameProgram:
                         seg.warm[key] = 0
                         log.warning("segment %s: node %s failed while its frame was recorded (%s); recorded again later",
                                     "+".join(seg.nodes), getattr(exc, "node", "?"), inner)
+                        self.eager_reasons["a node failed while recording"] += 1
                         self._eager(seg, memo)
                         return False
                 why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -250,6 +269,7 @@ class FrameProgram:
                 if len(seg.failed) >= MAX_VARIANTS:
                     seg.disabled = why
                 log.warning("segment %s: this variant cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), why)
+                self.eager_reasons["variant could not be recorded"] += 1
                 self._reset_streams()
                 self._eager(seg, memo)
                 return False

@@ -23,7 +23,7 @@ import torch
 
 from muse.graph.capture import CaptureError, is_recording
 from muse.graph.host_guards import host_guards_suspended
-from muse.graph.compiled import GPU_CODE, background_work, code_changed
+from muse.graph.compiled import GPU_CODE, background_work, code_changed, compile_ended, compile_started
 from muse.graph.streams import new_stream
 from torch import nn
 
@@ -203,10 +203,12 @@ class FusedChain:
                 log.info("compiling %s for this device in the background (first start on a machine: a minute or "
                          "more; then cached); it runs uncompiled meanwhile", self.name)
                 failed: Exception | None = None
+                entry = compile_started(f"{self.name} {key!r}"[:160])
                 try:
                     warm(self.compiled)
                 except Exception as exc:
                     failed = exc
+                compile_ended(entry, "done" if failed is None else f"failed: {type(failed).__name__}")
             if failed is not None:
                 log.warning("compiling %s failed (%s: %s); it runs uncompiled", self.name, type(failed).__name__,
                             str(failed).splitlines()[0] if str(failed) else "")
@@ -266,6 +268,7 @@ class FusedChain:
                     self.retries += 1
                     log.info("%s: the stream's call does not fit its compiled code (%s); compiling again for it",
                              self.name, first)
+                    compile_ended(compile_started(f"{self.name}: call did not fit"), f"asked again: {first[:120]}")
                     with self._lock:
                         self._ready = _NOT_YET  # the node's next prepare() asks again, warmed like this call
                 else:
