@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|ab|host|host2|shipped|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -98,6 +98,25 @@ if [[ $what == shipped ]]; then
   echo "exit $?" >> "$out/bench.log"
   timeout 330 python3 -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+fi
+if [[ $what == fusewarm ]]; then
+  # Eighth session (issues 12, 14): stream_4k as shipped (exit status: the segmentation fault at exit is meant to be
+  # gone), then the compiled matte (MUSE_FUSE=auto) twice in fresh processes, cold then warm Inductor cache (muse
+  # bench now names why frames ran eagerly and which compiles overlapped the measured frames), then the fused
+  # matte's own 4K cost with and without a plate.
+  echo "== stream_4k shipped" >> "$out/bench.log"
+  timeout 130 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
+    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
+  echo "exit $?" >> "$out/bench.log"
+  for pass in cold warm; do
+    echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
+    MUSE_FUSE=auto timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 \
+      --capture on --latency-frames 0 --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
+    echo "exit $?" >> "$out/bench.log"
+  done
+  echo "== fused matte alone, 4K" >> "$out/bench.log"
+  timeout 60 python3 bench/bench_fused.py --device cuda --frames 200 >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
+  timeout 60 python3 bench/bench_fused.py --device cuda --frames 200 --no-plate >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),
