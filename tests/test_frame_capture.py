@@ -389,3 +389,23 @@ def test_overlay_and_clean_plate_replayed_match_eager(tmp_path: Path) -> None:
         assert len(eager[tap]) == len(replayed[tap]) == 10, tap
         for i, a in eager[tap].items():
             torch.testing.assert_close(replayed[tap][i], a, rtol=0, atol=1e-4, msg=lambda m: f"{tap} frame {i}: {m}")
+
+
+def test_sinks_of_a_replayed_frame_get_their_own_marked_copies(astronaut) -> None:
+    """A replayed frame's outputs are overwritten by the next replay: each sink gets a copy marked as its own
+    (`is_sink_copy`), which it may keep uncopied (the preview does while nobody watches); payloads derived from it
+    are not marked."""
+    from dataclasses import replace
+
+    from muse.graph.payloads import Frame, Mask
+    from muse.graph.streams import copy_payload
+
+    frame = Frame(torch.from_numpy(astronaut), timestamp=1.5, index=7)
+    mask = Mask(torch.rand(8, 8), 1.5, 7)
+    out = copy_payload({"f": frame, "m": [mask]}["f"]), copy_payload([mask])
+    f, (m,) = out
+    assert f.is_sink_copy() and m.is_sink_copy() and not frame.is_sink_copy()
+    assert f.image.data_ptr() != frame.image.data_ptr() and torch.equal(f.image, frame.image)
+    assert (f.timestamp, f.index) == (1.5, 7)
+    assert not replace(f, index=8).is_sink_copy() and not f.to("cpu").is_sink_copy() and not f.clone().is_sink_copy()
+    assert [t.data_ptr() for t in f.tensors()] == [f.image.data_ptr()], "the mark is not a tensor of the payload"

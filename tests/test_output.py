@@ -497,5 +497,13 @@ def test_an_unwatched_preview_leaves_the_picture_on_the_gpu_until_a_still_is_ask
         decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         assert np.abs(decoded.astype(int) - astronaut.astype(int)).mean() < 4
         assert node.count == 1
+        # A replayed frame's copy made for this sink alone is kept as it is (no copy a frame), and resized only
+        # when a still is asked for.
+        node.params = node.params.model_copy(update={"max_width": 256})
+        own = Frame(torch.from_numpy(astronaut).cuda()).sink_copy()
+        node.process(frame=own)
+        jpeg = node._latest.still()
+        decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert decoded.shape[:2] == (256, 256)
     finally:
         node.close()

@@ -46,6 +46,17 @@ class Payload:
         """The same payload with its own copy of every tensor (metadata shared)."""
         return replace(self, **{k: v.clone() for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
 
+    def sink_copy(self) -> "Payload":
+        """A copy made for one sink alone (`is_sink_copy()` is True on it): the runtime hands sinks these when
+        a frame was replayed, whose outputs are buffers the next replay overwrites."""
+        out = self.clone()
+        out.__dict__["_sink_copy"] = True  # not a field: replace() and to() make unmarked payloads
+        return out
+
+    def is_sink_copy(self) -> bool:
+        """Whether nothing else holds this payload's tensors: a sink may keep them past its call uncopied."""
+        return bool(self.__dict__.get("_sink_copy", False))
+
 
 @dataclass(eq=False)
 class Frame(Payload):

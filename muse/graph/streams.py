@@ -173,7 +173,7 @@ class CudaPlumbing:
 
 
 def copy_payload(p: Any) -> Any:
-    """A payload (or list of them) with its own copy of every tensor."""
+    """A payload (or list of them) with its own copy of every tensor, marked as a sink's own (`is_sink_copy`)."""
     if isinstance(p, list):
         return [copy_payload(v) for v in p]
-    return p.clone() if isinstance(p, Payload) else p
+    return p.sink_copy() if isinstance(p, Payload) else p

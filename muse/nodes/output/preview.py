@@ -171,11 +171,18 @@ class Preview(Node):
 
     def process(self, frame: Frame | None = None, mask: Mask | None = None) -> None:
         img, _ = one_picture(self.name, frame, mask)
-        p = self.params
-        h, w = int(img.shape[0]), int(img.shape[1])
-        if p.max_width and w > p.max_width:
-            nh = max(2, round(h * p.max_width / w))
-            img = fit(img, p.max_width, nh, "stretch")
+        if img.is_cuda and self._window is None and not self._latest.watched():
+            # Nobody watches: no resize a frame (a float copy of the whole 4K frame and an antialiased resize);
+            # a new viewer's first still is made from the newest picture when asked for.
+            given = frame if frame is not None else mask
+            assert given is not None
+            ptr = img.untyped_storage().data_ptr()
+            own = given.is_sink_copy() or all(t.untyped_storage().data_ptr() != ptr for t in given.tensors())
+            self._latest.publish_pending(self._keep_on_gpu(img, own))
+            self.count += 1
+            self.report("frames", self.count)
+            return None
+        img = self._small(img)
         if img.is_cuda and self._window is None and self._gpu_jpeg and self._latest.watched():
             jpeg = self._encode_on_gpu(img)
             if jpeg is not None:  # only the compressed bytes cross to the host (nvJPEG)
@@ -183,11 +190,6 @@ class Preview(Node):
                 self.count += 1
                 self.report("frames", self.count)
                 return None
-        if img.is_cuda and self._window is None and not self._latest.watched():
-            self._latest.publish_pending(self._keep_on_gpu(img))
-            self.count += 1
-            self.report("frames", self.count)
-            return None
         pixels = self._download(img)
         self._latest.publish(pixels)
         if self._window is not None:
@@ -198,16 +200,25 @@ class Preview(Node):
 
     _gpu_jpeg = True  # cleared for good if nvJPEG is missing or fails once
 
-    def _keep_on_gpu(self, img: torch.Tensor) -> Callable[[], np.ndarray]:
-        """The picture stays on the GPU (a copy: the graph reuses its output buffers); the returned call,
-        made by whichever thread wants a still, waits for this picture alone and downloads it."""
-        kept = img.clone()
+    def _small(self, img: torch.Tensor) -> torch.Tensor:
+        """The picture at most `max_width` wide."""
+        h, w = int(img.shape[0]), int(img.shape[1])
+        mw = self.params.max_width
+        return fit(img, mw, max(2, round(h * mw / w)), "stretch") if mw and w > mw else img
+
+    def _keep_on_gpu(self, img: torch.Tensor, own: bool) -> Callable[[], np.ndarray]:
+        """The picture stays on the GPU: as it is when it is this sink's own (`own`: the runtime's copy of a
+        replayed frame, or made by this call), else a plain copy (the graph may reuse its output buffers). The
+        returned call, made by whichever thread wants a still (rare: a new viewer), waits for this picture
+        alone, then resizes and downloads it."""
+        kept = img if own else img.clone()
         done = torch.cuda.Event(blocking=True)
         done.record(torch.cuda.current_stream(img.device))
 
-        def fetch() -> np.ndarray:  # rare (a still for a new viewer): a plain copy, not the sink's pinned ring
+        def fetch() -> np.ndarray:  # a plain copy, not the sink's pinned ring
             done.synchronize()
-            return kept.cpu().numpy()
+            with torch.cuda.device(kept.device):
+                return self._small(kept).cpu().numpy()
 
         return fetch
 
