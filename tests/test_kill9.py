@@ -331,8 +331,12 @@ def test_studio_step_killed_at_random_points(studio_states, tmp_path, step):
             for q in [t, *(t.rglob("*") if t.is_dir() else [])]:
                 os.utime(q, (old, old), follow_symlinks=False)
         # Resumable: the same command again completes.
+        finished = step == "record" and (prof / "recordings" / "take2.mp4").is_file()  # the kill came after the take was kept
         out = subprocess.run(_muse("studio", *cmd, "--root", str(root)), env=_env(), capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
+        if finished:  # the user's take is never overwritten: the same command again refuses, saying why
+            assert out.returncode == 2 and "already exists; refusing to overwrite" in out.stderr, out.stderr[-3000:]
+        else:
+            assert out.returncode == 0, out.stderr[-3000:]
         load_profile("front", root)  # the next start after the re-run
         problems = check_folder(prof, before, owned + (("recordings/take2-recovered",) if step == "record" else ()),
                                 temps_allowed=False)
