@@ -20,11 +20,6 @@ from muse.graph.payloads import FaceLandmarks, Keypoints
 from muse.nodes.cpu import wanted
 
 
-def _alpha(cutoff: torch.Tensor | float, dt: float) -> torch.Tensor | float:
-    tau = 1.0 / (2 * math.pi * cutoff)
-    return 1.0 / (1.0 + tau / dt)
-
-
 class OneEuro:
     """One-Euro filter over (N, D) points; `valid` (N,) bool marks points to filter.
 
@@ -53,18 +48,22 @@ class OneEuro:
         if self.x is None or self.t is None or self.dx is None or self.x.shape != x.shape:
             self.x, self.dx, self.t = x.clone(), torch.zeros_like(x), t.clone()
             return x
+        # Few ops on a few hundred floats: each is a kernel launch on the GPU (the whole filter was ~37).
+        # alpha(cutoff) = 1 / (1 + tau / dt) with tau = 1 / (2 pi cutoff) is k c / (k c + 1), k = 2 pi dt.
         step = t - self.t
-        dt64 = torch.where(step > 0, step, torch.full_like(step, default_dt))
+        dt64 = torch.where(step > 0, step, default_dt)
         dt = dt64.float()
-        speed = (x - self.x) / dt / scale  # sizes per second
-        dx = self.dx + _alpha(self.d_cutoff, dt) * (speed - self.dx)
+        k = dt * (2 * math.pi)
+        speed = (x - self.x) / (dt * scale)  # sizes per second
+        kd = k * self.d_cutoff
+        dx = torch.lerp(self.dx, speed, kd / (kd + 1))
         magnitude = torch.linalg.vector_norm(dx[..., :2], dim=-1, keepdim=True)  # one cutoff per point, isotropic
-        a = _alpha(self.min_cutoff + self.beta * magnitude, dt)
-        out = self.x + a * (x - self.x)
+        kc = torch.addcmul(k * self.min_cutoff, k, magnitude, value=self.beta)  # k (min_cutoff + beta |dx|)
+        out = torch.lerp(self.x, x, kc / (kc + 1))
         if valid is not None:  # lost points restart from the raw value
             keep = valid.reshape(-1, *([1] * (x.dim() - 1)))
             out = torch.where(keep, out, x)
-            dx = torch.where(keep, dx, torch.zeros_like(dx))
+            dx = torch.where(keep, dx, 0.0)
         self.x.copy_(out)
         self.dx.copy_(dx)
         self.t.add_(dt64)
@@ -75,13 +74,12 @@ def _extent(points: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Size of the body or face in pixels (larger side of the box of valid points), never below 1."""
     xy = points[:, :2].float()
     if valid is not None:
-        big = torch.finfo(xy.dtype).max
-        lo = torch.where(valid[:, None], xy, torch.full_like(xy, big)).amin(0)
-        hi = torch.where(valid[:, None], xy, torch.full_like(xy, -big)).amax(0)
-        size = torch.where(valid.any(), (hi - lo).amax(), torch.ones((), device=xy.device))
+        # no valid point: lo = +inf, hi = -inf, so the size is -inf and the clamp gives 1
+        lo = torch.where(valid[:, None], xy, math.inf).amin(0)
+        hi = torch.where(valid[:, None], xy, -math.inf).amax(0)
     else:
-        size = (xy.amax(0) - xy.amin(0)).amax()
-    return size.clamp(min=1.0)
+        lo, hi = torch.aminmax(xy, dim=0)
+    return (hi - lo).amax().clamp(min=1.0)
 
 
 class Smooth(Node):
