@@ -61,9 +61,22 @@ def main() -> None:
     w, h = (int(v) for v in a.size.split("x"))
     spec = yaml.safe_load(Path(a.graph).read_text())
     spec["settings"].update(device="cpu", resolution=[w, h], capture="off")
+    sources = set()
     for name, d in spec["nodes"].items():
         if d["type"].startswith("capture."):  # every source (a camera, its demo stand-in) renders the demo
             spec["nodes"][name] = {"type": "capture.demo", "params": {"width": w, "height": h, "fps": 0, "frames": a.frames}}
+            sources.add(name)
+
+    def queued(value: object) -> object:
+        """A link from a source, as a queue: every frame is counted (with `latest`, an unpaced demo's frames are
+        dropped while the first ones run, so 2 of 6 frames were counted and the 'median' was the first frame's)."""
+        names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if names and all(isinstance(v, str) for v in names) and any(v.split(".")[0] in sources for v in names):
+            return {"from": value, "queue": max(8, a.frames)}
+        return value
+
+    for d in spec["nodes"].values():
+        d["inputs"] = {port: queued(v) for port, v in (d.get("inputs") or {}).items()}
     text, base, reg = yaml.safe_dump(spec), Path(a.graph).resolve().parent, load_registry()
     graph = validate_text(text, a.graph, reg, base_dir=base)
     torch_nodes = {n: {"backend": "torch"} for n, rn in graph.nodes.items()  # included nodes too (pose/bundled)
