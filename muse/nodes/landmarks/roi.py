@@ -238,6 +238,8 @@ def predict(current: torch.Tensor, previous: torch.Tensor, valid: torch.Tensor, 
     """Constant-velocity guess of the next frame's ROI centre: a tracker's crop
     otherwise trails a moving face by one frame's motion. `valid` (0-d bool)
     turns it off when this frame's result is not trusted."""
-    step = (current[:, :2] - previous[:, :2]) * gain
-    step = torch.where(valid, step, torch.zeros_like(step))
-    return torch.cat([current[:, :2] + step, current[:, 2:]], dim=1)
+    step = current[:, :2] - previous[:, :2]
+    if gain != 1.0:
+        step = step * gain
+    moved = torch.where(valid, current[:, :2] + step, current[:, :2])
+    return torch.cat([moved, current[:, 2:]], dim=1)

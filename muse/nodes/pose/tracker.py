@@ -192,9 +192,10 @@ class BlazePoseTracker:
         tracking, confirm = self._plan
         self._plan = None
         previous_seen = self.last_roi_seen
+        gate: torch.Tensor | None
         if tracking:
             assert self.roi is not None
-            roi, gate = self.roi.clone(), torch.ones((), device=image.device)  # the state is overwritten below
+            roi, gate = self.roi.clone(), None  # the state is overwritten below
             if confirm:
                 # The landmark model's presence flag also fires on walls and furniture, so a person
                 # who left can stay "tracked": the detector confirms now and then (the crop stays).
@@ -210,7 +211,9 @@ class BlazePoseTracker:
         raw = out[0].reshape(1, -1, 5).float()
         if self.refine and len(out) > 3:
             raw = torch.cat([refine_from_heatmaps(raw[0, :, :2], out[3], LANDMARK_SIZE)[None], raw[..., 2:]], dim=-1)
-        presence = out[1].reshape(()).float() * gate  # the flag is already a probability
+        presence = out[1].reshape(()).float()  # the flag is already a probability
+        if gate is not None:
+            presence = presence * gate
         points = R.to_frame(raw[..., :3], roi.float(), float(LANDMARK_SIZE))[0]
         present = presence >= self.min_tracking
         if self.last_points is not None:

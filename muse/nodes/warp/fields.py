@@ -14,13 +14,28 @@ import torch
 import torch.nn.functional as F
 
 
+_GRIDS: dict[tuple[int, int, int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
 def field_grid(image_size: tuple[int, int], cell: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-resolution pixel coordinates (x, y) of the centres of a grid `cell` times coarser."""
-    width, height = image_size
-    w, h = max(2, math.ceil(width / cell)), max(2, math.ceil(height / cell))
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (width / w) - 0.5
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (height / h) - 0.5
-    return xs[None, :].expand(h, w), ys[:, None].expand(h, w)
+    """Full-resolution pixel coordinates (x, y) of the centres of a grid `cell` times coarser
+    (made once per size: read-only expanded views of cached axes)."""
+    xs, ys, _ = field_points(image_size, cell, device)
+    return xs, ys
+
+
+def field_points(image_size: tuple[int, int], cell: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`field_grid`'s x and y, and the same stacked as one (2, h, w) tensor; made once per size and device."""
+    key = (int(image_size[0]), int(image_size[1]), cell, str(device))
+    found = _GRIDS.get(key)
+    if found is None:
+        width, height = image_size
+        w, h = max(2, math.ceil(width / cell)), max(2, math.ceil(height / cell))
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (width / w) - 0.5
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (height / h) - 0.5
+        xs2, ys2 = xs[None, :].expand(h, w), ys[:, None].expand(h, w)
+        found = _GRIDS[key] = (xs2, ys2, torch.stack((xs2, ys2)))
+    return found
 
 
 def smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
