@@ -141,3 +141,24 @@ def test_one_euro_follows_the_textbook_filter():
             dx_ref = np.where(valid[:, None], dx, 0.0)
             x_ref, t_ref = want, t_ref + dt
         assert np.abs(got.double().numpy() - want).max() < 2e-3, i
+
+
+def test_body_and_face_together_match_each_alone(monkeypatch):
+    """The torch path runs body keypoints and face landmarks of one frame through one filter on the stacked
+    points: the same smoothed points as two nodes that each get only one of them."""
+    monkeypatch.setenv("MUSE_CPU_PATH", "torch")  # the GPU code, on the CPU
+    from dataclasses import replace
+
+    lm = FaceLandmarks(torch.rand(478, 3) * 80 + torch.tensor([600.0, 150.0, 0.0]), torch.tensor(0.9), REG.face_regions(True), (1280, 720))
+    both, body, face = (build_node(Smooth, {"beta": 5.0}) for _ in range(3))
+    for n in (both, body, face):
+        n.open(make_context(n.name, "cpu"))
+    gen = torch.Generator().manual_seed(5)
+    for i in range(8):
+        kp = _kp(POSE + torch.randn(POSE.shape, generator=gen) * 2 + 15.0 * i, i, torch.where(torch.arange(33) == 15, 0.1, 0.9))
+        fl = replace(lm, points=lm.points + torch.randn(lm.points.shape, generator=gen) + 15.0 * i, timestamp=i / 30, index=i)
+        got = both.process(kp, fl)
+        assert torch.allclose(got["smoothed_keypoints"].points, body.process(kp, None)["smoothed_keypoints"].points, atol=1e-4)
+        assert torch.allclose(got["smoothed_face"].points, face.process(None, fl)["smoothed_face"].points, atol=1e-4)
+        assert got["smoothed_keypoints"].points.shape == (33, 2) and got["smoothed_face"].points.shape == (478, 3)
+    assert "both" in both._filters and "both" not in body._filters
