@@ -67,3 +67,20 @@ def test_uneven_padding_inside_the_convolution(pads: tuple[int, int, int, int], 
     assert conv.pre_pad is not None or pads[0] == pads[1] and pads[2] == pads[3]
     assert conv.set_pads(*pads) and conv.pre_pad is None
     assert torch.allclose(conv(img), expected, atol=1e-5)
+
+
+def test_folded_model_exports_to_onnx(imported: None, basketball, tmp_path) -> None:
+    """The in-place channel add exports in its plain form: ONNX Runtime gives what the folded torch module gives."""
+    ort = pytest.importorskip("onnxruntime")
+    from muse.models.backends import export_onnx
+
+    name = "face_detection_short_range"  # 11 channel PAD + ADD folds
+    model = bundled.load_model(name)
+    x = bundled.reference_input(name, basketball)
+    path = export_onnx(model, x, tmp_path / "folded.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    for o, r in zip(outs, ref):
+        assert abs(o - r.numpy()).max() <= bundled.PARITY_RTOL * max(1.0, float(r.abs().max()))

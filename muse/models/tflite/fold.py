@@ -19,21 +19,29 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from muse.models.tflite.builder import TFLiteModule
-from muse.models.tflite.ops import Binary, Conv, Pad, PRelu, Unary, _Op
+from muse.models.tflite.ops import Binary, Conv, Pad, PRelu, Unary, activation
 
 
-class ChannelPadAdd(_Op):
+class ChannelPadAdd(nn.Module):
     """`ADD(PAD(x, channels after), y)` as `y[:, :C] += x`: no padded copy of x, one kernel instead of two.
 
     `y` must be a fresh tensor that nothing else reads (checked by the fold)."""
 
     def __init__(self, act: str) -> None:
-        super().__init__(act)
+        super().__init__()
+        self.act_name = act
+        self._act = activation(act)
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        return self._act(y) if self._act is not None else y
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # an exporter sees the plain form (no in-place update of a slice)
+            return self.finish(F.pad(x, (0, 0, 0, 0, 0, y.shape[1] - x.shape[1])) + y)
         y.narrow(1, 0, x.shape[1]).add_(x)
         return self.finish(y)
 

@@ -49,9 +49,11 @@ def refine_from_heatmaps(points: torch.Tensor, heatmaps: torch.Tensor, model_siz
     # -inf outside the map: zero weight there after the sigmoid, which then runs on the 7x7 windows only
     padded = torch.nn.functional.pad(logits.float(), (0, 0, r, r, r, r), value=-math.inf)
     cell = torch.floor(points * c.per_pixel)  # (K, 2): the heatmap cell (x, y) under each point
-    clamped = cell.clamp(0, w - 1) if w == h else torch.minimum(cell.clamp_min(0), c.last)
+    # clamped as integers: a NaN or infinite point becomes some integer, clamped into the map (never an
+    # out-of-bounds gather), and is not `inside` (NaN equals nothing)
+    clamped = cell.long().clamp(0, w - 1) if w == h else torch.minimum(cell.long().clamp_min(0), c.last)
     inside = (cell == clamped).all(-1)
-    corner = (clamped * c.strides).sum(-1).long() + c.channel  # flat index of each window's first cell
+    corner = (clamped * c.strides).sum(-1) + c.channel  # flat index of each window's first cell
     window = torch.sigmoid(padded.view(-1)[corner[:, None] + c.cells])  # (K, 49)
     total = window.sum(-1, keepdim=True)
     peak = window.amax(-1)
@@ -66,8 +68,8 @@ class _Window:
     """Constants of `refine_from_heatmaps` for one map shape, made once (no per-frame arange or copies)."""
 
     per_pixel: torch.Tensor | float  # heatmap cells per model pixel, (x, y)
-    last: torch.Tensor  # (w - 1, h - 1)
-    strides: torch.Tensor  # flat strides of x and y in the padded (h + 2r, w + 2r, K) map
+    last: torch.Tensor  # (w - 1, h - 1), int64
+    strides: torch.Tensor  # flat strides of x and y in the padded (h + 2r, w + 2r, K) map, int64
     channel: torch.Tensor  # (K,) each point's own channel
     cells: torch.Tensor  # (49,) flat offsets of a window's cells from its first
     dxy: torch.Tensor  # (49, 2) the cells' offsets (dx, dy) from the centre cell
@@ -87,8 +89,8 @@ def _window(h: int, w: int, k: int, model_size: float, device: torch.device) -> 
         per_pixel = w / model_size if w == h else torch.tensor([w / model_size, h / model_size], device=device)
         found = _WINDOWS[key] = _Window(
             per_pixel=per_pixel,
-            last=torch.tensor([w - 1.0, h - 1.0], device=device),
-            strides=torch.tensor([float(k), float(pw * k)], device=device),
+            last=torch.tensor([w - 1, h - 1], device=device),
+            strides=torch.tensor([k, pw * k], device=device),
             channel=torch.arange(k, device=device),
             cells=(((dy + r) * pw + (dx + r)).reshape(-1).long() * k).to(device),
             dxy=torch.stack([dx, dy], -1).reshape(-1, 2).to(device),
