@@ -175,6 +175,19 @@ def test_heatmap_refinement_moves_points_to_the_peak():
     assert torch.equal(far, torch.tensor([[300.0, 10.0]])), "points off the map stay"
 
 
+def test_heatmap_refinement_leaves_non_finite_points_alone():
+    """A NaN or infinite point (a model gone bad) is neither refined nor used as an index: the gather stays in the
+    map (an out-of-bounds index is a device-side assert on a GPU) and the point comes back as it was."""
+    from muse.nodes.pose.tracker import refine_from_heatmaps
+
+    hm = torch.full((1, 64, 64, 4), -10.0)
+    hm[0, 14, 26, 3] = 5.0
+    pts = torch.tensor([[float("nan"), 5.0], [float("inf"), 3.0], [-float("inf"), 100.0], [100.0, 60.0]])
+    out = refine_from_heatmaps(pts, hm, 256)
+    assert torch.equal(out[:3].isnan(), pts[:3].isnan()) and torch.equal(out[1:3], pts[1:3])
+    assert torch.allclose(out[3], torch.tensor([104.0, 56.0]), atol=0.05)
+
+
 def test_full_hd_frame_matches_the_photo(astronaut):
     """The astronaut upscaled into a 1920x1080 frame (crops shrink ~4x, so the
     antialiased multi-tap crops are used): keypoints land where the 512 px photo's

@@ -108,3 +108,57 @@ def test_face_landmarks_are_smoothed_on_device_tensors():
     raw = torch.stack([f.points for f in faces])
     assert (sm[11:] - sm[10:-1]).norm(dim=-1).mean() < 0.4 * (raw[11:] - raw[10:-1]).norm(dim=-1).mean()
     assert outs[-1]["smoothed_face"].regions == faces[-1].regions
+
+
+def test_one_euro_follows_the_textbook_filter():
+    """The device filter (written as a few fused ops: lerp, addcmul) against One-Euro as published, in float64
+    on the host, over a walk that stops, jumps, loses points and has one frame whose time does not advance."""
+    from muse.nodes.landmarks.smooth import OneEuro
+
+    def alpha(cutoff: np.ndarray | float, dt: float) -> np.ndarray | float:
+        tau = 1.0 / (2 * np.pi * cutoff)
+        return 1.0 / (1.0 + tau / dt)
+
+    rng = np.random.default_rng(3)
+    f = OneEuro(1.0, 20.0, 1.0)
+    x_ref = dx_ref = None
+    t_ref = 0.0
+    pts = POSE.double().numpy()
+    for i in range(40):
+        pts = pts + rng.normal(0, 1.5, pts.shape) + (25.0 if 15 <= i < 18 else 0.0)
+        valid = rng.random(len(pts)) > 0.1
+        t = i / 30 if i != 9 else 8 / 30  # frame 9 repeats frame 8's time: counts as 1/30 s later
+        scale = 420.0
+        got = f(torch.from_numpy(pts).float(), torch.tensor(t, dtype=torch.float64), torch.tensor(scale), torch.from_numpy(valid), 1 / 30)
+        if x_ref is None:
+            x_ref, dx_ref, t_ref, want = pts.copy(), np.zeros_like(pts), t, pts
+        else:
+            dt = t - t_ref if t > t_ref else 1 / 30
+            speed = (pts - x_ref) / dt / scale
+            dx = dx_ref + alpha(1.0, dt) * (speed - dx_ref)
+            a = alpha(1.0 + 20.0 * np.linalg.norm(dx, axis=-1, keepdims=True), dt)
+            want = np.where(valid[:, None], x_ref + a * (pts - x_ref), pts)
+            dx_ref = np.where(valid[:, None], dx, 0.0)
+            x_ref, t_ref = want, t_ref + dt
+        assert np.abs(got.double().numpy() - want).max() < 2e-3, i
+
+
+def test_body_and_face_together_match_each_alone(monkeypatch):
+    """The torch path runs body keypoints and face landmarks of one frame through one filter on the stacked
+    points: the same smoothed points as two nodes that each get only one of them."""
+    monkeypatch.setenv("MUSE_CPU_PATH", "torch")  # the GPU code, on the CPU
+    from dataclasses import replace
+
+    lm = FaceLandmarks(torch.rand(478, 3) * 80 + torch.tensor([600.0, 150.0, 0.0]), torch.tensor(0.9), REG.face_regions(True), (1280, 720))
+    both, body, face = (build_node(Smooth, {"beta": 5.0}) for _ in range(3))
+    for n in (both, body, face):
+        n.open(make_context(n.name, "cpu"))
+    gen = torch.Generator().manual_seed(5)
+    for i in range(8):
+        kp = _kp(POSE + torch.randn(POSE.shape, generator=gen) * 2 + 15.0 * i, i, torch.where(torch.arange(33) == 15, 0.1, 0.9))
+        fl = replace(lm, points=lm.points + torch.randn(lm.points.shape, generator=gen) + 15.0 * i, timestamp=i / 30, index=i)
+        got = both.process(kp, fl)
+        assert torch.allclose(got["smoothed_keypoints"].points, body.process(kp, None)["smoothed_keypoints"].points, atol=1e-4)
+        assert torch.allclose(got["smoothed_face"].points, face.process(None, fl)["smoothed_face"].points, atol=1e-4)
+        assert got["smoothed_keypoints"].points.shape == (33, 2) and got["smoothed_face"].points.shape == (478, 3)
+    assert "both" in both._filters and "both" not in body._filters

@@ -134,3 +134,21 @@ def test_with_real_face_landmarks(astronaut):
         cx, cy = (float(v) for v in lm.points[lm.regions[f"{side}_iris"], :2].mean(0))
         assert _dark_area(out, cx, cy) >= 1.25 * _dark_area(astronaut, cx, cy), side
     assert np.array_equal(out[:, :140], astronaut[:, :140])  # far from the face nothing moves
+
+
+@pytest.mark.parametrize("path", ["torch", "fast"])
+def test_eye_contours_of_different_lengths_give_the_same_field(path, monkeypatch):
+    """Both eyes are gathered at once when their contours match in length; a landmark set whose right-eye
+    contour repeats a point (so it is one longer) takes the per-eye path and must give the same field."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("MUSE_CPU_PATH", path)  # torch: the GPU code, on the CPU
+    lm = vs.astronaut_landmarks()
+    params = {"eyes": 0.6, "v_line": 0.3, "slim": 0.2}
+    regions = dict(lm.regions)
+    assert regions.get("left_iris") and regions.get("right_iris")  # the centre comes from the iris: the repeat moves nothing
+    regions["right_eye"] = list(regions["right_eye"]) + [regions["right_eye"][0]]
+    same = run_node(FaceWarp, params, landmarks=lm)["field"].field
+    longer = run_node(FaceWarp, params, landmarks=replace(lm, regions=regions))["field"].field
+    assert same.abs().max() > 0.5
+    assert torch.allclose(same, longer, atol=1e-5)

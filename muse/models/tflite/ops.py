@@ -81,6 +81,35 @@ class Conv(_Op):
         else:
             self.conv_pad, self.pre_pad = (0, 0), (l, r, t, b)
 
+    def pads(self) -> tuple[int, int, int, int]:
+        """The zero padding this convolution applies, (left, right, top, bottom)."""
+        if self.pre_pad is not None:
+            l, r, t, b = self.pre_pad
+            return l, r, t, b
+        t, l = self.conv_pad
+        return l, l, t, t
+
+    def set_pads(self, l: int, r: int, t: int, b: int) -> bool:
+        """Apply this zero padding inside the convolution (no separate pad kernel); False where it cannot.
+
+        Uneven padding (TFLite's SAME puts the odd pixel after) becomes even padding p = max(before, after)
+        with a kernel grown by zero taps: p - before in front, p - after behind, so every real tap still
+        meets the same input pixel and the output size is unchanged. Needs dilation 1."""
+        if l == r and t == b:
+            self.conv_pad, self.pre_pad = (t, l), None
+            return True
+        if self.dilation != (1, 1):
+            self.conv_pad, self.pre_pad = (0, 0), (l, r, t, b)
+            return False
+        ph, pw = max(t, b), max(l, r)
+        w = self.weight.data
+        kh, kw = w.shape[-2:]
+        grown = w.new_zeros(*w.shape[:-2], kh + 2 * ph - t - b, kw + 2 * pw - l - r)
+        grown[..., ph - t : ph - t + kh, pw - l : pw - l + kw] = w
+        self.weight = nn.Parameter(grown, requires_grad=False)
+        self.conv_pad, self.pre_pad = (ph, pw), None
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_pad is not None:
             x = F.pad(x, self.pre_pad)
@@ -161,14 +190,17 @@ class PRelu(nn.Module):
     def __init__(self, alpha: torch.Tensor) -> None:
         super().__init__()
         self.alpha = nn.Parameter(alpha, requires_grad=False)
+        # One slope per channel (the face and iris models' 23 and 53 PReLUs): kept flat, as F.prelu takes it,
+        # so a call is the one fused kernel and no reshape or cast of the slopes is dispatched every frame.
+        per_channel = alpha.dim() == 1 or (alpha.dim() == 4 and alpha.numel() == alpha.shape[1])
+        self.channel_alpha = nn.Parameter(alpha.reshape(-1).clone(), requires_grad=False) if per_channel else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.alpha
-        if x.dim() == 4 and a.numel() == x.shape[1] and (a.dim() == 1 or (a.dim() == 4 and a.shape[1] == x.shape[1])):
-            # One fused kernel instead of three (compare, multiply, select): face and iris models
-            # carry 23 and 53 PReLUs, so this is ~150 launches a frame.
-            return F.prelu(x, a.reshape(-1).to(x.dtype))
-        return torch.where(x >= 0, x, x * a)
+        a = self.channel_alpha
+        if a is not None and x.dim() == 4 and a.numel() == x.shape[1]:
+            # One fused kernel instead of three (compare, multiply, select): ~150 launches a frame.
+            return F.prelu(x, a if a.dtype == x.dtype else a.to(x.dtype))
+        return torch.where(x >= 0, x, x * self.alpha)
 
 
 class Pad(nn.Module):

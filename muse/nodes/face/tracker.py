@@ -126,9 +126,10 @@ class FaceTracker:
         if self._plan is None:  # called directly: choose now
             self.plan(force_detect=force_detect, seeded_by_pose=pose is not None)
         tracking, self._plan = bool(self._plan), None
+        gate: torch.Tensor | None
         if tracking:
             assert self.roi is not None
-            roi, gate = self.roi.clone(), torch.ones((), device=image.device)  # the state is overwritten below
+            roi, gate = self.roi.clone(), None  # the state is overwritten below
         else:
             if pose is not None:
                 roi, seed = self.seed_from_pose(pose)
@@ -140,7 +141,8 @@ class FaceTracker:
             points, _ = self._mesh(image, roi)
             roi = R.box_roi(points[None], REG.RIGHT_EYE_CORNERS[0], REG.LEFT_EYE_CORNERS[1], 0.0, FACE_SCALE)
         points, presence = self._mesh(image, roi)
-        presence = presence * gate
+        if gate is not None:
+            presence = presence * gate
         present = presence >= self.min_tracking
         if self.iris_model is not None:
             points = torch.cat([points, self._irises(image, points)])
@@ -155,5 +157,5 @@ class FaceTracker:
         self.roi = keep_in_place(self.roi, next_roi)
         self.last_points = keep_in_place(self.last_points, points)
         self.tracking.publish(present)
-        box = torch.cat([points[: REG.MESH_POINTS, :2].amin(0), points[: REG.MESH_POINTS, :2].amax(0)])
+        box = torch.cat(torch.aminmax(points[: REG.MESH_POINTS, :2], dim=0))
         return {"points": points, "confidence": presence, "box": box, "present": present, "roi": roi, "tracked": tracking}

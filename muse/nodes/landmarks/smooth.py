@@ -13,16 +13,12 @@ import math
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import FaceLandmarks, Keypoints
 from muse.nodes.cpu import wanted
-
-
-def _alpha(cutoff: torch.Tensor | float, dt: float) -> torch.Tensor | float:
-    tau = 1.0 / (2 * math.pi * cutoff)
-    return 1.0 / (1.0 + tau / dt)
 
 
 class OneEuro:
@@ -53,18 +49,22 @@ class OneEuro:
         if self.x is None or self.t is None or self.dx is None or self.x.shape != x.shape:
             self.x, self.dx, self.t = x.clone(), torch.zeros_like(x), t.clone()
             return x
+        # Few ops on a few hundred floats: each is a kernel launch on the GPU (the whole filter was ~37).
+        # alpha(cutoff) = 1 / (1 + tau / dt) with tau = 1 / (2 pi cutoff) is k c / (k c + 1), k = 2 pi dt.
         step = t - self.t
-        dt64 = torch.where(step > 0, step, torch.full_like(step, default_dt))
+        dt64 = torch.where(step > 0, step, default_dt)
         dt = dt64.float()
-        speed = (x - self.x) / dt / scale  # sizes per second
-        dx = self.dx + _alpha(self.d_cutoff, dt) * (speed - self.dx)
+        k = dt * (2 * math.pi)
+        speed = (x - self.x) / (dt * scale)  # sizes per second
+        kd = k * self.d_cutoff
+        dx = torch.lerp(self.dx, speed, kd / (kd + 1))
         magnitude = torch.linalg.vector_norm(dx[..., :2], dim=-1, keepdim=True)  # one cutoff per point, isotropic
-        a = _alpha(self.min_cutoff + self.beta * magnitude, dt)
-        out = self.x + a * (x - self.x)
+        kc = torch.addcmul(k * self.min_cutoff, k, magnitude, value=self.beta)  # k (min_cutoff + beta |dx|)
+        out = torch.lerp(self.x, x, kc / (kc + 1))
         if valid is not None:  # lost points restart from the raw value
             keep = valid.reshape(-1, *([1] * (x.dim() - 1)))
             out = torch.where(keep, out, x)
-            dx = torch.where(keep, dx, torch.zeros_like(dx))
+            dx = dx * keep  # 0 where lost (one op: a where with a number also makes that number a tensor)
         self.x.copy_(out)
         self.dx.copy_(dx)
         self.t.add_(dt64)
@@ -75,13 +75,12 @@ def _extent(points: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Size of the body or face in pixels (larger side of the box of valid points), never below 1."""
     xy = points[:, :2].float()
     if valid is not None:
-        big = torch.finfo(xy.dtype).max
-        lo = torch.where(valid[:, None], xy, torch.full_like(xy, big)).amin(0)
-        hi = torch.where(valid[:, None], xy, torch.full_like(xy, -big)).amax(0)
-        size = torch.where(valid.any(), (hi - lo).amax(), torch.ones((), device=xy.device))
+        # no valid point: lo = +inf, hi = -inf, so the size is -inf and the clamp gives 1
+        lo = torch.where(valid[:, None], xy, math.inf).amin(0)
+        hi = torch.where(valid[:, None], xy, -math.inf).amax(0)
     else:
-        size = (xy.amax(0) - xy.amin(0)).amax()
-    return size.clamp(min=1.0)
+        lo, hi = torch.aminmax(xy, dim=0)
+    return (hi - lo).amax().clamp(min=1.0)
 
 
 class Smooth(Node):
@@ -146,17 +145,38 @@ class Smooth(Node):
         if self._cpu is not None:
             return self._cpu.process(keypoints, face)
         out: dict[str, Keypoints | FaceLandmarks] = {}
+        kp_valid = kp_scale = face_valid = face_scale = None
         if keypoints is not None:
-            valid = keypoints.confidence >= self.params.min_confidence
-            f = self._filter("keypoints")
-            now = self._now(keypoints.timestamp, keypoints.points.device)
-            pts = f(keypoints.points, now, _extent(keypoints.points, valid), valid, 1 / self._fps())
-            out["smoothed_keypoints"] = replace(keypoints, points=pts.to(keypoints.points.dtype))
+            kp_valid = keypoints.confidence >= self.params.min_confidence
+            kp_scale = _extent(keypoints.points, kp_valid)
         if face is not None:
             # confidence may be a 0-d device tensor: compare on the device, never branch on it here
-            conf = torch.as_tensor(face.confidence, device=face.points.device, dtype=torch.float32)
-            valid = (conf >= self.params.min_confidence).expand(face.points.shape[0])
+            conf = face.confidence
+            if not (isinstance(conf, torch.Tensor) and conf.device == face.points.device):
+                conf = torch.as_tensor(conf, device=face.points.device, dtype=torch.float32)
+            face_valid = (conf >= self.params.min_confidence).expand(face.points.shape[0])
+            face_scale = _extent(face.points, None)
+        if keypoints is not None and face is not None and keypoints.points.device == face.points.device and keypoints.timestamp == face.timestamp:
+            # Body and face through one filter: its ~23 ops run once on the stacked points (each row keeps its
+            # own scale and validity; the time is the same frame's), not once per payload.
+            assert kp_scale is not None and kp_valid is not None and face_scale is not None and face_valid is not None
+            (k, n), (m, nf) = keypoints.points.shape, face.points.shape
+            d = max(n, nf)
+            parts = [p if p.shape[1] == d else F.pad(p, (0, d - p.shape[1])) for p in (keypoints.points.float(), face.points.float())]
+            x = torch.cat(parts)
+            scale = torch.cat([kp_scale.expand(k), face_scale.expand(m)])[:, None]
+            valid = torch.cat([kp_valid, face_valid])
+            pts = self._filter("both")(x, self._now(keypoints.timestamp, x.device), scale, valid, 1 / self._fps())
+            out["smoothed_keypoints"] = replace(keypoints, points=pts[:k, :n].to(keypoints.points.dtype).contiguous())
+            out["smoothed_face"] = replace(face, points=pts[k:, :nf].to(face.points.dtype))
+            return out
+        if keypoints is not None:
+            f = self._filter("keypoints")
+            now = self._now(keypoints.timestamp, keypoints.points.device)
+            pts = f(keypoints.points, now, kp_scale, kp_valid, 1 / self._fps())
+            out["smoothed_keypoints"] = replace(keypoints, points=pts.to(keypoints.points.dtype))
+        if face is not None:
             f = self._filter("face")
-            pts = f(face.points, self._now(face.timestamp, face.points.device), _extent(face.points, None), valid, 1 / self._fps())
+            pts = f(face.points, self._now(face.timestamp, face.points.device), face_scale, face_valid, 1 / self._fps())
             out["smoothed_face"] = replace(face, points=pts.to(face.points.dtype))
         return out

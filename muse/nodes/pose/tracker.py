@@ -9,6 +9,8 @@ the "still tracking" flag (see `HostFlag`), which picks detector or tracker.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,25 +42,60 @@ def refine_from_heatmaps(points: torch.Tensor, heatmaps: torch.Tensor, model_siz
     that convention leaves refined minus regressed near zero on real photos).
     """
     k = points.shape[0]
-    hm = torch.sigmoid(heatmaps[0].float().permute(2, 0, 1)[:k])  # (K, h, w)
-    h, w = hm.shape[-2:]
+    logits = heatmaps[0, ..., :k]  # (h, w, K), as the model gives them (no transpose of the whole map)
+    h, w = logits.shape[:2]
     r = HEATMAP_KERNEL // 2
-    padded = torch.nn.functional.pad(hm, (r, r, r, r))  # zero weight outside the map
-    cx = torch.floor(points[:, 0] / model_size * w).long()
-    cy = torch.floor(points[:, 1] / model_size * h).long()
-    inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
-    offsets = torch.arange(-r, r + 1, device=points.device)
-    cols = (cx.clamp(0, w - 1)[:, None] + offsets)  # (K, 7)
-    rows = (cy.clamp(0, h - 1)[:, None] + offsets)
-    idx = torch.arange(k, device=points.device)[:, None, None]
-    window = padded[idx, rows[:, :, None] + r, cols[:, None, :] + r]  # (K, 7, 7)
-    total = window.sum((1, 2))
-    peak = window.amax((1, 2))
-    col = (window * cols[:, None, :].float()).sum((1, 2)) / total.clamp(min=1e-9)
-    row = (window * rows[:, :, None].float()).sum((1, 2)) / total.clamp(min=1e-9)
-    refined = torch.stack([col / w * model_size, row / h * model_size], dim=-1)
-    use = (inside & (peak >= HEATMAP_MIN_CONFIDENCE) & (total > 0))[:, None]
-    return torch.where(use, refined, points)
+    c = _window(h, w, k, float(model_size), points.device)
+    # -inf outside the map: zero weight there after the sigmoid, which then runs on the 7x7 windows only
+    padded = torch.nn.functional.pad(logits.float(), (0, 0, r, r, r, r), value=-math.inf)
+    cell = torch.floor(points * c.per_pixel)  # (K, 2): the heatmap cell (x, y) under each point
+    # clamped as integers: a NaN or infinite point becomes some integer, clamped into the map (never an
+    # out-of-bounds gather), and is not `inside` (NaN equals nothing)
+    clamped = cell.long().clamp(0, w - 1) if w == h else torch.minimum(cell.long().clamp_min(0), c.last)
+    inside = (cell == clamped).all(-1)
+    corner = (clamped * c.strides).sum(-1) + c.channel  # flat index of each window's first cell
+    window = torch.sigmoid(padded.view(-1)[corner[:, None] + c.cells])  # (K, 49)
+    total = window.sum(-1, keepdim=True)
+    peak = window.amax(-1)
+    # the confidence-weighted centre: the centre cell plus the weighted mean of the cells' (dx, dy)
+    centre = clamped + (window[:, :, None] * c.dxy).sum(1) / total.clamp(min=1e-9)
+    use = inside & (peak >= HEATMAP_MIN_CONFIDENCE)  # a peak >= 0.5 makes the total > 0 too
+    return torch.where(use[:, None], centre / c.per_pixel, points)
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Constants of `refine_from_heatmaps` for one map shape, made once (no per-frame arange or copies)."""
+
+    per_pixel: torch.Tensor | float  # heatmap cells per model pixel, (x, y)
+    last: torch.Tensor  # (w - 1, h - 1), int64
+    strides: torch.Tensor  # flat strides of x and y in the padded (h + 2r, w + 2r, K) map, int64
+    channel: torch.Tensor  # (K,) each point's own channel
+    cells: torch.Tensor  # (49,) flat offsets of a window's cells from its first
+    dxy: torch.Tensor  # (49, 2) the cells' offsets (dx, dy) from the centre cell
+
+
+_WINDOWS: dict[tuple[int, int, int, float, str], _Window] = {}
+
+
+def _window(h: int, w: int, k: int, model_size: float, device: torch.device) -> _Window:
+    key = (h, w, k, model_size, str(device))
+    found = _WINDOWS.get(key)
+    if found is None:
+        r = HEATMAP_KERNEL // 2
+        pw = w + 2 * r
+        d = torch.arange(-r, r + 1, dtype=torch.float32)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        per_pixel = w / model_size if w == h else torch.tensor([w / model_size, h / model_size], device=device)
+        found = _WINDOWS[key] = _Window(
+            per_pixel=per_pixel,
+            last=torch.tensor([w - 1, h - 1], device=device),
+            strides=torch.tensor([k, pw * k], device=device),
+            channel=torch.arange(k, device=device),
+            cells=(((dy + r) * pw + (dx + r)).reshape(-1).long() * k).to(device),
+            dxy=torch.stack([dx, dy], -1).reshape(-1, 2).to(device),
+        )
+    return found
 
 
 class BlazePoseTracker:
@@ -157,9 +194,10 @@ class BlazePoseTracker:
         tracking, confirm = self._plan
         self._plan = None
         previous_seen = self.last_roi_seen
+        gate: torch.Tensor | None
         if tracking:
             assert self.roi is not None
-            roi, gate = self.roi.clone(), torch.ones((), device=image.device)  # the state is overwritten below
+            roi, gate = self.roi.clone(), None  # the state is overwritten below
             if confirm:
                 # The landmark model's presence flag also fires on walls and furniture, so a person
                 # who left can stay "tracked": the detector confirms now and then (the crop stays).
@@ -175,7 +213,9 @@ class BlazePoseTracker:
         raw = out[0].reshape(1, -1, 5).float()
         if self.refine and len(out) > 3:
             raw = torch.cat([refine_from_heatmaps(raw[0, :, :2], out[3], LANDMARK_SIZE)[None], raw[..., 2:]], dim=-1)
-        presence = out[1].reshape(()).float() * gate  # the flag is already a probability
+        presence = out[1].reshape(()).float()  # the flag is already a probability
+        if gate is not None:
+            presence = presence * gate
         points = R.to_frame(raw[..., :3], roi.float(), float(LANDMARK_SIZE))[0]
         present = presence >= self.min_tracking
         if self.last_points is not None:

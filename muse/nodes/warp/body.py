@@ -14,7 +14,7 @@ from muse.graph.capture import device_constant
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Displacement, Keypoints, Mask
 from muse.nodes.cpu import wanted
-from muse.nodes.warp.fields import bump, field_grid, mask_gate, zero_field
+from muse.nodes.warp.fields import bump, field_points, mask_gate, zero_field
 
 # (left shoulder, right shoulder, left hip, right hip) per skeleton
 TORSO = {"coco17": (5, 6, 11, 12), "blazepose33": (11, 12, 23, 24)}
@@ -34,29 +34,33 @@ def body_field(
     waist: float,
     hips: float,
     shoulders: float,
+    grid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Backward lateral field from torso points (4, 2) = (l_shoulder, r_shoulder, l_hip, r_hip)."""
-    top = (torso[0] + torso[1]) / 2
-    bottom = (torso[2] + torso[3]) / 2
-    axis = bottom - top
+    """Backward lateral field from torso points (4, 2) = (l_shoulder, r_shoulder, l_hip, r_hip).
+
+    `grid`: xs and ys stacked (2, h, w), when the caller has it (`fields.field_points`)."""
+    ends = torso.view(2, 2, 2).mean(1)  # shoulder midpoint (top), hip midpoint (bottom)
+    top = ends[0]
+    axis = ends[1] - top
     length = axis.norm().clamp_min(1.0)
     down = axis / length
     across = torch.stack((-down[1], down[0]))
     shoulder_width = (torso[0] - torso[1]).norm().clamp_min(1.0)
-    rx, ry = xs - top[0], ys - top[1]
-    t = (rx * down[0] + ry * down[1]) / length  # 0 at shoulders, 1 at hips
-    s = rx * across[0] + ry * across[1]  # signed pixels from the axis
-    # k > 0 narrows (samples farther out); positive hips/shoulders widen
-    k = (
-        WAIST_MAX * waist * bump(t, WAIST_AT, 0.32)
-        - HIPS_MAX * hips * bump(t, 1.0, 0.3)
-        - SHOULDERS_MAX * shoulders * bump(t, 0.0, 0.3)
-    )
+    rel = (torch.stack((xs, ys)) if grid is None else grid) - top[:, None, None]  # (2, h, w)
+    # 0 at the shoulders, 1 at the hips; and signed pixels from the axis: both projections in one pass
+    frame = torch.stack((down / length, across))  # (2, 2)
+    ts = (frame[:, :, None, None] * rel[None]).sum(1)
+    t, s = ts[0], ts[1]
+    # k > 0 narrows (samples farther out); positive hips/shoulders widen. A band at strength 0 adds nothing.
+    k: torch.Tensor | float = 0.0
+    for strength, centre, half in ((WAIST_MAX * waist, WAIST_AT, 0.32), (-HIPS_MAX * hips, 1.0, 0.3), (-SHOULDERS_MAX * shoulders, 0.0, 0.3)):
+        if strength != 0:
+            k = k + strength * bump(t, centre, half)
     # uniform scaling across the whole body, fading out well beyond the arms
     reach = (s.abs() / shoulder_width - 0.9) / 0.6
     taper = 1 - bump(reach.clamp(0, 1), 1.0, 1.0)
     amount = s * k * taper
-    return torch.stack((amount * across[0], amount * across[1]))
+    return amount[None] * across[:, None, None]
 
 
 class BodyWarp(Node):
@@ -123,13 +127,12 @@ class BodyWarp(Node):
                 f"node {self.name!r}: keypoints skeleton {keypoints.skeleton!r} is not supported; "
                 f"connect a pose node giving one of {sorted(TORSO)}"
             )
-        xs, ys = field_grid(size, p.cell, device)
+        xs, ys, grid = field_points(size, p.cell, device)
         index = device_constant(list(ids), keypoints.points.device)
         torso = keypoints.points[index, :2].float()
-        field = body_field(xs, ys, torso, waist=p.waist, hips=p.hips, shoulders=p.shoulders)
+        field = body_field(xs, ys, torso, waist=p.waist, hips=p.hips, shoulders=p.shoulders, grid=grid)
         # a low-confidence torso gives identity, decided on the device (no host sync)
-        seen = (keypoints.confidence[index].float().min() >= p.min_confidence).float()
-        field = field * seen
+        field = torch.where(keypoints.confidence[index].amin() >= p.min_confidence, field, 0.0)
         if mask is not None:
             field = field * mask_gate(mask.alpha, tuple(xs.shape), p.margin * xs.shape[0])
         return {"field": Displacement(field, size, ts, idx)}

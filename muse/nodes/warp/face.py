@@ -14,7 +14,7 @@ from muse.graph.capture import device_constant
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Displacement, FaceLandmarks, Frame
 from muse.nodes.cpu import wanted
-from muse.nodes.warp.fields import bump, compact_gaussian, field_grid, smoothstep, zero_field
+from muse.nodes.warp.fields import bump, compact_gaussian, field_points, smoothstep, zero_field
 
 # Strength 1 maps to these; chosen so the map stays one-to-one (no fold-over).
 EYE_MAX_SCALE = 0.35  # centre magnification 1 / (1 - 0.35) = 1.54x
@@ -44,9 +44,16 @@ def outline_field(
     dy = ys[None] - points[:, 1, None, None]
     k = compact_gaussian(dx * dx + dy * dy, sigma)  # (N, h, w)
     norm = k.sum(0).clamp_min(1.0)
-    fx = -(shifts[:, 0, None, None] * k).sum(0) / norm
-    fy = -(shifts[:, 1, None, None] * k).sum(0) / norm
-    return torch.stack((fx, fy))
+    # both components in one contraction over the N points (no (N, h, w) product per component)
+    return torch.tensordot(-shifts.float(), k, dims=([0], [0])) / norm
+
+
+def eyes_field(grid: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, scale: float) -> torch.Tensor:
+    """`eye_field` of several eyes at once, summed: grid (2, h, w), centres (E, 2), radii (E,)."""
+    p = grid[None] - centres[:, :, None, None]  # (E, 2, h, w)
+    rho2 = (p * p).sum(1) / (radii * radii)[:, None, None]
+    k = (1 - rho2).clamp_min(0) ** 2
+    return (p * k[:, None]).sum(0) * -scale
 
 
 class FaceWarp(Node):
@@ -112,28 +119,51 @@ class FaceWarp(Node):
         weak = not isinstance(conf, torch.Tensor) and float(conf) < p.min_confidence
         if landmarks is None or weak or (p.eyes == 0 and p.v_line == 0 and p.slim == 0):
             return {"field": Displacement(zero_field(size, p.cell, device), size, ts, idx)}
-        xs, ys = field_grid(size, p.cell, device)
-        field = torch.zeros((2, *xs.shape), device=device, dtype=torch.float32)
+        xs, ys, grid = field_points(size, p.cell, device)
         pts = landmarks.points[:, :2].float()
         regions = landmarks.regions
 
-        left_eye, right_eye = (self._eye(pts, regions, side) for side in ("left", "right"))
-        if p.eyes > 0 and left_eye is not None and right_eye is not None:
-            (c0, r0), (c1, r1) = left_eye, right_eye
-            gap = (c1 - c0).norm()
-            for c, r in ((c0, r0), (c1, r1)):
-                radius = torch.minimum(r * p.eye_radius, 0.45 * gap)  # the two eyes never overlap
-                field += eye_field(xs, ys, c, radius, EYE_MAX_SCALE * p.eyes)
+        eyes = self._eyes(pts, regions)
+        field: torch.Tensor | None = None
+        if p.eyes > 0 and eyes is not None:
+            centres, half_widths = eyes  # (left, right)
+            gap = (centres[1] - centres[0]).norm()
+            radii = torch.minimum(half_widths * p.eye_radius, 0.45 * gap)  # the two eyes never overlap
+            field = eyes_field(grid, centres, radii, EYE_MAX_SCALE * p.eyes)
 
         outline_name = "face_oval" if "face_oval" in regions else ("jaw" if "jaw" in regions else None)
-        if (p.v_line > 0 or p.slim > 0) and outline_name and left_eye is not None and right_eye is not None:
-            field += self._outline(xs, ys, pts[device_constant(regions[outline_name], pts.device)], left_eye[0], right_eye[0])
+        if (p.v_line > 0 or p.slim > 0) and outline_name and eyes is not None:
+            outline = self._outline(xs, ys, pts[device_constant(regions[outline_name], pts.device)], eyes[0][0], eyes[0][1])
+            field = outline if field is None else field + outline
         elif (p.v_line > 0 or p.slim > 0) and "outline" not in self._warned:
             self._warned.add("outline")
             ctx.logger.warning("node %r: landmarks have no 'face_oval'/'jaw' or eye regions; v_line/slim are off", self.name)
+        if field is None:
+            field = torch.zeros((2, *xs.shape), device=device, dtype=torch.float32)
         if isinstance(conf, torch.Tensor):
-            field = field * (conf.to(device).float() >= p.min_confidence).float()
+            c = conf if conf.device == field.device and conf.dtype == torch.float32 else conf.to(field.device, torch.float32)
+            field = torch.where(c >= p.min_confidence, field, 0.0)
         return {"field": Displacement(field, size, ts, idx)}
+
+    def _eyes(self, pts: torch.Tensor, regions: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Both eyes, (left, right): centres (2, 2) and half-widths (2,); None (and a warning once) without them."""
+        contours = []
+        for side in ("left", "right"):
+            contour = regions.get(f"{side}_eye")
+            if not contour:
+                if f"{side}_eye" not in self._warned:
+                    self._warned.add(f"{side}_eye")
+                    self.logger.warning("node %r: landmarks have no %r region; eyes are off", self.name, f"{side}_eye")
+                return None
+            contours.append(contour)
+        irises = [regions.get("left_iris"), regions.get("right_iris")]
+        if len(contours[0]) != len(contours[1]) or bool(irises[0]) != bool(irises[1]) or (irises[0] and len(irises[0]) != len(irises[1] or ())):
+            found = [self._eye(pts, regions, side) for side in ("left", "right")]  # contours of different lengths
+            return torch.stack([f[0] for f in found if f is not None]), torch.stack([f[1] for f in found if f is not None])
+        eye = pts[device_constant(contours, pts.device)]  # (2, n, 2), one gather for both eyes
+        centres = pts[device_constant(irises, pts.device)].mean(1) if irises[0] else eye.mean(1)
+        half_widths = (eye[:, :, None, :] - eye[:, None, :, :]).norm(dim=-1).amax((1, 2)) * 0.5
+        return centres, half_widths.clamp_min(1.0)
 
     def _eye(self, pts: torch.Tensor, regions: dict[str, list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         contour = regions.get(f"{side}_eye")
@@ -157,7 +187,7 @@ class FaceWarp(Node):
         down = torch.stack((-across[1], across[0]))
         # the face outline's mass lies below the eyes: orient `down` towards it
         sign = torch.sign((outline.mean(0) - eye_mid) @ down)
-        down = down * torch.where(sign == 0, torch.ones_like(sign), sign)
+        down = down * torch.where(sign == 0, 1.0, sign)
         rel = outline - eye_mid
         t = rel @ down
         t = t / t.max().clamp_min(1.0)  # 0 at the eyes, 1 at the chin

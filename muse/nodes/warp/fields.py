@@ -14,13 +14,28 @@ import torch
 import torch.nn.functional as F
 
 
+_GRIDS: dict[tuple[int, int, int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
 def field_grid(image_size: tuple[int, int], cell: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-resolution pixel coordinates (x, y) of the centres of a grid `cell` times coarser."""
-    width, height = image_size
-    w, h = max(2, math.ceil(width / cell)), max(2, math.ceil(height / cell))
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (width / w) - 0.5
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (height / h) - 0.5
-    return xs[None, :].expand(h, w), ys[:, None].expand(h, w)
+    """Full-resolution pixel coordinates (x, y) of the centres of a grid `cell` times coarser
+    (made once per size: read-only expanded views of cached axes)."""
+    xs, ys, _ = field_points(image_size, cell, device)
+    return xs, ys
+
+
+def field_points(image_size: tuple[int, int], cell: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`field_grid`'s x and y, and the same stacked as one (2, h, w) tensor; made once per size and device."""
+    key = (int(image_size[0]), int(image_size[1]), cell, str(device))
+    found = _GRIDS.get(key)
+    if found is None:
+        width, height = image_size
+        w, h = max(2, math.ceil(width / cell)), max(2, math.ceil(height / cell))
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (width / w) - 0.5
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (height / h) - 0.5
+        xs2, ys2 = xs[None, :].expand(h, w), ys[:, None].expand(h, w)
+        found = _GRIDS[key] = (xs2, ys2, torch.stack((xs2, ys2)))
+    return found
 
 
 def smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
@@ -91,16 +106,31 @@ def unseen_gate(field: torch.Tensor, alpha: torch.Tensor, coverage: torch.Tensor
         return F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
 
     a = on_grid(alpha)
-    # each cell centre and where it samples from, in grid_sample's align_corners=False units
-    xs = (torch.arange(w, device=field.device, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
-    ys = (torch.arange(h, device=field.device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
-    d = field.float()
-    gx = xs[None, :] + d[0] * (2.0 / image_size[0])
-    gy = ys[:, None] + d[1] * (2.0 / image_size[1])
-    a_src = F.grid_sample(a, torch.stack((gx, gy), dim=-1)[None], mode="bilinear", padding_mode="border", align_corners=False)
+    # where each cell samples from, in grid_sample's align_corners=False units: its centre (made once) plus
+    # the offset, in one multiply-add
+    from muse.graph.capture import device_constant
+
+    scale = device_constant([2.0 / image_size[0], 2.0 / image_size[1]], field.device)
+    src = torch.addcmul(_cell_centres(h, w, field.device), field.float().permute(1, 2, 0)[None], scale)
+    a_src = F.grid_sample(a, src, mode="bilinear", padding_mode="border", align_corners=False)
     reveal = (a - a_src).clamp_(0, 1)
     cov = on_grid(coverage).clamp_(0, 1)
-    seen = -F.max_pool2d(-cov, 3, stride=1, padding=1)  # a cell next to a never-seen one counts as never seen
-    hold = (reveal * (1 - seen) * 4).clamp_(0, 1)
+    darkest = F.max_pool2d(-cov, 3, stride=1, padding=1)  # minus the least seen of each cell's neighbourhood:
+    # a cell next to a never-seen one counts as never seen; reveal * (1 - seen) = reveal * (1 + darkest)
+    hold = torch.addcmul(reveal, reveal, darkest).mul_(4).clamp_(0, 1)
     hold = F.max_pool2d(hold, 3, stride=1, padding=1)  # its neighbours hold too, so the upsampled field stays put there
     return (1 - hold)[0, 0]
+
+
+_CENTRES: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _cell_centres(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(1, h, w, 2) centres of an h x w grid in grid_sample's align_corners=False units, made once."""
+    key = (h, w, str(device))
+    c = _CENTRES.get(key)
+    if c is None:
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * (2.0 / w) - 1.0
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * (2.0 / h) - 1.0
+        c = _CENTRES[key] = torch.stack((xs[None, :].expand(h, w), ys[:, None].expand(h, w)), dim=-1)[None].contiguous()
+    return c

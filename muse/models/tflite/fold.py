@@ -1,0 +1,141 @@
+"""Load-time rewrites of a converted TFLite graph that cut the kernels each call launches.
+
+On a GPU these small convnets are launch-bound (a 4K frame replays ~3,000 kernels, about 1 us of host time
+each), so every step that only moves data is worth removing. The maths stay the same; only float rounding
+may differ (a zero tap added to a convolution's sum):
+
+- a zero `PAD` read only by convolutions becomes their own padding (pose models: 5 and 8 a call);
+- TFLite's uneven SAME padding (the odd pixel after) stops being a separate pad: the kernel grows by zero
+  taps so the padding is even and goes inside the convolution (face mesh: 7 a call, iris, detectors);
+- a `PAD` of channels feeding an `ADD` (BlazeFace/BlazeBlock residuals: zeros appended to the shortcut's
+  channels) becomes one in-place add into the first channels of the other operand.
+
+`fold_for_inference` is applied by `muse.models.bundled.load_model`; the saved artifact, the ONNX export and
+`convert_tflite` keep the graph as TFLite wrote it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from muse.models.tflite.builder import TFLiteModule
+from muse.models.tflite.ops import Binary, Conv, Pad, PRelu, Unary, activation
+
+
+class ChannelPadAdd(nn.Module):
+    """`ADD(PAD(x, channels after), y)` as `y[:, :C] += x`: no padded copy of x, one kernel instead of two.
+
+    `y` must be a fresh tensor that nothing else reads (checked by the fold)."""
+
+    def __init__(self, act: str) -> None:
+        super().__init__()
+        self.act_name = act
+        self._act = activation(act)
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        return self._act(y) if self._act is not None else y
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # an exporter sees the plain form (no in-place update of a slice)
+            return self.finish(F.pad(x, (0, 0, 0, 0, 0, y.shape[1] - x.shape[1])) + y)
+        y.narrow(1, 0, x.shape[1]).add_(x)
+        return self.finish(y)
+
+
+# Steps whose output is a tensor of their own (never a view of an input): safe to update in place.
+_FRESH = (Conv, Binary, Unary, PRelu)
+
+
+def _spatial_zero_pad(step: nn.Module) -> tuple[int, int, int, int] | None:
+    """(left, right, top, bottom) of a zero PAD over H and W only, else None."""
+    if not isinstance(step, Pad) or step.value != 0.0 or len(step.pads) != 8 or any(step.pads[4:]):
+        return None
+    l, r, t, b = step.pads[:4]
+    return l, r, t, b
+
+
+def _channel_zero_pad(step: nn.Module) -> int | None:
+    """How many zero channels a PAD appends after the others (and nothing else), else None."""
+    if not isinstance(step, Pad) or step.value != 0.0 or len(step.pads) != 8:
+        return None
+    l, r, t, b, c0, c1, n0, n1 = step.pads
+    if l or r or t or b or c0 or n0 or n1 or c1 <= 0:
+        return None
+    return c1
+
+
+def fold_for_inference(module: TFLiteModule) -> dict[str, int]:
+    """Rewrite `module` in place (see the module docstring); returns how many of each rewrite happened."""
+    steps: list[nn.Module] = list(module.steps)
+    wiring: list[tuple[list[int], int]] = [(list(dyn), out) for dyn, out in module._wiring]
+    keep = set(module.output_indices) | {module.input_index}
+    done: dict[str, int] = defaultdict(int)
+
+    def readers() -> dict[int, list[int]]:
+        r: dict[int, list[int]] = defaultdict(list)
+        for s, (dyn, _) in enumerate(wiring):
+            for i in dyn:
+                r[i].append(s)
+        return r
+
+    producer = {out: s for s, (_, out) in enumerate(wiring)}
+    removed: set[int] = set()
+
+    # 1. zero spatial PADs read only by convolutions (all of them able to take the padding)
+    read = readers()
+    for s, step in enumerate(steps):
+        pads = _spatial_zero_pad(step)
+        out = wiring[s][1]
+        if pads is None or out in keep or not read[out]:
+            continue
+        convs = [c for c in (steps[r] for r in read[out]) if isinstance(c, Conv)]
+        if len(convs) != len(read[out]):
+            continue
+        totals = [(pads[0] + l, pads[1] + r, pads[2] + t, pads[3] + b) for l, r, t, b in (c.pads() for c in convs)]
+        uneven = any(not (l == r and t == b) for l, r, t, b in totals)
+        if uneven and any(c.dilation != (1, 1) for c in convs):
+            continue
+        for c, (l, r, t, b) in zip(convs, totals):
+            c.set_pads(l, r, t, b)
+        src = wiring[s][0][0]
+        for rd in read[out]:
+            wiring[rd] = ([src if i == out else i for i in wiring[rd][0]], wiring[rd][1])
+        removed.add(s)
+        done["pad_into_conv"] += 1
+
+    # 2. the convolutions' own uneven SAME padding
+    for s, step in enumerate(steps):
+        if isinstance(step, Conv) and step.pre_pad is not None and step.set_pads(*step.pads()):
+            done["uneven_pad_into_conv"] += 1
+
+    # 3. channel PAD + ADD -> in-place add into the other operand's first channels
+    read = readers()
+    for s, step in enumerate(steps):
+        if s in removed or _channel_zero_pad(step) is None:
+            continue
+        out = wiring[s][1]
+        if out in keep or len(read[out]) != 1:
+            continue
+        a = read[out][0]
+        add = steps[a]
+        if not (isinstance(add, Binary) and add.kind == "ADD" and add.const is None) or len(wiring[a][0]) != 2:
+            continue
+        other = [i for i in wiring[a][0] if i != out]
+        if len(other) != 1 or other[0] in keep or len(read[other[0]]) != 1:
+            continue
+        if other[0] not in producer or not isinstance(steps[producer[other[0]]], _FRESH):
+            continue
+        steps[a] = ChannelPadAdd(add.act_name)
+        wiring[a] = ([wiring[s][0][0], other[0]], wiring[a][1])
+        removed.add(s)
+        done["channel_pad_add"] += 1
+
+    if removed:
+        module.steps = nn.ModuleList(st for s, st in enumerate(steps) if s not in removed)
+        module._wiring = [w for s, w in enumerate(wiring) if s not in removed]
+        module.plan_release()
+    return dict(done)
