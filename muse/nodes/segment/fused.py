@@ -86,15 +86,22 @@ def _smoothstep(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Te
 def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Tensor:
     """The q-quantile of d over the pixels whose plate is known (a learned plate covers only part of the
     picture), by sorting with the unknown ones pushed to the end: no boolean indexing, no host read."""
-    dk = torch.where(known > 0.5, d, torch.full_like(d, 1e3)).flatten()[::7]
-    v = dk.sort().values
-    n = v.numel()
-    kf = (known > 0.5).float().flatten()[::7].mean()
+    return _known_quantiles(d[None], known[None], q)[0]
+
+
+def _known_quantiles(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Tensor:
+    """`_known_quantile` of each d[i] over known[i], all in one set of kernels (B,): the same numbers as B calls,
+    a quarter of the launches for four."""
+    b = d.shape[0]
+    dk = torch.where(known > 0.5, d, torch.full_like(d, 1e3)).reshape(b, -1)[:, ::7]
+    v = dk.sort(dim=1).values
+    n = v.shape[1]
+    kf = (known > 0.5).float().reshape(b, -1)[:, ::7].mean(dim=1)
     pos = (q * kf * (n - 1)).clamp(0.0, n - 1.0)  # linear interpolation, as torch.quantile
     lo = pos.floor().long()
     hi = (lo + 1).clamp_max(n - 1)
     f = pos - lo.float()
-    return torch.lerp(v.gather(0, lo.view(1)), v.gather(0, hi.view(1)), f)[0]
+    return torch.lerp(v.gather(1, lo[:, None]), v.gather(1, hi[:, None]), f[:, None])[:, 0]
 
 
 # Settings the maths read as device scalars (FusedMatte.lv): editing one recompiles and re-records nothing. The
@@ -367,8 +374,8 @@ class FusedMatte:
         sp = (last[..., ::4, ::4] > 0.8).float()
         sr = (bgw[..., ::4, ::4] > 0.8).float()
         vx, vy = f[:, 0:1], f[:, 1:2]
-        px, py = _known_quantile(vx, sp, 0.5), _known_quantile(vy, sp, 0.5)
-        rx, ry = _known_quantile(vx, sr, 0.5), _known_quantile(vy, sr, 0.5)
+        # the four medians (person's and room's, x and y) in one sort
+        px, py, rx, ry = _known_quantiles(torch.stack((vx, vy, vx, vy)), torch.stack((sp, sp, sr, sr)), 0.5).unbind(0)
         sep = torch.sqrt((px - rx).square() + (py - ry).square())
         gate = ((sep - MOTION_VOTE_MIN).clamp(0.0, 1.0) * (sp.sum() > 50).float() * (sr.sum() > 50).float())
         to_room = torch.sqrt((vx - rx).square() + (vy - ry).square())
