@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from muse.graph.bench import bench_graph, by_thread, thread_cpu_s
+from muse.graph.bench import bench_graph
+from muse.graph.host_cpu import by_thread, thread_cpu_s
 from muse.graph.validate import validate_text
 
 
@@ -52,7 +53,7 @@ def test_bench_report_names_the_runtime_threads() -> None:
 def test_gc_pauses_are_timed_while_measuring() -> None:
     import gc
 
-    from muse.graph.bench import GcPauses
+    from muse.graph.host_cpu import GcPauses
 
     pauses = GcPauses()
     pauses.start()
