@@ -43,7 +43,7 @@ from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy, edge_aa, kernels
 from muse.nodes.cpu.refine import box_mean, guided_colour
 from muse.nodes.segment.fused import (CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP, MOTION_VOTE_MIN,
-                                     MOTION_VOTE_RADIUS)
+                                     MOTION_VOTE_RADIUS, UNCOVERED_SECONDS)
 
 __all__ = ["FusedCPU", "working_picture"]
 
@@ -183,6 +183,7 @@ class FusedCPU:
         self.known = z1()
         self.alpha, self.conf, self.clear_for = z1(), z1(), z1()
         self.still_for = z1()  # frames still and background for the model (own plate, its coordinates)
+        self.since_change = z1()  # frames since the picture last changed (own plate, its coordinates)
         self.anchor = z1()  # luma of the frame that set the own plate's coordinates
         self.last_shift = (0, 0)
         # the last frame, contiguous (its exposure-scaled difference is taken twice a frame: on a strided view of
@@ -661,6 +662,14 @@ class FusedCPU:
             self.still_for *= calm
             self.still_for += calm
             learn = (self.still_for >= max(1.0, s.own_plate_seconds * self.fps)).astype(np.float32)
+            # room a moving person has just uncovered (the picture changed there lately) after
+            # own_plate_uncovered_seconds (fused.FusedMatte.step)
+            changed = self._translate((still >= 0.5).astype(np.float32), (-shift[0], -shift[1]))
+            self.since_change += 1.0
+            self.since_change *= 1.0 - changed
+            quick = (self.still_for >= max(1.0, s.own_plate_uncovered_seconds * self.fps)) & \
+                (self.since_change <= UNCOVERED_SECONDS * self.fps)
+            np.maximum(learn, quick, out=learn)
         if learn is not None:
             g_ok = float(self.known.mean()) > 0.1 and gain is not None
             if g_ok:
