@@ -438,12 +438,15 @@ def test_own_plate_heals_a_ghost_and_is_dropped_when_the_camera_moves(monkeypatc
 
 @pytest.mark.parametrize("path", ["torch", "fast"])
 def test_room_a_moving_person_uncovers_is_learned_at_once_but_not_a_still_persons_missed_part(monkeypatch, path):
-    """own_plate_uncovered_seconds: room whose picture changed lately (the astronaut walking 3 px a frame over
-    home.jpg uncovers it) is learned into the own plate on its first still, model-background frame, not after
-    own_plate_seconds (5 frames): measured on the room she uncovered (beyond 10 px of where she ends) 97 % known
-    against 57 %. A still person is never "uncovered": the model missing her lower part for 3 frames (after she
-    has stood still half a second) learns nothing of her, as before; learning every pixel after one frame
-    (own_plate_seconds 0.03) would have learned it (the test sees the problem)."""
+    """own_plate_uncovered_seconds: room a moving person uncovered (the picture changed where the last matte was
+    person: the astronaut walking 3 px a frame over home.jpg) is learned into the own plate on its first still,
+    model-background frame, not after own_plate_seconds (5 frames): measured on the room she uncovered (beyond
+    10 px of where she ends) 97 % known against 57 %. A still person uncovers nothing: the model missing her
+    lower part for 3 frames (after she has stood still half a second) learns nothing of her, as before; learning
+    every pixel after one frame (own_plate_seconds 0.03) would have learned it (the test sees the problem). A
+    person who walks in and stops uncovers nothing either (the room he covers was room:
+    test_without_a_plate_the_node_learns_its_own_and_finds_a_person_the_model_missed, which a first version
+    that counted any change of the picture failed)."""
     monkeypatch.setenv("MUSE_CPU_PATH", path)
 
     def known(node) -> np.ndarray:

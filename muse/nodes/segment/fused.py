@@ -59,9 +59,9 @@ COLOUR_STEP = 2
 # + 1)^2 window of those and upsampled bilinearly (the guided filter places the edge).
 MOTION_VOTE_MIN = 0.5
 MOTION_VOTE_RADIUS = 3
-# Without a recorded plate, room whose picture changed within the last UNCOVERED_SECONDS (a moving person just
-# uncovered it) is learned into the own plate after `own_plate_uncovered_seconds` of stillness instead of
-# `own_plate_seconds` (issue 14, eighth session).
+# Without a recorded plate, room a moving person uncovered within the last UNCOVERED_SECONDS (the picture changed
+# where the last matte was person) is learned into the own plate after `own_plate_uncovered_seconds` of stillness
+# instead of `own_plate_seconds` (issue 14, eighth session).
 UNCOVERED_SECONDS = 1.0 / 3.0
 
 
@@ -144,7 +144,7 @@ class FusedSettings(NodeParams):
     motion_search: float = Field(0.045, ge=0.0, le=0.2, description="Largest motion between two frames followed, as a fraction of the height")
     own_plate: bool = Field(True, description="Without a recorded plate, learn one from the room the model calls background (a plate that grows as the person moves)")
     own_plate_seconds: float = Field(0.15, ge=0.03, le=10.0, description="Without a recorded plate: how long a pixel must be still and background for the model before it is learned")
-    own_plate_uncovered_seconds: float = Field(0.03, ge=0.03, le=10.0, description="Without a recorded plate: the same for room whose picture changed in the last third of a second (a moving person just uncovered it; a still person's pixels never qualify): 0.03 = the first still frame; as own_plate_seconds = no difference")
+    own_plate_uncovered_seconds: float = Field(0.03, ge=0.03, le=10.0, description="Without a recorded plate: the same for room a moving person uncovered in the last third of a second (the picture changed where the matte was person; a still person, or one who walks in and stops, uncovers nothing): 0.03 = the first still frame; as own_plate_seconds = no difference")
     colour_vote: float = Field(1.0, ge=0.0, le=4.0, description="Where no plate is known: the largest vote (log-odds) of the picture's colours, compared with the person's and the room's colours as the last matte shows them (0 = the model alone)")
     motion_vote: float = Field(2.0, ge=0.0, le=8.0, description="Where no plate is known: the largest vote (log-odds) of the picture's motion while the person moves differently from the room: moving as the person does is person, as the room does is room (0 = off; needs follow_motion)")
 
@@ -175,7 +175,7 @@ class FusedMatte:
         self.prev = torch.zeros(1, 3, h, w, device=dev)  # last frame (working resolution)
         self.clear_for = torch.zeros(1, 1, h, w, device=dev)  # frames surely background
         self.still_for = torch.zeros(1, 1, h, w, device=dev)  # frames still and background for the model (own plate, its coordinates)
-        self.since_change = torch.zeros(1, 1, h, w, device=dev)  # frames since the picture last changed (own plate, its coordinates)
+        self.since_uncovered = torch.zeros(1, 1, h, w, device=dev)  # frames since a person moved off (own plate, its coordinates)
         self.anchor = torch.zeros(1, 1, h, w, device=dev)  # luma of the frame that set the own plate's coordinates
         self.last_shift = torch.zeros(2, device=dev)  # last frame's shift (dy, dx) from the plate's coordinates
         self.primed = torch.zeros((), device=dev)  # 0 until the first frame has set alpha/prev
@@ -562,12 +562,14 @@ class FusedMatte:
             calm = (self._translate(calm, -shift) > 0.5).float()
             self.still_for.mul_(calm).add_(calm)
             own_settle = (lv["own_plate_seconds"] * self.fps).clamp_min(1.0)
-            # Room a moving person has just uncovered (its picture changed lately: a still person's pixels never
-            # do) is learned sooner, after own_plate_uncovered_seconds: the plate's crisp edge then follows her
-            # trailing edge and is there when she sways back (the first frame and a moved camera count as a change).
-            changed = (self._translate((still >= 0.5).float(), -shift) > 0.5).float()
-            self.since_change.add_(1.0).mul_(1.0 - changed)
-            uncovered = (self.since_change <= UNCOVERED_SECONDS * self.fps).float()
+            # Room a moving person has just uncovered (the picture changed where the last matte was person) is
+            # learned sooner, after own_plate_uncovered_seconds: the plate's crisp edge then follows her trailing
+            # edge and is there when she sways back. A still person uncovers nothing, nor does one who walks in
+            # and stops (the room he covers was room); the first frame and a moved camera uncover everything.
+            off = (still >= 0.5).float() * torch.maximum((last > 0.5).float(), restart)
+            off = (self._translate(off, -shift) > 0.5).float()
+            self.since_uncovered.add_(1.0).mul_(1.0 - off)
+            uncovered = (self.since_uncovered <= UNCOVERED_SECONDS * self.fps).float()
             quick = (self.still_for >= (lv["own_plate_uncovered_seconds"] * self.fps).clamp_min(1.0)).float() * uncovered
             learn = learn + torch.maximum((self.still_for >= own_settle).float(), quick) * own
         # The first sighting is copied; what is known follows at learn_rate. Stored as frame / gain while
