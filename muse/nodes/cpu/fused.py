@@ -589,7 +589,8 @@ class FusedCPU:
                 small = np.maximum(np.maximum(pp2[0::2, 0::2], pp2[0::2, 1::2]), np.maximum(pp2[1::2, 0::2], pp2[1::2, 1::2]))
                 small = _erode(_dilate(small, -(-rc // 2)), -(-rc // 2))
                 pp = np.maximum(pp, _resize(small, w, h))
-            plate_logit = np.clip(_logit(pp), -s.plate_background, 6.0) * known * s.plate_weight
+            weight = s.plate_weight if self.has_plate else s.own_plate_weight  # a recorded plate / the node's own
+            plate_logit = np.clip(_logit(pp), -s.plate_background, 6.0) * known * weight
 
         # 3. fusion of the evidence
         fused_logit = _logit(pm) * s.model_weight if prior is not None else np.zeros_like(pm)
