@@ -242,7 +242,7 @@ def test_live_settings_change_the_matte_in_place_and_others_ask_for_new_code():
     room = scenes.room(SIZE)
     prior = _prior(gt)
     runs = {}
-    for edit in (None, {"model_weight": 0.2, "plate_weight": 1.0}):
+    for edit in (None, {"model_weight": 0.2, "plate_weight": 0.5}):
         node = _open(FusedSegment, {**PARAMS, "working_height": SIZE})
         node._cpu = None  # the torch path (the one compiled and recorded on a GPU)
         for i in range(4):
