@@ -60,7 +60,12 @@ def _compare(ref, cpu, frames, priors, plate=None) -> None:
         assert 0.02 < (ma > 0.5).mean() < 0.9, i  # a person is there: the comparison means something
         inter, union = ((ma > 0.5) & (mb > 0.5)).sum(), ((ma > 0.5) | (mb > 0.5)).sum()
         assert inter / union >= 0.99, (i, inter / union)
-        assert np.abs(ma - mb).max() <= LEVELS, (i, np.abs(ma - mb).max())
+        # The anti-aliasing keeps every pixel on its unfiltered side of 0.5: a pixel at 0.5 that the two paths put
+        # 1e-4 apart on either side (the working mattes agree to 1e-4) is moved by up to the filter's swing there
+        # (seen once: 0.5325 / 0.5000 with plate_weight 3). Such pixels must be rare; every other within LEVELS.
+        d, straddle = np.abs(ma - mb), (ma > 0.5) != (mb > 0.5)
+        assert straddle.mean() <= 1e-4 and d[straddle].max(initial=0.0) <= 0.1, (i, straddle.sum(), d[straddle].max(initial=0.0))
+        assert d[~straddle].max() <= LEVELS, (i, d[~straddle].max())
         for port in ("confidence", "keep_out"):
             ca, cb = a[port].alpha.numpy(), b[port].alpha.numpy()
             assert ca.shape == cb.shape

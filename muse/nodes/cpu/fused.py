@@ -43,7 +43,7 @@ from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy, edge_aa, kernels
 from muse.nodes.cpu.refine import box_mean, guided_colour
 from muse.nodes.segment.fused import (CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP, MOTION_VOTE_MIN,
-                                     MOTION_VOTE_RADIUS)
+                                     MOTION_VOTE_RADIUS, UNCOVERED_SECONDS)
 
 __all__ = ["FusedCPU", "working_picture"]
 
@@ -183,6 +183,7 @@ class FusedCPU:
         self.known = z1()
         self.alpha, self.conf, self.clear_for = z1(), z1(), z1()
         self.still_for = z1()  # frames still and background for the model (own plate, its coordinates)
+        self.since_uncovered = z1()  # frames since a person moved off (own plate, its coordinates)
         self.anchor = z1()  # luma of the frame that set the own plate's coordinates
         self.last_shift = (0, 0)
         # the last frame, contiguous (its exposure-scaled difference is taken twice a frame: on a strided view of
@@ -496,6 +497,8 @@ class FusedCPU:
         pm = np.clip(prior, 0, 1) if prior is not None else self.alpha
         margin = max(1, round(0.03 * h))
         last = self.alpha if self.primed else pm
+        # (the last matte's person, before the blend below overwrites it: the own plate's uncovered room)
+        was_person = last > 0.5 if prior is not None and s.own_plate and not self.has_plate else None
         bgw = 1.0 - _dilate(last, margin)
 
         xmax, lx = _chmax(x), _luma(x)
@@ -526,7 +529,8 @@ class FusedCPU:
         room_moved = self.primed and float((room * bgw).sum()) / max(float(bgw.sum()), 1.0) > 0.25
         if own and room_moved:
             self.known.fill(0.0)
-        if own and (room_moved or not self.primed):
+        restart = own and (room_moved or not self.primed)
+        if restart:
             self.anchor[...] = lx
             shift = (0, 0)
 
@@ -585,7 +589,8 @@ class FusedCPU:
                 small = np.maximum(np.maximum(pp2[0::2, 0::2], pp2[0::2, 1::2]), np.maximum(pp2[1::2, 0::2], pp2[1::2, 1::2]))
                 small = _erode(_dilate(small, -(-rc // 2)), -(-rc // 2))
                 pp = np.maximum(pp, _resize(small, w, h))
-            plate_logit = np.clip(_logit(pp), -s.plate_background, 6.0) * known * s.plate_weight
+            weight = s.plate_weight if self.has_plate else s.own_plate_weight  # a recorded plate / the node's own
+            plate_logit = np.clip(_logit(pp), -s.plate_background, 6.0) * known * weight
 
         # 3. fusion of the evidence
         fused_logit = _logit(pm) * s.model_weight if prior is not None else np.zeros_like(pm)
@@ -661,6 +666,15 @@ class FusedCPU:
             self.still_for *= calm
             self.still_for += calm
             learn = (self.still_for >= max(1.0, s.own_plate_seconds * self.fps)).astype(np.float32)
+            # room a moving person has just uncovered (the picture changed where the last matte was person; the
+            # first frame and a moved camera uncover everything) after own_plate_uncovered_seconds (fused.FusedMatte.step)
+            off = ((still >= 0.5) & (was_person | restart)).astype(np.float32)
+            off = self._translate(off, (-shift[0], -shift[1]))
+            self.since_uncovered += 1.0
+            self.since_uncovered *= 1.0 - off
+            quick = (self.still_for >= max(1.0, s.own_plate_uncovered_seconds * self.fps)) & \
+                (self.since_uncovered <= UNCOVERED_SECONDS * self.fps)
+            np.maximum(learn, quick, out=learn)
         if learn is not None:
             g_ok = float(self.known.mean()) > 0.1 and gain is not None
             if g_ok:
