@@ -126,6 +126,18 @@ def _known_quantile(d: np.ndarray, known: np.ndarray, q: float, step: int = 7) -
     return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
 
 
+def _median(d: np.ndarray, step: int = 7) -> float:
+    """`_known_quantile(d, ones, 0.5)` without the plane of ones: the median of every 7th value (the lower and upper
+    order statistics around it, interpolated)."""
+    dk = d.ravel()[::step]
+    n = dk.size
+    pos = min(max(0.5 * (n - 1), 0.0), n - 1.0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, n - 1)
+    v = np.partition(dk, (lo, hi))
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
 def _pool(x: np.ndarray, q: int) -> np.ndarray:
     """F.avg_pool2d(x, q, ceil_mode=True) of (h, w) or (h, w, C): q x q block means, a last partial block
     averaged over what it holds."""
@@ -479,11 +491,15 @@ class FusedCPU:
             np.subtract(x, change, out=change)
             change = _luma(np.abs(change, out=change)) * unclipped
         cm = box_mean(change, 1)
-        motion = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
-        still = motion  # camera noise is no motion for the own plate's stillness gate (low light)
-        if s.motion_noise > 0:
-            cm = np.maximum(cm - min(s.motion_noise * _known_quantile(cm, np.ones_like(cm), 0.5), 0.5 * s.motion_threshold), 0.0)
-            still = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
+        # camera noise is no motion for the own plate's stillness gate (low light): a floor of motion_noise x the median
+        floor = min(s.motion_noise * _median(cm), 0.5 * s.motion_threshold) if s.motion_noise > 0 else 0.0
+        if kernels.available():  # the floor and the room's change in one pass, the stillness in another (seven passes: 1.2 ms)
+            cm, room = kernels.motion_planes(cm, floor, contrast, s.motion_threshold)
+            still = kernels.divide_clip(_dilate(cm, 2), s.motion_threshold)
+            return unclipped, ratio, change, still, cm, room
+        if floor:
+            cm = np.maximum(cm - floor, 0.0)
+        still = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
         room = np.clip(cm / contrast / s.motion_threshold, 0.0, 1.0)
         return unclipped, ratio, change, still, cm, room
 
@@ -619,7 +635,7 @@ class FusedCPU:
                     change = change / contrast
             cb = box_mean(change, 1)
             if s.motion_noise > 0:  # where no plate is known, camera noise is no motion
-                floor = min(s.motion_noise * _known_quantile(cb, np.ones_like(cb), 0.5), 0.5 * s.motion_threshold)
+                floor = min(s.motion_noise * _median(cb), 0.5 * s.motion_threshold)
                 cb = np.maximum(cb - floor * (1.0 - known), 0.0)
             moved = np.clip(_dilate(cb, s.motion_reach) / s.motion_threshold, 0.0, 1.0)
             if kernels.available():  # the blend and the confidence below in one pass (nine, 1.8 ms)
@@ -642,9 +658,19 @@ class FusedCPU:
         self.primed = True
 
         # learning, in the plate's own light and alignment
-        sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95) & (self.conf > 0.9)
+        grown = _dilate(self.alpha, margin)
+        pm_grown = _dilate(pm, margin) if prior is not None else None
+        if kernels.available() and shift == (0, 0):  # the camera where the plate was taken: one pass (fifteen, 2 ms)
+            mode = 1 if self.has_plate else 2 if prior is not None and s.own_plate else 0
+            seconds = s.learn_seconds if mode == 1 else s.own_plate_seconds
+            g_ok = mode > 0 and float(self.known.mean()) > 0.1 and gain is not None
+            kernels.learn_plate(grown, self.conf, pm_grown, self.clear_for, mode, still, not room_moved, self.still_for,
+                                max(1.0, seconds * self.fps), x, gain if g_ok else None, self.known, s.learn_rate,
+                                pp if own and pp is not None else None, self.plate)
+            return self.alpha
+        sure_bg = ((1.0 - grown) > 0.95) & (self.conf > 0.9)
         if prior is not None:
-            model_bg = _dilate(pm, margin) < 0.2
+            model_bg = pm_grown < 0.2
             sure_bg &= model_bg
         sb = sure_bg.astype(np.float32)
         self.clear_for *= sb

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -99,7 +99,8 @@ def _build() -> dict[str, Any]:
             "quadratic_field": numba_loops.quadratic_field, "exposure_change": numba_loops.exposure_change,
             "envelope_distance": numba_loops.envelope_distance, "flow_pick": numba_loops.flow_pick,
             "motion_blend": numba_loops.motion_blend, "guided_solve": numba_loops.guided_solve,
-            "gain_tiles": numba_loops.gain_tiles,
+            "gain_tiles": numba_loops.gain_tiles, "learn_plate": numba_loops.learn_plate,
+            "motion_planes": numba_loops.motion_planes, "divide_clip": numba_loops.divide_clip, "taps_mean": numba_loops.taps_mean,
             "warp_box": numba_loops.warp_box}
 
 
@@ -241,6 +242,47 @@ def gain_tiles(x: np.ndarray, plate: np.ndarray, bgw: np.ndarray, step: int, row
     k["gain_tiles"](np.ascontiguousarray(x, np.float32), np.ascontiguousarray(plate, np.float32), np.ascontiguousarray(bgw, np.float32),
                     int(step), *(np.ascontiguousarray(v, np.int64) for v in (*rows, *cols)), out)
     return out
+
+
+def learn_plate(alpha_grown: np.ndarray, conf: np.ndarray, pm_grown: np.ndarray | None, clear_for: np.ndarray, mode: int,
+                still: np.ndarray | None, calm_ok: bool, still_for: np.ndarray, frames: float, x: np.ndarray,
+                gain: np.ndarray | None, known: np.ndarray, learn_rate: float, pp: np.ndarray | None, plate: np.ndarray) -> None:
+    """segment.fused's learning step without a camera shift, in place on `clear_for`, `still_for`, `known` and `plate`
+    (see `numba_loops.learn_plate`)."""
+    k = _kernels()
+    assert k is not None, "learn_plate without numba: check available() first"
+    f32 = lambda v: _EMPTY_2D if v is None else np.ascontiguousarray(v, np.float32)  # noqa: E731
+    k["learn_plate"](f32(alpha_grown), f32(conf), f32(pm_grown), clear_for, int(mode), f32(still), bool(calm_ok), still_for,
+                     float(frames), np.ascontiguousarray(x, np.float32), _EMPTY_PLANE if gain is None else np.ascontiguousarray(gain, np.float32),
+                     known, float(learn_rate), f32(pp), plate)
+
+
+def motion_planes(cm: np.ndarray, floor: float, contrast: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """segment.fused's picture change less its noise floor, max(cm - floor, 0) (in place when `cm` is a contiguous
+    float32 array), and the room's change clip(cm / contrast / threshold, 0, 1): (cm, room), (h, w) float32."""
+    k = _kernels()
+    assert k is not None, "motion_planes without numba: check available() first"
+    cm = np.ascontiguousarray(cm, np.float32)
+    room = np.empty_like(cm)
+    k["motion_planes"](cm, float(floor), np.ascontiguousarray(contrast, np.float32), float(threshold), room)
+    return cm, room
+
+
+def divide_clip(x: np.ndarray, d: float) -> np.ndarray:
+    """clip(x / d, 0, 1) of an (h, w) float32 plane, in one pass (numpy: two)."""
+    k = _kernels()
+    assert k is not None, "divide_clip without numba: check available() first"
+    out = np.empty(x.shape, np.float32)
+    k["divide_clip"](np.ascontiguousarray(x, np.float32), float(d), out)
+    return out
+
+
+def taps_mean(big: np.ndarray, taps: int, out: np.ndarray) -> None:
+    """A landmark crop's taps x taps mean: `big` (h taps, w taps, C >= 3) uint8 -> `out` (3, h, w) float32 in [0, 1]
+    (see `numba_loops.taps_mean`)."""
+    k = _kernels()
+    assert k is not None, "taps_mean without numba: check available() first"
+    k["taps_mean"](np.ascontiguousarray(big), int(taps), out)
 
 
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -395,6 +437,12 @@ def _warm() -> None:
         exposure_change(three, three, 1.0, a, True, a)
         envelope_distance(three, three, three, a > 0.5)
         motion_blend(a, a, a, a, 0.5, 0.9, True, a.copy(), a.copy())
+        motion_planes(a.copy(), 0.01, a + 1.0, 0.03)
+        taps_mean(np.zeros((4, 4, 4), np.uint8), 2, np.empty((3, 2, 2), np.float32))
+        divide_clip(a, 0.03)
+        for mode in (1, 2):
+            learn_plate(a, a, a if mode == 2 else None, a.copy(), mode, a, True, a.copy(), 2.0, three, three if mode == 1 else None,
+                        a.copy(), 0.1, a if mode == 2 else None, three.copy())
         guided_solve(np.ones((13, 2, 2), np.float32), 1e-3)
         bounds = (np.array([0, 1]), np.array([1, 2]))
         gain_tiles(three, three, a, 2, bounds, bounds)

@@ -469,3 +469,101 @@ def warp_box(src, plate, mask, a_full, fx_rows, fy_rows, y0s, y1s, wys, box, out
                         bg = w
                     w = wa * w + (one - wa) * bg
                 orow[x, c] = np.uint8(min(max(np.rint(w), zero), top_v))
+
+
+@jit
+def taps_mean(big, taps, out):
+    """`roi.crop`'s taps x taps average: the big crop (h taps, w taps, C >= 3) uint8 -> `out` (3, h, w) float32 in
+    [0, 1], each output pixel the mean of its taps x taps block of samples (the first three channels), as OpenCV's
+    area resize of the float crop and the scale by 1 / 255 give it."""
+    oh, ow = out.shape[1], out.shape[2]
+    # OpenCV's two roundings (its area mean, x 1 / taps^2, then x 1 / 255): the same crops to the bit (the landmark
+    # models, tracking from frame to frame, carry a last-bit difference of the detector's crop into pixels of keypoints)
+    area, scale = np.float32(1.0 / (taps * taps)), np.float32(1.0 / 255.0)
+    for y in range(oh):
+        for x in range(ow):
+            a0, a1, a2 = np.int32(0), np.int32(0), np.int32(0)
+            for b in range(taps):
+                row = big[y * taps + b]
+                for a in range(taps):
+                    p = row[x * taps + a]
+                    a0 += np.int32(p[0])
+                    a1 += np.int32(p[1])
+                    a2 += np.int32(p[2])
+            out[0, y, x] = (np.float32(a0) * area) * scale
+            out[1, y, x] = (np.float32(a1) * area) * scale
+            out[2, y, x] = (np.float32(a2) * area) * scale
+
+
+@jit
+def learn_plate(alpha_grown, conf, pm_grown, clear_for, mode, still, calm_ok, still_for, frames, x, gain, known, learn_rate,
+                pp, plate):
+    """segment.fused's learning step where the camera sits where the plate was taken (no shift), in one pass: a pixel is
+    surely background (1 - alpha_grown > 0.95, conf > 0.9 and, with a model (pm_grown.shape[0] > 1), pm_grown < 0.2);
+    `clear_for` counts such frames. mode 0: nothing learned; 1 (a recorded plate): learned once clear for `frames`;
+    2 (the own plate): learned once still (`still` < 0.5, model background, `calm_ok`) for `frames` (`still_for`
+    counts them). Learning moves `plate` towards x (divided by max(gain, 0.05) where a gain is given
+    (gain.shape[0] > 1), clipped to [0, 1]) by learn_rate (1 where not known; at least `pp` where one is given
+    (pp.shape[0] > 1)), and marks the pixel known. The same float32 operations, in the same order, as the numpy code."""
+    height, width = clear_for.shape
+    has_pm, has_gain, has_pp = pm_grown.shape[0] > 1, gain.shape[0] > 1, pp.shape[0] > 1
+    zero, one = np.float32(0.0), np.float32(1.0)
+    t_bg, t_conf, t_pm, t_still, floor = np.float32(0.95), np.float32(0.9), np.float32(0.2), np.float32(0.5), np.float32(0.05)
+    lr, keep = np.float32(learn_rate), np.float32(1.0 - learn_rate)
+    n = np.float32(frames)
+    calm_f = np.float32(calm_ok)
+    # branch-free (the conditions as 0/1 factors): the loops vectorise; the mode and the optional planes are the
+    # same for every pixel
+    for y in range(height):
+        for i in range(width):
+            model_bg = np.float32(pm_grown[y, i] < t_pm) if has_pm else one
+            sb = np.float32((one - alpha_grown[y, i]) > t_bg) * np.float32(conf[y, i] > t_conf) * model_bg
+            cf = clear_for[y, i] * sb + sb
+            clear_for[y, i] = cf
+            if mode == 0:
+                continue
+            if mode == 1:
+                learn = np.float32(cf >= n)
+            else:
+                calm = model_bg * np.float32(still[y, i] < t_still) * calm_f
+                sf = still_for[y, i] * calm + calm
+                still_for[y, i] = sf
+                learn = np.float32(sf >= n)
+            k = known[y, i]
+            rate = keep * (one - k) + lr
+            if has_pp:
+                rate = max(rate, pp[y, i])
+            rate *= learn
+            for c in range(3):
+                v = x[y, i, c]
+                if has_gain:
+                    v = v / max(gain[y, i, c], floor)
+                v = min(max(v, zero), one)
+                p = plate[y, i, c]
+                plate[y, i, c] = p + (v - p) * rate
+            known[y, i] = max(k, learn)
+
+
+@jit
+def motion_planes(cm, floor, contrast, threshold, room):
+    """segment.fused's picture change after its noise floor: `cm` (h, w), in place, becomes max(cm - floor, 0), and `room`
+    clip(cm / contrast / threshold, 0, 1) (the numpy code's float32 operations, in its order)."""
+    height, width = cm.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    f, t = np.float32(floor), np.float32(threshold)
+    for y in range(height):
+        for i in range(width):
+            v = max(cm[y, i] - f, zero)
+            cm[y, i] = v
+            room[y, i] = min(max(v / contrast[y, i] / t, zero), one)
+
+
+@jit
+def divide_clip(x, d, out):
+    """out = clip(x / d, 0, 1) (float32, d a number)."""
+    height, width = x.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    dd = np.float32(d)
+    for y in range(height):
+        for i in range(width):
+            out[y, i] = min(max(x[y, i] / dd, zero), one)
