@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -101,6 +101,8 @@ def _build() -> dict[str, Any]:
             "motion_blend": numba_loops.motion_blend, "guided_solve": numba_loops.guided_solve,
             "gain_tiles": numba_loops.gain_tiles, "learn_plate": numba_loops.learn_plate,
             "motion_planes": numba_loops.motion_planes, "divide_clip": numba_loops.divide_clip, "taps_mean": numba_loops.taps_mean,
+            "light_weights": numba_loops.light_weights, "lit_plate": numba_loops.lit_plate,
+            "plate_evidence": numba_loops.plate_evidence, "relative_edge": numba_loops.relative_edge,
             "warp_box": numba_loops.warp_box}
 
 
@@ -285,6 +287,45 @@ def taps_mean(big: np.ndarray, taps: int, out: np.ndarray) -> None:
     k["taps_mean"](np.ascontiguousarray(big), int(taps), out)
 
 
+def light_weights(xs: np.ndarray, ps: np.ndarray, light: np.ndarray, wk: np.ndarray, fit_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """segment.fused's lit plate lps = light ps (h, w, 3) and the tile fit's weights (h, w) (see
+    `numba_loops.light_weights`)."""
+    k = _kernels()
+    assert k is not None, "light_weights without numba: check available() first"
+    c3 = lambda v: np.ascontiguousarray(v, np.float32)  # noqa: E731
+    lps, wfit = np.empty(ps.shape, np.float32), np.empty(wk.shape, np.float32)
+    k["light_weights"](c3(xs), c3(ps), c3(light), c3(wk), c3(fit_ok), lps, wfit)
+    return lps, wfit
+
+
+def lit_plate(gain: np.ndarray, light: np.ndarray, ps: np.ndarray) -> np.ndarray:
+    """`gain` (h, w, 3) float32 times `light`, in place; returns clip(gain ps, 0, 1)."""
+    k = _kernels()
+    assert k is not None, "lit_plate without numba: check available() first"
+    pc = np.empty(ps.shape, np.float32)
+    k["lit_plate"](gain, np.ascontiguousarray(light, np.float32), np.ascontiguousarray(ps, np.float32), pc)
+    return pc
+
+
+def plate_evidence(d: np.ndarray, grown: np.ndarray | None, tau: float, fit_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """segment.fused's plate difference `d` (h, w) float32 as evidence (see `numba_loops.plate_evidence`): writes
+    fit_ok (d < 2 tau, in place) and returns (pp, rel) (rel None without `grown`)."""
+    k = _kernels()
+    assert k is not None, "plate_evidence without numba: check available() first"
+    d = np.ascontiguousarray(d, np.float32)
+    pp = np.empty_like(d)
+    rel = np.empty_like(d) if grown is not None else _EMPTY_2D
+    k["plate_evidence"](d, _EMPTY_2D if grown is None else np.ascontiguousarray(grown, np.float32), float(tau), fit_ok, pp, rel)
+    return pp, (rel if grown is not None else None)
+
+
+def relative_edge(pp: np.ndarray, eroded: np.ndarray, rel: np.ndarray) -> None:
+    """pp (h, w) float32, in place, times 1 - (1 - eroded) (1 - rel)."""
+    k = _kernels()
+    assert k is not None, "relative_edge without numba: check available() first"
+    k["relative_edge"](pp, np.ascontiguousarray(eroded, np.float32), np.ascontiguousarray(rel, np.float32))
+
+
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(h, w, 3) float32: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at (xn[x], yn[y]) (theta (3, 6) float32,
     xn (w,), yn (h,) float32), clipped to [lo, hi]."""
@@ -439,6 +480,11 @@ def _warm() -> None:
         motion_blend(a, a, a, a, 0.5, 0.9, True, a.copy(), a.copy())
         motion_planes(a.copy(), 0.01, a + 1.0, 0.03)
         taps_mean(np.zeros((4, 4, 4), np.uint8), 2, np.empty((3, 2, 2), np.float32))
+        light_weights(three, three, three, a, a)
+        lit_plate(three.copy(), three, three)
+        for grown in (a, None):
+            pp, rel = plate_evidence(a, grown, 0.02, a.copy())
+        relative_edge(pp, a, a)
         divide_clip(a, 0.03)
         for mode in (1, 2):
             learn_plate(a, a, a if mode == 2 else None, a.copy(), mode, a, True, a.copy(), 2.0, three, three if mode == 1 else None,

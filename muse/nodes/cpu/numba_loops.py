@@ -567,3 +567,71 @@ def divide_clip(x, d, out):
     for y in range(height):
         for i in range(width):
             out[y, i] = min(max(x[y, i] / dd, zero), one)
+
+
+@jit
+def light_weights(xs, ps, light, wk, fit_ok, lps, wfit):
+    """segment.fused's plate in the frame's light and the light fit's weights, in one pass: lps = light ps, and
+    wfit = wk / (1 + (|xs - lps| summed over the channels / 0.06)^2) x fit_ok (the numpy code's float32 operations)."""
+    height, width = wk.shape
+    one, scale = np.float32(1.0), np.float32(0.06)
+    for y in range(height):
+        for i in range(width):
+            l0 = light[y, i, 0] * ps[y, i, 0]
+            l1 = light[y, i, 1] * ps[y, i, 1]
+            l2 = light[y, i, 2] * ps[y, i, 2]
+            lps[y, i, 0], lps[y, i, 1], lps[y, i, 2] = l0, l1, l2
+            off = (abs(xs[y, i, 0] - l0) + abs(xs[y, i, 1] - l1)) + abs(xs[y, i, 2] - l2)
+            q = off / scale
+            wfit[y, i] = wk[y, i] / (one + q * q) * fit_ok[y, i]
+
+
+@jit
+def lit_plate(gain, light, ps, pc):
+    """segment.fused's plate comparison's plate: gain (h, w, 3), in place, times light; pc = clip(gain ps, 0, 1)."""
+    height, width = pc.shape[:2]
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for y in range(height):
+        for i in range(width):
+            for c in range(3):
+                g = gain[y, i, c] * light[y, i, c]
+                gain[y, i, c] = g
+                pc[y, i, c] = min(max(g * ps[y, i, c], zero), one)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _smooth(x, lo, span):
+    # fused._smoothstep with lo and the span max(hi - lo, 1e-6) as float32
+    t = min(max((x - lo) / span, np.float32(0.0)), np.float32(1.0))
+    return t * t * (np.float32(3.0) - np.float32(2.0) * t)
+
+
+@jit
+def plate_evidence(d, grown, tau, fit_ok, pp, rel):
+    """segment.fused's plate difference d as evidence, in one pass: fit_ok = d < 2 tau, pp = smoothstep(tau, 2.5 tau, d)
+    and (where `grown`, the dilated d, is given: grown.shape[0] > 1) rel = smoothstep(0.25, 0.75, d / max(grown,
+    2.5 tau)) (the numpy code's float32 operations, in its order)."""
+    height, width = d.shape
+    has_rel = grown.shape[0] > 1
+    t = np.float32(tau)
+    two, wide = np.float32(2.0 * tau), np.float32(2.5 * tau)
+    span = np.float32(max(2.5 * tau - tau, 1e-6))
+    lo_r, span_r = np.float32(0.25), np.float32(max(0.75 - 0.25, 1e-6))
+    for y in range(height):
+        for i in range(width):
+            v = d[y, i]
+            fit_ok[y, i] = np.float32(v < two)
+            pp[y, i] = _smooth(v, t, span)
+            if has_rel:
+                rel[y, i] = _smooth(v / max(grown[y, i], wide), lo_r, span_r)
+
+
+@jit
+def relative_edge(pp, eroded, rel):
+    """pp, in place, times 1 - (1 - eroded) (1 - rel): the plate's evidence at its edge scaled by how far across the
+    edge the difference reaches (the numpy code's float32 operations)."""
+    height, width = pp.shape
+    one = np.float32(1.0)
+    for y in range(height):
+        for i in range(width):
+            pp[y, i] = pp[y, i] * (one - (one - eroded[y, i]) * (one - rel[y, i]))
