@@ -228,6 +228,7 @@ class FusedCPU:
         self._cand_cost = (1e-3 * np.sqrt(np.square(cy) + np.square(cx)).astype(np.float32)).ravel().astype(np.float32)
         self._flow_r = r
         self._flow_inv: np.ndarray | None = None
+        self._flow_tall: np.ndarray | None = None
         nk = len(self._cand_cost)  # k - i for candidate i (the widest search, 109 x 109, needs 16 bits)
         self._flow_rank = (nk - np.arange(nk)).astype(np.uint8 if nk < 256 else np.int32)[:, None, None]
         self.fit_ok = np.ones((h, w), np.float32)  # 0 where the last frame's plate difference found a person
@@ -371,7 +372,9 @@ class FusedCPU:
         k = n * n
         # the k absolute differences as planes of one tall picture with a zero row after each, so one box
         # filter call sums them all (its 3x3 window never reaches past a zero row into the next plane)
-        tall = np.zeros((k, hq + 1, wq), np.float32)
+        tall = self._flow_tall
+        if tall is None or tall.shape != (k, hq + 1, wq):  # kept: only the planes are written, the zero rows stay
+            tall = self._flow_tall = np.zeros((k, hq + 1, wq), np.float32)
         for i in range(k):
             dy, dx = divmod(i, n)
             cv2.absdiff(b[dy:dy + hq, dx:dx + wq], a, dst=tall[i, :hq])
@@ -425,16 +428,19 @@ class FusedCPU:
         weighting them all)."""
         nb, g = COLOUR_BINS, COLOUR_STEP
         h, w = x.shape[:2]
-        if h % g or w % g:
-            xs = np.ascontiguousarray(x[::g, ::g])
+        if kernels.available():  # the bins and both histograms in one pass over the sampled pixels (eight: 0.6 ms)
+            idx, hp, hr = kernels.colour_bins(x, last, bgw, g, nb)
         else:
-            xs = cv2.resize(x, (w // g, h // g), interpolation=cv2.INTER_NEAREST) if g > 1 else x
-        q = cv2.convertScaleAbs(xs, alpha=nb - 1.0 / 256.0, beta=-0.5).astype(np.uint16)
-        idx = (q[..., 0] * nb + q[..., 1]) * nb + q[..., 2]
-        flat = idx.ravel()
-        hp = np.bincount(flat[(last[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
-        hr = np.bincount(flat[(bgw[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
-        eps = 10.0 / flat.size
+            if h % g or w % g:
+                xs = np.ascontiguousarray(x[::g, ::g])
+            else:
+                xs = cv2.resize(x, (w // g, h // g), interpolation=cv2.INTER_NEAREST) if g > 1 else x
+            q = cv2.convertScaleAbs(xs, alpha=nb - 1.0 / 256.0, beta=-0.5).astype(np.uint16)
+            idx = (q[..., 0] * nb + q[..., 1]) * nb + q[..., 2]
+            flat = idx.ravel()
+            hp = np.bincount(flat[(last[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
+            hr = np.bincount(flat[(bgw[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
+        eps = 10.0 / idx.size
         llr = np.log((hp / max(hp.sum(), 1.0) + eps) / (hr / max(hr.sum(), 1.0) + eps)).astype(np.float32)
         llr *= 0.5
         np.clip(llr, -self.s.colour_vote, self.s.colour_vote, out=llr)
@@ -477,7 +483,10 @@ class FusedCPU:
         prev, prev_max, lp = self.prev, self.prev_max, self.prev_luma
         if delta != (0, 0):
             prev, prev_max, lp = (self._translate(a, delta) for a in (prev, prev_max, lp))
-        unclipped = ((xmax < 0.97) & (prev_max < 0.97)).astype(np.float32)
+        if kernels.available():
+            unclipped = kernels.both_below(xmax, prev_max, 0.97)
+        else:
+            unclipped = ((xmax < 0.97) & (prev_max < 0.97)).astype(np.float32)
         # (_known_quantile reads every 7th pixel: only those are computed)
         sub = slice(None, None, 7)
         lxs, lps_, uns, bgs = lx.ravel()[sub], lp.ravel()[sub], unclipped.ravel()[sub], bgw.ravel()[sub]
@@ -514,12 +523,16 @@ class FusedCPU:
         last = self.alpha if self.primed else pm
         bgw = 1.0 - _dilate(last, margin)
 
-        xmax, lx = _chmax(x), _luma(x)
+        lx = _luma(x)
         own = not self.has_plate
         # local contrast: half a pixel of misregistration on a sharp edge is a large difference, no motion
-        grad = np.zeros_like(lx)
-        grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
-        grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
+        if kernels.available():  # the channel maximum and the gradient in one pass (seven: 0.6 ms)
+            xmax, grad = kernels.frame_planes(x, lx)
+        else:
+            xmax = _chmax(x)
+            grad = np.zeros_like(lx)
+            grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
+            grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
         contrast = 1.0 + box_mean(grad, 1) / s.motion_threshold
         # where the plate sits in this frame (camera shake): a recorded plate by phase correlation once most
         # of it is known; an own plate against its anchor frame; then the picture change since the last frame

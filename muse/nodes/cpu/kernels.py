@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge", "frame_planes", "both_below", "colour_bins"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -103,6 +103,7 @@ def _build() -> dict[str, Any]:
             "motion_planes": numba_loops.motion_planes, "divide_clip": numba_loops.divide_clip, "taps_mean": numba_loops.taps_mean,
             "light_weights": numba_loops.light_weights, "lit_plate": numba_loops.lit_plate,
             "plate_evidence": numba_loops.plate_evidence, "relative_edge": numba_loops.relative_edge,
+            "frame_planes": numba_loops.frame_planes, "both_below": numba_loops.both_below, "colour_bins": numba_loops.colour_bins,
             "warp_box": numba_loops.warp_box}
 
 
@@ -326,6 +327,38 @@ def relative_edge(pp: np.ndarray, eroded: np.ndarray, rel: np.ndarray) -> None:
     k["relative_edge"](pp, np.ascontiguousarray(eroded, np.float32), np.ascontiguousarray(rel, np.float32))
 
 
+def frame_planes(x: np.ndarray, lx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(xmax, grad): the channel maximum of x (h, w, 3) and the gradient |right - here| + |below - here| of its luma
+    lx (h, w) (see `numba_loops.frame_planes`)."""
+    k = _kernels()
+    assert k is not None, "frame_planes without numba: check available() first"
+    xmax, grad = np.empty(lx.shape, np.float32), np.empty(lx.shape, np.float32)
+    k["frame_planes"](np.ascontiguousarray(x, np.float32), np.ascontiguousarray(lx, np.float32), xmax, grad)
+    return xmax, grad
+
+
+def both_below(a: np.ndarray, b: np.ndarray, level: float) -> np.ndarray:
+    """float32 (h, w): 1 where a < level and b < level, else 0."""
+    k = _kernels()
+    assert k is not None, "both_below without numba: check available() first"
+    out = np.empty(a.shape, np.float32)
+    k["both_below"](np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), float(level), out)
+    return out
+
+
+def colour_bins(x: np.ndarray, last: np.ndarray, bgw: np.ndarray, step: int, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """segment.fused's colour vote, its counting (see `numba_loops.colour_bins`): (idx (ceil(h / step), ceil(w / step))
+    int64, person's and room's histograms (bins^3,) int64)."""
+    k = _kernels()
+    assert k is not None, "colour_bins without numba: check available() first"
+    h, w = last.shape
+    idx = np.empty((-(-h // step), -(-w // step)), np.int64)
+    hp, hr = np.zeros(bins ** 3, np.int64), np.zeros(bins ** 3, np.int64)
+    k["colour_bins"](np.ascontiguousarray(x, np.float32), np.ascontiguousarray(last, np.float32), np.ascontiguousarray(bgw, np.float32),
+                     int(step), int(bins), float(bins - 1.0 / 256.0), idx, hp, hr)
+    return idx, hp, hr
+
+
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(h, w, 3) float32: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at (xn[x], yn[y]) (theta (3, 6) float32,
     xn (w,), yn (h,) float32), clipped to [lo, hi]."""
@@ -485,6 +518,9 @@ def _warm() -> None:
         for grown in (a, None):
             pp, rel = plate_evidence(a, grown, 0.02, a.copy())
         relative_edge(pp, a, a)
+        frame_planes(three, a)
+        both_below(a, a, 0.97)
+        colour_bins(three, a, a, 2, 16)
         divide_clip(a, 0.03)
         for mode in (1, 2):
             learn_plate(a, a, a if mode == 2 else None, a.copy(), mode, a, True, a.copy(), 2.0, three, three if mode == 1 else None,

@@ -635,3 +635,50 @@ def relative_edge(pp, eroded, rel):
     for y in range(height):
         for i in range(width):
             pp[y, i] = pp[y, i] * (one - (one - eroded[y, i]) * (one - rel[y, i]))
+
+
+@jit
+def frame_planes(x, lx, xmax, grad):
+    """segment.fused's per-frame planes of the working picture x (h, w, 3), in one pass: its channel maximum, and the
+    local contrast's gradient of its luma lx: |right - here| + |below - here| (0 past the last column / row)."""
+    height, width = lx.shape
+    zero = np.float32(0.0)
+    for y in range(height):
+        for i in range(width):
+            xmax[y, i] = max(max(x[y, i, 0], x[y, i, 1]), x[y, i, 2])
+            across = abs(lx[y, i + 1] - lx[y, i]) if i + 1 < width else zero
+            down = abs(lx[y + 1, i] - lx[y, i]) if y + 1 < height else zero
+            grad[y, i] = across + down
+
+
+@jit
+def both_below(a, b, level, out):
+    """out = 1 where a < level and b < level, else 0 (float32)."""
+    height, width = a.shape
+    t = np.float32(level)
+    for y in range(height):
+        for i in range(width):
+            out[y, i] = np.float32(a[y, i] < t and b[y, i] < t)
+
+
+@jit
+def colour_bins(x, last, bgw, g, nb, scale, idx, hp, hr):
+    """segment.fused's colour vote, its counting: for every g-th pixel of every g-th row of x (h, w, 3) in [0, 1], its
+    colour bin (each channel round(|x scale - 0.5|) as OpenCV's convertScaleAbs, saturated; (r nb + g) nb + b) into
+    idx, counted in hp where last > 0.8 (the person's) and in hr where bgw > 0.8 (the room's)."""
+    hs, ws = idx.shape
+    a, half, top = np.float32(scale), np.float32(0.5), np.float32(255.0)
+    t = np.float32(0.8)
+    for i in range(hs):
+        y = i * g
+        for j in range(ws):
+            xx = j * g
+            q0 = np.intp(min(np.rint(abs(x[y, xx, 0] * a - half)), top))
+            q1 = np.intp(min(np.rint(abs(x[y, xx, 1] * a - half)), top))
+            q2 = np.intp(min(np.rint(abs(x[y, xx, 2] * a - half)), top))
+            k = (q0 * nb + q1) * nb + q2
+            idx[i, j] = k
+            if last[y, xx] > t:
+                hp[k] += 1
+            if bgw[y, xx] > t:
+                hr[k] += 1
