@@ -533,7 +533,9 @@ class FusedCPU:
             grad = np.zeros_like(lx)
             grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
             grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
-        contrast = 1.0 + box_mean(grad, 1) / s.motion_threshold
+        contrast = box_mean(grad, 1)  # 1 + mean / motion_threshold, in place (no temporaries)
+        contrast /= s.motion_threshold
+        contrast += 1.0
         # where the plate sits in this frame (camera shake): a recorded plate by phase correlation once most
         # of it is known; an own plate against its anchor frame; then the picture change since the last frame
         search = (own and self.primed) or (not own and float(self.known.mean()) > 0.3)
@@ -661,8 +663,9 @@ class FusedCPU:
             cb = box_mean(change, 1)
             if s.motion_noise > 0:  # where no plate is known, camera noise is no motion
                 floor = min(s.motion_noise * _median(cb), 0.5 * s.motion_threshold)
-                cb = np.maximum(cb - floor * (1.0 - known), 0.0)
-            moved = np.clip(_dilate(cb, s.motion_reach) / s.motion_threshold, 0.0, 1.0)
+                cb = kernels.floor_unknown(cb, floor, known) if kernels.available() else np.maximum(cb - floor * (1.0 - known), 0.0)
+            grown = _dilate(cb, s.motion_reach)
+            moved = kernels.divide_clip(grown, s.motion_threshold) if kernels.available() else np.clip(grown / s.motion_threshold, 0.0, 1.0)
             if kernels.available():  # the blend and the confidence below in one pass (nine, 1.8 ms)
                 kernels.motion_blend(fused, last_alpha, moved, known, s.model_stability, s.stability, s.trust_jumps, self.alpha, self.conf)
             else:

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge", "frame_planes", "both_below", "colour_bins"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge", "frame_planes", "both_below", "colour_bins", "floor_unknown"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -104,6 +104,7 @@ def _build() -> dict[str, Any]:
             "light_weights": numba_loops.light_weights, "lit_plate": numba_loops.lit_plate,
             "plate_evidence": numba_loops.plate_evidence, "relative_edge": numba_loops.relative_edge,
             "frame_planes": numba_loops.frame_planes, "both_below": numba_loops.both_below, "colour_bins": numba_loops.colour_bins,
+            "floor_unknown": numba_loops.floor_unknown,
             "warp_box": numba_loops.warp_box}
 
 
@@ -359,6 +360,15 @@ def colour_bins(x: np.ndarray, last: np.ndarray, bgw: np.ndarray, step: int, bin
     return idx, hp, hr
 
 
+def floor_unknown(cb: np.ndarray, floor: float, known: np.ndarray) -> np.ndarray:
+    """max(cb - floor (1 - known), 0) of (h, w) float32 planes, in place when `cb` is contiguous float32; returned."""
+    k = _kernels()
+    assert k is not None, "floor_unknown without numba: check available() first"
+    cb = np.ascontiguousarray(cb, np.float32)
+    k["floor_unknown"](cb, float(floor), np.ascontiguousarray(known, np.float32))
+    return cb
+
+
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(h, w, 3) float32: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at (xn[x], yn[y]) (theta (3, 6) float32,
     xn (w,), yn (h,) float32), clipped to [lo, hi]."""
@@ -521,6 +531,7 @@ def _warm() -> None:
         frame_planes(three, a)
         both_below(a, a, 0.97)
         colour_bins(three, a, a, 2, 16)
+        floor_unknown(a.copy(), 0.01, a)
         divide_clip(a, 0.03)
         for mode in (1, 2):
             learn_plate(a, a, a if mode == 2 else None, a.copy(), mode, a, True, a.copy(), 2.0, three, three if mode == 1 else None,

@@ -682,3 +682,14 @@ def colour_bins(x, last, bgw, g, nb, scale, idx, hp, hr):
                 hp[k] += 1
             if bgw[y, xx] > t:
                 hr[k] += 1
+
+
+@jit
+def floor_unknown(cb, floor, known):
+    """cb, in place, less floor where nothing of the plate is known: max(cb - floor (1 - known), 0) (float32)."""
+    height, width = cb.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    f = np.float32(floor)
+    for y in range(height):
+        for i in range(width):
+            cb[y, i] = max(cb[y, i] - f * (one - known[y, i]), zero)
