@@ -409,11 +409,9 @@ class FusedCPU:
         return _resize(vy, w, h), _resize(vx, w, h)
 
     def _sample_last(self, fy: np.ndarray, fx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The last matte and the last frame at (y + fy, x + fx) (bilinear, edges clamped: grid_sample's border
-        rule): with numba in one loop over both (torch's grid_sample of the four channels, its grid and the
-        channels-last copies cost 3 ms at 512 x 288), else by `_sample` of the two stacked."""
-        if kernels.available():
-            return kernels.sample_bilinear(self.alpha, self.prev, fy, fx)
+        """The last matte and the last frame at (y + fy, x + fx) (bilinear, edges clamped: grid_sample's border rule),
+        by `_sample` of the two stacked (without numba; with it `kernels.sample_change` carries the matte and compares
+        the carried frame in one pass)."""
         both = _sample(np.dstack((self.alpha, self.prev)), fy, fx)
         return np.ascontiguousarray(both[..., 0]), np.ascontiguousarray(both[..., 1:])
 
@@ -648,13 +646,13 @@ class FusedCPU:
         if self.primed:
             last_alpha = self.alpha
             if s.follow_motion:
-                last_alpha, moved = self._sample_last(fy, fx)
                 # the last frame in this frame's exposure (the torch path scales before sampling: the same up to
                 # rounding, sampling is linear) clips as the camera does; a clipped pixel says nothing
                 # (what the motion leaves is judged against the local contrast)
-                if kernels.available():
-                    change = kernels.exposure_change(x, moved, ratio, unclipped, True, contrast)
+                if kernels.available():  # carried and compared in one pass (the carried frame never written)
+                    last_alpha, change = kernels.sample_change(self.alpha, self.prev, fy, fx, x, ratio, unclipped, contrast)
                 else:
+                    last_alpha, moved = self._sample_last(fy, fx)
                     change = np.multiply(moved, ratio)
                     np.clip(change, 0.0, 1.0, out=change)
                     np.subtract(x, change, out=change)

@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge", "frame_planes", "both_below", "colour_bins", "floor_unknown"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge", "frame_planes", "both_below", "colour_bins", "floor_unknown", "sample_change"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -95,7 +95,7 @@ def _build() -> dict[str, Any]:
 
     return {"variant": numba_loops.variant, "over": {}, "encode_all": numba_loops.encode_all, "guided_gray": numba_loops.guided_full_gray,
             "guided_colour": numba_loops.guided_full_colour, "lerp_known": numba_loops.lerp_known, "decoded_mean": numba_loops.decoded_mean,
-            "blend_points": numba_loops.blend_points, "sample_bilinear": numba_loops.sample_bilinear,
+            "blend_points": numba_loops.blend_points,
             "quadratic_field": numba_loops.quadratic_field, "exposure_change": numba_loops.exposure_change,
             "envelope_distance": numba_loops.envelope_distance, "flow_pick": numba_loops.flow_pick,
             "motion_blend": numba_loops.motion_blend, "guided_solve": numba_loops.guided_solve,
@@ -104,7 +104,7 @@ def _build() -> dict[str, Any]:
             "light_weights": numba_loops.light_weights, "lit_plate": numba_loops.lit_plate,
             "plate_evidence": numba_loops.plate_evidence, "relative_edge": numba_loops.relative_edge,
             "frame_planes": numba_loops.frame_planes, "both_below": numba_loops.both_below, "colour_bins": numba_loops.colour_bins,
-            "floor_unknown": numba_loops.floor_unknown,
+            "floor_unknown": numba_loops.floor_unknown, "sample_change": numba_loops.sample_change,
             "warp_box": numba_loops.warp_box}
 
 
@@ -369,6 +369,20 @@ def floor_unknown(cb: np.ndarray, floor: float, known: np.ndarray) -> np.ndarray
     return cb
 
 
+def sample_change(one: np.ndarray, three: np.ndarray, fy: np.ndarray, fx: np.ndarray, x: np.ndarray, ratio: float,
+                  unclipped: np.ndarray, contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """segment.fused's last matte `one` (h, w) and last frame `three` (h, w, 3) carried along the motion (bilinear at
+    (y + fy, x + fx), positions clamped to the picture: grid_sample's border rule, align_corners=False), and the
+    picture change against the carried frame as `exposure_change(x, <it>, ratio, unclipped, True, contrast)`, without
+    writing the carried frame (see `numba_loops.sample_change`): (carried matte, change), (h, w) float32."""
+    k = _kernels()
+    assert k is not None, "sample_change without numba: check available() first"
+    c = lambda v: np.ascontiguousarray(v, np.float32)  # noqa: E731
+    out_one, change = np.empty(one.shape, np.float32), np.empty(one.shape, np.float32)
+    k["sample_change"](c(one), c(three), c(fy), c(fx), c(x), np.float32(ratio), c(unclipped), c(contrast), out_one, change)
+    return out_one, change
+
+
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(h, w, 3) float32: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at (xn[x], yn[y]) (theta (3, 6) float32,
     xn (w,), yn (h,) float32), clipped to [lo, hi]."""
@@ -377,17 +391,6 @@ def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float
     out = np.empty((yn.shape[0], xn.shape[0], 3), np.float32)
     k["quadratic_field"](theta, xn, yn, np.float32(lo), np.float32(hi), out)
     return out
-
-
-def sample_bilinear(one: np.ndarray, three: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`one` (h, w) and `three` (h, w, 3) float32 sampled bilinearly at (y + fy, x + fx) (fy, fx (h, w)), positions
-    clamped to the picture (grid_sample's border rule, align_corners=False)."""
-    k = _kernels()
-    assert k is not None, "sample_bilinear without numba: check available() first"
-    out_one, out_three = np.empty_like(one), np.empty_like(three)
-    k["sample_bilinear"](one, np.ascontiguousarray(three), np.ascontiguousarray(fy, np.float32), np.ascontiguousarray(fx, np.float32),
-                         out_one, out_three)
-    return out_one, out_three
 
 
 def compiled(name: str) -> bool:
@@ -514,7 +517,6 @@ def _warm() -> None:
                 composite_over(fg, a, fg.copy(), 1.5e-4, colour=colour, room=room, wrap=wrap,
                                soft=low if wrap else None, inside=low[..., 0] if wrap else None)
         decoded_mean(fg, 2)
-        sample_bilinear(a, low.repeat(4, 0).repeat(4, 1), a, a)
         quadratic_field(np.zeros((3, 6), np.float32), a[0].copy(), a[:, 0].copy(), 0.2, 5.0)
         three = low.repeat(4, 0).repeat(4, 1)
         exposure_change(three, three, 1.0, a, False)
@@ -532,6 +534,7 @@ def _warm() -> None:
         both_below(a, a, 0.97)
         colour_bins(three, a, a, 2, 16)
         floor_unknown(a.copy(), 0.01, a)
+        sample_change(a, three, a, a, three, 1.0, a, a + 1.0)
         divide_clip(a, 0.03)
         for mode in (1, 2):
             learn_plate(a, a, a if mode == 2 else None, a.copy(), mode, a, True, a.copy(), 2.0, three, three if mode == 1 else None,

@@ -388,25 +388,6 @@ def quadratic_field(theta, xn, yn, lo, hi, out):
 
 
 @jit
-def sample_bilinear(one, three, fy, fx, out_one, out_three):
-    """segment.fused's last matte (h, w) and last frame (h, w, 3) at (y + fy, x + fx): bilinear, the position
-    clamped to the picture (grid_sample's border padding with align_corners=False, where a pixel's centre
-    maps to itself)."""
-    height, width = one.shape
-    for y in range(height):
-        for x in range(width):
-            i0, i1, wx = _clamp_tap(np.float32(x) + fx[y, x], width)
-            j0, j1, wy = _clamp_tap(np.float32(y) + fy[y, x], height)
-            top = one[j0, i0] + wx * (one[j0, i1] - one[j0, i0])
-            bot = one[j1, i0] + wx * (one[j1, i1] - one[j1, i0])
-            out_one[y, x] = top + wy * (bot - top)
-            for c in range(3):
-                top = three[j0, i0, c] + wx * (three[j0, i1, c] - three[j0, i0, c])
-                bot = three[j1, i0, c] + wx * (three[j1, i1, c] - three[j1, i0, c])
-                out_three[y, x, c] = top + wy * (bot - top)
-
-
-@jit
 def warp_box(src, plate, mask, a_full, fx_rows, fy_rows, y0s, y1s, wys, box, out, warped_mask):
     """warp.apply inside `box` (y0, y1, x0, x1), as `kernels.warp_apply_torch`: the offset (dx, dy) upsampled
     bilinearly from the field (its rows already upsampled across, `fx_rows`/`fy_rows` (fh, W); rows blended
@@ -693,3 +674,29 @@ def floor_unknown(cb, floor, known):
     for y in range(height):
         for i in range(width):
             cb[y, i] = max(cb[y, i] - f * (one - known[y, i]), zero)
+
+
+@jit
+def sample_change(one, three, fy, fx, x, ratio, unclipped, contrast, out_one, change):
+    """segment.fused's last matte (`one` -> `out_one`) and last frame (`three`) at (y + fy, x + fx): bilinear, the
+    position clamped to the picture (grid_sample's border padding with align_corners=False, where a pixel's centre
+    maps to itself); and straight from the carried frame `exposure_change` with its clip (luma of
+    |x - clip(carried ratio, 0, 1)| x unclipped / contrast -> `change`): the carried frame is never written."""
+    height, width = one.shape
+    lr, lg, lb = np.float32(0.299), np.float32(0.587), np.float32(0.114)
+    zero, unit = np.float32(0.0), np.float32(1.0)
+    for y in range(height):
+        for i in range(width):
+            i0, i1, wx = _clamp_tap(np.float32(i) + fx[y, i], width)
+            j0, j1, wy = _clamp_tap(np.float32(y) + fy[y, i], height)
+            top = one[j0, i0] + wx * (one[j0, i1] - one[j0, i0])
+            bot = one[j1, i0] + wx * (one[j1, i1] - one[j1, i0])
+            out_one[y, i] = top + wy * (bot - top)
+            v = zero
+            for c in range(3):
+                top = three[j0, i0, c] + wx * (three[j0, i1, c] - three[j0, i0, c])
+                bot = three[j1, i0, c] + wx * (three[j1, i1, c] - three[j1, i0, c])
+                p = min(max((top + wy * (bot - top)) * ratio, zero), unit)
+                d = abs(x[y, i, c] - p)
+                v = v + (lr if c == 0 else lg if c == 1 else lb) * d
+            change[y, i] = v * unclipped[y, i] / contrast[y, i]
