@@ -469,6 +469,31 @@ def test_big_crops_through_four_channels_are_the_same_crops(astronaut, border, m
     assert float((four - ref).abs().max()) * 255 <= 0.51
 
 
+@pytest.mark.parametrize("border", ["zeros", "border"])
+def test_crop_taps_loop_gives_opencvs_crops_to_the_bit(astronaut, border, monkeypatch):
+    """The crops' taps x taps mean, scale to [0, 1] and planes in one numba loop (muse/nodes/cpu/crop.py) give what
+    OpenCV's float conversion, area resize and scale gave, to the bit, at 1, 2 and 3 taps (the pose detector's
+    720p crop): the landmark models track from frame to frame, and a last-bit difference in the detector's crop
+    moved the astronaut's keypoints by 13-110 px four frames later."""
+    from muse.nodes.cpu import crop as C
+    from muse.nodes.cpu import kernels
+
+    if not kernels.available():
+        pytest.skip(f"numba kernels not usable: {kernels.why_not()}")
+    kernels.warm_up()
+    kernels._WARM.join(timeout=300)
+    assert kernels.compiled("taps_mean")  # (until it is, the crops take OpenCV's passes)
+    img = torch.from_numpy(cv2.resize(astronaut, (1280, 720), interpolation=cv2.INTER_AREA)).permute(2, 0, 1)
+    rois = torch.tensor([[640.0, 380.0, 700.0, 700.0, 0.15], [1250.0, 700.0, 900.0, 900.0, 0.5], [640.0, 360.0, 1280.0, 1280.0, 0.0]])
+    for taps, size in ((1, 192), (2, 256), (3, 224)):
+        loop = C.crop_uint8(img, rois, size, size, border, None, taps)
+        with monkeypatch.context() as mp:
+            mp.setattr(kernels, "available", lambda: False)
+            cv = C.crop_uint8(img, rois, size, size, border, None, taps)
+        assert loop.shape == cv.shape == (3, 3, size, size)
+        assert torch.equal(loop, cv), (taps, float((loop - cv).abs().max()))
+
+
 @pytest.mark.parametrize("light_wrap", [0.0, 0.3])
 def test_composite_cpu_known_on_two_grids_matches_torch(monkeypatch, photos, light_wrap):
     """stream_4k's plate composite at 720p: the coverage on the plate's 4x4 blocks (320x180, sharp

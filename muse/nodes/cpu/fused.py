@@ -126,6 +126,18 @@ def _known_quantile(d: np.ndarray, known: np.ndarray, q: float, step: int = 7) -
     return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
 
 
+def _median(d: np.ndarray, step: int = 7) -> float:
+    """`_known_quantile(d, ones, 0.5)` without the plane of ones: the median of every 7th value (the lower and upper
+    order statistics around it, interpolated)."""
+    dk = d.ravel()[::step]
+    n = dk.size
+    pos = min(max(0.5 * (n - 1), 0.0), n - 1.0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, n - 1)
+    v = np.partition(dk, (lo, hi))
+    return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
 def _pool(x: np.ndarray, q: int) -> np.ndarray:
     """F.avg_pool2d(x, q, ceil_mode=True) of (h, w) or (h, w, C): q x q block means, a last partial block
     averaged over what it holds."""
@@ -217,6 +229,7 @@ class FusedCPU:
         self._cand_cost = (1e-3 * np.sqrt(np.square(cy) + np.square(cx)).astype(np.float32)).ravel().astype(np.float32)
         self._flow_r = r
         self._flow_inv: np.ndarray | None = None
+        self._flow_tall: np.ndarray | None = None
         nk = len(self._cand_cost)  # k - i for candidate i (the widest search, 109 x 109, needs 16 bits)
         self._flow_rank = (nk - np.arange(nk)).astype(np.uint8 if nk < 256 else np.int32)[:, None, None]
         self.fit_ok = np.ones((h, w), np.float32)  # 0 where the last frame's plate difference found a person
@@ -360,7 +373,9 @@ class FusedCPU:
         k = n * n
         # the k absolute differences as planes of one tall picture with a zero row after each, so one box
         # filter call sums them all (its 3x3 window never reaches past a zero row into the next plane)
-        tall = np.zeros((k, hq + 1, wq), np.float32)
+        tall = self._flow_tall
+        if tall is None or tall.shape != (k, hq + 1, wq):  # kept: only the planes are written, the zero rows stay
+            tall = self._flow_tall = np.zeros((k, hq + 1, wq), np.float32)
         for i in range(k):
             dy, dx = divmod(i, n)
             cv2.absdiff(b[dy:dy + hq, dx:dx + wq], a, dst=tall[i, :hq])
@@ -395,11 +410,9 @@ class FusedCPU:
         return _resize(vy, w, h), _resize(vx, w, h)
 
     def _sample_last(self, fy: np.ndarray, fx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The last matte and the last frame at (y + fy, x + fx) (bilinear, edges clamped: grid_sample's border
-        rule): with numba in one loop over both (torch's grid_sample of the four channels, its grid and the
-        channels-last copies cost 3 ms at 512 x 288), else by `_sample` of the two stacked."""
-        if kernels.available():
-            return kernels.sample_bilinear(self.alpha, self.prev, fy, fx)
+        """The last matte and the last frame at (y + fy, x + fx) (bilinear, edges clamped: grid_sample's border rule),
+        by `_sample` of the two stacked (without numba; with it `kernels.sample_change` carries the matte and compares
+        the carried frame in one pass)."""
         both = _sample(np.dstack((self.alpha, self.prev)), fy, fx)
         return np.ascontiguousarray(both[..., 0]), np.ascontiguousarray(both[..., 1:])
 
@@ -414,16 +427,19 @@ class FusedCPU:
         weighting them all)."""
         nb, g = COLOUR_BINS, COLOUR_STEP
         h, w = x.shape[:2]
-        if h % g or w % g:
-            xs = np.ascontiguousarray(x[::g, ::g])
+        if kernels.available():  # the bins and both histograms in one pass over the sampled pixels (eight: 0.6 ms)
+            idx, hp, hr = kernels.colour_bins(x, last, bgw, g, nb)
         else:
-            xs = cv2.resize(x, (w // g, h // g), interpolation=cv2.INTER_NEAREST) if g > 1 else x
-        q = cv2.convertScaleAbs(xs, alpha=nb - 1.0 / 256.0, beta=-0.5).astype(np.uint16)
-        idx = (q[..., 0] * nb + q[..., 1]) * nb + q[..., 2]
-        flat = idx.ravel()
-        hp = np.bincount(flat[(last[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
-        hr = np.bincount(flat[(bgw[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
-        eps = 10.0 / flat.size
+            if h % g or w % g:
+                xs = np.ascontiguousarray(x[::g, ::g])
+            else:
+                xs = cv2.resize(x, (w // g, h // g), interpolation=cv2.INTER_NEAREST) if g > 1 else x
+            q = cv2.convertScaleAbs(xs, alpha=nb - 1.0 / 256.0, beta=-0.5).astype(np.uint16)
+            idx = (q[..., 0] * nb + q[..., 1]) * nb + q[..., 2]
+            flat = idx.ravel()
+            hp = np.bincount(flat[(last[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
+            hr = np.bincount(flat[(bgw[::g, ::g] > 0.8).ravel()], minlength=nb ** 3)
+        eps = 10.0 / idx.size
         llr = np.log((hp / max(hp.sum(), 1.0) + eps) / (hr / max(hr.sum(), 1.0) + eps)).astype(np.float32)
         llr *= 0.5
         np.clip(llr, -self.s.colour_vote, self.s.colour_vote, out=llr)
@@ -466,7 +482,10 @@ class FusedCPU:
         prev, prev_max, lp = self.prev, self.prev_max, self.prev_luma
         if delta != (0, 0):
             prev, prev_max, lp = (self._translate(a, delta) for a in (prev, prev_max, lp))
-        unclipped = ((xmax < 0.97) & (prev_max < 0.97)).astype(np.float32)
+        if kernels.available():
+            unclipped = kernels.both_below(xmax, prev_max, 0.97)
+        else:
+            unclipped = ((xmax < 0.97) & (prev_max < 0.97)).astype(np.float32)
         # (_known_quantile reads every 7th pixel: only those are computed)
         sub = slice(None, None, 7)
         lxs, lps_, uns, bgs = lx.ravel()[sub], lp.ravel()[sub], unclipped.ravel()[sub], bgw.ravel()[sub]
@@ -480,11 +499,15 @@ class FusedCPU:
             np.subtract(x, change, out=change)
             change = _luma(np.abs(change, out=change)) * unclipped
         cm = box_mean(change, 1)
-        motion = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
-        still = motion  # camera noise is no motion for the own plate's stillness gate (low light)
-        if s.motion_noise > 0:
-            cm = np.maximum(cm - min(s.motion_noise * _known_quantile(cm, np.ones_like(cm), 0.5), 0.5 * s.motion_threshold), 0.0)
-            still = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
+        # camera noise is no motion for the own plate's stillness gate (low light): a floor of motion_noise x the median
+        floor = min(s.motion_noise * _median(cm), 0.5 * s.motion_threshold) if s.motion_noise > 0 else 0.0
+        if kernels.available():  # the floor and the room's change in one pass, the stillness in another (seven passes: 1.2 ms)
+            cm, room = kernels.motion_planes(cm, floor, contrast, s.motion_threshold)
+            still = kernels.divide_clip(_dilate(cm, 2), s.motion_threshold)
+            return unclipped, ratio, change, still, cm, room
+        if floor:
+            cm = np.maximum(cm - floor, 0.0)
+        still = np.clip(_dilate(cm, 2) / s.motion_threshold, 0.0, 1.0)
         room = np.clip(cm / contrast / s.motion_threshold, 0.0, 1.0)
         return unclipped, ratio, change, still, cm, room
 
@@ -501,13 +524,19 @@ class FusedCPU:
         was_person = last > 0.5 if prior is not None and s.own_plate and not self.has_plate else None
         bgw = 1.0 - _dilate(last, margin)
 
-        xmax, lx = _chmax(x), _luma(x)
+        lx = _luma(x)
         own = not self.has_plate
         # local contrast: half a pixel of misregistration on a sharp edge is a large difference, no motion
-        grad = np.zeros_like(lx)
-        grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
-        grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
-        contrast = 1.0 + box_mean(grad, 1) / s.motion_threshold
+        if kernels.available():  # the channel maximum and the gradient in one pass (seven: 0.6 ms)
+            xmax, grad = kernels.frame_planes(x, lx)
+        else:
+            xmax = _chmax(x)
+            grad = np.zeros_like(lx)
+            grad[:, :-1] = np.abs(lx[:, 1:] - lx[:, :-1])
+            grad[:-1, :] += np.abs(lx[1:, :] - lx[:-1, :])
+        contrast = box_mean(grad, 1)  # 1 + mean / motion_threshold, in place (no temporaries)
+        contrast /= s.motion_threshold
+        contrast += 1.0
         # where the plate sits in this frame (camera shake): a recorded plate by phase correlation once most
         # of it is known; an own plate against its anchor frame; then the picture change since the last frame
         search = (own and self.primed) or (not own and float(self.known.mean()) > 0.3)
@@ -550,15 +579,22 @@ class FusedCPU:
             ps = box_mean(plate, s.denoise)
             wk = bgw * known
             light = self._light_field(xs, ps, wk)
-            lps = light * ps
-            off = np.subtract(xs, lps)
-            off = _chsum(np.abs(off, out=off))
-            w_light = wk / (1.0 + np.square(off / 0.06))
+            fast = kernels.available()  # (each pair of steps below in one pass: eight three-channel passes, 1.5 ms)
+            if fast:
+                lps, w_fit = kernels.light_weights(xs, ps, light, wk, self.fit_ok)
+            else:
+                lps = light * ps
+                off = np.subtract(xs, lps)
+                off = _chsum(np.abs(off, out=off))
+                w_fit = wk / (1.0 + np.square(off / 0.06)) * self.fit_ok
             # one tile fit a frame, leaving out what the last frame's comparison found different
-            gain = self._gain(xs, lps, w_light * self.fit_ok)
-            gain *= light
-            pc = np.multiply(gain, ps)
-            np.clip(pc, 0.0, 1.0, out=pc)
+            gain = self._gain(xs, lps, w_fit)
+            if fast:
+                pc = kernels.lit_plate(gain, light, ps)
+            else:
+                gain *= light
+                pc = np.multiply(gain, ps)
+                np.clip(pc, 0.0, 1.0, out=pc)
             r = s.envelope
             # the distance from xs to the envelope [erode(pc), dilate(pc)] (relu(xs - hi) + relu(lo - xs) as
             # xs - clip(xs, lo, hi): the same squares, two three-channel passes fewer)
@@ -571,14 +607,19 @@ class FusedCPU:
                 d = np.sqrt(_chsum(np.square(e, out=e))) * seen
             noise = _known_quantile(d, known, 0.3)
             tau = max(s.threshold, s.noise_factor * noise)
-            np.less(d, 2.0 * tau, out=self._fit_bool)
-            self.fit_ok[...] = self._fit_bool
-            pp = _smoothstep(tau, 2.5 * tau, d)
-            if s.relative_edge:
-                a_est = d / np.maximum(_dilate(d, 2), 2.5 * tau)
-                rel = _smoothstep(0.25, 0.75, a_est)
-                band = 1.0 - _erode(pp, 2)
-                pp = pp * (1.0 - band * (1.0 - rel))
+            if fast:  # (eleven passes in two: 1 ms)
+                pp, rel = kernels.plate_evidence(d, _dilate(d, 2) if s.relative_edge else None, tau, self.fit_ok)
+                if rel is not None:
+                    kernels.relative_edge(pp, _erode(pp, 2), rel)
+            else:
+                np.less(d, 2.0 * tau, out=self._fit_bool)
+                self.fit_ok[...] = self._fit_bool
+                pp = _smoothstep(tau, 2.5 * tau, d)
+                if s.relative_edge:
+                    a_est = d / np.maximum(_dilate(d, 2), 2.5 * tau)
+                    rel = _smoothstep(0.25, 0.75, a_est)
+                    band = 1.0 - _erode(pp, 2)
+                    pp = pp * (1.0 - band * (1.0 - rel))
             rc = round(s.close_radius * h)
             if rc > 0:  # holes where clothes match the room; at quarter size
                 if h % 2 or w % 2:  # ceil_mode: the last row/column pools alone (pp >= 0, so 0 padding is neutral)
@@ -610,13 +651,13 @@ class FusedCPU:
         if self.primed:
             last_alpha = self.alpha
             if s.follow_motion:
-                last_alpha, moved = self._sample_last(fy, fx)
                 # the last frame in this frame's exposure (the torch path scales before sampling: the same up to
                 # rounding, sampling is linear) clips as the camera does; a clipped pixel says nothing
                 # (what the motion leaves is judged against the local contrast)
-                if kernels.available():
-                    change = kernels.exposure_change(x, moved, ratio, unclipped, True, contrast)
+                if kernels.available():  # carried and compared in one pass (the carried frame never written)
+                    last_alpha, change = kernels.sample_change(self.alpha, self.prev, fy, fx, x, ratio, unclipped, contrast)
                 else:
+                    last_alpha, moved = self._sample_last(fy, fx)
                     change = np.multiply(moved, ratio)
                     np.clip(change, 0.0, 1.0, out=change)
                     np.subtract(x, change, out=change)
@@ -624,9 +665,10 @@ class FusedCPU:
                     change = change / contrast
             cb = box_mean(change, 1)
             if s.motion_noise > 0:  # where no plate is known, camera noise is no motion
-                floor = min(s.motion_noise * _known_quantile(cb, np.ones_like(cb), 0.5), 0.5 * s.motion_threshold)
-                cb = np.maximum(cb - floor * (1.0 - known), 0.0)
-            moved = np.clip(_dilate(cb, s.motion_reach) / s.motion_threshold, 0.0, 1.0)
+                floor = min(s.motion_noise * _median(cb), 0.5 * s.motion_threshold)
+                cb = kernels.floor_unknown(cb, floor, known) if kernels.available() else np.maximum(cb - floor * (1.0 - known), 0.0)
+            grown = _dilate(cb, s.motion_reach)
+            moved = kernels.divide_clip(grown, s.motion_threshold) if kernels.available() else np.clip(grown / s.motion_threshold, 0.0, 1.0)
             if kernels.available():  # the blend and the confidence below in one pass (nine, 1.8 ms)
                 kernels.motion_blend(fused, last_alpha, moved, known, s.model_stability, s.stability, s.trust_jumps, self.alpha, self.conf)
             else:
@@ -647,9 +689,19 @@ class FusedCPU:
         self.primed = True
 
         # learning, in the plate's own light and alignment
-        sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95) & (self.conf > 0.9)
+        grown = _dilate(self.alpha, margin)
+        pm_grown = _dilate(pm, margin) if prior is not None else None
+        if kernels.available() and shift == (0, 0):  # the camera where the plate was taken: one pass (fifteen, 2 ms)
+            mode = 1 if self.has_plate else 2 if prior is not None and s.own_plate else 0
+            seconds = s.learn_seconds if mode == 1 else s.own_plate_seconds
+            g_ok = mode > 0 and float(self.known.mean()) > 0.1 and gain is not None
+            kernels.learn_plate(grown, self.conf, pm_grown, self.clear_for, mode, still, not room_moved, self.still_for,
+                                max(1.0, seconds * self.fps), x, gain if g_ok else None, self.known, s.learn_rate,
+                                pp if own and pp is not None else None, self.plate)
+            return self.alpha
+        sure_bg = ((1.0 - grown) > 0.95) & (self.conf > 0.9)
         if prior is not None:
-            model_bg = _dilate(pm, margin) < 0.2
+            model_bg = pm_grown < 0.2
             sure_bg &= model_bg
         sb = sure_bg.astype(np.float32)
         self.clear_for *= sb

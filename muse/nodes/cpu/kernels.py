@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
-__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "sample_bilinear", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles"]
+__all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge", "frame_planes", "both_below", "colour_bins", "floor_unknown", "sample_change"]
 
 _LOCK = threading.Lock()
 _KERNELS: dict[str, Any] | None = None
@@ -95,11 +95,16 @@ def _build() -> dict[str, Any]:
 
     return {"variant": numba_loops.variant, "over": {}, "encode_all": numba_loops.encode_all, "guided_gray": numba_loops.guided_full_gray,
             "guided_colour": numba_loops.guided_full_colour, "lerp_known": numba_loops.lerp_known, "decoded_mean": numba_loops.decoded_mean,
-            "blend_points": numba_loops.blend_points, "sample_bilinear": numba_loops.sample_bilinear,
+            "blend_points": numba_loops.blend_points,
             "quadratic_field": numba_loops.quadratic_field, "exposure_change": numba_loops.exposure_change,
             "envelope_distance": numba_loops.envelope_distance, "flow_pick": numba_loops.flow_pick,
             "motion_blend": numba_loops.motion_blend, "guided_solve": numba_loops.guided_solve,
-            "gain_tiles": numba_loops.gain_tiles,
+            "gain_tiles": numba_loops.gain_tiles, "learn_plate": numba_loops.learn_plate,
+            "motion_planes": numba_loops.motion_planes, "divide_clip": numba_loops.divide_clip, "taps_mean": numba_loops.taps_mean,
+            "light_weights": numba_loops.light_weights, "lit_plate": numba_loops.lit_plate,
+            "plate_evidence": numba_loops.plate_evidence, "relative_edge": numba_loops.relative_edge,
+            "frame_planes": numba_loops.frame_planes, "both_below": numba_loops.both_below, "colour_bins": numba_loops.colour_bins,
+            "floor_unknown": numba_loops.floor_unknown, "sample_change": numba_loops.sample_change,
             "warp_box": numba_loops.warp_box}
 
 
@@ -243,6 +248,141 @@ def gain_tiles(x: np.ndarray, plate: np.ndarray, bgw: np.ndarray, step: int, row
     return out
 
 
+def learn_plate(alpha_grown: np.ndarray, conf: np.ndarray, pm_grown: np.ndarray | None, clear_for: np.ndarray, mode: int,
+                still: np.ndarray | None, calm_ok: bool, still_for: np.ndarray, frames: float, x: np.ndarray,
+                gain: np.ndarray | None, known: np.ndarray, learn_rate: float, pp: np.ndarray | None, plate: np.ndarray) -> None:
+    """segment.fused's learning step without a camera shift, in place on `clear_for`, `still_for`, `known` and `plate`
+    (see `numba_loops.learn_plate`)."""
+    k = _kernels()
+    assert k is not None, "learn_plate without numba: check available() first"
+    f32 = lambda v: _EMPTY_2D if v is None else np.ascontiguousarray(v, np.float32)  # noqa: E731
+    k["learn_plate"](f32(alpha_grown), f32(conf), f32(pm_grown), clear_for, int(mode), f32(still), bool(calm_ok), still_for,
+                     float(frames), np.ascontiguousarray(x, np.float32), _EMPTY_PLANE if gain is None else np.ascontiguousarray(gain, np.float32),
+                     known, float(learn_rate), f32(pp), plate)
+
+
+def motion_planes(cm: np.ndarray, floor: float, contrast: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """segment.fused's picture change less its noise floor, max(cm - floor, 0) (in place when `cm` is a contiguous
+    float32 array), and the room's change clip(cm / contrast / threshold, 0, 1): (cm, room), (h, w) float32."""
+    k = _kernels()
+    assert k is not None, "motion_planes without numba: check available() first"
+    cm = np.ascontiguousarray(cm, np.float32)
+    room = np.empty_like(cm)
+    k["motion_planes"](cm, float(floor), np.ascontiguousarray(contrast, np.float32), float(threshold), room)
+    return cm, room
+
+
+def divide_clip(x: np.ndarray, d: float) -> np.ndarray:
+    """clip(x / d, 0, 1) of an (h, w) float32 plane, in one pass (numpy: two)."""
+    k = _kernels()
+    assert k is not None, "divide_clip without numba: check available() first"
+    out = np.empty(x.shape, np.float32)
+    k["divide_clip"](np.ascontiguousarray(x, np.float32), float(d), out)
+    return out
+
+
+def taps_mean(big: np.ndarray, taps: int, out: np.ndarray) -> None:
+    """A landmark crop's taps x taps mean: `big` (h taps, w taps, C >= 3) uint8 -> `out` (3, h, w) float32 in [0, 1]
+    (see `numba_loops.taps_mean`)."""
+    k = _kernels()
+    assert k is not None, "taps_mean without numba: check available() first"
+    k["taps_mean"](np.ascontiguousarray(big), int(taps), out)
+
+
+def light_weights(xs: np.ndarray, ps: np.ndarray, light: np.ndarray, wk: np.ndarray, fit_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """segment.fused's lit plate lps = light ps (h, w, 3) and the tile fit's weights (h, w) (see
+    `numba_loops.light_weights`)."""
+    k = _kernels()
+    assert k is not None, "light_weights without numba: check available() first"
+    c3 = lambda v: np.ascontiguousarray(v, np.float32)  # noqa: E731
+    lps, wfit = np.empty(ps.shape, np.float32), np.empty(wk.shape, np.float32)
+    k["light_weights"](c3(xs), c3(ps), c3(light), c3(wk), c3(fit_ok), lps, wfit)
+    return lps, wfit
+
+
+def lit_plate(gain: np.ndarray, light: np.ndarray, ps: np.ndarray) -> np.ndarray:
+    """`gain` (h, w, 3) float32 times `light`, in place; returns clip(gain ps, 0, 1)."""
+    k = _kernels()
+    assert k is not None, "lit_plate without numba: check available() first"
+    pc = np.empty(ps.shape, np.float32)
+    k["lit_plate"](gain, np.ascontiguousarray(light, np.float32), np.ascontiguousarray(ps, np.float32), pc)
+    return pc
+
+
+def plate_evidence(d: np.ndarray, grown: np.ndarray | None, tau: float, fit_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """segment.fused's plate difference `d` (h, w) float32 as evidence (see `numba_loops.plate_evidence`): writes
+    fit_ok (d < 2 tau, in place) and returns (pp, rel) (rel None without `grown`)."""
+    k = _kernels()
+    assert k is not None, "plate_evidence without numba: check available() first"
+    d = np.ascontiguousarray(d, np.float32)
+    pp = np.empty_like(d)
+    rel = np.empty_like(d) if grown is not None else _EMPTY_2D
+    k["plate_evidence"](d, _EMPTY_2D if grown is None else np.ascontiguousarray(grown, np.float32), float(tau), fit_ok, pp, rel)
+    return pp, (rel if grown is not None else None)
+
+
+def relative_edge(pp: np.ndarray, eroded: np.ndarray, rel: np.ndarray) -> None:
+    """pp (h, w) float32, in place, times 1 - (1 - eroded) (1 - rel)."""
+    k = _kernels()
+    assert k is not None, "relative_edge without numba: check available() first"
+    k["relative_edge"](pp, np.ascontiguousarray(eroded, np.float32), np.ascontiguousarray(rel, np.float32))
+
+
+def frame_planes(x: np.ndarray, lx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(xmax, grad): the channel maximum of x (h, w, 3) and the gradient |right - here| + |below - here| of its luma
+    lx (h, w) (see `numba_loops.frame_planes`)."""
+    k = _kernels()
+    assert k is not None, "frame_planes without numba: check available() first"
+    xmax, grad = np.empty(lx.shape, np.float32), np.empty(lx.shape, np.float32)
+    k["frame_planes"](np.ascontiguousarray(x, np.float32), np.ascontiguousarray(lx, np.float32), xmax, grad)
+    return xmax, grad
+
+
+def both_below(a: np.ndarray, b: np.ndarray, level: float) -> np.ndarray:
+    """float32 (h, w): 1 where a < level and b < level, else 0."""
+    k = _kernels()
+    assert k is not None, "both_below without numba: check available() first"
+    out = np.empty(a.shape, np.float32)
+    k["both_below"](np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), float(level), out)
+    return out
+
+
+def colour_bins(x: np.ndarray, last: np.ndarray, bgw: np.ndarray, step: int, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """segment.fused's colour vote, its counting (see `numba_loops.colour_bins`): (idx (ceil(h / step), ceil(w / step))
+    int64, person's and room's histograms (bins^3,) int64)."""
+    k = _kernels()
+    assert k is not None, "colour_bins without numba: check available() first"
+    h, w = last.shape
+    idx = np.empty((-(-h // step), -(-w // step)), np.int64)
+    hp, hr = np.zeros(bins ** 3, np.int64), np.zeros(bins ** 3, np.int64)
+    k["colour_bins"](np.ascontiguousarray(x, np.float32), np.ascontiguousarray(last, np.float32), np.ascontiguousarray(bgw, np.float32),
+                     int(step), int(bins), float(bins - 1.0 / 256.0), idx, hp, hr)
+    return idx, hp, hr
+
+
+def floor_unknown(cb: np.ndarray, floor: float, known: np.ndarray) -> np.ndarray:
+    """max(cb - floor (1 - known), 0) of (h, w) float32 planes, in place when `cb` is contiguous float32; returned."""
+    k = _kernels()
+    assert k is not None, "floor_unknown without numba: check available() first"
+    cb = np.ascontiguousarray(cb, np.float32)
+    k["floor_unknown"](cb, float(floor), np.ascontiguousarray(known, np.float32))
+    return cb
+
+
+def sample_change(one: np.ndarray, three: np.ndarray, fy: np.ndarray, fx: np.ndarray, x: np.ndarray, ratio: float,
+                  unclipped: np.ndarray, contrast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """segment.fused's last matte `one` (h, w) and last frame `three` (h, w, 3) carried along the motion (bilinear at
+    (y + fy, x + fx), positions clamped to the picture: grid_sample's border rule, align_corners=False), and the
+    picture change against the carried frame as `exposure_change(x, <it>, ratio, unclipped, True, contrast)`, without
+    writing the carried frame (see `numba_loops.sample_change`): (carried matte, change), (h, w) float32."""
+    k = _kernels()
+    assert k is not None, "sample_change without numba: check available() first"
+    c = lambda v: np.ascontiguousarray(v, np.float32)  # noqa: E731
+    out_one, change = np.empty(one.shape, np.float32), np.empty(one.shape, np.float32)
+    k["sample_change"](c(one), c(three), c(fy), c(fx), c(x), np.float32(ratio), c(unclipped), c(contrast), out_one, change)
+    return out_one, change
+
+
 def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(h, w, 3) float32: per channel c, theta[c] . (1, x, y, x^2, x y, y^2) at (xn[x], yn[y]) (theta (3, 6) float32,
     xn (w,), yn (h,) float32), clipped to [lo, hi]."""
@@ -251,17 +391,6 @@ def quadratic_field(theta: np.ndarray, xn: np.ndarray, yn: np.ndarray, lo: float
     out = np.empty((yn.shape[0], xn.shape[0], 3), np.float32)
     k["quadratic_field"](theta, xn, yn, np.float32(lo), np.float32(hi), out)
     return out
-
-
-def sample_bilinear(one: np.ndarray, three: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`one` (h, w) and `three` (h, w, 3) float32 sampled bilinearly at (y + fy, x + fx) (fy, fx (h, w)), positions
-    clamped to the picture (grid_sample's border rule, align_corners=False)."""
-    k = _kernels()
-    assert k is not None, "sample_bilinear without numba: check available() first"
-    out_one, out_three = np.empty_like(one), np.empty_like(three)
-    k["sample_bilinear"](one, np.ascontiguousarray(three), np.ascontiguousarray(fy, np.float32), np.ascontiguousarray(fx, np.float32),
-                         out_one, out_three)
-    return out_one, out_three
 
 
 def compiled(name: str) -> bool:
@@ -388,13 +517,28 @@ def _warm() -> None:
                 composite_over(fg, a, fg.copy(), 1.5e-4, colour=colour, room=room, wrap=wrap,
                                soft=low if wrap else None, inside=low[..., 0] if wrap else None)
         decoded_mean(fg, 2)
-        sample_bilinear(a, low.repeat(4, 0).repeat(4, 1), a, a)
         quadratic_field(np.zeros((3, 6), np.float32), a[0].copy(), a[:, 0].copy(), 0.2, 5.0)
         three = low.repeat(4, 0).repeat(4, 1)
         exposure_change(three, three, 1.0, a, False)
         exposure_change(three, three, 1.0, a, True, a)
         envelope_distance(three, three, three, a > 0.5)
         motion_blend(a, a, a, a, 0.5, 0.9, True, a.copy(), a.copy())
+        motion_planes(a.copy(), 0.01, a + 1.0, 0.03)
+        taps_mean(np.zeros((4, 4, 4), np.uint8), 2, np.empty((3, 2, 2), np.float32))
+        light_weights(three, three, three, a, a)
+        lit_plate(three.copy(), three, three)
+        for grown in (a, None):
+            pp, rel = plate_evidence(a, grown, 0.02, a.copy())
+        relative_edge(pp, a, a)
+        frame_planes(three, a)
+        both_below(a, a, 0.97)
+        colour_bins(three, a, a, 2, 16)
+        floor_unknown(a.copy(), 0.01, a)
+        sample_change(a, three, a, a, three, 1.0, a, a + 1.0)
+        divide_clip(a, 0.03)
+        for mode in (1, 2):
+            learn_plate(a, a, a if mode == 2 else None, a.copy(), mode, a, True, a.copy(), 2.0, three, three if mode == 1 else None,
+                        a.copy(), 0.1, a if mode == 2 else None, three.copy())
         guided_solve(np.ones((13, 2, 2), np.float32), 1e-3)
         bounds = (np.array([0, 1]), np.array([1, 2]))
         gain_tiles(three, three, a, 2, bounds, bounds)

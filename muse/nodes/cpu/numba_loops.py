@@ -388,25 +388,6 @@ def quadratic_field(theta, xn, yn, lo, hi, out):
 
 
 @jit
-def sample_bilinear(one, three, fy, fx, out_one, out_three):
-    """segment.fused's last matte (h, w) and last frame (h, w, 3) at (y + fy, x + fx): bilinear, the position
-    clamped to the picture (grid_sample's border padding with align_corners=False, where a pixel's centre
-    maps to itself)."""
-    height, width = one.shape
-    for y in range(height):
-        for x in range(width):
-            i0, i1, wx = _clamp_tap(np.float32(x) + fx[y, x], width)
-            j0, j1, wy = _clamp_tap(np.float32(y) + fy[y, x], height)
-            top = one[j0, i0] + wx * (one[j0, i1] - one[j0, i0])
-            bot = one[j1, i0] + wx * (one[j1, i1] - one[j1, i0])
-            out_one[y, x] = top + wy * (bot - top)
-            for c in range(3):
-                top = three[j0, i0, c] + wx * (three[j0, i1, c] - three[j0, i0, c])
-                bot = three[j1, i0, c] + wx * (three[j1, i1, c] - three[j1, i0, c])
-                out_three[y, x, c] = top + wy * (bot - top)
-
-
-@jit
 def warp_box(src, plate, mask, a_full, fx_rows, fy_rows, y0s, y1s, wys, box, out, warped_mask):
     """warp.apply inside `box` (y0, y1, x0, x1), as `kernels.warp_apply_torch`: the offset (dx, dy) upsampled
     bilinearly from the field (its rows already upsampled across, `fx_rows`/`fy_rows` (fh, W); rows blended
@@ -469,3 +450,253 @@ def warp_box(src, plate, mask, a_full, fx_rows, fy_rows, y0s, y1s, wys, box, out
                         bg = w
                     w = wa * w + (one - wa) * bg
                 orow[x, c] = np.uint8(min(max(np.rint(w), zero), top_v))
+
+
+@jit
+def taps_mean(big, taps, out):
+    """`roi.crop`'s taps x taps average: the big crop (h taps, w taps, C >= 3) uint8 -> `out` (3, h, w) float32 in
+    [0, 1], each output pixel the mean of its taps x taps block of samples (the first three channels), as OpenCV's
+    area resize of the float crop and the scale by 1 / 255 give it."""
+    oh, ow = out.shape[1], out.shape[2]
+    # OpenCV's two roundings (its area mean, x 1 / taps^2, then x 1 / 255): the same crops to the bit (the landmark
+    # models, tracking from frame to frame, carry a last-bit difference of the detector's crop into pixels of keypoints)
+    area, scale = np.float32(1.0 / (taps * taps)), np.float32(1.0 / 255.0)
+    for y in range(oh):
+        for x in range(ow):
+            a0, a1, a2 = np.int32(0), np.int32(0), np.int32(0)
+            for b in range(taps):
+                row = big[y * taps + b]
+                for a in range(taps):
+                    p = row[x * taps + a]
+                    a0 += np.int32(p[0])
+                    a1 += np.int32(p[1])
+                    a2 += np.int32(p[2])
+            out[0, y, x] = (np.float32(a0) * area) * scale
+            out[1, y, x] = (np.float32(a1) * area) * scale
+            out[2, y, x] = (np.float32(a2) * area) * scale
+
+
+@jit
+def learn_plate(alpha_grown, conf, pm_grown, clear_for, mode, still, calm_ok, still_for, frames, x, gain, known, learn_rate,
+                pp, plate):
+    """segment.fused's learning step where the camera sits where the plate was taken (no shift), in one pass: a pixel is
+    surely background (1 - alpha_grown > 0.95, conf > 0.9 and, with a model (pm_grown.shape[0] > 1), pm_grown < 0.2);
+    `clear_for` counts such frames. mode 0: nothing learned; 1 (a recorded plate): learned once clear for `frames`;
+    2 (the own plate): learned once still (`still` < 0.5, model background, `calm_ok`) for `frames` (`still_for`
+    counts them). Learning moves `plate` towards x (divided by max(gain, 0.05) where a gain is given
+    (gain.shape[0] > 1), clipped to [0, 1]) by learn_rate (1 where not known; at least `pp` where one is given
+    (pp.shape[0] > 1)), and marks the pixel known. The same float32 operations, in the same order, as the numpy code."""
+    height, width = clear_for.shape
+    has_pm, has_gain, has_pp = pm_grown.shape[0] > 1, gain.shape[0] > 1, pp.shape[0] > 1
+    zero, one = np.float32(0.0), np.float32(1.0)
+    t_bg, t_conf, t_pm, t_still, floor = np.float32(0.95), np.float32(0.9), np.float32(0.2), np.float32(0.5), np.float32(0.05)
+    lr, keep = np.float32(learn_rate), np.float32(1.0 - learn_rate)
+    n = np.float32(frames)
+    calm_f = np.float32(calm_ok)
+    # branch-free (the conditions as 0/1 factors): the loops vectorise; the mode and the optional planes are the
+    # same for every pixel
+    for y in range(height):
+        for i in range(width):
+            model_bg = np.float32(pm_grown[y, i] < t_pm) if has_pm else one
+            sb = np.float32((one - alpha_grown[y, i]) > t_bg) * np.float32(conf[y, i] > t_conf) * model_bg
+            cf = clear_for[y, i] * sb + sb
+            clear_for[y, i] = cf
+            if mode == 0:
+                continue
+            if mode == 1:
+                learn = np.float32(cf >= n)
+            else:
+                calm = model_bg * np.float32(still[y, i] < t_still) * calm_f
+                sf = still_for[y, i] * calm + calm
+                still_for[y, i] = sf
+                learn = np.float32(sf >= n)
+            k = known[y, i]
+            rate = keep * (one - k) + lr
+            if has_pp:
+                rate = max(rate, pp[y, i])
+            rate *= learn
+            for c in range(3):
+                v = x[y, i, c]
+                if has_gain:
+                    v = v / max(gain[y, i, c], floor)
+                v = min(max(v, zero), one)
+                p = plate[y, i, c]
+                plate[y, i, c] = p + (v - p) * rate
+            known[y, i] = max(k, learn)
+
+
+@jit
+def motion_planes(cm, floor, contrast, threshold, room):
+    """segment.fused's picture change after its noise floor: `cm` (h, w), in place, becomes max(cm - floor, 0), and `room`
+    clip(cm / contrast / threshold, 0, 1) (the numpy code's float32 operations, in its order)."""
+    height, width = cm.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    f, t = np.float32(floor), np.float32(threshold)
+    for y in range(height):
+        for i in range(width):
+            v = max(cm[y, i] - f, zero)
+            cm[y, i] = v
+            room[y, i] = min(max(v / contrast[y, i] / t, zero), one)
+
+
+@jit
+def divide_clip(x, d, out):
+    """out = clip(x / d, 0, 1) (float32, d a number)."""
+    height, width = x.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    dd = np.float32(d)
+    for y in range(height):
+        for i in range(width):
+            out[y, i] = min(max(x[y, i] / dd, zero), one)
+
+
+@jit
+def light_weights(xs, ps, light, wk, fit_ok, lps, wfit):
+    """segment.fused's plate in the frame's light and the light fit's weights, in one pass: lps = light ps, and
+    wfit = wk / (1 + (|xs - lps| summed over the channels / 0.06)^2) x fit_ok (the numpy code's float32 operations)."""
+    height, width = wk.shape
+    one, scale = np.float32(1.0), np.float32(0.06)
+    for y in range(height):
+        for i in range(width):
+            l0 = light[y, i, 0] * ps[y, i, 0]
+            l1 = light[y, i, 1] * ps[y, i, 1]
+            l2 = light[y, i, 2] * ps[y, i, 2]
+            lps[y, i, 0], lps[y, i, 1], lps[y, i, 2] = l0, l1, l2
+            off = (abs(xs[y, i, 0] - l0) + abs(xs[y, i, 1] - l1)) + abs(xs[y, i, 2] - l2)
+            q = off / scale
+            wfit[y, i] = wk[y, i] / (one + q * q) * fit_ok[y, i]
+
+
+@jit
+def lit_plate(gain, light, ps, pc):
+    """segment.fused's plate comparison's plate: gain (h, w, 3), in place, times light; pc = clip(gain ps, 0, 1)."""
+    height, width = pc.shape[:2]
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for y in range(height):
+        for i in range(width):
+            for c in range(3):
+                g = gain[y, i, c] * light[y, i, c]
+                gain[y, i, c] = g
+                pc[y, i, c] = min(max(g * ps[y, i, c], zero), one)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _smooth(x, lo, span):
+    # fused._smoothstep with lo and the span max(hi - lo, 1e-6) as float32
+    t = min(max((x - lo) / span, np.float32(0.0)), np.float32(1.0))
+    return t * t * (np.float32(3.0) - np.float32(2.0) * t)
+
+
+@jit
+def plate_evidence(d, grown, tau, fit_ok, pp, rel):
+    """segment.fused's plate difference d as evidence, in one pass: fit_ok = d < 2 tau, pp = smoothstep(tau, 2.5 tau, d)
+    and (where `grown`, the dilated d, is given: grown.shape[0] > 1) rel = smoothstep(0.25, 0.75, d / max(grown,
+    2.5 tau)) (the numpy code's float32 operations, in its order)."""
+    height, width = d.shape
+    has_rel = grown.shape[0] > 1
+    t = np.float32(tau)
+    two, wide = np.float32(2.0 * tau), np.float32(2.5 * tau)
+    span = np.float32(max(2.5 * tau - tau, 1e-6))
+    lo_r, span_r = np.float32(0.25), np.float32(max(0.75 - 0.25, 1e-6))
+    for y in range(height):
+        for i in range(width):
+            v = d[y, i]
+            fit_ok[y, i] = np.float32(v < two)
+            pp[y, i] = _smooth(v, t, span)
+            if has_rel:
+                rel[y, i] = _smooth(v / max(grown[y, i], wide), lo_r, span_r)
+
+
+@jit
+def relative_edge(pp, eroded, rel):
+    """pp, in place, times 1 - (1 - eroded) (1 - rel): the plate's evidence at its edge scaled by how far across the
+    edge the difference reaches (the numpy code's float32 operations)."""
+    height, width = pp.shape
+    one = np.float32(1.0)
+    for y in range(height):
+        for i in range(width):
+            pp[y, i] = pp[y, i] * (one - (one - eroded[y, i]) * (one - rel[y, i]))
+
+
+@jit
+def frame_planes(x, lx, xmax, grad):
+    """segment.fused's per-frame planes of the working picture x (h, w, 3), in one pass: its channel maximum, and the
+    local contrast's gradient of its luma lx: |right - here| + |below - here| (0 past the last column / row)."""
+    height, width = lx.shape
+    zero = np.float32(0.0)
+    for y in range(height):
+        for i in range(width):
+            xmax[y, i] = max(max(x[y, i, 0], x[y, i, 1]), x[y, i, 2])
+            across = abs(lx[y, i + 1] - lx[y, i]) if i + 1 < width else zero
+            down = abs(lx[y + 1, i] - lx[y, i]) if y + 1 < height else zero
+            grad[y, i] = across + down
+
+
+@jit
+def both_below(a, b, level, out):
+    """out = 1 where a < level and b < level, else 0 (float32)."""
+    height, width = a.shape
+    t = np.float32(level)
+    for y in range(height):
+        for i in range(width):
+            out[y, i] = np.float32(a[y, i] < t and b[y, i] < t)
+
+
+@jit
+def colour_bins(x, last, bgw, g, nb, scale, idx, hp, hr):
+    """segment.fused's colour vote, its counting: for every g-th pixel of every g-th row of x (h, w, 3) in [0, 1], its
+    colour bin (each channel round(|x scale - 0.5|) as OpenCV's convertScaleAbs, saturated; (r nb + g) nb + b) into
+    idx, counted in hp where last > 0.8 (the person's) and in hr where bgw > 0.8 (the room's)."""
+    hs, ws = idx.shape
+    a, half, top = np.float32(scale), np.float32(0.5), np.float32(255.0)
+    t = np.float32(0.8)
+    for i in range(hs):
+        y = i * g
+        for j in range(ws):
+            xx = j * g
+            q0 = np.intp(min(np.rint(abs(x[y, xx, 0] * a - half)), top))
+            q1 = np.intp(min(np.rint(abs(x[y, xx, 1] * a - half)), top))
+            q2 = np.intp(min(np.rint(abs(x[y, xx, 2] * a - half)), top))
+            k = (q0 * nb + q1) * nb + q2
+            idx[i, j] = k
+            if last[y, xx] > t:
+                hp[k] += 1
+            if bgw[y, xx] > t:
+                hr[k] += 1
+
+
+@jit
+def floor_unknown(cb, floor, known):
+    """cb, in place, less floor where nothing of the plate is known: max(cb - floor (1 - known), 0) (float32)."""
+    height, width = cb.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    f = np.float32(floor)
+    for y in range(height):
+        for i in range(width):
+            cb[y, i] = max(cb[y, i] - f * (one - known[y, i]), zero)
+
+
+@jit
+def sample_change(one, three, fy, fx, x, ratio, unclipped, contrast, out_one, change):
+    """segment.fused's last matte (`one` -> `out_one`) and last frame (`three`) at (y + fy, x + fx): bilinear, the
+    position clamped to the picture (grid_sample's border padding with align_corners=False, where a pixel's centre
+    maps to itself); and straight from the carried frame `exposure_change` with its clip (luma of
+    |x - clip(carried ratio, 0, 1)| x unclipped / contrast -> `change`): the carried frame is never written."""
+    height, width = one.shape
+    lr, lg, lb = np.float32(0.299), np.float32(0.587), np.float32(0.114)
+    zero, unit = np.float32(0.0), np.float32(1.0)
+    for y in range(height):
+        for i in range(width):
+            i0, i1, wx = _clamp_tap(np.float32(i) + fx[y, i], width)
+            j0, j1, wy = _clamp_tap(np.float32(y) + fy[y, i], height)
+            top = one[j0, i0] + wx * (one[j0, i1] - one[j0, i0])
+            bot = one[j1, i0] + wx * (one[j1, i1] - one[j1, i0])
+            out_one[y, i] = top + wy * (bot - top)
+            v = zero
+            for c in range(3):
+                top = three[j0, i0, c] + wx * (three[j0, i1, c] - three[j0, i0, c])
+                bot = three[j1, i0, c] + wx * (three[j1, i1, c] - three[j1, i0, c])
+                p = min(max((top + wy * (bot - top)) * ratio, zero), unit)
+                d = abs(x[y, i, c] - p)
+                v = v + (lr if c == 0 else lg if c == 1 else lb) * d
+            change[y, i] = v * unclipped[y, i] / contrast[y, i]
