@@ -697,7 +697,10 @@ class FusedCPU:
             g_ok = mode > 0 and float(self.known.mean()) > 0.1 and gain is not None
             kernels.learn_plate(grown, self.conf, pm_grown, self.clear_for, mode, still, not room_moved, self.still_for,
                                 max(1.0, seconds * self.fps), x, gain if g_ok else None, self.known, s.learn_rate,
-                                pp if own and pp is not None else None, self.plate)
+                                pp if own and pp is not None else None, self.plate,
+                                # room a moving person has just uncovered (fused.FusedMatte.step)
+                                was_person if mode == 2 else None, bool(restart), self.since_uncovered,
+                                max(1.0, s.own_plate_uncovered_seconds * self.fps), UNCOVERED_SECONDS * self.fps)
             return self.alpha
         sure_bg = ((1.0 - grown) > 0.95) & (self.conf > 0.9)
         if prior is not None:

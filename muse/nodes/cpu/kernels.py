@@ -250,15 +250,18 @@ def gain_tiles(x: np.ndarray, plate: np.ndarray, bgw: np.ndarray, step: int, row
 
 def learn_plate(alpha_grown: np.ndarray, conf: np.ndarray, pm_grown: np.ndarray | None, clear_for: np.ndarray, mode: int,
                 still: np.ndarray | None, calm_ok: bool, still_for: np.ndarray, frames: float, x: np.ndarray,
-                gain: np.ndarray | None, known: np.ndarray, learn_rate: float, pp: np.ndarray | None, plate: np.ndarray) -> None:
-    """segment.fused's learning step without a camera shift, in place on `clear_for`, `still_for`, `known` and `plate`
-    (see `numba_loops.learn_plate`)."""
+                gain: np.ndarray | None, known: np.ndarray, learn_rate: float, pp: np.ndarray | None, plate: np.ndarray,
+                was_person: np.ndarray | None = None, restart: bool = False, since_uncovered: np.ndarray | None = None,
+                quick_frames: float = 1.0, uncovered_frames: float = 0.0) -> None:
+    """segment.fused's learning step without a camera shift, in place on `clear_for`, `still_for`, `since_uncovered`,
+    `known` and `plate` (see `numba_loops.learn_plate`; `was_person` None: no quick learning of uncovered room)."""
     k = _kernels()
     assert k is not None, "learn_plate without numba: check available() first"
     f32 = lambda v: _EMPTY_2D if v is None else np.ascontiguousarray(v, np.float32)  # noqa: E731
     k["learn_plate"](f32(alpha_grown), f32(conf), f32(pm_grown), clear_for, int(mode), f32(still), bool(calm_ok), still_for,
                      float(frames), np.ascontiguousarray(x, np.float32), _EMPTY_PLANE if gain is None else np.ascontiguousarray(gain, np.float32),
-                     known, float(learn_rate), f32(pp), plate)
+                     known, float(learn_rate), f32(pp), plate, f32(was_person), bool(restart),
+                     _EMPTY_2D if since_uncovered is None else since_uncovered, float(quick_frames), float(uncovered_frames))
 
 
 def motion_planes(cm: np.ndarray, floor: float, contrast: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:

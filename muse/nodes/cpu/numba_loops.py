@@ -478,14 +478,18 @@ def taps_mean(big, taps, out):
 
 @jit
 def learn_plate(alpha_grown, conf, pm_grown, clear_for, mode, still, calm_ok, still_for, frames, x, gain, known, learn_rate,
-                pp, plate):
+                pp, plate, was_person, restart, since_uncovered, quick_frames, uncovered_frames):
     """segment.fused's learning step where the camera sits where the plate was taken (no shift), in one pass: a pixel is
     surely background (1 - alpha_grown > 0.95, conf > 0.9 and, with a model (pm_grown.shape[0] > 1), pm_grown < 0.2);
     `clear_for` counts such frames. mode 0: nothing learned; 1 (a recorded plate): learned once clear for `frames`;
     2 (the own plate): learned once still (`still` < 0.5, model background, `calm_ok`) for `frames` (`still_for`
     counts them). Learning moves `plate` towards x (divided by max(gain, 0.05) where a gain is given
     (gain.shape[0] > 1), clipped to [0, 1]) by learn_rate (1 where not known; at least `pp` where one is given
-    (pp.shape[0] > 1)), and marks the pixel known. The same float32 operations, in the same order, as the numpy code."""
+    (pp.shape[0] > 1)), and marks the pixel known. In mode 2 with `was_person` given (was_person.shape[0] > 1: the last
+    matte's person, 0/1), room a person has just moved off (picture changed, `still` >= 0.5, where it was person, or
+    everywhere on a `restart`) resets `since_uncovered`, which counts frames since; such a pixel is learned once still
+    for `quick_frames` while since_uncovered <= `uncovered_frames`. The same float32 operations, in the same order, as
+    the numpy code."""
     height, width = clear_for.shape
     has_pm, has_gain, has_pp = pm_grown.shape[0] > 1, gain.shape[0] > 1, pp.shape[0] > 1
     zero, one = np.float32(0.0), np.float32(1.0)
@@ -493,6 +497,8 @@ def learn_plate(alpha_grown, conf, pm_grown, clear_for, mode, still, calm_ok, st
     lr, keep = np.float32(learn_rate), np.float32(1.0 - learn_rate)
     n = np.float32(frames)
     calm_f = np.float32(calm_ok)
+    has_unc, restart_f = was_person.shape[0] > 1, np.float32(restart)
+    nq, nu = np.float32(quick_frames), np.float32(uncovered_frames)
     # branch-free (the conditions as 0/1 factors): the loops vectorise; the mode and the optional planes are the
     # same for every pixel
     for y in range(height):
@@ -510,6 +516,11 @@ def learn_plate(alpha_grown, conf, pm_grown, clear_for, mode, still, calm_ok, st
                 sf = still_for[y, i] * calm + calm
                 still_for[y, i] = sf
                 learn = np.float32(sf >= n)
+                if has_unc:
+                    off = np.float32(still[y, i] >= t_still) * max(was_person[y, i], restart_f)
+                    su = (since_uncovered[y, i] + one) * (one - off)
+                    since_uncovered[y, i] = su
+                    learn = max(learn, np.float32(sf >= nq) * np.float32(su <= nu))
             k = known[y, i]
             rate = keep * (one - k) + lr
             if has_pp:
