@@ -147,13 +147,10 @@ class FaceWarp(Node):
 
     def _eyes(self, pts: torch.Tensor, regions: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Both eyes, (left, right): centres (2, 2) and half-widths (2,); None (and a warning once) without them."""
-        contours = []
+        contours: list[list[int]] = []
         for side in ("left", "right"):
-            contour = regions.get(f"{side}_eye")
-            if not contour:
-                if f"{side}_eye" not in self._warned:
-                    self._warned.add(f"{side}_eye")
-                    self.logger.warning("node %r: landmarks have no %r region; eyes are off", self.name, f"{side}_eye")
+            contour = self._eye_contour(regions, side)
+            if contour is None:
                 return None
             contours.append(contour)
         irises = [regions.get("left_iris"), regions.get("right_iris")]
@@ -165,12 +162,17 @@ class FaceWarp(Node):
         half_widths = (eye[:, :, None, :] - eye[:, None, :, :]).norm(dim=-1).amax((1, 2)) * 0.5
         return centres, half_widths.clamp_min(1.0)
 
-    def _eye(self, pts: torch.Tensor, regions: dict[str, list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _eye_contour(self, regions: dict[str, list[int]], side: str) -> list[int] | None:
+        """The eye's contour indices; None (and a warning once) when the landmarks have none."""
         contour = regions.get(f"{side}_eye")
-        if not contour:
-            if f"{side}_eye" not in self._warned:
-                self._warned.add(f"{side}_eye")
-                self.logger.warning("node %r: landmarks have no %r region; eyes are off", self.name, f"{side}_eye")
+        if not contour and f"{side}_eye" not in self._warned:
+            self._warned.add(f"{side}_eye")
+            self.logger.warning("node %r: landmarks have no %r region; eyes are off", self.name, f"{side}_eye")
+        return contour or None
+
+    def _eye(self, pts: torch.Tensor, regions: dict[str, list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        contour = self._eye_contour(regions, side)
+        if contour is None:
             return None
         eye = pts[device_constant(contour, pts.device)]
         iris = regions.get(f"{side}_iris")
