@@ -180,19 +180,21 @@ class FrameProgram:
         for seg in self.segments:
             if not seg.captured or seg.disabled:
                 self._eager(seg, memo)
-                self.eager_reasons["segment not capturable" if not seg.captured else "segment disabled"] += 1
+                why = "segment not capturable" if not seg.captured else "segment disabled"
+            else:
+                why = self._run_segment(seg, memo)
+            if why:
+                self.eager_reasons[why] += 1
                 any_eager = True
-                continue
-            any_eager |= not self._run_segment(seg, memo)
         if any_eager:
             self.eager_frames += 1
 
-    def _run_segment(self, seg: _Segment, memo: dict) -> bool:
-        """True when the segment was replayed (or recorded) this frame."""
+    def _run_segment(self, seg: _Segment, memo: dict) -> str:
+        """Why the segment did not replay (or record) this frame; "" when it did."""
         r = self.runner
         nodes = [n for n in seg.nodes if n in r.live]  # this frame's: a switch's idle branches sit out
         if not nodes:
-            return True
+            return ""
         inside = set(nodes)
         ext: dict[tuple[str, str], Any] = {}
         events: list[Any] = []
@@ -204,8 +206,7 @@ class FrameProgram:
             # Something upstream had nothing this frame: the segment's nodes have nothing either.
             for n in nodes:
                 memo[n] = ({}, [])
-            self.eager_reasons["an input was missing"] += 1
-            return False
+            return "an input was missing"
         variants = []
         eager_now = ""
         for n in nodes:
@@ -223,26 +224,22 @@ class FrameProgram:
                 eager_now = f"{n}: quarantined"
             variants.append((n, variant))
         if eager_now:
-            self.eager_reasons[eager_now] += 1
             self._eager(seg, memo)
-            return False
+            return eager_now
         key = (input_signature(ext), tuple(variants), code_generation())  # new code (a compile done): record again
         var = seg.variants.get(key)
         if key in seg.failed:
-            self.eager_reasons["variant could not be recorded"] += 1
             self._eager(seg, memo)
-            return False
+            return "variant could not be recorded"
         if var is None:
             seg.warm[key] = seg.warm.get(key, 0) + 1
             if seg.warm[key] <= self.warmup:
-                self.eager_reasons["warm-up of a new variant" if not seg.variants or key[2] == _generation(seg)
-                                   else "warm-up after new compiled code"] += 1
                 self._eager(seg, memo)
-                return False
+                new_code = bool(seg.variants) and key[2] != _generation(seg)
+                return "warm-up after new compiled code" if new_code else "warm-up of a new variant"
             if not GPU_CODE.acquire(blocking=False):
-                self.eager_reasons["a compile was under way"] += 1
                 self._eager(seg, memo)  # a compile runs in the background: record once it is done
-                return False
+                return "a compile was under way"
             if len(seg.variants) >= MAX_VARIANTS:
                 seg.variants.pop(next(iter(seg.variants)))  # the oldest; a new one is recorded in its place
             try:
@@ -261,23 +258,21 @@ class FrameProgram:
                         seg.warm[key] = 0
                         log.warning("segment %s: node %s failed while its frame was recorded (%s); recorded again later",
                                     "+".join(seg.nodes), getattr(exc, "node", "?"), inner)
-                        self.eager_reasons["a node failed while recording"] += 1
                         self._eager(seg, memo)
-                        return False
+                        return "a node failed while recording"
                 why = f"recording failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 seg.failed[key] = why
                 if len(seg.failed) >= MAX_VARIANTS:
                     seg.disabled = why
                 log.warning("segment %s: this variant cannot be captured (%s); it runs eagerly", "+".join(seg.nodes), why)
-                self.eager_reasons["variant could not be recorded"] += 1
                 self._reset_streams()
                 self._eager(seg, memo)
-                return False
+                return "variant could not be recorded"
             finally:
                 GPU_CODE.release()
-            return True
+            return ""
         self._replay(seg, var, ext, events, memo)
-        return True
+        return ""
 
     def _eager(self, seg: _Segment, memo: dict) -> None:
         for n in _ends(self.runner, [n for n in seg.nodes if n in self.runner.live]):
