@@ -55,11 +55,24 @@ def main() -> None:
             spec["nodes"][name] = {"type": "capture.demo", "params": {"width": w, "height": h, "fps": 0, "frames": total_frames}}
         if d["type"].startswith("output."):
             spec["nodes"][name] = {"type": "output.null", "inputs": d.get("inputs", {})}
+    sources = {n for n, d in spec["nodes"].items() if d["type"] == "capture.demo"}
+
+    def queued(value: Any) -> Any:
+        """A link from a source, as a queue: every frame runs (with `latest`, an unpaced demo's frames are dropped
+        while the first ones run, fewer frames than the profiler's schedule ran and it never started)."""
+        names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+        if names and all(isinstance(v, str) for v in names) and any(v.split(".")[0] in sources for v in names):
+            return {"from": value, "queue": 8}
+        return value
+
+    for d in spec["nodes"].values():
+        d["inputs"] = {port: queued(v) for port, v in (d.get("inputs") or {}).items()}
     for item in a.set:
         key, value = item.split("=", 1)
         node, param = key.split(".", 1)
         spec["nodes"][node].setdefault("params", {})[param] = yaml.safe_load(value)
-    runner = GraphRunner(validate_text(yaml.safe_dump(spec), a.graph, load_registry()))
+    # base_dir: the graph's includes (include/segment_hybrid.yaml) resolve next to it
+    runner = GraphRunner(validate_text(yaml.safe_dump(spec), a.graph, load_registry(), base_dir=Path(a.graph).resolve().parent))
     original = runner._run_node
     state: dict[str, Any] = {"first": None}
     per_node: dict[str, list[Any]] = collections.defaultdict(list)

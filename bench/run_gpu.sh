@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9c|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -117,6 +117,44 @@ if [[ $what == fusewarm ]]; then
   echo "== fused matte alone, 4K" >> "$out/bench.log"
   timeout 60 python3 bench/bench_fused.py --device cuda --frames 200 >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
   timeout 60 python3 bench/bench_fused.py --device cuda --frames 200 --no-plate >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
+fi
+if [[ $what == s9 ]]; then
+  # Ninth session (issue 12): stream_4k as shipped after the eighth session's kernel cuts (exit status: the
+  # segmentation fault at exit), kernels and GPU ms per node (eager), then every cuda test, six at a time
+  # (pytest-xdist; correctness only, nothing timed).
+  echo "== stream_4k shipped" >> "$out/bench.log"
+  timeout 120 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
+    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
+  echo "exit $?" >> "$out/bench.log"
+  run kernels_per_node python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 20 --top 8 --json "$out/profile_nodes.json"
+  timeout ${MUSE_TESTS_TIMEOUT:-300} python3 -m pytest -m cuda -n 6 -v -p no:cacheprovider --continue-on-collection-errors -rfEs \
+    --durations=30 tests/ > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+fi
+if [[ $what == s9b ]]; then
+  # Ninth session: kernels and GPU ms per node (eager), the cuda tests that failed in s9 (the soak alone, not
+  # beside five other test processes), then the fused matte's own 4K cost with and without a plate (issue 14).
+  [[ -f diag_pose.py ]] && run diag_pose python3 diag_pose.py
+  run kernels_per_node python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 20 --top 8 --json "$out/profile_nodes.json"
+  timeout 150 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_runtime_cuda.py tests/test_segment_clean_plate.py \
+    tests/test_segment_fused.py tests/test_segment_refine.py tests/test_pose_blazepose.py > "$out/cuda_retests.log" 2>&1
+  echo "cuda retests exit $?" >> "$out/cuda_retests.log"
+  timeout 200 python3 -m pytest -m cuda -q -s -p no:cacheprovider -rfEs tests/soak/test_soak.py > "$out/cuda_soak.log" 2>&1
+  echo "cuda soak exit $?" >> "$out/cuda_soak.log"
+  run fused_plate python3 bench/bench_fused.py --device cuda --frames 200
+  run fused_no_plate python3 bench/bench_fused.py --device cuda --frames 200 --no-plate
+fi
+if [[ $what == s9c ]]; then
+  # Ninth session: which CUDA object ends the process with a segmentation fault at exit (diag_exit.py, when
+  # present), then the compiled matte (MUSE_FUSE=auto) in fresh processes, cold then warm Inductor cache:
+  # `muse bench` names why frames ran eagerly and which compiles overlapped the measured frames.
+  [[ -f diag_exit.py ]] && run diag_exit python3 diag_exit.py
+  for pass in cold warm; do
+    echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
+    MUSE_FUSE=auto timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 \
+      --capture on --latency-frames 0 --kernel-frames 12 --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
+    echo "exit $?" >> "$out/bench.log"
+  done
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),

@@ -142,6 +142,9 @@ def test_gpu_fp16_matches_cpu_and_never_syncs(astronaut, monkeypatch):
     frame = _frame(astronaut).to("cuda")
     with torch.cuda.stream(ctx.stream):
         node.process(frame=frame)
+        # the tracker's "found" flag reaches the host a frame or two late, never waited for: here it must have
+        # landed, as in the CPU run (a busy GPU otherwise runs the detector again on the second frame)
+        ctx.stream.synchronize()
         node.process(frame=frame)  # tracking from here on
         ctx.stream.synchronize()
         torch.cuda.set_sync_debug_mode("error")
