@@ -46,8 +46,12 @@ def outputs(o: Any) -> list[torch.Tensor]:
 
 
 def run_variant(name: str, x: torch.Tensor, dtype: torch.dtype, channels_last: bool, tf32: bool, compile_: bool,
-                reps: int = 300) -> tuple[float, list[torch.Tensor], float]:
+                reps: int = 300, cudnn: str = "on") -> tuple[float, list[torch.Tensor], float]:
+    """`cudnn`: "on" (as the nodes run), "off" (torch's own convolution kernels: the depthwise ones are
+    torch's `conv_depthwise2d`) or "benchmark" (cuDNN times its algorithms once per shape)."""
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.enabled = cudnn != "off"
+    torch.backends.cudnn.benchmark = cudnn == "benchmark"
     model = load_model(name, device=torch.device("cuda"), dtype=dtype).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -77,6 +81,7 @@ def run_variant(name: str, x: torch.Tensor, dtype: torch.dtype, channels_last: b
             g.replay()
         end.record()
         torch.cuda.synchronize()
+    torch.backends.cudnn.enabled, torch.backends.cudnn.benchmark = True, False
     return start.elapsed_time(end) / reps, [o.float().clone() for o in outputs(out)], build_s
 
 
@@ -91,15 +96,20 @@ def main() -> None:
         w, h = model_info(name)["input_size"]
         x = picture(w, h)
         ref_ms, ref, _ = run_variant(name, x, torch.float32, False, False, False)
-        variants = [("fp32-tf32", torch.float32, False, True, False), ("fp16", torch.float16, False, False, False),
-                    ("fp16-cl", torch.float16, True, False, False), ("bf16-cl", torch.bfloat16, True, False, False)]
+        variants = [("fp32-tf32", torch.float32, False, True, False, "on"), ("fp16", torch.float16, False, False, False, "on"),
+                    ("fp16-cl", torch.float16, True, False, False, "on"), ("bf16-cl", torch.bfloat16, True, False, False, "on"),
+                    ("fp32-exact-nocudnn", torch.float32, False, False, False, "off"),
+                    ("fp32-exact-benchmark", torch.float32, False, False, False, "benchmark"),
+                    ("fp16-nocudnn", torch.float16, False, False, False, "off"),
+                    ("fp16-benchmark", torch.float16, False, False, False, "benchmark"),
+                    ("fp16-cl-benchmark", torch.float16, True, False, False, "benchmark")]
         if a.compile:
-            variants += [("fp32-compiled", torch.float32, False, False, True), ("fp16-cl-compiled", torch.float16, True, False, True)]
+            variants += [("fp32-compiled", torch.float32, False, False, True, "on"), ("fp16-cl-compiled", torch.float16, True, False, True, "on")]
         rows.append({"model": name, "variant": "fp32-exact", "ms": round(ref_ms, 4)})
         print(json.dumps(rows[-1]), flush=True)
-        for label, dtype, cl, tf32, comp in variants:
+        for label, dtype, cl, tf32, comp, cudnn in variants:
             try:
-                ms, outs, build = run_variant(name, x, dtype, cl, tf32, comp)
+                ms, outs, build = run_variant(name, x, dtype, cl, tf32, comp, cudnn=cudnn)
             except Exception as exc:  # a variant that cannot run is a finding, not a crash
                 rows.append({"model": name, "variant": label, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
                 print(json.dumps(rows[-1]), flush=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9c|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9c|s9d|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -149,12 +149,27 @@ if [[ $what == s9c ]]; then
   # present), then the compiled matte (MUSE_FUSE=auto) in fresh processes, cold then warm Inductor cache:
   # `muse bench` names why frames ran eagerly and which compiles overlapped the measured frames.
   [[ -f diag_exit.py ]] && run diag_exit python3 diag_exit.py
+  # the models' convolutions: cuDNN as now, torch's own kernels (depthwise), cuDNN's timed choice
+  run model_variants python3 bench/bench_model_variants.py --models selfie_segmentation_landscape pose_landmark_full face_landmark iris_landmark pose_detection face_detection_short_range --json "$out/model_variants.json"
   for pass in cold warm; do
     echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
     MUSE_FUSE=auto timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 \
       --capture on --latency-frames 0 --kernel-frames 12 --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
     echo "exit $?" >> "$out/bench.log"
   done
+fi
+if [[ $what == s9d ]]; then
+  # Ninth session, last run: stream_4k as shipped (fps, GPU and host ms, kernels; exit status), then every cuda
+  # test four at a time except the soak, then the soak alone (it times the stream, so nothing runs beside it).
+  echo "== stream_4k shipped" >> "$out/bench.log"
+  timeout 110 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
+    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
+  echo "exit $?" >> "$out/bench.log"
+  timeout ${MUSE_TESTS_TIMEOUT:-240} python3 -X faulthandler -m pytest -m "cuda and not soak" -n 4 -v -p no:cacheprovider \
+    --continue-on-collection-errors -rfEs --durations=20 tests/ > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  timeout 170 python3 -X faulthandler -m pytest -m cuda -q -s -p no:cacheprovider -rfEs tests/soak/test_soak.py > "$out/cuda_soak.log" 2>&1
+  echo "cuda soak exit $?" >> "$out/cuda_soak.log"
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),

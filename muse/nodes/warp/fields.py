@@ -88,6 +88,16 @@ def shrink_max(m: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_max_pool2d(m, (h, w))
 
 
+def shrink_mean(m: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Mean over cells of (N, C, H, W) down to `size_hw`: one strided average pool when whole cells tile the plane
+    exactly (the 4K matte onto a 16-pixel field grid: adaptive pooling's variable windows cost ~0.1 ms a call on
+    an H200, ~1/3 of the warp's GPU time), adaptive otherwise (the same windows either way)."""
+    (H, W), (h, w) = m.shape[-2:], size_hw
+    if H % h == 0 and W % w == 0:
+        return F.avg_pool2d(m, (H // h, W // w))
+    return F.adaptive_avg_pool2d(m, size_hw)
+
+
 def unseen_gate(field: torch.Tensor, alpha: torch.Tensor, coverage: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """(h, w) multiplier for `field` (2, h, w; offsets in pixels of a picture of `image_size` (w, h)): 0 where
     the warp would uncover room the plate has never seen.
@@ -102,7 +112,7 @@ def unseen_gate(field: torch.Tensor, alpha: torch.Tensor, coverage: torch.Tensor
     def on_grid(m: torch.Tensor) -> torch.Tensor:
         m = m.float()[None, None]
         if m.shape[-2] >= h and m.shape[-1] >= w:
-            return F.adaptive_avg_pool2d(m, (h, w))
+            return shrink_mean(m, (h, w))
         return F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
 
     a = on_grid(alpha)
