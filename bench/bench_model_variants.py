@@ -46,13 +46,17 @@ def outputs(o: Any) -> list[torch.Tensor]:
 
 
 def run_variant(name: str, x: torch.Tensor, dtype: torch.dtype, channels_last: bool, tf32: bool, compile_: bool,
-                reps: int = 300, cudnn: str = "on") -> tuple[float, list[torch.Tensor], float]:
+                reps: int = 300, cudnn: str = "on", fold: bool | str = True) -> tuple[float, list[torch.Tensor], float]:
     """`cudnn`: "on" (as the nodes run), "off" (torch's own convolution kernels: the depthwise ones are
     torch's `conv_depthwise2d`) or "benchmark" (cuDNN times its algorithms once per shape)."""
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.enabled = cudnn != "off"
     torch.backends.cudnn.benchmark = cudnn == "benchmark"
-    model = load_model(name, device=torch.device("cuda"), dtype=dtype).eval()
+    model = load_model(name, device=torch.device("cuda"), dtype=dtype, fold=fold is True).eval()
+    if fold == "even":  # pads folded, uneven SAME padding kept as a pad (no kernel grown to 4x4 / 6x6)
+        from muse.models.tflite.fold import fold_for_inference
+
+        fold_for_inference(model, grow=False)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
@@ -89,6 +93,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="*", default=DEFAULT)
     ap.add_argument("--compile", action="store_true", help="also torch.compile (Inductor) variants")
+    ap.add_argument("--only", nargs="*", help="only these variants (labels as printed)")
     ap.add_argument("--json")
     a = ap.parse_args()
     rows = []
@@ -102,14 +107,24 @@ def main() -> None:
                     ("fp32-exact-benchmark", torch.float32, False, False, False, "benchmark"),
                     ("fp16-nocudnn", torch.float16, False, False, False, "off"),
                     ("fp16-benchmark", torch.float16, False, False, False, "benchmark"),
-                    ("fp16-cl-benchmark", torch.float16, True, False, False, "benchmark")]
+                    ("fp16-cl-benchmark", torch.float16, True, False, False, "benchmark"),
+                    # as TFLite wrote it: pads as kernels of their own, 3x3 kernels not grown to 4x4 (fold=False)
+                    ("fp32-exact-asis", torch.float32, False, False, False, "on-asis"),
+                    ("fp16-asis", torch.float16, False, False, False, "on-asis"),
+                    ("fp16-nocudnn-asis", torch.float16, False, False, False, "off-asis"),
+                    ("fp32-exact-even", torch.float32, False, False, False, "on-even"),
+                    ("fp16-even", torch.float16, False, False, False, "on-even")]
         if a.compile:
             variants += [("fp32-compiled", torch.float32, False, False, True, "on"), ("fp16-cl-compiled", torch.float16, True, False, True, "on")]
+        if a.only:
+            variants = [v for v in variants if v[0] in a.only]
         rows.append({"model": name, "variant": "fp32-exact", "ms": round(ref_ms, 4)})
         print(json.dumps(rows[-1]), flush=True)
         for label, dtype, cl, tf32, comp, cudnn in variants:
             try:
-                ms, outs, build = run_variant(name, x, dtype, cl, tf32, comp, cudnn=cudnn)
+                how, _, kind = cudnn.partition("-")
+                ms, outs, build = run_variant(name, x, dtype, cl, tf32, comp, cudnn=how,
+                                              fold={"asis": False, "even": "even"}.get(kind, True))
             except Exception as exc:  # a variant that cannot run is a finding, not a crash
                 rows.append({"model": name, "variant": label, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
                 print(json.dumps(rows[-1]), flush=True)

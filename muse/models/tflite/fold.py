@@ -68,8 +68,10 @@ def _channel_zero_pad(step: nn.Module) -> int | None:
     return c1
 
 
-def fold_for_inference(module: TFLiteModule) -> dict[str, int]:
-    """Rewrite `module` in place (see the module docstring); returns how many of each rewrite happened."""
+def fold_for_inference(module: TFLiteModule, *, grow: bool = True) -> dict[str, int]:
+    """Rewrite `module` in place (see the module docstring); returns how many of each rewrite happened.
+    `grow=False` leaves uneven padding as a pad of its own (no kernel grown by zero taps: cuDNN may pick another
+    algorithm for the grown shape; bench/bench_model_variants.py times both)."""
     steps: list[nn.Module] = list(module.steps)
     wiring: list[tuple[list[int], int]] = [(list(dyn), out) for dyn, out in module._wiring]
     keep = set(module.output_indices) | {module.input_index}
@@ -97,7 +99,7 @@ def fold_for_inference(module: TFLiteModule) -> dict[str, int]:
             continue
         totals = [(pads[0] + l, pads[1] + r, pads[2] + t, pads[3] + b) for l, r, t, b in (c.pads() for c in convs)]
         uneven = any(not (l == r and t == b) for l, r, t, b in totals)
-        if uneven and any(c.dilation != (1, 1) for c in convs):
+        if uneven and (not grow or any(c.dilation != (1, 1) for c in convs)):
             continue
         for c, (l, r, t, b) in zip(convs, totals):
             c.set_pads(l, r, t, b)
@@ -109,7 +111,7 @@ def fold_for_inference(module: TFLiteModule) -> dict[str, int]:
 
     # 2. the convolutions' own uneven SAME padding
     for s, step in enumerate(steps):
-        if isinstance(step, Conv) and step.pre_pad is not None and step.set_pads(*step.pads()):
+        if grow and isinstance(step, Conv) and step.pre_pad is not None and step.set_pads(*step.pads()):
             done["uneven_pad_into_conv"] += 1
 
     # 3. channel PAD + ADD -> in-place add into the other operand's first channels
