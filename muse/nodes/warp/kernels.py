@@ -405,13 +405,18 @@ extern "C" __global__ void composite_over(
 _COMPOSITE_MODULES: dict[bool, Any] = {}
 
 
-def _decode_table(device: torch.device) -> torch.Tensor:
-    """The 256 sRGB levels in linear light on `device` (the CPU's decode table), made by the first (eager) call."""
-    from muse.graph.capture import device_constant
+_DECODE_TABLES: dict[torch.device, torch.Tensor] = {}
 
-    decode_uint8(torch.zeros(1, dtype=torch.uint8))  # fills _DECODE_LUT
-    assert _DECODE_LUT is not None
-    return device_constant(_DECODE_LUT.tolist(), device, torch.float32)
+
+def _decode_table(device: torch.device) -> torch.Tensor:
+    """The 256 sRGB levels in linear light on `device` (the CPU's decode table), made by the first (eager) call:
+    a recorded frame cannot copy from the host."""
+    table = _DECODE_TABLES.get(device)
+    if table is None:
+        decode_uint8(torch.zeros(1, dtype=torch.uint8))  # fills _DECODE_LUT
+        assert _DECODE_LUT is not None
+        table = _DECODE_TABLES[device] = _DECODE_LUT.to(device)
+    return table
 
 
 def composite_over_cupy(
