@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9c|s9d|s9e|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9c|s9d|s9e|s9f|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -179,17 +179,29 @@ if [[ $what == s9e ]]; then
   # changes, every cuda test but the soak (six at a time; the soak passed alone in s9b), the exit crash's native
   # stack (diag_exit.py, when present), the models' convolution variants.
   echo "== stream_4k shipped" >> "$out/bench.log"
-  timeout 115 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 500 --capture on \
+  timeout 110 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 500 --capture on \
     --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
   echo "exit $?" >> "$out/bench.log"
-  timeout 180 python3 -m pytest -m "cuda and not soak" -n 6 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
+  timeout 140 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
     tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
-  [[ -f diag_exit.py ]] && { echo "== diag_exit" >> "$out/bench.log"; timeout 110 python3 diag_exit.py >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+  [[ -f diag_exit.py ]] && { echo "== diag_exit" >> "$out/bench.log"; timeout 70 python3 diag_exit.py >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
   echo "== model_variants" >> "$out/bench.log"
-  timeout 110 python3 bench/bench_model_variants.py --models face_landmark selfie_segmentation_landscape pose_landmark_full iris_landmark --only fp16 fp16-asis fp16-even fp16-nocudnn fp16-nocudnn-asis fp16-benchmark fp32-exact-asis fp32-exact-even fp32-exact-nocudnn fp32-exact-benchmark \
+  timeout 70 python3 bench/bench_model_variants.py --models face_landmark selfie_segmentation_landscape pose_landmark_full iris_landmark --only fp16 fp16-asis fp16-even fp16-nocudnn fp16-nocudnn-asis fp16-benchmark fp32-exact-asis fp32-exact-even fp32-exact-nocudnn fp32-exact-benchmark \
     --json "$out/model_variants.json" >> "$out/bench.log" 2>&1
   echo "exit $?" >> "$out/bench.log"
+fi
+if [[ $what == s9f ]]; then
+  # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
+  # as shipped, and the exit crash's teardown steps (diag_exit.py blazepose_steps, when present).
+  timeout 70 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_composite_kernel.py tests/test_plate_kernels.py \
+    tests/test_warp_apply.py tests/test_background_adaptive.py tests/test_runtime_cuda.py tests/test_pose_blazepose.py > "$out/cuda_kernel_tests.log" 2>&1
+  echo "cuda kernel tests exit $?" >> "$out/cuda_kernel_tests.log"
+  echo "== stream_4k shipped" >> "$out/bench.log"
+  timeout 100 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 400 --capture on \
+    --latency-frames 0 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
+  echo "exit $?" >> "$out/bench.log"
+  [[ -f diag_exit.py ]] && { echo "== diag_exit" >> "$out/bench.log"; timeout 40 python3 diag_exit.py blazepose_steps >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),

@@ -57,45 +57,24 @@ _SOURCE = TAP_F32 + r"""
 // Rows/columns of block b along an axis of `size` pixels cut into `blocks`: [ceil(b*size/blocks), ceil((b+1)*size/blocks)).
 __device__ __forceinline__ int first_of(int b, int size, int blocks) { return (int)(((long long)b * size + blocks - 1) / blocks); }
 
-// One CUDA block a cell, its threads over the cell's pixels (neighbouring threads read neighbouring pixels),
-// and the block's sums reduced in shared memory. (One thread a cell walking its ~900 pixels alone read memory
-// 30 pixels apart across a warp: 0.19 ms a 4K frame for plate_update on an H200.)
-#define CELL_THREADS 128
-
-__device__ __forceinline__ void cell_sums(float s0, float s1, float s2, float* __restrict__ dst, int b, int n, float scale)
-{
-    __shared__ float part[3][CELL_THREADS / 32];
-    #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-        s0 += __shfl_down_sync(0xffffffffu, s0, off);
-        s1 += __shfl_down_sync(0xffffffffu, s1, off);
-        s2 += __shfl_down_sync(0xffffffffu, s2, off);
-    }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { part[0][warp] = s0; part[1][warp] = s1; part[2][warp] = s2; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float t0 = 0.f, t1 = 0.f, t2 = 0.f;
-        #pragma unroll
-        for (int w = 0; w < CELL_THREADS / 32; ++w) { t0 += part[0][w]; t1 += part[1][w]; t2 += part[2][w]; }
-        dst[b] = t0 * scale; dst[n + b] = t1 * scale; dst[2 * n + b] = t2 * scale;
-    }
-}
-
 extern "C" __global__ void block_sums_u8(const unsigned char* __restrict__ img, int W, int H, int bw, int bh,
                                          float* __restrict__ sums)
 {
-    int bx = blockIdx.x, by = blockIdx.y;
+    int bx = blockIdx.x * blockDim.x + threadIdx.x, by = blockIdx.y * blockDim.y + threadIdx.y;
+    if (bx >= bw || by >= bh) return;
     int y0 = first_of(by, H, bh), y1 = first_of(by + 1, H, bh);
     int x0 = first_of(bx, W, bw), x1 = first_of(bx + 1, W, bw);
-    int cw = x1 - x0, count = cw * (y1 - y0);
     float s0 = 0.f, s1 = 0.f, s2 = 0.f;
-    for (int k = threadIdx.x; k < count; k += CELL_THREADS) {
-        const unsigned char* p = img + ((long long)(y0 + k / cw) * W + x0 + k % cw) * 3;
-        s0 += p[0]; s1 += p[1]; s2 += p[2];
+    for (int y = y0; y < y1; ++y) {
+        const unsigned char* row = img + ((long long)y * W) * 3;
+        for (int x = x0; x < x1; ++x) {
+            s0 += row[x * 3]; s1 += row[x * 3 + 1]; s2 += row[x * 3 + 2];
+        }
     }
-    cell_sums(s0, s1, s2, sums, by * bw + bx, bh * bw, 1.f / 255.f);
+    int n = bh * bw, b = by * bw + bx;
+    sums[b] = s0 / 255.f; sums[n + b] = s1 / 255.f; sums[2 * n + b] = s2 / 255.f;
 }
+
 
 extern "C" __global__ void plate_update(
     const unsigned char* __restrict__ frame, float* __restrict__ plate, unsigned char* __restrict__ out,
@@ -103,33 +82,34 @@ extern "C" __global__ void plate_update(
     const float* __restrict__ gain, const float* __restrict__ step, const float* __restrict__ known,
     const float* __restrict__ fill, int fw, int fh, float* __restrict__ plate_sums)
 {
-    int bx = blockIdx.x, by = blockIdx.y;
-    int b = by * bw + bx;
+    int bx = blockIdx.x * blockDim.x + threadIdx.x, by = blockIdx.y * blockDim.y + threadIdx.y;
+    if (bx >= bw || by >= bh) return;
+    int b = by * bw + bx, n = bh * bw;
     int y0 = first_of(by, H, bh), y1 = first_of(by + 1, H, bh);
     int x0 = first_of(bx, W, bw), x1 = first_of(bx + 1, W, bw);
-    int cw = x1 - x0, count = cw * (y1 - y0);
     float st = step[b];
     bool seen = known[b] > 0.f;
     float g[3] = {gain[0], gain[1], gain[2]};
     float s[3] = {0.f, 0.f, 0.f};
     long long hw = (long long)H * W;
     float sx = (float)fw / W, sy = (float)fh / H;
-    for (int k = threadIdx.x; k < count; k += CELL_THREADS) {
-        int y = y0 + k / cw, x = x0 + k % cw;
-        long long i = (long long)y * W + x;
-        #pragma unroll
-        for (int c = 0; c < 3; ++c) {
-            float p = plate[c * hw + i] * g[c];
-            float f = frame[i * 3 + c] / 255.f;
-            p = p + st * (f - p);
-            plate[c * hw + i] = p;
-            s[c] += p;
-            float v = seen ? p : tap(fill + c * fh * fw, fw, fh, (x + 0.5f) * sx - 0.5f, (y + 0.5f) * sy - 0.5f);
-            v = fminf(fmaxf(v, 0.f), 1.f);
-            out[i * 3 + c] = (unsigned char)rintf(v * 255.f);
+    for (int y = y0; y < y1; ++y) {
+        for (int x = x0; x < x1; ++x) {
+            long long i = (long long)y * W + x;
+            #pragma unroll
+            for (int c = 0; c < 3; ++c) {
+                float p = plate[c * hw + i] * g[c];
+                float f = frame[i * 3 + c] / 255.f;
+                p = p + st * (f - p);
+                plate[c * hw + i] = p;
+                s[c] += p;
+                float v = seen ? p : tap(fill + c * fh * fw, fw, fh, (x + 0.5f) * sx - 0.5f, (y + 0.5f) * sy - 0.5f);
+                v = fminf(fmaxf(v, 0.f), 1.f);
+                out[i * 3 + c] = (unsigned char)rintf(v * 255.f);
+            }
         }
     }
-    cell_sums(s[0], s[1], s[2], plate_sums, b, bh * bw, 1.f);
+    plate_sums[b] = s[0]; plate_sums[n + b] = s[1]; plate_sums[2 * n + b] = s[2];
 }
 """
 
@@ -158,7 +138,8 @@ def _launch(name: str, t: torch.Tensor, bh: int, bw: int, args: tuple, stream: A
 
     if stream is None:
         stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(t.device).cuda_stream)
-    block, grid = (128, 1, 1), (bw, bh, 1)  # one CUDA block a cell (CELL_THREADS)
+    block = (32, 4, 1)
+    grid = ((bw + block[0] - 1) // block[0], (bh + block[1] - 1) // block[1], 1)
     with stream:
         conv = [cupy.from_dlpack(a) if isinstance(a, torch.Tensor) else a for a in args]
         _function(name)(grid, block, tuple(conv))
