@@ -26,7 +26,7 @@ from muse.graph.registry import load_registry  # noqa: E402
 from muse.graph.runtime import GraphRunner  # noqa: E402
 from muse.graph.validate import validate_text  # noqa: E402
 
-WARM = 40
+WARM = 40  # frames before the profiled ones (models loaded, variants recorded)
 
 
 def _kernels(evt: Any) -> list[Any]:
@@ -74,28 +74,37 @@ def main() -> None:
     # base_dir: the graph's includes (include/segment_hybrid.yaml) resolve next to it
     runner = GraphRunner(validate_text(yaml.safe_dump(spec), a.graph, load_registry(), base_dir=Path(a.graph).resolve().parent))
     original = runner._run_node
-    state: dict[str, Any] = {"first": None}
+    state: dict[str, Any] = {"first": None, "frame": 0, "prof": None, "done": False}
     per_node: dict[str, list[Any]] = collections.defaultdict(list)
-
     acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if a.device == "cuda" else [])
-    prof = torch.profiler.profile(activities=acts,
-                                  schedule=torch.profiler.schedule(wait=WARM, warmup=2, active=a.frames, repeat=1))
 
     def wrapped(slot, values, events):  # type: ignore[no-untyped-def]
-        # The first node a frame runs steps the profiler: one step per frame.
-        if state["first"] is None:
+        # The profiler is started and stopped on the thread that runs the nodes (the executor's): torch's
+        # profiler records the thread it was started on (started from the main thread, it saw no node).
+        if state["first"] is None and not slot.rn.cls.is_source():
             state["first"] = slot.name
         if slot.name == state["first"]:
-            prof.step()
+            state["frame"] += 1
+            if state["frame"] == WARM + 1:
+                state["prof"] = torch.profiler.profile(activities=acts)
+                state["prof"].__enter__()
+            elif state["frame"] == WARM + a.frames + 1 and state["prof"] is not None and not state["done"]:
+                if a.device == "cuda":
+                    torch.cuda.synchronize()
+                state["prof"].__exit__(None, None, None)
+                state["done"] = True
+        if state["prof"] is None or state["done"]:
+            return original(slot, values, events)
         with torch.profiler.record_function(f"node::{slot.name}"):
             return original(slot, values, events)
 
     runner._run_node = wrapped  # type: ignore[method-assign]
-    with prof:
-        runner.run()
+    runner.run()
     if a.device == "cuda":
         torch.cuda.synchronize()
-    for evt in prof.events():
+    if not state["done"]:
+        raise SystemExit(f"profile_nodes: only {state['frame']} frames ran (needs {WARM + a.frames + 1})")
+    for evt in state["prof"].events():
         if evt.name.startswith("node::"):
             per_node[evt.name[6:]].append(_kernels(evt))
     report: dict[str, Any] = {"graph": a.graph, "size": a.size, "device": torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu", "frames": a.frames, "nodes": {}}

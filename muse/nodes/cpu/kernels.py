@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from muse.graph.compiled import background_work
+
 log = logging.getLogger("muse.nodes.cpu.kernels")
 
 __all__ = ["available", "why_not", "warm_up", "srgb_thresholds", "composite_over", "encode_srgb", "guided_upsample", "lerp_known", "warp_box", "decoded_mean", "blend_points", "compiled", "quadratic_field", "exposure_change", "envelope_distance", "flow_pick", "motion_blend", "guided_solve", "gain_tiles", "learn_plate", "motion_planes", "divide_clip", "taps_mean", "light_weights", "lit_plate", "plate_evidence", "relative_edge", "frame_planes", "both_below", "colour_bins", "floor_unknown", "sample_change"]
@@ -507,6 +509,9 @@ def warm_up() -> None:
         if _WARM is not None:
             return
         _WARM = threading.Thread(target=_warm, name="muse-numba-warm", daemon=True)
+        # `muse bench` and the soak wait for it: on a cold cache (a fresh install, CI) compiling takes tens of
+        # seconds of CPU beside the stream, which is not the stream's own cost
+        background_work(id(_WARM), "the CPU path's numba kernels")
     _WARM.start()
 
 
@@ -562,3 +567,5 @@ def _warm() -> None:
         encode_srgb(a)
     except Exception:  # a failure shows again, with its message, where the kernel is really called
         log.debug("numba warm-up", exc_info=True)
+    finally:
+        background_work(id(threading.current_thread()), None)
