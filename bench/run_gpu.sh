@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9c|s9d|s9e|s9f|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -10,6 +10,10 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" >> "$out/gpu.txt"
 run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 240 "$@" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+# stream_4k as shipped, captured: bench_4k TIMEOUT JSON [more muse bench flags] (faulthandler: the exit crash shows)
+bench_4k() { local limit=$1 json=$2; shift 2; echo "== stream_4k shipped" >> "$out/bench.log"
+  timeout "$limit" python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --capture on "$@" \
+    --json "$json" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
 if [[ $what == capture ]]; then
   # Whole-frame capture: its cuda tests, then stream_4k eager vs captured (fps, frame GPU ms, host CPU ms, latency, kernels).
   timeout 240 python3 -m pytest -m cuda -q -p no:cacheprovider -rs -s tests/test_frame_capture.py tests/test_runtime_cuda.py > "$out/cuda_capture_tests.log" 2>&1
@@ -92,10 +96,7 @@ fi
 if [[ $what == shipped ]]; then
   # stream_4k as shipped (faulthandler on: the process has ended with a segmentation fault at exit), then the
   # cuda suite in the time left.
-  echo "== stream_4k shipped" >> "$out/bench.log"
-  timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
-    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
-  echo "exit $?" >> "$out/bench.log"
+  bench_4k 150 "$out/stream_4k_shipped.json" --frames 600 --latency-frames 200 --kernel-frames 12
   timeout 330 python3 -m pytest -m cuda -v -p no:cacheprovider --continue-on-collection-errors -rs tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
@@ -104,10 +105,7 @@ if [[ $what == fusewarm ]]; then
   # gone), then the compiled matte (MUSE_FUSE=auto) twice in fresh processes, cold then warm Inductor cache (muse
   # bench now names why frames ran eagerly and which compiles overlapped the measured frames), then the fused
   # matte's own 4K cost with and without a plate.
-  echo "== stream_4k shipped" >> "$out/bench.log"
-  timeout 130 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
-    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
-  echo "exit $?" >> "$out/bench.log"
+  bench_4k 130 "$out/stream_4k_shipped.json" --frames 600 --latency-frames 200 --kernel-frames 12
   for pass in cold warm; do
     echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
     MUSE_FUSE=auto timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 \
@@ -122,10 +120,7 @@ if [[ $what == s9 ]]; then
   # Ninth session (issue 12): stream_4k as shipped after the eighth session's kernel cuts (exit status: the
   # segmentation fault at exit), kernels and GPU ms per node (eager), then every cuda test, six at a time
   # (pytest-xdist; correctness only, nothing timed).
-  echo "== stream_4k shipped" >> "$out/bench.log"
-  timeout 120 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
-    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
-  echo "exit $?" >> "$out/bench.log"
+  bench_4k 120 "$out/stream_4k_shipped.json" --frames 600 --latency-frames 200 --kernel-frames 12
   run kernels_per_node python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 20 --top 8 --json "$out/profile_nodes.json"
   timeout ${MUSE_TESTS_TIMEOUT:-300} python3 -m pytest -m cuda -n 6 -v -p no:cacheprovider --continue-on-collection-errors -rfEs \
     --durations=30 tests/ > "$out/cuda_tests.log" 2>&1
@@ -134,7 +129,6 @@ fi
 if [[ $what == s9b ]]; then
   # Ninth session: kernels and GPU ms per node (eager), the cuda tests that failed in s9 (the soak alone, not
   # beside five other test processes), then the fused matte's own 4K cost with and without a plate (issue 14).
-  [[ -f diag_pose.py ]] && run diag_pose python3 diag_pose.py
   run kernels_per_node python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 20 --top 8 --json "$out/profile_nodes.json"
   timeout 150 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_runtime_cuda.py tests/test_segment_clean_plate.py \
     tests/test_segment_fused.py tests/test_segment_refine.py tests/test_pose_blazepose.py > "$out/cuda_retests.log" 2>&1
@@ -144,48 +138,14 @@ if [[ $what == s9b ]]; then
   run fused_plate python3 bench/bench_fused.py --device cuda --frames 200
   run fused_no_plate python3 bench/bench_fused.py --device cuda --frames 200 --no-plate
 fi
-if [[ $what == s9c ]]; then
-  # Ninth session: which CUDA object ends the process with a segmentation fault at exit (diag_exit.py, when
-  # present), then the compiled matte (MUSE_FUSE=auto) in fresh processes, cold then warm Inductor cache:
-  # `muse bench` names why frames ran eagerly and which compiles overlapped the measured frames.
-  timeout 90 python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs tests/test_composite_kernel.py tests/test_plate_kernels.py \
-    tests/test_warp_apply.py tests/test_background_adaptive.py > "$out/cuda_kernel_tests.log" 2>&1
-  echo "cuda kernel tests exit $?" >> "$out/cuda_kernel_tests.log"
-  [[ -f diag_exit.py ]] && run diag_exit python3 diag_exit.py
-  # the models' convolutions: cuDNN as now, torch's own kernels (depthwise), cuDNN's timed choice
-  run model_variants python3 bench/bench_model_variants.py --models selfie_segmentation_landscape pose_landmark_full face_landmark iris_landmark pose_detection face_detection_short_range --json "$out/model_variants.json"
-  for pass in cold warm; do
-    echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
-    MUSE_FUSE=auto timeout 120 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 \
-      --capture on --latency-frames 0 --kernel-frames 12 --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
-    echo "exit $?" >> "$out/bench.log"
-  done
-fi
-if [[ $what == s9d ]]; then
-  # Ninth session, last run: stream_4k as shipped (fps, GPU and host ms, kernels; exit status), then every cuda
-  # test four at a time except the soak, then the soak alone (it times the stream, so nothing runs beside it).
-  echo "== stream_4k shipped" >> "$out/bench.log"
-  timeout 110 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 --capture on \
-    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
-  echo "exit $?" >> "$out/bench.log"
-  timeout ${MUSE_TESTS_TIMEOUT:-240} python3 -X faulthandler -m pytest -m "cuda and not soak" -n 4 -v -p no:cacheprovider \
-    --continue-on-collection-errors -rfEs --durations=20 tests/ > "$out/cuda_tests.log" 2>&1
-  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
-  timeout 170 python3 -X faulthandler -m pytest -m cuda -q -s -p no:cacheprovider -rfEs tests/soak/test_soak.py > "$out/cuda_soak.log" 2>&1
-  echo "cuda soak exit $?" >> "$out/cuda_soak.log"
-fi
 if [[ $what == s9e ]]; then
   # Ninth session, the one run left (650 s of device time): stream_4k as shipped with the session's kernel
-  # changes, every cuda test but the soak (six at a time; the soak passed alone in s9b), the exit crash's native
-  # stack (diag_exit.py, when present), the models' convolution variants.
-  echo "== stream_4k shipped" >> "$out/bench.log"
-  timeout 110 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 500 --capture on \
-    --latency-frames 200 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
-  echo "exit $?" >> "$out/bench.log"
+  # changes (its exit status tells whether the crash at exit is gone), every cuda test but the soak (the soak
+  # passed alone in s9b), the models' convolution variants.
+  bench_4k 110 "$out/stream_4k_shipped.json" --frames 500 --latency-frames 200 --kernel-frames 12
   timeout 140 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
     tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
-  [[ -f diag_exit.py ]] && { echo "== diag_exit" >> "$out/bench.log"; timeout 70 python3 diag_exit.py >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
   echo "== model_variants" >> "$out/bench.log"
   timeout 70 python3 bench/bench_model_variants.py --models face_landmark selfie_segmentation_landscape pose_landmark_full iris_landmark --only fp16 fp16-asis fp16-even fp16-nocudnn fp16-nocudnn-asis fp16-benchmark fp32-exact-asis fp32-exact-even fp32-exact-nocudnn fp32-exact-benchmark \
     --json "$out/model_variants.json" >> "$out/bench.log" 2>&1
@@ -193,15 +153,11 @@ if [[ $what == s9e ]]; then
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
-  # as shipped, and the exit crash's teardown steps (diag_exit.py blazepose_steps, when present).
+  # as shipped (the exit crash's teardown steps ran from a scratch script after it, not kept).
   timeout 70 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_composite_kernel.py tests/test_plate_kernels.py \
     tests/test_warp_apply.py tests/test_background_adaptive.py tests/test_runtime_cuda.py tests/test_pose_blazepose.py > "$out/cuda_kernel_tests.log" 2>&1
   echo "cuda kernel tests exit $?" >> "$out/cuda_kernel_tests.log"
-  echo "== stream_4k shipped" >> "$out/bench.log"
-  timeout 100 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 400 --capture on \
-    --latency-frames 0 --kernel-frames 12 --json "$out/stream_4k_shipped.json" >> "$out/bench.log" 2>&1
-  echo "exit $?" >> "$out/bench.log"
-  [[ -f diag_exit.py ]] && { echo "== diag_exit" >> "$out/bench.log"; timeout 40 python3 diag_exit.py blazepose_steps >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+  bench_4k 100 "$out/stream_4k_shipped.json" --frames 400 --latency-frames 0 --kernel-frames 12
 fi
 if [[ $what == profile ]]; then
   # Where the 4K frame's time goes (issue 12): each node recorded alone and timed, kernels per node (eager),

@@ -24,6 +24,7 @@ from muse.nodes import plate_kernels
 from muse.nodes.background import fit_image, load_image
 from muse.nodes.cpu import wanted
 from muse.nodes.warp import kernels
+from muse.nodes.warp.fields import shrink_mean
 from muse.nodes.warp.kernels import decode_uint8, srgb_to_linear
 
 Channel = Annotated[int, Field(ge=0, le=255)]
@@ -145,19 +146,6 @@ def _known(coverage: Mask | None, confidence: Mask) -> Mask:
         conf = conf if tuple(conf.shape) == size else F.interpolate(conf[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
         cov = cov if tuple(cov.shape) == size else F.interpolate(cov[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
     return Mask(cov * conf, coverage.timestamp, coverage.index)
-
-
-def shrink_mean(p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Mean over cells of (N, C, H, W) down to `size`: one strided average pool when whole cells tile the
-    plane exactly (adaptive pooling's variable windows cost 0.4 ms a 4K plane on an H200), adaptive otherwise.
-
-    Only an exact tiling: with a partial last cell the cells no longer sit where the bilinear upsample
-    of the final pass samples them (cell i centred at (i + 0.5) * H / h); the picture drifts by up to
-    a cell towards the bottom-right (16 px of a 1080p room blur), 2.5x the error of adaptive windows."""
-    (H, W), (h, w) = p.shape[-2:], size
-    if H % h == 0 and W % w == 0:
-        return F.avg_pool2d(p, (H // h, W // w))
-    return F.adaptive_avg_pool2d(p, size)
 
 
 def cell_factor(height: int, width: int, want: int) -> int:

@@ -52,12 +52,17 @@ def decode_uint8(img: torch.Tensor) -> torch.Tensor:
     On the CPU a 256-entry table (pow is the slowest step there); on the GPU
     arithmetic, which is bandwidth-bound anyway and needs no int64 index copy.
     """
-    global _DECODE_LUT
     if img.is_cuda:
         return srgb_to_linear(img.float().div_(255.0))
+    return torch.take(_decode_lut(), img.long())
+
+
+def _decode_lut() -> torch.Tensor:
+    """The 256 sRGB levels in linear light (float64 maths, float32 values), made once on the CPU."""
+    global _DECODE_LUT
     if _DECODE_LUT is None:
         _DECODE_LUT = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255.0).float()
-    return torch.take(_DECODE_LUT, img.long())
+    return _DECODE_LUT
 
 
 def encode_uint8(lin: torch.Tensor) -> torch.Tensor:
@@ -413,9 +418,7 @@ def _decode_table(device: torch.device) -> torch.Tensor:
     a recorded frame cannot copy from the host."""
     table = _DECODE_TABLES.get(device)
     if table is None:
-        decode_uint8(torch.zeros(1, dtype=torch.uint8))  # fills _DECODE_LUT
-        assert _DECODE_LUT is not None
-        table = _DECODE_TABLES[device] = _DECODE_LUT.to(device)
+        table = _DECODE_TABLES[device] = _decode_lut().to(device)
     return table
 
 
