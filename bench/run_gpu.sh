@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -150,6 +150,27 @@ if [[ $what == s9e ]]; then
   timeout 70 python3 bench/bench_model_variants.py --models face_landmark selfie_segmentation_landscape pose_landmark_full iris_landmark --only fp16 fp16-asis fp16-even fp16-nocudnn fp16-nocudnn-asis fp16-benchmark fp32-exact-asis fp32-exact-even fp32-exact-nocudnn fp32-exact-benchmark \
     --json "$out/model_variants.json" >> "$out/bench.log" 2>&1
   echo "exit $?" >> "$out/bench.log"
+fi
+if [[ $what == s10 ]]; then
+  # Tenth session: s9e (stream_4k shipped, cuda tests, model variants), then kernels and GPU ms per node, eager.
+  bash "$0" "$out" s9e
+  run kernels_per_node python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 20 --top 12 --json "$out/profile_nodes.json"
+fi
+if [[ $what == s10b ]]; then
+  # Tenth session: the convolution engine chosen by timing (muse.models.conv_engine) in stream_4k against cuDNN
+  # throughout; its cuda tests and the backends'; where the crash at exit happens (scratch probes when present).
+  if [[ -f scratch/segv_bt.c ]]; then
+    { which gdb; gcc -shared -fPIC -o /tmp/segv.so scratch/segv_bt.c && echo segv.so built; } > "$out/exit_probe.log" 2>&1
+    timeout 60 python3 scratch/stream_probe.py >> "$out/exit_probe.log" 2>&1; echo "stream probe exit $?" >> "$out/exit_probe.log"
+    LD_PRELOAD=/tmp/segv.so timeout 120 python3 scratch/exit_census.py bench graphs/stream_4k.yaml --device cuda --frames 120 \
+      --capture on --latency-frames 0 --kernel-frames 0 >> "$out/exit_probe.log" 2>&1; echo "census exit $?" >> "$out/exit_probe.log"
+  fi
+  bench_4k 110 "$out/stream_4k_auto.json" --frames 500 --latency-frames 200 --kernel-frames 12
+  echo "== MUSE_CONV=cudnn" >> "$out/bench.log"
+  MUSE_CONV=cudnn bench_4k 90 "$out/stream_4k_cudnn.json" --frames 400 --latency-frames 0 --kernel-frames 12
+  timeout 120 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_conv_engine.py tests/test_backends.py \
+    tests/test_pose_blazepose.py tests/test_face_landmarks.py > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

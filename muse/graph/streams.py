@@ -9,7 +9,6 @@ tensors read on another stream are tagged with `record_stream`, and timings are 
 from __future__ import annotations
 
 from contextlib import nullcontext
-import weakref
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
     ExternalStream. A stream is never destroyed: a tensor tagged with `record_stream` can outlive its node, and
     freeing it records an event on the stream (on a destroyed one the process aborts, seen in the cuda tests);
     nor is there a destructor left to run at the interpreter's exit. Once its holder is gone the stream is
-    handed to the next asker instead."""
+    handed to the next asker instead (`_OwnedStream.__del__`)."""
     from muse.graph.gpu_exit import release_at_exit
 
     release_at_exit()  # the GPU path starts: its caches are let go of before the interpreter exits
@@ -48,10 +47,27 @@ def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
                 handle = int(cupy.cuda.runtime.streamCreateWithFlags(cupy.cuda.runtime.streamNonBlocking))
         except Exception:  # no CuPy on this machine: torch's pooled streams (shared beyond 32)
             return torch.cuda.Stream(torch.device("cuda", index))
-    stream = torch.cuda.ExternalStream(handle, device=torch.device("cuda", index))
-    back = weakref.finalize(stream, idle.append, handle)  # back to the idle list, never to cudaStreamDestroy
-    back.atexit = False  # at the interpreter's exit there is no one left to hand it to
+    stream = _OwnedStream(handle, device=torch.device("cuda", index))
+    stream._muse_idle = idle
     return stream
+
+
+class _OwnedStream(torch.cuda.ExternalStream):
+    """A stream from `new_stream`: when the object is freed its handle goes back to the idle list.
+
+    A finalizer, not a weak reference: torch 2.11's stream objects are freed without clearing the weak
+    references to them (H200, 2026-12-02: a `weakref.finalize` on one never ran, and the dangling reference
+    crashed every GPU process at exit, in `_PyWeakref_ClearRef` under `Py_FinalizeEx`)."""
+
+    _muse_idle: list[int] | None = None
+
+    def __del__(self) -> None:
+        idle = self._muse_idle
+        if idle is not None:
+            try:
+                idle.append(self.cuda_stream)
+            except Exception:  # at the interpreter's exit there is no one left to hand it to
+                pass
 
 
 class CudaPlumbing:

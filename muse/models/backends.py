@@ -25,6 +25,7 @@ from muse.graph.capture import CaptureError, is_recording
 from muse.graph.host_guards import host_guards_suspended
 from muse.graph.compiled import GPU_CODE, background_work, code_changed, compile_ended, compile_started
 from muse.graph.streams import new_stream
+from muse.models.conv_engine import ConvMode, conv_flags, conv_mode, faster_engine, remember, remembered, replay_ms
 from torch import nn
 
 from muse.files import atomic_path, write_bytes
@@ -344,6 +345,7 @@ class TorchBackend(InferenceBackend):
     def __init__(
         self, model: nn.Module, device: torch.device | str, dtype: torch.dtype | None = None, *,
         cuda_graph: bool = True, channels_last: bool = True, tf32: bool = True, compile: bool | None = None,
+        conv: ConvMode = "auto",
     ) -> None:
         self.tf32 = tf32  # False: exact fp32 convolutions for models that TF32 rounding throws off
         self.device = torch.device(device)
@@ -362,6 +364,62 @@ class TorchBackend(InferenceBackend):
         # that code is ready, then the next call (or recorded frame) switches to it. `compile=True` also on a CPU.
         wanted = compile if compile is not None else (self.cuda and compile_wanted())
         self._chain = FusedChain(self.model, f"model {type(model).__name__}", self.device, enabled=bool(wanted))
+        # cuDNN's convolutions or torch's own (muse.models.conv_engine): chosen by timing both on the first call
+        # outside a recorded frame, before anything is captured; a compiled model keeps cuDNN (Inductor's choice).
+        mode = conv_mode(conv) if self.cuda else "cudnn"
+        self._cudnn: bool | None = {"cudnn": True, "native": False}.get(mode)
+        if self._cudnn is None and (not self.cuda_graph or bool(wanted)):
+            self._cudnn = True
+        self.conv_ms: dict[str, float] = {}  # what the choice measured (describe)
+        self._wants_channels_last = self.channels_last
+        if self._cudnn is False:
+            self._set_layout(channels_last=False)
+
+    def _set_layout(self, *, channels_last: bool) -> None:
+        """Weights in NHWC (cuDNN's tensor-core kernels want it) or NCHW (torch's own depthwise kernels need it).
+        Only before the first capture: a captured graph reads the weights where they were."""
+        if channels_last != self.channels_last:
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            self.model.to(memory_format=fmt)  # in place: the chain (and any caller) holds this same module
+            self.channels_last = channels_last
+
+    def _choose_conv(self, x: torch.Tensor) -> None:
+        """Time the model replayed with cuDNN and with torch's own convolutions (NCHW) for this input; keep the
+        faster for good (one answer a process for a model, shape and device: two runners of it agree)."""
+        key = (type(self.model).__name__, sum(p.numel() for p in self.model.parameters()), tuple(x.shape),
+               str(self.dtype), self._wants_channels_last, self.tf32, torch.cuda.get_device_name(self.device))
+        cudnn = remembered(key)
+        if cudnn is None:
+            try:
+                times = {}
+                for engine in ("cudnn", "native"):
+                    on = engine == "cudnn"
+                    self._set_layout(channels_last=self._wants_channels_last and on)
+                    xin = self._input(x)
+                    with conv_flags(on, self.tf32):
+                        times[engine] = replay_ms(lambda: self._trial_graph(xin), self._side)
+                cudnn = faster_engine(times["cudnn"], times["native"])
+                self.conv_ms = {k: round(v, 4) for k, v in times.items()}
+                log.info("%s %s: convolutions by %s (cuDNN %.3f ms, torch's own %.3f ms a call)", type(self.model).__name__,
+                         tuple(x.shape), "cuDNN" if cudnn else "torch's own kernels", times["cudnn"], times["native"])
+            except Exception as exc:  # a trial that cannot be captured: cuDNN, as before the choice existed
+                log.info("convolution engine trial failed for %s (%s); using cuDNN", type(self.model).__name__, exc)
+                cudnn = True
+            remember(key, cudnn)
+        self._set_layout(channels_last=self._wants_channels_last and cudnn)
+        self._cudnn = cudnn
+
+    def _trial_graph(self, x: torch.Tensor) -> "torch.cuda.CUDAGraph":
+        side = self._side
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.model(x)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+            self.model(x)
+        return graph
 
     @property
     def compiled(self) -> bool:
@@ -397,15 +455,17 @@ class TorchBackend(InferenceBackend):
         return entry
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tf32 or not self.cuda:
+        if not self.cuda:
             return self._run(x)
+        if self._cudnn is None:
+            if is_recording():  # first met inside a recorded frame: nothing may be timed there; cuDNN for good
+                self._cudnn = True
+            else:
+                with torch.no_grad():
+                    self._choose_conv(x)
         # Kernels are chosen at capture time, so the flags only need to hold while this model launches.
-        keep = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-        try:
+        with conv_flags(bool(self._cudnn), self.tf32):
             return self._run(x)
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = keep
 
     @torch.no_grad()  # not inference_mode: its tensors can't be updated in place by nodes outside it
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -440,6 +500,8 @@ class TorchBackend(InferenceBackend):
             "backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
             "cuda_graph": self.cuda_graph and not self._graph_failed, "graphs": len(self._graphs),
             "compiled": self.compiled,
+            "conv": {True: "cudnn", False: "native", None: "undecided"}[self._cudnn if self.cuda else True],
+            **({"conv_ms": self.conv_ms} if self.conv_ms else {}),
         }
 
     def close(self) -> None:
