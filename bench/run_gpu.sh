@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -171,6 +171,34 @@ if [[ $what == s10b ]]; then
   timeout 120 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_conv_engine.py tests/test_backends.py \
     tests/test_pose_blazepose.py tests/test_face_landmarks.py > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+fi
+if [[ $what == s10c ]]; then
+  # Tenth session: the streams' hand-back fixed (no weak reference to torch's stream objects): stream_4k as
+  # shipped (exit status 0 expected), the same without MUSE's exit hook (scratch script, when present), every
+  # cuda test but the soak.
+  [[ -f scratch/stream_probe.py ]] && { timeout 60 python3 scratch/stream_probe.py > "$out/exit_probe.log" 2>&1; echo "stream probe exit $?" >> "$out/exit_probe.log"; }
+  bench_4k 110 "$out/stream_4k_shipped.json" --frames 500 --latency-frames 200 --kernel-frames 12
+  if [[ -f scratch/exit_census.py ]]; then
+    NO_HOOK=1 NO_CENSUS=1 timeout 90 python3 scratch/exit_census.py bench graphs/stream_4k.yaml --device cuda --frames 120 \
+      --capture on --latency-frames 0 --kernel-frames 0 > "$out/no_hook.log" 2>&1; echo "no exit hook: exit $?" >> "$out/exit_probe.log"
+  fi
+  timeout 240 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
+    tests/ > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+fi
+if [[ $what == s10d ]]; then
+  # Tenth session: the compiled matte (MUSE_FUSE=auto) in stream_4k on a cold then a warm compile cache (the JSON's
+  # measured_capture and compiles say which frames recorded again and why), then the cuda soak alone; first
+  # stream_4k as shipped without MUSE's old exit hook (exit status 0 expected).
+  bench_4k 100 "$out/stream_4k_shipped.json" --frames 400 --latency-frames 200 --kernel-frames 12
+  for pass in cold warm; do
+    echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
+    MUSE_FUSE=auto timeout 140 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 500 \
+      --capture on --latency-frames 0 --kernel-frames 12 --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
+    echo "exit $?" >> "$out/bench.log"
+  done
+  timeout 200 python3 -m pytest -m cuda -q -s -p no:cacheprovider -rfEs tests/soak/test_soak.py > "$out/cuda_soak.log" 2>&1
+  echo "cuda soak exit $?" >> "$out/cuda_soak.log"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

@@ -31,9 +31,6 @@ def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
     freeing it records an event on the stream (on a destroyed one the process aborts, seen in the cuda tests);
     nor is there a destructor left to run at the interpreter's exit. Once its holder is gone the stream is
     handed to the next asker instead (`_OwnedStream.__del__`)."""
-    from muse.graph.gpu_exit import release_at_exit
-
-    release_at_exit()  # the GPU path starts: its caches are let go of before the interpreter exits
     dev = torch.device(device)
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     idle = _IDLE.setdefault(index, [])
