@@ -43,6 +43,7 @@ def test_bench_report_names_the_runtime_threads() -> None:
     assert threads and all(v > 0 for v in threads.values())
     assert any(name.startswith("muse-") for name in threads), threads  # the executor, the source, the sink
     assert report.gpu_memory_mb == {}  # a CPU run has no GPU memory figures
+    assert report.as_dict()["host_cpu_ms_per_frame_paced"] is None  # no paced run asked for
     line = next(x for x in report.lines("tiny.yaml") if x.startswith("host CPU ms a frame by thread"))
     assert next(iter(threads)) in line
     assert report.as_dict()["host_cpu_by_thread_ms"] == threads
