@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -199,6 +199,18 @@ if [[ $what == s10d ]]; then
   done
   timeout 200 python3 -m pytest -m cuda -q -s -p no:cacheprovider -rfEs tests/soak/test_soak.py > "$out/cuda_soak.log" 2>&1
   echo "cuda soak exit $?" >> "$out/cuda_soak.log"
+fi
+if [[ $what == s10e ]]; then
+  # Tenth session: segment.fused's independent chains on side streams (SideStreams): its cuda tests, its own 4K
+  # cost with and without a plate, stream_4k as shipped, then with the compiled matte (MUSE_FUSE=auto, cold cache).
+  timeout 150 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_segment_fused.py tests/test_frame_capture.py \
+    tests/test_stream_4k_matte.py tests/test_runtime_cuda.py > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  run fused_plate python3 bench/bench_fused.py --device cuda --frames 200
+  run fused_no_plate python3 bench/bench_fused.py --device cuda --frames 200 --no-plate
+  bench_4k 100 "$out/stream_4k_shipped.json" --frames 400 --latency-frames 200 --kernel-frames 12
+  echo "== stream_4k MUSE_FUSE=auto, cold compile cache" >> "$out/bench.log"
+  MUSE_FUSE=auto bench_4k 150 "$out/stream_4k_fuse.json" --frames 400 --latency-frames 200 --kernel-frames 12
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

@@ -67,6 +67,45 @@ class _OwnedStream(torch.cuda.ExternalStream):
                 pass
 
 
+class SideStreams:
+    """Parts of one node's device work run side by side: `with side.branch(i):` queues the block on the node's
+    i-th extra stream, ordered after the work queued so far on the current stream; `side.join(i, *outs)` orders
+    the current stream after it again. Inside a recorded frame the branch becomes a parallel branch of the frame's
+    graph (the node's chains of small kernels overlap instead of waiting on each other). The results are the
+    same numbers in the same order either way; on a CPU device, or while torch.compile traces the code, both are
+    no-ops (one stream)."""
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self._streams: list[Any] = []
+
+    def _on(self) -> bool:
+        return self.device.type == "cuda" and not torch.compiler.is_compiling()
+
+    def branch(self, i: int) -> Any:
+        if not self._on():
+            return nullcontext()
+        while len(self._streams) <= i:
+            self._streams.append(new_stream(self.device))
+        side = self._streams[i]
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        return torch.cuda.stream(side)
+
+    def join(self, i: int, *outs: Any) -> None:
+        """The current stream waits for branch i; tensors it made (`outs`) are not recycled on its stream
+        before the current stream's use of them is done (eager frames; a recording's memory is the graph's)."""
+        if not self._on() or i >= len(self._streams):
+            return
+        main = torch.cuda.current_stream(self.device)
+        main.wait_stream(self._streams[i])
+        if torch.cuda.is_current_stream_capturing():
+            return
+        for t in outs:
+            for x in (t if isinstance(t, (tuple, list)) else (t,)):
+                if isinstance(x, torch.Tensor) and x.is_cuda:
+                    x.record_stream(main)
+
+
 class CudaPlumbing:
     """Mixin of `GraphRunner`: streams and events (uses its `device`, `slots`, `stats`, `clock`)."""
 

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
+from muse.graph.streams import SideStreams
 from muse.models.backends import FusedChain, warm_like
 from muse.models.matte_refine import box_filter, guided_apply, guided_coefficients
 from muse.nodes.cpu import wanted
@@ -171,6 +172,10 @@ class FusedMatte:
         self._live = torch.zeros(len(LIVE_SETTINGS), device=device)
         self.lv = {name: self._live[i] for i, name in enumerate(LIVE_SETTINGS)}
         self.set_live(settings)
+        # Independent chains of the frame's maths (the colour vote; the plate's shift search; the motion search
+        # and the motion vote) run on side streams beside the plate comparison: each is hundreds of small kernels
+        # that wait on one another, so side by side they overlap (a GPU; the same numbers either way)
+        self._side = SideStreams(device)
 
     # -- state ------------------------------------------------------------
     def _alloc(self, w: int, h: int) -> None:
@@ -415,6 +420,25 @@ class FusedMatte:
         room = (cm / contrast / lv["motion_threshold"]).clamp(0.0, 1.0)
         return unclipped, ratio, change, still, cm, room
 
+    def _motion(self, x: torch.Tensor, lx: torch.Tensor, lw: torch.Tensor, last: torch.Tensor, bgw: torch.Tensor,
+                ratio: torch.Tensor, unclipped: torch.Tensor, contrast: torch.Tensor,
+                vote: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The picture's motion since the last frame and what follows from it: (the motion's vote, or 0 without a
+        model; the last matte carried along the motion; the picture change the motion does not explain)."""
+        grid, flow = self._follow(lx, (self.prev * ratio * lw).sum(1, keepdim=True))
+        # where no plate is known the motion votes: while the person moves unlike the room, what moves with her
+        # is her (the part of her the model is unsure of), what stays with the room is room (a lamp, a cat's
+        # face the model takes for a person). Computed at motion_vote 0 too (it votes 0 then).
+        moves = self._motion_vote(flow, last, bgw) if vote else torch.zeros_like(last)
+        prev_w = F.grid_sample(self.prev * ratio, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        carried = F.grid_sample(self.alpha, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        # the last frame in this frame's exposure clips as the camera does (an exposure jump up saturates
+        # the bright parts of both); a clipped pixel says nothing about motion
+        change = ((x - prev_w.clamp(0.0, 1.0)).abs() * lw).sum(1, keepdim=True) * unclipped
+        # what is left after following the motion is judged against the local contrast: half a pixel of
+        # misregistration on a sharp edge is a large difference, and no motion the matte has to follow
+        return moves, carried, change / contrast
+
     # -- one frame --------------------------------------------------------
     def step(self, x: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
         """x (1,3,h,w) frame at working size in [0,1]; prior (1,1,h,w) model probability or None.
@@ -427,6 +451,11 @@ class FusedMatte:
         margin = max(1, round(0.03 * h))
         last = torch.lerp(pm, self.alpha, primed)
         bgw = 1.0 - _dilate(last, margin)
+        side = self._side
+        colour = None
+        if prior is not None:
+            with side.branch(0):
+                colour = self._colour_vote(x, last, bgw)
 
         # Picture change since the last frame, exposure changes taken out (a global gain is no motion).
         lw = self._luma
@@ -445,9 +474,12 @@ class FusedMatte:
         contrast = 1.0 + box_filter(grad, 1) / lv["motion_threshold"]
         # The room against the last frame as it sat: where it is unchanged (the camera did not move) the
         # shift stays the last frame's (the CPU path then skips the phase correlation: a still webcam, most frames)
+        with side.branch(1):
+            searched = self._shift(lx, ref, bgw)
         room0 = self._picture_change(x, lx, lw, bgw, contrast, torch.zeros_like(self.last_shift))[-1]
         cam_still = (_known_quantile(room0, bgw, 0.99) < CAMERA_STILL).float()
-        shift = torch.lerp(self._shift(lx, ref, bgw), self.last_shift, cam_still) * ok
+        side.join(1, searched)
+        shift = torch.lerp(searched, self.last_shift, cam_still) * ok
         # the last frame moved by the camera's shake since then: the room's own change is what is left
         unclipped, ratio, change, still, cm, room = self._picture_change(x, lx, lw, bgw, contrast, shift - self.last_shift)
         # An own plate holds while the room moves only as the shake explains: the room moving as a whole
@@ -457,6 +489,14 @@ class FusedMatte:
         restart = own * torch.maximum(room_moved, 1.0 - primed)
         self.anchor.lerp_(lx, restart)
         shift = shift * (1.0 - restart)
+
+        # The motion since the last frame, beside the plate comparison below: the previous matte is carried
+        # along the picture's motion (block matching at quarter size) in step 4, and where no plate is known
+        # that motion votes as well (step 3).
+        motion = None
+        if s.follow_motion:
+            with side.branch(1):
+                motion = self._motion(x, lx, lw, last, bgw, ratio, unclipped, contrast, prior is not None)
 
         # 2. lighting-invariant, shake-tolerant plate difference
         plate = self._translate(self.plate, shift)
@@ -510,30 +550,20 @@ class FusedMatte:
             # within +-colour_vote, against what the last matte says the person and the room look like (from the
             # second frame on: the first has no matte yet, and the raw model's labels mislead in low light).
             # Computed at colour_vote 0 as well (it votes 0 then), so an edit compiles nothing new.
-            model_logit = model_logit + self._colour_vote(x, last, bgw) * ((1.0 - known) * primed)
-        if s.follow_motion:
-            # the previous matte is carried along the picture's motion below (block matching at quarter size)
-            grid, flow = self._follow(lx, (self.prev * ratio * lw).sum(1, keepdim=True))
+            side.join(0, colour)
+            model_logit = model_logit + colour * ((1.0 - known) * primed)
+        if motion is not None:
+            side.join(1, motion)
             if prior is not None:
-                # ... and where no plate is known that motion votes as well: while the person moves unlike the room,
-                # what moves with her is her (the part of her the model is unsure of), what stays with the room is
-                # room (a lamp, a cat's face the model takes for a person). Computed at motion_vote 0 too (0 then).
-                model_logit = model_logit + self._motion_vote(flow, last, bgw) * ((1.0 - known) * primed)
+                model_logit = model_logit + motion[0] * ((1.0 - known) * primed)
         fused = torch.sigmoid(model_logit + plate_logit)
 
         # 4. motion-aware blend with the previous matte (exposure changes are not motion). The previous
         # matte is first carried along the picture's motion (block matching at quarter size), so a
         # moving person is smoothed as well as a still one; what the motion does not explain follows at once.
         last_alpha = self.alpha
-        if s.follow_motion:
-            prev_w = F.grid_sample(self.prev * ratio, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            last_alpha = F.grid_sample(self.alpha, grid, mode="bilinear", padding_mode="border", align_corners=False)
-            # the last frame in this frame's exposure clips as the camera does (an exposure jump up saturates
-            # the bright parts of both); a clipped pixel says nothing about motion
-            change = ((x - prev_w.clamp(0.0, 1.0)).abs() * lw).sum(1, keepdim=True) * unclipped
-            # what is left after following the motion is judged against the local contrast: half a pixel of
-            # misregistration on a sharp edge is a large difference, and no motion the matte has to follow
-            change = change / contrast
+        if motion is not None:
+            last_alpha, change = motion[1], motion[2]
         cb = box_filter(change, 1)
         # Where no plate is known the model alone decides, and it changes its mind with the picture's
         # noise: a change up to motion_noise x the frame's median change (most of a picture is still)
