@@ -72,8 +72,9 @@ class SideStreams:
     i-th extra stream, ordered after the work queued so far on the current stream; `side.join(i, *outs)` orders
     the current stream after it again. Inside a recorded frame the branch becomes a parallel branch of the frame's
     graph (the node's chains of small kernels overlap instead of waiting on each other). The results are the
-    same numbers in the same order either way; on a CPU device, or while torch.compile traces the code, both are
-    no-ops (one stream)."""
+    same numbers in the same order either way; on a CPU device both are no-ops (one stream). Code that
+    torch.compile may trace picks `ONE_STREAM if torch.compiler.is_compiling() else self._side`: traced, it then
+    reads nothing of the node's own object, whose attributes would become guards that another engine's fail."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
@@ -104,6 +105,11 @@ class SideStreams:
             for x in (t if isinstance(t, (tuple, list)) else (t,)):
                 if isinstance(x, torch.Tensor) and x.is_cuda:
                     x.record_stream(main)
+
+
+# What code that torch.compile traces uses instead of a node's own SideStreams: one stream, and nothing of the
+# node's object to guard on (the compiled code must fit every engine alike: the warm-up's spare and the node's)
+ONE_STREAM = SideStreams("cpu")
 
 
 class CudaPlumbing:

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
-from muse.graph.streams import SideStreams
+from muse.graph.streams import ONE_STREAM, SideStreams
 from muse.models.backends import FusedChain, warm_like
 from muse.models.matte_refine import box_filter, guided_apply, guided_coefficients
 from muse.nodes.cpu import wanted
@@ -451,7 +451,8 @@ class FusedMatte:
         margin = max(1, round(0.03 * h))
         last = torch.lerp(pm, self.alpha, primed)
         bgw = 1.0 - _dilate(last, margin)
-        side = self._side
+        # traced by torch.compile: one stream, and no guard on this engine's own streams (see SideStreams)
+        side = ONE_STREAM if torch.compiler.is_compiling() else self._side
         colour = None
         if prior is not None:
             with side.branch(0):
