@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -14,6 +14,13 @@ run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 2
 bench_4k() { local limit=$1 json=$2; shift 2; echo "== stream_4k shipped" >> "$out/bench.log"
   timeout "$limit" python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --capture on "$@" \
     --json "$json" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+# the compiled matte (MUSE_FUSE=auto) in fresh processes, cold then warm Inductor cache: fuse_passes FRAMES [flags]
+fuse_passes() { local frames=$1; shift; for pass in cold warm; do
+    echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
+    MUSE_FUSE=auto timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames "$frames" \
+      --capture on --latency-frames 0 "$@" --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
+    echo "exit $?" >> "$out/bench.log"
+  done; }
 if [[ $what == capture ]]; then
   # Whole-frame capture: its cuda tests, then stream_4k eager vs captured (fps, frame GPU ms, host CPU ms, latency, kernels).
   timeout 240 python3 -m pytest -m cuda -q -p no:cacheprovider -rs -s tests/test_frame_capture.py tests/test_runtime_cuda.py > "$out/cuda_capture_tests.log" 2>&1
@@ -106,12 +113,7 @@ if [[ $what == fusewarm ]]; then
   # bench now names why frames ran eagerly and which compiles overlapped the measured frames), then the fused
   # matte's own 4K cost with and without a plate.
   bench_4k 130 "$out/stream_4k_shipped.json" --frames 600 --latency-frames 200 --kernel-frames 12
-  for pass in cold warm; do
-    echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
-    MUSE_FUSE=auto timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 600 \
-      --capture on --latency-frames 0 --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
-    echo "exit $?" >> "$out/bench.log"
-  done
+  fuse_passes 600
   echo "== fused matte alone, 4K" >> "$out/bench.log"
   timeout 60 python3 bench/bench_fused.py --device cuda --frames 200 >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
   timeout 60 python3 bench/bench_fused.py --device cuda --frames 200 --no-plate >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
@@ -158,13 +160,7 @@ if [[ $what == s10 ]]; then
 fi
 if [[ $what == s10b ]]; then
   # Tenth session: the convolution engine chosen by timing (muse.models.conv_engine) in stream_4k against cuDNN
-  # throughout; its cuda tests and the backends'; where the crash at exit happens (scratch probes when present).
-  if [[ -f scratch/segv_bt.c ]]; then
-    { which gdb; gcc -shared -fPIC -o /tmp/segv.so scratch/segv_bt.c && echo segv.so built; } > "$out/exit_probe.log" 2>&1
-    timeout 60 python3 scratch/stream_probe.py >> "$out/exit_probe.log" 2>&1; echo "stream probe exit $?" >> "$out/exit_probe.log"
-    LD_PRELOAD=/tmp/segv.so timeout 120 python3 scratch/exit_census.py bench graphs/stream_4k.yaml --device cuda --frames 120 \
-      --capture on --latency-frames 0 --kernel-frames 0 >> "$out/exit_probe.log" 2>&1; echo "census exit $?" >> "$out/exit_probe.log"
-  fi
+  # throughout; its cuda tests and the backends' (the exit crash's probes ran from scratch scripts, not kept).
   bench_4k 110 "$out/stream_4k_auto.json" --frames 500 --latency-frames 200 --kernel-frames 12
   echo "== MUSE_CONV=cudnn" >> "$out/bench.log"
   MUSE_CONV=cudnn bench_4k 90 "$out/stream_4k_cudnn.json" --frames 400 --latency-frames 0 --kernel-frames 12
@@ -174,14 +170,9 @@ if [[ $what == s10b ]]; then
 fi
 if [[ $what == s10c ]]; then
   # Tenth session: the streams' hand-back fixed (no weak reference to torch's stream objects): stream_4k as
-  # shipped (exit status 0 expected), the same without MUSE's exit hook (scratch script, when present), every
-  # cuda test but the soak.
-  [[ -f scratch/stream_probe.py ]] && { timeout 60 python3 scratch/stream_probe.py > "$out/exit_probe.log" 2>&1; echo "stream probe exit $?" >> "$out/exit_probe.log"; }
+  # shipped (exit status 0 expected), every cuda test but the soak (the run without MUSE's exit hook and the
+  # stream probe ran from scratch scripts, not kept).
   bench_4k 110 "$out/stream_4k_shipped.json" --frames 500 --latency-frames 200 --kernel-frames 12
-  if [[ -f scratch/exit_census.py ]]; then
-    NO_HOOK=1 NO_CENSUS=1 timeout 90 python3 scratch/exit_census.py bench graphs/stream_4k.yaml --device cuda --frames 120 \
-      --capture on --latency-frames 0 --kernel-frames 0 > "$out/no_hook.log" 2>&1; echo "no exit hook: exit $?" >> "$out/exit_probe.log"
-  fi
   timeout 240 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
     tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
@@ -191,12 +182,7 @@ if [[ $what == s10d ]]; then
   # measured_capture and compiles say which frames recorded again and why), then the cuda soak alone; first
   # stream_4k as shipped without MUSE's old exit hook (exit status 0 expected).
   bench_4k 100 "$out/stream_4k_shipped.json" --frames 400 --latency-frames 200 --kernel-frames 12
-  for pass in cold warm; do
-    echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
-    MUSE_FUSE=auto timeout 140 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 500 \
-      --capture on --latency-frames 0 --kernel-frames 12 --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
-    echo "exit $?" >> "$out/bench.log"
-  done
+  fuse_passes 500 --kernel-frames 12
   timeout 200 python3 -m pytest -m cuda -q -s -p no:cacheprovider -rfEs tests/soak/test_soak.py > "$out/cuda_soak.log" 2>&1
   echo "cuda soak exit $?" >> "$out/cuda_soak.log"
 fi
@@ -211,6 +197,15 @@ if [[ $what == s10e ]]; then
   bench_4k 100 "$out/stream_4k_shipped.json" --frames 400 --latency-frames 200 --kernel-frames 12
   echo "== stream_4k MUSE_FUSE=auto, cold compile cache" >> "$out/bench.log"
   MUSE_FUSE=auto bench_4k 150 "$out/stream_4k_fuse.json" --frames 400 --latency-frames 200 --kernel-frames 12
+fi
+if [[ $what == s11 ]]; then
+  # Next session, first (issue 12): the compiled matte after 786c542 (traced code reads no side streams): its cuda
+  # parity tests, then stream_4k with it on a cold and a warm cache, then as shipped (unfused, side streams).
+  timeout 200 python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs tests/test_segment_fused.py tests/test_side_streams.py \
+    > "$out/cuda_fused_tests.log" 2>&1
+  echo "fused cuda tests exit $?" >> "$out/cuda_fused_tests.log"
+  fuse_passes 400 --kernel-frames 12
+  bench_4k 90 "$out/stream_4k_shipped.json" --frames 400 --latency-frames 200 --kernel-frames 12
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
