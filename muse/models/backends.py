@@ -460,11 +460,15 @@ class TorchBackend(InferenceBackend):
         if self._cudnn is None:
             if is_recording():  # first met inside a recorded frame: nothing may be timed there; cuDNN for good
                 self._cudnn = True
-            else:
-                with torch.no_grad():
-                    self._choose_conv(x)
-        # Kernels are chosen at capture time, so the flags only need to hold while this model launches.
-        with conv_flags(bool(self._cudnn), self.tf32):
+            elif GPU_CODE.acquire(blocking=False):  # not while a compile runs or another thread records
+                try:
+                    with torch.no_grad():
+                        self._choose_conv(x)
+                finally:
+                    GPU_CODE.release()
+        # Kernels are chosen at capture time, so the flags only need to hold while this model launches
+        # (undecided, as the weights are laid out now: cuDNN's).
+        with conv_flags(self._cudnn is not False, self.tf32):
             return self._run(x)
 
     @torch.no_grad()  # not inference_mode: its tensors can't be updated in place by nodes outside it
@@ -474,8 +478,9 @@ class TorchBackend(InferenceBackend):
         # no-op without compiling, once ready or under way (the model's TF32 setting is read at run time only)
         self._chain.prepare(shape, lambda: warm_like([x], lambda compiled, xs: [compiled(xs[0]) for _ in range(2)]))
         fused = self._chain.ready(shape)
-        if not self.cuda_graph or self._graph_failed or is_recording():
-            # Inside a recorded frame the model's kernels become part of the frame's own graph.
+        if not self.cuda_graph or self._graph_failed or is_recording() or self._cudnn is None:
+            # Inside a recorded frame the model's kernels become part of the frame's own graph; nothing is captured
+            # before the convolution engine is chosen (a choice may lay the weights out anew).
             return self._chain.run(fused, x)
         entry = self._graphs.get(shape)
         if entry is None or entry.fused != fused:  # a first call of this shape, or compiled code became ready
