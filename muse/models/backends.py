@@ -397,7 +397,7 @@ class TorchBackend(InferenceBackend):
                     self._set_layout(channels_last=self._wants_channels_last and on)
                     xin = self._input(x)
                     with conv_flags(on, self.tf32):
-                        times[engine] = replay_ms(lambda: self._trial_graph(xin), self._side)
+                        times[engine] = replay_ms(lambda: self._record(lambda: self.model(xin))[0], self._side)
                 cudnn = faster_engine(times["cudnn"], times["native"])
                 self.conv_ms = {k: round(v, 4) for k, v in times.items()}
                 log.info("%s %s: convolutions by %s (cuDNN %.3f ms, torch's own %.3f ms a call)", type(self.model).__name__,
@@ -409,17 +409,21 @@ class TorchBackend(InferenceBackend):
         self._set_layout(channels_last=self._wants_channels_last and cudnn)
         self._cudnn = cudnn
 
-    def _trial_graph(self, x: torch.Tensor) -> "torch.cuda.CUDAGraph":
+    def _record(self, run: Callable[[], Any]) -> tuple["torch.cuda.CUDAGraph", Any]:
+        """`run()` warmed up three times, then captured once: (the graph, the output it writes). On the model's
+        own stream, so no other thread's work lands in the capture; thread_local: other nodes' threads keep
+        launching work on their own streams meanwhile. Once per shape (at open): torch.cuda.graph syncs the
+        device there, not per frame."""
         side = self._side
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(3):
-                self.model(x)
+            for _ in range(3):  # warm-up lets cuDNN pick kernels outside the capture
+                run()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-            self.model(x)
-        return graph
+            out = run()
+        return graph, out
 
     @property
     def compiled(self) -> bool:
@@ -434,17 +438,7 @@ class TorchBackend(InferenceBackend):
     def _capture(self, x: torch.Tensor, fused: bool) -> _CapturedGraph | None:
         static_in = x.clone()
         try:
-            side = self._side  # the model's own stream: no other thread's work lands in the capture
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(3):  # warm-up lets cuDNN pick kernels outside the capture
-                    self._chain.run(fused, static_in)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # Capture happens once per shape (at open); torch.cuda.graph syncs the device there, not per frame.
-            # thread_local: other nodes' threads keep launching work on their own streams meanwhile.
-            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-                static_out = self._chain.run(fused, static_in)
+            graph, static_out = self._record(lambda: self._chain.run(fused, static_in))
             fused = self._chain.last_compiled  # a compile elsewhere may have kept it uncompiled: capture again later
         except Exception as exc:  # an op that cannot be captured: stay correct, run eagerly
             log.warning("CUDA graph capture failed for %s (%s); running eagerly", type(self.model).__name__, exc)
@@ -505,7 +499,7 @@ class TorchBackend(InferenceBackend):
             "backend": self.name, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
             "cuda_graph": self.cuda_graph and not self._graph_failed, "graphs": len(self._graphs),
             "compiled": self.compiled,
-            "conv": {True: "cudnn", False: "native", None: "undecided"}[self._cudnn if self.cuda else True],
+            "conv": {True: "cudnn", False: "native", None: "undecided"}[self._cudnn],
             **({"conv_ms": self.conv_ms} if self.conv_ms else {}),
         }
 

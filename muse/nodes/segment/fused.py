@@ -422,14 +422,14 @@ class FusedMatte:
 
     def _motion(self, x: torch.Tensor, lx: torch.Tensor, lw: torch.Tensor, last: torch.Tensor, bgw: torch.Tensor,
                 ratio: torch.Tensor, unclipped: torch.Tensor, contrast: torch.Tensor,
-                vote: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The picture's motion since the last frame and what follows from it: (the motion's vote, or 0 without a
-        model; the last matte carried along the motion; the picture change the motion does not explain)."""
+                vote: bool) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The picture's motion since the last frame and what follows from it: (the motion's vote, or None
+        without `vote`; the last matte carried along the motion; the picture change the motion does not explain)."""
         grid, flow = self._follow(lx, (self.prev * ratio * lw).sum(1, keepdim=True))
         # where no plate is known the motion votes: while the person moves unlike the room, what moves with her
         # is her (the part of her the model is unsure of), what stays with the room is room (a lamp, a cat's
         # face the model takes for a person). Computed at motion_vote 0 too (it votes 0 then).
-        moves = self._motion_vote(flow, last, bgw) if vote else torch.zeros_like(last)
+        moves = self._motion_vote(flow, last, bgw) if vote else None
         prev_w = F.grid_sample(self.prev * ratio, grid, mode="bilinear", padding_mode="border", align_corners=False)
         carried = F.grid_sample(self.alpha, grid, mode="bilinear", padding_mode="border", align_corners=False)
         # the last frame in this frame's exposure clips as the camera does (an exposure jump up saturates
