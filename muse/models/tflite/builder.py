@@ -78,7 +78,9 @@ class TFLiteModule(nn.Module):
         for s, (dyn, _) in enumerate(self._wiring):
             for i in dyn:
                 last_use[i] = s
-        self._release = [[i for i in dyn if last_use.get(i) == s and i not in self.output_indices] for s, (dyn, _) in enumerate(self._wiring)]
+        # dict.fromkeys: a step may read one tensor twice (a fused convolution whose residual is its own input)
+        self._release = [[i for i in dict.fromkeys(dyn) if last_use.get(i) == s and i not in self.output_indices]
+                         for s, (dyn, _) in enumerate(self._wiring)]
 
     @property
     def input_size(self) -> tuple[int, int]:

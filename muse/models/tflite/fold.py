@@ -8,7 +8,12 @@ may differ (a zero tap added to a convolution's sum):
 - TFLite's uneven SAME padding (the odd pixel after) stops being a separate pad: the kernel grows by zero
   taps so the padding is even and goes inside the convolution (face mesh: 7 a call, iris, detectors);
 - a `PAD` of channels feeding an `ADD` (BlazeFace/BlazeBlock residuals: zeros appended to the shortcut's
-  channels) becomes one in-place add into the first channels of the other operand.
+  channels) becomes one in-place add into the first channels of the other operand;
+- a convolution with the activation, per-channel PReLU and residual ADD (or channel PAD + ADD) after it becomes
+  one `ConvEpilogue` (`muse.models.tflite.epilogue`): on CUDA the convolution without bias (a plain GEMM with
+  cuDNN off: no bias fill) and one in-place CuPy kernel y = act2(act1(y + bias) + residual); the CPU, torch.compile
+  and the ONNX export run the original steps. Only where each dropped intermediate has one reader and is no model
+  output, and where it saves kernels: a non-depthwise convolution with one step after it, a depthwise one with two.
 
 `fold_for_inference` is applied by `muse.models.bundled.load_model`; the saved artifact, the ONNX export and
 `convert_tflite` keep the graph as TFLite wrote it.
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from muse.models.tflite.builder import TFLiteModule
+from muse.models.tflite.epilogue import ConvEpilogue
 from muse.models.tflite.ops import Binary, Conv, Pad, PRelu, Unary, activation
 
 
@@ -47,7 +53,19 @@ class ChannelPadAdd(nn.Module):
 
 
 # Steps whose output is a tensor of their own (never a view of an input): safe to update in place.
-_FRESH = (Conv, Binary, Unary, PRelu)
+_FRESH = (Conv, Binary, Unary, PRelu, ConvEpilogue)
+
+# Unary ops the epilogue kernel computes (muse.models.tflite.epilogue.ACT_CODES).
+_EPILOGUE_UNARY = ("RELU", "RELU6", "RELU_N1_TO_1", "TANH", "HARD_SWISH", "LOGISTIC")
+
+
+def _epilogue_act(step: nn.Module, channels: int) -> bool:
+    """A step the epilogue can take as an activation: a supported Unary, or a PReLU with one slope per channel."""
+    if isinstance(step, Unary):
+        return step.kind in _EPILOGUE_UNARY
+    if isinstance(step, PRelu):
+        return step.channel_alpha is not None and step.channel_alpha.numel() == channels
+    return False
 
 
 def _spatial_zero_pad(step: nn.Module) -> tuple[int, int, int, int] | None:
@@ -68,10 +86,11 @@ def _channel_zero_pad(step: nn.Module) -> int | None:
     return c1
 
 
-def fold_for_inference(module: TFLiteModule, *, grow: bool = True) -> dict[str, int]:
+def fold_for_inference(module: TFLiteModule, *, grow: bool = True, epilogue: bool = True) -> dict[str, int]:
     """Rewrite `module` in place (see the module docstring); returns how many of each rewrite happened.
     `grow=False` leaves uneven padding as a pad of its own (no kernel grown by zero taps: cuDNN may pick another
-    algorithm for the grown shape; bench/bench_model_variants.py times both)."""
+    algorithm for the grown shape; bench/bench_model_variants.py times both). `epilogue=False` keeps the
+    convolutions' activations and residual adds as steps of their own."""
     steps: list[nn.Module] = list(module.steps)
     wiring: list[tuple[list[int], int]] = [(list(dyn), out) for dyn, out in module._wiring]
     keep = set(module.output_indices) | {module.input_index}
@@ -137,7 +156,69 @@ def fold_for_inference(module: TFLiteModule, *, grow: bool = True) -> dict[str, 
         done["channel_pad_add"] += 1
 
     if removed:
+        steps = [st for s, st in enumerate(steps) if s not in removed]
+        wiring = [w for s, w in enumerate(wiring) if s not in removed]
+        removed = set()
+
+    # 4. convolution + activation / PReLU / residual ADD -> one ConvEpilogue at the last step of the chain
+    if epilogue:
+        _fold_epilogues(steps, wiring, readers(), keep, removed, done)
+
+    changed = len(steps) != len(module.steps) or removed
+    if changed:
         module.steps = nn.ModuleList(st for s, st in enumerate(steps) if s not in removed)
         module._wiring = [w for s, w in enumerate(wiring) if s not in removed]
         module.plan_release()
     return dict(done)
+
+
+def _fold_epilogues(steps: list[nn.Module], wiring: list[tuple[list[int], int]], read: dict[int, list[int]],
+                    keep: set[int], removed: set[int], done: dict[str, int]) -> None:
+    """Fold 4, in place on `steps`/`wiring`; the steps it absorbs go into `removed`.
+
+    The fused step takes the place of the chain's last step (the residual may be computed after the convolution)
+    and reads the convolution's input and the residual; the intermediates it drops had that chain as sole reader."""
+
+    def sole_reader(s: int) -> int | None:
+        out = wiring[s][1]
+        r = read[out]
+        return r[0] if out not in keep and len(r) == 1 else None
+
+    for s, conv in enumerate(steps):
+        if not isinstance(conv, Conv) or len(wiring[s][0]) != 1:
+            continue
+        cout = int(conv.weight.shape[0])
+        first = add = second = residual = None
+        residual_first = channel_pad = False
+        last = s
+        if conv.act_name == "NONE":
+            n = sole_reader(last)
+            if n is not None and _epilogue_act(steps[n], cout):
+                first = last = n
+        n = sole_reader(last)
+        if n is not None:
+            cur, st, dyn = wiring[last][1], steps[n], wiring[n][0]
+            if isinstance(st, Binary) and st.kind == "ADD" and st.const is None and len(dyn) == 2 and dyn.count(cur) == 1:
+                add = last = n
+                residual_first = dyn[1] == cur
+                residual = dyn[0] if residual_first else dyn[1]
+            elif isinstance(st, ChannelPadAdd) and len(dyn) == 2 and dyn[1] == cur and dyn[0] != cur:
+                add = last = n  # the chain is the in-place target, the shortcut its residual
+                residual, channel_pad = dyn[0], True
+        if add is not None and steps[add].act_name == "NONE":
+            n = sole_reader(last)
+            if n is not None and _epilogue_act(steps[n], cout):
+                second = last = n
+        # Kernels after the convolution that the epilogue replaces (a fused activation is a kernel of its own).
+        # Non-depthwise: the bias fill goes too, so one is enough; torch's depthwise kernel adds the bias itself.
+        after = ((conv.act_name != "NONE") + (first is not None) + (add is not None) + (second is not None)
+                 + (add is not None and steps[add].act_name != "NONE"))
+        if after < (1 if conv.groups == 1 else 2):
+            continue
+        fused = ConvEpilogue(conv, None if first is None else steps[first], None if add is None else steps[add],
+                             None if second is None else steps[second], residual_first=residual_first,
+                             channel_pad=channel_pad)
+        wiring[last] = ([wiring[s][0][0]] + ([residual] if residual is not None else []), wiring[last][1])
+        steps[last] = fused
+        removed.update(i for i in (s, first, add, second) if i is not None and i != last)
+        done["conv_epilogue"] += 1
