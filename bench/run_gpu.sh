@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -17,7 +17,7 @@ bench_4k() { local limit=$1 json=$2; shift 2; echo "== stream_4k shipped" >> "$o
 # the compiled matte (MUSE_FUSE=auto) in fresh processes, cold then warm Inductor cache: fuse_passes FRAMES [flags]
 fuse_passes() { local frames=$1; shift; for pass in cold warm; do
     echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
-    MUSE_FUSE=auto timeout 150 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames "$frames" \
+    MUSE_FUSE=auto timeout 240 python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames "$frames" \
       --capture on --latency-frames 0 "$@" --json "$out/stream_4k_fuse_$pass.json" >> "$out/bench.log" 2>&1
     echo "exit $?" >> "$out/bench.log"
   done; }
@@ -206,6 +206,22 @@ if [[ $what == s11 ]]; then
   echo "fused cuda tests exit $?" >> "$out/cuda_fused_tests.log"
   fuse_passes 400 --kernel-frames 12
   bench_4k 90 "$out/stream_4k_shipped.json" --frames 400 --latency-frames 200 --kernel-frames 12
+fi
+if [[ $what == s11b ]]; then
+  # Eleventh session (issue 12): the bundled models' convolutions folded with their activations (one CuPy epilogue
+  # kernel: its cuda tests), stream_4k as shipped with it, then the compiled matte whose first compile runs in a
+  # process of its own (cold, then warm cache: the JSON's node stalls say whether the stream still stutters).
+  timeout 200 python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs tests/test_tflite_fold.py tests/test_conv_engine.py \
+    tests/test_backends.py > "$out/cuda_fold_tests.log" 2>&1
+  echo "fold cuda tests exit $?" >> "$out/cuda_fold_tests.log"
+  bench_4k 90 "$out/stream_4k_shipped.json" --frames 400 --latency-frames 200 --kernel-frames 12
+  fuse_passes 400 --kernel-frames 12
+fi
+if [[ $what == s11c ]]; then
+  # Eleventh session: every cuda test but the soak.
+  timeout 400 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
+    tests/ > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

@@ -277,10 +277,18 @@ def test_fused_maths_compile_in_the_background_and_match(monkeypatch, tmp_path):
     room = scenes.room(SIZE)
     nodes = {mode: _open(FusedSegment, PARAMS) for mode in ("unfused", "fused")}
     nodes["unfused"]._chain.compiled = None
+    counters = torch._dynamo.utils.counters
+    counters.clear()
     try:
         _fused_frames(nodes, rgb, gt, room)
     finally:  # never leave the compiling thread running into the interpreter's exit
         nodes["fused"]._chain.wait(900)
+    # The first compile ran in a process of its own (muse.models.compile_ahead: the stream's process keeps its
+    # Python lock); this process's compile then found every graph in the cache and generated no code itself.
+    chain = nodes["fused"]._chain
+    assert chain.ahead_seconds is not None
+    assert counters["inductor"]["fxgraph_cache_miss"] == 0, dict(counters["inductor"])
+    assert counters["inductor"]["fxgraph_cache_hit"] + counters["aot_autograd"]["autograd_cache_hit"] > 0
 
 
 def _fused_frames(nodes: dict, rgb: np.ndarray, gt: np.ndarray, room: np.ndarray) -> None:

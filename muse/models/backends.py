@@ -25,6 +25,7 @@ from muse.graph.capture import CaptureError, is_recording
 from muse.graph.host_guards import host_guards_suspended
 from muse.graph.compiled import GPU_CODE, background_work, code_changed, compile_ended, compile_started
 from muse.graph.streams import new_stream
+from muse.models.compile_ahead import AheadJob, ahead_wanted, run_ahead
 from muse.models.conv_engine import ConvMode, conv_flags, conv_mode, faster_engine, remember, remembered, replay_ms
 from torch import nn
 
@@ -171,16 +172,24 @@ class FusedChain:
         self.seconds: float | None = None  # how long the last compile took
         self.last_compiled = False  # whether the last `run` went through the compiled code
         self.retries = 0  # compiles asked again because the stream's calls did not fit the code (RETRIES)
+        self._stop = threading.Event()  # set by close(): a child compile under way is ended
+        self._in_child = False  # a child process compiles now
+        self._ahead_done: set[Hashable] = set()  # keys a child process compiled (or failed to): not again
+        self.ahead_seconds: float | None = None  # how long the last child compile took
 
-    def prepare(self, key: Hashable, make_warm: Callable[[], Callable[[Callable[..., Any]], None]]) -> None:
+    def prepare(self, key: Hashable, make_warm: Callable[[], Callable[[Callable[..., Any]], None]],
+                make_ahead: "Callable[[], AheadJob] | None" = None) -> None:
         """Compile for `key` in the background unless it is ready or already being compiled; `make_warm()`
-        (called only then) gives the warm-up for that key."""
+        (called only then) gives the warm-up for that key. `make_ahead()`, where given, describes the same
+        warm-up for a child process (`muse.models.compile_ahead`): it runs first and fills the compile cache, so
+        the compile in this process only loads code and never holds Python's lock for long."""
         if self.compiled is None or key == self._ready:
             return
         with self._lock:
             if self._wanted is not None and self._wanted[0] == key:
                 return
-            self._wanted = (key, make_warm())
+            job = make_ahead() if make_ahead is not None and ahead_wanted() and key not in self._ahead_done else None
+            self._wanted = (key, make_warm(), job)
             background_work(id(self), self.name)
             if self._thread is None or not self._thread.is_alive():
                 # not a daemon: the interpreter's exit waits for a compile under way (ending the process in the
@@ -195,7 +204,10 @@ class FusedChain:
                     self._thread = None
                     background_work(id(self), None)
                     return
-                key, warm = self._wanted
+                key, warm, job = self._wanted
+            if job is not None and key not in self._ahead_done:
+                self._compile_ahead(key, job)
+                continue  # asked for other code meanwhile, or closed: look again
             with GPU_CODE:  # one compile at a time, none while a CUDA graph records or the stream calls compiled code
                 with self._lock:
                     if self._wanted is None or self._wanted[0] != key:
@@ -224,16 +236,38 @@ class FusedChain:
             code_changed()  # recorded frames hold the unfused kernels: the frame program records again
             log.info("%s runs compiled (compiled in %.1f s)", self.name, self.seconds)
 
+    def _compile_ahead(self, key: Hashable, job: "AheadJob") -> None:
+        """Run the warm-up for `key` in a child process (holding no lock: the stream keeps replaying its
+        recorded frames); a failure only means the compile here starts from a cold cache."""
+        log.info("compiling %s in a process of its own (first start on a machine: a minute or more; then "
+                 "cached); it runs uncompiled meanwhile", self.name)
+        entry = compile_started(f"{self.name} {key!r} ahead, in a process of its own"[:160])
+        t = time.perf_counter()
+        self._in_child = True
+        try:
+            why = run_ahead(job, stop=self._stop)
+        finally:
+            self._in_child = False
+        self.ahead_seconds = time.perf_counter() - t
+        compile_ended(entry, "done" if why is None else f"failed: {why}"[:200])
+        if why is None:
+            log.info("%s compiled ahead in %.1f s; loading it", self.name, self.ahead_seconds)
+        else:
+            log.warning("compiling %s in a process of its own failed (%s); compiling it in this one", self.name, why)
+        with self._lock:
+            self._ahead_done.add(key)
+
     def ready(self, key: Hashable) -> bool:
         return self.compiled is not None and key == self._ready
 
     def close(self) -> None:
         """No further compiles; one under way finishes (the process's exit waits for it)."""
+        self._stop.set()
         with self._lock:
             self._wanted = None
             running = self._thread is not None and self._thread.is_alive()
         background_work(id(self), None)
-        if running:
+        if running and not self._in_child:  # a child compile ends at once (_stop)
             log.warning("%s: finishing the compile under way before exit (up to a minute)", self.name)
 
     def busy(self) -> bool:

@@ -32,6 +32,7 @@ from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.streams import ONE_STREAM, SideStreams
 from muse.models.backends import FusedChain, warm_like
+from muse.models.compile_ahead import AheadJob, tensor_like, tensor_spec, torch_state, torch_state_applied
 from muse.models.matte_refine import box_filter, guided_apply, guided_coefficients
 from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
@@ -649,6 +650,31 @@ class FusedMatte:
         return a, b, self.conf[0, 0].to(dtype), self.keep_out()[0, 0].to(dtype)
 
 
+def warm_spare(compiled: Callable[..., object], settings: FusedSettings, fps: float, device: torch.device,
+               size: tuple[int, int], inputs: list, step: int, dtype: torch.dtype) -> None:
+    """The compile's warm-up: the compiled maths on a spare engine (the node's buffers are the stream's), for the
+    first frame and the primed ones (the same code)."""
+    spare = FusedMatte(settings, device, fps)
+    spare._alloc(*size)
+    for _ in range(2):
+        compiled(spare, *inputs, step, dtype)
+
+
+def compile_ahead(settings: dict, fps: float, device: str, x: dict, prior: dict | None, step: int, dtype: str,
+                  state: dict) -> None:
+    """Run in a child process (`muse.models.compile_ahead`): compile `FusedMatte.frame` as the node's
+    `FusedChain` does and run `warm_spare` on it, so the node's own compile finds every graph in the cache."""
+    dev = torch.device(device)
+    params = FusedSegment.Params.model_validate(settings)
+    with torch_state_applied(state):
+        compiled = torch.compile(FusedMatte.frame, dynamic=False)
+        inputs = [tensor_like(x), tensor_like(prior)]
+        warm_spare(compiled, params, fps, dev, (int(x["shape"][-1]), int(x["shape"][-2])), inputs, step,
+                   getattr(torch, dtype))
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def refine_step(s: FusedSettings, device: torch.device | str) -> int:
     """The block size the guided filter's coefficients are computed on: `refine_step`, or for 0 (auto) 2 on a
     CPU device (a quarter of the work; on the quality clips the edge flickered 5.47 -> 5.58 x1e3 with a plate,
@@ -807,12 +833,17 @@ class FusedSegment(Node):
         settings, fps, device, (w, h) = self.params.model_copy(), self.engine.fps, x.device, (x.shape[-1], x.shape[-2])
 
         def run(compiled: Callable[..., object], dummies: list) -> None:
-            spare = FusedMatte(settings, device, fps)
-            spare._alloc(w, h)
-            for _ in range(2):  # the first frame and the primed ones run the same code
-                compiled(spare, *dummies, step, dtype)
+            warm_spare(compiled, settings, fps, device, (w, h), dummies, step, dtype)
 
         return warm_like([x, pm], run)
+
+    def _ahead(self, x: torch.Tensor, pm: torch.Tensor | None, step: int, dtype: torch.dtype) -> AheadJob:
+        """`_warm` for a child process (`muse.models.compile_ahead`): the same spare engine, settings and inputs,
+        in plain values."""
+        return AheadJob("muse.nodes.segment.fused:compile_ahead", {
+            "settings": self.params.model_dump(mode="json"), "fps": self.engine.fps, "device": str(x.device),
+            "x": tensor_spec(x), "prior": tensor_spec(pm), "step": step,
+            "dtype": str(dtype).removeprefix("torch."), "state": torch_state()})
 
     def process(self, frame: Frame, prior: Mask | None = None, plate: Frame | None = None) -> dict[str, Mask]:
         if self._cpu is not None:
@@ -838,7 +869,8 @@ class FusedSegment(Node):
         if key != self._key:
             fused, self._key = False, key
         self._latched = False
-        self._chain.prepare(key, lambda: self._warm(x, pm, step, ctx.dtype))  # no-op once ready or under way
+        self._chain.prepare(key, lambda: self._warm(x, pm, step, ctx.dtype),  # no-op once ready or under way
+                            lambda: self._ahead(x, pm, step, ctx.dtype))
         a, b, conf, keep_out = self._chain.run(fused and self._chain.ready(key), eng, x, pm, step, ctx.dtype)
         full = refine_apply(a, b, frame, self.params, ctx.dtype, self._taps)
         ts, i = frame.timestamp, frame.index
