@@ -14,7 +14,14 @@ import torch
 
 from muse.graph.compiled import GPU_CODE
 from muse.models import backends
-from muse.models.compile_ahead import AheadJob, run_ahead, tensor_like, tensor_spec, torch_state, torch_state_applied
+from muse.models import compile_ahead
+from muse.models.compile_ahead import AheadJob, marker_path, run_ahead, tensor_like, tensor_spec, torch_state, torch_state_applied
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch, tmp_path):
+    """Markers of finished jobs go into Inductor's cache directory: a temporary one, not the user's."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
 
 
 def test_only_functions_inside_muse_run(tmp_path):
@@ -33,6 +40,35 @@ def test_a_failing_job_reports_its_one_line():
 def test_a_job_that_works_reports_nothing():
     good = {"shape": [2, 3], "stride": [3, 1], "dtype": "float32", "device": "cpu"}
     assert run_ahead(AheadJob("muse.models.compile_ahead:tensor_like", {"spec": good}), timeout_s=120) is None
+
+
+def test_a_finished_job_is_not_run_again_until_something_changes(monkeypatch, tmp_path):
+    """The marker of a finished job skips the child next time (the warm start: no 20 s of tracing in a child);
+    other arguments, or a cleared compile cache, run it again; a failed job leaves no marker."""
+    good = AheadJob("muse.models.compile_ahead:tensor_like",
+                    {"spec": {"shape": [2, 3], "stride": [3, 1], "dtype": "float32", "device": "cpu"}})
+    mark = marker_path(good)
+    assert mark is not None and str(mark).startswith(str(tmp_path / "inductor")) and not mark.exists()
+    assert run_ahead(good, timeout_s=120) is None
+    assert mark.is_file()
+
+    started: list[object] = []
+
+    class NoChild:
+        def __init__(self, *args, **kwargs):
+            started.append(args)
+            raise OSError("no child expected")
+
+    monkeypatch.setattr(compile_ahead.subprocess, "Popen", NoChild)
+    assert run_ahead(good, timeout_s=120) is None and started == []
+
+    other = AheadJob(good.target, {"spec": dict(good.args["spec"], shape=[3, 3])})
+    assert marker_path(other) != mark
+    assert "could not start" in (run_ahead(other, timeout_s=120) or "") and len(started) == 1
+    assert marker_path(other) is not None and not marker_path(other).exists()
+
+    mark.unlink()  # the compile cache cleared
+    assert "could not start" in (run_ahead(good, timeout_s=120) or "") and len(started) == 2
 
 
 @pytest.mark.slow

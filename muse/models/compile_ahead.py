@@ -10,10 +10,16 @@ in the cache (about 5 s on the H200), and the stream keeps replaying its recorde
 A job names a function inside `muse` ("module:function") and JSON arguments; nothing is pickled. The child runs
 at a lower priority (nice 10) with half the cores for Inductor's compile workers, and shares `TORCHINDUCTOR_CACHE_DIR`
 with the parent. `MUSE_FUSE_AHEAD=off` compiles in the streaming process as before.
+
+A job that succeeded leaves a marker inside Inductor's cache directory, keyed on the job, torch's version, the GPU
+and muse's own sources: the next start with the same key skips the child (which would only find its graphs in the
+cache after some 20 s of tracing; H200, 2026-12-02) and compiles in-process from the cache at once. Clearing the
+compile cache clears the markers with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -24,6 +30,8 @@ import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -113,10 +121,59 @@ def tensor_like(spec: dict[str, Any] | None, fill: float = 0.5) -> torch.Tensor 
     return torch.empty_strided(spec["shape"], spec["stride"], dtype=dtype, device=spec["device"]).fill_(fill)
 
 
+@lru_cache(maxsize=1)
+def _sources_digest() -> str:
+    """muse's own Python sources (paths and bytes): a changed line of traced code is a new compile."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _device_names(args: dict[str, Any]) -> list[str]:
+    """The GPUs the job's tensors live on, by name and compute capability (the compiled kernels are theirs)."""
+    names = []
+    if torch.cuda.is_available() and "cuda" in json.dumps(args):
+        for i in range(torch.cuda.device_count()):
+            names.append(f"{torch.cuda.get_device_name(i)} sm{''.join(map(str, torch.cuda.get_device_capability(i)))}")
+    return names
+
+
+def marker_path(job: AheadJob) -> Path | None:
+    """Where a finished `job` is marked: inside Inductor's cache directory (None where torch does not say)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        base = Path(cache_dir())
+    except Exception:  # an older or newer torch without this helper: the child runs every start
+        return None
+    key = json.dumps({"target": job.target, "args": job.args, "torch": torch.__version__,
+                      "python": sys.version.split()[0], "gpus": _device_names(job.args), "muse": _sources_digest()},
+                     sort_keys=True, default=str)
+    return base / "muse_ahead" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".done")
+
+
+def _mark(path: Path | None, job: AheadJob) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"target": job.target, "args": job.args}, default=str), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # unmarked: the next start runs the child again, nothing worse
+
+
 def run_ahead(job: AheadJob, timeout_s: float = DEFAULT_TIMEOUT_S, stop: threading.Event | None = None) -> str | None:
     """Run `job` in a child process and wait (the calling thread sleeps, holding no lock); None when it
-    succeeded, else one line saying why (the caller then compiles in this process as before). Setting `stop`
-    ends the child (the user quits: nothing waits for a minute of compiling)."""
+    succeeded (or a marker says it did before, see the module docstring), else one line saying why (the caller
+    then compiles in this process as before). Setting `stop` ends the child (the user quits: nothing waits for a
+    minute of compiling)."""
+    mark = marker_path(job)
+    if mark is not None and mark.is_file():
+        return None
     env = dict(os.environ)
     env[CHILD_ENV] = "1"
     # Half the cores for Inductor's compile workers: the stream and whatever else the machine runs keep the rest.
@@ -151,6 +208,7 @@ def run_ahead(job: AheadJob, timeout_s: float = DEFAULT_TIMEOUT_S, stop: threadi
             mine = [ln for ln in lines if ln.startswith("compile ahead:")]
             last = (mine or lines or [f"exit status {code}"])[-1]
             return f"the compiling process failed after {time.monotonic() - start:.0f} s: {last[:300]}"
+    _mark(mark, job)
     return None
 
 
