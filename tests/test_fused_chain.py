@@ -80,6 +80,10 @@ def test_fusing_is_off_on_the_cpu_and_when_asked(monkeypatch):
     assert not backends.fuse_wanted("cpu")
     monkeypatch.setenv("MUSE_FUSE", "off")
     assert not backends.fuse_wanted("cuda")
+    monkeypatch.delenv("MUSE_FUSE")  # the default: on a GPU wherever Triton is importable
+    import importlib.util
+
+    assert backends.fuse_wanted("cuda") == (importlib.util.find_spec("triton") is not None)
     chain = backends.FusedChain(_maths, "test maths", "cpu")
     chain.prepare("k", lambda: pytest.fail("nothing is compiled on the CPU"))
     assert chain.compiled is None and not chain.busy()
