@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -230,6 +230,16 @@ if [[ $what == s12 ]]; then
   timeout 200 python3 bench/fold_accuracy.py --json "$out/fold_accuracy.json" > "$out/fold_accuracy.log" 2>&1
   echo "fold accuracy exit $?" >> "$out/fold_accuracy.log"
   fuse_passes 400 --kernel-frames 12
+fi
+if [[ $what == s12b ]]; then
+  # Twelfth session: kernels per node (eager, the matte unfused: where the full-frame copies come from), then every
+  # cuda test but the soak.
+  MUSE_FUSE=off timeout 120 python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 10 --top 10 \
+    --json "$out/profile_nodes.json" > "$out/profile_nodes.log" 2>&1
+  echo "profile exit $?" >> "$out/profile_nodes.log"
+  timeout 430 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
+    tests/ > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
