@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -232,14 +232,19 @@ if [[ $what == s12 ]]; then
   fuse_passes 400 --kernel-frames 12
 fi
 if [[ $what == s12b ]]; then
-  # Twelfth session: kernels per node (eager, the matte unfused: where the full-frame copies come from), then every
-  # cuda test but the soak.
-  MUSE_FUSE=off timeout 120 python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 10 --top 10 \
-    --json "$out/profile_nodes.json" > "$out/profile_nodes.log" 2>&1
-  echo "profile exit $?" >> "$out/profile_nodes.log"
-  timeout 430 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
+  # Twelfth session: every cuda test but the soak (the fold's new parity test, the quantile kernel's).
+  timeout 450 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
     tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+fi
+if [[ $what == s12c ]]; then
+  # Twelfth session: the compiled matte with the quantile kernel, cold then warm cache; stream_4k unfused (the
+  # shipped default before); kernels per node (eager, the matte unfused: where the full-frame copies come from).
+  fuse_passes 400 --kernel-frames 12
+  MUSE_FUSE=off bench_4k 90 "$out/stream_4k_unfused.json" --frames 400 --latency-frames 200 --kernel-frames 12
+  MUSE_FUSE=off timeout 110 python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 10 --top 10 \
+    --json "$out/profile_nodes.json" > "$out/profile_nodes.log" 2>&1
+  echo "profile exit $?" >> "$out/profile_nodes.log"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
