@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -245,6 +245,14 @@ if [[ $what == s12c ]]; then
   MUSE_FUSE=off timeout 110 python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 10 --top 10 \
     --json "$out/profile_nodes.json" > "$out/profile_nodes.log" 2>&1
   echo "profile exit $?" >> "$out/profile_nodes.log"
+fi
+if [[ $what == s12d ]]; then
+  # Twelfth session: the quantile kernels in two passes (the first, one block a row, cost 0.5 ms a frame), their
+  # cuda tests and the ones that failed in s12b, then the compiled matte cold and warm.
+  timeout 150 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_segment_quantile.py \
+    tests/test_bundled_models.py tests/test_tflite_fold.py tests/test_segment_fused.py > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  fuse_passes 400 --kernel-frames 12
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

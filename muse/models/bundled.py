@@ -36,6 +36,10 @@ MODELS_FROM_ENV = "MUSE_MODELS_FROM"  # a local wheel/folder used when a model i
 # 8.7e-4 on pose_landmark_full's segmentation logits (values up to ~1700, saturated after sigmoid).
 PARITY_RTOL = 2e-3
 PARITY_RTOL_HALF = 2e-2  # the same for a module cast to fp16/bf16
+# fp16 pose: its segmentation logits (up to ~1700) moved by 2.2 % of their scale once the convolutions were folded
+# with their activations (H200, 2026-12-03); against float64 the model as written in fp16 is as far off on that
+# output (bench/fold_accuracy.py: rounding, amplified by the model). The pose node runs it in fp32.
+PARITY_RTOL_HALF_BY_MODEL = {"pose_landmark_full": 4e-2}
 
 
 class ModelImportError(RuntimeError):
@@ -525,7 +529,7 @@ def parity_report(name: str, module: Any, data: bytes | None) -> dict[str, Any]:
         checks.append("stored reference values")
     if not checks:
         return {"status": "skipped", "detail": "no reference available"}
-    tol = PARITY_RTOL if module_dtype(module) == torch.float32 else PARITY_RTOL_HALF
+    tol = PARITY_RTOL if module_dtype(module) == torch.float32 else PARITY_RTOL_HALF_BY_MODEL.get(name, PARITY_RTOL_HALF)
     status = "ok" if worst <= tol else "failed"
     return {"status": status, "max_error": float(f"{worst:.3g}"), "tolerance": tol, "checks": checks,
             "detail": f"max relative error {worst:.3g} (tolerance {tol:g}) vs {', '.join(checks)}"}

@@ -98,7 +98,7 @@ def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Ten
 
 def _known_quantiles(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Tensor:
     """`_known_quantile` of each d[i] over known[i], all in one call (B,): the same numbers as B calls
-    (`muse.nodes.segment.quantile`: one kernel on CUDA, a sort elsewhere)."""
+    (`muse.nodes.segment.quantile`: two kernels on CUDA, a sort elsewhere)."""
     return known_quantiles(d, known, q)
 
 

@@ -1,4 +1,4 @@
-"""Quantiles of the matte's difference maps over the pixels whose clean plate is known, as one kernel.
+"""Quantiles of the matte's difference maps over the pixels whose clean plate is known, in two kernels.
 
 `segment.fused` reads six robust statistics a frame (camera shift medians, the light's gain, the noise floor,
 whether the camera is still): each is the q-quantile (linear interpolation, as `torch.quantile`) of every 7th
@@ -6,8 +6,10 @@ value of a working-resolution map, counting only pixels whose plate is known. Wr
 sort of each row: on the H200 (2026-12-03, stream_4k with the compiled matte) CUB's radix sort ran 27 kernels and
 0.22 ms of GPU time a frame, the costliest work of the matte after its convolutions.
 
-On CUDA with CuPy this is one CuPy kernel a call (one block a row): a count of the known pixels, then a radix
-select of the two order statistics the interpolation needs, 8 bits a pass, from L2. The numbers are those of the
+On CUDA with CuPy this is two CuPy kernels a call: the whole GPU gathers every 7th value as an ordered key into a
+contiguous buffer (the strided reads are what one block alone could not do fast: a first version read them in
+the select and took 0.09 ms a call, H200), then one block a row counts the known pixels and selects the two order
+statistics the interpolation needs by radix, 8 bits a pass, from L2. The numbers are those of the
 sort (the same order statistics; the count and position rounded as torch rounds them). Elsewhere (the CPU, no
 CuPy, a first call inside a CUDA graph recording, where no kernel may be built) the sort runs.
 
@@ -41,6 +43,20 @@ __device__ __forceinline__ float value_of(unsigned int k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
+// Pass 1, the whole GPU: every step-th value of each row (B rows of row_len floats) as an ordered key (unknown
+// pixels as `unknown`), and whether it is known, into contiguous (B, n) arrays. grid (ceil(n / 256), B).
+extern "C" __global__ void known_keys(const float* __restrict__ d, const float* __restrict__ known,
+                                      unsigned int* __restrict__ keys, unsigned char* __restrict__ flags,
+                                      const unsigned int row_len, const unsigned int step, const unsigned int n,
+                                      const float unknown) {
+    const unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const size_t src = (size_t)blockIdx.y * row_len + (size_t)i * step;
+    const bool k = known[src] > 0.5f;
+    keys[(size_t)blockIdx.y * n + i] = key_of(k ? d[src] : unknown);
+    flags[(size_t)blockIdx.y * n + i] = k ? 1 : 0;
+}
+
 // Inclusive prefix sum of one value per thread over the first 256 threads (8 warps); all threads call it.
 __device__ __forceinline__ unsigned int scan256(unsigned int c, unsigned int* warp_sums) {
     const unsigned int lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
@@ -56,27 +72,27 @@ __device__ __forceinline__ unsigned int scan256(unsigned int c, unsigned int* wa
     return c + before;
 }
 
-// One block (256 threads or more, a multiple of 32) per row of `d` and `known` (rows of row_len floats, both
-// contiguous). out[row] = the q-quantile of d[row, ::step] over the positions where known > 0.5 (the others
-// count as UNKNOWN), interpolated linearly between the two order statistics around q * kf * (n - 1).
-extern "C" __global__ void known_quantiles(const float* __restrict__ d, const float* __restrict__ known,
-                                           float* __restrict__ out, const unsigned int row_len,
-                                           const unsigned int step, const float q, const float unknown) {
+// Pass 2, one block (a multiple of 32 threads, at least 256) per row of n keys: the q-quantile over the known
+// values, interpolated linearly between the two order statistics around q * kf * (n - 1) (unknown ones count as
+// `unknown`, sorted to the end), found by a radix select, 8 bits a pass; each warp adds its lanes of one digit
+// with one atomic (the first passes see few distinct digits).
+extern "C" __global__ void select_quantiles(const unsigned int* __restrict__ keys,
+                                            const unsigned char* __restrict__ flags, float* __restrict__ out,
+                                            const unsigned int n, const float q) {
     __shared__ unsigned int hist[2][256];
     __shared__ unsigned int warp_sums[8];
     __shared__ unsigned int s_count;
     __shared__ unsigned int s_prefix[2], s_rank[2];
-    const unsigned int tid = threadIdx.x;
-    const float* dr = d + (size_t)blockIdx.x * row_len;
-    const float* kr = known + (size_t)blockIdx.x * row_len;
-    const unsigned int n = (row_len + step - 1u) / step;
+    const unsigned int tid = threadIdx.x, lane = tid & 31u;
+    const unsigned int* kr = keys + (size_t)blockIdx.x * n;
+    const unsigned char* fr = flags + (size_t)blockIdx.x * n;
 
     if (tid == 0) s_count = 0;
     __syncthreads();
     unsigned int mine = 0;
-    for (unsigned int i = tid; i < n; i += blockDim.x) mine += kr[(size_t)i * step] > 0.5f ? 1u : 0u;
+    for (unsigned int i = tid; i < n; i += blockDim.x) mine += fr[i];
     for (unsigned int o = 16; o > 0; o >>= 1) mine += __shfl_down_sync(0xffffffffu, mine, o);
-    if ((tid & 31u) == 0) atomicAdd(&s_count, mine);
+    if (lane == 0) atomicAdd(&s_count, mine);
     __syncthreads();
 
     // As torch: kf = count * (1/n) (a mean), pos = (q * kf) * (n - 1) clamped, lo = floor, hi = lo + 1 capped.
@@ -91,12 +107,15 @@ extern "C" __global__ void known_quantiles(const float* __restrict__ d, const fl
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (unsigned int i = tid; i < 512u; i += blockDim.x) (&hist[0][0])[i] = 0u;
         __syncthreads();
-        for (unsigned int i = tid; i < n; i += blockDim.x) {
-            const size_t j = (size_t)i * step;
-            const unsigned int k = key_of(kr[j] > 0.5f ? dr[j] : unknown);
+        for (unsigned int base = 0; base < n; base += blockDim.x) {  // warp-uniform: every lane takes part
+            const unsigned int i = base + tid;
+            const unsigned int k = i < n ? kr[i] : 0u;
             const unsigned int digit = (k >> shift) & 255u;
-            if ((k & mask) == prefix[0]) atomicAdd(&hist[0][digit], 1u);
-            if ((k & mask) == prefix[1]) atomicAdd(&hist[1][digit], 1u);
+            for (int s = 0; s < 2; ++s) {
+                const bool in = i < n && (k & mask) == prefix[s];
+                const unsigned int peers = __match_any_sync(0xffffffffu, in ? digit : 256u + lane);
+                if (in && (__ffs(peers) - 1) == (int)lane) atomicAdd(&hist[s][digit], (unsigned int)__popc(peers));
+            }
         }
         __syncthreads();
         for (int s = 0; s < 2; ++s) {
@@ -119,9 +138,9 @@ extern "C" __global__ void known_quantiles(const float* __restrict__ d, const fl
 }
 """
 
-_THREADS = 512
+_THREADS = 1024  # the select's block: one row of ~21k keys a block
 _MODULE: Any = None
-_FUNCTIONS: dict[int, Any] = {}  # device index -> loaded kernel
+_FUNCTIONS: dict[int, tuple[Any, Any]] = {}  # device index -> (known_keys, select_quantiles)
 _BROKEN: list[str] = []  # why the kernel cannot be built here (then the sort runs)
 
 
@@ -134,7 +153,7 @@ def _function(index: int) -> Any:
         if _MODULE is None:
             _MODULE = cupy.RawModule(code=_SOURCE, options=("--std=c++14",))
         with cupy.cuda.Device(index):
-            fn = _FUNCTIONS[index] = _MODULE.get_function("known_quantiles")
+            fn = _FUNCTIONS[index] = (_MODULE.get_function("known_keys"), _MODULE.get_function("select_quantiles"))
     return fn
 
 
@@ -183,7 +202,8 @@ def known_quantiles_sorted(d: torch.Tensor, known: torch.Tensor, q: float) -> to
 
 
 def known_quantiles_cupy(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Tensor:
-    """The kernel on torch's current stream (B,); `usable(d)` must hold. Allocates only its output."""
+    """The two kernels on torch's current stream (B,); `usable(d)` must hold. Allocates its output and the keys'
+    scratch (inside a recording: from the recording's memory pool); reads nothing back."""
     import cupy
 
     b = int(d.shape[0])
@@ -198,11 +218,18 @@ def known_quantiles_cupy(d: torch.Tensor, known: torch.Tensor, q: float) -> torc
     if row_len == 0:
         return out.fill_(float("nan"))  # torch's quantile of nothing
     index = d.device.index if d.device.index is not None else torch.cuda.current_device()
-    fn = _function(index)
+    keys_fn, select_fn = _function(index)
+    n = (row_len + SUBSAMPLE - 1) // SUBSAMPLE
+    keys = torch.empty(b * n, dtype=torch.int32, device=d.device)  # 32-bit keys, read as unsigned by the kernels
+    flags = torch.empty(b * n, dtype=torch.uint8, device=d.device)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(d.device).cuda_stream)
+    u32 = np.uint32
     with cupy.cuda.Device(index), stream:
-        fn((b,), (_THREADS,), (np.uint64(dr.data_ptr()), np.uint64(kr.data_ptr()), np.uint64(out.data_ptr()),
-                               np.uint32(row_len), np.uint32(SUBSAMPLE), np.float32(q), np.float32(UNKNOWN)))
+        keys_fn(((n + 255) // 256, b), (256,), (np.uint64(dr.data_ptr()), np.uint64(kr.data_ptr()),
+                                                np.uint64(keys.data_ptr()), np.uint64(flags.data_ptr()),
+                                                u32(row_len), u32(SUBSAMPLE), u32(n), np.float32(UNKNOWN)))
+        select_fn((b,), (_THREADS,), (np.uint64(keys.data_ptr()), np.uint64(flags.data_ptr()),
+                                      np.uint64(out.data_ptr()), u32(n), np.float32(q)))
     return out
 
 
