@@ -36,7 +36,6 @@ from muse.models.compile_ahead import AheadJob, tensor_like, tensor_spec, torch_
 from muse.models.matte_refine import box_filter, guided_apply, guided_coefficients
 from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
-from muse.nodes.segment.quantile import known_quantiles
 
 __all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
 
@@ -92,14 +91,23 @@ def _smoothstep(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Te
 
 def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Tensor:
     """The q-quantile of d over the pixels whose plate is known (a learned plate covers only part of the
-    picture), every 7th pixel, with no boolean indexing and no host read."""
+    picture), by sorting with the unknown ones pushed to the end: no boolean indexing, no host read."""
     return _known_quantiles(d[None], known[None], q)[0]
 
 
 def _known_quantiles(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Tensor:
-    """`_known_quantile` of each d[i] over known[i], all in one call (B,): the same numbers as B calls
-    (`muse.nodes.segment.quantile`: two kernels on CUDA, a sort elsewhere)."""
-    return known_quantiles(d, known, q)
+    """`_known_quantile` of each d[i] over known[i], all in one set of kernels (B,): the same numbers as B calls,
+    a quarter of the launches for four."""
+    b = d.shape[0]
+    dk = torch.where(known > 0.5, d, torch.full_like(d, 1e3)).reshape(b, -1)[:, ::7]
+    v = dk.sort(dim=1).values
+    n = v.shape[1]
+    kf = (known > 0.5).float().reshape(b, -1)[:, ::7].mean(dim=1)
+    pos = (q * kf * (n - 1)).clamp(0.0, n - 1.0)  # linear interpolation, as torch.quantile
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp_max(n - 1)
+    f = pos - lo.float()
+    return torch.lerp(v.gather(1, lo[:, None]), v.gather(1, hi[:, None]), f[:, None])[:, 0]
 
 
 # Settings the maths read as device scalars (FusedMatte.lv): editing one recompiles and re-records nothing. The
