@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -253,6 +253,15 @@ if [[ $what == s12d ]]; then
     tests/test_bundled_models.py tests/test_tflite_fold.py tests/test_segment_fused.py > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
   fuse_passes 400 --kernel-frames 12
+fi
+if [[ $what == s12e ]]; then
+  # Twelfth session, last: every cuda test but the soak on the final code, then stream_4k as shipped now (the
+  # compiled matte on by default) on a cold and then a warm compile cache, paced latency included.
+  timeout 200 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
+    tests/ > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  bench_4k 170 "$out/stream_4k_shipped_cold.json" --frames 400 --latency-frames 200 --kernel-frames 12
+  bench_4k 100 "$out/stream_4k_shipped_warm.json" --frames 400 --latency-frames 200 --kernel-frames 12
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
