@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from muse.graph.bench import bench_graph
+from muse.graph.bench import Settle, _transitions, bench_graph
 from muse.graph.host_cpu import by_thread, thread_cpu_s
 from muse.graph.validate import validate_text
 
@@ -68,3 +68,21 @@ def test_gc_pauses_are_timed_while_measuring() -> None:
     summary = pauses.summary(frames=10)
     assert summary["full"] >= 1 and summary["longest_ms"] > 0.0 and summary["ms_per_frame"] > 0.0
     assert summary["objects"] > 1000
+
+
+def test_measuring_waits_for_recordings_and_warm_ups_to_stop():
+    """A finished compile is taken up at the next frame boundary: its warm-up frames and recording must fall
+    before the measured window, not in it; a node that is never captured does not hold the wait."""
+    counts = {"captures": 1, "replays": 40, "eager_frames": 3,
+              "eager_reasons": {"warm-up of a new variant": 3, "face: pulls its inputs lazily": 30}}
+    s = Settle(frames=10)
+    assert not s.settled(_transitions(counts), 30)
+    assert not s.settled(_transitions(counts), 39)
+    counts["eager_reasons"]["face: pulls its inputs lazily"] += 9  # eager every frame: not a transition
+    assert s.settled(_transitions(counts), 40)
+    counts["eager_reasons"]["warm-up after new compiled code"] = 1  # new compiled code arrives
+    assert not s.settled(_transitions(counts), 41)
+    counts["captures"] += 1
+    assert not s.settled(_transitions(counts), 44)
+    assert s.settled(_transitions(counts), 54)
+    assert Settle().settled(_transitions({}), 0)  # no frame program (the CPU path): nothing to wait for
