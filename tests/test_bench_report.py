@@ -86,3 +86,18 @@ def test_measuring_waits_for_recordings_and_warm_ups_to_stop():
     assert not s.settled(_transitions(counts), 44)
     assert s.settled(_transitions(counts), 54)
     assert Settle().settled(_transitions({}), 0)  # no frame program (the CPU path): nothing to wait for
+
+
+def test_the_paced_run_says_which_node_dropped_frames() -> None:
+    """Paced at 60 fps into a sink that takes 40 ms a frame: the sink's `latest` input drops frames, and the report
+    says where (the H200's paced runs reached 55-58 of 60 fps and nothing said why). The paced fps is the graph's
+    output, which a slow sink does not hold back."""
+    text = ("version: 1\nsettings: {device: cpu, fps: 60}\nnodes:\n"
+            "  demo: {type: capture.demo, params: {width: 160, height: 90, fps: 60}}\n"
+            "  sink: {type: basic.null, params: {delay_ms: 40}, inputs: {frame: demo.frame}}\n")
+    report = bench_graph(validate_text(text, "slow_sink.yaml"), device="cpu", frames=15, latency_frames=45)
+    assert report.paced_drops.get("sink", 0) >= 10, report.paced_drops  # ~1/3 of the frames reach it
+    assert "demo" not in report.paced_drops
+    assert report.as_dict()["paced_drops"] == report.paced_drops
+    line = next(x for x in report.lines("slow_sink.yaml") if x.startswith("paced "))
+    assert "sink dropped" in line

@@ -68,6 +68,11 @@ class BenchReport:
     # that overlapped them: an eager frame costs the whole frame's launches, so a few dozen show in the fps.
     measured_capture: dict[str, Any] = field(default_factory=dict)
     compiles: list[dict[str, Any]] = field(default_factory=list)
+    # The paced run's own: frames dropped over its measured frames (node -> count: a `latest` input replaced before
+    # it was read, as a camera's frame would be) and its frame program's counts (the H200 runs reached 55-58 of 60
+    # fps paced; these say where the rest went).
+    paced_drops: dict[str, int] = field(default_factory=dict)
+    paced_capture: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +83,7 @@ class BenchReport:
             "host_calls": self.host_calls, "capture": self.capture, "stats": self.stats,
             "gpu_memory_mb": self.gpu_memory_mb, "host_cpu_by_thread_ms": self.host_cpu_by_thread,
             "gc": self.gc, "measured_capture": self.measured_capture, "compiles": self.compiles,
+            "paced_drops": self.paced_drops, "paced_measured_capture": self.paced_capture,
         }
 
     def lines(self, graph_file: str) -> list[str]:
@@ -95,8 +101,9 @@ class BenchReport:
         )
         if self.latency_ms:
             cpu = "" if self.host_cpu_ms_paced is None else f"; host CPU {self.host_cpu_ms_paced:.2f} ms/frame"
+            dropped = "".join(f"; {n} dropped {k}" for n, k in self.paced_drops.items())
             out.append(f"paced {self.paced_fps:.1f} fps: latency p50 {self.latency_ms['p50']:.1f} ms, "
-                       f"p99 {self.latency_ms['p99']:.1f} ms{cpu}")
+                       f"p99 {self.latency_ms['p99']:.1f} ms{cpu}{dropped}")
         if self.kernels_per_frame is not None:
             out.append(f"kernels per frame: {self.kernels_per_frame:.0f}")
         if self.host_calls:
@@ -162,6 +169,11 @@ class _Measured:
     gc: dict[str, float] = field(default_factory=dict)
     capture: dict[str, Any] = field(default_factory=dict)  # the frame program's counts over the measured frames
     compiles: list[dict[str, Any]] = field(default_factory=list)  # background compiles overlapping them
+    drops: dict[str, int] = field(default_factory=dict)  # node -> inputs dropped over them (only nodes that dropped)
+
+
+def _node_drops(runner: Any) -> dict[str, int]:
+    return {name: int(n.drops) for name, n in list(runner.stats.nodes.items())}
 
 
 def _program_counts(runner: Any) -> dict[str, Any]:
@@ -222,6 +234,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     said = False
     done = _Measured(runner)
     counts0: dict[str, Any] = {}
+    drops0: dict[str, int] = {}
     m0 = 0.0
     try:
         poll = 0.002
@@ -256,6 +269,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
                     runner.max_frames = runner.stats.frames_out + frames - warm_n
                 t0, c0, n0 = time.perf_counter(), time.process_time(), runner.stats.frames_out
                 counts0, m0 = _program_counts(runner), time.monotonic()
+                drops0 = _node_drops(runner)
                 memory["reserved_start"] = _reserved_mb(runner)
                 threads0 = thread_cpu_s()
                 pauses.start()
@@ -269,6 +283,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
 
             done.capture = _counts_since(counts0, _program_counts(runner))
             done.compiles = compiles_since(m0)
+            done.drops = {n: k - drops0.get(n, 0) for n, k in _node_drops(runner).items() if k > drops0.get(n, 0)}
         pauses.stop()
         if t0 is not None and n1 > n0:
             done.gc = pauses.summary(n1 - n0)
@@ -367,6 +382,7 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
         report.latency_ms = paced.runner.stats.as_dict()["latency_ms"]
         report.paced_fps = round(paced.fps, 2)
         report.host_cpu_ms_paced = round(paced.cpu_ms, 3) if paced.frames else None
+        report.paced_drops, report.paced_capture = paced.drops, paced.capture
     if kernel_frames and runner.device.type == "cuda":
         kernels = _run(graph, device, WARM_FRAMES + kernel_frames, unpaced=True, profile=True).kernels
         if kernels is not None:
