@@ -153,3 +153,33 @@ def test_no_child_when_switched_off(monkeypatch, tmp_path):
     x = torch.linspace(0, 1, 8)
     chain.prepare("k", lambda: (lambda compiled: compiled(x, 2.0)), lambda: AheadJob("muse.x:y", {}))
     assert chain.wait(10) and chain.ready("k")
+
+
+def test_a_marker_the_cache_does_not_back_is_forgotten(monkeypatch, tmp_path, caplog):
+    """A marker skipped the child, yet the compile here took as long as a cold one (the cache was cleared in part):
+    the marker goes, so the next start compiles in a process of its own again; a quick load keeps it."""
+    monkeypatch.setenv("MUSE_FUSE_AHEAD", "on")
+    job = AheadJob("muse.models.compile_ahead:tensor_like",
+                   {"spec": {"shape": [2], "stride": [1], "dtype": "float32", "device": "cpu"}})
+    assert run_ahead(job, timeout_s=120) is None and compile_ahead.marked(job)
+    monkeypatch.setattr(backends, "STALE_MARKER_S", 0.3)
+    took = [0.0]
+
+    def fake_compile(fn, dynamic=False):
+        def compiled(*args):
+            time.sleep(took[0])  # the compile's own time
+            return fn(*args)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    x = torch.linspace(0, 1, 8)
+    chain = backends.FusedChain(_maths, "test maths", "cpu", enabled=True)  # a quick load: the marker stays
+    chain.prepare("k", lambda: (lambda compiled: compiled(x, 2.0)), lambda: job)
+    assert chain.wait(10) and chain.ready("k") and compile_ahead.marked(job)
+    took[0] = 0.6  # as long as a cold compile: the marker goes
+    chain = backends.FusedChain(_maths, "test maths", "cpu", enabled=True)
+    with caplog.at_level("WARNING", logger="muse.backends"):
+        chain.prepare("k", lambda: (lambda compiled: compiled(x, 2.0)), lambda: job)
+        assert chain.wait(10) and chain.ready("k")
+    assert not compile_ahead.marked(job)
+    assert "did not hold the code compiled ahead" in caplog.text

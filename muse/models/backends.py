@@ -25,7 +25,7 @@ from muse.graph.capture import CaptureError, is_recording
 from muse.graph.host_guards import host_guards_suspended
 from muse.graph.compiled import GPU_CODE, background_work, code_changed, compile_ended, compile_started
 from muse.graph.streams import new_stream
-from muse.models.compile_ahead import AheadJob, ahead_wanted, run_ahead
+from muse.models.compile_ahead import AheadJob, ahead_wanted, forget, marked, run_ahead
 from muse.models.conv_engine import ConvMode, conv_flags, conv_mode, faster_engine, remember, remembered, replay_ms
 from torch import nn
 
@@ -67,6 +67,11 @@ def compile_wanted() -> bool:
     six compiles one after another (every model, every input shape, 1-24 s each on a cold cache), each one
     recording the whole frame again once done, for ~1 ms of GPU time a frame on branches that run side by side."""
     return _compiler_wanted("MUSE_COMPILE", on_needs_triton=False, default="off")
+
+
+# A compile in this process after the child (or its marker) only loads cached code: 0-6.4 s on the H200 (2026-12-03,
+# cold compiles 61-102 s). Longer than this after a marker skipped the child means the cache did not hold it.
+STALE_MARKER_S = 30.0
 
 
 def fuse_wanted(device: torch.device | str) -> bool:
@@ -175,6 +180,7 @@ class FusedChain:
         self._stop = threading.Event()  # set by close(): a child compile under way is ended
         self._in_child = False  # a child process compiles now
         self._ahead_done: set[Hashable] = set()  # keys a child process compiled (or failed to): not again
+        self._skipped: dict[Hashable, AheadJob] = {}  # keys whose child a marker skipped (checked after the compile)
         self.ahead_seconds: float | None = None  # how long the last child compile took
 
     def prepare(self, key: Hashable, make_warm: Callable[[], Callable[[Callable[..., Any]], None]],
@@ -235,6 +241,13 @@ class FusedChain:
                     self._wanted = None
             code_changed()  # recorded frames hold the unfused kernels: the frame program records again
             log.info("%s runs compiled (compiled in %.1f s)", self.name, self.seconds)
+            skipped = self._skipped.pop(key, None)
+            if skipped is not None and self.seconds > STALE_MARKER_S:
+                # The marker said the cache held this code, yet compiling here took as long as a cold compile
+                # (the cache cleared in part, or moved): the next start compiles in a process of its own again.
+                forget(skipped)
+                log.warning("%s: the compile cache did not hold the code compiled ahead before (compiling here took "
+                            "%.0f s); the next start compiles it in a process of its own again", self.name, self.seconds)
 
     def _compile_ahead(self, key: Hashable, job: "AheadJob") -> None:
         """Run the warm-up for `key` in a child process (holding no lock: the stream keeps replaying its
@@ -244,6 +257,7 @@ class FusedChain:
         entry = compile_started(f"{self.name} {key!r} ahead, in a process of its own"[:160])
         t = time.perf_counter()
         self._in_child = True
+        skipped = marked(job)  # finished before: run_ahead starts no child
         try:
             why = run_ahead(job, stop=self._stop)
         finally:
@@ -256,6 +270,8 @@ class FusedChain:
             log.warning("compiling %s in a process of its own failed (%s); compiling it in this one", self.name, why)
         with self._lock:
             self._ahead_done.add(key)
+            if skipped and why is None:
+                self._skipped[key] = job
 
     def ready(self, key: Hashable) -> bool:
         return self.compiled is not None and key == self._ready

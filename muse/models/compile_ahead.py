@@ -154,6 +154,22 @@ def marker_path(job: AheadJob) -> Path | None:
     return base / "muse_ahead" / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".done")
 
 
+def marked(job: AheadJob) -> bool:
+    """Whether a marker says `job` finished before (the next `run_ahead` of it starts no child)."""
+    path = marker_path(job)
+    return path is not None and path.is_file()
+
+
+def forget(job: AheadJob) -> None:
+    """Remove `job`'s marker: its compile was not in the cache after all, so the next start runs the child again."""
+    path = marker_path(job)
+    if path is not None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _mark(path: Path | None, job: AheadJob) -> None:
     if path is None:
         return
