@@ -101,3 +101,24 @@ def test_the_paced_run_says_which_node_dropped_frames() -> None:
     assert report.as_dict()["paced_drops"] == report.paced_drops
     line = next(x for x in report.lines("slow_sink.yaml") if x.startswith("paced "))
     assert "sink dropped" in line
+
+
+def test_timings_are_forgotten_where_measuring_starts_and_counts_are_kept() -> None:
+    from muse.graph.stats import GraphStats
+
+    stats = GraphStats()
+    pose = stats.node("pose", "pose.blazepose")
+    pose.frames, pose.drops, pose.errors = 12, 2, 1
+    for ms in (5301.0, 2.5, 2.6):  # the first call loads the model and times both convolution engines
+        pose.gpu_ms.append(ms)
+        pose.host_ms.append(ms)
+        pose.cpu_ms.append(ms)
+    stats.add_latency(900.0)
+    stats.frame_gpu_ms.append(700.0)
+    stats.reset_timings()
+    pose.gpu_ms.append(2.4)
+    d = stats.as_dict()["nodes"]["pose"]
+    assert d["gpu_ms"]["p99"] == 2.4 and d["host_ms"]["p99"] == 0.0 and "cpu_ms" not in d
+    assert (d["frames"], d["drops"], d["errors"]) == (12, 2, 1)
+    assert not stats.latency_ms and not stats.frame_gpu_ms
+

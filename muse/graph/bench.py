@@ -273,8 +273,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
                 memory["reserved_start"] = _reserved_mb(runner)
                 threads0 = thread_cpu_s()
                 pauses.start()
-                runner.stats.latency_ms.clear()  # steady state only: warm-up and the recordings stall once
-                runner.stats.frame_gpu_ms.clear()
+                runner.stats.reset_timings()  # steady state only: warm-up and the recordings stall once
                 if profile:
                     prof = _start_profiler()
         t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out

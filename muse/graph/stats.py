@@ -110,6 +110,19 @@ class GraphStats:
                 self.nodes[name] = NodeStats(name, node_type)
             return self.nodes[name]
 
+    def reset_timings(self) -> None:
+        """Forget every timing sample so far (frames, drops and faults stay): `muse bench` calls it where its measured
+        frames start, so the per-node table describes the same frames as its headline figures. Without it the
+        warm-up frames stayed in: on the H200 a captured stream's only per-node GPU samples were its dozen eager
+        warm-up frames, and the table showed model loading and convolution trials as a 5 s p99."""
+        with self._lock:
+            self.latency_ms.clear()
+            self.frame_gpu_ms.clear()
+            for n in self.nodes.values():
+                n.host_ms.clear()
+                n.gpu_ms.clear()
+                n.cpu_ms.clear()
+
     def add_latency(self, ms: float) -> None:
         with self._lock:
             self.latency_ms.append(ms)
