@@ -252,21 +252,24 @@ class FusedChain:
     def _compile_ahead(self, key: Hashable, job: "AheadJob") -> None:
         """Run the warm-up for `key` in a child process (holding no lock: the stream keeps replaying its
         recorded frames); a failure only means the compile here starts from a cold cache."""
-        log.info("compiling %s in a process of its own (first start on a machine: a minute or more; then "
-                 "cached); it runs uncompiled meanwhile", self.name)
+        skipped = marked(job)  # finished before: run_ahead starts no child
+        if skipped:
+            log.info("%s was compiled ahead on an earlier start (cached); loading it", self.name)
+        else:
+            log.info("compiling %s in a process of its own (first start on a machine: a minute or more; then "
+                     "cached); it runs uncompiled meanwhile", self.name)
         entry = compile_started(f"{self.name} {key!r} ahead, in a process of its own"[:160])
         t = time.perf_counter()
         self._in_child = True
-        skipped = marked(job)  # finished before: run_ahead starts no child
         try:
             why = run_ahead(job, stop=self._stop)
         finally:
             self._in_child = False
         self.ahead_seconds = time.perf_counter() - t
         compile_ended(entry, "done" if why is None else f"failed: {why}"[:200])
-        if why is None:
+        if why is None and not skipped:
             log.info("%s compiled ahead in %.1f s; loading it", self.name, self.ahead_seconds)
-        else:
+        elif why is not None:
             log.warning("compiling %s in a process of its own failed (%s); compiling it in this one", self.name, why)
         with self._lock:
             self._ahead_done.add(key)
