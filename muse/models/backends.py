@@ -180,6 +180,7 @@ class FusedChain:
         self._stop = threading.Event()  # set by close(): a child compile under way is ended
         self._in_child = False  # a child process compiles now
         self._ahead_done: set[Hashable] = set()  # keys a child process compiled (or failed to): not again
+        self._ahead_ok: set[Hashable] = set()  # those it compiled: the compile here loads them from the cache
         self._skipped: dict[Hashable, AheadJob] = {}  # keys whose child a marker skipped (checked after the compile)
         self.ahead_seconds: float | None = None  # how long the last child compile took
 
@@ -219,8 +220,12 @@ class FusedChain:
                     if self._wanted is None or self._wanted[0] != key:
                         continue  # closed, or asked for other code, while waiting for the compiler
                 t = time.perf_counter()
-                log.info("compiling %s for this device in the background (first start on a machine: a minute or "
-                         "more; then cached); it runs uncompiled meanwhile", self.name)
+                if key in self._ahead_ok:
+                    log.info("loading %s from the compile cache in the background; it runs uncompiled meanwhile",
+                             self.name)
+                else:
+                    log.info("compiling %s for this device in the background (first start on a machine: a minute or "
+                             "more; then cached); it runs uncompiled meanwhile", self.name)
                 failed: Exception | None = None
                 entry = compile_started(f"{self.name} {key!r}"[:160])
                 try:
@@ -273,6 +278,8 @@ class FusedChain:
             log.warning("compiling %s in a process of its own failed (%s); compiling it in this one", self.name, why)
         with self._lock:
             self._ahead_done.add(key)
+            if why is None:
+                self._ahead_ok.add(key)
             if skipped and why is None:
                 self._skipped[key] = job
 
