@@ -6,8 +6,8 @@ Checks, over the run (figures printed; see muse/graph/soak.py for how each is me
 - on CUDA, GPU memory stays flat: torch's reserved memory rises by at most one allocator block (20 MiB) over the second half and
   allocated memory's slope is under 1 MiB/min;
 - timings do not drift: on CUDA the frame rate of the last quarter is within 5% of the first; on the
-  CPU, whose two cores are shared with other jobs, the CPU time per frame is within 10% once the drift
-  all nodes share (the machine's) is taken out, and within 35% in all (the wall frame rate follows the
+  CPU, whose two cores are shared with other jobs, the CPU time per frame grows by less than 10% once the
+  drift all nodes share (the machine's) is taken out, and moves by less than 35% in all (the wall frame rate follows the
   machine's load, and is printed with the load average of each quarter);
 - no frame is lost: every source frame the executor took reached the output, or a counted `latest`
   policy dropped it; no node error.
@@ -56,5 +56,8 @@ def test_stream_graph_soak(device):
         # (two CI runs of the same code drifted -12.5 % and +13.2 % in two minutes, every node with the total).
         # So: within 10 % once what all nodes share is taken out (a node or the runtime slowing by itself
         # shows), and within 35 % in all (see docs/reliability.md).
-        assert abs(d["cpu_ms_per_frame_drift_own"]) < 0.10, f"CPU time per frame drifts beyond the machine's own drift: {d}"
+        # Growth is what a soak is after: a fall is no leak. (CI, 2026-12-03 03:47: -10.0 % own with every node
+        # flat, 16.34 -> 16.33 ms and so on; the output rate rose 9 % with the load, and the 60 fps demo source's
+        # CPU, spread over fewer dropped frames per output frame, fell with it.)
+        assert d["cpu_ms_per_frame_drift_own"] < 0.10, f"CPU time per frame grows beyond the machine's own drift: {d}"
         assert abs(d["cpu_ms_per_frame_drift"]) < 0.35, f"CPU time per frame drifts: {d}"
