@@ -21,7 +21,7 @@ import torch
 
 from muse.models import bundled
 from muse.models.conv_engine import conv_flags
-from muse.models.tflite.epilogue import ConvEpilogue
+from muse.models.tflite.epilogue import step_errors
 
 TRACKED = ["selfie_segmentation", "selfie_segmentation_landscape", "pose_landmark_full", "face_landmark", "iris_landmark"]
 ENGINES = ((False, False), (True, True), (True, False))  # (cuDNN, channels_last)
@@ -48,29 +48,6 @@ def _errors(got: tuple, truth: tuple) -> list[float]:
         scale = max(1.0, float(t.abs().max()))
         out.append(float((g.double() - t).abs().max()) / scale)
     return out
-
-
-def _local_errors(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[float, str]]:
-    """Each ConvEpilogue's fused output against its plain steps on the same inputs (relative to the output scale)."""
-    found: list[tuple[float, str]] = []
-
-    def hook(mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
-        ref = mod.plain(*args)
-        scale = max(1e-6, float(ref.float().abs().max()))
-        found.append((float((out.float() - ref.float()).abs().max()) / scale, f"{mod.name}: {mod.extra_repr()}"))
-
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, ConvEpilogue):
-            m.name = name
-            handles.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     with torch.no_grad(), conv_flags(cudnn, tf32=False):
                         ew = _errors(written(x), truth)
                         ef = _errors(folded(x), truth)
-                        local = sorted(_local_errors(folded, x), reverse=True)[:3]
+                        local = sorted(step_errors(folded, x), reverse=True)[:3]
                     row = {"model": name, "dtype": str(dtype).split(".")[-1], "cudnn": cudnn, "channels_last": cl,
                            "batch": n, "written": ew, "folded": ef, "worst_local": local}
                     rows.append(row)

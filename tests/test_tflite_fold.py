@@ -15,7 +15,7 @@ from muse.models import bundled
 from muse.models.conv_engine import conv_flags
 from muse.models.tflite import epilogue as epi
 from muse.models.tflite.builder import load_artifact
-from muse.models.tflite.epilogue import ConvEpilogue, epilogue
+from muse.models.tflite.epilogue import ConvEpilogue, epilogue, step_errors
 from muse.models.tflite.fold import ChannelPadAdd, fold_for_inference
 from muse.models.tflite.ops import Binary, Conv, Pad, PRelu, Unary
 
@@ -57,6 +57,10 @@ def test_folded_model_matches_the_graph_as_written(name: str, imported: None, as
     assert len(folded.steps) < len(written.steps)
     assert _steps(folded, ConvEpilogue) > 0
     assert bundled.parity_report(name, folded, None)["status"] == "ok"
+    # the step check the cuda test uses: every fused step once, named, and on the CPU its plain steps exactly
+    steps = step_errors(folded, x)
+    assert len(steps) == _steps(folded, ConvEpilogue) and all(err == 0.0 for err, _ in steps)
+    assert all(": act1=" in where for _, where in steps)
 
 
 def test_what_each_model_loses(imported: None) -> None:
@@ -307,24 +311,6 @@ def test_cuda_epilogue_kernel_matches_its_torch_twin(dtype: torch.dtype, channel
         assert float((got.float() - ref.float()).abs().max()) <= tol * scale, v
 
 
-def _fused_step_errors(model: torch.nn.Module, x: torch.Tensor) -> list[float]:
-    """Each ConvEpilogue's output against its plain steps run on the same inputs (relative to the output's scale)."""
-    errs: list[float] = []
-
-    def hook(mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
-        ref = mod.plain(*args)
-        errs.append(float((out.float() - ref.float()).abs().max()) / max(1e-6, float(ref.float().abs().max())))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ConvEpilogue)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return errs
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", TRACKED)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -361,7 +347,7 @@ def test_cuda_folded_model_with_the_kernel_matches_the_graph_as_written(
                 ref = written(batch)
                 got = folded(batch)
                 assert launches[0] == fused, (cudnn, channels_last)
-                steps = _fused_step_errors(folded, batch)
+                steps = [err for err, _ in step_errors(folded, batch)]
             where = f"{name} (cuDNN {cudnn}, channels_last {channels_last}, batch {len(batch)})"
             assert len(steps) == fused and max(steps) <= step_tol, f"{where}: a fused step off by {max(steps):.3g}"
             for i, (r, g, t) in enumerate(zip(ref, got, truth)):

@@ -25,7 +25,7 @@ from torch import nn
 
 from muse.models.tflite.ops import Conv, PRelu, Unary
 
-__all__ = ["ACT_CODES", "ConvEpilogue", "epilogue", "epilogue_cupy", "epilogue_torch", "usable"]
+__all__ = ["ACT_CODES", "ConvEpilogue", "epilogue", "epilogue_cupy", "epilogue_torch", "step_errors", "usable"]
 
 log = logging.getLogger("muse.models")
 
@@ -351,3 +351,26 @@ class ConvEpilogue(nn.Module):
         if _layout(y) is None:  # no layout the kernel indexes (not seen): the same maths in torch
             return epilogue_torch(y, self.conv.bias, self.act1, s1, residual, self.act2, s2)
         return epilogue_cupy(y, self.conv.bias, self.act1, s1, residual, self.act2, s2)
+
+
+def step_errors(model: nn.Module, *inputs: torch.Tensor) -> list[tuple[float, str]]:
+    """Run `model` on `inputs` and check each of its ConvEpilogue steps against its plain steps on the same inputs:
+    (largest difference relative to the plain output's scale, the step's name and form), in the order they ran.
+    A fused step far above its dtype's rounding is a wrong kernel; the model as a whole may still move more,
+    amplifying rounding (bench/fold_accuracy.py, tests/test_tflite_fold.py)."""
+    found: list[tuple[float, str]] = []
+    names = {m: name for name, m in model.named_modules() if isinstance(m, ConvEpilogue)}
+
+    def hook(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        ref = mod.plain(*args)
+        err = float((out.float() - ref.float()).abs().max()) / max(1e-6, float(ref.float().abs().max()))
+        found.append((err, f"{names[mod]}: {mod.extra_repr()}"))
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return found
