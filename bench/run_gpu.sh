@@ -14,6 +14,9 @@ run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 2
 bench_4k() { local limit=$1 json=$2; shift 2; echo "== stream_4k shipped" >> "$out/bench.log"
   timeout "$limit" python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --capture on "$@" \
     --json "$json" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+# every cuda test but the soak, into cuda_tests.log: cuda_suite TIMEOUT
+cuda_suite() { timeout "$1" python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors \
+    -rfEs tests/ > "$out/cuda_tests.log" 2>&1; echo "cuda tests exit $?" >> "$out/cuda_tests.log"; }
 # the compiled matte (MUSE_FUSE=auto) in fresh processes, cold then warm Inductor cache: fuse_passes FRAMES [flags]
 fuse_passes() { local frames=$1; shift; for pass in cold warm; do
     echo "== stream_4k MUSE_FUSE=auto, $pass compile cache" >> "$out/bench.log"
@@ -145,9 +148,7 @@ if [[ $what == s9e ]]; then
   # changes (its exit status tells whether the crash at exit is gone), every cuda test but the soak (the soak
   # passed alone in s9b), the models' convolution variants.
   bench_4k 110 "$out/stream_4k_shipped.json" --frames 500 --latency-frames 200 --kernel-frames 12
-  timeout 140 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
-    tests/ > "$out/cuda_tests.log" 2>&1
-  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  cuda_suite 140
   echo "== model_variants" >> "$out/bench.log"
   timeout 70 python3 bench/bench_model_variants.py --models face_landmark selfie_segmentation_landscape pose_landmark_full iris_landmark --only fp16 fp16-asis fp16-even fp16-nocudnn fp16-nocudnn-asis fp16-benchmark fp32-exact-asis fp32-exact-even fp32-exact-nocudnn fp32-exact-benchmark \
     --json "$out/model_variants.json" >> "$out/bench.log" 2>&1
@@ -173,9 +174,7 @@ if [[ $what == s10c ]]; then
   # shipped (exit status 0 expected), every cuda test but the soak (the run without MUSE's exit hook and the
   # stream probe ran from scratch scripts, not kept).
   bench_4k 110 "$out/stream_4k_shipped.json" --frames 500 --latency-frames 200 --kernel-frames 12
-  timeout 240 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
-    tests/ > "$out/cuda_tests.log" 2>&1
-  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  cuda_suite 240
 fi
 if [[ $what == s10d ]]; then
   # Tenth session: the compiled matte (MUSE_FUSE=auto) in stream_4k on a cold then a warm compile cache (the JSON's
@@ -219,9 +218,7 @@ if [[ $what == s11b ]]; then
 fi
 if [[ $what == s11c ]]; then
   # Eleventh session: every cuda test but the soak.
-  timeout 400 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
-    tests/ > "$out/cuda_tests.log" 2>&1
-  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  cuda_suite 400
 fi
 if [[ $what == s12 ]]; then
   # Twelfth session (issue 12): how far the folded models are from float64 beside the models as written (the s11b
@@ -233,9 +230,7 @@ if [[ $what == s12 ]]; then
 fi
 if [[ $what == s12b ]]; then
   # Twelfth session: every cuda test but the soak (the fold's new parity test, the quantile kernel's).
-  timeout 450 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
-    tests/ > "$out/cuda_tests.log" 2>&1
-  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  cuda_suite 450
 fi
 if [[ $what == s12c ]]; then
   # Twelfth session: the compiled matte with the quantile kernel, cold then warm cache; stream_4k unfused (the
@@ -257,9 +252,7 @@ fi
 if [[ $what == s12e ]]; then
   # Twelfth session, last: every cuda test but the soak on the final code, then stream_4k as shipped now (the
   # compiled matte on by default) on a cold and then a warm compile cache, paced latency included.
-  timeout 200 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors -rfEs \
-    tests/ > "$out/cuda_tests.log" 2>&1
-  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  cuda_suite 200
   bench_4k 170 "$out/stream_4k_shipped_cold.json" --frames 400 --latency-frames 200 --kernel-frames 12
   bench_4k 100 "$out/stream_4k_shipped_warm.json" --frames 400 --latency-frames 200 --kernel-frames 12
 fi
@@ -292,7 +285,6 @@ if [[ $what == all || $what == tests ]]; then
     --durations=40 tests/ > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
-run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 240 "$@" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
 if [[ $what == graph ]]; then
   run pose_face python3 bench/bench_pose_face.py
   run graph_eager python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 300 --json "$out/stream_4k_eager.json"
