@@ -31,7 +31,6 @@ WARMING_WAIT_S = 900.0  # longest wait for nodes compiling in the background (a 
 # node at the next frame boundary, a new variant then runs eagerly for a few frames and is recorded (the twelfth
 # session's H200 runs counted 2 recordings and 6 eager frames inside the measured window after the wait).
 SETTLE_FRAMES = 10
-TRANSITIONAL = ("warm-up after new compiled code", "warm-up of a new variant", "a compile was under way")
 THREAD_SAMPLE_S = 0.25  # how often the per-thread CPU is read while measuring
 MEMORY_GROWTH_MB = 256.0  # reserved GPU memory growing more than this over the measured frames is reported
 
@@ -189,6 +188,8 @@ def _transitions(counts: dict[str, Any]) -> int | None:
     None without a frame program (the CPU path: nothing to settle)."""
     if not counts:
         return None
+    from muse.graph.program import TRANSITIONAL  # torch: imported with the runner, as GraphRunner is
+
     return int(counts["captures"]) + sum(int(counts["eager_reasons"].get(r, 0)) for r in TRANSITIONAL)
 
 

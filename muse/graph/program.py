@@ -40,6 +40,13 @@ __all__ = ["FrameProgram", "capture_blocker"]
 
 RECORD_TRIES = 3  # a variant whose recording a node's exception broke is recorded again, up to this many times
 MAX_VARIANTS = 8  # per segment; each keeps its activations alive, so an unstable choice can't grow memory forever
+# Why a frame ran eagerly while the program was still settling (a new variant warming up, new compiled code, a
+# compile holding the recorder): passing states, unlike a node that never runs captured. `muse bench` measures
+# only once these stop.
+WARM_UP_NEW_CODE = "warm-up after new compiled code"
+WARM_UP_NEW_VARIANT = "warm-up of a new variant"
+COMPILE_UNDER_WAY = "a compile was under way"
+TRANSITIONAL = (WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, COMPILE_UNDER_WAY)
 
 
 def capture_blocker(runner: "GraphRunner", name: str) -> str | None:
@@ -236,10 +243,10 @@ class FrameProgram:
             if seg.warm[key] <= self.warmup:
                 self._eager(seg, memo)
                 new_code = bool(seg.variants) and key[2] != _generation(seg)
-                return "warm-up after new compiled code" if new_code else "warm-up of a new variant"
+                return WARM_UP_NEW_CODE if new_code else WARM_UP_NEW_VARIANT
             if not GPU_CODE.acquire(blocking=False):
                 self._eager(seg, memo)  # a compile runs in the background: record once it is done
-                return "a compile was under way"
+                return COMPILE_UNDER_WAY
             if len(seg.variants) >= MAX_VARIANTS:
                 seg.variants.pop(next(iter(seg.variants)))  # the oldest; a new one is recorded in its place
             try:
