@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -255,6 +255,15 @@ if [[ $what == s12e ]]; then
   cuda_suite 200
   bench_4k 170 "$out/stream_4k_shipped_cold.json" --frames 400 --latency-frames 200 --kernel-frames 12
   bench_4k 100 "$out/stream_4k_shipped_warm.json" --frames 400 --latency-frames 200 --kernel-frames 12
+fi
+if [[ $what == s13a ]]; then
+  # Thirteenth session: the host cost of a graph launch against its shape (bench/graph_launch.py), then stream_4k
+  # as shipped on a cold and a warm compile cache (the settled bench: paced drops), then warm with every recorded
+  # frame rewired into one chain (MUSE_FRAME_ORDER=linear).
+  run graph_launch python3 bench/graph_launch.py --json "$out/graph_launch.json"
+  bench_4k 170 "$out/stream_4k_shipped_cold.json" --frames 400 --latency-frames 200 --kernel-frames 12
+  bench_4k 100 "$out/stream_4k_shipped_warm.json" --frames 400 --latency-frames 200 --kernel-frames 12
+  MUSE_FRAME_ORDER=linear bench_4k 100 "$out/stream_4k_linear_warm.json" --frames 400 --latency-frames 200 --kernel-frames 12
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

@@ -33,6 +33,7 @@ __all__ = [
     "CudaFrameGraph",
     "EagerFrame",
     "EmulatedFrameGraph",
+    "FRAME_ORDERS",
     "LateValue",
     "active_recording",
     "clone_payload",
@@ -93,6 +94,11 @@ class FrameGraph:
         _state.recording = None
 
 
+# How a recorded frame's nodes are launched: "branches" as recorded (independent branches overlap on the GPU),
+# "linear" rewired into one chain (constant-time launch on the host; muse/graph/linear.py says why)
+FRAME_ORDERS = ("branches", "linear")
+
+
 class CudaFrameGraph(FrameGraph):
     """A CUDA graph recorded on `stream`; variants of one program share one memory pool.
 
@@ -101,12 +107,17 @@ class CudaFrameGraph(FrameGraph):
     forgets it (a capture left open makes it defer every cross-stream free: memory
     would grow until the GPU is full)."""
 
-    def __init__(self, stream: "torch.cuda.Stream", pool: Any = None, join: Iterable[Any] = ()) -> None:
+    def __init__(self, stream: "torch.cuda.Stream", pool: Any = None, join: Iterable[Any] = (), order: str = "branches") -> None:
         super().__init__()
+        if order not in FRAME_ORDERS:
+            raise ValueError(f"frame order {order!r}: one of {', '.join(FRAME_ORDERS)}")
         self.stream = stream
-        self.graph = torch.cuda.CUDAGraph()
+        self.order = order
+        # "linear" rewires the graph between capture and instantiation, so the graph is kept until then
+        self.graph = torch.cuda.CUDAGraph(keep_graph=True) if order == "linear" else torch.cuda.CUDAGraph()
         self.pool = pool
         self.join = list(join)
+        self.shape: dict[str, Any] | None = None  # nodes by type and edges, as recorded (linear only)
 
     def record(self, fn: Callable[[], Any]) -> Any:
         torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
@@ -130,6 +141,13 @@ class CudaFrameGraph(FrameGraph):
                     raise
         finally:
             self._exit()
+        if self.order == "linear":
+            from muse.graph.linear import graph_shape, linearize
+
+            raw = self.graph.raw_cuda_graph()
+            self.shape = graph_shape(raw)
+            linearize(raw)
+            self.graph.instantiate()
         if self.pool is None:
             self.pool = self.graph.pool()
         return result

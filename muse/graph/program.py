@@ -99,6 +99,7 @@ class FrameProgram:
         self.warmup = warmup
         self.cuda = runner.device.type == "cuda" and not emulate
         self.stream = new_stream(runner.device) if self.cuda else None
+        self.order = frame_order()
         self.pool: Any = None
         self.blocked: dict[str, str] = {}  # eager node -> why (filled by _plan)
         self.segments = self._plan()
@@ -169,6 +170,9 @@ class FrameProgram:
             "replays": self.replays,
             "eager_frames": self.eager_frames,
             "eager_reasons": dict(self.eager_reasons.most_common()),
+            "order": self.order,
+            "graph_shapes": [getattr(v.graph, "shape", None) for s in self.segments for v in s.variants.values()
+                             if getattr(v.graph, "shape", None)],
         }
 
     def release(self) -> None:
@@ -296,7 +300,7 @@ class FrameProgram:
         if stream is not None:
             stream.synchronize()  # once per variant: the recording must start from finished inputs
         streams = [r.slots[n].stream for n in nodes if r.slots[n].stream is not None]
-        graph: FrameGraph = EmulatedFrameGraph() if not self.cuda else CudaFrameGraph(stream, self.pool, join=streams)
+        graph: FrameGraph = EmulatedFrameGraph() if not self.cuda else CudaFrameGraph(stream, self.pool, join=streams, order=self.order)
         local: dict = {}
 
         def frame() -> dict[str, dict[str, Any]]:
@@ -392,6 +396,18 @@ class FrameProgram:
     def _reset_streams(self) -> None:
         if self.stream is not None:
             torch.cuda.synchronize(self.runner.device)
+
+
+def frame_order() -> str:
+    """`MUSE_FRAME_ORDER`: how each recorded frame is launched ("branches", the default, or "linear")."""
+    import os
+
+    from muse.graph.capture import FRAME_ORDERS
+
+    value = os.environ.get("MUSE_FRAME_ORDER", "branches").strip().lower() or "branches"
+    if value not in FRAME_ORDERS:
+        raise ValueError(f"MUSE_FRAME_ORDER={value!r}: one of {', '.join(FRAME_ORDERS)}")
+    return value
 
 
 def _ends(runner: "GraphRunner", nodes: list[str]) -> list[str]:

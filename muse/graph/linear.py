@@ -1,0 +1,145 @@
+"""A recorded frame's CUDA graph turned into one straight line of nodes, and its shape counted.
+
+Why: the driver launches a graph whose nodes form one chain in constant time (CUDA 12.6 and later), while a
+graph with parallel branches (the frame's segmentation and pose/face branches, each node's side streams) costs
+the launching thread about 1.5 us a node: a 4K frame of ~1,400 kernels spent ~2 ms of host CPU in
+`cudaGraphLaunch` alone (H200, driver 580, 2026-12-03). `linearize` keeps every dependency (the chain follows
+a topological order) and drops the parallelism between branches, a trade of GPU overlap for host time that
+`muse bench` measures (`MUSE_FRAME_ORDER`).
+
+The graph is edited through the driver API (`libcuda`), whose handles are the runtime's: torch hands out the
+`cudaGraph_t` of a graph captured with `keep_graph=True` before it is instantiated. `chain_order` (the order)
+is plain Python and tested on the CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import Counter
+from typing import Hashable, Iterable, Sequence, TypeVar
+
+__all__ = ["GraphEditError", "chain_order", "graph_shape", "linearize", "NODE_TYPES"]
+
+N = TypeVar("N", bound=Hashable)
+
+# CUgraphNodeType, cuda.h
+NODE_TYPES = {0: "kernel", 1: "memcpy", 2: "memset", 3: "host", 4: "child graph", 5: "empty", 6: "event wait",
+              7: "event record", 8: "semaphore signal", 9: "semaphore wait", 10: "mem alloc", 11: "mem free",
+              12: "batch mem op", 13: "conditional"}
+
+
+class GraphEditError(RuntimeError):
+    """The driver refused a graph edit or query (the message names the call and its CUresult)."""
+
+
+def chain_order(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> list[N]:
+    """A topological order of `nodes` under `edges` (from, to) that keeps the given order wherever the
+    dependencies allow it (Kahn's algorithm, always taking the earliest ready node): the nodes of a captured
+    graph come in the order they were issued, so the chain replays them as the eager frame ran them."""
+    index = {n: i for i, n in enumerate(nodes)}
+    if len(index) != len(nodes):
+        raise ValueError("chain_order: a node is listed twice")
+    after: dict[N, list[N]] = {n: [] for n in nodes}
+    waiting = dict.fromkeys(nodes, 0)
+    for a, b in edges:
+        if a not in index or b not in index:
+            raise ValueError(f"chain_order: edge {a!r} -> {b!r} names a node not in the graph")
+        after[a].append(b)
+        waiting[b] += 1
+    import heapq
+
+    ready = [index[n] for n in nodes if waiting[n] == 0]
+    heapq.heapify(ready)
+    out: list[N] = []
+    while ready:
+        n = nodes[heapq.heappop(ready)]
+        out.append(n)
+        for m in after[n]:
+            waiting[m] -= 1
+            if waiting[m] == 0:
+                heapq.heappush(ready, index[m])
+    if len(out) != len(nodes):
+        raise ValueError("chain_order: the edges form a cycle")
+    return out
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def _cuda() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        try:
+            _lib = ctypes.CDLL("libcuda.so.1")
+        except OSError as exc:
+            raise GraphEditError(f"the CUDA driver library (libcuda.so.1) cannot be loaded: {exc}") from exc
+    return _lib
+
+
+def _call(name: str, *args: object) -> None:
+    fn = getattr(_cuda(), name)
+    fn.restype = ctypes.c_int
+    res = fn(*args)
+    if res != 0:
+        raise GraphEditError(f"{name} failed with CUresult {res}")
+
+
+def _edge_call(base: str, *args: object, count: object) -> None:
+    """The `_v2` form (with edge data, NULL here: plain dependencies) where the driver has it (12.3 and later),
+    else the first form."""
+    lib = _cuda()
+    if hasattr(lib, base + "_v2"):
+        _call(base + "_v2", *args, None, count)
+    else:
+        _call(base, *args, count)
+
+
+def _nodes(graph: int) -> list[int]:
+    count = ctypes.c_size_t(0)
+    _call("cuGraphGetNodes", ctypes.c_void_p(graph), None, ctypes.byref(count))
+    buf = (ctypes.c_void_p * count.value)()
+    _call("cuGraphGetNodes", ctypes.c_void_p(graph), buf, ctypes.byref(count))
+    return [int(buf[i] or 0) for i in range(count.value)]
+
+
+def _edges(graph: int) -> list[tuple[int, int]]:
+    count = ctypes.c_size_t(0)
+    _edge_call("cuGraphGetEdges", ctypes.c_void_p(graph), None, None, count=ctypes.byref(count))
+    a = (ctypes.c_void_p * count.value)()
+    b = (ctypes.c_void_p * count.value)()
+    _edge_call("cuGraphGetEdges", ctypes.c_void_p(graph), a, b, count=ctypes.byref(count))
+    return [(int(a[i] or 0), int(b[i] or 0)) for i in range(count.value)]
+
+
+def _set_edges(call: str, graph: int, edges: Sequence[tuple[int, int]]) -> None:
+    if not edges:
+        return
+    a = (ctypes.c_void_p * len(edges))(*[e[0] for e in edges])
+    b = (ctypes.c_void_p * len(edges))(*[e[1] for e in edges])
+    _edge_call(call, ctypes.c_void_p(graph), a, b, count=ctypes.c_size_t(len(edges)))
+
+
+def graph_shape(graph: int) -> dict[str, object]:
+    """Nodes by type, edges, and the widest fan-out of a (not yet instantiated) CUDA graph: `cudaGraph_t` as int."""
+    nodes = _nodes(graph)
+    kinds: Counter[str] = Counter()
+    for n in nodes:
+        t = ctypes.c_int(-1)
+        _call("cuGraphNodeGetType", ctypes.c_void_p(n), ctypes.byref(t))
+        kinds[NODE_TYPES.get(t.value, f"type {t.value}")] += 1
+    edges = _edges(graph)
+    fan = Counter(a for a, _ in edges)
+    return {"nodes": len(nodes), "edges": len(edges), "by_type": dict(kinds),
+            "max_fan_out": max(fan.values(), default=0)}
+
+
+def linearize(graph: int) -> int:
+    """Rewire `graph` (a `cudaGraph_t` as int, not instantiated yet) into one chain through all its nodes in a
+    topological order; returns how many edges it had. Every original dependency still holds (each node now
+    waits for all the nodes before it)."""
+    nodes = _nodes(graph)
+    edges = _edges(graph)
+    order = chain_order(nodes, edges)
+    _set_edges("cuGraphRemoveDependencies", graph, edges)
+    _set_edges("cuGraphAddDependencies", graph, list(zip(order, order[1:])))
+    return len(edges)
