@@ -102,11 +102,41 @@ def main() -> None:
             for k in range(2):
                 main.wait_stream(streams[k])
 
+    w = torch.randn(64, 64, device="cuda")
+    m = [torch.randn(64, 64, device="cuda") for _ in range(2)]
+
+    def chain_gemms() -> None:  # a cuBLAS GEMM every 14 kernels (the models' 1x1 convolutions are GEMMs)
+        for i in range(n):
+            if i % 14 == 13:
+                torch.mm(m[0], w, out=m[1])
+            else:
+                xs[0].add_(1.0)
+
+    def chain_memsets() -> None:  # a memset every 20 kernels (zeroed scratch, as `fill_(0)` records)
+        for i in range(n):
+            xs[0].add_(1.0)
+            if i % 20 == 19:
+                xs[2].zero_()
+
+    inner = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(inner):
+        for _ in range(100):
+            xs[3].add_(1.0)
+
+    def child_graphs() -> None:  # a model replayed as its own graph inside the frame: a child graph node
+        for i in range(n // 100):
+            inner.replay()
+
     rows = []
-    for name, body in (("chain", chain), ("chain_copies", chain_copies), ("branches4", branches),
+    for name, body in (("chain", chain), ("chain_copies", chain_copies), ("chain_gemms", chain_gemms),
+                       ("chain_memsets", chain_memsets), ("child_graphs", child_graphs), ("branches4", branches),
                        ("frame_like", frame_like)):
         for linear in (False, True):
-            g, shape = _record(body, linear)
+            try:
+                g, shape = _record(body, linear)
+            except Exception as exc:  # e.g. a driver that cannot nest a graph launch in a capture
+                print(json.dumps({"graph": name, "linearized": linear, "error": repr(exc)}), flush=True)
+                continue
             row = {"graph": name, "linearized": linear, **shape, **_time(g, a.replays)}
             rows.append(row)
             print(json.dumps(row), flush=True)

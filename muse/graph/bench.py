@@ -123,6 +123,11 @@ class BenchReport:
             out.append(f"captured: {', '.join(self.capture.get('captured_nodes', [])) or 'none'}")
             for n, why in eager.items():
                 out.append(f"eager: {n}: {why}")
+            for shape in self.capture.get("graph_shapes") or []:
+                if "nodes" in shape:
+                    kinds = ", ".join(f"{k} {v}" for k, v in sorted(shape["by_type"].items(), key=lambda kv: -kv[1]))
+                    out.append(f"frame graph ({self.capture.get('order', 'branches')}): {shape['nodes']} nodes ({kinds}), "
+                               f"{shape['edges']} edges ({shape['programmatic_edges']} programmatic), {shape['roots']} roots")
         m = self.measured_capture
         if m:
             why = ", ".join(f"{k} {v}" for k, v in m.get("eager_reasons", {}).items())

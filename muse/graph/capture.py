@@ -113,11 +113,11 @@ class CudaFrameGraph(FrameGraph):
             raise ValueError(f"frame order {order!r}: one of {', '.join(FRAME_ORDERS)}")
         self.stream = stream
         self.order = order
-        # "linear" rewires the graph between capture and instantiation, so the graph is kept until then
-        self.graph = torch.cuda.CUDAGraph(keep_graph=True) if order == "linear" else torch.cuda.CUDAGraph()
+        # kept until instantiated: its shape is counted (what `muse bench` reports) and "linear" rewires it
+        self.graph = torch.cuda.CUDAGraph(keep_graph=True)
         self.pool = pool
         self.join = list(join)
-        self.shape: dict[str, Any] | None = None  # nodes by type and edges, as recorded (linear only)
+        self.shape: dict[str, Any] | None = None  # nodes by type and edges, as recorded
 
     def record(self, fn: Callable[[], Any]) -> Any:
         torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
@@ -141,13 +141,16 @@ class CudaFrameGraph(FrameGraph):
                     raise
         finally:
             self._exit()
-        if self.order == "linear":
-            from muse.graph.linear import graph_shape, linearize
+        from muse.graph.linear import GraphEditError, graph_shape, linearize
 
-            raw = self.graph.raw_cuda_graph()
+        raw = self.graph.raw_cuda_graph()
+        try:
             self.shape = graph_shape(raw)
+        except GraphEditError as exc:  # a driver without the query: the shape is only reported
+            self.shape = {"error": str(exc)}
+        if self.order == "linear":
             linearize(raw)
-            self.graph.instantiate()
+        self.graph.instantiate()
         if self.pool is None:
             self.pool = self.graph.pool()
         return result

@@ -84,14 +84,16 @@ def _call(name: str, *args: object) -> None:
         raise GraphEditError(f"{name} failed with CUresult {res}")
 
 
-def _edge_call(base: str, *args: object, count: object) -> None:
-    """The `_v2` form (with edge data, NULL here: plain dependencies) where the driver has it (12.3 and later),
-    else the first form."""
-    lib = _cuda()
-    if hasattr(lib, base + "_v2"):
-        _call(base + "_v2", *args, None, count)
-    else:
-        _call(base, *args, count)
+class _EdgeData(ctypes.Structure):
+    """CUgraphEdgeData: a programmatic edge (cuBLAS's GEMMs on Hopper launch with programmatic dependent launch)
+    lets its consumer start before the producer ends; the default one (all zero) waits for completion."""
+
+    _fields_ = [("from_port", ctypes.c_ubyte), ("to_port", ctypes.c_ubyte), ("type", ctypes.c_ubyte),
+                ("reserved", ctypes.c_ubyte * 5)]
+
+
+Edge = tuple[int, int, tuple[int, int, int]]  # from, to, (from_port, to_port, type)
+_PLAIN = (0, 0, 0)
 
 
 def _nodes(graph: int) -> list[int]:
@@ -102,25 +104,32 @@ def _nodes(graph: int) -> list[int]:
     return [int(buf[i] or 0) for i in range(count.value)]
 
 
-def _edges(graph: int) -> list[tuple[int, int]]:
+def _edges(graph: int) -> list[Edge]:
+    """Every edge with its data (the `_v2` query, CUDA 12.3 and later: the first form refuses a graph that has
+    programmatic edges, CUresult 402)."""
     count = ctypes.c_size_t(0)
-    _edge_call("cuGraphGetEdges", ctypes.c_void_p(graph), None, None, count=ctypes.byref(count))
-    a = (ctypes.c_void_p * count.value)()
-    b = (ctypes.c_void_p * count.value)()
-    _edge_call("cuGraphGetEdges", ctypes.c_void_p(graph), a, b, count=ctypes.byref(count))
-    return [(int(a[i] or 0), int(b[i] or 0)) for i in range(count.value)]
+    _call("cuGraphGetEdges_v2", ctypes.c_void_p(graph), None, None, None, ctypes.byref(count))
+    n = count.value
+    a, b, d = (ctypes.c_void_p * n)(), (ctypes.c_void_p * n)(), (_EdgeData * n)()
+    _call("cuGraphGetEdges_v2", ctypes.c_void_p(graph), a, b, d, ctypes.byref(count))
+    return [(int(a[i] or 0), int(b[i] or 0), (d[i].from_port, d[i].to_port, d[i].type)) for i in range(count.value)]
 
 
-def _set_edges(call: str, graph: int, edges: Sequence[tuple[int, int]]) -> None:
+def _set_edges(call: str, graph: int, edges: Sequence[Edge]) -> None:
     if not edges:
         return
-    a = (ctypes.c_void_p * len(edges))(*[e[0] for e in edges])
-    b = (ctypes.c_void_p * len(edges))(*[e[1] for e in edges])
-    _edge_call(call, ctypes.c_void_p(graph), a, b, count=ctypes.c_size_t(len(edges)))
+    n = len(edges)
+    a = (ctypes.c_void_p * n)(*[e[0] for e in edges])
+    b = (ctypes.c_void_p * n)(*[e[1] for e in edges])
+    d = (_EdgeData * n)()
+    for i, e in enumerate(edges):
+        d[i].from_port, d[i].to_port, d[i].type = e[2]
+    _call(call + "_v2", ctypes.c_void_p(graph), a, b, d, ctypes.c_size_t(n))
 
 
 def graph_shape(graph: int) -> dict[str, object]:
-    """Nodes by type, edges, and the widest fan-out of a (not yet instantiated) CUDA graph: `cudaGraph_t` as int."""
+    """Nodes by type, edges (and how many are programmatic), the widest fan-out and the number of roots of a (not
+    yet instantiated) CUDA graph given as its `cudaGraph_t` int."""
     nodes = _nodes(graph)
     kinds: Counter[str] = Counter()
     for n in nodes:
@@ -128,18 +137,22 @@ def graph_shape(graph: int) -> dict[str, object]:
         _call("cuGraphNodeGetType", ctypes.c_void_p(n), ctypes.byref(t))
         kinds[NODE_TYPES.get(t.value, f"type {t.value}")] += 1
     edges = _edges(graph)
-    fan = Counter(a for a, _ in edges)
-    return {"nodes": len(nodes), "edges": len(edges), "by_type": dict(kinds),
-            "max_fan_out": max(fan.values(), default=0)}
+    fan = Counter(a for a, _, _ in edges)
+    fed = {b for _, b, _ in edges}
+    return {"nodes": len(nodes), "edges": len(edges), "programmatic_edges": sum(1 for e in edges if e[2] != _PLAIN),
+            "by_type": dict(kinds), "max_fan_out": max(fan.values(), default=0),
+            "roots": sum(1 for n in nodes if n not in fed)}
 
 
 def linearize(graph: int) -> int:
     """Rewire `graph` (a `cudaGraph_t` as int, not instantiated yet) into one chain through all its nodes in a
     topological order; returns how many edges it had. Every original dependency still holds (each node now
-    waits for all the nodes before it)."""
+    waits for all the nodes before it); a link of the chain that was an edge before keeps that edge's data (a
+    programmatic launch stays one), every other link is a plain dependency."""
     nodes = _nodes(graph)
     edges = _edges(graph)
-    order = chain_order(nodes, edges)
+    order = chain_order(nodes, [(a, b) for a, b, _ in edges])
+    data = {(a, b): d for a, b, d in edges}
     _set_edges("cuGraphRemoveDependencies", graph, edges)
-    _set_edges("cuGraphAddDependencies", graph, list(zip(order, order[1:])))
+    _set_edges("cuGraphAddDependencies", graph, [(a, b, data.get((a, b), _PLAIN)) for a, b in zip(order, order[1:])])
     return len(edges)
