@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -273,6 +273,22 @@ if [[ $what == s13b ]]; then
   run graph_launch python3 bench/graph_launch.py --json "$out/graph_launch.json"
   bench_4k 170 "$out/stream_4k_shipped_cold.json" --frames 400 --latency-frames 200 --kernel-frames 12
   MUSE_FRAME_ORDER=linear bench_4k 100 "$out/stream_4k_linear_warm.json" --frames 400 --latency-frames 200 --kernel-frames 12
+fi
+if [[ $what == s13c ]]; then
+  # Thirteenth session, third: where the executor's CPU goes on a steady captured stream without a profiler
+  # attached (CUPTI's kernel tracing makes a graph launch cost ~1 us a kernel node, so the profiled phase's
+  # cudaGraphLaunch figure is not the unprofiled one): the frame program's own split (thread CPU of the launches),
+  # then py-spy (native frames, on-CPU samples only) over a warm, steady stream_4k; graph_launch.py with cuBLAS warm.
+  run graph_launch python3 bench/graph_launch.py --json "$out/graph_launch.json"
+  bench_4k 170 "$out/stream_4k_shipped_cold.json" --frames 400 --latency-frames 200 --kernel-frames 12
+  python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --capture on --frames 20000 --latency-frames 0 \
+    --kernel-frames 0 > "$out/pyspy_bench.log" 2>&1 &
+  bench_pid=$!
+  sleep 40
+  timeout 40 py-spy record --pid "$bench_pid" --threads --native --nonblocking --format raw --rate 250 --duration 15 \
+    -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
+  echo "py-spy exit $?" >> "$out/bench.log"
+  kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

@@ -133,6 +133,10 @@ class BenchReport:
             why = ", ".join(f"{k} {v}" for k, v in m.get("eager_reasons", {}).items())
             out.append(f"measured frames: {m.get('replays', 0)} replayed, {m.get('captures', 0)} recorded, "
                        f"{m.get('eager_frames', 0)} eager{' (' + why + ')' if why else ''}")
+            host = m.get("host_cpu_ms_per_frame") or {}
+            if host:
+                out.append("frame program, executor CPU ms a frame: " + ", ".join(f"{k} {v:.3f}" for k, v in host.items())
+                           + " (launch: the graph launches; publish: outputs handed on; frame: all of it)")
         for c in self.compiles:
             end = "still running" if c.get("end_s") is None else f"to {c['end_s']:+.1f} s"
             out.append(f"compile during the measured frames: {c['what']}: {c['start_s']:+.1f} s {end}, {c['outcome']}")
@@ -185,7 +189,7 @@ def _program_counts(runner: Any) -> dict[str, Any]:
     if p is None:
         return {}
     return {"captures": p.captures, "replays": p.replays, "eager_frames": p.eager_frames,
-            "eager_reasons": dict(p.eager_reasons)}
+            "eager_reasons": dict(p.eager_reasons), "host_ns": dict(p.host_ns)}
 
 
 def _transitions(counts: dict[str, Any]) -> int | None:
@@ -218,8 +222,12 @@ def _counts_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
     if not after:
         return {}
     reasons = {k: v - before.get("eager_reasons", {}).get(k, 0) for k, v in after["eager_reasons"].items()}
+    frames = after["replays"] - before.get("replays", 0) + after["eager_frames"] - before.get("eager_frames", 0)
+    host = {k: round((v - before.get("host_ns", {}).get(k, 0)) / 1e6 / max(frames, 1), 3)
+            for k, v in after.get("host_ns", {}).items()}
     return {k: after[k] - before.get(k, 0) for k in ("captures", "replays", "eager_frames")} | {
-        "eager_reasons": {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if v}}
+        "eager_reasons": {k: v for k, v in sorted(reasons.items(), key=lambda kv: -kv[1]) if v},
+        "host_cpu_ms_per_frame": host}
 
 
 def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: bool, profile: bool = False) -> _Measured:

@@ -109,6 +109,10 @@ class FrameProgram:
         # Why frames ran eagerly (a frame counts once per segment that did): an eager frame costs the host the
         # whole frame's launches, so a few dozen of them show in the fps; `muse bench` prints these.
         self.eager_reasons: Counter[str] = Counter()
+        # This thread's CPU time (ns) in the program: "frame" all of `run` (sources' and eager nodes' work pulled
+        # through it included), "launch" the replays' graph launches, "publish" handing the outputs on. Thread CPU,
+        # not wall: a launch that waits for room in the queue does not count (two clock reads a phase a frame).
+        self.host_ns: Counter[str] = Counter()
         self._final: dict[str, Any] | None = None  # set once released
         for seg in self.segments:
             if not seg.captured:
@@ -171,6 +175,7 @@ class FrameProgram:
             "eager_frames": self.eager_frames,
             "eager_reasons": dict(self.eager_reasons.most_common()),
             "order": self.order,
+            "host_ns": dict(self.host_ns),
             "graph_shapes": [getattr(v.graph, "shape", None) for s in self.segments for v in s.variants.values()
                              if getattr(v.graph, "shape", None)],
         }
@@ -187,6 +192,13 @@ class FrameProgram:
     # -- per frame -------------------------------------------------------------------------------------
     def run(self, memo: dict) -> None:
         """Compute every segment of this frame into `memo` (name -> (outputs, events)), as eager evaluation would."""
+        c0 = time.thread_time_ns()
+        try:
+            self._run(memo)
+        finally:
+            self.host_ns["frame"] += time.thread_time_ns() - c0
+
+    def _run(self, memo: dict) -> None:
         any_eager = False
         for seg in self.segments:
             if not seg.captured or seg.disabled:
@@ -355,14 +367,18 @@ class FrameProgram:
             if timed:
                 start = torch.cuda.Event(enable_timing=True, blocking=True)
                 start.record(stream)
+            c0 = time.thread_time_ns()
             var.graph.replay()
+            self.host_ns["launch"] += time.thread_time_ns() - c0
             if timed:
                 end = torch.cuda.Event(enable_timing=True, blocking=True)
                 end.record(stream)
                 self.runner.slots[seg.nodes[0]].pending_gpu.append((start, end))
         var.replays += 1
         self.replays += 1
+        c0 = time.thread_time_ns()
         self._publish(seg, var, ext, memo, t0=t0)
+        self.host_ns["publish"] += time.thread_time_ns() - c0
 
     def _publish(self, seg: _Segment, var: _Variant, ext: dict, memo: dict, t0: float | None = None) -> None:
         r = self.runner
