@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -289,6 +289,21 @@ if [[ $what == s13c ]]; then
     -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
   echo "py-spy exit $?" >> "$out/bench.log"
   kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+fi
+if [[ $what == s13d ]]; then
+  # Thirteenth session, fourth: py-spy (Python frames, on-CPU samples of every thread; blocking mode: --native and
+  # --nonblocking do not go together) over a steady captured stream_4k, the matte uncompiled (no compile to wait
+  # for); then the frame-order cuda tests.
+  MUSE_FUSE=off python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --capture on --frames 20000 --latency-frames 0 \
+    --kernel-frames 0 > "$out/pyspy_bench.log" 2>&1 &
+  bench_pid=$!
+  sleep 35
+  timeout 40 py-spy record --pid "$bench_pid" --threads --format raw --rate 200 --duration 20 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
+  echo "py-spy exit $?" >> "$out/bench.log"
+  timeout 20 py-spy dump --pid "$bench_pid" > "$out/pyspy_dump.txt" 2>&1
+  kill -INT "$bench_pid" 2> /dev/null; sleep 5; kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+  timeout 60 python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs tests/test_frame_order.py > "$out/cuda_order_tests.log" 2>&1
+  echo "order cuda tests exit $?" >> "$out/cuda_order_tests.log"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
