@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -304,6 +304,13 @@ if [[ $what == s13d ]]; then
   kill -INT "$bench_pid" 2> /dev/null; sleep 5; kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
   timeout 60 python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs tests/test_frame_order.py > "$out/cuda_order_tests.log" 2>&1
   echo "order cuda tests exit $?" >> "$out/cuda_order_tests.log"
+fi
+if [[ $what == s13e ]]; then
+  # Thirteenth session, fifth: the executor's CPU a frame by step (muse bench's new line), the matte uncompiled
+  # (no compile to wait for), the in-flight bound waiting by event.synchronize (as shipped) and by polling.
+  for wait in sync poll; do
+    MUSE_FUSE=off MUSE_IN_FLIGHT_WAIT=$wait bench_4k 120 "$out/stream_4k_nofuse_$wait.json" --frames 600 --latency-frames 0
+  done
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

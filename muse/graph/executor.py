@@ -35,10 +35,16 @@ class FrameExecutor(FailureHandling):
             while not self._stop.is_set():
                 if me in self._abandoned:
                     return
+                c0 = time.thread_time_ns()
                 self._run_pending()
                 if self.max_frames is not None and self._frame_index >= self.max_frames:
                     break
+                split = self.stats.executor_ns
+                c1 = time.thread_time_ns()
                 items = self._gather_sources()
+                c2 = time.thread_time_ns()
+                split["pending changes"] += c1 - c0
+                split["waiting for sources"] += c2 - c1
                 if items is None:
                     break
                 try:
@@ -55,7 +61,9 @@ class FrameExecutor(FailureHandling):
                             "See the node's error above; the graph stopped so the stream doesn't show garbage."
                         ) from exc.exc
                 self._frame_index += 1
+                c0 = time.thread_time_ns()
                 self._poll_gpu_times()
+                split["GPU timings read"] += time.thread_time_ns() - c0
         except LeftBehind:
             return  # a node call hung and a new executor took over; this one just ends
         except BaseException as exc:  # the executor must never die silently
@@ -75,6 +83,8 @@ class FrameExecutor(FailureHandling):
         self._done.set()
 
     def _run_frame(self, source_items: dict[str, Item]) -> None:
+        split = self.stats.executor_ns
+        c0 = time.thread_time_ns()
         memo: dict[str, tuple[dict[str, Any], list[Any]]] = {}
         t_capture = min((it.t_capture for it in source_items.values()), default=time.perf_counter())
         clock_events = self._tick_clock(source_items)
@@ -92,8 +102,12 @@ class FrameExecutor(FailureHandling):
             self._cpu_pipeline.run_frame(memo, t_capture)
             return
         program = self.program
+        c1 = time.thread_time_ns()
+        split["sources in, clock, live branches"] += c1 - c0
         if program is not None:
             program.run(memo)
+        c2 = time.thread_time_ns()
+        split["frame program" if program is not None else "nodes"] += c2 - c1
         sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink() and n in self.live]
         frame_events: list[Any] = []
         delivered = 0
@@ -109,8 +123,16 @@ class FrameExecutor(FailureHandling):
             self._deliver(sink, Item(values, events, t_capture))
             delivered += 1
         self._last_frame_events = frame_events
+        c3 = time.thread_time_ns()
         self._time_frame(frame_events)
+        c4 = time.thread_time_ns()
+        w4 = time.perf_counter_ns()
         self._limit_in_flight(frame_events)
+        c5 = time.thread_time_ns()
+        split["outputs to sinks"] += c3 - c2
+        split["frame timing events"] += c4 - c3
+        split["in-flight bound"] += c5 - c4
+        split["in-flight bound wall"] += time.perf_counter_ns() - w4
         check_delivery(memo, delivered)
 
     def _deliver(self, sink: Slot, item: Item) -> None:

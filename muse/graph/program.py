@@ -109,10 +109,6 @@ class FrameProgram:
         # Why frames ran eagerly (a frame counts once per segment that did): an eager frame costs the host the
         # whole frame's launches, so a few dozen of them show in the fps; `muse bench` prints these.
         self.eager_reasons: Counter[str] = Counter()
-        # This thread's CPU time (ns) in the program: "frame" all of `run` (sources' and eager nodes' work pulled
-        # through it included), "launch" the replays' graph launches, "publish" handing the outputs on. Thread CPU,
-        # not wall: a launch that waits for room in the queue does not count (two clock reads a phase a frame).
-        self.host_ns: Counter[str] = Counter()
         self._final: dict[str, Any] | None = None  # set once released
         for seg in self.segments:
             if not seg.captured:
@@ -175,7 +171,6 @@ class FrameProgram:
             "eager_frames": self.eager_frames,
             "eager_reasons": dict(self.eager_reasons.most_common()),
             "order": self.order,
-            "host_ns": dict(self.host_ns),
             "graph_shapes": [getattr(v.graph, "shape", None) for s in self.segments for v in s.variants.values()
                              if getattr(v.graph, "shape", None)],
         }
@@ -192,13 +187,6 @@ class FrameProgram:
     # -- per frame -------------------------------------------------------------------------------------
     def run(self, memo: dict) -> None:
         """Compute every segment of this frame into `memo` (name -> (outputs, events)), as eager evaluation would."""
-        c0 = time.thread_time_ns()
-        try:
-            self._run(memo)
-        finally:
-            self.host_ns["frame"] += time.thread_time_ns() - c0
-
-    def _run(self, memo: dict) -> None:
         any_eager = False
         for seg in self.segments:
             if not seg.captured or seg.disabled:
@@ -225,6 +213,8 @@ class FrameProgram:
             outs, evs = r._evaluate(node, memo)
             ext[(node, port)] = outs.get(port) if outs else None
             events.extend(evs)
+        split = r.stats.executor_ns
+        c0 = time.thread_time_ns()
         if any(v is None for v in ext.values()):
             # Something upstream had nothing this frame: the segment's nodes have nothing either.
             for n in nodes:
@@ -251,6 +241,7 @@ class FrameProgram:
             return eager_now
         key = (input_signature(ext), tuple(variants), code_generation())  # new code (a compile done): record again
         var = seg.variants.get(key)
+        split["frame program: variant choice"] += time.thread_time_ns() - c0
         if key in seg.failed:
             self._eager(seg, memo)
             return "variant could not be recorded"
@@ -351,6 +342,8 @@ class FrameProgram:
 
     def _replay(self, seg: _Segment, var: _Variant, ext: dict, events: list[Any], memo: dict, copy_inputs: bool = True) -> None:
         t0 = time.perf_counter()
+        split = self.runner.stats.executor_ns
+        c0 = time.thread_time_ns()
         stream = self.stream
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             if stream is not None:
@@ -367,18 +360,20 @@ class FrameProgram:
             if timed:
                 start = torch.cuda.Event(enable_timing=True, blocking=True)
                 start.record(stream)
-            c0 = time.thread_time_ns()
+            c1 = time.thread_time_ns()
             var.graph.replay()
-            self.host_ns["launch"] += time.thread_time_ns() - c0
+            c2 = time.thread_time_ns()
+            split["frame program: inputs into the recording"] += c1 - c0
+            split["frame program: graph launch"] += c2 - c1
             if timed:
                 end = torch.cuda.Event(enable_timing=True, blocking=True)
                 end.record(stream)
                 self.runner.slots[seg.nodes[0]].pending_gpu.append((start, end))
         var.replays += 1
         self.replays += 1
-        c0 = time.thread_time_ns()
+        c3 = time.thread_time_ns()
         self._publish(seg, var, ext, memo, t0=t0)
-        self.host_ns["publish"] += time.thread_time_ns() - c0
+        split["frame program: outputs published"] += time.thread_time_ns() - c3
 
     def _publish(self, seg: _Segment, var: _Variant, ext: dict, memo: dict, t0: float | None = None) -> None:
         r = self.runner

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +102,9 @@ class GraphStats:
         self.frame_gpu_ms: deque = deque(maxlen=_WINDOW)  # CUDA: events around each whole frame
         self.started = time.perf_counter()
         self.info: dict[str, Any] = {}
+        # The executor thread's CPU time (ns) by step of a frame (`executor_step`), and the wall time of its
+        # waits ("... wall"): what `muse bench` splits the host CPU a frame into. Written by that thread only.
+        self.executor_ns: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def node(self, name: str, node_type: str = "") -> NodeStats:
