@@ -46,7 +46,7 @@ def main() -> None:
         replays[0] += 1
 
     capture.EmulatedFrameGraph.replay = replay  # type: ignore[method-assign]
-    prof = cProfile.Profile()
+    profiles: list[tuple[float, cProfile.Profile]] = []
     cpu: list[float] = []
     cls = next(c for c in GraphRunner.__mro__ if "_run_frame" in c.__dict__)
     original = cls.__dict__["_run_frame"]
@@ -55,6 +55,7 @@ def main() -> None:
     def run_frame(self: Any, items: Any) -> None:
         seen[0] += 1
         on = seen[0] > a.warm
+        prof = cProfile.Profile()
         c0 = time.thread_time()
         if on:
             prof.enable()
@@ -64,6 +65,7 @@ def main() -> None:
             if on:
                 prof.disable()
                 cpu.append(time.thread_time() - c0)
+                profiles.append((cpu[-1], prof))
 
     setattr(cls, "_run_frame", run_frame)
     runner = GraphRunner(graph, device="cpu", frames=a.frames + a.warm, unpaced=True)
@@ -75,8 +77,15 @@ def main() -> None:
         raise SystemExit("no frame was measured (fewer frames than --warm?)")
     print(f"{len(cpu)} frames profiled, {replays[0]} replays; executor thread CPU a frame (cProfile on, so inflated): "
           f"p50 {cpu[len(cpu) // 2] * 1e3:.3f} ms, mean {sum(cpu) / len(cpu) * 1e3:.3f} ms")
+    # steady frames only: a recording or an eager warm-up frame costs 10-100x a replayed one and would fill the table
+    limit = cpu[len(cpu) // 2] * 3
+    steady = [p for c, p in profiles if c <= limit]
+    print(f"{len(steady)} steady frames (thread CPU <= 3x the median) in the table below")
     out = io.StringIO()
-    pstats.Stats(prof, stream=out).sort_stats(a.sort).print_stats(a.top)
+    stats = pstats.Stats(steady[0], stream=out)
+    for p in steady[1:]:
+        stats.add(p)
+    stats.sort_stats(a.sort).print_stats(a.top)
     print(out.getvalue())
 
 

@@ -31,6 +31,8 @@ WARMING_WAIT_S = 900.0  # longest wait for nodes compiling in the background (a 
 # node at the next frame boundary, a new variant then runs eagerly for a few frames and is recorded (the twelfth
 # session's H200 runs counted 2 recordings and 6 eager frames inside the measured window after the wait).
 SETTLE_FRAMES = 10
+# the executor's steps that only a recording or an eager (warm-up, compiling) frame takes (muse/graph/program.py)
+TRANSITIONAL_STEPS = ("frame program: recordings", "frame program: eager frames")
 THREAD_SAMPLE_S = 1.0  # how often the per-thread CPU is read while measuring (reading /proc for every thread 4x a second cost this thread 0.14 ms a frame at 177 fps on the H200: counted in the host CPU it measures)
 MEMORY_GROWTH_MB = 256.0  # reserved GPU memory growing more than this over the measured frames is reported
 
@@ -85,8 +87,15 @@ class BenchReport:
             "gpu_memory_mb": self.gpu_memory_mb, "host_cpu_by_thread_ms": self.host_cpu_by_thread,
             "gc": self.gc, "measured_capture": self.measured_capture, "compiles": self.compiles,
             "paced_drops": self.paced_drops, "paced_measured_capture": self.paced_capture,
-            "executor_steps_ms": self.executor_steps,
+            "executor_steps_ms": self.executor_steps, "host_cpu_ms_per_steady_frame": self.host_cpu_steady_ms(),
         }
+
+    def host_cpu_steady_ms(self) -> float | None:
+        """The host CPU a frame less the executor's CPU in recordings and eager frames; None when there were none."""
+        one_off = sum(self.executor_steps.get(k, 0.0) for k in TRANSITIONAL_STEPS)
+        if not one_off or self.host_cpu_ms is None:
+            return None
+        return round(self.host_cpu_ms - one_off, 3)
 
     def lines(self, graph_file: str) -> list[str]:
         out = [f"| node | type | p50 ms | p95 ms | p99 ms | thread CPU p50 ms | frames | captured |  ({graph_file}, {self.device}, "
@@ -139,6 +148,10 @@ class BenchReport:
         if self.executor_steps:
             out.append("executor thread, ms a frame by step (CPU; '... wall': time waited): "
                        + ", ".join(f"{k} {v:.3f}" for k, v in self.executor_steps.items()))
+            steady = self.host_cpu_steady_ms()
+            if steady is not None:
+                out.append(f"host CPU {steady:.2f} ms/frame without the recordings and eager frames that fell in the "
+                           "measured frames (a one-off each; the figure a long stream tends to)")
         for c in self.compiles:
             end = "still running" if c.get("end_s") is None else f"to {c['end_s']:+.1f} s"
             out.append(f"compile during the measured frames: {c['what']}: {c['start_s']:+.1f} s {end}, {c['outcome']}")

@@ -41,6 +41,7 @@ __all__ = [
     "input_signature",
     "is_recording",
     "retime",
+    "timing_of",
     "timing_source",
 ]
 
@@ -370,9 +371,32 @@ def timing_source(ext: dict[tuple[str, str], Any]) -> Any:
     return None
 
 
-def retime(p: Any, like: Any) -> Any:
-    """A replayed output carries the current frame's timing, not the recorded one's."""
+_TIMING = ("timestamp", "index")
+
+
+def timing_of(like: Any) -> dict[str, Any]:
+    """The timing fields of `like` (a frame's source payload) that `retime` copies; empty for None."""
+    if like is None:
+        return {}
+    return {k: getattr(like, k) for k in _TIMING if hasattr(like, k)}
+
+
+def retime(p: Any, like: Any, timing: dict[str, Any] | None = None) -> Any:
+    """A replayed output carries the current frame's timing, not the recorded one's.
+
+    A shallow copy with the timing fields set, not `dataclasses.replace`: the payload was checked when it was
+    made and only its timing changes, and `replace` runs its `__init__` and checks again (the executor published
+    ~24 payloads a 4K frame this way). `timing`: `timing_of(like)`, when the caller has it for many payloads."""
     if not isinstance(p, Payload) or like is None:
         return p
-    changes = {k: getattr(like, k) for k in ("timestamp", "index") if hasattr(p, k) and hasattr(like, k)}
-    return dc_replace(p, **changes) if changes else p
+    timing = timing_of(like) if timing is None else timing
+    fields = p.__dict__
+    changes = {k: v for k, v in timing.items() if k in fields}
+    if not changes:
+        return p
+    out = object.__new__(type(p))
+    state = out.__dict__
+    state.update(fields)
+    state.pop("_sink_copy", None)  # a copy is nobody's own sink copy (as `replace` made none)
+    state.update(changes)
+    return out

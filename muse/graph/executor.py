@@ -90,8 +90,9 @@ class FrameExecutor(FailureHandling):
         clock_events = self._tick_clock(source_items)
         for name, item in source_items.items():
             memo[name] = (item.values, item.events + clock_events)
-            with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
-                self._fire_taps(name, item.values)
+            if self._taps:  # (a stream switch costs the host ~10 us: only when someone listens)
+                with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
+                    self._fire_taps(name, item.values)
         for name in self.graph.order:  # a secondary source with no frame yet: its branch sits this frame out
             slot = self.slots[name]
             slot.variant_ready = False
@@ -289,6 +290,8 @@ class FrameExecutor(FailureHandling):
                       slot.name, slot.rn.type, self._frame_index, slot.stats.errors, detail)
 
     def _fire_taps(self, name: str, outs: dict[str, Any]) -> None:
+        if not self._taps:  # the usual case (the editor's previews tap): no copy of the dict a node a frame
+            return
         for (node, port), callbacks in list(self._taps.items()):
             if node == name and port in outs and outs[port] is not None:
                 for cb in list(callbacks):

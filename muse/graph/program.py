@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Hashable
 
 import torch
 
-from muse.graph.capture import (CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph, clone_payload, input_signature,
+from muse.graph.capture import (CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph, clone_payload, input_signature, timing_of,
                                 retime, timing_source)
 from muse.graph.compiled import GPU_CODE, code_generation
 from muse.graph.liveness import needed_edges
@@ -203,6 +203,7 @@ class FrameProgram:
     def _run_segment(self, seg: _Segment, memo: dict) -> str:
         """Why the segment did not replay (or record) this frame; "" when it did."""
         r = self.runner
+        c_in = time.thread_time_ns()
         nodes = [n for n in seg.nodes if n in r.live]  # this frame's: a switch's idle branches sit out
         if not nodes:
             return ""
@@ -215,6 +216,7 @@ class FrameProgram:
             events.extend(evs)
         split = r.stats.executor_ns
         c0 = time.thread_time_ns()
+        split["frame program: segment inputs"] += c0 - c_in
         if any(v is None for v in ext.values()):
             # Something upstream had nothing this frame: the segment's nodes have nothing either.
             for n in nodes:
@@ -289,10 +291,21 @@ class FrameProgram:
         return ""
 
     def _eager(self, seg: _Segment, memo: dict) -> None:
-        for n in _ends(self.runner, [n for n in seg.nodes if n in self.runner.live]):
-            self.runner._evaluate(n, memo)  # pulls the rest, so a switch sees its branch fail (and falls back)
+        c0 = time.thread_time_ns()
+        try:
+            for n in _ends(self.runner, [n for n in seg.nodes if n in self.runner.live]):
+                self.runner._evaluate(n, memo)  # pulls the rest, so a switch sees its branch fail (and falls back)
+        finally:
+            self.runner.stats.executor_ns["frame program: eager frames"] += time.thread_time_ns() - c0
 
     def _record(self, seg: _Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> _Variant:
+        c0 = time.thread_time_ns()
+        try:
+            return self._record_variant(seg, nodes, ext, events, memo, key)
+        finally:
+            self.runner.stats.executor_ns["frame program: recordings"] += time.thread_time_ns() - c0
+
+    def _record_variant(self, seg: _Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> _Variant:
         r = self.runner
         stream = self.stream
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
@@ -387,10 +400,12 @@ class FrameProgram:
         for late in var.graph.late:
             late.stamp(ev)  # this frame's copies land when `ev` completes (at once on the CPU)
         like = timing_source(ext)
+        timing = timing_of(like)
+        taps = bool(r._taps)
         t1 = time.perf_counter()
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for n in var.nodes:
-                outs = {p: retime(v, like) for p, v in var.static_out.get(n, {}).items()}
+                outs = {p: retime(v, like, timing) for p, v in var.static_out.get(n, {}).items()}
                 memo[n] = (outs, end)
                 slot = r.slots[n]
                 slot.variant_ready = False
@@ -402,7 +417,8 @@ class FrameProgram:
                     r._note_time(slot, t0, t1)
                 else:
                     slot.stats.frames += 1
-                r._fire_taps(n, outs)
+                if taps:
+                    r._fire_taps(n, outs)
 
     def _reset_streams(self) -> None:
         if self.stream is not None:

@@ -8,8 +8,6 @@ tensors read on another stream are tagged with `record_stream`, and timings are 
 
 from __future__ import annotations
 
-import os
-import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -19,7 +17,6 @@ from muse.graph.payloads import Payload
 from muse.graph.slots import Item, Slot
 
 
-_IN_FLIGHT_WAIT = os.environ.get("MUSE_IN_FLIGHT_WAIT", "sync")
 _IDLE: dict[int, list[int]] = {}  # device -> stream handles no one holds now; none is ever destroyed (new_stream)
 
 
@@ -233,11 +230,7 @@ class CudaPlumbing:
         self._in_flight.append(frame_events)
         while len(self._in_flight) > self.graph.settings.max_frames_in_flight:
             for ev in self._in_flight.popleft():
-                if _IN_FLIGHT_WAIT == "poll":  # experiment (MUSE_IN_FLIGHT_WAIT=poll): sleep between looks
-                    while not ev.query():
-                        time.sleep(0.0002)
-                else:
-                    ev.synchronize()
+                ev.synchronize()  # a blocking event: the thread sleeps (H200: 0.06 ms CPU for 4.5 ms waited)
 
 
 def copy_payload(p: Any) -> Any:
