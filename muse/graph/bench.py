@@ -266,11 +266,12 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
     try:
         poll = 0.002
         while not runner.wait(poll):
-            # about one look a frame (the per-thread reading within the last ten frames needs no finer), at most
-            # every 20 ms: this thread's CPU counts in the host CPU a frame, and a 2 ms poll cost the graph 1.8-3 ms
-            # of CPU a frame on a two-core machine (stream_4k, 18 fps), five looks a frame 0.26 ms on the H200 (120 fps)
+            # every 2 ms while warming up (to start measuring on time), every five frames while measuring: this
+            # thread's CPU counts in the host CPU a frame (a 2 ms poll cost the graph 1.8-3 ms of CPU a frame on a
+            # two-core machine, stream_4k at 18 fps; five looks a frame 0.26 ms on the H200 at 120 fps)
             if t0 is not None and runner.stats.frames_out > n0:
-                poll = min(0.02, max(0.002, (time.perf_counter() - t0) / (runner.stats.frames_out - n0)))
+                # a look every five frames (the per-thread reading within the last ten needs no finer), 2-20 ms
+                poll = min(0.02, max(0.002, 5 * (time.perf_counter() - t0) / (runner.stats.frames_out - n0)))
             near_end = runner.max_frames is not None and runner.max_frames - runner.stats.frames_out <= 10
             if t0 is not None and (threads1 is None or near_end or time.perf_counter() - threads1[3] > THREAD_SAMPLE_S):
                 # read while the graph's threads live: they end with the last frame, and their CPU time with them

@@ -163,6 +163,8 @@ class CudaPlumbing:
                 keep.append((start, end))
         self._frame_times = keep[-64:]
         for slot in self.slots.values():
+            if not slot.pending_gpu:  # captured and host-only nodes: nothing timed on their own
+                continue
             keep = []
             for start, end in slot.pending_gpu:
                 if end.query():
