@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -321,6 +321,12 @@ if [[ $what == s13f ]]; then
   echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
   bench_4k 170 "$out/stream_4k_shipped_cold.json" --frames 400 --latency-frames 200 --kernel-frames 12
   bench_4k 100 "$out/stream_4k_shipped_warm.json" --frames 400 --latency-frames 200 --kernel-frames 12
+fi
+if [[ $what == s13g ]]; then
+  # Thirteenth session, after the last: a further variant warms up one frame: the cuda tests of frame capture.
+  timeout 100 python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs tests/test_frame_capture.py tests/test_frame_order.py \
+    tests/test_runtime_cuda.py > "$out/cuda_capture_tests.log" 2>&1
+  echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

@@ -409,3 +409,44 @@ def test_sinks_of_a_replayed_frame_get_their_own_marked_copies(astronaut) -> Non
     assert (f.timestamp, f.index) == (1.5, 7)
     assert not replace(f, index=8).is_sink_copy() and not f.to("cpu").is_sink_copy() and not f.clone().is_sink_copy()
     assert [t.data_ptr() for t in f.tensors()] == [f.image.data_ptr()], "the mark is not a tensor of the payload"
+
+
+def test_a_further_variant_warms_up_one_frame_and_new_code_the_full_count() -> None:
+    """The first recording of a segment and new compiled code wait `warmup` eager frames; a further variant of the
+    same code one (its nodes are warm): the pose tracker's check every 30 frames was recorded at its 4th
+    occurrence, 2 s into the stream, every earlier one an eager 4K frame."""
+    from types import SimpleNamespace
+
+    from muse.graph.program import FrameProgram
+
+    program = SimpleNamespace(warmup=3)
+    first = SimpleNamespace(variants={})
+    later = SimpleNamespace(variants={"recorded": object()})
+    assert FrameProgram._warmup_for(program, first, new_code=False) == 3
+    assert FrameProgram._warmup_for(program, later, new_code=False) == 1
+    assert FrameProgram._warmup_for(program, later, new_code=True) == 3
+    assert FrameProgram._warmup_for(SimpleNamespace(warmup=0), later, new_code=False) == 0
+
+
+def test_the_pose_trackers_check_is_recorded_at_its_second_occurrence() -> None:
+    """stream_4k emulated, the pose tracker checking with its detector every 5 frames: the first recorded variant
+    warmed up three frames, the check's variant one, then each is recorded."""
+    frames = 26
+    text = stream_graph("cpu", "emulate", 256, 144, frames)
+    sets = {**TORCH_NODES, "pose/bundled": {"backend": "torch", "confirm_every": 5}}
+    runner = GraphRunner(validate_text(text, "stream.yaml", load_registry(), sets, base_dir=GRAPHS))
+    seen: list[list[int]] = []
+
+    def cb(v: Any) -> None:
+        if v.index == frames - 1:  # the recordings are let go when the runner stops: look before
+            assert runner.program is not None
+            seg = next(s for s in runner.program.segments if s.variants)
+            seen.append([seg.warm[k] for k in seg.variants])  # occurrences of each recorded variant, in order
+
+    runner.start()
+    runner.tap("composite", "out", cb)
+    while not runner.wait(0.1):
+        pass
+    runner.stop()
+    assert seen and len(seen[0]) >= 2, seen  # the tracking variant and the check's
+    assert seen[0][0] == 4 and all(n == 2 for n in seen[0][1:]), seen  # 3 eager + recorded; 1 eager + recorded

@@ -249,9 +249,9 @@ class FrameProgram:
             return "variant could not be recorded"
         if var is None:
             seg.warm[key] = seg.warm.get(key, 0) + 1
-            if seg.warm[key] <= self.warmup:
+            new_code = bool(seg.variants) and key[2] != _generation(seg)
+            if seg.warm[key] <= self._warmup_for(seg, new_code):
                 self._eager(seg, memo)
-                new_code = bool(seg.variants) and key[2] != _generation(seg)
                 return WARM_UP_NEW_CODE if new_code else WARM_UP_NEW_VARIANT
             if not GPU_CODE.acquire(blocking=False):
                 self._eager(seg, memo)  # a compile runs in the background: record once it is done
@@ -289,6 +289,17 @@ class FrameProgram:
             return ""
         self._replay(seg, var, ext, events, memo)
         return ""
+
+    def _warmup_for(self, seg: _Segment, new_code: bool) -> int:
+        """Eager frames of a new variant before it is recorded: `warmup` for a segment's first recording and for
+        new compiled code (first calls allocate, autotune, load), one for a further variant of the same code (its
+        nodes are warm; the one eager frame runs the variant's own path once, e.g. the pose detector as a check).
+        A further variant often comes back only every N frames (the pose tracker's check every 30): three
+        warm-up frames held its recording until its fourth occurrence, 2 s into a stream, each eager 4K frame
+        costing the host ~27 ms (H200) and the paced stream dropped frames at each."""
+        if not seg.variants or new_code:
+            return self.warmup
+        return min(self.warmup, 1)
 
     def _eager(self, seg: _Segment, memo: dict) -> None:
         c0 = time.thread_time_ns()
