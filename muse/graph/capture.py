@@ -118,7 +118,7 @@ class CudaFrameGraph(FrameGraph):
         self.graph = torch.cuda.CUDAGraph(keep_graph=True)
         self.pool = pool
         self.join = list(join)
-        self.shape: dict[str, Any] | None = None  # nodes by type and edges, as recorded
+        self._shape: dict[str, Any] | None = None
 
     def record(self, fn: Callable[[], Any]) -> Any:
         torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
@@ -142,19 +142,34 @@ class CudaFrameGraph(FrameGraph):
                     raise
         finally:
             self._exit()
-        from muse.graph.linear import GraphEditError, graph_shape, linearize
-
-        raw = self.graph.raw_cuda_graph()
-        try:
-            self.shape = graph_shape(raw)
-        except GraphEditError as exc:  # a driver without the query: the shape is only reported
-            self.shape = {"error": str(exc)}
         if self.order == "linear":
-            linearize(raw)
+            from muse.graph.linear import linearize
+
+            self._shape = self._read_shape()  # as recorded, before the rewiring
+            linearize(self.graph.raw_cuda_graph())
         self.graph.instantiate()
         if self.pool is None:
             self.pool = self.graph.pool()
         return result
+
+    @property
+    def shape(self) -> dict[str, Any] | None:
+        """Nodes by type, edges and roots of the graph as recorded (`muse bench` prints them); read on the first
+        ask, not while recording: a recording already holds the stream ~0.1-0.3 s, and a walk over ~2,000 nodes
+        through ctypes adds to it. None once released or before a recording."""
+        if self._shape is None and self.pool is not None:
+            self._shape = self._read_shape()
+        return self._shape
+
+    def _read_shape(self) -> dict[str, Any] | None:
+        from muse.graph.linear import GraphEditError, graph_shape
+
+        try:
+            return graph_shape(self.graph.raw_cuda_graph())
+        except GraphEditError as exc:  # a driver without the query: the shape is only reported
+            return {"error": str(exc)}
+        except RuntimeError:  # no graph kept (reset, or never recorded)
+            return None
 
     def _abort(self) -> None:
         for s in self.join:
