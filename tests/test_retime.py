@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from muse.graph.capture import retime, timing_of
+from muse.graph.replayed import retime, timing_of
 from muse.graph.payloads import Frame, Mask
 
 

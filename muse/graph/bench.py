@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from muse.graph.host_cpu import GcPauses, by_thread, thread_cpu_s, thread_names
+from muse.graph.kernel_count import count_kernels, start_profiler
+from muse.graph.segments import TRANSITIONAL
 from muse.graph.validate import ValidatedGraph
 
 __all__ = ["BenchReport", "bench_graph"]
@@ -213,8 +215,6 @@ def _transitions(counts: dict[str, Any]) -> int | None:
     None without a frame program (the CPU path: nothing to settle)."""
     if not counts:
         return None
-    from muse.graph.program import TRANSITIONAL  # torch: imported with the runner, as GraphRunner is
-
     return int(counts["captures"]) + sum(int(counts["eager_reasons"].get(r, 0)) for r in TRANSITIONAL)
 
 
@@ -304,7 +304,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
                 pauses.start()
                 runner.stats.reset_timings()  # steady state only: warm-up and the recordings stall once
                 if profile:
-                    prof = _start_profiler()
+                    prof = start_profiler()
         t1, c1, n1 = time.perf_counter(), time.process_time(), runner.stats.frames_out
         if t0 is not None:
             from muse.graph.compiled import compiles_since
@@ -331,7 +331,7 @@ def _run(graph: ValidatedGraph, device: str | None, frames: int, *, unpaced: boo
         _release_memory(runner)
     if prof is not None:
         frames_seen = max(1, n1 - n0)
-        total, top, calls = _count_kernels(prof)
+        total, top, calls = count_kernels(prof)
         done.kernels = (total / frames_seen, [dict(t, per_frame_us=round(t["total_us"] / frames_seen, 1)) for t in top],
                         [dict(c, frames=frames_seen, per_frame_us=round(c["total_us"] / frames_seen, 1)) for c in calls])
     if t0 is not None and n1 > n0:
@@ -366,43 +366,6 @@ def _release_memory(runner: Any) -> None:
 
         gc.collect()
         torch.cuda.empty_cache()
-
-
-def _start_profiler() -> Any:
-    from torch.profiler import ProfilerActivity, profile
-
-    # CPU too: the CUDA runtime calls (graph launches, synchronisations, copies) and how long the host spent in them
-    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-    prof.__enter__()
-    return prof
-
-
-def _count_kernels(prof: Any) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Kernels launched (graph replays count each kernel inside), the costliest kernel names, and the CUDA
-    runtime calls by the host time spent in them. `MUSE_BENCH_TRACE=FILE` also writes the timeline (Chrome trace)."""
-    prof.__exit__(None, None, None)
-    trace = os.environ.get("MUSE_BENCH_TRACE")
-    if trace:
-        prof.export_chrome_trace(trace)
-    count = 0
-    by_name: dict[str, list[float]] = {}
-    calls: dict[str, list[float]] = {}
-    for ev in prof.events():
-        name = ev.name
-        if str(getattr(ev, "device_type", "")).endswith("CUDA"):
-            if "memcpy" not in name.lower() and "memset" not in name.lower():
-                count += 1
-                slot = by_name.setdefault(name, [0, 0.0])
-                slot[0] += 1
-                slot[1] += float(getattr(ev, "device_time", 0.0) or getattr(ev, "cuda_time", 0.0) or 0.0)
-        elif name.startswith(("cuda", "cu")) and not name.startswith("cuda::"):  # a runtime/driver API call
-            slot = calls.setdefault(name, [0, 0.0])
-            slot[0] += 1
-            slot[1] += float(ev.time_range.elapsed_us())
-    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:40]
-    host = sorted(calls.items(), key=lambda kv: -kv[1][1])[:20]
-    return (count, [{"kernel": k[:160], "launches": int(v[0]), "total_us": round(v[1], 1)} for k, v in top],
-            [{"call": k, "count": int(v[0]), "total_us": round(v[1], 1)} for k, v in host])
 
 
 def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int = 300, latency_frames: int = 240,

@@ -19,14 +19,13 @@ copy to pinned memory is part of the frame, and the host reads it a frame later.
 from __future__ import annotations
 
 import threading
-from dataclasses import replace as dc_replace
 from typing import Any, Callable, Iterable
 
 import torch
 from torch.utils._pytree import tree_map
 
 from muse.graph.host_guards import CaptureError, HostDataGuard, HostReadGuard
-from muse.graph.payloads import Payload
+from muse.graph.linear import FRAME_ORDERS
 
 __all__ = [
     "CaptureError",
@@ -36,13 +35,8 @@ __all__ = [
     "FRAME_ORDERS",
     "LateValue",
     "active_recording",
-    "clone_payload",
     "device_constant",
-    "input_signature",
     "is_recording",
-    "retime",
-    "timing_of",
-    "timing_source",
 ]
 
 
@@ -93,11 +87,6 @@ class FrameGraph:
 
     def _exit(self) -> None:
         _state.recording = None
-
-
-# How a recorded frame's nodes are launched: "branches" as recorded (independent branches overlap on the GPU),
-# "linear" rewired into one chain (constant-time launch on the host; muse/graph/linear.py says why)
-FRAME_ORDERS = ("branches", "linear")
 
 
 class CudaFrameGraph(FrameGraph):
@@ -360,58 +349,3 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
         and a.shape == b.shape
         and a.stride() == b.stride()
     )
-
-
-# -- payloads in and out of a recorded segment (muse.graph.program) ----------------------------------------
-def input_signature(ext: dict[tuple[str, str], Any]) -> tuple:
-    """What a recorded segment's inputs look like (shapes, dtypes, devices): a new look is a new variant."""
-    sig = []
-    for k in sorted(ext):
-        v = ext[k]
-        if isinstance(v, Payload):
-            sig.append((k, type(v).__name__, tuple((tuple(t.shape), t.dtype, t.device) for t in v.tensors())))
-        else:
-            sig.append((k, repr(v)))
-    return tuple(sig)
-
-
-def clone_payload(p: Any) -> Any:
-    return p.clone() if isinstance(p, Payload) else p
-
-
-def timing_source(ext: dict[tuple[str, str], Any]) -> Any:
-    for v in ext.values():
-        if isinstance(v, Payload) and hasattr(v, "timestamp"):
-            return v
-    return None
-
-
-_TIMING = ("timestamp", "index")
-
-
-def timing_of(like: Any) -> dict[str, Any]:
-    """The timing fields of `like` (a frame's source payload) that `retime` copies; empty for None."""
-    if like is None:
-        return {}
-    return {k: getattr(like, k) for k in _TIMING if hasattr(like, k)}
-
-
-def retime(p: Any, like: Any, timing: dict[str, Any] | None = None) -> Any:
-    """A replayed output carries the current frame's timing, not the recorded one's.
-
-    A shallow copy with the timing fields set, not `dataclasses.replace`: the payload was checked when it was
-    made and only its timing changes, and `replace` runs its `__init__` and checks again (the executor published
-    ~24 payloads a 4K frame this way). `timing`: `timing_of(like)`, when the caller has it for many payloads."""
-    if not isinstance(p, Payload) or like is None:
-        return p
-    timing = timing_of(like) if timing is None else timing
-    fields = p.__dict__
-    changes = {k: v for k, v in timing.items() if k in fields}
-    if not changes:
-        return p
-    out = object.__new__(type(p))
-    state = out.__dict__
-    state.update(fields)
-    state.pop("_sink_copy", None)  # a copy is nobody's own sink copy (as `replace` made none)
-    state.update(changes)
-    return out

@@ -18,7 +18,11 @@ import ctypes
 from collections import Counter
 from typing import Hashable, Iterable, Sequence, TypeVar
 
-__all__ = ["GraphEditError", "chain_order", "graph_shape", "linearize", "NODE_TYPES"]
+__all__ = ["FRAME_ORDERS", "GraphEditError", "chain_order", "frame_order", "graph_shape", "linearize", "NODE_TYPES"]
+
+# How a recorded frame's nodes are launched: "branches" as recorded (independent branches overlap on the GPU),
+# "linear" rewired into one chain by `linearize`
+FRAME_ORDERS = ("branches", "linear")
 
 N = TypeVar("N", bound=Hashable)
 
@@ -156,3 +160,13 @@ def linearize(graph: int) -> int:
     _set_edges("cuGraphRemoveDependencies", graph, edges)
     _set_edges("cuGraphAddDependencies", graph, [(a, b, data.get((a, b), _PLAIN)) for a, b in zip(order, order[1:])])
     return len(edges)
+
+
+def frame_order() -> str:
+    """`MUSE_FRAME_ORDER`: how each recorded frame is launched ("branches", the default, or "linear")."""
+    import os
+
+    value = os.environ.get("MUSE_FRAME_ORDER", "branches").strip().lower() or "branches"
+    if value not in FRAME_ORDERS:
+        raise ValueError(f"MUSE_FRAME_ORDER={value!r}: one of {', '.join(FRAME_ORDERS)}")
+    return value

@@ -17,18 +17,20 @@ import logging
 import time
 from contextlib import nullcontext
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
 import torch
 
-from muse.graph.capture import (CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph, clone_payload, input_signature, timing_of,
-                                retime, timing_source)
+from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
 from muse.graph.compiled import GPU_CODE, code_generation
+from muse.graph.linear import frame_order
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
+from muse.graph.replayed import clone_payload, input_signature, retime, timing_of, timing_source
 from muse.graph.payloads import Payload
 from muse.graph.slots import FrameFailed
+from muse.graph.segments import (COMPILE_UNDER_WAY, MAX_VARIANTS, RECORD_TRIES, TRANSITIONAL, WARM_UP_NEW_CODE,
+                                 WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation)
 from muse.graph.streams import new_stream
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,58 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("muse.capture")
 
-__all__ = ["FrameProgram", "capture_blocker"]
-
-RECORD_TRIES = 3  # a variant whose recording a node's exception broke is recorded again, up to this many times
-MAX_VARIANTS = 8  # per segment; each keeps its activations alive, so an unstable choice can't grow memory forever
-# Why a frame ran eagerly while the program was still settling (a new variant warming up, new compiled code, a
-# compile holding the recorder): passing states, unlike a node that never runs captured. `muse bench` measures
-# only once these stop.
-WARM_UP_NEW_CODE = "warm-up after new compiled code"
-WARM_UP_NEW_VARIANT = "warm-up of a new variant"
-COMPILE_UNDER_WAY = "a compile was under way"
-TRANSITIONAL = (WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, COMPILE_UNDER_WAY)
-
-
-def capture_blocker(runner: "GraphRunner", name: str) -> str | None:
-    """Why this node runs eagerly, or None when it can be captured."""
-    slot = runner.slots[name]
-    cls = slot.rn.cls
-    if not getattr(cls, "capturable", False):
-        return f"{cls.node_type} does not declare itself capturable"
-    if cls.lazy_inputs:
-        return "pulls its inputs lazily (a host choice per frame)"
-    if slot.absent:
-        return None
-    why = slot.node.capture_blocker()
-    return why
-
-
-@dataclass
-class _Variant:
-    nodes: list[str]  # the segment's nodes that run in this variant (a switch's idle branches do not)
-    graph: FrameGraph
-    static_in: dict[tuple[str, str], Any]
-    static_out: dict[str, dict[str, Any]]
-    replays: int = 0
-
-
-def _generation(seg: "_Segment") -> Hashable:
-    """The compiled-code generation the segment's newest recording was made with."""
-    return next(reversed(seg.variants))[2]
-
-
-@dataclass
-class _Segment:
-    nodes: list[str]
-    captured: bool
-    reason: str = ""  # eager segments: why
-    warm: dict[Hashable, int] = field(default_factory=dict)
-    variants: dict[Hashable, _Variant] = field(default_factory=dict)
-    disabled: str = ""  # recordings failed again and again: the segment runs eagerly from then on
-    failed: dict[Hashable, str] = field(default_factory=dict)  # variants whose recording failed: run eagerly
-    record_failures: dict[Hashable, int] = field(default_factory=dict)  # a node raised while recording: tried again
-
+__all__ = ["FrameProgram", "TRANSITIONAL", "capture_blocker", "frame_order"]
 
 class FrameProgram:
     """Drives one graph's frames through recorded segments. Built by the runtime; rebuilt on topology changes."""
@@ -116,7 +67,7 @@ class FrameProgram:
                     log.info("node '%s' runs eagerly between captured segments: %s", n, self.blocked[n])
 
     # -- planning --------------------------------------------------------------------------------------
-    def _plan(self) -> list[_Segment]:
+    def _plan(self) -> list[Segment]:
         """Capturable nodes grouped by how many eager nodes lie upstream: the fewest segments that keep order."""
         r = self.runner
         g = r.graph
@@ -137,20 +88,20 @@ class FrameProgram:
             preds = [s.node for ri in g.nodes[n].inputs.values() for s in ri.sources if s.node in depth]
             base = max((depth[p] for p in preds), default=0)
             depth[n] = base + (1 if reasons[n] else 0)
-        segments: list[_Segment] = []
+        segments: list[Segment] = []
         by_level: dict[int, list[str]] = {}
         for n in work:  # one pass (a scan of `work` per level was quadratic in a chain of eager nodes)
             by_level.setdefault(depth[n], []).append(n)
         for level in sorted(by_level):
             eager = [n for n in by_level[level] if reasons[n]]
             if eager:
-                segments.append(_Segment(eager, captured=False, reason="; ".join(f"{n}: {reasons[n]}" for n in eager)))
+                segments.append(Segment(eager, captured=False, reason="; ".join(f"{n}: {reasons[n]}" for n in eager)))
                 self.blocked.update({n: reasons[n] or "" for n in eager})
             captured = [n for n in by_level[level] if not reasons[n]]
             if captured:
-                segments.append(_Segment(captured, captured=True))
+                segments.append(Segment(captured, captured=True))
         if self.per_node:  # diagnostic: one recording per node, so each replay can be timed on its own
-            return [_Segment([n], captured=s.captured, reason=s.reason) for s in segments for n in s.nodes]
+            return [Segment([n], captured=s.captured, reason=s.reason) for s in segments for n in s.nodes]
         return segments
 
     def describe(self) -> dict[str, Any]:
@@ -200,7 +151,7 @@ class FrameProgram:
         if any_eager:
             self.eager_frames += 1
 
-    def _run_segment(self, seg: _Segment, memo: dict) -> str:
+    def _run_segment(self, seg: Segment, memo: dict) -> str:
         """Why the segment did not replay (or record) this frame; "" when it did."""
         r = self.runner
         c_in = time.thread_time_ns()
@@ -249,7 +200,7 @@ class FrameProgram:
             return "variant could not be recorded"
         if var is None:
             seg.warm[key] = seg.warm.get(key, 0) + 1
-            new_code = bool(seg.variants) and key[2] != _generation(seg)
+            new_code = bool(seg.variants) and key[2] != generation(seg)
             if seg.warm[key] <= self._warmup_for(seg, new_code):
                 self._eager(seg, memo)
                 return WARM_UP_NEW_CODE if new_code else WARM_UP_NEW_VARIANT
@@ -290,7 +241,7 @@ class FrameProgram:
         self._replay(seg, var, ext, events, memo)
         return ""
 
-    def _warmup_for(self, seg: _Segment, new_code: bool) -> int:
+    def _warmup_for(self, seg: Segment, new_code: bool) -> int:
         """Eager frames of a new variant before it is recorded: `warmup` for a segment's first recording and for
         new compiled code (first calls allocate, autotune, load), one for a further variant of the same code (its
         nodes are warm; the one eager frame runs the variant's own path once, e.g. the pose detector as a check).
@@ -301,22 +252,22 @@ class FrameProgram:
             return self.warmup
         return min(self.warmup, 1)
 
-    def _eager(self, seg: _Segment, memo: dict) -> None:
+    def _eager(self, seg: Segment, memo: dict) -> None:
         c0 = time.thread_time_ns()
         try:
-            for n in _ends(self.runner, [n for n in seg.nodes if n in self.runner.live]):
+            for n in ends(self.runner, [n for n in seg.nodes if n in self.runner.live]):
                 self.runner._evaluate(n, memo)  # pulls the rest, so a switch sees its branch fail (and falls back)
         finally:
             self.runner.stats.executor_ns["frame program: eager frames"] += time.thread_time_ns() - c0
 
-    def _record(self, seg: _Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> _Variant:
+    def _record(self, seg: Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> Variant:
         c0 = time.thread_time_ns()
         try:
             return self._record_variant(seg, nodes, ext, events, memo, key)
         finally:
             self.runner.stats.executor_ns["frame program: recordings"] += time.thread_time_ns() - c0
 
-    def _record_variant(self, seg: _Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> _Variant:
+    def _record_variant(self, seg: Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> Variant:
         r = self.runner
         stream = self.stream
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
@@ -354,7 +305,7 @@ class FrameProgram:
         static_out = graph.record(frame)
         if self.cuda:
             self.pool = getattr(graph, "pool")  # CudaFrameGraph's memory pool, shared by the variants
-        var = _Variant(nodes, graph, static_in, static_out)
+        var = Variant(nodes, graph, static_in, static_out)
         seg.variants[key] = var
         self.captures += 1
         log.info("captured %s (variant %d of the segment)", "+".join(nodes), len(seg.variants))
@@ -364,7 +315,7 @@ class FrameProgram:
             self._replay(seg, var, ext, events, memo, copy_inputs=False)
         return var
 
-    def _replay(self, seg: _Segment, var: _Variant, ext: dict, events: list[Any], memo: dict, copy_inputs: bool = True) -> None:
+    def _replay(self, seg: Segment, var: Variant, ext: dict, events: list[Any], memo: dict, copy_inputs: bool = True) -> None:
         t0 = time.perf_counter()
         split = self.runner.stats.executor_ns
         c0 = time.thread_time_ns()
@@ -399,7 +350,7 @@ class FrameProgram:
         self._publish(seg, var, ext, memo, t0=t0)
         split["frame program: outputs published"] += time.thread_time_ns() - c3
 
-    def _publish(self, seg: _Segment, var: _Variant, ext: dict, memo: dict, t0: float | None = None) -> None:
+    def _publish(self, seg: Segment, var: Variant, ext: dict, memo: dict, t0: float | None = None) -> None:
         r = self.runner
         stream = self.stream
         end: list[Any] = []
@@ -434,21 +385,3 @@ class FrameProgram:
     def _reset_streams(self) -> None:
         if self.stream is not None:
             torch.cuda.synchronize(self.runner.device)
-
-
-def frame_order() -> str:
-    """`MUSE_FRAME_ORDER`: how each recorded frame is launched ("branches", the default, or "linear")."""
-    import os
-
-    from muse.graph.capture import FRAME_ORDERS
-
-    value = os.environ.get("MUSE_FRAME_ORDER", "branches").strip().lower() or "branches"
-    if value not in FRAME_ORDERS:
-        raise ValueError(f"MUSE_FRAME_ORDER={value!r}: one of {', '.join(FRAME_ORDERS)}")
-    return value
-
-
-def _ends(runner: "GraphRunner", nodes: list[str]) -> list[str]:
-    """The nodes of `nodes` that no other of them consumes: evaluating these pulls all the others."""
-    fed = {s.node for n in nodes for ri in runner.slots[n].rn.inputs.values() for s in ri.sources}
-    return [n for n in nodes if n not in fed]

@@ -1,0 +1,73 @@
+"""A frame program's plan: segments of capturable nodes, the variants each recorded, and why a node runs eagerly.
+
+`muse.graph.program.FrameProgram` drives the frames through these; `muse bench` reads the reason constants
+(`TRANSITIONAL`: the passing states of a settling program) to know when the program has settled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Hashable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from muse.graph.capture import FrameGraph
+    from muse.graph.runtime import GraphRunner
+
+__all__ = ["COMPILE_UNDER_WAY", "MAX_VARIANTS", "RECORD_TRIES", "TRANSITIONAL", "WARM_UP_NEW_CODE",
+           "WARM_UP_NEW_VARIANT", "Segment", "Variant", "capture_blocker", "ends", "generation"]
+
+RECORD_TRIES = 3  # a variant whose recording a node's exception broke is recorded again, up to this many times
+MAX_VARIANTS = 8  # per segment; each keeps its activations alive, so an unstable choice can't grow memory forever
+# Why a frame ran eagerly while the program was still settling (a new variant warming up, new compiled code, a
+# compile holding the recorder): passing states, unlike a node that never runs captured. `muse bench` measures
+# only once these stop.
+WARM_UP_NEW_CODE = "warm-up after new compiled code"
+WARM_UP_NEW_VARIANT = "warm-up of a new variant"
+COMPILE_UNDER_WAY = "a compile was under way"
+TRANSITIONAL = (WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, COMPILE_UNDER_WAY)
+
+
+def capture_blocker(runner: "GraphRunner", name: str) -> str | None:
+    """Why this node runs eagerly, or None when it can be captured."""
+    slot = runner.slots[name]
+    cls = slot.rn.cls
+    if not getattr(cls, "capturable", False):
+        return f"{cls.node_type} does not declare itself capturable"
+    if cls.lazy_inputs:
+        return "pulls its inputs lazily (a host choice per frame)"
+    if slot.absent:
+        return None
+    why = slot.node.capture_blocker()
+    return why
+
+
+@dataclass
+class Variant:
+    nodes: list[str]  # the segment's nodes that run in this variant (a switch's idle branches do not)
+    graph: FrameGraph
+    static_in: dict[tuple[str, str], Any]
+    static_out: dict[str, dict[str, Any]]
+    replays: int = 0
+
+
+def generation(seg: "Segment") -> Hashable:
+    """The compiled-code generation the segment's newest recording was made with."""
+    return next(reversed(seg.variants))[2]
+
+
+@dataclass
+class Segment:
+    nodes: list[str]
+    captured: bool
+    reason: str = ""  # eager segments: why
+    warm: dict[Hashable, int] = field(default_factory=dict)
+    variants: dict[Hashable, Variant] = field(default_factory=dict)
+    disabled: str = ""  # recordings failed again and again: the segment runs eagerly from then on
+    failed: dict[Hashable, str] = field(default_factory=dict)  # variants whose recording failed: run eagerly
+    record_failures: dict[Hashable, int] = field(default_factory=dict)  # a node raised while recording: tried again
+
+
+def ends(runner: "GraphRunner", nodes: list[str]) -> list[str]:
+    """The nodes of `nodes` that no other of them consumes: evaluating these pulls all the others."""
+    fed = {s.node for n in nodes for ri in runner.slots[n].rn.inputs.values() for s in ri.sources}
+    return [n for n in nodes if n not in fed]
