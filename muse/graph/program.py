@@ -26,11 +26,11 @@ from muse.graph.compiled import GPU_CODE, code_generation
 from muse.graph.linear import frame_order
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
-from muse.graph.replayed import clone_payload, input_signature, retime, timing_of, timing_source
 from muse.graph.payloads import Payload
-from muse.graph.slots import FrameFailed
+from muse.graph.replayed import clone_payload, input_signature, retime, timing_of, timing_source
 from muse.graph.segments import (COMPILE_UNDER_WAY, MAX_VARIANTS, RECORD_TRIES, TRANSITIONAL, WARM_UP_NEW_CODE,
                                  WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation)
+from muse.graph.slots import FrameFailed
 from muse.graph.streams import new_stream
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("muse.capture")
 
 __all__ = ["FrameProgram", "TRANSITIONAL", "capture_blocker", "frame_order"]
+
 
 class FrameProgram:
     """Drives one graph's frames through recorded segments. Built by the runtime; rebuilt on topology changes."""
