@@ -20,7 +20,7 @@ from typing import Any
 
 from muse.graph.host_cpu import GcPauses, by_thread, thread_cpu_s, thread_names
 from muse.graph.kernel_count import count_kernels, start_profiler
-from muse.graph.segments import TRANSITIONAL
+from muse.graph.segments import ONE_OFF_STEPS, TRANSITIONAL
 from muse.graph.validate import ValidatedGraph
 
 __all__ = ["BenchReport", "bench_graph"]
@@ -33,8 +33,6 @@ WARMING_WAIT_S = 900.0  # longest wait for nodes compiling in the background (a 
 # node at the next frame boundary, a new variant then runs eagerly for a few frames and is recorded (the twelfth
 # session's H200 runs counted 2 recordings and 6 eager frames inside the measured window after the wait).
 SETTLE_FRAMES = 10
-# the executor's steps that only a recording or an eager (warm-up, compiling) frame takes (muse/graph/program.py)
-TRANSITIONAL_STEPS = ("frame program: recordings", "frame program: eager frames")
 THREAD_SAMPLE_S = 1.0  # how often the per-thread CPU is read while measuring (reading /proc for every thread 4x a second cost this thread 0.14 ms a frame at 177 fps on the H200: counted in the host CPU it measures)
 MEMORY_GROWTH_MB = 256.0  # reserved GPU memory growing more than this over the measured frames is reported
 
@@ -94,7 +92,7 @@ class BenchReport:
 
     def host_cpu_steady_ms(self) -> float | None:
         """The host CPU a frame less the executor's CPU in recordings and eager frames; None when there were none."""
-        one_off = sum(self.executor_steps.get(k, 0.0) for k in TRANSITIONAL_STEPS)
+        one_off = sum(self.executor_steps.get(k, 0.0) for k in ONE_OFF_STEPS)
         if not one_off or self.host_cpu_ms is None:
             return None
         return round(self.host_cpu_ms - one_off, 3)

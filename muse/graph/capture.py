@@ -103,7 +103,7 @@ class CudaFrameGraph(FrameGraph):
             raise ValueError(f"frame order {order!r}: one of {', '.join(FRAME_ORDERS)}")
         self.stream = stream
         self.order = order
-        # kept until instantiated: its shape is counted (what `muse bench` reports) and "linear" rewires it
+        # the graph is kept beside its instantiation: `shape` reads it when asked, and "linear" rewires it first
         self.graph = torch.cuda.CUDAGraph(keep_graph=True)
         self.pool = pool
         self.join = list(join)

@@ -1,11 +1,12 @@
 """A recorded frame's CUDA graph turned into one straight line of nodes, and its shape counted.
 
-Why: the driver launches a graph whose nodes form one chain in constant time (CUDA 12.6 and later), while a
-graph with parallel branches (the frame's segmentation and pose/face branches, each node's side streams) costs
-the launching thread about 1.5 us a node: a 4K frame of ~1,400 kernels spent ~2 ms of host CPU in
-`cudaGraphLaunch` alone (H200, driver 580, 2026-12-03). `linearize` keeps every dependency (the chain follows
-a topological order) and drops the parallelism between branches, a trade of GPU overlap for host time that
-`muse bench` measures (`MUSE_FRAME_ORDER`).
+Why it was tried: the driver launches a graph whose nodes form one chain in constant time (CUDA 12.6 and later),
+and the profiled bench had put a 4K frame's `cudaGraphLaunch` at ~2 ms of host CPU. That figure was the
+profiler's own (CUPTI's kernel tracing costs ~1 us a node); unprofiled, the branched frame launches in ~0.2 ms,
+and the chain bought no host time while costing 1.8 ms of GPU a frame, its branches no longer overlapping (H200,
+driver 580, 2026-12-03, bench/RESULTS.md). So `MUSE_FRAME_ORDER=linear` is off by default. `linearize` keeps
+every dependency (the chain follows a topological order); `graph_shape` is what `muse bench` prints of each
+recorded frame.
 
 The graph is edited through the driver API (`libcuda`), whose handles are the runtime's: torch hands out the
 `cudaGraph_t` of a graph captured with `keep_graph=True` before it is instantiated. `chain_order` (the order)

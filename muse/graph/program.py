@@ -28,8 +28,8 @@ from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
 from muse.graph.replayed import clone_payload, input_signature, retime, timing_of, timing_source
-from muse.graph.segments import (COMPILE_UNDER_WAY, MAX_VARIANTS, RECORD_TRIES, TRANSITIONAL, WARM_UP_NEW_CODE,
-                                 WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation)
+from muse.graph.segments import (COMPILE_UNDER_WAY, EAGER_STEP, MAX_VARIANTS, RECORD_TRIES, RECORDING_STEP, TRANSITIONAL,
+                                 WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation)
 from muse.graph.slots import FrameFailed
 from muse.graph.streams import new_stream
 
@@ -123,8 +123,8 @@ class FrameProgram:
             "eager_frames": self.eager_frames,
             "eager_reasons": dict(self.eager_reasons.most_common()),
             "order": self.order,
-            "graph_shapes": [getattr(v.graph, "shape", None) for s in self.segments for v in s.variants.values()
-                             if getattr(v.graph, "shape", None)],
+            "graph_shapes": [shape for s in self.segments for v in s.variants.values()
+                             if (shape := getattr(v.graph, "shape", None))],
         }
 
     def release(self) -> None:
@@ -259,14 +259,14 @@ class FrameProgram:
             for n in ends(self.runner, [n for n in seg.nodes if n in self.runner.live]):
                 self.runner._evaluate(n, memo)  # pulls the rest, so a switch sees its branch fail (and falls back)
         finally:
-            self.runner.stats.executor_ns["frame program: eager frames"] += time.thread_time_ns() - c0
+            self.runner.stats.executor_ns[EAGER_STEP] += time.thread_time_ns() - c0
 
     def _record(self, seg: Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> Variant:
         c0 = time.thread_time_ns()
         try:
             return self._record_variant(seg, nodes, ext, events, memo, key)
         finally:
-            self.runner.stats.executor_ns["frame program: recordings"] += time.thread_time_ns() - c0
+            self.runner.stats.executor_ns[RECORDING_STEP] += time.thread_time_ns() - c0
 
     def _record_variant(self, seg: Segment, nodes: list[str], ext: dict, events: list[Any], memo: dict, key: Hashable) -> Variant:
         r = self.runner
@@ -364,7 +364,6 @@ class FrameProgram:
             late.stamp(ev)  # this frame's copies land when `ev` completes (at once on the CPU)
         like = timing_source(ext)
         timing = timing_of(like)
-        taps = bool(r._taps)
         t1 = time.perf_counter()
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             for n in var.nodes:
@@ -380,8 +379,7 @@ class FrameProgram:
                     r._note_time(slot, t0, t1)
                 else:
                     slot.stats.frames += 1
-                if taps:
-                    r._fire_taps(n, outs)
+                r._fire_taps(n, outs)
 
     def _reset_streams(self) -> None:
         if self.stream is not None:

@@ -13,8 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from muse.graph.capture import FrameGraph
     from muse.graph.runtime import GraphRunner
 
-__all__ = ["COMPILE_UNDER_WAY", "MAX_VARIANTS", "RECORD_TRIES", "TRANSITIONAL", "WARM_UP_NEW_CODE",
-           "WARM_UP_NEW_VARIANT", "Segment", "Variant", "capture_blocker", "ends", "generation"]
+__all__ = ["COMPILE_UNDER_WAY", "EAGER_STEP", "MAX_VARIANTS", "ONE_OFF_STEPS", "RECORDING_STEP", "RECORD_TRIES",
+           "TRANSITIONAL", "WARM_UP_NEW_CODE", "WARM_UP_NEW_VARIANT", "Segment", "Variant", "capture_blocker", "ends",
+           "generation"]
 
 RECORD_TRIES = 3  # a variant whose recording a node's exception broke is recorded again, up to this many times
 MAX_VARIANTS = 8  # per segment; each keeps its activations alive, so an unstable choice can't grow memory forever
@@ -25,6 +26,10 @@ WARM_UP_NEW_CODE = "warm-up after new compiled code"
 WARM_UP_NEW_VARIANT = "warm-up of a new variant"
 COMPILE_UNDER_WAY = "a compile was under way"
 TRANSITIONAL = (WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, COMPILE_UNDER_WAY)
+# The executor's steps (`GraphStats.executor_ns`) that only those one-off frames take: `muse bench` subtracts them
+RECORDING_STEP = "frame program: recordings"
+EAGER_STEP = "frame program: eager frames"
+ONE_OFF_STEPS = (RECORDING_STEP, EAGER_STEP)
 
 
 def capture_blocker(runner: "GraphRunner", name: str) -> str | None:

@@ -102,7 +102,7 @@ class GraphStats:
         self.frame_gpu_ms: deque = deque(maxlen=_WINDOW)  # CUDA: events around each whole frame
         self.started = time.perf_counter()
         self.info: dict[str, Any] = {}
-        # The executor thread's CPU time (ns) by step of a frame (`executor_step`), and the wall time of its
+        # The executor thread's CPU time (ns) by step of a frame, and the wall time of its
         # waits ("... wall"): what `muse bench` splits the host CPU a frame into. Written by that thread only.
         self.executor_ns: Counter[str] = Counter()
         self._lock = threading.Lock()
