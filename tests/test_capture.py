@@ -369,6 +369,32 @@ def test_demo_on_gpu_matches_cpu():
     assert torch.allclose(gpu["mask"].alpha.float().cpu(), cpu["mask"].alpha.float(), atol=5e-3)  # fp16 on the GPU
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("start", [0, 45, 135])  # centred, cut by the right edge, cut by the left edge (motion 2)
+def test_demo_kernel_renders_what_the_torch_ops_render(start):
+    """The one-pass CUDA render (demo_kernel.py) against the torch ops it replaces, her square whole or cut by
+    the frame's edges: within one level (float32 lerp vs fp16), the alpha exactly where she is not."""
+    params = {"width": 640, "height": 360, "fps": 30, "start": start, "motion": 2.0}
+    node = build_node(Demo, params)
+    node.open(make_context("demo", "cuda"))
+    try:
+        assert node._kernel is not None
+        x0, _ = node.placement(start)
+        assert (start == 0) == (0 <= x0 <= 640 - node._side)  # the cut cases really cut her square
+        fast, fast_mask = node.render(start)
+        node_kernel, node._kernel = node._kernel, None
+        slow, slow_mask = node.render(start)
+        node._kernel = node_kernel
+        diff = (fast.int() - slow.int()).abs()
+        assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.05
+        assert torch.allclose(fast_mask.float(), slow_mask.float(), atol=1e-3)
+        assert torch.equal(fast[slow_mask == 0], node._plate[slow_mask == 0])
+        no_mask, none = node.render(start, with_mask=False)
+        assert none is None and torch.equal(no_mask, fast)
+    finally:
+        node.close()
+
+
 def test_camera_raw_yuyv_path_converts(astronaut):
     rig = CameraRig(cv2.resize(astronaut, (128, 96)), yuyv=True)
     node = _camera(rig, fourcc="YUY2", decode="gpu")  # the YUYV kernel, here on the CPU

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from muse.graph.node import Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
+from muse.nodes.capture.demo_kernel import DemoKernel
 from muse.nodes.capture.pacing import Pacer
 from muse.nodes.cpu import unread
 
@@ -160,6 +161,8 @@ class Demo(Node):
                                    np.ascontiguousarray(self._edge[3][:, 0]), np.ascontiguousarray(self._edge[4][:, 0]))
         self._side = side
         self._work = work
+        # On CUDA: the frame in one kernel launch (demo_kernel.py); None elsewhere (the torch ops below render)
+        self._kernel = DemoKernel.build(self._plate, self._person.round(), self._alpha, ctx.dtype) if dev.type == "cuda" else None
         self._mask_dtype = ctx.dtype
         self._index = p.start
         self._emitted = 0
@@ -180,6 +183,8 @@ class Demo(Node):
         """Frame `index` as (H, W, 3) uint8 and the person's alpha (H, W); None for the alpha when
         `with_mask` is False (nothing reads it: a full-size float plane a frame saved on the CPU)."""
         p = self.params
+        if self._kernel is not None and p.person:
+            return self._kernel.render(*self.placement(index), with_mask)
         alpha_full = torch.zeros((p.height, p.width), dtype=self._mask_dtype, device=self._plate.device) if with_mask else None
         if not p.person:
             return self._plate, alpha_full
