@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -342,6 +342,17 @@ if [[ $what == s14a ]]; then
   gzip -9 "$out/trace.json"
   run per_node python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 200 --capture per_node --latency-frames 0 --json "$out/stream_4k_per_node.json"
   run kernels_per_node python3 bench/profile_nodes.py graphs/stream_4k.yaml --frames 20 --top 10 --json "$out/profile_nodes.json"
+fi
+if [[ $what == s14b ]]; then
+  # Fourteenth session, the critical path's kernels: the models' input straight from the uint8 frame (shrink.py),
+  # the matte's edge anti-aliasing in two passes (edge_kernel.py); their cuda tests and the ones of the nodes using
+  # them, then stream_4k as shipped with the timeline again.
+  timeout 200 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_shrink.py tests/test_capture.py \
+    tests/test_segment_fused.py tests/test_segment_selfie.py tests/test_frame_capture.py tests/test_segment_refine.py tests/test_runtime_cuda.py > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  MUSE_BENCH_TRACE="$out/trace.json" bench_4k 240 "$out/stream_4k_shipped.json" --frames 600 --latency-frames 0 --kernel-frames 6
+  run timeline python3 bench/frame_timeline.py "$out/trace.json" --json "$out/timeline.json"
+  gzip -9 "$out/trace.json"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from muse.graph.node import NodeContext
 from muse.graph.payloads import Frame
+from muse.nodes.segment.shrink import shrink_u8
 
 
 def frame_batch(frame: Frame, size: tuple[int, int] | None, dtype: torch.dtype) -> torch.Tensor:
@@ -19,6 +20,11 @@ def frame_batch(frame: Frame, size: tuple[int, int] | None, dtype: torch.dtype) 
         small = F.interpolate(frame.image.permute(2, 0, 1).unsqueeze(0), size=(size[1], size[0]), mode="bilinear",
                               align_corners=False, antialias=True)
         return small.to(dtype).div_(255.0)
+    if size is not None and tuple(size) != (frame.width, frame.height) and frame.layout == "hwc":
+        # CUDA: two passes straight from the uint8 bytes (shrink.py), no full-size float copy
+        small = shrink_u8(frame.image, (int(size[0]), int(size[1])), dtype)
+        if small is not None:
+            return small
     x = frame.chw(dtype).unsqueeze(0)
     if size is not None and (frame.width, frame.height) != tuple(size):
         x = F.interpolate(x, size=(size[1], size[0]), mode="bilinear", align_corners=False, antialias=True)

@@ -36,6 +36,7 @@ from muse.models.compile_ahead import AheadJob, tensor_like, tensor_spec, torch_
 from muse.models.matte_refine import box_filter, guided_apply, guided_coefficients
 from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
+from muse.nodes.segment.edge_kernel import antialias_cuda
 
 __all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
 
@@ -724,6 +725,9 @@ def antialias(matte: torch.Tensor, taps: torch.Tensor | None) -> torch.Tensor:
     away and a narrow gap not closed. The border is replicated: a person cut by the frame's edge is not faded at it."""
     if taps is None:
         return matte
+    fast = antialias_cuda(matte, taps, KEEP_IN) if matte.is_cuda else None  # CUDA: two passes (edge_kernel.py)
+    if fast is not None:
+        return fast
     r = (taps.numel() - 1) // 2
     x = F.conv2d(F.pad(matte, (r, r, 0, 0), mode="replicate"), taps.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), taps.view(1, 1, -1, 1))

@@ -15,6 +15,7 @@ from torch import nn
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import wanted
+from muse.nodes.segment.shrink import shrink_u8
 
 __all__ = ["SelfieSegment", "SELFIE_MODELS"]
 
@@ -153,7 +154,9 @@ class SelfieSegment(Node):
             img = small.to(ctx.dtype).div_(255.0).contiguous()
             resize = False
         else:
-            img = frame.chw(ctx.dtype).unsqueeze(0)
+            # CUDA: resized straight from the uint8 bytes (shrink.py); None where it cannot, then torch's ops
+            small = shrink_u8(frame.image, (w, h), ctx.dtype) if resize and frame.layout == "hwc" else None
+            img, resize = (small, False) if small is not None else (frame.chw(ctx.dtype).unsqueeze(0), resize)
         if img.device != ctx.device:
             img = img.to(ctx.device, non_blocking=True)
         if resize:
