@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -353,6 +353,12 @@ if [[ $what == s14b ]]; then
   MUSE_BENCH_TRACE="$out/trace.json" bench_4k 240 "$out/stream_4k_shipped.json" --frames 600 --latency-frames 0 --kernel-frames 6
   run timeline python3 bench/frame_timeline.py "$out/trace.json" --json "$out/timeline.json"
   gzip -9 "$out/trace.json"
+fi
+if [[ $what == s14c ]]; then
+  # Fourteenth session's last: stream_4k as shipped over 2,000 measured frames (cold compile cache: a fresh machine),
+  # then every cuda test but the soak.
+  bench_4k 260 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600 --kernel-frames 6
+  cuda_suite 200
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
