@@ -94,6 +94,7 @@ class DemoKernel:
         self.mask_dtype = mask_dtype
         self.side = int(alpha.shape[0])
         self._fn = _function(plate.device, mask_dtype == torch.float16)
+        self._streams: dict[int, Any] = {}  # torch stream handle -> its CuPy wrapper (made once: a frame's host time)
 
     @classmethod
     def build(cls, plate: torch.Tensor, person: torch.Tensor, alpha: torch.Tensor, mask_dtype: torch.dtype) -> DemoKernel | None:
@@ -118,7 +119,10 @@ class DemoKernel:
         mask = torch.empty((height, width), dtype=self.mask_dtype, device=dev) if with_mask else None
         n = height * width
         i32, u64 = np.int32, np.uint64
-        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(dev).cuda_stream)
+        handle = torch.cuda.current_stream(dev).cuda_stream
+        stream = self._streams.get(handle)
+        if stream is None:
+            stream = self._streams[handle] = cupy.cuda.ExternalStream(handle)
         with stream:
             self._fn(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
                      (u64(self.plate.data_ptr()), u64(self.person.data_ptr()), u64(self.alpha.data_ptr()),
