@@ -356,9 +356,13 @@ if [[ $what == s14b ]]; then
 fi
 if [[ $what == s14c ]]; then
   # Fourteenth session's last: stream_4k as shipped over 2,000 measured frames (cold compile cache: a fresh machine),
-  # then every cuda test but the soak.
-  bench_4k 260 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600 --kernel-frames 6
-  cuda_suite 200
+  # then the cuda tests of frame_batch's other callers
+  # (a refused start cost 90 s of the session's device time: the whole cuda suite no longer fits; s14b ran the
+  # cuda tests of every changed module; here the ones of the other callers of frame_batch)
+  bench_4k 230 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600 --kernel-frames 6
+  timeout 80 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider -rfEs tests/test_modnet.py tests/test_segment_student.py \
+    tests/test_segment_hybrid.py tests/test_segment_clean_plate.py tests/test_shrink.py > "$out/cuda_tests.log" 2>&1
+  echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
