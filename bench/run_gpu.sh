@@ -355,13 +355,13 @@ if [[ $what == s14b ]]; then
   gzip -9 "$out/trace.json"
 fi
 if [[ $what == s14c ]]; then
-  # Fourteenth session's last: stream_4k as shipped over 2,000 measured frames (cold compile cache: a fresh machine),
-  # then the cuda tests of frame_batch's other callers
-  # (a refused start cost 90 s of the session's device time: the whole cuda suite no longer fits; s14b ran the
-  # cuda tests of every changed module; here the ones of the other callers of frame_batch)
-  bench_4k 230 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600 --kernel-frames 6
-  timeout 80 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider -rfEs tests/test_modnet.py tests/test_segment_student.py \
-    tests/test_segment_hybrid.py tests/test_segment_clean_plate.py tests/test_shrink.py > "$out/cuda_tests.log" 2>&1
+  # Fourteenth session's last: stream_4k as shipped over 2,000 measured frames (a fresh machine: cold compile cache),
+  # then the cuda tests of what changed after s14b (late flags read through numpy, one event query a replay) and of
+  # frame_batch's other callers. Two refused starts cost 180 s of the session's device time: no profiled phase
+  # (s14b counted the kernels) and not the whole cuda suite.
+  bench_4k 185 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
+  timeout 45 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider -rfEs tests/test_faults.py tests/test_faults_stream.py \
+    tests/test_runtime_cuda.py tests/test_pose_blazepose.py tests/test_segment_hybrid.py tests/test_segment_clean_plate.py > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
 fi
 if [[ $what == s9f ]]; then

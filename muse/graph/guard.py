@@ -124,7 +124,7 @@ class NodeGuard:
         if late is None or not late.published or late.version == self.judged or not late.ready():
             return None
         self.judged = late.version
-        return not bool(late.read())
+        return not bool(late.view)  # ready(): its copy has landed
 
     # -- what stands in ---------------------------------------------------------------------------------
     def stand_in(self, policy: FaultPolicy, node: Any, values: dict[str, Any], outputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:

@@ -101,7 +101,7 @@ class _Health:
         out = []
         for branch, (late, judged) in list(self.flags.items()):
             if late.published and late.version != judged and late.ready():
-                bad, mean = (float(x) for x in late.read().tolist())  # its copy has landed: no device stall
+                bad, mean = (float(x) for x in late.view.tolist())  # ready(): its copy has landed, no device stall
                 out.append((branch, bool(bad), mean))
                 self.flags[branch] = (late, late.version)
         return out

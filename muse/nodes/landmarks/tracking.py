@@ -145,7 +145,7 @@ class HostFlag(LateValue):
         newest copy has not landed, the one before stands: tracking is then decided two frames late, which
         the tracker tolerates (a lost ROI runs the tracker once more, masked on the device)."""
         if self.ready():
-            self._landed = bool(self.host[0])  # one byte: a copy landing meanwhile gives the old or new value
+            self._landed = bool(self.view[0])  # one byte: a copy landing meanwhile gives the old or new value
         return self._landed
 
     def reset(self) -> None:

@@ -362,7 +362,7 @@ class HybridSegment(Node):
             if not v.published or v.version == h.judged or not v.ready():
                 continue
             h.judged = v.version
-            bad, coverage = (float(x) for x in v.read().tolist())  # host memory: no device sync
+            bad, coverage = (float(x) for x in v.view.tolist())  # ready(): host memory, no device sync
             self._judge(kind, branch, about, bad, coverage)
 
     def _judge(self, kind: str, branch: int, about: int, bad: float, coverage: float) -> str:
