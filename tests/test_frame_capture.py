@@ -450,3 +450,35 @@ def test_the_pose_trackers_check_is_recorded_at_its_second_occurrence() -> None:
     runner.stop()
     assert seen and len(seen[0]) >= 2, seen  # the tracking variant and the check's
     assert seen[0][0] == 4 and all(n == 2 for n in seen[0][1:]), seen  # 3 eager + recorded; 1 eager + recorded
+
+
+@pytest.mark.cuda
+def test_cuda_recording_runs_no_garbage_collection() -> None:
+    """No collection may run destructors inside a capture (an old CUDA graph reset there breaks the recording):
+    the recording runs with the collector off, and it is on again after, also when the frame raises."""
+    import gc
+
+    from muse.graph.capture import CudaFrameGraph
+    from muse.graph.streams import new_stream
+
+    stream = new_stream(torch.device("cuda"))
+    seen: list[bool] = []
+
+    def frame() -> torch.Tensor:
+        seen.append(gc.isenabled())
+        return torch.ones(4, device="cuda") * 2
+
+    assert gc.isenabled()
+    graph = CudaFrameGraph(stream)
+    out = graph.record(frame)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert seen == [False] and gc.isenabled() and out.tolist() == [2.0] * 4
+
+    def broken() -> None:
+        seen.append(gc.isenabled())
+        raise ValueError("a node failed while recording")
+
+    with pytest.raises(ValueError):
+        CudaFrameGraph(stream).record(broken)
+    assert seen[-1] is False and gc.isenabled()

@@ -18,6 +18,7 @@ copy to pinned memory is part of the frame, and the host reads it a frame later.
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any, Callable, Iterable
 
@@ -112,6 +113,13 @@ class CudaFrameGraph(FrameGraph):
     def record(self, fn: Callable[[], Any]) -> Any:
         torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
         self._enter()
+        # No garbage collection while recording: a collection runs destructors on whichever thread allocates, and an
+        # unreachable old CUDA graph reset on this thread inside the capture breaks it ("operation not permitted when
+        # stream is capturing (function reset)", then the next node's "operation failed due to a previous error
+        # during capture": seen on the H200 in the fault-injection stream test). torch.cuda.graph collects first
+        # for the same reason; disabled here instead, so the recording's stall is not a full collection longer.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             with torch.cuda.stream(self.stream), HostDataGuard(), HostReadGuard():
                 # thread_local: sources and sinks keep uploading/downloading on their own threads meanwhile.
@@ -131,6 +139,8 @@ class CudaFrameGraph(FrameGraph):
                     raise
         finally:
             self._exit()
+            if collecting:
+                gc.enable()
         if self.order == "linear":
             from muse.graph.linear import linearize
 
