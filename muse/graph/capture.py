@@ -114,7 +114,8 @@ class CudaFrameGraph(FrameGraph):
         torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
         self._enter()
         # No garbage collection while recording: a collection runs destructors on whichever thread allocates, and an
-        # unreachable old CUDA graph reset on this thread inside the capture breaks it ("operation not permitted when
+        # unreachable old CUDA graph (a recording a node's fault aborted lives on in its exception's reference cycle
+        # until a collection) reset on this thread inside the capture breaks it ("operation not permitted when
         # stream is capturing (function reset)", then the next node's "operation failed due to a previous error
         # during capture": seen on the H200 in the fault-injection stream test). torch.cuda.graph collects first
         # for the same reason; disabled here instead, so the recording's stall is not a full collection longer.
