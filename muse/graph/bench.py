@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from muse.graph.host_cpu import GcPauses, by_thread, thread_cpu_s, thread_names
+from muse.graph import markers
 from muse.graph.kernel_count import count_kernels, start_profiler
 from muse.graph.segments import ONE_OFF_STEPS, TRANSITIONAL
 from muse.graph.validate import ValidatedGraph
@@ -386,7 +387,11 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
         report.host_cpu_ms_paced = round(paced.cpu_ms, 3) if paced.frames else None
         report.paced_drops, report.paced_capture = paced.drops, paced.capture
     if kernel_frames and runner.device.type == "cuda":
-        kernels = _run(graph, device, WARM_FRAMES + kernel_frames, unpaced=True, profile=True).kernels
+        markers.ENABLED[0] = bool(os.environ.get("MUSE_BENCH_TRACE"))  # node names in the written timeline
+        try:
+            kernels = _run(graph, device, WARM_FRAMES + kernel_frames, unpaced=True, profile=True).kernels
+        finally:
+            markers.ENABLED[0] = False
         if kernels is not None:
             report.kernels_per_frame, report.top_kernels, report.host_calls = kernels
     return report

@@ -19,6 +19,7 @@ import torch
 
 from muse.graph.failures import FailureHandling
 from muse.graph.liveness import gather, gather_selected, live_nodes
+from muse.graph.markers import mark
 from muse.graph.node import NodeError
 from muse.graph.slots import FAULTS, FrameFailed, GraphRunError, Item, LeftBehind, Slot
 
@@ -230,6 +231,7 @@ class FrameExecutor(FailureHandling):
         try:
             with self._in_stream(slot.stream):
                 self._wait_events(slot.stream, events, values)
+                mark(slot.name, "begin", slot.stream)  # a profiled run's timeline: when its inputs were ready
                 self._variant(slot)  # host choices for this frame (read a frame late)
                 slot.variant_ready = False
                 if nvtx:
@@ -252,6 +254,7 @@ class FrameExecutor(FailureHandling):
                     stand_in, how = guard.stand_in(slot.rn.policy, slot.node, values, slot.rn.cls.outputs_spec)
                     slot.stats.count_handled(how)
                     outs = stand_in or {}
+                mark(slot.name, "end", slot.stream)
                 out_events = self._record(slot, start_ev)  # after any stand-in: a fallback's own work is on this stream too
                 # Taps run on the producer's stream, so a GPU preview copy is ordered after the work.
                 if not recording:

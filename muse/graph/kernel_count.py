@@ -35,7 +35,8 @@ def count_kernels(prof: Any) -> tuple[int, list[dict[str, Any]], list[dict[str, 
     for ev in prof.events():
         name = ev.name
         if str(getattr(ev, "device_type", "")).endswith("CUDA"):
-            if "memcpy" not in name.lower() and "memset" not in name.lower():
+            # copies and fills are not kernels; nor are the node markers a traced run adds (muse.graph.markers)
+            if "memcpy" not in name.lower() and "memset" not in name.lower() and not name.startswith("muse_mark_"):
                 count += 1
                 slot = by_name.setdefault(name, [0, 0.0])
                 slot[0] += 1
