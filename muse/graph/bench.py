@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from muse.graph.host_cpu import GcPauses, by_thread, thread_cpu_s, thread_names
 from muse.graph import markers
+from muse.graph.host_cpu import GcPauses, by_thread, thread_cpu_s, thread_names
 from muse.graph.kernel_count import count_kernels, start_profiler
 from muse.graph.segments import ONE_OFF_STEPS, TRANSITIONAL
 from muse.graph.validate import ValidatedGraph

@@ -6,7 +6,8 @@ on the frame's critical path cannot be pinned on a node. With markers on (`muse 
 one-thread kernels named after it, `muse_mark_<node>_begin` / `_end`, recorded into the frame like the node's
 own kernels; `bench/frame_timeline.py` reads them back as each node's start, end and lane. Each costs a launch
 (~2-3 us of GPU); off, nothing is launched. A marker's kernel is compiled on the first eager frame that meets its
-node (never while a frame records; a node first met inside a recording is left unmarked).
+node (never while a frame records or a background compile holds the GPU lock: a node first met then is left unmarked
+until a later eager frame).
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ def _kernel(name: str) -> Any:
 
             from muse.graph.compiled import GPU_CODE
 
-            with GPU_CODE:
+            # not while a compile runs in the background (it may hold the lock for a minute): unmarked meanwhile
+            if not GPU_CODE.acquire(blocking=False):
+                return None
+            try:
                 fn = _KERNELS[name] = cupy.RawModule(code=f'extern "C" __global__ void {name}() {{}}').get_function(name)
+            finally:
+                GPU_CODE.release()
         except Exception as exc:  # no CuPy or NVRTC: no markers, said once
             _BROKEN.append(str(exc))
             log.warning("node markers unavailable (%s); the timeline has no node names", exc)

@@ -71,17 +71,23 @@ def _functions(device: torch.device, half: bool) -> tuple[Any, Any] | None:
         return fns
     if _BROKEN or torch.cuda.is_current_stream_capturing():  # never compiled while a CUDA graph records
         return None
+    # NVRTC and a module load: not while another thread records or a background compile runs (the torch steps
+    # this call; built on a later one)
+    if not GPU_CODE.acquire(blocking=False):
+        return None
     try:
         import cupy
 
         options = ("--std=c++14",) + (("-DMASK_HALF",) if half else ())
-        with GPU_CODE, cupy.cuda.Device(index):
+        with cupy.cuda.Device(index):
             mod = cupy.RawModule(code=_SOURCE, options=options)
             fns = _FUNCTIONS[key] = (mod.get_function("aa_rows"), mod.get_function("aa_cols"))
     except Exception as exc:  # no CuPy, no NVRTC: the torch steps, said once
         _BROKEN.append(str(exc))
         log.info("matte edge kernel unavailable (%s): the edge is anti-aliased by torch ops", exc)
         return None
+    finally:
+        GPU_CODE.release()
     return fns
 
 

@@ -115,7 +115,7 @@ def _functions(device: torch.device, half: bool) -> tuple[Any, Any]:
     fns = _FUNCTIONS.get(key)
     if fns is None:
         options = ("--std=c++14",) + (("-DOUT_HALF",) if half else ())
-        with GPU_CODE, cupy.cuda.Device(index):
+        with GPU_CODE, cupy.cuda.Device(index):  # (the caller holds it already: re-entrant)
             mod = cupy.RawModule(code=_SOURCE, options=options)
             fns = _FUNCTIONS[key] = (mod.get_function("shrink_rows"), mod.get_function("shrink_cols"))
     return fns
@@ -141,6 +141,10 @@ def _ready(image: torch.Tensor, size: tuple[int, int], half: bool) -> bool:
         return True
     if torch.cuda.is_current_stream_capturing():
         return False
+    # NVRTC and a module load: not while another thread records or a background compile runs (torch's ops this
+    # call; built on a later one)
+    if not GPU_CODE.acquire(blocking=False):
+        return False
     try:
         import cupy  # noqa: F401
 
@@ -151,6 +155,8 @@ def _ready(image: torch.Tensor, size: tuple[int, int], half: bool) -> bool:
         _BROKEN.append(str(exc))
         log.info("frame shrink kernel unavailable (%s): models' inputs are resized by torch ops", exc)
         return False
+    finally:
+        GPU_CODE.release()
     return True
 
 
