@@ -240,19 +240,22 @@ class FusedChain:
                     self.compiled, self._wanted, self._thread = None, None, None
                 background_work(id(self), None)
                 return
+            seconds = time.perf_counter() - t
             with self._lock:
-                self._ready, self.seconds = key, time.perf_counter() - t
+                skipped = self._skipped.pop(key, None)
+            if skipped is not None and seconds > STALE_MARKER_S:
+                # The marker said the cache held this code, yet compiling here took as long as a cold compile
+                # (the cache cleared in part, or moved): the next start compiles in a process of its own again.
+                # Before the code is published as ready: whoever waits for it (`wait`) then finds the marker gone.
+                forget(skipped)
+                log.warning("%s: the compile cache did not hold the code compiled ahead before (compiling here took "
+                            "%.0f s); the next start compiles it in a process of its own again", self.name, seconds)
+            with self._lock:
+                self._ready, self.seconds = key, seconds
                 if self._wanted is not None and self._wanted[0] == key:
                     self._wanted = None
             code_changed()  # recorded frames hold the unfused kernels: the frame program records again
             log.info("%s runs compiled (compiled in %.1f s)", self.name, self.seconds)
-            skipped = self._skipped.pop(key, None)
-            if skipped is not None and self.seconds > STALE_MARKER_S:
-                # The marker said the cache held this code, yet compiling here took as long as a cold compile
-                # (the cache cleared in part, or moved): the next start compiles in a process of its own again.
-                forget(skipped)
-                log.warning("%s: the compile cache did not hold the code compiled ahead before (compiling here took "
-                            "%.0f s); the next start compiles it in a process of its own again", self.name, self.seconds)
 
     def _compile_ahead(self, key: Hashable, job: "AheadJob") -> None:
         """Run the warm-up for `key` in a child process (holding no lock: the stream keeps replaying its
