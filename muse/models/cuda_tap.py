@@ -1,7 +1,23 @@
-"""One CUDA source snippet the CuPy kernels share: a bilinear tap of a float plane on cell centres.
+"""CUDA source snippets the CuPy kernels share.
 
-It samples like torch's bilinear `interpolate` (align_corners=False) with the edges clamped, so a
-kernel that reads a low-resolution plane at full resolution agrees with its torch twin.
+`TAP_F32`: a bilinear tap of a float plane on cell centres. It samples like torch's bilinear `interpolate`
+(align_corners=False) with the edges clamped, so a kernel that reads a low-resolution plane at full
+resolution agrees with its torch twin.
+
+`MASK_T`: a mask's element type, fp16 when compiled with `-DMASK_HALF` (else fp32), and its conversions
+`m2f` / `f2m` (round to nearest) to and from float.
+"""
+
+MASK_T = r"""
+#ifdef MASK_HALF
+typedef unsigned short mask_t;
+__device__ __forceinline__ float m2f(mask_t v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
+__device__ __forceinline__ mask_t f2m(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+#else
+typedef float mask_t;
+__device__ __forceinline__ float m2f(mask_t v) { return v; }
+__device__ __forceinline__ mask_t f2m(float f) { return f; }
+#endif
 """
 
 TAP_F32 = r"""

@@ -17,20 +17,13 @@ import numpy as np
 import torch
 
 from muse.graph.compiled import GPU_CODE
+from muse.models.cuda_tap import MASK_T
 
 log = logging.getLogger("muse.node.demo")
 
 __all__ = ["DemoKernel"]
 
-_SOURCE = r"""
-#ifdef MASK_HALF
-typedef unsigned short mask_t;
-__device__ __forceinline__ mask_t f2m(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
-#else
-typedef float mask_t;
-__device__ __forceinline__ mask_t f2m(float f) { return f; }
-#endif
-
+_SOURCE = MASK_T + r"""
 // out (H, W, 3) uint8 = plate, with the person's (S, S, 3) float picture (0..255) blended in by her (S, S) alpha
 // where her square, top-left (x0, y0), covers the frame; mask (H, W) = her alpha there, 0 elsewhere (when given).
 extern "C" __global__ void demo_render(const unsigned char* __restrict__ plate, const float* __restrict__ person,

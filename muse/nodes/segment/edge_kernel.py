@@ -18,22 +18,13 @@ import numpy as np
 import torch
 
 from muse.graph.compiled import GPU_CODE
+from muse.models.cuda_tap import MASK_T
 
 log = logging.getLogger("muse.node.segment")
 
 __all__ = ["antialias_cuda"]
 
-_SOURCE = r"""
-#ifdef MASK_HALF
-typedef unsigned short mask_t;
-__device__ __forceinline__ float m2f(mask_t v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
-__device__ __forceinline__ mask_t f2m(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
-#else
-typedef float mask_t;
-__device__ __forceinline__ float m2f(mask_t v) { return v; }
-__device__ __forceinline__ mask_t f2m(float f) { return f; }
-#endif
-
+_SOURCE = MASK_T + r"""
 extern "C" __global__ void aa_rows(const mask_t* __restrict__ m, mask_t* __restrict__ tmp, int W, int H,
                                    const mask_t* __restrict__ taps, int r)
 {

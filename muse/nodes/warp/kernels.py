@@ -28,6 +28,8 @@ import torch
 from muse.graph.capture import device_constant
 import torch.nn.functional as F
 
+from muse.models.cuda_tap import MASK_T
+
 # ---------------------------------------------------------------------------
 # colour: sRGB <-> linear light (IEC 61966-2-1), shared by composite and relight
 
@@ -135,17 +137,7 @@ def warp_apply_torch(
 # CUDA kernel (CuPy RawKernel)
 
 # Shared by both kernels: the mask element type (fp16 or fp32), a clamped bilinear tap and its loaders.
-_CUDA_PRELUDE = r"""
-#ifdef MASK_HALF
-typedef unsigned short mask_t;
-__device__ __forceinline__ float m2f(mask_t v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f; }
-__device__ __forceinline__ mask_t f2m(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
-#else
-typedef float mask_t;
-__device__ __forceinline__ float m2f(mask_t v) { return v; }
-__device__ __forceinline__ mask_t f2m(float f) { return f; }
-#endif
-
+_CUDA_PRELUDE = MASK_T + r"""
 // Bilinear tap of a single-channel plane at (x, y) in its own pixels, edges clamped.
 template <typename T, typename Load>
 __device__ __forceinline__ float tap(const T* p, int w, int h, float x, float y, Load load) {
