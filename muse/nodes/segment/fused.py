@@ -7,7 +7,8 @@ Per frame, at a low working resolution:
    frame (a lighting ramp, auto exposure or flicker is a gain, not a person), and the frame is compared
    with the plate's local min/max envelope (a pixel of residual shake is no difference either); the
    threshold follows the measured background noise (low light);
-3. both as log-odds, summed where the plate is known; holes closed;
+3. both as log-odds, summed where the plate is known; holes closed (small ones always, larger ones where the
+   model calls them person);
 4. motion-aware blending with the previous matte: still pixels keep most of the past (no flicker),
    pixels whose picture changed follow at once (no lag);
 5. edge-aware upsampling to full resolution (fast guided filter on the frame).
@@ -66,6 +67,9 @@ MOTION_VOTE_RADIUS = 3
 # where the last matte was person) is learned into the own plate after `own_plate_uncovered_seconds` of stillness
 # instead of `own_plate_seconds` (issue 14, eighth session).
 UNCOVERED_SECONDS = 1.0 / 3.0
+# A hole in the plate's person wider than `small_hole_radius` is filled where the model's probability is above
+# MODEL_HOLE[1], not below MODEL_HOLE[0] (smooth between).
+MODEL_HOLE = (0.3, 0.7)
 
 
 def _logit(p: torch.Tensor, lo: float = 0.02) -> torch.Tensor:
@@ -83,6 +87,17 @@ def _dilate(x: torch.Tensor, r: int) -> torch.Tensor:
 
 def _erode(x: torch.Tensor, r: int) -> torch.Tensor:
     return -_dilate(-x, r)
+
+
+def _close(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Closing of a half-size plane for a full-size radius r: holes and gaps up to about r pixels filled."""
+    return _erode(_dilate(x, -(-r // 2)), -(-r // 2))
+
+
+def _model_says_person(pm: torch.Tensor) -> torch.Tensor:
+    """0 where the model's probability is below MODEL_HOLE[0], 1 above MODEL_HOLE[1], smooth between."""
+    t = ((pm - MODEL_HOLE[0]) / (MODEL_HOLE[1] - MODEL_HOLE[0])).clamp(0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def _smoothstep(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +147,8 @@ class FusedSettings(NodeParams):
     max_shift: float = Field(0.03, ge=0.0, le=0.2, description="Largest camera shake followed, as a fraction of the height")
     envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution)")
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
-    close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled")
+    close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled where the model calls them person (clothes the colour of the room); without a model, everywhere")
+    small_hole_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes and gaps in the plate's person up to this size (fraction of height) are filled whatever the model says; between this and close_radius only where the model agrees (the room between an arm and the body, or between the legs, stays room: filled, it flickered as the limbs moved)")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
     model_stability: float = Field(0.95, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
     motion_reach: int = Field(0, ge=0, le=8, description="Pixels (working size) around a change that also follow it at once (the previous matte is already carried along the motion)")
@@ -540,8 +556,14 @@ class FusedMatte:
         rc = round(s.close_radius * h)
         if rc > 0:  # holes where clothes match the room; at quarter size (a wide radius needs no pixel precision)
             small = F.max_pool2d(pp, 2, ceil_mode=True)
-            small = _erode(_dilate(small, -(-rc // 2)), -(-rc // 2))
-            pp = torch.maximum(pp, F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False))
+            closed = F.interpolate(_close(small, rc), size=(h, w), mode="bilinear", align_corners=False)
+            if prior is not None:
+                # A closing also fills the room between an arm and the body: beyond small_hole_radius only where
+                # the model calls it person (issue 14, fifteenth session: two_shake's flicker 17.6 -> 14.6)
+                rs = round(s.small_hole_radius * h)
+                sure = F.interpolate(_close(small, rs), size=(h, w), mode="bilinear", align_corners=False) if rs > 0 else pp
+                closed = torch.maximum(sure, closed * _model_says_person(pm))
+            pp = torch.maximum(pp, closed)
         weight = torch.lerp(lv["plate_weight"], lv["own_plate_weight"], own)  # a recorded plate / the node's own
         plate_logit = torch.maximum(_logit(pp), -lv["plate_background"]).clamp_max(6.0) * known * weight
 
