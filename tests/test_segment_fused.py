@@ -668,3 +668,33 @@ def test_the_models_uncertainty_is_not_shown_as_a_see_through_haze(monkeypatch, 
     assert haze[1.5] < 0.5 * haze[1.0], haze
     assert flick[1.5] < flick[1.0], flick
     assert abs(ious[1.5] - ious[1.0]) < 0.01, ious
+
+
+@pytest.mark.parametrize("path", ["torch", "fast"])
+def test_holes_close_where_the_model_agrees_but_the_room_between_limbs_stays_room(monkeypatch, path):
+    """The plate's person has two 18 px gaps of room colour (wider than small_hole_radius's closing fills, narrower
+    than close_radius's): a slot of room cut into her side, open to the room, which the model also sees as room (as
+    between an arm and the body), and a patch inside her torso whose clothes match the room exactly, which the model
+    calls person. The slot stays room, the patch is filled. With small_hole_radius at close_radius (the closing before
+    issue 14's fifteenth session) the slot is filled too."""
+    monkeypatch.setenv("MUSE_CPU_PATH", path)  # the torch (GPU) path and the CPU implementation
+    rgb, gt = scenes.composite(SIZE)
+    room = scenes.room(SIZE)
+    slot, patch = np.zeros_like(gt), np.zeros_like(gt)
+    slot[172:190, 100:165] = True  # from the room into her side (she spans x 120-239 here)
+    patch[205:223, 175:193] = True  # inside her torso
+    assert gt[patch].all() and not gt[slot].all() and gt[slot].mean() > 0.5
+    truth = gt & ~slot
+    frame_rgb = np.where((slot | patch)[..., None], room, rgb)  # both gaps show the room's own pixels
+    plate = _frame(room)
+    got = {}
+    for small in (0.02, 0.05):
+        node = _open(FusedSegment, {**PARAMS, "small_hole_radius": small})
+        for i in range(3):
+            out = node.process(frame=_frame(_camera(frame_rgb, i), i), prior=_prior(truth), plate=plate)
+        got[small] = out["mask"].alpha.numpy() > 0.5
+    inner_slot = slot & gt  # the part of the slot that cuts into her
+    assert got[0.02][inner_slot].mean() < 0.2, got[0.02][inner_slot].mean()
+    assert got[0.02][patch].mean() > 0.9, got[0.02][patch].mean()
+    assert scenes.iou(got[0.02], truth) > 0.93
+    assert got[0.05][inner_slot].mean() > 0.5  # the wide closing alone fills the room between her and her arm
