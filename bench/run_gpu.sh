@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -363,6 +363,18 @@ if [[ $what == s14c ]]; then
   timeout 45 python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider -rfEs tests/test_faults.py tests/test_faults_stream.py \
     tests/test_runtime_cuda.py tests/test_pose_blazepose.py tests/test_segment_hybrid.py tests/test_segment_clean_plate.py > "$out/cuda_tests.log" 2>&1
   echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+fi
+if [[ $what == s15a ]]; then
+  # For the session after the fifteenth (which had no device time): every cuda test but the soak on the code since
+  # s14c (frames recorded with the garbage collector off, the node markers, the matte's model-gated hole closing in
+  # the compiled maths), then stream_4k as shipped over 2,000 measured frames with the profiled phase's trace and node
+  # markers (frame_timeline.py prints each node's window: the pose and face lane's 0.5-0.8 ms wait), then
+  # segment.fused's 4K cost alone (issue 14's budget).
+  cuda_suite 260
+  MUSE_BENCH_TRACE="$out/trace.json" bench_4k 240 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600 --kernel-frames 6
+  run timeline python3 bench/frame_timeline.py "$out/trace.json" --json "$out/timeline.json"
+  gzip -9 "$out/trace.json"
+  run fused_4k python3 bench/bench_fused.py --device cuda --frames 200
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k
