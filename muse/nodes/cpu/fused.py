@@ -82,12 +82,6 @@ def _close(x: np.ndarray, r: int) -> np.ndarray:
     return _erode(_dilate(x, -(-r // 2)), -(-r // 2))
 
 
-def _model_says_person(pm: np.ndarray) -> np.ndarray:
-    """fused._model_says_person."""
-    t = np.clip((pm - np.float32(MODEL_HOLE[0])) / np.float32(MODEL_HOLE[1] - MODEL_HOLE[0]), 0.0, 1.0)
-    return t * t * (np.float32(3.0) - np.float32(2.0) * t)
-
-
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
@@ -643,7 +637,7 @@ class FusedCPU:
                 if prior is not None:  # beyond small_hole_radius only where the model calls it person
                     rs = round(s.small_hole_radius * h)
                     sure = _resize(_close(small, rs), w, h) if rs > 0 else pp
-                    closed = np.maximum(sure, closed * _model_says_person(pm))
+                    closed = np.maximum(sure, closed * _smoothstep(*MODEL_HOLE, pm))  # fused._model_says_person
                 pp = np.maximum(pp, closed)
             weight = s.plate_weight if self.has_plate else s.own_plate_weight  # a recorded plate / the node's own
             plate_logit = np.clip(_logit(pp), -s.plate_background, 6.0) * known * weight
