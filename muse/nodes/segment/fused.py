@@ -148,7 +148,7 @@ class FusedSettings(NodeParams):
     envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution)")
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
     close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled where the model calls them person (clothes the colour of the room); without a model, everywhere")
-    small_hole_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes and gaps in the plate's person up to this size (fraction of height) are filled whatever the model says; between this and close_radius only where the model agrees (the room between an arm and the body, or between the legs, stays room: filled, it flickered as the limbs moved)")
+    small_hole_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes and gaps in the plate's person up to this size (fraction of height) are filled whatever the model says; between this and close_radius only where the model agrees (the room between an arm and the body, or between the legs, stays room: filled, it flickered as the limbs moved); close_radius 0 turns all hole closing off")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
     model_stability: float = Field(0.95, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
     motion_reach: int = Field(0, ge=0, le=8, description="Pixels (working size) around a change that also follow it at once (the previous matte is already carried along the motion)")
