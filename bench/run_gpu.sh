@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -375,6 +375,19 @@ if [[ $what == s15a ]]; then
   run timeline python3 bench/frame_timeline.py "$out/trace.json" --json "$out/timeline.json"
   gzip -9 "$out/trace.json"
   run fused_4k python3 bench/bench_fused.py --device cuda --frames 200
+fi
+if [[ $what == s16a ]]; then
+  # Sixteenth session: the capture tests with the fix for s15a's abort (a failed recording's pool released twice,
+  # once by hand and once by its destructor) and the fault-injection stream, then where the host CPU goes over
+  # steady replayed frames of stream_4k: py-spy (carried as a wheel), every thread, idle stacks left out.
+  timeout 200 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_frame_capture.py tests/test_faults_stream.py \
+    > "$out/cuda_capture_tests.log" 2>&1; echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
+  python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 20000 --capture on --latency-frames 0 >> "$out/bench.log" 2>&1 &
+  bench_pid=$!
+  sleep 50
+  timeout 60 py-spy record --pid "$bench_pid" --threads --nonblocking --format raw --rate 250 --duration 20 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
+  echo "py-spy exit $?" >> "$out/bench.log"
+  kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

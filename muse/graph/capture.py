@@ -179,9 +179,16 @@ class CudaFrameGraph(FrameGraph):
                 pass
         try:
             self.graph.capture_end()
-        except Exception:
-            pass
-        self._release()
+        except Exception:  # the capture was invalidated: torch never took it as ended, so the pool is ours to let go
+            self._release()
+            return
+        # An ended capture is an ordinary graph: reset releases its pool once, and its destructor then has nothing
+        # left to do. Releasing the pool by hand here too made the destructor release it a second time, an assert
+        # in a destructor: the process aborted when the failed recording was freed (s15a on the H200).
+        try:
+            self.graph.reset()
+        finally:
+            torch.cuda.synchronize(self.stream.device)
 
     def _release(self) -> None:
         """Tell the allocator this capture is over, whatever state CUDA left it in."""
