@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -388,6 +388,13 @@ if [[ $what == s16a ]]; then
   timeout 60 py-spy record --pid "$bench_pid" --threads --nonblocking --format raw --rate 250 --duration 20 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
   echo "py-spy exit $?" >> "$out/bench.log"
   kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+fi
+if [[ $what == s16b ]]; then
+  # Sixteenth session: every cuda test but the soak (the test media and python-osc carried this time: s15a's 11
+  # media failures and 1 import failure were the carry's), then stream_4k as shipped over 2,000 frames (the preview
+  # server woken only with a viewer connected, no event a frame in the unwatched preview).
+  cuda_suite 300
+  bench_4k 240 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
 fi
 if [[ $what == s9f ]]; then
   # Ninth session, with ~5 minutes of device time left: the cuda tests of the kernels changed this session, stream_4k

@@ -523,3 +523,24 @@ def test_on_the_cpu_pipeline_a_hung_output_does_not_hold_the_others_and_skips_st
     runner.wait(20)
     runner.stop()
     assert runner._error is not None and "3 frames in a row failed" in str(runner._error) and "'a'" in str(runner._error)
+
+
+def test_failed_checks_are_all_counted_when_the_host_reads_them_late() -> None:
+    """The device keeps a tally of failed checks: frames the host did not read before the next one published
+    (a host running frames ahead of the device) are counted all the same, and a clean read says 0."""
+    from muse.graph.guard import NodeGuard
+
+    guard = NodeGuard("mask")
+    good = torch.linspace(0, 1, 192).reshape(3, 8, 8)
+    bad = good.clone()
+    bad[1, 3, 4] = float("nan")
+    shown = []
+    for t in (good, bad, bad, good, bad):  # published frame after frame, never read in between
+        out = guard.check({"frame": Frame(image=t, layout="chw")}, in_place=False, sync=False)
+        shown.append(out["frame"].image)
+    assert guard.poll() == 3
+    assert guard.poll() is None  # nothing newer landed
+    assert all(torch.isfinite(s).all() for s in shown)  # held on the same frame, as before
+    assert torch.equal(shown[2], good)  # the last finite picture stood in for both bad frames
+    guard.check({"frame": Frame(image=good, layout="chw")}, in_place=False, sync=False)
+    assert guard.poll() == 0

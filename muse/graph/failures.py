@@ -115,21 +115,22 @@ class FailureHandling:
         bad = guard.poll()
         if bad is None:
             return
-        guard.nan_seen = bad
+        guard.nan_seen = bool(bad)
         policy = slot.rn.policy
         if not bad:
             if guard.quarantined:
                 guard.quarantined = False
                 log.info("node '%s' (%s): outputs are finite again", slot.name, slot.rn.type)
             return
-        slot.stats.nan_frames += 1
+        before = slot.stats.nan_frames
+        slot.stats.nan_frames += bad  # every failed check since the last read (the host may run frames ahead)
         self._tell_consumers(slot)
         n = slot.stats.nan_frames
         if policy.on_error == "stop":
             raise NodeStopped(f"{self.graph.file}: node '{slot.name}' ({slot.rn.type}) produced NaN/Inf and its on_error is stop")
         if policy.on_error == "hold_last":
-            slot.stats.count_handled("held")
-        if n == 1 or n % 100 == 0:
+            slot.stats.count_handled("held", bad)
+        if before == 0 or n // 100 > before // 100:
             what = {"hold_last": "its last good outputs stood in (on the device, the same frame)",
                     "skip": "its outputs are skipped until they are finite again",
                     "fallback": "its fallback stands in until its outputs are finite again"}[policy.on_error]

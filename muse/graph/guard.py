@@ -1,7 +1,7 @@
 """Per running node: its NaN/Inf check, its last good outputs and what its `on_error` policy puts in their place.
 
 The check costs one fp32 sum per floating output tensor (NaN and Inf make the sum non-finite)
-and one small copy to the host per node, read a frame later (`LateValue`): no host sync,
+and one small copy to the host per node of its tally of failed checks, read a frame later (`LateValue`): no host sync,
 and it records into a captured frame like any other device op. On the same frame, on the
 device, every floating output tensor is replaced by the node's last finite one when the
 check fails (`torch.where` on a 0-d flag), so a NaN never reaches a consumer, a stateful
@@ -38,6 +38,8 @@ class NodeGuard:
     held: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)  # (port, field) -> last finite tensor
     late: LateValue | None = None
     judged: int = 0  # the LateValue version already read
+    bad_tally: torch.Tensor | None = None  # CUDA: failed checks so far, counted on the device (0-d int32)
+    counted: int = 0  # the tally already read
     quarantined: bool = False  # outputs were non-finite at the last check: skip/fallback replace them
     sync_bad: bool = False  # CPU: this frame's check failed (read at once)
     sync_result: bool | None = None  # CPU: the last check, not yet read by `poll`
@@ -62,9 +64,16 @@ class NodeGuard:
             return outs
         ok = torch.isfinite(total)
         if self.late is None or self.late.cuda != ok.is_cuda:
-            self.late = LateValue(ok.device, (), torch.bool)
-            self.judged = 0
-        self.late.publish(ok)
+            # Made on an eager frame (a recording follows warm-up frames): the tally lives outside any graph's pool.
+            self.late = LateValue(ok.device, (), torch.int32)
+            self.bad_tally = torch.zeros((), dtype=torch.int32, device=ok.device)
+            self.judged = self.counted = 0
+        # The host reads the tally of bad frames, not this frame's flag: a flag the host had not read before the
+        # next frame published its own was lost whenever the host ran more than a frame ahead of the device (one
+        # of five NaN frames went uncounted with eight test processes on the H200); the tally loses none.
+        assert self.bad_tally is not None
+        self.bad_tally.add_(~ok)
+        self.late.publish(self.bad_tally)
         changed: dict[str, dict[str, torch.Tensor]] = {}
         if not in_place:  # a recording starts from an idle device (and may not wait on an outside event)
             self.wait_written()
@@ -115,16 +124,19 @@ class NodeGuard:
             out[port] = v
         return out
 
-    def poll(self) -> bool | None:
-        """The last published check, when it has landed and was not read yet (never blocks): True = bad."""
+    def poll(self) -> int | None:
+        """How many checks failed since the last read, when a newer one has landed (never blocks): 0 = clean,
+        None = nothing new to read."""
         if self.sync_result is not None:
             bad, self.sync_result, self.sync_bad = self.sync_result, None, False
-            return bad
+            return int(bad)
         late = self.late
         if late is None or not late.published or late.version == self.judged or not late.ready():
             return None
         self.judged = late.version
-        return not bool(late.view)  # ready(): its copy has landed
+        tally = int(late.view)  # ready(): its copy has landed
+        new, self.counted = tally - self.counted, tally
+        return new
 
     # -- what stands in ---------------------------------------------------------------------------------
     def stand_in(self, policy: FaultPolicy, node: Any, values: dict[str, Any], outputs: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:

@@ -62,8 +62,8 @@ class NodeStats:
             out["stepped_down"] = list(self.stepped_down)
         return out
 
-    def count_handled(self, how: str) -> None:
-        self.handled[how] = self.handled.get(how, 0) + 1
+    def count_handled(self, how: str, n: int = 1) -> None:
+        self.handled[how] = self.handled.get(how, 0) + n
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

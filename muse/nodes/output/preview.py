@@ -212,11 +212,12 @@ class Preview(Node):
         returned call, made by whichever thread wants a still (rare: a new viewer), waits for this picture
         alone, then resizes and downloads it."""
         kept = img if own else img.clone()
-        done = torch.cuda.Event(blocking=True)
-        done.record(torch.cuda.current_stream(img.device))
+        # No event a frame: the rare fetch waits for the sink's stream as a whole (the picture and whatever
+        # was queued on it since), not worth an event made, recorded and freed ~240 times a second.
+        stream = torch.cuda.current_stream(img.device)
 
         def fetch() -> np.ndarray:  # a plain copy, not the sink's pinned ring
-            done.synchronize()
+            stream.synchronize()
             with torch.cuda.device(kept.device):
                 return self._small(kept).cpu().numpy()
 
