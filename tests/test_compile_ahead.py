@@ -183,3 +183,49 @@ def test_a_marker_the_cache_does_not_back_is_forgotten(monkeypatch, tmp_path, ca
         assert chain.wait(10) and chain.ready("k")
     assert not compile_ahead.marked(job)
     assert "did not hold the code compiled ahead" in caplog.text
+
+
+def test_gpu_code_is_built_once_never_while_the_lock_is_taken_and_a_failure_is_said_once(caplog) -> None:
+    """`build_gpu_code`: made and kept; None (made later) while another thread holds GPU_CODE (a recording, a
+    background compile); a failure said once, never tried again."""
+    import logging
+    import threading
+
+    from muse.graph.compiled import GPU_CODE, build_gpu_code
+
+    log = logging.getLogger("muse.test.gpu_code")
+    cache: dict[str, int] = {}
+    broken: list[str] = []
+    calls: list[str] = []
+
+    def make() -> int:
+        calls.append("made")
+        return 7
+
+    held, release = threading.Event(), threading.Event()
+
+    def other_thread() -> None:  # records a CUDA graph, say
+        with GPU_CODE:
+            held.set()
+            release.wait(5)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    held.wait(5)
+    assert build_gpu_code(cache, "k", make, broken, log, "kernel unavailable ({exc})") is None and not calls
+    release.set()
+    t.join()
+    assert build_gpu_code(cache, "k", make, broken, log, "kernel unavailable ({exc})") == 7
+    assert build_gpu_code(cache, "k", make, broken, log, "kernel unavailable ({exc})") == 7 and calls == ["made"]
+
+    def fails() -> int:
+        calls.append("failed")
+        raise RuntimeError("nvrtc: error: invalid option")
+
+    failing: list[str] = []
+    with caplog.at_level(logging.INFO, logger="muse.test.gpu_code"):
+        assert build_gpu_code({}, "k", fails, failing, log, "kernel unavailable ({exc}): plain steps") is None
+        assert build_gpu_code({}, "k", fails, failing, log, "kernel unavailable ({exc}): plain steps") is None
+    assert calls.count("failed") == 1 and failing == ["nvrtc: error: invalid option"]
+    said = [r.getMessage() for r in caplog.records if r.name == "muse.test.gpu_code"]
+    assert said == ["kernel unavailable (nvrtc: error: invalid option): plain steps"]

@@ -5,9 +5,12 @@ recording apart."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Hashable, TypeVar
+
+T = TypeVar("T")
 
 _code_generation = 0
 
@@ -17,6 +20,34 @@ _code_generation = 0
 # capturing", a recorded segment failing with cuDNN "unable to find an engine", and the recording's memory pool
 # growing until the GPU ran out). Re-entrant: compiled code called inside a recording takes it again.
 GPU_CODE = threading.RLock()
+
+
+def build_gpu_code(cache: dict[Any, T], key: Hashable, make: Callable[[], T], broken: list[str],
+                   log: logging.Logger, unavailable: str, level: int = logging.INFO) -> T | None:
+    """`cache[key]`, made by `make` (an NVRTC compile and a module load: CuPy kernels) when it can be now, else
+    None and the caller's plain steps run this call: never inside a CUDA graph capture (loading a module there is
+    not allowed), never while another thread records or a background compile runs (GPU_CODE taken: made on a
+    later call, so the stream never waits for a minute-long compile). A failure goes into `broken` and is said
+    once (`unavailable`, with `{exc}` for the error): no further try."""
+    got = cache.get(key)
+    if got is not None:
+        return got
+    if broken:
+        return None
+    import torch
+
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    if capturing or not GPU_CODE.acquire(blocking=False):
+        return None
+    try:
+        got = cache[key] = make()
+    except Exception as exc:  # no CuPy, no NVRTC, a driver without the feature
+        broken.append(str(exc))
+        log.log(level, unavailable.format(exc=exc))
+        return None
+    finally:
+        GPU_CODE.release()
+    return got
 
 
 def code_changed() -> None:

@@ -16,8 +16,6 @@ import logging
 import re
 from typing import Any
 
-import torch
-
 log = logging.getLogger("muse.runtime")
 
 __all__ = ["ENABLED", "mark", "marker_name"]
@@ -34,23 +32,18 @@ def marker_name(node: str, edge: str) -> str:
 
 def _kernel(name: str) -> Any:
     fn = _KERNELS.get(name)
-    if fn is None and not _BROKEN and not torch.cuda.is_current_stream_capturing():
-        try:
-            import cupy
+    if fn is not None:  # every frame, each node's two edges: nothing more to do
+        return fn
+    from muse.graph.compiled import build_gpu_code
 
-            from muse.graph.compiled import GPU_CODE
+    def make() -> Any:
+        import cupy
 
-            # not while a compile runs in the background (it may hold the lock for a minute): unmarked meanwhile
-            if not GPU_CODE.acquire(blocking=False):
-                return None
-            try:
-                fn = _KERNELS[name] = cupy.RawModule(code=f'extern "C" __global__ void {name}() {{}}').get_function(name)
-            finally:
-                GPU_CODE.release()
-        except Exception as exc:  # no CuPy or NVRTC: no markers, said once
-            _BROKEN.append(str(exc))
-            log.warning("node markers unavailable (%s); the timeline has no node names", exc)
-    return fn
+        return cupy.RawModule(code=f'extern "C" __global__ void {name}() {{}}').get_function(name)
+
+    # not while a compile runs in the background (it may hold the lock for a minute): unmarked meanwhile
+    return build_gpu_code(_KERNELS, name, make, _BROKEN, log, "node markers unavailable ({exc}); the timeline has no node names",
+                          logging.WARNING)
 
 
 def mark(node: str, edge: str, stream: Any) -> None:

@@ -135,23 +135,13 @@ def usable(y: torch.Tensor) -> bool:
     key = (y.device.index if y.device.index is not None else torch.cuda.current_device(), y.dtype)
     if key in _FUNCTIONS:
         return True
-    if torch.cuda.is_current_stream_capturing():
-        return False
-    from muse.graph.compiled import GPU_CODE
+    from muse.graph.compiled import build_gpu_code
 
     # Loading a module while another thread records a CUDA graph can break that recording: not now, plain steps
-    # this call (the lock is the one compiles and recordings share).
-    if not GPU_CODE.acquire(blocking=False):
-        return False
-    try:
-        _function(y.device, y.dtype)
-    except Exception as exc:  # NVRTC missing or failing: the plain steps run, said once
-        _BROKEN.append(str(exc))
-        log.warning("convolution epilogue kernel unavailable (%s): the bundled models run unfused", exc)
-        return False
-    finally:
-        GPU_CODE.release()
-    return True
+    # this call.
+    return build_gpu_code(_FUNCTIONS, key, lambda: _function(y.device, y.dtype), _BROKEN, log,
+                          "convolution epilogue kernel unavailable ({exc}): the bundled models run unfused",
+                          logging.WARNING) is not None
 
 
 def _layout(y: torch.Tensor) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from muse.graph.compiled import GPU_CODE
+from muse.graph.compiled import build_gpu_code
 from muse.models.cuda_tap import MASK_T
 
 log = logging.getLogger("muse.node.segment")
@@ -56,30 +56,17 @@ _BROKEN: list[str] = []
 
 def _functions(device: torch.device, half: bool) -> tuple[Any, Any] | None:
     index = device.index if device.index is not None else torch.cuda.current_device()
-    key = (index, half)
-    fns = _FUNCTIONS.get(key)
-    if fns is not None:
-        return fns
-    if _BROKEN or torch.cuda.is_current_stream_capturing():  # never compiled while a CUDA graph records
-        return None
-    # NVRTC and a module load: not while another thread records or a background compile runs (the torch steps
-    # this call; built on a later one)
-    if not GPU_CODE.acquire(blocking=False):
-        return None
-    try:
+
+    def make() -> tuple[Any, Any]:
         import cupy
 
         options = ("--std=c++14",) + (("-DMASK_HALF",) if half else ())
         with cupy.cuda.Device(index):
             mod = cupy.RawModule(code=_SOURCE, options=options)
-            fns = _FUNCTIONS[key] = (mod.get_function("aa_rows"), mod.get_function("aa_cols"))
-    except Exception as exc:  # no CuPy, no NVRTC: the torch steps, said once
-        _BROKEN.append(str(exc))
-        log.info("matte edge kernel unavailable (%s): the edge is anti-aliased by torch ops", exc)
-        return None
-    finally:
-        GPU_CODE.release()
-    return fns
+            return mod.get_function("aa_rows"), mod.get_function("aa_cols")
+
+    return build_gpu_code(_FUNCTIONS, (index, half), make, _BROKEN, log,
+                          "matte edge kernel unavailable ({exc}): the edge is anti-aliased by torch ops")
 
 
 def antialias_cuda(matte: torch.Tensor, taps: torch.Tensor, keep_in: float) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from muse.graph.compiled import GPU_CODE
+from muse.graph.compiled import GPU_CODE, build_gpu_code
 
 log = logging.getLogger("muse.node.segment")
 
@@ -78,6 +78,7 @@ extern "C" __global__ void shrink_cols(const float* __restrict__ tmp, int H, int
 _FUNCTIONS: dict[tuple[int, bool], tuple[Any, Any]] = {}
 _WEIGHTS: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor, int]] = {}
 _BROKEN: list[str] = []
+_MADE: dict[tuple[int, bool, int, int, int, int], bool] = {}  # (device, half, width, w, height, h) ready
 
 
 def aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,25 +140,16 @@ def _ready(image: torch.Tensor, size: tuple[int, int], half: bool) -> bool:
     known = (index, half) in _FUNCTIONS and (index, int(width), w) in _WEIGHTS and (index, int(height), h) in _WEIGHTS
     if known:
         return True
-    if torch.cuda.is_current_stream_capturing():
-        return False
-    # NVRTC and a module load: not while another thread records or a background compile runs (torch's ops this
-    # call; built on a later one)
-    if not GPU_CODE.acquire(blocking=False):
-        return False
-    try:
-        import cupy  # noqa: F401
 
+    def make() -> bool:  # the kernels, and this size's weights (uploaded: not inside a recording either)
         _functions(image.device, half)
         _axis(image.device, int(width), w)
         _axis(image.device, int(height), h)
-    except Exception as exc:  # no CuPy, no NVRTC: torch's ops, said once
-        _BROKEN.append(str(exc))
-        log.info("frame shrink kernel unavailable (%s): models' inputs are resized by torch ops", exc)
-        return False
-    finally:
-        GPU_CODE.release()
-    return True
+        return True
+
+    # torch's ops this call when it cannot be made now; built on a later one
+    return build_gpu_code(_MADE, (index, half, int(width), w, int(height), h), make, _BROKEN, log,
+                          "frame shrink kernel unavailable ({exc}): models' inputs are resized by torch ops") is not None
 
 
 def shrink_u8(image: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor | None:
