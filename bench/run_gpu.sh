@@ -14,6 +14,14 @@ run() { local name=$1; shift; echo "== $name: $*" >> "$out/bench.log"; timeout 2
 bench_4k() { local limit=$1 json=$2; shift 2; echo "== stream_4k shipped" >> "$out/bench.log"
   timeout "$limit" python3 -X faulthandler -m muse.cli bench graphs/stream_4k.yaml --device cuda --capture on "$@" \
     --json "$json" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"; }
+# py-spy (carried as a wheel) over the steady frames of a long captured stream_4k: pyspy_steady WAIT_S SECONDS [record flags]
+pyspy_steady() { local wait=$1 secs=$2; shift 2
+  python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 20000 --capture on --latency-frames 0 > "$out/pyspy_bench.log" 2>&1 &
+  local pid=$!
+  sleep "$wait"
+  timeout $((secs + 30)) py-spy record --pid "$pid" --threads --format raw "$@" --duration "$secs" -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
+  echo "py-spy exit $?" >> "$out/bench.log"
+  kill "$pid" 2> /dev/null; wait "$pid" 2> /dev/null; }
 # every cuda test but the soak, into cuda_tests.log: cuda_suite TIMEOUT
 cuda_suite() { timeout "$1" python3 -m pytest -m "cuda and not soak" -n 8 -q -p no:cacheprovider --continue-on-collection-errors \
     -rfEs tests/ > "$out/cuda_tests.log" 2>&1; echo "cuda tests exit $?" >> "$out/cuda_tests.log"; }
@@ -95,12 +103,7 @@ if [[ $what == host2 ]]; then
     gzip -f "$out/trace_${v//=/_}.json" 2> /dev/null
   done
   if command -v py-spy > /dev/null; then
-    python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 20000 --capture on --latency-frames 0 > "$out/pyspy_bench.log" 2>&1 &
-    bench_pid=$!
-    sleep 40
-    timeout 40 py-spy record --pid "$bench_pid" --threads --nonblocking --format raw --rate 250 --duration 12 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
-    echo "py-spy exit $?" >> "$out/bench.log"
-    kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+    pyspy_steady 40 12 --nonblocking --rate 250
   fi
 fi
 if [[ $what == shipped ]]; then
@@ -382,12 +385,7 @@ if [[ $what == s16a ]]; then
   # steady replayed frames of stream_4k: py-spy (carried as a wheel), every thread, idle stacks left out.
   timeout 200 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_frame_capture.py tests/test_faults_stream.py \
     > "$out/cuda_capture_tests.log" 2>&1; echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
-  python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 20000 --capture on --latency-frames 0 >> "$out/bench.log" 2>&1 &
-  bench_pid=$!
-  sleep 50
-  timeout 60 py-spy record --pid "$bench_pid" --threads --nonblocking --format raw --rate 250 --duration 20 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
-  echo "py-spy exit $?" >> "$out/bench.log"
-  kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+  pyspy_steady 50 20 --nonblocking --rate 250
 fi
 if [[ $what == s16b ]]; then
   # Sixteenth session: every cuda test but the soak (the test media and python-osc carried this time: s15a's 11
@@ -412,12 +410,7 @@ if [[ $what == profile ]]; then
   run captured python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 900 --capture on --latency-frames 300 --kernel-frames 30 --json "$out/stream_4k_captured.json"
   if command -v py-spy > /dev/null; then
     # Steady frames only: start the run, let it load and record (~30 s), then sample every thread for 20 s.
-    python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --frames 20000 --capture on --latency-frames 0 >> "$out/bench.log" 2>&1 &
-    bench_pid=$!
-    sleep 40
-    timeout 60 py-spy record --pid "$bench_pid" --threads --nonblocking --format raw --rate 250 --duration 20 -o "$out/host_cpu.txt" >> "$out/bench.log" 2>&1
-    echo "py-spy exit $?" >> "$out/bench.log"
-    kill "$bench_pid" 2> /dev/null; wait "$bench_pid" 2> /dev/null
+    pyspy_steady 40 20 --nonblocking --rate 250
   fi
 fi
 if [[ $what == all || $what == tests ]]; then
