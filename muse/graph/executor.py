@@ -268,7 +268,10 @@ class FrameExecutor(FailureHandling):
         slot.consecutive_errors = 0
         guard.last = outs
         if not recording:
-            slot.stats.cpu_ms.append((time.thread_time() - c0) * 1000.0)
+            ms = (time.thread_time() - c0) * 1000.0
+            slot.stats.cpu_ms.append(ms)
+            slot.stats.cpu_total_ms += ms
+            slot.stats.cpu_calls += 1
             self._end_call(slot, t0, t1)
             self._note_time(slot, t0, t1)
         return outs, out_events

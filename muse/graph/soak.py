@@ -101,7 +101,7 @@ class Sample:
     gpu_reserved_mib: float = 0.0
     gpu_used_mib: float = 0.0  # the device's used memory (every allocator, cuDNN/cuBLAS workspaces included)
     load1: float = 0.0  # the machine's 1-minute load average (other jobs slow a shared CPU down)
-    node_cpu_ms: dict[str, float] = field(default_factory=dict)  # per node: mean thread CPU ms of its recent calls
+    node_cpu_ms: dict[str, tuple[float, int]] = field(default_factory=dict)  # per node: thread CPU ms and calls so far
     warming: bool = False  # background compiles under way (the CPU path's numba kernels on a cold cache, Inductor)
 
 
@@ -172,13 +172,20 @@ class SoakReport:
         steady = [s for s in self._steady() if s.node_cpu_ms]
         if len(steady) < 4:
             return {}
-        q = max(1, len(steady) // 4)
+        n = len(steady)
+        quarters = ((steady[0], steady[n // 4]), (steady[n - 1 - n // 4], steady[-1]))  # as `_quarter_rates`
         out: dict[str, tuple[float, float]] = {}
         for name in steady[-1].node_cpu_ms:
-            first = [s.node_cpu_ms[name] for s in steady[:q] if name in s.node_cpu_ms]
-            last = [s.node_cpu_ms[name] for s in steady[-q:] if name in s.node_cpu_ms]
-            if first and last:
-                out[name] = (sum(first) / len(first), sum(last) / len(last))
+            rates = []
+            for a, b in quarters:
+                if name not in a.node_cpu_ms or name not in b.node_cpu_ms:
+                    break
+                (ms0, calls0), (ms1, calls1) = a.node_cpu_ms[name], b.node_cpu_ms[name]
+                if calls1 <= calls0:
+                    break
+                rates.append((ms1 - ms0) / (calls1 - calls0))  # this quarter's calls only
+            if len(rates) == 2:
+                out[name] = (rates[0], rates[1])
         return out
 
     def _quarter_rates(self) -> tuple[float, float, float, float]:
@@ -255,14 +262,9 @@ class SoakReport:
         return out
 
 
-def _node_cpu(runner: Any) -> dict[str, float]:
-    """Mean thread CPU ms of each node's recent calls (its stats window)."""
-    out: dict[str, float] = {}
-    for name, st in list(runner.stats.nodes.items()):
-        window = list(st.cpu_ms)
-        if window:
-            out[name] = sum(window) / len(window)
-    return out
+def _node_cpu(runner: Any) -> dict[str, tuple[float, int]]:
+    """Each node's thread CPU ms and calls so far (differences between two samples give an interval's rate)."""
+    return {name: (st.cpu_total_ms, st.cpu_calls) for name, st in list(runner.stats.nodes.items()) if st.cpu_calls}
 
 
 def _gpu_sample(device: Any) -> tuple[float, float, float]:

@@ -39,6 +39,10 @@ class NodeStats:
     # CPU time of the thread that ran `process` (time.thread_time): unlike host_ms it does not grow while
     # other processes hold the cores, so CPU-path figures on a shared machine stay comparable
     cpu_ms: deque = field(default_factory=lambda: deque(maxlen=_WINDOW))
+    # the same, summed over every call since the start (never reset): a soak's per-node rate over an interval
+    # (the window's mean reached back ~2,000 calls, into the warm-up, and read as the machine speeding up)
+    cpu_total_ms: float = 0.0
+    cpu_calls: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     last_error: str = ""
     captured: bool = False  # ran inside a replayed frame program (host and GPU times are the segment's)
