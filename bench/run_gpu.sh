@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -391,6 +391,31 @@ if [[ $what == s16b ]]; then
   # Sixteenth session: every cuda test but the soak (the test media and python-osc carried this time: s15a's 11
   # media failures and 1 import failure were the carry's), then stream_4k as shipped over 2,000 frames (the preview
   # server woken only with a viewer connected, no event a frame in the unwatched preview).
+  cuda_suite 300
+  bench_4k 240 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
+fi
+if [[ $what == s17a ]]; then
+  # Seventeenth session (issue 12's host CPU): stream_4k as shipped over 2,000 frames with the cheaper stream switches,
+  # the graph launched without torch's wrapper, fewer events and payloads a frame and the source thread's steps;
+  # what each CUDA call costs the host (bench/host_ops.py); the capture and runtime cuda tests.
+  bench_4k 240 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
+  run host_ops python3 bench/host_ops.py --json "$out/host_ops.json"
+  timeout 240 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_frame_capture.py tests/test_runtime_cuda.py \
+    tests/test_faults_stream.py tests/test_capture.py tests/test_faults.py > "$out/cuda_capture_tests.log" 2>&1
+  echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
+fi
+if [[ $what == s17c ]]; then
+  # Seventeenth session: stream_4k as shipped over 2,000 frames, then the same with one frame in flight instead of two
+  # (settings.max_frames_in_flight: does a shorter GPU queue make each CUDA call cheaper for the host?).
+  bench_4k 240 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
+  sed 's/^  fps: 60$/  fps: 60\n  max_frames_in_flight: 1/' graphs/stream_4k.yaml > graphs/_inflight1.yaml
+  echo "== stream_4k, one frame in flight" >> "$out/bench.log"
+  timeout 240 python3 -X faulthandler -m muse.cli bench graphs/_inflight1.yaml --device cuda --capture on --frames 2000 \
+    --latency-frames 600 --json "$out/stream_4k_inflight1.json" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
+  rm -f graphs/_inflight1.yaml
+fi
+if [[ $what == s17b ]]; then
+  # Seventeenth session, final code: every cuda test but the soak, then stream_4k as shipped over 2,000 frames.
   cuda_suite 300
   bench_4k 240 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
 fi

@@ -147,8 +147,11 @@ class BenchReport:
             out.append(f"measured frames: {m.get('replays', 0)} replayed, {m.get('captures', 0)} recorded, "
                        f"{m.get('eager_frames', 0)} eager{' (' + why + ')' if why else ''}")
         if self.executor_steps:
+            own, sources = ({k: v for k, v in self.executor_steps.items() if k.startswith("source ") == s} for s in (False, True))
             out.append("executor thread, ms a frame by step (CPU; '... wall': time waited): "
-                       + ", ".join(f"{k} {v:.3f}" for k, v in self.executor_steps.items()))
+                       + ", ".join(f"{k} {v:.3f}" for k, v in own.items()))
+            if sources:
+                out.append("source threads, ms a frame by step (CPU): " + ", ".join(f"{k} {v:.3f}" for k, v in sources.items()))
             steady = self.host_cpu_steady_ms()
             if steady is not None:
                 out.append(f"host CPU {steady:.2f} ms/frame without the recordings and eager frames that fell in the "

@@ -26,6 +26,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from muse.graph.host_guards import CaptureError, HostDataGuard, HostReadGuard
+from muse.graph.launch import default_generator, direct_launch
 from muse.graph.linear import FRAME_ORDERS
 
 __all__ = [
@@ -109,6 +110,8 @@ class CudaFrameGraph(FrameGraph):
         self.pool = pool
         self.join = list(join)
         self._shape: dict[str, Any] | None = None
+        self._launch: Callable[[], None] | None = None  # direct_launch, decided at the first replay
+        self._launch_checked = False
 
     def record(self, fn: Callable[[], Any]) -> Any:
         torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
@@ -210,11 +213,22 @@ class CudaFrameGraph(FrameGraph):
             pass
 
     def replay(self) -> None:
+        launch = self._launch
+        if launch is not None:
+            launch()
+            return
+        gen = default_generator(self.stream.device)
+        before = gen.get_offset() if gen is not None else None
         self.graph.replay()
+        if not self._launch_checked:
+            self._launch_checked = True
+            after = gen.get_offset() if gen is not None else None
+            self._launch = direct_launch(self.graph, self.stream.device, uses_rng=before != after)
 
     def release(self) -> None:
         # While the runner stops, not in a finalizer at the interpreter's exit: every stream is idle then (the
         # bench's processes ended with a segmentation fault in the exit's finalizers, 2026-12-02).
+        self._launch = None
         torch.cuda.synchronize(self.stream.device)
         self.graph.reset()
         self.pool = None

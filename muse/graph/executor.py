@@ -30,6 +30,8 @@ log = logging.getLogger("muse.runtime")
 class FrameExecutor(FailureHandling):
     """Mixin of `GraphRunner`: the executor thread and per-node bookkeeping."""
 
+    _roles_cache: tuple | None = None
+
     def _execute(self) -> None:
         me = threading.current_thread()
         try:
@@ -89,17 +91,22 @@ class FrameExecutor(FailureHandling):
         memo: dict[str, tuple[dict[str, Any], list[Any]]] = {}
         t_capture = min((it.t_capture for it in source_items.values()), default=time.perf_counter())
         clock_events = self._tick_clock(source_items)
+        c_clock = time.thread_time_ns()
+        split["  of which the clock"] += c_clock - c0
         for name, item in source_items.items():
             memo[name] = (item.values, item.events + clock_events)
             if self._taps:  # (a stream switch costs the host ~10 us: only when someone listens)
                 with self._in_stream(self.slots[name].stream):  # ordered after the source's own upload
                     self._fire_taps(name, item.values)
-        for name in self.graph.order:  # a secondary source with no frame yet: its branch sits this frame out
-            slot = self.slots[name]
+        every, source_names, sink_names = self._roles()
+        for slot in every:
             slot.variant_ready = False
-            if name not in memo and slot.rn.cls.is_source() and not slot.absent:  # absent: its stand-in's, if any
+        for name in source_names:  # a secondary source with no frame yet: its branch sits this frame out
+            if name not in memo and not self.slots[name].absent:  # absent: its stand-in's, if any
                 memo[name] = ({}, [])
+        c_live = time.thread_time_ns()
         self.live = live_nodes(self)  # switches choose here; only what the live branches need runs
+        split["  of which the live branches"] += time.thread_time_ns() - c_live
         if self._cpu_pipeline is not None:
             self._cpu_pipeline.run_frame(memo, t_capture)
             return
@@ -110,7 +117,7 @@ class FrameExecutor(FailureHandling):
             program.run(memo)
         c2 = time.thread_time_ns()
         split["frame program" if program is not None else "nodes"] += c2 - c1
-        sinks = [self.slots[n] for n in self.graph.order if self.slots[n].rn.cls.is_sink() and n in self.live]
+        sinks = [self.slots[n] for n in sink_names if n in self.live]
         frame_events: list[Any] = []
         delivered = 0
         for sink in sinks:
@@ -136,6 +143,17 @@ class FrameExecutor(FailureHandling):
         split["in-flight bound"] += c5 - c4
         split["in-flight bound wall"] += time.perf_counter_ns() - w4
         check_delivery(memo, delivered)
+
+    def _roles(self) -> tuple[list[Slot], list[str], list[str]]:
+        """Every node's slot in graph order, and the sources' and the outputs' names, in that order: asked of the
+        nodes once per graph (a live change builds a new one), not in a pass over every node a frame."""
+        roles = self._roles_cache
+        if roles is None or roles[0] is not self.graph or roles[1] != len(self.slots):
+            order = [n for n in self.graph.order if n in self.slots]
+            roles = self._roles_cache = (self.graph, len(self.slots), [self.slots[n] for n in order],
+                                         [n for n in order if self.slots[n].rn.cls.is_source()],
+                                         [n for n in order if self.slots[n].rn.cls.is_sink()])
+        return roles[2], roles[3], roles[4]
 
     def _deliver(self, sink: Slot, item: Item) -> None:
         """Into the output's channel; an output stalled past its budget gets no say in the stream's pace
@@ -266,7 +284,7 @@ class FrameExecutor(FailureHandling):
             return self._failed(slot, exc, values, events)
         t1 = time.perf_counter()
         slot.consecutive_errors = 0
-        guard.last = outs
+        guard.last, guard.last_timing = outs, None
         if not recording:
             ms = (time.thread_time() - c0) * 1000.0
             slot.stats.cpu_ms.append(ms)

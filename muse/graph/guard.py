@@ -45,6 +45,8 @@ class NodeGuard:
     sync_result: bool | None = None  # CPU: the last check, not yet read by `poll`
     nan_seen: bool = False  # the last check read was bad (a lazy consumer, e.g. a switch, is told so)
     failed_now: BaseException | None = None  # it raised this frame (the executor notes it in the frame's faults)
+    adopted: Any = None  # the recording whose buffers `held` holds (`adopt`)
+    last_timing: Any = None  # (payload, timing) of the replayed frame whose untimed outputs `last` is (program._publish)
     written: Any = None  # CUDA: the event after which `held` and `last` (a replay's buffers, on the program's stream) are written
 
     # -- the check -------------------------------------------------------------------------------------
@@ -77,6 +79,7 @@ class NodeGuard:
         changed: dict[str, dict[str, torch.Tensor]] = {}
         if not in_place:  # a recording starts from an idle device (and may not wait on an outside event)
             self.wait_written()
+            self.adopted = None  # an eager frame holds its own tensors from here: the next replay adopts again
         for port, key, t in floats:
             old = self.held.get((port, key))
             if old is None or old.shape != t.shape or old.dtype != t.dtype or old.device != t.device:
@@ -101,20 +104,35 @@ class NodeGuard:
         if ev is not None:
             torch.cuda.current_stream().wait_event(ev)
 
-    def adopt(self, outs: dict[str, Any], written: Any = None) -> None:
+    def adopt(self, outs: dict[str, Any], written: Any = None, source: Any = None) -> None:
         """A replayed frame's outputs are its recording's held buffers: hold those from now on (an eager
         frame that follows must stand in with what the replays last wrote, not an older eager copy).
-        `written`: the replay's end event on the program's stream."""
+        `written`: the replay's end event on the program's stream. `source`: the recording replayed; the
+        buffers of the one adopted last, with nothing held since, are held already (one look a frame, not a
+        walk over its outputs)."""
         self.written = written
+        if source is not None and source is self.adopted:
+            return
+        self.adopted = source
         for (port, key) in list(self.held):
             v = outs.get(port)
             t = getattr(v, key, None) if isinstance(v, Payload) else None
             if isinstance(t, torch.Tensor):
                 self.held[(port, key)] = t
 
+    def last_outputs(self) -> dict[str, Any]:
+        """The last good outputs (a copy of the dict), with the timing of the frame that made them."""
+        assert self.last is not None
+        if self.last_timing is not None:  # a replay's own buffers, published without that frame's timing
+            from muse.graph.replayed import retime
+
+            like, timing = self.last_timing
+            return {p: retime(v, like, timing) for p, v in self.last.items()}
+        return dict(self.last)
+
     def _replace_bad(self, outs: dict[str, Any]) -> dict[str, Any]:
         if self.last is not None and set(self.last) >= set(outs):
-            return dict(self.last)
+            return self.last_outputs()
         out: dict[str, Any] = {}
         for port, v in outs.items():
             if isinstance(v, Payload):
@@ -143,7 +161,7 @@ class NodeGuard:
         """The outputs consumers get instead of the node's (None: none this frame), and what was done."""
         if policy.on_error == "hold_last" and self.last is not None:
             self.wait_written()
-            return dict(self.last), "held"
+            return self.last_outputs(), "held"
         if policy.on_error in ("hold_last", "fallback") and policy.fallback_ready(outputs):
             got = fallback_outputs(policy, node, values, outputs)
             if got is not None:

@@ -26,11 +26,26 @@ _ONE = re.compile(r"^(?P<port>[A-Za-z_]\w*)\[(?P<index>\d+)\]$")
 MAX_RESELECT = 16  # a switch falls back at most this many times in one frame
 
 
+_PARSED: dict[tuple[str, ...], dict[str, set[int] | None]] = {}  # needed_inputs() answer -> _wanted's parse of it
+
+
 def _wanted(slot: Slot) -> dict[str, set[int] | None] | None:
-    """What `needed_inputs()` asks for: None = every input; else port -> None (all its sources) or indices."""
+    """What `needed_inputs()` asks for: None = every input; else port -> None (all its sources) or indices.
+    A switch answers with one of a few lists, asked several times a frame: each is parsed once (callers only
+    read the result)."""
     needed = slot.node.needed_inputs()
     if needed is None:
         return None
+    key = tuple(needed)
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        if len(_PARSED) > 256:  # answers that never repeat: start over rather than grow
+            _PARSED.clear()
+        parsed = _PARSED[key] = _parse(key)
+    return parsed
+
+
+def _parse(needed: tuple[str, ...]) -> dict[str, set[int] | None]:
     out: dict[str, set[int] | None] = {}
     for item in needed:
         m = _ONE.match(item)

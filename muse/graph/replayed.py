@@ -7,7 +7,7 @@ from typing import Any
 
 from muse.graph.payloads import Payload
 
-__all__ = ["clone_payload", "input_signature", "retime", "timing_of", "timing_source"]
+__all__ = ["clone_payload", "input_signature", "retime", "seen_outside", "timing_of", "timing_source"]
 
 
 def input_signature(ext: dict[tuple[str, str], Any]) -> tuple:
@@ -62,3 +62,18 @@ def retime(p: Any, like: Any, timing: dict[str, Any] | None = None) -> Any:
     state.pop("_sink_copy", None)  # a copy is nobody's own sink copy (as `replace` made none)
     state.update(changes)
     return out
+
+
+def seen_outside(runner: Any, nodes: list[str]) -> frozenset[str]:
+    """The nodes of a recording whose outputs a node outside it may read: any consumer (of the node, or of the
+    node it stands in for) not among `nodes`; the rest are read only inside the replay."""
+    graph = runner.graph
+    index = graph.consumer_index()
+    inside = set(nodes)
+    out = set()
+    for n in nodes:
+        rn = graph.nodes.get(n)
+        served = [n] + ([rn.standby_for] if rn is not None and rn.standby_for else [])
+        if rn is None or any(c not in inside for m in served for c, _port in index.get(m, ())):
+            out.add(n)
+    return frozenset(out)

@@ -81,6 +81,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         self.clock = torch.zeros((), dtype=torch.float64, device=self.device)
         self._frame_stream = new_stream(self.device) if self.device.type == "cuda" else None
         self._frame_start: Any = None
+        self._sink_copied: Any = None  # the event after the last sink copy (streams._detach_for_sink)
         self._last_frame_events: list[Any] = []
         self._frame_times: list[tuple[Any, Any]] = []
         self._in_flight: deque[list[Any]] = deque()
@@ -292,6 +293,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
     def _build_program(self) -> None:
         """The frame program for the current graph, when capture is on (CUDA, or emulated for tests)."""
         self.live_cache = None  # nodes, slots or absent ones changed: live sets are worked out again
+        self._roles_cache = None  # and the slots the executor walks a frame (a node reopened is a new slot)
         mode = self.graph.settings.capture
         if self.graph.settings.cuda_graphs and mode == "auto":
             mode = "on"

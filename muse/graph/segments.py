@@ -53,6 +53,7 @@ class Variant:
     static_in: dict[tuple[str, str], Any]
     static_out: dict[str, dict[str, Any]]
     replays: int = 0
+    outside: frozenset[str] | None = None  # its nodes whose outputs something outside it reads (replayed.seen_outside)
 
 
 def generation(seg: "Segment") -> Hashable:

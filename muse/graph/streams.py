@@ -19,6 +19,58 @@ from muse.graph.slots import Item, Slot
 
 _IDLE: dict[int, list[int]] = {}  # device -> stream handles no one holds now; none is ever destroyed (new_stream)
 
+# torch's own setters under `torch.cuda.stream(s)`: that context manager costs ~9 us of host time (H200, torch 2.11,
+# bench/host_ops.py: it asks the current device, makes a Stream object for the current stream, compares devices)
+# and a frame went through it about eight times on its hot path. These take the stream's ids as plain ints.
+_SET = getattr(torch._C, "_cuda_setStream", None)
+_GET = getattr(torch._C, "_cuda_getCurrentStream", None)
+_DEVICE = getattr(torch._C, "_cuda_getDevice", None)
+_RAW = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+class on_stream:
+    """`with on_stream(s):` makes `s` the current stream, as `torch.cuda.stream(s)` does, for a fraction of its
+    host time; on leaving, the stream current before (on the stream's device and on the device current before,
+    if they differ) is current again. `None` does nothing."""
+
+    __slots__ = ("_ids", "_prev", "_prev_there")
+
+    def __init__(self, stream: Any) -> None:
+        self._ids = None if stream is None else (stream.stream_id, stream.device_index, stream.device_type)
+        self._prev: Any = None
+        self._prev_there: Any = None
+
+    def __enter__(self) -> None:
+        ids = self._ids
+        if ids is None:
+            return
+        here = _DEVICE()
+        self._prev = _GET(here)
+        if ids[1] != here:  # the stream lives on another device: its device's current stream comes back too
+            self._prev_there = _GET(ids[1])
+        _SET(*ids)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ids is None:
+            return
+        if self._prev_there is not None:
+            _SET(*self._prev_there)
+            self._prev_there = None
+        _SET(*self._prev)
+
+
+if _SET is None or _GET is None or _DEVICE is None:  # a torch without them (a CPU-only build): its own context
+    def on_stream(stream: Any) -> Any:  # type: ignore[no-redef]  # noqa: F811
+        return nullcontext() if stream is None else torch.cuda.stream(stream)
+
+
+def raw_stream(device: torch.device) -> int:
+    """The current stream's `cudaStream_t` on `device` as an int (no Stream object made: ~3 us less a call)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if _RAW is not None:
+        return int(_RAW(index))
+    return torch.cuda.current_stream(device).cuda_stream
+
 
 def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
     """A CUDA stream of the caller's alone, for as long as the returned object lives.
@@ -90,7 +142,7 @@ class SideStreams:
             self._streams.append(new_stream(self.device))
         side = self._streams[i]
         side.wait_stream(torch.cuda.current_stream(self.device))
-        return torch.cuda.stream(side)
+        return on_stream(side)
 
     def join(self, i: int, *outs: Any) -> None:
         """The current stream waits for branch i; tensors it made (`outs`) are not recycled on its stream
@@ -116,9 +168,7 @@ class CudaPlumbing:
     """Mixin of `GraphRunner`: streams and events (uses its `device`, `slots`, `stats`, `clock`)."""
 
     def _in_stream(self, stream: Any) -> Any:
-        if stream is None:
-            return nullcontext()
-        return torch.cuda.stream(stream)
+        return on_stream(stream)
 
     def _gpu_start(self, slot: Slot) -> Any:
         if slot.stream is None:
@@ -186,13 +236,13 @@ class CudaPlumbing:
         if stream is None:
             self.clock.fill_(t)
             return []
-        with torch.cuda.stream(stream):
+        with on_stream(stream):
             for ev in self._last_frame_events:
                 stream.wait_event(ev)
-            self._frame_start = torch.cuda.Event(enable_timing=True, blocking=True)
-            self._frame_start.record(stream)  # the GPU reaches this when the last frame is done
             self.clock.fill_(t)  # the value travels as a kernel argument: no host buffer to race on
-            ev = torch.cuda.Event(blocking=True)
+            # One event both starts the frame's GPU time (the GPU reaches it when the last frame is done; the fill
+            # is a microsecond) and tells the nodes the clock is written.
+            ev = self._frame_start = torch.cuda.Event(enable_timing=True, blocking=True)
             ev.record(stream)
         return [ev]
 
@@ -202,7 +252,12 @@ class CudaPlumbing:
         start = getattr(self, "_frame_start", None)
         if stream is None or start is None:
             return
-        with torch.cuda.stream(stream):
+        if len(frame_events) == 1 and frame_events[0] is self._sink_copied:
+            # one output, its copy made last on this stream: that copy's event ends the frame (timing enabled)
+            self._frame_times.append((start, frame_events[0]))
+            self._frame_start = None
+            return
+        with on_stream(stream):
             for ev in frame_events:
                 stream.wait_event(ev)
             end = torch.cuda.Event(enable_timing=True, blocking=True)
@@ -217,7 +272,7 @@ class CudaPlumbing:
             out = {k: copy_payload(v) for k, v in values.items()}
             if stream is None:
                 return out, events
-            ev = torch.cuda.Event(blocking=True)
+            ev = self._sink_copied = torch.cuda.Event(enable_timing=True, blocking=True)
             ev.record(stream)
         return out, [ev]
 

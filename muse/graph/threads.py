@@ -39,7 +39,13 @@ class SourceSinkThreads:
         fresh_s = 1.0 / slot.ctx.fps if demand and not getattr(self, "unpaced", False) and slot.ctx.fps > 0 else None
         last_put = [0.0]
 
+        # this thread's CPU by step, beside the executor's (`muse bench` prints both)
+        steps = self.stats.executor_ns
+        waiting, calling, event, handing = (f"source {slot.name!r}: {what}" for what in
+                                            ("waiting for its frame to be taken", "node call", "event", "hand-over"))
+
         def loop() -> None:
+            c_end = time.thread_time_ns()
             while not slot.stop.is_set() and not self._stop.is_set():
                 if demand and len(slot.channel):
                     # a synthetic source renders only what will be shown: it waits for its frame to be taken
@@ -50,11 +56,17 @@ class SourceSinkThreads:
                         slot.channel.wait_taken(min(left, 0.05))
                         continue
                 t0 = time.perf_counter()
+                c0 = time.thread_time_ns()
+                steps[waiting] += c0 - c_end
                 slot.call_started = t0
                 try:
                     with self._in_stream(slot.stream):
                         out = slot.node.process()
+                        c1 = time.thread_time_ns()
                         events = self._record(slot)
+                    c2 = time.thread_time_ns()
+                    steps[calling] += c1 - c0
+                    steps[event] += c2 - c1
                 except Exception as exc:
                     if self._thread_call_failed(slot, t0, exc, "source"):
                         break
@@ -81,6 +93,8 @@ class SourceSinkThreads:
                 last_put[0] = t1
                 if not slot.channel.put(Item(out, events, t1), slot.stop):
                     break
+                c_end = time.thread_time_ns()
+                steps[handing] += c_end - c2
             slot.channel.close()
 
         slot.thread = threading.Thread(target=loop, name=f"muse-src-{slot.name}", daemon=True)
@@ -123,8 +137,7 @@ class SourceSinkThreads:
                 try:
                     with self._in_stream(slot.stream):
                         self._wait_events(slot.stream, item.events, item.values)
-                        slot.node.process(**item.values)
-                        self._record(slot)
+                        slot.node.process(**item.values)  # (no event after it: nothing waits on an output's work)
                 except Exception as exc:
                     if self._thread_call_failed(slot, t0, exc, "output"):
                         break

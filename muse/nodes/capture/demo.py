@@ -244,8 +244,8 @@ class Demo(Node):
             return None
         self._pacer.wait(self._emitted)
         i = self._index
-        # the ground-truth mask only when something reads it (on the GPU it is always made, as before)
-        with_mask = not unread(self.ctx, "mask")
+        # the ground-truth mask only when something reads it (on the GPU too: a 4K plane and a payload a frame)
+        with_mask = not unread(self.ctx, "mask", any_device=True)
         image, alpha = self.render(i, with_mask)
         ts = i / (p.fps or 30.0)
         self._index += 1

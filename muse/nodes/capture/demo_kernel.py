@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from muse.graph.compiled import GPU_CODE
+from muse.graph.streams import raw_stream
 from muse.models.cuda_tap import MASK_T
 
 log = logging.getLogger("muse.node.demo")
@@ -112,13 +113,13 @@ class DemoKernel:
         mask = torch.empty((height, width), dtype=self.mask_dtype, device=dev) if with_mask else None
         n = height * width
         i32, u64 = np.int32, np.uint64
-        handle = torch.cuda.current_stream(dev).cuda_stream
+        handle = raw_stream(dev)
         stream = self._streams.get(handle)
         if stream is None:
             stream = self._streams[handle] = cupy.cuda.ExternalStream(handle)
-        with stream:
-            self._fn(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
-                     (u64(self.plate.data_ptr()), u64(self.person.data_ptr()), u64(self.alpha.data_ptr()),
-                      u64(out.data_ptr()), u64(0 if mask is None else mask.data_ptr()),
-                      i32(width), i32(height), i32(self.side), i32(x0), i32(y0)))
+        # the stream given to the launch, not made current around it: no context entered and left a frame
+        self._fn(((n + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
+                 (u64(self.plate.data_ptr()), u64(self.person.data_ptr()), u64(self.alpha.data_ptr()),
+                  u64(out.data_ptr()), u64(0 if mask is None else mask.data_ptr()),
+                  i32(width), i32(height), i32(self.side), i32(x0), i32(y0)), stream=stream)
         return out, mask

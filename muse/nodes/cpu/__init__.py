@@ -35,14 +35,15 @@ def wanted(ctx) -> bool:
 _RETAINED = False
 
 
-def unread(ctx, port: str) -> bool:
+def unread(ctx, port: str, any_device: bool = False) -> bool:
     """On a CPU device, whether nothing reads output `port` of the node opened with `ctx` (wired to no
     other node, served by no stand-in, not tapped by the editor's preview: `ctx.wanted_outputs`, kept
     current by the runtime). Such a node may leave the output out of its result to save the work, and
-    must produce it again from the frame this turns False. On a GPU, and where unknown: False."""
+    must produce it again from the frame this turns False. On a GPU, and where unknown: False, unless
+    `any_device` (a source, whose outputs no recorded frame depends on the shape of)."""
     wanted = getattr(ctx, "wanted_outputs", None)
     device = getattr(ctx, "device", None)
-    return wanted is not None and port not in wanted and getattr(device, "type", "cuda") == "cpu"
+    return wanted is not None and port not in wanted and (any_device or getattr(device, "type", "cuda") == "cpu")
 
 
 def retain_freed_memory() -> bool:

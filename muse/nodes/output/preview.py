@@ -19,6 +19,7 @@ from pydantic import Field
 
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams
 from muse.graph.payloads import Frame, Mask
+from muse.graph.streams import raw_stream
 from muse.graph.transfer import Downloader
 from muse.nodes.capture.live import apply_live
 from muse.nodes.output.picture import as_rgb, fit, one_picture
@@ -120,6 +121,7 @@ class Preview(Node):
         self._latest = _Latest()
         self._latest.quality = p.quality
         self._download = Downloader()
+        self._streams: dict[int, Any] = {}  # raw stream handle -> its torch Stream (_keep_on_gpu)
         self._server: PreviewServer | None = None
         self._window: _Window | None = None
         self.url: str | None = None
@@ -214,7 +216,10 @@ class Preview(Node):
         kept = img if own else img.clone()
         # No event a frame: the rare fetch waits for the sink's stream as a whole (the picture and whatever
         # was queued on it since), not worth an event made, recorded and freed ~240 times a second.
-        stream = torch.cuda.current_stream(img.device)
+        handle = raw_stream(img.device)
+        stream = self._streams.get(handle)
+        if stream is None:  # the sink's stream, wrapped once (a Stream object a frame cost ~3 us of host time)
+            stream = self._streams[handle] = torch.cuda.current_stream(img.device)
 
         def fetch() -> np.ndarray:  # a plain copy, not the sink's pinned ring
             stream.synchronize()
