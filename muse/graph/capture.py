@@ -69,6 +69,7 @@ class FrameGraph:
     """One recorded frame (one variant). `record(fn)` runs `fn` under recording and returns its result."""
 
     executes_while_recording = False  # CUDA: recording runs nothing; the first replay computes the frame
+    launched_by = "host"  # how a replay starts (`muse bench` shows it): the CPU emulation runs on the host
 
     def __init__(self) -> None:
         self.late: list[LateValue] = []  # published inside: stamped with the frame's event after each replay
@@ -185,9 +186,8 @@ class CudaFrameGraph(FrameGraph):
         except Exception:  # the capture was invalidated: torch never took it as ended, so the pool is ours to let go
             self._release()
             return
-        # An ended capture is an ordinary graph: reset releases its pool once, and its destructor then has nothing
-        # left to do. Releasing the pool by hand here too made the destructor release it a second time, an assert
-        # in a destructor: the process aborted when the failed recording was freed (s15a on the H200).
+        # An ended capture is an ordinary graph: reset releases its pool once. Releasing it by hand too made the destructor
+        # release it again, an assert in a destructor: the process aborted when the failed recording was freed (s15a).
         try:
             self.graph.reset()
         finally:
@@ -224,6 +224,10 @@ class CudaFrameGraph(FrameGraph):
             self._launch_checked = True
             after = gen.get_offset() if gen is not None else None
             self._launch = direct_launch(self.graph, self.stream.device, uses_rng=before != after)
+
+    @property
+    def launched_by(self) -> str:  # type: ignore[override]  # direct_launch's, torch's replay, or before the first
+        return "not yet" if not self._launch_checked else ("cudaGraphLaunch" if self._launch is not None else "torch")
 
     def release(self) -> None:
         # While the runner stops, not in a finalizer at the interpreter's exit: every stream is idle then (the

@@ -124,6 +124,7 @@ class FrameProgram:
             "order": self.order,
             "graph_shapes": [shape for s in self.segments for v in s.variants.values()
                              if (shape := getattr(v.graph, "shape", None))],
+            "launches": sorted({v.graph.launched_by for s in self.segments for v in s.variants.values()}),
         }
 
     def release(self) -> None:
