@@ -482,3 +482,69 @@ def test_cuda_recording_runs_no_garbage_collection() -> None:
     with pytest.raises(ValueError):
         CudaFrameGraph(stream).record(broken)
     assert seen[-1] is False and gc.isenabled()
+
+
+@pytest.mark.cuda
+def test_cuda_frame_graph_is_launched_directly_unless_it_draws_random_numbers() -> None:
+    """A replay launches the recorded graph with cudaGraphLaunch (less host time than torch's replay) and computes
+    the same; a graph that draws random numbers keeps torch's replay, which moves the generator: each replay
+    draws new numbers."""
+    pytest.importorskip("cupy")
+    from muse.graph.capture import CudaFrameGraph
+    from muse.graph.streams import new_stream, on_stream
+
+    stream = new_stream(torch.device("cuda"))
+    count = torch.zeros(4, device="cuda")
+    plain = CudaFrameGraph(stream)
+    assert plain.launched_by == "not yet"
+    plain.record(lambda: count.add_(1.0))
+    with on_stream(stream):
+        for _ in range(5):
+            plain.replay()
+    stream.synchronize()
+    assert plain.launched_by == "cudaGraphLaunch" and count.tolist() == [5.0] * 4
+
+    drawn = torch.zeros(64, device="cuda")
+    noisy = CudaFrameGraph(stream)
+    noisy.record(lambda: drawn.copy_(torch.rand(64, device="cuda")))
+    seen = []
+    with on_stream(stream):
+        for _ in range(3):
+            noisy.replay()
+            seen.append(drawn.clone())
+    stream.synchronize()
+    assert noisy.launched_by == "torch"
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+    plain.release()
+    noisy.release()
+
+
+def test_on_stream_without_cuda_is_a_no_op() -> None:
+    """`on_stream(None)` (a CPU runner's streams) changes nothing and lets exceptions through."""
+    from muse.graph.streams import on_stream
+
+    with on_stream(None):
+        pass
+    with pytest.raises(KeyError):
+        with on_stream(None):
+            raise KeyError("passed through")
+
+
+@pytest.mark.cuda
+def test_cuda_on_stream_sets_and_restores_the_current_stream() -> None:
+    """`on_stream(s)` is `torch.cuda.stream(s)` for less host time: `s` is current inside, the one before after,
+    nested too and when the block raises."""
+    from muse.graph.streams import new_stream, on_stream
+
+    before = torch.cuda.current_stream()
+    a, b = new_stream(torch.device("cuda")), new_stream(torch.device("cuda"))
+    with on_stream(a):
+        assert torch.cuda.current_stream().cuda_stream == a.cuda_stream
+        with on_stream(b):
+            assert torch.cuda.current_stream().cuda_stream == b.cuda_stream
+        assert torch.cuda.current_stream().cuda_stream == a.cuda_stream
+    assert torch.cuda.current_stream().cuda_stream == before.cuda_stream
+    with pytest.raises(RuntimeError):
+        with on_stream(a):
+            raise RuntimeError("left early")
+    assert torch.cuda.current_stream().cuda_stream == before.cuda_stream
