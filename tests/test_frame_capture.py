@@ -548,3 +548,51 @@ def test_cuda_on_stream_sets_and_restores_the_current_stream() -> None:
         with on_stream(a):
             raise RuntimeError("left early")
     assert torch.cuda.current_stream().cuda_stream == before.cuda_stream
+
+
+@pytest.mark.cuda
+def test_cuda_recorded_frame_writes_the_clock_it_is_given_before_each_launch() -> None:
+    """The frame clock written by the recording's own memset nodes: each launch's nodes read the time set just
+    before it (queued launches keep theirs), for times whose high word changes too."""
+    from muse.graph.capture import CudaFrameGraph
+    from muse.graph.frame_clock import ClockNodes
+    from muse.graph.streams import new_stream, on_stream
+
+    clock = torch.zeros((), dtype=torch.float64, device="cuda")
+    assert ClockNodes.available(clock)
+    stream = new_stream(torch.device("cuda"))
+    nodes = ClockNodes(clock)
+    seen = torch.zeros(8, dtype=torch.float64, device="cuda")
+    slot = torch.zeros((), dtype=torch.long, device="cuda")
+
+    def frame() -> None:
+        nodes.record(stream)
+        seen.index_copy_(0, slot.view(1), (clock * 2.0).view(1))  # this launch's clock, into its own slot
+        slot.add_(1)
+
+    graph = CudaFrameGraph(stream)
+    graph.record(frame)
+    bound = nodes.bind(graph.graph.raw_cuda_graph(), graph.graph.raw_cuda_graph_exec())
+    times = [0.0, 1 / 60, 2 / 60, 3600.5, 3600.5 + 1 / 60, 86400.25, 1e-9, 12345.678]
+    with on_stream(stream):
+        for t in times:  # all queued before any is read
+            bound.set(t)
+            graph.replay()
+    stream.synchronize()
+    assert seen.tolist() == [2.0 * t for t in times]
+    assert clock.item() == times[-1]
+    graph.release()
+
+
+def test_frame_clock_halves_and_where_it_is_not_written_in_the_recording() -> None:
+    """The clock's two 32-bit words put back together are the time; a CPU clock (or any but a CUDA float64
+    scalar) is never written by a recording (the runner fills it eagerly, as before)."""
+    import struct
+
+    from muse.graph.frame_clock import ClockNodes, _halves
+
+    for t in (0.0, 1 / 60, 3600.5, 86400.25, 1e-9, 123456.789):
+        lo, hi = _halves(t)
+        assert struct.unpack("<d", struct.pack("<II", lo, hi))[0] == t
+    assert not ClockNodes.available(torch.zeros((), dtype=torch.float64))
+    assert not ClockNodes.available(torch.zeros(2, dtype=torch.float64))

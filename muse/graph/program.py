@@ -1,14 +1,12 @@
 """The frame program: a graph's per-frame work recorded once per variant and replayed with one launch.
 
-The runtime hands every frame to a `FrameProgram` when capture is on. The program
-splits the nodes between the sources and the sinks into *segments*: runs of
-capturable nodes, separated by the nodes that must run eagerly (each with the reason
-`muse bench` prints). With every node capturable there is one segment, so one
-launch a frame. A segment is run eagerly for a few warm-up frames of each new
-*variant* (input shapes plus each node's `frame_variant()`, the host choices it
-reads a frame late: detector or tracker, face found or lost), recorded once, then
-replayed. Inputs from outside a segment are copied into static buffers first;
-its outputs are static buffers the next replay overwrites, so sinks get copies.
+The runtime hands every frame to a `FrameProgram` when capture is on. The program splits the nodes between the
+sources and the sinks into *segments*: runs of capturable nodes, separated by the nodes that must run eagerly (each
+with the reason `muse bench` prints). With every node capturable there is one segment, so one launch a frame (which
+also writes the frame clock: muse.graph.frame_clock). A segment is run eagerly for a few warm-up frames of each new
+*variant* (input shapes plus each node's `frame_variant()`, the host choices it reads a frame late: detector or
+tracker, face found or lost), recorded once, then replayed. Inputs from outside a segment are copied into static
+buffers first; its outputs are static buffers the next replay overwrites, so sinks get copies.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import torch
 
 from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
 from muse.graph.compiled import GPU_CODE, code_generation
+from muse.graph.frame_clock import ClockNodes
 from muse.graph.linear import frame_order
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
@@ -54,6 +53,8 @@ class FrameProgram:
         self.pool: Any = None
         self.blocked: dict[str, str] = {}  # eager node -> why (filled by _plan)
         self.segments = self._plan()
+        one = len(self.segments) == 1 and self.segments[0].captured and not per_node and self.cuda  # writes the clock
+        self.clock_nodes = ClockNodes(runner.clock) if one and ClockNodes.available(runner.clock) else None
         self.captures = 0
         self.replays = 0
         self.eager_frames = 0
@@ -245,16 +246,15 @@ class FrameProgram:
     def _warmup_for(self, seg: Segment, new_code: bool) -> int:
         """Eager frames of a new variant before it is recorded: `warmup` for a segment's first recording and for
         new compiled code (first calls allocate, autotune, load), one for a further variant of the same code (its
-        nodes are warm; the one eager frame runs the variant's own path once, e.g. the pose detector as a check).
-        A further variant often comes back only every N frames (the pose tracker's check every 30): three
-        warm-up frames held its recording until its fourth occurrence, 2 s into a stream, each eager 4K frame
-        costing the host ~27 ms (H200) and the paced stream dropped frames at each."""
+        nodes are warm). A further variant may come back only every N frames (the pose tracker's check every 30):
+        three warm-ups held its recording 2 s into a stream, each eager 4K frame ~27 ms of host (H200)."""
         if not seg.variants or new_code:
             return self.warmup
         return min(self.warmup, 1)
 
     def _eager(self, seg: Segment, memo: dict) -> None:
         c0 = time.thread_time_ns()
+        self.runner._clock_for_eager(memo)  # written by no recording this frame
         try:
             for n in ends(self.runner, [n for n in seg.nodes if n in self.runner.live]):
                 self.runner._evaluate(n, memo)  # pulls the rest, so a switch sees its branch fail (and falls back)
@@ -284,6 +284,8 @@ class FrameProgram:
 
         def frame() -> dict[str, dict[str, Any]]:
             fork: list[Any] = []
+            if self.clock_nodes is not None:  # its first nodes, before the frame forks: every node reads after them
+                self.clock_nodes.record(stream)
             if stream is not None:
                 ev = torch.cuda.Event(blocking=True)
                 ev.record(stream)
@@ -307,6 +309,8 @@ class FrameProgram:
         if self.cuda:
             self.pool = getattr(graph, "pool")  # CudaFrameGraph's memory pool, shared by the variants
         var = Variant(nodes, graph, static_in, static_out)
+        if self.clock_nodes is not None and isinstance(graph, CudaFrameGraph):
+            var.clock = self.clock_nodes.bind(graph.graph.raw_cuda_graph(), graph.graph.raw_cuda_graph_exec())
         seg.variants[key] = var
         self.captures += 1
         log.info("captured %s (variant %d of the segment)", "+".join(nodes), len(seg.variants))
@@ -325,6 +329,8 @@ class FrameProgram:
             if stream is not None:
                 for ev in events:
                     stream.wait_event(ev)
+            if var.clock is not None:
+                self.runner._clock_in_replay(stream, var.clock)
             for k, v in ext.items() if copy_inputs else ():  # just recorded: the static inputs are this frame's
                 if isinstance(v, Payload):
                     for dst, src in zip(var.static_in[k].tensors(), v.tensors()):
@@ -372,8 +378,7 @@ class FrameProgram:
             for n in var.nodes:
                 static = var.static_out.get(n, {})
                 # Only what leaves the recording (to a sink, an eager node, a later segment) carries this frame's
-                # timing; the outputs its own nodes alone read keep the recorded one (a new payload each a frame
-                # for ~20 outputs that nothing outside reads was ~0.05 ms of the host's frame).
+                # timing; what its own nodes alone read keeps the recorded one (~20 new payloads a frame: ~0.05 ms).
                 timed = everywhere or n in var.outside
                 outs = {p: retime(v, like, timing) for p, v in static.items()} if timed else static
                 memo[n] = (outs, end)

@@ -54,6 +54,7 @@ class Variant:
     static_out: dict[str, dict[str, Any]]
     replays: int = 0
     outside: frozenset[str] | None = None  # its nodes whose outputs something outside it reads (replayed.seen_outside)
+    clock: Any = None  # muse.graph.frame_clock.BoundClock: the recording writes the frame clock
 
 
 def generation(seg: "Segment") -> Hashable:

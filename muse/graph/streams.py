@@ -224,7 +224,9 @@ class CudaPlumbing:
             slot.pending_gpu = keep[-64:]
 
     def _tick_clock(self, source_items: dict[str, Item]) -> list[Any]:
-        """Write this frame's time into the device clock, after the last frame's readers are done."""
+        """Write this frame's time into the device clock, after the last frame's readers are done; with a frame
+        program that writes it inside its recording (`muse.graph.frame_clock`), only when the frame runs eagerly
+        (`_clock_for_eager`), and else at the replay (`_clock_in_replay`)."""
         primary = next(iter(source_items.values()), None)
         t = 0.0
         if primary is not None:
@@ -232,6 +234,37 @@ class CudaPlumbing:
                 if isinstance(v, Payload) and isinstance(getattr(v, "timestamp", None), (int, float)):
                     t = float(v.timestamp)
                     break
+        program = self.program
+        if program is not None and program.clock_nodes is not None:
+            self._clock_t, self._clock_due = t, True
+            return []
+        return self._write_clock(t)
+
+    def _clock_in_replay(self, stream: Any, bound: Any) -> None:
+        """The replay about to launch on `stream` writes the clock: after the last frame's readers, and it starts
+        the frame's GPU time."""
+        bound.set(self._clock_t)
+        if not self._clock_due:  # written already this frame (eagerly, the same value)
+            return
+        self._clock_due = False
+        for ev in self._last_frame_events:
+            stream.wait_event(ev)
+        self._frame_start = torch.cuda.Event(enable_timing=True, blocking=True)
+        self._frame_start.record(stream)
+
+    def _clock_for_eager(self, memo: dict) -> None:
+        """Nodes run eagerly this frame: the clock is written as without a recording, and the sources' consumers
+        wait for it (their events are the sources' in `memo`)."""
+        if not self._clock_due:
+            return
+        self._clock_due = False
+        events = self._write_clock(self._clock_t)
+        for name in self._roles()[1]:
+            done = memo.get(name)
+            if isinstance(done, tuple):
+                done[1].extend(events)
+
+    def _write_clock(self, t: float) -> list[Any]:
         stream = self._frame_stream
         if stream is None:
             self.clock.fill_(t)
