@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -413,6 +413,12 @@ if [[ $what == s17c ]]; then
   timeout 240 python3 -X faulthandler -m muse.cli bench graphs/_inflight1.yaml --device cuda --capture on --frames 2000 \
     --latency-frames 600 --json "$out/stream_4k_inflight1.json" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
   rm -f graphs/_inflight1.yaml
+fi
+if [[ $what == s17d ]]; then
+  # Seventeenth session, final code: the frame clock written inside the recording; stream_4k as shipped over 2,000
+  # frames first, then every cuda test but the soak.
+  bench_4k 200 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
+  cuda_suite 200
 fi
 if [[ $what == s17b ]]; then
   # Seventeenth session, final code: every cuda test but the soak, then stream_4k as shipped over 2,000 frames.
