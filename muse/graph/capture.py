@@ -113,6 +113,7 @@ class CudaFrameGraph(FrameGraph):
         self._shape: dict[str, Any] | None = None
         self._launch: Callable[[], None] | None = None  # direct_launch, decided at the first replay
         self._launch_checked = False
+        self.launched_by = "not yet"  # then "cudaGraphLaunch" (direct_launch) or "torch" (its replay)
 
     def record(self, fn: Callable[[], Any]) -> Any:
         torch.cuda.synchronize(self.stream.device)  # the recording starts from an idle device, once per variant
@@ -224,10 +225,7 @@ class CudaFrameGraph(FrameGraph):
             self._launch_checked = True
             after = gen.get_offset() if gen is not None else None
             self._launch = direct_launch(self.graph, self.stream.device, uses_rng=before != after)
-
-    @property
-    def launched_by(self) -> str:  # type: ignore[override]  # direct_launch's, torch's replay, or before the first
-        return "not yet" if not self._launch_checked else ("cudaGraphLaunch" if self._launch is not None else "torch")
+            self.launched_by = "cudaGraphLaunch" if self._launch is not None else "torch"
 
     def release(self) -> None:
         # While the runner stops, not in a finalizer at the interpreter's exit: every stream is idle then (the

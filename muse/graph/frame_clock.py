@@ -6,7 +6,7 @@ executor's host time a 4K frame on the H200, because every launch costs the host
 with the frames in flight (`bench/host_ops.py`). Here the recording begins with two 32-bit memset nodes that write
 the clock's two halves, and before each launch the host sets the values they write
 (`cuGraphExecMemsetNodeSetParams`: it changes the next launch, not the ones queued). The driver API is reached
-through ctypes (`libcuda`), as `muse.graph.linear` does; where a call is missing the clock stays eager.
+through ctypes (`muse.graph.driver`); where a call is missing the clock stays eager.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from muse.graph.linear import GraphEditError, _call, _cuda, _nodes
+from muse.graph.driver import GraphEditError, call, graph_nodes, library
 
 __all__ = ["ClockNodes", "BoundClock"]
 
@@ -51,7 +51,7 @@ class ClockNodes:
         if not (clock.is_cuda and clock.dtype == torch.float64 and clock.numel() == 1):
             return False
         try:
-            lib = _cuda()
+            lib = library()
             return all(hasattr(lib, n) for n in ("cuMemsetD32Async", "cuGraphExecMemsetNodeSetParams",
                                                  "cuGraphMemsetNodeGetParams", "cuGraphNodeGetType", "cuCtxGetCurrent"))
         except GraphEditError:
@@ -61,26 +61,26 @@ class ClockNodes:
         """Issue the two memsets on `stream` (inside a capture they become the frame's first nodes)."""
         handle = ctypes.c_void_p(int(stream.cuda_stream))
         for offset, word in zip((0, 4), _halves(t)):
-            _call("cuMemsetD32Async", ctypes.c_uint64(self.ptr + offset), ctypes.c_uint(word), ctypes.c_size_t(1), handle)
+            call("cuMemsetD32Async", ctypes.c_uint64(self.ptr + offset), ctypes.c_uint(word), ctypes.c_size_t(1), handle)
 
     def bind(self, graph: int, graph_exec: int) -> "BoundClock":
         """The two memset nodes of `graph` (the `cudaGraph_t` `graph_exec` was instantiated from) that write the
         clock; GraphEditError when they are not both there."""
         found: dict[int, tuple[int, _MemsetParams]] = {}
-        for node in _nodes(graph):
+        for node in graph_nodes(graph):
             kind = ctypes.c_int(-1)
-            _call("cuGraphNodeGetType", ctypes.c_void_p(node), ctypes.byref(kind))
+            call("cuGraphNodeGetType", ctypes.c_void_p(node), ctypes.byref(kind))
             if kind.value != _MEMSET:
                 continue
             params = _MemsetParams()
-            _call("cuGraphMemsetNodeGetParams", ctypes.c_void_p(node), ctypes.byref(params))
+            call("cuGraphMemsetNodeGetParams", ctypes.c_void_p(node), ctypes.byref(params))
             offset = params.dst - self.ptr
             if offset in (0, 4) and params.elementSize == 4 and params.width == 1:
                 found[offset] = (node, params)
         if set(found) != {0, 4}:
             raise GraphEditError("the frame clock's memset nodes are not in the recorded graph")
         ctx = ctypes.c_void_p()
-        _call("cuCtxGetCurrent", ctypes.byref(ctx))
+        call("cuCtxGetCurrent", ctypes.byref(ctx))
         return BoundClock(graph_exec, found[0], found[4], ctx)
 
 
@@ -91,7 +91,7 @@ class BoundClock:
         self._exec = ctypes.c_void_p(graph_exec)
         self._low, self._high = low, high
         self._ctx = ctx
-        fn = _cuda().cuGraphExecMemsetNodeSetParams
+        fn = library().cuGraphExecMemsetNodeSetParams
         fn.restype = ctypes.c_int
         self._set = fn
 

@@ -8,7 +8,7 @@ driver 580, 2026-12-03, bench/RESULTS.md). So `MUSE_FRAME_ORDER=linear` is off b
 every dependency (the chain follows a topological order); `graph_shape` is what `muse bench` prints of each
 recorded frame.
 
-The graph is edited through the driver API (`libcuda`), whose handles are the runtime's: torch hands out the
+The graph is edited through the driver API (`libcuda`, `muse.graph.driver`), whose handles are the runtime's: torch hands out the
 `cudaGraph_t` of a graph captured with `keep_graph=True` before it is instantiated. `chain_order` (the order)
 is plain Python and tested on the CPU.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 import ctypes
 from collections import Counter
 from typing import Hashable, Iterable, Sequence, TypeVar
+
+from muse.graph.driver import GraphEditError, call, graph_nodes
 
 __all__ = ["FRAME_ORDERS", "GraphEditError", "chain_order", "frame_order", "graph_shape", "linearize", "NODE_TYPES"]
 
@@ -31,10 +33,6 @@ N = TypeVar("N", bound=Hashable)
 NODE_TYPES = {0: "kernel", 1: "memcpy", 2: "memset", 3: "host", 4: "child graph", 5: "empty", 6: "event wait",
               7: "event record", 8: "semaphore signal", 9: "semaphore wait", 10: "mem alloc", 11: "mem free",
               12: "batch mem op", 13: "conditional"}
-
-
-class GraphEditError(RuntimeError):
-    """The driver refused a graph edit or query (the message names the call and its CUresult)."""
 
 
 def chain_order(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> list[N]:
@@ -68,27 +66,6 @@ def chain_order(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> list[N]:
     return out
 
 
-_lib: ctypes.CDLL | None = None
-
-
-def _cuda() -> ctypes.CDLL:
-    global _lib
-    if _lib is None:
-        try:
-            _lib = ctypes.CDLL("libcuda.so.1")
-        except OSError as exc:
-            raise GraphEditError(f"the CUDA driver library (libcuda.so.1) cannot be loaded: {exc}") from exc
-    return _lib
-
-
-def _call(name: str, *args: object) -> None:
-    fn = getattr(_cuda(), name)
-    fn.restype = ctypes.c_int
-    res = fn(*args)
-    if res != 0:
-        raise GraphEditError(f"{name} failed with CUresult {res}")
-
-
 class _EdgeData(ctypes.Structure):
     """CUgraphEdgeData: a programmatic edge (cuBLAS's GEMMs on Hopper launch with programmatic dependent launch)
     lets its consumer start before the producer ends; the default one (all zero) waits for completion."""
@@ -101,26 +78,18 @@ Edge = tuple[int, int, tuple[int, int, int]]  # from, to, (from_port, to_port, t
 _PLAIN = (0, 0, 0)
 
 
-def _nodes(graph: int) -> list[int]:
-    count = ctypes.c_size_t(0)
-    _call("cuGraphGetNodes", ctypes.c_void_p(graph), None, ctypes.byref(count))
-    buf = (ctypes.c_void_p * count.value)()
-    _call("cuGraphGetNodes", ctypes.c_void_p(graph), buf, ctypes.byref(count))
-    return [int(buf[i] or 0) for i in range(count.value)]
-
-
 def _edges(graph: int) -> list[Edge]:
     """Every edge with its data (the `_v2` query, CUDA 12.3 and later: the first form refuses a graph that has
     programmatic edges, CUresult 402)."""
     count = ctypes.c_size_t(0)
-    _call("cuGraphGetEdges_v2", ctypes.c_void_p(graph), None, None, None, ctypes.byref(count))
+    call("cuGraphGetEdges_v2", ctypes.c_void_p(graph), None, None, None, ctypes.byref(count))
     n = count.value
     a, b, d = (ctypes.c_void_p * n)(), (ctypes.c_void_p * n)(), (_EdgeData * n)()
-    _call("cuGraphGetEdges_v2", ctypes.c_void_p(graph), a, b, d, ctypes.byref(count))
+    call("cuGraphGetEdges_v2", ctypes.c_void_p(graph), a, b, d, ctypes.byref(count))
     return [(int(a[i] or 0), int(b[i] or 0), (d[i].from_port, d[i].to_port, d[i].type)) for i in range(count.value)]
 
 
-def _set_edges(call: str, graph: int, edges: Sequence[Edge]) -> None:
+def _set_edges(name: str, graph: int, edges: Sequence[Edge]) -> None:
     if not edges:
         return
     n = len(edges)
@@ -129,17 +98,17 @@ def _set_edges(call: str, graph: int, edges: Sequence[Edge]) -> None:
     d = (_EdgeData * n)()
     for i, e in enumerate(edges):
         d[i].from_port, d[i].to_port, d[i].type = e[2]
-    _call(call + "_v2", ctypes.c_void_p(graph), a, b, d, ctypes.c_size_t(n))
+    call(name + "_v2", ctypes.c_void_p(graph), a, b, d, ctypes.c_size_t(n))
 
 
 def graph_shape(graph: int) -> dict[str, object]:
     """Nodes by type, edges (and how many are programmatic), the widest fan-out and the number of roots of a (not
     yet instantiated) CUDA graph given as its `cudaGraph_t` int."""
-    nodes = _nodes(graph)
+    nodes = graph_nodes(graph)
     kinds: Counter[str] = Counter()
     for n in nodes:
         t = ctypes.c_int(-1)
-        _call("cuGraphNodeGetType", ctypes.c_void_p(n), ctypes.byref(t))
+        call("cuGraphNodeGetType", ctypes.c_void_p(n), ctypes.byref(t))
         kinds[NODE_TYPES.get(t.value, f"type {t.value}")] += 1
     edges = _edges(graph)
     fan = Counter(a for a, _, _ in edges)
@@ -154,7 +123,7 @@ def linearize(graph: int) -> int:
     topological order; returns how many edges it had. Every original dependency still holds (each node now
     waits for all the nodes before it); a link of the chain that was an edge before keeps that edge's data (a
     programmatic launch stays one), every other link is a plain dependency."""
-    nodes = _nodes(graph)
+    nodes = graph_nodes(graph)
     edges = _edges(graph)
     order = chain_order(nodes, [(a, b) for a, b, _ in edges])
     data = {(a, b): d for a, b, d in edges}

@@ -28,22 +28,29 @@ _DEVICE = getattr(torch._C, "_cuda_getDevice", None)
 _RAW = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
-class on_stream:
+def on_stream(stream: Any) -> Any:
     """`with on_stream(s):` makes `s` the current stream, as `torch.cuda.stream(s)` does, for a fraction of its
     host time; on leaving, the stream current before (on the stream's device and on the device current before,
     if they differ) is current again. `None` does nothing."""
+    if stream is None:
+        return nullcontext()
+    if _SET is None or _GET is None or _DEVICE is None:  # a torch without them (a CPU-only build): its own context
+        return torch.cuda.stream(stream)
+    return _StreamScope((stream.stream_id, stream.device_index, stream.device_type))
+
+
+class _StreamScope:
+    """`on_stream`'s context: torch's setters with the stream's ids as plain ints."""
 
     __slots__ = ("_ids", "_prev", "_prev_there")
 
-    def __init__(self, stream: Any) -> None:
-        self._ids = None if stream is None else (stream.stream_id, stream.device_index, stream.device_type)
+    def __init__(self, ids: tuple[int, int, int]) -> None:
+        self._ids = ids
         self._prev: Any = None
         self._prev_there: Any = None
 
     def __enter__(self) -> None:
         ids = self._ids
-        if ids is None:
-            return
         here = _DEVICE()
         self._prev = _GET(here)
         if ids[1] != here:  # the stream lives on another device: its device's current stream comes back too
@@ -51,17 +58,10 @@ class on_stream:
         _SET(*ids)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._ids is None:
-            return
         if self._prev_there is not None:
             _SET(*self._prev_there)
             self._prev_there = None
         _SET(*self._prev)
-
-
-if _SET is None or _GET is None or _DEVICE is None:  # a torch without them (a CPU-only build): its own context
-    def on_stream(stream: Any) -> Any:  # type: ignore[no-redef]  # noqa: F811
-        return nullcontext() if stream is None else torch.cuda.stream(stream)
 
 
 def raw_stream(device: torch.device) -> int:

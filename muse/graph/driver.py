@@ -1,0 +1,44 @@
+"""The CUDA driver API (`libcuda`) through ctypes, for what torch and CuPy do not expose: reading and editing a
+recorded frame's graph (`muse.graph.linear`) and setting the values its nodes write (`muse.graph.frame_clock`)."""
+
+from __future__ import annotations
+
+import ctypes
+
+__all__ = ["GraphEditError", "call", "graph_nodes", "library"]
+
+
+class GraphEditError(RuntimeError):
+    """The driver refused a graph edit or query (the message names the call and its CUresult)."""
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def library() -> ctypes.CDLL:
+    """libcuda, loaded once; GraphEditError where it cannot be."""
+    global _lib
+    if _lib is None:
+        try:
+            _lib = ctypes.CDLL("libcuda.so.1")
+        except OSError as exc:
+            raise GraphEditError(f"the CUDA driver library (libcuda.so.1) cannot be loaded: {exc}") from exc
+    return _lib
+
+
+def call(name: str, *args: object) -> None:
+    """The driver function `name` called with `args`; GraphEditError unless it returns CUDA_SUCCESS."""
+    fn = getattr(library(), name)
+    fn.restype = ctypes.c_int
+    res = fn(*args)
+    if res != 0:
+        raise GraphEditError(f"{name} failed with CUresult {res}")
+
+
+def graph_nodes(graph: int) -> list[int]:
+    """Every node of a `cudaGraph_t` (given as an int), as ints."""
+    count = ctypes.c_size_t(0)
+    call("cuGraphGetNodes", ctypes.c_void_p(graph), None, ctypes.byref(count))
+    buf = (ctypes.c_void_p * count.value)()
+    call("cuGraphGetNodes", ctypes.c_void_p(graph), buf, ctypes.byref(count))
+    return [int(buf[i] or 0) for i in range(count.value)]
