@@ -596,3 +596,33 @@ def test_frame_clock_halves_and_where_it_is_not_written_in_the_recording() -> No
         assert struct.unpack("<d", struct.pack("<II", lo, hi))[0] == t
     assert not ClockNodes.available(torch.zeros((), dtype=torch.float64))
     assert not ClockNodes.available(torch.zeros(2, dtype=torch.float64))
+
+
+def test_replayed_outputs_only_read_inside_keep_the_recorded_timing_until_they_stand_in() -> None:
+    """A replayed frame gives its timing only to outputs something outside the recording reads (stream_4k: the
+    composite, which feeds the outputs); a held output of the others, standing in after a fault, gets the timing
+    of the replayed frame that wrote it."""
+    from muse.graph.guard import NodeGuard
+    from muse.graph.payloads import Frame
+    from muse.graph.registry import load_registry
+    from muse.graph.replayed import seen_outside, timing_of
+    from muse.graph.validate import load_graph
+
+    class Runner:
+        graph = load_graph(str(REPO / "graphs" / "stream_4k.yaml"), load_registry())
+
+    nodes = ["camera", "pose/bundled", "segment/bundled", "segment/switch", "matte", "pose/switch", "face", "room",
+             "steady", "body_shape", "face_shape", "reshape", "composite"]
+    outside = seen_outside(Runner(), nodes)
+    assert "composite" in outside
+    assert not outside & {"matte", "face", "steady", "body_shape", "face_shape", "reshape", "room"}
+
+    recorded = Frame(torch.zeros((4, 4, 3), dtype=torch.uint8), timestamp=0.5, index=30)
+    now = Frame(torch.zeros((4, 4, 3), dtype=torch.uint8), timestamp=7.25, index=435)
+    guard = NodeGuard("face")
+    guard.last, guard.last_timing = {"frame": recorded}, (now, timing_of(now))
+    held = guard.last_outputs()["frame"]
+    assert (held.timestamp, held.index) == (7.25, 435) and held.image is recorded.image
+    assert (recorded.timestamp, recorded.index) == (0.5, 30)  # the recording's own payload is not touched
+    guard.last_timing = None
+    assert guard.last_outputs()["frame"] is recorded
