@@ -28,6 +28,7 @@ from torch.utils._pytree import tree_map
 from muse.graph.host_guards import CaptureError, HostDataGuard, HostReadGuard
 from muse.graph.launch import default_generator, direct_launch
 from muse.graph.linear import FRAME_ORDERS
+from muse.graph.devices import device_index
 
 __all__ = [
     "CaptureError",
@@ -196,7 +197,7 @@ class CudaFrameGraph(FrameGraph):
 
     def _release(self) -> None:
         """Tell the allocator this capture is over, whatever state CUDA left it in."""
-        device = self.stream.device.index if self.stream.device.index is not None else torch.cuda.current_device()
+        device = device_index(self.stream.device)
         try:
             pool = self.graph.pool()
         except Exception:

@@ -7,12 +7,14 @@ from typing import Any, Callable
 
 import torch
 
+from muse.graph.devices import device_index
+
 __all__ = ["default_generator", "direct_launch"]
 
 
 def default_generator(device: torch.device) -> Any:
     try:
-        index = device.index if device.index is not None else torch.cuda.current_device()
+        index = device_index(device)
         return torch.cuda.default_generators[index]
     except Exception:  # no generator to read: the first replay cannot tell, so torch's replay stays
         return None
@@ -35,7 +37,7 @@ def direct_launch(graph: "torch.cuda.CUDAGraph", device: torch.device, uses_rng:
         get_raw = torch._C._cuda_getCurrentRawStream
     except Exception:  # no CuPy, or a torch without these: its own replay
         return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
 
     def launch() -> None:
         run(exe, get_raw(index))

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from muse.graph.devices import device_index
 from muse.graph.payloads import Payload
 from muse.graph.slots import Item, Slot
 
@@ -66,7 +67,7 @@ class _StreamScope:
 
 def raw_stream(device: torch.device) -> int:
     """The current stream's `cudaStream_t` on `device` as an int (no Stream object made: ~3 us less a call)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
     if _RAW is not None:
         return int(_RAW(index))
     return torch.cuda.current_stream(device).cuda_stream
@@ -84,7 +85,7 @@ def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
     nor is there a destructor left to run at the interpreter's exit. Once its holder is gone the stream is
     handed to the next asker instead (`_OwnedStream.__del__`)."""
     dev = torch.device(device)
-    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    index = device_index(dev)
     idle = _IDLE.setdefault(index, [])
     try:
         handle = idle.pop()

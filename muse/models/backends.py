@@ -24,6 +24,7 @@ import torch
 from muse.graph.capture import CaptureError, is_recording
 from muse.graph.host_guards import host_guards_suspended
 from muse.graph.compiled import GPU_CODE, background_work, code_changed, compile_ended, compile_started
+from muse.graph.devices import device_index
 from muse.graph.streams import new_stream
 from muse.models.compile_ahead import AheadJob, ahead_wanted, forget, marked, run_ahead
 from muse.models.conv_engine import ConvMode, conv_flags, conv_mode, faster_engine, remember, remembered, replay_ms
@@ -141,7 +142,7 @@ _STREAMS: dict[int, "torch.cuda.Stream"] = {}
 def compile_stream(device: torch.device) -> "torch.cuda.Stream":
     """The background compiles' own CUDA stream (one a device): a warm-up's, autotuning's or synchronize's work
     never lands on a stream a node runs or records its frames on (`muse.graph.streams.new_stream`)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
     if index not in _STREAMS:
         _STREAMS[index] = new_stream(torch.device("cuda", index))
     return _STREAMS[index]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from muse.graph.devices import device_index
 from muse.models.tflite.ops import Conv, PRelu, Unary
 
 __all__ = ["ACT_CODES", "ConvEpilogue", "epilogue", "epilogue_cupy", "epilogue_torch", "step_errors", "usable"]
@@ -116,7 +117,7 @@ def _cupy() -> Any:
 def _function(device: torch.device, dtype: torch.dtype) -> Any:
     """The kernel for `dtype` loaded on `device`; compiled once a process (NVRTC), never during a capture."""
     global _MODULE
-    key = (device.index if device.index is not None else torch.cuda.current_device(), dtype)
+    key = (device_index(device), dtype)
     fn = _FUNCTIONS.get(key)
     if fn is None:
         cupy = _cupy()
@@ -132,7 +133,7 @@ def usable(y: torch.Tensor) -> bool:
     buildable now (never built inside a CUDA graph capture: loading a module there is not allowed)."""
     if not y.is_cuda or y.dtype not in _NAMES or _BROKEN or _cupy() is None:
         return False
-    key = (y.device.index if y.device.index is not None else torch.cuda.current_device(), y.dtype)
+    key = (device_index(y.device), y.dtype)
     if key in _FUNCTIONS:
         return True
     from muse.graph.compiled import build_gpu_code
@@ -183,7 +184,7 @@ def epilogue_cupy(y: torch.Tensor, bias: torch.Tensor | None, act1: str = "NONE"
     i32, u32 = np.int32, np.uint32
     fn = _function(y.device, y.dtype)
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(y.device).cuda_stream)
-    with cupy.cuda.Device(y.device.index if y.device.index is not None else torch.cuda.current_device()), stream:
+    with cupy.cuda.Device(device_index(y.device)), stream:
         fn(((total + _BLOCK - 1) // _BLOCK,), (_BLOCK,),
            (_ptr(y), _ptr(bias), _ptr(slope1), _ptr(residual), _ptr(slope2), u32(total), u32(c), u32(h * w), u32(cr),
             i32(cl), i32(ACT_CODES[act1]), i32(ACT_CODES[act2])))

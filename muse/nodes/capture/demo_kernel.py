@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from muse.graph.compiled import GPU_CODE
+from muse.graph.devices import device_index
 from muse.graph.streams import raw_stream
 from muse.models.cuda_tap import MASK_T
 
@@ -64,7 +65,7 @@ _FUNCTIONS: dict[tuple[int, bool], Any] = {}
 def _function(device: torch.device, half_mask: bool) -> Any:
     import cupy
 
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
     key = (index, half_mask)
     fn = _FUNCTIONS.get(key)
     if fn is None:

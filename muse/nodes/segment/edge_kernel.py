@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from muse.graph.compiled import build_gpu_code
+from muse.graph.devices import device_index
 from muse.models.cuda_tap import MASK_T
 
 log = logging.getLogger("muse.node.segment")
@@ -55,7 +56,7 @@ _BROKEN: list[str] = []
 
 
 def _functions(device: torch.device, half: bool) -> tuple[Any, Any] | None:
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
 
     def make() -> tuple[Any, Any]:
         import cupy

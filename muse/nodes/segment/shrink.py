@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from muse.graph.compiled import GPU_CODE, build_gpu_code
+from muse.graph.devices import device_index
 
 log = logging.getLogger("muse.node.segment")
 
@@ -111,7 +112,7 @@ def aa_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
 def _functions(device: torch.device, half: bool) -> tuple[Any, Any]:
     import cupy
 
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
     key = (index, half)
     fns = _FUNCTIONS.get(key)
     if fns is None:
@@ -123,7 +124,7 @@ def _functions(device: torch.device, half: bool) -> tuple[Any, Any]:
 
 
 def _axis(device: torch.device, in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    key = (device.index if device.index is not None else torch.cuda.current_device(), in_size, out_size)
+    key = (device_index(device), in_size, out_size)
     got = _WEIGHTS.get(key)
     if got is None:
         first, weights = aa_weights(in_size, out_size)
@@ -135,7 +136,7 @@ def _ready(image: torch.Tensor, size: tuple[int, int], half: bool) -> bool:
     """Whether the kernels and this size's weights exist, or can be made now (never inside a recording)."""
     if _BROKEN:
         return False
-    index = image.device.index if image.device.index is not None else torch.cuda.current_device()
+    index = device_index(image.device)
     (w, h), (height, width) = size, image.shape[:2]
     known = (index, half) in _FUNCTIONS and (index, int(width), w) in _WEIGHTS and (index, int(height), h) in _WEIGHTS
     if known:
