@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -419,6 +419,18 @@ if [[ $what == s17d ]]; then
   # frames first, then every cuda test but the soak.
   bench_4k 200 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
   cuda_suite 200
+fi
+if [[ $what == s18a ]]; then
+  # Eighteenth session: the inputs copied in by the recording (muse.graph.frame_copies) against the eager copy, on one
+  # machine, alternating (fresh machines differ by ~15 % in host CPU); then the capture and runtime cuda tests.
+  bench_4k 200 "$out/stream_4k_warm.json" --frames 300 --latency-frames 0   # compiles and caches: not compared
+  for pass in 1 2; do for mode in eager graph; do
+    echo "== pass $pass MUSE_INPUT_COPIES=$mode" >> "$out/bench.log"
+    MUSE_INPUT_COPIES=$mode bench_4k 150 "$out/stream_4k_${mode}_$pass.json" --frames 2000 --latency-frames 0
+  done; done
+  timeout 150 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_frame_capture.py tests/test_runtime_cuda.py \
+    tests/test_switch_graph.py > "$out/cuda_capture_tests.log" 2>&1
+  echo "capture cuda tests exit $?" >> "$out/cuda_capture_tests.log"
 fi
 if [[ $what == s17e ]]; then
   # s17d with less device time left: stream_4k as shipped, then the capture and runtime cuda tests only.

@@ -626,3 +626,59 @@ def test_replayed_outputs_only_read_inside_keep_the_recorded_timing_until_they_s
     assert (recorded.timestamp, recorded.index) == (0.5, 30)  # the recording's own payload is not touched
     guard.last_timing = None
     assert guard.last_outputs()["frame"] is recorded
+
+
+@pytest.mark.cuda
+def test_cuda_recorded_frame_copies_each_launch_its_own_input_in() -> None:
+    """A segment's input copied in by the recording's own memcpy node: each launch reads the buffer it was pointed
+    at just before (three launches queued from three buffers, each result its own); a buffer that cannot be copied
+    flat (a transposed view) switches the node off and is copied before the launch, and the next plain one switches
+    it back on."""
+    from muse.graph.capture import CudaFrameGraph
+    from muse.graph.frame_copies import InputCopies
+    from muse.graph.payloads import Frame
+    from muse.graph.streams import new_stream, on_stream
+
+    assert InputCopies.available()
+    stream = new_stream(torch.device("cuda"))
+    frames = [Frame(torch.full((48, 64, 3), 10 * (i + 1), dtype=torch.uint8, device="cuda"), timestamp=i / 60, index=i)
+              for i in range(3)]
+    static_in = {("demo", "frame"): Frame(torch.zeros(48, 64, 3, dtype=torch.uint8, device="cuda"), timestamp=0.0, index=0)}
+    seen = torch.zeros(8, dtype=torch.float32, device="cuda")
+    slot = torch.zeros((), dtype=torch.long, device="cuda")
+    copies = InputCopies()
+
+    def frame() -> None:
+        copies.record(stream, static_in, {("demo", "frame"): frames[0]})
+        seen.index_copy_(0, slot.view(1), static_in[("demo", "frame")].image.float().mean().view(1))
+        slot.add_(1)
+
+    graph = CudaFrameGraph(stream)
+    graph.record(frame)
+    bound = copies.bind(graph.graph.raw_cuda_graph(), graph.graph.raw_cuda_graph_exec(), static_in)
+    assert bound.count == 1
+    base = torch.arange(48 * 64 * 3, device="cuda").remainder(251).to(torch.uint8)
+    odd = Frame(base.view(64, 48, 3).transpose(0, 1), timestamp=0.1, index=9)  # not contiguous: no flat copy
+    order = [frames[2], frames[0], frames[1], odd, frames[2]]
+    with on_stream(stream):
+        for f in order:  # all queued before any is read
+            bound.before_launch({("demo", "frame"): f}, stream)
+            graph.replay()
+    stream.synchronize()
+    want = [30.0, 10.0, 20.0, float(odd.image.float().mean()), 30.0]
+    assert seen[:5].tolist() == pytest.approx(want, abs=1e-3)
+    graph.release()
+
+
+def test_input_copies_are_recorded_only_for_tensors_one_flat_copy_fills() -> None:
+    """Which inputs a recording may copy in itself: same device, dtype and shape, both contiguous, not the same
+    memory; anything else (here CPU tensors) is copied by the runtime before the launch, as before."""
+    from muse.graph.frame_copies import _copyable, _nth, _statics
+    from muse.graph.payloads import Frame, Mask
+
+    a, b = torch.zeros(4, 5, 3, dtype=torch.uint8), torch.ones(4, 5, 3, dtype=torch.uint8)
+    assert not _copyable(a, b)  # not on a GPU
+    f = Frame(a, timestamp=0.0, index=0)
+    assert _nth(f, 0) is a and _nth(f, 1) is None and _nth("not a payload", 0) is None
+    static = {("b", "mask"): Mask(torch.zeros(4, 5)), ("a", "frame"): f, ("c", "n"): 3}
+    assert [(k, i) for k, i, _t in _statics(static)] == [(("a", "frame"), 0), (("b", "mask"), 0)]

@@ -6,12 +6,14 @@ with the reason `muse bench` prints). With every node capturable there is one se
 also writes the frame clock: muse.graph.frame_clock). A segment is run eagerly for a few warm-up frames of each new
 *variant* (input shapes plus each node's `frame_variant()`, the host choices it reads a frame late: detector or
 tracker, face found or lost), recorded once, then replayed. Inputs from outside a segment are copied into static
-buffers first; its outputs are static buffers the next replay overwrites, so sinks get copies.
+buffers by the recording's own first nodes (muse.graph.frame_copies); its outputs are static buffers the next
+replay overwrites, so sinks get copies.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Hashable
@@ -21,13 +23,15 @@ import torch
 from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
 from muse.graph.compiled import GPU_CODE, code_generation
 from muse.graph.frame_clock import ClockNodes
+from muse.graph.frame_copies import InputCopies, copy_eagerly
 from muse.graph.linear import frame_order
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
 from muse.graph.replayed import clone_payload, input_signature, retime, seen_outside, timing_of, timing_source
 from muse.graph.segments import (COMPILE_UNDER_WAY, EAGER_STEP, MAX_VARIANTS, RECORD_TRIES, RECORDING_STEP, TRANSITIONAL,
-                                 WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation)
+                                 WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation,
+                                 plan_segments)
 from muse.graph.slots import FrameFailed
 from muse.graph.streams import new_stream, on_stream
 
@@ -51,10 +55,11 @@ class FrameProgram:
         self.stream = new_stream(runner.device) if self.cuda else None
         self.order = frame_order()
         self.pool: Any = None
-        self.blocked: dict[str, str] = {}  # eager node -> why (filled by _plan)
-        self.segments = self._plan()
+        self.blocked: dict[str, str] = {}  # eager node -> why (filled by plan_segments)
+        self.segments = plan_segments(runner, self.blocked, per_node)
         one = len(self.segments) == 1 and self.segments[0].captured and not per_node and self.cuda  # writes the clock
         self.clock_nodes = ClockNodes(runner.clock) if one and ClockNodes.available(runner.clock) else None
+        self.input_copies = self.cuda and not per_node and os.environ.get("MUSE_INPUT_COPIES", "graph") != "eager" and InputCopies.available()
         self.captures = 0
         self.replays = 0
         self.eager_frames = 0
@@ -68,43 +73,6 @@ class FrameProgram:
                     log.info("node '%s' runs eagerly between captured segments: %s", n, self.blocked[n])
 
     # -- planning --------------------------------------------------------------------------------------
-    def _plan(self) -> list[Segment]:
-        """Capturable nodes grouped by how many eager nodes lie upstream: the fewest segments that keep order."""
-        r = self.runner
-        g = r.graph
-        needed: set[str] = set()
-        stack = [n for n in g.order if r.slots[n].rn.cls.is_sink() and not r.slots[n].absent]
-        while stack:  # only what some sink consumes runs, as in eager pulling
-            n = stack.pop()
-            for ri in g.nodes[n].inputs.values():
-                for s in ri.sources:
-                    given = r.provider(s.node)  # itself, or the stand-in in its place (None: never runs)
-                    if given is not None and given not in needed:
-                        needed.add(given)
-                        stack.append(given)
-        work = [n for n in g.order if n in needed and not r.slots[n].rn.cls.is_source() and not r.slots[n].rn.cls.is_sink()]
-        reasons = {n: capture_blocker(r, n) for n in work}
-        depth: dict[str, int] = {}
-        for n in work:  # graph.order is topological
-            preds = [s.node for ri in g.nodes[n].inputs.values() for s in ri.sources if s.node in depth]
-            base = max((depth[p] for p in preds), default=0)
-            depth[n] = base + (1 if reasons[n] else 0)
-        segments: list[Segment] = []
-        by_level: dict[int, list[str]] = {}
-        for n in work:  # one pass (a scan of `work` per level was quadratic in a chain of eager nodes)
-            by_level.setdefault(depth[n], []).append(n)
-        for level in sorted(by_level):
-            eager = [n for n in by_level[level] if reasons[n]]
-            if eager:
-                segments.append(Segment(eager, captured=False, reason="; ".join(f"{n}: {reasons[n]}" for n in eager)))
-                self.blocked.update({n: reasons[n] or "" for n in eager})
-            captured = [n for n in by_level[level] if not reasons[n]]
-            if captured:
-                segments.append(Segment(captured, captured=True))
-        if self.per_node:  # diagnostic: one recording per node, so each replay can be timed on its own
-            return [Segment([n], captured=s.captured, reason=s.reason) for s in segments for n in s.nodes]
-        return segments
-
     def describe(self) -> dict[str, Any]:
         """What `muse bench` and `--stats` show: which nodes are captured, which are not and why."""
         if self._final is not None:
@@ -126,6 +94,8 @@ class FrameProgram:
             "graph_shapes": [shape for s in self.segments for v in s.variants.values()
                              if (shape := getattr(v.graph, "shape", None))],
             "launches": sorted({v.graph.launched_by for s in self.segments for v in s.variants.values()}),
+            # inputs the recordings copy in themselves, per variant (the rest are copied by a launch before them)
+            "inputs_copied_inside": sorted({v.copies.count for s in self.segments for v in s.variants.values() if v.copies is not None}),
         }
 
     def release(self) -> None:
@@ -244,10 +214,8 @@ class FrameProgram:
         return ""
 
     def _warmup_for(self, seg: Segment, new_code: bool) -> int:
-        """Eager frames of a new variant before it is recorded: `warmup` for a segment's first recording and for
-        new compiled code (first calls allocate, autotune, load), one for a further variant of the same code (its
-        nodes are warm). A further variant may come back only every N frames (the pose tracker's check every 30):
-        three warm-ups held its recording 2 s into a stream, each eager 4K frame ~27 ms of host (H200)."""
+        """Eager frames before a recording: `warmup` for a segment's first and for new compiled code (first calls
+        allocate, autotune, load), one for a further variant of warm code (three held one 2 s into a stream, H200)."""
         if not seg.variants or new_code:
             return self.warmup
         return min(self.warmup, 1)
@@ -281,11 +249,14 @@ class FrameProgram:
         streams = [r.slots[n].stream for n in nodes if r.slots[n].stream is not None]
         graph: FrameGraph = EmulatedFrameGraph() if not self.cuda else CudaFrameGraph(stream, self.pool, join=streams, order=self.order)
         local: dict = {}
+        copies = InputCopies() if self.input_copies and isinstance(graph, CudaFrameGraph) else None
 
         def frame() -> dict[str, dict[str, Any]]:
             fork: list[Any] = []
             if self.clock_nodes is not None:  # its first nodes, before the frame forks: every node reads after them
                 self.clock_nodes.record(stream)
+            if copies is not None:  # then the inputs' copies (muse.graph.frame_copies)
+                copies.record(stream, static_in, ext)
             if stream is not None:
                 ev = torch.cuda.Event(blocking=True)
                 ev.record(stream)
@@ -309,8 +280,10 @@ class FrameProgram:
         if self.cuda:
             self.pool = getattr(graph, "pool")  # CudaFrameGraph's memory pool, shared by the variants
         var = Variant(nodes, graph, static_in, static_out)
-        if self.clock_nodes is not None and isinstance(graph, CudaFrameGraph):
-            var.clock = self.clock_nodes.bind(graph.graph.raw_cuda_graph(), graph.graph.raw_cuda_graph_exec())
+        if isinstance(graph, CudaFrameGraph):
+            raw = (graph.graph.raw_cuda_graph(), graph.graph.raw_cuda_graph_exec())
+            var.clock = self.clock_nodes.bind(*raw) if self.clock_nodes is not None else None
+            var.copies = copies.bind(*raw, static_in) if copies is not None else None
         seg.variants[key] = var
         self.captures += 1
         log.info("captured %s (variant %d of the segment)", "+".join(nodes), len(seg.variants))
@@ -331,13 +304,13 @@ class FrameProgram:
                     stream.wait_event(ev)
             if var.clock is not None:
                 self.runner._clock_in_replay(stream, var.clock)
-            for k, v in ext.items() if copy_inputs else ():  # just recorded: the static inputs are this frame's
-                if isinstance(v, Payload):
-                    for dst, src in zip(var.static_in[k].tensors(), v.tensors()):
-                        if dst.data_ptr() != src.data_ptr():
-                            dst.copy_(src, non_blocking=True)
-                            if stream is not None and src.is_cuda:
-                                src.record_stream(stream)  # its producer must not recycle it before this copy ran
+            if var.copies is not None:  # the launch copies them (the first one: copies_inputs False, the same)
+                var.copies.before_launch(ext, stream)
+            elif copy_inputs:  # just recorded: the static inputs are this frame's
+                for k, v in ext.items():
+                    if isinstance(v, Payload):
+                        for dst, src in zip(var.static_in[k].tensors(), v.tensors()):
+                            copy_eagerly(dst, src, stream)
             timed = self.per_node and stream is not None and len(seg.nodes) == 1
             if timed:
                 start = torch.cuda.Event(enable_timing=True, blocking=True)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["COMPILE_UNDER_WAY", "EAGER_STEP", "MAX_VARIANTS", "ONE_OFF_STEPS", "RECORDING_STEP", "RECORD_TRIES",
            "TRANSITIONAL", "WARM_UP_NEW_CODE", "WARM_UP_NEW_VARIANT", "Segment", "Variant", "capture_blocker", "ends",
-           "generation"]
+           "generation", "plan_segments"]
 
 RECORD_TRIES = 3  # a variant whose recording a node's exception broke is recorded again, up to this many times
 MAX_VARIANTS = 8  # per segment; each keeps its activations alive, so an unstable choice can't grow memory forever
@@ -55,6 +55,7 @@ class Variant:
     replays: int = 0
     outside: frozenset[str] | None = None  # its nodes whose outputs something outside it reads (replayed.seen_outside)
     clock: Any = None  # muse.graph.frame_clock.BoundClock: the recording writes the frame clock
+    copies: Any = None  # muse.graph.frame_copies.BoundCopies: the recording copies its inputs in
 
 
 def generation(seg: "Segment") -> Hashable:
@@ -78,3 +79,42 @@ def ends(runner: "GraphRunner", nodes: list[str]) -> list[str]:
     """The nodes of `nodes` that no other of them consumes: evaluating these pulls all the others."""
     fed = {s.node for n in nodes for ri in runner.slots[n].rn.inputs.values() for s in ri.sources}
     return [n for n in nodes if n not in fed]
+
+
+def plan_segments(runner: "GraphRunner", blocked: dict[str, str], per_node: bool = False) -> list[Segment]:
+    """Capturable nodes grouped by how many eager nodes lie upstream: the fewest segments that keep order (`blocked`
+    gets each eager node's reason)."""
+    r = runner
+    g = r.graph
+    needed: set[str] = set()
+    stack = [n for n in g.order if r.slots[n].rn.cls.is_sink() and not r.slots[n].absent]
+    while stack:  # only what some sink consumes runs, as in eager pulling
+        n = stack.pop()
+        for ri in g.nodes[n].inputs.values():
+            for s in ri.sources:
+                given = r.provider(s.node)  # itself, or the stand-in in its place (None: never runs)
+                if given is not None and given not in needed:
+                    needed.add(given)
+                    stack.append(given)
+    work = [n for n in g.order if n in needed and not r.slots[n].rn.cls.is_source() and not r.slots[n].rn.cls.is_sink()]
+    reasons = {n: capture_blocker(r, n) for n in work}
+    depth: dict[str, int] = {}
+    for n in work:  # graph.order is topological
+        preds = [s.node for ri in g.nodes[n].inputs.values() for s in ri.sources if s.node in depth]
+        base = max((depth[p] for p in preds), default=0)
+        depth[n] = base + (1 if reasons[n] else 0)
+    segments: list[Segment] = []
+    by_level: dict[int, list[str]] = {}
+    for n in work:  # one pass (a scan of `work` per level was quadratic in a chain of eager nodes)
+        by_level.setdefault(depth[n], []).append(n)
+    for level in sorted(by_level):
+        eager = [n for n in by_level[level] if reasons[n]]
+        if eager:
+            segments.append(Segment(eager, captured=False, reason="; ".join(f"{n}: {reasons[n]}" for n in eager)))
+            blocked.update({n: reasons[n] or "" for n in eager})
+        captured = [n for n in by_level[level] if not reasons[n]]
+        if captured:
+            segments.append(Segment(captured, captured=True))
+    if per_node:  # diagnostic: one recording per node, so each replay can be timed on its own
+        return [Segment([n], captured=s.captured, reason=s.reason) for s in segments for n in s.nodes]
+    return segments
