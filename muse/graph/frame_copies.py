@@ -8,6 +8,9 @@ node per input tensor, and before each launch the host points the node at the fr
 A node whose input cannot be copied that way this frame (not contiguous, or already the static buffer itself) is
 switched off for the launch (`cuGraphNodeSetEnabled`) and the copy is made eagerly, as before. Where the driver
 lacks a call, `InputCopies.available()` is False and every copy stays eager.
+
+Opt-in (`MUSE_INPUT_COPIES=graph`) until it has run on a GPU: written in a session whose device time had run out,
+so neither its cuda test nor its host-time gain has been seen yet (`bench/run_gpu.sh OUT s18a` measures both).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ with the reason `muse bench` prints). With every node capturable there is one se
 also writes the frame clock: muse.graph.frame_clock). A segment is run eagerly for a few warm-up frames of each new
 *variant* (input shapes plus each node's `frame_variant()`, the host choices it reads a frame late: detector or
 tracker, face found or lost), recorded once, then replayed. Inputs from outside a segment are copied into static
-buffers by the recording's own first nodes (muse.graph.frame_copies); its outputs are static buffers the next
-replay overwrites, so sinks get copies.
+buffers before each launch (or, with MUSE_INPUT_COPIES=graph, by the recording's own first nodes:
+muse.graph.frame_copies); its outputs are static buffers the next replay overwrites, so sinks get copies.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class FrameProgram:
         self.segments = plan_segments(runner, self.blocked, per_node)
         one = len(self.segments) == 1 and self.segments[0].captured and not per_node and self.cuda  # writes the clock
         self.clock_nodes = ClockNodes(runner.clock) if one and ClockNodes.available(runner.clock) else None
-        self.input_copies = self.cuda and not per_node and os.environ.get("MUSE_INPUT_COPIES", "graph") != "eager" and InputCopies.available()
+        # opt-in until measured on a GPU (MUSE_INPUT_COPIES=graph; `bench/run_gpu.sh OUT s18a` compares the two)
+        self.input_copies = self.cuda and not per_node and os.environ.get("MUSE_INPUT_COPIES", "eager") == "graph" and InputCopies.available()
         self.captures = 0
         self.replays = 0
         self.eager_frames = 0
