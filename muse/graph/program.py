@@ -22,6 +22,7 @@ import torch
 
 from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, FrameGraph
 from muse.graph.compiled import GPU_CODE, code_generation
+from muse.graph.driver import GraphEditError
 from muse.graph.frame_clock import ClockNodes
 from muse.graph.frame_copies import InputCopies, copy_eagerly
 from muse.graph.linear import frame_order
@@ -284,7 +285,13 @@ class FrameProgram:
         if isinstance(graph, CudaFrameGraph):
             raw = (graph.graph.raw_cuda_graph(), graph.graph.raw_cuda_graph_exec())
             var.clock = self.clock_nodes.bind(*raw) if self.clock_nodes is not None else None
-            var.copies = copies.bind(*raw, static_in) if copies is not None else None
+            try:
+                var.copies = copies.bind(*raw, static_in) if copies is not None else None
+            except GraphEditError as exc:  # recorded again without them: its memcpy nodes would read a stale buffer
+                log.warning("inputs cannot be copied inside the recording (%s); the runtime copies them", exc)
+                self.input_copies = False
+                graph.release()
+                return self._record_variant(seg, nodes, ext, events, memo, key)
         seg.variants[key] = var
         self.captures += 1
         log.info("captured %s (variant %d of the segment)", "+".join(nodes), len(seg.variants))
