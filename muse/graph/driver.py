@@ -4,8 +4,9 @@ recorded frame's graph (`muse.graph.linear`) and setting the values its nodes wr
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
-__all__ = ["GraphEditError", "call", "graph_nodes", "library"]
+__all__ = ["GraphEditError", "call", "current_context", "graph_nodes", "library", "nodes_of_type"]
 
 
 class GraphEditError(RuntimeError):
@@ -42,3 +43,24 @@ def graph_nodes(graph: int) -> list[int]:
     buf = (ctypes.c_void_p * count.value)()
     call("cuGraphGetNodes", ctypes.c_void_p(graph), buf, ctypes.byref(count))
     return [int(buf[i] or 0) for i in range(count.value)]
+
+
+def nodes_of_type(graph: int, kind: int, params_type: type[ctypes.Structure], get_params: str) -> list[tuple[int, Any]]:
+    """Every node of a `cudaGraph_t` of CUgraphNodeType `kind`, with its params as the driver call `get_params`
+    reads them into a `params_type`."""
+    out = []
+    for node in graph_nodes(graph):
+        found = ctypes.c_int(-1)
+        call("cuGraphNodeGetType", ctypes.c_void_p(node), ctypes.byref(found))
+        if found.value == kind:
+            params = params_type()
+            call(get_params, ctypes.c_void_p(node), ctypes.byref(params))
+            out.append((node, params))
+    return out
+
+
+def current_context() -> ctypes.c_void_p:
+    """The calling thread's CUDA context (the graph-exec edits name it)."""
+    ctx = ctypes.c_void_p()
+    call("cuCtxGetCurrent", ctypes.byref(ctx))
+    return ctx

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from muse.graph.driver import GraphEditError, call, graph_nodes, library
+from muse.graph.driver import GraphEditError, call, current_context, library, nodes_of_type
 
 __all__ = ["ClockNodes", "BoundClock"]
 
@@ -67,21 +67,13 @@ class ClockNodes:
         """The two memset nodes of `graph` (the `cudaGraph_t` `graph_exec` was instantiated from) that write the
         clock; GraphEditError when they are not both there."""
         found: dict[int, tuple[int, _MemsetParams]] = {}
-        for node in graph_nodes(graph):
-            kind = ctypes.c_int(-1)
-            call("cuGraphNodeGetType", ctypes.c_void_p(node), ctypes.byref(kind))
-            if kind.value != _MEMSET:
-                continue
-            params = _MemsetParams()
-            call("cuGraphMemsetNodeGetParams", ctypes.c_void_p(node), ctypes.byref(params))
+        for node, params in nodes_of_type(graph, _MEMSET, _MemsetParams, "cuGraphMemsetNodeGetParams"):
             offset = params.dst - self.ptr
             if offset in (0, 4) and params.elementSize == 4 and params.width == 1:
                 found[offset] = (node, params)
         if set(found) != {0, 4}:
             raise GraphEditError("the frame clock's memset nodes are not in the recorded graph")
-        ctx = ctypes.c_void_p()
-        call("cuCtxGetCurrent", ctypes.byref(ctx))
-        return BoundClock(graph_exec, found[0], found[4], ctx)
+        return BoundClock(graph_exec, found[0], found[4], current_context())
 
 
 class BoundClock:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from muse.graph.driver import GraphEditError, call, graph_nodes, library
+from muse.graph.driver import GraphEditError, call, current_context, library, nodes_of_type
 from muse.graph.payloads import Payload
 
 __all__ = ["InputCopies", "BoundCopies", "copy_eagerly"]
@@ -91,13 +91,7 @@ class InputCopies:
         """The recorded copies' nodes in `graph` (the `cudaGraph_t` `graph_exec` was made from); GraphEditError
         when one is missing."""
         by_ptrs: dict[tuple[int, int, int], tuple[int, _Memcpy3D]] = {}
-        for node in graph_nodes(graph):
-            kind = ctypes.c_int(-1)
-            call("cuGraphNodeGetType", ctypes.c_void_p(node), ctypes.byref(kind))
-            if kind.value != _MEMCPY:
-                continue
-            params = _Memcpy3D()
-            call("cuGraphMemcpyNodeGetParams", ctypes.c_void_p(node), ctypes.byref(params))
+        for node, params in nodes_of_type(graph, _MEMCPY, _Memcpy3D, "cuGraphMemcpyNodeGetParams"):
             if params.Height == 1 and params.Depth == 1:
                 by_ptrs[(int(params.dstDevice), int(params.srcDevice), int(params.WidthInBytes))] = (node, params)
         nodes = {}
@@ -106,10 +100,8 @@ class InputCopies:
             if found is None:
                 raise GraphEditError("an input's copy is not a memcpy node of the recorded graph")
             nodes[(k, i)] = found
-        ctx = ctypes.c_void_p()
-        call("cuCtxGetCurrent", ctypes.byref(ctx))
         entries = [_Entry(k, i, dst, *nodes.get((k, i), (None, None))) for k, i, dst in _statics(static_in)]
-        return BoundCopies(graph_exec, entries, ctx)
+        return BoundCopies(graph_exec, entries, current_context())
 
 
 class _Entry:
