@@ -421,12 +421,13 @@ if [[ $what == s17d ]]; then
   cuda_suite 200
 fi
 if [[ $what == s18a ]]; then
-  # Eighteenth session: the inputs copied in by the recording (muse.graph.frame_copies) against the eager copy, on one
-  # machine, alternating (fresh machines differ by ~15 % in host CPU); then the capture and runtime cuda tests.
+  # Eighteenth session: the copies made by the recording itself (muse.graph.frame_copies: its inputs in, the sink's
+  # output out) against the runtime's, on one machine, alternating (fresh machines differ by ~15 % in host CPU);
+  # then the capture and runtime cuda tests (among them the copies' own).
   bench_4k 200 "$out/stream_4k_warm.json" --frames 300 --latency-frames 0   # compiles and caches: not compared
   for pass in 1 2; do for mode in eager graph; do
-    echo "== pass $pass MUSE_INPUT_COPIES=$mode" >> "$out/bench.log"
-    MUSE_INPUT_COPIES=$mode bench_4k 150 "$out/stream_4k_${mode}_$pass.json" --frames 2000 --latency-frames 0
+    echo "== pass $pass MUSE_INPUT_COPIES=$mode MUSE_OUTPUT_COPIES=$mode" >> "$out/bench.log"
+    MUSE_INPUT_COPIES=$mode MUSE_OUTPUT_COPIES=$mode bench_4k 150 "$out/stream_4k_${mode}_$pass.json" --frames 2000 --latency-frames 0
   done; done
   timeout 150 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_frame_capture.py tests/test_runtime_cuda.py \
     tests/test_switch_graph.py > "$out/cuda_capture_tests.log" 2>&1

@@ -17,6 +17,8 @@ import pytest
 import torch
 
 from muse.graph.capture import CaptureError, EmulatedFrameGraph, LateValue
+from muse.graph.node import In, Node
+from muse.graph.payloads import Frame
 from muse.graph.registry import load_registry
 from muse.graph.runtime import GraphRunner
 from muse.graph.validate import validate_text
@@ -682,3 +684,109 @@ def test_input_copies_are_recorded_only_for_tensors_one_flat_copy_fills() -> Non
     assert _nth(f, 0) is a and _nth(f, 1) is None and _nth("not a payload", 0) is None
     static = {("b", "mask"): Mask(torch.zeros(4, 5)), ("a", "frame"): f, ("c", "n"): 3}
     assert [(k, i) for k, i, _t in _statics(static)] == [(("a", "frame"), 0), (("b", "mask"), 0)]
+
+
+class _KeepFrames(Node):
+    """A sink that keeps every frame it is given (on the host) and whether it was its own copy."""
+
+    node_type = "test.keep_frames"
+    description = "test"
+    frame: In[Frame]
+    got: dict[int, tuple[torch.Tensor, bool]] = {}
+
+    def process(self, frame: Frame) -> None:
+        _KeepFrames.got[frame.index] = (frame.image.float().cpu(), frame.is_sink_copy())
+
+
+def _run_kept(capture: str, frames: int) -> tuple[dict[int, tuple[torch.Tensor, bool]], GraphRunner]:
+    import yaml
+
+    from muse.graph.testing import registry_with
+    from tests.stream_graph import stream_spec
+
+    sinks = {"keep": {"type": "test.keep_frames", "inputs": {"frame": {"from": "composite.out", "queue": 1000}}}}
+    text = yaml.safe_dump(stream_spec(640, 360, frames, device="cuda", capture=capture, sinks=sinks), sort_keys=False)
+    registry = registry_with(_KeepFrames)
+    _KeepFrames.got = {}
+    runner = GraphRunner(validate_text(text, "stream.yaml", registry, TORCH_NODES, base_dir=GRAPHS))
+    runner.start()
+    while not runner.wait(0.1):
+        pass
+    runner.stop()
+    return dict(_KeepFrames.got), runner
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
+def test_cuda_copies_inside_the_recording_give_the_sink_what_eager_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the inputs and the sink's output copied by the recording itself (MUSE_INPUT_COPIES / MUSE_OUTPUT_COPIES
+    =graph), the sink gets every frame, each its own buffer (not the recording's, which the next replay
+    overwrites) and within 1 LSB of eager execution; `describe()` says the recording made one copy of each."""
+    frames = 120
+    eager, _ = _run_kept("off", frames)
+    monkeypatch.setenv("MUSE_INPUT_COPIES", "graph")
+    monkeypatch.setenv("MUSE_OUTPUT_COPIES", "graph")
+    captured, runner = _run_kept("on", frames)
+    desc = runner.program.describe() if runner.program else {}
+    print("capture:", desc)
+    assert desc["inputs_copied_inside"] == [1] and desc["outputs_copied_inside"] == [1], desc
+    assert desc["replays"] >= frames - 20
+    assert sorted(captured) == sorted(eager) == list(range(frames))
+    assert all(own for _img, own in captured.values())
+    worst = max((captured[i][0] - eager[i][0]).abs().max().item() for i in eager)
+    print("worst 8-bit difference:", worst)
+    assert worst <= 1.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
+def test_cuda_recorded_frame_copies_its_output_into_a_new_buffer_each_launch() -> None:
+    """The sinks' copy made by the recording's last memcpy node: three launches queued, each writes its result into
+    the buffer set before it (each taken once); the recording's own buffer holds only the last."""
+    from muse.graph.capture import CudaFrameGraph
+    from muse.graph.frame_copies import OutputCopies
+    from muse.graph.payloads import Frame
+    from muse.graph.streams import new_stream, on_stream
+
+    stream = new_stream(torch.device("cuda"))
+    counter = torch.zeros((), dtype=torch.float32, device="cuda")
+    copies = OutputCopies()
+    out: dict[str, Frame] = {}
+
+    def frame() -> None:
+        counter.add_(1.0)
+        out["f"] = Frame((counter * torch.ones(36, 64, 3, device="cuda")).to(torch.uint8), timestamp=0.0, index=0)
+        copies.record(stream, [out["f"]])
+
+    graph = CudaFrameGraph(stream)
+    graph.record(frame)
+    bound = copies.bind(graph.graph.raw_cuda_graph(), graph.graph.raw_cuda_graph_exec())
+    assert bound.count == 1
+    taken = []
+    with on_stream(stream):
+        for _ in range(3):
+            bound.before_launch()
+            graph.replay()
+            got = bound.take(out["f"])
+            assert got is not None and got.is_sink_copy() and bound.take(out["f"]) is None
+            taken.append(got)
+    stream.synchronize()
+    assert [int(t.image.float().mean()) for t in taken] == [1, 2, 3]
+    assert int(out["f"].image.float().mean()) == 3
+    graph.release()
+
+
+def test_output_copies_are_taken_once_and_only_whole() -> None:
+    """`BoundOutputs.take`: a payload whose every tensor has this launch's copy comes back with the copies in
+    place (timing kept, marked as the sink's own), once; one with a tensor that has none gives None."""
+    from muse.graph.frame_copies import BoundOutputs
+    from muse.graph.payloads import Frame, Mask
+
+    static, other = torch.zeros(4, 5, 3, dtype=torch.uint8), torch.zeros(4, 5)
+    outs = BoundOutputs.__new__(BoundOutputs)
+    copy = torch.full((4, 5, 3), 7, dtype=torch.uint8)
+    outs.ready = {static.data_ptr(): copy}
+    assert outs.take(Mask(other)) is None and outs.take(None) is None
+    got = outs.take(Frame(static, timestamp=1.5, index=42))
+    assert got is not None and got.image is copy and got.is_sink_copy() and (got.timestamp, got.index) == (1.5, 42)
+    assert outs.take(Frame(static, timestamp=1.5, index=42)) is None and not outs.ready

@@ -13,7 +13,6 @@ muse.graph.frame_copies); its outputs are static buffers the next replay overwri
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Hashable
@@ -24,12 +23,13 @@ from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, F
 from muse.graph.compiled import GPU_CODE, code_generation
 from muse.graph.driver import GraphEditError
 from muse.graph.frame_clock import ClockNodes
-from muse.graph.frame_copies import InputCopies, copy_eagerly
+from muse.graph.frame_copies import InputCopies, OutputCopies, copy_eagerly
+from muse.graph.frame_copies import wanted as copies_wanted
 from muse.graph.linear import frame_order
 from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
-from muse.graph.replayed import clone_payload, input_signature, retime, seen_outside, timing_of, timing_source
+from muse.graph.replayed import clone_payload, input_signature, read_by_sinks, retime, seen_outside, timing_of, timing_source
 from muse.graph.segments import (COMPILE_UNDER_WAY, EAGER_STEP, MAX_VARIANTS, RECORD_TRIES, RECORDING_STEP, TRANSITIONAL,
                                  WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation,
                                  plan_segments)
@@ -60,13 +60,13 @@ class FrameProgram:
         self.segments = plan_segments(runner, self.blocked, per_node)
         one = len(self.segments) == 1 and self.segments[0].captured and not per_node and self.cuda  # writes the clock
         self.clock_nodes = ClockNodes(runner.clock) if one and ClockNodes.available(runner.clock) else None
-        # opt-in until measured on a GPU (MUSE_INPUT_COPIES=graph; `bench/run_gpu.sh OUT s18a` compares the two)
-        self.input_copies = self.cuda and not per_node and os.environ.get("MUSE_INPUT_COPIES", "eager") == "graph" and InputCopies.available()
+        self.input_copies = self.cuda and not per_node and copies_wanted("input")  # (opt-in: frame_copies says why)
+        self.output_copies = self.cuda and not per_node and copies_wanted("output")
+        self.frame_outputs: list[Any] = []  # this frame's BoundOutputs (take_sink_copy)
         self.captures = 0
         self.replays = 0
         self.eager_frames = 0
-        # Why frames ran eagerly (a frame counts once per segment that did): an eager frame costs the host the
-        # whole frame's launches, so a few dozen of them show in the fps; `muse bench` prints these.
+        # Why frames ran eagerly (a frame counts once per segment that did; `muse bench` prints these)
         self.eager_reasons: Counter[str] = Counter()
         self._final: dict[str, Any] | None = None  # set once released
         for seg in self.segments:
@@ -98,7 +98,16 @@ class FrameProgram:
             "launches": sorted({v.graph.launched_by for s in self.segments for v in s.variants.values()}),
             # inputs the recordings copy in themselves, per variant (the rest are copied by a launch before them)
             "inputs_copied_inside": sorted({v.copies.count for s in self.segments for v in s.variants.values() if v.copies is not None}),
+            "outputs_copied_inside": sorted({v.outputs.count for s in self.segments for v in s.variants.values() if v.outputs is not None}),
         }
+
+    def take_sink_copy(self, value: Any) -> Any:
+        """A sink's own copy of `value` made by this frame's replay (MUSE_OUTPUT_COPIES=graph), or None."""
+        for outs in self.frame_outputs:
+            got = outs.take(value)
+            if got is not None:
+                return got
+        return None
 
     def release(self) -> None:
         """Let go of every recording (the runner stopped: nothing replays again); `describe` keeps its last word."""
@@ -113,6 +122,7 @@ class FrameProgram:
     def run(self, memo: dict) -> None:
         """Compute every segment of this frame into `memo` (name -> (outputs, events)), as eager evaluation would."""
         any_eager = False
+        self.frame_outputs = []
         for seg in self.segments:
             if not seg.captured or seg.disabled:
                 self._eager(seg, memo)
@@ -252,6 +262,8 @@ class FrameProgram:
         graph: FrameGraph = EmulatedFrameGraph() if not self.cuda else CudaFrameGraph(stream, self.pool, join=streams, order=self.order)
         local: dict = {}
         copies = InputCopies() if self.input_copies and isinstance(graph, CudaFrameGraph) else None
+        outputs = OutputCopies() if self.output_copies and isinstance(graph, CudaFrameGraph) else None
+        to_sinks = read_by_sinks(r, nodes) if outputs is not None else []
 
         def frame() -> dict[str, dict[str, Any]]:
             fork: list[Any] = []
@@ -276,6 +288,8 @@ class FrameProgram:
             if stream is not None:
                 for ev in ends:
                     stream.wait_event(ev)  # every side stream joins back before the recording ends
+            if outputs is not None:  # then the sinks' copies (muse.graph.frame_copies)
+                outputs.record(stream, [local[n][0].get(port) for n, port in to_sinks if n in local])
             return {n: local[n][0] for n in nodes}
 
         static_out = graph.record(frame)
@@ -287,9 +301,10 @@ class FrameProgram:
             var.clock = self.clock_nodes.bind(*raw) if self.clock_nodes is not None else None
             try:
                 var.copies = copies.bind(*raw, static_in) if copies is not None else None
-            except GraphEditError as exc:  # recorded again without them: its memcpy nodes would read a stale buffer
-                log.warning("inputs cannot be copied inside the recording (%s); the runtime copies them", exc)
-                self.input_copies = False
+                var.outputs = outputs.bind(*raw) if outputs is not None else None
+            except GraphEditError as exc:  # recorded again without them: its memcpy nodes would use stale buffers
+                log.warning("copies cannot be made inside the recording (%s); the runtime makes them", exc)
+                self.input_copies = self.output_copies = False
                 graph.release()
                 return self._record_variant(seg, nodes, ext, events, memo, key)
         seg.variants[key] = var
@@ -323,6 +338,9 @@ class FrameProgram:
             if timed:
                 start = torch.cuda.Event(enable_timing=True, blocking=True)
                 start.record(stream)
+            if var.outputs is not None:  # the sinks' copies: into new buffers (take_sink_copy hands them out)
+                var.outputs.before_launch()
+                self.frame_outputs.append(var.outputs)
             c1 = time.thread_time_ns()
             var.graph.replay()
             c2 = time.thread_time_ns()

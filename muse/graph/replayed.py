@@ -77,3 +77,14 @@ def seen_outside(runner: Any, nodes: list[str]) -> frozenset[str]:
         if rn is None or any(c not in inside for m in served for c, _port in index.get(m, ())):
             out.add(n)
     return frozenset(out)
+
+
+def read_by_sinks(runner: Any, nodes: list[str]) -> list[tuple[str, str]]:
+    """The (node, port) outputs of a recording's `nodes` that an output node reads directly this frame (what a
+    switch or a stand-in passes on is copied by the runtime, as before): the recording copies these for them."""
+    from muse.graph.liveness import needed_edges  # (liveness imports the slots, which import the recordings)
+
+    inside = set(nodes)
+    found = {(src.node, src.port) for slot in runner.slots.values() if slot.rn.cls.is_sink() and not slot.absent
+             for _port, _i, src in needed_edges(slot) if src.node in inside}
+    return sorted(found)

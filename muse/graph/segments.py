@@ -56,6 +56,7 @@ class Variant:
     outside: frozenset[str] | None = None  # its nodes whose outputs something outside it reads (replayed.seen_outside)
     clock: Any = None  # muse.graph.frame_clock.BoundClock: the recording writes the frame clock
     copies: Any = None  # muse.graph.frame_copies.BoundCopies: the recording copies its inputs in
+    outputs: Any = None  # muse.graph.frame_copies.BoundOutputs: the recording copies the sinks' outputs
 
 
 def generation(seg: "Segment") -> Hashable:

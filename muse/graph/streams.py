@@ -300,10 +300,20 @@ class CudaPlumbing:
         self._frame_start = None
 
     def _detach_for_sink(self, values: dict[str, Any], events: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        program = self.program
+        made: dict[str, Any] = {}
+        if program is not None and program.frame_outputs:  # copies the replay made for the sinks (frame_copies)
+            for k, v in values.items():
+                got = v if v is None else program.take_sink_copy(v)  # (an optional input with nothing: as it is)
+                if got is not None or v is None:
+                    made[k] = got
+            if len(made) == len(values):
+                return made, events  # written by the launch: its end event (in `events`) is all the sink waits for
+            values = {k: v for k, v in values.items() if k not in made}
         stream = self._frame_stream
         with self._in_stream(stream):
             self._wait_events(stream, events, values)  # and the originals are not recycled before the copy ran
-            out = {k: copy_payload(v) for k, v in values.items()}
+            out = {k: copy_payload(v) for k, v in values.items()} | made
             if stream is None:
                 return out, events
             ev = self._sink_copied = torch.cuda.Event(enable_timing=True, blocking=True)
