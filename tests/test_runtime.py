@@ -268,3 +268,33 @@ def test_runner_never_changes_the_graph_it_was_given(registry: Registry) -> None
     assert {n: rn.params.model_dump() for n, rn in g.nodes.items()} == before, "the caller's graph was changed"
     assert runner.graph.nodes["a"].params.tag == 0.75
     assert len(Collect.seen) == 20 and Collect.seen[-1] == 0.75
+
+
+def test_a_sink_is_handed_the_copy_the_replay_made_for_it_and_the_runtime_copies_the_rest(registry: Registry) -> None:
+    """The executor's hand-over to a sink (`_detach_for_sink`) with copies the recording made itself
+    (MUSE_OUTPUT_COPIES=graph; muse.graph.frame_copies): a value the program has a copy of is handed over as it is
+    (no copy made, the frame's events kept), an unconnected optional input stays None, and any other value gets
+    the runtime's own copy, as before."""
+    from muse.graph.frame_copies import BoundOutputs
+
+    runner = GraphRunner(graph(SRC % 1 + "  sink: {type: test.collect, inputs: {frame: src.frame}}\n", registry))
+    static, other = torch.zeros(4, 5, 3, dtype=torch.uint8), torch.ones(4, 5, 3, dtype=torch.uint8)
+    made = torch.full((4, 5, 3), 9, dtype=torch.uint8)
+    outs = BoundOutputs.__new__(BoundOutputs)
+
+    class Program:
+        frame_outputs = [outs]
+
+        def take_sink_copy(self, value: object) -> object:
+            return outs.take(value)
+
+    runner.program = Program()  # type: ignore[assignment]
+    events = ["the frame's end"]
+    outs.ready = {static.data_ptr(): made}
+    got, evs = runner._detach_for_sink({"frame": Frame(static, index=3), "mask": None}, events)
+    assert got["frame"].image is made and got["frame"].is_sink_copy() and got["frame"].index == 3
+    assert got["mask"] is None and evs == events
+    outs.ready = {static.data_ptr(): made}
+    got, _evs = runner._detach_for_sink({"frame": Frame(static, index=4), "other": Frame(other, index=4)}, events)
+    assert got["frame"].image is made
+    assert got["other"].image is not other and torch.equal(got["other"].image, other) and got["other"].is_sink_copy()
