@@ -6,8 +6,8 @@ with the reason `muse bench` prints). With every node capturable there is one se
 also writes the frame clock: muse.graph.frame_clock). A segment is run eagerly for a few warm-up frames of each new
 *variant* (input shapes plus each node's `frame_variant()`, the host choices it reads a frame late: detector or
 tracker, face found or lost), recorded once, then replayed. Inputs from outside a segment are copied into static
-buffers before each launch (or, with MUSE_INPUT_COPIES=graph, by the recording's own first nodes:
-muse.graph.frame_copies); its outputs are static buffers the next replay overwrites, so sinks get copies.
+buffers before each launch; its outputs are static buffers the next replay overwrites, so sinks get copies (with
+MUSE_INPUT_COPIES / MUSE_OUTPUT_COPIES=graph the recording makes both itself: muse.graph.frame_copies).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class FrameProgram:
                 for n in seg.nodes:
                     log.info("node '%s' runs eagerly between captured segments: %s", n, self.blocked[n])
 
-    # -- planning --------------------------------------------------------------------------------------
+    # -- what it did ----------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """What `muse bench` and `--stats` show: which nodes are captured, which are not and why."""
         if self._final is not None:
@@ -327,7 +327,7 @@ class FrameProgram:
                     stream.wait_event(ev)
             if var.clock is not None:
                 self.runner._clock_in_replay(stream, var.clock)
-            if var.copies is not None:  # the launch copies them (the first one: copies_inputs False, the same)
+            if var.copies is not None:  # the launch copies them in (so does the first, just recorded)
                 var.copies.before_launch(ext, stream)
             elif copy_inputs:  # just recorded: the static inputs are this frame's
                 for k, v in ext.items():
