@@ -637,11 +637,11 @@ def test_cuda_recorded_frame_copies_each_launch_its_own_input_in() -> None:
     flat (a transposed view) switches the node off and is copied before the launch, and the next plain one switches
     it back on."""
     from muse.graph.capture import CudaFrameGraph
-    from muse.graph.frame_copies import InputCopies
+    from muse.graph.frame_copies import InputCopies, available
     from muse.graph.payloads import Frame
     from muse.graph.streams import new_stream, on_stream
 
-    assert InputCopies.available()
+    assert available()
     stream = new_stream(torch.device("cuda"))
     frames = [Frame(torch.full((48, 64, 3), 10 * (i + 1), dtype=torch.uint8, device="cuda"), timestamp=i / 60, index=i)
               for i in range(3)]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-__all__ = ["GraphEditError", "call", "current_context", "graph_nodes", "library", "nodes_of_type"]
+__all__ = ["GraphEditError", "call", "check", "current_context", "function", "graph_nodes", "has_calls", "library",
+           "nodes_of_type"]
 
 
 class GraphEditError(RuntimeError):
@@ -27,13 +28,31 @@ def library() -> ctypes.CDLL:
     return _lib
 
 
-def call(name: str, *args: object) -> None:
-    """The driver function `name` called with `args`; GraphEditError unless it returns CUDA_SUCCESS."""
+def has_calls(*names: str) -> bool:
+    """Whether the driver library loads and has every function in `names`."""
+    try:
+        lib = library()
+    except GraphEditError:
+        return False
+    return all(hasattr(lib, n) for n in names)
+
+
+def function(name: str) -> Any:
+    """The driver function `name`, returning its CUresult as an int (kept by callers on a hot path: a lookup less)."""
     fn = getattr(library(), name)
     fn.restype = ctypes.c_int
-    res = fn(*args)
+    return fn
+
+
+def check(res: int, name: str) -> None:
+    """GraphEditError naming `name` unless its CUresult `res` is CUDA_SUCCESS."""
     if res != 0:
         raise GraphEditError(f"{name} failed with CUresult {res}")
+
+
+def call(name: str, *args: object) -> None:
+    """The driver function `name` called with `args`; GraphEditError unless it returns CUDA_SUCCESS."""
+    check(function(name)(*args), name)
 
 
 def graph_nodes(graph: int) -> list[int]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from muse.graph.driver import GraphEditError, call, current_context, library, nodes_of_type
+from muse.graph.driver import GraphEditError, call, check, current_context, function, has_calls, nodes_of_type
 
 __all__ = ["ClockNodes", "BoundClock"]
 
@@ -50,12 +50,8 @@ class ClockNodes:
         """A CUDA float64 scalar, and a driver with the calls used here."""
         if not (clock.is_cuda and clock.dtype == torch.float64 and clock.numel() == 1):
             return False
-        try:
-            lib = library()
-            return all(hasattr(lib, n) for n in ("cuMemsetD32Async", "cuGraphExecMemsetNodeSetParams",
-                                                 "cuGraphMemsetNodeGetParams", "cuGraphNodeGetType", "cuCtxGetCurrent"))
-        except GraphEditError:
-            return False
+        return has_calls("cuMemsetD32Async", "cuGraphExecMemsetNodeSetParams", "cuGraphMemsetNodeGetParams",
+                         "cuGraphNodeGetType", "cuCtxGetCurrent")
 
     def record(self, stream: Any, t: float = 0.0) -> None:
         """Issue the two memsets on `stream` (inside a capture they become the frame's first nodes)."""
@@ -83,15 +79,11 @@ class BoundClock:
         self._exec = ctypes.c_void_p(graph_exec)
         self._low, self._high = low, high
         self._ctx = ctx
-        fn = library().cuGraphExecMemsetNodeSetParams
-        fn.restype = ctypes.c_int
-        self._set = fn
+        self._set = function("cuGraphExecMemsetNodeSetParams")
 
     def set(self, t: float) -> None:
         for (node, params), word in zip((self._low, self._high), _halves(t)):
             if params.value == word:  # what the graph writes already (the high half changes every ~minute)
                 continue
             params.value = word
-            res = self._set(self._exec, ctypes.c_void_p(node), ctypes.byref(params), self._ctx)
-            if res != 0:
-                raise GraphEditError(f"cuGraphExecMemsetNodeSetParams failed with CUresult {res}")
+            check(self._set(self._exec, ctypes.c_void_p(node), ctypes.byref(params), self._ctx), "cuGraphExecMemsetNodeSetParams")

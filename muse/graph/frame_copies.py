@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from muse.graph.driver import GraphEditError, call, current_context, library, nodes_of_type
+from muse.graph.driver import GraphEditError, call, check, current_context, function, has_calls, nodes_of_type
 from muse.graph.payloads import Payload
 
 __all__ = ["BoundCopies", "BoundOutputs", "InputCopies", "OutputCopies", "available", "copy_eagerly", "wanted"]
@@ -52,11 +52,7 @@ class _Memcpy3D(ctypes.Structure):
 
 def available() -> bool:
     """Whether the driver has every call the copies inside a recording use."""
-    try:
-        lib = library()
-        return all(hasattr(lib, n) for n in _CALLS)
-    except GraphEditError:
-        return False
+    return has_calls(*_CALLS)
 
 
 def wanted(side: str) -> bool:
@@ -94,17 +90,6 @@ def _memcpy_nodes(graph: int) -> dict[tuple[int, int, int], tuple[int, _Memcpy3D
             if p.Height == 1 and p.Depth == 1}
 
 
-def _library_fn(name: str) -> Any:
-    fn = getattr(library(), name)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def _check(res: int, name: str) -> None:
-    if res != 0:
-        raise GraphEditError(f"{name} failed with CUresult {res}")
-
-
 def _nth(payload: Any, index: int) -> torch.Tensor | None:
     """The payload's `index`-th tensor (in `Payload.tensors()` order), None if it is no payload or has fewer."""
     if not isinstance(payload, Payload):
@@ -123,8 +108,6 @@ def _statics(static_in: dict[Any, Any]) -> list[tuple[Any, int, torch.Tensor]]:
 class InputCopies:
     """The copies a recording makes of its inputs: `record` them on the capturing stream at the frame's start,
     then `bind` them to the instantiated graph."""
-
-    available = staticmethod(available)
 
     def __init__(self) -> None:
         self.recorded: list[tuple[Any, int, int, int, int]] = []  # (key, index, dst ptr, src ptr, bytes)
@@ -170,8 +153,8 @@ class BoundCopies:
         self._exec = ctypes.c_void_p(graph_exec)
         self._entries = entries
         self._ctx = ctx
-        self._set = _library_fn("cuGraphExecMemcpyNodeSetParams")
-        self._enable = _library_fn("cuGraphNodeSetEnabled")
+        self._set = function("cuGraphExecMemcpyNodeSetParams")
+        self._enable = function("cuGraphNodeSetEnabled")
 
     @property
     def count(self) -> int:
@@ -191,15 +174,15 @@ class BoundCopies:
                 ptr = src.data_ptr()
                 if e.params.srcDevice != ptr:
                     e.params.srcDevice = ptr
-                    _check(self._set(self._exec, node, ctypes.byref(e.params), self._ctx), "cuGraphExecMemcpyNodeSetParams")
+                    check(self._set(self._exec, node, ctypes.byref(e.params), self._ctx), "cuGraphExecMemcpyNodeSetParams")
                 if e.off:
-                    _check(self._enable(self._exec, node, ctypes.c_uint(1)), "cuGraphNodeSetEnabled")
+                    check(self._enable(self._exec, node, ctypes.c_uint(1)), "cuGraphNodeSetEnabled")
                     e.off = False
                 src.record_stream(stream)  # read by the launch: not recycled before it ran
                 continue
             # This frame's buffer cannot be copied flat (or is the static buffer): the node sits this launch out
             if not e.off:
-                _check(self._enable(self._exec, node, ctypes.c_uint(0)), "cuGraphNodeSetEnabled")
+                check(self._enable(self._exec, node, ctypes.c_uint(0)), "cuGraphNodeSetEnabled")
                 e.off = True
             copy_eagerly(e.dst, src, stream)
 
@@ -208,8 +191,6 @@ class OutputCopies:
     """The sinks' copies of a recording's outputs: `record` them on the capturing stream at the frame's end (every
     side stream joined), then `bind` them to the instantiated graph. Each is recorded into a stand-in buffer of the
     recording's own memory; every launch writes it into a new buffer instead (`BoundOutputs`)."""
-
-    available = staticmethod(available)
 
     def __init__(self) -> None:
         self.recorded: list[tuple[torch.Tensor, int, int]] = []  # (static tensor, stand-in's pointer, bytes)
@@ -251,7 +232,7 @@ class BoundOutputs:
         self._exec = ctypes.c_void_p(graph_exec)
         self._entries = entries
         self._ctx = ctx
-        self._set = _library_fn("cuGraphExecMemcpyNodeSetParams")
+        self._set = function("cuGraphExecMemcpyNodeSetParams")
         self.ready: dict[int, torch.Tensor] = {}  # a static tensor's pointer -> this launch's copy of it
 
     @property
@@ -265,7 +246,7 @@ class BoundOutputs:
         for static, node, params in self._entries:
             buf = torch.empty_like(static)
             params.dstDevice = buf.data_ptr()
-            _check(self._set(self._exec, ctypes.c_void_p(node), ctypes.byref(params), self._ctx), "cuGraphExecMemcpyNodeSetParams")
+            check(self._set(self._exec, ctypes.c_void_p(node), ctypes.byref(params), self._ctx), "cuGraphExecMemcpyNodeSetParams")
             ready[static.data_ptr()] = buf
         self.ready = ready
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from muse.graph.liveness import needed_edges
 from muse.graph.payloads import Payload
 
 __all__ = ["clone_payload", "input_signature", "retime", "seen_outside", "timing_of", "timing_source"]
@@ -82,8 +83,6 @@ def seen_outside(runner: Any, nodes: list[str]) -> frozenset[str]:
 def read_by_sinks(runner: Any, nodes: list[str]) -> list[tuple[str, str]]:
     """The (node, port) outputs of a recording's `nodes` that an output node reads directly this frame (what a
     switch or a stand-in passes on is copied by the runtime, as before): the recording copies these for them."""
-    from muse.graph.liveness import needed_edges  # (liveness imports the slots, which import the recordings)
-
     inside = set(nodes)
     found = {(src.node, src.port) for slot in runner.slots.values() if slot.rn.cls.is_sink() and not slot.absent
              for _port, _i, src in needed_edges(slot) if src.node in inside}
