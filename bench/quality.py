@@ -386,6 +386,20 @@ def method_clean_plate(clip: Clip, device: torch.device) -> Iterator[np.ndarray]
 FUSED_PARAMS: dict[str, object] = {}  # segment.fused params the fused methods run with (--set)
 
 
+def fused_params(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, object]:
+    """`--set FIELD=VALUE` items as segment.fused params (a VALUE that is no JSON stays text)."""
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            ap.error(f"--set {item!r}: FIELD=VALUE, e.g. --set edge_offset=0.1")
+        field, text = item.split("=", 1)
+        try:
+            out[field] = json.loads(text)
+        except ValueError:
+            out[field] = text
+    return out
+
+
 def _method_fused(clip: Clip, device: torch.device, with_plate: bool) -> Iterator[np.ndarray]:
     from muse.nodes.segment.fused import FusedSegment
     from muse.nodes.segment.hybrid import HybridSegment
@@ -529,14 +543,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a segment.fused param (the fused methods)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    for item in args.set:
-        if "=" not in item:
-            ap.error(f"--set {item!r}: FIELD=VALUE, e.g. --set edge_offset=0.1")
-        field, text = item.split("=", 1)
-        try:
-            FUSED_PARAMS[field] = json.loads(text)
-        except ValueError:
-            FUSED_PARAMS[field] = text
+    FUSED_PARAMS.update(fused_params(ap, args.set))
     methods = [m for m in args.methods.split(",") if m]
     rvm = rvm_path(args.rvm)
     if "rvm" in methods and rvm is None:

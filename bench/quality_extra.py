@@ -72,13 +72,6 @@ def _fused(clip: q.Clip, device: torch.device, with_plate: bool, params: dict) -
         seg.close(), fused.close()
 
 
-def _value(text: str) -> object:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", default="fused,fused_noplate")
@@ -89,7 +82,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a segment.fused param")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    params = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    params = q.fused_params(ap, args.set)
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - {"fused", "fused_noplate"}
     if unknown:
