@@ -790,3 +790,22 @@ def test_output_copies_are_taken_once_and_only_whole() -> None:
     got = outs.take(Frame(static, timestamp=1.5, index=42))
     assert got is not None and got.image is copy and got.is_sink_copy() and (got.timestamp, got.index) == (1.5, 42)
     assert outs.take(Frame(static, timestamp=1.5, index=42)) is None and not outs.ready
+
+
+def test_the_recording_makes_its_edge_copies_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`frame_copies.wanted`: on by default where the driver has the calls, off with `MUSE_INPUT_COPIES=eager` (or
+    the output side's), off where the driver lacks them, and a misspelt value is an error naming the variable."""
+    from muse.graph import frame_copies
+
+    monkeypatch.setattr(frame_copies, "available", lambda: True)
+    monkeypatch.delenv("MUSE_INPUT_COPIES", raising=False)
+    monkeypatch.delenv("MUSE_OUTPUT_COPIES", raising=False)
+    assert frame_copies.wanted("input") and frame_copies.wanted("output")
+    monkeypatch.setenv("MUSE_OUTPUT_COPIES", "eager")
+    assert frame_copies.wanted("input") and not frame_copies.wanted("output")
+    monkeypatch.setenv("MUSE_INPUT_COPIES", "graf")
+    with pytest.raises(ValueError, match="MUSE_INPUT_COPIES='graf'"):
+        frame_copies.wanted("input")
+    monkeypatch.setattr(frame_copies, "available", lambda: False)
+    monkeypatch.setenv("MUSE_INPUT_COPIES", "graph")
+    assert not frame_copies.wanted("input")

@@ -6,8 +6,9 @@ with the reason `muse bench` prints). With every node capturable there is one se
 also writes the frame clock: muse.graph.frame_clock). A segment is run eagerly for a few warm-up frames of each new
 *variant* (input shapes plus each node's `frame_variant()`, the host choices it reads a frame late: detector or
 tracker, face found or lost), recorded once, then replayed. Inputs from outside a segment are copied into static
-buffers before each launch; its outputs are static buffers the next replay overwrites, so sinks get copies (with
-MUSE_INPUT_COPIES / MUSE_OUTPUT_COPIES=graph the recording makes both itself: muse.graph.frame_copies).
+buffers at each launch; its outputs are static buffers the next replay overwrites, so sinks get copies. On a GPU
+the recording makes both copies itself (muse.graph.frame_copies; MUSE_INPUT_COPIES / MUSE_OUTPUT_COPIES=eager: the
+runtime makes them around the launch).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from muse.graph.segments import (COMPILE_UNDER_WAY, EAGER_STEP, MAX_VARIANTS, RE
                                  WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation,
                                  plan_segments)
 from muse.graph.slots import FrameFailed
-from muse.graph.streams import new_stream, on_stream
+from muse.graph.streams import new_stream, on_stream, record_event
 
 if TYPE_CHECKING:  # pragma: no cover
     from muse.graph.runtime import GraphRunner
@@ -60,7 +61,7 @@ class FrameProgram:
         self.segments = plan_segments(runner, self.blocked, per_node)
         one = len(self.segments) == 1 and self.segments[0].captured and not per_node and self.cuda  # writes the clock
         self.clock_nodes = ClockNodes(runner.clock) if one and ClockNodes.available(runner.clock) else None
-        self.input_copies = self.cuda and not per_node and copies_wanted("input")  # (opt-in: frame_copies says why)
+        self.input_copies = self.cuda and not per_node and copies_wanted("input")  # (frame_copies says why)
         self.output_copies = self.cuda and not per_node and copies_wanted("output")
         self.frame_outputs: list[Any] = []  # this frame's BoundOutputs (take_sink_copy)
         self.captures = 0
@@ -102,7 +103,7 @@ class FrameProgram:
         }
 
     def take_sink_copy(self, value: Any) -> Any:
-        """A sink's own copy of `value` made by this frame's replay (MUSE_OUTPUT_COPIES=graph), or None."""
+        """A sink's own copy of `value` made by this frame's replay (muse.graph.frame_copies), or None."""
         for outs in self.frame_outputs:
             got = outs.take(value)
             if got is not None:
@@ -362,8 +363,8 @@ class FrameProgram:
         end: list[Any] = []
         ev = None
         if stream is not None:
-            ev = torch.cuda.Event(blocking=True)
-            ev.record(stream)
+            # timed: it ends the frame when the sinks read only what this replay made (streams._time_frame)
+            ev = r._frame_end = record_event(stream, timing=True)
             end = [ev]
         for late in var.graph.late:
             late.stamp(ev)  # this frame's copies land when `ev` completes (at once on the CPU)
