@@ -82,7 +82,7 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
         self._frame_stream = new_stream(self.device) if self.device.type == "cuda" else None
         self._frame_start: Any = None
         self._clock_t, self._clock_due = 0.0, False  # this frame's time, not written yet (streams._tick_clock)
-        self._sink_copied: Any = None  # the event after the last sink copy (streams._detach_for_sink)
+        self._frame_end: Any = None  # the timed event after the frame's last work: a sink's copy, or the replay
         self._last_frame_events: list[Any] = []
         self._frame_times: list[tuple[Any, Any]] = []
         self._in_flight: deque[list[Any]] = deque()

@@ -73,6 +73,24 @@ def raw_stream(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def record_event(stream: Any, timing: bool = False) -> Any:
+    """A new blocking event recorded on `stream` (the current one), tagged with the stream's handle so that a later
+    wait on the same stream can be skipped (`waits_on`): work on one stream runs in order anyway, and each
+    `wait_event` is one more driver call on the hot path."""
+    ev = torch.cuda.Event(enable_timing=timing, blocking=True)
+    ev.record(stream)
+    ev.recorded_on = stream.cuda_stream
+    return ev
+
+
+def waits_on(stream: Any, events: list[Any]) -> None:
+    """`stream` waits for `events`, but for those recorded on it (`record_event`)."""
+    here = stream.cuda_stream
+    for ev in events:
+        if getattr(ev, "recorded_on", None) != here:
+            stream.wait_event(ev)
+
+
 def new_stream(device: torch.device | str) -> "torch.cuda.Stream":
     """A CUDA stream of the caller's alone, for as long as the returned object lives.
 
@@ -192,8 +210,7 @@ class CudaPlumbing:
     def _wait_events(self, stream: Any, events: list[Any], values: dict[str, Any]) -> None:
         if stream is None:
             return
-        for ev in events:
-            stream.wait_event(ev)
+        waits_on(stream, events)
         if self._recording:
             return  # recorded memory belongs to the graph's pool for as long as the graph lives
         # Tensors made on another stream must not be recycled while this stream uses them.
@@ -248,10 +265,8 @@ class CudaPlumbing:
         if not self._clock_due:  # written already this frame (eagerly, the same value)
             return
         self._clock_due = False
-        for ev in self._last_frame_events:
-            stream.wait_event(ev)
-        self._frame_start = torch.cuda.Event(enable_timing=True, blocking=True)
-        self._frame_start.record(stream)
+        waits_on(stream, self._last_frame_events)  # (the last replay's own end is on this stream: no wait)
+        self._frame_start = record_event(stream, timing=True)
 
     def _clock_for_eager(self, memo: dict) -> None:
         """Nodes run eagerly this frame: the clock is written as without a recording, and the sources' consumers
@@ -271,13 +286,11 @@ class CudaPlumbing:
             self.clock.fill_(t)
             return []
         with on_stream(stream):
-            for ev in self._last_frame_events:
-                stream.wait_event(ev)
+            waits_on(stream, self._last_frame_events)
             self.clock.fill_(t)  # the value travels as a kernel argument: no host buffer to race on
             # One event both starts the frame's GPU time (the GPU reaches it when the last frame is done; the fill
             # is a microsecond) and tells the nodes the clock is written.
-            ev = self._frame_start = torch.cuda.Event(enable_timing=True, blocking=True)
-            ev.record(stream)
+            ev = self._frame_start = record_event(stream, timing=True)
         return [ev]
 
     def _time_frame(self, frame_events: list[Any]) -> None:
@@ -286,16 +299,15 @@ class CudaPlumbing:
         start = getattr(self, "_frame_start", None)
         if stream is None or start is None:
             return
-        if len(frame_events) == 1 and frame_events[0] is self._sink_copied:
-            # one output, its copy made last on this stream: that copy's event ends the frame (timing enabled)
-            self._frame_times.append((start, frame_events[0]))
+        if frame_events and all(ev is self._frame_end for ev in frame_events):
+            # every output waits on one timed event, the frame's last (a sink's copy, or the replay that made the
+            # sinks' copies itself): it ends the frame
+            self._frame_times.append((start, self._frame_end))
             self._frame_start = None
             return
         with on_stream(stream):
-            for ev in frame_events:
-                stream.wait_event(ev)
-            end = torch.cuda.Event(enable_timing=True, blocking=True)
-            end.record(stream)
+            waits_on(stream, frame_events)
+            end = record_event(stream, timing=True)
         self._frame_times.append((start, end))
         self._frame_start = None
 
@@ -316,8 +328,7 @@ class CudaPlumbing:
             out = {k: copy_payload(v) for k, v in values.items()} | made
             if stream is None:
                 return out, events
-            ev = self._sink_copied = torch.cuda.Event(enable_timing=True, blocking=True)
-            ev.record(stream)
+            ev = self._frame_end = record_event(stream, timing=True)
         return out, [ev]
 
     def _limit_in_flight(self, frame_events: list[Any]) -> None:
