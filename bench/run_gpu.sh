@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -419,6 +419,20 @@ if [[ $what == s17d ]]; then
   # frames first, then every cuda test but the soak.
   bench_4k 200 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
   cuda_suite 200
+fi
+if [[ $what == s19a ]]; then
+  # Nineteenth session: this tree against the one in .ab/ (HEAD before the session's executor changes, with the
+  # recording's own copies on, as this tree has them by default), alternating on one machine; then every cuda test.
+  rm -rf .ab/muse/assets && ln -s "$PWD/muse/assets" .ab/muse/assets
+  bench_4k 200 "$out/stream_4k_warm.json" --frames 300 --latency-frames 0   # compiles and caches: not compared
+  for pass in 1 2; do
+    echo "== pass $pass base (.ab)" >> "$out/bench.log"
+    (cd .ab && MUSE_INPUT_COPIES=graph MUSE_OUTPUT_COPIES=graph \
+      bench_4k 150 "$out/stream_4k_base_$pass.json" --frames 2000 --latency-frames 0)  # (-m imports from the cwd)
+    echo "== pass $pass new" >> "$out/bench.log"
+    bench_4k 150 "$out/stream_4k_new_$pass.json" --frames 2000 --latency-frames 0
+  done
+  cuda_suite 280
 fi
 if [[ $what == s18a ]]; then
   # Eighteenth session: the copies made by the recording itself (muse.graph.frame_copies: its inputs in, the sink's
