@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -419,6 +419,26 @@ if [[ $what == s17d ]]; then
   # frames first, then every cuda test but the soak.
   bench_4k 200 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
   cuda_suite 200
+fi
+if [[ $what == s20a ]]; then
+  # Twentieth session: this tree against the one in .ab/ (HEAD a655468), and this tree with MUSE_CUDA_WAITS=blocking,
+  # MUSE_DRIVER_GIL=hold and both, on one machine, the order reversed in the second pass; then the new cuda tests.
+  # (Those two variables and tests/test_host_waits.py were prototypes in the working tree, measured and not kept:
+  # bench/RESULTS.md, twentieth session. Run now, those variants run the plain tree.)
+  rm -rf .ab/muse/assets && ln -s "$PWD/muse/assets" .ab/muse/assets
+  bench_4k 200 "$out/stream_4k_warm.json" --frames 300 --latency-frames 0   # compiles and caches: not compared
+  one() { local name=$1 pass=$2; echo "== pass $pass $name" >> "$out/bench.log"
+    case $name in
+      base) (cd .ab && bench_4k 150 "$out/stream_4k_${name}_$pass.json" --frames 2000 --latency-frames 0) ;;
+      new) bench_4k 150 "$out/stream_4k_${name}_$pass.json" --frames 2000 --latency-frames 0 ;;
+      blocking) MUSE_CUDA_WAITS=blocking bench_4k 150 "$out/stream_4k_${name}_$pass.json" --frames 2000 --latency-frames 0 ;;
+      hold) MUSE_DRIVER_GIL=hold bench_4k 150 "$out/stream_4k_${name}_$pass.json" --frames 2000 --latency-frames 0 ;;
+      both) MUSE_CUDA_WAITS=blocking MUSE_DRIVER_GIL=hold bench_4k 150 "$out/stream_4k_${name}_$pass.json" --frames 2000 --latency-frames 0 ;;
+    esac; }
+  for name in base new blocking hold both; do one $name 1; done
+  for name in both hold blocking new base; do one $name 2; done
+  timeout 150 python3 -m pytest -m cuda -q -p no:cacheprovider -rs tests/test_frame_capture.py \
+    tests/test_switch_graph.py > "$out/cuda_capture_tests.log" 2>&1; echo "cuda tests exit $?" >> "$out/cuda_capture_tests.log"
 fi
 if [[ $what == s19a ]]; then
   # Nineteenth session: this tree against the one in .ab/ (HEAD before the session's executor changes, with the

@@ -129,6 +129,9 @@ def test_only_the_live_branch_runs_and_a_nan_branch_falls_back(registry: Registr
         assert desc["eager_nodes"] == {} and len(desc["segments"]) == 1, desc
         assert desc["captures"] >= 2, "each live branch is its own recorded variant"
         assert desc["replays"] >= 4
+        # the segment's live inputs are worked out again when the live set changes (muse.graph.segments.live_inputs)
+        nodes = runner.program.segments[0].live_in[1]
+        assert "b" in nodes and "a" not in nodes, nodes
 
 
 def test_a_raising_branch_falls_back_in_the_same_frame(registry: Registry) -> None:

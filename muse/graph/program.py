@@ -27,13 +27,12 @@ from muse.graph.frame_clock import ClockNodes
 from muse.graph.frame_copies import InputCopies, OutputCopies, copy_eagerly
 from muse.graph.frame_copies import wanted as copies_wanted
 from muse.graph.linear import frame_order
-from muse.graph.liveness import needed_edges
 from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
 from muse.graph.replayed import clone_payload, input_signature, read_by_sinks, retime, seen_outside, timing_of, timing_source
 from muse.graph.segments import (COMPILE_UNDER_WAY, EAGER_STEP, MAX_VARIANTS, RECORD_TRIES, RECORDING_STEP, TRANSITIONAL,
                                  WARM_UP_NEW_CODE, WARM_UP_NEW_VARIANT, Segment, Variant, capture_blocker, ends, generation,
-                                 plan_segments)
+                                 live_inputs, plan_segments)
 from muse.graph.slots import FrameFailed
 from muse.graph.streams import new_stream, on_stream, record_event
 
@@ -140,13 +139,12 @@ class FrameProgram:
         """Why the segment did not replay (or record) this frame; "" when it did."""
         r = self.runner
         c_in = time.thread_time_ns()
-        nodes = [n for n in seg.nodes if n in r.live]  # this frame's: a switch's idle branches sit out
+        nodes, edges = live_inputs(r, seg)  # this frame's: a switch's idle branches sit out
         if not nodes:
             return ""
-        inside = set(nodes)
         ext: dict[tuple[str, str], Any] = {}
         events: list[Any] = []
-        for node, port in sorted({(s.node, s.port) for n in nodes for _p, _i, s in needed_edges(r.slots[n]) if s.node not in inside}):
+        for node, port in edges:
             outs, evs = r._evaluate(node, memo)
             ext[(node, port)] = outs.get(port) if outs else None
             events.extend(evs)

@@ -9,13 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable
 
+from muse.graph.liveness import needed_edges
+
 if TYPE_CHECKING:  # pragma: no cover
     from muse.graph.capture import FrameGraph
     from muse.graph.runtime import GraphRunner
 
 __all__ = ["COMPILE_UNDER_WAY", "EAGER_STEP", "MAX_VARIANTS", "ONE_OFF_STEPS", "RECORDING_STEP", "RECORD_TRIES",
            "TRANSITIONAL", "WARM_UP_NEW_CODE", "WARM_UP_NEW_VARIANT", "Segment", "Variant", "capture_blocker", "ends",
-           "generation", "plan_segments"]
+           "generation", "live_inputs", "plan_segments"]
 
 RECORD_TRIES = 3  # a variant whose recording a node's exception broke is recorded again, up to this many times
 MAX_VARIANTS = 8  # per segment; each keeps its activations alive, so an unstable choice can't grow memory forever
@@ -74,6 +76,22 @@ class Segment:
     disabled: str = ""  # recordings failed again and again: the segment runs eagerly from then on
     failed: dict[Hashable, str] = field(default_factory=dict)  # variants whose recording failed: run eagerly
     record_failures: dict[Hashable, int] = field(default_factory=dict)  # a node raised while recording: tried again
+    live_in: tuple[Any, list[str], list[tuple[str, str]]] | None = None  # live_inputs(): for which live set
+
+
+def live_inputs(runner: "GraphRunner", seg: Segment) -> tuple[list[str], list[tuple[str, str]]]:
+    """This frame's nodes of `seg` (a switch's idle branches sit out) and the outputs (node, port) from outside it
+    that they read. Worked out once per live set: `runner.live` is one set object per combination of the switches'
+    choices (muse.graph.liveness), and which inputs a node needs depends on those choices alone."""
+    live = runner.live
+    known = seg.live_in
+    if known is not None and known[0] is live:
+        return known[1], known[2]
+    nodes = [n for n in seg.nodes if n in live]
+    inside = set(nodes)
+    edges = sorted({(s.node, s.port) for n in nodes for _p, _i, s in needed_edges(runner.slots[n]) if s.node not in inside})
+    seg.live_in = (live, nodes, edges)
+    return nodes, edges
 
 
 def ends(runner: "GraphRunner", nodes: list[str]) -> list[str]:
