@@ -152,3 +152,33 @@ def test_eye_contours_of_different_lengths_give_the_same_field(path, monkeypatch
     longer = run_node(FaceWarp, params, landmarks=replace(lm, regions=regions))["field"].field
     assert same.abs().max() > 0.5
     assert torch.allclose(same, longer, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
+def test_cuda_face_field_kernel_gives_the_torch_steps_field(monkeypatch):
+    """The one-pass CUDA field (warp/face_kernel.py) against the torch steps, on the astronaut's landmarks scaled into
+    a 4K picture: eyes alone, outline alone, both, and gated by a 0-d confidence above and below the threshold."""
+    from dataclasses import replace
+
+    from muse.nodes.warp import face as face_mod
+
+    lm = vs.astronaut_landmarks()
+    pts = lm.points.clone()
+    pts[:, :2] = pts[:, :2] * 4.0 + torch.tensor([900.0, 40.0])  # the face at ~1,200 px across, off-centre
+    dev = torch.device("cuda")
+    cases = [({"eyes": 1.0}, 0.95), ({"v_line": 1.0, "slim": 0.5}, 0.95), ({"eyes": 0.6, "v_line": 0.7, "slim": 0.3}, 0.95),
+             ({"eyes": 0.6, "v_line": 0.7}, torch.tensor(0.9)), ({"eyes": 0.6, "v_line": 0.7}, torch.tensor(0.2))]
+    for params, conf in cases:
+        big = replace(lm, points=pts.to(dev), confidence=conf.to(dev) if isinstance(conf, torch.Tensor) else conf,
+                      image_size=(3840, 2160))
+        kernel = run_node(FaceWarp, params, device=dev, landmarks=big)["field"].field
+        monkeypatch.setattr(face_mod, "face_field_cuda", lambda *a, **k: None)  # the torch steps
+        steps = run_node(FaceWarp, params, device=dev, landmarks=big)["field"].field
+        monkeypatch.undo()
+        assert kernel.shape == steps.shape == (2, 270, 480), kernel.shape
+        moved = float(steps.abs().max())
+        gated = isinstance(conf, torch.Tensor) and float(conf) < 0.5
+        assert (moved == 0.0) if gated else (moved > 5.0), (params, moved)  # pixels of a 4K picture
+        worst = float((kernel - steps).abs().max())
+        assert worst <= 1e-3 * max(moved, 1.0), (params, worst, moved)

@@ -14,6 +14,7 @@ from muse.graph.capture import device_constant
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Displacement, FaceLandmarks, Frame
 from muse.nodes.cpu import wanted
+from muse.nodes.warp.face_kernel import face_field_cuda
 from muse.nodes.warp.fields import bump, compact_gaussian, field_points, smoothstep, zero_field
 
 # Strength 1 maps to these; chosen so the map stays one-to-one (no fold-over).
@@ -124,26 +125,42 @@ class FaceWarp(Node):
         regions = landmarks.regions
 
         eyes = self._eyes(pts, regions)
-        field: torch.Tensor | None = None
+        eye_terms: tuple[torch.Tensor, torch.Tensor, float] | None = None
         if p.eyes > 0 and eyes is not None:
             centres, half_widths = eyes  # (left, right)
             gap = (centres[1] - centres[0]).norm()
             radii = torch.minimum(half_widths * p.eye_radius, 0.45 * gap)  # the two eyes never overlap
-            field = eyes_field(grid, centres, radii, EYE_MAX_SCALE * p.eyes)
+            eye_terms = (centres, radii, EYE_MAX_SCALE * p.eyes)
 
+        outline_terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         outline_name = "face_oval" if "face_oval" in regions else ("jaw" if "jaw" in regions else None)
         if (p.v_line > 0 or p.slim > 0) and outline_name and eyes is not None:
-            outline = self._outline(xs, ys, pts[device_constant(regions[outline_name], pts.device)], eyes[0][0], eyes[0][1])
-            field = outline if field is None else field + outline
+            outline_terms = self._outline(pts[device_constant(regions[outline_name], pts.device)], eyes[0][0], eyes[0][1])
         elif (p.v_line > 0 or p.slim > 0) and "outline" not in self._warned:
             self._warned.add("outline")
             ctx.logger.warning("node %r: landmarks have no 'face_oval'/'jaw' or eye regions; v_line/slim are off", self.name)
+        gate = conf if isinstance(conf, torch.Tensor) else None
+        # on CUDA one kernel a frame (face_kernel.py); torch's steps elsewhere, or where it cannot run
+        field = face_field_cuda(size, tuple(xs.shape), device, eye_terms, outline_terms, gate, p.min_confidence)
         if field is None:
-            field = torch.zeros((2, *xs.shape), device=device, dtype=torch.float32)
-        if isinstance(conf, torch.Tensor):
-            c = conf if conf.device == field.device and conf.dtype == torch.float32 else conf.to(field.device, torch.float32)
-            field = torch.where(c >= p.min_confidence, field, 0.0)
+            field = self._field_torch(xs, ys, grid, eye_terms, outline_terms, gate)
         return {"field": Displacement(field, size, ts, idx)}
+
+    def _field_torch(self, xs: torch.Tensor, ys: torch.Tensor, grid: torch.Tensor,
+                     eye_terms: tuple[torch.Tensor, torch.Tensor, float] | None,
+                     outline_terms: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+                     gate: torch.Tensor | None) -> torch.Tensor:
+        """The field in torch steps: the eyes' magnifiers plus the outline's shifts, gated by the confidence."""
+        field = eyes_field(grid, *eye_terms) if eye_terms is not None else None
+        if outline_terms is not None:
+            outline = outline_field(xs, ys, *outline_terms)
+            field = outline if field is None else field + outline
+        if field is None:
+            field = torch.zeros((2, *xs.shape), device=xs.device, dtype=torch.float32)
+        if gate is not None:
+            c = gate if gate.device == field.device and gate.dtype == torch.float32 else gate.to(field.device, torch.float32)
+            field = torch.where(c >= self.params.min_confidence, field, 0.0)
+        return field
 
     def _eyes(self, pts: torch.Tensor, regions: dict[str, list[int]]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Both eyes, (left, right): centres (2, 2) and half-widths (2,); None (and a warning once) without them."""
@@ -180,8 +197,9 @@ class FaceWarp(Node):
         half_width = (eye[:, None, :] - eye[None, :, :]).norm(dim=-1).max() / 2
         return centre, half_width.clamp_min(1.0)
 
-    def _outline(self, xs: torch.Tensor, ys: torch.Tensor, outline: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """Inward shifts of the outline below the eyes, in a face frame that follows head roll."""
+    def _outline(self, outline: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inward shifts of the outline below the eyes, in a face frame that follows head roll: the outline's
+        points, their shifts and the spread (sigma) that `outline_field` takes."""
         p = self.params
         eye_mid = (left + right) / 2
         across = right - left
@@ -199,4 +217,4 @@ class FaceWarp(Node):
         inward = -(s * (V_LINE_MAX * p.v_line * jaw_w + SLIM_MAX * p.slim * cheek_w))
         shifts = inward[:, None] * across[None, :]
         face_width = (s.max() - s.min()).clamp_min(4.0)
-        return outline_field(xs, ys, outline, shifts, 0.15 * face_width)
+        return outline, shifts, 0.15 * face_width
