@@ -4,6 +4,7 @@ pose model on a noisy photo), little lag when moving, lost points pass through."
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from muse.graph.payloads import FaceLandmarks, Frame, Keypoints
@@ -162,3 +163,48 @@ def test_body_and_face_together_match_each_alone(monkeypatch):
         assert torch.allclose(got["smoothed_face"].points, face.process(None, fl)["smoothed_face"].points, atol=1e-4)
         assert got["smoothed_keypoints"].points.shape == (33, 2) and got["smoothed_face"].points.shape == (478, 3)
     assert "both" in both._filters and "both" not in body._filters
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (run on the GPU machine)")
+def test_cuda_one_kernel_smooths_body_and_face_as_the_torch_steps(monkeypatch):
+    """On CUDA, body and face go through the filter in one launch (smooth_kernel.py) from the second frame on: the
+    same points as the torch steps over 24 frames of a moving person, with a keypoint below the confidence floor
+    throughout and the face's confidence dropping below it for three frames (its points pass through and restart)."""
+    from dataclasses import replace
+
+    import visual_scenes as vs
+    from muse.nodes.landmarks import smooth as smooth_mod
+
+    dev = torch.device("cuda")
+    calls = {"kernel": 0}
+    real = smooth_mod.one_euro_both_cuda
+
+    def counted(*a, **k):
+        got = real(*a, **k)
+        calls["kernel"] += got is not None
+        return got
+
+    lm = vs.astronaut_landmarks()
+    fast, steps = (build_node(Smooth, {"beta": 5.0}) for _ in range(2))
+    for n in (fast, steps):
+        n.open(make_context(n.name, dev))
+    gen = torch.Generator().manual_seed(7)
+    for i in range(24):
+        kp = _kp(POSE + torch.randn(POSE.shape, generator=gen) * 2 + 9.0 * i, i, torch.where(torch.arange(33) == 15, 0.1, 0.9))
+        kp = replace(kp, points=kp.points.to(dev), confidence=kp.confidence.to(dev))
+        conf = torch.tensor(0.2 if 10 <= i < 13 else 0.9, device=dev)
+        fl = replace(lm, points=(lm.points + torch.randn(lm.points.shape, generator=gen) + 9.0 * i).to(dev), confidence=conf,
+                     timestamp=i / 30, index=i)
+        monkeypatch.setattr(smooth_mod, "one_euro_both_cuda", counted)
+        a = fast.process(kp, fl)
+        monkeypatch.setattr(smooth_mod, "one_euro_both_cuda", lambda *a, **k: None)  # the torch steps
+        b = steps.process(kp, fl)
+        for key in ("smoothed_keypoints", "smoothed_face"):
+            pa, pb = a[key].points, b[key].points
+            assert pa.shape == pb.shape and pa.dtype == pb.dtype, key
+            assert float((pa - pb).abs().max()) <= 2e-3, (i, key, float((pa - pb).abs().max()))
+        if 10 <= i < 13:
+            assert torch.equal(a["smoothed_face"].points, fl.points), "a lost face passes through"
+    torch.cuda.synchronize()
+    assert calls["kernel"] == 23, calls  # every frame but the first, which sets the filter's state up

@@ -19,6 +19,7 @@ from pydantic import Field
 from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import FaceLandmarks, Keypoints
 from muse.nodes.cpu import wanted
+from muse.nodes.landmarks.smooth_kernel import one_euro_both_cuda
 
 
 class OneEuro:
@@ -144,6 +145,10 @@ class Smooth(Node):
         self._count += 1
         if self._cpu is not None:
             return self._cpu.process(keypoints, face)
+        if keypoints is not None and face is not None and keypoints.timestamp == face.timestamp:
+            fast = self._both_in_one_kernel(keypoints, face)
+            if fast is not None:
+                return fast
         out: dict[str, Keypoints | FaceLandmarks] = {}
         kp_valid = kp_scale = face_valid = face_scale = None
         if keypoints is not None:
@@ -151,10 +156,7 @@ class Smooth(Node):
             kp_scale = _extent(keypoints.points, kp_valid)
         if face is not None:
             # confidence may be a 0-d device tensor: compare on the device, never branch on it here
-            conf = face.confidence
-            if not (isinstance(conf, torch.Tensor) and conf.device == face.points.device):
-                conf = torch.as_tensor(conf, device=face.points.device, dtype=torch.float32)
-            face_valid = (conf >= self.params.min_confidence).expand(face.points.shape[0])
+            face_valid = (self._face_confidence(face) >= self.params.min_confidence).expand(face.points.shape[0])
             face_scale = _extent(face.points, None)
         if keypoints is not None and face is not None and keypoints.points.device == face.points.device and keypoints.timestamp == face.timestamp:
             # Body and face through one filter: its ~23 ops run once on the stacked points (each row keeps its
@@ -180,3 +182,24 @@ class Smooth(Node):
             pts = f(face.points, self._now(face.timestamp, face.points.device), face_scale, face_valid, 1 / self._fps())
             out["smoothed_face"] = replace(face, points=pts.to(face.points.dtype))
         return out
+
+    def _face_confidence(self, face: FaceLandmarks) -> torch.Tensor:
+        """The face's confidence as a tensor on its points' device (it may come as a number)."""
+        conf = face.confidence
+        if not (isinstance(conf, torch.Tensor) and conf.device == face.points.device):
+            conf = torch.as_tensor(conf, device=face.points.device, dtype=torch.float32)
+        return conf
+
+    def _both_in_one_kernel(self, keypoints: Keypoints, face: FaceLandmarks) -> dict[str, Keypoints | FaceLandmarks] | None:
+        """Body and face through the filter in one CUDA launch (smooth_kernel.py), once the filter holds their
+        state; None on its first frame, off CUDA, or for inputs the kernel does not take (the torch steps then)."""
+        f = self._filters.get("both")
+        dev = keypoints.points.device
+        if f is None or dev.type != "cuda" or face.points.device != dev:
+            return None
+        now = torch.as_tensor(self._now(keypoints.timestamp, dev), dtype=torch.float64, device=dev)
+        got = one_euro_both_cuda(f, keypoints.points, keypoints.confidence, face.points, self._face_confidence(face), now,
+                                 self.params.min_confidence, 1 / self._fps())
+        if got is None:
+            return None
+        return {"smoothed_keypoints": replace(keypoints, points=got[0]), "smoothed_face": replace(face, points=got[1])}
