@@ -261,7 +261,6 @@ class FusedCPU:
         self.plate[...] = make()
         self.known.fill(1.0)
         self.has_plate = True
-        self.tight = 0.0  # a new plate earns its tight comparison anew
 
     # -- pieces -----------------------------------------------------------
     def _shift(self, a: np.ndarray, b: np.ndarray, bgw: np.ndarray) -> tuple[int, int]:
@@ -629,7 +628,7 @@ class FusedCPU:
             d = self._envelope_distance(xs, pc, seen, s.envelope)
             noise = _known_quantile(d, known, 0.3)
             # (on every 7th pixel, as _known_quantile reads them: the model's room, the difference from the plate)
-            room = (1.0 - pm_grown.ravel()[::7] if prior is not None else bgw.ravel()[::7]) * known.ravel()[::7]
+            room = ((pm_grown.ravel()[::7] if prior is not None else 1.0 - bgw.ravel()[::7]) < 0.2) * known.ravel()[::7]
             e7 = xs.reshape(-1, 3)[::7] - pc.reshape(-1, 3)[::7]
             e7 *= e7
             exact7 = np.sqrt(e7[:, 0] + e7[:, 1] + e7[:, 2])
@@ -638,8 +637,12 @@ class FusedCPU:
             self.tight = tight_update_host(self.tight, levels, s.threshold, s.noise_factor, float((room > 0.5).mean()))
             if self.tight > 0.0:
                 exact = self._envelope_distance(xs, pc, seen, 0)
-                d = _lerp(d, exact, self.tight)
-                noise = float(_lerp(np.float32(noise), np.float32(_known_quantile(exact, known, 0.3)), self.tight))
+                noise_exact = _known_quantile(exact, known, 0.3)
+                if self.tight == 1.0:  # (torch.lerp at 1 is the end itself: no blend pass)
+                    d, noise = exact, noise_exact
+                else:
+                    d = _lerp(d, exact, self.tight)
+                    noise = float(_lerp(np.float32(noise), np.float32(noise_exact), self.tight))
             tau = max(s.threshold, s.noise_factor * noise)
             if fast:  # (eleven passes in two: 1 ms)
                 pp, rel = kernels.plate_evidence(d, _dilate(d, 2) if s.relative_edge else None, tau, self.fit_ok)

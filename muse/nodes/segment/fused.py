@@ -267,7 +267,6 @@ class FusedMatte:
         self.plate.copy_(make())
         self.known.fill_(1.0)
         self.has_plate.fill_(1.0)
-        self.tight.zero_()  # a new plate earns its tight comparison anew
 
     # -- pieces -----------------------------------------------------------
     def _shift(self, a: torch.Tensor, b: torch.Tensor, bgw: torch.Tensor) -> torch.Tensor:
@@ -548,7 +547,7 @@ class FusedMatte:
         # Which of the two, from the room's own evidence (envelope_choice): over what the model calls room, the
         # exact difference's high quantile stays by the envelope's while the plate sits exactly, and jumps at the
         # room's edges when it sits a fraction of a pixel off. All the levels from one sort, the noise's with them.
-        model_room = (1.0 - pm_grown) * known
+        model_room = (pm_grown < 0.2).float() * known  # as sure as the learning's (a limb the model half sees is out)
         levels = _known_quantiles(torch.stack((loose, exact, exact, loose)), torch.stack((known, known, model_room, model_room)),
                                   self._tight_q)
         self.tight.copy_(tight_update(self.tight, levels, lv["threshold"], lv["noise_factor"], model_room))
