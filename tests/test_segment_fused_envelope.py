@@ -103,3 +103,31 @@ def test_a_still_camera_on_its_plate_keeps_a_thin_faint_limb(monkeypatch, path):
     kept, before = mask[arm].mean(), got[0.0][0][arm].mean()
     assert kept > before + 0.1, (kept, before)
     assert scenes.iou(mask, truth) >= scenes.iou(got[0.0][0], truth)
+
+
+@pytest.mark.parametrize("path", ["torch", "fast"])
+def test_a_camera_that_settles_a_fraction_of_a_pixel_off_gets_the_envelope_back_at_once(monkeypatch, path):
+    """The exact comparison was earned on an aligned plate; then the camera settles 0.4 px off (the frames move, the
+    plate does not; the whole-pixel shift search finds (0, 0)): the envelope is back on that very frame, and no
+    line of person along the room's edges appears or sticks, as with the envelope always."""
+    monkeypatch.setenv("MUSE_CPU_PATH", path)
+    rgb, gt = scenes.composite(SIZE)
+    m = np.float32([[1, 0, 0.4], [0, 1, 0.4]])
+    moved = cv2.warpAffine(rgb, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    far = ~cv2.dilate(gt.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
+    frames = [_camera(rgb, i) for i in range(6)] + [_camera(moved, i) for i in range(6, 14)]
+    got = {}
+    for mode in (None, 0.0):
+        with monkeypatch.context() as mp:
+            _force(mp, mode)
+            node = build_node(FusedSegment, PARAMS, "fused")
+            node.open(make_context("fused", "cpu", resolution=(SIZE, SIZE)))
+            plate, tights, fps = _frame(scenes.room(SIZE)), [], []
+            for i, f in enumerate(frames):
+                mask = node.process(frame=_frame(f, i), prior=_prior(gt), plate=plate)["mask"].alpha.numpy() > 0.5
+                tights.append(_tight(node))
+                fps.append(mask[far].mean())
+            got[mode] = tights, fps
+    tights, fps = got[None]
+    assert tights[5] == 1.0 and all(t == 0.0 for t in tights[6:]), tights
+    assert max(fps[6:]) <= max(got[0.0][1][6:]) + 1e-3, (fps, got[0.0][1])
