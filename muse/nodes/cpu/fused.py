@@ -18,6 +18,9 @@ What differs, and why it is exact or within float rounding:
   last frame as it was, scaled by the exposure ratio afterwards (the torch path scales first: sampling
   is linear, so only rounding differs);
 - `_known_quantile` picks the same order statistics with np.partition instead of a sort;
+- the envelope's choice (`envelope_choice`): `tight` is a float, the difference from the plate itself is worked
+  out on the sampled pixels alone for its evidence, and over the whole plane only while `tight` is above 0
+  (the torch path blends with 0 then);
 - `_dilate`/`_erode` are `cv2.dilate`/`cv2.erode` (both ignore pixels outside, as max_pool2d's padding);
 - `box_filter` counts only pixels inside the picture (torch's count_include_pad=False);
 - the camera-shake shift is a whole number of pixels (an FFT peak), so `_translate` is an integer

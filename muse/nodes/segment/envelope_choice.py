@@ -7,14 +7,17 @@ finds the camera's shift in whole pixels only, so "the shift is (0, 0)" does not
 camera that settled a fraction of a pixel off still reads (0, 0), and without the envelope every sharp edge of
 the room would become a thin line of person (which would stick: the plate learns only sure background).
 
-The room says which it is. Over what the model calls room (not the fused matte: a line of person that the exact
-comparison made would hide its own evidence), a high quantile of the frame's difference from the plate itself
+The room says which it is. Over what the model surely calls room (its probability grown by the matte's margin under
+0.2, as the plate's learning asks; not the fused matte: a line of person that the exact comparison made would hide
+its own evidence; without a model, the last matte's room), a high quantile of the frame's difference from the plate itself
 and of its difference from the envelope: while the plate sits exactly both are the camera's noise (their gap a
 fraction of the threshold); a fraction of a pixel off, the room's edges differ from the plate itself by a good
 part of their contrast and not from the envelope (the gap beyond the threshold). The choice `tight` (1 = the
 plate itself, 0 = the envelope; the difference used is their blend) rises slowly while the gap stays small, holds
 in a band between, and falls to 0 at once, on the same frame, when the gap is large or too little room is seen
-to tell: the safe side at once, the other only once earned, so the choice does not flicker.
+to tell: the safe side at once, the other only once earned, so the choice does not flicker. A thin limb the
+model misses altogether is evidence against the exact comparison too (it differs from the plate, not from the
+envelope): then the envelope stays, as before this choice.
 
 Both paths use these numbers: `tight_update` on the device (no host read: a blend of device scalars), and
 `tight_update_host` with the CPU path's floats.

@@ -5,7 +5,8 @@ Per frame, at a low working resolution:
 2. a lighting-invariant clean-plate difference: the plate is aligned to the frame (global shift by phase
    correlation, for camera shake), its gain is fitted per tile and channel on what was background last
    frame (a lighting ramp, auto exposure or flicker is a gain, not a person), and the frame is compared
-   with the plate's local min/max envelope (a pixel of residual shake is no difference either); the
+   with the plate's local min/max envelope (a pixel of residual shake is no difference either), or with the
+   plate itself while the room shows that it sits exactly (`envelope_choice`: thin, faint limbs survive); the
    threshold follows the measured background noise (low light);
 3. both as log-odds, summed where the plate is known; holes closed (small ones always, larger ones where the
    model calls them person);
@@ -147,7 +148,7 @@ class FusedSettings(NodeParams):
     threshold: float = Field(0.06, ge=0.005, le=1.0, description="Smallest plate difference (0-1 RGB) that can be a person")
     noise_factor: float = Field(5.0, ge=1.0, le=20.0, description="The threshold rises to this many times the background's measured noise")
     max_shift: float = Field(0.03, ge=0.0, le=0.2, description="Largest camera shake followed, as a fraction of the height")
-    envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution)")
+    envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution), only while the room shows the plate a fraction of a pixel off: where it sits exactly, the frame is compared with the plate itself, which keeps thin, faint limbs (issue 14, twentieth session: envelope_choice)")
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
     close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled where the model calls them person (clothes the colour of the room); without a model, everywhere")
     small_hole_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes and gaps in the plate's person up to this size (fraction of height) are filled whatever the model says; between this and close_radius only where the model agrees (the room between an arm and the body, or between the legs, stays room: filled, it flickered as the limbs moved); close_radius 0 turns all hole closing off")
