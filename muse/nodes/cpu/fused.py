@@ -18,6 +18,9 @@ What differs, and why it is exact or within float rounding:
   last frame as it was, scaled by the exposure ratio afterwards (the torch path scales first: sampling
   is linear, so only rounding differs);
 - `_known_quantile` picks the same order statistics with np.partition instead of a sort;
+- the envelope's choice (`envelope_choice`): `tight` is a float, the difference from the plate itself is worked
+  out on the sampled pixels alone for its evidence, and over the whole plane only while `tight` is above 0
+  (the torch path blends with 0 then);
 - `_dilate`/`_erode` are `cv2.dilate`/`cv2.erode` (both ignore pixels outside, as max_pool2d's padding);
 - `box_filter` counts only pixels inside the picture (torch's count_include_pad=False);
 - the camera-shake shift is a whole number of pixels (an FFT peak), so `_translate` is an integer
@@ -42,6 +45,7 @@ import torch.nn.functional as F
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy, edge_aa, kernels
 from muse.nodes.cpu.refine import box_mean, guided_colour
+from muse.nodes.segment.envelope_choice import TIGHT_QUANTILE, tight_update_host
 from muse.nodes.segment.fused import (CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP, MODEL_HOLE,
                                      MOTION_VOTE_MIN, MOTION_VOTE_RADIUS, UNCOVERED_SECONDS)
 
@@ -129,6 +133,12 @@ def _known_quantile(d: np.ndarray, known: np.ndarray, q: float, step: int = 7) -
     hi = min(lo + 1, n - 1)
     v = np.partition(dk, (lo, hi))
     return float(v[lo] + (pos - lo) * (v[hi] - v[lo]))
+
+
+def _lerp(a, b, w: float):
+    """torch.lerp's formula (a + w (b - a) below w = 0.5, b - (1 - w) (b - a) from it), in float32."""
+    w = np.float32(w)
+    return a + w * (b - a) if w < 0.5 else b - (np.float32(1.0) - w) * (b - a)
 
 
 def _median(d: np.ndarray, step: int = 7) -> float:
@@ -238,6 +248,7 @@ class FusedCPU:
         nk = len(self._cand_cost)  # k - i for candidate i (the widest search, 109 x 109, needs 16 bits)
         self._flow_rank = (nk - np.arange(nk)).astype(np.uint8 if nk < 256 else np.int32)[:, None, None]
         self.fit_ok = np.ones((h, w), np.float32)  # 0 where the last frame's plate difference found a person
+        self.tight = 0.0  # envelope_choice: 1 = the plate sits exactly (no envelope), 0 = envelope
         self._fit_bool = np.empty((h, w), bool)
         self._plate_key = None
 
@@ -478,6 +489,19 @@ class FusedCPU:
         h, w = fx.shape
         return _resize(v, w, h)
 
+    @staticmethod
+    def _envelope_distance(xs: np.ndarray, pc: np.ndarray, seen: np.ndarray, r: int) -> np.ndarray:
+        """The distance from xs to the envelope [erode(pc, r), dilate(pc, r)] where `seen` (0 elsewhere); r = 0: to
+        pc itself. (relu(xs - hi) + relu(lo - xs) as xs - clip(xs, lo, hi): the same squares, two three-channel
+        passes fewer.)"""
+        lo, hi = _erode(pc, r), _dilate(pc, r)
+        if kernels.available():  # one pass instead of five three-channel ones (1.5 ms)
+            return kernels.envelope_distance(xs, lo, hi, seen)
+        e = np.maximum(xs, lo)
+        np.minimum(e, hi, out=e)
+        np.subtract(xs, e, out=e)
+        return np.sqrt(_chsum(np.square(e, out=e))) * seen
+
     def _picture_change(self, x: np.ndarray, xmax: np.ndarray, lx: np.ndarray, bgw: np.ndarray, contrast: np.ndarray,
                         delta: tuple[int, int]) -> tuple:
         """fused.FusedMatte._picture_change: the picture change since the last frame moved by delta (the camera's
@@ -528,6 +552,7 @@ class FusedCPU:
         # (the last matte's person, before the blend below overwrites it: the own plate's uncovered room)
         was_person = last > 0.5 if prior is not None and s.own_plate and not self.has_plate else None
         bgw = 1.0 - _dilate(last, margin)
+        pm_grown = _dilate(pm, margin) if prior is not None else None  # the model's person with a margin
 
         lx = _luma(x)
         own = not self.has_plate
@@ -574,6 +599,7 @@ class FusedCPU:
         compare = self.has_plate or self.known.any()
         if not compare:  # the torch path's d is 0 here: nothing is left out of the next fit
             self.fit_ok.fill(1.0)
+            self.tight = 0.0  # (the torch path: no known room, too little to tell)
         if compare:
             plate = self._translate(self.plate, shift)
             known = self._translate(self.known, shift)
@@ -600,17 +626,26 @@ class FusedCPU:
                 gain *= light
                 pc = np.multiply(gain, ps)
                 np.clip(pc, 0.0, 1.0, out=pc)
-            r = s.envelope
-            # the distance from xs to the envelope [erode(pc), dilate(pc)] (relu(xs - hi) + relu(lo - xs) as
-            # xs - clip(xs, lo, hi): the same squares, two three-channel passes fewer)
-            if kernels.available():  # one pass instead of five three-channel ones (1.5 ms)
-                d = kernels.envelope_distance(xs, _erode(pc, r), _dilate(pc, r), seen)
-            else:
-                e = np.maximum(xs, _erode(pc, r))
-                np.minimum(e, _dilate(pc, r), out=e)
-                np.subtract(xs, e, out=e)
-                d = np.sqrt(_chsum(np.square(e, out=e))) * seen
+            # the difference from the plate's envelope and, where the room backs it, from the plate itself
+            # (fused.FusedMatte.step, envelope_choice)
+            d = self._envelope_distance(xs, pc, seen, s.envelope)
             noise = _known_quantile(d, known, 0.3)
+            # (on every 7th pixel, as _known_quantile reads them: the model's room, the difference from the plate)
+            room = ((pm_grown.ravel()[::7] if prior is not None else 1.0 - bgw.ravel()[::7]) < 0.2) * known.ravel()[::7]
+            e7 = xs.reshape(-1, 3)[::7] - pc.reshape(-1, 3)[::7]
+            e7 *= e7
+            exact7 = np.sqrt(e7[:, 0] + e7[:, 1] + e7[:, 2])
+            levels = (noise, 0.0, _known_quantile(exact7, room, TIGHT_QUANTILE, step=1),
+                      _known_quantile(d.ravel()[::7], room, TIGHT_QUANTILE, step=1))
+            self.tight = tight_update_host(self.tight, levels, s.threshold, s.noise_factor, float((room > 0.5).mean()))
+            if self.tight > 0.0:
+                exact = self._envelope_distance(xs, pc, seen, 0)
+                noise_exact = _known_quantile(exact, known, 0.3)
+                if self.tight == 1.0:  # (torch.lerp at 1 is the end itself: no blend pass)
+                    d, noise = exact, noise_exact
+                else:
+                    d = _lerp(d, exact, self.tight)
+                    noise = float(_lerp(np.float32(noise), np.float32(noise_exact), self.tight))
             tau = max(s.threshold, s.noise_factor * noise)
             if fast:  # (eleven passes in two: 1 ms)
                 pp, rel = kernels.plate_evidence(d, _dilate(d, 2) if s.relative_edge else None, tau, self.fit_ok)
@@ -699,7 +734,6 @@ class FusedCPU:
 
         # learning, in the plate's own light and alignment
         grown = _dilate(self.alpha, margin)
-        pm_grown = _dilate(pm, margin) if prior is not None else None
         if kernels.available() and shift == (0, 0):  # the camera where the plate was taken: one pass (fifteen, 2 ms)
             mode = 1 if self.has_plate else 2 if prior is not None and s.own_plate else 0
             seconds = s.learn_seconds if mode == 1 else s.own_plate_seconds

@@ -5,7 +5,8 @@ Per frame, at a low working resolution:
 2. a lighting-invariant clean-plate difference: the plate is aligned to the frame (global shift by phase
    correlation, for camera shake), its gain is fitted per tile and channel on what was background last
    frame (a lighting ramp, auto exposure or flicker is a gain, not a person), and the frame is compared
-   with the plate's local min/max envelope (a pixel of residual shake is no difference either); the
+   with the plate's local min/max envelope (a pixel of residual shake is no difference either), or with the
+   plate itself while the room shows that it sits exactly (`envelope_choice`: thin, faint limbs survive); the
    threshold follows the measured background noise (low light);
 3. both as log-odds, summed where the plate is known; holes closed (small ones always, larger ones where the
    model calls them person);
@@ -38,6 +39,7 @@ from muse.models.matte_refine import box_filter, guided_apply, guided_coefficien
 from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
 from muse.nodes.segment.edge_kernel import antialias_cuda
+from muse.nodes.segment.envelope_choice import TIGHT_LEVELS, tight_update
 
 __all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
 
@@ -111,9 +113,10 @@ def _known_quantile(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Ten
     return _known_quantiles(d[None], known[None], q)[0]
 
 
-def _known_quantiles(d: torch.Tensor, known: torch.Tensor, q: float) -> torch.Tensor:
+def _known_quantiles(d: torch.Tensor, known: torch.Tensor, q: float | torch.Tensor) -> torch.Tensor:
     """`_known_quantile` of each d[i] over known[i], all in one set of kernels (B,): the same numbers as B calls,
-    a quarter of the launches for four."""
+    a quarter of the launches for four. q: one level for all, or a (B,) device tensor of levels (made once, not
+    per frame: a recorded frame may not copy host values in)."""
     b = d.shape[0]
     dk = torch.where(known > 0.5, d, torch.full_like(d, 1e3)).reshape(b, -1)[:, ::7]
     v = dk.sort(dim=1).values
@@ -145,7 +148,7 @@ class FusedSettings(NodeParams):
     threshold: float = Field(0.06, ge=0.005, le=1.0, description="Smallest plate difference (0-1 RGB) that can be a person")
     noise_factor: float = Field(5.0, ge=1.0, le=20.0, description="The threshold rises to this many times the background's measured noise")
     max_shift: float = Field(0.03, ge=0.0, le=0.2, description="Largest camera shake followed, as a fraction of the height")
-    envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution)")
+    envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution), only while the room shows the plate a fraction of a pixel off: where it sits exactly, the frame is compared with the plate itself, which keeps thin, faint limbs (issue 14, twentieth session: envelope_choice)")
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
     close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled where the model calls them person (clothes the colour of the room); without a model, everywhere")
     small_hole_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes and gaps in the plate's person up to this size (fraction of height) are filled whatever the model says; between this and close_radius only where the model agrees (the room between an arm and the body, or between the legs, stays room: filled, it flickered as the limbs moved); close_radius 0 turns all hole closing off")
@@ -212,6 +215,8 @@ class FusedMatte:
         self.primed = torch.zeros((), device=dev)  # 0 until the first frame has set alpha/prev
         self.has_plate = torch.zeros((), device=dev)
         self.fit_ok = torch.ones(1, 1, h, w, device=dev)  # 0 where the last frame's plate difference found a person
+        self.tight = torch.zeros((), device=dev)  # envelope_choice: 1 = the plate sits exactly (no envelope), 0 = envelope
+        self._tight_q = torch.tensor(TIGHT_LEVELS, device=dev)  # the levels of its one sort
         yy, xx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
         self._yy, self._xx = yy.float(), xx.float()
         self._yn, self._xn = self._yy / max(1, h - 1) * 2 - 1, self._xx / max(1, w - 1) * 2 - 1
@@ -467,6 +472,7 @@ class FusedMatte:
         pm = prior.clamp(0, 1) if prior is not None else self.alpha
         # Background weight from the last matte (first frame: from the model), with a margin.
         margin = max(1, round(0.03 * h))
+        pm_grown = _dilate(pm, margin)  # the model's person with a margin (without a model: the last matte)
         last = torch.lerp(pm, self.alpha, primed)
         bgw = 1.0 - _dilate(last, margin)
         # traced by torch.compile: one stream, and no guard on this engine's own streams (see SideStreams)
@@ -537,11 +543,22 @@ class FusedMatte:
         pc = (gain * ps).clamp(0.0, 1.0)  # a brighter exposure clips: so does the plate
         r = s.envelope
         e = F.relu(xs - _dilate(pc, r)) + F.relu(_erode(pc, r) - xs)
+        loose = e.square().sum(1, keepdim=True).sqrt()  # against the envelope (a pixel of residual shake is nothing)
+        exact = (xs - pc).square().sum(1, keepdim=True).sqrt()  # against the plate itself (thin, faint limbs survive)
+        # Which of the two, from the room's own evidence (envelope_choice): over what the model calls room, the
+        # exact difference's high quantile stays by the envelope's while the plate sits exactly, and jumps at the
+        # room's edges when it sits a fraction of a pixel off. All the levels from one sort, the noise's with them.
+        model_room = (pm_grown < 0.2).float() * known  # as sure as the learning's (a limb the model half sees is out)
+        levels = _known_quantiles(torch.stack((loose, exact, exact, loose)), torch.stack((known, known, model_room, model_room)),
+                                  self._tight_q)
+        self.tight.copy_(tight_update(self.tight, levels, lv["threshold"], lv["noise_factor"], model_room))
+        tight = self.tight
         # where the plate is unknown (a plate still being learned) there is no difference: the hole
         # filling and the edge placement below must not grow the person into what was never seen
-        d = e.square().sum(1, keepdim=True).sqrt() * (known > 0.5).float()
+        d = torch.lerp(loose, exact, tight) * (known > 0.5).float()
         # Noise-adaptive threshold from the typical (lower third) difference: low light, compression.
-        noise = _known_quantile(d, known, 0.3)  # robust while people cover < 70 % of the known room
+        # (robust while people cover < 70 % of the known room; the lower third of the difference used, as d)
+        noise = torch.lerp(levels[0], levels[1], tight)
         tau = torch.maximum(lv["threshold"], lv["noise_factor"] * noise)
         self.fit_ok.copy_((d < 2.0 * tau).float())
         pp = _smoothstep(tau, 2.5 * tau, d)
@@ -612,7 +629,7 @@ class FusedMatte:
         # Recorded plate: a pixel surely background (with a margin) for learn_seconds follows the room.
         sure_bg = ((1.0 - _dilate(self.alpha, margin)) > 0.95).float() * (self.conf > 0.9).float()
         if prior is not None:
-            sure_bg = sure_bg * (_dilate(pm, margin) < 0.2).float()
+            sure_bg = sure_bg * (pm_grown < 0.2).float()
         self.clear_for.mul_(sure_bg).add_(sure_bg)
         settle = (lv["learn_seconds"] * self.fps).clamp_min(1.0)
         # (only while the camera sits where the plate was taken)
@@ -622,7 +639,7 @@ class FusedMatte:
             # margin) for own_plate_seconds is the room. The gate asks the model and the picture, not the
             # fused matte: a ghost (a person learned in, then gone) is still and model-background, so it heals.
             # Counted in the plate's coordinates: a shaking camera still learns its room.
-            calm = (_dilate(pm, margin) < 0.2).float() * (still < 0.5).float() * (1.0 - room_moved)
+            calm = (pm_grown < 0.2).float() * (still < 0.5).float() * (1.0 - room_moved)
             calm = (self._translate(calm, -shift) > 0.5).float()
             self.still_for.mul_(calm).add_(calm)
             own_settle = (lv["own_plate_seconds"] * self.fps).clamp_min(1.0)
