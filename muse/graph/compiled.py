@@ -50,6 +50,20 @@ def build_gpu_code(cache: dict[Any, T], key: Hashable, make: Callable[[], T], br
     return got
 
 
+def gpu_function(cache: dict[Any, Any], broken: list[str], log: logging.Logger, index: int, source: str, name: str,
+                 unavailable: str, options: tuple[str, ...] = ("--std=c++14",)) -> Any:
+    """The CuPy kernel `name` of CUDA `source` for device `index` (one per device in `cache`), made as
+    `build_gpu_code` makes code; None where it cannot be now (the caller's torch steps run this call)."""
+
+    def make() -> Any:
+        import cupy
+
+        with cupy.cuda.Device(index):
+            return cupy.RawModule(code=source, options=options).get_function(name)
+
+    return build_gpu_code(cache, index, make, broken, log, unavailable)
+
+
 def code_changed() -> None:
     """Some node's or model's code changed under the same inputs (compiled code became ready in the background):
     frames recorded before hold the old kernels, so the frame program records again (a new variant)."""

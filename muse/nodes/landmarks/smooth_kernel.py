@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from muse.graph.compiled import build_gpu_code
+from muse.graph.compiled import gpu_function
 from muse.graph.devices import device_index
 
 log = logging.getLogger("muse.node.landmarks")
@@ -124,16 +124,8 @@ _BROKEN: list[str] = []
 
 
 def _function(device: torch.device) -> Any:
-    index = device_index(device)
-
-    def make() -> Any:
-        import cupy
-
-        with cupy.cuda.Device(index):
-            return cupy.RawModule(code=_SOURCE, options=("--std=c++14",)).get_function("one_euro_both")
-
-    return build_gpu_code(_FUNCTIONS, index, make, _BROKEN, log,
-                          "landmark smoothing kernel unavailable ({exc}): smoothed by torch ops")
+    return gpu_function(_FUNCTIONS, _BROKEN, log, device_index(device), _SOURCE, "one_euro_both",
+                        "landmark smoothing kernel unavailable ({exc}): smoothed by torch ops")
 
 
 def one_euro_both_cuda(state: Any, kp: torch.Tensor, kp_conf: torch.Tensor, face: torch.Tensor, face_conf: torch.Tensor,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from muse.graph.compiled import build_gpu_code
+from muse.graph.compiled import gpu_function
 from muse.graph.devices import device_index
 
 log = logging.getLogger("muse.node.warp")
@@ -82,16 +82,8 @@ FLOOR = math.exp(-4.5)  # fields.compact_gaussian's cut at 3 sigma
 
 
 def _function(device: torch.device) -> Any:
-    index = device_index(device)
-
-    def make() -> Any:
-        import cupy
-
-        with cupy.cuda.Device(index):
-            return cupy.RawModule(code=_SOURCE, options=("--std=c++14",)).get_function("face_field")
-
-    return build_gpu_code(_FUNCTIONS, index, make, _BROKEN, log,
-                          "face field kernel unavailable ({exc}): the face field is built by torch ops")
+    return gpu_function(_FUNCTIONS, _BROKEN, log, device_index(device), _SOURCE, "face_field",
+                        "face field kernel unavailable ({exc}): the face field is built by torch ops")
 
 
 def _f32(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
