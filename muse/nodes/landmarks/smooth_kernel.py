@@ -48,8 +48,9 @@ extern "C" __global__ void one_euro_both(const float* __restrict__ kp, int k, in
     double t_prev = T[0];
     bool face_ok = face_conf[0] >= min_conf;
     // extents: [0, 1] body x, y over confident rows; [2, 3] face x, y over every row
-    float l0 = INFINITY, l1 = INFINITY, l2 = INFINITY, l3 = INFINITY;
-    float h0 = -INFINITY, h1 = -INFINITY, h2 = -INFINITY, h3 = -INFINITY;
+    const float inf = __int_as_float(0x7f800000);  // (NVRTC has no math.h: no INFINITY)
+    float l0 = inf, l1 = inf, l2 = inf, l3 = inf;
+    float h0 = -inf, h1 = -inf, h2 = -inf, h3 = -inf;
     for (int r = tid; r < rows; r += THREADS) {
         if (r < k) {
             if (kp_conf[r] >= min_conf) {
