@@ -48,6 +48,7 @@ from muse.nodes.cpu.refine import box_mean, guided_colour
 from muse.nodes.segment.envelope_choice import TIGHT_QUANTILE, tight_update_host
 from muse.nodes.segment.fused import (CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP, MODEL_HOLE,
                                      MOTION_VOTE_MIN, MOTION_VOTE_RADIUS, UNCOVERED_SECONDS)
+from muse.nodes.segment.holes import BAY_EVIDENCE, enclosed_host
 
 __all__ = ["FusedCPU", "working_picture"]
 
@@ -668,7 +669,12 @@ class FusedCPU:
                     pp2 = pp
                 # (numpy's max over two reshaped axes cost 2.4 ms; four strided views 0.1)
                 small = np.maximum(np.maximum(pp2[0::2, 0::2], pp2[0::2, 1::2]), np.maximum(pp2[1::2, 0::2], pp2[1::2, 1::2]))
-                closed = _resize(_close(small, rc), w, h)
+                # the wide closing's fill in full where enclosed, in a bay of room as far as the plate sees a faint
+                # difference there (fused.FusedMatte.step, segment/holes.py)
+                wide = _close(small, rc)
+                holes = _resize(np.minimum(wide, enclosed_host(small, 2 * -(-rc // 2))), w, h)
+                faint = _smoothstep(BAY_EVIDENCE[0] * tau, BAY_EVIDENCE[1] * tau, _erode(box_mean(d, 1), 1))
+                closed = holes + (_resize(wide, w, h) - holes) * faint
                 if prior is not None:  # beyond small_hole_radius only where the model calls it person
                     rs = round(s.small_hole_radius * h)
                     sure = _resize(_close(small, rs), w, h) if rs > 0 else pp

@@ -9,7 +9,8 @@ Per frame, at a low working resolution:
    plate itself while the room shows that it sits exactly (`envelope_choice`: thin, faint limbs survive); the
    threshold follows the measured background noise (low light);
 3. both as log-odds, summed where the plate is known; holes closed (small ones always, larger ones where the
-   model calls them person);
+   model calls them person and, in a bay open to the room rather than a hole, the plate sees a faint
+   difference: `holes`);
 4. motion-aware blending with the previous matte: still pixels keep most of the past (no flicker),
    pixels whose picture changed follow at once (no lag);
 5. edge-aware upsampling to full resolution (fast guided filter on the frame).
@@ -40,6 +41,7 @@ from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
 from muse.nodes.segment.edge_kernel import antialias_cuda
 from muse.nodes.segment.envelope_choice import TIGHT_LEVELS, tight_update
+from muse.nodes.segment.holes import BAY_EVIDENCE, enclosed
 
 __all__ = ["FusedSegment", "FusedMatte", "FusedSettings"]
 
@@ -150,7 +152,7 @@ class FusedSettings(NodeParams):
     max_shift: float = Field(0.03, ge=0.0, le=0.2, description="Largest camera shake followed, as a fraction of the height")
     envelope: int = Field(1, ge=0, le=4, description="Pixels of residual misalignment tolerated (working resolution), only while the room shows the plate a fraction of a pixel off: where it sits exactly, the frame is compared with the plate itself, which keeps thin, faint limbs (issue 14, twentieth session: envelope_choice)")
     tiles: int = Field(8, ge=1, le=32, description="Rows of lighting tiles (gain fitted per tile and channel)")
-    close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled where the model calls them person (clothes the colour of the room); without a model, everywhere")
+    close_radius: float = Field(0.05, ge=0.0, le=0.1, description="Holes in the plate's person up to this size (fraction of height) are filled where the model calls them person (clothes the colour of the room); without a model, everywhere. A bay of room open to one side (between the legs, under an arm) only where the plate sees a faint difference in it (issue 14, twentieth session, second round: segment/holes.py)")
     small_hole_radius: float = Field(0.02, ge=0.0, le=0.1, description="Holes and gaps in the plate's person up to this size (fraction of height) are filled whatever the model says; between this and close_radius only where the model agrees (the room between an arm and the body, or between the legs, stays room: filled, it flickered as the limbs moved); close_radius 0 turns all hole closing off")
     stability: float = Field(0.75, ge=0.0, le=0.98, description="How much still pixels keep of the past matte (0 = no smoothing)")
     model_stability: float = Field(0.95, ge=0.0, le=0.98, description="stability where no plate is known: without a change in the picture, a change of the model's mind is noise")
@@ -573,7 +575,15 @@ class FusedMatte:
         rc = round(s.close_radius * h)
         if rc > 0:  # holes where clothes match the room; at quarter size (a wide radius needs no pixel precision)
             small = F.max_pool2d(pp, 2, ceil_mode=True)
-            closed = F.interpolate(_close(small, rc), size=(h, w), mode="bilinear", align_corners=False)
+            # The wide closing fills bays of room beside her as well as holes (between a walker's legs, under an
+            # arm): kept in full only where enclosed, in a bay only as far as the plate sees a faint difference
+            # there (clothes near the room's colour; room reads as noise). segment/holes.py, issue 14, 20th
+            # session, 2nd round: quality_extra's flicker with a plate 7.3 -> 6.3.
+            wide = _close(small, rc)
+            holes = F.interpolate(torch.minimum(wide, enclosed(small, 2 * -(-rc // 2))), size=(h, w), mode="bilinear",
+                                  align_corners=False)
+            faint = _smoothstep(BAY_EVIDENCE[0] * tau, BAY_EVIDENCE[1] * tau, _erode(box_filter(d, 1), 1))
+            closed = torch.lerp(holes, F.interpolate(wide, size=(h, w), mode="bilinear", align_corners=False), faint)
             if prior is not None:
                 # A closing also fills the room between an arm and the body: beyond small_hole_radius only where
                 # the model calls it person (issue 14, fifteenth session: two_shake's flicker 17.6 -> 14.6)
