@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|s20b|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|s20b|s21a|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -419,6 +419,15 @@ if [[ $what == s17d ]]; then
   # frames first, then every cuda test but the soak.
   bench_4k 200 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
   cuda_suite 200
+fi
+if [[ $what == s21a ]]; then
+  # Twenty-first session, first call: every cuda test but the soak (the smoothing kernel active and the matte's
+  # hole closing limited to holes, neither run under capture yet), stream_4k unpaced and paced, the fused matte at 4K.
+  mkdir -p "$out/j"
+  cuda_suite 330
+  bench_4k 150 "$out/j/stream_4k.json" --frames 2000 --latency-frames 600
+  run fused_plate python3 bench/bench_fused.py --device cuda --frames 200
+  tar -czf "$out/json.tgz" -C "$out/j" . && rm -rf "$out/j"
 fi
 if [[ $what == s20b ]]; then
   # Twentieth session, final code: each node recorded alone and timed, .ab/ (a655468, before warp.face's kernel)
