@@ -55,9 +55,7 @@ class BenchReport:
     host_cpu_ms: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     paced_fps: float = 0.0
-    # Host CPU a frame while paced at the graph's fps (what a live stream costs the machine; unpaced, a GPU-bound
-    # frame also counts the time the graph launch waits for the GPU)
-    host_cpu_ms_paced: float | None = None
+    host_cpu_ms_paced: float | None = None  # host CPU a frame paced at the graph's fps: what a live stream costs
     kernels_per_frame: float | None = None
     top_kernels: list[dict[str, Any]] = field(default_factory=list)  # costliest kernel names over the profiled frames
     host_calls: list[dict[str, Any]] = field(default_factory=list)  # CUDA runtime calls by host time, profiled frames
@@ -70,11 +68,11 @@ class BenchReport:
     # that overlapped them: an eager frame costs the whole frame's launches, so a few dozen show in the fps.
     measured_capture: dict[str, Any] = field(default_factory=dict)
     compiles: list[dict[str, Any]] = field(default_factory=list)
-    # The paced run's own: frames dropped over its measured frames (node -> count: a `latest` input replaced before
-    # it was read, as a camera's frame would be) and its frame program's counts (the H200 runs reached 55-58 of 60
-    # fps paced; these say where the rest went).
+    # The paced run's own: frames dropped (node -> count: a `latest` input replaced before it was read, as a
+    # camera's frame would be), its frame program's counts, its threads' CPU ms a frame (each frame wakes them)
     paced_drops: dict[str, int] = field(default_factory=dict)
     paced_capture: dict[str, Any] = field(default_factory=dict)
+    paced_threads: dict[str, float] = field(default_factory=dict)
     # The executor thread's CPU ms a measured frame by step of the frame (`GraphStats.executor_ns`), unpaced run
     executor_steps: dict[str, float] = field(default_factory=dict)
 
@@ -87,7 +85,7 @@ class BenchReport:
             "host_calls": self.host_calls, "capture": self.capture, "stats": self.stats,
             "gpu_memory_mb": self.gpu_memory_mb, "host_cpu_by_thread_ms": self.host_cpu_by_thread,
             "gc": self.gc, "measured_capture": self.measured_capture, "compiles": self.compiles,
-            "paced_drops": self.paced_drops, "paced_measured_capture": self.paced_capture,
+            "paced_drops": self.paced_drops, "paced_measured_capture": self.paced_capture, "host_cpu_by_thread_ms_paced": self.paced_threads,
             "executor_steps_ms": self.executor_steps, "host_cpu_ms_per_steady_frame": self.host_cpu_steady_ms(),
         }
 
@@ -123,6 +121,8 @@ class BenchReport:
                 f"{c['call']} {c['per_frame_us'] / 1000:.2f} ({c['count'] / c['frames']:.0f}x)" for c in self.host_calls[:8]))
         if self.host_cpu_by_thread:
             out.append("host CPU ms a frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in self.host_cpu_by_thread.items()))
+        if self.paced_threads:
+            out.append("paced, host CPU ms a frame by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in self.paced_threads.items()))
         if self.gc:
             out.append(f"Python GC: {self.gc['ms_per_frame']:.2f} ms a frame ({self.gc['full']:.0f} full collections,"
                        f" longest {self.gc['longest_ms']:.1f} ms; {self.gc['objects']:.0f} objects tracked)")
@@ -388,7 +388,7 @@ def bench_graph(graph: ValidatedGraph, *, device: str | None = None, frames: int
         report.latency_ms = paced.runner.stats.as_dict()["latency_ms"]
         report.paced_fps = round(paced.fps, 2)
         report.host_cpu_ms_paced = round(paced.cpu_ms, 3) if paced.frames else None
-        report.paced_drops, report.paced_capture = paced.drops, paced.capture
+        report.paced_drops, report.paced_capture, report.paced_threads = paced.drops, paced.capture, paced.threads
     if kernel_frames and runner.device.type == "cuda":
         markers.ENABLED[0] = bool(os.environ.get("MUSE_BENCH_TRACE"))  # node names in the written timeline
         try:
