@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|s20b|s21a|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|s20b|s21a|s21b|s21c|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -419,6 +419,13 @@ if [[ $what == s17d ]]; then
   # frames first, then every cuda test but the soak.
   bench_4k 200 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
   cuda_suite 200
+fi
+if [[ $what == s21b ]]; then
+  # Twenty-first session, second call: the SAM 2.1 teacher's cuda test (sam2 and its pure-Python dependencies now
+  # carried as wheels), then stream_4k unpaced and paced with the paced run's host CPU split by thread.
+  timeout 150 python3 -m pytest -m cuda -q -p no:cacheprovider -rfEs tests/test_studio_teachers.py > "$out/cuda_teacher_tests.log" 2>&1
+  echo "teacher cuda tests exit $?" >> "$out/cuda_teacher_tests.log"
+  bench_4k 280 "$out/stream_4k.json" --frames 2000 --latency-frames 900
 fi
 if [[ $what == s21a ]]; then
   # Twenty-first session, first call: every cuda test but the soak (the smoothing kernel active and the matte's
