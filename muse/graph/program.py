@@ -6,9 +6,8 @@ with the reason `muse bench` prints). With every node capturable there is one se
 also writes the frame clock: muse.graph.frame_clock). A segment is run eagerly for a few warm-up frames of each new
 *variant* (input shapes plus each node's `frame_variant()`, the host choices it reads a frame late: detector or
 tracker, face found or lost), recorded once, then replayed. Inputs from outside a segment are copied into static
-buffers at each launch; its outputs are static buffers the next replay overwrites, so sinks get copies. On a GPU
-the recording makes both copies itself (muse.graph.frame_copies; MUSE_INPUT_COPIES / MUSE_OUTPUT_COPIES=eager: the
-runtime makes them around the launch).
+buffers at each launch; its outputs are static buffers the next replay overwrites, so sinks get copies. On a GPU the
+recording makes both itself (muse.graph.frame_copies; MUSE_INPUT_COPIES / MUSE_OUTPUT_COPIES=eager: the runtime does).
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ from muse.graph.capture import CudaFrameGraph, EagerFrame, EmulatedFrameGraph, F
 from muse.graph.compiled import GPU_CODE, code_generation
 from muse.graph.driver import GraphEditError
 from muse.graph.frame_clock import ClockNodes
-from muse.graph.frame_copies import InputCopies, OutputCopies, copy_eagerly
-from muse.graph.frame_copies import wanted as copies_wanted
+from muse.graph.frame_copies import InputCopies, OutputCopies, copy_eagerly, wanted as copies_wanted
 from muse.graph.linear import frame_order
 from muse.graph.node import NodeError
 from muse.graph.payloads import Payload
@@ -326,6 +324,7 @@ class FrameProgram:
                     stream.wait_event(ev)
             if var.clock is not None:
                 self.runner._clock_in_replay(stream, var.clock)
+            ca = time.thread_time_ns()  # the steps below split where the frame's first CUDA calls cost the host
             if var.copies is not None:  # the launch copies them in (so does the first, just recorded)
                 var.copies.before_launch(ext, stream)
             elif copy_inputs:  # just recorded: the static inputs are this frame's
@@ -333,6 +332,7 @@ class FrameProgram:
                     if isinstance(v, Payload):
                         for dst, src in zip(var.static_in[k].tensors(), v.tensors()):
                             copy_eagerly(dst, src, stream)
+            cb = time.thread_time_ns()
             timed = self.per_node and stream is not None and len(seg.nodes) == 1
             if timed:
                 start = torch.cuda.Event(enable_timing=True, blocking=True)
@@ -344,6 +344,8 @@ class FrameProgram:
             var.graph.replay()
             c2 = time.thread_time_ns()
             split["frame program: inputs into the recording"] += c1 - c0
+            split["  of which source waits and the clock"] += ca - c0
+            split["  of which the inputs' copies"] += cb - ca
             split["frame program: graph launch"] += c2 - c1
             if timed:
                 end = torch.cuda.Event(enable_timing=True, blocking=True)
