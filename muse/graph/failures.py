@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
+from muse.graph.affinity import pinned
 from muse.graph.node import NodeError
 from muse.graph.slots import LeftBehind, NodeStopped, Slot
 from muse.graph.watchdog import budget_ms
@@ -47,7 +48,7 @@ class FailureHandling:
                   slot.name, slot.rn.type, ran_s, slot.rn.policy.on_error)
         slot.ctx.report("stalled", f"left behind after {ran_s:.0f} s")
         if replace:
-            self._executor = threading.Thread(target=self._execute, name="muse-executor", daemon=True)
+            self._executor = threading.Thread(target=pinned(self._execute, self._runtime_cores), name="muse-executor", daemon=True)
             self._executor.start()
         else:
             self._cpu_pipeline = None  # whole frames on the executor from now on

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 
+from muse.graph.affinity import chosen_cores, pinned
 from muse.graph.executor import FrameExecutor
 from muse.graph.live import LiveChanges
 from muse.graph.node import NodeContext, NodeError
@@ -105,10 +106,15 @@ class GraphRunner(FrameExecutor, SourceSinkThreads, CudaPlumbing, LiveChanges, S
     def dtype(self) -> torch.dtype:
         return run_dtype(self.graph.settings.precision, self.device)
 
+    @property
+    def _runtime_cores(self) -> set[int]:
+        """The cores the executor, source and sink threads move onto when they start (muse.graph.affinity)."""
+        return chosen_cores(self.graph.settings.runtime_cores)
+
     def start(self) -> "GraphRunner":
         self._open_all(self.graph)
         self._watchdog = StallWatchdog(self).start()
-        self._executor = threading.Thread(target=self._execute, name="muse-executor", daemon=True)
+        self._executor = threading.Thread(target=pinned(self._execute, self._runtime_cores), name="muse-executor", daemon=True)
         self._executor.start()
         return self
 

@@ -20,10 +20,12 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from muse.graph.affinity import checked_cores
 
 GRAPH_VERSION = 1
 _REF = re.compile(r"^(?P<node>[A-Za-z_][\w-]*)\.(?P<port>[A-Za-z_]\w*)$")
@@ -100,9 +102,7 @@ class Settings(_Strict):
         (1280, 720),
         description="On the CPU path, sources larger than this capture at this size so the stream stays live; null = never",
     )
-    max_frames_in_flight: int = Field(
-        2, ge=1, le=8, description="CUDA: frames queued on the GPU before the executor waits (bounds latency)"
-    )
+    max_frames_in_flight: int = Field(2, ge=1, le=8, description="CUDA: frames queued on the GPU before the executor waits (bounds latency)")
     max_consecutive_errors: int = Field(
         120, ge=1, description="Stop the graph after this many failed frames in a row (a frame that fails is skipped)"
     )
@@ -111,6 +111,8 @@ class Settings(_Strict):
     hang_after_s: float = Field(10.0, ge=1, le=3600, description="A node call running this long (and 5 budgets) is left behind: the stream "
                                 "goes on without it, as its on_error says, until it returns")
     check_finite: bool = Field(True, description="Catch NaN/Inf in every node's floating outputs on the device (a few small ops per node)")
+    runtime_cores: Annotated[str, AfterValidator(checked_cores)] = Field("", description="CPU cores the executor, source and sink "
+        "threads stay on ('2', '2-3', '0,2'; empty: where the OS puts them); see docs/graphs.md#runtime-cores")
 
     @field_validator("capture", mode="before")
     @classmethod

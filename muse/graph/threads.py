@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from muse.graph.affinity import pinned
 from muse.graph.channels import Channel, ChannelClosed
 from muse.graph.slots import GraphRunError, Item, NodeStopped, Slot, channel_wiring
 
@@ -97,7 +98,7 @@ class SourceSinkThreads:
                 steps[handing] += c_end - c2
             slot.channel.close()
 
-        slot.thread = threading.Thread(target=loop, name=f"muse-src-{slot.name}", daemon=True)
+        slot.thread = threading.Thread(target=pinned(loop, self._runtime_cores), name=f"muse-src-{slot.name}", daemon=True)
         slot.thread.start()
 
     def _thread_call_failed(self, slot: Slot, t0: float, exc: Exception, what: str) -> bool:
@@ -161,7 +162,7 @@ class SourceSinkThreads:
                 self._note_time(slot, t0, t1)
                 self.stats.add_latency((t1 - item.t_capture) * 1000.0)
 
-        slot.thread = threading.Thread(target=loop, name=f"muse-sink-{slot.name}", daemon=True)
+        slot.thread = threading.Thread(target=pinned(loop, self._runtime_cores), name=f"muse-sink-{slot.name}", daemon=True)
         slot.thread.start()
 
     def _is_secondary_source(self, name: str) -> bool:
