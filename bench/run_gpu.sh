@@ -421,13 +421,13 @@ if [[ $what == s17d ]]; then
   cuda_suite 200
 fi
 if [[ $what == s21c ]]; then
-  # Twenty-first session: the runtime's threads on one core or two (MUSE_HOT_CORES) against wherever the OS puts
+  # Twenty-first session: the runtime's threads on one core or two (MUSE_RUNTIME_CORES) against wherever the OS puts
   # them, alternating on one machine, unpaced and paced (a warm-up run first compiles and caches).
   bench_4k 240 "$out/stream_4k_warm.json" --frames 300 --latency-frames 0
   for pass in 1 2; do for cores in none 2 2-3; do
-    echo "== pass $pass MUSE_HOT_CORES=$cores" >> "$out/bench.log"
+    echo "== pass $pass MUSE_RUNTIME_CORES=$cores" >> "$out/bench.log"
     if [[ $cores == none ]]; then bench_4k 100 "$out/stream_4k_${cores}_$pass.json" --frames 2000 --latency-frames 600
-    else MUSE_HOT_CORES=$cores bench_4k 100 "$out/stream_4k_${cores}_$pass.json" --frames 2000 --latency-frames 600; fi
+    else MUSE_RUNTIME_CORES=$cores bench_4k 100 "$out/stream_4k_${cores}_$pass.json" --frames 2000 --latency-frames 600; fi
   done; done
   mkdir -p "$out/j" && mv "$out"/stream_4k_*.json "$out/j/" && tar -czf "$out/json.tgz" -C "$out/j" . && rm -rf "$out/j"
 fi
