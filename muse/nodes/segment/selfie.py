@@ -201,7 +201,8 @@ class SelfieSegment(Node):
         return img
 
     def _crop_model(self, img: torch.Tensor) -> torch.Tensor:
-        assert self._backend is not None
+        assert self._backend is not None and self.ctx is not None
+        img = img.to(self.ctx.dtype)
         if self.params.auto_exposure:
             img = brighten(img)
         return self._backend(img.contiguous())[0]
