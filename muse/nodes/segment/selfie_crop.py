@@ -116,8 +116,8 @@ class SecondLook:
     @staticmethod
     def crop(source: torch.Tensor, to_crop: torch.Tensor, model_wh: tuple[int, int]) -> torch.Tensor:
         """(1, 3, H, W) picture of the whole frame -> (1, 3, mh, mw) float32 crop (black beyond the frame, as
-        letterboxing). In float32 whatever the picture's type: a float16 grid is off by up to 1e-3 of the frame's
-        width (1.5 pixels of a 1536-pixel source)."""
+        letterboxing). In float32 whatever the picture's type: float16 coordinates in [-1, 1] lie up to 2^-11 apart,
+        a few tenths of a pixel of a 1536-pixel source, and the crop would shimmer by that from frame to frame."""
         mw, mh = model_wh
         grid = F.affine_grid(to_crop.float(), [1, 3, 2 * mh, 2 * mw], align_corners=False)
         return F.avg_pool2d(F.grid_sample(source.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False), 2)
