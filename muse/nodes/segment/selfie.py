@@ -1,6 +1,7 @@
 """`segment.selfie`: MediaPipe's bundled selfie segmenter (general 256x256 or
 landscape 256x144), converted to torch. Frame -> person Mask at the model's
-resolution; the frame is resized (or letterboxed) on the graph's device.
+resolution; the frame is resized (or letterboxed) on the graph's device. With `crop` on the model also
+looks at a crop around the person and that view replaces the whole frame's there (`selfie_crop`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import wanted
+from muse.nodes.segment.selfie_crop import SecondLook, source_size
 from muse.nodes.segment.shrink import shrink_u8
 
 __all__ = ["SelfieSegment", "SELFIE_MODELS"]
@@ -70,6 +72,13 @@ class SelfieSegment(Node):
         auto_exposure: bool = Field(
             True, description="Brighten dark frames before the model (it was trained on well-lit selfies; low light halves its accuracy)"
         )
+        crop: bool = Field(
+            True,
+            description="Also run the model on a crop around the person (the box of everything the last frame's mask "
+            "was sure of) and use that closer view there: small or far people get their limbs and outline. One model "
+            "call more a frame; off where that costs too much (an edit re-records a captured frame)",
+        )
+        crop_margin: float = Field(0.15, ge=0.0, le=1.0, description="Room around the person's box in the crop, as a fraction of the box on each side")
 
     params: Params
 
@@ -77,6 +86,7 @@ class SelfieSegment(Node):
         super().open(ctx)
         self._backend = None
         self._cpu = None
+        self._look = SecondLook(ctx.device, self.params.crop_margin)  # the crop's box, kept across frames
         self._load()
 
     def _load(self) -> None:
@@ -99,7 +109,8 @@ class SelfieSegment(Node):
         if wanted(ctx) and p.backend in ("auto", "onnxruntime"):  # issue 13: the CPU path
             from muse.nodes.cpu.selfie import SelfieCPU
 
-            self._cpu = SelfieCPU(str(bundled.onnx_model_path(name)), (w, h), self._layout, lambda: self.params.auto_exposure)
+            self._cpu = SelfieCPU(str(bundled.onnx_model_path(name)), (w, h), self._layout, lambda: self.params.auto_exposure,
+                                  lambda: self._look if self.params.crop else None)
             self._backend = self._cpu
             ctx.report("model", name)
             ctx.report("backend", self._cpu.describe())
@@ -122,6 +133,7 @@ class SelfieSegment(Node):
         self.params = params
         if self.ctx is None:
             return True
+        self._look.margin = params.crop_margin
         if (params.model, params.backend, params.cuda_graph) != (old.model, old.backend, old.cuda_graph):
             if self._backend is not None:
                 self._backend.close()
@@ -169,7 +181,31 @@ class SelfieSegment(Node):
         alpha = self._backend(img)[0]
         if (w, h) != (mw, mh):
             alpha = alpha[y0 : y0 + h, x0 : x0 + w]
+        if self.params.crop:
+            alpha = self._look(alpha, (frame.width, frame.height), (mw, mh), min(w / frame.width, h / frame.height),
+                               lambda: self._source(frame), self._crop_model)
         return {"mask": Mask(alpha.contiguous(), frame.timestamp, frame.index)}
+
+    def _source(self, frame: Frame) -> torch.Tensor:
+        """The picture the crop is sampled from: the frame, shrunk (antialiased) where it is far larger than needed."""
+        ctx = self.ctx
+        assert ctx is not None
+        _, _, w, h = self._layout(frame.width, frame.height)
+        sw, sh = source_size(frame.width, frame.height, w, h)
+        small = shrink_u8(frame.image, (sw, sh), ctx.dtype) if (sw, sh) != (frame.width, frame.height) and frame.layout == "hwc" else None
+        if small is not None:
+            return small
+        img = frame.chw(ctx.dtype).unsqueeze(0).to(ctx.device, non_blocking=True)
+        if (sw, sh) != (frame.width, frame.height):
+            img = F.interpolate(img, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
+        return img
+
+    def _crop_model(self, img: torch.Tensor) -> torch.Tensor:
+        assert self._backend is not None and self.ctx is not None
+        img = img.to(self.ctx.dtype)
+        if self.params.auto_exposure:
+            img = brighten(img)
+        return self._backend(img.contiguous())[0]
 
     def close(self) -> None:
         if getattr(self, "_backend", None) is not None:
