@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|s20b|s21a|s21b|s21c|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|s20b|s21a|s21b|s21c|s21d|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -419,6 +419,15 @@ if [[ $what == s17d ]]; then
   # frames first, then every cuda test but the soak.
   bench_4k 200 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
   cuda_suite 200
+fi
+if [[ $what == s21d ]]; then
+  # Twenty-first session, last call (little device time left): the selfie crop's and the frame capture's cuda tests,
+  # then stream_4k with the matte's maths uncompiled (no compile wait), against the same run before the crop.
+  timeout 170 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_segment_selfie_crop.py \
+    tests/test_frame_capture.py tests/test_segment_fused.py > "$out/cuda_tests.log" 2>&1; echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  echo "== stream_4k MUSE_FUSE=off" >> "$out/bench.log"
+  MUSE_FUSE=off timeout 100 python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --capture on --frames 2000 \
+    --latency-frames 0 --json "$out/stream_4k_unfused.json" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
 fi
 if [[ $what == s21c ]]; then
   # Twenty-first session: the runtime's threads on one core or two (MUSE_RUNTIME_CORES) against wherever the OS puts
