@@ -423,7 +423,7 @@ fi
 if [[ $what == s21d ]]; then
   # Twenty-first session, last call (little device time left): the selfie crop's and the frame capture's cuda tests,
   # then stream_4k with the matte's maths uncompiled (no compile wait), against the same run before the crop.
-  timeout 170 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_segment_selfie_crop.py \
+  timeout 170 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_segment_selfie_crop.py tests/test_segment_selfie.py \
     tests/test_frame_capture.py tests/test_segment_fused.py > "$out/cuda_tests.log" 2>&1; echo "cuda tests exit $?" >> "$out/cuda_tests.log"
   echo "== stream_4k MUSE_FUSE=off" >> "$out/bench.log"
   MUSE_FUSE=off timeout 100 python3 -m muse.cli bench graphs/stream_4k.yaml --device cuda --capture on --frames 2000 \
