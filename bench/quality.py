@@ -384,6 +384,7 @@ def method_clean_plate(clip: Clip, device: torch.device) -> Iterator[np.ndarray]
 
 
 FUSED_PARAMS: dict[str, object] = {}  # segment.fused params the fused methods run with (--set)
+SEGMENT_PARAMS: dict[str, object] = {}  # segment.hybrid params of the fused methods (--crop: the selfie crop on)
 
 
 def fused_params(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, object]:
@@ -404,7 +405,7 @@ def _method_fused(clip: Clip, device: torch.device, with_plate: bool) -> Iterato
     from muse.nodes.segment.fused import FusedSegment
     from muse.nodes.segment.hybrid import HybridSegment
 
-    seg, fused = _open(HybridSegment, {}, device, clip, "segment"), _open(FusedSegment, FUSED_PARAMS, device, clip, "matte")
+    seg, fused = _open(HybridSegment, SEGMENT_PARAMS, device, clip, "segment"), _open(FusedSegment, FUSED_PARAMS, device, clip, "matte")
     plate = _frame(clip.plate, device, 0) if with_plate else None
     h, w = clip.alphas[0].shape
     try:
@@ -541,9 +542,11 @@ def main() -> None:
     ap.add_argument("--json", default="")
     ap.add_argument("--breakdown", action="store_true", help="split each clip's flicker by where it is (edge / inside / room) and give the lag at leading and trailing edges")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a segment.fused param (the fused methods)")
+    ap.add_argument("--crop", action="store_true", help="the bundled model's second look at a crop around the person (the fused methods)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     FUSED_PARAMS.update(fused_params(ap, args.set))
+    SEGMENT_PARAMS.update({"selfie_crop": True} if args.crop else {})
     methods = [m for m in args.methods.split(",") if m]
     rvm = rvm_path(args.rvm)
     if "rvm" in methods and rvm is None:
@@ -551,7 +554,7 @@ def main() -> None:
     only = set(args.clips.split(",")) if args.clips else None
     results = run(methods, args.height, args.frames, torch.device(args.device), rvm, only, args.breakdown)
     print(f"\n{args.height}p, {args.frames} frames a clip, device {args.device}, load average {os.getloadavg()}"
-          + (f", segment.fused {FUSED_PARAMS}" if FUSED_PARAMS else ""))
+          + (f", segment.fused {FUSED_PARAMS}" if FUSED_PARAMS else "") + (", the selfie crop on" if args.crop else ""))
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -61,7 +61,7 @@ def _fused(clip: q.Clip, device: torch.device, with_plate: bool, params: dict) -
     from muse.nodes.segment.fused import FusedSegment
     from muse.nodes.segment.hybrid import HybridSegment
 
-    seg, fused = q._open(HybridSegment, {}, device, clip, "segment"), q._open(FusedSegment, params, device, clip, "matte")
+    seg, fused = q._open(HybridSegment, q.SEGMENT_PARAMS, device, clip, "segment"), q._open(FusedSegment, params, device, clip, "matte")
     plate = q._frame(clip.plate, device, 0) if with_plate else None
     h, w = clip.alphas[0].shape
     try:
@@ -80,9 +80,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a segment.fused param")
+    ap.add_argument("--crop", action="store_true", help="the bundled model's second look at a crop around the person")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     params = q.fused_params(ap, args.set)
+    q.SEGMENT_PARAMS.update({"selfie_crop": True} if args.crop else {})
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - {"fused", "fused_noplate"}
     if unknown:
@@ -103,7 +105,7 @@ def main() -> None:
             print(f"  {m:14s} {clip.name:18s} " + " ".join(f"{k}={v:.3f}" for k, v in s.row().items()), file=sys.stderr, flush=True)
     for m in methods:
         results[m]["ALL"] = totals[m].row()
-    print(f"\n{args.height}p, {args.frames} frames a clip, segment.fused params {params or 'as shipped'}")
+    print(f"\n{args.height}p, {args.frames} frames a clip, segment.fused params {params or 'as shipped'}" + (", the selfie crop on" if args.crop else ""))
     print(q.table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -93,6 +93,7 @@ class HybridSegment(Node):
         modnet_checkpoint: str = Field("", description="MODNet checkpoint for the base model (Priority 2); empty = bundled selfie")
         modnet_height: int = Field(544, ge=64, le=2176, description="MODNet working height")
         bundled: bool = Field(True, description="Keep the bundled selfie model as the last resort")
+        selfie_crop: bool = Field(False, description="The bundled model's second look at a crop around the person (segment.selfie `crop`)")
         prefer: Literal["auto", "personalized", "base", "bundled"] = Field(
             "auto", description="auto = best available; otherwise try this one first (still falls back on failure)"
         )
@@ -232,7 +233,7 @@ class HybridSegment(Node):
         return branch
 
     def _open_selfie(self) -> _Branch:
-        return self._open_child("selfie", "muse.nodes.segment.selfie", "SelfieSegment", {})
+        return self._open_child("selfie", "muse.nodes.segment.selfie", "SelfieSegment", {"crop": self.params.selfie_crop})
 
     # -- the frame path --------------------------------------------------
     def _order(self) -> list[int]:
