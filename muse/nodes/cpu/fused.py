@@ -78,8 +78,17 @@ def _logit(p: np.ndarray, lo: float = 0.02) -> np.ndarray:
 
 
 def _smoothstep(lo, hi, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
+    # in x's own type, in place: a numpy float64 bound (a threshold from a quantile) made every plane float64, and
+    # the plate's faint-difference evidence cost 0.9 ms a 512x288 frame instead of 0.1
+    lo, scale = float(lo), 1.0 / max(float(hi) - float(lo), 1e-6)
+    t = np.subtract(x, lo, dtype=x.dtype if x.dtype.kind == "f" else np.float32)
+    t *= scale
+    np.clip(t, 0.0, 1.0, out=t)
+    out = np.multiply(t, -2.0, dtype=t.dtype)
+    out += 3.0
+    out *= t
+    out *= t
+    return out
 
 
 def _close(x: np.ndarray, r: int) -> np.ndarray:
