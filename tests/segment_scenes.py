@@ -50,3 +50,18 @@ def composite(size: int = 256, shift: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def camera(rgb: np.ndarray, seed: int) -> np.ndarray:
+    """`rgb` as a camera gives it: with its sensor's noise (sigma 2 levels)."""
+    noise = np.random.default_rng(seed).normal(0.0, 2.0, rgb.shape)
+    return np.clip(rgb.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+
+
+def frame(rgb: np.ndarray, i: int = 0) -> "Frame":
+    """`rgb` as frame `i` of a 30 fps stream."""
+    import torch
+
+    from muse.graph.payloads import Frame
+
+    return Frame(torch.from_numpy(np.ascontiguousarray(rgb)), timestamp=i / 30, index=i)

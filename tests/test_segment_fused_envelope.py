@@ -11,21 +11,12 @@ import pytest
 import torch
 
 import segment_scenes as scenes
-from muse.graph.payloads import Frame, Mask
+from muse.graph.payloads import Mask
 from muse.graph.testing import build_node, make_context
 from muse.nodes.segment.fused import FusedSegment
 
 SIZE = 256
 PARAMS = {"working_height": SIZE}
-
-
-def _frame(rgb: np.ndarray, i: int = 0) -> Frame:
-    return Frame(torch.from_numpy(np.ascontiguousarray(rgb)), timestamp=i / 30, index=i)
-
-
-def _camera(rgb: np.ndarray, seed: int) -> np.ndarray:
-    noise = np.random.default_rng(seed).normal(0.0, 2.0, rgb.shape)
-    return np.clip(rgb.astype(np.float64) + noise, 0, 255).astype(np.uint8)
 
 
 def _prior(gt: np.ndarray, spread: float = 4.0) -> Mask:
@@ -52,7 +43,7 @@ def _run(frames: list[np.ndarray], plate: np.ndarray, prior: Mask) -> tuple[np.n
     node = build_node(FusedSegment, PARAMS, "fused")
     node.open(make_context("fused", "cpu", resolution=(SIZE, SIZE)))
     for i, rgb in enumerate(frames):
-        out = node.process(frame=_frame(rgb, i), prior=prior, plate=_frame(plate))
+        out = node.process(frame=scenes.frame(rgb, i), prior=prior, plate=scenes.frame(plate))
     return out["mask"].alpha.numpy() > 0.5, _tight(node)
 
 
@@ -66,7 +57,7 @@ def test_a_plate_half_a_pixel_off_keeps_the_envelope(monkeypatch, path):
     m = np.float32([[1, 0, 0.5], [0, 1, 0.5]])
     plate = cv2.warpAffine(scenes.room(SIZE), m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     far = ~cv2.dilate(gt.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)  # the room away from her
-    frames = [_camera(rgb, i) for i in range(8)]
+    frames = [scenes.camera(rgb, i) for i in range(8)]
     got = {}
     for mode in (None, 0.0, 1.0):
         with monkeypatch.context() as mp:
@@ -92,7 +83,7 @@ def test_a_still_camera_on_its_plate_keeps_a_thin_faint_limb(monkeypatch, path):
     rgb = rgb.copy()
     rgb[arm] = (room[arm] * 0.85).astype(np.uint8)  # a dark sleeve, faint against the room
     truth = gt | arm
-    frames = [_camera(rgb, i) for i in range(8)]
+    frames = [scenes.camera(rgb, i) for i in range(8)]
     got = {}
     for mode in (None, 0.0):
         with monkeypatch.context() as mp:
@@ -115,16 +106,16 @@ def test_a_camera_that_settles_a_fraction_of_a_pixel_off_gets_the_envelope_back_
     m = np.float32([[1, 0, 0.4], [0, 1, 0.4]])
     moved = cv2.warpAffine(rgb, m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     far = ~cv2.dilate(gt.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
-    frames = [_camera(rgb, i) for i in range(6)] + [_camera(moved, i) for i in range(6, 14)]
+    frames = [scenes.camera(rgb, i) for i in range(6)] + [scenes.camera(moved, i) for i in range(6, 14)]
     got = {}
     for mode in (None, 0.0):
         with monkeypatch.context() as mp:
             _force(mp, mode)
             node = build_node(FusedSegment, PARAMS, "fused")
             node.open(make_context("fused", "cpu", resolution=(SIZE, SIZE)))
-            plate, tights, fps = _frame(scenes.room(SIZE)), [], []
+            plate, tights, fps = scenes.frame(scenes.room(SIZE)), [], []
             for i, f in enumerate(frames):
-                mask = node.process(frame=_frame(f, i), prior=_prior(gt), plate=plate)["mask"].alpha.numpy() > 0.5
+                mask = node.process(frame=scenes.frame(f, i), prior=_prior(gt), plate=plate)["mask"].alpha.numpy() > 0.5
                 tights.append(_tight(node))
                 fps.append(mask[far].mean())
             got[mode] = tights, fps

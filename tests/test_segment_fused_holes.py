@@ -12,22 +12,13 @@ import pytest
 import torch
 
 import segment_scenes as scenes
-from muse.graph.payloads import Frame, Mask
+from muse.graph.payloads import Mask
 from muse.graph.testing import build_node, make_context
 from muse.nodes.segment.fused import FusedSegment
 from muse.nodes.segment.holes import enclosed, enclosed_host
 
 SIZE = 256
 PARAMS = {"working_height": SIZE}
-
-
-def _frame(rgb: np.ndarray, i: int = 0) -> Frame:
-    return Frame(torch.from_numpy(np.ascontiguousarray(rgb)), timestamp=i / 30, index=i)
-
-
-def _camera(rgb: np.ndarray, seed: int) -> np.ndarray:
-    noise = np.random.default_rng(seed).normal(0.0, 2.0, rgb.shape)
-    return np.clip(rgb.astype(np.float64) + noise, 0, 255).astype(np.uint8)
 
 
 def _scene() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -54,7 +45,7 @@ def _run(frames: list[np.ndarray], plate: np.ndarray, prior: Mask) -> np.ndarray
     node = build_node(FusedSegment, PARAMS, "fused")
     node.open(make_context("fused", "cpu", resolution=(SIZE, SIZE)))
     for i, rgb in enumerate(frames):
-        out = node.process(frame=_frame(rgb, i), prior=prior, plate=_frame(plate))
+        out = node.process(frame=scenes.frame(rgb, i), prior=prior, plate=scenes.frame(plate))
     return out["mask"].alpha.float().numpy()
 
 
@@ -93,7 +84,7 @@ def test_a_bay_of_room_stays_room_a_hole_and_a_faint_bite_are_filled(monkeypatch
     # a blurry model: about half sure in the notch, sure inside her
     prior = cv2.GaussianBlur((truth | regions["hole"] | regions["bite"]).astype(np.float32), (0, 0), 12.0)
     assert 0.3 < prior[regions["notch"]].mean() < 0.7
-    frames = [_camera(rgb, i) for i in range(6)]
+    frames = [scenes.camera(rgb, i) for i in range(6)]
     got = {}
     for mode in (None, "closing", "geometry"):
         with monkeypatch.context() as mp:
