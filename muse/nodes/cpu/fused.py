@@ -47,7 +47,7 @@ from muse.nodes.cpu import as_numpy, edge_aa, kernels
 from muse.nodes.cpu.refine import box_mean, guided_colour
 from muse.nodes.segment.envelope_choice import TIGHT_QUANTILE, tight_update_host
 from muse.nodes.segment.fused import (CAMERA_STILL, COLOUR_BINS, COLOUR_STEP, FIT_STEP, GAIN_STEP, MODEL_HOLE,
-                                     MOTION_VOTE_MIN, MOTION_VOTE_RADIUS, UNCOVERED_SECONDS)
+                                     MOTION_VOTE_MIN, MOTION_VOTE_RADIUS, SHIFT_SOFTEN, UNCOVERED_SECONDS)
 from muse.nodes.segment.holes import BAY_EVIDENCE, enclosed_host
 
 __all__ = ["FusedCPU", "working_picture"]
@@ -281,7 +281,8 @@ class FusedCPU:
         the frame's luma a, by phase correlation on the background."""
         if self._shift_ok is None:
             return 0, 0
-        win = self._window * (0.2 + 0.8 * bgw)  # the person moves: count the room more
+        soft = box_mean(bgw.copy(), max(1, round(SHIFT_SOFTEN * a.shape[0])))  # no shared hard edge (SHIFT_SOFTEN)
+        win = self._window * (0.2 + 0.8 * soft)  # the person moves: count the room more
         a = (a - a.mean()) * win
         b = (b - b.mean()) * win
         # torch's float32 FFT: the torch path's own op, and twice as fast as numpy's float64 one

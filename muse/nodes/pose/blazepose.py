@@ -32,7 +32,7 @@ class BlazePose(TrackerInput, Node):
     frame: In[Frame]
     keypoints: Out[Keypoints]
     keypoints3d: Out[Keypoints] = Out(description="The same keypoints with depth: points (33, 3), z relative to the hips in pixels (same scale as x; smaller = nearer the camera)")
-    mask: Out[Mask]
+    mask: Out[Mask] = Out(description="The tracked person's mask over the whole frame, with `coverage`: where the landmark model's crop looked (0 elsewhere and while nobody is tracked)")
 
     class Params(NodeParams):
         min_detection: float = Field(0.5, ge=0.0, le=1.0, description="Detector score needed to start tracking a person")
@@ -44,6 +44,7 @@ class BlazePose(TrackerInput, Node):
         refine: bool = Field(True, description="Refine keypoints with the model's heatmaps (MediaPipe does; slightly more precise)")
         antialias: bool = Field(True, description="Box-filter big crops (a 4K body to 256 px) instead of plain bilinear sampling")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
+        auto_exposure: bool = Field(True, description="Brighten dark crops before the models (in low light the person mask and the detector's score collapse otherwise)")
 
     params: Params
 
@@ -53,7 +54,7 @@ class BlazePose(TrackerInput, Node):
         p = self.params
         # The CPU path skips the person mask (half the landmark model) while nothing reads `mask`
         self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias,
-                                        mask=self._mask_wanted())
+                                        mask=self._mask_wanted(), auto_exposure=p.auto_exposure)
         self._frames = 0
 
     def _mask_wanted(self) -> bool:
@@ -68,6 +69,7 @@ class BlazePose(TrackerInput, Node):
             self.tracker.predict_motion = params.predict_motion
             self.tracker.antialias = params.antialias
             self.tracker.refine = params.refine
+            self.tracker.auto_exposure = params.auto_exposure
             self.tracker.spec = ssd.DetectorSpec(**{**ssd.POSE_DETECTOR.__dict__, "min_score": params.min_detection})
         return True
 
@@ -101,5 +103,7 @@ class BlazePose(TrackerInput, Node):
             return {"keypoints": keypoints, "keypoints3d": keypoints3d}
         scale = p.mask_size / max(frame.width, frame.height)
         size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
-        alpha = R.uncrop(r["mask_crop"], r["roi"], frame.size, size)[0, 0] * r["present"]
-        return {"keypoints": keypoints, "keypoints3d": keypoints3d, "mask": Mask(alpha, frame.timestamp, frame.index)}
+        # the crop's footprint with the mask: outside it (or while nobody is tracked) the mask says nothing
+        crop = r["mask_crop"]
+        both = R.uncrop(torch.cat((crop, torch.ones_like(crop)), 1), r["roi"], frame.size, size)[0] * r["present"]
+        return {"keypoints": keypoints, "keypoints3d": keypoints3d, "mask": Mask(both[0], frame.timestamp, frame.index, coverage=both[1])}

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from muse.nodes.exposure import brighten
 from muse.nodes.landmarks import roi as R
 from muse.nodes.landmarks import ssd
 from muse.nodes.landmarks.tracking import HostFlag, load_bundled
@@ -101,7 +102,7 @@ def _window(h: int, w: int, k: int, model_size: float, device: torch.device) -> 
 class BlazePoseTracker:
     """The model work of `pose.blazepose`, usable without a graph (bench, hybrid)."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True, landmarks: bool = True, mask: bool = True, landmark_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype, *, min_detection: float = 0.5, min_tracking: float = 0.5, predict_motion: bool = True, backend: str = "auto", refine: bool = True, antialias: bool = True, landmarks: bool = True, mask: bool = True, landmark_dtype: torch.dtype = torch.float32, auto_exposure: bool = False) -> None:
         self.name = name
         self.backend = backend
         self.device = device
@@ -119,6 +120,9 @@ class BlazePoseTracker:
         # --sequence 200 at 4K) put visible keypoints a median 164 px (10 % of the body) from exact fp32.
         self.landmark_dtype = landmark_dtype if device.type == "cuda" else torch.float32
         self.mask = mask
+        # Dark crops brightened before the models (muse.nodes.exposure): in low light the person mask and the
+        # detector's score collapse otherwise (issue 14, twenty-second session)
+        self.auto_exposure = auto_exposure
         self.landmarks = self._load_landmarks() if landmarks else None
         self.anchors = ssd.anchors(self.spec).to(device)
         self.tracking = HostFlag(device)
@@ -170,7 +174,10 @@ class BlazePoseTracker:
         h, w = image.shape[-2:]
         full = R.whole_frame_roi(w, h, image.device)
         taps = R.antialias_taps(max(w, h), DETECTOR_SIZE) if self.antialias else 1
-        x = R.crop(image, full, DETECTOR_SIZE, taps=taps) * 2 - 1  # the detector wants [-1, 1]
+        x = R.crop(image, full, DETECTOR_SIZE, taps=taps)
+        if self.auto_exposure:
+            x = brighten(x)
+        x = x * 2 - 1  # the detector wants [-1, 1]
         raw_boxes, raw_scores = self.detector(x.float())[:2]
         boxes, kps, scores = ssd.decode(raw_boxes[0], raw_scores[0], self.anchors, self.spec)
         _, kp, score = ssd.best_detection(boxes, kps, scores, self.spec)
@@ -209,6 +216,8 @@ class BlazePoseTracker:
         # a body crop is about the frame's height
         taps = R.antialias_taps(min(image.shape[-2:]), LANDMARK_SIZE) if self.antialias else 1
         crop = R.crop(image, roi, LANDMARK_SIZE, border="border", taps=taps)  # MediaPipe replicates the edge here (unspecified = replicate)
+        if self.auto_exposure:
+            crop = brighten(crop)
         out = self.landmarks(crop.to(self.landmark_dtype))
         raw = out[0].reshape(1, -1, 5).float()
         if self.refine and len(out) > 3:

@@ -86,6 +86,7 @@ class HybridSegment(Node):
 
     frame: In[Frame]
     plate: In[Frame] = In(optional=True, description="Recorded clean plate: when present the mask is fused with it (segment.fused)")
+    person: In[Mask] = In(optional=True, description="The pose tracker's person mask (pose.blazepose's mask), merged into the bundled selfie model's (segment.selfie `person`)")
     mask: Out[Mask]
 
     class Params(NodeParams):
@@ -228,7 +229,7 @@ class HybridSegment(Node):
             log.warning("%s: %s failed to load: %s", self.name, label, branch.error)
             return branch
         port = next(iter(cls.outputs_spec))
-        branch.run = lambda frame, node=node, port=port: node.process(frame=frame)[port]
+        branch.run = lambda frame, node=node, port=port, **extra: node.process(frame=frame, **extra)[port]
         branch.closer = node.close
         return branch
 
@@ -271,7 +272,7 @@ class HybridSegment(Node):
         live, probe = self._plan
         return (live, probe, id(self.branches[live].run) if live is not None else None)
 
-    def process(self, frame: Frame, plate: Frame | None = None) -> dict[str, Mask]:
+    def process(self, frame: Frame, plate: Frame | None = None, person: Mask | None = None) -> dict[str, Mask]:
         self._plate_now = plate
         if not self._planned:  # called directly (tests, other nodes), not by the runtime
             self.frame_variant()
@@ -285,13 +286,14 @@ class HybridSegment(Node):
         b = self.branches[live]
         try:
             assert b.run is not None  # live branches are loaded
-            mask = b.run(frame)
+            # the pose's person goes to the bundled model only: a student or MODNet draws its own outline
+            mask = b.run(frame, person=person) if person is not None and b.label == "selfie" else b.run(frame)
         except Exception as exc:  # a failing model is exactly what this node guards against
             if is_recording():
                 raise
             self._fail(live, f"raised {type(exc).__name__}: {exc}")
             self._plan, self._planned = (self._order()[0] if self._order() else None, None), True
-            return self.process(frame, plate)
+            return self.process(frame, plate, person)
         self._check(("live", live, -1), mask.alpha)
         if probe is not None:
             try:

@@ -1,7 +1,8 @@
 """`segment.selfie`: MediaPipe's bundled selfie segmenter (general 256x256 or
 landscape 256x144), converted to torch. Frame -> person Mask at the model's
 resolution; the frame is resized (or letterboxed) on the graph's device. With `crop` on the model also
-looks at a crop around the person and that view replaces the whole frame's there (`selfie_crop`).
+looks at a crop around the person and that view replaces the whole frame's there (`selfie_crop`). With a `person`
+input (the pose tracker's mask) that closer view is merged in around the tracked person (`person.py`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from torch import nn
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import wanted
+from muse.nodes.exposure import brighten
+from muse.nodes.segment.person import with_person
 from muse.nodes.segment.selfie_crop import SecondLook, source_size
 from muse.nodes.segment.shrink import shrink_u8
 
-__all__ = ["SelfieSegment", "SELFIE_MODELS"]
+__all__ = ["SelfieSegment", "SELFIE_MODELS", "brighten"]
 
 # param value -> bundled model name (muse.models.bundled)
 SELFIE_MODELS = {"general": "selfie_segmentation", "landscape": "selfie_segmentation_landscape"}
@@ -36,14 +39,6 @@ class _SelfieMask(nn.Module):
         return self.model(x)[0][..., 0]
 
 
-def brighten(img: torch.Tensor, target: float = 0.9, most: float = 4.0) -> torch.Tensor:
-    """Scale a dark (1, 3, h, w) picture so its bright end (98th percentile) reaches `target`; a lit one is
-    left as it is (gain 1). On the device, no host read (issue 14: low light)."""
-    peak = torch.quantile(img.float().amax(1).flatten()[::4], 0.98)
-    gain = (target / peak.clamp_min(1e-3)).clamp(1.0, most)
-    return (img * gain.to(img.dtype)).clamp_(0.0, 1.0)
-
-
 class SelfieSegment(Node):
     node_type = "segment.selfie"
     display_name = "Selfie segmentation"
@@ -54,6 +49,8 @@ class SelfieSegment(Node):
     capturable = True  # static shapes per frame size, no host sync in process
 
     frame: In[Frame]
+    person: In[Mask] = In(optional=True, description="The pose tracker's person mask (pose.blazepose's mask): near the person it tracks, its "
+                          "outline replaces this model's, and in its crop this model's unsure blobs are let go (segment/person.py)")
     mask: Out[Mask]
 
     class Params(NodeParams):
@@ -81,6 +78,7 @@ class SelfieSegment(Node):
             "re-records a captured frame)",
         )
         crop_margin: float = Field(0.15, ge=0.0, le=1.0, description="Room around the person's box in the crop, as a fraction of the box on each side")
+        person_reach: float = Field(0.04, ge=0.0, le=0.5, description="With a `person` input: how far around the pose's person (fraction of the height) its outline replaces this model's")
 
     params: Params
 
@@ -152,9 +150,14 @@ class SelfieSegment(Node):
         h = max(1, min(mh, round(frame_h * scale)))
         return (mw - w) // 2, (mh - h) // 2, w, h
 
-    def process(self, frame: Frame) -> dict[str, Mask]:
-        if self._cpu is not None:
-            return self._cpu.process(frame)
+    def process(self, frame: Frame, person: Mask | None = None) -> dict[str, Mask]:
+        out = self._cpu.process(frame) if self._cpu is not None else self._model_mask(frame)
+        if person is None:
+            return out
+        m = out["mask"]
+        return {"mask": Mask(with_person(m.alpha, person.to(m.alpha.device), self.params.person_reach), m.timestamp, m.index)}
+
+    def _model_mask(self, frame: Frame) -> dict[str, Mask]:
         ctx = self.ctx
         assert ctx is not None and self._backend is not None
         mw, mh = self._model_size
