@@ -212,3 +212,31 @@ def test_cuda_merge_reads_nothing_back_and_matches_the_cpu(monkeypatch):
             assert np.abs(g - cpu[i]).mean() < 0.02
     finally:
         seg.close(), pose.close()
+
+
+def test_mask_on_cpu_off_says_nothing_and_leaves_the_selfie_mask(monkeypatch):
+    """stream_4k's pose on the CPU path (`mask_on_cpu: false`): its mask, still read by segment.selfie, covers
+    nothing, so the selfie model's mask leaves the merge exactly as it came (and the landmark model skips its mask
+    half)."""
+    from muse.graph.testing import make_context
+
+    monkeypatch.delenv("MUSE_CPU_PATH", raising=False)
+    clip = next(c for c in quality_extra.clips(H, 1) if c.name == "cat_clutter")
+    f = Frame(torch.from_numpy(clip.frames[0]), 0.0, 0)
+    pose = build_node(BlazePose, {"mask_on_cpu": False, "mask_size": 256}, "pose")
+    ctx = make_context("pose", "cpu", resolution=(W, H))
+    ctx.wanted_outputs = frozenset({"keypoints", "mask"})
+    pose.open(ctx)
+    try:
+        m = pose.process(frame=f)["mask"]
+        assert not pose.tracker.mask  # the mask half is not run
+    finally:
+        pose.close()
+    assert m.coverage is not None and float(m.coverage.abs().max()) == 0.0 and m.alpha.shape == (144, 256)
+    seg = _open(SelfieSegment, {}, "seg")
+    try:
+        alone = seg.process(frame=f)["mask"].alpha.clone()
+        merged = seg.process(frame=f, person=m)["mask"].alpha
+    finally:
+        seg.close()
+    assert torch.equal(alone, merged)

@@ -44,6 +44,7 @@ class BlazePose(TrackerInput, Node):
         refine: bool = Field(True, description="Refine keypoints with the model's heatmaps (MediaPipe does; slightly more precise)")
         antialias: bool = Field(True, description="Box-filter big crops (a 4K body to 256 px) instead of plain bilinear sampling")
         backend: Literal["auto", "torch", "onnxruntime"] = Field("auto", description="auto = torch on a GPU, ONNX Runtime on the CPU (faster there)")
+        mask_on_cpu: bool = Field(True, description="On the CPU path, compute the person mask when something reads it (the landmark model's mask half: ~10 ms a frame on two cores); off: the mask says nothing there (coverage 0), e.g. for segment.selfie's `person`, whose merge then leaves its own mask as it is")
         auto_exposure: bool = Field(True, description="Brighten dark crops before the models (in low light the person mask and the detector's score collapse otherwise)")
 
     params: Params
@@ -58,7 +59,7 @@ class BlazePose(TrackerInput, Node):
         self._frames = 0
 
     def _mask_wanted(self) -> bool:
-        return not self._uint8 or not unread(self.ctx, "mask")
+        return not self._uint8 or (self.params.mask_on_cpu and not unread(self.ctx, "mask"))
 
     def update_params(self, params: Params) -> bool:
         if params.backend != self.params.backend:
@@ -99,10 +100,13 @@ class BlazePose(TrackerInput, Node):
             index=frame.index,
         )
         keypoints3d = Keypoints(r["points"][:, :3].contiguous(), r["visibility"], "blazepose33", frame.size, frame.timestamp, frame.index)
-        if not mask_wanted:
-            return {"keypoints": keypoints, "keypoints3d": keypoints3d}
         scale = p.mask_size / max(frame.width, frame.height)
         size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
+        if not mask_wanted:
+            if self._uint8 and not p.mask_on_cpu and not unread(self.ctx, "mask"):  # read, but off on the CPU path
+                nothing = torch.zeros(size[1], size[0])
+                return {"keypoints": keypoints, "keypoints3d": keypoints3d, "mask": Mask(nothing, frame.timestamp, frame.index, coverage=nothing)}
+            return {"keypoints": keypoints, "keypoints3d": keypoints3d}
         # the crop's footprint with the mask: outside it (or while nobody is tracked) the mask says nothing
         crop = r["mask_crop"]
         both = R.uncrop(torch.cat((crop, torch.ones_like(crop)), 1), r["roi"], frame.size, size)[0] * r["present"]

@@ -13,6 +13,8 @@ RESULTS.md section has the table and the rules tried).
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,10 +25,11 @@ from muse.graph.payloads import Mask
 SURE_LO, SURE_HI = 0.5, 0.9
 
 
-def with_person(selfie: torch.Tensor, person: Mask, reach: float) -> torch.Tensor:
+def with_person(selfie: torch.Tensor, person: Mask, reach: float, host: bool = False) -> torch.Tensor:
     """`selfie` (h, w) probabilities with `person` (a pose tracker's mask with its crop's `coverage`, any size of
     the same frame) merged in: within `reach` (a fraction of the height) of the person the pose's mask, elsewhere
-    in its crop the selfie model's sure opinion, outside it the selfie model's. Returns a new (h, w) tensor."""
+    in its crop the selfie model's sure opinion, outside it the selfie model's. Returns a new (h, w) tensor.
+    `host`: the CPU path (the max filter by OpenCV: torch's on the CPU cost 6 ms a 256 px plane, OpenCV's ~0.05)."""
     h, w = selfie.shape
     cov = person.coverage if person.coverage is not None else torch.ones_like(person.alpha)
     both = torch.stack((person.alpha, cov))[None].to(selfie.dtype)
@@ -34,7 +37,12 @@ def with_person(selfie: torch.Tensor, person: Mask, reach: float) -> torch.Tenso
         both = F.interpolate(both, size=(h, w), mode="bilinear", align_corners=False)
     pm, cover = both[0, 0], both[0, 1]
     r = max(1, round(reach * h))
-    near = F.max_pool2d(pm[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] * cover
+    if host:
+        k = np.ones((2 * r + 1, 2 * r + 1), np.uint8)
+        grown = torch.from_numpy(cv2.dilate(np.ascontiguousarray(pm.float().numpy()), k, borderType=cv2.BORDER_REPLICATE))
+        near = grown.to(pm.dtype) * cover
+    else:
+        near = F.max_pool2d(pm[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] * cover
     sure = ((selfie - SURE_LO) / (SURE_HI - SURE_LO)).clamp(0.0, 1.0)
     far = selfie * torch.lerp(torch.ones_like(sure), sure, cover)
     return torch.lerp(far, pm, near)

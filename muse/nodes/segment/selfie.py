@@ -155,7 +155,8 @@ class SelfieSegment(Node):
         if person is None:
             return out
         m = out["mask"]
-        return {"mask": Mask(with_person(m.alpha, person.to(m.alpha.device), self.params.person_reach), m.timestamp, m.index)}
+        alpha = with_person(m.alpha, person.to(m.alpha.device), self.params.person_reach, host=self._cpu is not None)
+        return {"mask": Mask(alpha, m.timestamp, m.index)}
 
     def _model_mask(self, frame: Frame) -> dict[str, Mask]:
         ctx = self.ctx
