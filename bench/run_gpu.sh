@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every `cuda` test and the GPU benchmarks; writes logs and JSON into $1 (default bench/results/gpu).
-#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|s20b|s21a|s21b|s21c|s21d|s22a|profile|all]
+#   bash bench/run_gpu.sh OUTDIR [tests|bench|studio|capture|fused|fuse|fusewarm|ab|host|host2|shipped|s9|s9b|s9e|s9f|s10|s10b|s10c|s10d|s10e|s11|s11b|s11c|s12|s12b|s12c|s12d|s12e|s13a|s13b|s13c|s13d|s13e|s13f|s13g|s14a|s14b|s14c|s15a|s16a|s16b|s17a|s17b|s17c|s17d|s17e|s18a|s19a|s20a|s20b|s21a|s21b|s21c|s21d|s22a|s22b|profile|all]
 # Needs torch with CUDA, CuPy and the project importable (pip install -e . or PYTHONPATH=.).
 set -uo pipefail
 out=${1:-bench/results/gpu}; what=${2:-all}
@@ -420,14 +420,32 @@ if [[ $what == s17d ]]; then
   bench_4k 200 "$out/stream_4k_shipped.json" --frames 2000 --latency-frames 600
   cuda_suite 200
 fi
+if [[ $what == s22b ]]; then
+  # Twenty-second session, second call: the merge as its own node (segment.person), so the selfie model runs beside
+  # the pose model. Its cuda tests and the capture tests; stream_4k as shipped against the graph without the person
+  # wire, alternating on one machine after a warm-up that compiles.
+  timeout 150 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_segment_person.py tests/test_frame_capture.py \
+    tests/test_segment_hybrid.py > "$out/cuda_tests.log" 2>&1; echo "cuda tests exit $?" >> "$out/cuda_tests.log"
+  sed -e '/person.person: pose\/bundled.mask}/d' -e 's/bundled.frame: camera.selected,$/bundled.frame: camera.selected}/' \
+    graphs/stream_4k.yaml > graphs/stream_4k_noperson.yaml
+  mkdir -p "$out/j"
+  bench_4k 240 "$out/j/stream_4k_warm.json" --frames 300 --latency-frames 0
+  for pass in 1 2; do
+    bench_4k 90 "$out/j/stream_4k_person_$pass.json" --frames 2000 --latency-frames 600
+    echo "== stream_4k without the person wire, pass $pass" >> "$out/bench.log"
+    timeout 90 python3 -X faulthandler -m muse.cli bench graphs/stream_4k_noperson.yaml --device cuda --capture on --frames 2000 \
+      --latency-frames 600 --json "$out/j/stream_4k_noperson_$pass.json" >> "$out/bench.log" 2>&1; echo "exit $?" >> "$out/bench.log"
+  done
+  tar -czf "$out/json.tgz" -C "$out/j" . && rm -rf "$out/j"
+fi
 if [[ $what == s22a ]]; then
   # Twenty-second session: the bundled selfie model given the pose tracker's person mask (graphs/stream_4k.yaml's
-  # `bundled.person`). Its cuda tests; stream_4k as shipped against the same graph without that wire, alternating
+  # `person.person`). Its cuda tests; stream_4k as shipped against the same graph without that wire, alternating
   # on one machine after a warm-up that compiles; the quality benches on the GPU path (the matte uncompiled).
   timeout 200 python3 -m pytest -m cuda -n 4 -q -p no:cacheprovider -rfEs tests/test_segment_person.py tests/test_segment_selfie.py \
     tests/test_segment_hybrid.py tests/test_pose_blazepose.py tests/test_segment_fused.py tests/test_frame_capture.py \
     > "$out/cuda_tests.log" 2>&1; echo "cuda tests exit $?" >> "$out/cuda_tests.log"
-  sed -e '/bundled.person: pose\/bundled.mask}/d' -e 's/bundled.frame: camera.selected,$/bundled.frame: camera.selected}/' \
+  sed -e '/person.person: pose\/bundled.mask}/d' -e 's/bundled.frame: camera.selected,$/bundled.frame: camera.selected}/' \
     graphs/stream_4k.yaml > graphs/stream_4k_noperson.yaml
   mkdir -p "$out/j"
   bench_4k 240 "$out/j/stream_4k_warm.json" --frames 300 --latency-frames 0

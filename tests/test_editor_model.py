@@ -386,7 +386,7 @@ def test_included_sub_graph_nodes_are_drawn_read_only(model: EditorModel, tmp_pa
     assert not set(model.included) & set(model.nodes)
     assert model.included_from["segment/modnet"] == "include/segment_hybrid.yaml"
     assert model.branches("segment/switch") == [("personalized", "segment/student.mask"), ("base", "segment/modnet.mask"),
-                                                ("bundled", "segment/bundled.mask")]
+                                                ("bundled", "segment/person.out")]
     assert model.branches("camera") == [("webcam", "webcam.frame"), ("demo", "demo.frame")] and model.branches("matte") == []
     assert model.output_type("segment/switch", "selected") == "Mask" and model.external_inputs("matte") == {}
     assert all(n.pos for n in model.all_nodes().values()), "laid out with the rest"

@@ -1,4 +1,4 @@
-"""The pose tracker's person mask merged into the bundled selfie model's (`segment.selfie` `person`, issue 14, 22nd
+"""The pose tracker's person mask merged into the bundled selfie model's (`segment.person`, issue 14, 22nd
 session), on real photos: bench/quality_extra.py's astronaut swaying in front of scikit-image's cat (the selfie
 model takes the cat's face for a person), a guest standing beside the streamer inside the pose's crop (kept), the
 merge's rules on small planes, `pose.blazepose`'s mask with its crop's coverage, the coverage's shape checked, and
@@ -19,7 +19,7 @@ from muse.graph.payloads import Frame, Mask
 from muse.graph.testing import build_node, make_context
 from muse.nodes.pose.blazepose import BlazePose
 from muse.nodes.segment.hybrid import HybridSegment
-from muse.nodes.segment.person import with_person
+from muse.nodes.segment.person import PersonMerge, with_person
 from muse.nodes.segment.selfie import SelfieSegment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -42,14 +42,14 @@ def _masks(clip, person: bool, path: str, monkeypatch, device: str = "cpu") -> l
         monkeypatch.setenv("MUSE_CPU_PATH", "torch")
     else:
         monkeypatch.delenv("MUSE_CPU_PATH", raising=False)
-    seg = _open(SelfieSegment, {}, "seg", device)
+    seg, merge = _open(SelfieSegment, {}, "seg", device), _open(PersonMerge, {}, "person", device)
     pose = _open(BlazePose, {}, "pose", device) if person else None
     out = []
     try:
         for i, img in enumerate(clip.frames):
             f = Frame(torch.from_numpy(img).to(device), i / 30.0, i)
             kw = {"person": pose.process(frame=f)["mask"]} if pose is not None else {}
-            m = seg.process(frame=f, **kw)["mask"].alpha.float()
+            m = merge.process(mask=seg.process(frame=f)["mask"], **kw)["out"].alpha.float()
             out.append(F.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0].cpu().numpy())
     finally:
         seg.close()
@@ -148,16 +148,17 @@ def test_a_coverage_of_another_shape_is_refused():
 
 
 def test_hybrid_hands_the_person_to_the_bundled_model_only(monkeypatch):
-    """segment.hybrid with only the bundled model live gives what segment.selfie gives with the same person."""
+    """segment.hybrid with only the bundled model live gives what segment.selfie -> segment.person give with the
+    same person."""
     monkeypatch.delenv("MUSE_CPU_PATH", raising=False)
     clip = next(c for c in quality_extra.clips(H, 2) if c.name == "cat_clutter")
     f = Frame(torch.from_numpy(clip.frames[1]), 1 / 30.0, 1)
     pose = _open(BlazePose, {}, "pose")
     person = pose.process(frame=f)["mask"]
     pose.close()
-    seg, hyb = _open(SelfieSegment, {}, "seg"), _open(HybridSegment, {}, "hyb")
+    seg, hyb, merge = _open(SelfieSegment, {}, "seg"), _open(HybridSegment, {}, "hyb"), _open(PersonMerge, {}, "person")
     try:
-        a = seg.process(frame=f, person=person)["mask"].alpha
+        a = merge.process(mask=seg.process(frame=f)["mask"], person=person)["out"].alpha
         b = hyb.process(frame=f, person=person)["mask"].alpha.clone()  # (the node's own buffer: the next call rewrites it)
         c = hyb.process(frame=f)["mask"].alpha
     finally:
@@ -198,14 +199,15 @@ def test_cuda_merge_reads_nothing_back_and_matches_the_cpu(monkeypatch):
     clip = next(c for c in quality_extra.clips(H, 3) if c.name == "cat_clutter")
     cpu = _masks(clip, True, "torch", monkeypatch)
     seg, pose = _open(SelfieSegment, {"backend": "torch"}, "seg", "cuda"), _open(BlazePose, {}, "pose", "cuda")
+    merge = _open(PersonMerge, {}, "person", "cuda")
     try:
         for i, img in enumerate(clip.frames):
             f = Frame(torch.from_numpy(img).cuda(), i / 30.0, i)
-            person = pose.process(frame=f)["mask"]
+            person, mask = pose.process(frame=f)["mask"], seg.process(frame=f)["mask"]
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
             try:
-                m = seg.process(frame=f, person=person)["mask"].alpha
+                m = merge.process(mask=mask, person=person)["out"].alpha
             finally:
                 torch.cuda.set_sync_debug_mode("default")
             g = F.interpolate(m.float()[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
@@ -233,10 +235,11 @@ def test_mask_on_cpu_off_says_nothing_and_leaves_the_selfie_mask(monkeypatch):
     finally:
         pose.close()
     assert m.coverage is not None and float(m.coverage.abs().max()) == 0.0 and m.alpha.shape == (144, 256)
-    seg = _open(SelfieSegment, {}, "seg")
+    seg, merge = _open(SelfieSegment, {}, "seg"), _open(PersonMerge, {}, "person")
     try:
-        alone = seg.process(frame=f)["mask"].alpha.clone()
-        merged = seg.process(frame=f, person=m)["mask"].alpha
+        alone = seg.process(frame=f)["mask"]
+        merged = merge.process(mask=alone, person=m)["out"].alpha
+        assert merge.process(mask=alone)["out"] is alone  # no person: the mask passes through
     finally:
         seg.close()
-    assert torch.equal(alone, merged)
+    assert torch.equal(alone.alpha, merged)

@@ -29,8 +29,10 @@ from muse.graph.capture import LateValue, is_recording
 from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.graph.stats import NodeStats
+from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
 from muse.nodes.segment.fused import FusedMatte, FusedSettings, working_size
+from muse.nodes.segment.person import with_person
 from muse.nodes.segment.student import LoadedStudent, load_student_runner, profile_live_model
 from muse.nodes.segment.student_watch import Retired, StudentWatcher
 from muse.nodes.switch import SwitchPolicy
@@ -40,6 +42,7 @@ __all__ = ["HybridSegment"]
 log = logging.getLogger("muse.segment.hybrid")
 
 MODES = {"student": "personalized", "modnet": "base", "selfie": "bundled"}
+PERSON_REACH = 0.04  # segment.person's default reach
 
 
 @dataclass
@@ -86,7 +89,7 @@ class HybridSegment(Node):
 
     frame: In[Frame]
     plate: In[Frame] = In(optional=True, description="Recorded clean plate: when present the mask is fused with it (segment.fused)")
-    person: In[Mask] = In(optional=True, description="The pose tracker's person mask (pose.blazepose's mask), merged into the bundled selfie model's (segment.selfie `person`)")
+    person: In[Mask] = In(optional=True, description="The pose tracker's person mask (pose.blazepose's mask), merged into the bundled selfie model's (as segment.person does)")
     mask: Out[Mask]
 
     class Params(NodeParams):
@@ -114,6 +117,7 @@ class HybridSegment(Node):
     def open(self, ctx: NodeContext) -> None:
         super().open(ctx)
         p = self.params
+        self._host_merge = wanted(ctx)  # the person merge's CPU path (segment.person's)
         self._watcher: StudentWatcher | None = None
         self._retired = Retired()
         self._health: dict[tuple[str, int, int], _Health] = {}
@@ -229,7 +233,7 @@ class HybridSegment(Node):
             log.warning("%s: %s failed to load: %s", self.name, label, branch.error)
             return branch
         port = next(iter(cls.outputs_spec))
-        branch.run = lambda frame, node=node, port=port, **extra: node.process(frame=frame, **extra)[port]
+        branch.run = lambda frame, node=node, port=port: node.process(frame=frame)[port]
         branch.closer = node.close
         return branch
 
@@ -286,8 +290,10 @@ class HybridSegment(Node):
         b = self.branches[live]
         try:
             assert b.run is not None  # live branches are loaded
-            # the pose's person goes to the bundled model only: a student or MODNet draws its own outline
-            mask = b.run(frame, person=person) if person is not None and b.label == "selfie" else b.run(frame)
+            mask = b.run(frame)
+            if person is not None and b.label == "selfie":  # the bundled model only: a student or MODNet draws its own outline
+                mask = Mask(with_person(mask.alpha, person.to(mask.alpha.device), PERSON_REACH, host=self._host_merge),
+                            mask.timestamp, mask.index)
         except Exception as exc:  # a failing model is exactly what this node guards against
             if is_recording():
                 raise

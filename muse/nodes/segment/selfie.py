@@ -1,8 +1,8 @@
 """`segment.selfie`: MediaPipe's bundled selfie segmenter (general 256x256 or
 landscape 256x144), converted to torch. Frame -> person Mask at the model's
 resolution; the frame is resized (or letterboxed) on the graph's device. With `crop` on the model also
-looks at a crop around the person and that view replaces the whole frame's there (`selfie_crop`). With a `person`
-input (the pose tracker's mask) that closer view is merged in around the tracked person (`person.py`).
+looks at a crop around the person and that view replaces the whole frame's there (`selfie_crop`). The pose
+tracker's person is merged in after it by `segment.person` (`person.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from muse.graph.node import In, Node, NodeContext, NodeError, NodeParams, Out
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import wanted
 from muse.nodes.exposure import brighten
-from muse.nodes.segment.person import with_person
 from muse.nodes.segment.selfie_crop import SecondLook, source_size
 from muse.nodes.segment.shrink import shrink_u8
 
@@ -49,8 +48,6 @@ class SelfieSegment(Node):
     capturable = True  # static shapes per frame size, no host sync in process
 
     frame: In[Frame]
-    person: In[Mask] = In(optional=True, description="The pose tracker's person mask (pose.blazepose's mask): near the person it tracks, its "
-                          "outline replaces this model's, and in its crop this model's unsure blobs are let go (segment/person.py)")
     mask: Out[Mask]
 
     class Params(NodeParams):
@@ -78,7 +75,6 @@ class SelfieSegment(Node):
             "re-records a captured frame)",
         )
         crop_margin: float = Field(0.15, ge=0.0, le=1.0, description="Room around the person's box in the crop, as a fraction of the box on each side")
-        person_reach: float = Field(0.04, ge=0.0, le=0.5, description="With a `person` input: how far around the pose's person (fraction of the height) its outline replaces this model's")
 
     params: Params
 
@@ -150,15 +146,9 @@ class SelfieSegment(Node):
         h = max(1, min(mh, round(frame_h * scale)))
         return (mw - w) // 2, (mh - h) // 2, w, h
 
-    def process(self, frame: Frame, person: Mask | None = None) -> dict[str, Mask]:
-        out = self._cpu.process(frame) if self._cpu is not None else self._model_mask(frame)
-        if person is None:
-            return out
-        m = out["mask"]
-        alpha = with_person(m.alpha, person.to(m.alpha.device), self.params.person_reach, host=self._cpu is not None)
-        return {"mask": Mask(alpha, m.timestamp, m.index)}
-
-    def _model_mask(self, frame: Frame) -> dict[str, Mask]:
+    def process(self, frame: Frame) -> dict[str, Mask]:
+        if self._cpu is not None:
+            return self._cpu.process(frame)
         ctx = self.ctx
         assert ctx is not None and self._backend is not None
         mw, mh = self._model_size
