@@ -292,7 +292,7 @@ def test_stream_4k_opens_laid_out(app, artifacts_dir: Path) -> None:
     for name in ("segment/student", "segment/modnet", "segment/bundled", "segment/switch", "pose/switch", "camera", "preview"):
         assert name in view.node_ids, name
     texts = {name: _texts(nid) for name, nid in view.node_ids.items()}
-    assert "1. personalized <- segment/student.mask" in texts["segment/switch"] and "3. bundled <- segment/bundled.mask" in texts["segment/switch"]
+    assert "1. personalized <- segment/student.mask" in texts["segment/switch"] and "3. bundled <- segment/person.out" in texts["segment/switch"]
     assert "1. webcam <- webcam.frame" in texts["camera"] and "2. demo <- demo.frame" in texts["camera"]
     assert any("include/segment_hybrid.yaml (read-only)" in t for t in texts["segment/modnet"])
     assert "stands in for virtualcam" in texts["preview"] and "stands in for webcam" in texts["demo"]
