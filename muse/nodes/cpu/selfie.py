@@ -18,6 +18,7 @@ import torch
 
 from muse.graph.payloads import Frame, Mask
 from muse.nodes.cpu import as_numpy, ort_session, shrunk_uint8
+from muse.nodes.exposure import brighten_in_place
 from muse.nodes.segment.selfie_crop import SecondLook, source_size
 
 __all__ = ["SelfieCPU"]
@@ -50,7 +51,7 @@ class SelfieCPU:
         region = self._batch[0, :, y0 : y0 + h, x0 : x0 + w]
         np.multiply(as_numpy(small), np.float32(1.0 / 255.0), out=region)
         if self.auto_exposure():
-            _brighten(region)
+            brighten_in_place(region)
         out = self.session.run(None, {self.input: self._batch})[0]  # (1, mh, mw, 1)
         alpha = torch.from_numpy(np.ascontiguousarray(out[0, y0 : y0 + h, x0 : x0 + w, 0]))
         look = self.look()
@@ -63,21 +64,11 @@ class SelfieCPU:
     def _crop_model(self, crop: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(as_numpy(crop.float()))
         if self.auto_exposure():
-            _brighten(x[0])
+            brighten_in_place(x[0])
         return torch.from_numpy(self.session.run(None, {self.input: x})[0][0, :, :, 0])
 
     def close(self) -> None:
         self.session = None
-
-
-def _brighten(region: np.ndarray) -> None:
-    """The torch path's `brighten` in place on a (3, h, w) float32 picture: a dark picture scaled so its 98th
-    percentile of the brightest channel reaches 0.9 (gain 1 to 4)."""
-    peak = float(np.quantile(region.max(0).ravel()[::4], 0.98))
-    gain = min(max(0.9 / max(peak, 1e-3), 1.0), 4.0)
-    if gain > 1.0:
-        np.multiply(region, np.float32(gain), out=region)
-        np.clip(region, 0.0, 1.0, out=region)
 
 
 def _source(img: torch.Tensor, fw: int, fh: int, w: int, h: int) -> torch.Tensor:

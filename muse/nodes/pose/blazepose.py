@@ -57,6 +57,7 @@ class BlazePose(TrackerInput, Node):
         self.tracker = BlazePoseTracker(self.name, ctx.device, ctx.dtype, min_detection=p.min_detection, min_tracking=p.min_tracking, predict_motion=p.predict_motion, backend=p.backend, refine=p.refine, antialias=p.antialias,
                                         mask=self._mask_wanted(), auto_exposure=p.auto_exposure)
         self._frames = 0
+        self._nothing: torch.Tensor | None = None  # the empty mask while `mask_on_cpu` is off
 
     def _mask_wanted(self) -> bool:
         return not self._uint8 or (self.params.mask_on_cpu and not unread(self.ctx, "mask"))
@@ -104,7 +105,9 @@ class BlazePose(TrackerInput, Node):
         size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
         if not mask_wanted:
             if self._uint8 and not p.mask_on_cpu and not unread(self.ctx, "mask"):  # read, but off on the CPU path
-                nothing = torch.zeros(size[1], size[0])
+                nothing = self._nothing
+                if nothing is None or nothing.shape != (size[1], size[0]):
+                    nothing = self._nothing = torch.zeros(size[1], size[0])  # kept: it never changes
                 return {"keypoints": keypoints, "keypoints3d": keypoints3d, "mask": Mask(nothing, frame.timestamp, frame.index, coverage=nothing)}
             return {"keypoints": keypoints, "keypoints3d": keypoints3d}
         # the crop's footprint with the mask: outside it (or while nobody is tracked) the mask says nothing

@@ -32,7 +32,7 @@ from muse.graph.stats import NodeStats
 from muse.nodes.cpu import wanted
 from muse.nodes.segment._prep import frame_batch, user_path
 from muse.nodes.segment.fused import FusedMatte, FusedSettings, working_size
-from muse.nodes.segment.person import with_person
+from muse.nodes.segment.person import REACH, with_person
 from muse.nodes.segment.student import LoadedStudent, load_student_runner, profile_live_model
 from muse.nodes.segment.student_watch import Retired, StudentWatcher
 from muse.nodes.switch import SwitchPolicy
@@ -42,7 +42,6 @@ __all__ = ["HybridSegment"]
 log = logging.getLogger("muse.segment.hybrid")
 
 MODES = {"student": "personalized", "modnet": "base", "selfie": "bundled"}
-PERSON_REACH = 0.04  # segment.person's default reach
 
 
 @dataclass
@@ -292,7 +291,7 @@ class HybridSegment(Node):
             assert b.run is not None  # live branches are loaded
             mask = b.run(frame)
             if person is not None and b.label == "selfie":  # the bundled model only: a student or MODNet draws its own outline
-                mask = Mask(with_person(mask.alpha, person.to(mask.alpha.device), PERSON_REACH, host=self._host_merge),
+                mask = Mask(with_person(mask.alpha, person.to(mask.alpha.device), REACH, host=self._host_merge),
                             mask.timestamp, mask.index)
         except Exception as exc:  # a failing model is exactly what this node guards against
             if is_recording():

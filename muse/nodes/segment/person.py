@@ -26,11 +26,12 @@ from muse.graph.node import In, Node, NodeContext, NodeParams, Out
 from muse.graph.payloads import Mask
 from muse.nodes.cpu import wanted
 
-__all__ = ["PersonMerge", "with_person"]
+__all__ = ["PersonMerge", "REACH", "with_person"]
 
 # The selfie model's own opinion inside the pose's crop but away from its person: kept in full above SURE_HI,
 # let go below SURE_LO (a blob it is unsure of, which the closer view does not see as the person)
 SURE_LO, SURE_HI = 0.5, 0.9
+REACH = 0.04  # the default reach (fraction of the height), also segment.hybrid's
 
 
 def with_person(selfie: torch.Tensor, person: Mask, reach: float, host: bool = False) -> torch.Tensor:
@@ -69,7 +70,7 @@ class PersonMerge(Node):
     out: Out[Mask] = Out(description="The merged mask, at the segmenter's size")
 
     class Params(NodeParams):
-        reach: float = Field(0.04, ge=0.0, le=0.5, description="How far around the pose's person (fraction of the height) its outline replaces the segmenter's")
+        reach: float = Field(REACH, ge=0.0, le=0.5, description="How far around the pose's person (fraction of the height) its outline replaces the segmenter's")
 
     params: Params
 

@@ -21,7 +21,7 @@ from muse.nodes.exposure import brighten
 from muse.nodes.segment.selfie_crop import SecondLook, source_size
 from muse.nodes.segment.shrink import shrink_u8
 
-__all__ = ["SelfieSegment", "SELFIE_MODELS", "brighten"]
+__all__ = ["SelfieSegment", "SELFIE_MODELS"]
 
 # param value -> bundled model name (muse.models.bundled)
 SELFIE_MODELS = {"general": "selfie_segmentation", "landscape": "selfie_segmentation_landscape"}
